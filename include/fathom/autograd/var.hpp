@@ -1,0 +1,212 @@
+// Var<T, D>: a tensor that takes part in reverse-mode differentiation, the tape that records the
+// backward of every op, backward(), and the no-grad scope.
+//
+// How it works. A Var holds its value (a Tensor) and a shared GradSlot where its gradient
+// accumulates. Each differentiable op computes its value and, when gradients are enabled and some
+// input requires them, pushes one closure on the thread's tape. The closure holds the slots of
+// the inputs (to accumulate into), the tensors the backward needs (and nothing else), and the
+// output's slot. backward(loss) seeds d loss / d loss = 1 and runs the tape in
+// reverse; each closure is destroyed once run, releasing what it saved. Because input gradients
+// accumulate (+=), a Var used by several ops (residual fan-in) needs no special case.
+//
+// Documented behaviours:
+// - backward() consumes the tape: a second backward() of the same loss throws fathom::Error
+//   (run the forward again). Gradients of leaves accumulate across backward() calls until
+//   zero_grad(), which is how gradient accumulation over micro-batches works.
+// - Gradients of intermediate Vars are freed once used, unless retain_grad() was called.
+// - Under NoGradGuard nothing is recorded and results do not require gradients.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "fathom/core/error.hpp"
+#include "fathom/tensor/tensor.hpp"
+
+namespace fathom::autograd {
+
+namespace detail {
+
+struct Tape {
+  std::vector<std::function<void()>> nodes;  // backward closures, in forward order
+  bool grad_enabled = true;
+  std::uint64_t epoch = 0;  // incremented by every backward(): marks which graph a Var belongs to
+};
+
+inline Tape& tape() {
+  thread_local Tape t;
+  return t;
+}
+
+template <class T, class D>
+struct GradSlot {
+  Tensor<T, D> grad;  // undefined until something accumulates into it
+  Shape shape;
+  bool requires_grad = false;
+  bool is_leaf = true;
+  bool retain = false;
+  std::uint64_t epoch = 0;
+  std::string name;
+
+  // The gradient buffer to accumulate into, zero-filled when first needed.
+  Tensor<T, D>& accumulator() {
+    if (!grad.defined()) grad = Tensor<T, D>::zeros(shape);
+    return grad;
+  }
+};
+
+}  // namespace detail
+
+inline bool grad_enabled() { return detail::tape().grad_enabled; }
+
+// While alive, ops record nothing (evaluation, optimizer updates, diagnostics).
+class NoGradGuard {
+ public:
+  NoGradGuard() : previous_(detail::tape().grad_enabled) { detail::tape().grad_enabled = false; }
+  ~NoGradGuard() { detail::tape().grad_enabled = previous_; }
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// Drops everything recorded since the last backward() (e.g. after a forward that is not needed).
+inline void clear_tape() {
+  auto& t = detail::tape();
+  t.nodes.clear();
+  ++t.epoch;
+}
+
+// Number of closures currently recorded (for tests and diagnostics).
+inline std::size_t tape_size() { return detail::tape().nodes.size(); }
+
+template <class T, DeviceTag D = Cpu>
+class Var {
+ public:
+  using value_type = T;
+  using device_type = D;
+  using Slot = detail::GradSlot<T, D>;
+
+  Var() = default;
+  // A leaf. Parameters are leaves with requires_grad = true.
+  explicit Var(Tensor<T, D> value, bool requires_grad = false, std::string name = {})
+      : value_(std::move(value)), slot_(std::make_shared<Slot>()) {
+    slot_->shape = value_.shape();
+    slot_->requires_grad = requires_grad;
+    slot_->name = std::move(name);
+    slot_->epoch = detail::tape().epoch;
+  }
+
+  bool defined() const { return slot_ != nullptr; }
+  const Tensor<T, D>& value() const { return value_; }
+  // Mutable access for in-place updates of leaves (optimizers, initialization).
+  Tensor<T, D>& mutable_value() { return value_; }
+  const Shape& shape() const { return value_.shape(); }
+  std::int64_t size(int d) const { return value_.size(d); }
+  std::int64_t numel() const { return value_.numel(); }
+  int dim() const { return value_.dim(); }
+
+  bool requires_grad() const { return slot_ && slot_->requires_grad; }
+  bool is_leaf() const { return slot_->is_leaf; }
+  const std::string& name() const { return slot_->name; }
+  void set_name(std::string n) { slot_->name = std::move(n); }
+
+  // The accumulated gradient; undefined (defined() == false) if nothing reached this Var.
+  const Tensor<T, D>& grad() const { return slot_->grad; }
+  bool has_grad() const { return slot_->grad.defined(); }
+  Tensor<T, D>& grad_accumulator() { return slot_->accumulator(); }
+  // Zero the gradient in place (keeps the buffer) or, with release, free it.
+  void zero_grad(bool release = false) {
+    if (release) slot_->grad = Tensor<T, D>();
+    else if (slot_->grad.defined()) slot_->grad.zero_();
+  }
+  // Keep this intermediate Var's gradient after backward (diagnostics).
+  Var& retain_grad() {
+    slot_->retain = true;
+    return *this;
+  }
+
+  // The same value, cut from the graph.
+  Var detach() const { return Var(value_, false); }
+
+  const std::shared_ptr<Slot>& slot() const { return slot_; }
+
+  // Builds the result of a differentiable op. `backward` is called as backward(out_grad) with the
+  // output's gradient; it must accumulate (+=) into the inputs' accumulators. It is recorded only
+  // when gradients are enabled and `needs_grad` is true (some input requires a gradient).
+  template <class Backward>
+  static Var make_result(Tensor<T, D> value, bool needs_grad, Backward&& backward) {
+    Var out(std::move(value), false);
+    auto& tape = detail::tape();
+    if (!needs_grad || !tape.grad_enabled) return out;
+    out.slot_->requires_grad = true;
+    out.slot_->is_leaf = false;
+    // The node owns its output's slot (small: a gradient and a shape, never the value), so the
+    // slot outlives the consumers that accumulate into it.
+    tape.nodes.emplace_back([slot = out.slot_, fn = std::forward<Backward>(backward)]() mutable {
+      if (!slot->grad.defined()) return;  // nothing flowed back to this output
+      fn(static_cast<const Tensor<T, D>&>(slot->grad));
+      if (!slot->retain) slot->grad = Tensor<T, D>();
+    });
+    return out;
+  }
+
+ private:
+  Tensor<T, D> value_;
+  std::shared_ptr<Slot> slot_;
+};
+
+// True when any of the Vars requires a gradient.
+template <class... Vs>
+bool any_requires_grad(const Vs&... vs) {
+  return (false || ... || vs.requires_grad());
+}
+
+// The input's accumulator when it requires a gradient, else nullptr: what backward closures hold.
+template <class T, class D>
+std::shared_ptr<detail::GradSlot<T, D>> grad_target(const Var<T, D>& v) {
+  return v.requires_grad() ? v.slot() : nullptr;
+}
+
+// Runs the tape backwards from `root`, seeding its gradient with `seed` (ones when omitted, which
+// requires a single-element root).
+template <class T, class D>
+void backward(const Var<T, D>& root, Tensor<T, D> seed = Tensor<T, D>()) {
+  auto& tape = detail::tape();
+  FATHOM_CHECK(root.defined(), "backward: root Var is undefined");
+  FATHOM_CHECK(root.requires_grad(),
+               "backward: root does not require a gradient (no input of it requires one, or it "
+               "was computed under NoGradGuard)");
+  FATHOM_CHECK(root.is_leaf() || root.slot()->epoch == tape.epoch,
+               "backward: the graph of this Var was already consumed by an earlier backward(); "
+               "run the forward again");
+  if (!seed.defined()) {
+    FATHOM_CHECK(root.numel() == 1, "backward: a root of shape " << root.shape()
+                                        << " needs an explicit seed gradient (only one-element "
+                                           "roots default to 1)");
+    seed = Tensor<T, D>::full(root.shape(), scalar_cast<T>(1.0));
+  }
+  FATHOM_CHECK(seed.shape() == root.shape(), "backward: seed shape " << seed.shape()
+                                                 << " differs from root shape " << root.shape());
+  auto& acc = root.slot()->accumulator();
+  acc.copy_(seed);
+  auto nodes = std::move(tape.nodes);
+  tape.nodes.clear();
+  ++tape.epoch;
+  while (!nodes.empty()) {
+    auto node = std::move(nodes.back());
+    nodes.pop_back();
+    node();
+  }
+}
+
+}  // namespace fathom::autograd
+
+namespace fathom {
+using autograd::Var;
+}

@@ -1,0 +1,16 @@
+// One include for the tests, whichever Catch2 is installed: v2 (single header, Debian's 2.13) or
+// v3 (split headers). Tests include this and nothing of Catch2 directly.
+#pragma once
+
+#if __has_include(<catch2/catch_all.hpp>)
+#include <catch2/catch_all.hpp>
+#define FATHOM_CATCH_V3 1
+#elif __has_include(<catch2/catch.hpp>)
+#include <catch2/catch.hpp>
+#define FATHOM_CATCH_V3 0
+#else
+#error "Catch2 not found: install Debian's catch2 package (v2) or Catch2 v3"
+#endif
+
+using Catch::Matchers::WithinAbs;
+using Catch::Matchers::WithinRel;
