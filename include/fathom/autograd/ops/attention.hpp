@@ -1,0 +1,107 @@
+// attention(q, k, v, n_heads, causal): multi-head scaled dot-product attention as one
+// differentiable op; backward recomputes the probabilities from the saved log-sum-exp.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <utility>
+
+#include "fathom/autograd/var.hpp"
+#include "fathom/kernels/attention.hpp"
+
+namespace fathom::autograd {
+
+namespace detail {
+
+// A (B, T, C) tensor as the attention kernels read it: rows of `row_stride` elements. Views whose
+// rows are evenly spaced (a slice of the last dimension of a fused (B, T, 3C) projection) are
+// used in place; anything else is made contiguous first.
+template <class T, class D>
+struct AttentionRows {
+  Tensor<T, D> tensor;
+  std::int64_t row_stride = 0;
+
+  explicit AttentionRows(const Tensor<T, D>& t) : tensor(t) {
+    const auto& s = t.strides();
+    const std::int64_t C = t.size(2), rows = t.size(1);
+    const bool in_place = s[2] == 1 && s[1] >= C && (t.size(0) <= 1 || s[0] == rows * s[1]);
+    if (!in_place) tensor = t.contiguous();
+    row_stride = in_place ? s[1] : C;
+  }
+};
+
+}  // namespace detail
+
+// q, k, v: (B, T, C) with C = n_heads * head_dim and head h at columns [h * hd, (h + 1) * hd).
+// Returns softmax(q k^T / sqrt(hd) + mask) v per head, (B, T, C); with causal, query t sees keys
+// s <= t. q, k and v may be views with a row stride above C (slices of a fused projection).
+template <class T, DeviceTag D>
+Var<T, D> attention(const Var<T, D>& q, const Var<T, D>& k, const Var<T, D>& v, int n_heads,
+                    bool causal = true) {
+  FATHOM_CHECK(q.dim() == 3, "attention: expected q of shape (B, T, C), got " << q.shape());
+  FATHOM_CHECK(k.shape() == q.shape(), "attention: q " << q.shape() << " and k " << k.shape()
+                                                       << " must have the same shape");
+  FATHOM_CHECK(v.shape() == q.shape(), "attention: q " << q.shape() << " and v " << v.shape()
+                                                       << " must have the same shape");
+  FATHOM_CHECK(n_heads > 0, "attention: expected n_heads > 0, got " << n_heads);
+  const std::int64_t B = q.size(0), Tn = q.size(1), C = q.size(2);
+  FATHOM_CHECK(C % n_heads == 0, "attention: C = " << C << " (q " << q.shape()
+                                                   << ") is not divisible by n_heads = " << n_heads);
+  const std::int64_t hd = C / n_heads;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+
+  detail::AttentionRows<T, D> qr(q.value()), kr(k.value()), vr(v.value());
+  Tensor<T, D> o(Shape{B, Tn, C});
+  Tensor<accum_t<T>, D> lse(Shape{B, n_heads, Tn});
+
+  kernels::AttentionParams<T> fp;
+  fp.q = qr.tensor.data();
+  fp.k = kr.tensor.data();
+  fp.v = vr.tensor.data();
+  fp.o = o.data();
+  fp.lse = lse.data();
+  fp.batch = B;
+  fp.seq = Tn;
+  fp.heads = n_heads;
+  fp.head_dim = hd;
+  fp.q_stride = qr.row_stride;
+  fp.k_stride = kr.row_stride;
+  fp.v_stride = vr.row_stride;
+  fp.o_stride = C;
+  fp.causal = causal;
+  fp.scale = scale;
+  if (o.numel() > 0) kernels::attention(D{}, fp);
+
+  return Var<T, D>::make_result(
+      o, any_requires_grad(q, k, v),
+      [gq = grad_target(q), gk = grad_target(k), gv = grad_target(v), qr, kr, vr, o, lse, fp](
+          const Tensor<T, D>& gy) {
+        if (o.numel() == 0) return;
+        Tensor<T, D> g = gy.contiguous();
+        kernels::AttentionBackwardParams<T> bp;
+        bp.q = qr.tensor.data();
+        bp.k = kr.tensor.data();
+        bp.v = vr.tensor.data();
+        bp.o = o.data();
+        bp.d_o = g.data();
+        bp.lse = lse.data();
+        bp.dq = gq ? gq->accumulator().data() : nullptr;
+        bp.dk = gk ? gk->accumulator().data() : nullptr;
+        bp.dv = gv ? gv->accumulator().data() : nullptr;
+        bp.batch = fp.batch;
+        bp.seq = fp.seq;
+        bp.heads = fp.heads;
+        bp.head_dim = fp.head_dim;
+        bp.q_stride = fp.q_stride;
+        bp.k_stride = fp.k_stride;
+        bp.v_stride = fp.v_stride;
+        bp.o_stride = fp.o_stride;
+        const std::int64_t C = fp.heads * fp.head_dim;
+        bp.do_stride = bp.dq_stride = bp.dk_stride = bp.dv_stride = C;  // gradients are contiguous
+        bp.causal = fp.causal;
+        bp.scale = fp.scale;
+        kernels::attention_backward(D{}, bp);
+      });
+}
+
+}  // namespace fathom::autograd

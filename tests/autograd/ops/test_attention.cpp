@@ -1,0 +1,124 @@
+// Tests for the differentiable attention op (include/fathom/autograd/ops/attention.hpp): gradcheck
+// in double for q, k and v at several shapes, strided views of a fused projection, one Var used
+// as q, k and v, and the shape errors.
+#include <fathom/autograd/ops/attention.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <fathom/autograd/gradcheck.hpp>
+
+#include "support/catch.hpp"
+
+using fathom::Shape;
+using fathom::Tensor;
+using fathom::Var;
+using fathom::autograd::attention;
+using fathom::autograd::gradcheck;
+
+namespace {
+
+Var<double> leaf(const Shape& shape, std::uint64_t seed) {
+  return Var<double>(Tensor<double>::randn(shape, seed), true);
+}
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const fathom::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST_CASE("attention gradients match finite differences", "[autograd][attention]") {
+  auto [B, T, H, hd] = GENERATE(table<std::int64_t, std::int64_t, std::int64_t, std::int64_t>(
+      {{1, 1, 1, 3}, {2, 5, 2, 3}, {1, 7, 3, 2}, {2, 4, 1, 4}, {1, 9, 2, 1}}));
+  const bool causal = GENERATE(true, false);
+  INFO("B " << B << " T " << T << " H " << H << " hd " << hd << " causal " << causal);
+  const Shape shape{B, T, H * hd};
+  auto result = gradcheck(
+      [&](const std::vector<Var<double>>& in) {
+        return attention(in[0], in[1], in[2], static_cast<int>(H), causal);
+      },
+      {leaf(shape, 1), leaf(shape, 2), leaf(shape, 3)});
+  INFO(result.first_failure);
+  CHECK(result.ok);
+  CHECK(result.checked == 3 * shape.numel());
+}
+
+TEST_CASE("attention with one Var as q, k and v accumulates all three gradients",
+          "[autograd][attention]") {
+  const Shape shape{2, 6, 4};
+  auto result = gradcheck(
+      [](const std::vector<Var<double>>& in) { return attention(in[0], in[0], in[0], 2); },
+      {leaf(shape, 7)});
+  INFO(result.first_failure);
+  CHECK(result.ok);
+}
+
+TEST_CASE("attention reads slices of a fused projection in place and routes their gradients",
+          "[autograd][attention]") {
+  const std::int64_t B = 2, T = 5, C = 6;
+  const int H = 2;
+  auto fused = Tensor<double>::randn(Shape{B, T, 3 * C}, 9);
+  // Leaves whose values are views into the fused tensor (row stride 3C) ...
+  Var<double> qs(fused.slice(2, 0, C), true), ks(fused.slice(2, C, 2 * C), true),
+      vs(fused.slice(2, 2 * C, 3 * C), true);
+  REQUIRE_FALSE(qs.value().is_contiguous());
+  // ... and contiguous copies of the same values.
+  Var<double> qc(qs.value().clone(), true), kc(ks.value().clone(), true), vc(vs.value().clone(), true);
+
+  auto seed = Tensor<double>::randn(Shape{B, T, C}, 10);
+  auto ys = attention(qs, ks, vs, H);
+  fathom::autograd::backward(ys, seed);
+  auto yc = attention(qc, kc, vc, H);
+  fathom::autograd::backward(yc, seed);
+
+  CHECK(ys.value().to_vector() == yc.value().to_vector());
+  CHECK(qs.grad().to_vector() == qc.grad().to_vector());
+  CHECK(ks.grad().to_vector() == kc.grad().to_vector());
+  CHECK(vs.grad().to_vector() == vc.grad().to_vector());
+  CHECK(qs.grad().shape() == Shape{B, T, C});
+}
+
+TEST_CASE("attention records nothing without gradients", "[autograd][attention]") {
+  fathom::autograd::clear_tape();
+  Var<float> q(Tensor<float>::randn(Shape{1, 3, 4}, 1)), k(Tensor<float>::randn(Shape{1, 3, 4}, 2)),
+      v(Tensor<float>::randn(Shape{1, 3, 4}, 3));
+  auto y = attention(q, k, v, 2);
+  CHECK_FALSE(y.requires_grad());
+  CHECK(fathom::autograd::tape_size() == 0);
+  Var<float> qg(q.value(), true);
+  {
+    fathom::autograd::NoGradGuard guard;
+    auto z = attention(qg, k, v, 2);
+    CHECK_FALSE(z.requires_grad());
+    CHECK(fathom::autograd::tape_size() == 0);
+  }
+  auto w = attention(qg, k, v, 2);
+  CHECK(w.requires_grad());
+  CHECK(fathom::autograd::tape_size() == 1);
+  fathom::autograd::clear_tape();
+}
+
+TEST_CASE("attention rejects inconsistent shapes with both shapes in the message",
+          "[autograd][attention]") {
+  auto q = leaf(Shape{2, 5, 8}, 1);
+  auto check_error = [](const std::string& msg, std::vector<std::string> parts) {
+    INFO(msg);
+    for (const auto& part : parts) CHECK(msg.find(part) != std::string::npos);
+  };
+  check_error(error_of([&] { attention(q, leaf(Shape{2, 6, 8}, 2), q, 2); }),
+              {"attention", "(2, 5, 8)", "(2, 6, 8)"});
+  check_error(error_of([&] { attention(q, q, leaf(Shape{2, 5, 4}, 2), 2); }),
+              {"attention", "(2, 5, 8)", "(2, 5, 4)"});
+  check_error(error_of([&] { attention(q, q, q, 3); }), {"C = 8", "n_heads = 3"});
+  check_error(error_of([&] { attention(q, q, q, 0); }), {"n_heads > 0", "got 0"});
+  auto flat = leaf(Shape{5, 8}, 3);
+  check_error(error_of([&] { attention(flat, flat, flat, 2); }), {"(B, T, C)", "(5, 8)"});
+}

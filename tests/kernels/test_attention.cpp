@@ -1,0 +1,360 @@
+// Tests for the CPU attention kernels (include/fathom/kernels/attention.hpp): forward and backward
+// against a naive formula that materializes the (T, T) matrices in double, strided (fused
+// projection) rows, and the causal mask as a property (no output depends on a future key).
+#include <fathom/kernels/attention.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <fathom/core/rng.hpp>
+
+#include "support/catch.hpp"
+
+using fathom::accum_t;
+using fathom::bf16;
+using fathom::Cpu;
+using fathom::Precision;
+using fathom::scalar_cast;
+
+namespace {
+
+struct Dims {
+  std::int64_t B, T, H, hd;
+  std::int64_t C() const { return H * hd; }
+  std::size_t n() const { return static_cast<std::size_t>(B * T * H * hd); }
+};
+
+template <class T>
+std::vector<T> random_values(std::size_t n, std::uint64_t seed, double std = 1.0) {
+  std::vector<T> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = scalar_cast<T>(std * fathom::rng::normal(seed, i));
+  return v;
+}
+
+template <class T>
+std::vector<double> to_double(const std::vector<T>& v) {
+  std::vector<double> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<double>(v[i]);
+  return out;
+}
+
+// First element where |got - want| > atol + rtol * |want|, as "name[b, t, c]: got x, want y", or
+// an empty string. idx(i) turns a flat index into the "[b, t, c]" text.
+template <class Idx>
+std::string first_mismatch(const std::string& name, const std::vector<double>& got,
+                           const std::vector<double>& want, double rtol, double atol, Idx idx) {
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double err = std::abs(got[i] - want[i]);
+    if (!(err <= atol + rtol * std::abs(want[i]))) {
+      std::ostringstream s;
+      s << name << idx(i) << ": got " << got[i] << ", want " << want[i] << " (|diff| " << err << ")";
+      return s.str();
+    }
+  }
+  return {};
+}
+
+auto btc(const Dims& d) {
+  return [d](std::size_t i) {
+    const auto C = static_cast<std::size_t>(d.C()), T = static_cast<std::size_t>(d.T);
+    std::ostringstream s;
+    s << "[b " << i / (T * C) << ", t " << i / C % T << ", c " << i % C << "]";
+    return s.str();
+  };
+}
+auto bht(const Dims& d) {
+  return [d](std::size_t i) {
+    const auto H = static_cast<std::size_t>(d.H), T = static_cast<std::size_t>(d.T);
+    std::ostringstream s;
+    s << "[b " << i / (T * H) << ", h " << i / T % H << ", t " << i % T << "]";
+    return s.str();
+  };
+}
+
+// The textbook formula: P = softmax(scale q k^T + mask) as a full (T, T) matrix per (b, h), in
+// double. Returns o (B, T, C) and lse (B, H, T); with d_o, also dq, dk, dv.
+struct Naive {
+  std::vector<double> o, lse, dq, dk, dv;
+};
+
+Naive naive_attention(const Dims& d, const std::vector<double>& q, const std::vector<double>& k,
+                      const std::vector<double>& v, bool causal, const std::vector<double>* d_o) {
+  const std::int64_t T = d.T, C = d.C(), hd = d.hd;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  Naive r;
+  r.o.assign(d.n(), 0.0);
+  r.lse.assign(static_cast<std::size_t>(d.B * d.H * T), 0.0);
+  if (d_o) {
+    r.dq.assign(d.n(), 0.0);
+    r.dk.assign(d.n(), 0.0);
+    r.dv.assign(d.n(), 0.0);
+  }
+  auto at = [&](std::int64_t b, std::int64_t t, std::int64_t h, std::int64_t c) {
+    return static_cast<std::size_t>((b * T + t) * C + h * hd + c);
+  };
+  const auto TT = static_cast<std::size_t>(T * T);
+  std::vector<double> P(TT), dP(TT);
+  for (std::int64_t b = 0; b < d.B; ++b) {
+    for (std::int64_t h = 0; h < d.H; ++h) {
+      for (std::int64_t i = 0; i < T; ++i) {
+        double mx = -std::numeric_limits<double>::infinity();
+        for (std::int64_t j = 0; j < T; ++j) {
+          double s = 0;
+          for (std::int64_t c = 0; c < hd; ++c) s += q[at(b, i, h, c)] * k[at(b, j, h, c)];
+          s = (causal && j > i) ? -std::numeric_limits<double>::infinity() : s * scale;
+          P[static_cast<std::size_t>(i * T + j)] = s;
+          mx = std::max(mx, s);
+        }
+        double sum = 0;
+        for (std::int64_t j = 0; j < T; ++j) sum += std::exp(P[static_cast<std::size_t>(i * T + j)] - mx);
+        r.lse[static_cast<std::size_t>((b * d.H + h) * T + i)] = mx + std::log(sum);
+        for (std::int64_t j = 0; j < T; ++j) {
+          auto& pij = P[static_cast<std::size_t>(i * T + j)];
+          pij = std::exp(pij - mx) / sum;
+          for (std::int64_t c = 0; c < hd; ++c) r.o[at(b, i, h, c)] += pij * v[at(b, j, h, c)];
+        }
+      }
+      if (!d_o) continue;
+      const auto& g = *d_o;
+      for (std::int64_t i = 0; i < T; ++i) {
+        double delta = 0;  // sum_j P_ij dP_ij = rowsum(d_o * o)
+        for (std::int64_t j = 0; j < T; ++j) {
+          double dp = 0;
+          for (std::int64_t c = 0; c < hd; ++c) dp += g[at(b, i, h, c)] * v[at(b, j, h, c)];
+          dP[static_cast<std::size_t>(i * T + j)] = dp;
+          delta += P[static_cast<std::size_t>(i * T + j)] * dp;
+        }
+        for (std::int64_t j = 0; j < T; ++j) {
+          const double pij = P[static_cast<std::size_t>(i * T + j)];
+          const double ds = pij * (dP[static_cast<std::size_t>(i * T + j)] - delta);
+          for (std::int64_t c = 0; c < hd; ++c) {
+            r.dq[at(b, i, h, c)] += scale * ds * k[at(b, j, h, c)];
+            r.dk[at(b, j, h, c)] += scale * ds * q[at(b, i, h, c)];
+            r.dv[at(b, j, h, c)] += pij * g[at(b, i, h, c)];
+          }
+        }
+      }
+    }
+  }
+  return r;
+}
+
+template <class T>
+fathom::kernels::AttentionParams<T> forward_params(const Dims& d, const std::vector<T>& q,
+                                                   const std::vector<T>& k, const std::vector<T>& v,
+                                                   std::vector<T>& o, std::vector<accum_t<T>>& lse,
+                                                   bool causal) {
+  fathom::kernels::AttentionParams<T> p;
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  p.o = o.data();
+  p.lse = lse.data();
+  p.batch = d.B;
+  p.seq = d.T;
+  p.heads = d.H;
+  p.head_dim = d.hd;
+  p.q_stride = p.k_stride = p.v_stride = p.o_stride = d.C();
+  p.causal = causal;
+  p.scale = 1.0 / std::sqrt(static_cast<double>(d.hd));
+  return p;
+}
+
+// Gradient tolerances: the backward sums T products, and dS = P (dP - delta) cancels, so the
+// absolute floor is wider than for the forward.
+template <class T>
+constexpr double grad_tol() {
+  if constexpr (std::is_same_v<T, double>) return 1e-10;
+  else if constexpr (std::is_same_v<T, float>) return 2e-4;
+  else return 3e-2;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("attention forward matches the naive formula", "[kernels][attention]", double,
+                   float, bf16) {
+  using T = TestType;
+  auto [B, Tn, H, hd] = GENERATE(table<std::int64_t, std::int64_t, std::int64_t, std::int64_t>(
+      {{1, 1, 1, 4}, {2, 7, 3, 4}, {1, 33, 2, 16}, {3, 5, 1, 1}, {2, 17, 4, 8}}));
+  const bool causal = GENERATE(true, false);
+  const Dims d{B, Tn, H, hd};
+  INFO("B " << B << " T " << Tn << " H " << H << " hd " << hd << " causal " << causal << " "
+            << Precision<T>::name);
+  auto q = random_values<T>(d.n(), 11), k = random_values<T>(d.n(), 12), v = random_values<T>(d.n(), 13);
+  std::vector<T> o(d.n(), scalar_cast<T>(123.0));
+  std::vector<accum_t<T>> lse(static_cast<std::size_t>(B * H * Tn), accum_t<T>(123));
+  fathom::kernels::attention(Cpu{}, forward_params(d, q, k, v, o, lse, causal));
+
+  auto ref = naive_attention(d, to_double(q), to_double(k), to_double(v), causal, nullptr);
+  const double rtol = Precision<T>::rtol, atol = Precision<T>::atol;
+  CHECK(first_mismatch("o", to_double(o), ref.o, rtol, atol, btc(d)) == "");
+  CHECK(first_mismatch("lse", to_double(lse), ref.lse, rtol, atol, bht(d)) == "");
+}
+
+TEMPLATE_TEST_CASE("attention backward matches the naive formula and accumulates",
+                   "[kernels][attention]", double, float, bf16) {
+  using T = TestType;
+  auto [B, Tn, H, hd] = GENERATE(table<std::int64_t, std::int64_t, std::int64_t, std::int64_t>(
+      {{1, 1, 1, 4}, {2, 7, 3, 4}, {1, 33, 2, 16}, {2, 17, 4, 8}}));
+  const bool causal = GENERATE(true, false);
+  const Dims d{B, Tn, H, hd};
+  INFO("B " << B << " T " << Tn << " H " << H << " hd " << hd << " causal " << causal << " "
+            << Precision<T>::name);
+  auto q = random_values<T>(d.n(), 21), k = random_values<T>(d.n(), 22), v = random_values<T>(d.n(), 23);
+  auto d_o = random_values<T>(d.n(), 24);
+  std::vector<T> o(d.n());
+  std::vector<accum_t<T>> lse(static_cast<std::size_t>(B * H * Tn));
+  auto fp = forward_params(d, q, k, v, o, lse, causal);
+  fathom::kernels::attention(Cpu{}, fp);
+
+  // Gradients start random: the kernel must add to them, not overwrite.
+  auto dq = random_values<T>(d.n(), 31), dk = random_values<T>(d.n(), 32), dv = random_values<T>(d.n(), 33);
+  const auto dq0 = to_double(dq), dk0 = to_double(dk), dv0 = to_double(dv);
+  fathom::kernels::AttentionBackwardParams<T> bp;
+  bp.q = q.data();
+  bp.k = k.data();
+  bp.v = v.data();
+  bp.o = o.data();
+  bp.d_o = d_o.data();
+  bp.lse = lse.data();
+  bp.dq = dq.data();
+  bp.dk = dk.data();
+  bp.dv = dv.data();
+  bp.batch = B;
+  bp.seq = Tn;
+  bp.heads = H;
+  bp.head_dim = hd;
+  bp.q_stride = bp.k_stride = bp.v_stride = bp.o_stride = bp.do_stride = d.C();
+  bp.dq_stride = bp.dk_stride = bp.dv_stride = d.C();
+  bp.causal = causal;
+  bp.scale = fp.scale;
+  fathom::kernels::attention_backward(Cpu{}, bp);
+
+  const auto g = to_double(d_o);
+  auto ref = naive_attention(d, to_double(q), to_double(k), to_double(v), causal, &g);
+  for (std::size_t i = 0; i < d.n(); ++i) {
+    ref.dq[i] += dq0[i];
+    ref.dk[i] += dk0[i];
+    ref.dv[i] += dv0[i];
+  }
+  const double tol = grad_tol<T>();
+  CHECK(first_mismatch("dq", to_double(dq), ref.dq, tol, tol, btc(d)) == "");
+  CHECK(first_mismatch("dk", to_double(dk), ref.dk, tol, tol, btc(d)) == "");
+  CHECK(first_mismatch("dv", to_double(dv), ref.dv, tol, tol, btc(d)) == "");
+}
+
+TEST_CASE("attention backward skips gradients that are not wanted", "[kernels][attention]") {
+  const Dims d{2, 9, 2, 4};
+  auto q = random_values<double>(d.n(), 41), k = random_values<double>(d.n(), 42);
+  auto v = random_values<double>(d.n(), 43), d_o = random_values<double>(d.n(), 44);
+  std::vector<double> o(d.n()), lse(static_cast<std::size_t>(d.B * d.H * d.T));
+  auto fp = forward_params(d, q, k, v, o, lse, true);
+  fathom::kernels::attention(Cpu{}, fp);
+  std::vector<double> dv(d.n(), 0.0);
+  fathom::kernels::AttentionBackwardParams<double> bp;
+  bp.q = q.data();
+  bp.k = k.data();
+  bp.v = v.data();
+  bp.o = o.data();
+  bp.d_o = d_o.data();
+  bp.lse = lse.data();
+  bp.dv = dv.data();  // dq and dk stay null
+  bp.batch = d.B;
+  bp.seq = d.T;
+  bp.heads = d.H;
+  bp.head_dim = d.hd;
+  bp.q_stride = bp.k_stride = bp.v_stride = bp.o_stride = bp.do_stride = d.C();
+  bp.dq_stride = bp.dk_stride = bp.dv_stride = d.C();
+  bp.scale = fp.scale;
+  fathom::kernels::attention_backward(Cpu{}, bp);
+  auto ref = naive_attention(d, q, k, v, true, &d_o);
+  CHECK(first_mismatch("dv", dv, ref.dv, 1e-10, 1e-12, btc(d)) == "");
+}
+
+TEMPLATE_TEST_CASE("attention reads strided rows of a fused projection in place",
+                   "[kernels][attention]", float, bf16) {
+  using T = TestType;
+  const Dims d{2, 13, 3, 8};
+  const std::int64_t C = d.C(), qkv_stride = 3 * C + 8, o_stride = C + 5;
+  const auto rows = static_cast<std::size_t>(d.B * d.T);
+  // (B, T, 3C + 8): q, k, v side by side, then padding that nothing may read.
+  auto fused = random_values<T>(rows * static_cast<std::size_t>(qkv_stride), 51);
+  std::vector<T> q(d.n()), k(d.n()), v(d.n());
+  for (std::size_t r = 0; r < rows; ++r) {
+    for (std::int64_t c = 0; c < C; ++c) {
+      const auto dst = r * static_cast<std::size_t>(C) + static_cast<std::size_t>(c);
+      const auto src = r * static_cast<std::size_t>(qkv_stride) + static_cast<std::size_t>(c);
+      q[dst] = fused[src];
+      k[dst] = fused[src + static_cast<std::size_t>(C)];
+      v[dst] = fused[src + 2 * static_cast<std::size_t>(C)];
+    }
+  }
+  std::vector<T> o(d.n());
+  std::vector<accum_t<T>> lse(static_cast<std::size_t>(d.B * d.H * d.T));
+  fathom::kernels::attention(Cpu{}, forward_params(d, q, k, v, o, lse, true));
+
+  const T sentinel = scalar_cast<T>(-7.0);
+  std::vector<T> o_wide(rows * static_cast<std::size_t>(o_stride), sentinel);
+  std::vector<accum_t<T>> lse2(lse.size());
+  auto p = forward_params(d, q, k, v, o_wide, lse2, true);
+  p.q = fused.data();
+  p.k = fused.data() + C;
+  p.v = fused.data() + 2 * C;
+  p.q_stride = p.k_stride = p.v_stride = qkv_stride;
+  p.o_stride = o_stride;
+  fathom::kernels::attention(Cpu{}, p);
+
+  for (std::size_t r = 0; r < rows; ++r) {
+    for (std::int64_t c = 0; c < o_stride; ++c) {
+      const T got = o_wide[r * static_cast<std::size_t>(o_stride) + static_cast<std::size_t>(c)];
+      const T want = c < C ? o[r * static_cast<std::size_t>(C) + static_cast<std::size_t>(c)] : sentinel;
+      INFO("row " << r << " column " << c);
+      REQUIRE(scalar_cast<double>(got) == scalar_cast<double>(want));
+    }
+  }
+  CHECK(lse2 == lse);
+}
+
+TEST_CASE("causal attention: no output depends on a future key or value", "[kernels][attention]") {
+  const Dims d{2, 12, 2, 4};
+  const std::int64_t t0 = GENERATE(0, 5, 10);
+  const bool causal = GENERATE(true, false);
+  INFO("perturbing keys and values after t = " << t0 << ", causal " << causal);
+  auto q = random_values<float>(d.n(), 61), k = random_values<float>(d.n(), 62), v = random_values<float>(d.n(), 63);
+  std::vector<float> o1(d.n()), o2(d.n());
+  std::vector<float> lse1(static_cast<std::size_t>(d.B * d.H * d.T)), lse2(lse1.size());
+  fathom::kernels::attention(Cpu{}, forward_params(d, q, k, v, o1, lse1, causal));
+  const auto C = static_cast<std::size_t>(d.C());
+  for (std::int64_t b = 0; b < d.B; ++b) {
+    for (std::int64_t t = t0 + 1; t < d.T; ++t) {
+      for (std::size_t c = 0; c < C; ++c) {
+        const auto i = static_cast<std::size_t>(b * d.T + t) * C + c;
+        k[i] += 1.5f;
+        v[i] -= 2.0f;
+      }
+    }
+  }
+  fathom::kernels::attention(Cpu{}, forward_params(d, q, k, v, o2, lse2, causal));
+  bool past_same = true, future_changed = true;
+  for (std::int64_t b = 0; b < d.B; ++b) {
+    for (std::int64_t t = 0; t < d.T; ++t) {
+      bool row_same = true;
+      for (std::size_t c = 0; c < C; ++c) {
+        const auto i = static_cast<std::size_t>(b * d.T + t) * C + c;
+        row_same = row_same && o1[i] == o2[i];
+      }
+      if (t <= t0) past_same = past_same && row_same;
+      else future_changed = future_changed && !row_same;
+    }
+  }
+  if (causal) {
+    CHECK(past_same);  // rows t <= t0 are bit-identical
+  } else if (t0 + 1 < d.T) {
+    CHECK_FALSE(past_same);  // without the mask every row sees the change
+  }
+  if (t0 + 1 < d.T) CHECK(future_changed);
+}
