@@ -1,0 +1,153 @@
+// Activation kernels, CPU reference: GELU (tanh form), SiLU and the fused SwiGLU, forward and
+// backward. The scalar formulas are host/device functions shared with cuda/activation.cuh.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "fathom/core/config.hpp"
+#include "fathom/core/device.hpp"
+#include "fathom/core/scalar.hpp"
+
+namespace fathom::kernels {
+
+namespace detail {
+
+template <class A>
+FATHOM_HOST_DEVICE inline A tanh_of(A x) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(A) == sizeof(float)) return tanhf(x);
+  else return tanh(x);
+#else
+  return std::tanh(x);
+#endif
+}
+
+template <class A>
+FATHOM_HOST_DEVICE inline A exp_of(A x) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(A) == sizeof(float)) return expf(x);
+  else return exp(x);
+#else
+  return std::exp(x);
+#endif
+}
+
+// gelu(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
+template <class A>
+FATHOM_HOST_DEVICE inline A gelu(A x) {
+  const A k = A(0.7978845608028654), c = A(0.044715);
+  return A(0.5) * x * (A(1) + tanh_of(k * (x + c * x * x * x)));
+}
+
+// d gelu / dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2), t = tanh(u)
+template <class A>
+FATHOM_HOST_DEVICE inline A gelu_grad(A x) {
+  const A k = A(0.7978845608028654), c = A(0.044715);
+  const A t = tanh_of(k * (x + c * x * x * x));
+  return A(0.5) * (A(1) + t) + A(0.5) * x * (A(1) - t * t) * k * (A(1) + A(3) * c * x * x);
+}
+
+template <class A>
+FATHOM_HOST_DEVICE inline A sigmoid(A x) {
+  return A(1) / (A(1) + exp_of(-x));  // exp overflows to inf for x << 0: sigmoid -> 0, as it should
+}
+
+// silu(x) = x sigmoid(x)
+template <class A>
+FATHOM_HOST_DEVICE inline A silu(A x) {
+  return x * sigmoid(x);
+}
+
+// d silu / dx = s (1 + x (1 - s)), s = sigmoid(x)
+template <class A>
+FATHOM_HOST_DEVICE inline A silu_grad(A x) {
+  const A s = sigmoid(x);
+  return s * (A(1) + x * (A(1) - s));
+}
+
+}  // namespace detail
+
+// y = f(x) for an element-wise activation f (gelu, silu).
+template <class T>
+struct ActivationParams {
+  const T* x;  // (n)
+  T* y;        // (n), may alias x
+  std::int64_t n;
+};
+
+// dx += dy * f'(x)   (accumulates into the input's gradient)
+template <class T>
+struct ActivationBackwardParams {
+  const T* x;   // (n)
+  const T* dy;  // (n)
+  T* dx;        // (n)
+  std::int64_t n;
+};
+
+template <class T>
+void gelu(Cpu, const ActivationParams<T>& p) {
+  using A = accum_t<T>;
+  for (std::int64_t i = 0; i < p.n; ++i) p.y[i] = scalar_cast<T>(detail::gelu(scalar_cast<A>(p.x[i])));
+}
+
+template <class T>
+void gelu_backward(Cpu, const ActivationBackwardParams<T>& p) {
+  using A = accum_t<T>;
+  for (std::int64_t i = 0; i < p.n; ++i)
+    p.dx[i] = scalar_cast<T>(scalar_cast<A>(p.dx[i]) +
+                             scalar_cast<A>(p.dy[i]) * detail::gelu_grad(scalar_cast<A>(p.x[i])));
+}
+
+template <class T>
+void silu(Cpu, const ActivationParams<T>& p) {
+  using A = accum_t<T>;
+  for (std::int64_t i = 0; i < p.n; ++i) p.y[i] = scalar_cast<T>(detail::silu(scalar_cast<A>(p.x[i])));
+}
+
+template <class T>
+void silu_backward(Cpu, const ActivationBackwardParams<T>& p) {
+  using A = accum_t<T>;
+  for (std::int64_t i = 0; i < p.n; ++i)
+    p.dx[i] = scalar_cast<T>(scalar_cast<A>(p.dx[i]) +
+                             scalar_cast<A>(p.dy[i]) * detail::silu_grad(scalar_cast<A>(p.x[i])));
+}
+
+// y = silu(gate) * up, fused: one pass, no silu(gate) stored.
+template <class T>
+struct SwigluParams {
+  const T* gate;  // (n)
+  const T* up;    // (n)
+  T* y;           // (n)
+  std::int64_t n;
+};
+
+template <class T>
+void swiglu(Cpu, const SwigluParams<T>& p) {
+  using A = accum_t<T>;
+  for (std::int64_t i = 0; i < p.n; ++i)
+    p.y[i] = scalar_cast<T>(detail::silu(scalar_cast<A>(p.gate[i])) * scalar_cast<A>(p.up[i]));
+}
+
+// dgate += dy * up * silu'(gate), dup += dy * silu(gate); either output may be null.
+template <class T>
+struct SwigluBackwardParams {
+  const T* gate;  // (n)
+  const T* up;    // (n)
+  const T* dy;    // (n)
+  T* dgate;       // (n) or nullptr
+  T* dup;         // (n) or nullptr
+  std::int64_t n;
+};
+
+template <class T>
+void swiglu_backward(Cpu, const SwigluBackwardParams<T>& p) {
+  using A = accum_t<T>;
+  for (std::int64_t i = 0; i < p.n; ++i) {
+    const A g = scalar_cast<A>(p.gate[i]), u = scalar_cast<A>(p.up[i]), d = scalar_cast<A>(p.dy[i]);
+    if (p.dgate) p.dgate[i] = scalar_cast<T>(scalar_cast<A>(p.dgate[i]) + d * u * detail::silu_grad(g));
+    if (p.dup) p.dup[i] = scalar_cast<T>(scalar_cast<A>(p.dup[i]) + d * detail::silu(g));
+  }
+}
+
+}  // namespace fathom::kernels

@@ -1,0 +1,168 @@
+// CUDA versions of the tensor primitives (device_fill, device_strided_copy, device_cast in namespace
+// fathom, found by Tensor through argument-dependent lookup on the Cuda tag), and the element-wise
+// launch machinery the CUDA kernel families share: 16-byte vector packs and a grid-stride map.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "fathom/kernels/cuda/primitives.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#endif
+
+#include <algorithm>
+#include <cstdint>
+
+#include "fathom/core/cuda_runtime.hpp"
+#include "fathom/core/device.hpp"
+#include "fathom/core/scalar.hpp"
+#include "fathom/tensor/shape.hpp"
+
+namespace fathom::kernels::detail {
+
+// N consecutive elements moved as one load or store (16 bytes when N * sizeof(T) == 16).
+template <class T, int N>
+struct alignas(sizeof(T) * N) MapPack {
+  T v[N];
+};
+
+template <int N, class T>
+__device__ inline MapPack<T, N> map_load(const T* p) {
+  return *reinterpret_cast<const MapPack<T, N>*>(p);
+}
+template <int N, class T>
+__device__ inline void map_store(T* p, const MapPack<T, N>& pack) {
+  *reinterpret_cast<MapPack<T, N>*>(p) = pack;
+}
+
+// Elements per 16-byte pack for the widest of the element types involved.
+template <class... Ts>
+constexpr int map_width() {
+  constexpr std::size_t widest = std::max({sizeof(Ts)...});
+  return widest >= 16 ? 1 : static_cast<int>(16 / widest);
+}
+
+__host__ __device__ inline bool map_aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// Op models: template <int N> __device__ void apply(std::int64_t i) const, which handles elements
+// [i, i + N). The kernel gives each thread whole packs, then the n % N tail one element at a time.
+template <int N, class Op>
+__global__ void map_kernel(Op op, std::int64_t n) {
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  const std::int64_t tid = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::int64_t packs = n / N;
+  for (std::int64_t k = tid; k < packs; k += stride) op.template apply<N>(k * N);
+  if constexpr (N > 1) {
+    for (std::int64_t i = packs * N + tid; i < n; i += stride) op.template apply<1>(i);
+  }
+}
+
+constexpr int map_threads = 256;
+constexpr std::int64_t map_max_blocks = 8192;  // a grid-stride loop covers the rest
+
+// Runs op over n elements on fathom's stream, N at a time when every pointer given is 16-byte
+// aligned (null pointers count as aligned), one at a time otherwise.
+template <int N, class Op, class... Ptrs>
+void launch_map(const Op& op, std::int64_t n, const Ptrs*... ptrs) {
+  if (n <= 0) return;
+  const bool packed = N > 1 && (true && ... && map_aligned(ptrs));
+  const std::int64_t work = packed ? (n + N - 1) / N : n;
+  const int blocks = static_cast<int>(std::min(map_max_blocks, (work + map_threads - 1) / map_threads));
+  if (packed) {
+    map_kernel<N><<<blocks, map_threads, 0, cuda::stream()>>>(op, n);
+  } else {
+    map_kernel<1><<<blocks, map_threads, 0, cuda::stream()>>>(op, n);
+  }
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T>
+struct FillMap {
+  T* dst;
+  T value;
+  template <int N>
+  __device__ void apply(std::int64_t i) const {
+    MapPack<T, N> pack;
+#pragma unroll
+    for (int j = 0; j < N; ++j) pack.v[j] = value;
+    map_store<N>(dst + i, pack);
+  }
+};
+
+template <class To, class From>
+struct CastMap {
+  To* dst;
+  const From* src;
+  template <int N>
+  __device__ void apply(std::int64_t i) const {
+    const MapPack<From, N> in = map_load<N>(src + i);
+    MapPack<To, N> out;
+#pragma unroll
+    for (int j = 0; j < N; ++j) out.v[j] = scalar_cast<To>(in.v[j]);
+    map_store<N>(dst + i, out);
+  }
+};
+
+// A shape and strides by value, for kernel arguments (Shape itself is host-only).
+struct StridedLayout {
+  std::int64_t extent[Shape::max_rank];
+  std::int64_t stride[Shape::max_rank];
+  int rank;
+};
+
+template <class T>
+__global__ void strided_copy_kernel(T* dst, const T* src, StridedLayout layout, std::int64_t n) {
+  const std::int64_t step = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
+    std::int64_t rest = i, offset = 0;
+    for (int d = layout.rank - 1; d >= 0; --d) {  // row-major index -> source offset
+      const std::int64_t e = layout.extent[d];
+      offset += (rest % e) * layout.stride[d];
+      rest /= e;
+    }
+    dst[i] = src[offset];
+  }
+}
+
+}  // namespace fathom::kernels::detail
+
+namespace fathom {
+
+template <class T>
+void device_fill(Cuda, T* dst, std::int64_t n, T value) {
+  kernels::detail::launch_map<kernels::detail::map_width<T>()>(kernels::detail::FillMap<T>{dst, value}, n,
+                                                                dst);
+}
+
+// dst (contiguous) <- src viewed with `shape` and `src_strides` (in elements).
+template <class T>
+void device_strided_copy(Cuda, T* dst, const T* src, const Shape& shape, const Shape& src_strides) {
+  const std::int64_t n = shape.numel();
+  if (n == 0) return;
+  kernels::detail::StridedLayout layout{};
+  // Merge dimensions that are contiguous with respect to each other: fewer divisions per element.
+  int rank = 0;
+  for (int d = 0; d < shape.rank(); ++d) {
+    if (shape[d] == 1) continue;
+    if (rank > 0 && layout.stride[rank - 1] == src_strides[d] * shape[d]) {
+      layout.extent[rank - 1] *= shape[d];
+      layout.stride[rank - 1] = src_strides[d];
+    } else {
+      layout.extent[rank] = shape[d];
+      layout.stride[rank] = src_strides[d];
+      ++rank;
+    }
+  }
+  layout.rank = rank;
+  const int threads = kernels::detail::map_threads;
+  const int blocks =
+      static_cast<int>(std::min(kernels::detail::map_max_blocks, (n + threads - 1) / threads));
+  kernels::detail::strided_copy_kernel<<<blocks, threads, 0, cuda::stream()>>>(dst, src, layout, n);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+// Element type conversion (to bf16: round to nearest even, as on the CPU).
+template <class To, class From>
+void device_cast(Cuda, To* dst, const From* src, std::int64_t n) {
+  kernels::detail::launch_map<kernels::detail::map_width<To, From>()>(
+      kernels::detail::CastMap<To, From>{dst, src}, n, dst, src);
+}
+
+}  // namespace fathom
