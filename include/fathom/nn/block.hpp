@@ -1,0 +1,112 @@
+// Block<Policy, T, D>: one Transformer block, an attention sub-layer then an MLP sub-layer, each
+// turned into a new residual stream by the norm policy; and the observer hook that diagnostics use
+// to see inside it.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fathom/core/error.hpp"
+#include "fathom/nn/arch.hpp"
+#include "fathom/nn/attention.hpp"
+#include "fathom/nn/config.hpp"
+#include "fathom/nn/mlp.hpp"
+#include "fathom/nn/norm.hpp"
+#include "fathom/policy/norm_policy.hpp"
+#include "fathom/policy/sublayer.hpp"
+#include "fathom/policy/traits.hpp"
+
+namespace fathom::nn {
+
+// Called during forward with (block index, site, value); the block index is 0-based (block i is
+// policy layer l = i + 1). Sites, in the order they are reported for each block:
+//   "block_input"   the residual stream entering the block, (B, T, C)
+//   "attn_input"    what the policy passed to the attention branch (e.g. LNS: N(x) / sqrt(l))
+//   "attn_branch"   the attention branch's output F(...)
+//   "mlp_input"     what the policy passed to the MLP branch
+//   "mlp_branch"    the MLP branch's output
+//   "block_output"  the stream leaving the block
+// A skipped block reports only block_input and block_output (equal). After the last block,
+// DecoderLM reports (L, "final_norm", ...) when the model has a final norm. The values are the
+// graph's own Vars: keep them (or their gradients, with retain_grad) but do not modify them.
+template <class T, DeviceTag D>
+using Observer = std::function<void(int, std::string_view, const Var<T, D>&)>;
+
+template <class Policy, FloatingScalar T, DeviceTag D>
+class Block {
+  static_assert(policy::NormPolicyCheck<Policy>::value);
+
+ public:
+  static constexpr int norms_per_sublayer = policy::PolicyTraits<Policy>::norms_per_sublayer;
+
+  // Block `layer` (1-based) of c.layers, named by `names` (BlockNames of the architecture).
+  Block(const ModelConfig& c, const BlockNames& names, int layer, std::vector<NamedParameter<T, D>>& registry)
+      : layer_(layer), depth_(c.layers) {
+    FATHOM_CHECK(static_cast<int>(names.attn_norms.size()) == norms_per_sublayer &&
+                     static_cast<int>(names.mlp_norms.size()) == norms_per_sublayer,
+                 "Block: expected " << norms_per_sublayer << " norm names per sub-layer, got "
+                                    << names.attn_norms.size() << " and " << names.mlp_norms.size());
+    attn_ = Attention<T, D>(c, names, layer, registry);
+    mlp_ = MLP<T, D>(c, names, layer, registry);
+    const NormKind kind = arch_spec(c.arch).norm;
+    for (int s = 0; s < norms_per_sublayer; ++s) {
+      attn_norms_.emplace_back(kind, names.attn_norms[static_cast<std::size_t>(s)], c.d_model, c.norm_eps,
+                               layer, c.layers, registry);
+      mlp_norms_.emplace_back(kind, names.mlp_norms[static_cast<std::size_t>(s)], c.d_model, c.norm_eps,
+                              layer, c.layers, registry);
+    }
+  }
+
+  // x (B, T, C) -> (B, T, C). `observer` may be null.
+  Var<T, D> forward(const Policy& policy, const Var<T, D>& x, const Observer<T, D>* observer) const {
+    const int index = layer_ - 1;
+    auto report = [&](std::string_view site, const Var<T, D>& v) {
+      if (observer && *observer) (*observer)(index, site, v);
+    };
+    report("block_input", x);
+    Var<T, D> h = run_sublayer(policy, x, policy::Sublayer::attention, report);
+    Var<T, D> y = run_sublayer(policy, h, policy::Sublayer::mlp, report);
+    report("block_output", y);
+    return y;
+  }
+
+  int layer() const { return layer_; }
+  const Attention<T, D>& attention() const { return attn_; }
+  const MLP<T, D>& mlp() const { return mlp_; }
+  const Norm<T, D>& norm(policy::Sublayer kind, int slot) const {
+    return (kind == policy::Sublayer::attention ? attn_norms_ : mlp_norms_).at(static_cast<std::size_t>(slot));
+  }
+
+ private:
+  template <class Report>
+  Var<T, D> run_sublayer(const Policy& policy, const Var<T, D>& x, policy::Sublayer kind, Report& report) const {
+    const bool is_attn = kind == policy::Sublayer::attention;
+    const std::vector<Norm<T, D>>& norms = is_attn ? attn_norms_ : mlp_norms_;
+    auto branch = [&](const Var<T, D>& in) {
+      report(is_attn ? "attn_input" : "mlp_input", in);
+      Var<T, D> out = is_attn ? attn_.forward(in) : mlp_.forward(in);
+      report(is_attn ? "attn_branch" : "mlp_branch", out);
+      return out;
+    };
+    auto norm = [&](int slot, const Var<T, D>& in, double out_scale) {
+      FATHOM_CHECK(slot >= 0 && slot < norms_per_sublayer,
+                   "norm policy asked for norm slot " << slot << " of the " << policy::to_string(kind)
+                                                      << " sub-layer of block " << layer_
+                                                      << "; it declares norms_per_sublayer = "
+                                                      << norms_per_sublayer);
+      return norms[static_cast<std::size_t>(slot)].forward(in, out_scale);
+    };
+    policy::SublayerContext<T, D> s(x, layer_, depth_, kind, branch, norm);
+    return policy.apply(s);
+  }
+
+  int layer_ = 1;
+  int depth_ = 1;
+  Attention<T, D> attn_;
+  MLP<T, D> mlp_;
+  std::vector<Norm<T, D>> attn_norms_, mlp_norms_;  // by slot
+};
+
+}  // namespace fathom::nn

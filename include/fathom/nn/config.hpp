@@ -1,0 +1,85 @@
+// ModelConfig: the sizes and switches of a decoder-only LM, what each architecture fixes (ArchSpec),
+// validation, and count_parameters(), the exact parameter count computed without allocating.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "fathom/core/error.hpp"
+
+namespace fathom::nn {
+
+enum class ArchKind { llama, gpt2 };
+enum class NormKind { rms, layer };
+enum class MlpKind { swiglu, gelu };
+
+inline std::string_view to_string(ArchKind a) { return a == ArchKind::llama ? "llama" : "gpt2"; }
+
+// What an architecture fixes (the config cannot change these).
+struct ArchSpec {
+  NormKind norm;
+  MlpKind mlp;
+  bool rope;       // rotary positions; otherwise learned absolute positions (a (max_seq, C) table)
+  bool fused_qkv;  // one (3C, C) projection (GPT-2 c_attn) instead of q_proj, k_proj, v_proj
+};
+
+inline ArchSpec arch_spec(ArchKind a) {
+  if (a == ArchKind::llama) return {NormKind::rms, MlpKind::swiglu, true, false};
+  return {NormKind::layer, MlpKind::gelu, false, true};
+}
+
+struct ModelConfig {
+  ArchKind arch = ArchKind::llama;
+  int layers = 0;   // L
+  int d_model = 0;  // C
+  int heads = 0;
+  int d_ff = 0;      // MLP hidden size
+  int vocab = 0;     // rows of the token embedding (and of the logits)
+  int max_seq = 0;   // longest sequence forward accepts (GPT-2: rows of the position table)
+  double norm_eps = 1e-6;
+  double rope_theta = 10000.0;  // Llama only
+  bool tied = false;  // LM head shares the token embedding (GPT-2)
+  bool bias = false;  // biases on every linear (GPT-2); LayerNorm always has its bias
+  std::string name = "custom";  // the preset it came from, for logs
+
+  int head_dim() const { return heads > 0 ? d_model / heads : 0; }
+
+  // Throws fathom::Error naming the first field that is out of range.
+  void validate() const {
+    FATHOM_CHECK(layers >= 1, "ModelConfig: expected layers >= 1, got " << layers);
+    FATHOM_CHECK(d_model >= 1, "ModelConfig: expected d_model >= 1, got " << d_model);
+    FATHOM_CHECK(heads >= 1 && d_model % heads == 0,
+                 "ModelConfig: expected heads >= 1 dividing d_model = " << d_model << ", got heads = "
+                                                                        << heads);
+    FATHOM_CHECK(!arch_spec(arch).rope || head_dim() % 2 == 0,
+                 "ModelConfig: rotary positions need an even head dimension, got d_model / heads = "
+                     << d_model << " / " << heads << " = " << head_dim());
+    FATHOM_CHECK(d_ff >= 1, "ModelConfig: expected d_ff >= 1, got " << d_ff);
+    FATHOM_CHECK(vocab >= 1, "ModelConfig: expected vocab >= 1, got " << vocab);
+    FATHOM_CHECK(max_seq >= 1, "ModelConfig: expected max_seq >= 1, got " << max_seq);
+    FATHOM_CHECK(norm_eps > 0.0, "ModelConfig: expected norm_eps > 0, got " << norm_eps);
+  }
+};
+
+// The number of parameters of a model with this config, when each sub-layer owns
+// `norms_per_sublayer` norms and a final norm exists or not (both decided by the norm policy:
+// PolicyTraits). Equals DecoderLM::num_parameters() for the same choices; needs no memory.
+inline std::int64_t count_parameters(const ModelConfig& c, int norms_per_sublayer = 1,
+                                     bool final_norm = true) {
+  const ArchSpec spec = arch_spec(c.arch);
+  const std::int64_t C = c.d_model, F = c.d_ff, V = c.vocab;
+  const std::int64_t norm = spec.norm == NormKind::layer ? 2 * C : C;  // weight (+ bias)
+  const std::int64_t bias = c.bias ? 1 : 0;
+  std::int64_t block = 4 * C * C + bias * 4 * C;  // q, k, v, out
+  if (spec.mlp == MlpKind::swiglu) block += 3 * C * F + bias * (2 * F + C);
+  else block += 2 * C * F + bias * (F + C);
+  block += 2 * norms_per_sublayer * norm;
+  std::int64_t n = V * C + c.layers * block;
+  if (!spec.rope) n += static_cast<std::int64_t>(c.max_seq) * C;
+  if (final_norm) n += norm;
+  if (!c.tied) n += V * C;
+  return n;
+}
+
+}  // namespace fathom::nn

@@ -1,0 +1,47 @@
+// Linear: y = x W^T + b with W stored (out, in) as in PyTorch and Hugging Face Llama (GPT-2's Conv1D
+// checkpoints store (in, out): see hf_transposed in arch.hpp).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fathom/autograd/ops/gemm.hpp"
+#include "fathom/nn/parameter.hpp"
+
+namespace fathom::nn {
+
+template <class T, DeviceTag D>
+class Linear {
+ public:
+  Linear() = default;
+  // `name` is the module's prefix ("model.layers.0.self_attn.q_proj"); parameters are
+  // name + ".weight" and, with bias, name + ".bias". `parts` describes the weight for init (one
+  // entry per equal slice of its rows).
+  Linear(const std::string& name, std::int64_t in, std::int64_t out, bool bias,
+         std::vector<policy::ParamInfo> parts, std::vector<NamedParameter<T, D>>& registry)
+      : weight_(make_parameter<T, D>(name + ".weight", Shape{out, in})) {
+    registry.push_back({name + ".weight", weight_, std::move(parts)});
+    if (bias) {
+      bias_ = make_parameter<T, D>(name + ".bias", Shape{out});
+      policy::ParamInfo b;
+      b.role = policy::ParamRole::bias;
+      registry.push_back({name + ".bias", bias_, {b}});
+    }
+  }
+
+  // x (..., in) -> (..., out)
+  Var<T, D> forward(const Var<T, D>& x) const {
+    return bias_.defined() ? autograd::linear(x, weight_, &bias_) : autograd::linear(x, weight_);
+  }
+
+  const Var<T, D>& weight() const { return weight_; }
+  const Var<T, D>& bias() const { return bias_; }  // undefined without bias
+  bool has_bias() const { return bias_.defined(); }
+
+ private:
+  Var<T, D> weight_;  // (out, in)
+  Var<T, D> bias_;    // (out)
+};
+
+}  // namespace fathom::nn

@@ -1,0 +1,50 @@
+// MLP: SwiGLU down(silu(gate(x)) * up(x)) (Llama) or GELU c_proj(gelu(c_fc(x))) (GPT-2, tanh form).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "fathom/autograd/ops/activation.hpp"
+#include "fathom/nn/arch.hpp"
+#include "fathom/nn/config.hpp"
+#include "fathom/nn/linear.hpp"
+
+namespace fathom::nn {
+
+template <class T, DeviceTag D>
+class MLP {
+ public:
+  MLP() = default;
+  MLP(const ModelConfig& c, const BlockNames& names, int layer, std::vector<NamedParameter<T, D>>& registry)
+      : kind_(arch_spec(c.arch).mlp) {
+    const std::int64_t C = c.d_model, F = c.d_ff;
+    auto info = [&](policy::ParamRole role, std::int64_t in, std::int64_t out) {
+      policy::ParamInfo p;
+      p.role = role;
+      p.layer = layer;
+      p.depth = c.layers;
+      p.fan_in = in;
+      p.fan_out = out;
+      return p;
+    };
+    using policy::ParamRole;
+    if (kind_ == MlpKind::swiglu)
+      gate_ = Linear<T, D>(names.mlp_gate, C, F, c.bias, {info(ParamRole::mlp_gate, C, F)}, registry);
+    up_ = Linear<T, D>(names.mlp_up, C, F, c.bias, {info(ParamRole::mlp_up, C, F)}, registry);
+    down_ = Linear<T, D>(names.mlp_down, F, C, c.bias, {info(ParamRole::mlp_down, F, C)}, registry);
+  }
+
+  // x (B, T, C) -> (B, T, C)
+  Var<T, D> forward(const Var<T, D>& x) const {
+    if (kind_ == MlpKind::swiglu) return down_.forward(autograd::swiglu(gate_.forward(x), up_.forward(x)));
+    return down_.forward(autograd::gelu(up_.forward(x)));
+  }
+
+  const Linear<T, D>& down_proj() const { return down_; }
+
+ private:
+  MlpKind kind_ = MlpKind::swiglu;
+  Linear<T, D> gate_, up_, down_;
+};
+
+}  // namespace fathom::nn
