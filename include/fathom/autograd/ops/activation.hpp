@@ -1,0 +1,61 @@
+// Differentiable activations on Var: gelu (tanh form), silu, and swiglu(gate, up) = silu(gate) * up
+// as one fused node (one kernel forward, one backward).
+#pragma once
+
+#include <cstdint>
+#include <utility>
+
+#include "fathom/autograd/var.hpp"
+#include "fathom/core/error.hpp"
+#include "fathom/kernels/activation.hpp"
+#if defined(__CUDACC__)
+// Declared before the ops below so that kernels::op(Cuda{}, ...) resolves (a qualified call sees
+// only the overloads declared before the template that makes it).
+#include "fathom/kernels/cuda/activation.cuh"
+#endif
+
+namespace fathom::autograd {
+
+// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), element-wise.
+template <class T, DeviceTag D>
+Var<T, D> gelu(const Var<T, D>& x) {
+  Tensor<T, D> xc = x.value().contiguous();
+  Tensor<T, D> y(x.shape());
+  const std::int64_t n = x.numel();
+  kernels::gelu(D{}, kernels::ActivationParams<T>{xc.data(), y.data(), n});
+  return Var<T, D>::make_result(std::move(y), x.requires_grad(), [gx = grad_target(x), xc, n](const Tensor<T, D>& gy) {
+    if (gx) kernels::gelu_backward(D{}, kernels::ActivationBackwardParams<T>{xc.data(), gy.data(), gx->accumulator().data(), n});
+  });
+}
+
+// x * sigmoid(x), element-wise.
+template <class T, DeviceTag D>
+Var<T, D> silu(const Var<T, D>& x) {
+  Tensor<T, D> xc = x.value().contiguous();
+  Tensor<T, D> y(x.shape());
+  const std::int64_t n = x.numel();
+  kernels::silu(D{}, kernels::ActivationParams<T>{xc.data(), y.data(), n});
+  return Var<T, D>::make_result(std::move(y), x.requires_grad(), [gx = grad_target(x), xc, n](const Tensor<T, D>& gy) {
+    if (gx) kernels::silu_backward(D{}, kernels::ActivationBackwardParams<T>{xc.data(), gy.data(), gx->accumulator().data(), n});
+  });
+}
+
+// silu(gate) * up (same shapes), fused: saves gate and up, never silu(gate).
+template <class T, DeviceTag D>
+Var<T, D> swiglu(const Var<T, D>& gate, const Var<T, D>& up) {
+  FATHOM_CHECK(gate.shape() == up.shape(),
+               "swiglu: gate " << gate.shape() << " and up " << up.shape() << " differ in shape");
+  Tensor<T, D> gc = gate.value().contiguous(), uc = up.value().contiguous();
+  Tensor<T, D> y(gate.shape());
+  const std::int64_t n = gate.numel();
+  kernels::swiglu(D{}, kernels::SwigluParams<T>{gc.data(), uc.data(), y.data(), n});
+  return Var<T, D>::make_result(
+      std::move(y), any_requires_grad(gate, up),
+      [gg = grad_target(gate), gu = grad_target(up), gc, uc, n](const Tensor<T, D>& gy) {
+        kernels::swiglu_backward(D{}, kernels::SwigluBackwardParams<T>{gc.data(), uc.data(), gy.data(),
+                                                                       gg ? gg->accumulator().data() : nullptr,
+                                                                       gu ? gu->accumulator().data() : nullptr, n});
+      });
+}
+
+}  // namespace fathom::autograd
