@@ -1,0 +1,128 @@
+// Machinery shared by the CUDA kernels that work one row per block (norms, softmax, cross-entropy):
+// 16-byte pack loads into accum precision, a row visitor that handles rows not starting on a
+// 16-byte boundary, block-wide reductions broadcast to every thread, and the online max/sum-of-exp.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "fathom/kernels/cuda/rows.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#endif
+
+#include <cstdint>
+#include <cub/block/block_reduce.cuh>
+#include <cuda/std/limits>
+
+#include "fathom/core/scalar.hpp"
+#include "fathom/kernels/cuda/primitives.cuh"
+
+namespace fathom::kernels::detail {
+
+// Math in accum precision (float or double) without relying on overloads of the C names.
+__device__ inline float row_exp(float x) { return expf(x); }
+__device__ inline double row_exp(double x) { return exp(x); }
+__device__ inline float row_log(float x) { return logf(x); }
+__device__ inline double row_log(double x) { return log(x); }
+__device__ inline float row_sqrt(float x) { return sqrtf(x); }
+__device__ inline double row_sqrt(double x) { return sqrt(x); }
+__device__ inline void row_sincos(float x, float* s, float* c) { sincosf(x, s, c); }
+__device__ inline void row_sincos(double x, double* s, double* c) { sincos(x, s, c); }
+
+// W consecutive elements of T (one 16-byte load when W == map_width<T>()) into accum precision A.
+template <int W, class T, class A>
+__device__ inline void row_load(const T* p, A (&out)[W]) {
+  const MapPack<T, W> pack = map_load<W>(p);
+#pragma unroll
+  for (int j = 0; j < W; ++j) out[j] = scalar_cast<A>(pack.v[j]);
+}
+
+template <int W, class T, class A>
+__device__ inline void row_store(T* p, const A (&in)[W]) {
+  MapPack<T, W> pack;
+#pragma unroll
+  for (int j = 0; j < W; ++j) pack.v[j] = scalar_cast<T>(in[j]);
+  map_store<W>(p, pack);
+}
+
+template <int W>
+struct RowWidth {
+  static constexpr int value = W;
+};
+
+// Calls f(col, RowWidth<W>{}) for the chunks of a row of n elements starting at `row`, dealt to the
+// block's threads round-robin: single elements (W = 1) up to the first 16-byte boundary, packs of
+// N elements after it, and single elements for the tail. Other rows of the same length whose base
+// pointers are 16-byte aligned share the row's alignment, so the same chunks line up in them.
+// When `row` is 16-byte aligned (norms check that every row is) each thread gets the same columns
+// in every row.
+template <int N, class T, class F>
+__device__ inline void for_each_row_chunk(const T* row, std::int64_t n, F&& f) {
+  std::int64_t head = 0;
+  if constexpr (N > 1) {
+    const auto misaligned = static_cast<std::int64_t>((reinterpret_cast<std::uintptr_t>(row) / sizeof(T)) % N);
+    head = misaligned ? (n < N - misaligned ? n : N - misaligned) : 0;
+    for (std::int64_t c = threadIdx.x; c < head; c += blockDim.x) f(c, RowWidth<1>{});
+  }
+  const std::int64_t packs = (n - head) / N;
+  for (std::int64_t k = threadIdx.x; k < packs; k += blockDim.x) f(head + k * N, RowWidth<N>{});
+  if constexpr (N > 1) {
+    for (std::int64_t c = head + packs * N + threadIdx.x; c < n; c += blockDim.x) f(c, RowWidth<1>{});
+  }
+}
+
+struct RowPlus {
+  template <class V>
+  __device__ V operator()(const V& a, const V& b) const {
+    return a + b;
+  }
+};
+
+// Two sums reduced together (one block reduction instead of two).
+template <class A>
+struct RowPair {
+  A a, b;
+  __device__ RowPair operator+(const RowPair& o) const { return {a + o.a, b + o.b}; }
+};
+
+// The reduction of every thread's v over the block (blockDim.x == Threads), returned to every
+// thread. Safe to call repeatedly in one kernel: it synchronizes before returning.
+template <int Threads, class V, class Op>
+__device__ inline V block_all_reduce(V v, Op op) {
+  using Reduce = cub::BlockReduce<V, Threads>;
+  __shared__ typename Reduce::TempStorage temp;
+  __shared__ V result;
+  V r = Reduce(temp).Reduce(v, op);
+  if (threadIdx.x == 0) result = r;
+  __syncthreads();
+  r = result;
+  __syncthreads();
+  return r;
+}
+
+// Running maximum m and sum of exp(x - m) of a set of values: the online softmax state.
+template <class A>
+struct RowMaxSum {
+  A m, s;
+
+  __device__ static RowMaxSum empty() { return {-::cuda::std::numeric_limits<A>::infinity(), A(0)}; }
+  __device__ void add(A x) {
+    if (x > m) {
+      s = s * row_exp(m - x) + A(1);
+      m = x;
+    } else if (x > -::cuda::std::numeric_limits<A>::infinity()) {  // exp(-inf - -inf) would be NaN
+      s += row_exp(x - m);
+    }
+  }
+  // log(sum exp(x)) of every value added.
+  __device__ A log_sum_exp() const { return m + row_log(s); }
+};
+
+struct RowMaxSumMerge {
+  template <class A>
+  __device__ RowMaxSum<A> operator()(const RowMaxSum<A>& x, const RowMaxSum<A>& y) const {
+    const RowMaxSum<A>& hi = x.m >= y.m ? x : y;
+    const RowMaxSum<A>& lo = x.m >= y.m ? y : x;
+    if (lo.m == -::cuda::std::numeric_limits<A>::infinity()) return hi;
+    return {hi.m, hi.s + lo.s * row_exp(lo.m - hi.m)};
+  }
+};
+
+}  // namespace fathom::kernels::detail

@@ -1,0 +1,304 @@
+// CUDA softmax over the last dimension and the fused softmax cross-entropy, forward and backward.
+//
+// One block per row. Each thread keeps an online (max, sum of exp) over its share of the row and a
+// CUB block reduction merges them, so the row is read once for the statistics. Rows are read in
+// 16-byte packs (with single elements up to the first 16-byte boundary and for the tail, so a
+// vocabulary of 50257 is packed too). Cross-entropy stores only one logsumexp per row: its gradient
+// is recomputed from the logits in one read, by the backward kernel or, when the caller passes
+// dlogits to the forward, in the same kernel as the loss. The mean over rows is a single-block sum
+// in a fixed order (deterministic). A target out of range cannot throw on the device: it makes the
+// loss NaN (see kernels/softmax.hpp).
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "fathom/kernels/cuda/softmax.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#endif
+
+#include <cstdint>
+#include <initializer_list>
+
+#include "fathom/core/cuda_runtime.hpp"
+#include "fathom/core/memory.hpp"
+#include "fathom/kernels/cuda/rows.cuh"
+#include "fathom/kernels/softmax.hpp"
+
+namespace fathom::kernels {
+
+namespace detail {
+
+constexpr int softmax_threads = 256;
+constexpr int cross_entropy_threads = 512;  // vocabulary rows are long: more loads in flight per row
+constexpr int cross_entropy_sum_threads = 512;
+
+// 16-byte packs for rows whose base pointers are all 16-byte aligned (or null): rows of the same
+// length then share their alignment, whatever the length.
+template <class T>
+bool rows_share_alignment(std::initializer_list<const void*> pointers) {
+  if (map_width<T>() == 1) return false;
+  for (const void* p : pointers) {
+    if (p && !map_aligned(p)) return false;
+  }
+  return true;
+}
+
+inline unsigned row_grid(const char* op, std::int64_t rows) {
+  FATHOM_CHECK(rows <= 0x7fffffff, op << ": at most 2^31 - 1 rows, got " << rows);
+  return static_cast<unsigned>(rows);
+}
+
+// ----- softmax -----
+
+template <class T, int N>
+__global__ void __launch_bounds__(softmax_threads) softmax_forward_kernel(const T* x, T* y, std::int64_t cols) {
+  using A = accum_t<T>;
+  const std::int64_t row = blockIdx.x;
+  const T* xr = x + row * cols;  // (C)
+  T* yr = y + row * cols;        // (C)
+  RowMaxSum<A> stats = RowMaxSum<A>::empty();
+  for_each_row_chunk<N>(xr, cols, [&](std::int64_t c, auto width) {
+    constexpr int W = decltype(width)::value;
+    A v[W];
+    row_load<W>(xr + c, v);
+#pragma unroll
+    for (int j = 0; j < W; ++j) stats.add(v[j]);
+  });
+  stats = block_all_reduce<softmax_threads>(stats, RowMaxSumMerge{});
+  const A inv = A(1) / stats.s;
+  for_each_row_chunk<N>(xr, cols, [&](std::int64_t c, auto width) {
+    constexpr int W = decltype(width)::value;
+    A v[W];
+    row_load<W>(xr + c, v);
+#pragma unroll
+    for (int j = 0; j < W; ++j) v[j] = row_exp(v[j] - stats.m) * inv;
+    row_store<W>(yr + c, v);
+  });
+}
+
+template <class T, int N>
+__global__ void __launch_bounds__(softmax_threads)
+    softmax_backward_kernel(const T* y, const T* dy, T* dx, std::int64_t cols, bool accumulate) {
+  using A = accum_t<T>;
+  const std::int64_t offset = static_cast<std::int64_t>(blockIdx.x) * cols;
+  const T* yr = y + offset;    // (C)
+  const T* dyr = dy + offset;  // (C)
+  T* dxr = dx + offset;        // (C)
+  A dot = 0;
+  for_each_row_chunk<N>(yr, cols, [&](std::int64_t c, auto width) {
+    constexpr int W = decltype(width)::value;
+    A p[W], g[W];
+    row_load<W>(yr + c, p);
+    row_load<W>(dyr + c, g);
+#pragma unroll
+    for (int j = 0; j < W; ++j) dot += p[j] * g[j];
+  });
+  dot = block_all_reduce<softmax_threads>(dot, RowPlus{});
+  for_each_row_chunk<N>(yr, cols, [&](std::int64_t c, auto width) {
+    constexpr int W = decltype(width)::value;
+    A p[W], g[W], out[W];
+    row_load<W>(yr + c, p);
+    row_load<W>(dyr + c, g);
+#pragma unroll
+    for (int j = 0; j < W; ++j) out[j] = p[j] * (g[j] - dot);
+    if (accumulate) {
+      A old[W];
+      row_load<W>(dxr + c, old);
+#pragma unroll
+      for (int j = 0; j < W; ++j) out[j] += old[j];
+    }
+    row_store<W>(dxr + c, out);
+  });
+}
+
+// ----- cross-entropy -----
+
+// valid_rows = number of targets != ignore_index (one block).
+__global__ void __launch_bounds__(cross_entropy_sum_threads)
+    cross_entropy_count_kernel(const std::int32_t* targets, std::int64_t rows, int ignore_index,
+                               std::int32_t* valid_rows) {
+  std::int32_t count = 0;
+  for (std::int64_t r = threadIdx.x; r < rows; r += blockDim.x) count += targets[r] != ignore_index;
+  count = block_all_reduce<cross_entropy_sum_threads>(count, RowPlus{});
+  if (threadIdx.x == 0) *valid_rows = count;
+}
+
+// loss = sum(row_loss) / valid_rows, 0 when every row is ignored (one block, fixed order).
+template <class A>
+__global__ void __launch_bounds__(cross_entropy_sum_threads)
+    cross_entropy_mean_kernel(const A* row_loss, std::int64_t rows, const std::int32_t* valid_rows, A* loss) {
+  A sum = 0;
+  for (std::int64_t r = threadIdx.x; r < rows; r += blockDim.x) sum += row_loss[r];
+  sum = block_all_reduce<cross_entropy_sum_threads>(sum, RowPlus{});
+  if (threadIdx.x == 0) {
+    const std::int32_t valid = *valid_rows;
+    *loss = valid ? sum / static_cast<A>(valid) : A(0);
+  }
+}
+
+// dlogits (+)= (exp(x - lse) - onehot(target)) * scale over one row.
+template <int N, class T, class A>
+__device__ inline void cross_entropy_row_grad(const T* x, T* d, std::int64_t vocab, std::int32_t target, A lse,
+                                              A scale, bool accumulate) {
+  for_each_row_chunk<N>(x, vocab, [&](std::int64_t c, auto width) {
+    constexpr int W = decltype(width)::value;
+    A g[W];
+    row_load<W>(x + c, g);
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      g[j] = row_exp(g[j] - lse) * scale;
+      if (c + j == target) g[j] -= scale;
+    }
+    if (accumulate) {
+      A old[W];
+      row_load<W>(d + c, old);
+#pragma unroll
+      for (int j = 0; j < W; ++j) g[j] += old[j];
+    }
+    row_store<W>(d + c, g);
+  });
+}
+
+template <class T>
+struct CrossEntropyForwardArgs {
+  const T* logits;                   // (N, V)
+  const std::int32_t* targets;       // (N)
+  accum_t<T>* row_loss;              // (N) scratch
+  accum_t<T>* lse;                   // (N) or nullptr
+  const std::int32_t* valid_rows;    // ()
+  T* dlogits;                        // (N, V) or nullptr
+  std::int64_t vocab;
+  int ignore_index;
+  accum_t<T> grad_scale;
+  bool accumulate;
+};
+
+template <class T, int N>
+__global__ void __launch_bounds__(cross_entropy_threads) cross_entropy_forward_kernel(CrossEntropyForwardArgs<T> a) {
+  using A = accum_t<T>;
+  const std::int64_t row = blockIdx.x;
+  const T* x = a.logits + row * a.vocab;  // (V)
+  RowMaxSum<A> stats = RowMaxSum<A>::empty();
+  for_each_row_chunk<N>(x, a.vocab, [&](std::int64_t c, auto width) {
+    constexpr int W = decltype(width)::value;
+    A v[W];
+    row_load<W>(x + c, v);
+#pragma unroll
+    for (int j = 0; j < W; ++j) stats.add(v[j]);
+  });
+  stats = block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{});
+  const A lse = stats.log_sum_exp();
+  const std::int32_t target = a.targets[row];
+  const bool ignored = target == a.ignore_index;
+  if (threadIdx.x == 0) {
+    A loss = 0;
+    if (!ignored) {
+      loss = target >= 0 && target < a.vocab ? lse - scalar_cast<A>(x[target])
+                                             : ::cuda::std::numeric_limits<A>::quiet_NaN();
+    }
+    a.row_loss[row] = loss;
+    if (a.lse) a.lse[row] = lse;
+  }
+  if (a.dlogits) {
+    const std::int32_t valid = *a.valid_rows;
+    const A scale = ignored || valid == 0 ? A(0) : a.grad_scale / static_cast<A>(valid);
+    cross_entropy_row_grad<N>(x, a.dlogits + row * a.vocab, a.vocab, target, lse, scale, a.accumulate);
+  }
+}
+
+template <class T>
+struct CrossEntropyBackwardArgs {
+  const T* logits;                 // (N, V)
+  const std::int32_t* targets;     // (N)
+  const accum_t<T>* lse;           // (N)
+  const std::int32_t* valid_rows;  // ()
+  const accum_t<T>* dloss;         // ()
+  T* dlogits;                      // (N, V)
+  std::int64_t vocab;
+  int ignore_index;
+  bool accumulate;
+};
+
+template <class T, int N>
+__global__ void __launch_bounds__(cross_entropy_threads) cross_entropy_backward_kernel(CrossEntropyBackwardArgs<T> a) {
+  using A = accum_t<T>;
+  const std::int64_t row = blockIdx.x;
+  const std::int32_t target = a.targets[row], valid = *a.valid_rows;
+  const A scale = target == a.ignore_index || valid == 0 ? A(0) : *a.dloss / static_cast<A>(valid);
+  cross_entropy_row_grad<N>(a.logits + row * a.vocab, a.dlogits + row * a.vocab, a.vocab, target, a.lse[row],
+                            scale, a.accumulate);
+}
+
+}  // namespace detail
+
+template <class T>
+void softmax(Cuda, const SoftmaxParams<T>& p) {
+  if (p.rows == 0 || p.cols == 0) return;
+  const unsigned grid = detail::row_grid("softmax", p.rows);
+  if (detail::rows_share_alignment<T>({p.x, p.y})) {
+    detail::softmax_forward_kernel<T, detail::map_width<T>()><<<grid, detail::softmax_threads, 0, cuda::stream()>>>(
+        p.x, p.y, p.cols);
+  } else {
+    detail::softmax_forward_kernel<T, 1><<<grid, detail::softmax_threads, 0, cuda::stream()>>>(p.x, p.y, p.cols);
+  }
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T>
+void softmax_backward(Cuda, const SoftmaxBackwardParams<T>& p) {
+  if (p.rows == 0 || p.cols == 0) return;
+  const unsigned grid = detail::row_grid("softmax_backward", p.rows);
+  if (detail::rows_share_alignment<T>({p.y, p.dy, p.dx})) {
+    detail::softmax_backward_kernel<T, detail::map_width<T>()><<<grid, detail::softmax_threads, 0, cuda::stream()>>>(
+        p.y, p.dy, p.dx, p.cols, p.accumulate);
+  } else {
+    detail::softmax_backward_kernel<T, 1><<<grid, detail::softmax_threads, 0, cuda::stream()>>>(
+        p.y, p.dy, p.dx, p.cols, p.accumulate);
+  }
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+// Three launches: count the rows not ignored (so a fused gradient can divide by it), one block per
+// row for logsumexp, the row's loss and (optionally) the gradient, then the mean.
+template <class T>
+void cross_entropy(Cuda, const CrossEntropyParams<T>& p) {
+  using A = accum_t<T>;
+  FATHOM_CHECK(p.loss != nullptr, "cross_entropy: the loss pointer is null");
+  Storage<Cuda> scratch(static_cast<std::size_t>(p.rows) * sizeof(A) + (p.valid_rows ? 0 : sizeof(std::int32_t)));
+  A* row_loss = static_cast<A*>(scratch.data());
+  std::int32_t* valid = p.valid_rows ? p.valid_rows : reinterpret_cast<std::int32_t*>(row_loss + p.rows);
+  detail::cross_entropy_count_kernel<<<1, detail::cross_entropy_sum_threads, 0, cuda::stream()>>>(
+      p.targets, p.rows, p.ignore_index, valid);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+  if (p.rows > 0 && p.vocab > 0) {
+    const unsigned grid = detail::row_grid("cross_entropy", p.rows);
+    const detail::CrossEntropyForwardArgs<T> a{p.logits, p.targets,      row_loss, p.lse,
+                                               valid,    p.dlogits,      p.vocab,  p.ignore_index,
+                                               static_cast<A>(p.grad_scale), p.accumulate};
+    if (detail::rows_share_alignment<T>({p.logits, p.dlogits})) {
+      detail::cross_entropy_forward_kernel<T, detail::map_width<T>()>
+          <<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
+    } else {
+      detail::cross_entropy_forward_kernel<T, 1><<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
+    }
+    FATHOM_CUDA_CHECK(cudaGetLastError());
+  }
+  detail::cross_entropy_mean_kernel<A><<<1, detail::cross_entropy_sum_threads, 0, cuda::stream()>>>(
+      row_loss, p.rows, valid, p.loss);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T>
+void cross_entropy_backward(Cuda, const CrossEntropyBackwardParams<T>& p) {
+  if (p.rows == 0 || p.vocab == 0) return;
+  const unsigned grid = detail::row_grid("cross_entropy_backward", p.rows);
+  const detail::CrossEntropyBackwardArgs<T> a{p.logits, p.targets, p.lse,          p.valid_rows, p.dloss,
+                                              p.dlogits, p.vocab,  p.ignore_index, p.accumulate};
+  if (detail::rows_share_alignment<T>({p.logits, p.dlogits})) {
+    detail::cross_entropy_backward_kernel<T, detail::map_width<T>()>
+        <<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
+  } else {
+    detail::cross_entropy_backward_kernel<T, 1><<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
+  }
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace fathom::kernels
