@@ -1,0 +1,29 @@
+// Global-norm gradient clipping: the L2 norm over every parameter's gradient, and the factor that
+// scales it down to max_norm (applied inside the optimizer step, so gradients are read once).
+#pragma once
+
+#include <cmath>
+#include <vector>
+
+#include "fathom/autograd/var.hpp"
+#include "fathom/kernels/reduce.hpp"
+
+namespace fathom::optim {
+
+// sqrt(sum of squares of every gradient); parameters without a gradient count as zero.
+template <class T, class D, class Params>
+double global_grad_norm(const Params& params) {
+  kernels::SumSquaresParams<T> p;
+  for (const auto& param : params)
+    if (param.var.has_grad()) p.tensors.push_back({param.var.grad().data(), param.var.numel()});
+  if (p.tensors.empty()) return 0.0;
+  return std::sqrt(static_cast<double>(kernels::sum_squares(D{}, p)));
+}
+
+// The factor that brings a gradient of norm `norm` to at most max_norm (1 when max_norm <= 0).
+inline double clip_factor(double norm, double max_norm) {
+  if (max_norm <= 0.0 || !(norm > max_norm)) return 1.0;
+  return max_norm / (norm + 1e-6);
+}
+
+}  // namespace fathom::optim
