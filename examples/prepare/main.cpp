@@ -1,0 +1,572 @@
+// fathom-prepare: text files or folders (or the built-in corpus) to token shards in the llm.c
+// format, DIR/train_000000.bin ... and DIR/val_000000.bin ..., plus DIR/dataset.json.
+#include <fathom/data/corpus.hpp>
+#include <fathom/data/shards.hpp>
+#include <fathom/data/tokenizer.hpp>
+
+#if FATHOM_WITH_SENTENCEPIECE
+#include <fathom/data/sentencepiece_tokenizer.hpp>
+#endif
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace fs = std::filesystem;
+using fathom::data::TokenWidth;
+
+namespace {
+
+struct Options {
+  std::vector<std::string> inputs;
+  std::string out;
+  std::string shard_tokens = "100M";
+  double val_fraction = 0.01;
+  std::string val_block = "4096";
+  std::string tokenizer = "byte";
+  int train_tokenizer = 0;
+  bool uint32 = false;
+  std::string extensions;
+  std::string builtin;
+  std::uint64_t seed = 0;
+  bool overwrite = false;
+  bool quiet = false;
+};
+
+// "100000000", "1e8", "100M", "64k", "2G" (decimal: k = 1000).
+std::uint64_t parse_count(const std::string& flag, const std::string& text) {
+  std::size_t used = 0;
+  double value = -1;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  double scale = 1;
+  if (used + 1 == text.size()) {
+    switch (text.back()) {
+      case 'k': case 'K': scale = 1e3; break;
+      case 'm': case 'M': scale = 1e6; break;
+      case 'g': case 'G': scale = 1e9; break;
+      default: used = 0;
+    }
+  } else if (used != text.size()) {
+    used = 0;
+  }
+  FATHOM_CHECK(used > 0 && value * scale >= 1 && value * scale < 1e15,
+               flag << ": expected a positive count such as 100000000, 1e8 or 100M, got '" << text
+                    << "'");
+  return static_cast<std::uint64_t>(std::llround(value * scale));
+}
+
+std::string with_commas(std::uint64_t n) {
+  std::string s = std::to_string(n);
+  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(static_cast<std::size_t>(i), ",");
+  return s;
+}
+
+// Text or not, from the first 8 KiB: binary files hold NUL bytes or many control bytes.
+bool looks_binary(const fs::path& path, std::size_t* nul_at = nullptr) {
+  std::ifstream in(path, std::ios::binary);
+  char buf[8192];
+  in.read(buf, sizeof buf);
+  const std::size_t n = static_cast<std::size_t>(in.gcount());
+  std::size_t control = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const unsigned char c = static_cast<unsigned char>(buf[i]);
+    if (c == 0) {
+      if (nul_at) *nul_at = i;
+      return true;
+    }
+    control += c < 0x20 && c != '\n' && c != '\r' && c != '\t' && c != '\f' && c != '\b';
+  }
+  if (nul_at) *nul_at = static_cast<std::size_t>(-1);
+  return control * 10 > n;
+}
+
+std::set<std::string> parse_extensions(const std::string& list) {
+  std::set<std::string> out;
+  std::stringstream in(list);
+  for (std::string e; std::getline(in, e, ',');) {
+    if (!e.empty() && e[0] == '.') e.erase(0, 1);
+    out.insert(e == "none" ? std::string() : e);
+  }
+  return out;
+}
+
+struct InputFiles {
+  std::vector<fs::path> files;
+  std::size_t skipped_binary = 0;
+  std::uintmax_t bytes = 0;
+};
+
+// Files as given; folders walked recursively for text files (filtered by extension when asked),
+// each file once however it is reached, in a sorted and so reproducible order.
+InputFiles collect_inputs(const std::vector<std::string>& inputs, const std::string& extensions) {
+  InputFiles result;
+  const std::set<std::string> wanted = parse_extensions(extensions);
+  std::set<fs::path> seen;
+  auto add = [&](const fs::path& p) {
+    std::error_code ec;
+    fs::path canonical = fs::canonical(p, ec);
+    if (ec || !seen.insert(canonical).second) return;
+    result.files.push_back(p);
+    result.bytes += fs::file_size(p, ec);
+  };
+  for (const std::string& input : inputs) {
+    std::error_code ec;
+    const fs::path p(input);
+    FATHOM_CHECK(fs::exists(p, ec), "input '" << input << "': no such file or folder");
+    if (fs::is_directory(p, ec)) {
+      std::vector<fs::path> found;
+      for (auto it = fs::recursive_directory_iterator(
+               p, fs::directory_options::skip_permission_denied, ec);
+           !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+        if (!it->is_regular_file(ec)) continue;
+        const fs::path& f = it->path();
+        if (!wanted.empty()) {
+          std::string ext = f.extension().string();
+          if (!ext.empty()) ext.erase(0, 1);
+          if (!wanted.count(ext)) continue;
+        }
+        if (looks_binary(f)) {
+          ++result.skipped_binary;
+          continue;
+        }
+        found.push_back(f);
+      }
+      FATHOM_CHECK(!ec, "input '" << input << "': cannot list the folder: " << ec.message());
+      std::sort(found.begin(), found.end());
+      for (const auto& f : found) add(f);
+    } else {
+      FATHOM_CHECK(fs::is_regular_file(p, ec), "input '" << input
+                                                          << "': expected a file or a folder");
+      std::size_t nul_at = 0;
+      FATHOM_CHECK(!looks_binary(p, &nul_at),
+                   "input '" << input << "': expected text, but it looks binary ("
+                             << (nul_at != static_cast<std::size_t>(-1)
+                                     ? "NUL byte at offset " + std::to_string(nul_at)
+                                     : std::string("many control bytes"))
+                             << ")");
+      add(p);
+    }
+  }
+  FATHOM_CHECK(!result.files.empty(),
+               "no text files found in the inputs"
+                   << (wanted.empty() ? "" : " with the extensions given by --ext")
+                   << (result.skipped_binary ? " (" + std::to_string(result.skipped_binary) +
+                                                   " binary files skipped)"
+                                             : std::string()));
+  return result;
+}
+
+// Reads a file in pieces of about 8 MiB cut after a newline, so no word is split between pieces.
+template <class Fn>
+void for_each_piece(const fs::path& path, Fn&& fn) {
+  std::ifstream in(path, std::ios::binary);
+  FATHOM_CHECK(in, "input '" << path.string() << "': cannot open for reading");
+  std::string carry, piece;
+  std::vector<char> buf(8 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    const std::size_t n = static_cast<std::size_t>(in.gcount());
+    if (n == 0) break;
+    piece.assign(carry);
+    piece.append(buf.data(), n);
+    const std::size_t cut = piece.rfind('\n');
+    if (cut == std::string::npos || !in) {
+      carry.clear();
+    } else {
+      carry.assign(piece, cut + 1);
+      piece.resize(cut + 1);
+    }
+    fn(std::string_view(piece));
+  }
+  FATHOM_CHECK(in.eof(), "input '" << path.string() << "': read failed");
+  if (!carry.empty()) fn(std::string_view(carry));
+}
+
+// Fills shards of `shard_tokens` tokens named DIR/<split>_000000.bin, ...
+class ShardWriter {
+ public:
+  ShardWriter(fs::path dir, std::string split, std::uint64_t shard_tokens, TokenWidth width,
+              bool quiet)
+      : dir_(std::move(dir)), split_(std::move(split)), shard_tokens_(shard_tokens), width_(width),
+        quiet_(quiet), clear_line_(!quiet && ::isatty(2)) {}
+
+  void add(std::uint32_t token) {
+    buffer_.push_back(token);
+    if (buffer_.size() == shard_tokens_) flush();
+  }
+
+  void finish() {
+    if (!buffer_.empty()) flush();
+  }
+
+  std::uint64_t tokens() const { return tokens_; }
+  int shards() const { return shards_; }
+
+ private:
+  void flush() {
+    char name[64];
+    std::snprintf(name, sizeof name, "%s_%06d.bin", split_.c_str(), shards_);
+    fathom::data::write_shard(dir_ / name, buffer_, width_);
+    if (!quiet_)
+      std::cout << (clear_line_ ? "\r\033[K" : "") << name << ": " << with_commas(buffer_.size()) << " tokens"
+                << std::endl;
+    tokens_ += buffer_.size();
+    ++shards_;
+    buffer_.clear();
+  }
+
+  fs::path dir_;
+  std::string split_;
+  std::uint64_t shard_tokens_;
+  TokenWidth width_;
+  bool quiet_;
+  bool clear_line_;  // the progress line shares the terminal
+  std::vector<std::uint32_t> buffer_;
+  std::uint64_t tokens_ = 0;
+  int shards_ = 0;
+};
+
+// Sends the token stream, in blocks of `block` tokens, to train or validation: block i goes to
+// validation when ceil((i + 1) f) > ceil(i f), i.e. blocks 0, 1/f, 2/f, ... for fraction f, so
+// validation is spread evenly over the inputs, is exactly a fraction f of the blocks, and is never
+// empty when f > 0.
+class Splitter {
+ public:
+  Splitter(double fraction, std::uint64_t block, ShardWriter& train, ShardWriter& val)
+      : fraction_(fraction), block_(block), train_(train), val_(val) {
+    route();
+  }
+  void add(std::uint32_t token) {
+    (to_val_ ? val_ : train_).add(token);
+    if (++filled_ == block_) {
+      ++index_;
+      filled_ = 0;
+      route();
+    }
+  }
+
+ private:
+  void route() {
+    const double i = static_cast<double>(index_);
+    to_val_ = fraction_ > 0 && std::ceil((i + 1) * fraction_) > std::ceil(i * fraction_);
+  }
+  double fraction_;
+  std::uint64_t block_;
+  ShardWriter& train_;
+  ShardWriter& val_;
+  std::uint64_t index_ = 0, filled_ = 0;
+  bool to_val_ = false;
+};
+
+// One progress line on a terminal (stderr), refreshed at most ten times a second.
+class Progress {
+ public:
+  explicit Progress(bool enabled) : enabled_(enabled && ::isatty(2)) {}
+  void update(std::size_t file, std::size_t files, std::uint64_t tokens, std::uint64_t bytes) {
+    if (!enabled_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_ < std::chrono::milliseconds(100) && file + 1 < files) return;
+    last_ = now;
+    const double s = std::chrono::duration<double>(now - start_).count();
+    std::fprintf(stderr, "\r\033[K[%zu/%zu files] %.2f M tokens, %.1f MB/s", file + 1, files,
+                 static_cast<double>(tokens) / 1e6, s > 0 ? static_cast<double>(bytes) / 1e6 / s : 0.0);
+    std::fflush(stderr);
+  }
+  void done() {
+    if (enabled_) std::fprintf(stderr, "\r\033[K");
+  }
+
+ private:
+  bool enabled_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now(), last_{};
+};
+
+// Programs print a library error as one line, without the place in the source that FATHOM_CHECK
+// appends for developers.
+std::string one_line(const std::exception& e) {
+  std::string what = e.what();
+  const std::size_t at = what.find(" [check `");
+  if (at != std::string::npos) what.resize(at);
+  return what;
+}
+
+// Everything is written into DIR/.fathom-prepare.tmp and moved into DIR only when all went well,
+// so a bad input or a crash never leaves a partial set of shards beside (or instead of) good ones.
+class Staging {
+ public:
+  Staging(fs::path dir, bool overwrite) : dir_(std::move(dir)), path_(dir_ / ".fathom-prepare.tmp") {
+    std::error_code ec;
+    fs::create_directories(dir_, ec);
+    FATHOM_CHECK(!ec && fs::is_directory(dir_), "--out '" << dir_.string()
+                                                          << "': cannot create the folder: "
+                                                          << (ec ? ec.message() : "not a folder"));
+    for (const auto& e : fs::directory_iterator(dir_, ec)) {
+      const std::string name = e.path().filename().string();
+      if ((name.rfind("train_", 0) == 0 || name.rfind("val_", 0) == 0) &&
+          e.path().extension() == ".bin")
+        old_.push_back(e.path());
+    }
+    std::sort(old_.begin(), old_.end());
+    FATHOM_CHECK(old_.empty() || overwrite,
+                 "--out '" << dir_.string() << "' already holds shards ("
+                           << (old_.empty() ? "" : old_.front().filename().string())
+                           << (old_.size() > 1 ? " and " + std::to_string(old_.size() - 1) + " more"
+                                               : "")
+                           << "); expected a folder without shards, or --overwrite to replace them");
+    fs::remove_all(path_, ec);  // left by a run that crashed
+    fs::create_directory(path_, ec);
+    // Fail now, not after tokenizing everything, when the folder is not writable.
+    std::ofstream probe(path_ / "probe");
+    FATHOM_CHECK(!ec && (probe << "ok"), "--out '" << dir_.string()
+                                                   << "': cannot write into the folder");
+    probe.close();
+    fs::remove(path_ / "probe");
+  }
+  ~Staging() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  Staging(const Staging&) = delete;
+  Staging& operator=(const Staging&) = delete;
+
+  const fs::path& path() const { return path_; }
+
+  // Replaces the old shards by the new files.
+  void commit() {
+    for (const auto& p : old_) fs::remove(p);
+    for (const auto& e : fs::directory_iterator(path_))
+      fs::rename(e.path(), dir_ / e.path().filename());
+  }
+
+ private:
+  fs::path dir_, path_;
+  std::vector<fs::path> old_;
+};
+
+int run(const Options& o) {
+  const auto start = std::chrono::steady_clock::now();
+  const fs::path out(o.out);
+  const std::uint64_t shard_tokens = parse_count("--shard-tokens", o.shard_tokens);
+  const std::uint64_t val_block = parse_count("--val-block", o.val_block);
+  FATHOM_CHECK(shard_tokens <= static_cast<std::uint64_t>(INT32_MAX),
+               "--shard-tokens: expected at most " << INT32_MAX << " (the header count is int32), got "
+                                                   << shard_tokens);
+  FATHOM_CHECK(o.val_fraction >= 0 && o.val_fraction < 1,
+               "--val-fraction: expected a fraction in [0, 1), got " << o.val_fraction);
+  const bool builtin = !o.builtin.empty();
+  FATHOM_CHECK(builtin != !o.inputs.empty(),
+               (builtin ? "expected either input files or --builtin, got both"
+                        : "expected input files or folders, or --builtin TOKENS; see --help"));
+  FATHOM_CHECK(!builtin || (o.tokenizer == "byte" && o.train_tokenizer == 0),
+               "--builtin: the built-in corpus is byte-level; expected no --tokenizer or "
+               "--train-tokenizer, got '" << o.tokenizer << "'");
+  FATHOM_CHECK(o.train_tokenizer == 0 || o.tokenizer == "byte",
+               "--train-tokenizer trains a new model; expected no --tokenizer, got '" << o.tokenizer
+                                                                                    << "'");
+
+  InputFiles inputs;
+  if (!builtin) inputs = collect_inputs(o.inputs, o.extensions);
+  Staging staging(out, o.overwrite);
+  const fs::path& stage = staging.path();
+
+  nlohmann::json tokenizer_info;
+  std::unique_ptr<fathom::data::Tokenizer> tokenizer;
+  if (o.train_tokenizer > 0 || o.tokenizer != "byte") {
+#if FATHOM_WITH_SENTENCEPIECE
+    fs::path model(o.tokenizer);
+    if (o.train_tokenizer > 0) {
+      if (!o.quiet) std::cout << "training a sentencepiece model of " << o.train_tokenizer
+                              << " pieces on " << inputs.files.size() << " files" << std::endl;
+      std::size_t file = 0;
+      std::ifstream in;
+      auto next_line = [&](std::string& line) {
+        for (;;) {
+          if (in.is_open() && std::getline(in, line)) {
+            if (!line.empty()) return true;
+            continue;
+          }
+          if (file == inputs.files.size()) return false;
+          in.close();
+          in.clear();
+          in.open(inputs.files[file++], std::ios::binary);
+        }
+      };
+      fathom::data::SentencePieceTraining training;
+      training.vocab_size = o.train_tokenizer;
+      training.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+      fathom::data::train_sentencepiece(stage / "tokenizer", training, next_line);
+      model = stage / "tokenizer.model";
+    } else {
+      FATHOM_CHECK(fs::is_regular_file(model),
+                   "--tokenizer: expected 'byte' or a sentencepiece model file, got '"
+                       << o.tokenizer << "' (no such file)");
+      // A copy beside the shards, so the folder says how to read them.
+      fs::copy_file(model, stage / "tokenizer.model", fs::copy_options::overwrite_existing);
+    }
+    auto sp = std::make_unique<fathom::data::SentencePieceTokenizer>(model);
+    tokenizer_info = {{"type", "sentencepiece"}, {"model", "tokenizer.model"}};
+    tokenizer = std::move(sp);
+#else
+    FATHOM_FAIL("--tokenizer '" << o.tokenizer << "'"
+                << (o.train_tokenizer ? " / --train-tokenizer" : "")
+                << ": this fathom-prepare was built without sentencepiece; expected 'byte' "
+                   "(install libsentencepiece-dev and rebuild for sentencepiece models)");
+#endif
+  } else {
+    tokenizer = std::make_unique<fathom::data::ByteTokenizer>();
+    tokenizer_info = {{"type", "byte"}};
+  }
+  tokenizer_info["vocab_size"] = tokenizer->vocab_size();
+  tokenizer_info["eos_id"] = tokenizer->eos_id();
+  tokenizer_info["bos_id"] = tokenizer->bos_id();
+
+  const TokenWidth width =
+      o.uint32 || tokenizer->vocab_size() > 65536 ? TokenWidth::u32 : TokenWidth::u16;
+  ShardWriter train(stage, "train", shard_tokens, width, o.quiet);
+  ShardWriter val(stage, "val", shard_tokens, width, o.quiet);
+  Splitter splitter(o.val_fraction, val_block, train, val);
+  const std::int32_t eos = tokenizer->eos_id();
+
+  nlohmann::json source;
+  if (builtin) {
+    // The train split as it is, and validation from its own stream, as fathom-train uses them.
+    const std::uint64_t n = parse_count("--builtin", o.builtin);
+    for (std::int32_t t : fathom::data::builtin_corpus(fathom::data::Split::train, n, o.seed))
+      train.add(static_cast<std::uint32_t>(t));
+    const std::uint64_t n_val = static_cast<std::uint64_t>(std::llround(static_cast<double>(n) * o.val_fraction));
+    if (n_val > 0)
+      for (std::int32_t t : fathom::data::builtin_corpus(fathom::data::Split::validation, n_val, o.seed))
+        val.add(static_cast<std::uint32_t>(t));
+    source = {{"type", "builtin"}, {"seed", o.seed}};
+  } else {
+    Progress progress(!o.quiet);
+    std::uint64_t bytes_done = 0;
+    for (std::size_t f = 0; f < inputs.files.size(); ++f) {
+      for_each_piece(inputs.files[f], [&](std::string_view piece) {
+        for (std::int32_t t : tokenizer->encode(piece)) splitter.add(static_cast<std::uint32_t>(t));
+        bytes_done += piece.size();
+        progress.update(f, inputs.files.size(), train.tokens() + val.tokens(), bytes_done);
+      });
+      if (eos >= 0) splitter.add(static_cast<std::uint32_t>(eos));  // each file is a document
+    }
+    progress.done();
+    source = {{"type", "files"}, {"inputs", o.inputs}, {"files", inputs.files.size()},
+              {"skipped_binary", inputs.skipped_binary}, {"bytes", bytes_done}};
+  }
+  train.finish();
+  val.finish();
+  FATHOM_CHECK(train.tokens() > 0,
+               "the train split is empty: all " << with_commas(val.tokens())
+                   << " tokens went to validation; expected more input, a smaller --val-block ("
+                   << val_block << ") or a smaller --val-fraction (" << o.val_fraction << ")");
+  FATHOM_CHECK(o.val_fraction == 0 || val.tokens() > 0,
+               "the validation split is empty; expected more input or a larger --val-fraction");
+
+  nlohmann::json dataset = {
+      {"format", "llm.c token shards"},
+      {"token_width", fathom::data::width_name(width)},
+      {"tokenizer", tokenizer_info},
+      {"train", {{"pattern", "train_*.bin"}, {"shards", train.shards()}, {"tokens", train.tokens()}}},
+      {"val", {{"pattern", "val_*.bin"}, {"shards", val.shards()}, {"tokens", val.tokens()}}},
+      {"val_fraction", o.val_fraction},
+      {"val_block", val_block},
+      {"source", source},
+  };
+  {
+    std::ofstream meta(stage / "dataset.json");
+    meta << dataset.dump(2) << "\n";
+    FATHOM_CHECK(meta, "--out '" << out.string() << "': cannot write dataset.json");
+  }
+  staging.commit();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::ostringstream summary;
+  summary << "fathom-prepare: ";
+  if (builtin) {
+    summary << "built-in corpus (seed " << o.seed << ")";
+  } else {
+    summary << inputs.files.size() << (inputs.files.size() == 1 ? " file" : " files");
+    if (inputs.skipped_binary) summary << " (" << inputs.skipped_binary << " binary skipped)";
+  }
+  summary << " -> " << with_commas(train.tokens()) << " train tokens in " << train.shards()
+          << (train.shards() == 1 ? " shard, " : " shards, ") << with_commas(val.tokens())
+          << " val tokens in " << val.shards() << (val.shards() == 1 ? " shard" : " shards")
+          << "; " << tokenizer->name() << " tokenizer (vocab " << tokenizer->vocab_size() << "), "
+          << fathom::data::width_name(width) << ", in " << out.string() << " ("
+          << static_cast<int>(seconds * 10) / 10.0 << " s)";
+  std::cout << summary.str() << std::endl;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{
+      "fathom-prepare: turn text files or folders into token shards in the llm.c format\n"
+      "(DIR/train_000000.bin ..., DIR/val_000000.bin ..., DIR/dataset.json), for fathom-train\n"
+      "--data 'DIR/train_*.bin' --val-data 'DIR/val_*.bin'.",
+      "fathom-prepare"};
+  app.add_option("inputs", o.inputs,
+                 "Text files, or folders walked recursively for text files (binary files skipped); "
+                 "each file is one document, ended by the tokenizer's end-of-text token");
+  app.add_option("--out,-o", o.out, "Output folder")->required();
+  app.add_option("--shard-tokens", o.shard_tokens,
+                 "Tokens per shard (100000000, 1e8, 100M); the last shard holds the rest")
+      ->capture_default_str();
+  app.add_option("--val-fraction", o.val_fraction,
+                 "Fraction of tokens for validation, taken as evenly spread blocks; 0 = none")
+      ->capture_default_str();
+  app.add_option("--val-block", o.val_block, "Tokens per block of the train/validation split")
+      ->capture_default_str();
+  app.add_option("--tokenizer", o.tokenizer,
+                 "'byte' (256 bytes + <|endoftext|>, vocab 257) or a sentencepiece .model file")
+      ->capture_default_str();
+  app.add_option("--train-tokenizer", o.train_tokenizer,
+                 "Train a sentencepiece BPE model of this vocab size on the inputs, save it as "
+                 "DIR/tokenizer.model and tokenize with it")
+      ->check(CLI::Range(300, 1 << 20));
+  app.add_flag("--uint32", o.uint32,
+               "Write uint32 tokens (llm.c magic 20240801) even when the vocab fits uint16");
+  app.add_option("--ext", o.extensions,
+                 "In folders, take only files with these extensions (comma list, e.g. txt,md; "
+                 "'none' = no extension); default: every text file");
+  app.add_option("--builtin", o.builtin,
+                 "Write this many tokens of the built-in corpus (and --val-fraction as many from its "
+                 "validation stream) instead of reading inputs");
+  app.add_option("--seed", o.seed, "Seed of the built-in corpus")->capture_default_str();
+  app.add_flag("--overwrite", o.overwrite, "Replace shards already in --out");
+  app.add_flag("--quiet,-q", o.quiet, "Print only the summary line");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    return run(o);
+  } catch (const std::exception& e) {
+    std::cout.flush();
+    std::cerr << "fathom-prepare: error: " << one_line(e) << std::endl;
+    return 1;
+  }
+}
