@@ -6,6 +6,11 @@
 
 #include "fathom/autograd/var.hpp"
 #include "fathom/kernels/norm.hpp"
+#if defined(__CUDACC__)
+// Declared before the ops below so that kernels::rms_norm(Cuda{}, ...) resolves (a qualified call sees
+// only the overloads declared before the template that makes it).
+#include "fathom/kernels/cuda/norm.cuh"
+#endif
 
 namespace fathom::autograd {
 

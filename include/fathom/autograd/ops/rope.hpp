@@ -5,6 +5,11 @@
 
 #include "fathom/autograd/var.hpp"
 #include "fathom/kernels/rope.hpp"
+#if defined(__CUDACC__)
+// Declared before the ops below so that kernels::rope(Cuda{}, ...) resolves (a qualified call sees
+// only the overloads declared before the template that makes it).
+#include "fathom/kernels/cuda/rope.cuh"
+#endif
 
 namespace fathom::autograd {
 

@@ -1,0 +1,237 @@
+// [cuda] tests for the CUDA norm kernels (include/fathom/kernels/cuda/norm.cuh): RMSNorm and
+// LayerNorm forward (y, saved statistics) and backward (dx, dw, db accumulated onto random
+// gradients) in float and bf16 against the CPU reference in double, at the model widths (768,
+// 1024, 2048), awkward ones (5461, 1, 7), more rows than the backward grid has blocks, base
+// pointers off the 16-byte grid, run-to-run determinism, and the autograd ops on CUDA.
+#include <fathom/cuda.hpp>
+#include <fathom/autograd/ops/norm.hpp>
+#include <fathom/kernels/cuda/norm.cuh>
+
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <fathom/core/rng.hpp>
+
+#include "support/catch.hpp"
+
+using fathom::accum_t;
+using fathom::bf16;
+using fathom::Cpu;
+using fathom::Cuda;
+using fathom::Precision;
+using fathom::scalar_cast;
+using fathom::Shape;
+using fathom::Tensor;
+
+namespace {
+
+// N(mean, std^2) values rounded to bf16, so the float and bf16 runs and the double reference all
+// see the same inputs.
+std::vector<double> bf16_values(std::size_t n, std::uint64_t seed, double std = 1.0, double mean = 0.0) {
+  std::vector<double> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<float>(bf16(static_cast<float>(mean + std * fathom::rng::normal(seed, i))));
+  return v;
+}
+
+template <class T>
+std::vector<T> cast_to(const std::vector<double>& v) {
+  std::vector<T> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<T>(v[i]);
+  return out;
+}
+template <class T>
+std::vector<double> to_double(const std::vector<T>& v) {
+  std::vector<double> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<double>(v[i]);
+  return out;
+}
+
+// A device copy of v in T, starting `offset` elements into its buffer (offset 1 puts the data off
+// the 16-byte grid and forces the kernels' element-at-a-time path).
+template <class T>
+struct DeviceArray {
+  Tensor<T, Cuda> buffer;
+  std::int64_t offset = 0;
+  DeviceArray(const std::vector<double>& v, std::int64_t off) : offset(off) {
+    std::vector<T> host(v.size() + static_cast<std::size_t>(off), scalar_cast<T>(0.0));
+    for (std::size_t i = 0; i < v.size(); ++i) host[i + static_cast<std::size_t>(off)] = scalar_cast<T>(v[i]);
+    buffer = Tensor<T, Cuda>::from_vector(Shape{static_cast<std::int64_t>(host.size())}, host);
+  }
+  T* data() const { return buffer.data() + offset; }
+  std::vector<double> values() const {
+    auto all = to_double(buffer.to_vector());
+    return {all.begin() + offset, all.end()};
+  }
+};
+
+std::string first_mismatch(const std::string& name, const std::vector<double>& got, const std::vector<double>& want,
+                           double rtol, double atol, std::int64_t cols) {
+  if (got.size() != want.size()) return name + ": sizes differ";
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double err = std::abs(got[i] - want[i]);
+    if (!(err <= atol + rtol * std::abs(want[i]))) {
+      std::ostringstream s;
+      s << name << "[row " << static_cast<std::int64_t>(i) / cols << ", col " << static_cast<std::int64_t>(i) % cols
+        << "]: got " << got[i] << ", want " << want[i] << " (|diff| " << err << ")";
+      return s.str();
+    }
+  }
+  return {};
+}
+
+struct Case {
+  std::int64_t rows, cols;
+  std::int64_t offset;  // elements by which every device array is shifted off the 16-byte grid
+};
+
+std::ostream& operator<<(std::ostream& os, const Case& c) {
+  return os << "rows " << c.rows << " cols " << c.cols << " offset " << c.offset;
+}
+
+const Case cases[] = {{1, 768, 0},   {37, 768, 0},   {300, 1024, 0}, {129, 2048, 0}, {65, 5461, 0},
+                      {3, 1, 0},     {5, 7, 0},      {4099, 768, 0}, {2500, 96, 0},  {33, 768, 1},
+                      {17, 2048, 3}, {9, 5461, 1}};
+
+struct NormData {
+  std::vector<double> x, w, b, dy, dx0, dw0, db0;
+};
+NormData make_data(const Case& c, std::uint64_t seed) {
+  const auto n = static_cast<std::size_t>(c.rows * c.cols), C = static_cast<std::size_t>(c.cols);
+  return {bf16_values(n, seed, 1.5, 0.4), bf16_values(C, seed + 1, 0.3, 1.0), bf16_values(C, seed + 2, 0.5),
+          bf16_values(n, seed + 3),       bf16_values(n, seed + 4),           bf16_values(C, seed + 5),
+          bf16_values(C, seed + 6)};
+}
+
+struct NormResult {
+  std::vector<double> y, mean, rstd, dx, dw, db;
+};
+
+// Forward then backward (accumulating onto dx0, dw0, db0) with the CPU kernels in double or the
+// CUDA kernels in T.
+template <class T, class D>
+NormResult run_norm(bool layer, const Case& c, const NormData& in, double eps, double scale) {
+  NormResult r;
+  const std::int64_t off = std::is_same_v<D, Cuda> ? c.offset : 0;
+  auto make = [&](const std::vector<double>& v) {
+    if constexpr (std::is_same_v<D, Cuda>) return DeviceArray<T>(v, off);
+    else return v;
+  };
+  auto x = make(in.x), w = make(in.w), b = make(in.b), dy = make(in.dy), dx = make(in.dx0), dw = make(in.dw0),
+       db = make(in.db0), y = make(std::vector<double>(in.x.size(), 7.0));
+  using A = accum_t<T>;
+  auto stats = [&](std::int64_t n) {
+    if constexpr (std::is_same_v<D, Cuda>) return Tensor<A, Cuda>::from_vector(Shape{n}, std::vector<A>(static_cast<std::size_t>(n), A(-1)));
+    else return std::vector<double>(static_cast<std::size_t>(n), -1.0);
+  };
+  auto mean = stats(c.rows), rstd = stats(c.rows);
+  if (layer) {
+    fathom::kernels::layer_norm(D{}, fathom::kernels::LayerNormParams<T>{x.data(), w.data(), b.data(), y.data(),
+                                                                         mean.data(), rstd.data(), c.rows, c.cols,
+                                                                         eps, scale});
+    fathom::kernels::layer_norm_backward(
+        D{}, fathom::kernels::LayerNormBackwardParams<T>{dy.data(), x.data(), w.data(), mean.data(), rstd.data(),
+                                                         dx.data(), dw.data(), db.data(), c.rows, c.cols, scale,
+                                                         true});
+  } else {
+    fathom::kernels::rms_norm(D{}, fathom::kernels::RmsNormParams<T>{x.data(), w.data(), y.data(), rstd.data(),
+                                                                     c.rows, c.cols, eps, scale});
+    fathom::kernels::rms_norm_backward(
+        D{}, fathom::kernels::RmsNormBackwardParams<T>{dy.data(), x.data(), w.data(), rstd.data(), dx.data(),
+                                                       dw.data(), c.rows, c.cols, scale, true});
+  }
+  if constexpr (std::is_same_v<D, Cuda>) {
+    FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
+    r = {y.values(), to_double(mean.to_vector()), to_double(rstd.to_vector()), dx.values(), dw.values(), db.values()};
+  } else {
+    r = {y, mean, rstd, dx, dw, db};
+  }
+  return r;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("CUDA rms_norm and layer_norm match the CPU reference", "[cuda][kernels][norm]", float, bf16) {
+  using T = TestType;
+  const Case c = GENERATE(from_range(std::begin(cases), std::end(cases)));
+  const bool layer = GENERATE(false, true);
+  const double scale = GENERATE(1.0, 0.5773502691896258);
+  CAPTURE(c, layer, scale, Precision<T>::name);
+  const double eps = layer ? 1e-5 : 1e-6;
+  const auto in = make_data(c, 1000 + static_cast<std::uint64_t>(c.cols));
+  const auto want = run_norm<double, Cpu>(layer, c, in, eps, scale);
+  const auto got = run_norm<T, Cuda>(layer, c, in, eps, scale);
+  const double rtol = Precision<T>::rtol, atol = Precision<T>::atol;
+  // Statistics are kept in accum precision (fp32): hold them to fp32's tolerance.
+  const double srtol = Precision<accum_t<T>>::rtol, satol = Precision<accum_t<T>>::atol;
+  CHECK(first_mismatch("y", got.y, want.y, rtol, atol, c.cols) == "");
+  CHECK(first_mismatch("rstd", got.rstd, want.rstd, srtol, satol, 1) == "");
+  if (layer) CHECK(first_mismatch("mean", got.mean, want.mean, srtol, satol, 1) == "");
+  CHECK(first_mismatch("dx", got.dx, want.dx, rtol, atol, c.cols) == "");
+  // dw and db are sums over rows (up to ~sqrt(rows) in size): fp32 sums, one rounding to T.
+  CHECK(first_mismatch("dw", got.dw, want.dw, rtol, atol, c.cols) == "");
+  if (layer) CHECK(first_mismatch("db", got.db, want.db, rtol, atol, c.cols) == "");
+}
+
+TEST_CASE("CUDA norm backward computes only the gradients asked for", "[cuda][kernels][norm]") {
+  const Case c{70, 768, 0};
+  const auto in = make_data(c, 77);
+  const auto want = run_norm<double, Cpu>(true, c, in, 1e-5, 0.8);
+  NormResult r;
+  DeviceArray<float> x(in.x, 0), w(in.w, 0), b(in.b, 0), dy(in.dy, 0), y(in.x, 0), db(in.db0, 0);
+  auto mean = Tensor<float, Cuda>::zeros(Shape{c.rows}), rstd = Tensor<float, Cuda>::zeros(Shape{c.rows});
+  fathom::kernels::layer_norm(Cuda{}, fathom::kernels::LayerNormParams<float>{x.data(), w.data(), b.data(), y.data(),
+                                                                              mean.data(), rstd.data(), c.rows, c.cols,
+                                                                              1e-5, 0.8});
+  // db only (no dx, no dw).
+  fathom::kernels::layer_norm_backward(
+      Cuda{}, fathom::kernels::LayerNormBackwardParams<float>{dy.data(), x.data(), w.data(), mean.data(), rstd.data(),
+                                                              nullptr, nullptr, db.data(), c.rows, c.cols, 0.8, true});
+  CHECK(first_mismatch("db", db.values(), want.db, 1e-4, 1e-5, c.cols) == "");
+  // dx only, written over garbage (accumulate_dx = false).
+  DeviceArray<float> dx(std::vector<double>(in.x.size(), 1e30), 0);
+  fathom::kernels::layer_norm_backward(
+      Cuda{}, fathom::kernels::LayerNormBackwardParams<float>{dy.data(), x.data(), w.data(), mean.data(), rstd.data(),
+                                                              dx.data(), nullptr, nullptr, c.rows, c.cols, 0.8, false});
+  auto want_dx = want.dx;
+  for (std::size_t i = 0; i < want_dx.size(); ++i) want_dx[i] -= in.dx0[i];
+  CHECK(first_mismatch("dx", dx.values(), want_dx, 1e-4, 1e-5, c.cols) == "");
+}
+
+TEST_CASE("CUDA norm weight gradients are the same run to run", "[cuda][kernels][norm]") {
+  const Case c{5000, 1024, 0};
+  const auto in = make_data(c, 91);
+  const auto first = run_norm<bf16, Cuda>(true, c, in, 1e-5, 1.0);
+  const auto second = run_norm<bf16, Cuda>(true, c, in, 1e-5, 1.0);
+  CHECK(first.dw == second.dw);
+  CHECK(first.db == second.db);
+  CHECK(first.dx == second.dx);
+}
+
+TEMPLATE_TEST_CASE("CUDA rms_norm and layer_norm ops match the CPU ops, values and gradients",
+                   "[cuda][autograd][norm]", float, bf16) {
+  using T = TestType;
+  namespace ag = fathom::autograd;
+  const std::int64_t B = 3, S = 5, C = 768;
+  const auto x = bf16_values(static_cast<std::size_t>(B * S * C), 5, 1.0, 0.2);
+  const auto w = bf16_values(C, 6, 0.2, 1.0), b = bf16_values(C, 7, 0.3), gy = bf16_values(x.size(), 8);
+  auto run = [&](auto device) {
+    using D = decltype(device);
+    fathom::Var<T, D> xv(Tensor<T, Cpu>::from_vector(Shape{B, S, C}, cast_to<T>(x)).template to<D>(), true);
+    fathom::Var<T, D> wv(Tensor<T, Cpu>::from_vector(Shape{C}, cast_to<T>(w)).template to<D>(), true);
+    fathom::Var<T, D> bv(Tensor<T, Cpu>::from_vector(Shape{C}, cast_to<T>(b)).template to<D>(), true);
+    auto y = ag::layer_norm(ag::rms_norm(xv, wv, 1e-6, 0.5), wv, bv, 1e-5, 0.25);
+    ag::backward(y, Tensor<T, Cpu>::from_vector(Shape{B, S, C}, cast_to<T>(gy)).template to<D>());
+    return std::vector<std::vector<double>>{to_double(y.value().to_vector()), to_double(xv.grad().to_vector()),
+                                            to_double(wv.grad().to_vector()), to_double(bv.grad().to_vector())};
+  };
+  const auto cpu = run(Cpu{}), gpu = run(Cuda{});
+  const char* names[] = {"y", "dx", "dw", "db"};
+  for (std::size_t k = 0; k < cpu.size(); ++k) {
+    // Both sides round to T in between the two norms; allow two roundings.
+    CHECK(first_mismatch(names[k], gpu[k], cpu[k], 2 * Precision<T>::rtol, 2 * Precision<T>::atol, C) == "");
+  }
+}
