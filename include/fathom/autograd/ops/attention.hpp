@@ -8,6 +8,11 @@
 
 #include "fathom/autograd/var.hpp"
 #include "fathom/kernels/attention.hpp"
+#if defined(__CUDACC__)
+// Declared before the op below so that kernels::attention(Cuda{}, ...) resolves (a qualified call
+// sees only the overloads declared before the template that makes it).
+#include "fathom/kernels/cuda/attention.cuh"
+#endif
 
 namespace fathom::autograd {
 

@@ -1,0 +1,326 @@
+// [cuda] tests for the CUDA attention kernels (include/fathom/kernels/cuda/attention.cuh): forward
+// (o, lse) and backward (dq, dk, dv accumulated onto random gradients) in float and bf16 against
+// the CPU reference computed in double, at the model shapes and at awkward ones (T not a multiple
+// of the tile, head_dim 32/96/128, T = 1); strided rows of a fused projection; the autograd op.
+#include <fathom/cuda.hpp>
+#include <fathom/autograd/ops/attention.hpp>
+#include <fathom/kernels/cuda/attention.cuh>
+#include <fathom/kernels/cuda/primitives.cuh>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "support/catch.hpp"
+
+using fathom::accum_t;
+using fathom::bf16;
+using fathom::Cpu;
+using fathom::Cuda;
+using fathom::Precision;
+using fathom::scalar_cast;
+using fathom::Shape;
+using fathom::Tensor;
+
+namespace {
+
+struct Case {
+  std::int64_t B, T, H, hd;
+  bool causal;
+  std::int64_t C() const { return H * hd; }
+  std::size_t n() const { return static_cast<std::size_t>(B * T * H * hd); }
+  std::size_t rows() const { return static_cast<std::size_t>(B * H * T); }
+};
+
+std::ostream& operator<<(std::ostream& os, const Case& c) {
+  return os << "B " << c.B << " T " << c.T << " H " << c.H << " hd " << c.hd << (c.causal ? " causal" : " full");
+}
+
+// N(0, 1) values rounded to bf16, so float and bf16 runs see the same inputs and share one
+// double reference.
+std::vector<double> bf16_values(std::size_t n, std::uint64_t seed) {
+  std::vector<double> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<float>(bf16(static_cast<float>(fathom::rng::normal(seed, i))));
+  return v;
+}
+
+template <class T>
+std::vector<T> cast_to(const std::vector<double>& v) {
+  std::vector<T> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<T>(v[i]);
+  return out;
+}
+template <class T>
+std::vector<double> to_double(const std::vector<T>& v) {
+  std::vector<double> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<double>(v[i]);
+  return out;
+}
+
+struct Inputs {
+  std::vector<double> q, k, v, d_o, dq0, dk0, dv0;
+};
+Inputs make_inputs(const Case& c, std::uint64_t seed) {
+  return {bf16_values(c.n(), seed), bf16_values(c.n(), seed + 1), bf16_values(c.n(), seed + 2),
+          bf16_values(c.n(), seed + 3), bf16_values(c.n(), seed + 4), bf16_values(c.n(), seed + 5),
+          bf16_values(c.n(), seed + 6)};
+}
+
+struct Outputs {
+  std::vector<double> o, lse, dq, dk, dv;
+};
+
+// The CPU reference in double; gradients include the initial dq0, dk0, dv0.
+Outputs reference(const Case& c, const Inputs& in) {
+  Outputs r;
+  r.o.assign(c.n(), 0.0);
+  r.lse.assign(c.rows(), 0.0);
+  r.dq = in.dq0;
+  r.dk = in.dk0;
+  r.dv = in.dv0;
+  fathom::kernels::AttentionParams<double> p;
+  p.q = in.q.data();
+  p.k = in.k.data();
+  p.v = in.v.data();
+  p.o = r.o.data();
+  p.lse = r.lse.data();
+  p.batch = c.B;
+  p.seq = c.T;
+  p.heads = c.H;
+  p.head_dim = c.hd;
+  p.q_stride = p.k_stride = p.v_stride = p.o_stride = c.C();
+  p.causal = c.causal;
+  p.scale = 1.0 / std::sqrt(static_cast<double>(c.hd));
+  fathom::kernels::attention(Cpu{}, p);
+  fathom::kernels::AttentionBackwardParams<double> bp;
+  bp.q = in.q.data();
+  bp.k = in.k.data();
+  bp.v = in.v.data();
+  bp.o = r.o.data();
+  bp.d_o = in.d_o.data();
+  bp.lse = r.lse.data();
+  bp.dq = r.dq.data();
+  bp.dk = r.dk.data();
+  bp.dv = r.dv.data();
+  bp.batch = c.B;
+  bp.seq = c.T;
+  bp.heads = c.H;
+  bp.head_dim = c.hd;
+  bp.q_stride = bp.k_stride = bp.v_stride = bp.o_stride = bp.do_stride = c.C();
+  bp.dq_stride = bp.dk_stride = bp.dv_stride = c.C();
+  bp.causal = c.causal;
+  bp.scale = p.scale;
+  fathom::kernels::attention_backward(Cpu{}, bp);
+  return r;
+}
+
+// Runs forward and backward on the GPU with T elements: q, k, v rows of `in_stride` (>= C;
+// q, k, v live side by side in one fused buffer when in_stride >= 3C), o rows of `o_stride`.
+template <class T>
+Outputs run_cuda(const Case& c, const Inputs& in, std::int64_t in_stride = 0, std::int64_t o_stride = 0) {
+  const std::int64_t C = c.C(), rows = c.B * c.T;
+  if (in_stride == 0) in_stride = 3 * C;
+  if (o_stride == 0) o_stride = C;
+  const bool fused = in_stride >= 3 * C;
+  // One buffer for q, k, v: fused rows [q | k | v | pad] or three separate (rows, in_stride) blocks.
+  const std::int64_t block = fused ? 0 : rows * in_stride;
+  std::vector<T> host(static_cast<std::size_t>(fused ? rows * in_stride : 3 * block), scalar_cast<T>(-9.0));
+  auto place = [&](const std::vector<double>& x, int which) {
+    const std::int64_t base = fused ? which * C : which * block;
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t j = 0; j < C; ++j)
+        host[static_cast<std::size_t>(base + r * in_stride + j)] = scalar_cast<T>(x[static_cast<std::size_t>(r * C + j)]);
+  };
+  place(in.q, 0);
+  place(in.k, 1);
+  place(in.v, 2);
+  auto qkv = Tensor<T, Cuda>::from_vector(Shape{static_cast<std::int64_t>(host.size())}, host);
+  const T* q = qkv.data();
+  const T* k = q + (fused ? C : block);
+  const T* v = q + (fused ? 2 * C : 2 * block);
+
+  // o starts poisoned: every element must be written.
+  auto o = Tensor<T, Cuda>::from_vector(
+      Shape{rows * o_stride}, std::vector<T>(static_cast<std::size_t>(rows * o_stride), scalar_cast<T>(1e4)));
+  auto lse = Tensor<accum_t<T>, Cuda>::from_vector(Shape{c.B * c.H * c.T},
+                                                   std::vector<accum_t<T>>(c.rows(), accum_t<T>(1e4)));
+  fathom::kernels::AttentionParams<T> p;
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.o = o.data();
+  p.lse = lse.data();
+  p.batch = c.B;
+  p.seq = c.T;
+  p.heads = c.H;
+  p.head_dim = c.hd;
+  p.q_stride = p.k_stride = p.v_stride = in_stride;
+  p.o_stride = o_stride;
+  p.causal = c.causal;
+  p.scale = 1.0 / std::sqrt(static_cast<double>(c.hd));
+  fathom::kernels::attention(Cuda{}, p);
+
+  const Shape shape{c.B, c.T, C};
+  auto d_o = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(in.d_o));
+  auto dq = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(in.dq0));
+  auto dk = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(in.dk0));
+  auto dv = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(in.dv0));
+  fathom::kernels::AttentionBackwardParams<T> bp;
+  bp.q = q;
+  bp.k = k;
+  bp.v = v;
+  bp.o = o.data();
+  bp.d_o = d_o.data();
+  bp.lse = lse.data();
+  bp.dq = dq.data();
+  bp.dk = dk.data();
+  bp.dv = dv.data();
+  bp.batch = c.B;
+  bp.seq = c.T;
+  bp.heads = c.H;
+  bp.head_dim = c.hd;
+  bp.q_stride = bp.k_stride = bp.v_stride = in_stride;
+  bp.o_stride = o_stride;
+  bp.do_stride = bp.dq_stride = bp.dk_stride = bp.dv_stride = C;
+  bp.causal = c.causal;
+  bp.scale = p.scale;
+  fathom::kernels::attention_backward(Cuda{}, bp);
+  FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
+
+  Outputs r;
+  auto o_rows = to_double(o.to_vector());
+  r.o.resize(c.n());
+  for (std::int64_t i = 0; i < rows; ++i)
+    for (std::int64_t j = 0; j < C; ++j)
+      r.o[static_cast<std::size_t>(i * C + j)] = o_rows[static_cast<std::size_t>(i * o_stride + j)];
+  for (std::int64_t i = 0; i < rows; ++i)  // padding past C stays untouched
+    for (std::int64_t j = C; j < o_stride; ++j)
+      if (o_rows[static_cast<std::size_t>(i * o_stride + j)] != scalar_cast<double>(scalar_cast<T>(1e4)))
+        r.o[0] = std::nan("");  // shows up as a mismatch at element 0
+  r.lse = to_double(lse.to_vector());
+  r.dq = to_double(dq.to_vector());
+  r.dk = to_double(dk.to_vector());
+  r.dv = to_double(dv.to_vector());
+  return r;
+}
+
+// Every element within atol * scale + rtol * |want|, where scale = max(1, max |want|) so that
+// tensors of large magnitude are judged relative to it; reports the first failure and the worst.
+std::string compare(const std::string& name, const Case& c, bool per_head, const std::vector<double>& got,
+                    const std::vector<double>& want, double rtol, double atol) {
+  double scale = 1.0;
+  for (double w : want) scale = std::max(scale, std::abs(w));
+  std::size_t worst = 0, failures = 0, first = want.size();
+  double worst_excess = -1.0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double err = std::abs(got[i] - want[i]), bound = atol * scale + rtol * std::abs(want[i]);
+    const double excess = std::isnan(err) ? 1e300 : err / bound;
+    if (excess > worst_excess) {
+      worst_excess = excess;
+      worst = i;
+    }
+    if (!(err <= bound)) {
+      ++failures;
+      if (first == want.size()) first = i;
+    }
+  }
+  if (failures == 0) return {};
+  auto where = [&](std::size_t i) {
+    std::ostringstream s;
+    const auto C = static_cast<std::size_t>(c.C()), T = static_cast<std::size_t>(c.T),
+               H = static_cast<std::size_t>(c.H);
+    if (per_head) s << "[b " << i / (T * H) << ", h " << i / T % H << ", t " << i % T << "]";
+    else s << "[b " << i / (T * C) << ", t " << i / C % T << ", c " << i % C << "]";
+    s << ": got " << got[i] << ", want " << want[i];
+    return s.str();
+  };
+  std::ostringstream s;
+  s << name << " (" << c << "): " << failures << " of " << want.size() << " elements off; first "
+    << where(first) << "; worst " << where(worst) << " (" << worst_excess << "x the tolerance)";
+  return s.str();
+}
+
+template <class T>
+struct Tolerance;
+template <>
+struct Tolerance<float> {  // fp32 math throughout
+  static constexpr double rtol = 1e-4, atol = 1e-5, grad_rtol = 1e-4, grad_atol = 1e-4;
+};
+template <>
+struct Tolerance<bf16> {  // bf16 probabilities and outputs; bf16 gradients after accumulation
+  static constexpr double rtol = Precision<bf16>::rtol, atol = 1e-2, grad_rtol = Precision<bf16>::rtol,
+                          grad_atol = 1e-2;
+};
+
+template <class T>
+void check_against(const Case& c, const Outputs& got, const Outputs& want) {
+  using Tol = Tolerance<T>;
+  INFO(Precision<T>::name << " " << c);
+  CHECK(compare("o", c, false, got.o, want.o, Tol::rtol, Tol::atol) == "");
+  CHECK(compare("lse", c, true, got.lse, want.lse, Tol::rtol, Tol::atol) == "");
+  CHECK(compare("dq", c, false, got.dq, want.dq, Tol::grad_rtol, Tol::grad_atol) == "");
+  CHECK(compare("dk", c, false, got.dk, want.dk, Tol::grad_rtol, Tol::grad_atol) == "");
+  CHECK(compare("dv", c, false, got.dv, want.dv, Tol::grad_rtol, Tol::grad_atol) == "");
+}
+
+}  // namespace
+
+TEST_CASE("CUDA attention matches the CPU reference, forward and backward", "[cuda][attention]") {
+  const Case c = GENERATE(Case{2, 256, 12, 64, true}, Case{1, 1024, 12, 64, true}, Case{3, 100, 4, 32, true},
+                          Case{1, 77, 2, 128, true}, Case{3, 100, 4, 32, false}, Case{2, 130, 2, 64, false},
+                          Case{1, 1, 1, 64, true}, Case{2, 65, 3, 16, true}, Case{1, 200, 2, 96, true},
+                          Case{2, 64, 2, 64, true});
+  INFO(c);
+  const Inputs in = make_inputs(c, 100);
+  const Outputs want = reference(c, in);
+  check_against<float>(c, run_cuda<float>(c, in), want);
+  check_against<bf16>(c, run_cuda<bf16>(c, in), want);
+}
+
+TEST_CASE("CUDA attention reads fused and misaligned rows in place", "[cuda][attention]") {
+  const Case c{2, 100, 4, 64, true};
+  const Inputs in = make_inputs(c, 200);
+  const Outputs want = reference(c, in);
+  SECTION("q, k, v side by side in a fused (B, T, 3C) projection, o rows padded") {
+    check_against<float>(c, run_cuda<float>(c, in, 3 * c.C(), c.C() + 8), want);
+    check_against<bf16>(c, run_cuda<bf16>(c, in, 3 * c.C(), c.C() + 8), want);
+    // The tensor-core path reads a fused buffer exactly as a contiguous one.
+    const Outputs fused = run_cuda<bf16>(c, in, 3 * c.C());
+    const Outputs separate = run_cuda<bf16>(c, in, c.C());
+    CHECK(fused.o == separate.o);
+    CHECK(fused.dq == separate.dq);
+    CHECK(fused.dk == separate.dk);
+    CHECK(fused.dv == separate.dv);
+  }
+  SECTION("rows that are not 16-byte aligned fall back to the tiled kernels") {
+    check_against<bf16>(c, run_cuda<bf16>(c, in, c.C() + 1, c.C() + 1), want);
+  }
+}
+
+TEST_CASE("CUDA attention op: forward and gradients through autograd", "[cuda][attention]") {
+  const Case c{2, 70, 2, 64, true};
+  const Inputs in = make_inputs(c, 300);
+  Outputs want = reference(c, in);
+  for (std::size_t i = 0; i < c.n(); ++i) {  // the op's gradients start from zero
+    want.dq[i] -= in.dq0[i];
+    want.dk[i] -= in.dk0[i];
+    want.dv[i] -= in.dv0[i];
+  }
+  const Shape shape{c.B, c.T, c.C()};
+  auto var = [&](const std::vector<double>& x) {
+    return fathom::Var<bf16, Cuda>(Tensor<bf16, Cuda>::from_vector(shape, cast_to<bf16>(x)), true);
+  };
+  auto q = var(in.q), k = var(in.k), v = var(in.v);
+  auto y = fathom::autograd::attention(q, k, v, static_cast<int>(c.H));
+  fathom::autograd::backward(y, Tensor<bf16, Cuda>::from_vector(shape, cast_to<bf16>(in.d_o)));
+  Outputs got;
+  got.o = to_double(y.value().to_vector());
+  got.lse = want.lse;  // not visible through the op
+  got.dq = to_double(q.grad().to_vector());
+  got.dk = to_double(k.grad().to_vector());
+  got.dv = to_double(v.grad().to_vector());
+  check_against<bf16>(c, got, want);
+}
