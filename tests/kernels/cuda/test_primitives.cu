@@ -1,0 +1,136 @@
+// [cuda] tests for the CUDA tensor primitives (include/fathom/kernels/cuda/primitives.cuh):
+// device_fill, device_strided_copy and device_cast through Tensor<T, Cuda> (fill_, contiguous(),
+// copy_, cast), each compared exactly with the same operation on the CPU, at awkward sizes and on
+// pointers off the 16-byte grid.
+#include <fathom/cuda.hpp>
+#include <fathom/kernels/cuda/primitives.cuh>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "support/catch.hpp"
+
+using fathom::bf16;
+using fathom::Cpu;
+using fathom::Cuda;
+using fathom::Shape;
+using fathom::Tensor;
+
+namespace {
+
+template <class T>
+Tensor<T, Cuda> to_gpu(const Tensor<T, Cpu>& t) {
+  return t.template to<Cuda>();
+}
+
+// Bit patterns, so bf16 and float compare exactly (and NaN-free data compares as equal values).
+template <class T>
+std::vector<std::uint64_t> bits(const std::vector<T>& v) {
+  std::vector<std::uint64_t> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    std::uint64_t b = 0;
+    std::memcpy(&b, &v[i], sizeof(T));
+    out[i] = b;
+  }
+  return out;
+}
+
+template <class T>
+std::string first_difference(const std::vector<T>& gpu, const std::vector<T>& cpu) {
+  if (gpu.size() != cpu.size()) return "sizes differ";
+  const auto g = bits(gpu), c = bits(cpu);
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    if (g[i] != c[i]) {
+      std::ostringstream s;
+      s << "element " << i << " of " << g.size() << ": gpu " << gpu[i] << ", cpu " << cpu[i];
+      return s.str();
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("device_fill writes the value to every element", "[cuda][primitives]", float, double, bf16,
+                   std::int32_t) {
+  using T = TestType;
+  const std::int64_t n = GENERATE(1, 7, 8, 1000, 5461, 50257);
+  const std::int64_t offset = GENERATE(0, 1);  // 1: off the 16-byte grid
+  INFO("n " << n << " offset " << offset);
+  const T value = fathom::scalar_cast<T>(-3.25);
+  auto base = Tensor<T, Cuda>::zeros(Shape{n + offset});
+  auto view = base.slice(0, offset, n + offset);
+  view.fill_(value);
+  auto got = base.to_vector();
+  std::vector<T> want(got.size(), value);
+  if (offset) want[0] = fathom::scalar_cast<T>(0.0);  // the element before the view is untouched
+  CHECK(first_difference(got, want) == "");
+}
+
+TEMPLATE_TEST_CASE("device_strided_copy packs views exactly as the CPU does", "[cuda][primitives]", float, double,
+                   bf16) {
+  using T = TestType;
+  auto cpu = Tensor<double>::randn(Shape{6, 35, 17}, 1).template cast<T>();
+  auto gpu = to_gpu(cpu);
+  auto check = [](const char* what, const Tensor<T, Cpu>& c, const Tensor<T, Cuda>& g) {
+    INFO(what << " shape " << c.shape() << " strides " << c.strides());
+    REQUIRE(g.shape() == c.shape());
+    CHECK(first_difference(g.contiguous().to_vector(), c.contiguous().to_vector()) == "");
+  };
+  check("transpose(0, 2)", cpu.transpose(0, 2), gpu.transpose(0, 2));
+  check("transpose(1, 2)", cpu.transpose(1, 2), gpu.transpose(1, 2));
+  check("slice(2, 3, 16)", cpu.slice(2, 3, 16), gpu.slice(2, 3, 16));
+  check("slice(1, 1, 34)", cpu.slice(1, 1, 34), gpu.slice(1, 1, 34));
+  check("select(1, 4)", cpu.select(1, 4), gpu.select(1, 4));
+  check("transpose(0, 1).slice(2, 0, 5)", cpu.transpose(0, 1).slice(2, 0, 5), gpu.transpose(0, 1).slice(2, 0, 5));
+  check("select(2, 16).transpose(0, 1)", cpu.select(2, 16).transpose(0, 1), gpu.select(2, 16).transpose(0, 1));
+  check("slice(0, 2, 3) (extent 1)", cpu.slice(0, 2, 3).transpose(0, 2), gpu.slice(0, 2, 3).transpose(0, 2));
+
+  // A large strided copy: the grid-stride loop covers more elements than one launch has threads.
+  auto big_cpu = Tensor<double>::randn(Shape{2048, 1031}, 2).template cast<T>();
+  auto big_gpu = to_gpu(big_cpu);
+  check("(2048, 1031) transpose", big_cpu.transpose(0, 1), big_gpu.transpose(0, 1));
+
+  // copy_ into a contiguous destination from a strided device source.
+  Tensor<T, Cuda> dst(Shape{17, 35, 6});
+  dst.copy_(gpu.transpose(0, 2));
+  CHECK(first_difference(dst.to_vector(), cpu.transpose(0, 2).contiguous().to_vector()) == "");
+}
+
+TEST_CASE("device_cast converts exactly as the CPU does, bf16 to nearest even", "[cuda][primitives]") {
+  const std::int64_t n = GENERATE(1, 9, 4096, 50257);
+  const std::int64_t offset = GENERATE(0, 1);
+  INFO("n " << n << " offset " << offset);
+  auto d = Tensor<double>::randn(Shape{n + offset}, 3, 10.0).slice(0, offset, n + offset).contiguous();
+  auto f = d.cast<float>();
+  auto h = f.cast<bf16>();
+  // Sources on the device at the same offset: the cast sees pointers off the 16-byte grid.
+  auto on_device = [offset, n](const auto& t) {
+    using T = typename std::decay_t<decltype(t)>::value_type;
+    auto base = Tensor<T, Cuda>::zeros(Shape{n + offset});
+    auto v = base.slice(0, offset, n + offset);
+    v.copy_(t);
+    return v;
+  };
+  auto dg = on_device(d);
+  auto fg = on_device(f);
+  auto hg = on_device(h);
+  CHECK(first_difference(dg.cast<float>().to_vector(), f.to_vector()) == "");
+  CHECK(first_difference(fg.cast<bf16>().to_vector(), h.to_vector()) == "");
+  CHECK(first_difference(dg.cast<bf16>().to_vector(), d.cast<bf16>().to_vector()) == "");
+  CHECK(first_difference(hg.cast<float>().to_vector(), h.cast<float>().to_vector()) == "");
+  CHECK(first_difference(fg.cast<double>().to_vector(), f.cast<double>().to_vector()) == "");
+  CHECK(first_difference(hg.cast<double>().to_vector(), h.cast<double>().to_vector()) == "");
+}
+
+TEST_CASE("device_cast rounds halfway bf16 cases to even", "[cuda][primitives]") {
+  // 1 + 2^-8 is halfway between 1 and 1 + 2^-7 (ties to 1); 1 + 3 * 2^-8 ties to 1 + 2^-6.
+  auto f = Tensor<float, Cuda>::from_vector(Shape{2}, {1.0f + 1.0f / 256.0f, 1.0f + 3.0f / 256.0f});
+  auto h = f.cast<bf16>().to_vector();
+  CHECK(static_cast<float>(h[0]) == 1.0f);
+  CHECK(static_cast<float>(h[1]) == 1.0f + 1.0f / 64.0f);
+}
