@@ -1,0 +1,241 @@
+// The training loop: bit-for-bit resume on CPU, non-finite losses, bad input, and checkpoints that
+// survive a failed save.
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include "fathom/data/shards.hpp"
+#include "fathom/nn/presets.hpp"
+#include "fathom/policy/lns.hpp"
+#include "fathom/policy/pre_ln.hpp"
+#include "fathom/train/trainer.hpp"
+#include "support/catch.hpp"
+
+using namespace fathom;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path fresh_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("fathom-test-trainer-" + name);
+  fs::remove_all(p);
+  return p;
+}
+
+train::TrainOptions small_run(const fs::path& out) {
+  train::TrainOptions o;
+  o.model = nn::preset("tiny");
+  o.model.layers = 2;
+  o.model.d_model = 32;
+  o.model.heads = 2;
+  o.model.d_ff = 64;
+  o.model.max_seq = 32;
+  o.seq_len = 16;
+  o.batch = 2;
+  o.steps = 8;
+  o.lr = 3e-3;
+  o.warmup = 2;
+  o.eval_every = 4;
+  o.eval_batches = 2;
+  o.log_every = 1;
+  o.builtin_tokens = 20000;
+  o.out = out.string();
+  o.quiet = true;
+  return o;
+}
+
+using Model = train::DecoderModel<nn::Llama, policy::LNS, float, Cpu>;
+
+// Makes the loss NaN on chosen calls of loss() by poisoning one weight for that call only.
+class PoisonedModel final : public train::LanguageModel<float, Cpu> {
+ public:
+  PoisonedModel(const nn::ModelConfig& c, std::vector<int> poisoned_calls)
+      : inner_(c, policy::LNS{}), poisoned_(std::move(poisoned_calls)) {}
+  LossVar loss(const Tensor<std::int32_t, Cpu>& x, const Tensor<std::int32_t, Cpu>& y) const override {
+    // Training calls only (evaluation runs under NoGradGuard): call k is step k without accumulation.
+    if (autograd::grad_enabled()) ++calls_;
+    bool poison = autograd::grad_enabled() && std::find(poisoned_.begin(), poisoned_.end(), calls_) != poisoned_.end();
+    auto& w = const_cast<Model&>(inner_).parameters()[1].var.mutable_value();
+    std::vector<float> saved;
+    if (poison) {
+      saved = w.to_vector();
+      w.data()[0] = std::numeric_limits<float>::quiet_NaN();
+    }
+    auto l = inner_.loss(x, y);
+    if (poison) w.copy_(Tensor<float>::from_vector(w.shape(), saved));
+    return l;
+  }
+  Var<float> forward(const Tensor<std::int32_t, Cpu>& x) const override { return inner_.forward(x); }
+  std::vector<nn::NamedParameter<float, Cpu>>& parameters() override { return inner_.parameters(); }
+  void init(std::uint64_t seed) override { inner_.init(seed); }
+  void zero_grad() override { inner_.zero_grad(); }
+  bool hf_transposed(const std::string& n) const override { return inner_.hf_transposed(n); }
+  const nn::ModelConfig& config() const override { return inner_.config(); }
+
+ private:
+  Model inner_;
+  std::vector<int> poisoned_;
+  mutable int calls_ = 0;
+};
+
+std::vector<float> weights_of(const fs::path& ckpt) {
+  auto f = train::read_safetensors(ckpt / "model.safetensors");
+  std::vector<float> all;
+  for (const auto& r : f.tensors) {
+    auto v = train::tensor_values<float>(r);
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  return all;
+}
+
+}  // namespace
+
+TEST_CASE("trainer: the loss falls on the built-in corpus and metrics are written", "[train]") {
+  auto dir = fresh_dir("learns");
+  auto o = small_run(dir);
+  o.steps = 30;
+  auto r = train::train<nn::Llama, policy::PreLN, float, Cpu>(o);
+  REQUIRE(r.losses.size() == 30);
+  CHECK(r.last_loss < r.first_loss - 0.5);
+  CHECK(std::isfinite(r.final_val_loss));
+  std::ifstream m(dir / "metrics.jsonl");
+  int train_lines = 0, val_lines = 0;
+  for (std::string line; std::getline(m, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("val_loss")) ++val_lines;
+    else {
+      ++train_lines;
+      for (const char* k : {"step", "loss", "lr", "tokens", "tokens_per_s"}) CHECK(j.contains(k));
+    }
+  }
+  CHECK(train_lines == 30);
+  CHECK(val_lines == 30 / 4 + 1);  // every 4 steps, and at the end
+  CHECK(train::is_complete_checkpoint(dir / "ckpt-30"));
+}
+
+TEST_CASE("trainer: resuming gives the same losses and weights bit for bit", "[train]") {
+  auto straight = fresh_dir("straight"), split = fresh_dir("split");
+  auto o = small_run(straight);
+  auto full = train::train<nn::Llama, policy::LNS, float, Cpu>(o);
+
+  auto a = small_run(split);
+  a.stop_after = 3;
+  auto first = train::train<nn::Llama, policy::LNS, float, Cpu>(a);
+  REQUIRE(first.steps_done == 3);
+  REQUIRE(train::is_complete_checkpoint(split / "ckpt-3"));
+
+  auto b = small_run(split);
+  b.resume = split.string();  // the run folder: its latest checkpoint
+  auto second = train::train<nn::Llama, policy::LNS, float, Cpu>(b);
+  REQUIRE(second.first_step == 3);
+  REQUIRE(second.losses.size() == 5);
+  for (std::size_t i = 0; i < 3; ++i) CHECK(first.losses[i] == full.losses[i]);
+  for (std::size_t i = 0; i < 5; ++i) CHECK(second.losses[i] == full.losses[i + 3]);
+  CHECK(weights_of(split / "ckpt-8") == weights_of(straight / "ckpt-8"));
+  CHECK(second.tokens == full.tokens);
+}
+
+TEST_CASE("trainer: resuming a checkpoint of another config fails naming the difference", "[train]") {
+  auto dir = fresh_dir("other-config");
+  auto o = small_run(dir);
+  o.steps = 2;
+  o.policy = "lns";
+  train::train<nn::Llama, policy::LNS, float, Cpu>(o);
+  auto b = small_run(fresh_dir("other-config-2"));
+  b.resume = (dir / "ckpt-2").string();
+  b.policy = "lns";
+  b.model.layers = 3;
+  CHECK_THROWS_WITH((train::train<nn::Llama, policy::LNS, float, Cpu>(b)),
+                    Catch::Matchers::Contains("layers = 2") && Catch::Matchers::Contains("layers = 3"));
+  b.model.layers = 2;
+  auto c = b;
+  c.policy = "pre-ln";
+  CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(c)), Catch::Matchers::Contains("policy"));
+}
+
+TEST_CASE("trainer: a NaN loss stops the run naming the step and the last good checkpoint", "[train]") {
+  auto dir = fresh_dir("nan");
+  auto o = small_run(dir);
+  o.save_every = 2;
+  PoisonedModel model(o.model, {5});
+  CHECK_THROWS_WITH((train::train<float, Cpu>(o, model)),
+                    Catch::Matchers::Contains("at step 5") && Catch::Matchers::Contains("ckpt-4"));
+  CHECK(train::is_complete_checkpoint(dir / "ckpt-4"));
+  CHECK_FALSE(fs::exists(dir / "ckpt-6"));
+}
+
+TEST_CASE("trainer: --skip-nonfinite skips the bad step and goes on", "[train]") {
+  auto dir = fresh_dir("skip");
+  auto o = small_run(dir);
+  o.skip_nonfinite = true;
+  PoisonedModel model(o.model, {3, 6});
+  auto r = train::train<float, Cpu>(o, model);
+  CHECK(r.skipped_steps == 2);
+  CHECK(r.losses.size() == 6);
+  for (double l : r.losses) CHECK(std::isfinite(l));
+  CHECK(r.steps_done == 8);
+}
+
+TEST_CASE("trainer: bad input fails with one clear message", "[train]") {
+  auto dir = fresh_dir("bad");
+  SECTION("an --out below a regular file") {
+    fs::create_directories(dir);
+    std::ofstream(dir / "file") << "x";
+    auto o = small_run(dir / "file" / "run");
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), Catch::Matchers::Contains("--out"));
+  }
+  SECTION("a token id >= vocab in the shards") {
+    fs::create_directories(dir);
+    std::vector<std::uint32_t> tokens(4000, 5);
+    tokens[1234] = 300;
+    data::write_shard(dir / "train_000000.bin", tokens);
+    auto o = small_run(dir / "run");
+    o.data = (dir / "train_*.bin").string();
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)),
+                      Catch::Matchers::Contains("300") && Catch::Matchers::Contains("257"));
+  }
+  SECTION("a batch larger than the data") {
+    fs::create_directories(dir);
+    data::write_shard(dir / "train_000000.bin", std::vector<std::uint32_t>(10, 7));
+    auto o = small_run(dir / "run");
+    o.data = (dir / "train_*.bin").string();
+    CHECK_THROWS_AS((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), Error);
+  }
+  SECTION("shards matching nothing") {
+    auto o = small_run(dir / "run");
+    o.data = (dir / "nothing_*.bin").string();
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), Catch::Matchers::Contains("nothing_"));
+  }
+  SECTION("zero steps, a sequence longer than the model's") {
+    auto o = small_run(dir / "run");
+    o.steps = 0;
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), Catch::Matchers::Contains("--steps"));
+    o = small_run(dir / "run");
+    o.seq_len = 64;
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), Catch::Matchers::Contains("--seq-len"));
+  }
+}
+
+TEST_CASE("checkpoints: a failed save leaves the previous checkpoint intact and no torn one", "[train]") {
+  auto dir = fresh_dir("torn");
+  train::CheckpointContents good;
+  std::vector<float> w = {1, 2, 3, 4};
+  good.model.push_back(train::make_tensor_record<float>("w", {2, 2}, std::span<const float>(w)));
+  good.config = {{"model_type", "llama"}};
+  good.trainer_state = {{"step", 1}};
+  fs::create_directories(dir);
+  train::write_checkpoint(dir, 1, good);
+
+  auto bad = good;
+  bad.model[0].data.resize(3);  // a record whose size does not match its shape: the save fails midway
+  CHECK_THROWS_AS(train::write_checkpoint(dir, 2, bad), Error);
+  CHECK_FALSE(fs::exists(dir / "ckpt-2"));
+  CHECK_THROWS_AS(train::write_checkpoint(dir, 1, bad), Error);  // overwriting fails: the old one stays
+  REQUIRE(train::is_complete_checkpoint(dir / "ckpt-1"));
+  CHECK(weights_of(dir / "ckpt-1") == w);
+  int leftovers = 0;
+  for (auto& e : fs::directory_iterator(dir)) leftovers += e.path().filename().string().starts_with(".ckpt") ? 1 : 0;
+  CHECK(leftovers == 0);
+  CHECK(train::resolve_checkpoint(dir) == dir / "ckpt-1");
+}
