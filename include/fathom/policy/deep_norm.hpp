@@ -16,7 +16,7 @@ inline double deepnorm_alpha(int depth) { return std::pow(2.0 * depth, 0.25); }
 inline double deepnorm_beta(int depth) { return std::pow(8.0 * depth, -0.25); }
 
 struct DeepNormInit {
-  std::optional<double> beta;  // unset: deepnorm_beta(L)
+  std::optional<double> beta{};  // unset: deepnorm_beta(L)
   double std = 0.02;           // embeddings and the untied LM head, which DeepNet leaves alone
 
   double beta_for(int depth) const { return beta ? *beta : deepnorm_beta(depth); }
@@ -45,8 +45,8 @@ static_assert(InitPolicy<DeepNormInit>);
 struct DeepNorm {
   // Unset: the DeepNet formulas for the model's depth. The Curse of Depth authors' baseline
   // deviates (alpha = 2.828 fixed, beta inverted to (8L)^(1/4)); set both to run it.
-  std::optional<double> alpha;
-  std::optional<double> beta;
+  std::optional<double> alpha{};
+  std::optional<double> beta{};
   bool final_norm = true;
 
   static constexpr int norms_per_sublayer = 1;
