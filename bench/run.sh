@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# fathom-bench and the PyTorch baselines on the same card in one run, then one side-by-side table.
+# Called by scripts/gpu.sh after the build; usage: bench/run.sh BUILD_DIR [OUT_DIR]
+#   env: FATHOM_BENCH_POLICIES (default: all six), FATHOM_BENCH_WORKLOADS, FATHOM_BENCH_TORCH_MODES
+set -uo pipefail
+build="${1:-${FATHOM_BUILD_DIR:?usage: bench/run.sh BUILD_DIR [OUT_DIR] (or FATHOM_BUILD_DIR set)}}"
+out="${2:-${OUT:-$build/logs}}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+mkdir -p "$out"
+workloads="${FATHOM_BENCH_WORKLOADS:-llama-130m,gpt2-124m}"
+policies="${FATHOM_BENCH_POLICIES:-pre-ln,lns,post-ln,deepnorm,mix-ln,sandwich-ln}"
+modes="${FATHOM_BENCH_TORCH_MODES:-eager,compile}"
+rm -f "$out/bench_fathom.jsonl" "$out/bench_torch.jsonl"
+rc=0
+"$build/examples/bench/fathom-bench" --workloads "$workloads" --policies "$policies" \
+  --json-out "$out/bench_fathom.jsonl" || rc=1
+if python3 -c "import torch" 2>/dev/null; then
+  PYTHONUNBUFFERED=1 python3 "$here/torch_baseline.py" --workloads "$workloads" --modes "$modes" \
+    --json-out "$out/bench_torch.jsonl" || rc=1
+else
+  echo "bench/run.sh: python3 has no torch; PyTorch baselines skipped"
+fi
+echo
+echo "==== fathom vs PyTorch (same card, same run)"
+python3 "$here/compare.py" "$out/bench_fathom.jsonl" "$out/bench_torch.jsonl" | tee "$out/bench_table.txt"
+exit $rc

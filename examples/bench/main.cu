@@ -1,0 +1,206 @@
+// fathom-bench: training throughput on one GPU. For each workload and policy: real optimizer steps
+// (forward, backward, global-norm clipping, fused AdamW) on random tokens, timed with CUDA events
+// after warm-up steps; tokens/s, ms/step, MFU and peak GPU memory. Also measures the card's bf16
+// GEMM rate, the MFU denominator.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../common/model_factory.hpp"
+
+namespace fathom::programs {
+
+struct BenchOptions {
+  std::string workloads = "llama-130m,gpt2-124m";
+  std::string policies = "pre-ln,lns";
+  std::string precision = "bf16";
+  int steps = 25, warmup = 8;
+  std::int64_t batch = 0, seq_len = 0;  // 0: the workload's
+  double peak_tflops = 0;               // 0: measure
+  std::string json_out;
+};
+
+struct Workload {
+  std::string preset;
+  std::int64_t batch, seq_len;
+};
+
+inline Workload workload_of(const std::string& name) {
+  if (name == "llama-130m") return {name, 128, 256};
+  if (name == "gpt2-124m") return {name, 32, 1024};
+  nn::preset(name);  // fails listing the presets for an unknown name
+  return {name, 8, 256};
+}
+
+inline std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+// Achieved TFLOP/s of an 8192^3 bf16 GEMM (fp32 accumulation) through fathom's cuBLASLt path.
+inline double measure_gemm_tflops() {
+  const std::int64_t n = 8192;
+  auto a = Tensor<bf16, Cuda>::randn(Shape{n, n}, 1), b = Tensor<bf16, Cuda>::randn(Shape{n, n}, 2);
+  Tensor<bf16, Cuda> c(Shape{n, n});
+  kernels::GemmParams<bf16> p;
+  p.a = a.data();
+  p.b = b.data();
+  p.c = c.data();
+  p.m = p.n = p.k = n;
+  for (int i = 0; i < 3; ++i) kernels::gemm(Cuda{}, p);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  const int reps = 10;
+  cudaEventRecord(e0, cuda::stream());
+  for (int i = 0; i < reps; ++i) kernels::gemm(Cuda{}, p);
+  cudaEventRecord(e1, cuda::stream());
+  cudaEventSynchronize(e1);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, e0, e1);
+  return 2.0 * n * n * n * reps / (ms * 1e-3) / 1e12;
+}
+
+struct BenchResult {
+  std::string workload, policy;
+  double tokens_per_s, ms_per_step, mfu, peak_gib, params_m, flops_per_token;
+};
+
+template <class T>
+BenchResult bench_one(const Workload& w, const std::string& policy, const BenchOptions& o, double peak_tflops) {
+  using D = Cuda;
+  using A = accum_t<T>;
+  nn::ModelConfig cfg = nn::preset(w.preset);
+  const std::int64_t B = o.batch ? o.batch : w.batch, Tn = o.seq_len ? o.seq_len : w.seq_len;
+  if (Tn > cfg.max_seq) cfg.max_seq = static_cast<int>(Tn);
+  auto model = make_model<T, D>(cfg, policy);
+  model->init(0);
+  std::vector<optim::NamedParameter<T, D>> named;
+  for (auto& p : model->parameters()) named.push_back({p.name, p.var});
+  optim::AdamW rule;
+  rule.weight_decay = 0.0;
+  optim::Optimizer<optim::AdamW, T, D> opt(rule, named);
+
+  std::vector<std::int32_t> host(static_cast<std::size_t>(B * Tn));
+  for (std::size_t i = 0; i < host.size(); ++i)
+    host[i] = static_cast<std::int32_t>(rng::uniform(7, i) * cfg.vocab) % cfg.vocab;
+  auto x = Tensor<std::int32_t, D>::from_vector(Shape{B, Tn}, host);
+  auto y = x.reshape({B, Tn}).clone();
+
+  auto step = [&] {
+    auto loss = model->loss(x, y);
+    autograd::backward(loss);
+    const double norm = optim::global_grad_norm<T, D>(named);
+    opt.step(1e-4, optim::clip_factor(norm, 1.0));
+    model->zero_grad();
+  };
+  for (int i = 0; i < o.warmup; ++i) step();
+  cuda::synchronize();
+  cuda::CachingAllocator::instance().reset_peak();
+  step();  // the peak of one steady-state step
+  cuda::synchronize();
+  const double peak_bytes = static_cast<double>(cuda::CachingAllocator::instance().stats().peak_bytes_in_use);
+  const auto mallocs_before = cuda::CachingAllocator::instance().stats().cuda_mallocs;
+
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  cudaEventRecord(e0, cuda::stream());
+  for (int i = 0; i < o.steps; ++i) step();
+  cudaEventRecord(e1, cuda::stream());
+  cudaEventSynchronize(e1);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, e0, e1);
+  const auto mallocs_after = cuda::CachingAllocator::instance().stats().cuda_mallocs;
+  if (mallocs_after != mallocs_before)
+    std::fprintf(stderr, "note: %zu cudaMalloc calls during timed steps\n", mallocs_after - mallocs_before);
+
+  // FLOPs a token: 6N + 6 L d T, N the parameters without the input embedding (the LM head counts,
+  // a tied head once as the embedding matrix it is).
+  const auto& c = model->config();
+  double n_params = static_cast<double>(nn::count_elements(model->parameters()));
+  double n_no_embed = n_params - static_cast<double>(c.vocab) * c.d_model;
+  if (c.tied) n_no_embed += static_cast<double>(c.vocab) * c.d_model;
+  if (c.arch == nn::ArchKind::gpt2) n_no_embed -= static_cast<double>(c.max_seq) * c.d_model;
+  const double flops_per_token = 6.0 * n_no_embed + 6.0 * c.layers * c.d_model * static_cast<double>(Tn);
+  BenchResult r;
+  r.workload = w.preset;
+  r.policy = policy;
+  r.ms_per_step = ms / o.steps;
+  r.tokens_per_s = static_cast<double>(B * Tn) / (r.ms_per_step * 1e-3);
+  r.mfu = r.tokens_per_s * flops_per_token / (peak_tflops * 1e12);
+  r.peak_gib = peak_bytes / (1024.0 * 1024.0 * 1024.0);
+  r.params_m = n_params / 1e6;
+  r.flops_per_token = flops_per_token;
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  (void)sizeof(A);
+  return r;
+}
+
+inline int main(int argc, char** argv) {
+  BenchOptions o;
+  CLI::App app{"fathom-bench: training throughput (tokens/s, MFU, peak memory) on one GPU"};
+  app.option_defaults()->always_capture_default();
+  app.add_option("--workloads", o.workloads, "comma-separated: llama-130m (seq 256, batch 128), gpt2-124m (seq 1024, batch 32), or any preset");
+  app.add_option("--policies", o.policies, "comma-separated policies: " + joined(policy_names));
+  app.add_option("--precision", o.precision, "bf16 or fp32");
+  app.add_option("--steps", o.steps, "timed steps");
+  app.add_option("--warmup", o.warmup, "untimed steps first");
+  app.add_option("--batch", o.batch, "override the workload's batch");
+  app.add_option("--seq-len", o.seq_len, "override the workload's sequence length");
+  app.add_option("--peak-tflops", o.peak_tflops, "MFU denominator (0: measure an 8192^3 bf16 GEMM)");
+  app.add_option("--json-out", o.json_out, "append one JSON line per result to this file");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    resolve_device("cuda");
+    check_choice("--precision", o.precision, {"bf16", "fp32"});
+    for (const auto& p : split_list(o.policies)) check_policy_name(p);
+    cudaDeviceProp prop{};
+    cudaGetDeviceProperties(&prop, 0);
+    const double peak = o.peak_tflops > 0 ? o.peak_tflops : measure_gemm_tflops();
+    std::printf("fathom-bench on %s: bf16 GEMM peak %.0f TFLOP/s (%s)\n", prop.name, peak,
+                o.peak_tflops > 0 ? "given" : "measured, 8192^3");
+    std::printf("%-12s %-12s %9s %11s %9s %7s %9s\n", "workload", "policy", "params", "tokens/s", "ms/step", "MFU", "peak GiB");
+    std::fflush(stdout);
+    std::ofstream json;
+    if (!o.json_out.empty()) json.open(o.json_out, std::ios::app);
+    for (const auto& wname : split_list(o.workloads)) {
+      Workload w = workload_of(wname);
+      for (const auto& policy : split_list(o.policies)) {
+        BenchResult r = o.precision == "bf16" ? bench_one<bf16>(w, policy, o, peak) : bench_one<float>(w, policy, o, peak);
+        std::printf("%-12s %-12s %8.1fM %11.0f %9.2f %6.1f%% %9.2f\n", r.workload.c_str(), r.policy.c_str(), r.params_m,
+                    r.tokens_per_s, r.ms_per_step, 100 * r.mfu, r.peak_gib);
+        std::fflush(stdout);
+        if (json.is_open())
+          json << nlohmann::json{{"impl", "fathom"},          {"workload", r.workload},   {"policy", r.policy},
+                                 {"precision", o.precision},  {"tokens_per_s", r.tokens_per_s},
+                                 {"ms_per_step", r.ms_per_step}, {"mfu", r.mfu},        {"peak_gib", r.peak_gib},
+                                 {"gemm_peak_tflops", peak},  {"device", prop.name}}
+                      .dump()
+               << "\n";
+        cuda::CachingAllocator::instance().release_cached();
+      }
+    }
+    return 0;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "fathom-bench: error: %s\n", e.what());
+    return 1;
+  }
+}
+
+}  // namespace fathom::programs
+
+int main(int argc, char** argv) { return fathom::programs::main(argc, argv); }
