@@ -1,11 +1,12 @@
 // CUDA RMSNorm and LayerNorm, forward and backward, with the output scale folded in.
 //
-// Forward: one block per row; CUB block reductions in accum precision; 16-byte packs when every
-// row starts 16-byte aligned (C * sizeof(T) a multiple of 16), one element at a time otherwise.
-// Backward: a grid as large as the GPU holds at once, each block walking rows; dx row by row, and
-// the weight/bias gradients summed per block in shared memory (fp32 for bf16), written out as
-// per-block partials and added up column by column in a fixed order by a second kernel: no
-// atomics, so results are the same run to run.
+// One warp per row: the row sums are warp shuffles (no block-wide synchronization), and a block
+// keeps several rows in flight. 16-byte packs when every row starts 16-byte aligned (C * sizeof(T)
+// a multiple of 16), one element at a time otherwise. The backward runs as many blocks as the GPU
+// holds at once, warps walking rows; the weight/bias gradients are summed per warp in shared
+// memory (fp32 for bf16), per block in warp order, written out as per-block partials and added up
+// column by column in a fixed order by a second kernel: no atomics, so results are the same run
+// to run on a given GPU.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -24,7 +25,8 @@ namespace fathom::kernels {
 
 namespace detail {
 
-constexpr int norm_threads = 128;
+constexpr int norm_warps = 4;  // rows in flight per block of the forward (one warp each)
+constexpr int norm_backward_max_warps = 4;
 
 // What the RMSNorm and LayerNorm kernels share (Layer selects the mean subtraction and the bias).
 template <class T>
@@ -35,7 +37,7 @@ struct NormForwardArgs {
   T* y;                // (N, C)
   accum_t<T>* mean;    // (N) or nullptr
   accum_t<T>* rstd;    // (N) or nullptr
-  std::int64_t cols;
+  std::int64_t rows, cols;
   accum_t<T> eps, scale;
 };
 
@@ -54,10 +56,15 @@ struct NormBackwardArgs {
   int planes;               // 1: dw; 2: dw and db
 };
 
+// One warp per row (threadIdx.y picks the row of the block): warp shuffles reduce the row, no
+// block-wide synchronization, norm_warps rows in flight per block. The row is read once from
+// memory; the second (and third) pass hit the cache.
 template <class T, int N, bool Layer>
-__global__ void __launch_bounds__(norm_threads) norm_forward_kernel(NormForwardArgs<T> a) {
+__global__ void __launch_bounds__(32 * norm_warps) norm_forward_kernel(NormForwardArgs<T> a) {
   using A = accum_t<T>;
-  const std::int64_t row = blockIdx.x;
+  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * norm_warps + threadIdx.y;
+  if (row >= a.rows) return;
+  const int lane = static_cast<int>(threadIdx.x);
   const T* x = a.x + row * a.cols;  // (C)
   T* y = a.y + row * a.cols;        // (C)
   const A inv_cols = A(1) / static_cast<A>(a.cols);
@@ -70,19 +77,19 @@ __global__ void __launch_bounds__(norm_threads) norm_forward_kernel(NormForwardA
       row_load<W>(x + c, v);
 #pragma unroll
       for (int j = 0; j < W; ++j) sum += v[j];
-    });
-    mean = block_all_reduce<norm_threads>(sum, RowPlus{}) * inv_cols;
+    }, lane, 32);
+    mean = row_warp_sum(sum) * inv_cols;
   }
-  A sum_sq = 0;  // around the mean (a second read, from cache): exact even when |mean| >> std
+  A sum_sq = 0;  // around the mean: exact even when |mean| >> std
   for_each_row_chunk<N>(x, a.cols, [&](std::int64_t c, auto width) {
     constexpr int W = decltype(width)::value;
     A v[W];
     row_load<W>(x + c, v);
 #pragma unroll
     for (int j = 0; j < W; ++j) sum_sq += (v[j] - mean) * (v[j] - mean);
-  });
-  const A rstd = A(1) / row_sqrt(block_all_reduce<norm_threads>(sum_sq, RowPlus{}) * inv_cols + a.eps);
-  if (threadIdx.x == 0) {
+  }, lane, 32);
+  const A rstd = A(1) / row_sqrt(row_warp_sum(sum_sq) * inv_cols + a.eps);
+  if (lane == 0) {
     if (a.rstd) a.rstd[row] = rstd;
     if (Layer && a.mean) a.mean[row] = mean;
   }
@@ -102,21 +109,28 @@ __global__ void __launch_bounds__(norm_threads) norm_forward_kernel(NormForwardA
 #pragma unroll
     for (int j = 0; j < W; ++j) out[j] *= a.scale;
     row_store<W>(y + c, out);
-  });
+  }, lane, 32);
 }
 
+// One warp per row too, warps striding over the rows; blockDim.y warps per block. Each warp sums
+// dy * xhat (and dy) over its rows into its own shared-memory slice (the lane owns the same
+// columns in every row, so no two threads touch one element); the block then adds its slices in
+// warp order and writes one partial row.
 template <class T, int N, bool Layer>
-__global__ void __launch_bounds__(norm_threads) norm_backward_kernel(NormBackwardArgs<T> a) {
+__global__ void __launch_bounds__(32 * norm_backward_max_warps) norm_backward_kernel(NormBackwardArgs<T> a) {
   using A = accum_t<T>;
   extern __shared__ unsigned char norm_shared[];
-  A* sums = reinterpret_cast<A*>(norm_shared);  // (planes, C): this block's dw (and db) sums
-  const std::int64_t C = a.cols;
+  const std::int64_t C = a.cols, plane_size = a.planes * C;
+  const int lane = static_cast<int>(threadIdx.x), warp = static_cast<int>(threadIdx.y);
+  const int warps = static_cast<int>(blockDim.y), tid = warp * 32 + lane, threads = warps * 32;
+  A* sums = reinterpret_cast<A*>(norm_shared) + warp * plane_size;  // (planes, C): this warp's sums
   if (a.partial) {
-    for (std::int64_t c = threadIdx.x; c < a.planes * C; c += blockDim.x) sums[c] = 0;
-    __syncthreads();
+    for (std::int64_t c = lane; c < plane_size; c += 32) sums[c] = 0;
+    __syncwarp();  // zeroed by other lanes than the ones that own the columns below
   }
   const A inv_cols = A(1) / static_cast<A>(C);
-  for (std::int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * warps;
+  for (std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * warps + warp; row < a.rows; row += stride) {
     const T* x = a.x + row * C;    // (C)
     const T* dy = a.dy + row * C;  // (C)
     const A mean = Layer ? a.mean[row] : A(0), rstd = a.rstd[row];
@@ -133,8 +147,8 @@ __global__ void __launch_bounds__(norm_threads) norm_backward_kernel(NormBackwar
         part.a += gj;
         part.b += gj * ((v[j] - mean) * rstd);
       }
-    });
-    const RowPair<A> total = block_all_reduce<norm_threads>(part, RowPlus{});
+    }, lane, 32);
+    const RowPair<A> total = row_warp_sum(part);
     const A mean_g = Layer ? total.a * inv_cols : A(0), mean_gx = total.b * inv_cols;
     for_each_row_chunk<N>(x, C, [&](std::int64_t c, auto width) {
       constexpr int W = decltype(width)::value;
@@ -158,19 +172,23 @@ __global__ void __launch_bounds__(norm_threads) norm_backward_kernel(NormBackwar
         row_store<W>(a.dx + row * C + c, out);
       }
       if (a.partial) {
-        // This thread owns columns [c, c + W) in every row (rows start 16-byte aligned or N == 1).
 #pragma unroll
         for (int j = 0; j < W; ++j) {
           sums[c + j] += d[j] * xhat[j];
           if (a.planes == 2) sums[C + c + j] += d[j];
         }
       }
-    });
+    }, lane, 32);
   }
   if (a.partial) {
     __syncthreads();
-    A* out = a.partial + static_cast<std::int64_t>(blockIdx.x) * a.planes * C;
-    for (std::int64_t c = threadIdx.x; c < a.planes * C; c += blockDim.x) out[c] = sums[c];
+    const A* all = reinterpret_cast<const A*>(norm_shared);
+    A* out = a.partial + static_cast<std::int64_t>(blockIdx.x) * plane_size;
+    for (std::int64_t c = tid; c < plane_size; c += threads) {
+      A total = 0;
+      for (int k = 0; k < warps; ++k) total += all[k * plane_size + c];
+      out[c] = total;
+    }
   }
 }
 
@@ -214,15 +232,17 @@ bool norm_rows_packable(std::int64_t cols, std::initializer_list<const void*> po
 }
 
 template <class T, bool Layer>
-void launch_norm_forward(const NormForwardArgs<T>& a, std::int64_t rows) {
-  if (rows == 0 || a.cols == 0) return;
-  FATHOM_CHECK(rows <= 0x7fffffff, (Layer ? "layer_norm" : "rms_norm") << ": at most 2^31 - 1 rows, got " << rows);
+void launch_norm_forward(const NormForwardArgs<T>& a) {
+  if (a.rows == 0 || a.cols == 0) return;
+  const std::int64_t blocks = (a.rows + norm_warps - 1) / norm_warps;
+  FATHOM_CHECK(blocks <= 0x7fffffff, (Layer ? "layer_norm" : "rms_norm") << ": too many rows (" << a.rows << ")");
   constexpr int N = map_width<T>();
-  const auto grid = static_cast<unsigned>(rows);
+  const dim3 threads(32, norm_warps);
+  const auto grid = static_cast<unsigned>(blocks);
   if (norm_rows_packable<T>(a.cols, {a.x, a.w, a.b, a.y})) {
-    norm_forward_kernel<T, N, Layer><<<grid, norm_threads, 0, cuda::stream()>>>(a);
+    norm_forward_kernel<T, N, Layer><<<grid, threads, 0, cuda::stream()>>>(a);
   } else {
-    norm_forward_kernel<T, 1, Layer><<<grid, norm_threads, 0, cuda::stream()>>>(a);
+    norm_forward_kernel<T, 1, Layer><<<grid, threads, 0, cuda::stream()>>>(a);
   }
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
@@ -238,7 +258,12 @@ void launch_norm_backward(NormBackwardArgs<T> a, T* dw, T* db) {
 
   a.planes = db ? 2 : 1;
   const bool params = dw || db;
-  const std::size_t shared = params ? static_cast<std::size_t>(a.planes * a.cols) * sizeof(A) : 0;
+  // Shared memory: one (planes, C) slice per warp. As many warps per block as fit in the default
+  // 48 KiB; a single warp beyond that, with the opt-in limit.
+  const std::size_t slice = params ? static_cast<std::size_t>(a.planes * a.cols) * sizeof(A) : 0;
+  int warps = norm_backward_max_warps;
+  while (warps > 1 && static_cast<std::size_t>(warps) * slice > 48 * 1024) --warps;
+  const std::size_t shared = static_cast<std::size_t>(warps) * slice;
   int device = 0, sms = 0, shared_max = 0, per_sm = 0;
   FATHOM_CUDA_CHECK(cudaGetDevice(&device));
   FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
@@ -250,13 +275,13 @@ void launch_norm_backward(NormBackwardArgs<T> a, T* dw, T* db) {
     FATHOM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(shared)));
   }
-  FATHOM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, norm_threads, shared));
-  // As many blocks as run at once (at most 8 per SM: more only grows the partials to add up).
-  const int blocks = static_cast<int>(std::min<std::int64_t>(a.rows, static_cast<std::int64_t>(sms) *
-                                                                         std::clamp(per_sm, 1, 8)));
-  Storage<Cuda> partial(params ? static_cast<std::size_t>(blocks) * shared : 0);
+  FATHOM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * warps, shared));
+  // As many blocks as run at once: each warp then walks rows / (blocks * warps) rows.
+  const std::int64_t warps_total = static_cast<std::int64_t>(sms) * std::max(per_sm, 1) * warps;
+  const int blocks = static_cast<int>((std::min(a.rows, warps_total) + warps - 1) / warps);
+  Storage<Cuda> partial(params ? static_cast<std::size_t>(blocks) * slice : 0);
   a.partial = params ? static_cast<A*>(partial.data()) : nullptr;
-  kernel<<<blocks, norm_threads, shared, cuda::stream()>>>(a);
+  kernel<<<blocks, dim3(32, warps), shared, cuda::stream()>>>(a);
   FATHOM_CUDA_CHECK(cudaGetLastError());
   if (params) {
     const dim3 threads(norm_param_cols, norm_param_slices);
@@ -275,9 +300,8 @@ template <class T>
 void rms_norm(Cuda, const RmsNormParams<T>& p) {
   using A = accum_t<T>;
   detail::launch_norm_forward<T, false>(
-      detail::NormForwardArgs<T>{p.x, p.w, nullptr, p.y, nullptr, p.rstd, p.cols, static_cast<A>(p.eps),
-                                 static_cast<A>(p.out_scale)},
-      p.rows);
+      detail::NormForwardArgs<T>{p.x, p.w, nullptr, p.y, nullptr, p.rstd, p.rows, p.cols, static_cast<A>(p.eps),
+                                 static_cast<A>(p.out_scale)});
 }
 
 template <class T>
@@ -290,9 +314,9 @@ void rms_norm_backward(Cuda, const RmsNormBackwardParams<T>& p) {
 template <class T>
 void layer_norm(Cuda, const LayerNormParams<T>& p) {
   using A = accum_t<T>;
-  detail::launch_norm_forward<T, true>(detail::NormForwardArgs<T>{p.x, p.w, p.b, p.y, p.mean, p.rstd, p.cols,
-                                                                  static_cast<A>(p.eps), static_cast<A>(p.out_scale)},
-                                       p.rows);
+  detail::launch_norm_forward<T, true>(detail::NormForwardArgs<T>{p.x, p.w, p.b, p.y, p.mean, p.rstd, p.rows,
+                                                                  p.cols, static_cast<A>(p.eps),
+                                                                  static_cast<A>(p.out_scale)});
 }
 
 template <class T>

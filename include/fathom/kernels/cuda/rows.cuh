@@ -53,19 +53,24 @@ struct RowWidth {
 // pointers are 16-byte aligned share the row's alignment, so the same chunks line up in them.
 // When `row` is 16-byte aligned (norms check that every row is) each thread gets the same columns
 // in every row.
+// The chunks go to `workers` threads (the block, or a warp with `worker` its lane).
 template <int N, class T, class F>
-__device__ inline void for_each_row_chunk(const T* row, std::int64_t n, F&& f) {
+__device__ inline void for_each_row_chunk(const T* row, std::int64_t n, F&& f, int worker, int workers) {
   std::int64_t head = 0;
   if constexpr (N > 1) {
     const auto misaligned = static_cast<std::int64_t>((reinterpret_cast<std::uintptr_t>(row) / sizeof(T)) % N);
     head = misaligned ? (n < N - misaligned ? n : N - misaligned) : 0;
-    for (std::int64_t c = threadIdx.x; c < head; c += blockDim.x) f(c, RowWidth<1>{});
+    for (std::int64_t c = worker; c < head; c += workers) f(c, RowWidth<1>{});
   }
   const std::int64_t packs = (n - head) / N;
-  for (std::int64_t k = threadIdx.x; k < packs; k += blockDim.x) f(head + k * N, RowWidth<N>{});
+  for (std::int64_t k = worker; k < packs; k += workers) f(head + k * N, RowWidth<N>{});
   if constexpr (N > 1) {
-    for (std::int64_t c = head + packs * N + threadIdx.x; c < n; c += blockDim.x) f(c, RowWidth<1>{});
+    for (std::int64_t c = head + packs * N + worker; c < n; c += workers) f(c, RowWidth<1>{});
   }
+}
+template <int N, class T, class F>
+__device__ inline void for_each_row_chunk(const T* row, std::int64_t n, F&& f) {
+  for_each_row_chunk<N>(row, n, static_cast<F&&>(f), static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
 }
 
 struct RowPlus {
@@ -81,6 +86,19 @@ struct RowPair {
   A a, b;
   __device__ RowPair operator+(const RowPair& o) const { return {a + o.a, b + o.b}; }
 };
+
+// The sum of v over the 32 lanes of a warp, returned to every lane. The butterfly adds the same
+// two values on both lanes of each exchange, so every lane ends with the same bits.
+template <class A>
+__device__ inline A row_warp_sum(A v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+template <class A>
+__device__ inline RowPair<A> row_warp_sum(RowPair<A> v) {
+  return {row_warp_sum(v.a), row_warp_sum(v.b)};
+}
 
 // The reduction of every thread's v over the block (blockDim.x == Threads), returned to every
 // thread. Safe to call repeatedly in one kernel: it synchronizes before returning.
@@ -103,13 +121,20 @@ struct RowMaxSum {
   A m, s;
 
   __device__ static RowMaxSum empty() { return {-::cuda::std::numeric_limits<A>::infinity(), A(0)}; }
-  __device__ void add(A x) {
-    if (x > m) {
-      s = s * row_exp(m - x) + A(1);
-      m = x;
-    } else if (x > -::cuda::std::numeric_limits<A>::infinity()) {  // exp(-inf - -inf) would be NaN
-      s += row_exp(x - m);
+  // W values at once: one rescale per pack (when its maximum is a new maximum) instead of one
+  // branch per element.
+  template <int W>
+  __device__ void add(const A (&v)[W]) {
+    A top = v[0];
+#pragma unroll
+    for (int j = 1; j < W; ++j) top = v[j] > top ? v[j] : top;
+    if (top > m) {
+      s *= row_exp(m - top);  // 0 while m is -inf
+      m = top;
     }
+    if (m == -::cuda::std::numeric_limits<A>::infinity()) return;  // every value so far is -inf
+#pragma unroll
+    for (int j = 0; j < W; ++j) s += row_exp(v[j] - m);
   }
   // log(sum exp(x)) of every value added.
   __device__ A log_sum_exp() const { return m + row_log(s); }

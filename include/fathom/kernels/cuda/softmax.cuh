@@ -26,7 +26,7 @@ namespace fathom::kernels {
 
 namespace detail {
 
-constexpr int softmax_threads = 256;
+constexpr int softmax_threads = 128;
 constexpr int cross_entropy_threads = 512;  // vocabulary rows are long: more loads in flight per row
 constexpr int cross_entropy_sum_threads = 512;
 
@@ -59,8 +59,7 @@ __global__ void __launch_bounds__(softmax_threads) softmax_forward_kernel(const 
     constexpr int W = decltype(width)::value;
     A v[W];
     row_load<W>(xr + c, v);
-#pragma unroll
-    for (int j = 0; j < W; ++j) stats.add(v[j]);
+    stats.add(v);
   });
   stats = block_all_reduce<softmax_threads>(stats, RowMaxSumMerge{});
   const A inv = A(1) / stats.s;
@@ -111,13 +110,15 @@ __global__ void __launch_bounds__(softmax_threads)
 
 // ----- cross-entropy -----
 
-// valid_rows = number of targets != ignore_index (one block).
-__global__ void __launch_bounds__(cross_entropy_sum_threads)
+// valid_rows = number of targets != ignore_index (one block). A template, like every kernel in a
+// header, so that translation units including it do not each define it.
+template <int Threads>
+__global__ void __launch_bounds__(Threads)
     cross_entropy_count_kernel(const std::int32_t* targets, std::int64_t rows, int ignore_index,
                                std::int32_t* valid_rows) {
   std::int32_t count = 0;
   for (std::int64_t r = threadIdx.x; r < rows; r += blockDim.x) count += targets[r] != ignore_index;
-  count = block_all_reduce<cross_entropy_sum_threads>(count, RowPlus{});
+  count = block_all_reduce<Threads>(count, RowPlus{});
   if (threadIdx.x == 0) *valid_rows = count;
 }
 
@@ -181,8 +182,7 @@ __global__ void __launch_bounds__(cross_entropy_threads) cross_entropy_forward_k
     constexpr int W = decltype(width)::value;
     A v[W];
     row_load<W>(x + c, v);
-#pragma unroll
-    for (int j = 0; j < W; ++j) stats.add(v[j]);
+    stats.add(v);
   });
   stats = block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{});
   const A lse = stats.log_sum_exp();
@@ -265,7 +265,7 @@ void cross_entropy(Cuda, const CrossEntropyParams<T>& p) {
   Storage<Cuda> scratch(static_cast<std::size_t>(p.rows) * sizeof(A) + (p.valid_rows ? 0 : sizeof(std::int32_t)));
   A* row_loss = static_cast<A*>(scratch.data());
   std::int32_t* valid = p.valid_rows ? p.valid_rows : reinterpret_cast<std::int32_t*>(row_loss + p.rows);
-  detail::cross_entropy_count_kernel<<<1, detail::cross_entropy_sum_threads, 0, cuda::stream()>>>(
+  detail::cross_entropy_count_kernel<detail::cross_entropy_sum_threads><<<1, detail::cross_entropy_sum_threads, 0, cuda::stream()>>>(
       p.targets, p.rows, p.ignore_index, valid);
   FATHOM_CUDA_CHECK(cudaGetLastError());
   if (p.rows > 0 && p.vocab > 0) {
