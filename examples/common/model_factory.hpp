@@ -9,6 +9,10 @@
 
 #include <nlohmann/json.hpp>
 
+#if defined(__CUDACC__)
+#include <fathom/cuda.hpp>
+#endif
+
 #include "fathom/nn/arch.hpp"
 #include "fathom/nn/presets.hpp"
 #include "fathom/policy/deep_norm.hpp"
@@ -18,10 +22,6 @@
 #include "fathom/policy/pre_ln.hpp"
 #include "fathom/policy/sandwich_ln.hpp"
 #include "fathom/train/trainer.hpp"
-
-#if defined(__CUDACC__)
-#include <fathom/cuda.hpp>
-#endif
 
 namespace fathom::programs {
 

@@ -7,6 +7,9 @@
 
 #include "fathom/autograd/var.hpp"
 #include "fathom/kernels/reduce.hpp"
+#if defined(__CUDACC__)
+#include "fathom/kernels/cuda/reduce.cuh"
+#endif
 
 namespace fathom::optim {
 

@@ -8,6 +8,9 @@
 #include <vector>
 
 #include "fathom/kernels/optimizer.hpp"
+#if defined(__CUDACC__)
+#include "fathom/kernels/cuda/optimizer.cuh"  // the Cuda overloads, visible where the rules call them
+#endif
 #include "fathom/tensor/tensor.hpp"
 
 namespace fathom::optim {
