@@ -14,7 +14,7 @@ namespace fathom::kernels {
 namespace detail {
 
 template <class A>
-FATHOM_HOST_DEVICE inline A tanh_of(A x) {
+FATHOM_HOST_DEVICE inline A activation_tanh(A x) {
 #if defined(__CUDA_ARCH__)
   if constexpr (sizeof(A) == sizeof(float)) return tanhf(x);
   else return tanh(x);
@@ -24,7 +24,7 @@ FATHOM_HOST_DEVICE inline A tanh_of(A x) {
 }
 
 template <class A>
-FATHOM_HOST_DEVICE inline A exp_of(A x) {
+FATHOM_HOST_DEVICE inline A activation_exp(A x) {
 #if defined(__CUDA_ARCH__)
   if constexpr (sizeof(A) == sizeof(float)) return expf(x);
   else return exp(x);
@@ -37,20 +37,20 @@ FATHOM_HOST_DEVICE inline A exp_of(A x) {
 template <class A>
 FATHOM_HOST_DEVICE inline A gelu(A x) {
   const A k = A(0.7978845608028654), c = A(0.044715);
-  return A(0.5) * x * (A(1) + tanh_of(k * (x + c * x * x * x)));
+  return A(0.5) * x * (A(1) + activation_tanh(k * (x + c * x * x * x)));
 }
 
 // d gelu / dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2), t = tanh(u)
 template <class A>
 FATHOM_HOST_DEVICE inline A gelu_grad(A x) {
   const A k = A(0.7978845608028654), c = A(0.044715);
-  const A t = tanh_of(k * (x + c * x * x * x));
+  const A t = activation_tanh(k * (x + c * x * x * x));
   return A(0.5) * (A(1) + t) + A(0.5) * x * (A(1) - t * t) * k * (A(1) + A(3) * c * x * x);
 }
 
 template <class A>
 FATHOM_HOST_DEVICE inline A sigmoid(A x) {
-  return A(1) / (A(1) + exp_of(-x));  // exp overflows to inf for x << 0: sigmoid -> 0, as it should
+  return A(1) / (A(1) + activation_exp(-x));  // exp overflows to inf for x << 0: sigmoid -> 0, as it should
 }
 
 // silu(x) = x sigmoid(x)

@@ -153,6 +153,28 @@ TEMPLATE_TEST_CASE("CUDA sum_squares over many tensors matches the CPU", "[cuda]
   CHECK(kernels::sum_squares(Cuda{}, kernels::SumSquaresParams<T>{}) == A(0));
 }
 
+TEST_CASE("CUDA sum_squares over more tensors than one launch takes", "[cuda][reduce]") {
+  // 300 tensors (three launches of up to 128), sizes 0 to 40000, some off the 16-byte grid.
+  std::vector<std::vector<float>> host;
+  std::vector<Tensor<float, Cuda>> device;
+  kernels::SumSquaresParams<float> gpu;
+  double want = 0, total = 0;
+  for (int k = 0; k < 300; ++k) {
+    const auto n = static_cast<std::int64_t>(fathom::rng::uniform(99, static_cast<std::uint64_t>(k)) * 40000.0);
+    const std::int64_t offset = k % 3 == 0 ? 1 : 0;
+    host.push_back(random_values<float>(n + offset, 1000 + static_cast<std::uint64_t>(k)));
+    device.push_back(to_gpu(host.back()));
+    gpu.tensors.push_back({device.back().data() + offset, n});
+    for (std::size_t i = static_cast<std::size_t>(offset); i < host.back().size(); ++i)
+      want += static_cast<double>(host.back()[i]) * host.back()[i];
+    total += static_cast<double>(n);
+  }
+  INFO("300 tensors, " << total << " elements");
+  const float got = kernels::sum_squares(Cuda{}, gpu);
+  CHECK(std::abs(static_cast<double>(got) - want) <=
+        (std::sqrt(total) + 64.0) * std::numeric_limits<float>::epsilon() * want);
+}
+
 TEMPLATE_TEST_CASE("sum and mean of Var<T, Cuda> match the CPU, forward and backward", "[cuda][reduce]", float,
                    bf16) {
   using T = TestType;

@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cub/block/block_reduce.cuh>
-#include <vector>
 
 #include "fathom/core/cuda_runtime.hpp"
 #include "fathom/kernels/cuda/primitives.cuh"
@@ -64,26 +63,41 @@ __global__ void reduce_chunks_kernel(const T* x, std::int64_t n, std::int64_t ch
   using BlockReduce = cub::BlockReduce<A, reduce_threads>;
   __shared__ typename BlockReduce::TempStorage temp;
   const std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * chunk;
-  const std::int64_t count = std::min(chunk, n - begin);
+  const std::int64_t count = n - begin < chunk ? n - begin : chunk;
   const A total = BlockReduce(temp).Sum(block_range_partial(x + begin, count, ReduceTerm<Square>{}));
   if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
-// One chunk of one tensor of a list.
+// Up to sum_squares_max_tensors tensors of a list, passed by value as a kernel parameter (no copy
+// to the device, so the launch can be captured in a CUDA graph). Tensor s covers blocks
+// [first_chunk[s], first_chunk[s + 1]) of the launch, one chunk of sum_squares_chunk elements each.
+constexpr int sum_squares_max_tensors = 128;
+
 template <class T>
-struct ReduceChunk {
-  const T* data;
-  std::int64_t n;
+struct SumSquaresTable {
+  const T* data[sum_squares_max_tensors];
+  std::int64_t n[sum_squares_max_tensors];
+  std::int64_t first_chunk[sum_squares_max_tensors + 1];
+  int count;
 };
 
 template <class T>
-__global__ void sum_squares_chunks_kernel(const ReduceChunk<T>* chunks, accum_t<T>* partials) {
+__global__ void sum_squares_chunks_kernel(const __grid_constant__ SumSquaresTable<T> table, accum_t<T>* partials) {
   using A = accum_t<T>;
   using BlockReduce = cub::BlockReduce<A, reduce_threads>;
   __shared__ typename BlockReduce::TempStorage temp;
-  const ReduceChunk<T> c = chunks[blockIdx.x];
-  const A total = BlockReduce(temp).Sum(block_range_partial(c.data, c.n, ReduceTerm<true>{}));
-  if (threadIdx.x == 0) partials[blockIdx.x] = total;
+  const std::int64_t b = blockIdx.x;
+  int lo = 0, hi = table.count - 1;  // the tensor s with first_chunk[s] <= b < first_chunk[s + 1]
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (table.first_chunk[mid] <= b) lo = mid;
+    else hi = mid - 1;
+  }
+  const std::int64_t begin = (b - table.first_chunk[lo]) * sum_squares_chunk;
+  const std::int64_t rest = table.n[lo] - begin, chunk = sum_squares_chunk;
+  const std::int64_t count = rest < chunk ? rest : chunk;
+  const A total = BlockReduce(temp).Sum(block_range_partial(table.data[lo] + begin, count, ReduceTerm<true>{}));
+  if (threadIdx.x == 0) partials[b] = total;
 }
 
 // out[0] = scale * sum(partials[0, count)), by a single block in a fixed order.
@@ -157,29 +171,39 @@ void sum_backward(Cuda, const SumBackwardParams<T>& p) {
                                              p.n, p.dx);
 }
 
-// Writes the total to *out, a device pointer, without synchronizing: one launch reduces every chunk
-// of every tensor of the list, a second adds the partials.
+// Writes the total to *out, a device pointer, without synchronizing or copying anything to the
+// device: one launch per sum_squares_max_tensors tensors reduces every chunk of each into its own
+// partial, a last single-block launch adds the partials in order (deterministic).
 template <class T>
 void sum_squares(Cuda, const SumSquaresParams<T>& p, accum_t<T>* out) {
   using A = accum_t<T>;
-  std::vector<detail::ReduceChunk<T>> chunks;
-  for (const Span<T>& t : p.tensors)
-    for (std::int64_t begin = 0; begin < t.n; begin += detail::sum_squares_chunk)
-      chunks.push_back({t.data + begin, std::min(detail::sum_squares_chunk, t.n - begin)});
-  const std::size_t table_bytes = (chunks.size() * sizeof(detail::ReduceChunk<T>) + 255) / 256 * 256;
-  detail::ReduceScratch scratch(table_bytes + std::max<std::size_t>(chunks.size(), 1) * sizeof(A));
-  auto* table = scratch.as<detail::ReduceChunk<T>>();
-  A* partials = scratch.as<A>(table_bytes);
-  if (!chunks.empty()) {
-    // From pageable memory: staged before the call returns, so `chunks` may go away afterwards.
-    FATHOM_CUDA_CHECK(cudaMemcpyAsync(table, chunks.data(), chunks.size() * sizeof(detail::ReduceChunk<T>),
-                                      cudaMemcpyHostToDevice, cuda::stream()));
-    detail::sum_squares_chunks_kernel<<<static_cast<unsigned>(chunks.size()), detail::reduce_threads, 0,
-                                        cuda::stream()>>>(table, partials);
+  std::int64_t chunks = 0;
+  for (const Span<T>& t : p.tensors) chunks += (t.n + detail::sum_squares_chunk - 1) / detail::sum_squares_chunk;
+  detail::ReduceScratch scratch(static_cast<std::size_t>(std::max<std::int64_t>(chunks, 1)) * sizeof(A));
+  A* partials = scratch.as<A>();
+  std::int64_t done = 0;  // chunks launched so far: where the next launch writes its partials
+  for (std::size_t first = 0; first < p.tensors.size(); first += detail::sum_squares_max_tensors) {
+    detail::SumSquaresTable<T> table{};
+    table.count = 0;
+    std::int64_t launch_chunks = 0;
+    const std::size_t last = std::min(p.tensors.size(), first + detail::sum_squares_max_tensors);
+    for (std::size_t k = first; k < last; ++k) {
+      const Span<T>& t = p.tensors[k];
+      if (t.n == 0) continue;  // an empty tensor adds nothing and owns no block
+      table.data[table.count] = t.data;
+      table.n[table.count] = t.n;
+      table.first_chunk[table.count] = launch_chunks;
+      launch_chunks += (t.n + detail::sum_squares_chunk - 1) / detail::sum_squares_chunk;
+      ++table.count;
+    }
+    table.first_chunk[table.count] = launch_chunks;
+    if (launch_chunks == 0) continue;
+    detail::sum_squares_chunks_kernel<<<static_cast<unsigned>(launch_chunks), detail::reduce_threads, 0,
+                                        cuda::stream()>>>(table, partials + done);
     FATHOM_CUDA_CHECK(cudaGetLastError());
+    done += launch_chunks;
   }
-  detail::reduce_partials_kernel<<<1, detail::reduce_threads, 0, cuda::stream()>>>(
-      partials, static_cast<std::int64_t>(chunks.size()), out, 1.0);
+  detail::reduce_partials_kernel<<<1, detail::reduce_threads, 0, cuda::stream()>>>(partials, done, out, 1.0);
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 
