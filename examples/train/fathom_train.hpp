@@ -13,6 +13,7 @@
 
 #include "../common/model_factory.hpp"
 #include "fathom/data/tokenizer.hpp"
+#include "fathom/diag/diagnostics.hpp"
 #include "fathom/train/checkpoint.hpp"
 
 namespace fathom::programs {
@@ -148,7 +149,29 @@ inline int run_train(CliOptions c) {
     auto model = make_model<T, D>(c.train.model, c.train.policy, c.train.policy_options);
     std::printf("parameters: %.2fM\n", static_cast<double>(nn::count_elements(model->parameters())) / 1e6);
     std::fflush(stdout);
-    auto r = train::train<T, D>(c.train, *model);
+    // Per-layer output variance on one fixed held-out batch, every --diag-every steps.
+    train::PeriodicHook hook;
+    if (c.train.diag_every > 0) {
+      const auto& o = c.train;
+      data::SamplerOptions so;
+      so.batch = std::min<std::int64_t>(o.batch, 8);
+      so.seq_len = o.seq_len;
+      so.order = data::SampleOrder::sequential;
+      data::TokenSource src =
+          !o.val_data.empty() ? data::TokenSource::from_pattern(o.val_data, so)
+          : !o.data.empty()   ? data::TokenSource::from_pattern(o.data, so)
+                              : data::TokenSource::from_tokens(
+                                    data::builtin_corpus(data::Split::validation,
+                                                         static_cast<std::size_t>(so.batch * (so.seq_len + 1) + 1), o.seed),
+                                    so, "built-in corpus (validation)");
+      auto b = src.next();
+      auto x = Tensor<std::int32_t, D>::from_vector(Shape{b.batch, b.seq_len}, b.inputs);
+      auto y = Tensor<std::int32_t, D>::from_vector(Shape{b.batch, b.seq_len}, b.targets);
+      hook = [&model, x, y](std::int64_t step, train::MetricsLog& metrics) {
+        metrics.write({{"step", step}, {"layer_variance", diag::block_output_variance<T, D>(*model, x, y)}});
+      };
+    }
+    auto r = train::train<T, D>(c.train, *model, hook);
     std::printf("\ndone: steps %lld..%lld, loss %.4f -> %.4f", static_cast<long long>(r.first_step),
                 static_cast<long long>(r.steps_done), r.first_loss, r.last_loss);
     if (std::isfinite(r.final_val_loss))
@@ -205,6 +228,7 @@ inline int main(int argc, char** argv) {
   app.add_option("--eval-batches", t.eval_batches, "validation batches per evaluation");
   app.add_option("--save-every", t.save_every, "checkpoint every N steps (0: at the end only)");
   app.add_option("--log-every", t.log_every, "write metrics every N steps");
+  app.add_option("--diag-every", t.diag_every, "log each block's output variance every N steps (0: never)");
   app.add_option("--out", t.out, "run folder: metrics.jsonl and ckpt-STEP folders");
   app.add_option("--resume", t.resume, "a ckpt-STEP folder, or a run folder (its latest checkpoint)");
   app.add_flag("--skip-nonfinite", t.skip_nonfinite, "skip steps whose loss is NaN or Inf instead of stopping");

@@ -67,6 +67,10 @@ class PoisonedModel final : public train::LanguageModel<float, Cpu> {
     return l;
   }
   Var<float> forward(const Tensor<std::int32_t, Cpu>& x) const override { return inner_.forward(x); }
+  LossVar loss(const Tensor<std::int32_t, Cpu>& x, const Tensor<std::int32_t, Cpu>& y,
+               const nn::ForwardOptions<float, Cpu>& options) const override {
+    return inner_.loss(x, y, options);
+  }
   std::vector<nn::NamedParameter<float, Cpu>>& parameters() override { return inner_.parameters(); }
   void init(std::uint64_t seed) override { inner_.init(seed); }
   void zero_grad() override { inner_.zero_grad(); }

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -64,7 +65,12 @@ struct TrainOptions {
   bool live_progress = true;     // redraw one line on a terminal
   bool quiet = false;            // no progress output at all (tests)
   std::int64_t stop_after = -1;  // stop (with a checkpoint) after this step; -1: run to `steps`
+  std::int64_t diag_every = 0;   // call the periodic hook every N steps (0: never)
 };
+
+// Called every TrainOptions::diag_every steps with the step just finished and the metrics log
+// (fathom-train logs per-layer variance through it; the diagnostics layer sits above this one).
+using PeriodicHook = std::function<void(std::int64_t step, MetricsLog& metrics)>;
 
 struct TrainResult {
   std::int64_t first_step = 0;   // the step the run started from (0, or the resumed step)
@@ -210,6 +216,9 @@ class LanguageModel {
   virtual ~LanguageModel() = default;
   virtual LossVar loss(const Tensor<std::int32_t, D>& tokens, const Tensor<std::int32_t, D>& targets) const = 0;
   virtual Var<T, D> forward(const Tensor<std::int32_t, D>& tokens) const = 0;
+  // With the diagnostics hooks: an observer of every block's sites and a per-block skip mask.
+  virtual LossVar loss(const Tensor<std::int32_t, D>& tokens, const Tensor<std::int32_t, D>& targets,
+                       const nn::ForwardOptions<T, D>& options) const = 0;
   virtual std::vector<nn::NamedParameter<T, D>>& parameters() = 0;
   virtual void init(std::uint64_t seed) = 0;
   virtual void zero_grad() = 0;
@@ -229,6 +238,10 @@ class DecoderModel final : public LanguageModel<T, D> {
     return model_.loss(x, y);
   }
   Var<T, D> forward(const Tensor<std::int32_t, D>& x) const override { return model_.forward(x); }
+  typename LanguageModel<T, D>::LossVar loss(const Tensor<std::int32_t, D>& x, const Tensor<std::int32_t, D>& y,
+                                             const nn::ForwardOptions<T, D>& options) const override {
+    return model_.loss(x, y, options);
+  }
   std::vector<nn::NamedParameter<T, D>>& parameters() override { return model_.parameters(); }
   void init(std::uint64_t seed) override { model_.init(seed); }
   void zero_grad() override { model_.zero_grad(); }
@@ -243,7 +256,7 @@ class DecoderModel final : public LanguageModel<T, D> {
 // Trains `model` (initialized here from o.seed, or loaded from o.resume) as `o` says. Throws
 // fathom::Error on bad input or a non-finite loss (unless o.skip_nonfinite).
 template <class T, DeviceTag D>
-TrainResult train(const TrainOptions& o, LanguageModel<T, D>& model) {
+TrainResult train(const TrainOptions& o, LanguageModel<T, D>& model, const PeriodicHook& periodic = {}) {
   namespace fs = std::filesystem;
   using Model = LanguageModel<T, D>;
   using A = accum_t<T>;
@@ -399,6 +412,8 @@ TrainResult train(const TrainOptions& o, LanguageModel<T, D>& model) {
       window_tokens = 0;
     }
     if (!o.quiet) progress.update(step + 1, loss, lr, tps);
+
+    if (periodic && o.diag_every > 0 && ((step + 1) % o.diag_every == 0 || step == start)) periodic(step + 1, metrics);
 
     const bool last = step + 1 == end;
     if ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || last) {
