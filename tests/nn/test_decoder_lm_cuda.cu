@@ -1,0 +1,126 @@
+// [cuda] DecoderLM on the GPU against the CPU: the same seed draws bit-identical weights on both,
+// and logits, loss and every parameter gradient agree (fp32), for both architectures; bf16 on the
+// GPU stays near fp32.
+#include <fathom/cuda.hpp>
+#include <fathom/nn/decoder_lm.hpp>
+#include <fathom/nn/presets.hpp>
+#include <fathom/policy/lns.hpp>
+#include <fathom/policy/mix_ln.hpp>
+#include <fathom/policy/sandwich_ln.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "support/catch.hpp"
+
+using namespace fathom;
+
+namespace {
+
+template <class D>
+Tensor<std::int32_t, D> tokens_on(std::int64_t B, std::int64_t T, int vocab, std::uint64_t seed) {
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(B * T));
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>(rng::uniform(seed, i) * vocab) % vocab;
+  return Tensor<std::int32_t, D>::from_vector(Shape{B, T}, ids);
+}
+
+// max |a - b| / (atol + rtol |b|) over all elements: <= 1 means they agree.
+template <class A, class B>
+double worst_ratio(const std::vector<A>& a, const std::vector<B>& b, double rtol, double atol, std::size_t& where) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const double x = static_cast<double>(a[i]), y = static_cast<double>(b[i]);
+    const double r = std::abs(x - y) / (atol + rtol * std::abs(y));
+    if (!(r <= worst)) {
+      worst = r;
+      where = i;
+    }
+  }
+  return worst;
+}
+
+template <class Arch, class Policy>
+void compare_cpu_cuda(const char* preset) {
+  auto c = nn::preset(preset);
+  INFO(preset);
+  nn::DecoderLM<Arch, Policy, float, Cpu> cpu(c);
+  nn::DecoderLM<Arch, Policy, float, Cuda> gpu(c);
+  cpu.init(77);
+  gpu.init(77);
+  REQUIRE(cpu.parameters().size() == gpu.parameters().size());
+  for (std::size_t i = 0; i < cpu.parameters().size(); ++i) {
+    INFO(cpu.parameters()[i].name);
+    CHECK(cpu.parameters()[i].var.value().to_vector() == gpu.parameters()[i].var.value().to_vector());
+  }
+
+  const std::int64_t B = 4, T = 64;
+  // One graph at a time: the tape is per thread, and backward consumes all of it.
+  auto loss_cpu = cpu.loss(tokens_on<Cpu>(B, T, c.vocab, 5), tokens_on<Cpu>(B, T, c.vocab, 6));
+  autograd::backward(loss_cpu);
+  auto loss_gpu = gpu.loss(tokens_on<Cuda>(B, T, c.vocab, 5), tokens_on<Cuda>(B, T, c.vocab, 6));
+  autograd::backward(loss_gpu);
+  CHECK_THAT(static_cast<double>(loss_gpu.value().item()),
+             WithinRel(static_cast<double>(loss_cpu.value().item()), 1e-5));
+  for (std::size_t i = 0; i < cpu.parameters().size(); ++i) {
+    const auto& pc = cpu.parameters()[i];
+    const auto& pg = gpu.parameters()[i];
+    REQUIRE(pc.var.has_grad());
+    REQUIRE(pg.var.has_grad());
+    auto gc = pc.var.grad().to_vector();
+    double scale = 0.0;
+    for (float g : gc) scale = std::max(scale, static_cast<double>(std::abs(g)));
+    std::size_t where = 0;
+    // Relative to the largest gradient of the parameter: summation order differs between backends.
+    const double r = worst_ratio(pg.var.grad().to_vector(), gc, 1e-3, 1e-4 * scale + 1e-12, where);
+    INFO(pc.name << ": element " << where << " cuda " << pg.var.grad().to_vector()[where] << " vs cpu " << gc[where]);
+    CHECK(r <= 1.0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("DecoderLM on CUDA: same weights, same logits and gradients as on CPU (Llama, LNS)", "[cuda][nn]") {
+  compare_cpu_cuda<nn::Llama, policy::LNS>("tiny");
+}
+
+TEST_CASE("DecoderLM on CUDA: same weights, same logits and gradients as on CPU (GPT-2, SandwichLN)",
+          "[cuda][nn]") {
+  compare_cpu_cuda<nn::Gpt2, policy::SandwichLN>("gpt2-tiny");
+}
+
+TEST_CASE("DecoderLM on CUDA: MixLN logits match the CPU", "[cuda][nn]") {
+  auto c = nn::preset("tiny");
+  c.layers = 8;
+  nn::DecoderLM<nn::Llama, policy::MixLN<>, float, Cpu> cpu(c);
+  nn::DecoderLM<nn::Llama, policy::MixLN<>, float, Cuda> gpu(c);
+  cpu.init(78);
+  gpu.init(78);
+  auto lc = cpu.forward(tokens_on<Cpu>(2, 100, c.vocab, 7)).value().to_vector();
+  auto lg = gpu.forward(tokens_on<Cuda>(2, 100, c.vocab, 7)).value().to_vector();
+  std::size_t where = 0;
+  const double r = worst_ratio(lg, lc, 1e-4, 1e-4, where);
+  INFO("element " << where << ": cuda " << lg[where] << " vs cpu " << lc[where]);
+  CHECK(r <= 1.0);
+}
+
+TEST_CASE("DecoderLM on CUDA: a bf16 model's loss stays near fp32", "[cuda][nn]") {
+  auto c = nn::preset("tiny");
+  nn::DecoderLM<nn::Llama, policy::LNS, float, Cuda> fp32(c);
+  nn::DecoderLM<nn::Llama, policy::LNS, bf16, Cuda> half(c);
+  fp32.init(79);
+  half.init(79);
+  auto tokens = tokens_on<Cuda>(4, 128, c.vocab, 8);
+  auto targets = tokens_on<Cuda>(4, 128, c.vocab, 9);
+  auto l32 = fp32.loss(tokens, targets);
+  auto l16 = half.loss(tokens, targets);
+  STATIC_REQUIRE(std::is_same_v<decltype(l16), Var<float, Cuda>>);
+  CHECK_THAT(static_cast<double>(l16.value().item()), WithinAbs(static_cast<double>(l32.value().item()), 2e-2));
+  autograd::backward(l16);
+  for (const auto& p : half.parameters()) {
+    INFO(p.name);
+    CHECK(p.var.has_grad());
+  }
+}
