@@ -111,8 +111,8 @@ TEMPLATE_TEST_CASE("rope forward is the complex rotation of each (i, i + hd/2) p
 TEST_CASE("rope pairs channel i with i + hd/2 (rotate_half), not neighbours", "[kernels][rope]") {
   // One head of size 4 at position 1, theta 10000: inv_freq = (1, 10000^-0.5 = 0.01).
   std::vector<double> x{1.0, 2.0, 3.0, 4.0}, y(4);
-  fathom::kernels::rope(Cpu{}, fathom::kernels::RopeParams<double>{x.data(), y.data(), 1, 2, 4, 1, 10000.0, 0});
-  CHECK(y == x);  // t = 0 turns by 0
+  fathom::kernels::rope(Cpu{}, fathom::kernels::RopeParams<double>{x.data(), y.data(), 1, 1, 4, 1, 10000.0, 0});
+  CHECK(y == x);  // position 0 turns by 0
   fathom::kernels::rope(Cpu{}, fathom::kernels::RopeParams<double>{x.data(), y.data(), 1, 1, 4, 1, 10000.0, 1});
   const double c1 = std::cos(1.0), s1 = std::sin(1.0), c2 = std::cos(0.01), s2 = std::sin(0.01);
   CHECK_THAT(y[0], WithinAbs(1.0 * c1 - 3.0 * s1, 1e-14));
