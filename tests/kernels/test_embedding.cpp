@@ -54,14 +54,18 @@ struct Sizes {
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("embedding gathers table rows by id", "[kernels][embedding]", double, float, bf16) {
+TEMPLATE_TEST_CASE("embedding gathers table rows by id", "[kernels][embedding]", double, float,
+                   bf16) {
   const Sizes s = GENERATE(values<Sizes>({{1, 1, 1}, {7, 5, 3}, {64, 1000, 37}, {300, 50257, 8}}));
   const auto ids = random_ids(s.n, s.vocab, 3);
   const auto table = random_values<TestType>(static_cast<std::size_t>(s.vocab * s.channels), 4);
   std::vector<TestType> out(static_cast<std::size_t>(s.n * s.channels));
-  fathom::kernels::embedding(Cpu{}, EmbeddingParams<TestType>{.ids = ids.data(), .table = table.data(),
-                                                             .out = out.data(), .n = s.n,
-                                                             .vocab = s.vocab, .channels = s.channels});
+  fathom::kernels::embedding(Cpu{}, EmbeddingParams<TestType>{.ids = ids.data(),
+                                                              .table = table.data(),
+                                                              .out = out.data(),
+                                                              .n = s.n,
+                                                              .vocab = s.vocab,
+                                                              .channels = s.channels});
   std::int64_t bad = 0;
   for (std::int64_t i = 0; i < s.n; ++i)
     for (std::int64_t c = 0; c < s.channels; ++c)
@@ -85,15 +89,19 @@ TEMPLATE_TEST_CASE("embedding_backward scatter-adds rows of repeated ids", "[ker
   for (std::int64_t i = 0; i < s.n; ++i) {
     for (std::int64_t c = 0; c < s.channels; ++c) {
       const auto e = static_cast<std::size_t>(ids[static_cast<std::size_t>(i)] * s.channels + c);
-      const double g = fathom::scalar_cast<double>(dout[static_cast<std::size_t>(i * s.channels + c)]);
+      const double g =
+          fathom::scalar_cast<double>(dout[static_cast<std::size_t>(i * s.channels + c)]);
       ref[e] += g;
       abs_sum[e] += std::abs(g);
     }
   }
-  fathom::kernels::embedding_backward(
-      Cpu{}, EmbeddingBackwardParams<TestType>{.ids = ids.data(), .dout = dout.data(),
-                                               .dtable = dtable.data(), .n = s.n,
-                                               .vocab = s.vocab, .channels = s.channels});
+  fathom::kernels::embedding_backward(Cpu{},
+                                      EmbeddingBackwardParams<TestType>{.ids = ids.data(),
+                                                                        .dout = dout.data(),
+                                                                        .dtable = dtable.data(),
+                                                                        .n = s.n,
+                                                                        .vocab = s.vocab,
+                                                                        .channels = s.channels});
   const double rtol = fathom::Precision<TestType>::rtol, atol = fathom::Precision<TestType>::atol;
   std::int64_t bad = 0;
   std::size_t first = 0;
@@ -101,9 +109,9 @@ TEMPLATE_TEST_CASE("embedding_backward scatter-adds rows of repeated ids", "[ker
     const double got = fathom::scalar_cast<double>(dtable[e]);
     if (!(std::abs(got - ref[e]) <= atol + rtol * abs_sum[e]) && bad++ == 0) first = e;
   }
-  INFO("n " << s.n << ", vocab " << s.vocab << ", channels " << s.channels << ": first mismatch at row "
-            << first / static_cast<std::size_t>(s.channels) << ", channel "
-            << first % static_cast<std::size_t>(s.channels) << ": got "
+  INFO("n " << s.n << ", vocab " << s.vocab << ", channels " << s.channels
+            << ": first mismatch at row " << first / static_cast<std::size_t>(s.channels)
+            << ", channel " << first % static_cast<std::size_t>(s.channels) << ": got "
             << fathom::scalar_cast<double>(dtable[first]) << ", expected " << ref[first]);
   CHECK(bad == 0);
 }
@@ -112,19 +120,26 @@ TEST_CASE("embedding names an out-of-range id, its position and the vocabulary s
           "[kernels][embedding]") {
   const std::int64_t vocab = 11, channels = 2;
   const auto table = random_values<float>(vocab * channels, 1);
-  std::vector<float> out(5 * channels), dout = random_values<float>(5 * channels, 2), dtable = table;
+  std::vector<float> out(5 * channels), dout = random_values<float>(5 * channels, 2),
+                                        dtable = table;
   for (std::int32_t bad_id : {11, -1, 1000}) {
     const std::vector<std::int32_t> ids = {0, 10, 3, bad_id, 4};
     const std::string forward = error_message([&] {
-      fathom::kernels::embedding(Cpu{}, EmbeddingParams<float>{.ids = ids.data(), .table = table.data(),
-                                                              .out = out.data(), .n = 5,
-                                                              .vocab = vocab, .channels = channels});
+      fathom::kernels::embedding(Cpu{}, EmbeddingParams<float>{.ids = ids.data(),
+                                                               .table = table.data(),
+                                                               .out = out.data(),
+                                                               .n = 5,
+                                                               .vocab = vocab,
+                                                               .channels = channels});
     });
     const std::string backward = error_message([&] {
-      fathom::kernels::embedding_backward(
-          Cpu{}, EmbeddingBackwardParams<float>{.ids = ids.data(), .dout = dout.data(),
-                                                .dtable = dtable.data(), .n = 5, .vocab = vocab,
-                                                .channels = channels});
+      fathom::kernels::embedding_backward(Cpu{},
+                                          EmbeddingBackwardParams<float>{.ids = ids.data(),
+                                                                         .dout = dout.data(),
+                                                                         .dtable = dtable.data(),
+                                                                         .n = 5,
+                                                                         .vocab = vocab,
+                                                                         .channels = channels});
     });
     for (const std::string& msg : {forward, backward}) {
       INFO(msg);

@@ -68,7 +68,8 @@ struct GemmProblem {
     const std::int64_t b_rows = tb ? s.n : s.k, b_cols = tb ? s.k : s.n;
     const std::int64_t pad = v.padded ? 3 : 0, gap = v.padded ? 5 : 0;
     p.lda = a_cols + pad, p.ldb = b_cols + pad, p.ldc = s.n + pad;
-    p.stride_a = a_rows * p.lda + gap, p.stride_b = b_rows * p.ldb + gap, p.stride_c = s.m * p.ldc + gap;
+    p.stride_a = a_rows * p.lda + gap, p.stride_b = b_rows * p.ldb + gap,
+    p.stride_c = s.m * p.ldc + gap;
     a = random_values<T>(static_cast<std::size_t>(v.batch * p.stride_a), seed);
     b = random_values<T>(static_cast<std::size_t>(v.batch * p.stride_b), seed + 1);
     c = random_values<T>(static_cast<std::size_t>(v.batch * p.stride_c), seed + 2);
@@ -77,7 +78,8 @@ struct GemmProblem {
       for (std::int64_t bi = 0; bi < v.batch; ++bi)
         for (std::int64_t i = 0; i < s.m; ++i)
           for (std::int64_t j = 0; j < s.n; ++j)
-            c[static_cast<std::size_t>(bi * p.stride_c + i * p.ldc + j)] = std::numeric_limits<T>::quiet_NaN();
+            c[static_cast<std::size_t>(bi * p.stride_c + i * p.ldc + j)] =
+                std::numeric_limits<T>::quiet_NaN();
     }
     if (v.bias) bias = random_values<T>(static_cast<std::size_t>(s.n), seed + 3);
     p.a = a.data(), p.b = b.data(), p.bias = v.bias ? bias.data() : nullptr;
@@ -89,8 +91,10 @@ struct GemmProblem {
         for (std::int64_t j = 0; j < s.n; ++j) {
           double sum = 0.0, abs_sum = 0.0;
           for (std::int64_t q = 0; q < s.k; ++q) {
-            double x = to_double(a[static_cast<std::size_t>(bi * p.stride_a + (ta ? q * p.lda + i : i * p.lda + q))]);
-            double y = to_double(b[static_cast<std::size_t>(bi * p.stride_b + (tb ? j * p.ldb + q : q * p.ldb + j))]);
+            double x = to_double(a[static_cast<std::size_t>(bi * p.stride_a +
+                                                            (ta ? q * p.lda + i : i * p.lda + q))]);
+            double y = to_double(b[static_cast<std::size_t>(bi * p.stride_b +
+                                                            (tb ? j * p.ldb + q : q * p.ldb + j))]);
             sum += x * y;
             abs_sum += std::abs(x * y);
           }
@@ -129,7 +133,8 @@ struct GemmProblem {
       for (std::int64_t i = 0; i < p.m; ++i) {
         for (std::int64_t j = 0; j < p.n; ++j) {
           const auto e = static_cast<std::size_t>((bi * p.m + i) * p.n + j);
-          const double got = to_double(out[static_cast<std::size_t>(bi * p.stride_c + i * p.ldc + j)]);
+          const double got =
+              to_double(out[static_cast<std::size_t>(bi * p.stride_c + i * p.ldc + j)]);
           const double tol = atol + rtol * (std::abs(ref[e]) + scale[e] / root_k);
           if (!(std::abs(got - ref[e]) <= tol) && bad++ == 0) {
             first = "element (" + std::to_string(bi) + ", " + std::to_string(i) + ", " +
@@ -141,14 +146,15 @@ struct GemmProblem {
     }
     std::int64_t padding_changed = 0;
     for (std::size_t e = 0; e < out.size(); ++e) {
-      const std::int64_t bi = static_cast<std::int64_t>(e) / p.stride_c, r = static_cast<std::int64_t>(e) % p.stride_c;
+      const std::int64_t bi = static_cast<std::int64_t>(e) / p.stride_c,
+                         r = static_cast<std::int64_t>(e) % p.stride_c;
       const bool inside = bi < p.batch && r / p.ldc < p.m && r % p.ldc < p.n;
       if (!inside && !same_bits(out[e], c[e])) ++padding_changed;
     }
-    INFO(impl << " " << fathom::Precision<T>::name << ": M " << p.m << ", N " << p.n << ", K " << p.k
-              << ", trans_a " << p.trans_a << ", trans_b " << p.trans_b << ", batch " << p.batch
-              << ", bias " << (p.bias != nullptr) << ", lda " << p.lda << ", alpha " << p.alpha
-              << ", beta " << p.beta << "; first mismatch: " << first);
+    INFO(impl << " " << fathom::Precision<T>::name << ": M " << p.m << ", N " << p.n << ", K "
+              << p.k << ", trans_a " << p.trans_a << ", trans_b " << p.trans_b << ", batch "
+              << p.batch << ", bias " << (p.bias != nullptr) << ", lda " << p.lda << ", alpha "
+              << p.alpha << ", beta " << p.beta << "; first mismatch: " << first);
     CHECK(bad == 0);
     CHECK(padding_changed == 0);
   }
@@ -170,10 +176,10 @@ TEMPLATE_TEST_CASE("gemm and the portable fallback match naive loops", "[kernels
                                                 {5461, 2, 4}}));
   const bool ta = GENERATE(false, true);
   const bool tb = GENERATE(false, true);
-  const Variant variant = GENERATE(values<Variant>({{1, false, false, 1.0, 0.0},
-                                                    {3, true, true, 0.75, -0.5},
-                                                    {2, true, false, -1.25, 1.0}}));
-  GemmProblem<TestType> problem(shape, ta, tb, variant, 1000 + static_cast<std::uint64_t>(shape.m * 7 + shape.k));
+  const Variant variant = GENERATE(values<Variant>(
+      {{1, false, false, 1.0, 0.0}, {3, true, true, 0.75, -0.5}, {2, true, false, -1.25, 1.0}}));
+  GemmProblem<TestType> problem(shape, ta, tb, variant,
+                                1000 + static_cast<std::uint64_t>(shape.m * 7 + shape.k));
   problem.check([](const GemmParams<TestType>& q) { fathom::kernels::gemm(Cpu{}, q); },
 #if defined(FATHOM_HAS_CBLAS)
                 "gemm (CBLAS)"
@@ -185,8 +191,10 @@ TEMPLATE_TEST_CASE("gemm and the portable fallback match naive loops", "[kernels
                 "gemm_portable");
 }
 
-TEMPLATE_TEST_CASE("gemm with K = 0 gives beta * C + bias", "[kernels][gemm]", double, float, bf16) {
-  const Variant variant = GENERATE(values<Variant>({{1, false, false, 1.0, 0.0}, {2, true, true, 2.0, 0.5}}));
+TEMPLATE_TEST_CASE("gemm with K = 0 gives beta * C + bias", "[kernels][gemm]", double, float,
+                   bf16) {
+  const Variant variant =
+      GENERATE(values<Variant>({{1, false, false, 1.0, 0.0}, {2, true, true, 2.0, 0.5}}));
   GemmProblem<TestType> problem({4, 6, 0}, false, true, variant, 77);
   problem.check([](const GemmParams<TestType>& q) { fathom::kernels::gemm(Cpu{}, q); }, "gemm");
   problem.check([](const GemmParams<TestType>& q) { fathom::kernels::detail::gemm_portable(q); },
@@ -199,11 +207,18 @@ TEMPLATE_TEST_CASE("gemm with a batch stride of 0 reuses one B for every batch e
   auto a = random_values<TestType>(batch * m * k, 5);
   auto b = random_values<TestType>(k * n, 6);
   std::vector<TestType> c(batch * m * n), c_each(m * n);
-  GemmParams<TestType> p{.a = a.data(), .b = b.data(), .c = c.data(), .m = m, .n = n, .k = k,
-                         .stride_b = 0, .batch = batch};
+  GemmParams<TestType> p{.a = a.data(),
+                         .b = b.data(),
+                         .c = c.data(),
+                         .m = m,
+                         .n = n,
+                         .k = k,
+                         .stride_b = 0,
+                         .batch = batch};
   fathom::kernels::gemm(Cpu{}, p);
   for (std::int64_t bi = 0; bi < batch; ++bi) {
-    GemmParams<TestType> one{.a = a.data() + bi * m * k, .b = b.data(), .c = c_each.data(), .m = m, .n = n, .k = k};
+    GemmParams<TestType> one{
+        .a = a.data() + bi * m * k, .b = b.data(), .c = c_each.data(), .m = m, .n = n, .k = k};
     fathom::kernels::detail::gemm_portable(one);
     for (std::int64_t e = 0; e < m * n; ++e) {
       INFO("batch entry " << bi << ", element " << e);
@@ -216,7 +231,8 @@ TEMPLATE_TEST_CASE("gemm with a batch stride of 0 reuses one B for every batch e
 TEST_CASE("gemm rejects leading dimensions shorter than a row and overlapping outputs",
           "[kernels][gemm]") {
   std::vector<float> a(64, 1.5f), b(64, 0.5f), c(64, 2.0f);
-  GemmParams<float> p{.a = a.data(), .b = b.data(), .c = c.data(), .m = 3, .n = 4, .k = 5, .lda = 4};
+  GemmParams<float> p{
+      .a = a.data(), .b = b.data(), .c = c.data(), .m = 3, .n = 4, .k = 5, .lda = 4};
   try {
     fathom::kernels::gemm(Cpu{}, p);
     FAIL("expected fathom::Error");
@@ -226,24 +242,33 @@ TEST_CASE("gemm rejects leading dimensions shorter than a row and overlapping ou
     CHECK(msg.find("lda >= 5") != std::string::npos);
     CHECK(msg.find("got 4") != std::string::npos);
   }
-  GemmParams<float> q{.a = a.data(), .b = b.data(), .c = c.data(), .m = 3, .n = 4, .k = 2,
-                      .stride_c = 4, .batch = 2};
+  GemmParams<float> q{.a = a.data(),
+                      .b = b.data(),
+                      .c = c.data(),
+                      .m = 3,
+                      .n = 4,
+                      .k = 2,
+                      .stride_c = 4,
+                      .batch = 2};
   CHECK_THROWS_AS(fathom::kernels::detail::gemm_portable(q), fathom::Error);
 }
 
-TEMPLATE_TEST_CASE("column_sum matches a naive sum over rows", "[kernels][gemm]", double, float, bf16) {
-  const auto [rows, cols] = GENERATE(values<std::pair<std::int64_t, std::int64_t>>(
-      {{1, 1}, {7, 37}, {300, 5461}, {1025, 3}}));
+TEMPLATE_TEST_CASE("column_sum matches a naive sum over rows", "[kernels][gemm]", double, float,
+                   bf16) {
+  const auto [rows, cols] = GENERATE(
+      values<std::pair<std::int64_t, std::int64_t>>({{1, 1}, {7, 37}, {300, 5461}, {1025, 3}}));
   const bool accumulate = GENERATE(false, true);
   auto x = random_values<TestType>(static_cast<std::size_t>(rows * cols), 11);
   auto out = random_values<TestType>(static_cast<std::size_t>(cols), 12);
   const auto out0 = out;
-  fathom::kernels::column_sum(Cpu{}, ColumnSumParams<TestType>{.x = x.data(), .out = out.data(),
-                                                              .rows = rows, .cols = cols,
-                                                              .accumulate = accumulate});
+  fathom::kernels::column_sum(
+      Cpu{},
+      ColumnSumParams<TestType>{
+          .x = x.data(), .out = out.data(), .rows = rows, .cols = cols, .accumulate = accumulate});
   const double rtol = fathom::Precision<TestType>::rtol, atol = fathom::Precision<TestType>::atol;
   for (std::int64_t j = 0; j < cols; ++j) {
-    double ref = accumulate ? to_double(out0[static_cast<std::size_t>(j)]) : 0.0, abs_sum = std::abs(ref);
+    double ref = accumulate ? to_double(out0[static_cast<std::size_t>(j)]) : 0.0,
+           abs_sum = std::abs(ref);
     for (std::int64_t i = 0; i < rows; ++i) {
       ref += to_double(x[static_cast<std::size_t>(i * cols + j)]);
       abs_sum += std::abs(to_double(x[static_cast<std::size_t>(i * cols + j)]));
@@ -251,6 +276,7 @@ TEMPLATE_TEST_CASE("column_sum matches a naive sum over rows", "[kernels][gemm]"
     const double got = to_double(out[static_cast<std::size_t>(j)]);
     INFO(fathom::Precision<TestType>::name << " (" << rows << ", " << cols << "), accumulate "
                                            << accumulate << ", column " << j);
-    REQUIRE(std::abs(got - ref) <= atol + rtol * (std::abs(ref) + abs_sum / std::sqrt(double(rows))));
+    REQUIRE(std::abs(got - ref) <=
+            atol + rtol * (std::abs(ref) + abs_sum / std::sqrt(double(rows))));
   }
 }

@@ -22,10 +22,10 @@ struct EmbeddingParams {
   std::int64_t n = 0, vocab = 0, channels = 0;
 };
 
-// dtable[ids[i], :] += dout[i, :] for every i. Rows of one id are summed in accum_t<T>, in
-// position order, and added to dtable once, so the result is deterministic and a bf16 table
-// gradient is rounded once per step, not once per occurrence. The CUDA version sums in the same
-// order.
+// dtable[ids[i], :] += dout[i, :] for every i. Rows of one id are summed in accum_t<T>, in a
+// fixed order (position order here; the CUDA version groups positions in chunks), and added to
+// dtable once, so the result is deterministic and a bf16 table gradient is rounded once per call,
+// not once per occurrence.
 template <class T>
 struct EmbeddingBackwardParams {
   const std::int32_t* ids = nullptr;  // (n)
@@ -38,8 +38,9 @@ namespace detail {
 
 inline void check_embedding_id(std::int32_t id, std::int64_t position, std::int64_t vocab) {
   FATHOM_CHECK(id >= 0 && id < vocab, "embedding: id " << id << " at position " << position
-                                          << " is out of range for a table of " << vocab
-                                          << " rows (expected 0 <= id < " << vocab << ")");
+                                                       << " is out of range for a table of "
+                                                       << vocab << " rows (expected 0 <= id < "
+                                                       << vocab << ")");
 }
 
 }  // namespace detail
@@ -68,7 +69,8 @@ void embedding_backward(Cpu, const EmbeddingBackwardParams<T>& p) {
     std::fill(sum.begin(), sum.end(), Acc(0));
     for (; s < order.size() && p.ids[order[s]] == id; ++s) {
       const T* row = p.dout + order[s] * p.channels;
-      for (std::int64_t c = 0; c < p.channels; ++c) sum[static_cast<std::size_t>(c)] += static_cast<Acc>(row[c]);
+      for (std::int64_t c = 0; c < p.channels; ++c)
+        sum[static_cast<std::size_t>(c)] += static_cast<Acc>(row[c]);
     }
     T* dst = p.dtable + id * p.channels;
     for (std::int64_t c = 0; c < p.channels; ++c)

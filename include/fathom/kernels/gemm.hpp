@@ -19,8 +19,8 @@
 
 namespace fathom::kernels {
 
-// For b < batch, all matrices row-major, op(X) = X or X^T:
-//   C[b] = alpha * op(A[b]) op(B[b]) + beta * C[b] + bias        op(A) (M, K), op(B) (K, N), C (M, N)
+// For b < batch, all matrices row-major, op(X) = X or X^T, op(A) (M, K), op(B) (K, N), C (M, N):
+//   C[b] = alpha * op(A[b]) op(B[b]) + beta * C[b] + bias
 // bias (N) is added to every row of C. beta == 0 means C is only written, never read (it may hold
 // garbage, NaN included), as in BLAS.
 template <class T>
@@ -76,7 +76,8 @@ GemmParams<T> resolve_gemm(GemmParams<T> p) {
                "gemm: batch entries of C overlap: stride_c " << p.stride_c << " for C of " << p.m
                                                              << " rows with ldc " << p.ldc);
   const bool empty = p.m == 0 || p.n == 0 || p.batch == 0;
-  FATHOM_CHECK(empty || p.c != nullptr, "gemm: C is null for a (" << p.m << ", " << p.n << ") result");
+  FATHOM_CHECK(empty || p.c != nullptr,
+               "gemm: C is null for a (" << p.m << ", " << p.n << ") result");
   FATHOM_CHECK(empty || p.k == 0 || (p.a != nullptr && p.b != nullptr),
                "gemm: A or B is null with K = " << p.k);
   return p;
@@ -182,8 +183,8 @@ inline void cblas_gemm(bool ta, bool tb, int m, int n, int k, float alpha, const
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
               k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
-inline void cblas_gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, int lda,
-                       const double* b, int ldb, double beta, double* c, int ldc) {
+inline void cblas_gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* a,
+                       int lda, const double* b, int ldb, double beta, double* c, int ldc) {
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
               k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
@@ -229,7 +230,8 @@ void gemm_cblas(const GemmParams<T>& params) {
       }
     }
   } else {
-    const int lda = blas_int(p.lda, "lda"), ldb = blas_int(p.ldb, "ldb"), ldc = blas_int(p.ldc, "ldc");
+    const int lda = blas_int(p.lda, "lda"), ldb = blas_int(p.ldb, "ldb"),
+              ldc = blas_int(p.ldc, "ldc");
     for (std::int64_t bi = 0; bi < p.batch; ++bi) {
       T* cb = p.c + bi * p.stride_c;
       cblas_gemm(p.trans_a, p.trans_b, m, n, k, static_cast<T>(p.alpha), p.a + bi * p.stride_a, lda,
@@ -266,7 +268,8 @@ void column_sum(Cpu, const ColumnSumParams<T>& p) {
   std::vector<Acc> sum(static_cast<std::size_t>(p.cols), Acc(0));  // (cols)
   for (std::int64_t i = 0; i < p.rows; ++i) {
     const T* row = p.x + i * p.cols;
-    for (std::int64_t j = 0; j < p.cols; ++j) sum[static_cast<std::size_t>(j)] += static_cast<Acc>(row[j]);
+    for (std::int64_t j = 0; j < p.cols; ++j)
+      sum[static_cast<std::size_t>(j)] += static_cast<Acc>(row[j]);
   }
   for (std::int64_t j = 0; j < p.cols; ++j) {
     Acc v = sum[static_cast<std::size_t>(j)];

@@ -27,7 +27,9 @@ std::string error_message(F&& f) {
   return "(no fathom::Error thrown)";
 }
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 
 }  // namespace
 

@@ -36,7 +36,9 @@ std::string error_message(F&& f) {
   return "(no fathom::Error thrown)";
 }
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 
 }  // namespace
 
@@ -49,7 +51,8 @@ TEST_CASE("matmul forward matches naive loops", "[autograd][ops][gemm]") {
       for (std::int64_t i = 0; i < 3; ++i)
         for (std::int64_t j = 0; j < 5; ++j) {
           double ref = 0.0;
-          for (std::int64_t k = 0; k < 4; ++k) ref += a.value().at({p, i, k}) * b.value().at({k, j});
+          for (std::int64_t k = 0; k < 4; ++k)
+            ref += a.value().at({p, i, k}) * b.value().at({k, j});
           CHECK_THAT(y.value().at({p, i, j}), WithinAbs(ref, 1e-12));
         }
   }
@@ -61,7 +64,8 @@ TEST_CASE("matmul forward matches naive loops", "[autograd][ops][gemm]") {
       for (std::int64_t i = 0; i < 3; ++i)
         for (std::int64_t j = 0; j < 5; ++j) {
           double ref = 0.0;
-          for (std::int64_t k = 0; k < 4; ++k) ref += a.value().at({p, i, k}) * b.value().at({p, k, j});
+          for (std::int64_t k = 0; k < 4; ++k)
+            ref += a.value().at({p, i, k}) * b.value().at({p, k, j});
           CHECK_THAT(y.value().at({p, i, j}), WithinAbs(ref, 1e-12));
         }
   }
@@ -76,8 +80,8 @@ TEST_CASE("matmul gradients pass gradcheck", "[autograd][ops][gemm]") {
                                              {{2, 2, 3, 1}, {2, 2, 1, 3}},
                                              {{7, 1}, {1, 6}}}));
   auto a = random_var(shapes.first, 10), b = random_var(shapes.second, 11);
-  auto result = gradcheck([](const std::vector<Var<double>>& in) { return matmul(in[0], in[1]); },
-                          {a, b});
+  auto result =
+      gradcheck([](const std::vector<Var<double>>& in) { return matmul(in[0], in[1]); }, {a, b});
   INFO("a " << shapes.first << ", b " << shapes.second << ": " << result.first_failure);
   CHECK(result.ok);
   CHECK(result.checked == a.numel() + b.numel());
@@ -98,7 +102,8 @@ TEST_CASE("matmul of a transposed view uses its elements, not its storage order"
 }
 
 TEST_CASE("linear forward matches x W^T + b", "[autograd][ops][gemm]") {
-  auto x = random_var({2, 3, 4}, 20, false), w = random_var({5, 4}, 21, false), b = random_var({5}, 22, false);
+  auto x = random_var({2, 3, 4}, 20, false), w = random_var({5, 4}, 21, false),
+       b = random_var({5}, 22, false);
   auto y = linear(x, w, b);
   auto y0 = linear(x, w);
   REQUIRE(y.shape() == Shape{2, 3, 5});
@@ -147,16 +152,18 @@ TEST_CASE("linear gradients accumulate over backward passes and skip inputs with
   }
 }
 
-TEMPLATE_TEST_CASE("linear in float and bf16 tracks the double computation", "[autograd][ops][gemm]",
-                   float, bf16) {
+TEMPLATE_TEST_CASE("linear in float and bf16 tracks the double computation",
+                   "[autograd][ops][gemm]", float, bf16) {
   using T = TestType;
   const std::int64_t rows = 33, in = 40, out = 7;
-  auto xd = Tensor<double>::uniform({rows, in}, 50, -1.0, 1.0), wd = Tensor<double>::uniform({out, in}, 51, -1.0, 1.0);
-  auto bd = Tensor<double>::uniform({out}, 52, -1.0, 1.0), gd = Tensor<double>::uniform({rows, out}, 53, -1.0, 1.0);
+  auto xd = Tensor<double>::uniform({rows, in}, 50, -1.0, 1.0),
+       wd = Tensor<double>::uniform({out, in}, 51, -1.0, 1.0);
+  auto bd = Tensor<double>::uniform({out}, 52, -1.0, 1.0),
+       gd = Tensor<double>::uniform({rows, out}, 53, -1.0, 1.0);
   // Round the double inputs to T first so that both runs see the same values.
   Var<T> x(xd.cast<T>(), true), w(wd.cast<T>(), true), b(bd.cast<T>(), true);
-  Var<double> x2(x.value().template cast<double>(), true), w2(w.value().template cast<double>(), true),
-      b2(b.value().template cast<double>(), true);
+  Var<double> x2(x.value().template cast<double>(), true),
+      w2(w.value().template cast<double>(), true), b2(b.value().template cast<double>(), true);
   // One graph at a time: backward() consumes the whole tape.
   auto y = linear(x, w, b);
   fathom::autograd::backward(y, gd.cast<T>());
@@ -164,13 +171,15 @@ TEMPLATE_TEST_CASE("linear in float and bf16 tracks the double computation", "[a
   fathom::autograd::backward(y2, gd.cast<T>().template cast<double>());
   // Each output sums `in` (forward, dX) or `rows` (dW, db) terms of size up to 1.
   const double rtol = fathom::Precision<T>::rtol;
-  auto compare = [&](const Tensor<T>& got, const Tensor<double>& ref, double terms, const char* what) {
+  auto compare = [&](const Tensor<T>& got, const Tensor<double>& ref, double terms,
+                     const char* what) {
     auto g = got.to_vector();
     auto r = ref.to_vector();
     REQUIRE(g.size() == r.size());
     for (std::size_t i = 0; i < g.size(); ++i) {
       INFO(fathom::Precision<T>::name << " " << what << " element " << i);
-      CHECK(std::abs(fathom::scalar_cast<double>(g[i]) - r[i]) <= rtol * (std::abs(r[i]) + std::sqrt(terms)));
+      CHECK(std::abs(fathom::scalar_cast<double>(g[i]) - r[i]) <=
+            rtol * (std::abs(r[i]) + std::sqrt(terms)));
     }
   };
   compare(y.value(), y2.value(), in, "y");

@@ -7,6 +7,11 @@
 
 #include "fathom/autograd/var.hpp"
 #include "fathom/kernels/gemm.hpp"
+#if defined(__CUDACC__)
+// Declared before the ops below so that kernels::gemm(Cuda{}, ...) resolves (a qualified call sees
+// only the overloads declared before the template that makes it).
+#include "fathom/kernels/cuda/gemm.cuh"
+#endif
 
 namespace fathom::autograd {
 
@@ -21,12 +26,9 @@ inline std::int64_t gemm_leading_numel(const Shape& s, int count) {
 
 }  // namespace detail
 
-// Kernels are called unqualified (gemm(D{}, params)): argument-dependent lookup finds
-// kernels::gemm at instantiation, so the CUDA overloads may be declared after this header.
-
 // matmul(a, b), row-major:
 //   a (..., M, K) and b (K, N)        -> (..., M, N): every row of a times the one matrix b
-//   a (..., M, K) and b (..., K, N)   -> (..., M, N): batched; a and b have the same leading extents
+//   a (..., M, K) and b (..., K, N)   -> (..., M, N): batched, same leading extents in a and b
 template <class T, DeviceTag D>
 Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
   FATHOM_CHECK(a.dim() >= 2 && b.dim() >= 2,
@@ -52,8 +54,10 @@ Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
   Shape out_shape = a.shape();
   out_shape[a.dim() - 1] = n;
   Tensor<T, D> y(out_shape);  // (..., M, N)
-  gemm(D{}, kernels::GemmParams<T>{.a = av.data(), .b = bv.data(), .c = y.data(),
-                                   .m = m, .n = n, .k = k, .batch = batch});
+  kernels::gemm(
+      D{},
+      kernels::GemmParams<T>{
+          .a = av.data(), .b = bv.data(), .c = y.data(), .m = m, .n = n, .k = k, .batch = batch});
 
   auto ga = grad_target(a), gb = grad_target(b);
   return Var<T, D>::make_result(
@@ -61,15 +65,27 @@ Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
       [ga, gb, av = gb ? av : Tensor<T, D>(), bv = ga ? bv : Tensor<T, D>(), m, n, k,
        batch](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (..., M, N)
-        if (ga) {  // dA (M, K) += dY (M, N) B^T
-          gemm(D{}, kernels::GemmParams<T>{.a = gy.data(), .b = bv.data(),
-                                           .c = ga->accumulator().data(), .m = m, .n = k, .k = n,
-                                           .trans_b = true, .batch = batch, .beta = 1.0});
+        if (ga) {                              // dA (M, K) += dY (M, N) B^T
+          kernels::gemm(D{}, kernels::GemmParams<T>{.a = gy.data(),
+                                                    .b = bv.data(),
+                                                    .c = ga->accumulator().data(),
+                                                    .m = m,
+                                                    .n = k,
+                                                    .k = n,
+                                                    .trans_b = true,
+                                                    .batch = batch,
+                                                    .beta = 1.0});
         }
         if (gb) {  // dB (K, N) += A^T dY: (K, M) (M, N)
-          gemm(D{}, kernels::GemmParams<T>{.a = av.data(), .b = gy.data(),
-                                           .c = gb->accumulator().data(), .m = k, .n = n, .k = m,
-                                           .trans_a = true, .batch = batch, .beta = 1.0});
+          kernels::gemm(D{}, kernels::GemmParams<T>{.a = av.data(),
+                                                    .b = gy.data(),
+                                                    .c = gb->accumulator().data(),
+                                                    .m = k,
+                                                    .n = n,
+                                                    .k = m,
+                                                    .trans_a = true,
+                                                    .batch = batch,
+                                                    .beta = 1.0});
         }
       });
 }
@@ -83,9 +99,8 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
                  const std::type_identity_t<Var<T, D>>* bias = nullptr) {
   FATHOM_CHECK(weight.dim() == 2,
                "linear: weight must be (out_features, in_features), got " << weight.shape());
-  FATHOM_CHECK(x.dim() >= 1, "linear: x must be (..., in_features), got " << x.shape()
-                                                                          << " for weight "
-                                                                          << weight.shape());
+  FATHOM_CHECK(x.dim() >= 1, "linear: x must be (..., in_features), got "
+                                 << x.shape() << " for weight " << weight.shape());
   const std::int64_t in = weight.size(1), out = weight.size(0);
   FATHOM_CHECK(x.size(-1) == in, "linear: x " << x.shape() << " and weight " << weight.shape()
                                               << " disagree on in_features (" << x.size(-1)
@@ -93,7 +108,8 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
   if (bias) {
     FATHOM_CHECK(bias->dim() == 1 && bias->size(0) == out,
                  "linear: bias " << bias->shape() << " and weight " << weight.shape()
-                                 << " disagree: bias must be (" << out << ",), one per out_feature");
+                                 << " disagree: bias must be (" << out
+                                 << ",), one per out_feature");
   }
   const std::int64_t rows = detail::gemm_leading_numel(x.shape(), x.dim() - 1);
 
@@ -102,9 +118,14 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
   Shape out_shape = x.shape();
   out_shape[x.dim() - 1] = out;
   Tensor<T, D> y(out_shape);  // (rows, out)
-  gemm(D{}, kernels::GemmParams<T>{.a = xv.data(), .b = wv.data(), .c = y.data(),
-                                   .bias = bias ? bv.data() : nullptr, .m = rows, .n = out,
-                                   .k = in, .trans_b = true});
+  kernels::gemm(D{}, kernels::GemmParams<T>{.a = xv.data(),
+                                            .b = wv.data(),
+                                            .c = y.data(),
+                                            .bias = bias ? bv.data() : nullptr,
+                                            .m = rows,
+                                            .n = out,
+                                            .k = in,
+                                            .trans_b = true});
 
   auto gx = grad_target(x), gw = grad_target(weight);
   auto gbias = bias ? grad_target(*bias) : nullptr;
@@ -113,20 +134,30 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
       [gx, gw, gbias, xv = gw ? xv : Tensor<T, D>(), wv = gx ? wv : Tensor<T, D>(), rows, in,
        out](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (rows, out)
-        if (gx) {  // dX (rows, in) += dY (rows, out) W (out, in)
-          gemm(D{}, kernels::GemmParams<T>{.a = gy.data(), .b = wv.data(),
-                                           .c = gx->accumulator().data(), .m = rows, .n = in,
-                                           .k = out, .beta = 1.0});
+        if (gx) {                              // dX (rows, in) += dY (rows, out) W (out, in)
+          kernels::gemm(D{}, kernels::GemmParams<T>{.a = gy.data(),
+                                                    .b = wv.data(),
+                                                    .c = gx->accumulator().data(),
+                                                    .m = rows,
+                                                    .n = in,
+                                                    .k = out,
+                                                    .beta = 1.0});
         }
         if (gw) {  // dW (out, in) += dY^T (out, rows) X (rows, in)
-          gemm(D{}, kernels::GemmParams<T>{.a = gy.data(), .b = xv.data(),
-                                           .c = gw->accumulator().data(), .m = out, .n = in,
-                                           .k = rows, .trans_a = true, .beta = 1.0});
+          kernels::gemm(D{}, kernels::GemmParams<T>{.a = gy.data(),
+                                                    .b = xv.data(),
+                                                    .c = gw->accumulator().data(),
+                                                    .m = out,
+                                                    .n = in,
+                                                    .k = rows,
+                                                    .trans_a = true,
+                                                    .beta = 1.0});
         }
         if (gbias) {  // db (out) += sum over rows of dY
-          column_sum(D{}, kernels::ColumnSumParams<T>{.x = gy.data(),
-                                                      .out = gbias->accumulator().data(),
-                                                      .rows = rows, .cols = out});
+          kernels::column_sum(
+              D{},
+              kernels::ColumnSumParams<T>{
+                  .x = gy.data(), .out = gbias->accumulator().data(), .rows = rows, .cols = out});
         }
       });
 }

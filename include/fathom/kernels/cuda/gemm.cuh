@@ -1,0 +1,408 @@
+// GEMM and column sum on CUDA. bf16 and fp32 GEMMs run through cuBLASLt (fp32 accumulation, the
+// bias fused as its epilogue), with a descriptor and algorithm cached per problem so that steady
+// state never re-runs the heuristic; fp64, and what cuBLASLt declines, through cuBLAS.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "fathom/kernels/cuda/gemm.cuh is CUDA code: include it from a .cu file compiled by nvcc"
+#endif
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <type_traits>
+#include <unordered_map>
+
+#include "fathom/core/cuda_runtime.hpp"
+#include "fathom/core/scalar.hpp"
+#include "fathom/kernels/cuda/blas_handle.cuh"
+#include "fathom/kernels/cuda/primitives.cuh"  // CUDA primitives of Tensor<T, Cuda> (scratch tensors)
+#include "fathom/kernels/gemm.hpp"
+#include "fathom/tensor/tensor.hpp"
+
+namespace fathom::kernels {
+
+namespace detail {
+inline bool& gemm_tf32_flag() {
+  static bool allow = false;
+  return allow;
+}
+}  // namespace detail
+
+// Whether fp32 GEMMs on CUDA may round their inputs to TF32 (10-bit mantissa) and run on tensor
+// cores: several times faster, with relative errors near 1e-3 instead of 1e-6. Off by default, so
+// that fp32 results match the CPU reference within Precision<float> tolerances. bf16 and fp64
+// GEMMs are unaffected. Set it before the GEMMs it should govern (plans are cached per setting).
+inline void set_gemm_allow_tf32(bool allow) { detail::gemm_tf32_flag() = allow; }
+inline bool gemm_allow_tf32() { return detail::gemm_tf32_flag(); }
+
+namespace detail {
+
+template <class T>
+constexpr cudaDataType_t cuda_data_type() {
+  if constexpr (std::is_same_v<T, double>)
+    return CUDA_R_64F;
+  else if constexpr (std::is_same_v<T, float>)
+    return CUDA_R_32F;
+  else
+    return CUDA_R_16BF;
+}
+
+inline int cublas_int(std::int64_t v, const char* what) {
+  FATHOM_CHECK(v <= INT_MAX,
+               "gemm (CUDA): " << what << " = " << v << " exceeds cuBLAS's int range");
+  return static_cast<int>(v);
+}
+
+// The largest power of two up to 256 that divides the address of every batch entry and row.
+inline std::uint32_t operand_alignment(const void* p, std::int64_t ld, std::int64_t stride,
+                                       std::int64_t batch, std::size_t element_bytes) {
+  auto addr = reinterpret_cast<std::uintptr_t>(p);
+  std::uint32_t align = 256;
+  auto fits = [&](std::uint64_t v) { return v % align == 0; };
+  while (align > 1 && !(fits(addr) && fits(static_cast<std::uint64_t>(ld) * element_bytes) &&
+                        (batch <= 1 || fits(static_cast<std::uint64_t>(stride) * element_bytes))))
+    align /= 2;
+  return align;
+}
+
+// C = beta * C + bias on every batch entry; beta == 0 (read_c false) never reads C. Serves GEMMs
+// with K == 0 and adds the bias after cuBLAS calls, which have no epilogue. Rows of C (over the
+// whole batch) along y, columns along x, so that no thread divides per element.
+template <class T>
+__global__ void gemm_scale_add_bias_kernel(T* c, const T* bias, accum_t<T> beta, bool read_c,
+                                           std::int64_t rows, std::int64_t m, std::int64_t n,
+                                           std::int64_t ldc, std::int64_t stride_c) {
+  using Acc = accum_t<T>;
+  for (std::int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    T* c_row = c + (row / m) * stride_c + (row % m) * ldc;  // (N)
+    for (std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
+         j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+      Acc v = read_c ? beta * static_cast<Acc>(c_row[j]) : Acc(0);
+      if (bias) v += static_cast<Acc>(bias[j]);
+      c_row[j] = scalar_cast<T>(v);
+    }
+  }
+}
+
+template <class T>
+void launch_gemm_scale_add_bias(const GemmParams<T>& p, double beta, const T* bias) {
+  const std::int64_t rows = p.batch * p.m;
+  if (rows == 0 || p.n == 0) return;
+  const int threads = 256;
+  // At most 8192 blocks, each looping over rows: thin one-row blocks cost more to schedule than
+  // the work they do.
+  const std::int64_t col_blocks = std::min<std::int64_t>((p.n + threads - 1) / threads, 64);
+  const dim3 grid(static_cast<unsigned>(col_blocks),
+                  static_cast<unsigned>(std::min<std::int64_t>(rows, 8192 / col_blocks)));
+  gemm_scale_add_bias_kernel<T><<<grid, threads, 0, cuda::stream()>>>(
+      p.c, bias, static_cast<accum_t<T>>(beta), beta != 0.0, rows, p.m, p.n, p.ldc, p.stride_c);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+// cuBLAS (no epilogue): row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, so B
+// goes first and M, N swap. Used for fp64, for batches that reuse one operand (batch stride 0),
+// and when cuBLASLt has no algorithm for a problem.
+template <class T>
+void blas_gemm(const GemmParams<T>& p) {
+  cublasHandle_t handle = BlasHandles::instance().blas();
+  const cublasOperation_t op_b = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_a = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int m = cublas_int(p.m, "M"), n = cublas_int(p.n, "N"), k = cublas_int(p.k, "K");
+  const int lda = cublas_int(p.lda, "lda"), ldb = cublas_int(p.ldb, "ldb"),
+            ldc = cublas_int(p.ldc, "ldc");
+  const int batch = cublas_int(p.batch, "batch");
+  if constexpr (std::is_same_v<T, double>) {
+    const double alpha = p.alpha, beta = p.beta;
+    FATHOM_CUBLAS_CHECK(cublasDgemmStridedBatched(handle, op_b, op_a, n, m, k, &alpha, p.b, ldb,
+                                                  p.stride_b, p.a, lda, p.stride_a, &beta, p.c, ldc,
+                                                  p.stride_c, batch));
+  } else {
+    const float alpha = static_cast<float>(p.alpha), beta = static_cast<float>(p.beta);
+    const cublasComputeType_t compute = std::is_same_v<T, float> && gemm_allow_tf32()
+                                            ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                            : CUBLAS_COMPUTE_32F;
+    constexpr cudaDataType_t type = cuda_data_type<T>();
+    FATHOM_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        handle, op_b, op_a, n, m, k, &alpha, p.b, type, ldb, p.stride_b, p.a, type, lda, p.stride_a,
+        &beta, p.c, type, ldc, p.stride_c, batch, compute, CUBLAS_GEMM_DEFAULT));
+  }
+  if (p.bias) launch_gemm_scale_add_bias(p, 1.0, p.bias);
+}
+
+// What a cuBLASLt plan depends on: types, transposes, sizes, leading dimensions, batch strides,
+// whether the bias is fused, and the alignments the chosen algorithm may assume.
+struct GemmPlanKey {
+  std::array<std::int64_t, 19> v{};
+  friend bool operator==(const GemmPlanKey&, const GemmPlanKey&) = default;
+};
+
+struct GemmPlanKeyHash {
+  std::size_t operator()(const GemmPlanKey& key) const {
+    std::uint64_t h = 1469598103934665603ull;  // FNV-1a over the fields
+    for (std::int64_t x : key.v) {
+      h ^= static_cast<std::uint64_t>(x);
+      h *= 1099511628211ull;
+    }
+    return static_cast<std::size_t>(h);
+  }
+};
+
+// A cuBLASLt matmul descriptor, the layouts of its operands and the algorithm the heuristic chose.
+// `usable` is false when cuBLASLt offers no algorithm; such problems go to cuBLAS. Plans live as
+// long as the process (a few hundred bytes each, one per distinct GEMM of the model).
+struct GemmPlan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t first = nullptr;   // our B, cuBLASLt's A
+  cublasLtMatrixLayout_t second = nullptr;  // our A, cuBLASLt's B
+  cublasLtMatrixLayout_t out = nullptr;     // C and D (in place)
+  cublasLtMatmulAlgo_t algo{};
+  bool usable = false;
+};
+
+class GemmPlanCache {
+ public:
+  static GemmPlanCache& instance() {
+    static GemmPlanCache* cache = new GemmPlanCache();  // never destroyed, like the handles
+    return *cache;
+  }
+  std::mutex& mutex() { return mutex_; }
+  // The plan for `key`, or nullptr when there is none yet. Call with mutex() held.
+  GemmPlan* find(const GemmPlanKey& key) {
+    auto it = plans_.find(key);
+    return it == plans_.end() ? nullptr : &it->second;
+  }
+  GemmPlan& insert(const GemmPlanKey& key, const GemmPlan& plan) { return plans_[key] = plan; }
+  std::size_t size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return plans_.size();
+  }
+
+ private:
+  GemmPlanCache() = default;
+  std::mutex mutex_;
+  std::unordered_map<GemmPlanKey, GemmPlan, GemmPlanKeyHash> plans_;
+};
+
+template <class V>
+void set_desc(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const V& value) {
+  FATHOM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof(value)));
+}
+template <class V>
+void set_layout(cublasLtMatrixLayout_t layout, cublasLtMatrixLayoutAttribute_t attr,
+                const V& value) {
+  FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, attr, &value, sizeof(value)));
+}
+template <class V>
+void set_preference(cublasLtMatmulPreference_t pref, cublasLtMatmulPreferenceAttributes_t attr,
+                    const V& value) {
+  FATHOM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value)));
+}
+
+// Column-major layout of `rows` x `cols` elements with leading dimension ld, batched if needed.
+inline cublasLtMatrixLayout_t make_layout(cudaDataType_t type, std::int64_t rows, std::int64_t cols,
+                                          std::int64_t ld, std::int64_t batch,
+                                          std::int64_t stride) {
+  cublasLtMatrixLayout_t layout = nullptr;
+  FATHOM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, type, static_cast<std::uint64_t>(rows),
+                                                 static_cast<std::uint64_t>(cols), ld));
+  if (batch > 1) {
+    set_layout(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, static_cast<std::int32_t>(batch));
+    set_layout(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, stride);
+  }
+  return layout;
+}
+
+// Builds the descriptor and layouts of p (row-major C = op(A) op(B) computed as column-major
+// C^T = op(B)^T op(A)^T) and asks the heuristic for the best algorithm within the workspace.
+template <class T>
+GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32,
+                        const std::array<std::uint32_t, 3>& align) {
+  constexpr cudaDataType_t type = cuda_data_type<T>();
+  GemmPlan plan;
+  const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  FATHOM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F));
+  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA,
+           static_cast<std::int32_t>(p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N));
+  set_desc(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB,
+           static_cast<std::int32_t>(p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N));
+  if (fuse_bias) {
+    // The bias (N) runs along the rows of column-major D = C^T; its type is D's (the default).
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+             static_cast<std::uint32_t>(CUBLASLT_EPILOGUE_BIAS));
+    const void* bias = p.bias;  // the heuristic reads the pointer for its alignment
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  }
+  plan.first =
+      make_layout(type, p.trans_b ? p.k : p.n, p.trans_b ? p.n : p.k, p.ldb, p.batch, p.stride_b);
+  plan.second =
+      make_layout(type, p.trans_a ? p.m : p.k, p.trans_a ? p.k : p.m, p.lda, p.batch, p.stride_a);
+  plan.out = make_layout(type, p.n, p.m, p.ldc, p.batch, p.stride_c);
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  FATHOM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  set_preference(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                 static_cast<std::uint64_t>(BlasHandles::workspace_bytes));
+  set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align[1]);
+  set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align[0]);
+  set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align[2]);
+  set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[2]);
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t status =
+      cublasLtMatmulAlgoGetHeuristic(BlasHandles::instance().lt(), plan.desc, plan.first,
+                                     plan.second, plan.out, plan.out, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (status != CUBLAS_STATUS_NOT_SUPPORTED) FATHOM_CUBLAS_CHECK(status);
+  plan.usable =
+      status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+  if (plan.usable) plan.algo = result.algo;
+  return plan;
+}
+
+// Runs p through cuBLASLt; false when cuBLASLt has no algorithm for it (the caller falls back).
+// The bias is fused as the BIAS epilogue when its address is 16-byte aligned (cuBLASLt's
+// alignment preferences do not cover the bias, and its kernels may assume 16), else added after.
+template <class T>
+bool lt_gemm(const GemmParams<T>& p) {
+  const bool tf32 = std::is_same_v<T, float> && gemm_allow_tf32();
+  const bool fuse_bias = p.bias && reinterpret_cast<std::uintptr_t>(p.bias) % 16 == 0;
+  const std::array<std::uint32_t, 3> align = {
+      operand_alignment(p.a, p.lda, p.stride_a, p.batch, sizeof(T)),
+      operand_alignment(p.b, p.ldb, p.stride_b, p.batch, sizeof(T)),
+      operand_alignment(p.c, p.ldc, p.stride_c, p.batch, sizeof(T))};
+  const bool batched = p.batch > 1;
+  GemmPlanKey key;
+  key.v = {static_cast<std::int64_t>(cuda_data_type<T>()),
+           tf32,
+           p.trans_a,
+           p.trans_b,
+           p.m,
+           p.n,
+           p.k,
+           p.lda,
+           p.ldb,
+           p.ldc,
+           batched ? p.stride_a : 0,
+           batched ? p.stride_b : 0,
+           batched ? p.stride_c : 0,
+           p.batch,
+           fuse_bias,
+           align[0],
+           align[1],
+           align[2],
+           0};
+
+  auto& cache = GemmPlanCache::instance();
+  std::lock_guard<std::mutex> lock(cache.mutex());
+  GemmPlan* plan = cache.find(key);
+  if (!plan) plan = &cache.insert(key, make_gemm_plan(p, fuse_bias, tf32, align));
+  if (!plan->usable) return false;
+
+  if (fuse_bias) {
+    const void* bias = p.bias;
+    set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  }
+  const float alpha = static_cast<float>(p.alpha), beta = static_cast<float>(p.beta);
+  auto& handles = BlasHandles::instance();
+  const cublasStatus_t status =
+      cublasLtMatmul(handles.lt(), plan->desc, &alpha, p.b, plan->first, p.a, plan->second, &beta,
+                     p.c, plan->out, p.c, plan->out, &plan->algo, handles.workspace(),
+                     BlasHandles::workspace_bytes, cuda::stream());
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
+    plan->usable = false;  // remembered: this problem goes to cuBLAS from now on
+    return false;
+  }
+  FATHOM_CUBLAS_CHECK(status);
+  if (p.bias && !fuse_bias) launch_gemm_scale_add_bias(p, 1.0, p.bias);
+  return true;
+}
+
+// Column sums in two deterministic passes: blocks of 32 columns x 8 row lanes sum a chunk of rows
+// each into an accum_t partial (lanes combined through shared memory in a fixed order), then one
+// thread per column adds the chunks in order. Chunks give the GPU enough blocks when there are
+// few columns and many rows (a bias gradient: 768 columns, 32768 rows).
+constexpr int column_sum_lanes = 8;
+
+template <class T>
+__global__ void column_sum_partial_kernel(const T* x, accum_t<T>* partial, std::int64_t rows,
+                                          std::int64_t cols, std::int64_t rows_per_chunk) {
+  using Acc = accum_t<T>;
+  __shared__ Acc lanes[column_sum_lanes][33];
+  const std::int64_t col = static_cast<std::int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.y) * rows_per_chunk;
+  const std::int64_t r1 = min(rows, r0 + rows_per_chunk);
+  Acc s = 0;
+  if (col < cols)
+    for (std::int64_t r = r0 + threadIdx.y; r < r1; r += column_sum_lanes)
+      s += static_cast<Acc>(x[r * cols + col]);
+  lanes[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < cols) {
+    Acc t = 0;
+    for (int l = 0; l < column_sum_lanes; ++l) t += lanes[l][threadIdx.x];
+    partial[static_cast<std::int64_t>(blockIdx.y) * cols + col] = t;
+  }
+}
+
+template <class T>
+__global__ void column_sum_finish_kernel(const accum_t<T>* partial, T* out, std::int64_t chunks,
+                                         std::int64_t cols, bool accumulate) {
+  using Acc = accum_t<T>;
+  const std::int64_t col = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= cols) return;
+  Acc s = 0;
+  for (std::int64_t c = 0; c < chunks; ++c) s += partial[c * cols + col];
+  if (accumulate) s += static_cast<Acc>(out[col]);
+  out[col] = scalar_cast<T>(s);
+}
+
+}  // namespace detail
+
+// Number of cuBLASLt plans cached so far (each distinct GEMM problem makes one, once).
+inline std::size_t gemm_plan_count() { return detail::GemmPlanCache::instance().size(); }
+
+template <class T>
+void gemm(Cuda, const GemmParams<T>& params) {
+  static_assert(FloatingScalar<T>, "gemm: T must be double, float or bf16");
+  const GemmParams<T> p = detail::resolve_gemm(params);
+  if (p.m == 0 || p.n == 0 || p.batch == 0) return;
+  if (p.k == 0) {
+    detail::launch_gemm_scale_add_bias(p, p.beta, p.bias);
+    return;
+  }
+  if constexpr (!std::is_same_v<T, double>) {
+    const bool reuses_operand = p.batch > 1 && (p.stride_a == 0 || p.stride_b == 0);
+    if (!reuses_operand && detail::lt_gemm(p)) return;
+  }
+  detail::blas_gemm(p);
+}
+
+template <class T>
+void column_sum(Cuda, const ColumnSumParams<T>& p) {
+  using Acc = accum_t<T>;
+  FATHOM_CHECK(p.rows >= 0 && p.cols >= 0,
+               "column_sum: expected non-negative sizes, got (" << p.rows << ", " << p.cols << ")");
+  if (p.cols == 0) return;
+  const std::int64_t chunks = std::clamp<std::int64_t>((p.rows + 255) / 256, 1, 1024);
+  const std::int64_t rows_per_chunk = std::max<std::int64_t>((p.rows + chunks - 1) / chunks, 1);
+  Tensor<Acc, Cuda> partial(Shape{chunks * p.cols});  // (chunks, cols)
+  const dim3 block(32, detail::column_sum_lanes);
+  const dim3 grid(static_cast<unsigned>((p.cols + 31) / 32), static_cast<unsigned>(chunks));
+  detail::column_sum_partial_kernel<T>
+      <<<grid, block, 0, cuda::stream()>>>(p.x, partial.data(), p.rows, p.cols, rows_per_chunk);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+  const int threads = 256;
+  detail::column_sum_finish_kernel<T>
+      <<<static_cast<unsigned>((p.cols + threads - 1) / threads), threads, 0, cuda::stream()>>>(
+          partial.data(), p.out, chunks, p.cols, p.accumulate);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace fathom::kernels

@@ -1,0 +1,416 @@
+// [cuda] tests for the CUDA GEMM and column sum (include/fathom/kernels/cuda/gemm.cuh) and for
+// matmul/linear on CUDA: results in double, float and bf16 against a double reference computed on
+// the host from the same inputs, at the model's shapes (the QKV projection of llama-130m's batch,
+// (256*128, 768) x (768, 2304), d_ff 5461, the 50257-word LM head, batched attention products:
+// sampled elements plus a whole edge row and column) and, in full, at awkward sizes over every
+// transpose combination, batches, padded leading dimensions, unaligned pointers, alpha/beta
+// (beta = 0 over a NaN-filled C) and bias; K = 0; plan caching with no allocation in steady
+// state; the TF32 switch; run-to-run determinism.
+#include <fathom/autograd/ops/gemm.hpp>
+#include <fathom/cuda.hpp>
+#include <fathom/kernels/cuda/gemm.cuh>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "support/catch.hpp"
+
+using fathom::bf16;
+using fathom::Cpu;
+using fathom::Cuda;
+using fathom::Precision;
+using fathom::scalar_cast;
+using fathom::Shape;
+using fathom::Tensor;
+using fathom::kernels::ColumnSumParams;
+using fathom::kernels::GemmParams;
+
+namespace {
+
+// Uniform values in [-1, 1) from a 64-bit hash of (seed, index): fast enough for the 38.6M
+// elements of a 50257 x 768 matrix, random, never zero-filled.
+inline double hashed_uniform(std::uint64_t seed, std::uint64_t i) {
+  std::uint64_t z = seed * 0x9E3779B97F4A7C15ull + i + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return static_cast<double>(z >> 11) * (2.0 / 9007199254740992.0) - 1.0;
+}
+
+template <class T>
+std::vector<T> random_values(std::size_t n, std::uint64_t seed) {
+  std::vector<T> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = scalar_cast<T>(hashed_uniform(seed, i));
+  return v;
+}
+
+template <class T>
+Tensor<T, Cuda> to_device(const std::vector<T>& v) {
+  return Tensor<T, Cuda>::from_vector(Shape{static_cast<std::int64_t>(v.size())}, v);
+}
+
+template <class T>
+double as_double(T v) {
+  return scalar_cast<double>(v);
+}
+
+template <class T>
+bool same_bits(T x, T y) {
+  return std::memcmp(&x, &y, sizeof(T)) == 0;
+}
+
+struct Dims {
+  std::int64_t m, n, k;
+};
+
+struct Layout {
+  std::int64_t batch = 1;
+  bool bias = false;
+  bool padded = false;      // leading dimensions and batch strides beyond packed
+  std::int64_t offset = 0;  // elements before each operand in its buffer (1: unaligned pointers)
+  double alpha = 1.0, beta = 0.0;
+};
+
+// One GEMM on the device, checked against a double reference at every element (full) or at
+// sampled elements plus the whole last row and last column of the last batch entry.
+template <class T>
+void check_cuda_gemm(Dims d, bool ta, bool tb, const Layout& l, bool full, std::uint64_t seed,
+                     double rtol = Precision<T>::rtol) {
+  GemmParams<T> p{.m = d.m,
+                  .n = d.n,
+                  .k = d.k,
+                  .trans_a = ta,
+                  .trans_b = tb,
+                  .batch = l.batch,
+                  .alpha = l.alpha,
+                  .beta = l.beta};
+  const std::int64_t a_rows = ta ? d.k : d.m, a_cols = ta ? d.m : d.k;
+  const std::int64_t b_rows = tb ? d.n : d.k, b_cols = tb ? d.k : d.n;
+  const std::int64_t pad = l.padded ? 3 : 0, gap = l.padded ? 5 : 0;
+  p.lda = a_cols + pad, p.ldb = b_cols + pad, p.ldc = d.n + pad;
+  p.stride_a = a_rows * p.lda + gap, p.stride_b = b_rows * p.ldb + gap,
+  p.stride_c = d.m * p.ldc + gap;
+  const auto size_of = [&](std::int64_t stride) {
+    return static_cast<std::size_t>(l.offset + l.batch * stride);
+  };
+
+  const auto a = random_values<T>(size_of(p.stride_a), seed);
+  const auto b = random_values<T>(size_of(p.stride_b), seed + 1);
+  auto c = random_values<T>(size_of(p.stride_c), seed + 2);
+  if (l.beta == 0.0) {
+    // beta == 0 must not read C: NaN there would poison the result if it did.
+    for (std::size_t e = static_cast<std::size_t>(l.offset); e < c.size(); ++e)
+      c[e] = std::numeric_limits<T>::quiet_NaN();
+  }
+  const auto bias = random_values<T>(static_cast<std::size_t>(l.offset + d.n), seed + 3);
+  auto a_dev = to_device(a), b_dev = to_device(b), c_dev = to_device(c), bias_dev = to_device(bias);
+  GemmParams<T> q = p;
+  q.a = a_dev.data() + l.offset, q.b = b_dev.data() + l.offset, q.c = c_dev.data() + l.offset;
+  q.bias = l.bias ? bias_dev.data() + l.offset : nullptr;
+  fathom::kernels::gemm(Cuda{}, q);
+  const auto out = c_dev.to_vector();
+
+  std::vector<std::pair<std::int64_t, std::int64_t>> rows_cols;  // (flat row over the batch, col)
+  const std::int64_t total_rows = l.batch * d.m;
+  if (full) {
+    for (std::int64_t r = 0; r < total_rows; ++r)
+      for (std::int64_t j = 0; j < d.n; ++j) rows_cols.emplace_back(r, j);
+  } else {
+    for (std::uint64_t s = 0; s < 512; ++s) {
+      const auto r = static_cast<std::int64_t>((hashed_uniform(seed + 7, s) + 1.0) * 0.5 *
+                                               static_cast<double>(total_rows));
+      const auto j = static_cast<std::int64_t>((hashed_uniform(seed + 8, s) + 1.0) * 0.5 *
+                                               static_cast<double>(d.n));
+      rows_cols.emplace_back(std::min(r, total_rows - 1), std::min(j, d.n - 1));
+    }
+    for (std::int64_t j = 0; j < d.n; ++j) rows_cols.emplace_back(total_rows - 1, j);
+    for (std::int64_t i = 0; i < d.m; ++i) rows_cols.emplace_back((l.batch - 1) * d.m + i, d.n - 1);
+  }
+
+  const double atol = Precision<T>::atol;
+  const double root_k = std::sqrt(static_cast<double>(std::max<std::int64_t>(d.k, 1)));
+  std::int64_t bad = 0;
+  std::string first;
+  for (auto [r, j] : rows_cols) {
+    const std::int64_t bi = r / d.m, i = r % d.m;
+    const std::int64_t a0 = l.offset + bi * p.stride_a, b0 = l.offset + bi * p.stride_b;
+    double sum = 0.0, abs_sum = 0.0;
+    for (std::int64_t t = 0; t < d.k; ++t) {
+      const double x =
+          as_double(a[static_cast<std::size_t>(a0 + (ta ? t * p.lda + i : i * p.lda + t))]);
+      const double y =
+          as_double(b[static_cast<std::size_t>(b0 + (tb ? j * p.ldb + t : t * p.ldb + j))]);
+      sum += x * y;
+      abs_sum += std::abs(x * y);
+    }
+    const auto ce = static_cast<std::size_t>(l.offset + bi * p.stride_c + i * p.ldc + j);
+    double ref = l.alpha * sum, scale = std::abs(l.alpha) * abs_sum;
+    if (l.beta != 0.0)
+      ref += l.beta * as_double(c[ce]), scale += std::abs(l.beta * as_double(c[ce]));
+    if (l.bias) {
+      const double bj = as_double(bias[static_cast<std::size_t>(l.offset + j)]);
+      ref += bj, scale += std::abs(bj);
+    }
+    // Errors of a K-term sum grow like sqrt(K) times a term: the tolerance is relative to |ref|
+    // plus the typical magnitude sum|terms| / sqrt(K).
+    const double tol = atol + rtol * (std::abs(ref) + scale / root_k);
+    const double got = as_double(out[ce]);
+    if (!(std::abs(got - ref) <= tol) && bad++ == 0) {
+      std::ostringstream s;
+      s << "element (batch " << bi << ", row " << i << ", col " << j << "): got " << got
+        << ", want " << ref << " (tolerance " << tol << ")";
+      first = s.str();
+    }
+  }
+  std::int64_t padding_changed = 0;
+  if (full) {
+    for (std::size_t e = 0; e < out.size(); ++e) {
+      const std::int64_t rel = static_cast<std::int64_t>(e) - l.offset;
+      const std::int64_t bi = rel < 0 ? -1 : rel / p.stride_c, w = rel < 0 ? 0 : rel % p.stride_c;
+      const bool inside = bi >= 0 && bi < l.batch && w / p.ldc < d.m && w % p.ldc < d.n;
+      if (!inside && !same_bits(out[e], c[e])) ++padding_changed;
+    }
+  }
+  INFO(Precision<T>::name << " M " << d.m << ", N " << d.n << ", K " << d.k << ", trans_a " << ta
+                          << ", trans_b " << tb << ", batch " << l.batch << ", bias " << l.bias
+                          << ", padded " << l.padded << ", offset " << l.offset << ", alpha "
+                          << l.alpha << ", beta " << l.beta << ": " << bad << " of "
+                          << rows_cols.size() << " checked elements off; first " << first);
+  CHECK(bad == 0);
+  CHECK(padding_changed == 0);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("CUDA gemm matches the double reference at the model's shapes", "[cuda][gemm]",
+                   double, float, bf16) {
+  struct Case {
+    const char* what;
+    Dims d;
+    bool ta, tb;
+    Layout l;
+  };
+  const Case c = GENERATE(values<Case>({
+      {"QKV projection y = x W^T + b",
+       {256 * 128, 2304, 768},
+       false,
+       true,
+       {1, true, false, 0, 1.0, 0.0}},
+      {"QKV dX = dY W", {256 * 128, 768, 2304}, false, false, {1, false, false, 0, 1.0, 1.0}},
+      {"QKV dW += dY^T X", {2304, 768, 256 * 128}, true, false, {1, false, false, 0, 1.0, 1.0}},
+      {"MLP up, d_ff 5461", {4096, 5461, 768}, false, true, {1, true, false, 0, 1.0, 0.0}},
+      {"MLP down, d_ff 5461", {4096, 768, 5461}, false, true, {1, false, false, 0, 1.0, 0.0}},
+      {"LM head, vocab 50257", {1024, 50257, 768}, false, true, {1, false, false, 0, 1.0, 0.0}},
+      {"LM head dW, vocab 50257", {50257, 768, 1024}, true, false, {1, false, false, 0, 1.0, 1.0}},
+      {"attention scores q k^T", {256, 256, 64}, false, true, {48, false, false, 0, 0.125, 0.0}},
+      {"attention p v", {256, 64, 256}, false, false, {48, false, false, 0, 1.0, 0.0}},
+  }));
+  INFO(c.what);
+  check_cuda_gemm<TestType>(c.d, c.ta, c.tb, c.l, /*full=*/false,
+                            100 + static_cast<std::uint64_t>(c.d.k));
+}
+
+TEMPLATE_TEST_CASE("CUDA gemm matches the double reference at awkward sizes, every layout",
+                   "[cuda][gemm]", double, float, bf16) {
+  const Dims d = GENERATE(values<Dims>({{1, 1, 1},
+                                        {1, 7, 5},
+                                        {37, 29, 41},
+                                        {5461, 3, 37},
+                                        {3, 5461, 37},
+                                        {65, 130, 5461},
+                                        {1, 50257, 7}}));
+  const bool ta = GENERATE(false, true);
+  const bool tb = GENERATE(false, true);
+  const Layout l = GENERATE(values<Layout>({{1, false, false, 0, 1.0, 0.0},
+                                            {3, true, true, 0, 0.75, -0.5},
+                                            {2, true, false, 1, -1.25, 1.0},
+                                            {1, true, false, 1, 1.0, 0.0}}));
+  check_cuda_gemm<TestType>(d, ta, tb, l, /*full=*/true,
+                            200 + static_cast<std::uint64_t>(d.m + d.k));
+}
+
+TEMPLATE_TEST_CASE("CUDA gemm with K = 0 gives beta * C + bias", "[cuda][gemm]", double, float,
+                   bf16) {
+  const Layout l =
+      GENERATE(values<Layout>({{1, false, false, 0, 1.0, 0.0}, {2, true, true, 0, 2.0, 0.5}}));
+  check_cuda_gemm<TestType>({4, 6, 0}, false, true, l, /*full=*/true, 300);
+}
+
+TEMPLATE_TEST_CASE("CUDA gemm with a batch stride of 0 reuses one B for the whole batch",
+                   "[cuda][gemm]", double, float, bf16) {
+  const std::int64_t m = 33, n = 17, k = 65, batch = 4;
+  const auto a = random_values<TestType>(batch * m * k, 1), b = random_values<TestType>(k * n, 2);
+  auto a_dev = to_device(a), b_dev = to_device(b);
+  Tensor<TestType, Cuda> c_dev(Shape{batch * m * n});
+  fathom::kernels::gemm(Cuda{}, GemmParams<TestType>{.a = a_dev.data(),
+                                                     .b = b_dev.data(),
+                                                     .c = c_dev.data(),
+                                                     .m = m,
+                                                     .n = n,
+                                                     .k = k,
+                                                     .stride_b = 0,
+                                                     .batch = batch});
+  const auto c = c_dev.to_vector();
+  for (std::int64_t bi = 0; bi < batch; ++bi)
+    for (std::int64_t i = 0; i < m; ++i)
+      for (std::int64_t j = 0; j < n; ++j) {
+        double ref = 0.0, abs_sum = 0.0;
+        for (std::int64_t t = 0; t < k; ++t) {
+          const double x = as_double(a[(bi * m + i) * k + t]) * as_double(b[t * n + j]);
+          ref += x, abs_sum += std::abs(x);
+        }
+        INFO(Precision<TestType>::name << " batch " << bi << ", element (" << i << ", " << j
+                                       << ")");
+        REQUIRE(std::abs(as_double(c[(bi * m + i) * n + j]) - ref) <=
+                Precision<TestType>::atol +
+                    Precision<TestType>::rtol * (std::abs(ref) + abs_sum / std::sqrt(double(k))));
+      }
+}
+
+TEST_CASE("CUDA gemm caches one plan per problem and allocates nothing in steady state",
+          "[cuda][gemm]") {
+  const std::int64_t m = 96, n = 80, k = 72;
+  auto a = to_device(random_values<bf16>(m * k, 1)), b = to_device(random_values<bf16>(n * k, 2));
+  auto bias = to_device(random_values<bf16>(n, 3));
+  Tensor<bf16, Cuda> c(Shape{m * n});
+  GemmParams<bf16> p{.a = a.data(),
+                     .b = b.data(),
+                     .c = c.data(),
+                     .bias = bias.data(),
+                     .m = m,
+                     .n = n,
+                     .k = k,
+                     .trans_b = true};
+  fathom::kernels::gemm(Cuda{}, p);
+  fathom::cuda::synchronize();
+  const std::size_t plans = fathom::kernels::gemm_plan_count();
+  const auto mallocs = fathom::cuda::CachingAllocator::instance().stats().cuda_mallocs;
+  for (int i = 0; i < 5; ++i) fathom::kernels::gemm(Cuda{}, p);
+  fathom::cuda::synchronize();
+  CHECK(fathom::kernels::gemm_plan_count() == plans);
+  CHECK(fathom::cuda::CachingAllocator::instance().stats().cuda_mallocs == mallocs);
+  GemmParams<bf16> other = p;
+  other.m = m - 1;  // a new problem: one more plan
+  fathom::kernels::gemm(Cuda{}, other);
+  CHECK(fathom::kernels::gemm_plan_count() == plans + 1);
+}
+
+TEST_CASE("CUDA gemm in fp32 with TF32 allowed stays within TF32 accuracy", "[cuda][gemm]") {
+  REQUIRE_FALSE(fathom::kernels::gemm_allow_tf32());  // off by default
+  const Dims d{512, 384, 768};
+  const Layout l{1, true, false, 0, 1.0, 0.0};
+  check_cuda_gemm<float>(d, false, true, l, /*full=*/false, 400);
+  const std::size_t plans = fathom::kernels::gemm_plan_count();
+  fathom::kernels::set_gemm_allow_tf32(true);
+  // TF32 keeps 10 mantissa bits: each product is off by up to about 2^-10 relative.
+  check_cuda_gemm<float>(d, false, true, l, /*full=*/false, 400, 5e-3);
+  CHECK(fathom::kernels::gemm_plan_count() == plans + 1);  // a plan of its own
+  fathom::kernels::set_gemm_allow_tf32(false);
+  check_cuda_gemm<float>(d, false, true, l, /*full=*/false, 401);
+  CHECK(fathom::kernels::gemm_plan_count() == plans + 1);
+}
+
+TEST_CASE("CUDA gemm gives bitwise identical results run to run", "[cuda][gemm]") {
+  const std::int64_t m = 2048, n = 768, k = 4096;  // K large enough for split-K algorithms
+  auto a = to_device(random_values<bf16>(k * m, 5)), b = to_device(random_values<bf16>(k * n, 6));
+  Tensor<bf16, Cuda> c1(Shape{m * n}), c2(Shape{m * n});
+  GemmParams<bf16> p{
+      .a = a.data(), .b = b.data(), .c = c1.data(), .m = m, .n = n, .k = k, .trans_a = true};
+  fathom::kernels::gemm(Cuda{}, p);
+  p.c = c2.data();
+  fathom::kernels::gemm(Cuda{}, p);
+  const auto v1 = c1.to_vector(), v2 = c2.to_vector();
+  CHECK(std::memcmp(v1.data(), v2.data(), v1.size() * sizeof(bf16)) == 0);
+}
+
+TEMPLATE_TEST_CASE("CUDA column_sum matches a double sum over rows", "[cuda][gemm]", double, float,
+                   bf16) {
+  const auto [rows, cols] = GENERATE(values<std::pair<std::int64_t, std::int64_t>>(
+      {{1, 1}, {37, 5461}, {256 * 128, 768}, {300, 50257}, {0, 5}}));
+  const bool accumulate = GENERATE(false, true);
+  const auto x = random_values<TestType>(static_cast<std::size_t>(rows * cols), 21);
+  const auto out0 = random_values<TestType>(static_cast<std::size_t>(cols), 22);
+  auto x_dev = to_device(x), out_dev = to_device(out0);
+  fathom::kernels::column_sum(Cuda{}, ColumnSumParams<TestType>{.x = x_dev.data(),
+                                                                .out = out_dev.data(),
+                                                                .rows = rows,
+                                                                .cols = cols,
+                                                                .accumulate = accumulate});
+  const auto out = out_dev.to_vector();
+  std::vector<double> ref(static_cast<std::size_t>(cols)), abs_sum(static_cast<std::size_t>(cols));
+  for (std::int64_t j = 0; j < cols; ++j) {
+    ref[j] = accumulate ? as_double(out0[j]) : 0.0;
+    abs_sum[j] = std::abs(ref[j]);
+  }
+  for (std::int64_t i = 0; i < rows; ++i)
+    for (std::int64_t j = 0; j < cols; ++j) {
+      const double v = as_double(x[i * cols + j]);
+      ref[j] += v, abs_sum[j] += std::abs(v);
+    }
+  const double root = std::sqrt(static_cast<double>(std::max<std::int64_t>(rows, 1)));
+  std::int64_t bad = 0, first = -1;
+  for (std::int64_t j = 0; j < cols; ++j) {
+    const double tol = Precision<TestType>::atol +
+                       Precision<TestType>::rtol * (std::abs(ref[j]) + abs_sum[j] / root);
+    if (!(std::abs(as_double(out[j]) - ref[j]) <= tol) && bad++ == 0) first = j;
+  }
+  INFO(Precision<TestType>::name << " (" << rows << ", " << cols << "), accumulate " << accumulate
+                                 << ": first bad column " << first);
+  CHECK(bad == 0);
+}
+
+TEMPLATE_TEST_CASE("matmul and linear on CUDA match the CPU, forward and backward", "[cuda][gemm]",
+                   float, bf16) {
+  using T = TestType;
+  using fathom::autograd::Var;
+  const std::int64_t rows = 70, in = 96, out = 40;
+  const auto x = random_values<T>(rows * in, 31), w = random_values<T>(out * in, 32);
+  const auto b = random_values<T>(out, 33), gy = random_values<T>(rows * out, 34);
+  const auto bx = random_values<T>(3 * 5 * in, 35), by = random_values<T>(3 * in * 7, 36);
+  const auto gz = random_values<T>(3 * 5 * 7, 37);
+
+  struct Results {
+    std::vector<std::vector<T>> v;
+  };
+  auto run = [&]<class D>(D) {
+    auto make = [](const std::vector<T>& v, Shape s) {
+      return Var<T, D>(Tensor<T, Cpu>::from_vector(s, v).template to<D>(), true);
+    };
+    auto vx = make(x, {rows, in}), vw = make(w, {out, in}), vb = make(b, {out});
+    auto y = fathom::autograd::linear(vx, vw, vb);
+    fathom::autograd::backward(y, Tensor<T, Cpu>::from_vector({rows, out}, gy).template to<D>());
+    auto va = make(bx, {3, 5, in}), vc = make(by, {3, in, 7});
+    auto z = fathom::autograd::matmul(va, vc);
+    fathom::autograd::backward(z, Tensor<T, Cpu>::from_vector({3, 5, 7}, gz).template to<D>());
+    Results r;
+    for (const Tensor<T, D>* t :
+         {&y.value(), &vx.grad(), &vw.grad(), &vb.grad(), &z.value(), &va.grad(), &vc.grad()})
+      r.v.push_back(t->template to<Cpu>().to_vector());
+    return r;
+  };
+  const Results cpu = run(Cpu{}), gpu = run(Cuda{});
+  const char* names[] = {"linear y", "linear dX", "linear dW", "linear db",
+                         "matmul z", "matmul dA", "matmul dB"};
+  // Each value sums at most `rows` = 70 products of values in [-1, 1).
+  const double tol = Precision<T>::atol + Precision<T>::rtol * std::sqrt(70.0);
+  for (std::size_t t = 0; t < cpu.v.size(); ++t) {
+    REQUIRE(cpu.v[t].size() == gpu.v[t].size());
+    std::int64_t bad = 0;
+    std::size_t first = 0;
+    for (std::size_t i = 0; i < cpu.v[t].size(); ++i)
+      if (!(std::abs(as_double(gpu.v[t][i]) - as_double(cpu.v[t][i])) <=
+            tol + Precision<T>::rtol * std::abs(as_double(cpu.v[t][i]))) &&
+          bad++ == 0)
+        first = i;
+    INFO(Precision<T>::name << " " << names[t] << ": first mismatch at " << first << ": GPU "
+                            << as_double(gpu.v[t][first]) << ", CPU "
+                            << as_double(cpu.v[t][first]));
+    CHECK(bad == 0);
+  }
+}
