@@ -390,31 +390,39 @@ def plot_metrics(runs, labels, w, x_axis="step", smooth=0.0):
     else:
         plt.close(fig)
 
-    # Per run: variance by layer at up to 8 logged steps, early (light) to late (dark).
+    # Per run, one panel each: variance by layer at up to 8 logged steps, early (light) to late
+    # (dark), on one shared log axis so the runs compare at a glance.
     cmap = plt.get_cmap("viridis")
-    for m, lab in with_var:
+    rows_, cols = grid_shape(len(with_var))
+    fig, axes = plt.subplots(rows_, cols, figsize=(4.6 * cols, 3.8 * rows_), squeeze=False, sharey=True)
+    drawn = False
+    for k, (m, lab) in enumerate(with_var):
+        ax = axes[k // cols][k % cols]
         rows = m["variance"]
         pick = sorted({round(i * (len(rows) - 1) / 7) for i in range(8)}) if len(rows) > 8 else range(len(rows))
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        drawn = False
-        for k, i in enumerate(pick):
+        for j, i in enumerate(pick):
             step, v = rows[i]
             px, py = points(list(range(1, len(v) + 1)), v, positive=True)
             if px:
-                ax.plot(px, py, "o-", ms=3, color=cmap(k / max(1, len(pick) - 1)), label=f"step {step}")
+                ax.plot(px, py, "o-", ms=2.5, lw=1.1, color=cmap(j / max(1, len(pick) - 1)), label=f"step {step}")
                 drawn = True
-        if not drawn:
-            plt.close(fig)
-            continue
         ax.set_yscale("log")
+        ax.set_title(lab, color=colours[lab])
         ax.set_xlabel("layer l (block output)")
         integer_ticks(ax.xaxis)
-        ax.set_ylabel("variance")
-        ax.set_title(f"{lab}: output variance by layer during training")
+        if k % cols == 0:
+            ax.set_ylabel("variance")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        if k == 0 and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)  # the same steps in every panel of a comparison
+    for k in range(len(with_var), rows_ * cols):
+        axes[k // cols][k % cols].axis("off")
+    if drawn:
+        fig.suptitle("output variance by layer during training (light: early, dark: late)")
         fig.tight_layout()
-        w.save(fig, f"layer_variance_{safe_name(lab)}.png")
+        w.save(fig, "layer_variance_by_step.png")
+    else:
+        plt.close(fig)
 
 
 def grid_shape(n):
