@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, str(TOOLS))
 import plot  # noqa: E402  (reading and summaries only; drawing happens in a subprocess)
 
