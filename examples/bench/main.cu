@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "../common/model_factory.hpp"
+#include "model_factory.hpp"
 
 namespace fathom::programs {
 
@@ -196,7 +196,7 @@ inline int main(int argc, char** argv) {
     }
     return 0;
   } catch (const Error& e) {
-    std::fprintf(stderr, "fathom-bench: error: %s\n", e.what());
+    std::fprintf(stderr, "fathom-bench: error: %s\n", user_message(e).c_str());
     return 1;
   }
 }

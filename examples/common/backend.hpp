@@ -1,0 +1,178 @@
+// The bodies of Backend<T, D>: training, sampling and diagnostics for one precision and device.
+// Included by exactly one translation unit per backend (backend_*.cpp / backend_*.cu).
+#pragma once
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "fathom/data/tokenizer.hpp"
+#include "fathom/diag/diagnostics.hpp"
+#include "fathom/train/checkpoint.hpp"
+#include "model_factory.hpp"
+#include "programs.hpp"
+
+namespace fathom::programs {
+
+// Samples `n` tokens after `prompt` (temperature 0: greedy), re-running the model on the growing
+// sequence (no key-value cache: this sampler is for looking at a model, not for serving it).
+template <class T, DeviceTag D>
+std::string sample_text(const train::LanguageModel<T, D>& model, const std::string& prompt, int n,
+                        double temperature, std::uint64_t seed) {
+  data::ByteTokenizer tok;
+  std::vector<std::int32_t> ids = tok.encode(prompt);
+  if (ids.empty()) ids.push_back(data::ByteTokenizer::end_of_text);
+  const int max_seq = model.config().max_seq;
+  // Only ids the tokenizer can decode are drawn (a larger model vocab leaves unused rows).
+  const int usable = std::min(model.config().vocab, tok.vocab_size());
+  autograd::NoGradGuard no_grad;
+  std::vector<std::int32_t> generated;
+  for (int i = 0; i < n; ++i) {
+    const auto keep = std::min<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(ids.size()), max_seq);
+    std::vector<std::int32_t> ctx(ids.end() - keep, ids.end());
+    auto x = Tensor<std::int32_t, D>::from_vector(Shape{1, static_cast<std::int64_t>(ctx.size())}, ctx);
+    auto logits = model.forward(x).value();  // (T, V)
+    auto row = logits.slice(0, logits.size(0) - 1, logits.size(0)).to_vector();
+    auto logit = [&](int v) { return static_cast<double>(scalar_cast<float>(row[static_cast<std::size_t>(v)])); };
+    std::int32_t next = 0;
+    if (temperature <= 0) {
+      for (int v = 1; v < usable; ++v)
+        if (logit(v) > logit(next)) next = v;
+    } else {
+      double mx = -INFINITY;
+      for (int v = 0; v < usable; ++v) mx = std::max(mx, logit(v));
+      std::vector<double> p(static_cast<std::size_t>(usable));
+      double z = 0;
+      for (int v = 0; v < usable; ++v) z += p[static_cast<std::size_t>(v)] = std::exp((logit(v) - mx) / temperature);
+      double u = rng::uniform(seed, static_cast<std::uint64_t>(i)) * z;
+      for (next = 0; next < usable - 1 && (u -= p[static_cast<std::size_t>(next)]) > 0; ++next) {
+      }
+    }
+    ids.push_back(next);
+    generated.push_back(next);
+  }
+  return tok.decode(generated);
+}
+
+// Rebuilds the model a checkpoint was trained as (from its config.json's fathom fields) and loads
+// its weights.
+template <class T, DeviceTag D>
+std::unique_ptr<train::LanguageModel<T, D>> load_model(const std::filesystem::path& ckpt, const nlohmann::json& fields) {
+  const auto& mj = fields.at("model");
+  nn::ModelConfig m;
+  m.arch = mj.at("arch").get<std::string>() == "llama" ? nn::ArchKind::llama : nn::ArchKind::gpt2;
+  m.layers = mj.at("layers");
+  m.d_model = mj.at("d_model");
+  m.heads = mj.at("heads");
+  m.d_ff = mj.at("d_ff");
+  m.vocab = mj.at("vocab");
+  m.max_seq = mj.at("max_seq");
+  m.norm_eps = mj.at("norm_eps");
+  m.rope_theta = mj.at("rope_theta");
+  m.tied = mj.at("tied");
+  m.bias = mj.at("bias");
+  m.name = mj.value("name", "custom");
+  auto model = make_model<T, D>(m, fields.at("policy").get<std::string>(),
+                                fields.value("policy_options", nlohmann::json::object()));
+  auto weights = train::read_safetensors(ckpt / "model.safetensors");
+  for (auto& p : model->parameters())
+    train::from_record(weights.at(p.name), p.var.mutable_value(), (ckpt / "model.safetensors").string(),
+                       model->hf_transposed(p.name));
+  return model;
+}
+
+template <class T, DeviceTag D>
+int Backend<T, D>::train(const TrainCli& c) {
+  auto model = make_model<T, D>(c.train.model, c.train.policy, c.train.policy_options);
+  std::printf("parameters: %.2fM\n", static_cast<double>(nn::count_elements(model->parameters())) / 1e6);
+  std::fflush(stdout);
+  // Per-layer output variance on one fixed held-out batch, every --diag-every steps.
+  train::PeriodicHook hook;
+  if (c.train.diag_every > 0) {
+    const auto& o = c.train;
+    data::SamplerOptions so;
+    so.batch = std::min<std::int64_t>(o.batch, 8);
+    so.seq_len = o.seq_len;
+    so.order = data::SampleOrder::sequential;
+    data::TokenSource src =
+        !o.val_data.empty() ? data::TokenSource::from_pattern(o.val_data, so)
+        : !o.data.empty()   ? data::TokenSource::from_pattern(o.data, so)
+                            : data::TokenSource::from_tokens(
+                                  data::builtin_corpus(data::Split::validation,
+                                                       static_cast<std::size_t>(so.batch * (so.seq_len + 1) + 1), o.seed),
+                                  so, "built-in corpus (validation)");
+    auto b = src.next();
+    auto x = Tensor<std::int32_t, D>::from_vector(Shape{b.batch, b.seq_len}, b.inputs);
+    auto y = Tensor<std::int32_t, D>::from_vector(Shape{b.batch, b.seq_len}, b.targets);
+    hook = [&model, x, y](std::int64_t step, train::MetricsLog& metrics) {
+      metrics.write({{"step", step}, {"layer_variance", diag::block_output_variance<T, D>(*model, x, y)}});
+    };
+  }
+  auto r = train::train<T, D>(c.train, *model, hook);
+  std::printf("\ndone: steps %lld..%lld, loss %.4f -> %.4f", static_cast<long long>(r.first_step),
+              static_cast<long long>(r.steps_done), r.first_loss, r.last_loss);
+  if (std::isfinite(r.final_val_loss)) std::printf(", val_loss %.4f (ppl %.2f)", r.final_val_loss, std::exp(r.final_val_loss));
+  std::printf("\n      %.0f tokens/s, %.1f s, %lld tokens", r.tokens_per_s, r.wall_s, static_cast<long long>(r.tokens));
+  if (r.skipped_steps) std::printf(", %lld steps skipped", static_cast<long long>(r.skipped_steps));
+  std::printf("\n      metrics: %s\n      checkpoint: %s\n",
+              (std::filesystem::path(c.train.out) / "metrics.jsonl").string().c_str(), r.last_checkpoint.string().c_str());
+  if (c.sample_after > 0)
+    std::printf("sample: %s%s\n", c.prompt.c_str(),
+                sample_text<T, D>(*model, c.prompt, c.sample_after, c.temperature, c.train.seed).c_str());
+  return 0;
+}
+
+template <class T, DeviceTag D>
+int Backend<T, D>::generate(const TrainCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields) {
+  auto model = load_model<T, D>(ckpt, fields);
+  std::cout << c.prompt << sample_text<T, D>(*model, c.prompt, c.sample_tokens, c.temperature, c.train.seed) << "\n";
+  return 0;
+}
+
+template <class T, DeviceTag D>
+int Backend<T, D>::diagnose(const DiagnoseCli& o, const std::filesystem::path& ckpt, const nlohmann::json& fields) {
+  auto model = load_model<T, D>(ckpt, fields);
+  const auto& m = model->config();
+  data::SamplerOptions so;
+  so.batch = o.batch;
+  so.seq_len = o.seq_len > 0 ? o.seq_len : std::min(m.max_seq, 256);
+  so.order = data::SampleOrder::sequential;
+  so.vocab = static_cast<std::uint32_t>(m.vocab);
+  // The built-in corpus's validation split depends on the run's seed.
+  const auto state = train::read_json(ckpt / "trainer_state.json");
+  const std::uint64_t seed = state.value("seed", std::uint64_t{0});
+  data::TokenSource src =
+      o.data.empty() ? data::TokenSource::from_tokens(
+                           data::builtin_corpus(data::Split::validation,
+                                                static_cast<std::size_t>(o.batches * o.batch * (so.seq_len + 1) + 1), seed),
+                           so, "built-in corpus (validation)")
+                     : data::TokenSource::from_pattern(o.data, so);
+  std::vector<data::Batch> batches;
+  for (std::int64_t i = 0; i < std::min<std::int64_t>(o.batches, static_cast<std::int64_t>(src.batches_per_pass())); ++i)
+    batches.push_back(src.next());
+  diag::DiagnosticsOptions dopt;
+  dopt.layer_removal = !o.no_removal;
+  dopt.gradients = !o.no_gradients;
+  std::fprintf(stderr, "fathom-diagnose: %s, %s, %d layers, %zu batches of %lld x %lld\n", ckpt.string().c_str(),
+               fields.value("policy", std::string("?")).c_str(), m.layers, batches.size(), static_cast<long long>(so.batch),
+               static_cast<long long>(so.seq_len));
+  auto d = diag::run_diagnostics<T, D>(*model, batches, dopt);
+  nlohmann::json j = d.to_json();
+  j["checkpoint"] = ckpt.string();
+  j["policy"] = fields.value("policy", std::string());
+  j["model"] = fields.value("model", nlohmann::json::object());
+  j["seq_len"] = so.seq_len;
+  j["batch"] = so.batch;
+  if (o.out.empty()) {
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::ofstream f(o.out);
+    f << j.dump(2) << "\n";
+    FATHOM_CHECK(f.good(), "--out: cannot write '" << o.out << "'");
+    std::fprintf(stderr, "wrote %s (loss %.4f)\n", o.out.c_str(), d.loss);
+  }
+  return 0;
+}
+
+}  // namespace fathom::programs

@@ -1,0 +1,134 @@
+// What fathom's programs share that costs no compile time: the option structs, the valid names of
+// policies, precisions and devices with errors that list them, device detection, and the entry
+// points that each (precision, device) backend compiles once (backend.hpp, backend_*.cpp/.cu).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <initializer_list>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "fathom/core/device.hpp"
+#include "fathom/core/error.hpp"
+#include "fathom/core/scalar.hpp"
+#include "fathom/nn/presets.hpp"
+#include "fathom/train/options.hpp"
+
+#if defined(FATHOM_PROGRAM_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+namespace fathom::programs {
+
+inline constexpr std::array<std::string_view, 6> policy_names = {"pre-ln", "post-ln", "lns",
+                                                                 "deepnorm", "mix-ln", "sandwich-ln"};
+
+template <class Names>
+std::string joined(const Names& names) {
+  std::string s;
+  for (const auto& n : names) s += (s.empty() ? "" : ", ") + std::string(n);
+  return s;
+}
+
+inline void check_policy_name(const std::string& name) {
+  for (auto n : policy_names)
+    if (n == name) return;
+  FATHOM_FAIL("unknown policy '" << name << "'; valid policies: " << joined(policy_names));
+}
+
+inline void check_choice(const char* flag, const std::string& value, std::initializer_list<std::string_view> valid) {
+  for (auto v : valid)
+    if (v == value) return;
+  FATHOM_FAIL(flag << ": unknown value '" << value << "'; valid values: " << joined(valid));
+}
+
+// The message without the check's source location: programs print one clear line.
+inline std::string user_message(const std::exception& e) {
+  std::string m = e.what();
+  auto at = m.find(" [check `");
+  return at == std::string::npos ? m : m.substr(0, at);
+}
+
+inline bool cuda_built() {
+#if defined(FATHOM_PROGRAM_CUDA)
+  return true;
+#else
+  return false;
+#endif
+}
+
+inline bool cuda_available() {
+#if defined(FATHOM_PROGRAM_CUDA)
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+#else
+  return false;
+#endif
+}
+
+// "auto" becomes cuda when this program was built with CUDA and a GPU is present, else cpu.
+inline std::string resolve_device(const std::string& device) {
+  check_choice("--device", device, {"auto", "cpu", "cuda"});
+  if (device == "auto") return cuda_available() ? "cuda" : "cpu";
+  if (device == "cuda") {
+    FATHOM_CHECK(cuda_built(), "--device cuda: this program was built without CUDA (configure with nvcc "
+                               "available and FATHOM_ENABLE_CUDA=ON)");
+    FATHOM_CHECK(cuda_available(), "--device cuda: no CUDA GPU is visible");
+  }
+  return device;
+}
+
+// fathom-train's options beyond TrainOptions.
+struct TrainCli {
+  train::TrainOptions train;
+  std::string preset = "tiny";
+  std::string device = "auto";
+  int layers = 0, d_model = 0, heads = 0, d_ff = 0, vocab = 0;
+  double deepnorm_alpha = 0, deepnorm_beta = 0;
+  bool post_ln_no_final_norm = false;
+  std::string generate;  // checkpoint to sample from
+  std::string prompt = "(3+";
+  int sample_tokens = 200;
+  double temperature = 0.8;
+  int sample_after = 0;  // tokens to sample from the final model after training
+};
+
+struct DiagnoseCli {
+  std::string checkpoint;
+  std::string data;  // shards; empty: the built-in corpus's validation split
+  std::int64_t batches = 4, batch = 8, seq_len = 0;  // seq_len 0: min(max_seq, 256)
+  std::string device = "auto";
+  std::string out;
+  bool no_removal = false, no_gradients = false;
+};
+
+// One backend: a precision and a device, compiled in its own translation unit (backend_*.cpp/.cu)
+// so that programs build in parallel and each model type is compiled once per backend.
+template <class T, DeviceTag D>
+struct Backend {
+  static int train(const TrainCli& c);
+  static int generate(const TrainCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields);
+  static int diagnose(const DiagnoseCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields);
+};
+
+// Calls fn.template operator()<T, D>() for the precision and device named; only backends compiled
+// into this program are reachable.
+template <class Fn>
+int dispatch_backend(const std::string& precision, const std::string& device, Fn&& fn) {
+  check_choice("--precision", precision, {"fp32", "bf16"});
+#if defined(FATHOM_PROGRAM_CUDA)
+  if (device == "cuda") {
+    if (precision == "bf16") return fn.template operator()<bf16, Cuda>();
+    return fn.template operator()<float, Cuda>();
+  }
+#endif
+  FATHOM_CHECK(device == "cpu", "--device: '" << device << "' is not available in this build");
+  if (precision == "bf16") return fn.template operator()<bf16, Cpu>();
+  return fn.template operator()<float, Cpu>();
+}
+
+}  // namespace fathom::programs
