@@ -359,6 +359,8 @@ def write_report(runs, policies, meta, plot_files, plot_note, publish=None):
         lines += [plot_note, ""]
 
     lines += ["## Commands", "", "Run from the repository root.", "", "```sh"]
+    for note in meta.get("notes", []):
+        lines += [f"# {note['label']}" if note.get("label") else "# entry point", note["command"]]
     for inv in meta.get("invocations", []):
         lines.append("# the comparison" + (f" ({inv['date']})" if inv.get("date") else ""))
         lines.append(shlex.join(inv["argv"]))
@@ -445,6 +447,10 @@ def main():
     ap.add_argument("--prune-checkpoints", action="store_true",
                     help="delete each run's ckpt-* folders once diagnosed (keeps what the report needs, not the weights)")
     ap.add_argument("--publish", metavar="DIR", help="also copy report (as README.md), plots and per-policy files to DIR")
+    ap.add_argument("--time-limit", type=float, default=0, metavar="S",
+                    help="start no further policy once the slowest so far would end past S seconds (0: no limit)")
+    ap.add_argument("--entry-command", metavar="CMD",
+                    help="the command that called this script (a wrapper), listed first under the report's commands")
     ap.add_argument("--python", help="interpreter with matplotlib for tools/plot.py (default: the first that has it)")
     a, train_args = ap.parse_known_args()
     if train_args and train_args[0] == "--":
@@ -490,9 +496,19 @@ def main():
         meta["commit"] = git_commit() or meta.get("commit")
         meta["date"] = now
         meta["policies"] = meta["policies"] + [p for p in policies if p not in meta["policies"]]
+        if a.entry_command and a.entry_command not in [n["command"] for n in meta.setdefault("notes", [])]:
+            meta["notes"].append({"label": f"entry point ({now})", "command": a.entry_command})
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-        for p in todo:
+        t0, took = time.monotonic(), []
+        for k, p in enumerate(todo):
+            elapsed = time.monotonic() - t0
+            if a.time_limit and took and elapsed + max(took) > a.time_limit:
+                say(f"time limit: {elapsed:.0f} s used, a policy takes up to {max(took):.0f} s, {a.time_limit:.0f} s "
+                    f"allowed; not starting {', '.join(todo[k:])}. Run the same command with --skip-existing to go on.")
+                break
+            start = time.monotonic()
             train_and_diagnose(p, a, train_args, train_bin, diag_bin, runs)
+            took.append(time.monotonic() - start)
     elif not runs.is_dir():
         fail(f"--report-only: '{runs}' is not a folder")
 
