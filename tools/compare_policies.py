@@ -440,7 +440,8 @@ def main():
                     help="log per-layer variance every N steps (0: about 20 times per run)")
     ap.add_argument("--diagnose-batches", type=int, default=8, help="held-out batches fathom-diagnose averages over")
     ap.add_argument("--diagnose-batch", type=int, default=8, help="sequences per fathom-diagnose batch")
-    ap.add_argument("--skip-existing", action="store_true", help="keep policies whose run folder already has run.json")
+    ap.add_argument("--skip-existing", action="store_true",
+                    help="keep policies whose run folder has run.json (a finished run); rerun unfinished ones")
     ap.add_argument("--overwrite", action="store_true", help="delete existing run folders of the chosen policies first")
     ap.add_argument("--report-only", action="store_true", help="train nothing: redraw and rewrite the report from RUNS")
     ap.add_argument("--no-plots", action="store_true", help="write the report without drawing")
@@ -484,7 +485,9 @@ def main():
                 if a.skip_existing and (run / "run.json").is_file():
                     say(f"{p}: {run} has a finished run; kept (--skip-existing)")
                     continue
-                if not a.overwrite:
+                if a.skip_existing:
+                    say(f"{p}: {run} holds an unfinished run (no run.json); running it again")
+                elif not a.overwrite:
                     fail(f"'{run}' is not empty (metrics.jsonl would be appended to); pass --overwrite to replace it "
                          "or --skip-existing to keep finished runs")
                 shutil.rmtree(run)
