@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The one project script for the GPU machine: configures Release for sm_90, builds everything,
+# runs the CPU tests and all [cuda] tests (fathom_cuda_tests), then the benchmarks (bench/run.sh)
+# if present. Logs go to $OUT (else <build>/logs); a summary table ends the output.
+# nlohmann-json and CLI11 come from .deps/include when their packages are missing (scripts/deps.sh
+# fills it on a machine that has them; carry .deps along with the working tree).
+# Usage: scripts/gpu.sh [extra Catch2 arguments for fathom_cuda_tests]
+#   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/gpu), JOBS (default 16), CUDA_ARCH (default 90),
+#        FATHOM_GPU_SKIP_CPU_TESTS=1, FATHOM_GPU_SKIP_BENCH=1
+set -uo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+build="${FATHOM_BUILD_DIR:-$repo/build}/gpu"
+jobs="${JOBS:-16}"
+arch="${CUDA_ARCH:-90}"
+logs="${OUT:-$build/logs}"
+mkdir -p "$logs"
+
+names=()
+results=()
+seconds=()
+notes=()
+failed=0
+
+# run_phase NAME LOGFILE COMMAND...: runs COMMAND with output to the console and LOGFILE.
+run_phase() {
+  local name="$1" log="$2"
+  shift 2
+  echo
+  echo "==== $name (log: $log)"
+  local start=$SECONDS
+  "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  names+=("$name")
+  seconds+=("$((SECONDS - start))")
+  if [[ $rc -eq 0 ]]; then results+=("ok"); else results+=("FAILED ($rc)"); failed=1; fi
+  return "$rc"
+}
+skip_phase() {
+  names+=("$1"); results+=("skipped"); seconds+=("-"); notes+=("$1: $2")
+}
+
+summary() {
+  echo
+  echo "==== summary ($(date -u +%Y-%m-%dT%H:%M:%SZ))"
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null |
+      sed 's/^/gpu: /'
+  fi
+  printf '%-28s %-14s %8s\n' "phase" "result" "seconds"
+  for i in "${!names[@]}"; do
+    printf '%-28s %-14s %8s\n' "${names[$i]}" "${results[$i]}" "${seconds[$i]}"
+  done
+  for n in "${notes[@]}"; do echo "$n"; done
+  echo "logs: $logs"
+} 
+trap 'summary | tee "$logs/summary.txt"' EXIT
+
+nvcc=""
+if command -v nvcc >/dev/null 2>&1; then
+  nvcc="$(command -v nvcc)"
+elif [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  nvcc=/usr/local/cuda/bin/nvcc
+fi
+if [[ -z "$nvcc" ]]; then
+  echo "gpu.sh: nvcc not found (looked on PATH and in /usr/local/cuda/bin)" >&2
+  skip_phase "configure" "no nvcc"
+  exit 1
+fi
+
+extra_include=()
+if [[ -d "$repo/.deps/include" ]]; then
+  extra_include=(-DFATHOM_EXTRA_INCLUDE="$repo/.deps/include")
+fi
+
+generator=(-G Ninja)
+command -v ninja >/dev/null 2>&1 || generator=()
+
+run_phase "configure" "$logs/configure.log" \
+  cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+    -DFATHOM_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES="$arch" \
+    -DFATHOM_BUILD_TESTS=ON -DFATHOM_BUILD_EXAMPLES=ON "${extra_include[@]}" || exit 1
+
+run_phase "build (-j$jobs)" "$logs/build.log" cmake --build "$build" -j "$jobs" || exit 1
+
+if [[ "${FATHOM_GPU_SKIP_CPU_TESTS:-0}" != 1 ]]; then
+  run_phase "CPU tests (ctest)" "$logs/cpu_tests.log" \
+    ctest --test-dir "$build" -L cpu -j "$jobs" --output-on-failure
+  notes+=("CPU tests: $(grep -Eo '[0-9]+% tests passed.*' "$logs/cpu_tests.log" | tail -1)")
+fi
+
+if [[ -x "$build/bin/fathom_cuda_tests" ]]; then
+  run_phase "CUDA tests [cuda]" "$logs/cuda_tests.log" \
+    "$build/bin/fathom_cuda_tests" --durations yes "$@"
+  notes+=("CUDA tests: $(grep -E '^(All tests passed|test cases:)' "$logs/cuda_tests.log" | tail -1)")
+else
+  skip_phase "CUDA tests [cuda]" "no tests/**/*.cu yet, so no fathom_cuda_tests"
+fi
+
+if [[ "${FATHOM_GPU_SKIP_BENCH:-0}" == 1 ]]; then
+  skip_phase "bench" "FATHOM_GPU_SKIP_BENCH=1"
+elif [[ -f bench/run.sh ]]; then
+  run_phase "bench (bench/run.sh)" "$logs/bench.log" \
+    env FATHOM_BUILD_DIR="$build" OUT="$logs" bash bench/run.sh
+else
+  skip_phase "bench" "bench/run.sh not present"
+fi
+
+exit "$failed"
