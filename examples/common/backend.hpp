@@ -151,6 +151,24 @@ int Backend<T, D>::diagnose(const DiagnoseCli& o, const std::filesystem::path& c
   std::vector<data::Batch> batches;
   for (std::int64_t i = 0; i < std::min<std::int64_t>(o.batches, static_cast<std::int64_t>(src.batches_per_pass())); ++i)
     batches.push_back(src.next());
+  if (!o.logits_out.empty()) {
+    // The first batch's tokens and fathom's logits, in the files scripts/hf_compare.py reads.
+    const auto& b = batches.at(0);
+    const std::filesystem::path dir(o.logits_out);
+    std::filesystem::create_directories(dir);
+    autograd::NoGradGuard no_grad;
+    auto x = Tensor<std::int32_t, D>::from_vector(Shape{b.batch, b.seq_len}, b.inputs);
+    auto logits = model->forward(x).value().template cast<float>().template to<Cpu>();  // (B*T, V)
+    auto values = logits.to_vector();
+    train::write_safetensors(dir / "compare_logits.safetensors",
+                             {train::make_tensor_record<float>("logits", {b.batch, b.seq_len, m.vocab},
+                                                               std::span<const float>(values))});
+    nlohmann::json tokens = nlohmann::json::array();
+    for (std::int64_t r = 0; r < b.batch; ++r)
+      tokens.push_back(std::vector<std::int32_t>(b.inputs.begin() + r * b.seq_len, b.inputs.begin() + (r + 1) * b.seq_len));
+    std::ofstream(dir / "compare_input.json") << nlohmann::json{{"tokens", tokens}, {"logits_file", "compare_logits.safetensors"}}.dump() << "\n";
+    std::fprintf(stderr, "wrote %s/compare_input.json and compare_logits.safetensors\n", dir.string().c_str());
+  }
   diag::DiagnosticsOptions dopt;
   dopt.layer_removal = !o.no_removal;
   dopt.gradients = !o.no_gradients;

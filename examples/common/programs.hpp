@@ -104,6 +104,7 @@ struct DiagnoseCli {
   std::string device = "auto";
   std::string out;
   bool no_removal = false, no_gradients = false;
+  std::string logits_out;  // folder: compare_input.json + compare_logits.safetensors (scripts/hf_compare.py)
 };
 
 // One backend: a precision and a device, compiled in its own translation unit (backend_*.cpp/.cu)

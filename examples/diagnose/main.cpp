@@ -24,6 +24,8 @@ int diagnose_main(int argc, char** argv) {
   app.add_option("--out", o.out, "write the JSON here (default: stdout)");
   app.add_flag("--no-removal", o.no_removal, "skip layer removal (L extra forwards a batch)");
   app.add_flag("--no-gradients", o.no_gradients, "skip per-layer gradient norms");
+  app.add_option("--logits-out", o.logits_out,
+                 "also write the first batch's tokens and logits here, for scripts/hf_compare.py");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
