@@ -10,6 +10,7 @@ out="${2:-$(mktemp -d)}"
 tol="${3:-1e-4}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 presets="${FATHOM_HF_PRESETS:-tiny gpt2-tiny}"
+mkdir -p "$out"
 rc=0
 for preset in $presets; do
   run="$out/hf-$preset"
