@@ -12,7 +12,7 @@ policies="${FATHOM_BENCH_POLICIES:-pre-ln,lns,post-ln,deepnorm,mix-ln,sandwich-l
 modes="${FATHOM_BENCH_TORCH_MODES:-eager,compile}"
 rm -f "$out/bench_fathom.jsonl" "$out/bench_torch.jsonl"
 rc=0
-"$build/examples/bench/fathom-bench" --workloads "$workloads" --policies "$policies" \
+"$build/bin/fathom-bench" --workloads "$workloads" --policies "$policies" \
   --json-out "$out/bench_fathom.jsonl" || rc=1
 if python3 -c "import torch" 2>/dev/null; then
   PYTHONUNBUFFERED=1 python3 "$here/torch_baseline.py" --workloads "$workloads" --modes "$modes" \

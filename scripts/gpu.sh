@@ -6,7 +6,7 @@
 # fills it on a machine that has them; carry .deps along with the working tree).
 # Usage: scripts/gpu.sh [extra Catch2 arguments for fathom_cuda_tests]
 #   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/gpu), JOBS (default 16), CUDA_ARCH (default 90),
-#        FATHOM_GPU_SKIP_CPU_TESTS=1, FATHOM_GPU_SKIP_BENCH=1
+#        FATHOM_GPU_SKIP_CPU_TESTS=1, FATHOM_GPU_SKIP_BENCH=1, FATHOM_GPU_TARGETS="targets to build"
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -82,7 +82,10 @@ run_phase "configure" "$logs/configure.log" \
     -DFATHOM_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES="$arch" \
     -DFATHOM_BUILD_TESTS=ON -DFATHOM_BUILD_EXAMPLES=ON "${extra_include[@]}" || exit 1
 
-run_phase "build (-j$jobs)" "$logs/build.log" cmake --build "$build" -j "$jobs" || exit 1
+# FATHOM_GPU_TARGETS="a b": build only these targets (default: everything).
+targets=()
+for t in ${FATHOM_GPU_TARGETS:-}; do targets+=(--target "$t"); done
+run_phase "build (-j$jobs)" "$logs/build.log" cmake --build "$build" -j "$jobs" "${targets[@]}" || exit 1
 
 if [[ "${FATHOM_GPU_SKIP_CPU_TESTS:-0}" != 1 ]]; then
   run_phase "CPU tests (ctest)" "$logs/cpu_tests.log" \
