@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fathom-bench and the PyTorch baselines on the same card in one run, then one side-by-side table.
 # Called by scripts/gpu.sh after the build; usage: bench/run.sh BUILD_DIR [OUT_DIR]
-#   env: FATHOM_BENCH_POLICIES (default: all six), FATHOM_BENCH_WORKLOADS, FATHOM_BENCH_TORCH_MODES
+#   env: FATHOM_BENCH_POLICIES (default: all six), FATHOM_BENCH_WORKLOADS, FATHOM_BENCH_TORCH_MODES,
+#        FATHOM_BENCH_STEPS (timed steps, default 25), FATHOM_BENCH_WARMUP (default 8)
 set -uo pipefail
 build="${1:-${FATHOM_BUILD_DIR:?usage: bench/run.sh BUILD_DIR [OUT_DIR] (or FATHOM_BUILD_DIR set)}}"
 out="${2:-${OUT:-$build/logs}}"
@@ -10,13 +11,15 @@ mkdir -p "$out"
 workloads="${FATHOM_BENCH_WORKLOADS:-llama-130m,gpt2-124m}"
 policies="${FATHOM_BENCH_POLICIES:-pre-ln,lns,post-ln,deepnorm,mix-ln,sandwich-ln}"
 modes="${FATHOM_BENCH_TORCH_MODES:-eager,compile}"
+steps="${FATHOM_BENCH_STEPS:-25}"
+warmup="${FATHOM_BENCH_WARMUP:-8}"
 rm -f "$out/bench_fathom.jsonl" "$out/bench_torch.jsonl"
 rc=0
-"$build/bin/fathom-bench" --workloads "$workloads" --policies "$policies" \
-  --json-out "$out/bench_fathom.jsonl" || rc=1
+"$build/bin/fathom-bench" --workloads "$workloads" --policies "$policies" --steps "$steps" \
+  --warmup "$warmup" --json-out "$out/bench_fathom.jsonl" || rc=1
 if python3 -c "import torch" 2>/dev/null; then
   PYTHONUNBUFFERED=1 python3 "$here/torch_baseline.py" --workloads "$workloads" --modes "$modes" \
-    --json-out "$out/bench_torch.jsonl" || rc=1
+    --steps "$steps" --warmup "$warmup" --json-out "$out/bench_torch.jsonl" || rc=1
 else
   echo "bench/run.sh: python3 has no torch; PyTorch baselines skipped"
 fi
