@@ -105,7 +105,7 @@ if [[ "${FATHOM_GPU_SKIP_BENCH:-0}" == 1 ]]; then
   skip_phase "bench" "FATHOM_GPU_SKIP_BENCH=1"
 elif [[ -f bench/run.sh ]]; then
   run_phase "bench (bench/run.sh)" "$logs/bench.log" \
-    env FATHOM_BUILD_DIR="$build" OUT="$logs" bash bench/run.sh
+    bash bench/run.sh "$build" "$logs"
 else
   skip_phase "bench" "bench/run.sh not present"
 fi

@@ -7,7 +7,7 @@
 set -euo pipefail
 
 # ---- The main job: program (a CMake target in <build>/bin) and its arguments. ONE LINE TO CHANGE.
-MAIN_JOB=(fathom_tests "[core]")
+MAIN_JOB=(custom_policy)
 # ------------------------------------------------------------------------------------------------
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

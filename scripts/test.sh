@@ -71,13 +71,13 @@ begin "build CPU tests"
 cmake --build "$build" -j "$jobs" --target fathom_tests
 end
 
+begin "build examples${nvcc:+, CUDA compile check, CUDA tests}"
+cmake --build "$build" -j "$jobs"
+end
+
 begin "run CPU tests (ctest)"
 ctest --test-dir "$build" -L cpu -j "$jobs" --output-on-failure
 echo "Catch2: $("$build/bin/fathom_tests" --list-tests | grep -Eo '[0-9]+ (matching )?test cases?' | tail -1)"
-end
-
-begin "build examples${nvcc:+, CUDA compile check, CUDA tests}"
-cmake --build "$build" -j "$jobs"
 end
 
 if [[ "${FATHOM_SKIP_SANITIZE:-0}" != 1 ]]; then
