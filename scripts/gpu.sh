@@ -5,8 +5,9 @@
 # nlohmann-json and CLI11 come from .deps/include when their packages are missing (scripts/deps.sh
 # fills it on a machine that has them; carry .deps along with the working tree).
 # Usage: scripts/gpu.sh [extra Catch2 arguments for fathom_cuda_tests]
-#   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/gpu), JOBS (default 16), CUDA_ARCH (default 90),
-#        FATHOM_GPU_SKIP_CPU_TESTS=1, FATHOM_GPU_SKIP_BENCH=1, FATHOM_GPU_TARGETS="targets to build"
+#   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/gpu), JOBS (default 16),
+#        CUDA_ARCH (default 90), FATHOM_GPU_SKIP_CPU_TESTS=1, FATHOM_GPU_SKIP_BENCH=1,
+#        FATHOM_GPU_TARGETS="targets to build" (then only their phases run)
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -85,24 +86,45 @@ run_phase "configure" "$logs/configure.log" \
 # FATHOM_GPU_TARGETS="a b": build only these targets (default: everything).
 targets=()
 for t in ${FATHOM_GPU_TARGETS:-}; do targets+=(--target "$t"); done
-run_phase "build (-j$jobs)" "$logs/build.log" cmake --build "$build" -j "$jobs" "${targets[@]}" || exit 1
+# Keep going past a broken target so that one bad file does not hide every other result; each
+# later phase first checks that its own target is up to date (a stale binary is never run).
+keep_going=(-- -k 0)
+[[ ${#generator[@]} -eq 0 ]] && keep_going=(-- -k)
+run_phase "build${FATHOM_GPU_TARGETS:+ $FATHOM_GPU_TARGETS} (-j$jobs)" "$logs/build.log" \
+  cmake --build "$build" -j "$jobs" "${targets[@]}" "${keep_going[@]}"
 
-if [[ "${FATHOM_GPU_SKIP_CPU_TESTS:-0}" != 1 ]]; then
+built() { cmake --build "$build" -j "$jobs" --target "$1" >/dev/null 2>&1; }
+# A phase runs when its target was asked for (all are, without FATHOM_GPU_TARGETS).
+wanted() { [[ -z "${FATHOM_GPU_TARGETS:-}" || " $FATHOM_GPU_TARGETS " == *" $1 "* ]]; }
+
+if [[ "${FATHOM_GPU_SKIP_CPU_TESTS:-0}" == 1 ]]; then
+  skip_phase "CPU tests (ctest)" "FATHOM_GPU_SKIP_CPU_TESTS=1"
+elif ! wanted fathom_tests; then
+  skip_phase "CPU tests (ctest)" "fathom_tests not in FATHOM_GPU_TARGETS"
+elif built fathom_tests; then
   run_phase "CPU tests (ctest)" "$logs/cpu_tests.log" \
     ctest --test-dir "$build" -L cpu -j "$jobs" --output-on-failure
   notes+=("CPU tests: $(grep -Eo '[0-9]+% tests passed.*' "$logs/cpu_tests.log" | tail -1)")
+else
+  names+=("CPU tests (ctest)"); results+=("NOT BUILT"); seconds+=("-"); failed=1
 fi
 
-if [[ -x "$build/bin/fathom_cuda_tests" ]]; then
+if ! grep -q "fathom_cuda_tests" "$build/build.ninja" "$build/Makefile" 2>/dev/null; then
+  skip_phase "CUDA tests [cuda]" "no tests/**/*.cu, so no fathom_cuda_tests"
+elif ! wanted fathom_cuda_tests; then
+  skip_phase "CUDA tests [cuda]" "fathom_cuda_tests not in FATHOM_GPU_TARGETS"
+elif built fathom_cuda_tests; then
   run_phase "CUDA tests [cuda]" "$logs/cuda_tests.log" \
     "$build/bin/fathom_cuda_tests" --durations yes "$@"
   notes+=("CUDA tests: $(grep -E '^(All tests passed|test cases:)' "$logs/cuda_tests.log" | tail -1)")
 else
-  skip_phase "CUDA tests [cuda]" "no tests/**/*.cu yet, so no fathom_cuda_tests"
+  names+=("CUDA tests [cuda]"); results+=("NOT BUILT"); seconds+=("-"); failed=1
 fi
 
 if [[ "${FATHOM_GPU_SKIP_BENCH:-0}" == 1 ]]; then
   skip_phase "bench" "FATHOM_GPU_SKIP_BENCH=1"
+elif ! wanted fathom-bench; then
+  skip_phase "bench" "fathom-bench not in FATHOM_GPU_TARGETS"
 elif [[ -f bench/run.sh ]]; then
   run_phase "bench (bench/run.sh)" "$logs/bench.log" \
     bash bench/run.sh "$build" "$logs"
