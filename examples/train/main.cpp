@@ -69,6 +69,8 @@ int train_main(int argc, char** argv) {
   CLI::App app{"fathom-train: train a decoder-only LM with a chosen normalization policy.\n"
                "With no --data it trains on fathom's built-in synthetic corpus (byte tokens)."};
   app.option_defaults()->always_capture_default();
+  // A later value of an option overrides an earlier one (scripts/run.sh passes defaults first).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--preset", c.preset, "model preset: " + joined(nn::preset_names));
   app.add_option("--policy", t.policy, "normalization policy: " + joined(policy_names));
   app.add_option("--layers", c.layers, "override the preset's number of blocks");
