@@ -116,7 +116,8 @@ elif ! wanted fathom_cuda_tests; then
 elif built fathom_cuda_tests; then
   run_phase "CUDA tests [cuda]" "$logs/cuda_tests.log" \
     "$build/bin/fathom_cuda_tests" --durations yes "$@"
-  notes+=("CUDA tests: $(grep -E '^(All tests passed|test cases:)' "$logs/cuda_tests.log" | tail -1)")
+  notes+=("CUDA tests: $(grep -E '^(All tests passed|test cases:)' "$logs/cuda_tests.log" |
+                          tail -1)")
 else
   names+=("CUDA tests [cuda]"); results+=("NOT BUILT"); seconds+=("-"); failed=1
 fi

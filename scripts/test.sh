@@ -1,44 +1,61 @@
 #!/usr/bin/env bash
-# fathom's test command (README "Tests"; .ci/run calls it): installs missing packages, builds with
-# Ninja, runs the CPU tests, builds the examples and (where nvcc exists) the CUDA compile check and
-# the CUDA tests, rebuilds the CPU tests under AddressSanitizer + UndefinedBehaviorSanitizer and
-# runs them, then builds the downstream consumer project three ways. Prints the time of each phase.
+# fathom's test command (README "Tests"; .ci/run calls it): installs missing packages, builds the
+# CPU tests and examples with Ninja and runs the CPU tests, compiles (where nvcc exists) the CUDA
+# compile check and the CUDA tests, rebuilds the CPU tests under AddressSanitizer +
+# UndefinedBehaviorSanitizer and runs them, then builds the downstream consumer project three ways.
+# Prints the time of each phase.
 # Usage: scripts/test.sh
-#   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/test and <dir>/asan), JOBS
-#        (default nproc), FATHOM_SKIP_SANITIZE=1, FATHOM_SKIP_DOWNSTREAM=1, FATHOM_NO_APT=1
-# CUDA code is only compiled here, never run (scripts/gpu.sh runs it on a GPU machine), so the CUDA
-# tests and programs build for sm_90 only and without host optimization; the compile check of
-# <fathom/cuda.hpp> still covers sm_80 and sm_90.
+#   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/test, <dir>/cuda, <dir>/asan),
+#        JOBS (default nproc), FATHOM_TEST_CUDA_EXAMPLES=1 (also compile the CUDA parts of the
+#        example programs), FATHOM_SKIP_SANITIZE=1, FATHOM_SKIP_DOWNSTREAM=1, FATHOM_NO_APT=1
+# CUDA code is only compiled here, never run (scripts/gpu.sh builds and runs all of it on a GPU
+# machine), so the CUDA tests build for sm_90 only and without host optimization; the compile
+# check of <fathom/cuda.hpp> still covers sm_80 and sm_90. The CUDA parts of the example programs
+# are left to gpu.sh by default: they are the costliest translation units of the project.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 root="${FATHOM_BUILD_DIR:-$repo/build}"
 build="$root/test"
+cuda_build="$root/cuda"
 asan_build="$root/asan"
 jobs="${JOBS:-$(nproc)}"
 
+# Each phase reports wall seconds and the CPU seconds of its child processes (user + system): on a
+# shared machine the second says what the phase costs, whatever else is running.
 phase_names=()
 phase_seconds=()
+phase_cpu=()
 phase_start=0
+cpu_start=0
+children_cpu() {  # CPU seconds used so far by this shell's finished child processes
+  # /proc/PID/stat fields 16 and 17: cutime and cstime in clock ticks (the name field, 2, has no
+  # spaces here: it is "bash").
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%d", ($16 + $17) / hz }' "/proc/$$/stat"
+}
 begin() {
   phase_start=$SECONDS
+  cpu_start=$(children_cpu)
   echo
   echo "==== $1"
   phase_names+=("$1")
 }
 end() {
-  local took=$((SECONDS - phase_start))
+  local took=$((SECONDS - phase_start)) cpu=$(($(children_cpu) - cpu_start))
   phase_seconds+=("$took")
-  echo "==== ${phase_names[-1]}: ${took}s"
+  phase_cpu+=("$cpu")
+  echo "==== ${phase_names[-1]}: ${took}s (${cpu} CPU s)"
 }
 summary() {
   echo
-  echo "phase                                   seconds"
+  printf '%-44s %8s %8s\n' "phase" "wall s" "CPU s"
+  local total_cpu=0
   for i in "${!phase_names[@]}"; do
-    printf '%-40s %6s\n' "${phase_names[$i]}" "${phase_seconds[$i]:-FAILED}"
+    printf '%-44s %8s %8s\n' "${phase_names[$i]}" "${phase_seconds[$i]:-FAILED}" "${phase_cpu[$i]:-}"
+    total_cpu=$((total_cpu + ${phase_cpu[$i]:-0}))
   done
-  printf '%-40s %6s\n' "total" "$SECONDS"
+  printf '%-44s %8s %8s\n' "total" "$SECONDS" "$total_cpu"
 }
 trap summary EXIT
 
@@ -53,10 +70,7 @@ if command -v nvcc >/dev/null 2>&1; then
 elif [[ -x /usr/local/cuda/bin/nvcc ]]; then
   nvcc=/usr/local/cuda/bin/nvcc
 fi
-cuda_args=(-DFATHOM_ENABLE_CUDA=OFF)
 if [[ -n "$nvcc" ]]; then
-  cuda_args=(-DFATHOM_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90
-             "-DCMAKE_CUDA_FLAGS_RELEASE=-O0 -DNDEBUG")
   echo "nvcc: $nvcc ($("$nvcc" --version | tail -1))"
 else
   echo "nvcc: not found, CUDA compile checks skipped"
@@ -64,21 +78,41 @@ fi
 
 begin "configure"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFATHOM_BUILD_TESTS=ON \
-  -DFATHOM_BUILD_EXAMPLES=ON "${cuda_args[@]}"
+  -DFATHOM_BUILD_EXAMPLES=ON -DFATHOM_ENABLE_CUDA=OFF
 end
 
 begin "build CPU tests"
 cmake --build "$build" -j "$jobs" --target fathom_tests
 end
 
-begin "build examples${nvcc:+, CUDA compile check, CUDA tests}"
+begin "build examples (CPU)"
 cmake --build "$build" -j "$jobs"
 end
 
 begin "run CPU tests (ctest)"
 ctest --test-dir "$build" -L cpu -j "$jobs" --output-on-failure
-echo "Catch2: $("$build/bin/fathom_tests" --list-tests | grep -Eo '[0-9]+ (matching )?test cases?' | tail -1)"
+cases="$("$build/bin/fathom_tests" --list-tests | grep -Eo '[0-9]+ (matching )?test cases?' | tail -1)"
+echo "Catch2: $cases in fathom_tests"
 end
+
+if [[ -n "$nvcc" ]]; then
+  begin "nvcc: cuda.hpp (sm_80, sm_90), CUDA tests"
+  cuda_examples=OFF
+  cuda_targets=(--target fathom_cuda_compile)
+  if [[ "${FATHOM_TEST_CUDA_EXAMPLES:-0}" == 1 ]]; then
+    cuda_examples=ON
+    cuda_targets=()  # everything
+  fi
+  cmake -S . -B "$cuda_build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFATHOM_BUILD_TESTS=ON \
+    -DFATHOM_BUILD_EXAMPLES="$cuda_examples" -DFATHOM_ENABLE_CUDA=ON \
+    -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90 \
+    "-DCMAKE_CUDA_FLAGS_RELEASE=-O0 -DNDEBUG" >/dev/null
+  if [[ ${#cuda_targets[@]} -gt 0 ]] && grep -q "fathom_cuda_tests" "$cuda_build/build.ninja"; then
+    cuda_targets+=(--target fathom_cuda_tests)
+  fi
+  cmake --build "$cuda_build" -j "$jobs" "${cuda_targets[@]}"
+  end
+fi
 
 if [[ "${FATHOM_SKIP_SANITIZE:-0}" != 1 ]]; then
   begin "build CPU tests with ASan+UBSan"
