@@ -118,7 +118,8 @@ fi
 
 if [[ "${FATHOM_SKIP_SANITIZE:-0}" != 1 ]]; then
   begin "build CPU tests with ASan+UBSan"
-  cmake -S . -B "$asan_build" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" \
+  # -Og: half the compile time of -O1 under both sanitizers, and the tests run as fast.
+  cmake -S . -B "$asan_build" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-Og -g1" \
     -DFATHOM_BUILD_TESTS=ON -DFATHOM_BUILD_EXAMPLES=OFF -DFATHOM_ENABLE_CUDA=OFF \
     -DFATHOM_SANITIZE="address,undefined" >/dev/null
   cmake --build "$asan_build" -j "$jobs" --target fathom_tests
