@@ -3,6 +3,7 @@
 // after warm-up steps; tokens/s, ms/step, MFU and peak GPU memory. Also measures the card's bf16
 // GEMM rate, the MFU denominator.
 #include <CLI/CLI.hpp>
+#include <nvtx3/nvToolsExt.h>
 
 #include <cstdio>
 #include <fstream>
@@ -110,7 +111,11 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   for (int i = 0; i < o.warmup; ++i) step();
   cuda::synchronize();
   cuda::CachingAllocator::instance().reset_peak();
-  step();  // the peak of one steady-state step
+  // One steady-state step: its memory peak, and (as NVTX range "profile_step") the step that
+  // bench/kernel_profile.sh hands to the profiler.
+  nvtxRangePushA("profile_step");
+  step();
+  nvtxRangePop();
   cuda::synchronize();
   const double peak_bytes = static_cast<double>(cuda::CachingAllocator::instance().stats().peak_bytes_in_use);
   const auto mallocs_before = cuda::CachingAllocator::instance().stats().cuda_mallocs;

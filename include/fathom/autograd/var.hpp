@@ -29,6 +29,15 @@
 
 namespace fathom::autograd {
 
+// Where a backward writes one input's gradient: data, and whether the kernel must add to what is
+// there (accumulate) or may overwrite it (a buffer just allocated, whose contents are garbage).
+template <class T>
+struct GradWrite {
+  T* data = nullptr;
+  bool accumulate = true;
+  explicit operator bool() const { return data != nullptr; }
+};
+
 namespace detail {
 
 struct Tape {
@@ -44,18 +53,49 @@ inline Tape& tape() {
 
 template <class T, class D>
 struct GradSlot {
-  Tensor<T, D> grad;  // undefined until something accumulates into it
+  Tensor<T, D> grad;  // undefined until something is written into it
   Shape shape;
   bool requires_grad = false;
   bool is_leaf = true;
   bool retain = false;
+  // grad is a buffer lent by another slot (see lend): read it freely, but copy before writing.
+  bool borrowed = false;
   std::uint64_t epoch = 0;
   std::string name;
 
-  // The gradient buffer to accumulate into, zero-filled when first needed.
+  // The gradient buffer to add into (+=), zero-filled when first needed.
   Tensor<T, D>& accumulator() {
     if (!grad.defined()) grad = Tensor<T, D>::zeros(shape);
+    own();
     return grad;
+  }
+
+  // For kernels that can either overwrite or add: the first write to a slot gets a buffer that is
+  // not zero-filled and accumulate == false, so no memset and no read of zeros; later writes add.
+  GradWrite<T> write_target() {
+    if (!grad.defined()) {
+      grad = Tensor<T, D>(shape);
+      return {grad.data(), false};
+    }
+    own();
+    return {grad.data(), true};
+  }
+
+  // Passes g on as this slot's gradient. When nothing is there yet, g itself becomes the gradient,
+  // shared without a copy (an add or a reshape passes its output's gradient to its inputs this
+  // way); returns false when a gradient is already there, and the caller adds g into accumulator().
+  bool lend(const Tensor<T, D>& g) {
+    if (grad.defined()) return false;
+    grad = g;
+    borrowed = true;
+    return true;
+  }
+
+  // Makes a lent gradient this slot's own copy before it is written.
+  void own() {
+    if (!borrowed) return;
+    grad = grad.clone();
+    borrowed = false;
   }
 };
 
@@ -122,8 +162,14 @@ class Var {
   Tensor<T, D>& grad_accumulator() { return slot_->accumulator(); }
   // Zero the gradient in place (keeps the buffer) or, with release, free it.
   void zero_grad(bool release = false) {
-    if (release) slot_->grad = Tensor<T, D>();
-    else if (slot_->grad.defined()) slot_->grad.zero_();
+    if (release) {
+      slot_->grad = Tensor<T, D>();
+    } else if (slot_->borrowed) {
+      slot_->grad = Tensor<T, D>::zeros(slot_->shape);  // never zero a buffer another slot lent
+    } else if (slot_->grad.defined()) {
+      slot_->grad.zero_();
+    }
+    slot_->borrowed = false;
   }
   // Keep this intermediate Var's gradient after backward (diagnostics).
   Var& retain_grad() {
@@ -151,7 +197,10 @@ class Var {
     tape.nodes.emplace_back([slot = out.slot_, fn = std::forward<Backward>(backward)]() mutable {
       if (!slot->grad.defined()) return;  // nothing flowed back to this output
       fn(static_cast<const Tensor<T, D>&>(slot->grad));
-      if (!slot->retain) slot->grad = Tensor<T, D>();
+      if (!slot->retain) {
+        slot->grad = Tensor<T, D>();
+        slot->borrowed = false;
+      }
     });
     return out;
   }
@@ -167,7 +216,9 @@ bool any_requires_grad(const Vs&... vs) {
   return (false || ... || vs.requires_grad());
 }
 
-// The input's accumulator when it requires a gradient, else nullptr: what backward closures hold.
+// The input's gradient slot when it requires a gradient, else nullptr: what backward closures
+// hold. A closure writes through slot->write_target() (kernels that can overwrite), slot->lend(g)
+// (pass-through), or slot->accumulator() (+=).
 template <class T, class D>
 std::shared_ptr<detail::GradSlot<T, D>> grad_target(const Var<T, D>& v) {
   return v.requires_grad() ? v.slot() : nullptr;
@@ -193,8 +244,7 @@ void backward(const Var<T, D>& root, Tensor<T, D> seed = Tensor<T, D>()) {
   }
   FATHOM_CHECK(seed.shape() == root.shape(), "backward: seed shape " << seed.shape()
                                                  << " differs from root shape " << root.shape());
-  auto& acc = root.slot()->accumulator();
-  acc.copy_(seed);
+  root.slot()->accumulator().copy_(seed);
   auto nodes = std::move(tape.nodes);
   tape.nodes.clear();
   ++tape.epoch;

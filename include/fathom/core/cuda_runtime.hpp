@@ -169,6 +169,9 @@ struct DeviceMemory<Cuda> {
   static void zero(void* p, std::size_t bytes) {
     FATHOM_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cuda::stream()));
   }
+  static void fill_bytes(void* p, int byte, std::size_t bytes) {
+    FATHOM_CUDA_CHECK(cudaMemsetAsync(p, byte, bytes, cuda::stream()));
+  }
 };
 
 }  // namespace fathom

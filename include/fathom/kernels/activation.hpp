@@ -76,13 +76,14 @@ struct ActivationParams {
   std::int64_t n;
 };
 
-// dx += dy * f'(x)   (accumulates into the input's gradient)
+// dx += dy * f'(x), or dx = dy * f'(x) without accumulate (a buffer just allocated for dx).
 template <class T>
 struct ActivationBackwardParams {
   const T* x;   // (n)
   const T* dy;  // (n)
   T* dx;        // (n)
   std::int64_t n;
+  bool accumulate = true;
 };
 
 template <class T>
@@ -95,7 +96,7 @@ template <class T>
 void gelu_backward(Cpu, const ActivationBackwardParams<T>& p) {
   using A = accum_t<T>;
   for (std::int64_t i = 0; i < p.n; ++i)
-    p.dx[i] = scalar_cast<T>(scalar_cast<A>(p.dx[i]) +
+    p.dx[i] = scalar_cast<T>((p.accumulate ? scalar_cast<A>(p.dx[i]) : A(0)) +
                              scalar_cast<A>(p.dy[i]) * detail::gelu_grad(scalar_cast<A>(p.x[i])));
 }
 
@@ -109,7 +110,7 @@ template <class T>
 void silu_backward(Cpu, const ActivationBackwardParams<T>& p) {
   using A = accum_t<T>;
   for (std::int64_t i = 0; i < p.n; ++i)
-    p.dx[i] = scalar_cast<T>(scalar_cast<A>(p.dx[i]) +
+    p.dx[i] = scalar_cast<T>((p.accumulate ? scalar_cast<A>(p.dx[i]) : A(0)) +
                              scalar_cast<A>(p.dy[i]) * detail::silu_grad(scalar_cast<A>(p.x[i])));
 }
 
@@ -129,7 +130,8 @@ void swiglu(Cpu, const SwigluParams<T>& p) {
     p.y[i] = scalar_cast<T>(detail::silu(scalar_cast<A>(p.gate[i])) * scalar_cast<A>(p.up[i]));
 }
 
-// dgate += dy * up * silu'(gate), dup += dy * silu(gate); either output may be null.
+// dgate += dy * up * silu'(gate), dup += dy * silu(gate); either output may be null. Without
+// accumulate_dgate / accumulate_dup that output is overwritten instead (a buffer just allocated).
 template <class T>
 struct SwigluBackwardParams {
   const T* gate;  // (n)
@@ -138,6 +140,7 @@ struct SwigluBackwardParams {
   T* dgate;       // (n) or nullptr
   T* dup;         // (n) or nullptr
   std::int64_t n;
+  bool accumulate_dgate = true, accumulate_dup = true;
 };
 
 template <class T>
@@ -145,8 +148,11 @@ void swiglu_backward(Cpu, const SwigluBackwardParams<T>& p) {
   using A = accum_t<T>;
   for (std::int64_t i = 0; i < p.n; ++i) {
     const A g = scalar_cast<A>(p.gate[i]), u = scalar_cast<A>(p.up[i]), d = scalar_cast<A>(p.dy[i]);
-    if (p.dgate) p.dgate[i] = scalar_cast<T>(scalar_cast<A>(p.dgate[i]) + d * u * detail::silu_grad(g));
-    if (p.dup) p.dup[i] = scalar_cast<T>(scalar_cast<A>(p.dup[i]) + d * detail::silu(g));
+    if (p.dgate)
+      p.dgate[i] = scalar_cast<T>((p.accumulate_dgate ? scalar_cast<A>(p.dgate[i]) : A(0)) +
+                                  d * u * detail::silu_grad(g));
+    if (p.dup)
+      p.dup[i] = scalar_cast<T>((p.accumulate_dup ? scalar_cast<A>(p.dup[i]) : A(0)) + d * detail::silu(g));
   }
 }
 

@@ -46,14 +46,15 @@ struct AttentionBackwardParams {
   const T* o = nullptr;    // (B, T, C) rows of o_stride
   const T* d_o = nullptr;  // (B, T, C) rows of do_stride
   const accum_t<T>* lse = nullptr;  // (B, H, T)
-  T* dq = nullptr;  // (B, T, C) rows of dq_stride, accumulated
-  T* dk = nullptr;  // (B, T, C) rows of dk_stride, accumulated
-  T* dv = nullptr;  // (B, T, C) rows of dv_stride, accumulated
+  T* dq = nullptr;  // (B, T, C) rows of dq_stride, accumulated (see accumulate)
+  T* dk = nullptr;  // (B, T, C) rows of dk_stride, accumulated (see accumulate)
+  T* dv = nullptr;  // (B, T, C) rows of dv_stride, accumulated (see accumulate)
   std::int64_t batch = 0, seq = 0, heads = 0, head_dim = 0;
   std::int64_t q_stride = 0, k_stride = 0, v_stride = 0, o_stride = 0, do_stride = 0;
   std::int64_t dq_stride = 0, dk_stride = 0, dv_stride = 0;
   bool causal = true;
   double scale = 1.0;
+  bool accumulate = true;  // false: overwrite dq, dk and dv (buffers just allocated for them)
 };
 
 // ---- CPU reference -------------------------------------------------------------------------
@@ -146,7 +147,8 @@ void attention_backward(Cpu, const AttentionBackwardParams<T>& p) {
         for (std::int64_t t = 0; t < Tn; ++t) {
           T* r = out + (b * Tn + t) * stride + h * hd;
           const A* gt = at(g, t);
-          for (std::int64_t d = 0; d < hd; ++d) r[d] = scalar_cast<T>(static_cast<A>(r[d]) + gt[d]);
+          for (std::int64_t d = 0; d < hd; ++d)
+            r[d] = scalar_cast<T>(p.accumulate ? static_cast<A>(r[d]) + gt[d] : gt[d]);
         }
       };
       add(p.dq, p.dq_stride, dq);

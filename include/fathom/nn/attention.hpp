@@ -48,6 +48,9 @@ class Attention {
   // x (B, T, C) -> (B, T, C)
   Var<T, D> forward(const Var<T, D>& x) const {
     Var<T, D> q, k, v;
+    if (fused_ && !rope_) {  // (B, T, 3C) read in place by the attention kernels
+      return out_.forward(autograd::attention_qkv(qkv_.forward(x), heads_, /*causal=*/true));
+    }
     if (fused_) {
       auto parts = autograd::split_last(qkv_.forward(x), 3);  // (B, T, 3C) -> 3 x (B, T, C)
       q = parts[0];

@@ -24,7 +24,9 @@ Var<T, D> gelu(const Var<T, D>& x) {
   const std::int64_t n = x.numel();
   kernels::gelu(D{}, kernels::ActivationParams<T>{xc.data(), y.data(), n});
   return Var<T, D>::make_result(std::move(y), x.requires_grad(), [gx = grad_target(x), xc, n](const Tensor<T, D>& gy) {
-    if (gx) kernels::gelu_backward(D{}, kernels::ActivationBackwardParams<T>{xc.data(), gy.data(), gx->accumulator().data(), n});
+    if (!gx) return;
+    const auto dx = gx->write_target();
+    kernels::gelu_backward(D{}, kernels::ActivationBackwardParams<T>{xc.data(), gy.data(), dx.data, n, dx.accumulate});
   });
 }
 
@@ -36,7 +38,9 @@ Var<T, D> silu(const Var<T, D>& x) {
   const std::int64_t n = x.numel();
   kernels::silu(D{}, kernels::ActivationParams<T>{xc.data(), y.data(), n});
   return Var<T, D>::make_result(std::move(y), x.requires_grad(), [gx = grad_target(x), xc, n](const Tensor<T, D>& gy) {
-    if (gx) kernels::silu_backward(D{}, kernels::ActivationBackwardParams<T>{xc.data(), gy.data(), gx->accumulator().data(), n});
+    if (!gx) return;
+    const auto dx = gx->write_target();
+    kernels::silu_backward(D{}, kernels::ActivationBackwardParams<T>{xc.data(), gy.data(), dx.data, n, dx.accumulate});
   });
 }
 
@@ -52,9 +56,10 @@ Var<T, D> swiglu(const Var<T, D>& gate, const Var<T, D>& up) {
   return Var<T, D>::make_result(
       std::move(y), any_requires_grad(gate, up),
       [gg = grad_target(gate), gu = grad_target(up), gc, uc, n](const Tensor<T, D>& gy) {
-        kernels::swiglu_backward(D{}, kernels::SwigluBackwardParams<T>{gc.data(), uc.data(), gy.data(),
-                                                                       gg ? gg->accumulator().data() : nullptr,
-                                                                       gu ? gu->accumulator().data() : nullptr, n});
+        const auto dg = gg ? gg->write_target() : GradWrite<T>{};
+        const auto du = gu ? gu->write_target() : GradWrite<T>{};
+        kernels::swiglu_backward(D{}, kernels::SwigluBackwardParams<T>{gc.data(), uc.data(), gy.data(), dg.data,
+                                                                       du.data, n, dg.accumulate, du.accumulate});
       });
 }
 

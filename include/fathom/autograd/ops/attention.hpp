@@ -90,9 +90,25 @@ Var<T, D> attention(const Var<T, D>& q, const Var<T, D>& k, const Var<T, D>& v, 
         bp.o = o.data();
         bp.d_o = g.data();
         bp.lse = lse.data();
-        bp.dq = gq ? gq->accumulator().data() : nullptr;
-        bp.dk = gk ? gk->accumulator().data() : nullptr;
-        bp.dv = gv ? gv->accumulator().data() : nullptr;
+        // One flag covers the three outputs: fresh buffers are written only when all three are,
+        // and are three different buffers (one Var may serve as q, k and v).
+        GradWrite<T> dq, dk, dv;
+        const bool distinct = (!gq || (gq != gk && gq != gv)) && (!gk || gk != gv);
+        const bool all_fresh = distinct && (!gq || !gq->grad.defined()) && (!gk || !gk->grad.defined()) &&
+                               (!gv || !gv->grad.defined());
+        if (all_fresh) {
+          if (gq) dq = gq->write_target();
+          if (gk) dk = gk->write_target();
+          if (gv) dv = gv->write_target();
+        } else {
+          if (gq) dq = {gq->accumulator().data(), true};
+          if (gk) dk = {gk->accumulator().data(), true};
+          if (gv) dv = {gv->accumulator().data(), true};
+        }
+        bp.dq = dq.data;
+        bp.dk = dk.data;
+        bp.dv = dv.data;
+        bp.accumulate = !all_fresh;
         bp.batch = fp.batch;
         bp.seq = fp.seq;
         bp.heads = fp.heads;
@@ -105,6 +121,73 @@ Var<T, D> attention(const Var<T, D>& q, const Var<T, D>& k, const Var<T, D>& v, 
         bp.do_stride = bp.dq_stride = bp.dk_stride = bp.dv_stride = C;  // gradients are contiguous
         bp.causal = fp.causal;
         bp.scale = fp.scale;
+        kernels::attention_backward(D{}, bp);
+      });
+}
+
+}  // namespace fathom::autograd
+
+namespace fathom::autograd {
+
+// qkv (B, T, 3C): q, k and v side by side in the last dimension (the output of a fused (3C, C)
+// projection) -> (B, T, C). The same result as attention(q, k, v) on split_last(qkv, 3), but the
+// kernels read q, k and v in place and the backward writes their gradients straight into qkv's
+// gradient: no copies, no separate gradient buffers, no adds.
+template <class T, DeviceTag D>
+Var<T, D> attention_qkv(const Var<T, D>& qkv, int n_heads, bool causal = true) {
+  FATHOM_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0,
+               "attention_qkv: expected qkv of shape (B, T, 3C), got " << qkv.shape());
+  FATHOM_CHECK(n_heads > 0, "attention_qkv: expected n_heads > 0, got " << n_heads);
+  const std::int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3;
+  FATHOM_CHECK(C % n_heads == 0, "attention_qkv: C = " << C << " (qkv " << qkv.shape()
+                                                       << ") is not divisible by n_heads = " << n_heads);
+  const std::int64_t hd = C / n_heads;
+  Tensor<T, D> x = qkv.value().contiguous();
+  Tensor<T, D> o(Shape{B, Tn, C});
+  Tensor<accum_t<T>, D> lse(Shape{B, n_heads, Tn});
+
+  kernels::AttentionParams<T> fp;
+  fp.q = x.data();
+  fp.k = x.data() + C;
+  fp.v = x.data() + 2 * C;
+  fp.o = o.data();
+  fp.lse = lse.data();
+  fp.batch = B;
+  fp.seq = Tn;
+  fp.heads = n_heads;
+  fp.head_dim = hd;
+  fp.q_stride = fp.k_stride = fp.v_stride = 3 * C;
+  fp.o_stride = C;
+  fp.causal = causal;
+  fp.scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  if (o.numel() > 0) kernels::attention(D{}, fp);
+
+  return Var<T, D>::make_result(
+      o, qkv.requires_grad(), [g = grad_target(qkv), x, o, lse, fp](const Tensor<T, D>& gy) {
+        if (o.numel() == 0) return;
+        Tensor<T, D> d_o = gy.contiguous();
+        const auto dst = g->write_target();
+        const std::int64_t C = fp.heads * fp.head_dim;
+        kernels::AttentionBackwardParams<T> bp;
+        bp.q = fp.q;
+        bp.k = fp.k;
+        bp.v = fp.v;
+        bp.o = o.data();
+        bp.d_o = d_o.data();
+        bp.lse = lse.data();
+        bp.dq = dst.data;
+        bp.dk = dst.data + C;
+        bp.dv = dst.data + 2 * C;
+        bp.batch = fp.batch;
+        bp.seq = fp.seq;
+        bp.heads = fp.heads;
+        bp.head_dim = fp.head_dim;
+        bp.q_stride = bp.k_stride = bp.v_stride = 3 * C;
+        bp.dq_stride = bp.dk_stride = bp.dv_stride = 3 * C;
+        bp.o_stride = bp.do_stride = C;
+        bp.causal = fp.causal;
+        bp.scale = fp.scale;
+        bp.accumulate = dst.accumulate;
         kernels::attention_backward(D{}, bp);
       });
 }

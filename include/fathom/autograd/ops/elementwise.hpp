@@ -32,8 +32,12 @@ Var<T, D> axpby_op(const char* op, const Var<T, D>& a, double alpha, const Var<T
   return Var<T, D>::make_result(
       std::move(y), any_requires_grad(a, b),
       [ga = grad_target(a), gb = grad_target(b), alpha, beta, n](const Tensor<T, D>& gy) {
-        if (ga) kernels::axpy(D{}, kernels::AxpyParams<T>{gy.data(), ga->accumulator().data(), n, alpha});
-        if (gb) kernels::axpy(D{}, kernels::AxpyParams<T>{gy.data(), gb->accumulator().data(), n, beta});
+        // A unit coefficient passes gy on without a copy when nothing is in that input's gradient
+        // yet (the residual adds of a Transformer): no kernel at all.
+        if (ga && !(alpha == 1.0 && ga->lend(gy)))
+          kernels::axpy(D{}, kernels::AxpyParams<T>{gy.data(), ga->accumulator().data(), n, alpha});
+        if (gb && !(beta == 1.0 && gb->lend(gy)))
+          kernels::axpy(D{}, kernels::AxpyParams<T>{gy.data(), gb->accumulator().data(), n, beta});
       });
 }
 }  // namespace detail
@@ -117,7 +121,8 @@ Var<T, D> reshape(const Var<T, D>& x, std::vector<std::int64_t> dims) {
   Tensor<T, D> y = x.value().reshape(std::move(dims));
   const std::int64_t n = x.numel();
   return Var<T, D>::make_result(std::move(y), x.requires_grad(), [gx = grad_target(x), n](const Tensor<T, D>& gy) {
-    if (gx) kernels::axpy(D{}, kernels::AxpyParams<T>{gy.data(), gx->accumulator().data(), n, 1.0});
+    if (gx && !gx->lend(gy.reshape(gx->shape.to_vector())))
+      kernels::axpy(D{}, kernels::AxpyParams<T>{gy.data(), gx->accumulator().data(), n, 1.0});
   });
 }
 

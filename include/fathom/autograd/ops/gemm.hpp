@@ -65,27 +65,29 @@ Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
       [ga, gb, av = gb ? av : Tensor<T, D>(), bv = ga ? bv : Tensor<T, D>(), m, n, k,
        batch](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (..., M, N)
-        if (ga) {                              // dA (M, K) += dY (M, N) B^T
+        if (ga) {  // dA (M, K) += dY (M, N) B^T
+          const auto da = ga->write_target();
           kernels::gemm(D{}, kernels::GemmParams<T>{.a = gy.data(),
                                                     .b = bv.data(),
-                                                    .c = ga->accumulator().data(),
+                                                    .c = da.data,
                                                     .m = m,
                                                     .n = k,
                                                     .k = n,
                                                     .trans_b = true,
                                                     .batch = batch,
-                                                    .beta = 1.0});
+                                                    .beta = da.accumulate ? 1.0 : 0.0});
         }
         if (gb) {  // dB (K, N) += A^T dY: (K, M) (M, N)
+          const auto db = gb->write_target();
           kernels::gemm(D{}, kernels::GemmParams<T>{.a = av.data(),
                                                     .b = gy.data(),
-                                                    .c = gb->accumulator().data(),
+                                                    .c = db.data,
                                                     .m = k,
                                                     .n = n,
                                                     .k = m,
                                                     .trans_a = true,
                                                     .batch = batch,
-                                                    .beta = 1.0});
+                                                    .beta = db.accumulate ? 1.0 : 0.0});
         }
       });
 }
@@ -134,30 +136,34 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
       [gx, gw, gbias, xv = gw ? xv : Tensor<T, D>(), wv = gx ? wv : Tensor<T, D>(), rows, in,
        out](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (rows, out)
-        if (gx) {                              // dX (rows, in) += dY (rows, out) W (out, in)
+        if (gx) {  // dX (rows, in) += dY (rows, out) W (out, in)
+          const auto dx = gx->write_target();
           kernels::gemm(D{}, kernels::GemmParams<T>{.a = gy.data(),
                                                     .b = wv.data(),
-                                                    .c = gx->accumulator().data(),
+                                                    .c = dx.data,
                                                     .m = rows,
                                                     .n = in,
                                                     .k = out,
-                                                    .beta = 1.0});
+                                                    .beta = dx.accumulate ? 1.0 : 0.0});
         }
         if (gw) {  // dW (out, in) += dY^T (out, rows) X (rows, in)
+          const auto dw = gw->write_target();
           kernels::gemm(D{}, kernels::GemmParams<T>{.a = gy.data(),
                                                     .b = xv.data(),
-                                                    .c = gw->accumulator().data(),
+                                                    .c = dw.data,
                                                     .m = out,
                                                     .n = in,
                                                     .k = rows,
                                                     .trans_a = true,
-                                                    .beta = 1.0});
+                                                    .beta = dw.accumulate ? 1.0 : 0.0});
         }
         if (gbias) {  // db (out) += sum over rows of dY
-          kernels::column_sum(
-              D{},
-              kernels::ColumnSumParams<T>{
-                  .x = gy.data(), .out = gbias->accumulator().data(), .rows = rows, .cols = out});
+          const auto db = gbias->write_target();
+          kernels::column_sum(D{}, kernels::ColumnSumParams<T>{.x = gy.data(),
+                                                               .out = db.data,
+                                                               .rows = rows,
+                                                               .cols = out,
+                                                               .accumulate = db.accumulate});
         }
       });
 }

@@ -47,11 +47,11 @@ Var<T, D> rms_norm(const Var<T, D>& x, const Var<T, D>& w, double eps, double ou
       [gx = grad_target(x), gw = grad_target(w), xc, wc, rstd, rows, cols,
        out_scale](const Tensor<T, D>& gy) {
         Tensor<T, D> dy = gy.contiguous();
+        const auto dx = gx ? gx->write_target() : GradWrite<T>{};
         kernels::rms_norm_backward(
-            D{}, kernels::RmsNormBackwardParams<T>{dy.data(), xc.data(), wc.data(), rstd.data(),
-                                                   gx ? gx->accumulator().data() : nullptr,
+            D{}, kernels::RmsNormBackwardParams<T>{dy.data(), xc.data(), wc.data(), rstd.data(), dx.data,
                                                    gw ? gw->accumulator().data() : nullptr, rows,
-                                                   cols, out_scale, true});
+                                                   cols, out_scale, dx.accumulate});
       });
 }
 
@@ -78,11 +78,12 @@ Var<T, D> layer_norm(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& b,
       [gx = grad_target(x), gw = grad_target(w), gb = grad_target(b), xc, wc, mean, rstd, rows, cols,
        out_scale](const Tensor<T, D>& gy) {
         Tensor<T, D> dy = gy.contiguous();
+        const auto dx = gx ? gx->write_target() : GradWrite<T>{};
         kernels::layer_norm_backward(
             D{}, kernels::LayerNormBackwardParams<T>{
-                     dy.data(), xc.data(), wc.data(), mean.data(), rstd.data(),
-                     gx ? gx->accumulator().data() : nullptr, gw ? gw->accumulator().data() : nullptr,
-                     gb ? gb->accumulator().data() : nullptr, rows, cols, out_scale, true});
+                     dy.data(), xc.data(), wc.data(), mean.data(), rstd.data(), dx.data,
+                     gw ? gw->accumulator().data() : nullptr, gb ? gb->accumulator().data() : nullptr,
+                     rows, cols, out_scale, dx.accumulate});
       });
 }
 

@@ -33,9 +33,9 @@ Var<T, D> rope(const Var<T, D>& x, int n_heads, double theta = 10000.0, std::int
       std::move(y), x.requires_grad(),
       [gx = grad_target(x), batch, seq, channels, n_heads, theta, pos0](const Tensor<T, D>& gy) {
         Tensor<T, D> dy = gy.contiguous();
-        kernels::rope_backward(D{}, kernels::RopeBackwardParams<T>{dy.data(), gx->accumulator().data(),
-                                                                   batch, seq, channels, n_heads,
-                                                                   theta, pos0, true});
+        const auto dx = gx->write_target();
+        kernels::rope_backward(D{}, kernels::RopeBackwardParams<T>{dy.data(), dx.data, batch, seq, channels,
+                                                                   n_heads, theta, pos0, dx.accumulate});
       });
 }
 

@@ -25,8 +25,9 @@ Var<T, D> softmax(const Var<T, D>& x) {
   return Var<T, D>::make_result(
       y, x.requires_grad(), [gx = grad_target(x), y, rows, cols](const Tensor<T, D>& gy) {
         Tensor<T, D> dy = gy.contiguous();
-        kernels::softmax_backward(D{}, kernels::SoftmaxBackwardParams<T>{
-                                           y.data(), dy.data(), gx->accumulator().data(), rows, cols, true});
+        const auto dx = gx->write_target();
+        kernels::softmax_backward(D{}, kernels::SoftmaxBackwardParams<T>{y.data(), dy.data(), dx.data, rows,
+                                                                          cols, dx.accumulate});
       });
 }
 
@@ -68,21 +69,19 @@ Var<accum_t<T>, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int3
   return Var<A, D>::make_result(
       std::move(loss), needs_grad,
       [gl = grad_target(logits), lc, tc, lse, valid, rows, vocab, ignore_index](const Tensor<A, D>& gy) {
-        // When nothing has reached the logits' gradient yet, the kernel writes it instead of
-        // adding to a zero-filled buffer: (N, V) is the largest tensor of a step.
-        const bool fresh = !gl->grad.defined();
-        if (fresh) gl->grad = Tensor<T, D>(gl->shape);
+        // (N, V) is the largest tensor of a step: written, never zero-filled first.
+        const auto dlogits = gl->write_target();
         kernels::CrossEntropyBackwardParams<T> b;
         b.logits = lc.data();
         b.targets = tc.data();
         b.lse = lse.data();
         b.valid_rows = valid.data();
         b.dloss = gy.data();
-        b.dlogits = gl->grad.data();
+        b.dlogits = dlogits.data;
         b.rows = rows;
         b.vocab = vocab;
         b.ignore_index = ignore_index;
-        b.accumulate = !fresh;
+        b.accumulate = dlogits.accumulate;
         kernels::cross_entropy_backward(D{}, b);
       });
 }

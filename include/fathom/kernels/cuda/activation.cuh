@@ -50,10 +50,11 @@ struct ActivationBackwardMap {
     using A = accum_t<T>;
     const auto x = map_load<N>(p.x + i);
     const auto dy = map_load<N>(p.dy + i);
-    auto dx = map_load<N>(p.dx + i);
+    MapPack<T, N> dx;
+    if (p.accumulate) dx = map_load<N>(p.dx + i);  // a fresh buffer is never read
 #pragma unroll
     for (int j = 0; j < N; ++j)
-      dx.v[j] = scalar_cast<T>(scalar_cast<A>(dx.v[j]) +
+      dx.v[j] = scalar_cast<T>((p.accumulate ? scalar_cast<A>(dx.v[j]) : A(0)) +
                                scalar_cast<A>(dy.v[j]) * Fn{}.grad(scalar_cast<A>(x.v[j])));
     map_store<N>(p.dx + i, dx);
   }
@@ -85,18 +86,21 @@ struct SwigluBackwardMap {
     const auto dy = map_load<N>(p.dy + i);
     if (p.dgate) {
       const auto u = map_load<N>(p.up + i);
-      auto dg = map_load<N>(p.dgate + i);
+      MapPack<T, N> dg;
+      if (p.accumulate_dgate) dg = map_load<N>(p.dgate + i);
 #pragma unroll
       for (int j = 0; j < N; ++j)
-        dg.v[j] = scalar_cast<T>(scalar_cast<A>(dg.v[j]) + scalar_cast<A>(dy.v[j]) * scalar_cast<A>(u.v[j]) *
-                                                              silu_grad(scalar_cast<A>(g.v[j])));
+        dg.v[j] = scalar_cast<T>((p.accumulate_dgate ? scalar_cast<A>(dg.v[j]) : A(0)) +
+                                 scalar_cast<A>(dy.v[j]) * scalar_cast<A>(u.v[j]) * silu_grad(scalar_cast<A>(g.v[j])));
       map_store<N>(p.dgate + i, dg);
     }
     if (p.dup) {
-      auto du = map_load<N>(p.dup + i);
+      MapPack<T, N> du;
+      if (p.accumulate_dup) du = map_load<N>(p.dup + i);
 #pragma unroll
       for (int j = 0; j < N; ++j)
-        du.v[j] = scalar_cast<T>(scalar_cast<A>(du.v[j]) + scalar_cast<A>(dy.v[j]) * silu(scalar_cast<A>(g.v[j])));
+        du.v[j] = scalar_cast<T>((p.accumulate_dup ? scalar_cast<A>(du.v[j]) : A(0)) +
+                                 scalar_cast<A>(dy.v[j]) * silu(scalar_cast<A>(g.v[j])));
       map_store<N>(p.dup + i, du);
     }
   }

@@ -362,11 +362,11 @@ __global__ void __launch_bounds__(kTiledThreads) backward_dkdv_tiled(AttentionBa
       if (d >= hd) continue;
       if (p.dv) {
         T* x = p.dv + (b * Tn + key) * p.dv_stride + h * hd + d;
-        *x = scalar_cast<T>(scalar_cast<A>(*x) + dv[u][r]);
+        *x = scalar_cast<T>(p.accumulate ? scalar_cast<A>(*x) + dv[u][r] : dv[u][r]);
       }
       if (p.dk) {
         T* x = p.dk + (b * Tn + key) * p.dk_stride + h * hd + d;
-        *x = scalar_cast<T>(scalar_cast<A>(*x) + scale * dk[u][r]);
+        *x = scalar_cast<T>(p.accumulate ? scalar_cast<A>(*x) + scale * dk[u][r] : scale * dk[u][r]);
       }
     }
   }
@@ -439,7 +439,7 @@ __global__ void __launch_bounds__(kTiledThreads) backward_dq_tiled(AttentionBack
       const int d = lane + kWarp * r;
       if (d >= hd) continue;
       T* x = p.dq + (b * Tn + row) * p.dq_stride + h * hd + d;
-      *x = scalar_cast<T>(scalar_cast<A>(*x) + scale * dq[u][r]);
+      *x = scalar_cast<T>(p.accumulate ? scalar_cast<A>(*x) + scale * dq[u][r] : scale * dq[u][r]);
     }
   }
 }
@@ -506,10 +506,15 @@ __device__ inline std::uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<std::uint32_t*>(&v);
 }
-__device__ inline void add_bf16_pair(bf16* dst, float lo, float hi) {
+// dst[0..1] += (lo, hi), or = (lo, hi) without accumulate (dst then is never read).
+__device__ inline void store_bf16_pair(bf16* dst, float lo, float hi, bool accumulate) {
   auto* x = reinterpret_cast<__nv_bfloat162*>(dst);
-  const float2 old = __bfloat1622float2(*x);
-  *x = __floats2bfloat162_rn(old.x + lo, old.y + hi);
+  if (accumulate) {
+    const float2 old = __bfloat1622float2(*x);
+    lo += old.x;
+    hi += old.y;
+  }
+  *x = __floats2bfloat162_rn(lo, hi);
 }
 
 // Copies (Rows, HD) tiles into shared tiles of pitch HD + 8. Thread t always moves the 16-byte
@@ -866,10 +871,12 @@ __global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks) backward_dkdv_mm
 #pragma unroll
       for (int n = 0; n < HD / 8; ++n) {
         const int col = n * 8 + 2 * c;
-        if (p.dv) add_bf16_pair(p.dv + (b * Tn + key) * p.dv_stride + h * HD + col, dv[m][n][2 * r], dv[m][n][2 * r + 1]);
+        if (p.dv)
+          store_bf16_pair(p.dv + (b * Tn + key) * p.dv_stride + h * HD + col, dv[m][n][2 * r],
+                          dv[m][n][2 * r + 1], p.accumulate);
         if (p.dk)
-          add_bf16_pair(p.dk + (b * Tn + key) * p.dk_stride + h * HD + col, scale * dk[m][n][2 * r],
-                        scale * dk[m][n][2 * r + 1]);
+          store_bf16_pair(p.dk + (b * Tn + key) * p.dk_stride + h * HD + col, scale * dk[m][n][2 * r],
+                          scale * dk[m][n][2 * r + 1], p.accumulate);
       }
     }
   }
@@ -987,8 +994,8 @@ __global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks) backward_dq_mma(
       if (row >= Tn) continue;
 #pragma unroll
       for (int n = 0; n < HD / 8; ++n)
-        add_bf16_pair(p.dq + (b * Tn + row) * p.dq_stride + h * HD + n * 8 + 2 * c, scale * dq[m][n][2 * r],
-                      scale * dq[m][n][2 * r + 1]);
+        store_bf16_pair(p.dq + (b * Tn + row) * p.dq_stride + h * HD + n * 8 + 2 * c, scale * dq[m][n][2 * r],
+                        scale * dq[m][n][2 * r + 1], p.accumulate);
     }
   }
 }
