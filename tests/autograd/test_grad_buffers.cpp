@@ -138,6 +138,8 @@ TEST_CASE("kernels that overwrite fresh gradient buffers never read them (NaN-po
       {"attention", [](auto& v) { return ag::sum(ag::attention(v[0], v[1], v[2], 2) * v[3]); }, {x, x, x, x}},
       {"attention_qkv", [](auto& v) { return ag::sum(ag::attention_qkv(v[0], 2) * v[1]); },
        {Shape{2, 3, 24}, x}},
+      {"gelu_mlp", [](auto& v) { return ag::sum(ag::gelu_mlp(v[0], v[1], &v[2], v[3], &v[4]) * v[5]); },
+       {x, Shape{6, 8}, Shape{6}, Shape{8, 6}, Shape{8}, x}},
       {"add and reshape", [](auto& v) { return ag::sum(ag::reshape(v[0] + v[1], {6, 8}) * ag::reshape(v[2], {6, 8})); },
        {x, x, x}},
   };

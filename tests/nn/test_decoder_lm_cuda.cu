@@ -169,3 +169,36 @@ TEST_CASE("DecoderLM on CUDA: gradients do not depend on what fresh buffers held
   check_poison_free<nn::Gpt2, policy::SandwichLN, float>("gpt2-tiny");
   check_poison_free<nn::Gpt2, policy::SandwichLN, bf16>("gpt2-tiny");
 }
+
+TEST_CASE("DecoderLM on CUDA: a bf16 GPT-2 (fused GELU MLP epilogues) stays near fp32", "[cuda][nn]") {
+  auto c = nn::preset("gpt2-tiny");
+  c.d_model = 64;
+  c.d_ff = 256;  // rows of 256 bf16: the cuBLASLt GELU epilogues apply
+  nn::DecoderLM<nn::Gpt2, policy::SandwichLN, float, Cuda> fp32(c);
+  nn::DecoderLM<nn::Gpt2, policy::SandwichLN, bf16, Cuda> half(c);
+  fp32.init(81);
+  half.init(81);
+  auto tokens = tokens_on<Cuda>(4, 128, c.vocab, 12);
+  auto targets = tokens_on<Cuda>(4, 128, c.vocab, 13);
+  auto l32 = fp32.loss(tokens, targets);
+  auto l16 = half.loss(tokens, targets);
+  CHECK_THAT(static_cast<double>(l16.value().item()), WithinAbs(static_cast<double>(l32.value().item()), 2e-2));
+  autograd::backward(l32);
+  autograd::backward(l16);
+  // Gradients: bf16 against fp32, relative to each parameter's largest fp32 gradient.
+  for (std::size_t i = 0; i < fp32.parameters().size(); ++i) {
+    const auto& p32 = fp32.parameters()[i];
+    const auto& p16 = half.parameters()[i];
+    INFO(p32.name);
+    REQUIRE(p16.var.has_grad());
+    auto g32 = p32.var.grad().to_vector();
+    auto g16 = p16.var.grad().to_vector();
+    double scale = 0, worst = 0;
+    for (float g : g32) scale = std::max(scale, static_cast<double>(std::abs(g)));
+    for (std::size_t k = 0; k < g32.size(); ++k) {
+      REQUIRE(std::isfinite(static_cast<double>(g16[k])));
+      worst = std::max(worst, std::abs(static_cast<double>(g16[k]) - g32[k]) / (scale + 1e-12));
+    }
+    CHECK(worst <= 0.1);
+  }
+}

@@ -2,6 +2,8 @@
 // v3 (split headers). Tests include this and nothing of Catch2 directly.
 #pragma once
 
+#include <string>
+
 #if __has_include(<catch2/catch_all.hpp>)
 #include <catch2/catch_all.hpp>
 #define FATHOM_CATCH_V3 1
@@ -14,3 +16,10 @@
 
 using Catch::Matchers::WithinAbs;
 using Catch::Matchers::WithinRel;
+
+// A string matcher "contains this substring" under either major version.
+#if FATHOM_CATCH_V3
+inline auto HasSubstring(const std::string& s) { return Catch::Matchers::ContainsSubstring(s); }
+#else
+inline auto HasSubstring(const std::string& s) { return Catch::Matchers::Contains(s); }
+#endif

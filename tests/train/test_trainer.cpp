@@ -151,11 +151,11 @@ TEST_CASE("trainer: resuming a checkpoint of another config fails naming the dif
   b.policy = "lns";
   b.model.layers = 3;
   CHECK_THROWS_WITH((train::train<nn::Llama, policy::LNS, float, Cpu>(b)),
-                    Catch::Matchers::Contains("layers = 2") && Catch::Matchers::Contains("layers = 3"));
+                    HasSubstring("layers = 2") && HasSubstring("layers = 3"));
   b.model.layers = 2;
   auto c = b;
   c.policy = "pre-ln";
-  CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(c)), Catch::Matchers::Contains("policy"));
+  CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(c)), HasSubstring("policy"));
 }
 
 TEST_CASE("trainer: a NaN loss stops the run naming the step and the last good checkpoint", "[train]") {
@@ -164,7 +164,7 @@ TEST_CASE("trainer: a NaN loss stops the run naming the step and the last good c
   o.save_every = 2;
   PoisonedModel model(o.model, {5});
   CHECK_THROWS_WITH((train::train<float, Cpu>(o, model)),
-                    Catch::Matchers::Contains("at step 5") && Catch::Matchers::Contains("ckpt-4"));
+                    HasSubstring("at step 5") && HasSubstring("ckpt-4"));
   CHECK(train::is_complete_checkpoint(dir / "ckpt-4"));
   CHECK_FALSE(fs::exists(dir / "ckpt-6"));
 }
@@ -187,7 +187,7 @@ TEST_CASE("trainer: bad input fails with one clear message", "[train]") {
     fs::create_directories(dir);
     std::ofstream(dir / "file") << "x";
     auto o = small_run(dir / "file" / "run");
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), Catch::Matchers::Contains("--out"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("--out"));
   }
   SECTION("a token id >= vocab in the shards") {
     fs::create_directories(dir);
@@ -197,7 +197,7 @@ TEST_CASE("trainer: bad input fails with one clear message", "[train]") {
     auto o = small_run(dir / "run");
     o.data = (dir / "train_*.bin").string();
     CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)),
-                      Catch::Matchers::Contains("300") && Catch::Matchers::Contains("257"));
+                      HasSubstring("300") && HasSubstring("257"));
   }
   SECTION("a batch larger than the data") {
     fs::create_directories(dir);
@@ -209,15 +209,15 @@ TEST_CASE("trainer: bad input fails with one clear message", "[train]") {
   SECTION("shards matching nothing") {
     auto o = small_run(dir / "run");
     o.data = (dir / "nothing_*.bin").string();
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), Catch::Matchers::Contains("nothing_"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("nothing_"));
   }
   SECTION("zero steps, a sequence longer than the model's") {
     auto o = small_run(dir / "run");
     o.steps = 0;
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), Catch::Matchers::Contains("--steps"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("--steps"));
     o = small_run(dir / "run");
     o.seq_len = 64;
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), Catch::Matchers::Contains("--seq-len"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("--seq-len"));
   }
 }
 

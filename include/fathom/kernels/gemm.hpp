@@ -16,6 +16,7 @@
 #include "fathom/core/device.hpp"
 #include "fathom/core/error.hpp"
 #include "fathom/core/scalar.hpp"
+#include "fathom/kernels/activation.hpp"
 
 namespace fathom::kernels {
 
@@ -258,6 +259,53 @@ void gemm(Cpu, const GemmParams<T>& p) {
 #else
   detail::gemm_portable(p);
 #endif
+}
+
+template <class T>
+void column_sum(Cpu, const ColumnSumParams<T>& p);
+
+namespace detail {
+
+// The GELU GEMMs serve one case, the first projection of a GELU MLP: one matrix (batch 1), packed
+// rows (ldc == N), C written (beta 0).
+template <class T>
+GemmParams<T> check_gemm_gelu(const GemmParams<T>& params, const T* aux, const char* op) {
+  const GemmParams<T> p = resolve_gemm(params);
+  FATHOM_CHECK(p.batch == 1 && p.ldc == p.n && p.beta == 0.0,
+               op << ": expected batch 1, packed C (ldc == N) and beta 0, got batch " << p.batch << ", ldc "
+                  << p.ldc << " for N " << p.n << ", beta " << p.beta);
+  FATHOM_CHECK(p.m == 0 || p.n == 0 || aux != nullptr, op << ": aux is null for a (" << p.m << ", " << p.n
+                                                          << ") result");
+  return p;
+}
+
+}  // namespace detail
+
+// C = gelu(op(A) op(B) + bias) (tanh form), and aux = op(A) op(B) + bias, the pre-activation the
+// backward needs (M x N, packed). Batch 1, beta 0. On CUDA (bf16) one cuBLASLt call with the
+// GELU_AUX_BIAS epilogue.
+template <class T>
+void gemm_gelu(Cpu, const GemmParams<T>& params, T* aux) {
+  using A = accum_t<T>;
+  const GemmParams<T> p = detail::check_gemm_gelu(params, aux, "gemm_gelu");
+  GemmParams<T> pre = p;
+  pre.c = aux;
+  gemm(Cpu{}, pre);
+  for (std::int64_t i = 0; i < p.m * p.n; ++i) p.c[i] = scalar_cast<T>(detail::gelu(scalar_cast<A>(aux[i])));
+}
+
+// C = (op(A) op(B)) * gelu'(aux) element-wise, the gradient of a GELU's input given A B, the
+// gradient of its output; and, when bias_grad is not null, bias_grad[j] = sum over rows of C
+// (written, not added). Batch 1, beta 0. On CUDA (bf16) one cuBLASLt call (DGELU_BGRAD).
+template <class T>
+void gemm_dgelu(Cpu, const GemmParams<T>& params, const T* aux, T* bias_grad) {
+  using A = accum_t<T>;
+  const GemmParams<T> p = detail::check_gemm_gelu(params, aux, "gemm_dgelu");
+  gemm(Cpu{}, p);
+  for (std::int64_t i = 0; i < p.m * p.n; ++i)
+    p.c[i] = scalar_cast<T>(scalar_cast<A>(p.c[i]) * detail::gelu_grad(scalar_cast<A>(aux[i])));
+  if (bias_grad)
+    column_sum(Cpu{}, ColumnSumParams<T>{.x = p.c, .out = bias_grad, .rows = p.m, .cols = p.n, .accumulate = false});
 }
 
 template <class T>

@@ -2,6 +2,7 @@
 // squares over a list of tensors that global-norm gradient clipping needs. CUDA: cuda/reduce.cuh.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -74,6 +75,15 @@ void sum_squares(Cpu, const SumSquaresParams<T>& p, accum_t<T>* out) {
 }
 
 // The total, returned on the host.
+// *factor = the gradient-clipping factor for a gradient whose squared norm is *sum_squares:
+// max_norm / (norm + 1e-6) when norm > max_norm > 0, else 1 (NaN norms give 1: the step's own
+// non-finite check decides about those). Pointers are device memory on CUDA.
+template <class A>
+void clip_factor(Cpu, const A* sum_squares, double max_norm, float* factor) {
+  const double norm = std::sqrt(static_cast<double>(*sum_squares));
+  *factor = (max_norm > 0.0 && norm > max_norm) ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
 template <class T>
 accum_t<T> sum_squares(Cpu, const SumSquaresParams<T>& p) {
   accum_t<T> total;

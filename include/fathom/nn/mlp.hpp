@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "fathom/autograd/ops/activation.hpp"
+#include "fathom/autograd/ops/gemm.hpp"
 #include "fathom/nn/arch.hpp"
 #include "fathom/nn/config.hpp"
 #include "fathom/nn/linear.hpp"
@@ -37,7 +38,9 @@ class MLP {
   // x (B, T, C) -> (B, T, C)
   Var<T, D> forward(const Var<T, D>& x) const {
     if (kind_ == MlpKind::swiglu) return down_.forward(autograd::swiglu(gate_.forward(x), up_.forward(x)));
-    return down_.forward(autograd::gelu(up_.forward(x)));
+    // One fused node: GELU in the GEMM epilogues (see autograd::gelu_mlp).
+    return autograd::gelu_mlp(x, up_.weight(), up_.has_bias() ? &up_.bias() : nullptr, down_.weight(),
+                              down_.has_bias() ? &down_.bias() : nullptr);
   }
 
   const Linear<T, D>& down_proj() const { return down_; }

@@ -23,6 +23,22 @@ double global_grad_norm(const Params& params) {
   return std::sqrt(static_cast<double>(kernels::sum_squares(D{}, p)));
 }
 
+// Clipping without waiting for the host: writes the factor that clip_factor(global_grad_norm(params),
+// max_norm) would return into `factor` (one float in D's memory), for Optimizer::step's
+// grad_scale_device. Nothing is copied back, so a training step on CUDA never synchronizes.
+template <class T, class D, class Params>
+void clip_factor_on_device(const Params& params, double max_norm, Tensor<float, D>& factor) {
+  using A = accum_t<T>;
+  FATHOM_CHECK(factor.numel() == 1, "clip_factor_on_device: expected a one-element factor tensor, got shape "
+                                        << factor.shape());
+  kernels::SumSquaresParams<T> p;
+  for (const auto& param : params)
+    if (param.var.has_grad()) p.tensors.push_back({param.var.grad().data(), param.var.numel()});
+  Tensor<A, D> total = p.tensors.empty() ? Tensor<A, D>::zeros(Shape{}) : Tensor<A, D>(Shape{});
+  if (!p.tensors.empty()) kernels::sum_squares(D{}, p, total.data());
+  kernels::clip_factor(D{}, total.data(), max_norm, factor.data());
+}
+
 // The factor that brings a gradient of norm `norm` to at most max_norm (1 when max_norm <= 0).
 inline double clip_factor(double norm, double max_norm) {
   if (max_norm <= 0.0 || !(norm > max_norm)) return 1.0;

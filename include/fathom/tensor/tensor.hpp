@@ -119,6 +119,9 @@ class Tensor {
 
   bool is_contiguous() const { return strides_ == contiguous_strides(shape_); }
   bool shares_storage_with(const Tensor& other) const { return storage_ == other.storage_; }
+  // How many tensors (views included) share this one's storage: 1 means nothing else can see a
+  // write to it (used to reuse a buffer in place once its last reader is done).
+  long storage_use_count() const { return storage_ ? storage_.use_count() : 0; }
 
   Tensor contiguous() const { return is_contiguous() ? *this : clone(); }
 

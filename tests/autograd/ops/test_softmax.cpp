@@ -2,6 +2,7 @@
 // gradcheck in double, ignored rows, the all-ignored batch (loss 0, zero gradient, no NaN), gradient
 // accumulation over two backward passes, bf16 logits giving an fp32 loss, and error messages.
 #include <fathom/autograd/ops/softmax.hpp>
+#include <fathom/autograd/ops/elementwise.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -147,4 +148,31 @@ TEST_CASE("cross_entropy errors name the shapes, and the row, target and V", "[a
   CHECK(e2.find("[0, 10)") != std::string::npos);
   auto scalar = leaf(Shape{}, 9);
   CHECK(error_of([&] { ag::cross_entropy(scalar, t3); }).find("at least one dimension") != std::string::npos);
+}
+
+TEST_CASE("cross_entropy writes the logits' gradient over logits nothing else holds", "[autograd][softmax]") {
+  // logits = x * 2 (an op, so they are an intermediate); the gradient of x is the check.
+  auto xv = Tensor<double>::randn(Shape{6, 9}, 70);
+  std::vector<std::int32_t> t{0, 3, 8, 2, -100, 5};
+  auto targets = Tensor<std::int32_t>::from_vector(Shape{6}, t);
+  auto run = [&](bool hold_logits, const double** logits_data, const double** grad_data) {
+    fathom::autograd::clear_tape();
+    Var<double> x(xv.clone(), true);
+    Var<double> logits = fathom::autograd::scale(x, 2.0);
+    logits.retain_grad();
+    auto slot = logits.slot();
+    *logits_data = logits.value().data();
+    auto loss = fathom::autograd::cross_entropy(logits, targets);
+    Var<double> held = hold_logits ? logits : Var<double>();
+    logits = Var<double>();  // only the graph (and `held`) still refer to the logits' values
+    fathom::autograd::backward(loss);
+    *grad_data = slot->grad.data();
+    return x.grad().to_vector();
+  };
+  const double *in_place_logits = nullptr, *in_place_grad = nullptr, *kept_logits = nullptr, *kept_grad = nullptr;
+  const auto in_place = run(false, &in_place_logits, &in_place_grad);
+  const auto kept = run(true, &kept_logits, &kept_grad);
+  CHECK(in_place_grad == in_place_logits);  // reused the logits' buffer
+  CHECK(kept_grad != kept_logits);          // someone still held the logits: a new buffer
+  CHECK(in_place == kept);
 }

@@ -414,3 +414,112 @@ TEMPLATE_TEST_CASE("matmul and linear on CUDA match the CPU, forward and backwar
     CHECK(bad == 0);
   }
 }
+
+namespace {
+
+// gemm_gelu and gemm_dgelu on CUDA against the CPU reference (which runs the plain GEMM, then the
+// element-wise GELU in double for double inputs): x (M, K) times w^T (N, K), with a bias.
+template <class T>
+void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias, std::uint64_t seed) {
+  INFO(Precision<T>::name << " M " << M << " N " << N << " K " << K << " bias " << bias);
+  const auto x = random_values<T>(static_cast<std::size_t>(M * K), seed);
+  const auto w = random_values<T>(static_cast<std::size_t>(N * K), seed + 1);
+  const auto b = random_values<T>(static_cast<std::size_t>(N), seed + 2);
+  const auto dy = random_values<T>(static_cast<std::size_t>(M * K), seed + 3);  // (M, K): dgelu's A
+  // Reference in double.
+  auto to_d = [](const std::vector<T>& v) {
+    std::vector<double> o(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) o[i] = as_double(v[i]);
+    return o;
+  };
+  const auto xd = to_d(x), wd = to_d(w), bd = to_d(b), dyd = to_d(dy);
+  std::vector<double> pre(static_cast<std::size_t>(M * N)), h(pre.size());
+  for (std::int64_t i = 0; i < M; ++i)
+    for (std::int64_t j = 0; j < N; ++j) {
+      double s = bias ? bd[j] : 0.0;
+      for (std::int64_t k = 0; k < K; ++k) s += xd[i * K + k] * wd[j * K + k];
+      pre[i * N + j] = s;
+      h[i * N + j] = fathom::kernels::detail::gelu(s);
+    }
+
+  auto xg = to_device(x), wg = to_device(w), bg = to_device(b), dyg = to_device(dy);
+  Tensor<T, Cuda> hg(Shape{M * N}), aux(Shape{M * N});
+  fathom::kernels::gemm_gelu(Cuda{},
+                             GemmParams<T>{.a = xg.data(), .b = wg.data(), .c = hg.data(),
+                                           .bias = bias ? bg.data() : nullptr, .m = M, .n = N, .k = K,
+                                           .trans_b = true},
+                             aux.data());
+  const double tol = std::is_same_v<T, bf16> ? 2e-2 : 1e-4;
+  const auto hv = hg.to_vector(), av = aux.to_vector();
+  double worst_h = 0, worst_pre = 0;
+  for (std::size_t i = 0; i < pre.size(); ++i) {
+    worst_pre = std::max(worst_pre, std::abs(as_double(av[i]) - pre[i]) / (1 + std::abs(pre[i])));
+    worst_h = std::max(worst_h, std::abs(as_double(hv[i]) - h[i]) / (1 + std::abs(h[i])));
+  }
+  CHECK(worst_pre <= tol);
+  CHECK(worst_h <= tol);
+
+  // dgelu: C = (dy (M, K) w (K, N)... here w^T as (N, K) stored, so op(B) = w^T) * gelu'(aux).
+  Tensor<T, Cuda> dpre(Shape{M * N}), db(Shape{N});
+  fathom::kernels::gemm_dgelu(Cuda{},
+                              GemmParams<T>{.a = dyg.data(), .b = wg.data(), .c = dpre.data(), .m = M, .n = N,
+                                            .k = K, .trans_b = true},
+                              aux.data(), db.data());
+  const auto auxd = to_d(av);  // the saved pre-activation, as the kernel sees it
+  std::vector<double> want(pre.size()), want_db(static_cast<std::size_t>(N), 0.0);
+  for (std::int64_t i = 0; i < M; ++i)
+    for (std::int64_t j = 0; j < N; ++j) {
+      double s = 0;
+      for (std::int64_t k = 0; k < K; ++k) s += dyd[i * K + k] * wd[j * K + k];
+      want[i * N + j] = s * fathom::kernels::detail::gelu_grad(auxd[i * N + j]);
+      want_db[j] += want[i * N + j];
+    }
+  const auto dv = dpre.to_vector(), dbv = db.to_vector();
+  double worst_d = 0, worst_db = 0, scale_db = 0;
+  for (std::size_t i = 0; i < want.size(); ++i)
+    worst_d = std::max(worst_d, std::abs(as_double(dv[i]) - want[i]) / (1 + std::abs(want[i])));
+  for (double v : want_db) scale_db = std::max(scale_db, std::abs(v));
+  for (std::size_t j = 0; j < want_db.size(); ++j)
+    worst_db = std::max(worst_db, std::abs(as_double(dbv[j]) - want_db[j]) / (1 + scale_db));
+  CHECK(worst_d <= tol);
+  CHECK(worst_db <= tol);
+  for (const auto& v : {hv, av, dv, dbv})
+    for (auto e : v) REQUIRE(std::isfinite(as_double(e)));
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("CUDA gemm_gelu and gemm_dgelu match the double reference (epilogue and fallback)",
+                   "[cuda][gemm]", float, bf16) {
+  // bf16 with N % 8 == 0 takes cuBLASLt's GELU epilogues; N = 5461 and fp32 take the fallback.
+  check_gelu_gemms<TestType>(256, 3072, 768, true, 300);
+  check_gelu_gemms<TestType>(100, 64, 40, false, 310);
+  check_gelu_gemms<TestType>(33, 5461, 24, true, 320);
+}
+
+TEST_CASE("CUDA gemm_gelu is the tanh form of GELU", "[cuda][gemm]") {
+  // K = 1 and B = 1: the pre-activations are the bf16 inputs exactly, so the outputs are gelu of
+  // known values, rounded once. The tanh and erf forms differ by up to 4e-4 around x = -2, more
+  // than a bf16 step there (2.4e-4); each output must be within 3/4 of a step of the tanh form.
+  const std::int64_t M = 512, N = 8;
+  std::vector<bf16> x(static_cast<std::size_t>(M)), one(static_cast<std::size_t>(N), scalar_cast<bf16>(1.0));
+  for (std::int64_t i = 0; i < M; ++i) x[static_cast<std::size_t>(i)] = scalar_cast<bf16>(-4.0 + 8.0 * i / M);
+  auto xg = to_device(x), og = to_device(one);
+  Tensor<bf16, Cuda> h(Shape{M * N}), aux(Shape{M * N});
+  fathom::kernels::gemm_gelu(Cuda{},
+                             GemmParams<bf16>{.a = xg.data(), .b = og.data(), .c = h.data(), .m = M, .n = N,
+                                              .k = 1, .trans_b = true},
+                             aux.data());
+  const auto hv = h.to_vector();
+  int far = 0;
+  for (std::int64_t i = 0; i < M; ++i) {
+    const double xi = as_double(x[static_cast<std::size_t>(i)]);
+    const double want = fathom::kernels::detail::gelu(xi);
+    int e = 0;
+    std::frexp(want, &e);  // |want| in [2^(e-1), 2^e): a bf16 step there is 2^(e-8)
+    const double step = 0.75 * std::ldexp(1.0, e - 8);
+    for (std::int64_t j = 0; j < N; ++j)
+      if (std::abs(as_double(hv[static_cast<std::size_t>(i * N + j)]) - want) > step) ++far;
+  }
+  CHECK(far == 0);
+}

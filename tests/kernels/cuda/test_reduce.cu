@@ -5,6 +5,8 @@
 #include <fathom/cuda.hpp>
 #include <fathom/autograd/ops/reduce.hpp>
 #include <fathom/kernels/cuda/reduce.cuh>
+#include <fathom/optim/clip.hpp>
+#include <fathom/optim/param_group.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -27,6 +29,7 @@ using fathom::scalar_cast;
 using fathom::Shape;
 using fathom::Tensor;
 using fathom::Var;
+namespace optim = fathom::optim;
 namespace kernels = fathom::kernels;
 namespace ag = fathom::autograd;
 
@@ -199,4 +202,27 @@ TEMPLATE_TEST_CASE("sum and mean of Var<T, Cuda> match the CPU, forward and back
         tree_sum_tolerance<T>(cpu[1], mass / static_cast<double>(shape.numel()), shape.numel()) * 2.0);
   CHECK(gpu[2] == cpu[2]);
   CHECK(gpu[3] == cpu[3]);
+}
+
+TEMPLATE_TEST_CASE("CUDA clip_factor_on_device matches the host computation", "[cuda][reduce]", float, bf16) {
+  using T = TestType;
+  const double spread = GENERATE(0.001, 1.0);
+  INFO(Precision<T>::name << ", spread " << spread);
+  std::vector<optim::NamedParameter<T, Cpu>> cpu;
+  std::vector<optim::NamedParameter<T, Cuda>> gpu;
+  const std::int64_t sizes[] = {50304 * 8, 768, 5461, 3};
+  for (int k = 0; k < 4; ++k) {
+    auto g = Tensor<T>::randn(Shape{sizes[k]}, 50 + k, spread);
+    Var<T, Cpu> c(Tensor<T>::zeros(Shape{sizes[k]}), true);
+    c.grad_accumulator().copy_(g);
+    Var<T, Cuda> d(Tensor<T, Cuda>::zeros(Shape{sizes[k]}), true);
+    d.grad_accumulator().copy_(g.template to<Cuda>());
+    cpu.push_back({"p", c});
+    gpu.push_back({"p", d});
+  }
+  const double want = optim::clip_factor(optim::global_grad_norm<T, Cpu>(cpu), 1.0);
+  Tensor<float, Cuda> factor(Shape{});
+  optim::clip_factor_on_device<T, Cuda>(gpu, 1.0, factor);
+  CHECK_THAT(static_cast<double>(factor.item()), WithinRel(want, 1e-5));
+  if (spread == 1.0) CHECK(factor.item() < 0.1f);
 }

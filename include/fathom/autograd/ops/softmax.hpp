@@ -69,8 +69,17 @@ Var<accum_t<T>, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int3
   return Var<A, D>::make_result(
       std::move(loss), needs_grad,
       [gl = grad_target(logits), lc, tc, lse, valid, rows, vocab, ignore_index](const Tensor<A, D>& gy) {
-        // (N, V) is the largest tensor of a step: written, never zero-filled first.
-        const auto dlogits = gl->write_target();
+        // (N, V) is the largest tensor of a step. Nothing needs the logits after this node: when
+        // it holds their only reference and nothing has reached their gradient yet, the gradient
+        // is written over them in place (each element is read once, then overwritten); otherwise
+        // into a new buffer, never zero-filled first.
+        GradWrite<T> dlogits;
+        if (!gl->grad.defined() && lc.storage_use_count() == 1 && lc.is_contiguous()) {
+          gl->grad = lc.reshape(gl->shape.to_vector());
+          dlogits = {gl->grad.data(), false};
+        } else {
+          dlogits = gl->write_target();
+        }
         kernels::CrossEntropyBackwardParams<T> b;
         b.logits = lc.data();
         b.targets = tc.data();

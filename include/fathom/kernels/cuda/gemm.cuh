@@ -23,6 +23,7 @@
 #include "fathom/core/scalar.hpp"
 #include "fathom/kernels/cuda/blas_handle.cuh"
 #include "fathom/kernels/cuda/primitives.cuh"  // CUDA primitives of Tensor<T, Cuda> (scratch tensors)
+#include "fathom/kernels/activation.hpp"  // gelu, gelu_grad (host and device)
 #include "fathom/kernels/gemm.hpp"
 #include "fathom/tensor/tensor.hpp"
 
@@ -221,9 +222,32 @@ inline cublasLtMatrixLayout_t make_layout(cudaDataType_t type, std::int64_t rows
 
 // Builds the descriptor and layouts of p (row-major C = op(A) op(B) computed as column-major
 // C^T = op(B)^T op(A)^T) and asks the heuristic for the best algorithm within the workspace.
+// A cuBLASLt epilogue beyond the bias: GELU that also writes the pre-activation to `aux`
+// (GELU_AUX[_BIAS]), or the GELU gradient D = (A B) * gelu'(aux), with the column sums of D written
+// to bias_grad when it is given (DGELU[_BGRAD]). aux has C's layout (leading dimension ldc).
+enum class LtEpilogue : std::int64_t { none = 0, gelu_aux = 1, dgelu = 2 };
+template <class T>
+struct LtExtra {
+  LtEpilogue kind = LtEpilogue::none;
+  const T* aux = nullptr;
+  T* bias_grad = nullptr;
+};
+
+template <class T>
+void set_epilogue_pointers(cublasLtMatmulDesc_t desc, const GemmParams<T>& p, const LtExtra<T>& e) {
+  if (e.kind == LtEpilogue::none) return;
+  const void* aux = e.aux;
+  set_desc(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
+  set_desc(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, static_cast<std::int64_t>(p.ldc));
+  if (e.kind == LtEpilogue::dgelu && e.bias_grad) {
+    const void* bias = e.bias_grad;
+    set_desc(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  }
+}
+
 template <class T>
 GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32,
-                        const std::array<std::uint32_t, 3>& align) {
+                        const std::array<std::uint32_t, 3>& align, const LtExtra<T>& extra = {}) {
   constexpr cudaDataType_t type = cuda_data_type<T>();
   GemmPlan plan;
   const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
@@ -234,11 +258,18 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32,
            static_cast<std::int32_t>(p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N));
   if (fuse_bias) {
     // The bias (N) runs along the rows of column-major D = C^T; its type is D's (the default).
-    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
-             static_cast<std::uint32_t>(CUBLASLT_EPILOGUE_BIAS));
+    const auto epilogue = extra.kind == LtEpilogue::gelu_aux ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_BIAS;
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<std::uint32_t>(epilogue));
     const void* bias = p.bias;  // the heuristic reads the pointer for its alignment
     set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  } else if (extra.kind == LtEpilogue::gelu_aux) {
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<std::uint32_t>(CUBLASLT_EPILOGUE_GELU_AUX));
+  } else if (extra.kind == LtEpilogue::dgelu) {
+    // The bias gradient (N) is the sum of D along the rows of our C (over M): D's row direction.
+    const auto epilogue = extra.bias_grad ? CUBLASLT_EPILOGUE_DGELU_BGRAD : CUBLASLT_EPILOGUE_DGELU;
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<std::uint32_t>(epilogue));
   }
+  set_epilogue_pointers(plan.desc, p, extra);
   plan.first =
       make_layout(type, p.trans_b ? p.k : p.n, p.trans_b ? p.n : p.k, p.ldb, p.batch, p.stride_b);
   plan.second =
@@ -270,9 +301,11 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32,
 // The bias is fused as the BIAS epilogue when its address is 16-byte aligned (cuBLASLt's
 // alignment preferences do not cover the bias, and its kernels may assume 16), else added after.
 template <class T>
-bool lt_gemm(const GemmParams<T>& p) {
+bool lt_gemm(const GemmParams<T>& p, const LtExtra<T>& extra = {}) {
   const bool tf32 = std::is_same_v<T, float> && gemm_allow_tf32();
   const bool fuse_bias = p.bias && reinterpret_cast<std::uintptr_t>(p.bias) % 16 == 0;
+  // A GELU epilogue must see the bias before the activation: callers pass it aligned or not at all.
+  if (extra.kind == LtEpilogue::gelu_aux && p.bias && !fuse_bias) return false;
   const std::array<std::uint32_t, 3> align = {
       operand_alignment(p.a, p.lda, p.stride_a, p.batch, sizeof(T)),
       operand_alignment(p.b, p.ldb, p.stride_b, p.batch, sizeof(T)),
@@ -297,18 +330,19 @@ bool lt_gemm(const GemmParams<T>& p) {
            align[0],
            align[1],
            align[2],
-           0};
+           static_cast<std::int64_t>(extra.kind) * 2 + (extra.bias_grad ? 1 : 0)};
 
   auto& cache = GemmPlanCache::instance();
   std::lock_guard<std::mutex> lock(cache.mutex());
   GemmPlan* plan = cache.find(key);
-  if (!plan) plan = &cache.insert(key, make_gemm_plan(p, fuse_bias, tf32, align));
+  if (!plan) plan = &cache.insert(key, make_gemm_plan(p, fuse_bias, tf32, align, extra));
   if (!plan->usable) return false;
 
   if (fuse_bias) {
     const void* bias = p.bias;
     set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   }
+  set_epilogue_pointers(plan->desc, p, extra);
   const float alpha = static_cast<float>(p.alpha), beta = static_cast<float>(p.beta);
   auto& handles = BlasHandles::instance();
   const cublasStatus_t status =
@@ -382,6 +416,77 @@ void gemm(Cuda, const GemmParams<T>& params) {
     if (!reuses_operand && detail::lt_gemm(p)) return;
   }
   detail::blas_gemm(p);
+}
+
+template <class T>
+void column_sum(Cuda, const ColumnSumParams<T>& p);
+
+namespace detail {
+
+template <class T>
+struct GeluFromAuxMap {
+  T* c;
+  const T* aux;
+  template <int N>
+  __device__ void apply(std::int64_t i) const {
+    using A = accum_t<T>;
+    const auto x = map_load<N>(aux + i);
+    MapPack<T, N> y;
+#pragma unroll
+    for (int j = 0; j < N; ++j) y.v[j] = scalar_cast<T>(gelu(scalar_cast<A>(x.v[j])));
+    map_store<N>(c + i, y);
+  }
+};
+
+template <class T>
+struct DgeluMap {
+  T* c;
+  const T* aux;
+  template <int N>
+  __device__ void apply(std::int64_t i) const {
+    using A = accum_t<T>;
+    const auto x = map_load<N>(aux + i);
+    auto g = map_load<N>(c + i);
+#pragma unroll
+    for (int j = 0; j < N; ++j) g.v[j] = scalar_cast<T>(scalar_cast<A>(g.v[j]) * gelu_grad(scalar_cast<A>(x.v[j])));
+    map_store<N>(c + i, g);
+  }
+};
+
+// cuBLASLt's GELU epilogues: bf16 only (the training path), 16-byte aligned aux and bias
+// gradient, and a leading dimension of C that keeps every aux row aligned.
+template <class T>
+bool gelu_epilogue_fits(const GemmParams<T>& p, const void* aux, const void* bias_grad) {
+  return std::is_same_v<T, bf16> && reinterpret_cast<std::uintptr_t>(aux) % 16 == 0 &&
+         reinterpret_cast<std::uintptr_t>(bias_grad) % 16 == 0 && p.ldc % 8 == 0;
+}
+
+}  // namespace detail
+
+template <class T>
+void gemm_gelu(Cuda, const GemmParams<T>& params, T* aux) {
+  const GemmParams<T> p = detail::check_gemm_gelu(params, aux, "gemm_gelu");
+  if (p.m == 0 || p.n == 0) return;
+  if (p.k > 0 && detail::gelu_epilogue_fits(p, aux, nullptr) &&
+      detail::lt_gemm(p, detail::LtExtra<T>{detail::LtEpilogue::gelu_aux, aux, nullptr}))
+    return;
+  GemmParams<T> pre = p;
+  pre.c = aux;
+  gemm(Cuda{}, pre);
+  detail::launch_map<detail::map_width<T>()>(detail::GeluFromAuxMap<T>{p.c, aux}, p.m * p.n, p.c, aux);
+}
+
+template <class T>
+void gemm_dgelu(Cuda, const GemmParams<T>& params, const T* aux, T* bias_grad) {
+  const GemmParams<T> p = detail::check_gemm_gelu(params, aux, "gemm_dgelu");
+  if (p.m == 0 || p.n == 0) return;
+  if (p.k > 0 && detail::gelu_epilogue_fits(p, aux, bias_grad) &&
+      detail::lt_gemm(p, detail::LtExtra<T>{detail::LtEpilogue::dgelu, aux, bias_grad}))
+    return;
+  gemm(Cuda{}, p);
+  detail::launch_map<detail::map_width<T>()>(detail::DgeluMap<T>{p.c, aux}, p.m * p.n, p.c, aux);
+  if (bias_grad)
+    column_sum(Cuda{}, ColumnSumParams<T>{.x = p.c, .out = bias_grad, .rows = p.m, .cols = p.n, .accumulate = false});
 }
 
 template <class T>

@@ -112,6 +112,12 @@ __global__ void __launch_bounds__(32 * norm_warps) norm_forward_kernel(NormForwa
   }, lane, 32);
 }
 
+// Where column-plane element i of a warp's weight-gradient sums lives in shared memory: one word of
+// padding after every 32 keeps the lanes of a warp, each owning a pack of N consecutive columns,
+// on 32 different banks (unpadded, packs of 8 would put 8 lanes on every bank).
+__device__ __host__ inline std::int64_t norm_sum_slot(std::int64_t i) { return i + i / 32; }
+__device__ __host__ inline std::int64_t norm_sum_slice(std::int64_t plane_size) { return norm_sum_slot(plane_size - 1) + 1; }
+
 // One warp per row too, warps striding over the rows; blockDim.y warps per block. Each warp sums
 // dy * xhat (and dy) over its rows into its own shared-memory slice (the lane owns the same
 // columns in every row, so no two threads touch one element); the block then adds its slices in
@@ -123,9 +129,10 @@ __global__ void __launch_bounds__(32 * norm_backward_max_warps) norm_backward_ke
   const std::int64_t C = a.cols, plane_size = a.planes * C;
   const int lane = static_cast<int>(threadIdx.x), warp = static_cast<int>(threadIdx.y);
   const int warps = static_cast<int>(blockDim.y), tid = warp * 32 + lane, threads = warps * 32;
-  A* sums = reinterpret_cast<A*>(norm_shared) + warp * plane_size;  // (planes, C): this warp's sums
+  const std::int64_t slice = norm_sum_slice(plane_size);
+  A* sums = reinterpret_cast<A*>(norm_shared) + warp * slice;  // (planes, C), padded: this warp's sums
   if (a.partial) {
-    for (std::int64_t c = lane; c < plane_size; c += 32) sums[c] = 0;
+    for (std::int64_t c = lane; c < slice; c += 32) sums[c] = 0;
     __syncwarp();  // zeroed by other lanes than the ones that own the columns below
   }
   const A inv_cols = A(1) / static_cast<A>(C);
@@ -174,8 +181,8 @@ __global__ void __launch_bounds__(32 * norm_backward_max_warps) norm_backward_ke
       if (a.partial) {
 #pragma unroll
         for (int j = 0; j < W; ++j) {
-          sums[c + j] += d[j] * xhat[j];
-          if (a.planes == 2) sums[C + c + j] += d[j];
+          sums[norm_sum_slot(c + j)] += d[j] * xhat[j];
+          if (a.planes == 2) sums[norm_sum_slot(C + c + j)] += d[j];
         }
       }
     }, lane, 32);
@@ -186,7 +193,7 @@ __global__ void __launch_bounds__(32 * norm_backward_max_warps) norm_backward_ke
     A* out = a.partial + static_cast<std::int64_t>(blockIdx.x) * plane_size;
     for (std::int64_t c = tid; c < plane_size; c += threads) {
       A total = 0;
-      for (int k = 0; k < warps; ++k) total += all[k * plane_size + c];
+      for (int k = 0; k < warps; ++k) total += all[k * slice + norm_sum_slot(c)];
       out[c] = total;
     }
   }
@@ -260,7 +267,7 @@ void launch_norm_backward(NormBackwardArgs<T> a, T* dw, T* db) {
   const bool params = dw || db;
   // Shared memory: one (planes, C) slice per warp. As many warps per block as fit in the default
   // 48 KiB; a single warp beyond that, with the opt-in limit.
-  const std::size_t slice = params ? static_cast<std::size_t>(a.planes * a.cols) * sizeof(A) : 0;
+  const std::size_t slice = params ? static_cast<std::size_t>(norm_sum_slice(a.planes * a.cols)) * sizeof(A) : 0;
   int warps = norm_backward_max_warps;
   while (warps > 1 && static_cast<std::size_t>(warps) * slice > 48 * 1024) --warps;
   const std::size_t shared = static_cast<std::size_t>(warps) * slice;
@@ -279,7 +286,7 @@ void launch_norm_backward(NormBackwardArgs<T> a, T* dw, T* db) {
   // As many blocks as run at once: each warp then walks rows / (blocks * warps) rows.
   const std::int64_t warps_total = static_cast<std::int64_t>(sms) * std::max(per_sm, 1) * warps;
   const int blocks = static_cast<int>((std::min(a.rows, warps_total) + warps - 1) / warps);
-  Storage<Cuda> partial(params ? static_cast<std::size_t>(blocks) * slice : 0);
+  Storage<Cuda> partial(params ? static_cast<std::size_t>(blocks * a.planes * a.cols) * sizeof(A) : 0);
   a.partial = params ? static_cast<A*>(partial.data()) : nullptr;
   kernel<<<blocks, dim3(32, warps), shared, cuda::stream()>>>(a);
   FATHOM_CUDA_CHECK(cudaGetLastError());

@@ -207,6 +207,19 @@ void sum_squares(Cuda, const SumSquaresParams<T>& p, accum_t<T>* out) {
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 
+template <class A>
+__global__ void clip_factor_kernel(const A* sum_squares, double max_norm, float* factor) {
+  const double norm = sqrt(static_cast<double>(*sum_squares));
+  *factor = (max_norm > 0.0 && norm > max_norm) ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
+// clip_factor on the device: one thread, no synchronization.
+template <class A>
+void clip_factor(Cuda, const A* sum_squares, double max_norm, float* factor) {
+  clip_factor_kernel<A><<<1, 1, 0, cuda::stream()>>>(sum_squares, max_norm, factor);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
 // The total, returned on the host (synchronizes fathom's stream).
 template <class T>
 accum_t<T> sum_squares(Cuda, const SumSquaresParams<T>& p) {
