@@ -296,7 +296,7 @@ void gemm_gelu(Cpu, const GemmParams<T>& params, T* aux) {
 
 // C = (op(A) op(B)) * gelu'(aux) element-wise, the gradient of a GELU's input given A B, the
 // gradient of its output; and, when bias_grad is not null, bias_grad[j] = sum over rows of C
-// (written, not added). Batch 1, beta 0. On CUDA (bf16) one cuBLASLt call (DGELU_BGRAD).
+// (written, not added). Batch 1, beta 0.
 template <class T>
 void gemm_dgelu(Cpu, const GemmParams<T>& params, const T* aux, T* bias_grad) {
   using A = accum_t<T>;

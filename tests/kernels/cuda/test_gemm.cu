@@ -498,9 +498,11 @@ TEMPLATE_TEST_CASE("CUDA gemm_gelu and gemm_dgelu match the double reference (ep
 }
 
 TEST_CASE("CUDA gemm_gelu is the tanh form of GELU", "[cuda][gemm]") {
-  // K = 1 and B = 1: the pre-activations are the bf16 inputs exactly, so the outputs are gelu of
-  // known values, rounded once. The tanh and erf forms differ by up to 4e-4 around x = -2, more
-  // than a bf16 step there (2.4e-4); each output must be within 3/4 of a step of the tanh form.
+  // K = 1 and B = 1: the pre-activations are the bf16 inputs exactly, so the outputs are GELU of
+  // known values, rounded once. The tanh and erf forms differ by up to 4e-4 for x in [-3, -1],
+  // up to several bf16 steps there. Every output must be within 1.5 steps of the tanh form (the
+  // epilogue evaluates tanh fast, not exactly), and where the two forms are more than 4 steps
+  // apart, nearer the tanh form.
   const std::int64_t M = 512, N = 8;
   std::vector<bf16> x(static_cast<std::size_t>(M)), one(static_cast<std::size_t>(N), scalar_cast<bf16>(1.0));
   for (std::int64_t i = 0; i < M; ++i) x[static_cast<std::size_t>(i)] = scalar_cast<bf16>(-4.0 + 8.0 * i / M);
@@ -511,15 +513,28 @@ TEST_CASE("CUDA gemm_gelu is the tanh form of GELU", "[cuda][gemm]") {
                                               .k = 1, .trans_b = true},
                              aux.data());
   const auto hv = h.to_vector();
-  int far = 0;
+  int far = 0, nearer_erf = 0, distinct = 0;
+  double worst = 0;
   for (std::int64_t i = 0; i < M; ++i) {
     const double xi = as_double(x[static_cast<std::size_t>(i)]);
-    const double want = fathom::kernels::detail::gelu(xi);
+    const double tanh_form = fathom::kernels::detail::gelu(xi);
+    const double erf_form = 0.5 * xi * (1.0 + std::erf(xi / std::sqrt(2.0)));
     int e = 0;
-    std::frexp(want, &e);  // |want| in [2^(e-1), 2^e): a bf16 step there is 2^(e-8)
-    const double step = 0.75 * std::ldexp(1.0, e - 8);
-    for (std::int64_t j = 0; j < N; ++j)
-      if (std::abs(as_double(hv[static_cast<std::size_t>(i * N + j)]) - want) > step) ++far;
+    std::frexp(tanh_form, &e);  // |value| in [2^(e-1), 2^e): a bf16 step there is 2^(e-8)
+    const double step = std::ldexp(1.0, e - 8);
+    for (std::int64_t j = 0; j < N; ++j) {
+      const double got = as_double(hv[static_cast<std::size_t>(i * N + j)]);
+      worst = std::max(worst, std::abs(got - tanh_form) / step);
+      if (std::abs(got - tanh_form) > 1.5 * step) ++far;
+      if (std::abs(erf_form - tanh_form) > 4 * step) {
+        ++distinct;
+        if (std::abs(got - erf_form) < std::abs(got - tanh_form)) ++nearer_erf;
+      }
+    }
   }
+  INFO("largest distance from the tanh form: " << worst << " bf16 steps; " << distinct
+                                               << " outputs where the forms are > 4 steps apart");
   CHECK(far == 0);
+  CHECK(distinct > 0);
+  CHECK(nearer_erf == 0);
 }

@@ -177,8 +177,9 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight, const Var<T, D>& b
 
 // gelu_mlp(x, w1, b1, w2, b2) = linear(gelu(linear(x, w1, b1)), w2, b2), the MLP of GPT-2, as one
 // node: the GELU runs in the epilogue of the first GEMM (which also keeps the pre-activation for
-// the backward) and its gradient in the epilogue of the GEMM that produces the hidden gradient,
-// together with the first bias's gradient. Same values and gradients as the three ops composed.
+// the backward; cuBLASLt's GELU_AUX_BIAS for bf16 on CUDA), and the backward turns the hidden
+// gradient into the pre-activation's in the buffer the GEMM wrote, then sums it for the first
+// bias. Same values and gradients as the three ops composed.
 //   x (..., C), w1 (F, C), b1 (F) or null, w2 (C', F), b2 (C') or null  -> (..., C')
 template <class T, DeviceTag D>
 Var<T, D> gelu_mlp(const Var<T, D>& x, const Var<T, D>& w1, const std::type_identity_t<Var<T, D>>* b1,
@@ -229,7 +230,7 @@ Var<T, D> gelu_mlp(const Var<T, D>& x, const Var<T, D>& w1, const std::type_iden
                                                                .cols = out, .accumulate = d.accumulate});
         }
         if (!gx && !gw1 && !gb1) return;
-        // dPre = (dY W2) * gelu'(pre), and db1 = its column sums, from one GEMM.
+        // dPre = (dY W2) * gelu'(pre), and db1 = its column sums.
         Tensor<T, D> dpre(Shape{rows, hidden});
         Tensor<T, D> db1 = gb1 ? Tensor<T, D>(Shape{hidden}) : Tensor<T, D>();
         kernels::gemm_dgelu(D{}, kernels::GemmParams<T>{.a = gy.data(), .b = w2v.data(), .c = dpre.data(),
