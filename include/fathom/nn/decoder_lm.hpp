@@ -146,11 +146,15 @@ class DecoderLM {
   const Embedding<T, D>& token_embedding() const { return wte_; }
 
  private:
-  // (B, T): row b is 0, 1, ..., T-1.
-  static Tensor<std::int32_t, D> position_ids(std::int64_t B, std::int64_t Tn) {
-    std::vector<std::int32_t> ids(static_cast<std::size_t>(B * Tn));
-    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>(static_cast<std::int64_t>(i) % Tn);
-    return Tensor<std::int32_t, D>::from_vector(Shape{B, Tn}, ids);
+  // (B, T): row b is 0, 1, ..., T-1. Kept for the next forward of the same shape: a copy from the
+  // host waits for the device, which would stall every training step.
+  const Tensor<std::int32_t, D>& position_ids(std::int64_t B, std::int64_t Tn) const {
+    if (!position_ids_.defined() || position_ids_.size(0) != B || position_ids_.size(1) != Tn) {
+      std::vector<std::int32_t> ids(static_cast<std::size_t>(B * Tn));
+      for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>(static_cast<std::int64_t>(i) % Tn);
+      position_ids_ = Tensor<std::int32_t, D>::from_vector(Shape{B, Tn}, ids);
+    }
+    return position_ids_;
   }
 
   ModelConfig config_;
@@ -158,6 +162,7 @@ class DecoderLM {
   std::vector<Parameter> params_;
   Embedding<T, D> wte_;
   Embedding<T, D> wpe_;  // learned positions only
+  mutable Tensor<std::int32_t, D> position_ids_;  // the last position_ids(B, T), see there
   std::vector<BlockType> blocks_;
   std::optional<Norm<T, D>> final_norm_;
   Linear<T, D> lm_head_;  // untied only
