@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # fathom's test command (README "Tests"; .ci/run calls it): installs missing packages, builds the
-# CPU tests and examples with Ninja and runs the CPU tests, compiles (where nvcc exists) the CUDA
-# compile check and the CUDA tests, rebuilds the CPU tests under AddressSanitizer +
-# UndefinedBehaviorSanitizer and runs them, then builds the downstream consumer project three ways.
-# Prints the time of each phase.
+# example programs (Release) with Ninja and runs their ctest cases, compiles (where nvcc exists)
+# the CUDA compile check and the CUDA tests, builds the CPU unit tests (fathom_tests) under
+# AddressSanitizer + UndefinedBehaviorSanitizer and runs them, then builds the downstream consumer
+# project three ways. Prints the time of each phase. (The unit tests are built once, sanitized;
+# with FATHOM_SKIP_SANITIZE=1 they are built and run in the Release tree instead.)
 # Usage: scripts/test.sh
 #   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/test, <dir>/cuda, <dir>/asan),
 #        JOBS (default nproc), FATHOM_TEST_CUDA_EXAMPLES=1 (also compile the CUDA parts of the
@@ -81,21 +82,36 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFATHOM_BUILD_TESTS=
   -DFATHOM_BUILD_EXAMPLES=ON -DFATHOM_ENABLE_CUDA=OFF
 end
 
-begin "build CPU tests"
-cmake --build "$build" -j "$jobs" --target fathom_tests
-end
+sanitize=1
+[[ "${FATHOM_SKIP_SANITIZE:-0}" == 1 ]] && sanitize=0
+
+# Catch2's case count of a fathom_tests binary (v2's --list-tests exits with the count).
+count_cases() {
+  local cases
+  cases="$({ "$1" --list-tests || true; } | grep -Eo '[0-9]+ (matching )?test cases?' | tail -1)"
+  echo "Catch2: $cases in fathom_tests"
+}
+
+if [[ $sanitize == 0 ]]; then
+  begin "build CPU tests"
+  cmake --build "$build" -j "$jobs" --target fathom_tests
+  end
+fi
 
 begin "build examples (CPU)"
-cmake --build "$build" -j "$jobs"
+cmake --build "$build" -j "$jobs" --target fathom_examples
 end
 
-begin "run CPU tests (ctest)"
-ctest --test-dir "$build" -L cpu -j "$jobs" --output-on-failure
-# (Catch2 v2 exits with the number of cases listed, hence the || true.)
-cases="$({ "$build/bin/fathom_tests" --list-tests || true; } | grep -Eo '[0-9]+ (matching )?test cases?' |
-         tail -1)"
-echo "Catch2: $cases in fathom_tests"
-end
+if [[ $sanitize == 0 ]]; then
+  begin "run CPU tests (ctest)"
+  ctest --test-dir "$build" -L cpu -j "$jobs" --output-on-failure
+  count_cases "$build/bin/fathom_tests"
+  end
+else
+  begin "run program tests (ctest, Release)"
+  ctest --test-dir "$build" -L cpu -LE unit -j "$jobs" --output-on-failure
+  end
+fi
 
 if [[ -n "$nvcc" ]]; then
   begin "nvcc: cuda.hpp (sm_80, sm_90), CUDA tests"
@@ -116,19 +132,19 @@ if [[ -n "$nvcc" ]]; then
   end
 fi
 
-if [[ "${FATHOM_SKIP_SANITIZE:-0}" != 1 ]]; then
+if [[ $sanitize == 1 ]]; then
   begin "build CPU tests with ASan+UBSan"
-  # -Og: half the compile time of -O1 under both sanitizers, and the tests run as fast.
   cmake -S . -B "$asan_build" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-Og -g1" \
     -DFATHOM_BUILD_TESTS=ON -DFATHOM_BUILD_EXAMPLES=OFF -DFATHOM_ENABLE_CUDA=OFF \
     -DFATHOM_SANITIZE="address,undefined" >/dev/null
   cmake --build "$asan_build" -j "$jobs" --target fathom_tests
   end
 
-  begin "run CPU tests with ASan+UBSan"
+  begin "run CPU tests with ASan+UBSan (ctest)"
   ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}" \
   UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
-    ctest --test-dir "$asan_build" -L cpu -j "$jobs" --output-on-failure
+    ctest --test-dir "$asan_build" -L unit -j "$jobs" --output-on-failure
+  count_cases "$asan_build/bin/fathom_tests"
   end
 fi
 

@@ -103,6 +103,24 @@ TEMPLATE_TEST_CASE("CUDA gelu and silu match the CPU, forward and backward", "[c
     kernels::silu_backward(Cuda{}, kernels::ActivationBackwardParams<T>{gx.data(), gdy.data(), gdx.data(), n});
     CHECK(first_mismatch(gdx.values(), dx) == "");
   }
+  SECTION("gelu and silu backward into fresh buffers (accumulate false): NaN-filled, never read") {
+    const std::vector<T> nan(x.size(), scalar_cast<T>(std::nan("")));
+    for (const bool gelu : {true, false}) {
+      INFO((gelu ? "gelu" : "silu"));
+      std::vector<T> dx(x.size(), scalar_cast<T>(0.0));
+      DeviceArray<T> gdx(nan, offset);
+      const kernels::ActivationBackwardParams<T> cpu{x.data(), dy.data(), dx.data(), n};
+      const kernels::ActivationBackwardParams<T> gpu{gx.data(), gdy.data(), gdx.data(), n, false};
+      if (gelu) {
+        kernels::gelu_backward(Cpu{}, cpu);
+        kernels::gelu_backward(Cuda{}, gpu);
+      } else {
+        kernels::silu_backward(Cpu{}, cpu);
+        kernels::silu_backward(Cuda{}, gpu);
+      }
+      CHECK(first_mismatch(gdx.values(), dx) == "");
+    }
+  }
 }
 
 TEMPLATE_TEST_CASE("CUDA swiglu matches the CPU, forward and backward", "[cuda][activation]", double, float, bf16) {
@@ -137,6 +155,17 @@ TEMPLATE_TEST_CASE("CUDA swiglu matches the CPU, forward and backward", "[cuda][
                                                                       gdu.data(), n});
     CHECK(first_mismatch(gdu.values(), du) == "");
     CHECK(gdg.values() == dg0);
+  }
+  SECTION("fresh buffers overwritten (accumulate false): NaN-filled, never read") {
+    std::vector<T> dg(gate.size(), scalar_cast<T>(0.0)), du(gate.size(), scalar_cast<T>(0.0));
+    kernels::swiglu_backward(Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), up.data(), dy.data(), dg.data(),
+                                                                     du.data(), n});
+    const std::vector<T> nan(gate.size(), scalar_cast<T>(std::nan("")));
+    DeviceArray<T> fdg(nan, offset), fdu(nan, offset);
+    kernels::swiglu_backward(Cuda{}, kernels::SwigluBackwardParams<T>{ggate.data(), gup.data(), gdy.data(),
+                                                                      fdg.data(), fdu.data(), n, false, false});
+    CHECK(first_mismatch(fdg.values(), dg) == "");
+    CHECK(first_mismatch(fdu.values(), du) == "");
   }
   SECTION("gate and up one tensor, one gradient buffer") {
     auto g = dg0;

@@ -119,8 +119,10 @@ Outputs reference(const Case& c, const Inputs& in) {
 
 // Runs forward and backward on the GPU with T elements: q, k, v rows of `in_stride` (>= C;
 // q, k, v live side by side in one fused buffer when in_stride >= 3C), o rows of `o_stride`.
+// With accumulate false, dq, dk and dv start as NaN and must be overwritten, never read.
 template <class T>
-Outputs run_cuda(const Case& c, const Inputs& in, std::int64_t in_stride = 0, std::int64_t o_stride = 0) {
+Outputs run_cuda(const Case& c, const Inputs& in, std::int64_t in_stride = 0, std::int64_t o_stride = 0,
+                 bool accumulate = true) {
   const std::int64_t C = c.C(), rows = c.B * c.T;
   if (in_stride == 0) in_stride = 3 * C;
   if (o_stride == 0) o_stride = C;
@@ -165,9 +167,10 @@ Outputs run_cuda(const Case& c, const Inputs& in, std::int64_t in_stride = 0, st
 
   const Shape shape{c.B, c.T, C};
   auto d_o = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(in.d_o));
-  auto dq = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(in.dq0));
-  auto dk = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(in.dk0));
-  auto dv = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(in.dv0));
+  const std::vector<double> nan(in.dq0.size(), std::nan(""));
+  auto dq = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dq0 : nan));
+  auto dk = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dk0 : nan));
+  auto dv = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dv0 : nan));
   fathom::kernels::AttentionBackwardParams<T> bp;
   bp.q = q;
   bp.k = k;
@@ -187,6 +190,7 @@ Outputs run_cuda(const Case& c, const Inputs& in, std::int64_t in_stride = 0, st
   bp.do_stride = bp.dq_stride = bp.dk_stride = bp.dv_stride = C;
   bp.causal = c.causal;
   bp.scale = p.scale;
+  bp.accumulate = accumulate;
   fathom::kernels::attention_backward(Cuda{}, bp);
   FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
 
@@ -278,6 +282,20 @@ TEST_CASE("CUDA attention matches the CPU reference, forward and backward", "[cu
   const Outputs want = reference(c, in);
   check_against<float>(c, run_cuda<float>(c, in), want);
   check_against<bf16>(c, run_cuda<bf16>(c, in), want);
+}
+
+TEST_CASE("CUDA attention backward overwrites fresh gradient buffers (accumulate false)", "[cuda][attention]") {
+  const Case c = GENERATE(Case{2, 256, 12, 64, true}, Case{3, 100, 4, 32, true}, Case{2, 130, 2, 64, false},
+                          Case{2, 65, 3, 16, true});
+  INFO(c);
+  Inputs in = make_inputs(c, 200);
+  Inputs zero = in;  // the reference adds onto zeros
+  std::fill(zero.dq0.begin(), zero.dq0.end(), 0.0);
+  std::fill(zero.dk0.begin(), zero.dk0.end(), 0.0);
+  std::fill(zero.dv0.begin(), zero.dv0.end(), 0.0);
+  const Outputs want = reference(c, zero);
+  check_against<float>(c, run_cuda<float>(c, in, 0, 0, false), want);
+  check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, false), want);
 }
 
 TEST_CASE("CUDA attention reads fused and misaligned rows in place", "[cuda][attention]") {
