@@ -286,12 +286,11 @@ GemmParams<T> check_gemm_gelu(const GemmParams<T>& params, const T* aux, const c
 // GELU_AUX_BIAS epilogue.
 template <class T>
 void gemm_gelu(Cpu, const GemmParams<T>& params, T* aux) {
-  using A = accum_t<T>;
   const GemmParams<T> p = detail::check_gemm_gelu(params, aux, "gemm_gelu");
   GemmParams<T> pre = p;
   pre.c = aux;
   gemm(Cpu{}, pre);
-  for (std::int64_t i = 0; i < p.m * p.n; ++i) p.c[i] = scalar_cast<T>(detail::gelu(scalar_cast<A>(aux[i])));
+  gelu(Cpu{}, ActivationParams<T>{aux, p.c, p.m * p.n});
 }
 
 // C = (op(A) op(B)) * gelu'(aux) element-wise, the gradient of a GELU's input given A B, the
@@ -299,11 +298,9 @@ void gemm_gelu(Cpu, const GemmParams<T>& params, T* aux) {
 // (written, not added). Batch 1, beta 0.
 template <class T>
 void gemm_dgelu(Cpu, const GemmParams<T>& params, const T* aux, T* bias_grad) {
-  using A = accum_t<T>;
   const GemmParams<T> p = detail::check_gemm_gelu(params, aux, "gemm_dgelu");
   gemm(Cpu{}, p);
-  for (std::int64_t i = 0; i < p.m * p.n; ++i)
-    p.c[i] = scalar_cast<T>(scalar_cast<A>(p.c[i]) * detail::gelu_grad(scalar_cast<A>(aux[i])));
+  gelu_backward(Cpu{}, ActivationBackwardParams<T>{aux, p.c, p.c, p.m * p.n, /*accumulate=*/false});  // in place
   if (bias_grad)
     column_sum(Cpu{}, ColumnSumParams<T>{.x = p.c, .out = bias_grad, .rows = p.m, .cols = p.n, .accumulate = false});
 }

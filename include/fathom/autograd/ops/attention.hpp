@@ -35,6 +35,62 @@ struct AttentionRows {
   }
 };
 
+// The kernels' forward parameters: q, k, v rows of the given strides, o packed (B, T, C).
+template <class T>
+kernels::AttentionParams<T> attention_params(const T* q, const T* k, const T* v, std::int64_t q_stride,
+                                             std::int64_t k_stride, std::int64_t v_stride, T* o,
+                                             accum_t<T>* lse, std::int64_t B, std::int64_t Tn, int heads,
+                                             std::int64_t hd, bool causal) {
+  kernels::AttentionParams<T> fp;
+  fp.q = q;
+  fp.k = k;
+  fp.v = v;
+  fp.o = o;
+  fp.lse = lse;
+  fp.batch = B;
+  fp.seq = Tn;
+  fp.heads = heads;
+  fp.head_dim = hd;
+  fp.q_stride = q_stride;
+  fp.k_stride = k_stride;
+  fp.v_stride = v_stride;
+  fp.o_stride = heads * hd;
+  fp.causal = causal;
+  fp.scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  return fp;
+}
+
+// The backward of the forward fp: d_o packed, the gradients at dq, dk, dv with rows of grad_stride.
+template <class T>
+kernels::AttentionBackwardParams<T> attention_backward_params(const kernels::AttentionParams<T>& fp,
+                                                              const T* d_o, GradWrite<T> dq, GradWrite<T> dk,
+                                                              GradWrite<T> dv, std::int64_t grad_stride,
+                                                              bool accumulate) {
+  kernels::AttentionBackwardParams<T> bp;
+  bp.q = fp.q;
+  bp.k = fp.k;
+  bp.v = fp.v;
+  bp.o = fp.o;
+  bp.d_o = d_o;
+  bp.lse = fp.lse;
+  bp.dq = dq.data;
+  bp.dk = dk.data;
+  bp.dv = dv.data;
+  bp.batch = fp.batch;
+  bp.seq = fp.seq;
+  bp.heads = fp.heads;
+  bp.head_dim = fp.head_dim;
+  bp.q_stride = fp.q_stride;
+  bp.k_stride = fp.k_stride;
+  bp.v_stride = fp.v_stride;
+  bp.o_stride = bp.do_stride = fp.o_stride;
+  bp.dq_stride = bp.dk_stride = bp.dv_stride = grad_stride;
+  bp.causal = fp.causal;
+  bp.scale = fp.scale;
+  bp.accumulate = accumulate;
+  return bp;
+}
+
 }  // namespace detail
 
 // q, k, v: (B, T, C) with C = n_heads * head_dim and head h at columns [h * hd, (h + 1) * hd).
@@ -53,28 +109,13 @@ Var<T, D> attention(const Var<T, D>& q, const Var<T, D>& k, const Var<T, D>& v, 
   FATHOM_CHECK(C % n_heads == 0, "attention: C = " << C << " (q " << q.shape()
                                                    << ") is not divisible by n_heads = " << n_heads);
   const std::int64_t hd = C / n_heads;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
 
   detail::AttentionRows<T, D> qr(q.value()), kr(k.value()), vr(v.value());
   Tensor<T, D> o(Shape{B, Tn, C});
   Tensor<accum_t<T>, D> lse(Shape{B, n_heads, Tn});
-
-  kernels::AttentionParams<T> fp;
-  fp.q = qr.tensor.data();
-  fp.k = kr.tensor.data();
-  fp.v = vr.tensor.data();
-  fp.o = o.data();
-  fp.lse = lse.data();
-  fp.batch = B;
-  fp.seq = Tn;
-  fp.heads = n_heads;
-  fp.head_dim = hd;
-  fp.q_stride = qr.row_stride;
-  fp.k_stride = kr.row_stride;
-  fp.v_stride = vr.row_stride;
-  fp.o_stride = C;
-  fp.causal = causal;
-  fp.scale = scale;
+  const auto fp = detail::attention_params(qr.tensor.data(), kr.tensor.data(), vr.tensor.data(), qr.row_stride,
+                                           kr.row_stride, vr.row_stride, o.data(), lse.data(), B, Tn, n_heads,
+                                           hd, causal);
   if (o.numel() > 0) kernels::attention(D{}, fp);
 
   return Var<T, D>::make_result(
@@ -83,13 +124,6 @@ Var<T, D> attention(const Var<T, D>& q, const Var<T, D>& k, const Var<T, D>& v, 
           const Tensor<T, D>& gy) {
         if (o.numel() == 0) return;
         Tensor<T, D> g = gy.contiguous();
-        kernels::AttentionBackwardParams<T> bp;
-        bp.q = qr.tensor.data();
-        bp.k = kr.tensor.data();
-        bp.v = vr.tensor.data();
-        bp.o = o.data();
-        bp.d_o = g.data();
-        bp.lse = lse.data();
         // One flag covers the three outputs: fresh buffers are written only when all three are,
         // and are three different buffers (one Var may serve as q, k and v).
         GradWrite<T> dq, dk, dv;
@@ -105,29 +139,11 @@ Var<T, D> attention(const Var<T, D>& q, const Var<T, D>& k, const Var<T, D>& v, 
           if (gk) dk = {gk->accumulator().data(), true};
           if (gv) dv = {gv->accumulator().data(), true};
         }
-        bp.dq = dq.data;
-        bp.dk = dk.data;
-        bp.dv = dv.data;
-        bp.accumulate = !all_fresh;
-        bp.batch = fp.batch;
-        bp.seq = fp.seq;
-        bp.heads = fp.heads;
-        bp.head_dim = fp.head_dim;
-        bp.q_stride = fp.q_stride;
-        bp.k_stride = fp.k_stride;
-        bp.v_stride = fp.v_stride;
-        bp.o_stride = fp.o_stride;
-        const std::int64_t C = fp.heads * fp.head_dim;
-        bp.do_stride = bp.dq_stride = bp.dk_stride = bp.dv_stride = C;  // gradients are contiguous
-        bp.causal = fp.causal;
-        bp.scale = fp.scale;
+        // Gradients are contiguous (B, T, C).
+        const auto bp = detail::attention_backward_params(fp, g.data(), dq, dk, dv, fp.o_stride, !all_fresh);
         kernels::attention_backward(D{}, bp);
       });
 }
-
-}  // namespace fathom::autograd
-
-namespace fathom::autograd {
 
 // qkv (B, T, 3C): q, k and v side by side in the last dimension (the output of a fused (3C, C)
 // projection) -> (B, T, C). The same result as attention(q, k, v) on split_last(qkv, 3), but the
@@ -145,21 +161,8 @@ Var<T, D> attention_qkv(const Var<T, D>& qkv, int n_heads, bool causal = true) {
   Tensor<T, D> x = qkv.value().contiguous();
   Tensor<T, D> o(Shape{B, Tn, C});
   Tensor<accum_t<T>, D> lse(Shape{B, n_heads, Tn});
-
-  kernels::AttentionParams<T> fp;
-  fp.q = x.data();
-  fp.k = x.data() + C;
-  fp.v = x.data() + 2 * C;
-  fp.o = o.data();
-  fp.lse = lse.data();
-  fp.batch = B;
-  fp.seq = Tn;
-  fp.heads = n_heads;
-  fp.head_dim = hd;
-  fp.q_stride = fp.k_stride = fp.v_stride = 3 * C;
-  fp.o_stride = C;
-  fp.causal = causal;
-  fp.scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  const auto fp = detail::attention_params(x.data(), x.data() + C, x.data() + 2 * C, 3 * C, 3 * C, 3 * C,
+                                           o.data(), lse.data(), B, Tn, n_heads, hd, causal);
   if (o.numel() > 0) kernels::attention(D{}, fp);
 
   return Var<T, D>::make_result(
@@ -167,27 +170,9 @@ Var<T, D> attention_qkv(const Var<T, D>& qkv, int n_heads, bool causal = true) {
         if (o.numel() == 0) return;
         Tensor<T, D> d_o = gy.contiguous();
         const auto dst = g->write_target();
-        const std::int64_t C = fp.heads * fp.head_dim;
-        kernels::AttentionBackwardParams<T> bp;
-        bp.q = fp.q;
-        bp.k = fp.k;
-        bp.v = fp.v;
-        bp.o = o.data();
-        bp.d_o = d_o.data();
-        bp.lse = lse.data();
-        bp.dq = dst.data;
-        bp.dk = dst.data + C;
-        bp.dv = dst.data + 2 * C;
-        bp.batch = fp.batch;
-        bp.seq = fp.seq;
-        bp.heads = fp.heads;
-        bp.head_dim = fp.head_dim;
-        bp.q_stride = bp.k_stride = bp.v_stride = 3 * C;
-        bp.dq_stride = bp.dk_stride = bp.dv_stride = 3 * C;
-        bp.o_stride = bp.do_stride = C;
-        bp.causal = fp.causal;
-        bp.scale = fp.scale;
-        bp.accumulate = dst.accumulate;
+        const std::int64_t C = fp.o_stride;
+        const auto bp = detail::attention_backward_params(fp, d_o.data(), dst, {dst.data + C, dst.accumulate},
+                                                          {dst.data + 2 * C, dst.accumulate}, 3 * C, dst.accumulate);
         kernels::attention_backward(D{}, bp);
       });
 }

@@ -23,7 +23,7 @@
 #include "fathom/core/scalar.hpp"
 #include "fathom/kernels/cuda/blas_handle.cuh"
 #include "fathom/kernels/cuda/primitives.cuh"  // CUDA primitives of Tensor<T, Cuda> (scratch tensors)
-#include "fathom/kernels/activation.hpp"  // gelu, gelu_grad (host and device)
+#include "fathom/kernels/cuda/activation.cuh"  // gelu, gelu_backward: the non-epilogue GELU path
 #include "fathom/kernels/gemm.hpp"
 #include "fathom/tensor/tensor.hpp"
 
@@ -413,36 +413,6 @@ void column_sum(Cuda, const ColumnSumParams<T>& p);
 
 namespace detail {
 
-template <class T>
-struct GeluFromAuxMap {
-  T* c;
-  const T* aux;
-  template <int N>
-  __device__ void apply(std::int64_t i) const {
-    using A = accum_t<T>;
-    const auto x = map_load<N>(aux + i);
-    MapPack<T, N> y;
-#pragma unroll
-    for (int j = 0; j < N; ++j) y.v[j] = scalar_cast<T>(gelu(scalar_cast<A>(x.v[j])));
-    map_store<N>(c + i, y);
-  }
-};
-
-template <class T>
-struct DgeluMap {
-  T* c;
-  const T* aux;
-  template <int N>
-  __device__ void apply(std::int64_t i) const {
-    using A = accum_t<T>;
-    const auto x = map_load<N>(aux + i);
-    auto g = map_load<N>(c + i);
-#pragma unroll
-    for (int j = 0; j < N; ++j) g.v[j] = scalar_cast<T>(scalar_cast<A>(g.v[j]) * gelu_grad(scalar_cast<A>(x.v[j])));
-    map_store<N>(c + i, g);
-  }
-};
-
 // cuBLASLt's GELU epilogue: bf16 only (the training path), a 16-byte aligned aux and a leading
 // dimension of C that keeps every aux row aligned. Its GELU is the tanh form, evaluated with a
 // fast tanh: within 2 bf16 steps of fathom's (1.98 at most on an H200), and nearer the tanh form
@@ -464,7 +434,7 @@ void gemm_gelu(Cuda, const GemmParams<T>& params, T* aux) {
   GemmParams<T> pre = p;
   pre.c = aux;
   gemm(Cuda{}, pre);
-  detail::launch_map<detail::map_width<T>()>(detail::GeluFromAuxMap<T>{p.c, aux}, p.m * p.n, p.c, aux);
+  gelu(Cuda{}, ActivationParams<T>{aux, p.c, p.m * p.n});
 }
 
 // Not cuBLASLt's DGELU_BGRAD epilogue: on an H200 at GPT-2's (32768 x 3072) it ran the GEMM plus
@@ -475,7 +445,7 @@ void gemm_dgelu(Cuda, const GemmParams<T>& params, const T* aux, T* bias_grad) {
   const GemmParams<T> p = detail::check_gemm_gelu(params, aux, "gemm_dgelu");
   if (p.m == 0 || p.n == 0) return;
   gemm(Cuda{}, p);
-  detail::launch_map<detail::map_width<T>()>(detail::DgeluMap<T>{p.c, aux}, p.m * p.n, p.c, aux);
+  gelu_backward(Cuda{}, ActivationBackwardParams<T>{aux, p.c, p.c, p.m * p.n, /*accumulate=*/false});  // in place
   if (bias_grad)
     column_sum(Cuda{}, ColumnSumParams<T>{.x = p.c, .out = bias_grad, .rows = p.m, .cols = p.n, .accumulate = false});
 }
