@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ catch2 nlohmann-json3-dev libcli11-dev libopenblas-dev pkg-config
-          python3 "$@")
+          libsentencepiece-dev python3 "$@")
 
 missing=()
 for p in "${packages[@]}"; do

@@ -427,10 +427,13 @@ int run(const Options& o) {
     tokenizer_info = {{"type", "sentencepiece"}, {"model", "tokenizer.model"}};
     tokenizer = std::move(sp);
 #else
-    FATHOM_FAIL("--tokenizer '" << o.tokenizer << "'"
-                << (o.train_tokenizer ? " / --train-tokenizer" : "")
-                << ": this fathom-prepare was built without sentencepiece; expected 'byte' "
-                   "(install libsentencepiece-dev and rebuild for sentencepiece models)");
+    if (o.train_tokenizer > 0)
+      FATHOM_FAIL("--train-tokenizer: this fathom-prepare was built without sentencepiece "
+                  "(install libsentencepiece-dev and rebuild for sentencepiece models)");
+    FATHOM_FAIL("--tokenizer '" << o.tokenizer
+                                << "': this fathom-prepare was built without sentencepiece; "
+                                   "expected 'byte' (install libsentencepiece-dev and rebuild "
+                                   "for sentencepiece models)");
 #endif
   } else {
     tokenizer = std::make_unique<fathom::data::ByteTokenizer>();
@@ -540,7 +543,13 @@ int main(int argc, char** argv) {
   app.add_option("--val-block", o.val_block, "Tokens per block of the train/validation split")
       ->capture_default_str();
   app.add_option("--tokenizer", o.tokenizer,
-                 "'byte' (256 bytes + <|endoftext|>, vocab 257) or a sentencepiece .model file")
+                 "'byte' (256 bytes + <|endoftext|>, vocab 257) or a sentencepiece .model file"
+#if FATHOM_WITH_SENTENCEPIECE
+                 " (this build has sentencepiece)"
+#else
+                 " (this build has no sentencepiece: 'byte' only)"
+#endif
+                 )
       ->capture_default_str();
   app.add_option("--train-tokenizer", o.train_tokenizer,
                  "Train a sentencepiece BPE model of this vocab size on the inputs, save it as "
