@@ -33,7 +33,9 @@ std::string error_of(F&& f) {
   return "(no error)";
 }
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 // A fresh tape for each test, whatever an earlier one left behind.
 struct FreshTape {
@@ -178,4 +180,42 @@ TEST_CASE("a leaf that the root does not depend on gets no gradient", "[autograd
   CHECK(x.has_grad());
   CHECK_FALSE(unused.has_grad());
   CHECK_FALSE(other.has_grad());
+}
+
+TEST_CASE("on_final runs once per backward, when the leaf's gradient is final", "[autograd][var]") {
+  // a is used first and last (its gradient is complete only at the end), b in the middle, c never.
+  Var<double> a(Tensor<double>::randn(Shape{3}, 1), true),
+      b(Tensor<double>::randn(Shape{3}, 2), true);
+  Var<double> c(Tensor<double>::randn(Shape{3}, 3), true);
+  std::vector<std::string> order;
+  std::vector<double> a_seen, b_seen;
+  a.set_on_final([&] {
+    order.push_back("a");
+    a_seen = a.grad().to_vector();
+  });
+  b.set_on_final([&] {
+    order.push_back("b");
+    b_seen = b.grad().to_vector();
+  });
+  c.set_on_final([&] { order.push_back("c"); });
+  for (int pass = 0; pass < 2; ++pass) {
+    order.clear();
+    a.zero_grad(true);
+    b.zero_grad(true);
+    auto h = ag::mul(a, a);           // node 0: first use of a
+    auto y = ag::mul(h, b);           // node 1: b
+    auto z = ag::sum(ag::mul(y, a));  // nodes 2, 3: a again
+    ag::backward(z);
+    CHECK(order == std::vector<std::string>{"b", "a"});
+    CHECK(a_seen == a.grad().to_vector());
+    CHECK(b_seen == b.grad().to_vector());
+  }
+  // Under NoGradGuard nothing is recorded and nothing is called back.
+  order.clear();
+  {
+    ag::NoGradGuard guard;
+    (void)ag::mul(a, b);
+  }
+  ag::clear_tape();
+  CHECK(order.empty());
 }

@@ -15,8 +15,13 @@
 //   zero_grad(), which is how gradient accumulation over micro-batches works.
 // - Gradients of intermediate Vars are freed once used, unless retain_grad() was called.
 // - Under NoGradGuard nothing is recorded and results do not require gradients.
+// - A leaf may carry an on_final callback (set_on_final): backward() calls it once, as soon as
+//   no node left on the tape can add to that leaf's gradient (data-parallel training starts a
+//   bucket's all-reduce from it while the rest of the backward runs). A leaf the forward did not
+//   use is not called back.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -42,6 +47,9 @@ namespace detail {
 
 struct Tape {
   std::vector<std::function<void()>> nodes;  // backward closures, in forward order
+  // on_final callbacks of the leaves the recorded nodes use, each with the index of the first
+  // node that uses its leaf (no node below that index touches the leaf's gradient).
+  std::vector<std::pair<std::size_t, std::function<void()>>> final_hooks;
   bool grad_enabled = true;
   std::uint64_t epoch = 0;  // incremented by every backward(): marks which graph a Var belongs to
 };
@@ -62,6 +70,10 @@ struct GradSlot {
   bool borrowed = false;
   std::uint64_t epoch = 0;
   std::string name;
+  // Leaves only: called by backward() once this gradient is final (see set_on_final), and the
+  // tape epoch in which the callback was last queued (it is queued once per recorded graph).
+  std::function<void()> on_final;
+  std::uint64_t on_final_epoch = ~std::uint64_t{0};
 
   // The gradient buffer to add into (+=), zero-filled when first needed.
   Tensor<T, D>& accumulator() {
@@ -119,6 +131,7 @@ class NoGradGuard {
 inline void clear_tape() {
   auto& t = detail::tape();
   t.nodes.clear();
+  t.final_hooks.clear();
   ++t.epoch;
 }
 
@@ -171,6 +184,13 @@ class Var {
     }
     slot_->borrowed = false;
   }
+  // A leaf's callback for the moment its gradient is final in a backward() (empty: none).
+  void set_on_final(std::function<void()> fn) {
+    FATHOM_CHECK(slot_ && slot_->is_leaf, "set_on_final: only a leaf Var has a final gradient");
+    slot_->on_final = std::move(fn);
+    slot_->on_final_epoch = ~std::uint64_t{0};
+  }
+
   // Keep this intermediate Var's gradient after backward (diagnostics).
   Var& retain_grad() {
     slot_->retain = true;
@@ -219,9 +239,20 @@ bool any_requires_grad(const Vs&... vs) {
 // The input's gradient slot when it requires a gradient, else nullptr: what backward closures
 // hold. A closure writes through slot->write_target() (kernels that can overwrite), slot->lend(g)
 // (pass-through), or slot->accumulator() (+=).
+// Ops call it before recording their node, so a leaf with an on_final callback is queued here with
+// an index no larger than that of the first node that can write its gradient.
 template <class T, class D>
 std::shared_ptr<detail::GradSlot<T, D>> grad_target(const Var<T, D>& v) {
-  return v.requires_grad() ? v.slot() : nullptr;
+  if (!v.requires_grad()) return nullptr;
+  const auto& slot = v.slot();
+  if (slot->on_final) {
+    auto& tape = detail::tape();
+    if (tape.grad_enabled && slot->on_final_epoch != tape.epoch) {
+      slot->on_final_epoch = tape.epoch;
+      tape.final_hooks.emplace_back(tape.nodes.size(), slot->on_final);
+    }
+  }
+  return slot;
 }
 
 // Runs the tape backwards from `root`, seeding its gradient with `seed` (ones when omitted, which
@@ -247,12 +278,23 @@ void backward(const Var<T, D>& root, Tensor<T, D> seed = Tensor<T, D>()) {
   root.slot()->accumulator().copy_(seed);
   auto nodes = std::move(tape.nodes);
   tape.nodes.clear();
+  auto hooks = std::move(tape.final_hooks);
+  tape.final_hooks.clear();
   ++tape.epoch;
+  // Hooks by first use, latest first: a hook runs once the node at its index has run.
+  std::stable_sort(hooks.begin(), hooks.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::size_t next_hook = 0;
+  auto run_hooks_from = [&](std::size_t index) {
+    while (next_hook < hooks.size() && hooks[next_hook].first >= index) hooks[next_hook++].second();
+  };
   while (!nodes.empty()) {
     auto node = std::move(nodes.back());
     nodes.pop_back();
     node();
+    run_hooks_from(nodes.size());
   }
+  run_hooks_from(0);
 }
 
 }  // namespace fathom::autograd
