@@ -9,14 +9,20 @@ fathom-diagnose RUNS/P --out RUNS/P/diagnose.json, then tools/plot.py into RUNS/
 RUNS/report.md. Every flag this script does not know goes to fathom-train unchanged, so all
 policies share model, data, steps, batch, learning rate and seed (the seed fixes the data order).
 
+Policies of your own: with --program PATH, a program built on fathom::programs that registers them
+(examples/user_program, docs/programs.md) trains and diagnoses instead (PATH train ..., PATH
+diagnose ...), and --policies may name any policy it knows (PATH policies lists them).
+
 A run that stops (a non-finite loss, a crash) is recorded as such and the others go on. Everything
 the report says is read back from files in RUNS, so --report-only rebuilds it later (for example
 after copying RUNS from the machine that trained), and runs of one comparison can be split over
 several calls with --skip-existing.
 
 Example (CPU, a minute):
-  tools/compare_policies.py --policies pre-ln,lns --build build --out runs/cmp \\
+  tools/compare_policies.py --policies pre-ln,lns --build build/release --out runs/cmp \\
       --preset tiny --steps 60 --batch 4 --seq-len 64 --eval-every 20
+  tools/compare_policies.py --program build/release/bin/user_program --policies scaled-branch,pre-ln \\
+      --out runs/mine --preset tiny --steps 60 --batch 4 --seq-len 64 --eval-every 20
 """
 
 import argparse
@@ -62,6 +68,25 @@ def flag_value(args, name):
         elif a.startswith(name + "="):
             value = a[len(name) + 1:]
     return value
+
+
+def program_policies(train_cmd):
+    """The policy names a training command knows (its --list-policies, one a line)."""
+    try:
+        r = subprocess.run(train_cmd + ["--list-policies"], capture_output=True, text=True, timeout=60)
+    except OSError as e:
+        fail(f"cannot run {shlex.join(train_cmd)}: {e}")
+    if r.returncode != 0:
+        fail(f"{shlex.join(train_cmd)} --list-policies exited with {r.returncode}: {r.stderr.strip()}")
+    return [l.strip() for l in r.stdout.splitlines() if l.strip()]
+
+
+def user_program(path):
+    """A program built on fathom::programs (train and diagnose subcommands)."""
+    p = Path(path)
+    if not (p.is_file() and os.access(p, os.X_OK)):
+        fail(f"--program: '{path}' is not an executable file")
+    return [str(p.resolve())]
 
 
 def find_program(build, name, sub):
@@ -128,12 +153,12 @@ def git_commit():
 # Training and diagnosing
 
 
-def train_and_diagnose(policy, a, train_args, train_bin, diag_bin, runs):
+def train_and_diagnose(policy, a, train_args, train_cmd, diag_cmd, runs):
     run = runs / policy
     record = {"policy": policy}
     run.mkdir(parents=True, exist_ok=True)
 
-    cmd = [str(train_bin), "--policy", policy, "--out", str(run), "--diag-every", str(a.diag_every), "--no-live"] + train_args
+    cmd = train_cmd + ["--policy", policy, "--out", str(run), "--diag-every", str(a.diag_every), "--no-live"] + train_args
     say(f"{policy}: training")
     rc, wall, lines = run_logged(cmd, run / "train.log", policy)
     record["train"] = {
@@ -143,10 +168,10 @@ def train_and_diagnose(policy, a, train_args, train_bin, diag_bin, runs):
         "error": next((l for l in reversed(lines) if "error" in l.lower()), lines[-1] if lines and rc else None),
     }
     if rc != 0:
-        say(f"{policy}: fathom-train exited with {rc}; no diagnostics for it")
+        say(f"{policy}: training exited with {rc}; no diagnostics for it")
     else:
         val_data = flag_value(train_args, "--val-data") or flag_value(train_args, "--data")
-        dcmd = [str(diag_bin), str(run), "--out", str(run / "diagnose.json"), "--batches", str(a.diagnose_batches),
+        dcmd = diag_cmd + [str(run), "--out", str(run / "diagnose.json"), "--batches", str(a.diagnose_batches),
                 "--batch", str(a.diagnose_batch)]
         if val_data:
             dcmd += ["--data", val_data]
@@ -159,7 +184,7 @@ def train_and_diagnose(policy, a, train_args, train_bin, diag_bin, runs):
         record["diagnose"] = {"command": dcmd, "returncode": drc, "wall_s": round(dwall, 1),
                               "error": dlines[-1] if drc and dlines else None}
         if drc != 0:
-            say(f"{policy}: fathom-diagnose exited with {drc}")
+            say(f"{policy}: diagnosing exited with {drc}")
     if a.prune_checkpoints:
         for ckpt in run.glob("ckpt-*"):
             shutil.rmtree(ckpt, ignore_errors=True)
@@ -434,7 +459,12 @@ def main():
                                  epilog="Any other flag goes to fathom-train (fathom-train --help lists them).")
     ap.add_argument("--policies", default=",".join(ALL_POLICIES),
                     help=f"comma-separated policies, in report order (default: {','.join(ALL_POLICIES)})")
-    ap.add_argument("--build", default="build", help="CMake build folder holding bin/fathom-train and bin/fathom-diagnose")
+    ap.add_argument("--build", default="build/release",
+                    help="CMake build folder holding bin/fathom-train and bin/fathom-diagnose (scripts/run.sh builds "
+                         "build/release)")
+    ap.add_argument("--program", metavar="PATH",
+                    help="a program of your own with train and diagnose commands (fathom::programs, "
+                         "examples/user_program) instead of fathom-train and fathom-diagnose")
     ap.add_argument("--out", default="runs/compare", help="comparison folder: one run folder per policy, plots/, report.md")
     ap.add_argument("--diag-every", type=int, default=0,
                     help="log per-layer variance every N steps (0: about 20 times per run)")
@@ -470,11 +500,16 @@ def main():
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"policies": [], "invocations": []}
 
     if not a.report_only:
-        unknown = [p for p in policies if p not in ALL_POLICIES]
+        if a.program:
+            prog = user_program(a.program)
+            train_cmd, diag_cmd = prog + ["train"], prog + ["diagnose"]
+        else:
+            train_cmd = [str(find_program(a.build, "fathom-train", "train"))]
+            diag_cmd = [str(find_program(a.build, "fathom-diagnose", "diagnose"))]
+        known = program_policies(train_cmd)
+        unknown = [p for p in policies if p not in known]
         if unknown:
-            fail(f"unknown policies {unknown}; fathom-train knows {', '.join(ALL_POLICIES)}")
-        train_bin = find_program(a.build, "fathom-train", "train")
-        diag_bin = find_program(a.build, "fathom-diagnose", "diagnose")
+            fail(f"unknown policies {unknown}; {shlex.join(train_cmd)} knows {', '.join(known)}")
         if a.diag_every <= 0:
             steps = int(flag_value(train_args, "--steps") or 200)
             a.diag_every = max(1, steps // 20)
@@ -510,7 +545,7 @@ def main():
                     f"allowed; not starting {', '.join(todo[k:])}. Run the same command with --skip-existing to go on.")
                 break
             start = time.monotonic()
-            train_and_diagnose(p, a, train_args, train_bin, diag_bin, runs)
+            train_and_diagnose(p, a, train_args, train_cmd, diag_cmd, runs)
             took.append(time.monotonic() - start)
     elif not runs.is_dir():
         fail(f"--report-only: '{runs}' is not a folder")

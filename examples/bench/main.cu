@@ -13,7 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "model_factory.hpp"
+#include "programs.hpp"
+#include "register_policy.hpp"
 
 namespace fathom::programs {
 
@@ -83,14 +84,15 @@ struct BenchResult {
 };
 
 template <class T>
-BenchResult bench_one(const Workload& w, const std::string& policy, const BenchOptions& o, double peak_tflops) {
+BenchResult bench_one(const Workload& w, const std::string& policy, const BenchOptions& o, double peak_tflops,
+                      const PolicyRegistry& policies) {
   using D = Cuda;
   using A = accum_t<T>;
   nn::ModelConfig cfg = nn::preset(w.preset);
   const std::int64_t B = o.batch ? o.batch : w.batch, Tn = o.seq_len ? o.seq_len : w.seq_len;
   if (Tn > cfg.max_seq) cfg.max_seq = static_cast<int>(Tn);
   if (w.vocab > 0) cfg.vocab = w.vocab;
-  auto model = make_model<T, D>(cfg, policy);
+  auto model = policies.make_model<T, D>(cfg, policy, nlohmann::json::object());
   model->init(0);
   std::vector<optim::NamedParameter<T, D>> named;
   for (auto& p : model->parameters()) named.push_back({p.name, p.var});
@@ -192,10 +194,13 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
 
 inline int main(int argc, char** argv) {
   BenchOptions o;
+  PolicyRegistry policies;
+  add_builtin_policies<bf16, Cuda>(policies);
+  add_builtin_policies<float, Cuda>(policies);
   CLI::App app{"fathom-bench: training throughput (tokens/s, MFU, peak memory) on one GPU"};
   app.option_defaults()->always_capture_default();
   app.add_option("--workloads", o.workloads, "comma-separated: llama-130m (seq 256, batch 128), gpt2-124m (seq 1024, batch 32), or any preset");
-  app.add_option("--policies", o.policies, "comma-separated policies: " + joined(policy_names));
+  app.add_option("--policies", o.policies, "comma-separated policies: " + policies.joined_names());
   app.add_option("--precision", o.precision, "bf16 or fp32");
   app.add_option("--steps", o.steps, "timed steps");
   app.add_option("--warmup", o.warmup, "untimed steps first");
@@ -214,7 +219,7 @@ inline int main(int argc, char** argv) {
   try {
     resolve_device("cuda");
     check_choice("--precision", o.precision, {"bf16", "fp32"});
-    for (const auto& p : split_list(o.policies)) check_policy_name(p);
+    for (const auto& p : split_list(o.policies)) policies.check(p);
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, 0);
     const double peak = o.peak_tflops > 0 ? o.peak_tflops : measure_gemm_tflops();
@@ -228,7 +233,8 @@ inline int main(int argc, char** argv) {
     for (const auto& wname : split_list(o.workloads)) {
       Workload w = workload_of(wname);
       for (const auto& policy : split_list(o.policies)) {
-        BenchResult r = o.precision == "bf16" ? bench_one<bf16>(w, policy, o, peak) : bench_one<float>(w, policy, o, peak);
+        BenchResult r = o.precision == "bf16" ? bench_one<bf16>(w, policy, o, peak, policies)
+                                                : bench_one<float>(w, policy, o, peak, policies);
         const std::string label = r.policy + (o.cuda_graph ? "+graph" : "");
         std::printf("%-12s %-12s %8.1fM %11.0f %9.2f %6.1f%% %9.2f %8.2f\n", r.workload.c_str(), label.c_str(),
                     r.params_m, r.tokens_per_s, r.ms_per_step, 100 * r.mfu, r.peak_gib, r.host_ms);

@@ -10,8 +10,8 @@
 #include "fathom/data/tokenizer.hpp"
 #include "fathom/diag/diagnostics.hpp"
 #include "fathom/train/checkpoint.hpp"
-#include "model_factory.hpp"
 #include "programs.hpp"
+#include "register_policy.hpp"
 
 namespace fathom::programs {
 
@@ -58,7 +58,8 @@ std::string sample_text(const train::LanguageModel<T, D>& model, const std::stri
 // Rebuilds the model a checkpoint was trained as (from its config.json's fathom fields) and loads
 // its weights.
 template <class T, DeviceTag D>
-std::unique_ptr<train::LanguageModel<T, D>> load_model(const std::filesystem::path& ckpt, const nlohmann::json& fields) {
+std::unique_ptr<train::LanguageModel<T, D>> load_model(const std::filesystem::path& ckpt, const nlohmann::json& fields,
+                                                       const PolicyRegistry& policies) {
   const auto& mj = fields.at("model");
   nn::ModelConfig m;
   m.arch = mj.at("arch").get<std::string>() == "llama" ? nn::ArchKind::llama : nn::ArchKind::gpt2;
@@ -73,8 +74,9 @@ std::unique_ptr<train::LanguageModel<T, D>> load_model(const std::filesystem::pa
   m.tied = mj.at("tied");
   m.bias = mj.at("bias");
   m.name = mj.value("name", "custom");
-  auto model = make_model<T, D>(m, fields.at("policy").get<std::string>(),
-                                fields.value("policy_options", nlohmann::json::object()));
+  auto model = policies.make_model<T, D>(m, fields.at("policy").get<std::string>(),
+                                         fields.value("policy_options", nlohmann::json::object()),
+                                         "checkpoint '" + ckpt.string() + "'");
   auto weights = train::read_safetensors(ckpt / "model.safetensors");
   for (auto& p : model->parameters())
     train::from_record(weights.at(p.name), p.var.mutable_value(), (ckpt / "model.safetensors").string(),
@@ -83,8 +85,8 @@ std::unique_ptr<train::LanguageModel<T, D>> load_model(const std::filesystem::pa
 }
 
 template <class T, DeviceTag D>
-int Backend<T, D>::train(const TrainCli& c) {
-  auto model = make_model<T, D>(c.train.model, c.train.policy, c.train.policy_options);
+int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies) {
+  auto model = policies.make_model<T, D>(c.train.model, c.train.policy, c.train.policy_options);
   std::printf("parameters: %.2fM\n", static_cast<double>(nn::count_elements(model->parameters())) / 1e6);
   std::fflush(stdout);
   // Per-layer output variance on one fixed held-out batch, every --diag-every steps.
@@ -124,15 +126,17 @@ int Backend<T, D>::train(const TrainCli& c) {
 }
 
 template <class T, DeviceTag D>
-int Backend<T, D>::generate(const TrainCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields) {
-  auto model = load_model<T, D>(ckpt, fields);
+int Backend<T, D>::generate(const TrainCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields,
+                            const PolicyRegistry& policies) {
+  auto model = load_model<T, D>(ckpt, fields, policies);
   std::cout << c.prompt << sample_text<T, D>(*model, c.prompt, c.sample_tokens, c.temperature, c.train.seed) << "\n";
   return 0;
 }
 
 template <class T, DeviceTag D>
-int Backend<T, D>::diagnose(const DiagnoseCli& o, const std::filesystem::path& ckpt, const nlohmann::json& fields) {
-  auto model = load_model<T, D>(ckpt, fields);
+int Backend<T, D>::diagnose(const DiagnoseCli& o, const std::filesystem::path& ckpt, const nlohmann::json& fields,
+                            const PolicyRegistry& policies) {
+  auto model = load_model<T, D>(ckpt, fields, policies);
   const auto& m = model->config();
   data::SamplerOptions so;
   so.batch = o.batch;
@@ -191,6 +195,11 @@ int Backend<T, D>::diagnose(const DiagnoseCli& o, const std::filesystem::path& c
     std::fprintf(stderr, "wrote %s (loss %.4f)\n", o.out.c_str(), d.loss);
   }
   return 0;
+}
+
+template <class T, DeviceTag D>
+void Backend<T, D>::add_builtin_policies(PolicyRegistry& policies) {
+  programs::add_builtin_policies<T, D>(policies);
 }
 
 }  // namespace fathom::programs

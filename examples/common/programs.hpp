@@ -1,6 +1,7 @@
 // What fathom's programs share that costs no compile time: the option structs, the valid names of
-// policies, precisions and devices with errors that list them, device detection, and the entry
-// points that each (precision, device) backend compiles once (backend.hpp, backend_*.cpp/.cu).
+// precisions and devices with errors that list them, device detection, and the entry points that
+// each (precision, device) backend compiles once (backend.hpp, backend_*.cpp/.cu). Policy names
+// live in the policy registry (policy_registry.hpp).
 #pragma once
 
 #include <array>
@@ -17,6 +18,7 @@
 #include "fathom/core/scalar.hpp"
 #include "fathom/nn/presets.hpp"
 #include "fathom/train/options.hpp"
+#include "policy_registry.hpp"
 
 #if defined(FATHOM_PROGRAM_CUDA)
 #include <cuda_runtime_api.h>
@@ -24,20 +26,11 @@
 
 namespace fathom::programs {
 
-inline constexpr std::array<std::string_view, 6> policy_names = {"pre-ln", "post-ln", "lns",
-                                                                 "deepnorm", "mix-ln", "sandwich-ln"};
-
 template <class Names>
 std::string joined(const Names& names) {
   std::string s;
   for (const auto& n : names) s += (s.empty() ? "" : ", ") + std::string(n);
   return s;
-}
-
-inline void check_policy_name(const std::string& name) {
-  for (auto n : policy_names)
-    if (n == name) return;
-  FATHOM_FAIL("unknown policy '" << name << "'; valid policies: " << joined(policy_names));
 }
 
 inline void check_choice(const char* flag, const std::string& value, std::initializer_list<std::string_view> valid) {
@@ -111,9 +104,13 @@ struct DiagnoseCli {
 // so that programs build in parallel and each model type is compiled once per backend.
 template <class T, DeviceTag D>
 struct Backend {
-  static int train(const TrainCli& c);
-  static int generate(const TrainCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields);
-  static int diagnose(const DiagnoseCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields);
+  static int train(const TrainCli& c, const PolicyRegistry& policies);
+  static int generate(const TrainCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields,
+                      const PolicyRegistry& policies);
+  static int diagnose(const DiagnoseCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields,
+                      const PolicyRegistry& policies);
+  // Registers the built-in policies' models for this backend (builtin_policies() calls it).
+  static void add_builtin_policies(PolicyRegistry& policies);
 };
 
 // Calls fn.template operator()<T, D>() for the precision and device named; only backends compiled

@@ -1,0 +1,289 @@
+// The command lines of fathom's programs (program_main.hpp): flags, checks that need no model, and
+// the dispatch to the backend compiled for the precision and device asked for. No model is
+// compiled here, so a program's own policies cost only their models' compile time.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include "fathom/data/tokenizer.hpp"
+#include "fathom/train/checkpoint.hpp"
+#include "fathom/train/hf_config.hpp"
+#include "program_main.hpp"
+#include "programs.hpp"
+
+namespace fathom::programs {
+
+PolicyRegistry builtin_policies() {
+  PolicyRegistry r;
+  Backend<float, Cpu>::add_builtin_policies(r);
+  Backend<bf16, Cpu>::add_builtin_policies(r);
+#if defined(FATHOM_PROGRAM_CUDA)
+  Backend<float, Cuda>::add_builtin_policies(r);
+  Backend<bf16, Cuda>::add_builtin_policies(r);
+#endif
+  return r;
+}
+
+namespace {
+
+nn::ModelConfig resolve_model(const TrainCli& c) {
+  nn::ModelConfig m = nn::preset(c.preset);
+  if (c.layers) m.layers = c.layers;
+  if (c.d_model) m.d_model = c.d_model;
+  if (c.heads) m.heads = c.heads;
+  if (c.d_ff) m.d_ff = c.d_ff;
+  if (c.vocab) m.vocab = c.vocab;
+  if (c.train.seq_len > m.max_seq) m.max_seq = static_cast<int>(c.train.seq_len);
+  if (c.train.data.empty())
+    FATHOM_CHECK(m.vocab >= data::ByteTokenizer::vocab,
+                 "--vocab: the built-in corpus uses the byte tokenizer's "
+                     << data::ByteTokenizer::vocab << " ids, the model has vocab " << m.vocab);
+  m.validate();
+  return m;
+}
+
+// A checkpoint folder and the fathom fields of its config.json (policy, model, precision).
+struct Checkpoint {
+  std::filesystem::path dir;
+  nlohmann::json fields;
+};
+
+Checkpoint read_checkpoint(const std::string& path) {
+  Checkpoint c;
+  c.dir = train::resolve_checkpoint(path);
+  c.fields = train::hf_fathom_fields(train::read_json(c.dir / "config.json"));
+  FATHOM_CHECK(
+      c.fields.contains("model") && c.fields.contains("policy"),
+      "'" << (c.dir / "config.json").string() << "' has no fathom fields: not a fathom checkpoint");
+  return c;
+}
+
+int run_generate(const TrainCli& c, const PolicyRegistry& policies) {
+  const auto ck = read_checkpoint(c.generate);
+  const std::string device = resolve_device(c.device);
+  return dispatch_backend(
+      ck.fields.at("precision").get<std::string>(), device,
+      [&]<class T, class D>() { return Backend<T, D>::generate(c, ck.dir, ck.fields, policies); });
+}
+
+int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& name) {
+  policies.check(c.train.policy);
+  check_choice("--precision", c.train.precision, {"fp32", "bf16"});
+  c.train.model = resolve_model(c);
+  if (c.deepnorm_alpha > 0) c.train.policy_options["alpha"] = c.deepnorm_alpha;
+  if (c.deepnorm_beta > 0) c.train.policy_options["beta"] = c.deepnorm_beta;
+  if (c.post_ln_no_final_norm) c.train.policy_options["final_norm"] = false;
+  const std::string device = resolve_device(c.device);
+  const auto& m = c.train.model;
+  std::printf("%s: %s (%s, %d layers, d %d, %d heads, d_ff %d, vocab %d), policy %s, %s on %s\n",
+              name.c_str(), m.name.c_str(), std::string(nn::to_string(m.arch)).c_str(), m.layers,
+              m.d_model, m.heads, m.d_ff, m.vocab, c.train.policy.c_str(),
+              c.train.precision.c_str(), device.c_str());
+  std::printf("data: %s | %lld steps x %lld sequences x %lld tokens (grad accum %lld) | out %s\n",
+              c.train.data.empty() ? "built-in corpus" : c.train.data.c_str(),
+              static_cast<long long>(c.train.steps), static_cast<long long>(c.train.batch),
+              static_cast<long long>(c.train.seq_len), static_cast<long long>(c.train.grad_accum),
+              c.train.out.c_str());
+  std::fflush(stdout);
+  return dispatch_backend(c.train.precision, device,
+                          [&]<class T, class D>() { return Backend<T, D>::train(c, policies); });
+}
+
+// Runs body, turning an exception into one line "NAME: error: ..." and exit status 1.
+template <class Body>
+int reporting_errors(const std::string& name, bool newline_first, Body&& body) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s%s: error: %s\n", newline_first ? "\n" : "", name.c_str(),
+                 user_message(e).c_str());
+    return 1;
+  }
+}
+
+// --list-policies: the names, one a line (tools/compare_policies.py reads them).
+void add_list_policies(CLI::App& app, const PolicyRegistry& policies) {
+  app.add_flag_callback(
+      "--list-policies",
+      [&policies] {
+        for (const auto& n : policies.names()) std::printf("%s\n", n.c_str());
+        throw CLI::Success();
+      },
+      "print the names of the policies this program knows, one a line, and exit");
+}
+
+}  // namespace
+
+int train_main(int argc, char** argv, const PolicyRegistry& policies, const std::string& name) {
+  TrainCli c;
+  auto& t = c.train;
+  CLI::App app{name +
+               ": train a decoder-only LM with a chosen normalization policy.\n"
+               "With no --data it trains on fathom's built-in synthetic corpus (byte tokens)."};
+  app.name(name);
+  app.option_defaults()->always_capture_default();
+  // A later value of an option overrides an earlier one (scripts/run.sh passes defaults first).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.add_option("--preset", c.preset, "model preset: " + joined(nn::preset_names));
+  app.add_option("--policy", t.policy, "normalization policy: " + policies.joined_names());
+  add_list_policies(app, policies);
+  app.add_option("--layers", c.layers, "override the preset's number of blocks");
+  app.add_option("--d-model", c.d_model, "override the model width");
+  app.add_option("--heads", c.heads, "override the number of attention heads");
+  app.add_option("--d-ff", c.d_ff, "override the MLP hidden size");
+  app.add_option("--vocab", c.vocab, "override the vocabulary size");
+  app.add_option("--seq-len", t.seq_len, "tokens per sequence");
+  app.add_option("--data", t.data,
+                 "training token shards (glob, llm.c format); none: the built-in corpus");
+  app.add_option("--val-data", t.val_data, "validation token shards (glob)");
+  app.add_option("--steps", t.steps, "optimizer steps");
+  app.add_option("--batch", t.batch, "sequences per micro-batch");
+  app.add_option("--grad-accum", t.grad_accum, "micro-batches per optimizer step");
+  app.add_option("--lr", t.lr, "peak learning rate");
+  app.add_option("--min-lr-ratio", t.min_lr_ratio, "final learning rate as a fraction of the peak");
+  app.add_option("--warmup", t.warmup, "warmup steps (-1: 10% of --steps)");
+  app.add_option("--schedule", t.schedule, "cosine (linear warmup, cosine decay), constant, wsd");
+  app.add_option("--optimizer", t.optimizer, "adamw, adam, sgd");
+  app.add_option("--weight-decay", t.weight_decay,
+                 "weight decay (not on norms, biases, embeddings)");
+  app.add_option("--clip", t.clip, "max global gradient norm (0: no clipping)");
+  app.add_option("--device", c.device, "auto, cpu, cuda");
+  app.add_option("--precision", t.precision,
+                 "fp32, or bf16 (bf16 weights and activations, fp32 master weights)");
+  app.add_option("--seed", t.seed, "seed of initialization and data order");
+  app.add_option("--eval-every", t.eval_every, "evaluate every N steps (0: at the end only)");
+  app.add_option("--eval-batches", t.eval_batches, "validation batches per evaluation");
+  app.add_option("--save-every", t.save_every, "checkpoint every N steps (0: at the end only)");
+  app.add_option("--log-every", t.log_every, "write metrics every N steps");
+  app.add_option("--diag-every", t.diag_every,
+                 "log each block's output variance every N steps (0: never)");
+  app.add_option("--out", t.out, "run folder: metrics.jsonl and ckpt-STEP folders");
+  app.add_option("--resume", t.resume,
+                 "a ckpt-STEP folder, or a run folder (its latest checkpoint)");
+  app.add_flag("--skip-nonfinite", t.skip_nonfinite,
+               "skip steps whose loss is NaN or Inf instead of stopping");
+  app.add_option("--builtin-tokens", t.builtin_tokens,
+                 "size of the built-in corpus's training split");
+  app.add_option("--deepnorm-alpha", c.deepnorm_alpha, "DeepNorm residual scale (0: (2L)^(1/4))");
+  app.add_option("--deepnorm-beta", c.deepnorm_beta, "DeepNorm init gain (0: (8L)^(-1/4))");
+  app.add_flag("--post-ln-no-final-norm", c.post_ln_no_final_norm,
+               "Post-LN without the final norm");
+  app.add_option("--sample", c.sample_after,
+                 "after training, sample this many tokens from the model");
+  app.add_option("--generate", c.generate, "sample from this checkpoint instead of training");
+  app.add_option("--prompt", c.prompt, "prompt for --sample / --generate");
+  app.add_option("--tokens", c.sample_tokens, "tokens to generate with --generate");
+  app.add_option("--temperature", c.temperature, "sampling temperature (0: greedy)");
+  app.add_flag(
+      "--no-live", [&](std::int64_t) { t.live_progress = false; },
+      "plain log lines even on a terminal");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return reporting_errors(name, true, [&] {
+    return c.generate.empty() ? run_train(c, policies, name) : run_generate(c, policies);
+  });
+}
+
+int generate_main(int argc, char** argv, const PolicyRegistry& policies, const std::string& name) {
+  TrainCli c;
+  CLI::App app{name + ": sample text from a fathom checkpoint"};
+  app.name(name);
+  app.option_defaults()->always_capture_default();
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.add_option("checkpoint", c.generate,
+                 "a ckpt-STEP folder, or a run folder (its latest checkpoint)")
+      ->required();
+  app.add_option("--prompt", c.prompt, "text the sample continues");
+  app.add_option("--tokens", c.sample_tokens, "tokens to generate");
+  app.add_option("--temperature", c.temperature, "sampling temperature (0: greedy)");
+  app.add_option("--seed", c.train.seed, "seed of the sampling");
+  app.add_option("--device", c.device, "auto, cpu, cuda");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return reporting_errors(name, false, [&] { return run_generate(c, policies); });
+}
+
+int diagnose_main(int argc, char** argv, const PolicyRegistry& policies, const std::string& name) {
+  DiagnoseCli o;
+  CLI::App app{name + ": curse-of-depth diagnostics of a fathom checkpoint, as JSON"};
+  app.name(name);
+  app.option_defaults()->always_capture_default();
+  app.add_option("checkpoint", o.checkpoint,
+                 "a ckpt-STEP folder, or a run folder (its latest checkpoint)")
+      ->required();
+  app.add_option("--data", o.data,
+                 "held-out token shards (glob); none: the built-in corpus's validation split");
+  app.add_option("--batches", o.batches, "batches to average over");
+  app.add_option("--batch", o.batch, "sequences per batch");
+  app.add_option("--seq-len", o.seq_len, "tokens per sequence (0: min(max_seq, 256))");
+  app.add_option("--device", o.device, "auto, cpu, cuda");
+  app.add_option("--out", o.out, "write the JSON here (default: stdout)");
+  app.add_flag("--no-removal", o.no_removal, "skip layer removal (L extra forwards a batch)");
+  app.add_flag("--no-gradients", o.no_gradients, "skip per-layer gradient norms");
+  app.add_option("--logits-out", o.logits_out,
+                 "also write the first batch's tokens and logits here, for scripts/hf_compare.py");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return reporting_errors(name, false, [&] {
+    const auto ck = read_checkpoint(o.checkpoint);
+    const std::string device = resolve_device(o.device);
+    return dispatch_backend(ck.fields.at("precision").get<std::string>(), device,
+                            [&]<class T, class D>() {
+                              return Backend<T, D>::diagnose(o, ck.dir, ck.fields, policies);
+                            });
+  });
+}
+
+int program_main(int argc, char** argv, const PolicyRegistry& policies) {
+  const std::string program =
+      argc > 0 ? std::filesystem::path(argv[0]).filename().string() : "fathom";
+  auto usage = [&](std::FILE* to) {
+    std::fprintf(
+        to,
+        "usage: %s COMMAND [flags]   (%s COMMAND --help lists a command's flags)\n"
+        "commands:\n"
+        "  train     train a model (the flags of fathom-train)\n"
+        "  diagnose  depth diagnostics of a checkpoint, as JSON (the flags of fathom-diagnose)\n"
+        "  generate  sample text from a checkpoint\n"
+        "  policies  list the normalization policies this program knows\n",
+        program.c_str(), program.c_str());
+  };
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const std::string_view command = argv[1];
+  const std::string name = program + " " + std::string(command);
+  if (command == "train") return train_main(argc - 1, argv + 1, policies, name);
+  if (command == "diagnose") return diagnose_main(argc - 1, argv + 1, policies, name);
+  if (command == "generate") return generate_main(argc - 1, argv + 1, policies, name);
+  if (command == "policies") {
+    for (const auto& e : policies.entries())
+      std::printf("%-14s %s\n", e.name.c_str(), e.description.c_str());
+    return 0;
+  }
+  if (command == "--help" || command == "-h" || command == "help") {
+    usage(stdout);
+    return 0;
+  }
+  std::fprintf(
+      stderr,
+      "%s: error: unknown command '%s'; valid commands: train, diagnose, generate, policies\n",
+      program.c_str(), argv[1]);
+  return 2;
+}
+
+}  // namespace fathom::programs
