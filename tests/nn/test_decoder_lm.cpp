@@ -202,3 +202,34 @@ TEST_CASE("DecoderLM: a policy using an undeclared norm slot fails with the slot
   CHECK(msg.find("norm slot 1") != std::string::npos);
   CHECK(msg.find("norms_per_sublayer = 1") != std::string::npos);
 }
+
+namespace {
+// Runs the branch twice: twice the cost, and not what the policy's author meant.
+struct BranchTwice {
+  template <class S>
+  auto apply(S& s) const {
+    return s.x + s.f(s.norm(0, s.x)) + s.f(s.x);
+  }
+};
+// Calls s.f once, which a policy may do in every sub-layer of every block.
+struct BranchOnce {
+  template <class S>
+  auto apply(S& s) const {
+    const auto branch = s.f(s.norm(0, s.x));
+    return s.x + branch + branch * 0.5;
+  }
+};
+}  // namespace
+
+TEST_CASE("DecoderLM: a policy calling s.f twice fails at its first forward, naming the sub-layer", "[nn]") {
+  auto c = testing::tiny_config(nn::ArchKind::llama, 2);
+  nn::DecoderLM<nn::Llama, BranchTwice> twice(c);
+  twice.init(58);
+  auto msg = error_of([&] { twice.forward(testing::random_tokens(1, 4, c.vocab, 59)); });
+  CHECK(msg.find("called s.f twice in the attention sub-layer of block 1") != std::string::npos);
+  nn::DecoderLM<nn::Llama, BranchOnce> once(c);
+  once.init(58);
+  auto tokens = testing::random_tokens(1, 4, c.vocab, 59);
+  CHECK(error_of([&] { once.forward(tokens); }).empty());
+  CHECK(error_of([&] { once.forward(tokens); }).empty());  // the count is per call, not per model
+}

@@ -84,7 +84,12 @@ class Block {
   Var<T, D> run_sublayer(const Policy& policy, const Var<T, D>& x, policy::Sublayer kind, Report& report) const {
     const bool is_attn = kind == policy::Sublayer::attention;
     const std::vector<Norm<T, D>>& norms = is_attn ? attn_norms_ : mlp_norms_;
+    int branch_calls = 0;
     auto branch = [&](const Var<T, D>& in) {
+      FATHOM_CHECK(++branch_calls == 1, "norm policy called s.f twice in the "
+                                            << policy::to_string(kind) << " sub-layer of block " << layer_
+                                            << "; apply(s) may call the branch at most once (keep its result "
+                                               "in a variable and use that)");
       report(is_attn ? "attn_input" : "mlp_input", in);
       Var<T, D> out = is_attn ? attn_.forward(in) : mlp_.forward(in);
       report(is_attn ? "attn_branch" : "mlp_branch", out);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <concepts>
+#include <utility>
 
 #include "fathom/autograd/var.hpp"
 #include "fathom/core/device.hpp"
@@ -23,7 +24,8 @@ namespace fathom::policy {
 //   template <class S> auto apply(S& s) const        (a static member function is fine too)
 //     requires: s is a SublayerContext<T, D> (s.x, s.f, s.norm, s.layer, s.depth, s.kind); apply
 //               calls s.f at most once per call (the branch is the expensive part) and only
-//               norm slots 0 .. norms_per_sublayer - 1.
+//               norm slots 0 .. norms_per_sublayer - 1. The block checks both at every forward
+//               and throws fathom::Error naming the sub-layer (a concept cannot see a call count).
 //     ensures:  returns the sub-layer's output stream as a Var<T, D> of s.x's shape. It is used
 //               for every T and device, so it must not depend on either.
 //
@@ -48,10 +50,33 @@ using CheckContext = SublayerContext<double, Cpu>;
 template <class P>
 concept HasApply = requires(const P& p, detail::CheckContext& s) { p.apply(s); };
 
+// apply declared without const: callable on a mutable policy only (the model's is const).
+template <class P>
+concept HasNonConstApply = !HasApply<P> && requires(P& p, detail::CheckContext& s) { p.apply(s); };
+
 template <class P>
 concept ApplyReturnsStream = requires(const P& p, detail::CheckContext& s) {
   { p.apply(s) } -> std::same_as<Var<double, Cpu>>;
 };
+
+namespace detail {
+// Instantiated only for a policy whose apply(s) returns something other than Var<T, D>, so that the
+// compiler's "in instantiation of ApplyMustReturnVar<Returned = ...>" names the type it returned.
+template <class Returned>
+struct ApplyMustReturnVar {
+  static_assert(sizeof(Returned*) == 0,
+                "NormPolicy: apply(s) returned `Returned` (see the line above), not Var<T, D>");
+  using type = int;
+};
+template <class P, bool Wrong>
+struct ReportApplyReturn {
+  using type = int;
+};
+template <class P>
+struct ReportApplyReturn<P, true> {
+  using type = typename ApplyMustReturnVar<decltype(std::declval<const P&>().apply(std::declval<CheckContext&>()))>::type;
+};
+}  // namespace detail
 
 template <class P>
 concept NormPolicy = std::is_class_v<P> && std::copy_constructible<P> && HasApply<P> &&
@@ -74,13 +99,18 @@ struct NormPolicyCheck {
   static_assert(std::is_class_v<P>, "NormPolicy: a norm policy must be a struct or class type");
   static_assert(std::copy_constructible<P>,
                 "NormPolicy: the policy must be copy-constructible (the model keeps a copy)");
-  static_assert(HasApply<P>,
+  static_assert(!HasNonConstApply<P>,
+                "NormPolicy: member `apply` must be const: declare it `template <class S> auto "
+                "apply(S& s) const` (the model calls it on a const policy)");
+  static_assert(HasApply<P> || HasNonConstApply<P>,
                 "NormPolicy: missing member `apply`: declare `template <class S> auto apply(S& s) "
                 "const` returning the sub-layer's new residual stream, e.g. "
                 "`return s.x + s.f(s.norm(0, s.x));` (see fathom/policy/norm_policy.hpp)");
   static_assert(!HasApply<P> || ApplyReturnsStream<P>,
                 "NormPolicy: member `apply(s)` must return the new residual stream as a Var of "
-                "the same element type and device as s.x (e.g. `s.x + s.f(...)`)");
+                "the same element type and device as s.x (e.g. `s.x + s.f(...)`); the type it "
+                "returns is shown below as `Returned` of ApplyMustReturnVar");
+  static_assert(sizeof(typename detail::ReportApplyReturn<P, HasApply<P> && !ApplyReturnsStream<P>>::type) > 0);
   static_assert(PolicyTraits<P>::valid_norms_per_sublayer,
                 "NormPolicy: member `norms_per_sublayer` must be a `static constexpr int` >= 1");
   static_assert(PolicyTraits<P>::valid_final_norm,
