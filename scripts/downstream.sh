@@ -49,11 +49,12 @@ if [[ -n "$nvcc" ]]; then
   "$work/package/downstream_cuda" || { echo "downstream_cuda failed"; exit 1; }
 fi
 
-# 3. add_subdirectory of the source tree, and 4. FetchContent of it.
+# 3. add_subdirectory of the source tree, and 4. FetchContent of it, without asking for CUDA: the
+# consumer's configure must not enable it (tests/downstream/CMakeLists.txt checks).
 for mode in subdirectory fetchcontent; do
   step "$mode"
   cmake -S "$repo/tests/downstream" -B "$work/$mode" "${generator[@]}" \
-    -DFATHOM_DOWNSTREAM_MODE="$mode" -DFATHOM_SOURCE_DIR="$repo" -DFATHOM_ENABLE_CUDA=OFF
+    -DFATHOM_DOWNSTREAM_MODE="$mode" -DFATHOM_SOURCE_DIR="$repo"
   cmake --build "$work/$mode" -j "$jobs"
   "$work/$mode/downstream"
 done
