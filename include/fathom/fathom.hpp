@@ -25,6 +25,7 @@
 
 // models and normalization policies
 #include "fathom/nn/decoder_lm.hpp"
+#include "fathom/nn/generate.hpp"
 #include "fathom/nn/presets.hpp"
 #include "fathom/policy/deep_norm.hpp"
 #include "fathom/policy/lns.hpp"
