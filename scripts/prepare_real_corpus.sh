@@ -3,7 +3,8 @@
 # files) and jargon-text (the Jargon File), and turns their text into byte-level token shards with
 # fathom-prepare, in a git-ignored folder small enough to carry to another machine.
 # Usage: scripts/prepare_real_corpus.sh [--build DIR] [--out DIR] [--overwrite] [--max-mib N]
-#   --build DIR   build folder holding bin/fathom-prepare (default: build)
+#   --build DIR   build folder holding bin/fathom-prepare (default: build/release, scripts/run.sh's;
+#                 fathom-prepare is built there first when it is missing)
 #   --out DIR     where the shards go (default: .data/real; .data/ ignores itself for git)
 #   --overwrite   replace shards already in --out (default: keep them and only report sizes)
 #   --max-mib N   fail if the shards exceed N MiB in all (default 40: carries stay under 64 MiB)
@@ -12,7 +13,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-build=build
+build=build/release
 out=.data/real
 overwrite=0
 max_mib=40
@@ -32,9 +33,10 @@ for p in "$build/bin/fathom-prepare" "$build/examples/prepare/fathom-prepare"; d
   if [[ -x "$p" ]]; then prepare="$p"; break; fi
 done
 if [[ -z "$prepare" ]]; then
-  echo "prepare_real_corpus: no fathom-prepare in '$build/bin'; build it first:" >&2
-  echo "  cmake -S . -B $build -DFATHOM_BUILD_EXAMPLES=ON && cmake --build $build --target fathom-prepare" >&2
-  exit 1
+  echo "prepare_real_corpus: no fathom-prepare in '$build/bin'; building it (Release)"
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DFATHOM_BUILD_EXAMPLES=ON >/dev/null
+  cmake --build "$build" --target fathom-prepare
+  prepare="$build/bin/fathom-prepare"
 fi
 
 # The packages: installed with apt-get when missing (sudo only when not root).

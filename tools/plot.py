@@ -9,8 +9,8 @@
   plot.py runs     RUNS_DIR               [--out DIR]   (every RUNS_DIR/*/metrics.jsonl and diagnose.json)
 
 A run folder stands for its metrics.jsonl (metrics) or diagnose.json (diagnose). A run's label is
-its folder's name (metrics) or the policy recorded in the JSON (diagnose), unless --labels says
-otherwise. Each file written is printed on its own line; what could not be drawn (a missing field, a
+its folder's name in every picture (a JSON file outside a run folder: its file name), unless
+--labels says otherwise; a policy's colour is the same in every picture. Each file written is printed on its own line; what could not be drawn (a missing field, a
 run that logged no layer variance) is said on stderr and skipped. Needs matplotlib for drawing
 (Debian: python3-matplotlib); the reading and summary functions below work without it, so other
 tools can import them.
@@ -244,8 +244,8 @@ def pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit("plot.py: matplotlib is not installed (Debian: apt-get install python3-matplotlib; "
-                         "pip: pip install matplotlib)")
+        raise SystemExit(f"plot.py: matplotlib is not installed for {sys.executable} (Debian: apt-get install "
+                         f"python3-matplotlib; pip: {sys.executable} -m pip install matplotlib)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -390,8 +390,8 @@ def plot_metrics(runs, labels, w, x_axis="step", smooth=0.0):
     else:
         plt.close(fig)
 
-    # Per run, one panel each: variance by layer at up to 8 logged steps, early (light) to late
-    # (dark), on one shared log axis so the runs compare at a glance.
+    # Per run, one panel each: variance by layer at up to 8 logged steps, early (dark) to late
+    # (light: viridis runs from dark purple to yellow), on one shared log axis.
     cmap = plt.get_cmap("viridis")
     rows_, cols = grid_shape(len(with_var))
     fig, axes = plt.subplots(rows_, cols, figsize=(4.6 * cols, 3.8 * rows_), squeeze=False, sharey=True)
@@ -418,7 +418,7 @@ def plot_metrics(runs, labels, w, x_axis="step", smooth=0.0):
     for k in range(len(with_var), rows_ * cols):
         axes[k // cols][k % cols].axis("off")
     if drawn:
-        fig.suptitle("output variance by layer during training (light: early, dark: late)")
+        fig.suptitle("output variance by layer during training (dark: early, light: late)")
         fig.tight_layout()
         w.save(fig, "layer_variance_by_step.png")
     else:
@@ -590,7 +590,9 @@ def load_diagnose(inputs, labels_arg):
     labels = parse_labels(labels_arg, len(inputs))
     if labels and len(diags) != len(inputs):
         raise SystemExit("plot.py: --labels given, but some inputs could not be read")
-    return diags, unique_labels(labels or policies, names)
+    # Labelled by run folder, as the metrics pictures are (compare_policies.py names folders by
+    # policy); colours still follow the policy recorded in each file.
+    return diags, unique_labels(labels or names, names)
 
 
 def main(argv=None):
