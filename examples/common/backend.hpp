@@ -9,50 +9,26 @@
 
 #include "fathom/data/tokenizer.hpp"
 #include "fathom/diag/diagnostics.hpp"
+#include "fathom/nn/generate.hpp"
 #include "fathom/train/checkpoint.hpp"
 #include "programs.hpp"
 #include "register_policy.hpp"
 
 namespace fathom::programs {
 
-// Samples `n` tokens after `prompt` (temperature 0: greedy), re-running the model on the growing
-// sequence (no key-value cache: this sampler is for looking at a model, not for serving it).
+// Samples `n` tokens after `prompt` (temperature 0: greedy) with nn::generate, as text.
 template <class T, DeviceTag D>
 std::string sample_text(const train::LanguageModel<T, D>& model, const std::string& prompt, int n,
                         double temperature, std::uint64_t seed) {
   data::ByteTokenizer tok;
   std::vector<std::int32_t> ids = tok.encode(prompt);
   if (ids.empty()) ids.push_back(data::ByteTokenizer::end_of_text);
-  const int max_seq = model.config().max_seq;
-  // Only ids the tokenizer can decode are drawn (a larger model vocab leaves unused rows).
-  const int usable = std::min(model.config().vocab, tok.vocab_size());
-  autograd::NoGradGuard no_grad;
-  std::vector<std::int32_t> generated;
-  for (int i = 0; i < n; ++i) {
-    const auto keep = std::min<std::ptrdiff_t>(static_cast<std::ptrdiff_t>(ids.size()), max_seq);
-    std::vector<std::int32_t> ctx(ids.end() - keep, ids.end());
-    auto x = Tensor<std::int32_t, D>::from_vector(Shape{1, static_cast<std::int64_t>(ctx.size())}, ctx);
-    auto logits = model.forward(x).value();  // (T, V)
-    auto row = logits.slice(0, logits.size(0) - 1, logits.size(0)).to_vector();
-    auto logit = [&](int v) { return static_cast<double>(scalar_cast<float>(row[static_cast<std::size_t>(v)])); };
-    std::int32_t next = 0;
-    if (temperature <= 0) {
-      for (int v = 1; v < usable; ++v)
-        if (logit(v) > logit(next)) next = v;
-    } else {
-      double mx = -INFINITY;
-      for (int v = 0; v < usable; ++v) mx = std::max(mx, logit(v));
-      std::vector<double> p(static_cast<std::size_t>(usable));
-      double z = 0;
-      for (int v = 0; v < usable; ++v) z += p[static_cast<std::size_t>(v)] = std::exp((logit(v) - mx) / temperature);
-      double u = rng::uniform(seed, static_cast<std::uint64_t>(i)) * z;
-      for (next = 0; next < usable - 1 && (u -= p[static_cast<std::size_t>(next)]) > 0; ++next) {
-      }
-    }
-    ids.push_back(next);
-    generated.push_back(next);
-  }
-  return tok.decode(generated);
+  nn::GenerateOptions g;
+  g.tokens = n;
+  g.temperature = temperature;
+  g.seed = seed;
+  g.vocab_limit = tok.vocab_size();  // only ids the tokenizer can decode (a larger vocab leaves unused rows)
+  return tok.decode(nn::generate(model, std::move(ids), g));
 }
 
 // Rebuilds the model a checkpoint was trained as (from its config.json's fathom fields) and loads

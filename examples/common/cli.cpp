@@ -218,6 +218,7 @@ int diagnose_main(int argc, char** argv, const PolicyRegistry& policies, const s
   CLI::App app{name + ": curse-of-depth diagnostics of a fathom checkpoint, as JSON"};
   app.name(name);
   app.option_defaults()->always_capture_default();
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // as fathom-train
   app.add_option("checkpoint", o.checkpoint,
                  "a ckpt-STEP folder, or a run folder (its latest checkpoint)")
       ->required();

@@ -1,48 +1,10 @@
-// fathom: the umbrella header for users (CPU backend). <fathom/cuda.hpp> adds the CUDA backend.
+// fathom: the umbrella header for users (CPU backend): every layer. <fathom/cuda.hpp> adds the CUDA
+// backend. Per-layer umbrellas compile faster where a program needs less: <fathom/nn.hpp> (models
+// and policies), <fathom/data.hpp>, <fathom/optim.hpp>, <fathom/train.hpp> (docs/performance.md
+// has the numbers).
 #pragma once
 
-// core and tensors
-#include "fathom/core/device.hpp"
-#include "fathom/core/error.hpp"
-#include "fathom/core/memory.hpp"
-#include "fathom/core/rng.hpp"
-#include "fathom/core/scalar.hpp"
-#include "fathom/tensor/tensor.hpp"
-
-// autograd and its differentiable ops
-#include "fathom/autograd/gradcheck.hpp"
-#include "fathom/autograd/ops/activation.hpp"
-#include "fathom/autograd/ops/attention.hpp"
-#include "fathom/autograd/ops/dropout.hpp"
-#include "fathom/autograd/ops/elementwise.hpp"
-#include "fathom/autograd/ops/embedding.hpp"
-#include "fathom/autograd/ops/gemm.hpp"
-#include "fathom/autograd/ops/norm.hpp"
-#include "fathom/autograd/ops/reduce.hpp"
-#include "fathom/autograd/ops/rope.hpp"
-#include "fathom/autograd/ops/softmax.hpp"
-#include "fathom/autograd/var.hpp"
-
-// models and normalization policies
-#include "fathom/nn/decoder_lm.hpp"
-#include "fathom/nn/generate.hpp"
-#include "fathom/nn/presets.hpp"
-#include "fathom/policy/deep_norm.hpp"
-#include "fathom/policy/lns.hpp"
-#include "fathom/policy/mix_ln.hpp"
-#include "fathom/policy/norm_policy.hpp"
-#include "fathom/policy/post_ln.hpp"
-#include "fathom/policy/pre_ln.hpp"
-#include "fathom/policy/sandwich_ln.hpp"
-#include "fathom/policy/scaled_init.hpp"
-
-// optimization, data and training
-#include "fathom/data/corpus.hpp"
-#include "fathom/data/sampler.hpp"
-#include "fathom/data/shards.hpp"
-#include "fathom/data/tokenizer.hpp"
-#include "fathom/optim/clip.hpp"
-#include "fathom/optim/optimizer.hpp"
-#include "fathom/optim/schedule.hpp"
-#include "fathom/train/checkpoint.hpp"
-#include "fathom/train/trainer.hpp"
+#include "fathom/data.hpp"
+#include "fathom/nn.hpp"
+#include "fathom/optim.hpp"
+#include "fathom/train.hpp"
