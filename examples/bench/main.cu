@@ -1,7 +1,7 @@
-// fathom-bench: training throughput on one GPU. For each workload and policy: real optimizer steps
-// (forward, backward, global-norm clipping, fused AdamW) on random tokens, timed with CUDA events
-// after warm-up steps; tokens/s, ms/step, MFU and peak GPU memory. Also measures the card's bf16
-// GEMM rate, the MFU denominator.
+// fathom-bench: training throughput on one GPU. For each workload and policy: the trainer's own
+// optimizer step (train::TrainStep: forward, backward, global-norm clipping with the factor on the
+// device, fused AdamW) on random tokens, timed with CUDA events after warm-up steps; tokens/s,
+// ms/step, MFU and peak GPU memory. Also measures the card's bf16 GEMM rate, the MFU denominator.
 #include <CLI/CLI.hpp>
 #include <nvtx3/nvToolsExt.h>
 
@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "fathom/train/step.hpp"
 #include "programs.hpp"
 #include "register_policy.hpp"
 
@@ -87,18 +88,17 @@ template <class T>
 BenchResult bench_one(const Workload& w, const std::string& policy, const BenchOptions& o, double peak_tflops,
                       const PolicyRegistry& policies) {
   using D = Cuda;
-  using A = accum_t<T>;
   nn::ModelConfig cfg = nn::preset(w.preset);
   const std::int64_t B = o.batch ? o.batch : w.batch, Tn = o.seq_len ? o.seq_len : w.seq_len;
   if (Tn > cfg.max_seq) cfg.max_seq = static_cast<int>(Tn);
   if (w.vocab > 0) cfg.vocab = w.vocab;
   auto model = policies.make_model<T, D>(cfg, policy, nlohmann::json::object());
   model->init(0);
-  std::vector<optim::NamedParameter<T, D>> named;
-  for (auto& p : model->parameters()) named.push_back({p.name, p.var});
-  optim::AdamW rule;
-  rule.weight_decay = 0.0;
-  optim::Optimizer<optim::AdamW, T, D> opt(rule, named);
+  // The trainer's step: AdamW without weight decay, clipping at 1.0 with the factor computed and
+  // read on the device, so the step never waits for the host (PyTorch's clip_grad_norm_ does not
+  // either).
+  auto update = train::make_local_update<T, D>(model->parameters(), train::default_rule(), 1.0);
+  train::TrainStep<T, D> train_step(*model, *update, 1, nullptr, o.warmup + o.steps + 2);
 
   std::vector<std::int32_t> host(static_cast<std::size_t>(B * Tn));
   for (std::size_t i = 0; i < host.size(); ++i)
@@ -106,36 +106,30 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   auto x = Tensor<std::int32_t, D>::from_vector(Shape{B, Tn}, host);
   auto y = x.reshape({B, Tn}).clone();
 
-  // Clipping at 1.0 with the factor computed and read on the device: the step never waits for the
-  // host (PyTorch's clip_grad_norm_ does not either).
-  Tensor<float, D> clip_scale(Shape{});
-  auto forward_backward = [&] {
-    auto loss = model->loss(x, y);
-    autograd::backward(loss);
-    optim::clip_factor_on_device<T, D>(named, 1.0, clip_scale);
-  };
-  // --cuda-graph: forward, backward and clipping captured once (after the warm-up, so every
-  // buffer comes from the caching allocator's cache and every GEMM plan exists) and replayed; the
-  // optimizer step and zero_grad are launched as usual, so the step count and learning rate stay
-  // live. Inputs, parameters, gradients and the clip factor keep their addresses between steps;
-  // nothing else allocates while the loop runs.
+  // --cuda-graph: forward and backward captured once (after the warm-up, so every buffer comes
+  // from the caching allocator's cache and every GEMM plan exists) and replayed; the update
+  // (clipping, optimizer step) and zero_grad are launched as usual, so the step count and learning
+  // rate stay live. Inputs, parameters and gradients keep their addresses between steps; nothing
+  // else allocates while the loop runs.
   cudaGraphExec_t graph_exec = nullptr;
   auto step = [&] {
-    if (graph_exec) FATHOM_CUDA_CHECK(cudaGraphLaunch(graph_exec, cuda::stream()));
-    else forward_backward();
-    opt.step(1e-4, 1.0, clip_scale.data());
-    model->zero_grad();
+    if (graph_exec)
+      train_step.accumulate_replayed([&] { FATHOM_CUDA_CHECK(cudaGraphLaunch(graph_exec, cuda::stream())); });
+    else train_step.accumulate(x, y);
+    train_step.update(1e-4);
   };
   for (int i = 0; i < o.warmup; ++i) step();
+  train_step.take_losses();  // one host read, outside the timed steps
   cuda::synchronize();
   if (o.cuda_graph) {
     cudaGraph_t graph = nullptr;
     FATHOM_CUDA_CHECK(cudaStreamBeginCapture(cuda::stream(), cudaStreamCaptureModeThreadLocal));
-    forward_backward();
+    train_step.accumulate(x, y);
     FATHOM_CUDA_CHECK(cudaStreamEndCapture(cuda::stream(), &graph));
     FATHOM_CUDA_CHECK(cudaGraphInstantiate(&graph_exec, graph, 0));
     FATHOM_CUDA_CHECK(cudaGraphDestroy(graph));
-    model->zero_grad();  // capturing ran nothing; the gradients of the last warm-up step are gone
+    train_step.discard();      // capturing ran nothing; the gradients of the last warm-up step are gone
+    train_step.take_losses();  // nor did it compute a loss
     step();
     cuda::synchronize();
   }
@@ -188,7 +182,6 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   if (graph_exec) FATHOM_CUDA_CHECK(cudaGraphExecDestroy(graph_exec));
-  (void)sizeof(A);
   return r;
 }
 

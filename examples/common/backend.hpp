@@ -10,6 +10,7 @@
 #include "fathom/data/tokenizer.hpp"
 #include "fathom/diag/diagnostics.hpp"
 #include "fathom/train/checkpoint.hpp"
+#include "fathom/train/trainer.hpp"
 #include "programs.hpp"
 #include "register_policy.hpp"
 
@@ -18,7 +19,7 @@ namespace fathom::programs {
 // Samples `n` tokens after `prompt` (temperature 0: greedy), re-running the model on the growing
 // sequence (no key-value cache: this sampler is for looking at a model, not for serving it).
 template <class T, DeviceTag D>
-std::string sample_text(const train::LanguageModel<T, D>& model, const std::string& prompt, int n,
+std::string sample_text(const nn::LanguageModel<T, D>& model, const std::string& prompt, int n,
                         double temperature, std::uint64_t seed) {
   data::ByteTokenizer tok;
   std::vector<std::int32_t> ids = tok.encode(prompt);
@@ -58,29 +59,15 @@ std::string sample_text(const train::LanguageModel<T, D>& model, const std::stri
 // Rebuilds the model a checkpoint was trained as (from its config.json's fathom fields) and loads
 // its weights.
 template <class T, DeviceTag D>
-std::unique_ptr<train::LanguageModel<T, D>> load_model(const std::filesystem::path& ckpt, const nlohmann::json& fields,
+std::unique_ptr<nn::LanguageModel<T, D>> load_model(const std::filesystem::path& ckpt, const nlohmann::json& fields,
                                                        const PolicyRegistry& policies) {
-  const auto& mj = fields.at("model");
-  nn::ModelConfig m;
-  m.arch = mj.at("arch").get<std::string>() == "llama" ? nn::ArchKind::llama : nn::ArchKind::gpt2;
-  m.layers = mj.at("layers");
-  m.d_model = mj.at("d_model");
-  m.heads = mj.at("heads");
-  m.d_ff = mj.at("d_ff");
-  m.vocab = mj.at("vocab");
-  m.max_seq = mj.at("max_seq");
-  m.norm_eps = mj.at("norm_eps");
-  m.rope_theta = mj.at("rope_theta");
-  m.tied = mj.at("tied");
-  m.bias = mj.at("bias");
-  m.name = mj.value("name", "custom");
-  auto model = policies.make_model<T, D>(m, fields.at("policy").get<std::string>(),
+  auto model = policies.make_model<T, D>(fields.at("model").get<nn::ModelConfig>(),
+                                         fields.at("policy").get<std::string>(),
                                          fields.value("policy_options", nlohmann::json::object()),
                                          "checkpoint '" + ckpt.string() + "'");
-  auto weights = train::read_safetensors(ckpt / "model.safetensors");
-  for (auto& p : model->parameters())
-    train::from_record(weights.at(p.name), p.var.mutable_value(), (ckpt / "model.safetensors").string(),
-                       model->hf_transposed(p.name));
+  train::CheckpointParts parts;
+  parts.optimizer = false;  // the weights only
+  train::load_weights(*model, train::load_checkpoint(ckpt, parts));
   return model;
 }
 

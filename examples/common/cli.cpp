@@ -71,7 +71,8 @@ int run_generate(const TrainCli& c, const PolicyRegistry& policies) {
 
 int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& name) {
   policies.check(c.train.policy);
-  check_choice("--precision", c.train.precision, {"fp32", "bf16"});
+  check_choice("--precision", c.precision, {"fp32", "bf16"});
+  resolve_train_options(c);
   c.train.model = resolve_model(c);
   if (c.deepnorm_alpha > 0) c.train.policy_options["alpha"] = c.deepnorm_alpha;
   if (c.deepnorm_beta > 0) c.train.policy_options["beta"] = c.deepnorm_beta;
@@ -81,18 +82,19 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
   std::printf("%s: %s (%s, %d layers, d %d, %d heads, d_ff %d, vocab %d), policy %s, %s on %s\n",
               name.c_str(), m.name.c_str(), std::string(nn::to_string(m.arch)).c_str(), m.layers,
               m.d_model, m.heads, m.d_ff, m.vocab, c.train.policy.c_str(),
-              c.train.precision.c_str(), device.c_str());
+              c.precision.c_str(), device.c_str());
   std::printf("data: %s | %lld steps x %lld sequences x %lld tokens (grad accum %lld) | out %s\n",
               c.train.data.empty() ? "built-in corpus" : c.train.data.c_str(),
               static_cast<long long>(c.train.steps), static_cast<long long>(c.train.batch),
               static_cast<long long>(c.train.seq_len), static_cast<long long>(c.train.grad_accum),
               c.train.out.c_str());
   std::fflush(stdout);
-  return dispatch_backend(c.train.precision, device,
+  return dispatch_backend(c.precision, device,
                           [&]<class T, class D>() { return Backend<T, D>::train(c, policies); });
 }
 
-// Runs body, turning an exception into one line "NAME: error: ..." and exit status 1.
+// Runs body, turning an exception into one line "NAME: error: ..." (with fathom-train's flag where
+// the library names a TrainOptions member) and exit status 1.
 template <class Body>
 int reporting_errors(const std::string& name, bool newline_first, Body&& body) {
   try {
@@ -100,7 +102,7 @@ int reporting_errors(const std::string& name, bool newline_first, Body&& body) {
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "%s%s: error: %s\n", newline_first ? "\n" : "", name.c_str(),
-                 user_message(e).c_str());
+                 train_error_message(e).c_str());
     return 1;
   }
 }
@@ -144,15 +146,15 @@ int train_main(int argc, char** argv, const PolicyRegistry& policies, const std:
   app.add_option("--batch", t.batch, "sequences per micro-batch");
   app.add_option("--grad-accum", t.grad_accum, "micro-batches per optimizer step");
   app.add_option("--lr", t.lr, "peak learning rate");
-  app.add_option("--min-lr-ratio", t.min_lr_ratio, "final learning rate as a fraction of the peak");
-  app.add_option("--warmup", t.warmup, "warmup steps (-1: 10% of --steps)");
-  app.add_option("--schedule", t.schedule, "cosine (linear warmup, cosine decay), constant, wsd");
-  app.add_option("--optimizer", t.optimizer, "adamw, adam, sgd");
-  app.add_option("--weight-decay", t.weight_decay,
+  app.add_option("--min-lr-ratio", c.min_lr_ratio, "final learning rate as a fraction of the peak");
+  app.add_option("--warmup", c.warmup, "warmup steps (-1: 10% of --steps)");
+  app.add_option("--schedule", c.schedule, "cosine (linear warmup, cosine decay), constant, wsd");
+  app.add_option("--optimizer", c.optimizer, "adamw, adam, sgd");
+  app.add_option("--weight-decay", c.weight_decay,
                  "weight decay (not on norms, biases, embeddings)");
   app.add_option("--clip", t.clip, "max global gradient norm (0: no clipping)");
   app.add_option("--device", c.device, "auto, cpu, cuda");
-  app.add_option("--precision", t.precision,
+  app.add_option("--precision", c.precision,
                  "fp32, or bf16 (bf16 weights and activations, fp32 master weights)");
   app.add_option("--seed", t.seed, "seed of initialization and data order");
   app.add_option("--eval-every", t.eval_every, "evaluate every N steps (0: at the end only)");

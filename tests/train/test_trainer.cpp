@@ -35,7 +35,7 @@ train::TrainOptions small_run(const fs::path& out) {
   o.batch = 2;
   o.steps = 8;
   o.lr = 3e-3;
-  o.warmup = 2;
+  o.schedule = train::CosineSchedule{2, 0.1};
   o.eval_every = 4;
   o.eval_batches = 2;
   o.log_every = 1;
@@ -187,7 +187,7 @@ TEST_CASE("trainer: bad input fails with one clear message", "[train]") {
     fs::create_directories(dir);
     std::ofstream(dir / "file") << "x";
     auto o = small_run(dir / "file" / "run");
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("--out"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("TrainOptions::out"));
   }
   SECTION("a token id >= vocab in the shards") {
     fs::create_directories(dir);
@@ -214,10 +214,10 @@ TEST_CASE("trainer: bad input fails with one clear message", "[train]") {
   SECTION("zero steps, a sequence longer than the model's") {
     auto o = small_run(dir / "run");
     o.steps = 0;
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("--steps"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("TrainOptions::steps"));
     o = small_run(dir / "run");
     o.seq_len = 64;
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("--seq-len"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("TrainOptions::seq_len"));
   }
 }
 
