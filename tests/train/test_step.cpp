@@ -145,8 +145,8 @@ TEST_CASE("TrainStep: hooks around each backward, a replaced update, and misuse"
   step.accumulate(x, y);
   CHECK_THROWS_WITH(step.accumulate(x, y), HasSubstring("neither updated nor discarded"));
   step.update(0.5);
-  CHECK(hooks.calls == std::vector<std::string>{"before 0/3", "after 0/3", "before 1/3", "after 1/3", "before 2/3",
-                                                "after 2/3"});
+  CHECK(hooks.calls == std::vector<std::string>{"before 0/3", "after 0/3", "before 1/3",
+                                                "after 1/3", "before 2/3", "after 2/3"});
   CHECK(update.steps == 1);
   CHECK(update.lrs == std::vector<double>{0.5});
   CHECK(weights(m) == before);

@@ -20,11 +20,13 @@ class LanguageModel {
   using LossVar = Var<accum_t<T>, D>;
   virtual ~LanguageModel() = default;
   // Mean cross-entropy of targets (B, T) given tokens (B, T), in accum_t<T>.
-  virtual LossVar loss(const Tensor<std::int32_t, D>& tokens, const Tensor<std::int32_t, D>& targets) const = 0;
+  virtual LossVar loss(const Tensor<std::int32_t, D>& tokens,
+                       const Tensor<std::int32_t, D>& targets) const = 0;
   // Logits (B*T, V) of tokens (B, T).
   virtual Var<T, D> forward(const Tensor<std::int32_t, D>& tokens) const = 0;
   // With the diagnostics hooks: an observer of every block's sites and a per-block skip mask.
-  virtual LossVar loss(const Tensor<std::int32_t, D>& tokens, const Tensor<std::int32_t, D>& targets,
+  virtual LossVar loss(const Tensor<std::int32_t, D>& tokens,
+                       const Tensor<std::int32_t, D>& targets,
                        const ForwardOptions<T, D>& options) const = 0;
   // Every parameter once, in checkpoint order.
   virtual std::vector<NamedParameter<T, D>>& parameters() = 0;

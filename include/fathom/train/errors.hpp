@@ -19,7 +19,9 @@ namespace fathom::train {
 class OptionError : public Error {
  public:
   OptionError(std::string option, const std::string& reason)
-      : Error("TrainOptions::" + option + ": " + reason), option_(std::move(option)), reason_(reason) {}
+      : Error("TrainOptions::" + option + ": " + reason),
+        option_(std::move(option)),
+        reason_(reason) {}
   const std::string& option() const { return option_; }
   const std::string& reason() const { return reason_; }
 
@@ -27,13 +29,13 @@ class OptionError : public Error {
   std::string option_, reason_;
 };
 
-#define FATHOM_CHECK_OPTION(cond, option, msg)                                                   \
-  do {                                                                                           \
-    if (!(cond)) {                                                                               \
-      std::ostringstream fathom_option_stream_;                                                  \
-      fathom_option_stream_ << msg;                                                              \
-      throw ::fathom::train::OptionError(option, fathom_option_stream_.str());                   \
-    }                                                                                            \
+#define FATHOM_CHECK_OPTION(cond, option, msg)                                 \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      std::ostringstream fathom_option_stream_;                                \
+      fathom_option_stream_ << msg;                                            \
+      throw ::fathom::train::OptionError(option, fathom_option_stream_.str()); \
+    }                                                                          \
   } while (0)
 
 // A step's loss was NaN or infinite (and TrainOptions::skip_nonfinite was off). Nothing was saved
@@ -41,15 +43,20 @@ class OptionError : public Error {
 class NonFiniteLoss : public Error {
  public:
   NonFiniteLoss(std::int64_t step, double loss, std::optional<std::filesystem::path> last_good)
-      : Error(message(step, loss, last_good)), step_(step), loss_(loss), last_good_(std::move(last_good)) {}
+      : Error(message(step, loss, last_good)),
+        step_(step),
+        loss_(loss),
+        last_good_(std::move(last_good)) {}
   std::int64_t step() const { return step_; }  // 1-based
   double loss() const { return loss_; }
   const std::optional<std::filesystem::path>& last_good_checkpoint() const { return last_good_; }
 
  private:
-  static std::string message(std::int64_t step, double loss, const std::optional<std::filesystem::path>& last) {
+  static std::string message(std::int64_t step, double loss,
+                             const std::optional<std::filesystem::path>& last) {
     std::ostringstream s;
-    s << "loss is " << loss << " at step " << step << "; last good checkpoint: " << (last ? last->string() : "none");
+    s << "loss is " << loss << " at step " << step
+      << "; last good checkpoint: " << (last ? last->string() : "none");
     return s.str();
   }
   std::int64_t step_;

@@ -54,8 +54,10 @@ class LocalUpdate final : public ParameterUpdate<T, D> {
  public:
   using A = accum_t<T>;
   LocalUpdate(Rule rule, const std::vector<nn::NamedParameter<T, D>>& params, double max_norm)
-      : optimizer_(rule, optim_parameters(params)), max_norm_(max_norm),
-        factor_(Tensor<float, D>::full(Shape{}, 1.0f)), sum_squares_(Tensor<A, D>::zeros(Shape{})) {}
+      : optimizer_(rule, optim_parameters(params)),
+        max_norm_(max_norm),
+        factor_(Tensor<float, D>::full(Shape{}, 1.0f)),
+        sum_squares_(Tensor<A, D>::zeros(Shape{})) {}
 
   void step(double lr) override {
     if (max_norm_ > 0) {
@@ -70,11 +72,14 @@ class LocalUpdate final : public ParameterUpdate<T, D> {
   }
   std::int64_t step_count() const override { return optimizer_.step_count(); }
   void set_step_count(std::int64_t steps) override { optimizer_.set_step_count(steps); }
-  std::vector<std::pair<std::string, Tensor<A, D>*>> named_state() override { return optimizer_.named_state(); }
+  std::vector<std::pair<std::string, Tensor<A, D>*>> named_state() override {
+    return optimizer_.named_state();
+  }
   optim::Optimizer<Rule, T, D>& optimizer() { return optimizer_; }
 
  private:
-  static std::vector<optim::NamedParameter<T, D>> optim_parameters(const std::vector<nn::NamedParameter<T, D>>& ps) {
+  static std::vector<optim::NamedParameter<T, D>> optim_parameters(
+      const std::vector<nn::NamedParameter<T, D>>& ps) {
     std::vector<optim::NamedParameter<T, D>> out;
     out.reserve(ps.size());
     for (const auto& p : ps) out.push_back({p.name, p.var});
@@ -89,8 +94,9 @@ class LocalUpdate final : public ParameterUpdate<T, D> {
 
 // The LocalUpdate of `rule` over `params`.
 template <class T, DeviceTag D>
-std::unique_ptr<ParameterUpdate<T, D>> make_local_update(const std::vector<nn::NamedParameter<T, D>>& params,
-                                                         const OptimizerRule& rule, double max_norm) {
+std::unique_ptr<ParameterUpdate<T, D>> make_local_update(
+    const std::vector<nn::NamedParameter<T, D>>& params, const OptimizerRule& rule,
+    double max_norm) {
   return std::visit(
       [&](const auto& r) -> std::unique_ptr<ParameterUpdate<T, D>> {
         using Rule = std::decay_t<decltype(r)>;
@@ -119,11 +125,13 @@ struct Shard {
 
 // The rows of `global` that belong to `shard` (all of them for one rank).
 inline data::Batch rank_rows(const data::Batch& global, const Shard& shard) {
-  FATHOM_CHECK(shard.world >= 1 && shard.rank >= 0 && shard.rank < shard.world,
-               "rank_rows: expected 0 <= rank < world, got rank " << shard.rank << " of " << shard.world);
+  FATHOM_CHECK(
+      shard.world >= 1 && shard.rank >= 0 && shard.rank < shard.world,
+      "rank_rows: expected 0 <= rank < world, got rank " << shard.rank << " of " << shard.world);
   if (shard.world == 1) return global;
-  FATHOM_CHECK_OPTION(global.batch % shard.world == 0, "batch",
-                      "expected a multiple of the number of ranks (" << shard.world << "), got " << global.batch);
+  FATHOM_CHECK_OPTION(
+      global.batch % shard.world == 0, "batch",
+      "expected a multiple of the number of ranks (" << shard.world << "), got " << global.batch);
   const std::int64_t rows = global.batch / shard.world, first = shard.rank * rows;
   const auto begin = static_cast<std::ptrdiff_t>(first * global.seq_len);
   const auto end = static_cast<std::ptrdiff_t>((first + rows) * global.seq_len);
@@ -152,11 +160,16 @@ class TrainStep {
 
   // Room is made for the losses of `unread_steps` steps between two take_losses() calls; more
   // steps grow it (an allocation, not a wait).
-  TrainStep(nn::LanguageModel<T, D>& model, ParameterUpdate<T, D>& update, std::int64_t micro_batches,
-            StepHooks<T, D>* hooks = nullptr, std::int64_t unread_steps = 16)
-      : model_(model), update_(update), micro_(micro_batches), hooks_(hooks),
+  TrainStep(nn::LanguageModel<T, D>& model, ParameterUpdate<T, D>& update,
+            std::int64_t micro_batches, StepHooks<T, D>* hooks = nullptr,
+            std::int64_t unread_steps = 16)
+      : model_(model),
+        update_(update),
+        micro_(micro_batches),
+        hooks_(hooks),
         capacity_(std::max<std::int64_t>(1, unread_steps)) {
-    FATHOM_CHECK_OPTION(micro_batches >= 1, "grad_accum", "expected at least 1, got " << micro_batches);
+    FATHOM_CHECK_OPTION(micro_batches >= 1, "grad_accum",
+                        "expected at least 1, got " << micro_batches);
     losses_ = Tensor<A, D>::zeros(Shape{capacity_ * micro_});
   }
 
@@ -167,7 +180,8 @@ class TrainStep {
   // Forward and backward of the next micro-batch of this step (tokens and targets (B, T)).
   // Gradients accumulate, scaled by 1 / micro_batches(); the loss is recorded on the device.
   void accumulate(const Tensor<std::int32_t, D>& tokens, const Tensor<std::int32_t, D>& targets) {
-    FATHOM_CHECK(next_ > 0 || !complete_, "TrainStep::accumulate: the previous step was neither updated nor discarded");
+    FATHOM_CHECK(next_ > 0 || !complete_,
+                 "TrainStep::accumulate: the previous step was neither updated nor discarded");
     if (next_ == 0 && pending_ == capacity_) grow();
     auto loss = model_.loss(tokens, targets);
     const std::int64_t slot = pending_ * micro_ + next_;
@@ -205,14 +219,16 @@ class TrainStep {
   // the captured ones did and are not kept.
   template <class Fn>
   void accumulate_replayed(Fn&& device_work) {
-    FATHOM_CHECK(next_ == 0 && !complete_, "TrainStep::accumulate_replayed: the previous step was neither updated "
-                                           "nor discarded, or is half accumulated");
+    FATHOM_CHECK(next_ == 0 && !complete_,
+                 "TrainStep::accumulate_replayed: the previous step was neither updated "
+                 "nor discarded, or is half accumulated");
     device_work();
     complete_ = true;
   }
 
   // accumulate() over every (tokens, targets) pair, then update(lr).
-  void run(const std::vector<std::pair<Tensor<std::int32_t, D>, Tensor<std::int32_t, D>>>& micro, double lr) {
+  void run(const std::vector<std::pair<Tensor<std::int32_t, D>, Tensor<std::int32_t, D>>>& micro,
+           double lr) {
     FATHOM_CHECK(static_cast<std::int64_t>(micro.size()) == micro_,
                  "TrainStep::run: expected " << micro_ << " micro-batches, got " << micro.size());
     for (const auto& [x, y] : micro) accumulate(x, y);
@@ -227,7 +243,8 @@ class TrainStep {
     const auto values = losses_.slice(0, 0, pending_ * micro_).to_vector();
     for (std::int64_t s = 0; s < pending_; ++s) {
       double sum = 0.0;
-      for (std::int64_t k = 0; k < micro_; ++k) sum += static_cast<double>(values[static_cast<std::size_t>(s * micro_ + k)]);
+      for (std::int64_t k = 0; k < micro_; ++k)
+        sum += static_cast<double>(values[static_cast<std::size_t>(s * micro_ + k)]);
       out.push_back(sum / static_cast<double>(micro_));
     }
     pending_ = 0;
@@ -237,7 +254,7 @@ class TrainStep {
  private:
   void require_complete(const char* what) const {
     FATHOM_CHECK(complete_, "TrainStep::" << what << ": the step's micro-batches have not all run ("
-                                                          << next_ << " of " << micro_ << ")");
+                                          << next_ << " of " << micro_ << ")");
   }
   // More room for losses not yet read (a loop that reads rarely): double it, keeping them.
   void grow() {

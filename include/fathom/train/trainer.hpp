@@ -54,17 +54,18 @@ struct TrainHooks {
   PeriodicHook periodic;
   StepHooks<T, D>* step = nullptr;
   Shard shard;
-  std::function<std::unique_ptr<ParameterUpdate<T, D>>(std::vector<nn::NamedParameter<T, D>>&, const TrainOptions&)>
+  std::function<std::unique_ptr<ParameterUpdate<T, D>>(std::vector<nn::NamedParameter<T, D>>&,
+                                                       const TrainOptions&)>
       make_update;
 };
 
 struct TrainResult {
-  std::int64_t first_step = 0;   // the step the run started from (0, or the resumed step)
-  std::int64_t steps_done = 0;   // the last step finished
-  std::vector<double> losses;    // training loss of each step run here (skipped steps left out)
+  std::int64_t first_step = 0;  // the step the run started from (0, or the resumed step)
+  std::int64_t steps_done = 0;  // the last step finished
+  std::vector<double> losses;   // training loss of each step run here (skipped steps left out)
   double first_loss = NAN, last_loss = NAN, final_val_loss = NAN;
   double tokens_per_s = 0.0, wall_s = 0.0;
-  std::int64_t tokens = 0;       // tokens trained on, in all (counting resumed steps)
+  std::int64_t tokens = 0;  // tokens trained on, in all (counting resumed steps)
   std::int64_t skipped_steps = 0;
   std::filesystem::path last_checkpoint;
 };
@@ -95,21 +96,23 @@ HfModelConfig hf_config_of(const nn::ModelConfig& c) {
 }
 
 // Fails with one line naming the first field in which a checkpoint's run differs from this one.
-inline void check_same_run(const nlohmann::json& saved, const nlohmann::json& now, const std::string& ckpt) {
+inline void check_same_run(const nlohmann::json& saved, const nlohmann::json& now,
+                           const std::string& ckpt) {
   for (const char* key : {"policy", "precision"}) {
     FATHOM_CHECK(saved.value(key, nlohmann::json()) == now.at(key),
                  "cannot resume from '" << ckpt << "': it was trained with " << key << " "
-                                        << saved.value(key, nlohmann::json()).dump() << ", this run has "
-                                        << now.at(key).dump());
+                                        << saved.value(key, nlohmann::json()).dump()
+                                        << ", this run has " << now.at(key).dump());
   }
   const auto& a = saved.at("model");
   const auto& b = now.at("model");
   for (auto it = b.begin(); it != b.end(); ++it) {
     if (it.key() == "name") continue;
     FATHOM_CHECK(a.contains(it.key()) && a.at(it.key()) == it.value(),
-                 "cannot resume from '" << ckpt << "': it was trained with " << it.key() << " = "
-                                        << (a.contains(it.key()) ? a.at(it.key()).dump() : "(missing)")
-                                        << ", this run has " << it.key() << " = " << it.value().dump());
+                 "cannot resume from '"
+                     << ckpt << "': it was trained with " << it.key() << " = "
+                     << (a.contains(it.key()) ? a.at(it.key()).dump() : "(missing)")
+                     << ", this run has " << it.key() << " = " << it.value().dump());
   }
 }
 
@@ -135,7 +138,7 @@ inline std::filesystem::path prepare_out_dir(const TrainOptions& o) {
 struct RunData {
   data::TokenSource train;
   std::optional<std::vector<std::int32_t>> builtin_val;  // built-in corpus validation tokens
-  std::string val_pattern;                                // or shards
+  std::string val_pattern;                               // or shards
 };
 
 inline RunData make_run_data(const TrainOptions& o) {
@@ -146,8 +149,10 @@ inline RunData make_run_data(const TrainOptions& o) {
   so.order = data::SampleOrder::random;
   so.vocab = static_cast<std::uint32_t>(o.model.vocab);
   if (o.data.empty()) {
-    auto tokens = data::builtin_corpus(data::Split::train, static_cast<std::size_t>(o.builtin_tokens), o.seed);
-    RunData d{data::TokenSource::from_tokens(tokens, so, "built-in corpus (train)"), std::nullopt, o.val_data};
+    auto tokens = data::builtin_corpus(data::Split::train,
+                                       static_cast<std::size_t>(o.builtin_tokens), o.seed);
+    RunData d{data::TokenSource::from_tokens(tokens, so, "built-in corpus (train)"), std::nullopt,
+              o.val_data};
     if (o.val_data.empty())
       d.builtin_val = data::builtin_corpus(data::Split::validation,
                                            static_cast<std::size_t>(std::max<std::int64_t>(
@@ -168,9 +173,11 @@ double evaluate(const nn::LanguageModel<T, D>& model, const RunData& d, const Tr
   so.seq_len = o.seq_len;
   so.order = data::SampleOrder::sequential;
   so.vocab = static_cast<std::uint32_t>(o.model.vocab);
-  data::TokenSource val = d.builtin_val ? data::TokenSource::from_tokens(*d.builtin_val, so, "built-in corpus (validation)")
+  data::TokenSource val = d.builtin_val ? data::TokenSource::from_tokens(
+                                              *d.builtin_val, so, "built-in corpus (validation)")
                                         : data::TokenSource::from_pattern(d.val_pattern, so);
-  const std::int64_t n = std::min<std::int64_t>(o.eval_batches, static_cast<std::int64_t>(val.batches_per_pass()));
+  const std::int64_t n =
+      std::min<std::int64_t>(o.eval_batches, static_cast<std::int64_t>(val.batches_per_pass()));
   autograd::NoGradGuard no_grad;
   double sum = 0.0;
   data::Batch b;
@@ -186,10 +193,12 @@ double evaluate(const nn::LanguageModel<T, D>& model, const RunData& d, const Tr
 // last logged step.
 class RunLog {
  public:
-  RunLog(const TrainOptions& o, const std::filesystem::path& out_dir, std::int64_t start, std::int64_t end)
+  RunLog(const TrainOptions& o, const std::filesystem::path& out_dir, std::int64_t start,
+         std::int64_t end)
       : metrics_(out_dir / "metrics.jsonl"),
         progress_(start, end, o.live_progress && stdout_is_terminal() && !o.quiet, o.log_every),
-        quiet_(o.quiet), window_start_(std::chrono::steady_clock::now()) {}
+        quiet_(o.quiet),
+        window_start_(std::chrono::steady_clock::now()) {}
 
   MetricsLog& metrics() { return metrics_; }
   void add_tokens(std::int64_t n) { window_tokens_ += n; }
@@ -202,7 +211,8 @@ class RunLog {
     const auto now = std::chrono::steady_clock::now();
     const double window_s = std::chrono::duration<double>(now - window_start_).count();
     const double tps = window_s > 0 ? static_cast<double>(window_tokens_) / window_s : 0.0;
-    nlohmann::json rec = {{"step", step}, {"loss", loss}, {"lr", lr}, {"tokens", tokens}, {"tokens_per_s", tps}};
+    nlohmann::json rec = {
+        {"step", step}, {"loss", loss}, {"lr", lr}, {"tokens", tokens}, {"tokens_per_s", tps}};
     if (!std::isnan(grad_norm)) rec["grad_norm"] = grad_norm;
     metrics_.write(rec);
     window_start_ = now;
@@ -213,8 +223,8 @@ class RunLog {
   void validation(std::int64_t step, double val_loss) {
     metrics_.write({{"step", step}, {"val_loss", val_loss}});
     char buf[128];
-    std::snprintf(buf, sizeof buf, "step %lld: val_loss %.4f (ppl %.2f)", static_cast<long long>(step), val_loss,
-                  std::exp(val_loss));
+    std::snprintf(buf, sizeof buf, "step %lld: val_loss %.4f (ppl %.2f)",
+                  static_cast<long long>(step), val_loss, std::exp(val_loss));
     note(buf);
   }
 
@@ -233,8 +243,9 @@ class RunLog {
 // Resuming: weights, optimizer state, data position and counters from the checkpoint o.resume
 // names, after checking that it was trained as this run is (`identity`).
 template <class T, DeviceTag D>
-TrainerState resume(const TrainOptions& o, const nlohmann::json& identity, nn::LanguageModel<T, D>& model,
-                    ParameterUpdate<T, D>& update, data::TokenSource& train_data) {
+TrainerState resume(const TrainOptions& o, const nlohmann::json& identity,
+                    nn::LanguageModel<T, D>& model, ParameterUpdate<T, D>& update,
+                    data::TokenSource& train_data) {
   std::filesystem::path dir;
   try {
     dir = resolve_checkpoint(o.resume);
@@ -256,8 +267,9 @@ TrainerState resume(const TrainOptions& o, const nlohmann::json& identity, nn::L
 // Saving: the model, its config (Hugging Face's plus fathom's fields), the optimizer state and
 // `state`, as out_dir/ckpt-STEP.
 template <class T, DeviceTag D>
-std::filesystem::path save(const TrainOptions& o, const std::filesystem::path& out_dir, nn::LanguageModel<T, D>& model,
-                           ParameterUpdate<T, D>& update, const TrainerState& state) {
+std::filesystem::path save(const TrainOptions& o, const std::filesystem::path& out_dir,
+                           nn::LanguageModel<T, D>& model, ParameterUpdate<T, D>& update,
+                           const TrainerState& state) {
   CheckpointContents c;
   c.model = model_records(model);
   nlohmann::json fathom_fields = state.run;
@@ -272,15 +284,16 @@ std::filesystem::path save(const TrainOptions& o, const std::filesystem::path& o
 // OptionError for a bad option, NonFiniteLoss for a NaN or infinite loss (unless
 // o.skip_nonfinite), fathom::Error for other bad input.
 template <class T, DeviceTag D>
-TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model, const TrainHooks<T, D>& hooks) {
+TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
+                  const TrainHooks<T, D>& hooks) {
   namespace fs = std::filesystem;
   validate(o);
   const fs::path out_dir = prepare_out_dir(o);
   RunData data = make_run_data(o);
   model.init(o.seed);
-  std::unique_ptr<ParameterUpdate<T, D>> update = hooks.make_update
-                                                      ? hooks.make_update(model.parameters(), o)
-                                                      : make_local_update<T, D>(model.parameters(), o.optimizer, o.clip);
+  std::unique_ptr<ParameterUpdate<T, D>> update =
+      hooks.make_update ? hooks.make_update(model.parameters(), o)
+                        : make_local_update<T, D>(model.parameters(), o.optimizer, o.clip);
   TrainStep<T, D> step(model, *update, o.grad_accum, hooks.step, o.log_every);
 
   TrainerState state;
@@ -307,7 +320,8 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model, const T
   std::int64_t unread_from = start;
   auto read_losses = [&](std::int64_t through) {
     const auto losses = step.take_losses();
-    for (std::size_t i = 0; i < losses.size(); ++i) record(unread_from + static_cast<std::int64_t>(i), losses[i]);
+    for (std::size_t i = 0; i < losses.size(); ++i)
+      record(unread_from + static_cast<std::int64_t>(i), losses[i]);
     unread_from = through;
   };
 
@@ -343,8 +357,10 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model, const T
     const bool log_due = (s + 1) % o.log_every == 0 || last || s == start;
     const bool eval_due = (o.eval_every > 0 && (s + 1) % o.eval_every == 0) || last;
     const bool save_due = (o.save_every > 0 && (s + 1) % o.save_every == 0) || last;
-    const bool periodic_due = hooks.periodic && o.diag_every > 0 && ((s + 1) % o.diag_every == 0 || s == start);
-    // The one place where the loop waits for the device: a line, an evaluation or a checkpoint is due.
+    const bool periodic_due =
+        hooks.periodic && o.diag_every > 0 && ((s + 1) % o.diag_every == 0 || s == start);
+    // The one place where the loop waits for the device: a line, an evaluation or a checkpoint is
+    // due.
     if (log_due || eval_due || save_due) read_losses(s + 1);
     result.steps_done = s + 1;
 
@@ -369,12 +385,14 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model, const T
   result.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   result.tokens = state.tokens;
   const std::int64_t ran = result.steps_done > start ? result.steps_done - start : 0;
-  result.tokens_per_s = result.wall_s > 0 ? static_cast<double>(ran * tokens_per_step) / result.wall_s : 0.0;
+  result.tokens_per_s =
+      result.wall_s > 0 ? static_cast<double>(ran * tokens_per_step) / result.wall_s : 0.0;
   return result;
 }
 
 template <class T, DeviceTag D>
-TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model, const PeriodicHook& periodic = {}) {
+TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
+                  const PeriodicHook& periodic = {}) {
   TrainHooks<T, D> hooks;
   hooks.periodic = periodic;
   return train<T, D>(o, model, hooks);
