@@ -128,6 +128,9 @@ if [[ -n "$nvcc" ]]; then
   if [[ ${#cuda_targets[@]} -gt 0 ]] && grep -q "fathom_cuda_tests" "$cuda_build/build.ninja"; then
     cuda_targets+=(--target fathom_cuda_tests)
   fi
+  if [[ ${#cuda_targets[@]} -gt 0 ]] && grep -q "fathom_nccl_tests" "$cuda_build/build.ninja"; then
+    cuda_targets+=(--target fathom_nccl_tests)  # only where NCCL is found
+  fi
   cmake --build "$cuda_build" -j "$jobs" "${cuda_targets[@]}"
   end
 fi
