@@ -114,6 +114,9 @@ class StepHooks {
   virtual ~StepHooks() = default;
   virtual void before_backward(std::int64_t /*k*/, std::int64_t /*n*/) {}
   virtual void after_backward(std::int64_t /*k*/, std::int64_t /*n*/) {}
+  // The backward seed of each of the n micro-batch losses: 1 / n averages over micro-batches; a
+  // data-parallel reduction that sums over W ranks seeds 1 / (W n).
+  virtual double gradient_seed(std::int64_t n) const { return 1.0 / static_cast<double>(n); }
 };
 
 // This process's share of every global batch: rank r of `world` takes rows [r B / world,
@@ -187,7 +190,9 @@ class TrainStep {
     const std::int64_t slot = pending_ * micro_ + next_;
     losses_.slice(0, slot, slot + 1).copy_(loss.value().reshape({1}));
     if (!seed_.defined() || seed_.shape() != loss.shape())
-      seed_ = Tensor<A, D>::full(loss.shape(), static_cast<A>(1.0 / static_cast<double>(micro_)));
+      seed_ = Tensor<A, D>::full(loss.shape(),
+                                 static_cast<A>(hooks_ ? hooks_->gradient_seed(micro_)
+                                                       : 1.0 / static_cast<double>(micro_)));
     if (hooks_) hooks_->before_backward(next_, micro_);
     autograd::backward(loss, seed_);
     if (hooks_) hooks_->after_backward(next_, micro_);

@@ -49,6 +49,11 @@ using PeriodicHook = std::function<void(std::int64_t step, MetricsLog& metrics)>
 // What a layer above the trainer plugs into a run (data parallelism): a periodic hook, hooks
 // around each micro-batch's backward, this process's share of every batch, and the parameter
 // update (by default LocalUpdate of TrainOptions::optimizer, clipped at TrainOptions::clip).
+//
+// With shard.world > 1 (data parallelism, train/data_parallel.hpp) every rank runs train() with
+// the same options: each reads its own rows of every global batch (o.batch rows a rank, so the
+// global batch is o.batch x world x o.grad_accum), rank 0 alone writes metrics and checkpoints,
+// and combine_losses turns each rank's losses into the mean over ranks (every rank the same).
 template <class T, DeviceTag D>
 struct TrainHooks {
   PeriodicHook periodic;
@@ -57,6 +62,7 @@ struct TrainHooks {
   std::function<std::unique_ptr<ParameterUpdate<T, D>>(std::vector<nn::NamedParameter<T, D>>&,
                                                        const TrainOptions&)>
       make_update;
+  std::function<void(std::vector<double>& losses)> combine_losses;
 };
 
 struct TrainResult {
@@ -141,11 +147,14 @@ struct RunData {
   std::string val_pattern;                               // or shards
 };
 
-inline RunData make_run_data(const TrainOptions& o) {
+// Rank `shard.rank` of `shard.world` reads its own o.batch rows of each global batch.
+inline RunData make_run_data(const TrainOptions& o, const Shard& shard = {}) {
   data::SamplerOptions so;
   so.batch = o.batch;
   so.seq_len = o.seq_len;
   so.seed = o.seed;
+  so.rank = shard.rank;
+  so.ranks = shard.world;
   so.order = data::SampleOrder::random;
   so.vocab = static_cast<std::uint32_t>(o.model.vocab);
   if (o.data.empty()) {
@@ -193,11 +202,13 @@ double evaluate(const nn::LanguageModel<T, D>& model, const RunData& d, const Tr
 // last logged step.
 class RunLog {
  public:
+  // `writes`: false on ranks other than 0 of a data-parallel run (they log nothing).
   RunLog(const TrainOptions& o, const std::filesystem::path& out_dir, std::int64_t start,
-         std::int64_t end)
-      : metrics_(out_dir / "metrics.jsonl"),
-        progress_(start, end, o.live_progress && stdout_is_terminal() && !o.quiet, o.log_every),
-        quiet_(o.quiet),
+         std::int64_t end, bool writes = true)
+      : metrics_(writes ? MetricsLog(out_dir / "metrics.jsonl") : MetricsLog()),
+        progress_(start, end, writes && o.live_progress && stdout_is_terminal() && !o.quiet,
+                  o.log_every),
+        quiet_(o.quiet || !writes),
         window_start_(std::chrono::steady_clock::now()) {}
 
   MetricsLog& metrics() { return metrics_; }
@@ -214,7 +225,7 @@ class RunLog {
     nlohmann::json rec = {
         {"step", step}, {"loss", loss}, {"lr", lr}, {"tokens", tokens}, {"tokens_per_s", tps}};
     if (!std::isnan(grad_norm)) rec["grad_norm"] = grad_norm;
-    metrics_.write(rec);
+    metrics_.write(rec);  // a closed log (ranks other than 0) writes nothing
     window_start_ = now;
     window_tokens_ = 0;
     if (!quiet_) progress_.update(step, loss, lr, tps);
@@ -240,6 +251,21 @@ class RunLog {
   std::int64_t window_tokens_ = 0;
 };
 
+// A sampler position saved by `s.ranks` ranks as `ranks` ranks continue it: the same global
+// batches come next (each rank drew s.step batches of its rows; the global count is what carries).
+inline data::SamplerState on_ranks(data::SamplerState s, int ranks, const std::string& ckpt) {
+  if (s.ranks == ranks) return s;
+  const std::uint64_t global = s.step * static_cast<std::uint64_t>(s.ranks);
+  FATHOM_CHECK(
+      global % static_cast<std::uint64_t>(ranks) == 0,
+      "cannot resume '" << ckpt << "' on " << ranks << " ranks: it was saved by " << s.ranks
+                        << " ranks after " << global << " micro-batches, which " << ranks
+                        << " ranks cannot continue (keep batch x ranks x grad_accum the same)");
+  s.step = global / static_cast<std::uint64_t>(ranks);
+  s.ranks = ranks;
+  return s;
+}
+
 // Resuming: weights, optimizer state, data position and counters from the checkpoint o.resume
 // names, after checking that it was trained as this run is (`identity`).
 template <class T, DeviceTag D>
@@ -260,22 +286,25 @@ TrainerState resume(const TrainOptions& o, const nlohmann::json& identity,
   load_weights(model, c);
   load_state(update.named_state(), c);
   update.set_step_count(state.optimizer_step);
-  train_data.set_state(state.sampler);
+  train_data.set_state(on_ranks(state.sampler, train_data.options().ranks, c.dir.string()));
   return state;
 }
 
 // Saving: the model, its config (Hugging Face's plus fathom's fields), the optimizer state and
-// `state`, as out_dir/ckpt-STEP.
+// `state`, as out_dir/ckpt-STEP. Every rank of a data-parallel run calls it (a sharded
+// optimizer gathers its state); rank 0 alone writes (`writes`), and every rank returns the path.
 template <class T, DeviceTag D>
 std::filesystem::path save(const TrainOptions& o, const std::filesystem::path& out_dir,
                            nn::LanguageModel<T, D>& model, ParameterUpdate<T, D>& update,
-                           const TrainerState& state) {
+                           const TrainerState& state, bool writes = true) {
   CheckpointContents c;
+  auto named_state = update.named_state();
+  if (!writes) return out_dir / checkpoint_name(state.step);
   c.model = model_records(model);
   nlohmann::json fathom_fields = state.run;
   fathom_fields["policy_options"] = o.policy_options;
   c.config = hf_config_json(detail::hf_config_of<T>(o.model), fathom_fields);
-  c.optimizer = state_records(update.named_state());
+  c.optimizer = state_records(named_state);
   c.trainer_state = state;
   return write_checkpoint(out_dir, state.step, c);
 }
@@ -289,7 +318,8 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
   namespace fs = std::filesystem;
   validate(o);
   const fs::path out_dir = prepare_out_dir(o);
-  RunData data = make_run_data(o);
+  const bool root = hooks.shard.rank == 0;
+  RunData data = make_run_data(o, hooks.shard);
   model.init(o.seed);
   std::unique_ptr<ParameterUpdate<T, D>> update =
       hooks.make_update ? hooks.make_update(model.parameters(), o)
@@ -305,8 +335,8 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
   const std::int64_t start = state.step;
   const std::int64_t end = o.stop_after >= 0 ? std::min(o.steps, o.stop_after) : o.steps;
   result.first_step = start;
-  RunLog log(o, out_dir, start, end);
-  const std::int64_t tokens_per_step = o.batch * o.seq_len * o.grad_accum;
+  RunLog log(o, out_dir, start, end, root);
+  const std::int64_t tokens_per_step = o.batch * o.seq_len * o.grad_accum * hooks.shard.world;
   auto lr_at = [&](std::int64_t s) { return o.lr * lr_factor(o.schedule, s, o.steps); };
 
   auto record = [&](std::int64_t s, double loss) {  // s: the 0-based step
@@ -318,8 +348,13 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
   // Steps run since their losses were last read from the device (none with skip_nonfinite, which
   // reads every step's loss before updating).
   std::int64_t unread_from = start;
+  auto take_losses = [&] {
+    auto losses = step.take_losses();
+    if (hooks.combine_losses) hooks.combine_losses(losses);
+    return losses;
+  };
   auto read_losses = [&](std::int64_t through) {
-    const auto losses = step.take_losses();
+    const auto losses = take_losses();
     for (std::size_t i = 0; i < losses.size(); ++i)
       record(unread_from + static_cast<std::int64_t>(i), losses[i]);
     unread_from = through;
@@ -331,14 +366,14 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
     const double lr = lr_at(s);
     for (std::int64_t micro = 0; micro < o.grad_accum; ++micro) {
       data.train.next(batch);
-      auto [x, y] = to_device<D>(rank_rows(batch, hooks.shard));
+      auto [x, y] = to_device<D>(batch);
       step.accumulate(x, y);
     }
     state.tokens += tokens_per_step;
     log.add_tokens(tokens_per_step);
 
     if (o.skip_nonfinite) {
-      const double loss = step.take_losses().front();
+      const double loss = take_losses().front();
       unread_from = s + 1;
       if (!std::isfinite(loss)) {
         step.discard();
@@ -366,7 +401,7 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
 
     if (log_due) log.step(s + 1, result.last_loss, lr, state.tokens, update->last_grad_norm());
     if (periodic_due) hooks.periodic(s + 1, log.metrics());
-    if (eval_due) {
+    if (eval_due && root) {  // every rank holds the same model: one evaluates
       const double val = evaluate<T, D>(model, data, o);
       if (std::isfinite(val)) {
         log.validation(s + 1, val);
@@ -376,7 +411,7 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
     if (save_due) {
       state.optimizer_step = update->step_count();
       state.sampler = data.train.state();
-      result.last_checkpoint = save(o, out_dir, model, *update, state);
+      result.last_checkpoint = save(o, out_dir, model, *update, state, root);
       log.note("saved " + result.last_checkpoint.string());
     }
   }
