@@ -10,6 +10,7 @@
 #include "fathom/data/tokenizer.hpp"
 #include "fathom/diag/diagnostics.hpp"
 #include "fathom/train/checkpoint.hpp"
+#include "fathom/train/data_parallel.hpp"
 #include "fathom/train/trainer.hpp"
 #include "programs.hpp"
 #include "register_policy.hpp"
@@ -72,9 +73,10 @@ std::unique_ptr<nn::LanguageModel<T, D>> load_model(const std::filesystem::path&
 }
 
 template <class T, DeviceTag D>
-int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies) {
+int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies, dist::Communicator* comm) {
+  const bool root = !comm || comm->rank() == 0;
   auto model = policies.make_model<T, D>(c.train.model, c.train.policy, c.train.policy_options);
-  std::printf("parameters: %.2fM\n", static_cast<double>(nn::count_elements(model->parameters())) / 1e6);
+  if (root) std::printf("parameters: %.2fM\n", static_cast<double>(nn::count_elements(model->parameters())) / 1e6);
   std::fflush(stdout);
   // Per-layer output variance on one fixed held-out batch, every --diag-every steps.
   train::PeriodicHook hook;
@@ -98,7 +100,9 @@ int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies) {
       metrics.write({{"step", step}, {"layer_variance", diag::block_output_variance<T, D>(*model, x, y)}});
     };
   }
-  auto r = train::train<T, D>(c.train, *model, hook);
+  auto r = comm ? train::train_data_parallel<T, D>(c.train, *model, *comm, {.zero = c.zero}, hook)
+                : train::train<T, D>(c.train, *model, hook);
+  if (!root) return 0;
   std::printf("\ndone: steps %lld..%lld, loss %.4f -> %.4f", static_cast<long long>(r.first_step),
               static_cast<long long>(r.steps_done), r.first_loss, r.last_loss);
   if (std::isfinite(r.final_val_loss)) std::printf(", val_loss %.4f (ppl %.2f)", r.final_val_loss, std::exp(r.final_val_loss));

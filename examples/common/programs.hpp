@@ -24,6 +24,10 @@
 #include <cuda_runtime_api.h>
 #endif
 
+namespace fathom::dist {
+class Communicator;
+}
+
 namespace fathom::programs {
 
 template <class Names>
@@ -95,6 +99,9 @@ struct TrainCli {
   int sample_tokens = 200;
   double temperature = 0.8;
   int sample_after = 0;  // tokens to sample from the final model after training
+  int nproc = 1;         // --nproc: ranks to start on this host (CPU: threads; CUDA: processes)
+  int zero = 0;          // --zero: 1 shards the optimizer state over the ranks (ZeRO-1)
+  double dist_timeout = 600;  // --dist-timeout: seconds a collective may wait before a fault
 };
 
 // The optimizer rule and schedule named by the command line, into c.train. Unknown names fail
@@ -152,7 +159,8 @@ struct DiagnoseCli {
 // so that programs build in parallel and each model type is compiled once per backend.
 template <class T, DeviceTag D>
 struct Backend {
-  static int train(const TrainCli& c, const PolicyRegistry& policies);
+  // With `comm`: this rank's part of a data-parallel run (train::train_data_parallel).
+  static int train(const TrainCli& c, const PolicyRegistry& policies, dist::Communicator* comm = nullptr);
   static int generate(const TrainCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields,
                       const PolicyRegistry& policies);
   static int diagnose(const DiagnoseCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields,
