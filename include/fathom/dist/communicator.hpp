@@ -124,6 +124,8 @@ class Communicator {
 };
 
 // --- typed helpers over tensors ----------------------------------------------------------------
+// Each orders fathom's stream after its collective (Communicator::wait), so what is queued next
+// there (a copy to the host, a kernel) sees the result.
 
 namespace detail {
 template <class T, class D>
@@ -139,6 +141,7 @@ void all_reduce(Communicator& comm, Tensor<T, D>& t, ReduceOp op = ReduceOp::sum
   detail::require_contiguous(t, "all_reduce");
   if (t.numel() == 0) return;
   comm.all_reduce(t.data(), t.data(), static_cast<std::size_t>(t.numel()), data_type_of<T>(), op);
+  comm.wait();
 }
 
 // `in` (world_size * n elements) reduced over ranks; this rank gets block rank() in `out` (n).
@@ -154,6 +157,7 @@ void reduce_scatter(Communicator& comm, const Tensor<T, D>& in, Tensor<T, D>& ou
   if (out.numel() == 0) return;
   comm.reduce_scatter(in.data(), out.data(), static_cast<std::size_t>(out.numel()),
                       data_type_of<T>(), op);
+  comm.wait();
 }
 
 // Every rank's `in` (n elements), concatenated in rank order into `out` (world_size * n).
@@ -166,6 +170,7 @@ void all_gather(Communicator& comm, const Tensor<T, D>& in, Tensor<T, D>& out) {
                                          << in.numel() << " x " << comm.world_size() << " ranks");
   if (in.numel() == 0) return;
   comm.all_gather(in.data(), out.data(), static_cast<std::size_t>(in.numel()), data_type_of<T>());
+  comm.wait();
 }
 
 template <class T, DeviceTag D>
@@ -173,6 +178,7 @@ void broadcast(Communicator& comm, Tensor<T, D>& t, int root = 0) {
   detail::require_contiguous(t, "broadcast");
   if (t.numel() == 0) return;
   comm.broadcast(t.data(), static_cast<std::size_t>(t.numel()), data_type_of<T>(), root);
+  comm.wait();
 }
 
 // A host value broadcast from root, for communicators over host memory or through a device
