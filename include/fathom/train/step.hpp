@@ -119,8 +119,10 @@ class StepHooks {
   virtual double gradient_seed(std::int64_t n) const { return 1.0 / static_cast<double>(n); }
 };
 
-// This process's share of every global batch: rank r of `world` takes rows [r B / world,
-// (r + 1) B / world). The data order does not depend on the number of ranks.
+// This process's place among the ranks of a data-parallel run. train() reads rank r's own rows of
+// every global batch through the sampler (data::SamplerOptions::rank and ranks); rank_rows() cuts
+// one host batch into the ranks' rows instead, rank r taking rows [r B / world, (r + 1) B / world).
+// Either way the data order does not depend on the number of ranks.
 struct Shard {
   int rank = 0;
   int world = 1;
