@@ -1,20 +1,33 @@
-// fathom-bench: training throughput on one GPU. For each workload and policy: real optimizer steps
-// (forward, backward, global-norm clipping, fused AdamW) on random tokens, timed with CUDA events
-// after warm-up steps; tokens/s, ms/step, MFU and peak GPU memory. Also measures the card's bf16
-// GEMM rate, the MFU denominator.
+// fathom-bench: training throughput on one GPU. For each workload and policy: the trainer's own
+// optimizer step (train::TrainStep: forward, backward, global-norm clipping with the factor on the
+// device, fused AdamW) on random tokens, timed with CUDA events after warm-up steps; tokens/s,
+// ms/step, MFU and peak GPU memory. Also measures the card's bf16 GEMM rate, the MFU denominator.
+// On several GPUs (--nproc N, or every rank of mpirun / torchrun): the data-parallel step (bucketed
+// all-reduce during the backward, or ZeRO-1 with --zero 1) at the given batch per GPU, with
+// tokens/s per GPU and in total, the scaling efficiency against rank 0 alone on one GPU measured
+// first in the same run, and the peak memory of each GPU.
 #include <CLI/CLI.hpp>
 #include <nvtx3/nvToolsExt.h>
 
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <iostream>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "fathom/dist/launch.hpp"
+#include "fathom/train/data_parallel.hpp"
+#include "fathom/train/step.hpp"
+#include "launcher.hpp"
 #include "programs.hpp"
 #include "register_policy.hpp"
+#if defined(FATHOM_HAS_NCCL)
+#include "fathom/dist/nccl.hpp"
+#endif
 
 namespace fathom::programs {
 
@@ -27,6 +40,8 @@ struct BenchOptions {
   double peak_tflops = 0;               // 0: measure
   std::string json_out;
   bool cuda_graph = false;  // replay forward + backward + clipping as one CUDA graph
+  int nproc = 1;            // ranks to start on this host (one a GPU)
+  int zero = 0;             // 1: ZeRO-1 (optimizer state sharded over the ranks)
 };
 
 struct Workload {
@@ -85,20 +100,30 @@ struct BenchResult {
 
 template <class T>
 BenchResult bench_one(const Workload& w, const std::string& policy, const BenchOptions& o, double peak_tflops,
-                      const PolicyRegistry& policies) {
+                      const PolicyRegistry& policies, dist::Communicator* comm = nullptr) {
   using D = Cuda;
-  using A = accum_t<T>;
   nn::ModelConfig cfg = nn::preset(w.preset);
   const std::int64_t B = o.batch ? o.batch : w.batch, Tn = o.seq_len ? o.seq_len : w.seq_len;
   if (Tn > cfg.max_seq) cfg.max_seq = static_cast<int>(Tn);
   if (w.vocab > 0) cfg.vocab = w.vocab;
   auto model = policies.make_model<T, D>(cfg, policy, nlohmann::json::object());
   model->init(0);
-  std::vector<optim::NamedParameter<T, D>> named;
-  for (auto& p : model->parameters()) named.push_back({p.name, p.var});
-  optim::AdamW rule;
-  rule.weight_decay = 0.0;
-  optim::Optimizer<optim::AdamW, T, D> opt(rule, named);
+  // The trainer's step: AdamW without weight decay, clipping at 1.0 with the factor computed and
+  // read on the device, so the step never waits for the host (PyTorch's clip_grad_norm_ does not
+  // either).
+  // With `comm`: this rank's data-parallel step (its own batch of B rows).
+  std::optional<train::DataParallel<T, D>> parallel;
+  std::unique_ptr<train::ParameterUpdate<T, D>> update;
+  if (comm) {
+    parallel.emplace(*comm, train::DataParallelOptions{.zero = o.zero});
+    train::TrainOptions topts;
+    topts.optimizer = train::default_rule();
+    topts.clip = 1.0;
+    update = parallel->hooks().make_update(model->parameters(), topts);
+  } else {
+    update = train::make_local_update<T, D>(model->parameters(), train::default_rule(), 1.0);
+  }
+  train::TrainStep<T, D> train_step(*model, *update, 1, parallel ? &*parallel : nullptr, o.warmup + o.steps + 2);
 
   std::vector<std::int32_t> host(static_cast<std::size_t>(B * Tn));
   for (std::size_t i = 0; i < host.size(); ++i)
@@ -106,36 +131,30 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   auto x = Tensor<std::int32_t, D>::from_vector(Shape{B, Tn}, host);
   auto y = x.reshape({B, Tn}).clone();
 
-  // Clipping at 1.0 with the factor computed and read on the device: the step never waits for the
-  // host (PyTorch's clip_grad_norm_ does not either).
-  Tensor<float, D> clip_scale(Shape{});
-  auto forward_backward = [&] {
-    auto loss = model->loss(x, y);
-    autograd::backward(loss);
-    optim::clip_factor_on_device<T, D>(named, 1.0, clip_scale);
-  };
-  // --cuda-graph: forward, backward and clipping captured once (after the warm-up, so every
-  // buffer comes from the caching allocator's cache and every GEMM plan exists) and replayed; the
-  // optimizer step and zero_grad are launched as usual, so the step count and learning rate stay
-  // live. Inputs, parameters, gradients and the clip factor keep their addresses between steps;
-  // nothing else allocates while the loop runs.
+  // --cuda-graph: forward and backward captured once (after the warm-up, so every buffer comes
+  // from the caching allocator's cache and every GEMM plan exists) and replayed; the update
+  // (clipping, optimizer step) and zero_grad are launched as usual, so the step count and learning
+  // rate stay live. Inputs, parameters and gradients keep their addresses between steps; nothing
+  // else allocates while the loop runs.
   cudaGraphExec_t graph_exec = nullptr;
   auto step = [&] {
-    if (graph_exec) FATHOM_CUDA_CHECK(cudaGraphLaunch(graph_exec, cuda::stream()));
-    else forward_backward();
-    opt.step(1e-4, 1.0, clip_scale.data());
-    model->zero_grad();
+    if (graph_exec)
+      train_step.accumulate_replayed([&] { FATHOM_CUDA_CHECK(cudaGraphLaunch(graph_exec, cuda::stream())); });
+    else train_step.accumulate(x, y);
+    train_step.update(1e-4);
   };
   for (int i = 0; i < o.warmup; ++i) step();
+  train_step.take_losses();  // one host read, outside the timed steps
   cuda::synchronize();
   if (o.cuda_graph) {
     cudaGraph_t graph = nullptr;
     FATHOM_CUDA_CHECK(cudaStreamBeginCapture(cuda::stream(), cudaStreamCaptureModeThreadLocal));
-    forward_backward();
+    train_step.accumulate(x, y);
     FATHOM_CUDA_CHECK(cudaStreamEndCapture(cuda::stream(), &graph));
     FATHOM_CUDA_CHECK(cudaGraphInstantiate(&graph_exec, graph, 0));
     FATHOM_CUDA_CHECK(cudaGraphDestroy(graph));
-    model->zero_grad();  // capturing ran nothing; the gradients of the last warm-up step are gone
+    train_step.discard();      // capturing ran nothing; the gradients of the last warm-up step are gone
+    train_step.take_losses();  // nor did it compute a loss
     step();
     cuda::synchronize();
   }
@@ -188,9 +207,14 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   if (graph_exec) FATHOM_CUDA_CHECK(cudaGraphExecDestroy(graph_exec));
-  (void)sizeof(A);
   return r;
 }
+
+// One row of a data-parallel run, printed by rank 0: rank 0 alone on one GPU, then all ranks.
+struct ScalingRow {
+  BenchResult single;
+  std::vector<double> tokens_per_s, peak_gib;  // per rank
+};
 
 inline int main(int argc, char** argv) {
   BenchOptions o;
@@ -208,6 +232,9 @@ inline int main(int argc, char** argv) {
   app.add_option("--seq-len", o.seq_len, "override the workload's sequence length");
   app.add_option("--peak-tflops", o.peak_tflops, "MFU denominator (0: measure an 8192^3 bf16 GEMM)");
   app.add_option("--json-out", o.json_out, "append one JSON line per result to this file");
+  app.add_option("--nproc", o.nproc,
+                 "GPUs of this host to run on (one process each); also runs under mpirun or torchrun");
+  app.add_option("--zero", o.zero, "with several GPUs: 1 shards the optimizer state (ZeRO-1)");
   app.add_flag("--cuda-graph", o.cuda_graph,
                "replay forward, backward and clipping as one captured CUDA graph (the optimizer step "
                "runs as usual)");
@@ -216,25 +243,102 @@ inline int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  int rank = -1;
   try {
-    resolve_device("cuda");
     check_choice("--precision", o.precision, {"bf16", "fp32"});
     for (const auto& p : split_list(o.policies)) policies.check(p);
+    FATHOM_CHECK(o.zero == 0 || o.zero == 1, "--zero: expected 0 or 1, got " << o.zero);
+    const auto env = dist::LaunchEnv::from_environment();
+    if (o.nproc > 1 && !env.distributed()) {
+      FATHOM_CHECK(!o.cuda_graph, "--cuda-graph: one GPU only (the data-parallel step is not captured)");
+      return launch_local_ranks(without_nproc(argc, argv), o.nproc).status;
+    }
+    std::unique_ptr<dist::Communicator> comm;
+    if (env.distributed()) {
+      FATHOM_CHECK(!o.cuda_graph, "--cuda-graph: one GPU only (the data-parallel step is not captured)");
+      rank = env.rank;
+#if defined(FATHOM_HAS_NCCL)
+      comm = std::make_unique<dist::NcclCommunicator>(env);  // selects GPU LOCAL_RANK first
+#else
+      FATHOM_FAIL("this fathom-bench was built without NCCL (several GPUs need it: set NCCL_HOME)");
+#endif
+    }
+    resolve_device("cuda");
+    const bool root = !comm || comm->rank() == 0;
     cudaDeviceProp prop{};
-    cudaGetDeviceProperties(&prop, 0);
-    const double peak = o.peak_tflops > 0 ? o.peak_tflops : measure_gemm_tflops();
-    std::printf("fathom-bench on %s: bf16 GEMM peak %.0f TFLOP/s (%s)\n", prop.name, peak,
-                o.peak_tflops > 0 ? "given" : "measured, 8192^3");
-    std::printf("%-12s %-12s %9s %11s %9s %7s %9s %8s\n", "workload", "policy", "params", "tokens/s", "ms/step", "MFU",
-                "peak GiB", "host ms");
+    int device = 0;
+    cudaGetDevice(&device);
+    cudaGetDeviceProperties(&prop, device);
+    const double peak = o.peak_tflops > 0 ? o.peak_tflops : root ? measure_gemm_tflops() : 1.0;
+    if (root) {
+      std::printf("fathom-bench on %s: bf16 GEMM peak %.0f TFLOP/s (%s)\n", prop.name, peak,
+                  o.peak_tflops > 0 ? "given" : "measured, 8192^3");
+      if (comm)
+        std::printf("%d GPUs (%s, NCCL)%s, batch per GPU as given; efficiency: total tokens/s over %d x rank 0 "
+                    "alone\n%-12s %-12s %9s %11s %11s %11s %7s %9s %9s\n",
+                    comm->world_size(), env.launcher.c_str(), o.zero ? ", ZeRO-1" : "", comm->world_size(), "workload",
+                    "policy", "params", "1 GPU tok/s", "tok/s/GPU", "total", "effic.", "1 GPU GiB", "GiB/GPU");
+      else
+        std::printf("%-12s %-12s %9s %11s %9s %7s %9s %8s\n", "workload", "policy", "params", "tokens/s", "ms/step",
+                    "MFU", "peak GiB", "host ms");
+    }
     std::fflush(stdout);
     std::ofstream json;
     if (!o.json_out.empty()) json.open(o.json_out, std::ios::app);
     for (const auto& wname : split_list(o.workloads)) {
       Workload w = workload_of(wname);
       for (const auto& policy : split_list(o.policies)) {
-        BenchResult r = o.precision == "bf16" ? bench_one<bf16>(w, policy, o, peak, policies)
-                                                : bench_one<float>(w, policy, o, peak, policies);
+        auto run = [&](dist::Communicator* c) {
+          return o.precision == "bf16" ? bench_one<bf16>(w, policy, o, peak, policies, c)
+                                         : bench_one<float>(w, policy, o, peak, policies, c);
+        };
+        if (comm) {
+          // Rank 0 alone first (the others wait), then every rank together.
+          ScalingRow row;
+          if (root) row.single = run(nullptr);
+          cuda::CachingAllocator::instance().release_cached();
+          comm->barrier();
+          const BenchResult mine = run(comm.get());
+          auto mine_t = Tensor<double, Cuda>::from_vector(Shape{2}, {mine.tokens_per_s, mine.peak_gib});
+          Tensor<double, Cuda> all(Shape{2 * comm->world_size()});
+          dist::all_gather(*comm, mine_t, all);
+          comm->synchronize();
+          const auto v = all.to_vector();
+          for (int r = 0; r < comm->world_size(); ++r) {
+            row.tokens_per_s.push_back(v[static_cast<std::size_t>(2 * r)]);
+            row.peak_gib.push_back(v[static_cast<std::size_t>(2 * r + 1)]);
+          }
+          cuda::CachingAllocator::instance().release_cached();
+          if (!root) continue;
+          double total = 0, peak_gib = 0;
+          for (double t : row.tokens_per_s) total += t;
+          for (double g : row.peak_gib) peak_gib = std::max(peak_gib, g);
+          const int n = comm->world_size();
+          const double efficiency = total / (n * row.single.tokens_per_s);
+          std::printf("%-12s %-12s %8.1fM %11.0f %11.0f %11.0f %6.1f%% %9.2f %9.2f\n", mine.workload.c_str(),
+                      mine.policy.c_str(), mine.params_m, row.single.tokens_per_s, total / n, total, 100 * efficiency,
+                      row.single.peak_gib, peak_gib);
+          std::fflush(stdout);
+          if (json.is_open())
+            json << nlohmann::json{{"impl", "fathom"},
+                                   {"workload", mine.workload},
+                                   {"policy", mine.policy},
+                                   {"precision", o.precision},
+                                   {"gpus", n},
+                                   {"zero", o.zero},
+                                   {"batch_per_gpu", o.batch ? o.batch : w.batch},
+                                   {"tokens_per_s_one_gpu", row.single.tokens_per_s},
+                                   {"tokens_per_s_per_gpu", row.tokens_per_s},
+                                   {"tokens_per_s_total", total},
+                                   {"scaling_efficiency", efficiency},
+                                   {"peak_gib_one_gpu", row.single.peak_gib},
+                                   {"peak_gib_per_gpu", row.peak_gib},
+                                   {"device", prop.name}}
+                        .dump()
+                 << "\n";
+          continue;
+        }
+        BenchResult r = run(nullptr);
         const std::string label = r.policy + (o.cuda_graph ? "+graph" : "");
         std::printf("%-12s %-12s %8.1fM %11.0f %9.2f %6.1f%% %9.2f %8.2f\n", r.workload.c_str(), label.c_str(),
                     r.params_m, r.tokens_per_s, r.ms_per_step, 100 * r.mfu, r.peak_gib, r.host_ms);
@@ -251,7 +355,8 @@ inline int main(int argc, char** argv) {
     }
     return 0;
   } catch (const Error& e) {
-    std::fprintf(stderr, "fathom-bench: error: %s\n", user_message(e).c_str());
+    const std::string who = rank >= 0 ? "rank " + std::to_string(rank) + ": " : "";
+    std::fprintf(stderr, "fathom-bench: %serror: %s\n", who.c_str(), user_message(e).c_str());
     return 1;
   }
 }

@@ -11,6 +11,8 @@
 #include "fathom/diag/diagnostics.hpp"
 #include "fathom/nn/generate.hpp"
 #include "fathom/train/checkpoint.hpp"
+#include "fathom/train/data_parallel.hpp"
+#include "fathom/train/trainer.hpp"
 #include "programs.hpp"
 #include "register_policy.hpp"
 
@@ -18,7 +20,7 @@ namespace fathom::programs {
 
 // Samples `n` tokens after `prompt` (temperature 0: greedy) with nn::generate, as text.
 template <class T, DeviceTag D>
-std::string sample_text(const train::LanguageModel<T, D>& model, const std::string& prompt, int n,
+std::string sample_text(const nn::LanguageModel<T, D>& model, const std::string& prompt, int n,
                         double temperature, std::uint64_t seed) {
   data::ByteTokenizer tok;
   std::vector<std::int32_t> ids = tok.encode(prompt);
@@ -34,36 +36,23 @@ std::string sample_text(const train::LanguageModel<T, D>& model, const std::stri
 // Rebuilds the model a checkpoint was trained as (from its config.json's fathom fields) and loads
 // its weights.
 template <class T, DeviceTag D>
-std::unique_ptr<train::LanguageModel<T, D>> load_model(const std::filesystem::path& ckpt, const nlohmann::json& fields,
+std::unique_ptr<nn::LanguageModel<T, D>> load_model(const std::filesystem::path& ckpt, const nlohmann::json& fields,
                                                        const PolicyRegistry& policies) {
-  const auto& mj = fields.at("model");
-  nn::ModelConfig m;
-  m.arch = mj.at("arch").get<std::string>() == "llama" ? nn::ArchKind::llama : nn::ArchKind::gpt2;
-  m.layers = mj.at("layers");
-  m.d_model = mj.at("d_model");
-  m.heads = mj.at("heads");
-  m.d_ff = mj.at("d_ff");
-  m.vocab = mj.at("vocab");
-  m.max_seq = mj.at("max_seq");
-  m.norm_eps = mj.at("norm_eps");
-  m.rope_theta = mj.at("rope_theta");
-  m.tied = mj.at("tied");
-  m.bias = mj.at("bias");
-  m.name = mj.value("name", "custom");
-  auto model = policies.make_model<T, D>(m, fields.at("policy").get<std::string>(),
+  auto model = policies.make_model<T, D>(fields.at("model").get<nn::ModelConfig>(),
+                                         fields.at("policy").get<std::string>(),
                                          fields.value("policy_options", nlohmann::json::object()),
                                          "checkpoint '" + ckpt.string() + "'");
-  auto weights = train::read_safetensors(ckpt / "model.safetensors");
-  for (auto& p : model->parameters())
-    train::from_record(weights.at(p.name), p.var.mutable_value(), (ckpt / "model.safetensors").string(),
-                       model->hf_transposed(p.name));
+  train::CheckpointParts parts;
+  parts.optimizer = false;  // the weights only
+  train::load_weights(*model, train::load_checkpoint(ckpt, parts));
   return model;
 }
 
 template <class T, DeviceTag D>
-int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies) {
+int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies, dist::Communicator* comm) {
+  const bool root = !comm || comm->rank() == 0;
   auto model = policies.make_model<T, D>(c.train.model, c.train.policy, c.train.policy_options);
-  std::printf("parameters: %.2fM\n", static_cast<double>(nn::count_elements(model->parameters())) / 1e6);
+  if (root) std::printf("parameters: %.2fM\n", static_cast<double>(nn::count_elements(model->parameters())) / 1e6);
   std::fflush(stdout);
   // Per-layer output variance on one fixed held-out batch, every --diag-every steps.
   train::PeriodicHook hook;
@@ -87,7 +76,9 @@ int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies) {
       metrics.write({{"step", step}, {"layer_variance", diag::block_output_variance<T, D>(*model, x, y)}});
     };
   }
-  auto r = train::train<T, D>(c.train, *model, hook);
+  auto r = comm ? train::train_data_parallel<T, D>(c.train, *model, *comm, {.zero = c.zero}, hook)
+                : train::train<T, D>(c.train, *model, hook);
+  if (!root) return 0;
   std::printf("\ndone: steps %lld..%lld, loss %.4f -> %.4f", static_cast<long long>(r.first_step),
               static_cast<long long>(r.steps_done), r.first_loss, r.last_loss);
   if (std::isfinite(r.final_val_loss)) std::printf(", val_loss %.4f (ppl %.2f)", r.final_val_loss, std::exp(r.final_val_loss));

@@ -9,8 +9,14 @@
 #include <string_view>
 
 #include "fathom/data/tokenizer.hpp"
+#include "fathom/dist/in_process.hpp"
+#include "fathom/dist/launch.hpp"
+#if defined(FATHOM_HAS_NCCL)
+#include "fathom/dist/nccl.hpp"
+#endif
 #include "fathom/train/checkpoint.hpp"
 #include "fathom/train/hf_config.hpp"
+#include "launcher.hpp"
 #include "program_main.hpp"
 #include "programs.hpp"
 
@@ -69,38 +75,100 @@ int run_generate(const TrainCli& c, const PolicyRegistry& policies) {
       [&]<class T, class D>() { return Backend<T, D>::generate(c, ck.dir, ck.fields, policies); });
 }
 
-int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& name) {
+// This process's rank in a multi-process run, for its error lines ("NAME: rank 1: error: ...").
+int launched_rank = -1;
+
+int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& name, int argc,
+              char** argv) {
   policies.check(c.train.policy);
-  check_choice("--precision", c.train.precision, {"fp32", "bf16"});
+  check_choice("--precision", c.precision, {"fp32", "bf16"});
+  resolve_train_options(c);
   c.train.model = resolve_model(c);
   if (c.deepnorm_alpha > 0) c.train.policy_options["alpha"] = c.deepnorm_alpha;
   if (c.deepnorm_beta > 0) c.train.policy_options["beta"] = c.deepnorm_beta;
   if (c.post_ln_no_final_norm) c.train.policy_options["final_norm"] = false;
   const std::string device = resolve_device(c.device);
+  FATHOM_CHECK(c.zero == 0 || c.zero == 1, "--zero: expected 0 or 1, got " << c.zero);
+  FATHOM_CHECK(c.nproc >= 1, "--nproc: expected at least 1, got " << c.nproc);
+  const auto env = dist::LaunchEnv::from_environment();
+  FATHOM_CHECK(c.nproc == 1 || !env.distributed(),
+               "--nproc: this process was itself started as rank "
+                   << env.rank << " of " << env.world_size << " (by " << env.launcher
+                   << "); drop --nproc");
+  // --nproc N on CUDA: N processes of this program, one a GPU, with the torchrun environment.
+  if (c.nproc > 1 && device == "cuda") {
+    std::printf("%s: starting %d ranks on this host\n", name.c_str(), c.nproc);
+    std::fflush(stdout);
+    return launch_local_ranks(without_nproc(argc, argv), c.nproc).status;
+  }
+  const bool root = !env.distributed() || env.rank == 0;
   const auto& m = c.train.model;
-  std::printf("%s: %s (%s, %d layers, d %d, %d heads, d_ff %d, vocab %d), policy %s, %s on %s\n",
-              name.c_str(), m.name.c_str(), std::string(nn::to_string(m.arch)).c_str(), m.layers,
-              m.d_model, m.heads, m.d_ff, m.vocab, c.train.policy.c_str(),
-              c.train.precision.c_str(), device.c_str());
-  std::printf("data: %s | %lld steps x %lld sequences x %lld tokens (grad accum %lld) | out %s\n",
-              c.train.data.empty() ? "built-in corpus" : c.train.data.c_str(),
-              static_cast<long long>(c.train.steps), static_cast<long long>(c.train.batch),
-              static_cast<long long>(c.train.seq_len), static_cast<long long>(c.train.grad_accum),
-              c.train.out.c_str());
+  if (root)
+    std::printf("%s: %s (%s, %d layers, d %d, %d heads, d_ff %d, vocab %d), policy %s, %s on %s\n",
+                name.c_str(), m.name.c_str(), std::string(nn::to_string(m.arch)).c_str(), m.layers,
+                m.d_model, m.heads, m.d_ff, m.vocab, c.train.policy.c_str(), c.precision.c_str(),
+                device.c_str());
+  if (root)
+    std::printf("data: %s | %lld steps x %lld sequences x %lld tokens (grad accum %lld) | out %s\n",
+                c.train.data.empty() ? "built-in corpus" : c.train.data.c_str(),
+                static_cast<long long>(c.train.steps), static_cast<long long>(c.train.batch),
+                static_cast<long long>(c.train.seq_len), static_cast<long long>(c.train.grad_accum),
+                c.train.out.c_str());
   std::fflush(stdout);
-  return dispatch_backend(c.train.precision, device,
+  if (env.distributed()) {
+    FATHOM_CHECK(device == "cuda", "a multi-process launch ("
+                                       << env.launcher
+                                       << ") trains on GPUs: use --device cuda (for ranks on the "
+                                          "CPU: --nproc N --device cpu)");
+    launched_rank = env.rank;
+#if defined(FATHOM_HAS_NCCL)
+    dist::NcclOptions no;
+    no.timeout_s = c.dist_timeout;
+    dist::NcclCommunicator comm(env, no);
+    if (root)
+      std::printf("ranks: %d (%s, NCCL)%s\n", env.world_size, env.launcher.c_str(),
+                  c.zero ? ", ZeRO-1" : "");
+    try {
+      return dispatch_backend(c.precision, device, [&]<class T, class D>() {
+        return Backend<T, D>::train(c, policies, &comm);
+      });
+    } catch (const std::exception& e) {
+      comm.report_failure(train_error_message(e));
+      throw;
+    }
+#else
+    FATHOM_FAIL(
+        "this program was built without NCCL, so it cannot train on several GPUs "
+        "(configure with NCCL found: NCCL_HOME)");
+#endif
+  }
+  if (c.nproc > 1 || c.zero > 0) {  // ranks as threads over the CPU (one rank: ZeRO-1 alone)
+    if (c.nproc > 1) std::printf("ranks: %d (in-process)%s\n", c.nproc, c.zero ? ", ZeRO-1" : "");
+    int status = 0;
+    dist::run_ranks(c.nproc, [&](dist::Communicator& comm) {
+      const int s = dispatch_backend(c.precision, device, [&]<class T, class D>() {
+        return Backend<T, D>::train(c, policies, &comm);
+      });
+      if (comm.rank() == 0) status = s;
+    });
+    return status;
+  }
+  return dispatch_backend(c.precision, device,
                           [&]<class T, class D>() { return Backend<T, D>::train(c, policies); });
 }
 
-// Runs body, turning an exception into one line "NAME: error: ..." and exit status 1.
+// Runs body, turning an exception into one line "NAME: error: ..." (with fathom-train's flag where
+// the library names a TrainOptions member) and exit status 1.
 template <class Body>
 int reporting_errors(const std::string& name, bool newline_first, Body&& body) {
   try {
     return body();
   } catch (const std::exception& e) {
     std::fflush(stdout);
-    std::fprintf(stderr, "%s%s: error: %s\n", newline_first ? "\n" : "", name.c_str(),
-                 user_message(e).c_str());
+    const std::string rank =
+        launched_rank >= 0 ? "rank " + std::to_string(launched_rank) + ": " : "";
+    std::fprintf(stderr, "%s%s: %serror: %s\n", newline_first ? "\n" : "", name.c_str(),
+                 rank.c_str(), train_error_message(e).c_str());
     return 1;
   }
 }
@@ -144,15 +212,15 @@ int train_main(int argc, char** argv, const PolicyRegistry& policies, const std:
   app.add_option("--batch", t.batch, "sequences per micro-batch");
   app.add_option("--grad-accum", t.grad_accum, "micro-batches per optimizer step");
   app.add_option("--lr", t.lr, "peak learning rate");
-  app.add_option("--min-lr-ratio", t.min_lr_ratio, "final learning rate as a fraction of the peak");
-  app.add_option("--warmup", t.warmup, "warmup steps (-1: 10% of --steps)");
-  app.add_option("--schedule", t.schedule, "cosine (linear warmup, cosine decay), constant, wsd");
-  app.add_option("--optimizer", t.optimizer, "adamw, adam, sgd");
-  app.add_option("--weight-decay", t.weight_decay,
+  app.add_option("--min-lr-ratio", c.min_lr_ratio, "final learning rate as a fraction of the peak");
+  app.add_option("--warmup", c.warmup, "warmup steps (-1: 10% of --steps)");
+  app.add_option("--schedule", c.schedule, "cosine (linear warmup, cosine decay), constant, wsd");
+  app.add_option("--optimizer", c.optimizer, "adamw, adam, sgd");
+  app.add_option("--weight-decay", c.weight_decay,
                  "weight decay (not on norms, biases, embeddings)");
   app.add_option("--clip", t.clip, "max global gradient norm (0: no clipping)");
   app.add_option("--device", c.device, "auto, cpu, cuda");
-  app.add_option("--precision", t.precision,
+  app.add_option("--precision", c.precision,
                  "fp32, or bf16 (bf16 weights and activations, fp32 master weights)");
   app.add_option("--seed", t.seed, "seed of initialization and data order");
   app.add_option("--eval-every", t.eval_every, "evaluate every N steps (0: at the end only)");
@@ -178,6 +246,13 @@ int train_main(int argc, char** argv, const PolicyRegistry& policies, const std:
   app.add_option("--prompt", c.prompt, "prompt for --sample / --generate");
   app.add_option("--tokens", c.sample_tokens, "tokens to generate with --generate");
   app.add_option("--temperature", c.temperature, "sampling temperature (0: greedy)");
+  app.add_option("--nproc", c.nproc,
+                 "ranks to start on this host: processes, one a GPU (--device cuda), or threads "
+                 "(cpu); the global batch is --batch x ranks x --grad-accum");
+  app.add_option("--zero", c.zero,
+                 "1: shard the optimizer state over the ranks (ZeRO-1); 0: replicate it");
+  app.add_option("--dist-timeout", c.dist_timeout,
+                 "seconds a collective may wait before the run stops naming the rank at fault");
   app.add_flag(
       "--no-live", [&](std::int64_t) { t.live_progress = false; },
       "plain log lines even on a terminal");
@@ -187,7 +262,8 @@ int train_main(int argc, char** argv, const PolicyRegistry& policies, const std:
     return app.exit(e);
   }
   return reporting_errors(name, true, [&] {
-    return c.generate.empty() ? run_train(c, policies, name) : run_generate(c, policies);
+    return c.generate.empty() ? run_train(c, policies, name, argc, argv)
+                              : run_generate(c, policies);
   });
 }
 

@@ -19,17 +19,17 @@
 #include "fathom/core/scalar.hpp"
 #include "fathom/nn/config.hpp"
 
-namespace fathom::train {
+namespace fathom::nn {
 template <class T, DeviceTag D>
-class LanguageModel;
-}  // namespace fathom::train
+class LanguageModel;  // nn/language_model.hpp
+}  // namespace fathom::nn
 
 namespace fathom::programs {
 
 // Builds a freshly constructed (not yet initialized) model of a config's architecture, with the
 // policy's options (config.json's "policy_options", e.g. DeepNorm's alpha).
 template <class T, DeviceTag D>
-using ModelFactory = std::function<std::unique_ptr<train::LanguageModel<T, D>>(
+using ModelFactory = std::function<std::unique_ptr<nn::LanguageModel<T, D>>(
     const nn::ModelConfig&, const nlohmann::json&)>;
 
 // A policy object from its options; the default ignores them and default-constructs the policy.
@@ -102,7 +102,7 @@ class PolicyRegistry {
   // The model for a policy named by a checkpoint (`where` names it in messages). An unknown name
   // says which names this program knows and how a program learns another one.
   template <class T, DeviceTag D>
-  std::unique_ptr<train::LanguageModel<T, D>> make_model(const nn::ModelConfig& c,
+  std::unique_ptr<nn::LanguageModel<T, D>> make_model(const nn::ModelConfig& c,
                                                          const std::string& name,
                                                          const nlohmann::json& options,
                                                          const std::string& where = "") const {

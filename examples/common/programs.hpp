@@ -24,6 +24,10 @@
 #include <cuda_runtime_api.h>
 #endif
 
+namespace fathom::dist {
+class Communicator;
+}
+
 namespace fathom::programs {
 
 template <class Names>
@@ -75,11 +79,18 @@ inline std::string resolve_device(const std::string& device) {
   return device;
 }
 
-// fathom-train's options beyond TrainOptions.
+// fathom-train's options beyond TrainOptions, and those given as names or numbers that
+// resolve_train_options() turns into TrainOptions' typed values.
 struct TrainCli {
   train::TrainOptions train;
   std::string preset = "tiny";
   std::string device = "auto";
+  std::string precision = "fp32";
+  std::string optimizer = "adamw";  // adamw | adam | sgd
+  std::string schedule = "cosine";  // cosine | constant | wsd
+  double weight_decay = 0.0;
+  double min_lr_ratio = 0.1;
+  std::int64_t warmup = -1;         // -1: 10% of the steps
   int layers = 0, d_model = 0, heads = 0, d_ff = 0, vocab = 0;
   double deepnorm_alpha = 0, deepnorm_beta = 0;
   bool post_ln_no_final_norm = false;
@@ -88,7 +99,51 @@ struct TrainCli {
   int sample_tokens = 200;
   double temperature = 0.8;
   int sample_after = 0;  // tokens to sample from the final model after training
+  int nproc = 1;         // --nproc: ranks to start on this host (CPU: threads; CUDA: processes)
+  int zero = 0;          // --zero: 1 shards the optimizer state over the ranks (ZeRO-1)
+  double dist_timeout = 600;  // --dist-timeout: seconds a collective may wait before a fault
 };
+
+// The optimizer rule and schedule named by the command line, into c.train. Unknown names fail
+// listing the valid ones.
+inline void resolve_train_options(TrainCli& c) {
+  check_choice("--optimizer", c.optimizer, {"adamw", "adam", "sgd"});
+  check_choice("--schedule", c.schedule, {"cosine", "constant", "wsd"});
+  if (c.optimizer == "sgd") {
+    optim::Sgd r;
+    r.momentum = 0.9;
+    r.weight_decay = c.weight_decay;
+    c.train.optimizer = r;
+  } else {
+    optim::AdamW r;
+    r.weight_decay = c.weight_decay;
+    r.decoupled = c.optimizer == "adamw";
+    c.train.optimizer = r;
+  }
+  if (c.schedule == "constant") c.train.schedule = train::ConstantSchedule{};
+  else if (c.schedule == "wsd") c.train.schedule = train::WsdSchedule{c.warmup, c.min_lr_ratio};
+  else c.train.schedule = train::CosineSchedule{c.warmup, c.min_lr_ratio};
+}
+
+// The flag of fathom-train that sets TrainOptions member `option` ("seq_len" -> "--seq-len";
+// optimizer and schedule settings come from several flags).
+inline std::string train_flag(const std::string& option) {
+  if (option == "optimizer") return "--optimizer/--weight-decay";
+  if (option == "schedule") return "--schedule/--warmup/--min-lr-ratio";
+  std::string flag = "--" + option;
+  for (char& ch : flag)
+    if (ch == '_') ch = '-';
+  return flag;
+}
+
+// One line for a library error, naming fathom-train's flags where the library names an option.
+inline std::string train_error_message(const std::exception& e) {
+  if (const auto* oe = dynamic_cast<const train::OptionError*>(&e))
+    return train_flag(oe->option()) + ": " + user_message(std::runtime_error(oe->reason()));
+  std::string m = user_message(e);
+  if (dynamic_cast<const train::NonFiniteLoss*>(&e)) m += " (--skip-nonfinite skips such steps instead of stopping)";
+  return m;
+}
 
 struct DiagnoseCli {
   std::string checkpoint;
@@ -104,7 +159,8 @@ struct DiagnoseCli {
 // so that programs build in parallel and each model type is compiled once per backend.
 template <class T, DeviceTag D>
 struct Backend {
-  static int train(const TrainCli& c, const PolicyRegistry& policies);
+  // With `comm`: this rank's part of a data-parallel run (train::train_data_parallel).
+  static int train(const TrainCli& c, const PolicyRegistry& policies, dist::Communicator* comm = nullptr);
   static int generate(const TrainCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields,
                       const PolicyRegistry& policies);
   static int diagnose(const DiagnoseCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields,

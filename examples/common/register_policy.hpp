@@ -13,7 +13,7 @@
 #include "builtin_policies.hpp"
 #include "fathom/nn/arch.hpp"
 #include "fathom/policy/norm_policy.hpp"
-#include "fathom/train/trainer.hpp"
+#include "fathom/nn/language_model.hpp"
 #include "policy_registry.hpp"
 
 namespace fathom::programs {
@@ -23,10 +23,10 @@ namespace detail {
 template <class Policy, class T, DeviceTag D>
 ModelFactory<T, D> model_factory(PolicyFromOptions<Policy> from_options) {
   return [from_options](const nn::ModelConfig& c,
-                        const nlohmann::json& opts) -> std::unique_ptr<train::LanguageModel<T, D>> {
+                        const nlohmann::json& opts) -> std::unique_ptr<nn::LanguageModel<T, D>> {
     if (c.arch == nn::ArchKind::llama)
-      return std::make_unique<train::DecoderModel<nn::Llama, Policy, T, D>>(c, from_options(opts));
-    return std::make_unique<train::DecoderModel<nn::Gpt2, Policy, T, D>>(c, from_options(opts));
+      return std::make_unique<nn::DecoderModel<nn::Llama, Policy, T, D>>(c, from_options(opts));
+    return std::make_unique<nn::DecoderModel<nn::Gpt2, Policy, T, D>>(c, from_options(opts));
   };
 }
 

@@ -35,7 +35,7 @@ template <class Policy>
 void study(const char* name, int steps, const std::filesystem::path& out, const std::vector<data::Batch>& held_out) {
   nn::ModelConfig config = nn::preset("tiny");
   config.layers = 8;
-  train::DecoderModel<nn::Llama, Policy, float, Cpu> model(config, Policy{});
+  nn::DecoderModel<nn::Llama, Policy, float, Cpu> model(config, Policy{});
 
   // Train a few steps, logging each block's output variance on the first held-out batch every 10
   // steps (what fathom-train --diag-every 10 does).

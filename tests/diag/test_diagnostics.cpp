@@ -61,7 +61,7 @@ std::vector<data::Batch> batches_of(std::uint64_t seed, int n) {
 }  // namespace
 
 TEST_CASE("diag: a block whose branches output zero changes nothing when removed", "[diag]") {
-  train::DecoderModel<nn::Llama, policy::PreLN, double, Cpu> model(tiny_config(), policy::PreLN{});
+  nn::DecoderModel<nn::Llama, policy::PreLN, double, Cpu> model(tiny_config(), policy::PreLN{});
   model.init(11);
   const int dead = 2;
   for (auto& p : model.parameters()) {
@@ -88,7 +88,7 @@ TEST_CASE("diag: a block whose branches output zero changes nothing when removed
 }
 
 TEST_CASE("diag: block output variances equal the variance of the observed stream", "[diag]") {
-  train::DecoderModel<nn::Llama, policy::LNS, double, Cpu> model(tiny_config(), policy::LNS{});
+  nn::DecoderModel<nn::Llama, policy::LNS, double, Cpu> model(tiny_config(), policy::LNS{});
   model.init(3);
   auto bs = batches_of(9, 1);
   auto x = Tensor<std::int32_t>::from_vector(Shape{2, 8}, bs[0].inputs);

@@ -95,3 +95,32 @@ TEST_CASE("Unknown presets and bad configs are rejected by name", "[nn]") {
   c.layers = 0;
   CHECK(error_of([&] { c.validate(); }).find("layers") != std::string::npos);
 }
+
+TEST_CASE("ModelConfig goes to JSON and back; an unknown arch is refused", "[nn]") {
+  for (const char* name : {"llama-130m", "gpt2-124m"}) {
+    INFO(name);
+    const nn::ModelConfig c = nn::preset(name);
+    const nlohmann::json j = c;
+    const auto back = j.get<nn::ModelConfig>();
+    CHECK(back.arch == c.arch);
+    CHECK(back.layers == c.layers);
+    CHECK(back.d_model == c.d_model);
+    CHECK(back.heads == c.heads);
+    CHECK(back.d_ff == c.d_ff);
+    CHECK(back.vocab == c.vocab);
+    CHECK(back.max_seq == c.max_seq);
+    CHECK(back.norm_eps == c.norm_eps);
+    CHECK(back.rope_theta == c.rope_theta);
+    CHECK(back.tied == c.tied);
+    CHECK(back.bias == c.bias);
+    CHECK(back.name == c.name);
+  }
+  nlohmann::json j = nn::preset("llama-130m");
+  j["arch"] = "mamba";
+  const std::string e = error_of([&] { j.get<nn::ModelConfig>(); });
+  CHECK(e.find("unknown architecture 'mamba'") != std::string::npos);
+  CHECK(e.find("llama, gpt2") != std::string::npos);
+  j = nn::preset("llama-130m");
+  j.erase("d_ff");
+  CHECK(error_of([&] { j.get<nn::ModelConfig>(); }).find("d_ff") != std::string::npos);
+}

@@ -27,11 +27,10 @@ train::TrainOptions curve_run(const std::string& precision) {
   o.batch = 16;
   o.steps = 300;
   o.lr = 2e-3;
-  o.warmup = 30;
+  o.schedule = train::CosineSchedule{30, 0.1};
   o.eval_every = 0;
   o.eval_batches = 2;
   o.log_every = 50;
-  o.precision = precision;
   o.seed = 11;
   o.quiet = true;
   fs::path out = fs::temp_directory_path() / ("fathom-test-precision-" + precision);

@@ -35,7 +35,7 @@ train::TrainOptions small_run(const fs::path& out) {
   o.batch = 2;
   o.steps = 8;
   o.lr = 3e-3;
-  o.warmup = 2;
+  o.schedule = train::CosineSchedule{2, 0.1};
   o.eval_every = 4;
   o.eval_batches = 2;
   o.log_every = 1;
@@ -140,6 +140,63 @@ TEST_CASE("trainer: resuming gives the same losses and weights bit for bit", "[t
   CHECK(second.tokens == full.tokens);
 }
 
+TEST_CASE("trainer: losses read only every few steps resume bit for bit, with accumulation", "[train]") {
+  auto straight = fresh_dir("straight-accum"), split = fresh_dir("split-accum");
+  auto o = small_run(straight);
+  o.log_every = 5;  // the loop reads losses at steps 1, 5, 8 and at evaluations (4, 8)
+  o.eval_every = 0;
+  o.grad_accum = 2;
+  auto full = train::train<nn::Llama, policy::LNS, float, Cpu>(o);
+  REQUIRE(full.losses.size() == 8);
+
+  auto a = small_run(split);
+  a.log_every = 5;
+  a.eval_every = 0;
+  a.grad_accum = 2;
+  a.stop_after = 3;
+  auto first = train::train<nn::Llama, policy::LNS, float, Cpu>(a);
+  auto b = a;
+  b.stop_after = -1;
+  b.resume = (split / "ckpt-3").string();
+  auto second = train::train<nn::Llama, policy::LNS, float, Cpu>(b);
+  REQUIRE(first.losses.size() == 3);
+  REQUIRE(second.losses.size() == 5);
+  for (std::size_t i = 0; i < 3; ++i) CHECK(first.losses[i] == full.losses[i]);
+  for (std::size_t i = 0; i < 5; ++i) CHECK(second.losses[i] == full.losses[i + 3]);
+  CHECK(weights_of(split / "ckpt-8") == weights_of(straight / "ckpt-8"));
+}
+
+TEST_CASE("load_checkpoint reads back what the trainer wrote", "[train]") {
+  auto dir = fresh_dir("load");
+  auto o = small_run(dir);
+  o.steps = 3;
+  o.policy = "lns";
+  Model model(o.model, policy::LNS{});
+  train::train<float, Cpu>(o, model);
+  const train::LoadedCheckpoint c = train::load_checkpoint(dir);
+  CHECK(c.dir == dir / "ckpt-3");
+  const train::TrainerState st = c.state();
+  CHECK(st.step == 3);
+  CHECK(st.optimizer_step == 3);
+  CHECK(st.tokens == 3 * o.batch * o.seq_len);
+  CHECK(st.run.at("policy") == "lns");
+  CHECK(st.run.at("precision") == "fp32");
+  CHECK(st.run.at("model").get<nn::ModelConfig>().layers == o.model.layers);
+  CHECK(c.config.at("model_type") == "llama");
+  CHECK_FALSE(c.optimizer.tensors.empty());
+
+  Model fresh(o.model, policy::LNS{});
+  fresh.init(99);
+  train::load_weights(fresh, c);
+  for (std::size_t i = 0; i < model.parameters().size(); ++i)
+    CHECK(fresh.parameters()[i].var.value().to_vector() == model.parameters()[i].var.value().to_vector());
+
+  train::CheckpointParts weights_only;
+  weights_only.optimizer = false;
+  CHECK(train::load_checkpoint(dir / "ckpt-3", weights_only).optimizer.tensors.empty());
+  CHECK_THROWS_WITH(train::load_checkpoint(dir / "ckpt-9"), HasSubstring("ckpt-9") && HasSubstring("does not exist"));
+}
+
 TEST_CASE("trainer: resuming a checkpoint of another config fails naming the difference", "[train]") {
   auto dir = fresh_dir("other-config");
   auto o = small_run(dir);
@@ -169,6 +226,24 @@ TEST_CASE("trainer: a NaN loss stops the run naming the step and the last good c
   CHECK_FALSE(fs::exists(dir / "ckpt-6"));
 }
 
+TEST_CASE("trainer: a NaN loss between two reads is reported with its own step and never saved", "[train]") {
+  auto dir = fresh_dir("nan-late");
+  auto o = small_run(dir);
+  o.log_every = 10;  // losses are read at step 1 and at the end (8) only
+  o.eval_every = 0;
+  PoisonedModel model(o.model, {5});
+  try {
+    train::train<float, Cpu>(o, model);
+    FAIL("expected NonFiniteLoss");
+  } catch (const train::NonFiniteLoss& e) {
+    CHECK(e.step() == 5);
+    CHECK(std::isnan(e.loss()));
+    CHECK_FALSE(e.last_good_checkpoint().has_value());
+    CHECK_THAT(std::string(e.what()), HasSubstring("at step 5") && HasSubstring("none"));
+  }
+  CHECK_FALSE(fs::exists(dir / "ckpt-8"));
+}
+
 TEST_CASE("trainer: --skip-nonfinite skips the bad step and goes on", "[train]") {
   auto dir = fresh_dir("skip");
   auto o = small_run(dir);
@@ -187,7 +262,7 @@ TEST_CASE("trainer: bad input fails with one clear message", "[train]") {
     fs::create_directories(dir);
     std::ofstream(dir / "file") << "x";
     auto o = small_run(dir / "file" / "run");
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("--out"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("TrainOptions::out"));
   }
   SECTION("a token id >= vocab in the shards") {
     fs::create_directories(dir);
@@ -211,13 +286,29 @@ TEST_CASE("trainer: bad input fails with one clear message", "[train]") {
     o.data = (dir / "nothing_*.bin").string();
     CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("nothing_"));
   }
+  SECTION("an option out of range names the TrainOptions member") {
+    auto o = small_run(dir / "run");
+    o.grad_accum = 0;
+    try {
+      train::train<nn::Llama, policy::PreLN, float, Cpu>(o);
+      FAIL("expected OptionError");
+    } catch (const train::OptionError& e) {
+      CHECK(e.option() == "grad_accum");
+      CHECK(e.reason() == "expected at least 1, got 0");
+      CHECK(std::string(e.what()) == "TrainOptions::grad_accum: expected at least 1, got 0");
+    }
+    o = small_run(dir / "run");
+    o.resume = (dir / "no-such-run").string();
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)),
+                      HasSubstring("TrainOptions::resume: expected a ckpt-STEP folder or a run folder"));
+  }
   SECTION("zero steps, a sequence longer than the model's") {
     auto o = small_run(dir / "run");
     o.steps = 0;
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("--steps"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("TrainOptions::steps"));
     o = small_run(dir / "run");
     o.seq_len = 64;
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("--seq-len"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("TrainOptions::seq_len"));
   }
 }
 

@@ -4,10 +4,12 @@
 // (the loss with each block skipped, no retraining). Works on any LanguageModel, any device.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
 #include <numbers>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -16,8 +18,7 @@
 
 #include "fathom/autograd/var.hpp"
 #include "fathom/data/sampler.hpp"
-#include "fathom/optim/clip.hpp"
-#include "fathom/train/trainer.hpp"
+#include "fathom/nn/language_model.hpp"
 
 namespace fathom::diag {
 
@@ -118,7 +119,7 @@ struct Diagnostics {
 
 // Per-block output variance of one forward (cheap: what fathom-train logs every N steps).
 template <class T, DeviceTag D>
-std::vector<double> block_output_variance(const train::LanguageModel<T, D>& model, const Tensor<std::int32_t, D>& x,
+std::vector<double> block_output_variance(const nn::LanguageModel<T, D>& model, const Tensor<std::int32_t, D>& x,
                                           const Tensor<std::int32_t, D>& y) {
   autograd::NoGradGuard no_grad;
   std::vector<double> out(static_cast<std::size_t>(model.config().layers), NAN);
@@ -133,7 +134,7 @@ std::vector<double> block_output_variance(const train::LanguageModel<T, D>& mode
 
 // Runs every diagnostic on `batches` (pairs of inputs and targets, (B, T) each).
 template <class T, DeviceTag D>
-Diagnostics run_diagnostics(train::LanguageModel<T, D>& model, const std::vector<data::Batch>& batches,
+Diagnostics run_diagnostics(nn::LanguageModel<T, D>& model, const std::vector<data::Batch>& batches,
                             const DiagnosticsOptions& opt = {}) {
   FATHOM_CHECK(!batches.empty(), "diagnostics: expected at least one batch, got none");
   const int L = model.config().layers;

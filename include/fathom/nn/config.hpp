@@ -1,10 +1,13 @@
 // ModelConfig: the sizes and switches of a decoder-only LM, what each architecture fixes (ArchSpec),
-// validation, and count_parameters(), the exact parameter count computed without allocating.
+// validation, its JSON form (checkpoints' config.json), and count_parameters(), the exact parameter
+// count computed without allocating.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <string_view>
+
+#include <nlohmann/json.hpp>
 
 #include "fathom/core/error.hpp"
 
@@ -15,6 +18,13 @@ enum class NormKind { rms, layer };
 enum class MlpKind { swiglu, gelu };
 
 inline std::string_view to_string(ArchKind a) { return a == ArchKind::llama ? "llama" : "gpt2"; }
+
+// The ArchKind named `name` ("llama", "gpt2"); throws naming the valid values otherwise.
+inline ArchKind arch_kind(std::string_view name) {
+  for (ArchKind a : {ArchKind::llama, ArchKind::gpt2})
+    if (to_string(a) == name) return a;
+  FATHOM_FAIL("unknown architecture '" << name << "'; valid architectures: llama, gpt2");
+}
 
 // What an architecture fixes (the config cannot change these).
 struct ArchSpec {
@@ -61,6 +71,43 @@ struct ModelConfig {
     FATHOM_CHECK(norm_eps > 0.0, "ModelConfig: expected norm_eps > 0, got " << norm_eps);
   }
 };
+
+// ModelConfig as JSON: {"arch", "layers", "d_model", "heads", "d_ff", "vocab", "max_seq", "norm_eps",
+// "rope_theta", "tied", "bias", "name"}. from_json requires every field but "name" and refuses an
+// unknown arch.
+inline void to_json(nlohmann::json& j, const ModelConfig& c) {
+  j = {{"arch", std::string(to_string(c.arch))},
+       {"layers", c.layers},
+       {"d_model", c.d_model},
+       {"heads", c.heads},
+       {"d_ff", c.d_ff},
+       {"vocab", c.vocab},
+       {"max_seq", c.max_seq},
+       {"norm_eps", c.norm_eps},
+       {"rope_theta", c.rope_theta},
+       {"tied", c.tied},
+       {"bias", c.bias},
+       {"name", c.name}};
+}
+
+inline void from_json(const nlohmann::json& j, ModelConfig& c) {
+  try {
+    c.arch = arch_kind(j.at("arch").get<std::string>());
+    c.layers = j.at("layers").get<int>();
+    c.d_model = j.at("d_model").get<int>();
+    c.heads = j.at("heads").get<int>();
+    c.d_ff = j.at("d_ff").get<int>();
+    c.vocab = j.at("vocab").get<int>();
+    c.max_seq = j.at("max_seq").get<int>();
+    c.norm_eps = j.at("norm_eps").get<double>();
+    c.rope_theta = j.at("rope_theta").get<double>();
+    c.tied = j.at("tied").get<bool>();
+    c.bias = j.at("bias").get<bool>();
+    c.name = j.value("name", std::string("custom"));
+  } catch (const nlohmann::json::exception& e) {
+    FATHOM_FAIL("ModelConfig: not a model configuration: " << e.what());
+  }
+}
 
 // The number of parameters of a model with this config, when each sub-layer owns
 // `norms_per_sublayer` norms and a final norm exists or not (both decided by the norm policy:

@@ -25,18 +25,27 @@ double global_grad_norm(const Params& params) {
 
 // Clipping without waiting for the host: writes the factor that clip_factor(global_grad_norm(params),
 // max_norm) would return into `factor` (one float in D's memory), for Optimizer::step's
-// grad_scale_device. Nothing is copied back, so a training step on CUDA never synchronizes.
+// grad_scale_device, and the sum of squares of every gradient into `sum_squares` (one accum_t<T>
+// in D's memory: its square root is the global norm, for logs). Nothing is copied back, so a
+// training step on CUDA never synchronizes.
 template <class T, class D, class Params>
-void clip_factor_on_device(const Params& params, double max_norm, Tensor<float, D>& factor) {
-  using A = accum_t<T>;
-  FATHOM_CHECK(factor.numel() == 1, "clip_factor_on_device: expected a one-element factor tensor, got shape "
-                                        << factor.shape());
+void clip_factor_on_device(const Params& params, double max_norm, Tensor<float, D>& factor,
+                           Tensor<accum_t<T>, D>& sum_squares) {
+  FATHOM_CHECK(factor.numel() == 1 && sum_squares.numel() == 1,
+               "clip_factor_on_device: expected one-element factor and sum_squares tensors, got shapes "
+                   << factor.shape() << " and " << sum_squares.shape());
   kernels::SumSquaresParams<T> p;
   for (const auto& param : params)
     if (param.var.has_grad()) p.tensors.push_back({param.var.grad().data(), param.var.numel()});
-  Tensor<A, D> total = p.tensors.empty() ? Tensor<A, D>::zeros(Shape{}) : Tensor<A, D>(Shape{});
-  if (!p.tensors.empty()) kernels::sum_squares(D{}, p, total.data());
-  kernels::clip_factor(D{}, total.data(), max_norm, factor.data());
+  if (p.tensors.empty()) sum_squares.zero_();
+  else kernels::sum_squares(D{}, p, sum_squares.data());
+  kernels::clip_factor(D{}, sum_squares.data(), max_norm, factor.data());
+}
+
+template <class T, class D, class Params>
+void clip_factor_on_device(const Params& params, double max_norm, Tensor<float, D>& factor) {
+  Tensor<accum_t<T>, D> total(Shape{});
+  clip_factor_on_device<T, D>(params, max_norm, factor, total);
 }
 
 // The factor that brings a gradient of norm `norm` to at most max_norm (1 when max_norm <= 0).

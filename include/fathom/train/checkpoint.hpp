@@ -1,6 +1,8 @@
 // Checkpoints: DIR/ckpt-STEP/{model.safetensors, config.json, optimizer.safetensors,
-// trainer_state.json}. A checkpoint is written into a hidden temporary folder and renamed into
-// place, so a crash never leaves a torn one and the previous checkpoint stays intact.
+// trainer_state.json}. write_checkpoint writes one into a hidden temporary folder and renames it
+// into place, so a crash never leaves a torn one and the previous checkpoint stays intact;
+// load_checkpoint reads the same four parts back. TrainerState is what trainer_state.json holds;
+// model_records and load_weights move a model's parameters to and from its records.
 #pragma once
 
 #include <algorithm>
@@ -15,8 +17,14 @@
 #include <nlohmann/json.hpp>
 
 #include "fathom/core/error.hpp"
+#include "fathom/data/sampler.hpp"
 #include "fathom/tensor/tensor.hpp"
 #include "fathom/train/safetensors.hpp"
+
+namespace fathom::nn {
+template <class T, DeviceTag D>
+class LanguageModel;  // nn/language_model.hpp; only the templates below use it
+}  // namespace fathom::nn
 
 namespace fathom::train {
 
@@ -37,29 +45,32 @@ inline std::optional<std::int64_t> checkpoint_step(const fs::path& dir) {
 }
 
 inline bool is_complete_checkpoint(const fs::path& dir) {
-  return fs::is_regular_file(dir / "model.safetensors") && fs::is_regular_file(dir / "config.json") &&
+  return fs::is_regular_file(dir / "model.safetensors") &&
+         fs::is_regular_file(dir / "config.json") &&
          fs::is_regular_file(dir / "trainer_state.json");
 }
 
 // A ckpt-STEP folder as given, or the latest complete checkpoint of a run folder.
 inline fs::path resolve_checkpoint(const fs::path& path) {
-  FATHOM_CHECK(fs::exists(path), "--resume: expected a ckpt-STEP folder or a run folder, got '"
-                                     << path.string() << "', which does not exist");
+  if (!fs::exists(path))
+    FATHOM_FAIL("expected a ckpt-STEP folder or a run folder, got '" << path.string()
+                                                                     << "', which does not exist");
   if (checkpoint_step(path) && is_complete_checkpoint(path)) return path;
-  FATHOM_CHECK(fs::is_directory(path), "--resume: expected a folder, got file '" << path.string() << "'");
+  if (!fs::is_directory(path))
+    FATHOM_FAIL("expected a checkpoint folder, got file '" << path.string() << "'");
   std::optional<std::pair<std::int64_t, fs::path>> best;
   for (const auto& entry : fs::directory_iterator(path)) {
     auto step = checkpoint_step(entry.path());
     if (!step || !entry.is_directory() || !is_complete_checkpoint(entry.path())) continue;
     if (!best || *step > best->first) best = {*step, entry.path()};
   }
-  FATHOM_CHECK(best.has_value(), "--resume: '" << path.string()
-                                               << "' is neither a complete ckpt-STEP folder nor a run "
-                                                  "folder holding one");
+  if (!best)
+    FATHOM_FAIL("'" << path.string()
+                    << "' is neither a complete ckpt-STEP folder nor a run folder holding one");
   return best->second;
 }
 
-// The latest complete checkpoint in run_dir, if any (for error messages and --resume of a run).
+// The latest complete checkpoint in run_dir, if any (for error messages and resuming a run).
 inline std::optional<fs::path> latest_checkpoint(const fs::path& run_dir) {
   if (!fs::is_directory(run_dir)) return std::nullopt;
   try {
@@ -75,7 +86,8 @@ template <class T, class D>
 TensorRecord to_record(const std::string& name, const Tensor<T, D>& t, bool transpose = false) {
   Tensor<T, Cpu> host = t.template to<Cpu>();
   if (transpose) {
-    FATHOM_CHECK(host.dim() == 2, "to_record: transposing '" << name << "' needs a 2-D tensor, got shape "
+    FATHOM_CHECK(host.dim() == 2, "to_record: transposing '" << name
+                                                             << "' needs a 2-D tensor, got shape "
                                                              << host.shape());
     host = host.transpose(0, 1).contiguous();
   }
@@ -86,7 +98,8 @@ TensorRecord to_record(const std::string& name, const Tensor<T, D>& t, bool tran
 // Copies a record into `dst` (same number of elements, shape checked), converting F32/F64/BF16 to
 // T. `transpose` reads a 2-D record as its transpose.
 template <class T, class D>
-void from_record(const TensorRecord& r, Tensor<T, D>& dst, const std::string& source, bool transpose = false) {
+void from_record(const TensorRecord& r, Tensor<T, D>& dst, const std::string& source,
+                 bool transpose = false) {
   Shape want = dst.shape();
   std::vector<std::int64_t> file_shape = r.shape;
   if (transpose) {
@@ -95,18 +108,23 @@ void from_record(const TensorRecord& r, Tensor<T, D>& dst, const std::string& so
     std::swap(file_shape[0], file_shape[1]);
   }
   FATHOM_CHECK(Shape(file_shape) == want, source << ": tensor '" << r.name << "' has shape "
-                                                 << Shape(file_shape) << " in the file, the model expects "
-                                                 << want);
+                                                 << Shape(file_shape)
+                                                 << " in the file, the model expects " << want);
   std::vector<T> values(static_cast<std::size_t>(want.numel()));
   auto convert = [&](auto tag) {
     using S = decltype(tag);
     auto src = tensor_values<S>(r);
     for (std::size_t i = 0; i < values.size(); ++i) values[i] = scalar_cast<T>(src[i]);
   };
-  if (r.dtype == "F32") convert(float{});
-  else if (r.dtype == "F64") convert(double{});
-  else if (r.dtype == "BF16") convert(bf16{});
-  else FATHOM_FAIL(source << ": tensor '" << r.name << "' has dtype " << r.dtype << ", expected F32, F64 or BF16");
+  if (r.dtype == "F32")
+    convert(float{});
+  else if (r.dtype == "F64")
+    convert(double{});
+  else if (r.dtype == "BF16")
+    convert(bf16{});
+  else
+    FATHOM_FAIL(source << ": tensor '" << r.name << "' has dtype " << r.dtype
+                       << ", expected F32, F64 or BF16");
   Tensor<T, Cpu> host = Tensor<T, Cpu>::from_vector(Shape(r.shape), values);
   if (transpose) host = host.transpose(0, 1).contiguous();
   dst.copy_(host);
@@ -122,7 +140,8 @@ struct CheckpointContents {
 
 // Writes run_dir/ckpt-STEP atomically: into run_dir/.ckpt-STEP.tmp, then renamed. An existing
 // ckpt-STEP is replaced only after the new one is complete.
-inline fs::path write_checkpoint(const fs::path& run_dir, std::int64_t step, const CheckpointContents& c) {
+inline fs::path write_checkpoint(const fs::path& run_dir, std::int64_t step,
+                                 const CheckpointContents& c) {
   const fs::path final_dir = run_dir / checkpoint_name(step);
   const fs::path tmp = run_dir / ("." + checkpoint_name(step) + ".tmp");
   std::error_code ec;
@@ -165,6 +184,114 @@ inline nlohmann::json read_json(const fs::path& path) {
     return nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {
     FATHOM_FAIL("'" << path.string() << "' is not valid JSON: " << e.what());
+  }
+}
+
+// What trainer_state.json holds: where the run stood when the checkpoint was written.
+struct TrainerState {
+  std::int64_t step = 0;            // optimizer steps finished
+  std::int64_t tokens = 0;          // tokens trained on
+  std::int64_t optimizer_step = 0;  // the optimizer's own count (Adam's bias correction)
+  data::SamplerState sampler;       // the training data's position
+  std::uint64_t seed = 0;
+  nlohmann::json run;  // what the run was (policy, precision, model), for resuming
+};
+
+inline void to_json(nlohmann::json& j, const TrainerState& s) {
+  j = {{"step", s.step},       {"tokens", s.tokens}, {"optimizer_step", s.optimizer_step},
+       {"sampler", s.sampler}, {"seed", s.seed},     {"run", s.run}};
+}
+
+inline void from_json(const nlohmann::json& j, TrainerState& s) {
+  s.step = j.at("step").get<std::int64_t>();
+  s.tokens = j.at("tokens").get<std::int64_t>();
+  s.optimizer_step = j.at("optimizer_step").get<std::int64_t>();
+  s.sampler = j.at("sampler").get<data::SamplerState>();
+  s.seed = j.value("seed", std::uint64_t{0});
+  s.run = j.at("run");
+}
+
+// Which parts load_checkpoint reads (the optimizer state is the largest and only resuming needs
+// it).
+struct CheckpointParts {
+  bool model = true;
+  bool optimizer = true;
+};
+
+// A checkpoint as read back: the parts write_checkpoint wrote, and where they came from.
+struct LoadedCheckpoint {
+  fs::path dir;                  // the ckpt-STEP folder
+  SafetensorsFile model;         // empty unless CheckpointParts::model
+  nlohmann::json config;         // config.json
+  SafetensorsFile optimizer;     // empty unless CheckpointParts::optimizer
+  nlohmann::json trainer_state;  // trainer_state.json
+
+  TrainerState state() const {
+    try {
+      return trainer_state.get<TrainerState>();
+    } catch (const nlohmann::json::exception& e) {
+      FATHOM_FAIL("'" << (dir / "trainer_state.json").string()
+                      << "' is not a fathom trainer state: " << e.what());
+    }
+  }
+};
+
+// Reads a checkpoint: `path` is a ckpt-STEP folder, or a run folder meaning its latest checkpoint.
+inline LoadedCheckpoint load_checkpoint(const fs::path& path, CheckpointParts parts = {}) {
+  LoadedCheckpoint c;
+  c.dir = resolve_checkpoint(path);
+  c.config = read_json(c.dir / "config.json");
+  c.trainer_state = read_json(c.dir / "trainer_state.json");
+  if (parts.model) c.model = read_safetensors(c.dir / "model.safetensors");
+  if (parts.optimizer) c.optimizer = read_safetensors(c.dir / "optimizer.safetensors");
+  return c;
+}
+
+// A model's parameters as records in the Hugging Face names and layout (model.safetensors).
+template <class T, DeviceTag D>
+std::vector<TensorRecord> model_records(nn::LanguageModel<T, D>& model) {
+  std::vector<TensorRecord> out;
+  for (const auto& p : model.parameters())
+    out.push_back(to_record(p.name, p.var.value(), model.hf_transposed(p.name)));
+  return out;
+}
+
+// Copies every parameter of `model` from `file` (model.safetensors of `source`), checking shapes.
+template <class T, DeviceTag D>
+void load_weights(nn::LanguageModel<T, D>& model, const SafetensorsFile& file,
+                  const std::string& source) {
+  for (auto& p : model.parameters()) {
+    const TensorRecord* r = file.find(p.name);
+    FATHOM_CHECK(r != nullptr, source << ": no tensor named '" << p.name << "' (the model has "
+                                      << model.parameters().size() << " parameters, the file "
+                                      << file.tensors.size() << " tensors)");
+    from_record(*r, p.var.mutable_value(), source, model.hf_transposed(p.name));
+  }
+}
+
+template <class T, DeviceTag D>
+void load_weights(nn::LanguageModel<T, D>& model, const LoadedCheckpoint& c) {
+  load_weights(model, c.model, (c.dir / "model.safetensors").string());
+}
+
+// Named state tensors as records (optimizer.safetensors), and back.
+template <class A, DeviceTag D>
+std::vector<TensorRecord> state_records(
+    const std::vector<std::pair<std::string, Tensor<A, D>*>>& state) {
+  std::vector<TensorRecord> out;
+  for (const auto& [name, t] : state) out.push_back(to_record(name, *t));
+  return out;
+}
+
+template <class A, DeviceTag D>
+void load_state(const std::vector<std::pair<std::string, Tensor<A, D>*>>& state,
+                const LoadedCheckpoint& c) {
+  const std::string source = (c.dir / "optimizer.safetensors").string();
+  for (const auto& [name, t] : state) {
+    const TensorRecord* r = c.optimizer.find(name);
+    FATHOM_CHECK(r != nullptr, source << ": no optimizer state named '" << name
+                                      << "' (was the checkpoint written with another optimizer?)");
+    from_record(*r, *t, source);
   }
 }
 

@@ -1,19 +1,22 @@
-// The training loop behind fathom-train: data, model, optimizer, schedule, clipping, gradient
-// accumulation, evaluation, metrics.jsonl, progress, checkpoints and resume. Generic over the
-// architecture, the norm policy, the element type and the device; programs pick those from
-// strings (examples/train).
+// The training loop behind fathom-train, in named parts: the run's data, evaluation, the run log
+// (metrics.jsonl and progress), resuming from and saving checkpoints, and train(), which puts them
+// around TrainStep (step.hpp). Generic over the element type and the device; the architecture and
+// norm policy sit behind nn::LanguageModel, and programs pick all of them from strings
+// (examples/train).
 #pragma once
 
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
-#include <variant>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -23,50 +26,66 @@
 #include "fathom/data/sampler.hpp"
 #include "fathom/data/tokenizer.hpp"
 #include "fathom/nn/decoder_lm.hpp"
-#include "fathom/optim/clip.hpp"
-#include "fathom/optim/optimizer.hpp"
-#include "fathom/optim/schedule.hpp"
+#include "fathom/nn/language_model.hpp"
 #include "fathom/train/checkpoint.hpp"
 #include "fathom/train/hf_config.hpp"
 #include "fathom/train/metrics.hpp"
 #include "fathom/train/options.hpp"
 #include "fathom/train/progress.hpp"
+#include "fathom/train/step.hpp"
 
 namespace fathom::train {
+
+// The model interface lives in nn/; these names keep code written against train:: working.
+template <class T, DeviceTag D>
+using LanguageModel = nn::LanguageModel<T, D>;
+template <class Arch, class Policy, class T, DeviceTag D>
+using DecoderModel = nn::DecoderModel<Arch, Policy, T, D>;
 
 // Called every TrainOptions::diag_every steps with the step just finished and the metrics log
 // (fathom-train logs per-layer variance through it; the diagnostics layer sits above this one).
 using PeriodicHook = std::function<void(std::int64_t step, MetricsLog& metrics)>;
 
+// What a layer above the trainer plugs into a run (data parallelism): a periodic hook, hooks
+// around each micro-batch's backward, this process's share of every batch, and the parameter
+// update (by default LocalUpdate of TrainOptions::optimizer, clipped at TrainOptions::clip).
+//
+// With shard.world > 1 (data parallelism, train/data_parallel.hpp) every rank runs train() with
+// the same options: each reads its own rows of every global batch (o.batch rows a rank, so the
+// global batch is o.batch x world x o.grad_accum), rank 0 alone writes metrics and checkpoints,
+// and combine_losses turns each rank's losses into the mean over ranks (every rank the same).
+template <class T, DeviceTag D>
+struct TrainHooks {
+  PeriodicHook periodic;
+  StepHooks<T, D>* step = nullptr;
+  Shard shard;
+  std::function<std::unique_ptr<ParameterUpdate<T, D>>(std::vector<nn::NamedParameter<T, D>>&,
+                                                       const TrainOptions&)>
+      make_update;
+  std::function<void(std::vector<double>& losses)> combine_losses;
+};
+
 struct TrainResult {
-  std::int64_t first_step = 0;   // the step the run started from (0, or the resumed step)
-  std::int64_t steps_done = 0;   // the last step finished
-  std::vector<double> losses;    // training loss of each step run here
+  std::int64_t first_step = 0;  // the step the run started from (0, or the resumed step)
+  std::int64_t steps_done = 0;  // the last step finished
+  std::vector<double> losses;   // training loss of each step run here (skipped steps left out)
   double first_loss = NAN, last_loss = NAN, final_val_loss = NAN;
   double tokens_per_s = 0.0, wall_s = 0.0;
-  std::int64_t tokens = 0;       // tokens trained on, in all (counting resumed steps)
+  std::int64_t tokens = 0;  // tokens trained on, in all (counting resumed steps)
   std::int64_t skipped_steps = 0;
   std::filesystem::path last_checkpoint;
 };
 
 namespace detail {
 
-inline nlohmann::json config_json(const nn::ModelConfig& c) {
-  return {{"arch", std::string(nn::to_string(c.arch))},
-          {"layers", c.layers},
-          {"d_model", c.d_model},
-          {"heads", c.heads},
-          {"d_ff", c.d_ff},
-          {"vocab", c.vocab},
-          {"max_seq", c.max_seq},
-          {"norm_eps", c.norm_eps},
-          {"rope_theta", c.rope_theta},
-          {"tied", c.tied},
-          {"bias", c.bias},
-          {"name", c.name}};
+// What identifies a run for resuming: its policy, precision and model sizes.
+template <class T>
+nlohmann::json run_identity(const TrainOptions& o) {
+  return {{"policy", o.policy}, {"precision", Precision<T>::name}, {"model", o.model}};
 }
 
-inline HfModelConfig hf_config_of(const nn::ModelConfig& c, const std::string& precision) {
+template <class T>
+HfModelConfig hf_config_of(const nn::ModelConfig& c) {
   HfModelConfig h;
   h.arch = std::string(nn::to_string(c.arch));
   h.layers = c.layers;
@@ -78,67 +97,71 @@ inline HfModelConfig hf_config_of(const nn::ModelConfig& c, const std::string& p
   h.norm_eps = c.norm_eps;
   h.rope_theta = c.rope_theta;
   h.tied = c.tied;
-  h.dtype = precision == "bf16" ? "bfloat16" : "float32";
+  h.dtype = std::is_same_v<T, bf16> ? "bfloat16" : "float32";
   return h;
 }
 
 // Fails with one line naming the first field in which a checkpoint's run differs from this one.
-inline void check_same_run(const nlohmann::json& saved, const nlohmann::json& now, const std::string& ckpt) {
+inline void check_same_run(const nlohmann::json& saved, const nlohmann::json& now,
+                           const std::string& ckpt) {
   for (const char* key : {"policy", "precision"}) {
     FATHOM_CHECK(saved.value(key, nlohmann::json()) == now.at(key),
                  "cannot resume from '" << ckpt << "': it was trained with " << key << " "
-                                        << saved.value(key, nlohmann::json()).dump() << ", this run has "
-                                        << now.at(key).dump());
+                                        << saved.value(key, nlohmann::json()).dump()
+                                        << ", this run has " << now.at(key).dump());
   }
   const auto& a = saved.at("model");
   const auto& b = now.at("model");
   for (auto it = b.begin(); it != b.end(); ++it) {
     if (it.key() == "name") continue;
     FATHOM_CHECK(a.contains(it.key()) && a.at(it.key()) == it.value(),
-                 "cannot resume from '" << ckpt << "': it was trained with " << it.key() << " = "
-                                        << (a.contains(it.key()) ? a.at(it.key()).dump() : "(missing)")
-                                        << ", this run has " << it.key() << " = " << it.value().dump());
+                 "cannot resume from '"
+                     << ckpt << "': it was trained with " << it.key() << " = "
+                     << (a.contains(it.key()) ? a.at(it.key()).dump() : "(missing)")
+                     << ", this run has " << it.key() << " = " << it.value().dump());
   }
 }
 
-// Fails unless `dir` can be created and written.
-inline void check_writable(const std::filesystem::path& dir) {
+}  // namespace detail
+
+// Setup: the run folder o.out, created and checked writable (OptionError "out" otherwise).
+inline std::filesystem::path prepare_out_dir(const TrainOptions& o) {
+  const std::filesystem::path dir(o.out);
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  FATHOM_CHECK(!ec, "--out: cannot create '" << dir.string() << "': " << ec.message());
+  FATHOM_CHECK_OPTION(!ec, "out", "cannot create '" << dir.string() << "': " << ec.message());
   const auto probe = dir / ".fathom-write-test";
   {
     std::ofstream f(probe);
     f << "ok";
-    FATHOM_CHECK(f.good(), "--out: cannot write into '" << dir.string() << "'");
+    FATHOM_CHECK_OPTION(f.good(), "out", "cannot write into '" << dir.string() << "'");
   }
   std::filesystem::remove(probe, ec);
+  return dir;
 }
-
-template <class T, DeviceTag D>
-Tensor<std::int32_t, D> to_device(const std::vector<std::int32_t>& v, std::int64_t B, std::int64_t Tn) {
-  return Tensor<std::int32_t, D>::from_vector(Shape{B, Tn}, v);
-}
-
-}  // namespace detail
 
 // The data a run reads: the training source, and the validation source's description.
 struct RunData {
   data::TokenSource train;
   std::optional<std::vector<std::int32_t>> builtin_val;  // built-in corpus validation tokens
-  std::string val_pattern;                                // or shards
+  std::string val_pattern;                               // or shards
 };
 
-inline RunData make_run_data(const TrainOptions& o) {
+// Rank `shard.rank` of `shard.world` reads its own o.batch rows of each global batch.
+inline RunData make_run_data(const TrainOptions& o, const Shard& shard = {}) {
   data::SamplerOptions so;
   so.batch = o.batch;
   so.seq_len = o.seq_len;
   so.seed = o.seed;
+  so.rank = shard.rank;
+  so.ranks = shard.world;
   so.order = data::SampleOrder::random;
   so.vocab = static_cast<std::uint32_t>(o.model.vocab);
   if (o.data.empty()) {
-    auto tokens = data::builtin_corpus(data::Split::train, static_cast<std::size_t>(o.builtin_tokens), o.seed);
-    RunData d{data::TokenSource::from_tokens(tokens, so, "built-in corpus (train)"), std::nullopt, o.val_data};
+    auto tokens = data::builtin_corpus(data::Split::train,
+                                       static_cast<std::size_t>(o.builtin_tokens), o.seed);
+    RunData d{data::TokenSource::from_tokens(tokens, so, "built-in corpus (train)"), std::nullopt,
+              o.val_data};
     if (o.val_data.empty())
       d.builtin_val = data::builtin_corpus(data::Split::validation,
                                            static_cast<std::size_t>(std::max<std::int64_t>(
@@ -149,268 +172,271 @@ inline RunData make_run_data(const TrainOptions& o) {
   return RunData{data::TokenSource::from_pattern(o.data, so), std::nullopt, o.val_data};
 }
 
-// Mean loss over the first `batches` batches of the validation data (the same batches each time).
-template <class Model, DeviceTag D>
-double evaluate(const Model& model, const RunData& d, const TrainOptions& o) {
+// Evaluation: the mean loss over the first o.eval_batches batches of the validation data (the
+// same batches each time); NaN without validation data.
+template <class T, DeviceTag D>
+double evaluate(const nn::LanguageModel<T, D>& model, const RunData& d, const TrainOptions& o) {
   if (!d.builtin_val && d.val_pattern.empty()) return NAN;
   data::SamplerOptions so;
   so.batch = o.batch;
   so.seq_len = o.seq_len;
   so.order = data::SampleOrder::sequential;
   so.vocab = static_cast<std::uint32_t>(o.model.vocab);
-  data::TokenSource val = d.builtin_val ? data::TokenSource::from_tokens(*d.builtin_val, so, "built-in corpus (validation)")
+  data::TokenSource val = d.builtin_val ? data::TokenSource::from_tokens(
+                                              *d.builtin_val, so, "built-in corpus (validation)")
                                         : data::TokenSource::from_pattern(d.val_pattern, so);
-  const std::int64_t n = std::min<std::int64_t>(o.eval_batches, static_cast<std::int64_t>(val.batches_per_pass()));
+  const std::int64_t n =
+      std::min<std::int64_t>(o.eval_batches, static_cast<std::int64_t>(val.batches_per_pass()));
   autograd::NoGradGuard no_grad;
   double sum = 0.0;
   data::Batch b;
   for (std::int64_t i = 0; i < n; ++i) {
     val.next(b);
-    auto x = Tensor<std::int32_t, D>::from_vector(Shape{b.batch, b.seq_len}, b.inputs);
-    auto y = Tensor<std::int32_t, D>::from_vector(Shape{b.batch, b.seq_len}, b.targets);
+    auto [x, y] = to_device<D>(b);
     sum += static_cast<double>(model.loss(x, y).value().item());
   }
   return n > 0 ? sum / static_cast<double>(n) : NAN;
 }
 
-// A trainable language model seen through what the loop needs, so that the loop is compiled once
-// per element type and device, not once per architecture and policy.
-template <class T, DeviceTag D>
-class LanguageModel {
+// Logging: metrics.jsonl, the progress line and notes, and the tokens/s of the window since the
+// last logged step.
+class RunLog {
  public:
-  using LossVar = Var<accum_t<T>, D>;
-  virtual ~LanguageModel() = default;
-  virtual LossVar loss(const Tensor<std::int32_t, D>& tokens, const Tensor<std::int32_t, D>& targets) const = 0;
-  virtual Var<T, D> forward(const Tensor<std::int32_t, D>& tokens) const = 0;
-  // With the diagnostics hooks: an observer of every block's sites and a per-block skip mask.
-  virtual LossVar loss(const Tensor<std::int32_t, D>& tokens, const Tensor<std::int32_t, D>& targets,
-                       const nn::ForwardOptions<T, D>& options) const = 0;
-  virtual std::vector<nn::NamedParameter<T, D>>& parameters() = 0;
-  virtual void init(std::uint64_t seed) = 0;
-  virtual void zero_grad() = 0;
-  // Whether the Hugging Face layout stores this parameter transposed (GPT-2's Conv1D weights).
-  virtual bool hf_transposed(const std::string& name) const = 0;
-  virtual const nn::ModelConfig& config() const = 0;
-};
+  // `writes`: false on ranks other than 0 of a data-parallel run (they log nothing).
+  RunLog(const TrainOptions& o, const std::filesystem::path& out_dir, std::int64_t start,
+         std::int64_t end, bool writes = true)
+      : metrics_(writes ? MetricsLog(out_dir / "metrics.jsonl") : MetricsLog()),
+        progress_(start, end, writes && o.live_progress && stdout_is_terminal() && !o.quiet,
+                  o.log_every),
+        quiet_(o.quiet || !writes),
+        window_start_(std::chrono::steady_clock::now()) {}
 
-// LanguageModel over DecoderLM<Arch, Policy, T, D>.
-template <class Arch, class Policy, class T, DeviceTag D>
-class DecoderModel final : public LanguageModel<T, D> {
- public:
-  using Model = nn::DecoderLM<Arch, Policy, T, D>;
-  DecoderModel(const nn::ModelConfig& c, Policy p) : model_(c, std::move(p)) {}
-  typename LanguageModel<T, D>::LossVar loss(const Tensor<std::int32_t, D>& x,
-                                             const Tensor<std::int32_t, D>& y) const override {
-    return model_.loss(x, y);
+  MetricsLog& metrics() { return metrics_; }
+  void add_tokens(std::int64_t n) { window_tokens_ += n; }
+  void note(const std::string& s) {
+    if (!quiet_) progress_.note(s);
   }
-  Var<T, D> forward(const Tensor<std::int32_t, D>& x) const override { return model_.forward(x); }
-  typename LanguageModel<T, D>::LossVar loss(const Tensor<std::int32_t, D>& x, const Tensor<std::int32_t, D>& y,
-                                             const nn::ForwardOptions<T, D>& options) const override {
-    return model_.loss(x, y, options);
+
+  // A logged step: its metrics line and the progress line; starts a new tokens/s window.
+  void step(std::int64_t step, double loss, double lr, std::int64_t tokens, double grad_norm) {
+    const auto now = std::chrono::steady_clock::now();
+    const double window_s = std::chrono::duration<double>(now - window_start_).count();
+    const double tps = window_s > 0 ? static_cast<double>(window_tokens_) / window_s : 0.0;
+    nlohmann::json rec = {
+        {"step", step}, {"loss", loss}, {"lr", lr}, {"tokens", tokens}, {"tokens_per_s", tps}};
+    if (!std::isnan(grad_norm)) rec["grad_norm"] = grad_norm;
+    metrics_.write(rec);  // a closed log (ranks other than 0) writes nothing
+    window_start_ = now;
+    window_tokens_ = 0;
+    if (!quiet_) progress_.update(step, loss, lr, tps);
   }
-  std::vector<nn::NamedParameter<T, D>>& parameters() override { return model_.parameters(); }
-  void init(std::uint64_t seed) override { model_.init(seed); }
-  void zero_grad() override { model_.zero_grad(); }
-  bool hf_transposed(const std::string& name) const override { return Arch::hf_transposed(name); }
-  const nn::ModelConfig& config() const override { return model_.config(); }
-  Model& model() { return model_; }
+
+  void validation(std::int64_t step, double val_loss) {
+    metrics_.write({{"step", step}, {"val_loss", val_loss}});
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "step %lld: val_loss %.4f (ppl %.2f)",
+                  static_cast<long long>(step), val_loss, std::exp(val_loss));
+    note(buf);
+  }
+
+  void finish() {
+    if (!quiet_) progress_.finish();
+  }
 
  private:
-  Model model_;
+  MetricsLog metrics_;
+  Progress progress_;
+  bool quiet_;
+  std::chrono::steady_clock::time_point window_start_;
+  std::int64_t window_tokens_ = 0;
 };
 
-// Trains `model` (initialized here from o.seed, or loaded from o.resume) as `o` says. Throws
-// fathom::Error on bad input or a non-finite loss (unless o.skip_nonfinite).
+// A sampler position saved by `s.ranks` ranks as `ranks` ranks continue it: the same global
+// batches come next (each rank drew s.step batches of its rows; the global count is what carries).
+inline data::SamplerState on_ranks(data::SamplerState s, int ranks, const std::string& ckpt) {
+  if (s.ranks == ranks) return s;
+  const std::uint64_t global = s.step * static_cast<std::uint64_t>(s.ranks);
+  FATHOM_CHECK(
+      global % static_cast<std::uint64_t>(ranks) == 0,
+      "cannot resume '" << ckpt << "' on " << ranks << " ranks: it was saved by " << s.ranks
+                        << " ranks after " << global << " micro-batches, which " << ranks
+                        << " ranks cannot continue (keep batch x ranks x grad_accum the same)");
+  s.step = global / static_cast<std::uint64_t>(ranks);
+  s.ranks = ranks;
+  return s;
+}
+
+// Resuming: weights, optimizer state, data position and counters from the checkpoint o.resume
+// names, after checking that it was trained as this run is (`identity`).
 template <class T, DeviceTag D>
-TrainResult train(const TrainOptions& o, LanguageModel<T, D>& model, const PeriodicHook& periodic = {}) {
+TrainerState resume(const TrainOptions& o, const nlohmann::json& identity,
+                    nn::LanguageModel<T, D>& model, ParameterUpdate<T, D>& update,
+                    data::TokenSource& train_data) {
+  std::filesystem::path dir;
+  try {
+    dir = resolve_checkpoint(o.resume);
+  } catch (const OptionError&) {
+    throw;
+  } catch (const Error& e) {
+    throw OptionError("resume", e.what());
+  }
+  const LoadedCheckpoint c = load_checkpoint(dir);
+  const TrainerState state = c.state();
+  detail::check_same_run(state.run, identity, c.dir.string());
+  load_weights(model, c);
+  load_state(update.named_state(), c);
+  update.set_step_count(state.optimizer_step);
+  train_data.set_state(on_ranks(state.sampler, train_data.options().ranks, c.dir.string()));
+  return state;
+}
+
+// Saving: the model, its config (Hugging Face's plus fathom's fields), the optimizer state and
+// `state`, as out_dir/ckpt-STEP. Every rank of a data-parallel run calls it (a sharded
+// optimizer gathers its state); rank 0 alone writes (`writes`), and every rank returns the path.
+template <class T, DeviceTag D>
+std::filesystem::path save(const TrainOptions& o, const std::filesystem::path& out_dir,
+                           nn::LanguageModel<T, D>& model, ParameterUpdate<T, D>& update,
+                           const TrainerState& state, bool writes = true) {
+  CheckpointContents c;
+  auto named_state = update.named_state();
+  if (!writes) return out_dir / checkpoint_name(state.step);
+  c.model = model_records(model);
+  nlohmann::json fathom_fields = state.run;
+  fathom_fields["policy_options"] = o.policy_options;
+  c.config = hf_config_json(detail::hf_config_of<T>(o.model), fathom_fields);
+  c.optimizer = state_records(named_state);
+  c.trainer_state = state;
+  return write_checkpoint(out_dir, state.step, c);
+}
+
+// Trains `model` (initialized here from o.seed, or loaded from o.resume) as `o` says. Throws
+// OptionError for a bad option, NonFiniteLoss for a NaN or infinite loss (unless
+// o.skip_nonfinite), fathom::Error for other bad input.
+template <class T, DeviceTag D>
+TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
+                  const TrainHooks<T, D>& hooks) {
   namespace fs = std::filesystem;
-  using Model = LanguageModel<T, D>;
-  using A = accum_t<T>;
-
-  FATHOM_CHECK(o.steps >= 1, "--steps: expected at least 1, got " << o.steps);
-  FATHOM_CHECK(o.batch >= 1, "--batch: expected at least 1, got " << o.batch);
-  FATHOM_CHECK(o.grad_accum >= 1, "--grad-accum: expected at least 1, got " << o.grad_accum);
-  FATHOM_CHECK(o.seq_len >= 1 && o.seq_len <= o.model.max_seq,
-               "--seq-len: expected 1.." << o.model.max_seq << " (the model's max_seq), got " << o.seq_len);
-  FATHOM_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr: expected a positive number, got " << o.lr);
-  FATHOM_CHECK(o.optimizer == "adamw" || o.optimizer == "adam" || o.optimizer == "sgd",
-               "--optimizer: expected one of adamw, adam, sgd, got '" << o.optimizer << "'");
-  FATHOM_CHECK(o.schedule == "cosine" || o.schedule == "constant" || o.schedule == "wsd",
-               "--schedule: expected one of cosine, constant, wsd, got '" << o.schedule << "'");
-
-  const fs::path out_dir(o.out);
-  detail::check_writable(out_dir);
-
-  RunData data = make_run_data(o);
-
+  validate(o);
+  const fs::path out_dir = prepare_out_dir(o);
+  const bool root = hooks.shard.rank == 0;
+  RunData data = make_run_data(o, hooks.shard);
   model.init(o.seed);
+  std::unique_ptr<ParameterUpdate<T, D>> update =
+      hooks.make_update ? hooks.make_update(model.parameters(), o)
+                        : make_local_update<T, D>(model.parameters(), o.optimizer, o.clip);
+  TrainStep<T, D> step(model, *update, o.grad_accum, hooks.step, o.log_every);
 
-  std::vector<optim::NamedParameter<T, D>> named;
-  for (auto& p : model.parameters()) named.push_back({p.name, p.var});
-  using AdamOpt = optim::Optimizer<optim::AdamW, T, D>;
-  using SgdOpt = optim::Optimizer<optim::Sgd, T, D>;
-  std::variant<AdamOpt, SgdOpt> opt = [&]() -> std::variant<AdamOpt, SgdOpt> {
-    if (o.optimizer == "sgd") {
-      optim::Sgd r;
-      r.momentum = o.momentum;
-      r.weight_decay = o.weight_decay;
-      return SgdOpt(r, named);
-    }
-    optim::AdamW r;
-    r.beta1 = o.beta1;
-    r.beta2 = o.beta2;
-    r.eps = o.eps;
-    r.weight_decay = o.weight_decay;
-    r.decoupled = o.optimizer == "adamw";
-    return AdamOpt(r, named);
-  }();
-  auto opt_named_state = [&] { return std::visit([](auto& x) { return x.named_state(); }, opt); };
-
-  const nlohmann::json run_identity = {
-      {"policy", o.policy}, {"precision", o.precision}, {"model", detail::config_json(o.model)}};
+  TrainerState state;
+  state.seed = o.seed;
+  state.run = detail::run_identity<T>(o);
+  if (!o.resume.empty()) state = resume(o, state.run, model, *update, data.train);
 
   TrainResult result;
-  std::int64_t start = 0;
-  std::int64_t tokens_seen = 0;
-
-  // Resume: weights, optimizer state, data position and counters from a checkpoint.
-  if (!o.resume.empty()) {
-    const fs::path ckpt = resolve_checkpoint(o.resume);
-    const std::string where = ckpt.string();
-    const nlohmann::json state = read_json(ckpt / "trainer_state.json");
-    detail::check_same_run(state.at("run"), run_identity, where);
-    SafetensorsFile weights = read_safetensors(ckpt / "model.safetensors");
-    for (auto& p : model.parameters())
-      from_record(weights.at(p.name), p.var.mutable_value(), where + "/model.safetensors", model.hf_transposed(p.name));
-    SafetensorsFile ostate = read_safetensors(ckpt / "optimizer.safetensors");
-    for (auto& [name, t] : opt_named_state()) from_record(ostate.at(name), *t, where + "/optimizer.safetensors");
-    start = state.at("step").get<std::int64_t>();
-    tokens_seen = state.at("tokens").get<std::int64_t>();
-    std::visit([&](auto& x) { x.set_step_count(state.at("optimizer_step").get<std::int64_t>()); }, opt);
-    data.train.set_state(state.at("sampler").get<data::SamplerState>());
-  }
-  result.first_step = start;
-
-  const std::int64_t warmup = o.warmup >= 0 ? o.warmup : o.steps / 10;
-  auto lr_at = [&](std::int64_t step) {
-    if (o.schedule == "constant") return o.lr;
-    if (o.schedule == "wsd") return o.lr * optim::WarmupStableDecay{warmup, o.steps - o.steps / 5, o.steps, o.min_lr_ratio}.factor(step);
-    return o.lr * optim::WarmupCosine{std::min(warmup, o.steps), o.steps, o.min_lr_ratio}.factor(step);
-  };
-
-  MetricsLog metrics(out_dir / "metrics.jsonl");
+  const std::int64_t start = state.step;
   const std::int64_t end = o.stop_after >= 0 ? std::min(o.steps, o.stop_after) : o.steps;
-  Progress progress(start, end, o.live_progress && stdout_is_terminal() && !o.quiet, o.log_every);
-  auto note = [&](const std::string& s) {
-    if (!o.quiet) progress.note(s);
-  };
+  result.first_step = start;
+  RunLog log(o, out_dir, start, end, root);
+  const std::int64_t tokens_per_step = o.batch * o.seq_len * o.grad_accum * hooks.shard.world;
+  auto lr_at = [&](std::int64_t s) { return o.lr * lr_factor(o.schedule, s, o.steps); };
 
-  auto save = [&](std::int64_t step) {
-    CheckpointContents c;
-    for (const auto& p : model.parameters())
-      c.model.push_back(to_record(p.name, p.var.value(), model.hf_transposed(p.name)));
-    nlohmann::json fathom_fields = run_identity;
-    fathom_fields["policy_options"] = o.policy_options;
-    c.config = hf_config_json(detail::hf_config_of(o.model, o.precision), fathom_fields);
-    for (auto& [name, t] : opt_named_state()) c.optimizer.push_back(to_record(name, *t));
-    c.trainer_state = {{"step", step},
-                       {"tokens", tokens_seen},
-                       {"optimizer_step", std::visit([](auto& x) { return x.step_count(); }, opt)},
-                       {"sampler", data.train.state()},
-                       {"seed", o.seed},
-                       {"run", run_identity}};
-    result.last_checkpoint = write_checkpoint(out_dir, step, c);
-    note("saved " + result.last_checkpoint.string());
-  };
-
-  const std::int64_t tokens_per_step = o.batch * o.seq_len * o.grad_accum;
-  data::Batch batch;
-  const auto t0 = std::chrono::steady_clock::now();
-  auto window_start = t0;
-  std::int64_t window_tokens = 0;
-
-  for (std::int64_t step = start; step < end; ++step) {
-    const double lr = lr_at(step);
-    double loss_sum = 0.0;
-    for (std::int64_t micro = 0; micro < o.grad_accum; ++micro) {
-      data.train.next(batch);
-      auto x = detail::to_device<T, D>(batch.inputs, batch.batch, batch.seq_len);
-      auto y = detail::to_device<T, D>(batch.targets, batch.batch, batch.seq_len);
-      auto loss = model.loss(x, y);
-      autograd::backward(loss, Tensor<A, D>::full(loss.shape(), static_cast<A>(1.0 / static_cast<double>(o.grad_accum))));
-      loss_sum += static_cast<double>(loss.value().item());
-    }
-    const double loss = loss_sum / static_cast<double>(o.grad_accum);
-    tokens_seen += tokens_per_step;
-    window_tokens += tokens_per_step;
-
-    if (!std::isfinite(loss)) {
-      if (!o.skip_nonfinite) {
-        auto last = latest_checkpoint(out_dir);
-        FATHOM_FAIL("loss is " << loss << " at step " << step + 1 << "; last good checkpoint: "
-                               << (last ? last->string() : std::string("none"))
-                               << " (--skip-nonfinite skips such steps instead of stopping)");
-      }
-      model.zero_grad();
-      ++result.skipped_steps;
-      note("step " + std::to_string(step + 1) + ": loss is not finite, step skipped");
-      continue;
-    }
-
-    const double grad_norm = o.clip > 0 ? optim::global_grad_norm<T, D>(named) : NAN;
-    const double scale = optim::clip_factor(grad_norm, o.clip);
-    std::visit([&](auto& x) { x.step(lr, scale); }, opt);
-    model.zero_grad();
-
+  auto record = [&](std::int64_t s, double loss) {  // s: the 0-based step
+    if (!std::isfinite(loss)) throw NonFiniteLoss(s + 1, loss, latest_checkpoint(out_dir));
     result.losses.push_back(loss);
     if (std::isnan(result.first_loss)) result.first_loss = loss;
     result.last_loss = loss;
-    result.steps_done = step + 1;
+  };
+  // Steps run since their losses were last read from the device (none with skip_nonfinite, which
+  // reads every step's loss before updating).
+  std::int64_t unread_from = start;
+  auto take_losses = [&] {
+    auto losses = step.take_losses();
+    if (hooks.combine_losses) hooks.combine_losses(losses);
+    return losses;
+  };
+  auto read_losses = [&](std::int64_t through) {
+    const auto losses = take_losses();
+    for (std::size_t i = 0; i < losses.size(); ++i)
+      record(unread_from + static_cast<std::int64_t>(i), losses[i]);
+    unread_from = through;
+  };
 
-    const auto now = std::chrono::steady_clock::now();
-    const double window_s = std::chrono::duration<double>(now - window_start).count();
-    const double tps = window_s > 0 ? static_cast<double>(window_tokens) / window_s : 0.0;
-    if ((step + 1) % o.log_every == 0 || step + 1 == end || step == start) {
-      nlohmann::json rec = {{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"tokens", tokens_seen}, {"tokens_per_s", tps}};
-      if (o.clip > 0) rec["grad_norm"] = grad_norm;
-      metrics.write(rec);
-      window_start = now;
-      window_tokens = 0;
+  data::Batch batch;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (std::int64_t s = start; s < end; ++s) {
+    const double lr = lr_at(s);
+    for (std::int64_t micro = 0; micro < o.grad_accum; ++micro) {
+      data.train.next(batch);
+      auto [x, y] = to_device<D>(batch);
+      step.accumulate(x, y);
     }
-    if (!o.quiet) progress.update(step + 1, loss, lr, tps);
+    state.tokens += tokens_per_step;
+    log.add_tokens(tokens_per_step);
 
-    if (periodic && o.diag_every > 0 && ((step + 1) % o.diag_every == 0 || step == start)) periodic(step + 1, metrics);
+    if (o.skip_nonfinite) {
+      const double loss = take_losses().front();
+      unread_from = s + 1;
+      if (!std::isfinite(loss)) {
+        step.discard();
+        ++result.skipped_steps;
+        log.note("step " + std::to_string(s + 1) + ": loss is not finite, step skipped");
+        continue;
+      }
+      step.update(lr);
+      record(s, loss);
+    } else {
+      step.update(lr);
+    }
+    state.step = s + 1;
 
-    const bool last = step + 1 == end;
-    if ((o.eval_every > 0 && (step + 1) % o.eval_every == 0) || last) {
-      const double val = evaluate<Model, D>(model, data, o);
+    const bool last = s + 1 == end;
+    const bool log_due = (s + 1) % o.log_every == 0 || last || s == start;
+    const bool eval_due = (o.eval_every > 0 && (s + 1) % o.eval_every == 0) || last;
+    const bool save_due = (o.save_every > 0 && (s + 1) % o.save_every == 0) || last;
+    const bool periodic_due =
+        hooks.periodic && o.diag_every > 0 && ((s + 1) % o.diag_every == 0 || s == start);
+    // The one place where the loop waits for the device: a line, an evaluation or a checkpoint is
+    // due.
+    if (log_due || eval_due || save_due) read_losses(s + 1);
+    result.steps_done = s + 1;
+
+    if (log_due) log.step(s + 1, result.last_loss, lr, state.tokens, update->last_grad_norm());
+    if (periodic_due) hooks.periodic(s + 1, log.metrics());
+    if (eval_due && root) {  // every rank holds the same model: one evaluates
+      const double val = evaluate<T, D>(model, data, o);
       if (std::isfinite(val)) {
-        metrics.write({{"step", step + 1}, {"val_loss", val}});
+        log.validation(s + 1, val);
         result.final_val_loss = val;
-        char buf[128];
-        std::snprintf(buf, sizeof buf, "step %lld: val_loss %.4f (ppl %.2f)", static_cast<long long>(step + 1), val,
-                      std::exp(val));
-        note(buf);
       }
     }
-    if ((o.save_every > 0 && (step + 1) % o.save_every == 0) || last) save(step + 1);
+    if (save_due) {
+      state.optimizer_step = update->step_count();
+      state.sampler = data.train.state();
+      result.last_checkpoint = save(o, out_dir, model, *update, state, root);
+      log.note("saved " + result.last_checkpoint.string());
+    }
   }
-  if (!o.quiet) progress.finish();
+  read_losses(end);
+  log.finish();
   result.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  result.tokens = tokens_seen;
+  result.tokens = state.tokens;
   const std::int64_t ran = result.steps_done > start ? result.steps_done - start : 0;
-  result.tokens_per_s = result.wall_s > 0 ? static_cast<double>(ran * tokens_per_step) / result.wall_s : 0.0;
+  result.tokens_per_s =
+      result.wall_s > 0 ? static_cast<double>(ran * tokens_per_step) / result.wall_s : 0.0;
   return result;
 }
 
-}  // namespace fathom::train
-
-namespace fathom::train {
+template <class T, DeviceTag D>
+TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
+                  const PeriodicHook& periodic = {}) {
+  TrainHooks<T, D> hooks;
+  hooks.periodic = periodic;
+  return train<T, D>(o, model, hooks);
+}
 
 // Convenience: builds DecoderLM<Arch, Policy, T, D> from o.model and trains it.
 template <class Arch, class Policy, class T, DeviceTag D>
 TrainResult train(const TrainOptions& o, Policy policy = Policy{}) {
-  DecoderModel<Arch, Policy, T, D> model(o.model, std::move(policy));
+  nn::DecoderModel<Arch, Policy, T, D> model(o.model, std::move(policy));
   return train<T, D>(o, model);
 }
 

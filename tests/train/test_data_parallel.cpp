@@ -1,0 +1,162 @@
+// Data-parallel training (include/fathom/train/data_parallel.hpp) on the in-process backend: 2
+// ranks with batch B train exactly as 1 rank with batch B and grad-accum 2 (losses and weights bit
+// for bit, with and without ZeRO-1); a run resumes on another number of ranks (1 -> 2 -> 1, with
+// the ZeRO-1 state gathered into the checkpoint); ranks started with different options are
+// refused; rank 0 alone writes, and metrics count the tokens of every rank.
+#include "fathom/train/data_parallel.hpp"
+
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "fathom/dist/in_process.hpp"
+#include "fathom/nn/presets.hpp"
+#include "fathom/policy/pre_ln.hpp"
+#include "support/catch.hpp"
+
+using namespace fathom;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path fresh_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("fathom-test-dp-" + name);
+  fs::remove_all(p);
+  return p;
+}
+
+train::TrainOptions small_run(const fs::path& out, std::int64_t grad_accum) {
+  train::TrainOptions o;
+  o.model = nn::preset("tiny");
+  o.model.layers = 2;
+  o.model.d_model = 32;
+  o.model.heads = 2;
+  o.model.d_ff = 64;
+  o.model.max_seq = 16;
+  o.seq_len = 16;
+  o.batch = 2;
+  o.grad_accum = grad_accum;
+  o.steps = 6;
+  o.lr = 3e-3;
+  o.schedule = train::CosineSchedule{2, 0.1};
+  o.eval_every = 0;
+  o.eval_batches = 1;
+  o.log_every = 1;
+  o.builtin_tokens = 20000;
+  o.out = out.string();
+  o.quiet = true;
+  return o;
+}
+
+using Model = train::DecoderModel<nn::Llama, policy::PreLN, float, Cpu>;
+
+// Rank 0's result of training on `world` in-process ranks.
+train::TrainResult run(int world, const train::TrainOptions& o, int zero = 0) {
+  train::TrainResult result;
+  dist::run_ranks(world, [&](dist::Communicator& comm) {
+    Model model(o.model, policy::PreLN{});
+    auto r = train::train_data_parallel<float, Cpu>(o, model, comm, {.zero = zero});
+    if (comm.rank() == 0) result = r;
+  });
+  return result;
+}
+
+std::vector<float> weights_of(const fs::path& ckpt) {
+  auto f = train::read_safetensors(ckpt / "model.safetensors");
+  std::vector<float> all;
+  for (const auto& r : f.tensors) {
+    auto v = train::tensor_values<float>(r);
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  return all;
+}
+
+}  // namespace
+
+TEST_CASE("data parallel: 2 ranks x batch B train as 1 rank x B x grad-accum 2, bit for bit",
+          "[train][dist]") {
+  const auto one_dir = fresh_dir("one"), two_dir = fresh_dir("two"), zero_dir = fresh_dir("zero");
+  auto one = small_run(one_dir, 2);
+  one.clip = 0.5;  // clipping on: the norm of the reduced gradients
+  const auto a = run(1, one);
+  auto two = small_run(two_dir, 1);
+  two.clip = 0.5;
+  const auto b = run(2, two);
+  REQUIRE(a.losses.size() == 6);
+  CHECK(a.losses == b.losses);
+  CHECK(weights_of(one_dir / "ckpt-6") == weights_of(two_dir / "ckpt-6"));
+  CHECK(a.tokens == b.tokens);
+
+  // ZeRO-1 (without clipping: its norm sums the squares in another order) against the same.
+  auto one_plain = small_run(fresh_dir("one-plain"), 2);
+  one_plain.clip = 0;
+  auto two_zero = small_run(zero_dir, 1);
+  two_zero.clip = 0;
+  const auto c = run(1, one_plain);
+  const auto d = run(2, two_zero, 1);
+  CHECK(c.losses == d.losses);
+  CHECK(weights_of(one_plain.out + "/ckpt-6") == weights_of(zero_dir / "ckpt-6"));
+
+  // Rank 0 alone wrote; the tokens of a step are those of both ranks.
+  std::ifstream m(two_dir / "metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(m, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (!j.contains("tokens")) continue;
+    ++lines;
+    CHECK(j.at("tokens").get<std::int64_t>() == j.at("step").get<std::int64_t>() * 2 * 2 * 16);
+  }
+  CHECK(lines == 6);
+}
+
+TEST_CASE("data parallel: a run resumes on another number of ranks (1 -> 2 with ZeRO-1 -> 1)",
+          "[train][dist]") {
+  const auto straight = fresh_dir("straight"), split = fresh_dir("split");
+  auto o = small_run(straight, 2);
+  o.clip = 0;
+  const auto full = run(1, o);
+
+  auto first = small_run(split, 2);
+  first.clip = 0;
+  first.stop_after = 2;
+  const auto r1 = run(1, first);
+  auto second = small_run(split, 1);  // 2 ranks x 1 micro-batch: the same global batch
+  second.clip = 0;
+  second.stop_after = 4;
+  second.resume = split.string();
+  const auto r2 = run(2, second, 1);
+  REQUIRE(r2.first_step == 2);
+  auto third = small_run(split, 2);
+  third.clip = 0;
+  third.resume = split.string();
+  const auto r3 = run(1, third);
+  REQUIRE(r3.first_step == 4);
+
+  std::vector<double> pieced = r1.losses;
+  pieced.insert(pieced.end(), r2.losses.begin(), r2.losses.end());
+  pieced.insert(pieced.end(), r3.losses.begin(), r3.losses.end());
+  CHECK(pieced == full.losses);
+  CHECK(weights_of(split / "ckpt-6") == weights_of(straight / "ckpt-6"));
+
+  // A global batch the new number of ranks cannot continue is refused with a reason.
+  auto odd = small_run(split, 1);
+  odd.resume = (split / "ckpt-2").string();
+  odd.clip = 0;
+  CHECK_THROWS_WITH(run(3, odd), HasSubstring("cannot continue"));
+}
+
+TEST_CASE("data parallel: ranks started with different options are refused at start",
+          "[train][dist]") {
+  const auto dir = fresh_dir("mismatch");
+  CHECK_THROWS_WITH(dist::run_ranks(2,
+                                    [&](dist::Communicator& comm) {
+                                      auto o = small_run(dir, 1);
+                                      if (comm.rank() == 1) o.lr = 1e-3;
+                                      Model model(o.model, policy::PreLN{});
+                                      train::train_data_parallel<float, Cpu>(o, model, comm);
+                                    }),
+                    HasSubstring("rank 1 has a different configuration"));
+  CHECK_FALSE(fs::exists(dir / "metrics.jsonl"));
+}
