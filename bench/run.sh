@@ -8,15 +8,25 @@ build="${1:-${FATHOM_BUILD_DIR:?usage: bench/run.sh BUILD_DIR [OUT_DIR] (or FATH
 out="${2:-${OUT:-$build/logs}}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mkdir -p "$out"
-workloads="${FATHOM_BENCH_WORKLOADS:-llama-130m,gpt2-124m}"
+workloads="${FATHOM_BENCH_WORKLOADS:-llama-130m,gpt2-124m,llama-350m}"
 policies="${FATHOM_BENCH_POLICIES:-pre-ln,lns,post-ln,deepnorm,mix-ln,sandwich-ln}"
 modes="${FATHOM_BENCH_TORCH_MODES:-eager,compile}"
 steps="${FATHOM_BENCH_STEPS:-25}"
 warmup="${FATHOM_BENCH_WARMUP:-8}"
 rm -f "$out/bench_fathom.jsonl" "$out/bench_torch.jsonl"
 rc=0
-"$build/bin/fathom-bench" --workloads "$workloads" --policies "$policies" --steps "$steps" \
-  --warmup "$warmup" --json-out "$out/bench_fathom.jsonl" || rc=1
+# One fathom-bench call per workload, at the batch and sequence length the PyTorch baseline uses.
+IFS=, read -r -a workload_list <<<"$workloads"
+for w in "${workload_list[@]}"; do
+  if ! shape="$(python3 "$here/torch_baseline.py" --shape "$w")"; then
+    rc=1
+    continue
+  fi
+  read -r batch seq <<<"$shape"
+  "$build/bin/fathom-bench" --workloads "$w" --batch "$batch" --seq-len "$seq" \
+    --policies "$policies" --steps "$steps" --warmup "$warmup" \
+    --json-out "$out/bench_fathom.jsonl" || rc=1
+done
 if python3 -c "import torch" 2>/dev/null; then
   PYTHONUNBUFFERED=1 python3 "$here/torch_baseline.py" --workloads "$workloads" --modes "$modes" \
     --steps "$steps" --warmup "$warmup" --json-out "$out/bench_torch.jsonl" || rc=1

@@ -5,28 +5,45 @@ Workloads (random tokens, real optimizer steps):
   llama-130m  transformers' LlamaForCausalLM with the paper's config: 12 layers, d_model 768,
               d_ff 2048 (SwiGLU), 12 heads, vocab 32000, untied embeddings, RMSNorm eps 1e-6,
               RoPE theta 10000, no biases; seq 256, batch 128.
-  gpt2-124m   a minimal GPT-2 written here: LayerNorm with bias, GELU (tanh), learned positions,
-              tied embeddings, vocab 50304, F.scaled_dot_product_attention (causal); seq 1024,
-              batch 32.
+  llama-350m  the same at the paper's 350M size: 24 layers, d_model 1024, d_ff 2736, 16 heads;
+              seq 256, batch 128.
+  gpt2-124m   the usual minimal GPT-2 (nanoGPT's model): LayerNorm with bias, GELU (tanh),
+              learned positions, tied embeddings, vocab 50304, F.scaled_dot_product_attention
+              with is_causal; seq 1024, batch 32.
 
 Each step: forward and cross-entropy under bf16 autocast (fp32 weights; autocast runs the loss in
-fp32), backward, gradient-norm clipping to 1.0, fused AdamW (lr 1e-4, betas 0.9/0.95, weight
-decay 0.1 on every parameter: one group), zero_grad(set_to_none). Modes: eager, and compile
-(torch.compile, default options, of forward + loss; the fused optimizer step stays eager).
+fp32), backward, gradient-norm clipping to 1.0, AdamW (lr 1e-4, betas 0.9/0.95; fused on CUDA) with
+nanoGPT's two parameter groups: weight decay 0.1 on the matrices and embeddings, none on biases
+and norm weights; zero_grad(set_to_none). The model's forward returns the loss (never the logits),
+so torch.compile sees the LM head and the cross-entropy in one graph and never has to hand back the
+(B, T, V) logits. Modes: eager, and compile (torch.compile of the model, default options; the
+optimizer step stays eager). Inputs and targets are contiguous tensors made before timing.
 Timing: --warmup steps, then --steps timed with CUDA events around the whole timed loop; the
 peak memory is torch.cuda.max_memory_allocated over the timed steps (statistics reset after
 warm-up, so compilation transients do not count; parameters, gradients and optimizer state do).
+Each workload x mode runs in a fresh Python process (--same-process: all in this one), so no
+measurement inherits the allocator's cache, compiled graphs or library state of an earlier one.
+
+Why the GPT-2 figure changed: an earlier version measured 508,665 tokens/s for gpt2-124m where
+the standard minimal nanoGPT model ran at 553,715 on the same card. Read side by side, the model
+code was the same (tied, vocab 50304, SDPA is_causal, tanh GELU, fused AdamW); the measurement was
+not: it compiled a closure holding autocast, the model and the loss instead of the model; it sliced
+the targets out of the (B, T + 1) token batch inside the step (a strided tensor that the loss
+flattens with a copy, in the graph); it decayed every parameter in one group; and it measured the
+compiled model in the process that had just run the eager model and, for gpt2-124m, both llama
+runs. The script now builds and measures the model as nanoGPT does, each run in its own process.
 
 FLOPs a token (the estimate fathom-bench uses): 6 * N + 6 * L * d * T, N = parameters without the
 untied input embedding (the LM head counts; a tied embedding counts once as the LM head).
 
 Output: one JSON line per workload x mode on stdout as each finishes, then a table; --json-out
 writes the same JSON lines to a file. A workload that fails (e.g. out of memory) gives a line with
-"error" and the exit status is 1.
+"error" and the exit status is 1. --shape NAME prints the workload's "batch seq" and exits (for
+bench/run.sh, so that fathom-bench runs the same shapes).
 
-Needs torch (and transformers for llama-130m); never downloads anything: models are built from
-their configs. --smoke runs tiny shapes for 2 steps (on CPU when there is no GPU) to check that
-the script works.
+Needs torch (and transformers for the Llama workloads); never downloads anything: models are
+built from their configs. --smoke runs tiny shapes for 2 steps (on CPU when there is no GPU) to
+check that the script works.
 
 Examples:
   python3 bench/torch_baseline.py
@@ -39,6 +56,7 @@ import gc
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 
@@ -48,6 +66,8 @@ import time
 WORKLOADS = {
     "llama-130m": dict(arch="llama", layers=12, d_model=768, heads=12, d_ff=2048, vocab=32000,
                        seq=256, batch=128, norm_eps=1e-6, rope_theta=10000.0, tied=False),
+    "llama-350m": dict(arch="llama", layers=24, d_model=1024, heads=16, d_ff=2736, vocab=32000,
+                       seq=256, batch=128, norm_eps=1e-6, rope_theta=10000.0, tied=False),
     "gpt2-124m": dict(arch="gpt2", layers=12, d_model=768, heads=12, d_ff=3072, vocab=50304,
                       seq=1024, batch=32, norm_eps=1e-5, rope_theta=None, tied=True),
 }
@@ -55,11 +75,14 @@ WORKLOADS = {
 # Tiny versions of the same models for --smoke.
 SMOKE = {
     "llama-130m": dict(layers=2, d_model=64, heads=4, d_ff=160, vocab=256, seq=32, batch=4),
+    "llama-350m": dict(layers=3, d_model=64, heads=4, d_ff=176, vocab=256, seq=32, batch=4),
     "gpt2-124m": dict(layers=2, d_model=64, heads=4, d_ff=256, vocab=256, seq=32, batch=4),
 }
 
 
 def build_llama(w):
+    import torch.nn as nn
+    import torch.nn.functional as F
     import transformers
 
     config = transformers.LlamaConfig(
@@ -73,13 +96,20 @@ def build_llama(w):
     rope = getattr(config, "rope_parameters", None) or {}
     theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
     assert theta == w["rope_theta"], f"RoPE theta {theta} != {w['rope_theta']}"
-    model = transformers.LlamaForCausalLM(config)
-    input_embedding = model.get_input_embeddings().weight
 
-    def logits(model, x):
-        return model(input_ids=x, use_cache=False).logits
+    class LlamaLoss(nn.Module):
+        """LlamaForCausalLM whose forward returns the mean next-token cross-entropy."""
 
-    return model, input_embedding, logits
+        def __init__(self):
+            super().__init__()
+            self.lm = transformers.LlamaForCausalLM(config)
+
+        def forward(self, x, y):  # (B, T), (B, T) -> ()
+            logits = self.lm(input_ids=x, use_cache=False).logits  # (B, T, V)
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+
+    model = LlamaLoss()
+    return model, model.lm.get_input_embeddings().weight
 
 
 def build_gpt2(w):
@@ -131,19 +161,16 @@ def build_gpt2(w):
                     std = 0.02 / math.sqrt(2 * w["layers"]) if name.endswith("proj.weight") else 0.02
                     nn.init.normal_(p, 0.0, std)
 
-        def forward(self, x):  # (B, T) -> (B, T, V)
+        def forward(self, x, targets):  # (B, T), (B, T) -> ()
             pos = torch.arange(x.shape[1], device=x.device)
             y = self.wte(x) + self.wpe(pos)
             for block in self.blocks:
                 y = block(y)
-            return self.lm_head(self.ln_f(y))
+            logits = self.lm_head(self.ln_f(y))  # (B, T, V)
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
     model = GPT2()
-
-    def logits(model, x):
-        return model(x)
-
-    return model, model.wte.weight, logits
+    return model, model.wte.weight
 
 
 def flops_per_token(model, input_embedding, tied, w):
@@ -158,7 +185,6 @@ def flops_per_token(model, input_embedding, tied, w):
 
 def run_one(name, mode, args, device):
     import torch
-    import torch.nn.functional as F
 
     w = dict(WORKLOADS[name])
     if args.smoke:
@@ -168,37 +194,34 @@ def run_one(name, mode, args, device):
     if args.seq:
         w["seq"] = args.seq
     torch.manual_seed(0)
-    model, input_embedding, logits_of = (build_llama if w["arch"] == "llama" else build_gpt2)(w)
+    model, input_embedding = (build_llama if w["arch"] == "llama" else build_gpt2)(w)
     model = model.to(device).train()
     flops, n_params = flops_per_token(model, input_embedding, w["tied"], w)
     total_params = sum(p.numel() for p in model.parameters())
 
-    try:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95),
-                                      weight_decay=0.1, fused=True)
-    except (RuntimeError, TypeError):  # fused AdamW unavailable on this device/version
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95),
-                                      weight_decay=0.1)
+    # nanoGPT's groups: decay the matrices and embeddings, not the biases and norm weights.
+    params = list(model.parameters())  # a tied weight once
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    # Fused on CUDA; no silent fallback to a slower implementation there.
+    optimizer = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95),
+                                  **({"fused": True} if device == "cuda" else {}))
     fused = bool(optimizer.defaults.get("fused"))
 
     b, t, v = w["batch"], w["seq"], w["vocab"]
-
-    def forward_loss(x, y):
-        with torch.autocast(device_type=device, dtype=torch.bfloat16):
-            logits = logits_of(model, x)  # (B, T, V)
-            return F.cross_entropy(logits.reshape(-1, v), y.reshape(-1))
-
-    # Compiling the loss with the model lets inductor fuse the cross-entropy into the LM head's
-    # output instead of materializing fp32 logits: the strongest plain PyTorch setup.
-    loss_of = torch.compile(forward_loss) if mode == "compile" else forward_loss
-    # A few fixed batches of random tokens, cycled: inputs and next-token targets.
-    batches = [torch.randint(0, v, (b, t + 1), device=device) for _ in range(4)]
+    step_model = torch.compile(model, mode=args.compile_mode) if mode == "compile" else model
+    # A few fixed batches of random tokens, cycled: contiguous inputs and next-token targets.
+    batches = []
+    for _ in range(4):
+        tokens = torch.randint(0, v, (b, t + 1), device=device)
+        batches.append((tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()))
 
     def step(i):
-        tokens = batches[i % len(batches)]
-        loss = loss_of(tokens[:, :-1], tokens[:, 1:])
+        x, y = batches[i % len(batches)]
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            loss = step_model(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
@@ -255,11 +278,12 @@ def run_one(name, mode, args, device):
         "peak_tflops": args.peak_tflops,
         "peak_mem_gib": None if peak is None else round(peak / 2**30, 3),
         "peak_reserved_gib": None if reserved is None else round(reserved / 2**30, 3),
+        "compile_mode": args.compile_mode if mode == "compile" else None,
         "fused_adamw": fused, "loss_first": round(first_loss, 4), "loss_last": round(last_loss, 4),
         "smoke": bool(args.smoke),
     }
     assert math.isfinite(last_loss), f"{name}/{mode}: loss became {last_loss}"
-    del loss_of, model, optimizer, batches
+    del step_model, model, optimizer, batches
     return result
 
 
@@ -303,7 +327,7 @@ def table(results):
 def parse_args(argv):
     p = argparse.ArgumentParser(
         description="PyTorch training throughput (eager and torch.compile) for fathom's benchmark shapes.")
-    p.add_argument("--workloads", default="llama-130m,gpt2-124m",
+    p.add_argument("--workloads", default=",".join(WORKLOADS),
                    help=f"comma-separated, among {', '.join(WORKLOADS)}")
     p.add_argument("--modes", default="eager,compile", help="comma-separated, among eager, compile")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 25; smoke 2)")
@@ -316,7 +340,19 @@ def parse_args(argv):
     p.add_argument("--json-out", default=None, help="also write the JSON lines to this file")
     p.add_argument("--smoke", action="store_true",
                    help="tiny models, 2 timed steps: checks that the script runs (CPU is fine)")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile's mode for the compile runs (default, reduce-overhead, "
+                        "max-autotune, max-autotune-no-cudagraphs; default: default)")
+    p.add_argument("--same-process", action="store_true",
+                   help="run every measurement in this process (default: each in a fresh one)")
+    p.add_argument("--shape", metavar="WORKLOAD", default=None,
+                   help="print the workload's batch and sequence length ('batch seq') and exit")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.shape is not None:
+        if args.shape not in WORKLOADS:
+            p.error(f"unknown workload '{args.shape}': expected one of {', '.join(WORKLOADS)}")
+        return args
     args.workloads = [s for s in args.workloads.split(",") if s]
     args.modes = [s for s in args.modes.split(",") if s]
     for wl in args.workloads:
@@ -337,8 +373,36 @@ def parse_args(argv):
     return args
 
 
+def child_argv(args, name, mode, device):
+    """The command line that runs one measurement in a fresh process."""
+    argv = [sys.executable, __file__, "--child", "--workloads", name, "--modes", mode,
+            "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", device,
+            "--peak-tflops", str(args.peak_tflops), "--compile-mode", args.compile_mode]
+    if args.batch:
+        argv += ["--batch", str(args.batch)]
+    if args.seq:
+        argv += ["--seq", str(args.seq)]
+    if args.smoke:
+        argv.append("--smoke")
+    return argv
+
+
+def run_isolated(args, name, mode, device):
+    """run_one in a fresh Python process: its JSON line, or an error line if it gave none."""
+    proc = subprocess.run(child_argv(args, name, mode, device), stdout=subprocess.PIPE, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if lines:
+        return json.loads(lines[-1])
+    return {"workload": name, "mode": mode, "device": device,
+            "error": f"the measuring process exited with status {proc.returncode} and no result"}
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.shape is not None:
+        w = WORKLOADS[args.shape]
+        print(w["batch"], w["seq"])
+        return 0
     import torch
 
     device = args.device
@@ -359,13 +423,16 @@ def main(argv=None):
     try:
         for name in args.workloads:
             for mode in args.modes:
-                try:
-                    r = run_one(name, mode, args, device)
-                except Exception as e:  # report and go on with the next measurement
-                    failed = True
-                    r = {"workload": name, "mode": mode, "device": device,
-                         "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
-                free(device)
+                if args.child or args.same_process:
+                    try:
+                        r = run_one(name, mode, args, device)
+                    except Exception as e:  # report and go on with the next measurement
+                        r = {"workload": name, "mode": mode, "device": device,
+                             "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+                    free(device)
+                else:
+                    r = run_isolated(args, name, mode, device)
+                failed = failed or "error" in r
                 results.append(r)
                 line = json.dumps(r)
                 print(line, flush=True)
@@ -375,8 +442,9 @@ def main(argv=None):
     finally:
         if out:
             out.close()
-    print()
-    print(table(results))
+    if not args.child:
+        print()
+        print(table(results))
     return 1 if failed else 0
 
 

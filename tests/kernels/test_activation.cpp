@@ -12,6 +12,7 @@
 
 #include <fathom/core/rng.hpp>
 
+#include "kernels/support.hpp"
 #include "support/catch.hpp"
 
 using fathom::bf16;
@@ -20,37 +21,19 @@ using fathom::Precision;
 using fathom::scalar_cast;
 namespace kernels = fathom::kernels;
 
-namespace {
+using namespace fathom::test;
 
-template <class T>
-std::vector<T> random_values(std::int64_t n, std::uint64_t seed, double std = 2.0) {
-  std::vector<T> v(static_cast<std::size_t>(n));
-  for (std::size_t i = 0; i < v.size(); ++i) v[i] = scalar_cast<T>(std * fathom::rng::normal(seed, i));
-  return v;
-}
+namespace {
 
 template <class T>
 double d(T v) {
   return scalar_cast<double>(v);
 }
 
-// `floor` raises both tolerances for references that are themselves approximate (finite differences).
-template <class T>
-std::string first_mismatch(const std::vector<T>& got, const std::vector<double>& want, double floor = 0.0) {
-  const double atol = std::max(Precision<T>::atol, floor), rtol = std::max(Precision<T>::rtol, floor);
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const double g = d(got[i]), err = std::abs(g - want[i]);
-    if (!(err <= atol + rtol * std::abs(want[i]))) {
-      std::ostringstream s;
-      s << "element " << i << " of " << want.size() << ": got " << g << ", want " << want[i];
-      return s.str();
-    }
-  }
-  return {};
-}
-
 const double pi = std::acos(-1.0);
-double gelu_ref(double x) { return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / pi) * (x + 0.044715 * x * x * x))); }
+double gelu_ref(double x) {
+  return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / pi) * (x + 0.044715 * x * x * x)));
+}
 double silu_ref(double x) { return x / (1.0 + std::exp(-x)); }
 
 // Derivative by central differences: independent of the kernels' closed forms. With h = 1e-5 its
@@ -76,11 +59,12 @@ TEST_CASE("gelu and silu give known values", "[kernels][activation]") {
   CHECK_THAT(y[0], WithinRel(0.7310585786300049, 1e-14));
 }
 
-TEMPLATE_TEST_CASE("gelu and silu match their formulas", "[kernels][activation]", double, float, bf16) {
+TEMPLATE_TEST_CASE("gelu and silu match their formulas", "[kernels][activation]", double, float,
+                   bf16) {
   using T = TestType;
   const std::int64_t n = GENERATE(1, 7, 1000, 5461);
   INFO(Precision<T>::name << " n " << n);
-  auto x = random_values<T>(n, 41);
+  auto x = normal_values<T>(n, 41, 2.0);
   std::vector<T> y(x.size());
   std::vector<double> want(x.size());
 
@@ -98,27 +82,32 @@ TEMPLATE_TEST_CASE("gelu and silu match their formulas", "[kernels][activation]"
   }
 }
 
-TEMPLATE_TEST_CASE("gelu_backward and silu_backward accumulate dy f'(x)", "[kernels][activation]", double, float,
-                   bf16) {
+TEMPLATE_TEST_CASE("gelu_backward and silu_backward accumulate dy f'(x)", "[kernels][activation]",
+                   double, float, bf16) {
   using T = TestType;
   const std::int64_t n = GENERATE(1, 9, 1000);
   INFO(Precision<T>::name << " n " << n);
-  auto x = random_values<T>(n, 42), dy = random_values<T>(n, 43, 1.0);
-  const auto dx0 = random_values<T>(n, 44, 1.0);
+  auto x = normal_values<T>(n, 42, 2.0), dy = normal_values<T>(n, 43);
+  const auto dx0 = normal_values<T>(n, 44);
   std::vector<double> want(x.size());
 
   auto dx = dx0;
-  for (std::size_t i = 0; i < x.size(); ++i) want[i] = d(dx0[i]) + d(dy[i]) * derivative(gelu_ref, d(x[i]));
-  kernels::gelu_backward(Cpu{}, kernels::ActivationBackwardParams<T>{x.data(), dy.data(), dx.data(), n});
+  for (std::size_t i = 0; i < x.size(); ++i)
+    want[i] = d(dx0[i]) + d(dy[i]) * derivative(gelu_ref, d(x[i]));
+  kernels::gelu_backward(Cpu{},
+                         kernels::ActivationBackwardParams<T>{x.data(), dy.data(), dx.data(), n});
   CHECK(first_mismatch(dx, want, derivative_tolerance) == "");
 
   dx = dx0;
-  for (std::size_t i = 0; i < x.size(); ++i) want[i] = d(dx0[i]) + d(dy[i]) * derivative(silu_ref, d(x[i]));
-  kernels::silu_backward(Cpu{}, kernels::ActivationBackwardParams<T>{x.data(), dy.data(), dx.data(), n});
+  for (std::size_t i = 0; i < x.size(); ++i)
+    want[i] = d(dx0[i]) + d(dy[i]) * derivative(silu_ref, d(x[i]));
+  kernels::silu_backward(Cpu{},
+                         kernels::ActivationBackwardParams<T>{x.data(), dy.data(), dx.data(), n});
   CHECK(first_mismatch(dx, want, derivative_tolerance) == "");
 }
 
-TEMPLATE_TEST_CASE("activations stay finite where exp overflows", "[kernels][activation]", double, float) {
+TEMPLATE_TEST_CASE("activations stay finite where exp overflows", "[kernels][activation]", double,
+                   float) {
   using T = TestType;
   std::vector<T> x{T(-1000), T(-100), T(100), T(1000)};
   std::vector<T> y(4), dx(4, T(0)), dy(4, T(1));
@@ -127,7 +116,8 @@ TEMPLATE_TEST_CASE("activations stay finite where exp overflows", "[kernels][act
   CHECK(std::abs(y[1]) < T(1e-30));
   CHECK_THAT(static_cast<double>(y[2]), WithinRel(100.0, 1e-6));
   CHECK(y[3] == T(1000));
-  kernels::silu_backward(Cpu{}, kernels::ActivationBackwardParams<T>{x.data(), dy.data(), dx.data(), 4});
+  kernels::silu_backward(Cpu{},
+                         kernels::ActivationBackwardParams<T>{x.data(), dy.data(), dx.data(), 4});
   for (T v : dx) CHECK(std::isfinite(v));
   CHECK_THAT(static_cast<double>(dx[3]), WithinAbs(1.0, 1e-6));
   kernels::gelu(Cpu{}, kernels::ActivationParams<T>{x.data(), y.data(), 4});
@@ -135,19 +125,20 @@ TEMPLATE_TEST_CASE("activations stay finite where exp overflows", "[kernels][act
   CHECK(y[3] == T(1000));
 }
 
-TEMPLATE_TEST_CASE("swiglu is silu(gate) * up, forward and backward", "[kernels][activation]", double, float,
-                   bf16) {
+TEMPLATE_TEST_CASE("swiglu is silu(gate) * up, forward and backward", "[kernels][activation]",
+                   double, float, bf16) {
   using T = TestType;
   const std::int64_t n = GENERATE(1, 11, 5461);
   INFO(Precision<T>::name << " n " << n);
-  auto gate = random_values<T>(n, 45), up = random_values<T>(n, 46, 1.0), dy = random_values<T>(n, 47, 1.0);
+  auto gate = normal_values<T>(n, 45, 2.0), up = normal_values<T>(n, 46),
+       dy = normal_values<T>(n, 47);
   std::vector<T> y(gate.size());
   std::vector<double> want(gate.size());
   for (std::size_t i = 0; i < gate.size(); ++i) want[i] = silu_ref(d(gate[i])) * d(up[i]);
   kernels::swiglu(Cpu{}, kernels::SwigluParams<T>{gate.data(), up.data(), y.data(), n});
   CHECK(first_mismatch(y, want) == "");
 
-  const auto dg0 = random_values<T>(n, 48, 1.0), du0 = random_values<T>(n, 49, 1.0);
+  const auto dg0 = normal_values<T>(n, 48), du0 = normal_values<T>(n, 49);
   std::vector<double> want_dg(gate.size()), want_du(gate.size());
   for (std::size_t i = 0; i < gate.size(); ++i) {
     want_dg[i] = d(dg0[i]) + d(dy[i]) * d(up[i]) * derivative(silu_ref, d(gate[i]));
@@ -156,17 +147,18 @@ TEMPLATE_TEST_CASE("swiglu is silu(gate) * up, forward and backward", "[kernels]
   SECTION("both gradients") {
     auto dg = dg0, du = du0;
     kernels::swiglu_backward(
-        Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), up.data(), dy.data(), dg.data(), du.data(), n});
+        Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), up.data(), dy.data(), dg.data(),
+                                                du.data(), n});
     CHECK(first_mismatch(dg, want_dg, derivative_tolerance) == "");
     CHECK(first_mismatch(du, want_du) == "");
   }
   SECTION("one gradient, the other null") {
     auto dg = dg0, du = du0;
-    kernels::swiglu_backward(
-        Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), up.data(), dy.data(), nullptr, du.data(), n});
+    kernels::swiglu_backward(Cpu{}, kernels::SwigluBackwardParams<T>{
+                                        gate.data(), up.data(), dy.data(), nullptr, du.data(), n});
     CHECK(first_mismatch(du, want_du) == "");
-    kernels::swiglu_backward(
-        Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), up.data(), dy.data(), dg.data(), nullptr, n});
+    kernels::swiglu_backward(Cpu{}, kernels::SwigluBackwardParams<T>{
+                                        gate.data(), up.data(), dy.data(), dg.data(), nullptr, n});
     CHECK(first_mismatch(dg, want_dg, derivative_tolerance) == "");
   }
   SECTION("gate and up the same tensor, one gradient buffer") {
@@ -177,7 +169,8 @@ TEMPLATE_TEST_CASE("swiglu is silu(gate) * up, forward and backward", "[kernels]
       want_g[i] = d(dg0[i]) + d(dy[i]) * derivative([](double v) { return silu_ref(v) * v; }, x);
     }
     kernels::swiglu_backward(
-        Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), gate.data(), dy.data(), g.data(), g.data(), n});
+        Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), gate.data(), dy.data(), g.data(),
+                                                g.data(), n});
     CHECK(first_mismatch(g, want_g, derivative_tolerance) == "");
   }
 }

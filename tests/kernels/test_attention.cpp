@@ -12,6 +12,7 @@
 
 #include <fathom/core/rng.hpp>
 
+#include "kernels/support.hpp"
 #include "support/catch.hpp"
 
 using fathom::accum_t;
@@ -20,6 +21,8 @@ using fathom::Cpu;
 using fathom::Precision;
 using fathom::scalar_cast;
 
+using namespace fathom::test;
+
 namespace {
 
 struct Dims {
@@ -27,20 +30,6 @@ struct Dims {
   std::int64_t C() const { return H * hd; }
   std::size_t n() const { return static_cast<std::size_t>(B * T * H * hd); }
 };
-
-template <class T>
-std::vector<T> random_values(std::size_t n, std::uint64_t seed, double std = 1.0) {
-  std::vector<T> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = scalar_cast<T>(std * fathom::rng::normal(seed, i));
-  return v;
-}
-
-template <class T>
-std::vector<double> to_double(const std::vector<T>& v) {
-  std::vector<double> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<double>(v[i]);
-  return out;
-}
 
 // First element where |got - want| > atol + rtol * |want|, as "name[b, t, c]: got x, want y", or
 // an empty string. idx(i) turns a flat index into the "[b, t, c]" text.
@@ -51,7 +40,8 @@ std::string first_mismatch(const std::string& name, const std::vector<double>& g
     const double err = std::abs(got[i] - want[i]);
     if (!(err <= atol + rtol * std::abs(want[i]))) {
       std::ostringstream s;
-      s << name << idx(i) << ": got " << got[i] << ", want " << want[i] << " (|diff| " << err << ")";
+      s << name << idx(i) << ": got " << got[i] << ", want " << want[i] << " (|diff| " << err
+        << ")";
       return s.str();
     }
   }
@@ -110,7 +100,8 @@ Naive naive_attention(const Dims& d, const std::vector<double>& q, const std::ve
           mx = std::max(mx, s);
         }
         double sum = 0;
-        for (std::int64_t j = 0; j < T; ++j) sum += std::exp(P[static_cast<std::size_t>(i * T + j)] - mx);
+        for (std::int64_t j = 0; j < T; ++j)
+          sum += std::exp(P[static_cast<std::size_t>(i * T + j)] - mx);
         r.lse[static_cast<std::size_t>((b * d.H + h) * T + i)] = mx + std::log(sum);
         for (std::int64_t j = 0; j < T; ++j) {
           auto& pij = P[static_cast<std::size_t>(i * T + j)];
@@ -168,9 +159,12 @@ fathom::kernels::AttentionParams<T> forward_params(const Dims& d, const std::vec
 // absolute floor is wider than for the forward.
 template <class T>
 constexpr double grad_tol() {
-  if constexpr (std::is_same_v<T, double>) return 1e-10;
-  else if constexpr (std::is_same_v<T, float>) return 2e-4;
-  else return 3e-2;
+  if constexpr (std::is_same_v<T, double>)
+    return 1e-10;
+  else if constexpr (std::is_same_v<T, float>)
+    return 2e-4;
+  else
+    return 3e-2;
 }
 
 }  // namespace
@@ -184,7 +178,8 @@ TEMPLATE_TEST_CASE("attention forward matches the naive formula", "[kernels][att
   const Dims d{B, Tn, H, hd};
   INFO("B " << B << " T " << Tn << " H " << H << " hd " << hd << " causal " << causal << " "
             << Precision<T>::name);
-  auto q = random_values<T>(d.n(), 11), k = random_values<T>(d.n(), 12), v = random_values<T>(d.n(), 13);
+  auto q = normal_values<T>(d.n(), 11), k = normal_values<T>(d.n(), 12),
+       v = normal_values<T>(d.n(), 13);
   std::vector<T> o(d.n(), scalar_cast<T>(123.0));
   std::vector<accum_t<T>> lse(static_cast<std::size_t>(B * H * Tn), accum_t<T>(123));
   fathom::kernels::attention(Cpu{}, forward_params(d, q, k, v, o, lse, causal));
@@ -204,15 +199,17 @@ TEMPLATE_TEST_CASE("attention backward matches the naive formula and accumulates
   const Dims d{B, Tn, H, hd};
   INFO("B " << B << " T " << Tn << " H " << H << " hd " << hd << " causal " << causal << " "
             << Precision<T>::name);
-  auto q = random_values<T>(d.n(), 21), k = random_values<T>(d.n(), 22), v = random_values<T>(d.n(), 23);
-  auto d_o = random_values<T>(d.n(), 24);
+  auto q = normal_values<T>(d.n(), 21), k = normal_values<T>(d.n(), 22),
+       v = normal_values<T>(d.n(), 23);
+  auto d_o = normal_values<T>(d.n(), 24);
   std::vector<T> o(d.n());
   std::vector<accum_t<T>> lse(static_cast<std::size_t>(B * H * Tn));
   auto fp = forward_params(d, q, k, v, o, lse, causal);
   fathom::kernels::attention(Cpu{}, fp);
 
   // Gradients start random: the kernel must add to them, not overwrite.
-  auto dq = random_values<T>(d.n(), 31), dk = random_values<T>(d.n(), 32), dv = random_values<T>(d.n(), 33);
+  auto dq = normal_values<T>(d.n(), 31), dk = normal_values<T>(d.n(), 32),
+       dv = normal_values<T>(d.n(), 33);
   const auto dq0 = to_double(dq), dk0 = to_double(dk), dv0 = to_double(dv);
   fathom::kernels::AttentionBackwardParams<T> bp;
   bp.q = q.data();
@@ -249,8 +246,8 @@ TEMPLATE_TEST_CASE("attention backward matches the naive formula and accumulates
 
 TEST_CASE("attention backward skips gradients that are not wanted", "[kernels][attention]") {
   const Dims d{2, 9, 2, 4};
-  auto q = random_values<double>(d.n(), 41), k = random_values<double>(d.n(), 42);
-  auto v = random_values<double>(d.n(), 43), d_o = random_values<double>(d.n(), 44);
+  auto q = normal_values<double>(d.n(), 41), k = normal_values<double>(d.n(), 42);
+  auto v = normal_values<double>(d.n(), 43), d_o = normal_values<double>(d.n(), 44);
   std::vector<double> o(d.n()), lse(static_cast<std::size_t>(d.B * d.H * d.T));
   auto fp = forward_params(d, q, k, v, o, lse, true);
   fathom::kernels::attention(Cpu{}, fp);
@@ -282,7 +279,7 @@ TEMPLATE_TEST_CASE("attention reads strided rows of a fused projection in place"
   const std::int64_t C = d.C(), qkv_stride = 3 * C + 8, o_stride = C + 5;
   const auto rows = static_cast<std::size_t>(d.B * d.T);
   // (B, T, 3C + 8): q, k, v side by side, then padding that nothing may read.
-  auto fused = random_values<T>(rows * static_cast<std::size_t>(qkv_stride), 51);
+  auto fused = normal_values<T>(rows * static_cast<std::size_t>(qkv_stride), 51);
   std::vector<T> q(d.n()), k(d.n()), v(d.n());
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::int64_t c = 0; c < C; ++c) {
@@ -311,7 +308,8 @@ TEMPLATE_TEST_CASE("attention reads strided rows of a fused projection in place"
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::int64_t c = 0; c < o_stride; ++c) {
       const T got = o_wide[r * static_cast<std::size_t>(o_stride) + static_cast<std::size_t>(c)];
-      const T want = c < C ? o[r * static_cast<std::size_t>(C) + static_cast<std::size_t>(c)] : sentinel;
+      const T want =
+          c < C ? o[r * static_cast<std::size_t>(C) + static_cast<std::size_t>(c)] : sentinel;
       INFO("row " << r << " column " << c);
       REQUIRE(scalar_cast<double>(got) == scalar_cast<double>(want));
     }
@@ -324,7 +322,8 @@ TEST_CASE("causal attention: no output depends on a future key or value", "[kern
   const std::int64_t t0 = GENERATE(0, 5, 10);
   const bool causal = GENERATE(true, false);
   INFO("perturbing keys and values after t = " << t0 << ", causal " << causal);
-  auto q = random_values<float>(d.n(), 61), k = random_values<float>(d.n(), 62), v = random_values<float>(d.n(), 63);
+  auto q = normal_values<float>(d.n(), 61), k = normal_values<float>(d.n(), 62),
+       v = normal_values<float>(d.n(), 63);
   std::vector<float> o1(d.n()), o2(d.n());
   std::vector<float> lse1(static_cast<std::size_t>(d.B * d.H * d.T)), lse2(lse1.size());
   fathom::kernels::attention(Cpu{}, forward_params(d, q, k, v, o1, lse1, causal));
@@ -347,8 +346,10 @@ TEST_CASE("causal attention: no output depends on a future key or value", "[kern
         const auto i = static_cast<std::size_t>(b * d.T + t) * C + c;
         row_same = row_same && o1[i] == o2[i];
       }
-      if (t <= t0) past_same = past_same && row_same;
-      else future_changed = future_changed && !row_same;
+      if (t <= t0)
+        past_same = past_same && row_same;
+      else
+        future_changed = future_changed && !row_same;
     }
   }
   if (causal) {

@@ -11,6 +11,7 @@
 
 #include <fathom/core/rng.hpp>
 
+#include "kernels/support.hpp"
 #include "support/catch.hpp"
 
 using fathom::bf16;
@@ -18,38 +19,9 @@ using fathom::Cpu;
 using fathom::Precision;
 using fathom::scalar_cast;
 
+using namespace fathom::test;
+
 namespace {
-
-template <class T>
-std::vector<T> random_values(std::size_t n, std::uint64_t seed, double std = 1.0, double mean = 0.0) {
-  std::vector<T> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = scalar_cast<T>(mean + std * fathom::rng::normal(seed, i));
-  return v;
-}
-
-template <class T>
-std::vector<double> to_double(const std::vector<T>& v) {
-  std::vector<double> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<double>(v[i]);
-  return out;
-}
-
-// First element where |got - want| > atol + rtol * |want|, as "name[row r, col c]: got x, want y",
-// or an empty string when all agree.
-std::string first_mismatch(const std::string& name, const std::vector<double>& got,
-                           const std::vector<double>& want, double rtol, double atol, std::int64_t cols) {
-  if (got.size() != want.size()) return name + ": sizes differ";
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const double err = std::abs(got[i] - want[i]);
-    if (!(err <= atol + rtol * std::abs(want[i]))) {
-      std::ostringstream s;
-      s << name << "[row " << static_cast<std::int64_t>(i) / cols << ", col " << static_cast<std::int64_t>(i) % cols
-        << "]: got " << got[i] << ", want " << want[i] << " (|diff| " << err << ")";
-      return s.str();
-    }
-  }
-  return {};
-}
 
 // The formulas in double, straight from the definitions. For backward, dx_j = sum_i dy_i dy_i/dx_j
 // with the Jacobian written out element by element (O(C^2), independent of the kernels' algebra).
@@ -58,8 +30,8 @@ struct NormReference {
 };
 
 NormReference reference_norm(bool layer, const std::vector<double>& x, const std::vector<double>& w,
-                             const std::vector<double>* b, const std::vector<double>& dy, std::int64_t rows,
-                             std::int64_t cols, double eps, double s) {
+                             const std::vector<double>* b, const std::vector<double>& dy,
+                             std::int64_t rows, std::int64_t cols, double eps, double s) {
   NormReference r;
   const auto C = static_cast<std::size_t>(cols);
   r.y.assign(x.size(), 0.0);
@@ -81,7 +53,8 @@ NormReference reference_norm(bool layer, const std::vector<double>& x, const std
     r.rstd.push_back(rs);
     std::vector<double> xhat(C);
     for (std::size_t c = 0; c < C; ++c) xhat[c] = (xr[c] - mu) * rs;
-    for (std::size_t c = 0; c < C; ++c) r.y[row * C + c] = (w[c] * xhat[c] + (b ? (*b)[c] : 0.0)) * s;
+    for (std::size_t c = 0; c < C; ++c)
+      r.y[row * C + c] = (w[c] * xhat[c] + (b ? (*b)[c] : 0.0)) * s;
     for (std::size_t j = 0; j < C; ++j) {
       double sum = 0.0;
       for (std::size_t i = 0; i < C; ++i) {
@@ -100,8 +73,8 @@ NormReference reference_norm(bool layer, const std::vector<double>& x, const std
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("rms_norm forward matches the formula, with an output scale", "[kernels][norm]", double,
-                   float, bf16) {
+TEMPLATE_TEST_CASE("rms_norm forward matches the formula, with an output scale", "[kernels][norm]",
+                   double, float, bf16) {
   using T = TestType;
   using A = fathom::accum_t<T>;
   const std::int64_t rows = GENERATE(1, 3, 8);
@@ -110,12 +83,13 @@ TEMPLATE_TEST_CASE("rms_norm forward matches the formula, with an output scale",
   const double eps = 1e-6;
   CAPTURE(rows, cols, scale, Precision<T>::name);
   const auto n = static_cast<std::size_t>(rows * cols);
-  auto x = random_values<T>(n, 11, 1.5, 0.3);
-  auto w = random_values<T>(static_cast<std::size_t>(cols), 12, 0.3, 1.0);
+  auto x = normal_values<T>(n, 11, 1.5, 0.3);
+  auto w = normal_values<T>(static_cast<std::size_t>(cols), 12, 0.3, 1.0);
   std::vector<T> y(n);
   std::vector<A> rstd(static_cast<std::size_t>(rows));
-  fathom::kernels::rms_norm(Cpu{}, fathom::kernels::RmsNormParams<T>{x.data(), w.data(), y.data(), rstd.data(),
-                                                                     rows, cols, eps, scale});
+  fathom::kernels::rms_norm(
+      Cpu{}, fathom::kernels::RmsNormParams<T>{x.data(), w.data(), y.data(), rstd.data(), rows,
+                                               cols, eps, scale});
   std::vector<double> dy(n, 0.0);
   auto ref = reference_norm(false, to_double(x), to_double(w), nullptr, dy, rows, cols, eps, scale);
   const double rtol = Precision<T>::rtol, atol = Precision<T>::atol;
@@ -123,8 +97,8 @@ TEMPLATE_TEST_CASE("rms_norm forward matches the formula, with an output scale",
   CHECK(first_mismatch("rstd", to_double(rstd), ref.rstd, rtol, atol, 1) == "");
 }
 
-TEMPLATE_TEST_CASE("rms_norm backward matches the Jacobian and accumulates", "[kernels][norm]", double, float,
-                   bf16) {
+TEMPLATE_TEST_CASE("rms_norm backward matches the Jacobian and accumulates", "[kernels][norm]",
+                   double, float, bf16) {
   using T = TestType;
   using A = fathom::accum_t<T>;
   const std::int64_t rows = GENERATE(1, 4);
@@ -134,21 +108,26 @@ TEMPLATE_TEST_CASE("rms_norm backward matches the Jacobian and accumulates", "[k
   const double eps = 1e-6;
   CAPTURE(rows, cols, scale, accumulate_dx, Precision<T>::name);
   const auto n = static_cast<std::size_t>(rows * cols), C = static_cast<std::size_t>(cols);
-  auto x = random_values<T>(n, 21, 1.2, -0.2);
-  auto w = random_values<T>(C, 22, 0.4, 1.0);
-  auto dy = random_values<T>(n, 23);
+  auto x = normal_values<T>(n, 21, 1.2, -0.2);
+  auto w = normal_values<T>(C, 22, 0.4, 1.0);
+  auto dy = normal_values<T>(n, 23);
   std::vector<T> y(n);
   std::vector<A> rstd(static_cast<std::size_t>(rows));
-  fathom::kernels::rms_norm(Cpu{}, fathom::kernels::RmsNormParams<T>{x.data(), w.data(), y.data(), rstd.data(),
-                                                                     rows, cols, eps, scale});
-  const auto dx0 = random_values<T>(n, 24), dw0 = random_values<T>(C, 25);
+  fathom::kernels::rms_norm(
+      Cpu{}, fathom::kernels::RmsNormParams<T>{x.data(), w.data(), y.data(), rstd.data(), rows,
+                                               cols, eps, scale});
+  const auto dx0 = normal_values<T>(n, 24), dw0 = normal_values<T>(C, 25);
   auto dx = dx0, dw = dw0;
   fathom::kernels::rms_norm_backward(
-      Cpu{}, fathom::kernels::RmsNormBackwardParams<T>{dy.data(), x.data(), w.data(), rstd.data(), dx.data(),
-                                                       dw.data(), rows, cols, scale, accumulate_dx});
-  auto ref = reference_norm(false, to_double(x), to_double(w), nullptr, to_double(dy), rows, cols, eps, scale);
-  for (std::size_t i = 0; i < n; ++i) ref.dx[i] += accumulate_dx ? scalar_cast<double>(dx0[i]) : 0.0;
-  for (std::size_t c = 0; c < C; ++c) ref.dw[c] += scalar_cast<double>(dw0[c]);  // dw always accumulates
+      Cpu{}, fathom::kernels::RmsNormBackwardParams<T>{dy.data(), x.data(), w.data(), rstd.data(),
+                                                       dx.data(), dw.data(), rows, cols, scale,
+                                                       accumulate_dx});
+  auto ref = reference_norm(false, to_double(x), to_double(w), nullptr, to_double(dy), rows, cols,
+                            eps, scale);
+  for (std::size_t i = 0; i < n; ++i)
+    ref.dx[i] += accumulate_dx ? scalar_cast<double>(dx0[i]) : 0.0;
+  for (std::size_t c = 0; c < C; ++c)
+    ref.dw[c] += scalar_cast<double>(dw0[c]);  // dw always accumulates
   const double rtol = Precision<T>::rtol, atol = Precision<T>::atol;
   CHECK(first_mismatch("dx", to_double(dx), ref.dx, rtol, atol, cols) == "");
   CHECK(first_mismatch("dw", to_double(dw), ref.dw, rtol, atol, cols) == "");
@@ -156,24 +135,26 @@ TEMPLATE_TEST_CASE("rms_norm backward matches the Jacobian and accumulates", "[k
 
 TEST_CASE("rms_norm backward computes only the gradients asked for", "[kernels][norm]") {
   const std::int64_t rows = 3, cols = 5;
-  auto x = random_values<double>(15, 31), w = random_values<double>(5, 32, 0.2, 1.0), dy = random_values<double>(15, 33);
+  auto x = normal_values<double>(15, 31), w = normal_values<double>(5, 32, 0.2, 1.0),
+       dy = normal_values<double>(15, 33);
   std::vector<double> y(15), rstd(3);
-  fathom::kernels::rms_norm(Cpu{}, fathom::kernels::RmsNormParams<double>{x.data(), w.data(), y.data(), rstd.data(),
-                                                                          rows, cols, 1e-6, 2.0});
+  fathom::kernels::rms_norm(
+      Cpu{}, fathom::kernels::RmsNormParams<double>{x.data(), w.data(), y.data(), rstd.data(), rows,
+                                                    cols, 1e-6, 2.0});
   auto ref = reference_norm(false, x, w, nullptr, dy, rows, cols, 1e-6, 2.0);
   std::vector<double> dx(15, 0.0), dw(5, 0.0);
   fathom::kernels::rms_norm_backward(Cpu{}, fathom::kernels::RmsNormBackwardParams<double>{
-                                                dy.data(), x.data(), w.data(), rstd.data(), nullptr, dw.data(),
-                                                rows, cols, 2.0, true});
+                                                dy.data(), x.data(), w.data(), rstd.data(), nullptr,
+                                                dw.data(), rows, cols, 2.0, true});
   CHECK(first_mismatch("dw", dw, ref.dw, 1e-12, 1e-12, cols) == "");
   fathom::kernels::rms_norm_backward(Cpu{}, fathom::kernels::RmsNormBackwardParams<double>{
-                                                dy.data(), x.data(), w.data(), rstd.data(), dx.data(), nullptr,
-                                                rows, cols, 2.0, true});
+                                                dy.data(), x.data(), w.data(), rstd.data(),
+                                                dx.data(), nullptr, rows, cols, 2.0, true});
   CHECK(first_mismatch("dx", dx, ref.dx, 1e-12, 1e-12, cols) == "");
 }
 
-TEMPLATE_TEST_CASE("layer_norm forward matches the formula, with and without bias", "[kernels][norm]", double,
-                   float, bf16) {
+TEMPLATE_TEST_CASE("layer_norm forward matches the formula, with and without bias",
+                   "[kernels][norm]", double, float, bf16) {
   using T = TestType;
   using A = fathom::accum_t<T>;
   const std::int64_t rows = GENERATE(1, 3, 8);
@@ -183,14 +164,15 @@ TEMPLATE_TEST_CASE("layer_norm forward matches the formula, with and without bia
   const double eps = 1e-5;
   CAPTURE(rows, cols, scale, with_bias, Precision<T>::name);
   const auto n = static_cast<std::size_t>(rows * cols), C = static_cast<std::size_t>(cols);
-  auto x = random_values<T>(n, 41, 2.0, 3.0);  // a mean far from 0: LayerNorm must remove it
-  auto w = random_values<T>(C, 42, 0.3, 1.0);
-  auto b = random_values<T>(C, 43, 0.5);
+  auto x = normal_values<T>(n, 41, 2.0, 3.0);  // a mean far from 0: LayerNorm must remove it
+  auto w = normal_values<T>(C, 42, 0.3, 1.0);
+  auto b = normal_values<T>(C, 43, 0.5);
   std::vector<T> y(n);
   std::vector<A> mean(static_cast<std::size_t>(rows)), rstd(static_cast<std::size_t>(rows));
-  fathom::kernels::layer_norm(Cpu{}, fathom::kernels::LayerNormParams<T>{
-                                         x.data(), w.data(), with_bias ? b.data() : nullptr, y.data(), mean.data(),
-                                         rstd.data(), rows, cols, eps, scale});
+  fathom::kernels::layer_norm(
+      Cpu{}, fathom::kernels::LayerNormParams<T>{x.data(), w.data(), with_bias ? b.data() : nullptr,
+                                                 y.data(), mean.data(), rstd.data(), rows, cols,
+                                                 eps, scale});
   const auto bd = to_double(b);
   auto ref = reference_norm(true, to_double(x), to_double(w), with_bias ? &bd : nullptr,
                             std::vector<double>(n, 0.0), rows, cols, eps, scale);
@@ -201,8 +183,8 @@ TEMPLATE_TEST_CASE("layer_norm forward matches the formula, with and without bia
   CHECK(first_mismatch("rstd", to_double(rstd), ref.rstd, rtol, atol, 1) == "");
 }
 
-TEMPLATE_TEST_CASE("layer_norm backward matches the Jacobian and accumulates", "[kernels][norm]", double, float,
-                   bf16) {
+TEMPLATE_TEST_CASE("layer_norm backward matches the Jacobian and accumulates", "[kernels][norm]",
+                   double, float, bf16) {
   using T = TestType;
   using A = fathom::accum_t<T>;
   const std::int64_t rows = GENERATE(1, 4);
@@ -212,24 +194,27 @@ TEMPLATE_TEST_CASE("layer_norm backward matches the Jacobian and accumulates", "
   const double eps = 1e-5;
   CAPTURE(rows, cols, scale, accumulate_dx, Precision<T>::name);
   const auto n = static_cast<std::size_t>(rows * cols), C = static_cast<std::size_t>(cols);
-  auto x = random_values<T>(n, 51, 1.3, 0.4);
-  auto w = random_values<T>(C, 52, 0.4, 1.0);
-  auto b = random_values<T>(C, 53, 0.5);
-  auto dy = random_values<T>(n, 54);
+  auto x = normal_values<T>(n, 51, 1.3, 0.4);
+  auto w = normal_values<T>(C, 52, 0.4, 1.0);
+  auto b = normal_values<T>(C, 53, 0.5);
+  auto dy = normal_values<T>(n, 54);
   std::vector<T> y(n);
   std::vector<A> mean(static_cast<std::size_t>(rows)), rstd(static_cast<std::size_t>(rows));
-  fathom::kernels::layer_norm(Cpu{}, fathom::kernels::LayerNormParams<T>{x.data(), w.data(), b.data(), y.data(),
-                                                                         mean.data(), rstd.data(), rows, cols, eps,
-                                                                         scale});
-  const auto dx0 = random_values<T>(n, 55), dw0 = random_values<T>(C, 56), db0 = random_values<T>(C, 57);
+  fathom::kernels::layer_norm(
+      Cpu{}, fathom::kernels::LayerNormParams<T>{x.data(), w.data(), b.data(), y.data(),
+                                                 mean.data(), rstd.data(), rows, cols, eps, scale});
+  const auto dx0 = normal_values<T>(n, 55), dw0 = normal_values<T>(C, 56),
+             db0 = normal_values<T>(C, 57);
   auto dx = dx0, dw = dw0, db = db0;
   fathom::kernels::layer_norm_backward(
-      Cpu{}, fathom::kernels::LayerNormBackwardParams<T>{dy.data(), x.data(), w.data(), mean.data(), rstd.data(),
-                                                         dx.data(), dw.data(), db.data(), rows, cols, scale,
-                                                         accumulate_dx});
+      Cpu{}, fathom::kernels::LayerNormBackwardParams<T>{
+                 dy.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), dw.data(),
+                 db.data(), rows, cols, scale, accumulate_dx});
   const auto bd = to_double(b);
-  auto ref = reference_norm(true, to_double(x), to_double(w), &bd, to_double(dy), rows, cols, eps, scale);
-  for (std::size_t i = 0; i < n; ++i) ref.dx[i] += accumulate_dx ? scalar_cast<double>(dx0[i]) : 0.0;
+  auto ref =
+      reference_norm(true, to_double(x), to_double(w), &bd, to_double(dy), rows, cols, eps, scale);
+  for (std::size_t i = 0; i < n; ++i)
+    ref.dx[i] += accumulate_dx ? scalar_cast<double>(dx0[i]) : 0.0;
   for (std::size_t c = 0; c < C; ++c) {
     ref.dw[c] += scalar_cast<double>(dw0[c]);
     ref.db[c] += scalar_cast<double>(db0[c]);
@@ -240,16 +225,19 @@ TEMPLATE_TEST_CASE("layer_norm backward matches the Jacobian and accumulates", "
   CHECK(first_mismatch("db", to_double(db), ref.db, rtol, atol, cols) == "");
 }
 
-TEST_CASE("norm output scale multiplies the output exactly as a separate scaling would", "[kernels][norm]") {
+TEST_CASE("norm output scale multiplies the output exactly as a separate scaling would",
+          "[kernels][norm]") {
   // LNS folds 1/sqrt(l) into the norm: rms_norm(x, s) must equal s * rms_norm(x, 1).
   const std::int64_t rows = 5, cols = 24;
-  auto x = random_values<double>(120, 61, 1.0, 0.5), w = random_values<double>(24, 62, 0.3, 1.0);
+  auto x = normal_values<double>(120, 61, 1.0, 0.5), w = normal_values<double>(24, 62, 0.3, 1.0);
   std::vector<double> y1(120), ys(120), rstd(5);
   const double s = 1.0 / std::sqrt(7.0);
-  fathom::kernels::rms_norm(Cpu{}, fathom::kernels::RmsNormParams<double>{x.data(), w.data(), y1.data(), nullptr,
-                                                                          rows, cols, 1e-6, 1.0});
-  fathom::kernels::rms_norm(Cpu{}, fathom::kernels::RmsNormParams<double>{x.data(), w.data(), ys.data(), rstd.data(),
-                                                                          rows, cols, 1e-6, s});
+  fathom::kernels::rms_norm(
+      Cpu{}, fathom::kernels::RmsNormParams<double>{x.data(), w.data(), y1.data(), nullptr, rows,
+                                                    cols, 1e-6, 1.0});
+  fathom::kernels::rms_norm(
+      Cpu{}, fathom::kernels::RmsNormParams<double>{x.data(), w.data(), ys.data(), rstd.data(),
+                                                    rows, cols, 1e-6, s});
   for (auto& v : y1) v *= s;
   CHECK(first_mismatch("y", ys, y1, 1e-14, 1e-15, cols) == "");
 }

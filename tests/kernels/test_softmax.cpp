@@ -13,6 +13,7 @@
 #include <fathom/core/error.hpp>
 #include <fathom/core/rng.hpp>
 
+#include "kernels/support.hpp"
 #include "support/catch.hpp"
 
 using fathom::accum_t;
@@ -21,36 +22,9 @@ using fathom::Cpu;
 using fathom::Precision;
 using fathom::scalar_cast;
 
+using namespace fathom::test;
+
 namespace {
-
-template <class T>
-std::vector<T> random_values(std::size_t n, std::uint64_t seed, double std = 1.0, double mean = 0.0) {
-  std::vector<T> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = scalar_cast<T>(mean + std * fathom::rng::normal(seed, i));
-  return v;
-}
-
-template <class T>
-std::vector<double> to_double(const std::vector<T>& v) {
-  std::vector<double> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<double>(v[i]);
-  return out;
-}
-
-std::string first_mismatch(const std::string& name, const std::vector<double>& got,
-                           const std::vector<double>& want, double rtol, double atol, std::int64_t cols) {
-  if (got.size() != want.size()) return name + ": sizes differ";
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const double err = std::abs(got[i] - want[i]);
-    if (!(err <= atol + rtol * std::abs(want[i]))) {
-      std::ostringstream s;
-      s << name << "[row " << static_cast<std::int64_t>(i) / cols << ", col " << static_cast<std::int64_t>(i) % cols
-        << "]: got " << got[i] << ", want " << want[i] << " (|diff| " << err << ")";
-      return s.str();
-    }
-  }
-  return {};
-}
 
 // Targets in [0, V) with about one row in four set to ignore_index (never all, unless rows == 1).
 std::vector<std::int32_t> random_targets(std::int64_t rows, std::int64_t vocab, int ignore_index,
@@ -64,7 +38,8 @@ std::vector<std::int32_t> random_targets(std::int64_t rows, std::int64_t vocab, 
   return t;
 }
 
-std::vector<double> reference_softmax(const std::vector<double>& x, std::int64_t rows, std::int64_t cols) {
+std::vector<double> reference_softmax(const std::vector<double>& x, std::int64_t rows,
+                                      std::int64_t cols) {
   std::vector<double> y(x.size());
   const auto C = static_cast<std::size_t>(cols);
   for (std::size_t r = 0; r < static_cast<std::size_t>(rows); ++r) {
@@ -84,9 +59,9 @@ struct CrossEntropyReference {
 };
 
 // loss = mean over valid rows of -log softmax(x)[target]; dlogits = dloss / valid * (p - onehot).
-CrossEntropyReference reference_cross_entropy(const std::vector<double>& x, const std::vector<std::int32_t>& t,
-                                              std::int64_t rows, std::int64_t vocab, int ignore_index,
-                                              double dloss) {
+CrossEntropyReference reference_cross_entropy(const std::vector<double>& x,
+                                              const std::vector<std::int32_t>& t, std::int64_t rows,
+                                              std::int64_t vocab, int ignore_index, double dloss) {
   CrossEntropyReference r;
   const auto V = static_cast<std::size_t>(vocab);
   auto p = reference_softmax(x, rows, vocab);
@@ -115,52 +90,59 @@ CrossEntropyReference reference_cross_entropy(const std::vector<double>& x, cons
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("softmax forward matches the formula, also for logits that overflow exp", "[kernels][softmax]",
-                   double, float, bf16) {
+TEMPLATE_TEST_CASE("softmax forward matches the formula, also for logits that overflow exp",
+                   "[kernels][softmax]", double, float, bf16) {
   using T = TestType;
   const std::int64_t rows = GENERATE(1, 3, 8);
   const std::int64_t cols = GENERATE(1, 2, 7, 100, 1031);
-  const double offset = GENERATE(0.0, 100.0);  // exp(100) overflows float: the kernel must subtract the max
+  const double offset =
+      GENERATE(0.0, 100.0);  // exp(100) overflows float: the kernel must subtract the max
   CAPTURE(rows, cols, offset, Precision<T>::name);
   const auto n = static_cast<std::size_t>(rows * cols);
-  auto x = random_values<T>(n, 71, 2.0, offset);
+  auto x = normal_values<T>(n, 71, 2.0, offset);
   std::vector<T> y(n);
-  fathom::kernels::softmax(Cpu{}, fathom::kernels::SoftmaxParams<T>{x.data(), y.data(), rows, cols});
+  fathom::kernels::softmax(Cpu{},
+                           fathom::kernels::SoftmaxParams<T>{x.data(), y.data(), rows, cols});
   auto want = reference_softmax(to_double(x), rows, cols);
-  CHECK(first_mismatch("y", to_double(y), want, Precision<T>::rtol, Precision<T>::atol, cols) == "");
+  CHECK(first_mismatch("y", to_double(y), want, Precision<T>::rtol, Precision<T>::atol, cols) ==
+        "");
 }
 
-TEMPLATE_TEST_CASE("softmax backward matches the Jacobian and accumulates", "[kernels][softmax]", double, float,
-                   bf16) {
+TEMPLATE_TEST_CASE("softmax backward matches the Jacobian and accumulates", "[kernels][softmax]",
+                   double, float, bf16) {
   using T = TestType;
   const std::int64_t rows = GENERATE(1, 4);
   const std::int64_t cols = GENERATE(1, 3, 65);
   const bool accumulate = GENERATE(true, false);
   CAPTURE(rows, cols, accumulate, Precision<T>::name);
   const auto n = static_cast<std::size_t>(rows * cols), C = static_cast<std::size_t>(cols);
-  auto x = random_values<T>(n, 81, 1.5);
-  auto dy = random_values<T>(n, 82);
+  auto x = normal_values<T>(n, 81, 1.5);
+  auto dy = normal_values<T>(n, 82);
   std::vector<T> y(n);
-  fathom::kernels::softmax(Cpu{}, fathom::kernels::SoftmaxParams<T>{x.data(), y.data(), rows, cols});
-  const auto dx0 = random_values<T>(n, 83);
+  fathom::kernels::softmax(Cpu{},
+                           fathom::kernels::SoftmaxParams<T>{x.data(), y.data(), rows, cols});
+  const auto dx0 = normal_values<T>(n, 83);
   auto dx = dx0;
   fathom::kernels::softmax_backward(
-      Cpu{}, fathom::kernels::SoftmaxBackwardParams<T>{y.data(), dy.data(), dx.data(), rows, cols, accumulate});
+      Cpu{}, fathom::kernels::SoftmaxBackwardParams<T>{y.data(), dy.data(), dx.data(), rows, cols,
+                                                       accumulate});
   // dx_j = sum_i dy_i p_i (delta_ij - p_j), with p from the rounded y the backward receives.
   const auto p = to_double(y), g = to_double(dy);
   std::vector<double> want(n);
   for (std::size_t r = 0; r < static_cast<std::size_t>(rows); ++r) {
     for (std::size_t j = 0; j < C; ++j) {
       double sum = accumulate ? scalar_cast<double>(dx0[r * C + j]) : 0.0;
-      for (std::size_t i = 0; i < C; ++i) sum += g[r * C + i] * p[r * C + i] * ((i == j ? 1.0 : 0.0) - p[r * C + j]);
+      for (std::size_t i = 0; i < C; ++i)
+        sum += g[r * C + i] * p[r * C + i] * ((i == j ? 1.0 : 0.0) - p[r * C + j]);
       want[r * C + j] = sum;
     }
   }
-  CHECK(first_mismatch("dx", to_double(dx), want, Precision<T>::rtol, Precision<T>::atol, cols) == "");
+  CHECK(first_mismatch("dx", to_double(dx), want, Precision<T>::rtol, Precision<T>::atol, cols) ==
+        "");
 }
 
-TEMPLATE_TEST_CASE("cross_entropy forward: mean over rows not ignored, saved logsumexp", "[kernels][softmax]",
-                   double, float, bf16) {
+TEMPLATE_TEST_CASE("cross_entropy forward: mean over rows not ignored, saved logsumexp",
+                   "[kernels][softmax]", double, float, bf16) {
   using T = TestType;
   using A = accum_t<T>;
   const std::int64_t rows = GENERATE(1, 5, 16);
@@ -168,7 +150,7 @@ TEMPLATE_TEST_CASE("cross_entropy forward: mean over rows not ignored, saved log
   const int ignore_index = GENERATE(-100, 3);  // an index inside [0, V) may be the ignored one too
   CAPTURE(rows, vocab, ignore_index, Precision<T>::name);
   const auto n = static_cast<std::size_t>(rows * vocab);
-  auto x = random_values<T>(n, 91, 3.0, 20.0);
+  auto x = normal_values<T>(n, 91, 3.0, 20.0);
   auto t = random_targets(rows, vocab, ignore_index, 92);
   A loss = -1;
   std::int32_t valid = -1;
@@ -185,13 +167,16 @@ TEMPLATE_TEST_CASE("cross_entropy forward: mean over rows not ignored, saved log
   fathom::kernels::cross_entropy(Cpu{}, p);
   auto ref = reference_cross_entropy(to_double(x), t, rows, vocab, ignore_index, 1.0);
   CHECK(valid == ref.valid);
-  CHECK_THAT(static_cast<double>(loss), WithinAbs(ref.loss, Precision<T>::atol + Precision<T>::rtol * ref.loss));
+  CHECK_THAT(static_cast<double>(loss),
+             WithinAbs(ref.loss, Precision<T>::atol + Precision<T>::rtol * ref.loss));
   // logsumexp is computed in accum precision (fp32 for bf16): hold it to fp32's tolerance.
-  CHECK(first_mismatch("lse", to_double(lse), ref.lse, Precision<A>::rtol, Precision<A>::atol, 1) == "");
+  CHECK(first_mismatch("lse", to_double(lse), ref.lse, Precision<A>::rtol, Precision<A>::atol, 1) ==
+        "");
 }
 
-TEMPLATE_TEST_CASE("cross_entropy backward and the fused forward gradient match (p - onehot) dloss / valid",
-                   "[kernels][softmax]", double, float, bf16) {
+TEMPLATE_TEST_CASE(
+    "cross_entropy backward and the fused forward gradient match (p - onehot) dloss / valid",
+    "[kernels][softmax]", double, float, bf16) {
   using T = TestType;
   using A = accum_t<T>;
   const std::int64_t rows = GENERATE(1, 6);
@@ -200,12 +185,14 @@ TEMPLATE_TEST_CASE("cross_entropy backward and the fused forward gradient match 
   CAPTURE(rows, vocab, accumulate, Precision<T>::name);
   const int ignore_index = -100;
   const auto n = static_cast<std::size_t>(rows * vocab);
-  auto x = random_values<T>(n, 101, 2.0);
+  auto x = normal_values<T>(n, 101, 2.0);
   auto t = random_targets(rows, vocab, ignore_index, 102);
   const A dloss = static_cast<A>(0.7);
-  const auto d0 = random_values<T>(n, 103);
-  auto ref = reference_cross_entropy(to_double(x), t, rows, vocab, ignore_index, static_cast<double>(dloss));
-  for (std::size_t i = 0; i < n; ++i) ref.dlogits[i] += accumulate ? scalar_cast<double>(d0[i]) : 0.0;
+  const auto d0 = normal_values<T>(n, 103);
+  auto ref = reference_cross_entropy(to_double(x), t, rows, vocab, ignore_index,
+                                     static_cast<double>(dloss));
+  for (std::size_t i = 0; i < n; ++i)
+    ref.dlogits[i] += accumulate ? scalar_cast<double>(d0[i]) : 0.0;
 
   // Forward with the gradient fused in (the caller knows dloss up front).
   A loss = 0;
@@ -225,8 +212,8 @@ TEMPLATE_TEST_CASE("cross_entropy backward and the fused forward gradient match 
   p.grad_scale = static_cast<double>(dloss);
   p.accumulate = accumulate;
   fathom::kernels::cross_entropy(Cpu{}, p);
-  CHECK(first_mismatch("fused dlogits", to_double(fused), ref.dlogits, Precision<T>::rtol, Precision<T>::atol,
-                       vocab) == "");
+  CHECK(first_mismatch("fused dlogits", to_double(fused), ref.dlogits, Precision<T>::rtol,
+                       Precision<T>::atol, vocab) == "");
 
   // Backward from the saved logsumexp.
   auto dlogits = d0;
@@ -242,21 +229,21 @@ TEMPLATE_TEST_CASE("cross_entropy backward and the fused forward gradient match 
   b.ignore_index = ignore_index;
   b.accumulate = accumulate;
   fathom::kernels::cross_entropy_backward(Cpu{}, b);
-  CHECK(first_mismatch("dlogits", to_double(dlogits), ref.dlogits, Precision<T>::rtol, Precision<T>::atol, vocab) ==
-        "");
+  CHECK(first_mismatch("dlogits", to_double(dlogits), ref.dlogits, Precision<T>::rtol,
+                       Precision<T>::atol, vocab) == "");
 }
 
-TEMPLATE_TEST_CASE("cross_entropy of an all-ignored batch is 0 with a zero gradient, not NaN", "[kernels][softmax]",
-                   double, float, bf16) {
+TEMPLATE_TEST_CASE("cross_entropy of an all-ignored batch is 0 with a zero gradient, not NaN",
+                   "[kernels][softmax]", double, float, bf16) {
   using T = TestType;
   using A = accum_t<T>;
   const std::int64_t rows = 4, vocab = 9;
-  auto x = random_values<T>(36, 111, 2.0);
+  auto x = normal_values<T>(36, 111, 2.0);
   std::vector<std::int32_t> t(4, -1);
   A loss = 123;
   std::int32_t valid = 5;
   std::vector<A> lse(4);
-  std::vector<T> fused = random_values<T>(36, 112);  // overwritten with zeros (accumulate = false)
+  std::vector<T> fused = normal_values<T>(36, 112);  // overwritten with zeros (accumulate = false)
   fathom::kernels::CrossEntropyParams<T> p;
   p.logits = x.data();
   p.targets = t.data();
@@ -273,7 +260,7 @@ TEMPLATE_TEST_CASE("cross_entropy of an all-ignored batch is 0 with a zero gradi
   for (auto v : fused) CHECK(scalar_cast<double>(v) == 0.0);
 
   const A dloss = 1;
-  std::vector<T> dlogits = random_values<T>(36, 113);
+  std::vector<T> dlogits = normal_values<T>(36, 113);
   fathom::kernels::CrossEntropyBackwardParams<T> b;
   b.logits = x.data();
   b.targets = t.data();
@@ -289,9 +276,10 @@ TEMPLATE_TEST_CASE("cross_entropy of an all-ignored batch is 0 with a zero gradi
   for (auto v : dlogits) CHECK(scalar_cast<double>(v) == 0.0);
 }
 
-TEST_CASE("cross_entropy rejects a target outside [0, V), naming the row, the target and V", "[kernels][softmax]") {
+TEST_CASE("cross_entropy rejects a target outside [0, V), naming the row, the target and V",
+          "[kernels][softmax]") {
   const std::int64_t rows = 3, vocab = 10;
-  auto x = random_values<float>(30, 121);
+  auto x = normal_values<float>(30, 121);
   const std::int32_t bad = GENERATE(10, -1, 5000);
   std::vector<std::int32_t> t{1, 2, bad};
   float loss = 0;

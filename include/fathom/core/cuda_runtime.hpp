@@ -94,6 +94,25 @@ class CachingAllocator {
     in_use_.erase(it);
   }
 
+  // The workspace: scratch of at least `bytes` for the kernels of one call (partial sums, row
+  // statistics), valid until the next workspace() call. Every kernel runs on fathom's one stream,
+  // so the next user's kernels start only after the last user's are done. It only grows (the old
+  // block goes back to the cache), so once training has run a step it never allocates again, and a
+  // captured CUDA graph keeps pointing at the workspace. One host thread drives the stream.
+  void* workspace(std::size_t bytes) {
+    if (bytes > workspace_bytes_) {
+      void* grown = allocate(bytes);
+      deallocate(workspace_);
+      workspace_ = grown;
+      workspace_bytes_ = round(bytes);
+    }
+    return workspace_;
+  }
+  template <class U>
+  U* workspace_for(std::size_t count) {
+    return static_cast<U*>(workspace(count * sizeof(U)));
+  }
+
   // Give every cached (free) block back to the driver.
   void release_cached() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -135,6 +154,8 @@ class CachingAllocator {
   std::multimap<std::size_t, void*> free_;
   std::unordered_map<void*, std::size_t> in_use_;
   Stats stats_;
+  void* workspace_ = nullptr;
+  std::size_t workspace_bytes_ = 0;
 };
 
 // Page-locked host memory, for fast and asynchronous host <-> device copies.

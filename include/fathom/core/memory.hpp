@@ -1,5 +1,6 @@
 // Memory: the per-device memory interface (DeviceMemory<D>), the host allocator, and Storage, the
-// reference-counted buffer that tensors share. The CUDA specialization lives in cuda_memory.hpp.
+// reference-counted buffer that tensors share. The CUDA specialization, DeviceMemory<Cuda>, is in
+// core/cuda_runtime.hpp.
 #pragma once
 
 #include <atomic>

@@ -14,13 +14,13 @@ namespace fathom::kernels {
 // One parameter tensor and its optimizer state.
 template <class T>
 struct OptimizerSlot {
-  T* param = nullptr;                  // (n) the weights the model computes with
-  const T* grad = nullptr;             // (n)
-  accum_t<T>* master = nullptr;        // (n) full-precision weights when T is narrower, else null
-  accum_t<T>* state0 = nullptr;        // (n) Adam: first moment m; SGD: momentum buffer (or null)
-  accum_t<T>* state1 = nullptr;        // (n) Adam: second moment v
+  T* param = nullptr;            // (n) the weights the model computes with
+  const T* grad = nullptr;       // (n)
+  accum_t<T>* master = nullptr;  // (n) full-precision weights when T is narrower, else null
+  accum_t<T>* state0 = nullptr;  // (n) Adam: first moment m; SGD: momentum buffer (or null)
+  accum_t<T>* state1 = nullptr;  // (n) Adam: second moment v
   std::int64_t n = 0;
-  double weight_decay = 0.0;           // per tensor: parameter groups set 0 on norms/biases/embeddings
+  double weight_decay = 0.0;  // per tensor: parameter groups set 0 on norms/biases/embeddings
 };
 
 struct AdamHyper {
@@ -55,70 +55,107 @@ struct SgdParams {
   SgdHyper hyper;
 };
 
-// The per-element Adam(W) update, shared by the CPU reference and the CUDA kernel.
+// A gradient scale (clipping) given on the host, or, on CUDA, read on the device.
 template <class A>
-FATHOM_HOST_DEVICE inline A adam_update(A w, A g, A& m, A& v, A lr, A beta1, A beta2, A eps, A wd,
-                                        bool decoupled, A bias1, A bias2) {
-  if (!decoupled) g += wd * w;
-  m = beta1 * m + (A(1) - beta1) * g;
-  v = beta2 * v + (A(1) - beta2) * g * g;
-  A mhat = m / bias1;
-  A vhat = v / bias2;
-  if (decoupled) w -= lr * wd * w;
-  return w - lr * mhat / (sqrt(vhat) + eps);
+struct GradScale {
+  A host = 1;
+  const float* device = nullptr;
+  FATHOM_HOST_DEVICE A value() const { return device ? static_cast<A>(*device) : host; }
+};
+
+// One step of Adam(W) in A, made once per step from AdamHyper and applied to every element by the
+// CPU reference and the CUDA kernel alike.
+template <class A>
+struct AdamUpdate {
+  A lr, beta1, beta2, eps;
+  A bias1, bias2;  // 1 - beta^step: the bias corrections
+  bool decoupled;
+  GradScale<A> grad_scale;
+
+  explicit AdamUpdate(const AdamHyper& h)
+      : lr(static_cast<A>(h.lr)),
+        beta1(static_cast<A>(h.beta1)),
+        beta2(static_cast<A>(h.beta2)),
+        eps(static_cast<A>(h.eps)),
+        bias1(static_cast<A>(1.0 - std::pow(h.beta1, static_cast<double>(h.step)))),
+        bias2(static_cast<A>(1.0 - std::pow(h.beta2, static_cast<double>(h.step)))),
+        decoupled(h.decoupled),
+        grad_scale{static_cast<A>(h.grad_scale), h.grad_scale_device} {}
+
+  // The new value of weight w of element i of t, given its scaled gradient g; updates the moments.
+  template <class T>
+  FATHOM_HOST_DEVICE A operator()(const OptimizerSlot<T>& t, std::int64_t i, A w, A g) const {
+    const A wd = static_cast<A>(t.weight_decay);
+    A m = t.state0[i], v = t.state1[i];
+    if (!decoupled) g += wd * w;
+    m = beta1 * m + (A(1) - beta1) * g;
+    v = beta2 * v + (A(1) - beta2) * g * g;
+    t.state0[i] = m;
+    t.state1[i] = v;
+    const A mhat = m / bias1, vhat = v / bias2;
+    if (decoupled) w -= lr * wd * w;
+    return w - lr * mhat / (sqrt(vhat) + eps);
+  }
+};
+
+// One step of SGD with optional momentum and Nesterov, weight decay added to the gradient
+// (PyTorch's SGD), made once per step from SgdHyper.
+template <class A>
+struct SgdUpdate {
+  A lr, momentum, dampening;
+  bool nesterov, first_step;
+  GradScale<A> grad_scale;
+
+  explicit SgdUpdate(const SgdHyper& h)
+      : lr(static_cast<A>(h.lr)),
+        momentum(static_cast<A>(h.momentum)),
+        dampening(static_cast<A>(h.dampening)),
+        nesterov(h.nesterov),
+        first_step(h.first_step),
+        grad_scale{static_cast<A>(h.grad_scale), h.grad_scale_device} {}
+
+  // The new value of weight w of element i of t, given its scaled gradient g; updates the momentum
+  // buffer when t has one.
+  template <class T>
+  FATHOM_HOST_DEVICE A operator()(const OptimizerSlot<T>& t, std::int64_t i, A w, A g) const {
+    g += static_cast<A>(t.weight_decay) * w;
+    if (t.state0) {
+      const A b = first_step ? g : momentum * t.state0[i] + (A(1) - dampening) * g;
+      t.state0[i] = b;
+      g = nesterov ? g + momentum * b : b;
+    }
+    return w - lr * g;
+  }
+};
+
+// Element i of t through `update` (an AdamUpdate or SgdUpdate) with its gradient times `scale`:
+// the weight comes from the master copy when there is one, and goes back to both copies.
+template <class T, class Update>
+FATHOM_HOST_DEVICE inline void update_element(const OptimizerSlot<T>& t, std::int64_t i,
+                                              const Update& update, accum_t<T> scale) {
+  using A = accum_t<T>;
+  const A w = t.master ? t.master[i] : scalar_cast<A>(t.param[i]);
+  const A updated = update(t, i, w, scalar_cast<A>(t.grad[i]) * scale);
+  if (t.master) t.master[i] = updated;
+  t.param[i] = scalar_cast<T>(updated);
+}
+
+template <class T, class Update>
+void update_slots(const OptimizerSlot<T>* slots, int count, const Update& update) {
+  const auto scale = update.grad_scale.value();
+  for (int s = 0; s < count; ++s) {
+    for (std::int64_t i = 0; i < slots[s].n; ++i) update_element(slots[s], i, update, scale);
+  }
 }
 
 template <class T>
 void adam_step(Cpu, const AdamParams<T>& p) {
-  using A = accum_t<T>;
-  const auto& h = p.hyper;
-  const A scale = static_cast<A>(h.grad_scale_device ? *h.grad_scale_device : h.grad_scale);
-  const A bias1 = static_cast<A>(1.0 - std::pow(h.beta1, static_cast<double>(h.step)));
-  const A bias2 = static_cast<A>(1.0 - std::pow(h.beta2, static_cast<double>(h.step)));
-  for (int s = 0; s < p.count; ++s) {
-    const auto& t = p.slots[s];
-    for (std::int64_t i = 0; i < t.n; ++i) {
-      A w = t.master ? t.master[i] : scalar_cast<A>(t.param[i]);
-      A g = scalar_cast<A>(t.grad[i]) * scale;
-      w = adam_update<A>(w, g, t.state0[i], t.state1[i], static_cast<A>(h.lr), static_cast<A>(h.beta1),
-                         static_cast<A>(h.beta2), static_cast<A>(h.eps), static_cast<A>(t.weight_decay),
-                         h.decoupled, bias1, bias2);
-      if (t.master) t.master[i] = w;
-      t.param[i] = scalar_cast<T>(w);
-    }
-  }
-}
-
-// SGD with optional momentum and Nesterov, weight decay added to the gradient (PyTorch's SGD).
-template <class A>
-FATHOM_HOST_DEVICE inline A sgd_update(A w, A g, A* buf, A lr, A momentum, A dampening, A wd,
-                                       bool nesterov, bool first_step) {
-  g += wd * w;
-  if (buf) {
-    A b = first_step ? g : momentum * *buf + (A(1) - dampening) * g;
-    *buf = b;
-    g = nesterov ? g + momentum * b : b;
-  }
-  return w - lr * g;
+  update_slots(p.slots, p.count, AdamUpdate<accum_t<T>>(p.hyper));
 }
 
 template <class T>
 void sgd_step(Cpu, const SgdParams<T>& p) {
-  using A = accum_t<T>;
-  const auto& h = p.hyper;
-  const A scale = static_cast<A>(h.grad_scale_device ? *h.grad_scale_device : h.grad_scale);
-  for (int s = 0; s < p.count; ++s) {
-    const auto& t = p.slots[s];
-    for (std::int64_t i = 0; i < t.n; ++i) {
-      A w = t.master ? t.master[i] : scalar_cast<A>(t.param[i]);
-      A g = scalar_cast<A>(t.grad[i]) * scale;
-      w = sgd_update<A>(w, g, t.state0 ? t.state0 + i : nullptr, static_cast<A>(h.lr),
-                        static_cast<A>(h.momentum), static_cast<A>(h.dampening),
-                        static_cast<A>(t.weight_decay), h.nesterov, h.first_step);
-      if (t.master) t.master[i] = w;
-      t.param[i] = scalar_cast<T>(w);
-    }
-  }
+  update_slots(p.slots, p.count, SgdUpdate<accum_t<T>>(p.hyper));
 }
 
 }  // namespace fathom::kernels

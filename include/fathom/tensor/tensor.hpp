@@ -66,7 +66,6 @@ class Tensor {
         shape_(shape),
         strides_(contiguous_strides(shape)) {}
 
-  static Tensor empty(const Shape& shape) { return Tensor(shape); }
   static Tensor zeros(const Shape& shape) {
     Tensor t(shape);
     t.zero_();
@@ -327,8 +326,5 @@ class Tensor {
   Shape shape_;
   Shape strides_;
 };
-
-template <class T>
-using CpuTensor = Tensor<T, Cpu>;
 
 }  // namespace fathom

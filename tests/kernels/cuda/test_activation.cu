@@ -2,9 +2,9 @@
 // SiLU and fused SwiGLU, forward and backward, against the CPU reference on the same inputs in
 // fp64, fp32 and bf16, at MLP sizes (d_ff 5461, 3072) and awkward lengths, on pointers off the
 // 16-byte grid; and gelu/silu/swiglu of Var<T, Cuda> against the CPU.
-#include <fathom/cuda.hpp>
 #include <fathom/autograd/ops/activation.hpp>
 #include <fathom/autograd/ops/reduce.hpp>
+#include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/activation.cuh>
 
 #include <cmath>
@@ -15,6 +15,7 @@
 
 #include <fathom/core/rng.hpp>
 
+#include "kernels/cuda/support.cuh"
 #include "support/catch.hpp"
 
 using fathom::bf16;
@@ -28,55 +29,17 @@ using fathom::Var;
 namespace kernels = fathom::kernels;
 namespace ag = fathom::autograd;
 
-namespace {
+using namespace fathom::test;
 
-// N(0, 3^2): covers both tails (where exp overflows for silu) and the bend near zero.
-template <class T>
-std::vector<T> random_values(std::int64_t n, std::uint64_t seed, double std = 3.0) {
-  std::vector<T> v(static_cast<std::size_t>(n));
-  for (std::size_t i = 0; i < v.size(); ++i) v[i] = scalar_cast<T>(std * fathom::rng::normal(seed, i));
-  return v;
-}
-
-template <class T>
-struct DeviceArray {
-  Tensor<T, Cuda> buffer;
-  std::int64_t offset;
-  DeviceArray(const std::vector<T>& v, std::int64_t off) : offset(off) {
-    std::vector<T> host(static_cast<std::size_t>(off), scalar_cast<T>(0.0));
-    host.insert(host.end(), v.begin(), v.end());
-    buffer = Tensor<T, Cuda>::from_vector(Shape{static_cast<std::int64_t>(host.size())}, host);
-  }
-  T* data() const { return buffer.data() + offset; }
-  std::vector<T> values() const {
-    auto all = buffer.to_vector();
-    return {all.begin() + offset, all.end()};
-  }
-};
-
-template <class T>
-std::string first_mismatch(const std::vector<T>& gpu, const std::vector<T>& cpu) {
-  if (gpu.size() != cpu.size()) return "sizes differ";
-  for (std::size_t i = 0; i < cpu.size(); ++i) {
-    const double g = scalar_cast<double>(gpu[i]), c = scalar_cast<double>(cpu[i]);
-    if (!(std::abs(g - c) <= Precision<T>::atol + Precision<T>::rtol * std::abs(c))) {
-      std::ostringstream s;
-      s << "element " << i << " of " << cpu.size() << ": gpu " << g << ", cpu " << c;
-      return s.str();
-    }
-  }
-  return {};
-}
-
-}  // namespace
-
-TEMPLATE_TEST_CASE("CUDA gelu and silu match the CPU, forward and backward", "[cuda][activation]", double, float,
-                   bf16) {
+TEMPLATE_TEST_CASE("CUDA gelu and silu match the CPU, forward and backward", "[cuda][activation]",
+                   double, float, bf16) {
   using T = TestType;
   const std::int64_t n = GENERATE(1, 7, 4 * 3072, 3 * 5461, 50257);
   const std::int64_t offset = GENERATE(0, 1);
   INFO(Precision<T>::name << " n " << n << " offset " << offset);
-  const auto x = random_values<T>(n, 1), dy = random_values<T>(n, 2, 1.0), dx0 = random_values<T>(n, 3, 1.0);
+  // x N(0, 3^2): both tails (where exp overflows for silu) and the bend near zero.
+  const auto x = normal_values<T>(n, 1, 3.0), dy = normal_values<T>(n, 2),
+             dx0 = normal_values<T>(n, 3);
   DeviceArray<T> gx(x, offset), gdy(dy, offset);
 
   SECTION("gelu") {
@@ -87,8 +50,10 @@ TEMPLATE_TEST_CASE("CUDA gelu and silu match the CPU, forward and backward", "[c
     CHECK(first_mismatch(gy.values(), y) == "");
     auto dx = dx0;
     DeviceArray<T> gdx(dx0, offset);
-    kernels::gelu_backward(Cpu{}, kernels::ActivationBackwardParams<T>{x.data(), dy.data(), dx.data(), n});
-    kernels::gelu_backward(Cuda{}, kernels::ActivationBackwardParams<T>{gx.data(), gdy.data(), gdx.data(), n});
+    kernels::gelu_backward(Cpu{},
+                           kernels::ActivationBackwardParams<T>{x.data(), dy.data(), dx.data(), n});
+    kernels::gelu_backward(
+        Cuda{}, kernels::ActivationBackwardParams<T>{gx.data(), gdy.data(), gdx.data(), n});
     CHECK(first_mismatch(gdx.values(), dx) == "");
   }
   SECTION("silu") {
@@ -99,8 +64,10 @@ TEMPLATE_TEST_CASE("CUDA gelu and silu match the CPU, forward and backward", "[c
     CHECK(first_mismatch(gy.values(), y) == "");
     auto dx = dx0;
     DeviceArray<T> gdx(dx0, offset);
-    kernels::silu_backward(Cpu{}, kernels::ActivationBackwardParams<T>{x.data(), dy.data(), dx.data(), n});
-    kernels::silu_backward(Cuda{}, kernels::ActivationBackwardParams<T>{gx.data(), gdy.data(), gdx.data(), n});
+    kernels::silu_backward(Cpu{},
+                           kernels::ActivationBackwardParams<T>{x.data(), dy.data(), dx.data(), n});
+    kernels::silu_backward(
+        Cuda{}, kernels::ActivationBackwardParams<T>{gx.data(), gdy.data(), gdx.data(), n});
     CHECK(first_mismatch(gdx.values(), dx) == "");
   }
   SECTION("gelu and silu backward into fresh buffers (accumulate false): NaN-filled, never read") {
@@ -123,14 +90,17 @@ TEMPLATE_TEST_CASE("CUDA gelu and silu match the CPU, forward and backward", "[c
   }
 }
 
-TEMPLATE_TEST_CASE("CUDA swiglu matches the CPU, forward and backward", "[cuda][activation]", double, float, bf16) {
+TEMPLATE_TEST_CASE("CUDA swiglu matches the CPU, forward and backward", "[cuda][activation]",
+                   double, float, bf16) {
   using T = TestType;
   const std::int64_t n = GENERATE(1, 9, 8 * 5461, 50257);
   const std::int64_t offset = GENERATE(0, 1);
   INFO(Precision<T>::name << " n " << n << " offset " << offset);
-  const auto gate = random_values<T>(n, 4), up = random_values<T>(n, 5, 1.0), dy = random_values<T>(n, 6, 1.0);
-  const auto dg0 = random_values<T>(n, 7, 1.0), du0 = random_values<T>(n, 8, 1.0);
-  DeviceArray<T> ggate(gate, offset), gup(up, offset), gdy(dy, offset), gdg(dg0, offset), gdu(du0, offset);
+  const auto gate = normal_values<T>(n, 4, 3.0), up = normal_values<T>(n, 5),
+             dy = normal_values<T>(n, 6);
+  const auto dg0 = normal_values<T>(n, 7), du0 = normal_values<T>(n, 8);
+  DeviceArray<T> ggate(gate, offset), gup(up, offset), gdy(dy, offset), gdg(dg0, offset),
+      gdu(du0, offset);
 
   std::vector<T> y(gate.size());
   kernels::swiglu(Cpu{}, kernels::SwigluParams<T>{gate.data(), up.data(), y.data(), n});
@@ -140,39 +110,46 @@ TEMPLATE_TEST_CASE("CUDA swiglu matches the CPU, forward and backward", "[cuda][
 
   SECTION("both gradients") {
     auto dg = dg0, du = du0;
-    kernels::swiglu_backward(Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), up.data(), dy.data(), dg.data(),
-                                                                     du.data(), n});
-    kernels::swiglu_backward(Cuda{}, kernels::SwigluBackwardParams<T>{ggate.data(), gup.data(), gdy.data(),
-                                                                      gdg.data(), gdu.data(), n});
+    kernels::swiglu_backward(
+        Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), up.data(), dy.data(), dg.data(),
+                                                du.data(), n});
+    kernels::swiglu_backward(
+        Cuda{}, kernels::SwigluBackwardParams<T>{ggate.data(), gup.data(), gdy.data(), gdg.data(),
+                                                 gdu.data(), n});
     CHECK(first_mismatch(gdg.values(), dg) == "");
     CHECK(first_mismatch(gdu.values(), du) == "");
   }
   SECTION("only dup") {
     auto du = du0;
-    kernels::swiglu_backward(Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), up.data(), dy.data(), nullptr,
-                                                                     du.data(), n});
-    kernels::swiglu_backward(Cuda{}, kernels::SwigluBackwardParams<T>{ggate.data(), gup.data(), gdy.data(), nullptr,
-                                                                      gdu.data(), n});
+    kernels::swiglu_backward(Cpu{}, kernels::SwigluBackwardParams<T>{
+                                        gate.data(), up.data(), dy.data(), nullptr, du.data(), n});
+    kernels::swiglu_backward(
+        Cuda{}, kernels::SwigluBackwardParams<T>{ggate.data(), gup.data(), gdy.data(), nullptr,
+                                                 gdu.data(), n});
     CHECK(first_mismatch(gdu.values(), du) == "");
     CHECK(gdg.values() == dg0);
   }
   SECTION("fresh buffers overwritten (accumulate false): NaN-filled, never read") {
     std::vector<T> dg(gate.size(), scalar_cast<T>(0.0)), du(gate.size(), scalar_cast<T>(0.0));
-    kernels::swiglu_backward(Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), up.data(), dy.data(), dg.data(),
-                                                                     du.data(), n});
+    kernels::swiglu_backward(
+        Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), up.data(), dy.data(), dg.data(),
+                                                du.data(), n});
     const std::vector<T> nan(gate.size(), scalar_cast<T>(std::nan("")));
     DeviceArray<T> fdg(nan, offset), fdu(nan, offset);
-    kernels::swiglu_backward(Cuda{}, kernels::SwigluBackwardParams<T>{ggate.data(), gup.data(), gdy.data(),
-                                                                      fdg.data(), fdu.data(), n, false, false});
+    kernels::swiglu_backward(
+        Cuda{}, kernels::SwigluBackwardParams<T>{ggate.data(), gup.data(), gdy.data(), fdg.data(),
+                                                 fdu.data(), n, false, false});
     CHECK(first_mismatch(fdg.values(), dg) == "");
     CHECK(first_mismatch(fdu.values(), du) == "");
   }
   SECTION("gate and up one tensor, one gradient buffer") {
     auto g = dg0;
-    kernels::swiglu_backward(Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), gate.data(), dy.data(), g.data(),
-                                                                     g.data(), n});
-    kernels::swiglu_backward(Cuda{}, kernels::SwigluBackwardParams<T>{ggate.data(), ggate.data(), gdy.data(),
-                                                                      gdg.data(), gdg.data(), n});
+    kernels::swiglu_backward(
+        Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), gate.data(), dy.data(), g.data(),
+                                                g.data(), n});
+    kernels::swiglu_backward(
+        Cuda{}, kernels::SwigluBackwardParams<T>{ggate.data(), ggate.data(), gdy.data(), gdg.data(),
+                                                 gdg.data(), n});
     CHECK(first_mismatch(gdg.values(), g) == "");
   }
 }
@@ -189,8 +166,9 @@ TEMPLATE_TEST_CASE("activation Var ops on CUDA match the CPU", "[cuda][activatio
     Var<T, D> g = ag::gelu(a), s = ag::silu(b), w = ag::swiglu(a, b);
     // One backward over all three: backward() consumes the whole tape (autograd/var.hpp).
     ag::backward(ag::sum(g) + ag::sum(s) + ag::sum(w));
-    return std::vector<std::vector<T>>{g.value().to_vector(), s.value().to_vector(), w.value().to_vector(),
-                                       a.grad().to_vector(), b.grad().to_vector()};
+    return std::vector<std::vector<T>>{g.value().to_vector(), s.value().to_vector(),
+                                       w.value().to_vector(), a.grad().to_vector(),
+                                       b.grad().to_vector()};
   };
   auto cpu = run(Cpu{});
   auto gpu = run(Cuda{});

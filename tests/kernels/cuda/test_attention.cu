@@ -2,8 +2,8 @@
 // (o, lse) and backward (dq, dk, dv accumulated onto random gradients) in float and bf16 against
 // the CPU reference computed in double, at the model shapes and at awkward ones (T not a multiple
 // of the tile, head_dim 32/96/128, T = 1); strided rows of a fused projection; the autograd op.
-#include <fathom/cuda.hpp>
 #include <fathom/autograd/ops/attention.hpp>
+#include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/attention.cuh>
 #include <fathom/kernels/cuda/primitives.cuh>
 
@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/support.cuh"
 #include "support/catch.hpp"
 
 using fathom::accum_t;
@@ -24,6 +25,7 @@ using fathom::Precision;
 using fathom::scalar_cast;
 using fathom::Shape;
 using fathom::Tensor;
+using namespace fathom::test;
 
 namespace {
 
@@ -36,35 +38,15 @@ struct Case {
 };
 
 std::ostream& operator<<(std::ostream& os, const Case& c) {
-  return os << "B " << c.B << " T " << c.T << " H " << c.H << " hd " << c.hd << (c.causal ? " causal" : " full");
-}
-
-// N(0, 1) values rounded to bf16, so float and bf16 runs see the same inputs and share one
-// double reference.
-std::vector<double> bf16_values(std::size_t n, std::uint64_t seed) {
-  std::vector<double> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<float>(bf16(static_cast<float>(fathom::rng::normal(seed, i))));
-  return v;
-}
-
-template <class T>
-std::vector<T> cast_to(const std::vector<double>& v) {
-  std::vector<T> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<T>(v[i]);
-  return out;
-}
-template <class T>
-std::vector<double> to_double(const std::vector<T>& v) {
-  std::vector<double> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<double>(v[i]);
-  return out;
+  return os << "B " << c.B << " T " << c.T << " H " << c.H << " hd " << c.hd
+            << (c.causal ? " causal" : " full");
 }
 
 struct Inputs {
   std::vector<double> q, k, v, d_o, dq0, dk0, dv0;
 };
 Inputs make_inputs(const Case& c, std::uint64_t seed) {
-  return {bf16_values(c.n(), seed), bf16_values(c.n(), seed + 1), bf16_values(c.n(), seed + 2),
+  return {bf16_values(c.n(), seed),     bf16_values(c.n(), seed + 1), bf16_values(c.n(), seed + 2),
           bf16_values(c.n(), seed + 3), bf16_values(c.n(), seed + 4), bf16_values(c.n(), seed + 5),
           bf16_values(c.n(), seed + 6)};
 }
@@ -72,6 +54,60 @@ Inputs make_inputs(const Case& c, std::uint64_t seed) {
 struct Outputs {
   std::vector<double> o, lse, dq, dk, dv;
 };
+
+// The forward parameters of case c: q, k, v rows of in_stride, o rows of o_stride, lse (B, H, T).
+template <class T>
+fathom::kernels::AttentionParams<T> forward_params(const Case& c, const T* q, const T* k,
+                                                   const T* v, std::int64_t in_stride, T* o,
+                                                   std::int64_t o_stride, accum_t<T>* lse) {
+  return {.q = q,
+          .k = k,
+          .v = v,
+          .o = o,
+          .lse = lse,
+          .batch = c.B,
+          .seq = c.T,
+          .heads = c.H,
+          .head_dim = c.hd,
+          .q_stride = in_stride,
+          .k_stride = in_stride,
+          .v_stride = in_stride,
+          .o_stride = o_stride,
+          .causal = c.causal,
+          .scale = 1.0 / std::sqrt(static_cast<double>(c.hd))};
+}
+
+// The backward of the forward p, with d_o, dq, dk and dv packed (B, T, C).
+template <class T>
+fathom::kernels::AttentionBackwardParams<T> backward_params(
+    const fathom::kernels::AttentionParams<T>& p, const T* d_o, T* dq, T* dk, T* dv,
+    bool accumulate) {
+  const std::int64_t C = p.heads * p.head_dim;
+  return {.q = p.q,
+          .k = p.k,
+          .v = p.v,
+          .o = p.o,
+          .d_o = d_o,
+          .lse = p.lse,
+          .dq = dq,
+          .dk = dk,
+          .dv = dv,
+          .batch = p.batch,
+          .seq = p.seq,
+          .heads = p.heads,
+          .head_dim = p.head_dim,
+          .q_stride = p.q_stride,
+          .k_stride = p.k_stride,
+          .v_stride = p.v_stride,
+          .o_stride = p.o_stride,
+          .do_stride = C,
+          .dq_stride = C,
+          .dk_stride = C,
+          .dv_stride = C,
+          .causal = p.causal,
+          .scale = p.scale,
+          .accumulate = accumulate};
+}
 
 // The CPU reference in double; gradients include the initial dq0, dk0, dv0.
 Outputs reference(const Case& c, const Inputs& in) {
@@ -81,39 +117,12 @@ Outputs reference(const Case& c, const Inputs& in) {
   r.dq = in.dq0;
   r.dk = in.dk0;
   r.dv = in.dv0;
-  fathom::kernels::AttentionParams<double> p;
-  p.q = in.q.data();
-  p.k = in.k.data();
-  p.v = in.v.data();
-  p.o = r.o.data();
-  p.lse = r.lse.data();
-  p.batch = c.B;
-  p.seq = c.T;
-  p.heads = c.H;
-  p.head_dim = c.hd;
-  p.q_stride = p.k_stride = p.v_stride = p.o_stride = c.C();
-  p.causal = c.causal;
-  p.scale = 1.0 / std::sqrt(static_cast<double>(c.hd));
+  const auto p = forward_params<double>(c, in.q.data(), in.k.data(), in.v.data(), c.C(), r.o.data(),
+                                        c.C(), r.lse.data());
   fathom::kernels::attention(Cpu{}, p);
-  fathom::kernels::AttentionBackwardParams<double> bp;
-  bp.q = in.q.data();
-  bp.k = in.k.data();
-  bp.v = in.v.data();
-  bp.o = r.o.data();
-  bp.d_o = in.d_o.data();
-  bp.lse = r.lse.data();
-  bp.dq = r.dq.data();
-  bp.dk = r.dk.data();
-  bp.dv = r.dv.data();
-  bp.batch = c.B;
-  bp.seq = c.T;
-  bp.heads = c.H;
-  bp.head_dim = c.hd;
-  bp.q_stride = bp.k_stride = bp.v_stride = bp.o_stride = bp.do_stride = c.C();
-  bp.dq_stride = bp.dk_stride = bp.dv_stride = c.C();
-  bp.causal = c.causal;
-  bp.scale = p.scale;
-  fathom::kernels::attention_backward(Cpu{}, bp);
+  fathom::kernels::attention_backward(
+      Cpu{},
+      backward_params<double>(p, in.d_o.data(), r.dq.data(), r.dk.data(), r.dv.data(), true));
   return r;
 }
 
@@ -121,20 +130,23 @@ Outputs reference(const Case& c, const Inputs& in) {
 // q, k, v live side by side in one fused buffer when in_stride >= 3C), o rows of `o_stride`.
 // With accumulate false, dq, dk and dv start as NaN and must be overwritten, never read.
 template <class T>
-Outputs run_cuda(const Case& c, const Inputs& in, std::int64_t in_stride = 0, std::int64_t o_stride = 0,
-                 bool accumulate = true) {
+Outputs run_cuda(const Case& c, const Inputs& in, std::int64_t in_stride = 0,
+                 std::int64_t o_stride = 0, bool accumulate = true) {
   const std::int64_t C = c.C(), rows = c.B * c.T;
   if (in_stride == 0) in_stride = 3 * C;
   if (o_stride == 0) o_stride = C;
   const bool fused = in_stride >= 3 * C;
-  // One buffer for q, k, v: fused rows [q | k | v | pad] or three separate (rows, in_stride) blocks.
+  // One buffer for q, k, v: fused rows [q | k | v | pad] or three separate (rows, in_stride)
+  // blocks.
   const std::int64_t block = fused ? 0 : rows * in_stride;
-  std::vector<T> host(static_cast<std::size_t>(fused ? rows * in_stride : 3 * block), scalar_cast<T>(-9.0));
+  std::vector<T> host(static_cast<std::size_t>(fused ? rows * in_stride : 3 * block),
+                      scalar_cast<T>(-9.0));
   auto place = [&](const std::vector<double>& x, int which) {
     const std::int64_t base = fused ? which * C : which * block;
     for (std::int64_t r = 0; r < rows; ++r)
       for (std::int64_t j = 0; j < C; ++j)
-        host[static_cast<std::size_t>(base + r * in_stride + j)] = scalar_cast<T>(x[static_cast<std::size_t>(r * C + j)]);
+        host[static_cast<std::size_t>(base + r * in_stride + j)] =
+            scalar_cast<T>(x[static_cast<std::size_t>(r * C + j)]);
   };
   place(in.q, 0);
   place(in.k, 1);
@@ -146,23 +158,11 @@ Outputs run_cuda(const Case& c, const Inputs& in, std::int64_t in_stride = 0, st
 
   // o starts poisoned: every element must be written.
   auto o = Tensor<T, Cuda>::from_vector(
-      Shape{rows * o_stride}, std::vector<T>(static_cast<std::size_t>(rows * o_stride), scalar_cast<T>(1e4)));
-  auto lse = Tensor<accum_t<T>, Cuda>::from_vector(Shape{c.B * c.H * c.T},
-                                                   std::vector<accum_t<T>>(c.rows(), accum_t<T>(1e4)));
-  fathom::kernels::AttentionParams<T> p;
-  p.q = q;
-  p.k = k;
-  p.v = v;
-  p.o = o.data();
-  p.lse = lse.data();
-  p.batch = c.B;
-  p.seq = c.T;
-  p.heads = c.H;
-  p.head_dim = c.hd;
-  p.q_stride = p.k_stride = p.v_stride = in_stride;
-  p.o_stride = o_stride;
-  p.causal = c.causal;
-  p.scale = 1.0 / std::sqrt(static_cast<double>(c.hd));
+      Shape{rows * o_stride},
+      std::vector<T>(static_cast<std::size_t>(rows * o_stride), scalar_cast<T>(1e4)));
+  auto lse = Tensor<accum_t<T>, Cuda>::from_vector(
+      Shape{c.B * c.H * c.T}, std::vector<accum_t<T>>(c.rows(), accum_t<T>(1e4)));
+  const auto p = forward_params<T>(c, q, k, v, in_stride, o.data(), o_stride, lse.data());
   fathom::kernels::attention(Cuda{}, p);
 
   const Shape shape{c.B, c.T, C};
@@ -171,27 +171,8 @@ Outputs run_cuda(const Case& c, const Inputs& in, std::int64_t in_stride = 0, st
   auto dq = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dq0 : nan));
   auto dk = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dk0 : nan));
   auto dv = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dv0 : nan));
-  fathom::kernels::AttentionBackwardParams<T> bp;
-  bp.q = q;
-  bp.k = k;
-  bp.v = v;
-  bp.o = o.data();
-  bp.d_o = d_o.data();
-  bp.lse = lse.data();
-  bp.dq = dq.data();
-  bp.dk = dk.data();
-  bp.dv = dv.data();
-  bp.batch = c.B;
-  bp.seq = c.T;
-  bp.heads = c.H;
-  bp.head_dim = c.hd;
-  bp.q_stride = bp.k_stride = bp.v_stride = in_stride;
-  bp.o_stride = o_stride;
-  bp.do_stride = bp.dq_stride = bp.dk_stride = bp.dv_stride = C;
-  bp.causal = c.causal;
-  bp.scale = p.scale;
-  bp.accumulate = accumulate;
-  fathom::kernels::attention_backward(Cuda{}, bp);
+  fathom::kernels::attention_backward(
+      Cuda{}, backward_params<T>(p, d_o.data(), dq.data(), dk.data(), dv.data(), accumulate));
   FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
 
   Outputs r;
@@ -202,7 +183,8 @@ Outputs run_cuda(const Case& c, const Inputs& in, std::int64_t in_stride = 0, st
       r.o[static_cast<std::size_t>(i * C + j)] = o_rows[static_cast<std::size_t>(i * o_stride + j)];
   for (std::int64_t i = 0; i < rows; ++i)  // padding past C stays untouched
     for (std::int64_t j = C; j < o_stride; ++j)
-      if (o_rows[static_cast<std::size_t>(i * o_stride + j)] != scalar_cast<double>(scalar_cast<T>(1e4)))
+      if (o_rows[static_cast<std::size_t>(i * o_stride + j)] !=
+          scalar_cast<double>(scalar_cast<T>(1e4)))
         r.o[0] = std::nan("");  // shows up as a mismatch at element 0
   r.lse = to_double(lse.to_vector());
   r.dq = to_double(dq.to_vector());
@@ -213,8 +195,9 @@ Outputs run_cuda(const Case& c, const Inputs& in, std::int64_t in_stride = 0, st
 
 // Every element within atol * scale + rtol * |want|, where scale = max(1, max |want|) so that
 // tensors of large magnitude are judged relative to it; reports the first failure and the worst.
-std::string compare(const std::string& name, const Case& c, bool per_head, const std::vector<double>& got,
-                    const std::vector<double>& want, double rtol, double atol) {
+std::string compare(const std::string& name, const Case& c, bool per_head,
+                    const std::vector<double>& got, const std::vector<double>& want, double rtol,
+                    double atol) {
   double scale = 1.0;
   for (double w : want) scale = std::max(scale, std::abs(w));
   std::size_t worst = 0, failures = 0, first = want.size();
@@ -236,8 +219,10 @@ std::string compare(const std::string& name, const Case& c, bool per_head, const
     std::ostringstream s;
     const auto C = static_cast<std::size_t>(c.C()), T = static_cast<std::size_t>(c.T),
                H = static_cast<std::size_t>(c.H);
-    if (per_head) s << "[b " << i / (T * H) << ", h " << i / T % H << ", t " << i % T << "]";
-    else s << "[b " << i / (T * C) << ", t " << i / C % T << ", c " << i % C << "]";
+    if (per_head)
+      s << "[b " << i / (T * H) << ", h " << i / T % H << ", t " << i % T << "]";
+    else
+      s << "[b " << i / (T * C) << ", t " << i / C % T << ", c " << i % C << "]";
     s << ": got " << got[i] << ", want " << want[i];
     return s.str();
   };
@@ -255,8 +240,8 @@ struct Tolerance<float> {  // fp32 math throughout
 };
 template <>
 struct Tolerance<bf16> {  // bf16 probabilities and outputs; bf16 gradients after accumulation
-  static constexpr double rtol = Precision<bf16>::rtol, atol = 1e-2, grad_rtol = Precision<bf16>::rtol,
-                          grad_atol = 1e-2;
+  static constexpr double rtol = Precision<bf16>::rtol, atol = 1e-2,
+                          grad_rtol = Precision<bf16>::rtol, grad_atol = 1e-2;
 };
 
 template <class T>
@@ -273,10 +258,11 @@ void check_against(const Case& c, const Outputs& got, const Outputs& want) {
 }  // namespace
 
 TEST_CASE("CUDA attention matches the CPU reference, forward and backward", "[cuda][attention]") {
-  const Case c = GENERATE(Case{2, 256, 12, 64, true}, Case{1, 1024, 12, 64, true}, Case{3, 100, 4, 32, true},
-                          Case{1, 77, 2, 128, true}, Case{3, 100, 4, 32, false}, Case{2, 130, 2, 64, false},
-                          Case{1, 1, 1, 64, true}, Case{2, 65, 3, 16, true}, Case{1, 200, 2, 96, true},
-                          Case{2, 64, 2, 64, true});
+  const Case c =
+      GENERATE(Case{2, 256, 12, 64, true}, Case{1, 1024, 12, 64, true}, Case{3, 100, 4, 32, true},
+               Case{1, 77, 2, 128, true}, Case{3, 100, 4, 32, false}, Case{2, 130, 2, 64, false},
+               Case{1, 1, 1, 64, true}, Case{2, 65, 3, 16, true}, Case{1, 200, 2, 96, true},
+               Case{2, 64, 2, 64, true});
   INFO(c);
   const Inputs in = make_inputs(c, 100);
   const Outputs want = reference(c, in);
@@ -284,9 +270,10 @@ TEST_CASE("CUDA attention matches the CPU reference, forward and backward", "[cu
   check_against<bf16>(c, run_cuda<bf16>(c, in), want);
 }
 
-TEST_CASE("CUDA attention backward overwrites fresh gradient buffers (accumulate false)", "[cuda][attention]") {
-  const Case c = GENERATE(Case{2, 256, 12, 64, true}, Case{3, 100, 4, 32, true}, Case{2, 130, 2, 64, false},
-                          Case{2, 65, 3, 16, true});
+TEST_CASE("CUDA attention backward overwrites fresh gradient buffers (accumulate false)",
+          "[cuda][attention]") {
+  const Case c = GENERATE(Case{2, 256, 12, 64, true}, Case{3, 100, 4, 32, true},
+                          Case{2, 130, 2, 64, false}, Case{2, 65, 3, 16, true});
   INFO(c);
   Inputs in = make_inputs(c, 200);
   Inputs zero = in;  // the reference adds onto zeros

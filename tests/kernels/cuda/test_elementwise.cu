@@ -2,9 +2,9 @@
 // axpby, axpy, scale, mul, mul_backward and axpy_2d against the CPU reference on the same inputs,
 // in fp64, fp32 and bf16, at awkward lengths and on pointers off the 16-byte grid; and the
 // differentiable element-wise ops on Var<T, Cuda> against the same ops on the CPU.
-#include <fathom/cuda.hpp>
 #include <fathom/autograd/ops/elementwise.hpp>
 #include <fathom/autograd/ops/reduce.hpp>
+#include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/elementwise.cuh>
 #include <fathom/kernels/cuda/reduce.cuh>
 
@@ -16,6 +16,7 @@
 
 #include <fathom/core/rng.hpp>
 
+#include "kernels/cuda/support.cuh"
 #include "support/catch.hpp"
 
 using fathom::bf16;
@@ -29,56 +30,15 @@ using fathom::Var;
 namespace kernels = fathom::kernels;
 namespace ag = fathom::autograd;
 
-namespace {
+using namespace fathom::test;
 
-template <class T>
-std::vector<T> random_values(std::int64_t n, std::uint64_t seed) {
-  std::vector<T> v(static_cast<std::size_t>(n));
-  for (std::size_t i = 0; i < v.size(); ++i) v[i] = scalar_cast<T>(fathom::rng::normal(seed, i));
-  return v;
-}
-
-// A device copy of v starting `offset` elements into its buffer (offset 1: off the 16-byte grid,
-// so the kernels take their element-at-a-time path).
-template <class T>
-struct DeviceArray {
-  Tensor<T, Cuda> buffer;
-  std::int64_t offset;
-  DeviceArray(const std::vector<T>& v, std::int64_t off) : offset(off) {
-    std::vector<T> host(static_cast<std::size_t>(off), scalar_cast<T>(0.0));
-    host.insert(host.end(), v.begin(), v.end());
-    buffer = Tensor<T, Cuda>::from_vector(Shape{static_cast<std::int64_t>(host.size())}, host);
-  }
-  T* data() const { return buffer.data() + offset; }
-  std::vector<T> values() const {
-    auto all = buffer.to_vector();
-    return {all.begin() + offset, all.end()};
-  }
-};
-
-// "" when gpu matches the CPU reference within Precision<T>, else the first element that does not.
-template <class T>
-std::string first_mismatch(const std::vector<T>& gpu, const std::vector<T>& cpu) {
-  if (gpu.size() != cpu.size()) return "sizes differ";
-  for (std::size_t i = 0; i < cpu.size(); ++i) {
-    const double g = scalar_cast<double>(gpu[i]), c = scalar_cast<double>(cpu[i]);
-    if (!(std::abs(g - c) <= Precision<T>::atol + Precision<T>::rtol * std::abs(c))) {
-      std::ostringstream s;
-      s << "element " << i << " of " << cpu.size() << ": gpu " << g << ", cpu " << c;
-      return s.str();
-    }
-  }
-  return {};
-}
-
-}  // namespace
-
-TEMPLATE_TEST_CASE("CUDA axpby, axpy, scale and mul match the CPU", "[cuda][elementwise]", double, float, bf16) {
+TEMPLATE_TEST_CASE("CUDA axpby, axpy, scale and mul match the CPU", "[cuda][elementwise]", double,
+                   float, bf16) {
   using T = TestType;
   const std::int64_t n = GENERATE(1, 7, 8, 4099, 16383, 50257, (1 << 20) + 3);
   const std::int64_t offset = GENERATE(0, 1);
   INFO(Precision<T>::name << " n " << n << " offset " << offset);
-  const auto a = random_values<T>(n, 1), b = random_values<T>(n, 2);
+  const auto a = normal_values<T>(n, 1), b = normal_values<T>(n, 2);
   DeviceArray<T> da(a, offset), db(b, offset);
 
   SECTION("axpby") {
@@ -112,58 +72,66 @@ TEMPLATE_TEST_CASE("CUDA axpby, axpy, scale and mul match the CPU", "[cuda][elem
   }
 }
 
-TEMPLATE_TEST_CASE("CUDA mul_backward matches the CPU, including da and db in one buffer", "[cuda][elementwise]",
-                   double, float, bf16) {
+TEMPLATE_TEST_CASE("CUDA mul_backward matches the CPU, including da and db in one buffer",
+                   "[cuda][elementwise]", double, float, bf16) {
   using T = TestType;
   const std::int64_t n = GENERATE(1, 9, 5461, 50257);
   const std::int64_t offset = GENERATE(0, 1);
   INFO(Precision<T>::name << " n " << n << " offset " << offset);
-  const auto a = random_values<T>(n, 3), b = random_values<T>(n, 4), dy = random_values<T>(n, 5);
-  const auto ga0 = random_values<T>(n, 6), gb0 = random_values<T>(n, 7);
-  DeviceArray<T> d_a(a, offset), d_b(b, offset), d_dy(dy, offset), d_ga(ga0, offset), d_gb(gb0, offset);
+  const auto a = normal_values<T>(n, 3), b = normal_values<T>(n, 4), dy = normal_values<T>(n, 5);
+  const auto ga0 = normal_values<T>(n, 6), gb0 = normal_values<T>(n, 7);
+  DeviceArray<T> d_a(a, offset), d_b(b, offset), d_dy(dy, offset), d_ga(ga0, offset),
+      d_gb(gb0, offset);
 
   SECTION("both gradients") {
     auto ga = ga0, gb = gb0;
-    kernels::mul_backward(Cpu{}, kernels::MulBackwardParams<T>{a.data(), b.data(), dy.data(), ga.data(), gb.data(), n});
-    kernels::mul_backward(
-        Cuda{}, kernels::MulBackwardParams<T>{d_a.data(), d_b.data(), d_dy.data(), d_ga.data(), d_gb.data(), n});
+    kernels::mul_backward(Cpu{}, kernels::MulBackwardParams<T>{a.data(), b.data(), dy.data(),
+                                                               ga.data(), gb.data(), n});
+    kernels::mul_backward(Cuda{}, kernels::MulBackwardParams<T>{d_a.data(), d_b.data(), d_dy.data(),
+                                                                d_ga.data(), d_gb.data(), n});
     CHECK(first_mismatch(d_ga.values(), ga) == "");
     CHECK(first_mismatch(d_gb.values(), gb) == "");
   }
   SECTION("one gradient") {
     auto gb = gb0;
-    kernels::mul_backward(Cpu{}, kernels::MulBackwardParams<T>{a.data(), nullptr, dy.data(), nullptr, gb.data(), n});
     kernels::mul_backward(
-        Cuda{}, kernels::MulBackwardParams<T>{d_a.data(), nullptr, d_dy.data(), nullptr, d_gb.data(), n});
+        Cpu{}, kernels::MulBackwardParams<T>{a.data(), nullptr, dy.data(), nullptr, gb.data(), n});
+    kernels::mul_backward(Cuda{}, kernels::MulBackwardParams<T>{d_a.data(), nullptr, d_dy.data(),
+                                                                nullptr, d_gb.data(), n});
     CHECK(first_mismatch(d_gb.values(), gb) == "");
     CHECK(d_ga.values() == ga0);
   }
   SECTION("x * x: da and db are the same buffer") {
     auto g = ga0;
-    kernels::mul_backward(Cpu{}, kernels::MulBackwardParams<T>{a.data(), a.data(), dy.data(), g.data(), g.data(), n});
     kernels::mul_backward(
-        Cuda{}, kernels::MulBackwardParams<T>{d_a.data(), d_a.data(), d_dy.data(), d_ga.data(), d_ga.data(), n});
+        Cpu{}, kernels::MulBackwardParams<T>{a.data(), a.data(), dy.data(), g.data(), g.data(), n});
+    kernels::mul_backward(Cuda{}, kernels::MulBackwardParams<T>{d_a.data(), d_a.data(), d_dy.data(),
+                                                                d_ga.data(), d_ga.data(), n});
     CHECK(first_mismatch(d_ga.values(), g) == "");
   }
 }
 
-TEMPLATE_TEST_CASE("CUDA axpy_2d matches the CPU on strided rows", "[cuda][elementwise]", float, bf16) {
+TEMPLATE_TEST_CASE("CUDA axpy_2d matches the CPU on strided rows", "[cuda][elementwise]", float,
+                   bf16) {
   using T = TestType;
-  auto [rows, cols, ldx, ldy] = GENERATE(table<std::int64_t, std::int64_t, std::int64_t, std::int64_t>(
-      {{1, 1, 1, 3}, {7, 5, 5, 15}, {256, 768, 768, 2304}, {1000, 13, 20, 39}}));
-  INFO(Precision<T>::name << " rows " << rows << " cols " << cols << " ldx " << ldx << " ldy " << ldy);
-  const auto x = random_values<T>(rows * ldx, 8);
-  auto y = random_values<T>(rows * ldy, 9);
+  auto [rows, cols, ldx, ldy] =
+      GENERATE(table<std::int64_t, std::int64_t, std::int64_t, std::int64_t>(
+          {{1, 1, 1, 3}, {7, 5, 5, 15}, {256, 768, 768, 2304}, {1000, 13, 20, 39}}));
+  INFO(Precision<T>::name << " rows " << rows << " cols " << cols << " ldx " << ldx << " ldy "
+                          << ldy);
+  const auto x = normal_values<T>(rows * ldx, 8);
+  auto y = normal_values<T>(rows * ldy, 9);
   DeviceArray<T> dx(x, 0), dy(y, 0);
   kernels::axpy_2d(Cpu{}, kernels::Axpy2dParams<T>{x.data(), y.data(), rows, cols, ldx, ldy, 1.5});
-  kernels::axpy_2d(Cuda{}, kernels::Axpy2dParams<T>{dx.data(), dy.data(), rows, cols, ldx, ldy, 1.5});
+  kernels::axpy_2d(Cuda{},
+                   kernels::Axpy2dParams<T>{dx.data(), dy.data(), rows, cols, ldx, ldy, 1.5});
   CHECK(first_mismatch(dy.values(), y) == "");
 }
 
 // fp64 and fp32 only: a chain of bf16 ops can differ by a bf16 ulp where the GPU contracts a
 // multiply-add, and cancellation downstream makes that ulp large relative to the result.
-TEMPLATE_TEST_CASE("element-wise Var ops on CUDA match the CPU, forward and backward", "[cuda][elementwise]", double,
-                   float) {
+TEMPLATE_TEST_CASE("element-wise Var ops on CUDA match the CPU, forward and backward",
+                   "[cuda][elementwise]", double, float) {
   using T = TestType;
   const Shape shape = GENERATE(Shape{3}, Shape{4, 96}, Shape{2, 7, 5461});
   INFO(Precision<T>::name << " shape " << shape);
@@ -175,7 +143,8 @@ TEMPLATE_TEST_CASE("element-wise Var ops on CUDA match the CPU, forward and back
     auto parts = ag::split_last(ag::add_scaled(a, 0.5, b, 2.0) * a - 3.0 * b, 1);
     auto y = ag::reshape(parts[0], {-1});
     ag::backward(ag::sum(y * y));
-    return std::vector<std::vector<T>>{y.value().to_vector(), a.grad().to_vector(), b.grad().to_vector()};
+    return std::vector<std::vector<T>>{y.value().to_vector(), a.grad().to_vector(),
+                                       b.grad().to_vector()};
   };
   auto cpu = run(Cpu{});
   auto gpu = run(Cuda{});

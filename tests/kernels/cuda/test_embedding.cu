@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cuda/support.cuh"
 #include "support/catch.hpp"
 
 using fathom::bf16;
@@ -27,22 +28,9 @@ using fathom::Tensor;
 using fathom::kernels::EmbeddingBackwardParams;
 using fathom::kernels::EmbeddingParams;
 
+using namespace fathom::test;
+
 namespace {
-
-inline double hashed_uniform(std::uint64_t seed, std::uint64_t i) {
-  std::uint64_t z = seed * 0x9E3779B97F4A7C15ull + i + 0x632BE59BD9B4E019ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * (1.0 / 9007199254740992.0);  // [0, 1)
-}
-
-template <class T>
-std::vector<T> random_values(std::size_t n, std::uint64_t seed) {
-  std::vector<T> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = scalar_cast<T>(2.0 * hashed_uniform(seed, i) - 1.0);
-  return v;
-}
 
 // n ids in [0, vocab): half from the first 5 ids (long runs of repeats, like frequent tokens),
 // half from the whole vocabulary.
@@ -54,16 +42,6 @@ std::vector<std::int32_t> random_ids(std::int64_t n, std::int64_t vocab, std::ui
                                        static_cast<double>(range));
   }
   return ids;
-}
-
-template <class T>
-Tensor<T, Cuda> to_device(const std::vector<T>& v) {
-  return Tensor<T, Cuda>::from_vector(Shape{static_cast<std::int64_t>(v.size())}, v);
-}
-
-template <class T>
-bool same_bits(const std::vector<T>& x, const std::vector<T>& y) {
-  return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(T)) == 0;
 }
 
 struct Sizes {
@@ -78,7 +56,7 @@ TEMPLATE_TEST_CASE("CUDA embedding gathers the rows the CPU gathers", "[cuda][em
       GENERATE(values<Sizes>({{8192, 50257, 768}, {1000, 50257, 37}, {300, 7, 1}, {1, 1, 8}}));
   const std::int64_t offset = GENERATE(0, 1);  // 1: output off the 16-byte grid
   const auto ids = random_ids(s.n, s.vocab, 1);
-  const auto table = random_values<TestType>(static_cast<std::size_t>(s.vocab * s.channels), 2);
+  const auto table = uniform_values<TestType>(static_cast<std::size_t>(s.vocab * s.channels), 2);
   std::vector<TestType> want(static_cast<std::size_t>(s.n * s.channels));
   fathom::kernels::embedding(Cpu{}, EmbeddingParams<TestType>{.ids = ids.data(),
                                                               .table = table.data(),
@@ -107,8 +85,8 @@ TEMPLATE_TEST_CASE("CUDA embedding_backward sums repeated ids like the CPU, bitw
   const Sizes s =
       GENERATE(values<Sizes>({{256 * 128, 50257, 768}, {4097, 50257, 37}, {513, 3, 1}, {1, 1, 5}}));
   const auto ids = random_ids(s.n, s.vocab, 3);
-  const auto dout = random_values<TestType>(static_cast<std::size_t>(s.n * s.channels), 4);
-  const auto dtable0 = random_values<TestType>(static_cast<std::size_t>(s.vocab * s.channels), 5);
+  const auto dout = uniform_values<TestType>(static_cast<std::size_t>(s.n * s.channels), 4);
+  const auto dtable0 = uniform_values<TestType>(static_cast<std::size_t>(s.vocab * s.channels), 5);
 
   auto ids_dev = to_device(ids);
   auto dout_dev = to_device(dout);
@@ -172,8 +150,8 @@ TEMPLATE_TEST_CASE("CUDA embedding_backward sums runs that start, end and span a
     std::swap(ids[i],
               ids[static_cast<std::int64_t>(hashed_uniform(12, static_cast<std::uint64_t>(i)) *
                                             static_cast<double>(i + 1))]);
-  const auto dout = random_values<TestType>(static_cast<std::size_t>(n * channels), 13);
-  const auto dtable0 = random_values<TestType>(static_cast<std::size_t>(vocab * channels), 14);
+  const auto dout = uniform_values<TestType>(static_cast<std::size_t>(n * channels), 13);
+  const auto dtable0 = uniform_values<TestType>(static_cast<std::size_t>(vocab * channels), 14);
   auto ids_dev = to_device(ids);
   auto dout_dev = to_device(dout), dtable_dev = to_device(dtable0);
   fathom::kernels::embedding_backward(Cuda{},
@@ -207,7 +185,7 @@ TEST_CASE("CUDA embedding writes NaN rows for out-of-range ids and its backward 
   const std::int64_t vocab = 6, channels = 4;
   const std::vector<std::int32_t> ids = {2, 6, 2, -1, 5, 1000, 0};
   const std::int64_t n = static_cast<std::int64_t>(ids.size());
-  const auto table = random_values<float>(vocab * channels, 7);
+  const auto table = uniform_values<float>(vocab * channels, 7);
   auto ids_dev = to_device(ids);
   auto table_dev = to_device(table);
   Tensor<float, Cuda> out_dev(Shape{n * channels});
@@ -229,7 +207,7 @@ TEST_CASE("CUDA embedding writes NaN rows for out-of-range ids and its backward 
     }
   }
 
-  const auto dout = random_values<float>(n * channels, 8);
+  const auto dout = uniform_values<float>(n * channels, 8);
   auto dout_dev = to_device(dout), dtable_dev = to_device(table);
   fathom::kernels::embedding_backward(Cuda{},
                                       EmbeddingBackwardParams<float>{.ids = ids_dev.data(),
@@ -257,8 +235,8 @@ TEMPLATE_TEST_CASE("embedding op on CUDA matches the CPU, forward and backward",
   const std::int64_t vocab = 50257, channels = 64;
   const Shape ids_shape{4, 33};
   const auto ids = random_ids(ids_shape.numel(), vocab, 9);
-  const auto table = random_values<T>(static_cast<std::size_t>(vocab * channels), 10);
-  const auto gy = random_values<T>(static_cast<std::size_t>(ids_shape.numel() * channels), 11);
+  const auto table = uniform_values<T>(static_cast<std::size_t>(vocab * channels), 10);
+  const auto gy = uniform_values<T>(static_cast<std::size_t>(ids_shape.numel() * channels), 11);
   auto run = [&]<class D>(D) {
     Var<T, D> t(Tensor<T, Cpu>::from_vector({vocab, channels}, table).template to<D>(), true);
     auto y = fathom::autograd::embedding(

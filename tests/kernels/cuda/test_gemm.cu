@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cuda/support.cuh"
 #include "support/catch.hpp"
 
 using fathom::bf16;
@@ -31,38 +32,13 @@ using fathom::Tensor;
 using fathom::kernels::ColumnSumParams;
 using fathom::kernels::GemmParams;
 
+using namespace fathom::test;
+
 namespace {
-
-// Uniform values in [-1, 1) from a 64-bit hash of (seed, index): fast enough for the 38.6M
-// elements of a 50257 x 768 matrix, random, never zero-filled.
-inline double hashed_uniform(std::uint64_t seed, std::uint64_t i) {
-  std::uint64_t z = seed * 0x9E3779B97F4A7C15ull + i + 0x632BE59BD9B4E019ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return static_cast<double>(z >> 11) * (2.0 / 9007199254740992.0) - 1.0;
-}
-
-template <class T>
-std::vector<T> random_values(std::size_t n, std::uint64_t seed) {
-  std::vector<T> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = scalar_cast<T>(hashed_uniform(seed, i));
-  return v;
-}
-
-template <class T>
-Tensor<T, Cuda> to_device(const std::vector<T>& v) {
-  return Tensor<T, Cuda>::from_vector(Shape{static_cast<std::int64_t>(v.size())}, v);
-}
 
 template <class T>
 double as_double(T v) {
   return scalar_cast<double>(v);
-}
-
-template <class T>
-bool same_bits(T x, T y) {
-  return std::memcmp(&x, &y, sizeof(T)) == 0;
 }
 
 struct Dims {
@@ -100,15 +76,15 @@ void check_cuda_gemm(Dims d, bool ta, bool tb, const Layout& l, bool full, std::
     return static_cast<std::size_t>(l.offset + l.batch * stride);
   };
 
-  const auto a = random_values<T>(size_of(p.stride_a), seed);
-  const auto b = random_values<T>(size_of(p.stride_b), seed + 1);
-  auto c = random_values<T>(size_of(p.stride_c), seed + 2);
+  const auto a = uniform_values<T>(size_of(p.stride_a), seed);
+  const auto b = uniform_values<T>(size_of(p.stride_b), seed + 1);
+  auto c = uniform_values<T>(size_of(p.stride_c), seed + 2);
   if (l.beta == 0.0) {
     // beta == 0 must not read C: NaN there would poison the result if it did.
     for (std::size_t e = static_cast<std::size_t>(l.offset); e < c.size(); ++e)
       c[e] = std::numeric_limits<T>::quiet_NaN();
   }
-  const auto bias = random_values<T>(static_cast<std::size_t>(l.offset + d.n), seed + 3);
+  const auto bias = uniform_values<T>(static_cast<std::size_t>(l.offset + d.n), seed + 3);
   auto a_dev = to_device(a), b_dev = to_device(b), c_dev = to_device(c), bias_dev = to_device(bias);
   GemmParams<T> q = p;
   q.a = a_dev.data() + l.offset, q.b = b_dev.data() + l.offset, q.c = c_dev.data() + l.offset;
@@ -123,10 +99,10 @@ void check_cuda_gemm(Dims d, bool ta, bool tb, const Layout& l, bool full, std::
       for (std::int64_t j = 0; j < d.n; ++j) rows_cols.emplace_back(r, j);
   } else {
     for (std::uint64_t s = 0; s < 512; ++s) {
-      const auto r = static_cast<std::int64_t>((hashed_uniform(seed + 7, s) + 1.0) * 0.5 *
-                                               static_cast<double>(total_rows));
-      const auto j = static_cast<std::int64_t>((hashed_uniform(seed + 8, s) + 1.0) * 0.5 *
-                                               static_cast<double>(d.n));
+      const auto r =
+          static_cast<std::int64_t>(hashed_uniform(seed + 7, s) * static_cast<double>(total_rows));
+      const auto j =
+          static_cast<std::int64_t>(hashed_uniform(seed + 8, s) * static_cast<double>(d.n));
       rows_cols.emplace_back(std::min(r, total_rows - 1), std::min(j, d.n - 1));
     }
     for (std::int64_t j = 0; j < d.n; ++j) rows_cols.emplace_back(total_rows - 1, j);
@@ -245,7 +221,7 @@ TEMPLATE_TEST_CASE("CUDA gemm with K = 0 gives beta * C + bias", "[cuda][gemm]",
 TEMPLATE_TEST_CASE("CUDA gemm with a batch stride of 0 reuses one B for the whole batch",
                    "[cuda][gemm]", double, float, bf16) {
   const std::int64_t m = 33, n = 17, k = 65, batch = 4;
-  const auto a = random_values<TestType>(batch * m * k, 1), b = random_values<TestType>(k * n, 2);
+  const auto a = uniform_values<TestType>(batch * m * k, 1), b = uniform_values<TestType>(k * n, 2);
   auto a_dev = to_device(a), b_dev = to_device(b);
   Tensor<TestType, Cuda> c_dev(Shape{batch * m * n});
   fathom::kernels::gemm(Cuda{}, GemmParams<TestType>{.a = a_dev.data(),
@@ -276,8 +252,8 @@ TEMPLATE_TEST_CASE("CUDA gemm with a batch stride of 0 reuses one B for the whol
 TEST_CASE("CUDA gemm caches one plan per problem and allocates nothing in steady state",
           "[cuda][gemm]") {
   const std::int64_t m = 96, n = 80, k = 72;
-  auto a = to_device(random_values<bf16>(m * k, 1)), b = to_device(random_values<bf16>(n * k, 2));
-  auto bias = to_device(random_values<bf16>(n, 3));
+  auto a = to_device(uniform_values<bf16>(m * k, 1)), b = to_device(uniform_values<bf16>(n * k, 2));
+  auto bias = to_device(uniform_values<bf16>(n, 3));
   Tensor<bf16, Cuda> c(Shape{m * n});
   GemmParams<bf16> p{.a = a.data(),
                      .b = b.data(),
@@ -318,7 +294,7 @@ TEST_CASE("CUDA gemm in fp32 with TF32 allowed stays within TF32 accuracy", "[cu
 
 TEST_CASE("CUDA gemm gives bitwise identical results run to run", "[cuda][gemm]") {
   const std::int64_t m = 2048, n = 768, k = 4096;  // K large enough for split-K algorithms
-  auto a = to_device(random_values<bf16>(k * m, 5)), b = to_device(random_values<bf16>(k * n, 6));
+  auto a = to_device(uniform_values<bf16>(k * m, 5)), b = to_device(uniform_values<bf16>(k * n, 6));
   Tensor<bf16, Cuda> c1(Shape{m * n}), c2(Shape{m * n});
   GemmParams<bf16> p{
       .a = a.data(), .b = b.data(), .c = c1.data(), .m = m, .n = n, .k = k, .trans_a = true};
@@ -334,8 +310,8 @@ TEMPLATE_TEST_CASE("CUDA column_sum matches a double sum over rows", "[cuda][gem
   const auto [rows, cols] = GENERATE(values<std::pair<std::int64_t, std::int64_t>>(
       {{1, 1}, {37, 5461}, {256 * 128, 768}, {300, 50257}, {0, 5}}));
   const bool accumulate = GENERATE(false, true);
-  const auto x = random_values<TestType>(static_cast<std::size_t>(rows * cols), 21);
-  const auto out0 = random_values<TestType>(static_cast<std::size_t>(cols), 22);
+  const auto x = uniform_values<TestType>(static_cast<std::size_t>(rows * cols), 21);
+  const auto out0 = uniform_values<TestType>(static_cast<std::size_t>(cols), 22);
   auto x_dev = to_device(x), out_dev = to_device(out0);
   fathom::kernels::column_sum(Cuda{}, ColumnSumParams<TestType>{.x = x_dev.data(),
                                                                 .out = out_dev.data(),
@@ -370,10 +346,10 @@ TEMPLATE_TEST_CASE("matmul and linear on CUDA match the CPU, forward and backwar
   using T = TestType;
   using fathom::autograd::Var;
   const std::int64_t rows = 70, in = 96, out = 40;
-  const auto x = random_values<T>(rows * in, 31), w = random_values<T>(out * in, 32);
-  const auto b = random_values<T>(out, 33), gy = random_values<T>(rows * out, 34);
-  const auto bx = random_values<T>(3 * 5 * in, 35), by = random_values<T>(3 * in * 7, 36);
-  const auto gz = random_values<T>(3 * 5 * 7, 37);
+  const auto x = uniform_values<T>(rows * in, 31), w = uniform_values<T>(out * in, 32);
+  const auto b = uniform_values<T>(out, 33), gy = uniform_values<T>(rows * out, 34);
+  const auto bx = uniform_values<T>(3 * 5 * in, 35), by = uniform_values<T>(3 * in * 7, 36);
+  const auto gz = uniform_values<T>(3 * 5 * 7, 37);
 
   struct Results {
     std::vector<std::vector<T>> v;
@@ -420,12 +396,14 @@ namespace {
 // gemm_gelu and gemm_dgelu on CUDA against the CPU reference (which runs the plain GEMM, then the
 // element-wise GELU in double for double inputs): x (M, K) times w^T (N, K), with a bias.
 template <class T>
-void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias, std::uint64_t seed) {
+void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias,
+                      std::uint64_t seed) {
   INFO(Precision<T>::name << " M " << M << " N " << N << " K " << K << " bias " << bias);
-  const auto x = random_values<T>(static_cast<std::size_t>(M * K), seed);
-  const auto w = random_values<T>(static_cast<std::size_t>(N * K), seed + 1);
-  const auto b = random_values<T>(static_cast<std::size_t>(N), seed + 2);
-  const auto dy = random_values<T>(static_cast<std::size_t>(M * K), seed + 3);  // (M, K): dgelu's A
+  const auto x = uniform_values<T>(static_cast<std::size_t>(M * K), seed);
+  const auto w = uniform_values<T>(static_cast<std::size_t>(N * K), seed + 1);
+  const auto b = uniform_values<T>(static_cast<std::size_t>(N), seed + 2);
+  const auto dy =
+      uniform_values<T>(static_cast<std::size_t>(M * K), seed + 3);  // (M, K): dgelu's A
   // Reference in double.
   auto to_d = [](const std::vector<T>& v) {
     std::vector<double> o(v.size());
@@ -445,8 +423,13 @@ void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias,
   auto xg = to_device(x), wg = to_device(w), bg = to_device(b), dyg = to_device(dy);
   Tensor<T, Cuda> hg(Shape{M * N}), aux(Shape{M * N});
   fathom::kernels::gemm_gelu(Cuda{},
-                             GemmParams<T>{.a = xg.data(), .b = wg.data(), .c = hg.data(),
-                                           .bias = bias ? bg.data() : nullptr, .m = M, .n = N, .k = K,
+                             GemmParams<T>{.a = xg.data(),
+                                           .b = wg.data(),
+                                           .c = hg.data(),
+                                           .bias = bias ? bg.data() : nullptr,
+                                           .m = M,
+                                           .n = N,
+                                           .k = K,
                                            .trans_b = true},
                              aux.data());
   const double tol = std::is_same_v<T, bf16> ? 2e-2 : 1e-4;
@@ -462,8 +445,13 @@ void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias,
   // dgelu: C = (dy (M, K) w (K, N)... here w^T as (N, K) stored, so op(B) = w^T) * gelu'(aux).
   Tensor<T, Cuda> dpre(Shape{M * N}), db(Shape{N});
   fathom::kernels::gemm_dgelu(Cuda{},
-                              GemmParams<T>{.a = dyg.data(), .b = wg.data(), .c = dpre.data(), .m = M, .n = N,
-                                            .k = K, .trans_b = true},
+                              GemmParams<T>{.a = dyg.data(),
+                                            .b = wg.data(),
+                                            .c = dpre.data(),
+                                            .m = M,
+                                            .n = N,
+                                            .k = K,
+                                            .trans_b = true},
                               aux.data(), db.data());
   const auto auxd = to_d(av);  // the saved pre-activation, as the kernel sees it
   std::vector<double> want(pre.size()), want_db(static_cast<std::size_t>(N), 0.0);
@@ -489,8 +477,9 @@ void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias,
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("CUDA gemm_gelu and gemm_dgelu match the double reference (epilogue and fallback)",
-                   "[cuda][gemm]", float, bf16) {
+TEMPLATE_TEST_CASE(
+    "CUDA gemm_gelu and gemm_dgelu match the double reference (epilogue and fallback)",
+    "[cuda][gemm]", float, bf16) {
   // bf16 with N % 8 == 0 takes cuBLASLt's GELU epilogues; N = 5461 and fp32 take the fallback.
   check_gelu_gemms<TestType>(256, 3072, 768, true, 300);
   check_gelu_gemms<TestType>(100, 64, 40, false, 310);
@@ -504,14 +493,17 @@ TEST_CASE("CUDA gemm_gelu is the tanh form of GELU", "[cuda][gemm]") {
   // epilogue evaluates tanh fast: 1.98 steps at most, seen on an H200), and where the two forms
   // are more than 4 steps apart, nearer the tanh form.
   const std::int64_t M = 512, N = 8;
-  std::vector<bf16> x(static_cast<std::size_t>(M)), one(static_cast<std::size_t>(N), scalar_cast<bf16>(1.0));
-  for (std::int64_t i = 0; i < M; ++i) x[static_cast<std::size_t>(i)] = scalar_cast<bf16>(-4.0 + 8.0 * i / M);
+  std::vector<bf16> x(static_cast<std::size_t>(M)),
+      one(static_cast<std::size_t>(N), scalar_cast<bf16>(1.0));
+  for (std::int64_t i = 0; i < M; ++i)
+    x[static_cast<std::size_t>(i)] = scalar_cast<bf16>(-4.0 + 8.0 * i / M);
   auto xg = to_device(x), og = to_device(one);
   Tensor<bf16, Cuda> h(Shape{M * N}), aux(Shape{M * N});
-  fathom::kernels::gemm_gelu(Cuda{},
-                             GemmParams<bf16>{.a = xg.data(), .b = og.data(), .c = h.data(), .m = M, .n = N,
-                                              .k = 1, .trans_b = true},
-                             aux.data());
+  fathom::kernels::gemm_gelu(
+      Cuda{},
+      GemmParams<bf16>{
+          .a = xg.data(), .b = og.data(), .c = h.data(), .m = M, .n = N, .k = 1, .trans_b = true},
+      aux.data());
   const auto hv = h.to_vector();
   int far = 0, nearer_erf = 0, distinct = 0;
   double worst = 0;

@@ -3,8 +3,8 @@
 // gradients) in float and bf16 against the CPU reference in double, at the model widths (768,
 // 1024, 2048), awkward ones (5461, 1, 7), more rows than the backward grid has blocks, base
 // pointers off the 16-byte grid, run-to-run determinism, and the autograd ops on CUDA.
-#include <fathom/cuda.hpp>
 #include <fathom/autograd/ops/norm.hpp>
+#include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/norm.cuh>
 
 #include <cmath>
@@ -16,6 +16,7 @@
 
 #include <fathom/core/rng.hpp>
 
+#include "kernels/cuda/support.cuh"
 #include "support/catch.hpp"
 
 using fathom::accum_t;
@@ -27,61 +28,9 @@ using fathom::scalar_cast;
 using fathom::Shape;
 using fathom::Tensor;
 
+using namespace fathom::test;
+
 namespace {
-
-// N(mean, std^2) values rounded to bf16, so the float and bf16 runs and the double reference all
-// see the same inputs.
-std::vector<double> bf16_values(std::size_t n, std::uint64_t seed, double std = 1.0, double mean = 0.0) {
-  std::vector<double> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<float>(bf16(static_cast<float>(mean + std * fathom::rng::normal(seed, i))));
-  return v;
-}
-
-template <class T>
-std::vector<T> cast_to(const std::vector<double>& v) {
-  std::vector<T> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<T>(v[i]);
-  return out;
-}
-template <class T>
-std::vector<double> to_double(const std::vector<T>& v) {
-  std::vector<double> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<double>(v[i]);
-  return out;
-}
-
-// A device copy of v in T, starting `offset` elements into its buffer (offset 1 puts the data off
-// the 16-byte grid and forces the kernels' element-at-a-time path).
-template <class T>
-struct DeviceArray {
-  Tensor<T, Cuda> buffer;
-  std::int64_t offset = 0;
-  DeviceArray(const std::vector<double>& v, std::int64_t off) : offset(off) {
-    std::vector<T> host(v.size() + static_cast<std::size_t>(off), scalar_cast<T>(0.0));
-    for (std::size_t i = 0; i < v.size(); ++i) host[i + static_cast<std::size_t>(off)] = scalar_cast<T>(v[i]);
-    buffer = Tensor<T, Cuda>::from_vector(Shape{static_cast<std::int64_t>(host.size())}, host);
-  }
-  T* data() const { return buffer.data() + offset; }
-  std::vector<double> values() const {
-    auto all = to_double(buffer.to_vector());
-    return {all.begin() + offset, all.end()};
-  }
-};
-
-std::string first_mismatch(const std::string& name, const std::vector<double>& got, const std::vector<double>& want,
-                           double rtol, double atol, std::int64_t cols) {
-  if (got.size() != want.size()) return name + ": sizes differ";
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const double err = std::abs(got[i] - want[i]);
-    if (!(err <= atol + rtol * std::abs(want[i]))) {
-      std::ostringstream s;
-      s << name << "[row " << static_cast<std::int64_t>(i) / cols << ", col " << static_cast<std::int64_t>(i) % cols
-        << "]: got " << got[i] << ", want " << want[i] << " (|diff| " << err << ")";
-      return s.str();
-    }
-  }
-  return {};
-}
 
 struct Case {
   std::int64_t rows, cols;
@@ -92,17 +41,18 @@ std::ostream& operator<<(std::ostream& os, const Case& c) {
   return os << "rows " << c.rows << " cols " << c.cols << " offset " << c.offset;
 }
 
-const Case cases[] = {{1, 768, 0},   {37, 768, 0},   {300, 1024, 0}, {129, 2048, 0}, {65, 5461, 0},
-                      {3, 1, 0},     {5, 7, 0},      {4099, 768, 0}, {2500, 96, 0},  {33, 768, 1},
-                      {17, 2048, 3}, {9, 5461, 1}};
+const Case cases[] = {{1, 768, 0},   {37, 768, 0}, {300, 1024, 0}, {129, 2048, 0},
+                      {65, 5461, 0}, {3, 1, 0},    {5, 7, 0},      {4099, 768, 0},
+                      {2500, 96, 0}, {33, 768, 1}, {17, 2048, 3},  {9, 5461, 1}};
 
 struct NormData {
   std::vector<double> x, w, b, dy, dx0, dw0, db0;
 };
 NormData make_data(const Case& c, std::uint64_t seed) {
   const auto n = static_cast<std::size_t>(c.rows * c.cols), C = static_cast<std::size_t>(c.cols);
-  return {bf16_values(n, seed, 1.5, 0.4), bf16_values(C, seed + 1, 0.3, 1.0), bf16_values(C, seed + 2, 0.5),
-          bf16_values(n, seed + 3),       bf16_values(n, seed + 4),           bf16_values(C, seed + 5),
+  return {bf16_values(n, seed, 1.5, 0.4), bf16_values(C, seed + 1, 0.3, 1.0),
+          bf16_values(C, seed + 2, 0.5),  bf16_values(n, seed + 3),
+          bf16_values(n, seed + 4),       bf16_values(C, seed + 5),
           bf16_values(C, seed + 6)};
 }
 
@@ -117,35 +67,42 @@ NormResult run_norm(bool layer, const Case& c, const NormData& in, double eps, d
   NormResult r;
   const std::int64_t off = std::is_same_v<D, Cuda> ? c.offset : 0;
   auto make = [&](const std::vector<double>& v) {
-    if constexpr (std::is_same_v<D, Cuda>) return DeviceArray<T>(v, off);
-    else return v;
+    if constexpr (std::is_same_v<D, Cuda>)
+      return DeviceArray<T>(v, off);
+    else
+      return v;
   };
-  auto x = make(in.x), w = make(in.w), b = make(in.b), dy = make(in.dy), dx = make(in.dx0), dw = make(in.dw0),
-       db = make(in.db0), y = make(std::vector<double>(in.x.size(), 7.0));
+  auto x = make(in.x), w = make(in.w), b = make(in.b), dy = make(in.dy), dx = make(in.dx0),
+       dw = make(in.dw0), db = make(in.db0), y = make(std::vector<double>(in.x.size(), 7.0));
   using A = accum_t<T>;
   auto stats = [&](std::int64_t n) {
-    if constexpr (std::is_same_v<D, Cuda>) return Tensor<A, Cuda>::from_vector(Shape{n}, std::vector<A>(static_cast<std::size_t>(n), A(-1)));
-    else return std::vector<double>(static_cast<std::size_t>(n), -1.0);
+    if constexpr (std::is_same_v<D, Cuda>)
+      return Tensor<A, Cuda>::from_vector(Shape{n},
+                                          std::vector<A>(static_cast<std::size_t>(n), A(-1)));
+    else
+      return std::vector<double>(static_cast<std::size_t>(n), -1.0);
   };
   auto mean = stats(c.rows), rstd = stats(c.rows);
   if (layer) {
-    fathom::kernels::layer_norm(D{}, fathom::kernels::LayerNormParams<T>{x.data(), w.data(), b.data(), y.data(),
-                                                                         mean.data(), rstd.data(), c.rows, c.cols,
-                                                                         eps, scale});
+    fathom::kernels::layer_norm(D{}, fathom::kernels::LayerNormParams<T>{
+                                         x.data(), w.data(), b.data(), y.data(), mean.data(),
+                                         rstd.data(), c.rows, c.cols, eps, scale});
     fathom::kernels::layer_norm_backward(
-        D{}, fathom::kernels::LayerNormBackwardParams<T>{dy.data(), x.data(), w.data(), mean.data(), rstd.data(),
-                                                         dx.data(), dw.data(), db.data(), c.rows, c.cols, scale,
-                                                         true});
+        D{}, fathom::kernels::LayerNormBackwardParams<T>{dy.data(), x.data(), w.data(), mean.data(),
+                                                         rstd.data(), dx.data(), dw.data(),
+                                                         db.data(), c.rows, c.cols, scale, true});
   } else {
-    fathom::kernels::rms_norm(D{}, fathom::kernels::RmsNormParams<T>{x.data(), w.data(), y.data(), rstd.data(),
-                                                                     c.rows, c.cols, eps, scale});
-    fathom::kernels::rms_norm_backward(
-        D{}, fathom::kernels::RmsNormBackwardParams<T>{dy.data(), x.data(), w.data(), rstd.data(), dx.data(),
-                                                       dw.data(), c.rows, c.cols, scale, true});
+    fathom::kernels::rms_norm(
+        D{}, fathom::kernels::RmsNormParams<T>{x.data(), w.data(), y.data(), rstd.data(), c.rows,
+                                               c.cols, eps, scale});
+    fathom::kernels::rms_norm_backward(D{}, fathom::kernels::RmsNormBackwardParams<T>{
+                                                dy.data(), x.data(), w.data(), rstd.data(),
+                                                dx.data(), dw.data(), c.rows, c.cols, scale, true});
   }
   if constexpr (std::is_same_v<D, Cuda>) {
     FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
-    r = {y.values(), to_double(mean.to_vector()), to_double(rstd.to_vector()), dx.values(), dw.values(), db.values()};
+    r = {to_double(y.values()),  to_double(mean.to_vector()), to_double(rstd.to_vector()),
+         to_double(dx.values()), to_double(dw.values()),      to_double(db.values())};
   } else {
     r = {y, mean, rstd, dx, dw, db};
   }
@@ -154,7 +111,8 @@ NormResult run_norm(bool layer, const Case& c, const NormData& in, double eps, d
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("CUDA rms_norm and layer_norm match the CPU reference", "[cuda][kernels][norm]", float, bf16) {
+TEMPLATE_TEST_CASE("CUDA rms_norm and layer_norm match the CPU reference", "[cuda][kernels][norm]",
+                   float, bf16) {
   using T = TestType;
   const Case c = GENERATE(from_range(std::begin(cases), std::end(cases)));
   const bool layer = GENERATE(false, true);
@@ -184,23 +142,26 @@ TEST_CASE("CUDA norm backward computes only the gradients asked for", "[cuda][ke
   const auto want = run_norm<double, Cpu>(true, c, in, 1e-5, 0.8);
   NormResult r;
   DeviceArray<float> x(in.x, 0), w(in.w, 0), b(in.b, 0), dy(in.dy, 0), y(in.x, 0), db(in.db0, 0);
-  auto mean = Tensor<float, Cuda>::zeros(Shape{c.rows}), rstd = Tensor<float, Cuda>::zeros(Shape{c.rows});
-  fathom::kernels::layer_norm(Cuda{}, fathom::kernels::LayerNormParams<float>{x.data(), w.data(), b.data(), y.data(),
-                                                                              mean.data(), rstd.data(), c.rows, c.cols,
-                                                                              1e-5, 0.8});
+  auto mean = Tensor<float, Cuda>::zeros(Shape{c.rows}),
+       rstd = Tensor<float, Cuda>::zeros(Shape{c.rows});
+  fathom::kernels::layer_norm(Cuda{}, fathom::kernels::LayerNormParams<float>{
+                                          x.data(), w.data(), b.data(), y.data(), mean.data(),
+                                          rstd.data(), c.rows, c.cols, 1e-5, 0.8});
   // db only (no dx, no dw).
   fathom::kernels::layer_norm_backward(
-      Cuda{}, fathom::kernels::LayerNormBackwardParams<float>{dy.data(), x.data(), w.data(), mean.data(), rstd.data(),
-                                                              nullptr, nullptr, db.data(), c.rows, c.cols, 0.8, true});
-  CHECK(first_mismatch("db", db.values(), want.db, 1e-4, 1e-5, c.cols) == "");
+      Cuda{}, fathom::kernels::LayerNormBackwardParams<float>{
+                  dy.data(), x.data(), w.data(), mean.data(), rstd.data(), nullptr, nullptr,
+                  db.data(), c.rows, c.cols, 0.8, true});
+  CHECK(first_mismatch("db", to_double(db.values()), want.db, 1e-4, 1e-5, c.cols) == "");
   // dx only, written over garbage (accumulate_dx = false).
   DeviceArray<float> dx(std::vector<double>(in.x.size(), 1e30), 0);
   fathom::kernels::layer_norm_backward(
-      Cuda{}, fathom::kernels::LayerNormBackwardParams<float>{dy.data(), x.data(), w.data(), mean.data(), rstd.data(),
-                                                              dx.data(), nullptr, nullptr, c.rows, c.cols, 0.8, false});
+      Cuda{}, fathom::kernels::LayerNormBackwardParams<float>{
+                  dy.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), nullptr,
+                  nullptr, c.rows, c.cols, 0.8, false});
   auto want_dx = want.dx;
   for (std::size_t i = 0; i < want_dx.size(); ++i) want_dx[i] -= in.dx0[i];
-  CHECK(first_mismatch("dx", dx.values(), want_dx, 1e-4, 1e-5, c.cols) == "");
+  CHECK(first_mismatch("dx", to_double(dx.values()), want_dx, 1e-4, 1e-5, c.cols) == "");
 }
 
 TEST_CASE("CUDA norm weight gradients are the same run to run", "[cuda][kernels][norm]") {
@@ -219,21 +180,27 @@ TEMPLATE_TEST_CASE("CUDA rms_norm and layer_norm ops match the CPU ops, values a
   namespace ag = fathom::autograd;
   const std::int64_t B = 3, S = 5, C = 768;
   const auto x = bf16_values(static_cast<std::size_t>(B * S * C), 5, 1.0, 0.2);
-  const auto w = bf16_values(C, 6, 0.2, 1.0), b = bf16_values(C, 7, 0.3), gy = bf16_values(x.size(), 8);
+  const auto w = bf16_values(C, 6, 0.2, 1.0), b = bf16_values(C, 7, 0.3),
+             gy = bf16_values(x.size(), 8);
   auto run = [&](auto device) {
     using D = decltype(device);
-    fathom::Var<T, D> xv(Tensor<T, Cpu>::from_vector(Shape{B, S, C}, cast_to<T>(x)).template to<D>(), true);
-    fathom::Var<T, D> wv(Tensor<T, Cpu>::from_vector(Shape{C}, cast_to<T>(w)).template to<D>(), true);
-    fathom::Var<T, D> bv(Tensor<T, Cpu>::from_vector(Shape{C}, cast_to<T>(b)).template to<D>(), true);
+    fathom::Var<T, D> xv(
+        Tensor<T, Cpu>::from_vector(Shape{B, S, C}, cast_to<T>(x)).template to<D>(), true);
+    fathom::Var<T, D> wv(Tensor<T, Cpu>::from_vector(Shape{C}, cast_to<T>(w)).template to<D>(),
+                         true);
+    fathom::Var<T, D> bv(Tensor<T, Cpu>::from_vector(Shape{C}, cast_to<T>(b)).template to<D>(),
+                         true);
     auto y = ag::layer_norm(ag::rms_norm(xv, wv, 1e-6, 0.5), wv, bv, 1e-5, 0.25);
     ag::backward(y, Tensor<T, Cpu>::from_vector(Shape{B, S, C}, cast_to<T>(gy)).template to<D>());
-    return std::vector<std::vector<double>>{to_double(y.value().to_vector()), to_double(xv.grad().to_vector()),
-                                            to_double(wv.grad().to_vector()), to_double(bv.grad().to_vector())};
+    return std::vector<std::vector<double>>{
+        to_double(y.value().to_vector()), to_double(xv.grad().to_vector()),
+        to_double(wv.grad().to_vector()), to_double(bv.grad().to_vector())};
   };
   const auto cpu = run(Cpu{}), gpu = run(Cuda{});
   const char* names[] = {"y", "dx", "dw", "db"};
   for (std::size_t k = 0; k < cpu.size(); ++k) {
     // Both sides round to T in between the two norms; allow two roundings.
-    CHECK(first_mismatch(names[k], gpu[k], cpu[k], 2 * Precision<T>::rtol, 2 * Precision<T>::atol, C) == "");
+    CHECK(first_mismatch(names[k], gpu[k], cpu[k], 2 * Precision<T>::rtol, 2 * Precision<T>::atol,
+                         C) == "");
   }
 }

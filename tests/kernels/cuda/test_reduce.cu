@@ -2,8 +2,8 @@
 // against a double loop at lengths from 1 to past a million, bit-identical results run to run,
 // sum_backward, the multi-tensor sum_squares over many tensors of awkward sizes (some empty, some
 // off the 16-byte grid) on the host and into device memory, and sum/mean of Var<T, Cuda>.
-#include <fathom/cuda.hpp>
 #include <fathom/autograd/ops/reduce.hpp>
+#include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/reduce.cuh>
 #include <fathom/optim/clip.hpp>
 #include <fathom/optim/param_group.hpp>
@@ -18,6 +18,7 @@
 
 #include <fathom/core/rng.hpp>
 
+#include "kernels/cuda/support.cuh"
 #include "support/catch.hpp"
 
 using fathom::accum_t;
@@ -33,19 +34,9 @@ namespace optim = fathom::optim;
 namespace kernels = fathom::kernels;
 namespace ag = fathom::autograd;
 
+using namespace fathom::test;
+
 namespace {
-
-template <class T>
-std::vector<T> random_values(std::int64_t n, std::uint64_t seed, double mean = 0.0) {
-  std::vector<T> v(static_cast<std::size_t>(n));
-  for (std::size_t i = 0; i < v.size(); ++i) v[i] = scalar_cast<T>(mean + fathom::rng::normal(seed, i));
-  return v;
-}
-
-template <class T>
-Tensor<T, Cuda> to_gpu(const std::vector<T>& v) {
-  return Tensor<T, Cuda>::from_vector(Shape{static_cast<std::int64_t>(v.size())}, v);
-}
 
 // The tolerance of a sum of n terms of total magnitude `mass`, accumulated in accum_t<T> by a tree
 // (blocks of 256 threads, then the partials): the error is at most about log2(n) + (n / threads)
@@ -65,13 +56,13 @@ TEMPLATE_TEST_CASE("CUDA sum and mean match a double loop", "[cuda][reduce]", do
   const std::int64_t offset = GENERATE(0, 1);
   const double shift = GENERATE(0.0, 2.0);
   INFO(Precision<T>::name << " n " << n << " offset " << offset << " values N(" << shift << ", 1)");
-  const auto x = random_values<T>(n + offset, 1, shift);
+  const auto x = normal_values<T>(n + offset, 1, 1.0, shift);
   double want = 0, mass = 0;
   for (std::size_t i = static_cast<std::size_t>(offset); i < x.size(); ++i) {
     want += scalar_cast<double>(x[i]);
     mass += std::abs(scalar_cast<double>(x[i]));
   }
-  auto gx = to_gpu(x);
+  auto gx = to_device(x);
   Tensor<T, Cuda> out(Shape{});
   kernels::sum(Cuda{}, kernels::SumParams<T>{gx.data() + offset, out.data(), n, 1.0});
   const double got = scalar_cast<double>(out.item());
@@ -79,7 +70,8 @@ TEMPLATE_TEST_CASE("CUDA sum and mean match a double loop", "[cuda][reduce]", do
 
   const double inv = 1.0 / static_cast<double>(n);
   kernels::sum(Cuda{}, kernels::SumParams<T>{gx.data() + offset, out.data(), n, inv});
-  CHECK(std::abs(scalar_cast<double>(out.item()) - want * inv) <= tree_sum_tolerance<T>(want * inv, mass * inv, n));
+  CHECK(std::abs(scalar_cast<double>(out.item()) - want * inv) <=
+        tree_sum_tolerance<T>(want * inv, mass * inv, n));
 
   // Deterministic: the same bits on every run.
   kernels::sum(Cuda{}, kernels::SumParams<T>{gx.data() + offset, out.data(), n, 1.0});
@@ -102,12 +94,13 @@ TEMPLATE_TEST_CASE("CUDA sum_backward matches the CPU", "[cuda][reduce]", double
   const std::int64_t n = GENERATE(1, 9, 50257);
   const std::int64_t offset = GENERATE(0, 1);
   INFO(Precision<T>::name << " n " << n << " offset " << offset);
-  auto dx = random_values<T>(n + offset, 2);
+  auto dx = normal_values<T>(n + offset, 2);
   const T dy = scalar_cast<T>(-0.625);
-  auto gdx = to_gpu(dx);
+  auto gdx = to_device(dx);
   auto gdy = Tensor<T, Cuda>::full(Shape{}, dy);
   kernels::sum_backward(Cpu{}, kernels::SumBackwardParams<T>{&dy, dx.data() + offset, n, 0.5});
-  kernels::sum_backward(Cuda{}, kernels::SumBackwardParams<T>{gdy.data(), gdx.data() + offset, n, 0.5});
+  kernels::sum_backward(Cuda{},
+                        kernels::SumBackwardParams<T>{gdy.data(), gdx.data() + offset, n, 0.5});
   auto got = gdx.to_vector();
   std::size_t bad = got.size();
   for (std::size_t i = 0; i < got.size() && bad == got.size(); ++i) {
@@ -118,12 +111,14 @@ TEMPLATE_TEST_CASE("CUDA sum_backward matches the CPU", "[cuda][reduce]", double
   CHECK(bad == got.size());
 }
 
-TEMPLATE_TEST_CASE("CUDA sum_squares over many tensors matches the CPU", "[cuda][reduce]", double, float, bf16) {
+TEMPLATE_TEST_CASE("CUDA sum_squares over many tensors matches the CPU", "[cuda][reduce]", double,
+                   float, bf16) {
   using T = TestType;
   using A = accum_t<T>;
   // Sizes of a small model's parameters and gradients: embeddings (50257 x 64), d_ff 5461, biases,
   // an empty tensor, one element; one tensor starts one element into its buffer.
-  const std::vector<std::int64_t> sizes{50257 * 64, 768, 0, 5461 * 64, 1, 7, 16384, 16385, 3 * 768 * 64};
+  const std::vector<std::int64_t> sizes{50257 * 64, 768,   0,     5461 * 64,   1,
+                                        7,          16384, 16385, 3 * 768 * 64};
   std::vector<std::vector<T>> host;
   std::vector<Tensor<T, Cuda>> device;
   kernels::SumSquaresParams<T> cpu, gpu;
@@ -131,8 +126,8 @@ TEMPLATE_TEST_CASE("CUDA sum_squares over many tensors matches the CPU", "[cuda]
   std::int64_t total = 0;
   for (std::size_t k = 0; k < sizes.size(); ++k) {
     const std::int64_t offset = k == 5 ? 1 : 0;
-    host.push_back(random_values<T>(sizes[k] + offset, 10 + k));
-    device.push_back(to_gpu(host.back()));
+    host.push_back(normal_values<T>(sizes[k] + offset, 10 + k));
+    device.push_back(to_device(host.back()));
     cpu.tensors.push_back({host.back().data() + offset, sizes[k]});
     gpu.tensors.push_back({device.back().data() + offset, sizes[k]});
     for (std::size_t i = static_cast<std::size_t>(offset); i < host.back().size(); ++i)
@@ -142,9 +137,11 @@ TEMPLATE_TEST_CASE("CUDA sum_squares over many tensors matches the CPU", "[cuda]
   INFO(Precision<T>::name << ", " << sizes.size() << " tensors, " << total << " elements");
   const A got = kernels::sum_squares(Cuda{}, gpu);
   const double eps = std::numeric_limits<A>::epsilon();
-  CHECK(std::abs(static_cast<double>(got) - want) <= (std::sqrt(static_cast<double>(total)) + 64.0) * eps * want);
+  CHECK(std::abs(static_cast<double>(got) - want) <=
+        (std::sqrt(static_cast<double>(total)) + 64.0) * eps * want);
   const A ref = kernels::sum_squares(Cpu{}, cpu);
-  CHECK(std::abs(static_cast<double>(got) - static_cast<double>(ref)) <= static_cast<double>(total) * eps * want);
+  CHECK(std::abs(static_cast<double>(got) - static_cast<double>(ref)) <=
+        static_cast<double>(total) * eps * want);
 
   // Into device memory, without a host round trip; and the same bits as the host version.
   Tensor<A, Cuda> out(Shape{});
@@ -163,10 +160,11 @@ TEST_CASE("CUDA sum_squares over more tensors than one launch takes", "[cuda][re
   kernels::SumSquaresParams<float> gpu;
   double want = 0, total = 0;
   for (int k = 0; k < 300; ++k) {
-    const auto n = static_cast<std::int64_t>(fathom::rng::uniform(99, static_cast<std::uint64_t>(k)) * 40000.0);
+    const auto n = static_cast<std::int64_t>(
+        fathom::rng::uniform(99, static_cast<std::uint64_t>(k)) * 40000.0);
     const std::int64_t offset = k % 3 == 0 ? 1 : 0;
-    host.push_back(random_values<float>(n + offset, 1000 + static_cast<std::uint64_t>(k)));
-    device.push_back(to_gpu(host.back()));
+    host.push_back(normal_values<float>(n + offset, 1000 + static_cast<std::uint64_t>(k)));
+    device.push_back(to_device(host.back()));
     gpu.tensors.push_back({device.back().data() + offset, n});
     for (std::size_t i = static_cast<std::size_t>(offset); i < host.back().size(); ++i)
       want += static_cast<double>(host.back()[i]) * host.back()[i];
@@ -178,8 +176,8 @@ TEST_CASE("CUDA sum_squares over more tensors than one launch takes", "[cuda][re
         (std::sqrt(total) + 64.0) * std::numeric_limits<float>::epsilon() * want);
 }
 
-TEMPLATE_TEST_CASE("sum and mean of Var<T, Cuda> match the CPU, forward and backward", "[cuda][reduce]", float,
-                   bf16) {
+TEMPLATE_TEST_CASE("sum and mean of Var<T, Cuda> match the CPU, forward and backward",
+                   "[cuda][reduce]", float, bf16) {
   using T = TestType;
   const Shape shape = GENERATE(Shape{1}, Shape{64, 768}, Shape{3, 5461});
   INFO(Precision<T>::name << " shape " << shape);
@@ -189,7 +187,8 @@ TEMPLATE_TEST_CASE("sum and mean of Var<T, Cuda> match the CPU, forward and back
     Var<T, D> x(x_cpu.template to<D>(), true);
     auto s = ag::sum(x), m = ag::mean(x);
     ag::backward(m);
-    return std::vector<double>{scalar_cast<double>(s.value().item()), scalar_cast<double>(m.value().item()),
+    return std::vector<double>{scalar_cast<double>(s.value().item()),
+                               scalar_cast<double>(m.value().item()),
                                scalar_cast<double>(x.grad().to_vector()[0]),
                                scalar_cast<double>(x.grad().to_vector().back())};
   };
@@ -199,12 +198,14 @@ TEMPLATE_TEST_CASE("sum and mean of Var<T, Cuda> match the CPU, forward and back
   for (T v : x_cpu.to_vector()) mass += std::abs(scalar_cast<double>(v));
   CHECK(std::abs(gpu[0] - cpu[0]) <= tree_sum_tolerance<T>(cpu[0], mass, shape.numel()) * 2.0);
   CHECK(std::abs(gpu[1] - cpu[1]) <=
-        tree_sum_tolerance<T>(cpu[1], mass / static_cast<double>(shape.numel()), shape.numel()) * 2.0);
+        tree_sum_tolerance<T>(cpu[1], mass / static_cast<double>(shape.numel()), shape.numel()) *
+            2.0);
   CHECK(gpu[2] == cpu[2]);
   CHECK(gpu[3] == cpu[3]);
 }
 
-TEMPLATE_TEST_CASE("CUDA clip_factor_on_device matches the host computation", "[cuda][reduce]", float, bf16) {
+TEMPLATE_TEST_CASE("CUDA clip_factor_on_device matches the host computation", "[cuda][reduce]",
+                   float, bf16) {
   using T = TestType;
   const double spread = GENERATE(0.001, 1.0);
   INFO(Precision<T>::name << ", spread " << spread);
@@ -223,7 +224,8 @@ TEMPLATE_TEST_CASE("CUDA clip_factor_on_device matches the host computation", "[
   const double want = optim::clip_factor(optim::global_grad_norm<T, Cpu>(cpu), 1.0);
   Tensor<float, Cuda> factor(Shape{});
   optim::clip_factor_on_device<T, Cuda>(gpu, 1.0, factor);
-  // The host sums fp32 gradients in fp32 one after another, the device in a tree: 1e-3 apart at most.
+  // The host sums fp32 gradients in fp32 one after another, the device in a tree: 1e-3 apart at
+  // most.
   CHECK_THAT(static_cast<double>(factor.item()), WithinRel(want, 1e-3));
   if (spread == 1.0) CHECK(factor.item() < 0.1f);
 }

@@ -3,8 +3,8 @@
 // same precision (so both turn by the same fp32 angles), at the Llama head sizes (64, 128), odd
 // half-head sizes (element-at-a-time path), large start positions, data off the 16-byte grid, and
 // the rope op on CUDA.
-#include <fathom/cuda.hpp>
 #include <fathom/autograd/ops/rope.hpp>
+#include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/rope.cuh>
 
 #include <cmath>
@@ -15,6 +15,7 @@
 
 #include <fathom/core/rng.hpp>
 
+#include "kernels/cuda/support.cuh"
 #include "support/catch.hpp"
 
 using fathom::bf16;
@@ -25,38 +26,9 @@ using fathom::scalar_cast;
 using fathom::Shape;
 using fathom::Tensor;
 
+using namespace fathom::test;
+
 namespace {
-
-template <class T>
-std::vector<T> random_values(std::size_t n, std::uint64_t seed) {
-  std::vector<T> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = scalar_cast<T>(fathom::rng::normal(seed, i));
-  return v;
-}
-
-template <class T>
-std::vector<double> to_double(const std::vector<T>& v) {
-  std::vector<double> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<double>(v[i]);
-  return out;
-}
-
-// Device copy of v, `offset` elements into its buffer (1 puts it off the 16-byte grid).
-template <class T>
-struct DeviceArray {
-  Tensor<T, Cuda> buffer;
-  std::int64_t offset = 0;
-  DeviceArray(const std::vector<T>& v, std::int64_t off) : offset(off) {
-    std::vector<T> host(static_cast<std::size_t>(off), scalar_cast<T>(0.0));
-    host.insert(host.end(), v.begin(), v.end());
-    buffer = Tensor<T, Cuda>::from_vector(Shape{static_cast<std::int64_t>(host.size())}, host);
-  }
-  T* data() const { return buffer.data() + offset; }
-  std::vector<T> values() const {
-    auto all = buffer.to_vector();
-    return {all.begin() + offset, all.end()};
-  }
-};
 
 struct Case {
   std::int64_t B, T, H, hd, pos0, offset;
@@ -64,69 +36,61 @@ struct Case {
   std::size_t n() const { return static_cast<std::size_t>(B * T * H * hd); }
 };
 std::ostream& operator<<(std::ostream& os, const Case& c) {
-  return os << "B " << c.B << " T " << c.T << " H " << c.H << " hd " << c.hd << " pos0 " << c.pos0 << " offset "
-            << c.offset;
-}
-
-std::string first_mismatch(const std::string& name, const std::vector<double>& got, const std::vector<double>& want,
-                           double rtol, double atol, const Case& c) {
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const double err = std::abs(got[i] - want[i]);
-    if (!(err <= atol + rtol * std::abs(want[i]))) {
-      const auto C = static_cast<std::size_t>(c.C()), T = static_cast<std::size_t>(c.T);
-      std::ostringstream s;
-      s << name << "[b " << i / (T * C) << ", t " << i / C % T << ", c " << i % C << "]: got " << got[i] << ", want "
-        << want[i] << " (|diff| " << err << ")";
-      return s.str();
-    }
-  }
-  return {};
+  return os << "B " << c.B << " T " << c.T << " H " << c.H << " hd " << c.hd << " pos0 " << c.pos0
+            << " offset " << c.offset;
 }
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("CUDA rope forward and backward match the CPU kernels", "[cuda][kernels][rope]", float, bf16) {
+TEMPLATE_TEST_CASE("CUDA rope forward and backward match the CPU kernels", "[cuda][kernels][rope]",
+                   float, bf16) {
   using T = TestType;
-  const Case c = GENERATE(Case{2, 256, 12, 64, 0, 0}, Case{1, 300, 4, 128, 3000, 0}, Case{3, 17, 3, 6, 5, 0},
-                          Case{1, 5, 2, 2, 0, 0}, Case{2, 33, 5, 64, 0, 1}, Case{1, 1, 1, 16, 123, 0},
-                          Case{4, 255, 16, 64, 17, 0});
+  const Case c = GENERATE(Case{2, 256, 12, 64, 0, 0}, Case{1, 300, 4, 128, 3000, 0},
+                          Case{3, 17, 3, 6, 5, 0}, Case{1, 5, 2, 2, 0, 0}, Case{2, 33, 5, 64, 0, 1},
+                          Case{1, 1, 1, 16, 123, 0}, Case{4, 255, 16, 64, 17, 0});
   CAPTURE(c, Precision<T>::name);
-  const auto x = random_values<T>(c.n(), 71), dy = random_values<T>(c.n(), 72), dx0 = random_values<T>(c.n(), 73);
+  const auto x = normal_values<T>(c.n(), 71), dy = normal_values<T>(c.n(), 72),
+             dx0 = normal_values<T>(c.n(), 73);
   std::vector<T> y_want(c.n()), dx_want = dx0;
-  fathom::kernels::rope(Cpu{}, fathom::kernels::RopeParams<T>{x.data(), y_want.data(), c.B, c.T, c.C(),
-                                                              static_cast<int>(c.H), 10000.0, c.pos0});
-  fathom::kernels::rope_backward(Cpu{}, fathom::kernels::RopeBackwardParams<T>{dy.data(), dx_want.data(), c.B, c.T,
-                                                                               c.C(), static_cast<int>(c.H), 10000.0,
-                                                                               c.pos0, true});
-  DeviceArray<T> xd(x, c.offset), yd(std::vector<T>(c.n(), scalar_cast<T>(7.0)), c.offset), dyd(dy, c.offset),
-      dxd(dx0, c.offset);
-  fathom::kernels::rope(Cuda{}, fathom::kernels::RopeParams<T>{xd.data(), yd.data(), c.B, c.T, c.C(),
-                                                               static_cast<int>(c.H), 10000.0, c.pos0});
-  fathom::kernels::rope_backward(Cuda{}, fathom::kernels::RopeBackwardParams<T>{dyd.data(), dxd.data(), c.B, c.T,
-                                                                                c.C(), static_cast<int>(c.H), 10000.0,
-                                                                                c.pos0, true});
+  fathom::kernels::rope(Cpu{},
+                        fathom::kernels::RopeParams<T>{x.data(), y_want.data(), c.B, c.T, c.C(),
+                                                       static_cast<int>(c.H), 10000.0, c.pos0});
+  fathom::kernels::rope_backward(
+      Cpu{}, fathom::kernels::RopeBackwardParams<T>{dy.data(), dx_want.data(), c.B, c.T, c.C(),
+                                                    static_cast<int>(c.H), 10000.0, c.pos0, true});
+  DeviceArray<T> xd(x, c.offset), yd(std::vector<T>(c.n(), scalar_cast<T>(7.0)), c.offset),
+      dyd(dy, c.offset), dxd(dx0, c.offset);
+  fathom::kernels::rope(Cuda{},
+                        fathom::kernels::RopeParams<T>{xd.data(), yd.data(), c.B, c.T, c.C(),
+                                                       static_cast<int>(c.H), 10000.0, c.pos0});
+  fathom::kernels::rope_backward(
+      Cuda{}, fathom::kernels::RopeBackwardParams<T>{dyd.data(), dxd.data(), c.B, c.T, c.C(),
+                                                     static_cast<int>(c.H), 10000.0, c.pos0, true});
   FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
   // Same fp32 angles on both sides; sin and cos differ by an ulp or two, times positions' size.
   const double rtol = Precision<T>::rtol, atol = Precision<T>::atol;
-  CHECK(first_mismatch("y", to_double(yd.values()), to_double(y_want), rtol, atol, c) == "");
-  CHECK(first_mismatch("dx", to_double(dxd.values()), to_double(dx_want), rtol, atol, c) == "");
+  CHECK(first_mismatch("y", to_double(yd.values()), to_double(y_want), rtol, atol, c.C()) == "");
+  CHECK(first_mismatch("dx", to_double(dxd.values()), to_double(dx_want), rtol, atol, c.C()) == "");
 }
 
 TEST_CASE("CUDA rope in double matches the CPU kernel closely", "[cuda][kernels][rope]") {
   const Case c{2, 40, 3, 32, 77, 0};
-  const auto x = random_values<double>(c.n(), 81);
+  const auto x = normal_values<double>(c.n(), 81);
   std::vector<double> want(c.n());
-  fathom::kernels::rope(Cpu{}, fathom::kernels::RopeParams<double>{x.data(), want.data(), c.B, c.T, c.C(), 3, 5e5, c.pos0});
+  fathom::kernels::rope(Cpu{}, fathom::kernels::RopeParams<double>{x.data(), want.data(), c.B, c.T,
+                                                                   c.C(), 3, 5e5, c.pos0});
   DeviceArray<double> xd(x, 0), yd(std::vector<double>(c.n(), 7.0), 0);
-  fathom::kernels::rope(Cuda{}, fathom::kernels::RopeParams<double>{xd.data(), yd.data(), c.B, c.T, c.C(), 3, 5e5, c.pos0});
-  CHECK(first_mismatch("y", yd.values(), want, 1e-12, 1e-13, c) == "");
+  fathom::kernels::rope(Cuda{}, fathom::kernels::RopeParams<double>{xd.data(), yd.data(), c.B, c.T,
+                                                                    c.C(), 3, 5e5, c.pos0});
+  CHECK(first_mismatch("y", yd.values(), want, 1e-12, 1e-13, c.C()) == "");
 }
 
-TEMPLATE_TEST_CASE("CUDA rope op matches the CPU op, value and gradient", "[cuda][autograd][rope]", float, bf16) {
+TEMPLATE_TEST_CASE("CUDA rope op matches the CPU op, value and gradient", "[cuda][autograd][rope]",
+                   float, bf16) {
   using T = TestType;
   namespace ag = fathom::autograd;
   const Case c{2, 64, 4, 32, 9, 0};
-  const auto x = random_values<T>(c.n(), 91), gy = random_values<T>(c.n(), 92);
+  const auto x = normal_values<T>(c.n(), 91), gy = normal_values<T>(c.n(), 92);
   auto run = [&](auto device) {
     using D = decltype(device);
     const Shape shape{c.B, c.T, c.C()};
@@ -136,6 +100,8 @@ TEMPLATE_TEST_CASE("CUDA rope op matches the CPU op, value and gradient", "[cuda
     return std::make_pair(to_double(y.value().to_vector()), to_double(xv.grad().to_vector()));
   };
   const auto cpu = run(Cpu{}), gpu = run(Cuda{});
-  CHECK(first_mismatch("y", gpu.first, cpu.first, Precision<T>::rtol, Precision<T>::atol, c) == "");
-  CHECK(first_mismatch("dx", gpu.second, cpu.second, Precision<T>::rtol, Precision<T>::atol, c) == "");
+  CHECK(first_mismatch("y", gpu.first, cpu.first, Precision<T>::rtol, Precision<T>::atol, c.C()) ==
+        "");
+  CHECK(first_mismatch("dx", gpu.second, cpu.second, Precision<T>::rtol, Precision<T>::atol,
+                       c.C()) == "");
 }

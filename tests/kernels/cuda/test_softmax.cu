@@ -1,10 +1,11 @@
-// [cuda] tests for the CUDA softmax and cross-entropy kernels (include/fathom/kernels/cuda/softmax.cuh)
-// in float and bf16 against the CPU reference in double: softmax forward and backward, cross-entropy
-// loss, logsumexp and gradient (backward kernel and fused forward) at vocabularies 32000, 50257
-// (rows off the 16-byte grid) and 50304, ignored rows, an all-ignored batch, a target out of range
-// (NaN loss), determinism, and the cross_entropy op on CUDA.
-#include <fathom/cuda.hpp>
+// [cuda] tests for the CUDA softmax and cross-entropy kernels
+// (include/fathom/kernels/cuda/softmax.cuh) in float and bf16 against the CPU reference in double:
+// softmax forward and backward, cross-entropy loss, logsumexp and gradient (backward kernel and
+// fused forward) at vocabularies 32000, 50257 (rows off the 16-byte grid) and 50304, ignored rows,
+// an all-ignored batch, a target out of range (NaN loss), determinism, and the cross_entropy op on
+// CUDA.
 #include <fathom/autograd/ops/softmax.hpp>
+#include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/softmax.cuh>
 
 #include <cmath>
@@ -17,6 +18,7 @@
 
 #include <fathom/core/rng.hpp>
 
+#include "kernels/cuda/support.cuh"
 #include "support/catch.hpp"
 
 using fathom::accum_t;
@@ -28,53 +30,9 @@ using fathom::scalar_cast;
 using fathom::Shape;
 using fathom::Tensor;
 
+using namespace fathom::test;
+
 namespace {
-
-std::vector<double> bf16_values(std::size_t n, std::uint64_t seed, double std = 1.0, double mean = 0.0) {
-  std::vector<double> v(n);
-  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<float>(bf16(static_cast<float>(mean + std * fathom::rng::normal(seed, i))));
-  return v;
-}
-
-template <class T>
-std::vector<double> to_double(const std::vector<T>& v) {
-  std::vector<double> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<double>(v[i]);
-  return out;
-}
-
-// A device copy of v in T, `offset` elements into its buffer (1 puts it off the 16-byte grid).
-template <class T>
-struct DeviceArray {
-  Tensor<T, Cuda> buffer;
-  std::int64_t offset = 0;
-  DeviceArray(const std::vector<double>& v, std::int64_t off) : offset(off) {
-    std::vector<T> host(v.size() + static_cast<std::size_t>(off), scalar_cast<T>(0.0));
-    for (std::size_t i = 0; i < v.size(); ++i) host[i + static_cast<std::size_t>(off)] = scalar_cast<T>(v[i]);
-    buffer = Tensor<T, Cuda>::from_vector(Shape{static_cast<std::int64_t>(host.size())}, host);
-  }
-  T* data() const { return buffer.data() + offset; }
-  std::vector<double> values() const {
-    auto all = to_double(buffer.to_vector());
-    return {all.begin() + offset, all.end()};
-  }
-};
-
-// First element where |got - want| > atol * scale[i] + rtol * |want| (scale 1 when not given).
-std::string first_mismatch(const std::string& name, const std::vector<double>& got, const std::vector<double>& want,
-                           double rtol, double atol, std::int64_t cols, const std::vector<double>* scale = nullptr) {
-  if (got.size() != want.size()) return name + ": sizes differ";
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const double err = std::abs(got[i] - want[i]);
-    if (!(err <= atol * (scale ? (*scale)[i] : 1.0) + rtol * std::abs(want[i]))) {
-      std::ostringstream s;
-      s << name << "[row " << static_cast<std::int64_t>(i) / cols << ", col " << static_cast<std::int64_t>(i) % cols
-        << "]: got " << got[i] << ", want " << want[i] << " (|diff| " << err << ")";
-      return s.str();
-    }
-  }
-  return {};
-}
 
 struct Case {
   std::int64_t rows, cols, offset;
@@ -84,10 +42,12 @@ std::ostream& operator<<(std::ostream& os, const Case& c) {
 }
 
 // Targets in [0, V), about one row in five ignored (never row 0).
-std::vector<std::int32_t> random_targets(std::int64_t rows, std::int64_t vocab, int ignore_index, std::uint64_t seed) {
+std::vector<std::int32_t> random_targets(std::int64_t rows, std::int64_t vocab, int ignore_index,
+                                         std::uint64_t seed) {
   std::vector<std::int32_t> t(static_cast<std::size_t>(rows));
   for (std::size_t r = 0; r < t.size(); ++r) {
-    t[r] = static_cast<std::int32_t>(fathom::rng::uniform(seed, 2 * r + 1) * static_cast<double>(vocab));
+    t[r] = static_cast<std::int32_t>(fathom::rng::uniform(seed, 2 * r + 1) *
+                                     static_cast<double>(vocab));
     if (r > 0 && fathom::rng::uniform(seed, 2 * r) < 0.2) t[r] = ignore_index;
   }
   return t;
@@ -103,7 +63,8 @@ struct CrossEntropyResult {
 // The gradient is written over garbage (accumulate = false), scaled by dloss.
 template <class T, class D>
 CrossEntropyResult run_cross_entropy(const Case& c, const std::vector<double>& logits,
-                                     const std::vector<std::int32_t>& targets, int ignore_index, double dloss) {
+                                     const std::vector<std::int32_t>& targets, int ignore_index,
+                                     double dloss) {
   using A = accum_t<T>;
   CrossEntropyResult r;
   const auto n = static_cast<std::size_t>(c.rows * c.cols);
@@ -159,56 +120,67 @@ CrossEntropyResult run_cross_entropy(const Case& c, const std::vector<double>& l
     fathom::kernels::cross_entropy(Cuda{}, p);
     FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
     CHECK(static_cast<double>(loss.item()) == first_loss);  // the fused pass computes the same loss
-    r = {first_loss, valid.item(), to_double(lse.to_vector()), grad.values(), fused.values()};
+    r = {first_loss, valid.item(), to_double(lse.to_vector()), to_double(grad.values()),
+         to_double(fused.values())};
   }
   return r;
 }
 
-const Case ce_cases[] = {{1, 2, 0},      {5, 7, 0},      {17, 32000, 0}, {64, 50257, 0},
+const Case ce_cases[] = {{1, 2, 0},       {5, 7, 0},      {17, 32000, 0}, {64, 50257, 0},
                          {130, 50304, 0}, {33, 50304, 1}, {9, 4099, 3},   {1000, 512, 0}};
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("CUDA softmax forward and backward match the CPU reference", "[cuda][kernels][softmax]", float,
-                   bf16) {
+TEMPLATE_TEST_CASE("CUDA softmax forward and backward match the CPU reference",
+                   "[cuda][kernels][softmax]", float, bf16) {
   using T = TestType;
-  const Case c = GENERATE(Case{1, 1, 0}, Case{7, 1000, 0}, Case{33, 4097, 0}, Case{64, 32000, 0}, Case{300, 64, 0},
-                          Case{5, 1024, 1}, Case{12, 50257, 0});
+  const Case c = GENERATE(Case{1, 1, 0}, Case{7, 1000, 0}, Case{33, 4097, 0}, Case{64, 32000, 0},
+                          Case{300, 64, 0}, Case{5, 1024, 1}, Case{12, 50257, 0});
   CAPTURE(c, Precision<T>::name);
   const auto n = static_cast<std::size_t>(c.rows * c.cols);
   const auto x = bf16_values(n, 11, 3.0, 40.0), dy = bf16_values(n, 12), dx0 = bf16_values(n, 13);
   std::vector<double> y_want(n), dx_want(n), dx_acc_want = dx0;
-  fathom::kernels::softmax(Cpu{}, fathom::kernels::SoftmaxParams<double>{x.data(), y_want.data(), c.rows, c.cols});
+  fathom::kernels::softmax(
+      Cpu{}, fathom::kernels::SoftmaxParams<double>{x.data(), y_want.data(), c.rows, c.cols});
 
   DeviceArray<T> xd(x, c.offset), yd(std::vector<double>(n, 7.0), c.offset), dyd(dy, c.offset),
       dxd(std::vector<double>(n, 1e30), c.offset), dx_acc(dx0, c.offset);
-  fathom::kernels::softmax(Cuda{}, fathom::kernels::SoftmaxParams<T>{xd.data(), yd.data(), c.rows, c.cols});
-  const auto y_got = yd.values();
+  fathom::kernels::softmax(Cuda{},
+                           fathom::kernels::SoftmaxParams<T>{xd.data(), yd.data(), c.rows, c.cols});
+  const auto y_got = to_double(yd.values());
   // The backward takes the GPU's y (rounded to T) on both sides, so only the backward is compared.
-  fathom::kernels::softmax_backward(Cpu{}, fathom::kernels::SoftmaxBackwardParams<double>{
-                                               y_got.data(), dy.data(), dx_want.data(), c.rows, c.cols, false});
-  fathom::kernels::softmax_backward(Cpu{}, fathom::kernels::SoftmaxBackwardParams<double>{
-                                               y_got.data(), dy.data(), dx_acc_want.data(), c.rows, c.cols, true});
-  fathom::kernels::softmax_backward(Cuda{}, fathom::kernels::SoftmaxBackwardParams<T>{
-                                                yd.data(), dyd.data(), dxd.data(), c.rows, c.cols, false});
-  fathom::kernels::softmax_backward(Cuda{}, fathom::kernels::SoftmaxBackwardParams<T>{
-                                                yd.data(), dyd.data(), dx_acc.data(), c.rows, c.cols, true});
+  fathom::kernels::softmax_backward(
+      Cpu{}, fathom::kernels::SoftmaxBackwardParams<double>{y_got.data(), dy.data(), dx_want.data(),
+                                                            c.rows, c.cols, false});
+  fathom::kernels::softmax_backward(
+      Cpu{}, fathom::kernels::SoftmaxBackwardParams<double>{
+                 y_got.data(), dy.data(), dx_acc_want.data(), c.rows, c.cols, true});
+  fathom::kernels::softmax_backward(
+      Cuda{}, fathom::kernels::SoftmaxBackwardParams<T>{yd.data(), dyd.data(), dxd.data(), c.rows,
+                                                        c.cols, false});
+  fathom::kernels::softmax_backward(
+      Cuda{}, fathom::kernels::SoftmaxBackwardParams<T>{yd.data(), dyd.data(), dx_acc.data(),
+                                                        c.rows, c.cols, true});
   // Probabilities are small (about 1/C): compare relatively, with an absolute floor far below 1/C.
   // dx = y * (dy - sum(dy * y)) may cancel: its floor is proportional to y (the fp32 error of the
   // difference, carried by y).
-  const double rtol = Precision<T>::rtol, floor = 1e-4 * Precision<T>::atol / static_cast<double>(c.cols);
+  const double rtol = Precision<T>::rtol,
+               floor = 1e-4 * Precision<T>::atol / static_cast<double>(c.cols);
   CHECK(first_mismatch("y", y_got, y_want, rtol, floor, c.cols) == "");
-  CHECK(first_mismatch("dx", dxd.values(), dx_want, rtol, 1e-5, c.cols, &y_got) == "");
-  CHECK(first_mismatch("dx (accumulated)", dx_acc.values(), dx_acc_want, rtol, Precision<T>::atol, c.cols) == "");
+  CHECK(first_mismatch("dx", to_double(dxd.values()), dx_want, rtol, 1e-5, c.cols, &y_got) == "");
+  CHECK(first_mismatch("dx (accumulated)", to_double(dx_acc.values()), dx_acc_want, rtol,
+                       Precision<T>::atol, c.cols) == "");
 }
 
-TEMPLATE_TEST_CASE("CUDA cross_entropy matches the CPU reference: loss, logsumexp, gradient, fused gradient",
-                   "[cuda][kernels][softmax]", float, bf16) {
+TEMPLATE_TEST_CASE(
+    "CUDA cross_entropy matches the CPU reference: loss, logsumexp, gradient, fused gradient",
+    "[cuda][kernels][softmax]", float, bf16) {
   using T = TestType;
   const Case c = GENERATE(from_range(std::begin(ce_cases), std::end(ce_cases)));
   const int ignore_index = GENERATE(-100, 0);
   CAPTURE(c, ignore_index, Precision<T>::name);
-  const auto logits = bf16_values(static_cast<std::size_t>(c.rows * c.cols), 21 + static_cast<std::uint64_t>(c.cols), 2.5, 10.0);
+  const auto logits = bf16_values(static_cast<std::size_t>(c.rows * c.cols),
+                                  21 + static_cast<std::uint64_t>(c.cols), 2.5, 10.0);
   const auto targets = random_targets(c.rows, c.cols, ignore_index, 22);
   const double dloss = 0.37;
   const auto want = run_cross_entropy<double, Cpu>(c, logits, targets, ignore_index, dloss);
@@ -216,17 +188,19 @@ TEMPLATE_TEST_CASE("CUDA cross_entropy matches the CPU reference: loss, logsumex
   // The loss, logsumexp and gradient are computed in fp32 from the same (bf16-exact) logits.
   using A = accum_t<T>;
   CHECK(got.valid == want.valid);
-  CHECK_THAT(got.loss, WithinAbs(want.loss, Precision<A>::atol + Precision<A>::rtol * std::abs(want.loss)));
+  CHECK_THAT(got.loss,
+             WithinAbs(want.loss, Precision<A>::atol + Precision<A>::rtol * std::abs(want.loss)));
   CHECK(first_mismatch("lse", got.lse, want.lse, Precision<A>::rtol, Precision<A>::atol, 1) == "");
-  // Gradient elements are p * dloss / valid (mostly tiny): compare relatively, with a floor far below
-  // the scale of the largest element.
+  // Gradient elements are p * dloss / valid (mostly tiny): compare relatively, with a floor far
+  // below the scale of the largest element.
   const double floor = 1e-6 * dloss / std::max(want.valid, 1);
   CHECK(first_mismatch("dlogits", got.grad, want.grad, Precision<T>::rtol, floor, c.cols) == "");
-  CHECK(first_mismatch("fused dlogits", got.fused, want.fused, Precision<T>::rtol, floor, c.cols) == "");
+  CHECK(first_mismatch("fused dlogits", got.fused, want.fused, Precision<T>::rtol, floor, c.cols) ==
+        "");
 }
 
-TEMPLATE_TEST_CASE("CUDA cross_entropy: all rows ignored gives loss 0 and a zero gradient", "[cuda][kernels][softmax]",
-                   float, bf16) {
+TEMPLATE_TEST_CASE("CUDA cross_entropy: all rows ignored gives loss 0 and a zero gradient",
+                   "[cuda][kernels][softmax]", float, bf16) {
   using T = TestType;
   const Case c{6, 50257, 0};
   const auto logits = bf16_values(static_cast<std::size_t>(c.rows * c.cols), 31, 2.0);
@@ -240,11 +214,13 @@ TEMPLATE_TEST_CASE("CUDA cross_entropy: all rows ignored gives loss 0 and a zero
   CHECK(nonzero == 0);
 }
 
-TEST_CASE("CUDA cross_entropy: a target out of range makes the loss NaN", "[cuda][kernels][softmax]") {
+TEST_CASE("CUDA cross_entropy: a target out of range makes the loss NaN",
+          "[cuda][kernels][softmax]") {
   const Case c{3, 100, 0};
   const auto logits = bf16_values(300, 41);
   const std::vector<std::int32_t> targets{5, 100, 7};
-  auto x = Tensor<float, Cuda>::from_vector(Shape{3, 100}, std::vector<float>(logits.begin(), logits.end()));
+  auto x = Tensor<float, Cuda>::from_vector(Shape{3, 100},
+                                            std::vector<float>(logits.begin(), logits.end()));
   auto t = Tensor<std::int32_t, Cuda>::from_vector(Shape{3}, targets);
   auto loss = Tensor<float, Cuda>::zeros(Shape{});
   fathom::kernels::CrossEntropyParams<float> p;
@@ -257,7 +233,8 @@ TEST_CASE("CUDA cross_entropy: a target out of range makes the loss NaN", "[cuda
   CHECK(std::isnan(loss.item()));
 }
 
-TEST_CASE("CUDA cross_entropy loss and gradient are the same run to run", "[cuda][kernels][softmax]") {
+TEST_CASE("CUDA cross_entropy loss and gradient are the same run to run",
+          "[cuda][kernels][softmax]") {
   const Case c{512, 32000, 0};
   const auto logits = bf16_values(static_cast<std::size_t>(c.rows * c.cols), 51, 2.0);
   const auto targets = random_targets(c.rows, c.cols, -100, 52);
@@ -267,8 +244,9 @@ TEST_CASE("CUDA cross_entropy loss and gradient are the same run to run", "[cuda
   CHECK(a.grad == b.grad);
 }
 
-TEMPLATE_TEST_CASE("CUDA cross_entropy op matches the CPU op and accumulates over two backward passes",
-                   "[cuda][autograd][softmax]", float, bf16) {
+TEMPLATE_TEST_CASE(
+    "CUDA cross_entropy op matches the CPU op and accumulates over two backward passes",
+    "[cuda][autograd][softmax]", float, bf16) {
   using T = TestType;
   namespace ag = fathom::autograd;
   const std::int64_t B = 4, S = 33, V = 50257;

@@ -35,36 +35,29 @@ struct AttentionRows {
   }
 };
 
-// The kernels' forward parameters: q, k, v rows of the given strides, o packed (B, T, C).
-template <class T>
-kernels::AttentionParams<T> attention_params(const T* q, const T* k, const T* v, std::int64_t q_stride,
-                                             std::int64_t k_stride, std::int64_t v_stride, T* o,
-                                             accum_t<T>* lse, std::int64_t B, std::int64_t Tn, int heads,
-                                             std::int64_t hd, bool causal) {
-  kernels::AttentionParams<T> fp;
-  fp.q = q;
-  fp.k = k;
-  fp.v = v;
-  fp.o = o;
-  fp.lse = lse;
-  fp.batch = B;
-  fp.seq = Tn;
-  fp.heads = heads;
-  fp.head_dim = hd;
-  fp.q_stride = q_stride;
-  fp.k_stride = k_stride;
-  fp.v_stride = v_stride;
-  fp.o_stride = heads * hd;
-  fp.causal = causal;
-  fp.scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  return fp;
+// The forward parameters that follow from the outputs o (B, T, C) and lse (B, H, T): the shape, the
+// packed output and the softmax scale. The caller points q, k and v at its inputs.
+template <class T, class D>
+kernels::AttentionParams<T> attention_params(const Tensor<T, D>& o,
+                                             const Tensor<accum_t<T>, D>& lse, bool causal) {
+  const std::int64_t C = o.size(2), heads = lse.size(1), hd = C / heads;
+  return {.o = o.data(),
+          .lse = lse.data(),
+          .batch = o.size(0),
+          .seq = o.size(1),
+          .heads = heads,
+          .head_dim = hd,
+          .o_stride = C,
+          .causal = causal,
+          .scale = 1.0 / std::sqrt(static_cast<double>(hd))};
 }
 
 // The backward of the forward fp: d_o packed, the gradients at dq, dk, dv with rows of grad_stride.
 template <class T>
 kernels::AttentionBackwardParams<T> attention_backward_params(const kernels::AttentionParams<T>& fp,
-                                                              const T* d_o, GradWrite<T> dq, GradWrite<T> dk,
-                                                              GradWrite<T> dv, std::int64_t grad_stride,
+                                                              const T* d_o, GradWrite<T> dq,
+                                                              GradWrite<T> dk, GradWrite<T> dv,
+                                                              std::int64_t grad_stride,
                                                               bool accumulate) {
   kernels::AttentionBackwardParams<T> bp;
   bp.q = fp.q;
@@ -106,30 +99,30 @@ Var<T, D> attention(const Var<T, D>& q, const Var<T, D>& k, const Var<T, D>& v, 
                                                        << " must have the same shape");
   FATHOM_CHECK(n_heads > 0, "attention: expected n_heads > 0, got " << n_heads);
   const std::int64_t B = q.size(0), Tn = q.size(1), C = q.size(2);
-  FATHOM_CHECK(C % n_heads == 0, "attention: C = " << C << " (q " << q.shape()
-                                                   << ") is not divisible by n_heads = " << n_heads);
-  const std::int64_t hd = C / n_heads;
+  FATHOM_CHECK(C % n_heads == 0,
+               "attention: C = " << C << " (q " << q.shape()
+                                 << ") is not divisible by n_heads = " << n_heads);
 
   detail::AttentionRows<T, D> qr(q.value()), kr(k.value()), vr(v.value());
   Tensor<T, D> o(Shape{B, Tn, C});
   Tensor<accum_t<T>, D> lse(Shape{B, n_heads, Tn});
-  const auto fp = detail::attention_params(qr.tensor.data(), kr.tensor.data(), vr.tensor.data(), qr.row_stride,
-                                           kr.row_stride, vr.row_stride, o.data(), lse.data(), B, Tn, n_heads,
-                                           hd, causal);
+  auto fp = detail::attention_params(o, lse, causal);
+  fp.q = qr.tensor.data(), fp.k = kr.tensor.data(), fp.v = vr.tensor.data();
+  fp.q_stride = qr.row_stride, fp.k_stride = kr.row_stride, fp.v_stride = vr.row_stride;
   if (o.numel() > 0) kernels::attention(D{}, fp);
 
   return Var<T, D>::make_result(
       o, any_requires_grad(q, k, v),
-      [gq = grad_target(q), gk = grad_target(k), gv = grad_target(v), qr, kr, vr, o, lse, fp](
-          const Tensor<T, D>& gy) {
+      [gq = grad_target(q), gk = grad_target(k), gv = grad_target(v), qr, kr, vr, o, lse,
+       fp](const Tensor<T, D>& gy) {
         if (o.numel() == 0) return;
         Tensor<T, D> g = gy.contiguous();
         // One flag covers the three outputs: fresh buffers are written only when all three are,
         // and are three different buffers (one Var may serve as q, k and v).
         GradWrite<T> dq, dk, dv;
         const bool distinct = (!gq || (gq != gk && gq != gv)) && (!gk || gk != gv);
-        const bool all_fresh = distinct && (!gq || !gq->grad.defined()) && (!gk || !gk->grad.defined()) &&
-                               (!gv || !gv->grad.defined());
+        const bool all_fresh = distinct && (!gq || !gq->grad.defined()) &&
+                               (!gk || !gk->grad.defined()) && (!gv || !gv->grad.defined());
         if (all_fresh) {
           if (gq) dq = gq->write_target();
           if (gk) dk = gk->write_target();
@@ -140,7 +133,8 @@ Var<T, D> attention(const Var<T, D>& q, const Var<T, D>& k, const Var<T, D>& v, 
           if (gv) dv = {gv->accumulator().data(), true};
         }
         // Gradients are contiguous (B, T, C).
-        const auto bp = detail::attention_backward_params(fp, g.data(), dq, dk, dv, fp.o_stride, !all_fresh);
+        const auto bp =
+            detail::attention_backward_params(fp, g.data(), dq, dk, dv, fp.o_stride, !all_fresh);
         kernels::attention_backward(D{}, bp);
       });
 }
@@ -155,26 +149,28 @@ Var<T, D> attention_qkv(const Var<T, D>& qkv, int n_heads, bool causal = true) {
                "attention_qkv: expected qkv of shape (B, T, 3C), got " << qkv.shape());
   FATHOM_CHECK(n_heads > 0, "attention_qkv: expected n_heads > 0, got " << n_heads);
   const std::int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3;
-  FATHOM_CHECK(C % n_heads == 0, "attention_qkv: C = " << C << " (qkv " << qkv.shape()
-                                                       << ") is not divisible by n_heads = " << n_heads);
-  const std::int64_t hd = C / n_heads;
+  FATHOM_CHECK(C % n_heads == 0,
+               "attention_qkv: C = " << C << " (qkv " << qkv.shape()
+                                     << ") is not divisible by n_heads = " << n_heads);
   Tensor<T, D> x = qkv.value().contiguous();
   Tensor<T, D> o(Shape{B, Tn, C});
   Tensor<accum_t<T>, D> lse(Shape{B, n_heads, Tn});
-  const auto fp = detail::attention_params(x.data(), x.data() + C, x.data() + 2 * C, 3 * C, 3 * C, 3 * C,
-                                           o.data(), lse.data(), B, Tn, n_heads, hd, causal);
+  auto fp = detail::attention_params(o, lse, causal);
+  fp.q = x.data(), fp.k = x.data() + C, fp.v = x.data() + 2 * C;
+  fp.q_stride = fp.k_stride = fp.v_stride = 3 * C;
   if (o.numel() > 0) kernels::attention(D{}, fp);
 
-  return Var<T, D>::make_result(
-      o, qkv.requires_grad(), [g = grad_target(qkv), x, o, lse, fp](const Tensor<T, D>& gy) {
-        if (o.numel() == 0) return;
-        Tensor<T, D> d_o = gy.contiguous();
-        const auto dst = g->write_target();
-        const std::int64_t C = fp.o_stride;
-        const auto bp = detail::attention_backward_params(fp, d_o.data(), dst, {dst.data + C, dst.accumulate},
-                                                          {dst.data + 2 * C, dst.accumulate}, 3 * C, dst.accumulate);
-        kernels::attention_backward(D{}, bp);
-      });
+  return Var<T, D>::make_result(o, qkv.requires_grad(),
+                                [g = grad_target(qkv), x, o, lse, fp](const Tensor<T, D>& gy) {
+                                  if (o.numel() == 0) return;
+                                  Tensor<T, D> d_o = gy.contiguous();
+                                  const auto dst = g->write_target();
+                                  const std::int64_t C = fp.o_stride;
+                                  const auto bp = detail::attention_backward_params(
+                                      fp, d_o.data(), dst, {dst.data + C, dst.accumulate},
+                                      {dst.data + 2 * C, dst.accumulate}, 3 * C, dst.accumulate);
+                                  kernels::attention_backward(D{}, bp);
+                                });
 }
 
 }  // namespace fathom::autograd

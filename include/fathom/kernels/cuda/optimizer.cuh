@@ -15,7 +15,8 @@ namespace fathom::kernels {
 
 namespace detail {
 
-constexpr int kMaxOptimizerSlots = 160;  // 160 * 56 bytes + offsets: well under the 32 KiB param limit
+// 160 * 56 bytes + offsets: well under the 32 KiB parameter limit.
+constexpr int kMaxOptimizerSlots = 160;
 
 template <class T>
 struct SlotTable {
@@ -30,57 +31,30 @@ __device__ inline int find_slot(const SlotTable<T>& table, std::int64_t i) {
   int lo = 0, hi = table.count - 1;
   while (lo < hi) {
     int mid = (lo + hi + 1) / 2;
-    if (table.begin[mid] <= i) lo = mid;
-    else hi = mid - 1;
+    if (table.begin[mid] <= i)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return lo;
 }
 
-template <class T>
-__global__ void adam_kernel(const __grid_constant__ SlotTable<T> table, AdamHyper h, accum_t<T> bias1,
-                            accum_t<T> bias2) {
-  using A = accum_t<T>;
-  const A scale = static_cast<A>(h.grad_scale_device ? *h.grad_scale_device : h.grad_scale);
+// Every element of the table through `update` (AdamUpdate or SgdUpdate), a grid-stride loop over
+// the tensors' virtual concatenation.
+template <class T, class Update>
+__global__ void update_kernel(const __grid_constant__ SlotTable<T> table, Update update) {
+  const auto scale = update.grad_scale.value();
   const std::int64_t total = table.begin[table.count];
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const int s = find_slot(table, i);
-    const auto& t = table.slots[s];
-    const std::int64_t j = i - table.begin[s];
-    A w = t.master ? t.master[j] : scalar_cast<A>(t.param[j]);
-    A g = scalar_cast<A>(t.grad[j]) * scale;
-    A m = t.state0[j], v = t.state1[j];
-    w = adam_update<A>(w, g, m, v, static_cast<A>(h.lr), static_cast<A>(h.beta1), static_cast<A>(h.beta2),
-                       static_cast<A>(h.eps), static_cast<A>(t.weight_decay), h.decoupled, bias1, bias2);
-    t.state0[j] = m;
-    t.state1[j] = v;
-    if (t.master) t.master[j] = w;
-    t.param[j] = scalar_cast<T>(w);
+    update_element(table.slots[s], i - table.begin[s], update, scale);
   }
 }
 
-template <class T>
-__global__ void sgd_kernel(const __grid_constant__ SlotTable<T> table, SgdHyper h) {
-  using A = accum_t<T>;
-  const A scale = static_cast<A>(h.grad_scale_device ? *h.grad_scale_device : h.grad_scale);
-  const std::int64_t total = table.begin[table.count];
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const int s = find_slot(table, i);
-    const auto& t = table.slots[s];
-    const std::int64_t j = i - table.begin[s];
-    A w = t.master ? t.master[j] : scalar_cast<A>(t.param[j]);
-    A g = scalar_cast<A>(t.grad[j]) * scale;
-    w = sgd_update<A>(w, g, t.state0 ? t.state0 + j : nullptr, static_cast<A>(h.lr),
-                      static_cast<A>(h.momentum), static_cast<A>(h.dampening),
-                      static_cast<A>(t.weight_decay), h.nesterov, h.first_step);
-    if (t.master) t.master[j] = w;
-    t.param[j] = scalar_cast<T>(w);
-  }
-}
-
-template <class T, class Launch>
-void for_each_table(OptimizerSlot<T>* slots, int count, Launch&& launch) {
+// One launch of update_kernel per kMaxOptimizerSlots tensors.
+template <class T, class Update>
+void launch_update(OptimizerSlot<T>* slots, int count, const Update& update) {
   for (int first = 0; first < count; first += kMaxOptimizerSlots) {
     SlotTable<T> table{};
     table.count = std::min(kMaxOptimizerSlots, count - first);
@@ -89,11 +63,12 @@ void for_each_table(OptimizerSlot<T>* slots, int count, Launch&& launch) {
       table.slots[s] = slots[first + s];
       table.begin[s + 1] = table.begin[s] + slots[first + s].n;
     }
-    if (table.begin[table.count] == 0) continue;
     const std::int64_t total = table.begin[table.count];
+    if (total == 0) continue;
     const int threads = 256;
-    const int blocks = static_cast<int>(std::min<std::int64_t>((total + threads - 1) / threads, 132 * 16));
-    launch(table, blocks, threads);
+    const int blocks =
+        static_cast<int>(std::min<std::int64_t>((total + threads - 1) / threads, 132 * 16));
+    update_kernel<<<blocks, threads, 0, cuda::stream()>>>(table, update);
     FATHOM_CUDA_CHECK(cudaGetLastError());
   }
 }
@@ -102,20 +77,12 @@ void for_each_table(OptimizerSlot<T>* slots, int count, Launch&& launch) {
 
 template <class T>
 void adam_step(Cuda, const AdamParams<T>& p) {
-  using A = accum_t<T>;
-  const auto& h = p.hyper;
-  const A bias1 = static_cast<A>(1.0 - std::pow(h.beta1, static_cast<double>(h.step)));
-  const A bias2 = static_cast<A>(1.0 - std::pow(h.beta2, static_cast<double>(h.step)));
-  detail::for_each_table(p.slots, p.count, [&](const detail::SlotTable<T>& table, int blocks, int threads) {
-    detail::adam_kernel<T><<<blocks, threads, 0, cuda::stream()>>>(table, h, bias1, bias2);
-  });
+  detail::launch_update(p.slots, p.count, AdamUpdate<accum_t<T>>(p.hyper));
 }
 
 template <class T>
 void sgd_step(Cuda, const SgdParams<T>& p) {
-  detail::for_each_table(p.slots, p.count, [&](const detail::SlotTable<T>& table, int blocks, int threads) {
-    detail::sgd_kernel<T><<<blocks, threads, 0, cuda::stream()>>>(table, p.hyper);
-  });
+  detail::launch_update(p.slots, p.count, SgdUpdate<accum_t<T>>(p.hyper));
 }
 
 }  // namespace fathom::kernels

@@ -1,10 +1,12 @@
 // Reductions on CUDA: sum (and mean) with its backward, and the multi-tensor sum of squares for
-// global-norm clipping. CUB block reductions in accum_t<T>; the grand total is a second, single-block
-// pass over per-block partials in a fixed order, so results are deterministic run to run.
+// global-norm clipping. CUB block reductions in accum_t<T>; the grand total is a second,
+// single-block pass over per-block partials in a fixed order, so results are deterministic run to
+// run.
 #pragma once
 
 #if !defined(__CUDACC__)
-#error "fathom/kernels/cuda/reduce.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#error \
+    "fathom/kernels/cuda/reduce.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
 #endif
 
 #include <algorithm>
@@ -30,8 +32,10 @@ template <bool Square>
 struct ReduceTerm {
   template <class A>
   __device__ A operator()(A v) const {
-    if constexpr (Square) return v * v;
-    else return v;
+    if constexpr (Square)
+      return v * v;
+    else
+      return v;
   }
 };
 
@@ -52,19 +56,22 @@ __device__ accum_t<T> block_range_partial(const T* x, std::int64_t n, Term term)
     }
     done = packs * N;
   }
-  for (std::int64_t i = done + threadIdx.x; i < n; i += blockDim.x) acc += term(scalar_cast<A>(x[i]));
+  for (std::int64_t i = done + threadIdx.x; i < n; i += blockDim.x)
+    acc += term(scalar_cast<A>(x[i]));
   return acc;
 }
 
 // Block b reduces elements [b * chunk, min(n, (b + 1) * chunk)) into partials[b].
 template <class T, bool Square>
-__global__ void reduce_chunks_kernel(const T* x, std::int64_t n, std::int64_t chunk, accum_t<T>* partials) {
+__global__ void reduce_chunks_kernel(const T* x, std::int64_t n, std::int64_t chunk,
+                                     accum_t<T>* partials) {
   using A = accum_t<T>;
   using BlockReduce = cub::BlockReduce<A, reduce_threads>;
   __shared__ typename BlockReduce::TempStorage temp;
   const std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * chunk;
   const std::int64_t count = n - begin < chunk ? n - begin : chunk;
-  const A total = BlockReduce(temp).Sum(block_range_partial(x + begin, count, ReduceTerm<Square>{}));
+  const A total =
+      BlockReduce(temp).Sum(block_range_partial(x + begin, count, ReduceTerm<Square>{}));
   if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
@@ -82,7 +89,8 @@ struct SumSquaresTable {
 };
 
 template <class T>
-__global__ void sum_squares_chunks_kernel(const __grid_constant__ SumSquaresTable<T> table, accum_t<T>* partials) {
+__global__ void sum_squares_chunks_kernel(const __grid_constant__ SumSquaresTable<T> table,
+                                          accum_t<T>* partials) {
   using A = accum_t<T>;
   using BlockReduce = cub::BlockReduce<A, reduce_threads>;
   __shared__ typename BlockReduce::TempStorage temp;
@@ -90,19 +98,23 @@ __global__ void sum_squares_chunks_kernel(const __grid_constant__ SumSquaresTabl
   int lo = 0, hi = table.count - 1;  // the tensor s with first_chunk[s] <= b < first_chunk[s + 1]
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (table.first_chunk[mid] <= b) lo = mid;
-    else hi = mid - 1;
+    if (table.first_chunk[mid] <= b)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   const std::int64_t begin = (b - table.first_chunk[lo]) * sum_squares_chunk;
   const std::int64_t rest = table.n[lo] - begin, chunk = sum_squares_chunk;
   const std::int64_t count = rest < chunk ? rest : chunk;
-  const A total = BlockReduce(temp).Sum(block_range_partial(table.data[lo] + begin, count, ReduceTerm<true>{}));
+  const A total =
+      BlockReduce(temp).Sum(block_range_partial(table.data[lo] + begin, count, ReduceTerm<true>{}));
   if (threadIdx.x == 0) partials[b] = total;
 }
 
 // out[0] = scale * sum(partials[0, count)), by a single block in a fixed order.
 template <class A, class Out>
-__global__ void reduce_partials_kernel(const A* partials, std::int64_t count, Out* out, double scale) {
+__global__ void reduce_partials_kernel(const A* partials, std::int64_t count, Out* out,
+                                       double scale) {
   using BlockReduce = cub::BlockReduce<A, reduce_threads>;
   __shared__ typename BlockReduce::TempStorage temp;
   A acc = 0;
@@ -110,22 +122,6 @@ __global__ void reduce_partials_kernel(const A* partials, std::int64_t count, Ou
   const A total = BlockReduce(temp).Sum(acc);
   if (threadIdx.x == 0) out[0] = scalar_cast<Out>(static_cast<A>(scale) * total);
 }
-
-// Scratch memory from the caching allocator, released (stream-ordered) when it goes out of scope.
-class ReduceScratch {
- public:
-  explicit ReduceScratch(std::size_t bytes) : p_(cuda::CachingAllocator::instance().allocate(bytes)) {}
-  ~ReduceScratch() { cuda::CachingAllocator::instance().deallocate(p_); }
-  ReduceScratch(const ReduceScratch&) = delete;
-  ReduceScratch& operator=(const ReduceScratch&) = delete;
-  template <class U>
-  U* as(std::size_t byte_offset = 0) const {
-    return reinterpret_cast<U*>(static_cast<char*>(p_) + byte_offset);
-  }
-
- private:
-  void* p_;
-};
 
 template <class T>
 struct SumBackwardMap {
@@ -149,26 +145,28 @@ void sum(Cuda, const SumParams<T>& p) {
   using A = accum_t<T>;
   // Chunks of whole packs, at most reduce_max_blocks of them: the split depends on n only.
   const std::int64_t per_block = detail::reduce_threads * 16;
-  std::int64_t blocks = std::min<std::int64_t>(detail::reduce_max_blocks, (p.n + per_block - 1) / per_block);
+  std::int64_t blocks =
+      std::min<std::int64_t>(detail::reduce_max_blocks, (p.n + per_block - 1) / per_block);
   std::int64_t chunk = blocks > 0 ? (p.n + blocks - 1) / blocks : 0;
   chunk = (chunk + 7) / 8 * 8;
   if (chunk > 0) blocks = (p.n + chunk - 1) / chunk;
-  detail::ReduceScratch scratch(static_cast<std::size_t>(std::max<std::int64_t>(blocks, 1)) * sizeof(A));
-  A* partials = scratch.as<A>();
+  A* partials = cuda::CachingAllocator::instance().workspace_for<A>(
+      static_cast<std::size_t>(std::max<std::int64_t>(blocks, 1)));
   if (blocks > 0) {
     detail::reduce_chunks_kernel<T, false>
-        <<<static_cast<int>(blocks), detail::reduce_threads, 0, cuda::stream()>>>(p.x, p.n, chunk, partials);
+        <<<static_cast<int>(blocks), detail::reduce_threads, 0, cuda::stream()>>>(p.x, p.n, chunk,
+                                                                                  partials);
     FATHOM_CUDA_CHECK(cudaGetLastError());
   }
-  detail::reduce_partials_kernel<<<1, detail::reduce_threads, 0, cuda::stream()>>>(partials, blocks, p.out,
-                                                                                   p.scale);
+  detail::reduce_partials_kernel<<<1, detail::reduce_threads, 0, cuda::stream()>>>(partials, blocks,
+                                                                                   p.out, p.scale);
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class T>
 void sum_backward(Cuda, const SumBackwardParams<T>& p) {
-  detail::launch_map<detail::map_width<T>()>(detail::SumBackwardMap<T>{p, static_cast<accum_t<T>>(p.scale)},
-                                             p.n, p.dx);
+  detail::launch_map<detail::map_width<T>()>(
+      detail::SumBackwardMap<T>{p, static_cast<accum_t<T>>(p.scale)}, p.n, p.dx);
 }
 
 // Writes the total to *out, a device pointer, without synchronizing or copying anything to the
@@ -178,9 +176,10 @@ template <class T>
 void sum_squares(Cuda, const SumSquaresParams<T>& p, accum_t<T>* out) {
   using A = accum_t<T>;
   std::int64_t chunks = 0;
-  for (const Span<T>& t : p.tensors) chunks += (t.n + detail::sum_squares_chunk - 1) / detail::sum_squares_chunk;
-  detail::ReduceScratch scratch(static_cast<std::size_t>(std::max<std::int64_t>(chunks, 1)) * sizeof(A));
-  A* partials = scratch.as<A>();
+  for (const Span<T>& t : p.tensors)
+    chunks += (t.n + detail::sum_squares_chunk - 1) / detail::sum_squares_chunk;
+  A* partials = cuda::CachingAllocator::instance().workspace_for<A>(
+      static_cast<std::size_t>(std::max<std::int64_t>(chunks, 1)));
   std::int64_t done = 0;  // chunks launched so far: where the next launch writes its partials
   for (std::size_t first = 0; first < p.tensors.size(); first += detail::sum_squares_max_tensors) {
     detail::SumSquaresTable<T> table{};
@@ -198,19 +197,22 @@ void sum_squares(Cuda, const SumSquaresParams<T>& p, accum_t<T>* out) {
     }
     table.first_chunk[table.count] = launch_chunks;
     if (launch_chunks == 0) continue;
-    detail::sum_squares_chunks_kernel<<<static_cast<unsigned>(launch_chunks), detail::reduce_threads, 0,
-                                        cuda::stream()>>>(table, partials + done);
+    detail::sum_squares_chunks_kernel<<<static_cast<unsigned>(launch_chunks),
+                                        detail::reduce_threads, 0, cuda::stream()>>>(
+        table, partials + done);
     FATHOM_CUDA_CHECK(cudaGetLastError());
     done += launch_chunks;
   }
-  detail::reduce_partials_kernel<<<1, detail::reduce_threads, 0, cuda::stream()>>>(partials, done, out, 1.0);
+  detail::reduce_partials_kernel<<<1, detail::reduce_threads, 0, cuda::stream()>>>(partials, done,
+                                                                                   out, 1.0);
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class A>
 __global__ void clip_factor_kernel(const A* sum_squares, double max_norm, float* factor) {
   const double norm = sqrt(static_cast<double>(*sum_squares));
-  *factor = (max_norm > 0.0 && norm > max_norm) ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.0f;
+  *factor =
+      (max_norm > 0.0 && norm > max_norm) ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.0f;
 }
 
 // clip_factor on the device: one thread, no synchronization.
@@ -224,10 +226,10 @@ void clip_factor(Cuda, const A* sum_squares, double max_norm, float* factor) {
 template <class T>
 accum_t<T> sum_squares(Cuda, const SumSquaresParams<T>& p) {
   using A = accum_t<T>;
-  detail::ReduceScratch result(sizeof(A));
-  sum_squares(Cuda{}, p, result.as<A>());
+  Storage<Cuda> result(sizeof(A));  // not the workspace: sum_squares uses that for its partials
+  sum_squares(Cuda{}, p, static_cast<A*>(result.data()));
   A total;
-  DeviceMemory<Cuda>::to_host(&total, result.as<A>(), sizeof(A));
+  DeviceMemory<Cuda>::to_host(&total, result.data(), sizeof(A));
   return total;
 }
 

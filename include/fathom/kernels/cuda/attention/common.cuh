@@ -1,0 +1,142 @@
+// What both CUDA attention families share: warp reductions, the launch helpers, and the first
+// pass of the backward, D = rowsum(dO * O). Included by attention/tiled.cuh and attention/mma.cuh.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "kernels/cuda/attention/common.cuh must be compiled by nvcc"
+#endif
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "fathom/core/cuda_runtime.hpp"
+#include "fathom/kernels/attention.hpp"
+
+namespace fathom::kernels::detail::attn {
+
+constexpr int kWarp = 32;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <class A>
+__device__ inline A neg_inf() {
+  return -static_cast<A>(INFINITY);
+}
+__device__ inline float exp_of(float x) { return expf(x); }
+__device__ inline double exp_of(double x) { return exp(x); }
+__device__ inline float log_of(float x) { return logf(x); }
+__device__ inline double log_of(double x) { return log(x); }
+
+template <class A>
+__device__ inline A warp_max(A x) {
+  for (int m = kWarp / 2; m > 0; m /= 2) x = max(x, __shfl_xor_sync(0xffffffffu, x, m));
+  return x;
+}
+template <class A>
+__device__ inline A warp_sum(A x) {
+  for (int m = kWarp / 2; m > 0; m /= 2) x += __shfl_xor_sync(0xffffffffu, x, m);
+  return x;
+}
+
+// Raises a kernel's dynamic shared memory limit the first time it needs more than the default.
+template <auto Kernel>
+void allow_shared_memory(std::size_t bytes) {
+  static std::size_t allowed = 48 * 1024;  // one per kernel: Kernel is a template argument
+  if (bytes > allowed) {
+    FATHOM_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes)));
+    allowed = bytes;
+  }
+}
+
+// Blocks for `tiles` tiles of each of `bh` (batch, head) pairs, checked against the grid limit.
+inline unsigned grid_of(std::int64_t tiles, std::int64_t bh) {
+  const std::int64_t n = tiles * bh;
+  FATHOM_CHECK(n < (std::int64_t{1} << 31),
+               "attention (CUDA): " << n << " blocks exceed the grid limit");
+  return static_cast<unsigned>(n);
+}
+
+// Every kernel maps block i to (b, h) = i / tiles and tile i % tiles (query tiles from the last,
+// which has the most keys to see under the causal mask). The blocks of one (b, h) run side by
+// side, so the K/V (or Q/dO) tiles they all stream are read from device memory about once and
+// then served by L2; ordering by tile first would re-read them for every tile.
+
+// ---- D = rowsum(dO * O) ----------------------------------------------------------------------
+
+// One warp per (b, t, h) row; writes delta (B, H, T) in accum_t<T>.
+template <class T>
+__global__ void rowsum_do_o(AttentionBackwardParams<T> p, accum_t<T>* delta) {
+  using A = accum_t<T>;
+  const std::int64_t row =
+      (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (row >= p.batch * p.seq * p.heads) return;
+  const std::int64_t h = row % p.heads, t = row / p.heads % p.seq, b = row / (p.heads * p.seq);
+  const T* o = p.o + (b * p.seq + t) * p.o_stride + h * p.head_dim;
+  const T* g = p.d_o + (b * p.seq + t) * p.do_stride + h * p.head_dim;
+  A s = 0;
+  for (std::int64_t d = lane; d < p.head_dim; d += kWarp)
+    s += scalar_cast<A>(o[d]) * scalar_cast<A>(g[d]);
+  s = warp_sum(s);
+  if (lane == 0) delta[(b * p.heads + h) * p.seq + t] = s;
+}
+
+// bf16 rows of HD = 8 G features: G threads a row, each reading 16 bytes of o and of d_o.
+template <int G>
+__global__ void rowsum_do_o_bf16(AttentionBackwardParams<bf16> p, float* delta) {
+  const std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::int64_t row = t / G;
+  const int part = static_cast<int>(t % G);
+  float s = 0.0f;
+  if (row < p.batch * p.seq * p.heads) {  // no early return: the whole warp shuffles below
+    const std::int64_t h = row % p.heads, tt = row / p.heads % p.seq, b = row / (p.heads * p.seq);
+    const std::int64_t column = h * 8 * G + part * 8;
+    const auto o = *reinterpret_cast<const uint4*>(p.o + (b * p.seq + tt) * p.o_stride + column);
+    const auto g = *reinterpret_cast<const uint4*>(p.d_o + (b * p.seq + tt) * p.do_stride + column);
+    const auto* o2 = reinterpret_cast<const __nv_bfloat162*>(&o);
+    const auto* g2 = reinterpret_cast<const __nv_bfloat162*>(&g);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 a = __bfloat1622float2(o2[i]), d = __bfloat1622float2(g2[i]);
+      s += a.x * d.x + a.y * d.y;
+    }
+  }
+#pragma unroll
+  for (int m = G / 2; m > 0; m /= 2) s += __shfl_xor_sync(0xffffffffu, s, m);
+  if (part == 0 && row < p.batch * p.seq * p.heads) {
+    const std::int64_t h = row % p.heads, tt = row / p.heads % p.seq, b = row / (p.heads * p.seq);
+    delta[(b * p.heads + h) * p.seq + tt] = s;
+  }
+}
+
+// delta (B, H, T) = rowsum(d_o * o); `vectorized` (bf16, head_dim 32 or 64, 16-byte aligned rows)
+// reads the rows in 16-byte pieces.
+template <class T>
+void launch_rowsum(const AttentionBackwardParams<T>& p, accum_t<T>* delta, bool vectorized) {
+  const std::int64_t rows = p.batch * p.seq * p.heads;
+  constexpr int kThreads = 256;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (vectorized) {
+      const int g = static_cast<int>(p.head_dim / 8);
+      const unsigned blocks = grid_of((rows * g + kThreads - 1) / kThreads, 1);
+      if (g == 8) {
+        rowsum_do_o_bf16<8><<<blocks, kThreads, 0, cuda::stream()>>>(p, delta);
+      } else {
+        rowsum_do_o_bf16<4><<<blocks, kThreads, 0, cuda::stream()>>>(p, delta);
+      }
+      FATHOM_CUDA_CHECK(cudaGetLastError());
+      return;
+    }
+  }
+  constexpr int kRowsPerBlock = kThreads / kWarp;
+  const unsigned blocks = grid_of((rows + kRowsPerBlock - 1) / kRowsPerBlock, 1);
+  rowsum_do_o<T><<<blocks, kThreads, 0, cuda::stream()>>>(p, delta);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace fathom::kernels::detail::attn

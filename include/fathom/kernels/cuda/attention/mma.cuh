@@ -1,0 +1,616 @@
+// The mma CUDA attention family: bf16 with head_dim 32 or 64 and 16-byte aligned rows (every
+// GPT-2 / Llama shape we train); 64 x 64 tiles on tensor cores (mma.sync m16n8k16, bf16 in, fp32
+// accumulate), cp.async double buffering, the probabilities kept in registers between the two
+// products. kernels/cuda/attention.cuh picks it where it applies.
+#pragma once
+
+#include "fathom/kernels/cuda/attention/common.cuh"
+
+namespace fathom::kernels::detail::attn {
+
+// 128 threads = 4 warps. Fragment layouts are those of mma.m16n8k16 (PTX ISA, "Matrix Fragments
+// for mma.m16n8k16"): with g = lane / 4 and c = lane % 4, an fp32 accumulator holds rows g and
+// g + 8, columns 2c and 2c + 1 of a 16 x 8 tile; the A operand (16 x 16) holds the same rows,
+// columns 2c, 2c + 1, 2c + 8, 2c + 9; the B operand (16 x 8) holds rows 2c, 2c + 1, 2c + 8, 2c + 9
+// of column g. A warp keeps the fragments of 16 M rows of one operand in registers (Q for the
+// forward and dQ, K and V for dK/dV) and streams the other operand's tiles through shared memory
+// with cp.async double buffering. M = 2 halves the shared-memory reads per mma but needs about
+// 255 registers; on an H200 that lost to M = 1 with 3 to 4 blocks per SM (MmaChoice). Shared
+// tiles have a row pitch of hd + 8 elements, so the 8 rows that one ldmatrix reads fall in
+// distinct bank groups.
+
+constexpr int kMmaThreads = 128;
+constexpr int kMmaWarps = kMmaThreads / kWarp;
+
+__device__ inline std::uint32_t smem_address(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared (a 32-bit shared address), asynchronously; zero-filled when !valid.
+__device__ inline void cp_async_16(std::uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most one committed group is still in flight.
+__device__ inline void cp_async_wait_all_but_one() {
+  asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+}
+
+// Four 8 x 8 bf16 matrices; lanes 8m .. 8m + 7 give the row addresses of matrix m.
+__device__ inline void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ inline void ldmatrix_x4_trans(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// c (16 x 8, fp32) += a (16 x 16, bf16) * b (16 x 8, bf16).
+__device__ inline void mma_bf16(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                                std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 2^x by the special-function unit (about 2 ulp; flushes denormal results to 0, which the
+// probabilities tolerate).
+__device__ inline float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Two floats as a bf16 pair, lo in the low half (the lower column).
+__device__ inline std::uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<std::uint32_t*>(&v);
+}
+// dst[0..1] += (lo, hi), or = (lo, hi) without accumulate (dst then is never read).
+__device__ inline void store_bf16_pair(bf16* dst, float lo, float hi, bool accumulate) {
+  auto* x = reinterpret_cast<__nv_bfloat162*>(dst);
+  if (accumulate) {
+    const float2 old = __bfloat1622float2(*x);
+    lo += old.x;
+    hi += old.y;
+  }
+  *x = __floats2bfloat162_rn(lo, hi);
+}
+
+// Copies (Rows, HD) tiles into shared tiles of pitch HD + 8. Thread t always moves the 16-byte
+// column t % (HD / 8) of rows t / (HD / 8) + i * kRowStep, so the per-tile address work is one
+// 64-bit multiply and a few adds (index arithmetic otherwise dominates the issue slots).
+template <int HD, int Rows>
+struct TileCopy {
+  static constexpr int kChunks = HD / 8, kRowStep = kMmaThreads / kChunks,
+                       kPasses = Rows / kRowStep;
+  static constexpr int kPitchBytes = (HD + 8) * 2;
+  static_assert(Rows % kRowStep == 0, "tile rows must be a multiple of the rows one pass covers");
+  int row, col;
+  __device__ TileCopy() : row(threadIdx.x / kChunks), col((threadIdx.x % kChunks) * 8) {}
+  // Rows [row0, row0 + Rows) of src (row stride `stride`, `rows` rows in all) into the shared
+  // tile at `dst`; rows past the end are zero-filled.
+  __device__ void operator()(std::uint32_t dst, const bf16* src, std::int64_t stride,
+                             std::int64_t row0, std::int64_t rows) const {
+    const bf16* s = src + (row0 + row) * stride + col;
+    const std::int64_t left = rows - row0 - row;
+    const std::uint32_t d = dst + row * kPitchBytes + col * 2;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const bool valid = i * kRowStep < left;
+      cp_async_16(d + i * kRowStep * kPitchBytes, valid ? s + i * kRowStep * stride : src, valid);
+    }
+  }
+};
+
+// A fragments of rows [row0 + 16 m, row0 + 16 m + 16) (m < M), all HD features, of a shared tile.
+template <int HD, int M>
+__device__ inline void load_a_fragments(std::uint32_t (&f)[M][HD / 16][4], std::uint32_t tile,
+                                        int row0) {
+  constexpr int kPitch = HD + 8;
+  const int lane = threadIdx.x % kWarp;
+  const std::uint32_t base = tile + ((row0 + lane % 16) * kPitch + (lane / 16) * 8) * 2;
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ++ks)
+      ldmatrix_x4(f[m][ks], base + (16 * m * kPitch + ks * 16) * 2);
+}
+
+// acc (16 M x N) = a (16 M x HD) * tile^T for tile (N, HD) in shared memory: tile rows are the
+// output columns (S = Q K^T with tile = K).
+template <int HD, int M, int N>
+__device__ inline void mma_a_bt(float (&acc)[M][N / 8][4], const std::uint32_t (&a)[M][HD / 16][4],
+                                std::uint32_t tile) {
+  constexpr int kPitch = HD + 8;
+  const int lane = threadIdx.x % kWarp;
+  const std::uint32_t base =
+      tile + ((lane % 8 + (lane / 16) * 8) * kPitch + ((lane / 8) % 2) * 8) * 2;
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[m][n][e] = 0.0f;
+#pragma unroll
+  for (int ks = 0; ks < HD / 16; ++ks) {
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {  // tile rows np*16 .. np*16 + 15: two 8-column outputs
+      std::uint32_t b[4];
+      ldmatrix_x4(b, base + (np * 16 * kPitch + ks * 16) * 2);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        mma_bf16(acc[m][2 * np], a[m][ks], b[0], b[1]);
+        mma_bf16(acc[m][2 * np + 1], a[m][ks], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// The accumulators of columns [16 kk, 16 kk + 16) of p (16 x N, fp32) as a bf16 A fragment.
+template <int N>
+__device__ inline void a_fragment_of(std::uint32_t (&a)[4], const float (&p)[N / 8][4], int kk) {
+  a[0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]);
+  a[1] = pack_bf16(p[2 * kk][2], p[2 * kk][3]);
+  a[2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+  a[3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+}
+
+// acc (16 M x HD) += p (16 M x K, fp32 accumulators, rounded to bf16) * tile for tile (K, HD) in
+// shared memory (O += P V with tile = V). Tile rows [row0, row0 + K) are used.
+template <int HD, int M, int K>
+__device__ inline void mma_p_b(float (&acc)[M][HD / 8][4], const float (&p)[M][K / 8][4],
+                               std::uint32_t tile, int row0 = 0) {
+  constexpr int kPitch = HD + 8;
+  const int lane = threadIdx.x % kWarp;
+  const std::uint32_t base =
+      tile + ((row0 + lane % 8 + ((lane / 8) % 2) * 8) * kPitch + (lane / 16) * 8) * 2;
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    std::uint32_t a[M][4];
+#pragma unroll
+    for (int m = 0; m < M; ++m) a_fragment_of<K>(a[m], p[m], kk);
+#pragma unroll
+    for (int np = 0; np < HD / 16; ++np) {
+      std::uint32_t b[4];
+      ldmatrix_x4_trans(b, base + (kk * 16 * kPitch + np * 16) * 2);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        mma_bf16(acc[m][2 * np], a[m], b[0], b[1]);
+        mma_bf16(acc[m][2 * np + 1], a[m], b[2], b[3]);
+      }
+    }
+  }
+}
+
+template <int HD_, int M_, int N_, int MinBlocks_>
+struct MmaForward {
+  static constexpr int HD = HD_, M = M_, kKeys = N_, kMinBlocks = MinBlocks_;
+  static constexpr int kWarpRows = 16 * M, kBlockRows = kWarpRows * kMmaWarps;
+  static constexpr int kPitch = HD + 8;
+  static constexpr std::size_t smem_bytes = sizeof(bf16) * kPitch * (kBlockRows + 4 * kKeys);
+};
+
+// One block per (b, h, query tile); each warp owns 16 M query rows and streams over the key
+// tiles: S = Q K^T, online softmax in registers, O += P V with P rounded to bf16.
+template <class Cfg>
+__global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
+    forward_mma(AttentionParams<bf16> p) {
+  constexpr int HD = Cfg::HD, M = Cfg::M, kKeys = Cfg::kKeys, kPitch = Cfg::kPitch;
+  constexpr int kWarpRows = Cfg::kWarpRows, kBlockRows = Cfg::kBlockRows;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr std::uint32_t kKeyTileBytes = kKeys * kPitch * 2;
+  const std::uint32_t Qs = smem_address(smem_raw);        // (block rows, pitch)
+  const std::uint32_t Ks = Qs + kBlockRows * kPitch * 2;  // [2] (key tile, pitch)
+  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;        // [2] (key tile, pitch)
+  const TileCopy<HD, kBlockRows> copy_q;
+  const TileCopy<HD, kKeys> copy_kv;
+
+  const std::int64_t Tn = p.seq, nqt = (Tn + kBlockRows - 1) / kBlockRows;
+  const std::int64_t bh = blockIdx.x / nqt, qt = nqt - 1 - blockIdx.x % nqt;  // see common.cuh
+  const std::int64_t b = bh / p.heads, h = bh % p.heads, q0 = qt * kBlockRows;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
+  const bf16* kg = p.k + b * Tn * p.k_stride + h * HD;
+  const bf16* vg = p.v + b * Tn * p.v_stride + h * HD;
+  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  const std::int64_t warp_q0 = q0 + warp * kWarpRows;
+
+  copy_q(Qs, p.q + b * Tn * p.q_stride + h * HD, p.q_stride, q0, Tn);
+  copy_kv(Ks, kg, p.k_stride, 0, Tn);
+  copy_kv(Vs, vg, p.v_stride, 0, Tn);
+  cp_async_commit();
+
+  std::uint32_t qf[M][HD / 16][4];
+  float o[M][HD / 8][4];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[m][n][e] = 0.0f;
+  float mx[M][2], l[M][2];  // rows g and g + 8 of each m-tile; max in log2 units
+#pragma unroll
+  for (int m = 0; m < M; ++m) mx[m][0] = mx[m][1] = -INFINITY, l[m][0] = l[m][1] = 0.0f;
+
+  const std::int64_t nkt = (Tn + kKeys - 1) / kKeys;
+  const std::int64_t n_kt = p.causal ? min(nkt, (q0 + kBlockRows + kKeys - 1) / kKeys) : nkt;
+  for (std::int64_t kt = 0; kt < n_kt; ++kt) {
+    const int buf = static_cast<int>(kt & 1);
+    if (kt + 1 < n_kt) {
+      copy_kv(Ks + (buf ^ 1) * kKeyTileBytes, kg, p.k_stride, (kt + 1) * kKeys, Tn);
+      copy_kv(Vs + (buf ^ 1) * kKeyTileBytes, vg, p.v_stride, (kt + 1) * kKeys, Tn);
+    }
+    cp_async_commit();
+    cp_async_wait_all_but_one();
+    __syncthreads();
+    if (kt == 0) load_a_fragments<HD, M>(qf, Qs, warp * kWarpRows);
+    const std::int64_t k0 = kt * kKeys;
+    // With causal, a warp whose rows all precede this key tile has nothing to do here.
+    if (!p.causal || k0 <= warp_q0 + kWarpRows - 1) {
+      float s[M][kKeys / 8][4];
+      mma_a_bt<HD, M, kKeys>(s, qf, Ks + buf * kKeyTileBytes);
+      const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+#pragma unroll
+        for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float x = s[m][n][e] * scale_log2;
+            if (edge) {
+              const std::int64_t key = k0 + n * 8 + 2 * c + (e & 1),
+                                 query = warp_q0 + 16 * m + g + (e >> 1) * 8;
+              if (key >= Tn || (p.causal && key > query)) x = -INFINITY;
+            }
+            s[m][n][e] = x;
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float tile_max = -INFINITY;
+#pragma unroll
+          for (int n = 0; n < kKeys / 8; ++n)
+            tile_max = fmaxf(tile_max, fmaxf(s[m][n][2 * r], s[m][n][2 * r + 1]));
+          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+          const float m_new = fmaxf(mx[m][r], tile_max);
+          const float base = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet
+          const float alpha = exp2_approx(mx[m][r] - base);
+          mx[m][r] = m_new;
+          float sum = 0.0f;
+#pragma unroll
+          for (int n = 0; n < kKeys / 8; ++n) {
+            s[m][n][2 * r] = exp2_approx(s[m][n][2 * r] - base);
+            s[m][n][2 * r + 1] = exp2_approx(s[m][n][2 * r + 1] - base);
+            sum += s[m][n][2 * r] + s[m][n][2 * r + 1];
+          }
+          l[m][r] = l[m][r] * alpha + sum;  // this thread's columns; the quad is summed at the end
+#pragma unroll
+          for (int n = 0; n < HD / 8; ++n) {
+            o[m][n][2 * r] *= alpha;
+            o[m][n][2 * r + 1] *= alpha;
+          }
+        }
+      }
+      mma_p_b<HD, M, kKeys>(o, s, Vs + buf * kKeyTileBytes);
+    }
+    __syncthreads();  // the next iteration's copies overwrite this buffer
+  }
+
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sum = l[m][r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const std::int64_t row = warp_q0 + 16 * m + g + r * 8;
+      if (row >= Tn) continue;
+      const float inv = 1.0f / sum;
+      bf16* out = p.o + (b * Tn + row) * p.o_stride + h * HD;
+#pragma unroll
+      for (int n = 0; n < HD / 8; ++n)
+        *reinterpret_cast<std::uint32_t*>(out + n * 8 + 2 * c) =
+            pack_bf16(o[m][n][2 * r] * inv, o[m][n][2 * r + 1] * inv);
+      if (c == 0) p.lse[bh * Tn + row] = mx[m][r] * kLn2 + logf(sum);
+    }
+  }
+}
+
+// Tile shapes of the dK/dV pass: each warp owns 16 M keys, a block 4 warps' keys; query tiles
+// of Q are staged in shared memory and consumed Chunk queries at a time.
+template <int HD_, int M_, int Chunk_, int Q_, int MinBlocks_>
+struct MmaDkdv {
+  static constexpr int HD = HD_, M = M_, kChunk = Chunk_, kQueries = Q_, kMinBlocks = MinBlocks_;
+  static constexpr int kWarpRows = 16 * M, kBlockRows = kWarpRows * kMmaWarps;
+  static constexpr int kPitch = HD + 8;
+  static constexpr std::size_t smem_bytes =
+      sizeof(bf16) * kPitch * (2 * kBlockRows + 4 * kQueries) + sizeof(float) * 4 * kQueries;
+};
+
+// One block per (b, h, key tile): each warp owns 16 M keys, keeps their K and V fragments in
+// registers, and for every chunk of queries computes S^T = K Q^T and dP^T = V dO^T, then
+// dV += P^T dO and dK += dS^T Q.
+template <class Cfg>
+__global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
+    backward_dkdv_mma(AttentionBackwardParams<bf16> p, const float* delta) {
+  constexpr int HD = Cfg::HD, M = Cfg::M, kQ = Cfg::kQueries, kChunk = Cfg::kChunk,
+                kPitch = Cfg::kPitch;
+  constexpr int kWarpRows = Cfg::kWarpRows, kBlockRows = Cfg::kBlockRows;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr std::uint32_t kQueryTileBytes = kQ * kPitch * 2;
+  const std::uint32_t Ks = smem_address(smem_raw);        // (block rows, pitch)
+  const std::uint32_t Vs = Ks + kBlockRows * kPitch * 2;  // (block rows, pitch)
+  const std::uint32_t Qs = Vs + kBlockRows * kPitch * 2;  // [2] (query tile, pitch)
+  const std::uint32_t dOs = Qs + 2 * kQueryTileBytes;     // [2] (query tile, pitch)
+  float* lse_s = reinterpret_cast<float*>(smem_raw + 2 * kBlockRows * kPitch * 2 +
+                                          4 * kQueryTileBytes);  // [2] (query tile), log2 units
+  float* delta_s = lse_s + 2 * kQ;                               // [2] (query tile)
+
+  const std::int64_t Tn = p.seq, nqt = (Tn + kQ - 1) / kQ, nkt = (Tn + kBlockRows - 1) / kBlockRows;
+  const std::int64_t bh = blockIdx.x / nkt, kt = blockIdx.x % nkt;  // see common.cuh
+  const std::int64_t b = bh / p.heads, h = bh % p.heads, k0 = kt * kBlockRows;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
+  const bf16* qg = p.q + b * Tn * p.q_stride + h * HD;
+  const bf16* dog = p.d_o + b * Tn * p.do_stride + h * HD;
+  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  const std::int64_t warp_k0 = k0 + warp * kWarpRows;
+
+  const TileCopy<HD, kQ> copy_q;
+  const TileCopy<HD, kBlockRows> copy_kv;
+  auto stage = [&](int buf, std::int64_t qt) {  // Q, dO, lse and delta of query tile qt
+    copy_q(Qs + buf * kQueryTileBytes, qg, p.q_stride, qt * kQ, Tn);
+    copy_q(dOs + buf * kQueryTileBytes, dog, p.do_stride, qt * kQ, Tn);
+    if (threadIdx.x < kQ) {
+      const std::int64_t row = qt * kQ + threadIdx.x;
+      // Rows past T get lse = +inf, so their probabilities are exactly 0.
+      lse_s[buf * kQ + threadIdx.x] = row < Tn ? p.lse[bh * Tn + row] * kLog2e : INFINITY;
+      delta_s[buf * kQ + threadIdx.x] = row < Tn ? delta[bh * Tn + row] : 0.0f;
+    }
+  };
+
+  const std::int64_t qt_begin = p.causal ? k0 / kQ : 0;
+  copy_kv(Ks, p.k + b * Tn * p.k_stride + h * HD, p.k_stride, k0, Tn);
+  copy_kv(Vs, p.v + b * Tn * p.v_stride + h * HD, p.v_stride, k0, Tn);
+  stage(0, qt_begin);
+  cp_async_commit();
+
+  std::uint32_t kf[M][HD / 16][4], vf[M][HD / 16][4];
+  float dk[M][HD / 8][4], dv[M][HD / 8][4];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dk[m][n][e] = dv[m][n][e] = 0.0f;
+
+  for (std::int64_t qt = qt_begin; qt < nqt; ++qt) {
+    const int buf = static_cast<int>((qt - qt_begin) & 1);
+    if (qt + 1 < nqt) stage(buf ^ 1, qt + 1);
+    cp_async_commit();
+    cp_async_wait_all_but_one();
+    __syncthreads();
+    if (qt == qt_begin) {
+      load_a_fragments<HD, M>(kf, Ks, warp * kWarpRows);
+      load_a_fragments<HD, M>(vf, Vs, warp * kWarpRows);
+    }
+    const std::uint32_t Qb = Qs + buf * kQueryTileBytes;
+    const std::uint32_t dOb = dOs + buf * kQueryTileBytes;
+    const float* lse_b = lse_s + buf * kQ;
+    const float* delta_b = delta_s + buf * kQ;
+#pragma unroll
+    for (int ch = 0; ch < kQ / kChunk; ++ch) {
+      const std::int64_t cq0 = qt * kQ + ch * kChunk;
+      // With causal, queries that precede all of this warp's keys contribute nothing.
+      if (p.causal && cq0 + kChunk - 1 < warp_k0) continue;
+      if (cq0 >= Tn) continue;
+      float st[M][kChunk / 8][4], dpt[M][kChunk / 8][4];  // (32 keys, 16 queries)
+      mma_a_bt<HD, M, kChunk>(st, kf, Qb + ch * kChunk * kPitch * 2);
+      mma_a_bt<HD, M, kChunk>(dpt, vf, dOb + ch * kChunk * kPitch * 2);
+      const bool edge = (p.causal && warp_k0 + kWarpRows - 1 > cq0) || cq0 + kChunk > Tn ||
+                        warp_k0 + kWarpRows > Tn;
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+#pragma unroll
+        for (int n = 0; n < kChunk / 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int ql = ch * kChunk + n * 8 + 2 * c + (e & 1);
+            float pv = exp2_approx(st[m][n][e] * scale_log2 - lse_b[ql]);
+            if (edge) {
+              const std::int64_t key = warp_k0 + 16 * m + g + (e >> 1) * 8, query = qt * kQ + ql;
+              if (key >= Tn || query >= Tn || (p.causal && key > query)) pv = 0.0f;
+            }
+            st[m][n][e] = pv;
+            dpt[m][n][e] = pv * (dpt[m][n][e] - delta_b[ql]);
+          }
+        }
+      }
+      mma_p_b<HD, M, kChunk>(dv, st, dOb, ch * kChunk);
+      mma_p_b<HD, M, kChunk>(dk, dpt, Qb, ch * kChunk);
+    }
+    __syncthreads();
+  }
+
+  const float scale = static_cast<float>(p.scale);
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const std::int64_t key = warp_k0 + 16 * m + g + r * 8;
+      if (key >= Tn) continue;
+#pragma unroll
+      for (int n = 0; n < HD / 8; ++n) {
+        const int col = n * 8 + 2 * c;
+        if (p.dv)
+          store_bf16_pair(p.dv + (b * Tn + key) * p.dv_stride + h * HD + col, dv[m][n][2 * r],
+                          dv[m][n][2 * r + 1], p.accumulate);
+        if (p.dk)
+          store_bf16_pair(p.dk + (b * Tn + key) * p.dk_stride + h * HD + col,
+                          scale * dk[m][n][2 * r], scale * dk[m][n][2 * r + 1], p.accumulate);
+      }
+    }
+  }
+}
+
+// Tile shapes of the dQ pass: each warp owns 16 M queries, a block 4 warps' queries; key tiles
+// of N stream through shared memory.
+template <int HD_, int M_, int N_, int MinBlocks_>
+struct MmaDq {
+  static constexpr int HD = HD_, M = M_, kKeys = N_, kMinBlocks = MinBlocks_;
+  static constexpr int kWarpRows = 16 * M, kBlockRows = kWarpRows * kMmaWarps;
+  static constexpr int kPitch = HD + 8;
+  static constexpr std::size_t smem_bytes = sizeof(bf16) * kPitch * (2 * kBlockRows + 4 * kKeys);
+};
+
+// One block per (b, h, query tile): each warp owns 16 M queries, keeps their Q and dO fragments
+// in registers, and for every key tile computes S = Q K^T and dP = dO V^T, then dQ += dS K.
+template <class Cfg>
+__global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
+    backward_dq_mma(AttentionBackwardParams<bf16> p, const float* delta) {
+  constexpr int HD = Cfg::HD, M = Cfg::M, kKeys = Cfg::kKeys, kPitch = Cfg::kPitch;
+  constexpr int kWarpRows = Cfg::kWarpRows, kBlockRows = Cfg::kBlockRows;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr std::uint32_t kKeyTileBytes = kKeys * kPitch * 2;
+  const std::uint32_t Qs = smem_address(smem_raw);         // (block rows, pitch)
+  const std::uint32_t dOs = Qs + kBlockRows * kPitch * 2;  // (block rows, pitch)
+  const std::uint32_t Ks = dOs + kBlockRows * kPitch * 2;  // [2] (key tile, pitch)
+  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;         // [2] (key tile, pitch)
+  const TileCopy<HD, kBlockRows> copy_q;
+  const TileCopy<HD, kKeys> copy_kv;
+
+  const std::int64_t Tn = p.seq, nqt = (Tn + kBlockRows - 1) / kBlockRows;
+  const std::int64_t bh = blockIdx.x / nqt, qt = nqt - 1 - blockIdx.x % nqt;  // see common.cuh
+  const std::int64_t b = bh / p.heads, h = bh % p.heads, q0 = qt * kBlockRows;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
+  const bf16* kg = p.k + b * Tn * p.k_stride + h * HD;
+  const bf16* vg = p.v + b * Tn * p.v_stride + h * HD;
+  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  const std::int64_t warp_q0 = q0 + warp * kWarpRows;
+
+  copy_q(Qs, p.q + b * Tn * p.q_stride + h * HD, p.q_stride, q0, Tn);
+  copy_q(dOs, p.d_o + b * Tn * p.do_stride + h * HD, p.do_stride, q0, Tn);
+  copy_kv(Ks, kg, p.k_stride, 0, Tn);
+  copy_kv(Vs, vg, p.v_stride, 0, Tn);
+  cp_async_commit();
+
+  float lse_r[M][2], delta_r[M][2];  // rows g and g + 8 of each m-tile
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const std::int64_t row = warp_q0 + 16 * m + g + r * 8;
+      lse_r[m][r] = row < Tn ? p.lse[bh * Tn + row] * kLog2e : INFINITY;
+      delta_r[m][r] = row < Tn ? delta[bh * Tn + row] : 0.0f;
+    }
+  }
+  std::uint32_t qf[M][HD / 16][4], of[M][HD / 16][4];
+  float dq[M][HD / 8][4];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dq[m][n][e] = 0.0f;
+
+  const std::int64_t nkt = (Tn + kKeys - 1) / kKeys;
+  const std::int64_t n_kt = p.causal ? min(nkt, (q0 + kBlockRows + kKeys - 1) / kKeys) : nkt;
+  for (std::int64_t kt = 0; kt < n_kt; ++kt) {
+    const int buf = static_cast<int>(kt & 1);
+    if (kt + 1 < n_kt) {
+      copy_kv(Ks + (buf ^ 1) * kKeyTileBytes, kg, p.k_stride, (kt + 1) * kKeys, Tn);
+      copy_kv(Vs + (buf ^ 1) * kKeyTileBytes, vg, p.v_stride, (kt + 1) * kKeys, Tn);
+    }
+    cp_async_commit();
+    cp_async_wait_all_but_one();
+    __syncthreads();
+    if (kt == 0) {
+      load_a_fragments<HD, M>(qf, Qs, warp * kWarpRows);
+      load_a_fragments<HD, M>(of, dOs, warp * kWarpRows);
+    }
+    const std::int64_t k0 = kt * kKeys;
+    if (!p.causal || k0 <= warp_q0 + kWarpRows - 1) {
+      const std::uint32_t Kb = Ks + buf * kKeyTileBytes;
+      float s[M][kKeys / 8][4], dp[M][kKeys / 8][4];  // (32 queries, 32 keys)
+      mma_a_bt<HD, M, kKeys>(s, qf, Kb);
+      mma_a_bt<HD, M, kKeys>(dp, of, Vs + buf * kKeyTileBytes);
+      const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+#pragma unroll
+        for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = e >> 1;
+            float pv = exp2_approx(s[m][n][e] * scale_log2 - lse_r[m][r]);
+            if (edge) {
+              const std::int64_t key = k0 + n * 8 + 2 * c + (e & 1),
+                                 query = warp_q0 + 16 * m + g + r * 8;
+              if (key >= Tn || (p.causal && key > query)) pv = 0.0f;
+            }
+            dp[m][n][e] = pv * (dp[m][n][e] - delta_r[m][r]);
+          }
+        }
+      }
+      mma_p_b<HD, M, kKeys>(dq, dp, Kb);
+    }
+    __syncthreads();
+  }
+
+  const float scale = static_cast<float>(p.scale);
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const std::int64_t row = warp_q0 + 16 * m + g + r * 8;
+      if (row >= Tn) continue;
+#pragma unroll
+      for (int n = 0; n < HD / 8; ++n)
+        store_bf16_pair(p.dq + (b * Tn + row) * p.dq_stride + h * HD + n * 8 + 2 * c,
+                        scale * dq[m][n][2 * r], scale * dq[m][n][2 * r + 1], p.accumulate);
+    }
+  }
+}
+
+// Launches one of the kernels above with its tile shapes Cfg: one block per (b, h, block rows).
+template <class Cfg, auto Kernel, class Params, class... Rest>
+void launch_mma(const Params& p, Rest... rest) {
+  constexpr std::size_t smem = Cfg::smem_bytes;
+  allow_shared_memory<Kernel>(smem);
+  const std::int64_t tiles = (p.seq + Cfg::kBlockRows - 1) / Cfg::kBlockRows;
+  Kernel<<<grid_of(tiles, p.batch * p.heads), kMmaThreads, smem, cuda::stream()>>>(p, rest...);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+// The tile shapes used for each head_dim, chosen by timing the variants on an H200 (bf16, causal,
+// B 128 T 256 and B 32 T 1024, H 12, hd 64). With 3 to 4 blocks of 128 threads per SM the
+// scheduler hides the latency of the mma/ldmatrix/exp chains; larger per-warp tiles (M = 2, key
+// tiles of 128) cost registers and occupancy and ran 5 to 30% slower.
+template <int HD>
+struct MmaChoice {
+  using Forward = MmaForward<HD, 1, 64, 4>;
+  using Dkdv = MmaDkdv<HD, 1, 32, 64, 3>;
+  using Dq = MmaDq<HD, 1, 64, 3>;
+};
+
+template <int HD>
+void launch_forward_mma(const AttentionParams<bf16>& p) {
+  using Cfg = typename MmaChoice<HD>::Forward;
+  launch_mma<Cfg, forward_mma<Cfg>>(p);
+}
+template <int HD>
+void launch_backward_mma(const AttentionBackwardParams<bf16>& p, const float* delta) {
+  using Dkdv = typename MmaChoice<HD>::Dkdv;
+  using Dq = typename MmaChoice<HD>::Dq;
+  if (p.dk || p.dv) launch_mma<Dkdv, backward_dkdv_mma<Dkdv>>(p, delta);
+  if (p.dq) launch_mma<Dq, backward_dq_mma<Dq>>(p, delta);
+}
+
+}  // namespace fathom::kernels::detail::attn
