@@ -11,13 +11,14 @@
 #   5. Memory: peak GiB a GPU with and without --zero 1 for llama-350m and llama-1b.
 # Then a short table. Logs under $OUT (else <build>/logs). nlohmann-json and CLI11 from
 # .deps/include when their packages are missing (scripts/deps.sh).
-# Usage: scripts/dist_gpu.sh   env: FATHOM_BUILD_DIR (default build; uses <dir>/dist-gpu), JOBS,
+# Usage: scripts/dist_gpu.sh   env: FATHOM_BUILD_DIR (default build; uses <dir>/dist-gpu), or
+#        FATHOM_DIST_BUILD (the build tree itself, e.g. scripts/gpu.sh's), JOBS,
 #        CUDA_ARCH (default 90), NPROC (default 2), ONE_B_BATCH (llama-1b batch a GPU, default 16)
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-build="${FATHOM_BUILD_DIR:-$repo/build}/dist-gpu"
+build="${FATHOM_DIST_BUILD:-${FATHOM_BUILD_DIR:-$repo/build}/dist-gpu}"
 jobs="${JOBS:-16}"
 arch="${CUDA_ARCH:-90}"
 nproc="${NPROC:-2}"

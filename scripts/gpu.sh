@@ -7,6 +7,7 @@
 # Usage: scripts/gpu.sh [extra Catch2 arguments for fathom_cuda_tests]
 #   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/gpu), JOBS (default 16),
 #        CUDA_ARCH (default 90), FATHOM_GPU_SKIP_CPU_TESTS=1, FATHOM_GPU_SKIP_BENCH=1,
+#        FATHOM_GPU_SKIP_DIST=1 (else, with 2+ GPUs, scripts/dist_gpu.sh runs on this build),
 #        FATHOM_GPU_TARGETS="targets to build" (then only their phases run)
 set -uo pipefail
 
@@ -131,6 +132,24 @@ elif [[ -f bench/run.sh ]]; then
     bash bench/run.sh "$build" "$logs"
 else
   skip_phase "bench" "bench/run.sh not present"
+fi
+
+ngpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+if [[ "${FATHOM_GPU_SKIP_DIST:-0}" == 1 ]]; then
+  skip_phase "data parallel" "FATHOM_GPU_SKIP_DIST=1"
+elif [[ "${ngpus:-0}" -lt 2 ]]; then
+  skip_phase "data parallel" "fewer than 2 GPUs"
+elif [[ -n "${FATHOM_GPU_TARGETS:-}" ]]; then
+  skip_phase "data parallel" "FATHOM_GPU_TARGETS set"
+else
+  run_phase "data parallel (scripts/dist_gpu.sh)" "$logs/dist.log" \
+    env FATHOM_DIST_BUILD="$build" OUT="$logs/dist" bash scripts/dist_gpu.sh
+fi
+
+if [[ "${FATHOM_GPU_SKIP_BENCH:-0}" == 1 || -n "${FATHOM_GPU_TARGETS:-}" ]]; then
+  skip_phase "trainer vs bench" "benchmarks skipped"
+else
+  run_phase "trainer vs bench" "$logs/trainer_vs_bench.log" bash bench/trainer_vs_bench.sh "$build"
 fi
 
 exit "$failed"
