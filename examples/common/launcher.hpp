@@ -25,8 +25,9 @@ struct LaunchResult {
   int failed_rank = -1;
 };
 
-// Runs `args` (args[0]: the program) as ranks 0..nproc-1 on this host with `extra_env` added.
-// `port`: MASTER_PORT (0: 29500 + this process id modulo 10000, so concurrent runs rarely collide).
+// Runs this program again (/proc/self/exe; where that is missing, args[0] from PATH) with argv
+// `args`, as ranks 0..nproc-1 of this host, with `extra_env` added. `port`: MASTER_PORT (0: 20000
+// + this process id modulo 20000, so that concurrent runs rarely collide).
 inline LaunchResult launch_local_ranks(const std::vector<std::string>& args, int nproc,
                                        int port = 0, const std::vector<std::string>& extra_env = {},
                                        double grace_s = 30) {
