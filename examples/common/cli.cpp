@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "fathom/data/tokenizer.hpp"
 #include "fathom/dist/in_process.hpp"
@@ -78,8 +79,8 @@ int run_generate(const TrainCli& c, const PolicyRegistry& policies) {
 // This process's rank in a multi-process run, for its error lines ("NAME: rank 1: error: ...").
 int launched_rank = -1;
 
-int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& name, int argc,
-              char** argv) {
+int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& name,
+              const std::vector<std::string>& relaunch, int argc, char** argv) {
   policies.check(c.train.policy);
   check_choice("--precision", c.precision, {"fp32", "bf16"});
   resolve_train_options(c);
@@ -99,7 +100,10 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
   if (c.nproc > 1 && device == "cuda") {
     std::printf("%s: starting %d ranks on this host\n", name.c_str(), c.nproc);
     std::fflush(stdout);
-    return launch_local_ranks(without_nproc(argc, argv), c.nproc).status;
+    std::vector<std::string> args = relaunch;  // this program, then the flags without --nproc
+    const auto flags = without_nproc(argc, argv);
+    if (!flags.empty()) args.insert(args.end(), flags.begin() + 1, flags.end());
+    return launch_local_ranks(args, c.nproc).status;
   }
   const bool root = !env.distributed() || env.rank == 0;
   const auto& m = c.train.model;
@@ -184,9 +188,10 @@ void add_list_policies(CLI::App& app, const PolicyRegistry& policies) {
       "print the names of the policies this program knows, one a line, and exit");
 }
 
-}  // namespace
-
-int train_main(int argc, char** argv, const PolicyRegistry& policies, const std::string& name) {
+// fathom-train's command line. `relaunch`: the command that starts this program's training again
+// (--nproc ranks): {argv[0]} for fathom-train, {argv[0], "train"} under program_main.
+int train_command(int argc, char** argv, const PolicyRegistry& policies, const std::string& name,
+                  const std::vector<std::string>& relaunch) {
   TrainCli c;
   auto& t = c.train;
   CLI::App app{name +
@@ -262,9 +267,15 @@ int train_main(int argc, char** argv, const PolicyRegistry& policies, const std:
     return app.exit(e);
   }
   return reporting_errors(name, true, [&] {
-    return c.generate.empty() ? run_train(c, policies, name, argc, argv)
+    return c.generate.empty() ? run_train(c, policies, name, relaunch, argc, argv)
                               : run_generate(c, policies);
   });
+}
+
+}  // namespace
+
+int train_main(int argc, char** argv, const PolicyRegistry& policies, const std::string& name) {
+  return train_command(argc, argv, policies, name, {argc > 0 ? argv[0] : name});
 }
 
 int generate_main(int argc, char** argv, const PolicyRegistry& policies, const std::string& name) {
@@ -344,7 +355,8 @@ int program_main(int argc, char** argv, const PolicyRegistry& policies) {
   }
   const std::string_view command = argv[1];
   const std::string name = program + " " + std::string(command);
-  if (command == "train") return train_main(argc - 1, argv + 1, policies, name);
+  if (command == "train")
+    return train_command(argc - 1, argv + 1, policies, name, {argv[0], "train"});
   if (command == "diagnose") return diagnose_main(argc - 1, argv + 1, policies, name);
   if (command == "generate") return generate_main(argc - 1, argv + 1, policies, name);
   if (command == "policies") {
