@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -192,6 +193,16 @@ struct DeviceMemory<Cuda> {
   }
   static void fill_bytes(void* p, int byte, std::size_t bytes) {
     FATHOM_CUDA_CHECK(cudaMemsetAsync(p, byte, bytes, cuda::stream()));
+  }
+  // The driver's free memory plus the blocks the caching allocator holds unused.
+  static std::uint64_t available() {
+    std::size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
+    const auto stats = cuda::CachingAllocator::instance().stats();
+    return free + (stats.bytes_reserved - stats.bytes_in_use);
   }
 };
 

@@ -222,11 +222,12 @@ class TokenSource {
                  "token source: sequence length " << o.seq_len << " needs " << T + 1
                      << " tokens in one shard, but the largest, " << shards_[largest].name()
                      << ", holds " << shards_[largest].size());
-    FATHOM_CHECK(B * (T + 1) <= total_tokens_,
+    std::uint64_t batch_tokens = 0;
+    FATHOM_CHECK(!__builtin_mul_overflow(B, T + 1, &batch_tokens) && batch_tokens <= total_tokens_,
                  "token source: a batch of " << B << " x " << T + 1 << " tokens (batch " << o.batch
                      << (o.ranks > 1 ? " on each of " + std::to_string(o.ranks) + " ranks" : "")
-                     << ", seq_len " << o.seq_len << " + 1) = " << B * (T + 1)
-                     << " tokens is larger than the data, " << total_tokens_ << " tokens");
+                     << ", seq_len " << o.seq_len << " + 1) is larger than the data, "
+                     << total_tokens_ << " tokens");
     FATHOM_CHECK(o.order == SampleOrder::random || total_windows_ >= B,
                  "token source: a batch of " << B << " rows is larger than the data: "
                      << total_tokens_ << " tokens hold " << total_windows_

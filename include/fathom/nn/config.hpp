@@ -3,6 +3,7 @@
 // count computed without allocating.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -39,6 +40,26 @@ inline ArchSpec arch_spec(ArchKind a) {
   return {NormKind::layer, MlpKind::gelu, false, true};
 }
 
+namespace detail {
+
+// a * b + c on int64 with overflow reported (count_parameters' arithmetic).
+struct CheckedCount {
+  std::int64_t value = 0;
+  bool overflow = false;
+  CheckedCount& add(std::int64_t a, std::int64_t b = 1) {
+    std::int64_t product = 0;
+    overflow = overflow || __builtin_mul_overflow(a, b, &product) ||
+               __builtin_add_overflow(value, product, &value);
+    return *this;
+  }
+};
+
+}  // namespace detail
+
+struct ModelConfig;
+inline std::int64_t count_parameters(const ModelConfig& c, int norms_per_sublayer = 1,
+                                     bool final_norm = true);
+
 struct ModelConfig {
   ArchKind arch = ArchKind::llama;
   int layers = 0;   // L
@@ -68,7 +89,13 @@ struct ModelConfig {
     FATHOM_CHECK(d_ff >= 1, "ModelConfig: expected d_ff >= 1, got " << d_ff);
     FATHOM_CHECK(vocab >= 1, "ModelConfig: expected vocab >= 1, got " << vocab);
     FATHOM_CHECK(max_seq >= 1, "ModelConfig: expected max_seq >= 1, got " << max_seq);
-    FATHOM_CHECK(norm_eps > 0.0, "ModelConfig: expected norm_eps > 0, got " << norm_eps);
+    FATHOM_CHECK(norm_eps > 0.0 && std::isfinite(norm_eps),
+                 "ModelConfig: expected a finite norm_eps > 0, got " << norm_eps);
+    FATHOM_CHECK(rope_theta > 0.0 && std::isfinite(rope_theta),
+                 "ModelConfig: expected a finite rope_theta > 0, got " << rope_theta);
+    // Every size is an int, but products of them size the tensors: the largest count a policy
+    // can lead to (two norms per sub-layer, a final norm) must fit in 64 bits.
+    count_parameters(*this, 2, true);
   }
 };
 
@@ -111,22 +138,28 @@ inline void from_json(const nlohmann::json& j, ModelConfig& c) {
 
 // The number of parameters of a model with this config, when each sub-layer owns
 // `norms_per_sublayer` norms and a final norm exists or not (both decided by the norm policy:
-// PolicyTraits). Equals DecoderLM::num_parameters() for the same choices; needs no memory.
-inline std::int64_t count_parameters(const ModelConfig& c, int norms_per_sublayer = 1,
-                                     bool final_norm = true) {
+// PolicyTraits). Equals DecoderLM::num_parameters() for the same choices; needs no memory. Throws
+// fathom::Error when the count does not fit in 64 bits.
+inline std::int64_t count_parameters(const ModelConfig& c, int norms_per_sublayer, bool final_norm) {
   const ArchSpec spec = arch_spec(c.arch);
   const std::int64_t C = c.d_model, F = c.d_ff, V = c.vocab;
   const std::int64_t norm = spec.norm == NormKind::layer ? 2 * C : C;  // weight (+ bias)
   const std::int64_t bias = c.bias ? 1 : 0;
-  std::int64_t block = 4 * C * C + bias * 4 * C;  // q, k, v, out
-  if (spec.mlp == MlpKind::swiglu) block += 3 * C * F + bias * (2 * F + C);
-  else block += 2 * C * F + bias * (F + C);
-  block += 2 * norms_per_sublayer * norm;
-  std::int64_t n = V * C + c.layers * block;
-  if (!spec.rope) n += static_cast<std::int64_t>(c.max_seq) * C;
-  if (final_norm) n += norm;
-  if (!c.tied) n += V * C;
-  return n;
+  detail::CheckedCount block;
+  block.add(4 * C, C).add(bias * 4, C);  // q, k, v, out
+  if (spec.mlp == MlpKind::swiglu) block.add(3 * C, F).add(bias, 2 * F + C);
+  else block.add(2 * C, F).add(bias, F + C);
+  block.add(2 * static_cast<std::int64_t>(norms_per_sublayer), norm);
+  detail::CheckedCount n;
+  n.add(V, C).add(c.layers, block.value);
+  n.overflow = n.overflow || block.overflow;
+  if (!spec.rope) n.add(c.max_seq, C);
+  if (final_norm) n.add(norm);
+  if (!c.tied) n.add(V, C);
+  FATHOM_CHECK(!n.overflow, "ModelConfig: the parameter count of " << c.layers << " layers, d_model "
+                                << c.d_model << ", d_ff " << c.d_ff << ", vocab " << c.vocab
+                                << " does not fit in 64 bits");
+  return n.value;
 }
 
 }  // namespace fathom::nn

@@ -6,6 +6,9 @@
 #pragma once
 
 #include <algorithm>
+#include <climits>
+#include <cmath>
+#include <set>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -18,6 +21,9 @@
 
 #include "fathom/core/error.hpp"
 #include "fathom/data/sampler.hpp"
+#include "fathom/nn/arch.hpp"
+#include "fathom/nn/config.hpp"
+#include "fathom/nn/parameter.hpp"
 #include "fathom/tensor/tensor.hpp"
 #include "fathom/train/safetensors.hpp"
 
@@ -32,14 +38,15 @@ namespace fs = std::filesystem;
 
 inline std::string checkpoint_name(std::int64_t step) { return "ckpt-" + std::to_string(step); }
 
-// The step of a folder named ckpt-STEP, or nullopt.
+// The step of a folder named ckpt-STEP, or nullopt (also when STEP does not fit in 64 bits).
 inline std::optional<std::int64_t> checkpoint_step(const fs::path& dir) {
   const std::string name = dir.filename().string();
   if (name.rfind("ckpt-", 0) != 0 || name.size() == 5) return std::nullopt;
   std::int64_t step = 0;
   for (char c : name.substr(5)) {
     if (c < '0' || c > '9') return std::nullopt;
-    step = step * 10 + (c - '0');
+    if (__builtin_mul_overflow(step, 10, &step) || __builtin_add_overflow(step, c - '0', &step))
+      return std::nullopt;
   }
   return step;
 }
@@ -111,10 +118,17 @@ void from_record(const TensorRecord& r, Tensor<T, D>& dst, const std::string& so
                                                  << Shape(file_shape)
                                                  << " in the file, the model expects " << want);
   std::vector<T> values(static_cast<std::size_t>(want.numel()));
+  // A NaN or Inf in saved weights or optimizer state is damage (training stops or skips the step
+  // before one can be saved): refuse it here rather than train or diagnose on it.
   auto convert = [&](auto tag) {
     using S = decltype(tag);
     auto src = tensor_values<S>(r);
-    for (std::size_t i = 0; i < values.size(); ++i) values[i] = scalar_cast<T>(src[i]);
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      FATHOM_CHECK(std::isfinite(static_cast<double>(scalar_cast<float>(src[i]))),
+                   source << ": tensor '" << r.name << "' holds a non-finite value ("
+                          << scalar_cast<float>(src[i]) << ") at element " << i);
+      values[i] = scalar_cast<T>(src[i]);
+    }
   };
   if (r.dtype == "F32")
     convert(float{});
@@ -128,6 +142,140 @@ void from_record(const TensorRecord& r, Tensor<T, D>& dst, const std::string& so
   Tensor<T, Cpu> host = Tensor<T, Cpu>::from_vector(Shape(r.shape), values);
   if (transpose) host = host.transpose(0, 1).contiguous();
   dst.copy_(host);
+}
+
+namespace detail {
+
+inline const nlohmann::json& model_field(const nlohmann::json& j, const char* key, const std::string& source) {
+  auto it = j.find(key);
+  FATHOM_CHECK(it != j.end(), source << ": expected a field 'model." << key << "', got none");
+  return *it;
+}
+
+inline int model_int_field(const nlohmann::json& j, const char* key, const std::string& source) {
+  const auto& v = model_field(j, key, source);
+  FATHOM_CHECK(v.is_number_integer() && v.get<long long>() >= 1 && v.get<long long>() <= INT_MAX,
+               source << ": expected 'model." << key << "' to be an integer in [1, " << INT_MAX << "], got "
+                      << v.dump());
+  return v.get<int>();
+}
+
+inline double model_number_field(const nlohmann::json& j, const char* key, const std::string& source) {
+  const auto& v = model_field(j, key, source);
+  FATHOM_CHECK(v.is_number() && v.get<double>() > 0 && std::isfinite(v.get<double>()),
+               source << ": expected 'model." << key << "' to be a positive number, got " << v.dump());
+  return v.get<double>();
+}
+
+inline bool model_bool_field(const nlohmann::json& j, const char* key, const std::string& source) {
+  const auto& v = model_field(j, key, source);
+  FATHOM_CHECK(v.is_boolean(), source << ": expected 'model." << key << "' to be true or false, got " << v.dump());
+  return v.get<bool>();
+}
+
+}  // namespace detail
+
+// The model a checkpoint was trained as: the "model" object of config.json's fathom fields (or of
+// trainer_state.json's "run"), checked field by field; `source` (the file) starts every message.
+inline nn::ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& source) {
+  FATHOM_CHECK(j.is_object(), source << ": expected 'model' to be an object, got " << j.dump());
+  nn::ModelConfig m;
+  const auto& arch = detail::model_field(j, "arch", source);
+  FATHOM_CHECK(arch.is_string() && (arch == "llama" || arch == "gpt2"),
+               source << ": expected 'model.arch' to be \"llama\" or \"gpt2\", got " << arch.dump());
+  m.arch = arch == "llama" ? nn::ArchKind::llama : nn::ArchKind::gpt2;
+  m.layers = detail::model_int_field(j, "layers", source);
+  m.d_model = detail::model_int_field(j, "d_model", source);
+  m.heads = detail::model_int_field(j, "heads", source);
+  m.d_ff = detail::model_int_field(j, "d_ff", source);
+  m.vocab = detail::model_int_field(j, "vocab", source);
+  m.max_seq = detail::model_int_field(j, "max_seq", source);
+  m.norm_eps = detail::model_number_field(j, "norm_eps", source);
+  m.rope_theta = detail::model_number_field(j, "rope_theta", source);
+  m.tied = detail::model_bool_field(j, "tied", source);
+  m.bias = detail::model_bool_field(j, "bias", source);
+  auto name = j.find("name");
+  if (name != j.end()) {
+    FATHOM_CHECK(name->is_string(), source << ": expected 'model.name' to be a string, got " << name->dump());
+    m.name = name->get<std::string>();
+  }
+  try {
+    m.validate();
+  } catch (const Error& e) {
+    FATHOM_FAIL(source << ": " << e.what());
+  }
+  return m;
+}
+
+// Checks, from the header of model.safetensors alone (before any model is allocated), that the
+// weights are those of model `m`: the token embedding is (vocab, d_model), the blocks are numbered
+// 0..layers-1, the first block's MLP has d_ff, and the weights hold as many values as a model of
+// `m` with one to four norms per sub-layer (the policy decides how many).
+inline void check_weights_fit_config(const nn::ModelConfig& m, const SafetensorsHeader& header,
+                                     const std::string& source) {
+  const bool llama = m.arch == nn::ArchKind::llama;
+  const std::string embedding = (llama ? nn::Llama::embedding() : nn::Gpt2::embedding()) + ".weight";
+  const TensorInfo* wte = header.find(embedding);
+  FATHOM_CHECK(wte != nullptr, source << ": expected a tensor '" << embedding << "' (the " << nn::to_string(m.arch)
+                                      << " token embedding), got none among " << header.tensors.size() << " tensors");
+  const std::vector<std::int64_t> want{m.vocab, m.d_model};
+  FATHOM_CHECK(wte->shape == want, source << ": tensor '" << embedding << "' has shape "
+                                          << detail::shape_string(wte->shape) << ", the config says (vocab, d_model) = "
+                                          << detail::shape_string(want));
+  const std::string prefix = llama ? "model.layers." : "transformer.h.";
+  std::set<long long> blocks;
+  long long values = 0;
+  for (const auto& t : header.tensors) {
+    long long n = 1;
+    for (auto d : t.shape)
+      if (__builtin_mul_overflow(n, d, &n)) n = LLONG_MAX;
+    if (__builtin_add_overflow(values, n, &values)) values = LLONG_MAX;
+    if (t.name.rfind(prefix, 0) != 0) continue;
+    const auto rest = t.name.substr(prefix.size());
+    const auto dot = rest.find('.');
+    if (dot == 0 || dot == std::string::npos || rest.find_first_not_of("0123456789") != dot || dot > 9) continue;
+    blocks.insert(std::stoll(rest.substr(0, dot)));
+  }
+  FATHOM_CHECK(static_cast<long long>(blocks.size()) == m.layers &&
+                   (blocks.empty() || (*blocks.begin() == 0 && *blocks.rbegin() == m.layers - 1)),
+               source << ": the weights hold " << blocks.size() << " blocks"
+                      << (blocks.empty() ? std::string() : " (" + std::to_string(*blocks.begin()) + ".." +
+                                                               std::to_string(*blocks.rbegin()) + ")")
+                      << ", the config says layers = " << m.layers);
+  const nn::BlockNames first = llama ? nn::Llama::block(0, 1) : nn::Gpt2::block(0, 1);
+  const TensorInfo* up = header.find(first.mlp_up + ".weight");
+  FATHOM_CHECK(up != nullptr && up->shape.size() == 2 &&
+                   (up->shape[0] == m.d_ff || up->shape[1] == m.d_ff) &&
+                   (up->shape[0] == m.d_model || up->shape[1] == m.d_model),
+               source << ": expected a tensor '" << first.mlp_up << ".weight' of d_ff x d_model = " << m.d_ff << " x "
+                      << m.d_model << ", got "
+                      << (up ? detail::shape_string(up->shape) : std::string("none")));
+  bool matches = false;
+  for (int norms = 1; norms <= 4 && !matches; ++norms)
+    for (bool final_norm : {true, false}) matches = matches || nn::count_parameters(m, norms, final_norm) == values;
+  FATHOM_CHECK(matches, source << ": the weights hold " << values << " values, a model of this config holds "
+                               << nn::count_parameters(m, 1, true) << " (one norm per sub-layer) to "
+                               << nn::count_parameters(m, 4, true) << " (four)");
+}
+
+// Loads a model's parameters (model.parameters()) from a safetensors file, checked whole: every
+// parameter is there with its shape and finite values, and the file holds no tensor that is not a
+// parameter. hf_transposed(name): whether the file stores that parameter transposed (GPT-2).
+template <class T, class D, class Transposed>
+void load_weights(std::vector<nn::NamedParameter<T, D>>& params, const SafetensorsFile& file,
+                  const std::string& source, Transposed&& hf_transposed) {
+  std::set<std::string> names;
+  for (auto& p : params) {
+    const TensorRecord* r = file.find(p.name);
+    FATHOM_CHECK(r != nullptr, source << ": expected a tensor '" << p.name << "', got none (the file has "
+                                      << file.tensors.size() << " tensors, the model " << params.size()
+                                      << " parameters)");
+    from_record(*r, p.var.mutable_value(), source, hf_transposed(p.name));
+    names.insert(p.name);
+  }
+  for (const auto& t : file.tensors)
+    FATHOM_CHECK(names.count(t.name), source << ": tensor '" << t.name << "' is not a parameter of the model ("
+                                             << names.size() << " parameters; another policy or config?)");
 }
 
 // What one checkpoint holds, as the trainer hands it over.
@@ -256,17 +404,11 @@ std::vector<TensorRecord> model_records(nn::LanguageModel<T, D>& model) {
   return out;
 }
 
-// Copies every parameter of `model` from `file` (model.safetensors of `source`), checking shapes.
+// Copies every parameter of `model` from `file` (model.safetensors of `source`), checked whole as
+// the overload above does: shapes, finite values, no tensor missing and none extra.
 template <class T, DeviceTag D>
-void load_weights(nn::LanguageModel<T, D>& model, const SafetensorsFile& file,
-                  const std::string& source) {
-  for (auto& p : model.parameters()) {
-    const TensorRecord* r = file.find(p.name);
-    FATHOM_CHECK(r != nullptr, source << ": no tensor named '" << p.name << "' (the model has "
-                                      << model.parameters().size() << " parameters, the file "
-                                      << file.tensors.size() << " tensors)");
-    from_record(*r, p.var.mutable_value(), source, model.hf_transposed(p.name));
-  }
+void load_weights(nn::LanguageModel<T, D>& model, const SafetensorsFile& file, const std::string& source) {
+  load_weights(model.parameters(), file, source, [&](const std::string& name) { return model.hf_transposed(name); });
 }
 
 template <class T, DeviceTag D>

@@ -2,6 +2,7 @@
 // from a plain struct of sizes, with fathom's own fields under "fathom", and parsed back.
 #pragma once
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -82,6 +83,14 @@ inline double hf_number_field(const nlohmann::json& j, const char* key, std::str
                hf_where(source) << ": expected a number field '" << key << "', got "
                                 << (it == j.end() ? std::string("none") : it->dump()));
   return it->get<double>();
+}
+
+// A number that must be finite and > 0 (norm epsilons, rope_theta).
+inline double hf_positive_field(const nlohmann::json& j, const char* key, std::string_view source) {
+  const double v = hf_number_field(j, key, source);
+  FATHOM_CHECK(v > 0 && std::isfinite(v),
+               hf_where(source) << ": expected '" << key << "' to be a positive number, got " << v);
+  return v;
 }
 
 inline bool hf_bool_field(const nlohmann::json& j, const char* key, bool fallback,
@@ -209,7 +218,7 @@ inline HfModelConfig parse_hf_config(const nlohmann::json& j, std::string_view s
     c.heads = hf_int_field(j, "num_attention_heads", source);
     c.vocab = hf_int_field(j, "vocab_size", source);
     c.max_seq = hf_int_field(j, "max_position_embeddings", source);
-    c.norm_eps = hf_number_field(j, "rms_norm_eps", source);
+    c.norm_eps = detail::hf_positive_field(j, "rms_norm_eps", source);
     if (j.contains("num_key_value_heads")) {
       int kv = hf_int_field(j, "num_key_value_heads", source);
       FATHOM_CHECK(kv == c.heads, hf_where(source)
@@ -227,10 +236,10 @@ inline HfModelConfig parse_hf_config(const nlohmann::json& j, std::string_view s
     // transformers 5 keeps RoPE under rope_parameters; older configs have it at the top level.
     auto rope = j.find("rope_parameters");
     if (rope != j.end() && rope->is_object() && rope->contains("rope_theta")) {
-      c.rope_theta = hf_number_field(*rope, "rope_theta", source);
+      c.rope_theta = detail::hf_positive_field(*rope, "rope_theta", source);
       require_value(*rope, "rope_type", "default", source);
     } else if (j.contains("rope_theta")) {
-      c.rope_theta = hf_number_field(j, "rope_theta", source);
+      c.rope_theta = detail::hf_positive_field(j, "rope_theta", source);
     }
     require_value(j, "hidden_act", "silu", source);
     require_value(j, "attention_bias", false, source);
@@ -242,10 +251,18 @@ inline HfModelConfig parse_hf_config(const nlohmann::json& j, std::string_view s
     c.heads = hf_int_field(j, "n_head", source);
     c.vocab = hf_int_field(j, "vocab_size", source);
     c.max_seq = hf_int_field(j, "n_positions", source);
-    c.norm_eps = hf_number_field(j, "layer_norm_epsilon", source);
+    c.norm_eps = detail::hf_positive_field(j, "layer_norm_epsilon", source);
     auto inner = j.find("n_inner");
-    c.d_ff = inner == j.end() || inner->is_null() ? 4 * c.d_model
-                                                  : hf_int_field(j, "n_inner", source);
+    if (inner == j.end() || inner->is_null()) {
+      // GPT-2's default MLP width, 4 * n_embd, must itself be a valid size.
+      FATHOM_CHECK(4LL * c.d_model <= 2147483647LL,
+                   hf_where(source) << ": n_inner defaults to 4 * n_embd = " << 4LL * c.d_model
+                                    << ", larger than a size can be (2147483647); n_embd "
+                                    << c.d_model << " is too large");
+      c.d_ff = 4 * c.d_model;
+    } else {
+      c.d_ff = hf_int_field(j, "n_inner", source);
+    }
     require_value(j, "activation_function", "gelu_new", source);
     c.tied = hf_bool_field(j, "tie_word_embeddings", true, source);
   }
