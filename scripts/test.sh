@@ -2,13 +2,15 @@
 # fathom's test command (README "Tests"; .ci/run calls it): installs missing packages, builds the
 # example programs (Release) with Ninja and runs their ctest cases, compiles (where nvcc exists)
 # the CUDA compile check and the CUDA tests, builds the CPU unit tests (fathom_tests) under
-# AddressSanitizer + UndefinedBehaviorSanitizer and runs them, then builds the downstream consumer
-# project three ways. Prints the time of each phase. (The unit tests are built once, sanitized;
-# with FATHOM_SKIP_SANITIZE=1 they are built and run in the Release tree instead.)
+# AddressSanitizer + UndefinedBehaviorSanitizer and runs them, fuzzes the file readers where clang
+# is found (scripts/fuzz.sh), then builds the downstream consumer project three ways. Prints the
+# time of each phase. (The unit tests are built once, sanitized; with FATHOM_SKIP_SANITIZE=1 they
+# are built and run in the Release tree instead.)
 # Usage: scripts/test.sh
 #   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/test, <dir>/cuda, <dir>/asan),
 #        JOBS (default nproc), FATHOM_TEST_CUDA_EXAMPLES=1 (also compile the CUDA parts of the
-#        example programs), FATHOM_SKIP_SANITIZE=1, FATHOM_SKIP_DOWNSTREAM=1, FATHOM_NO_APT=1
+#        example programs), FATHOM_SKIP_SANITIZE=1, FATHOM_SKIP_DOWNSTREAM=1, FATHOM_NO_APT=1,
+#        FATHOM_SKIP_FUZZ=1, FATHOM_FUZZ_SECONDS (default 20 a target)
 # CUDA code is only compiled here, never run (scripts/gpu.sh builds and runs all of it on a GPU
 # machine), so the CUDA tests build for sm_90 only and without host optimization; the compile
 # check of <fathom/cuda.hpp> still covers sm_80 and sm_90. The CUDA parts of the example programs
@@ -149,6 +151,16 @@ if [[ $sanitize == 1 ]]; then
     ctest --test-dir "$asan_build" -L unit -j "$jobs" --output-on-failure
   count_cases "$asan_build/bin/fathom_tests"
   end
+fi
+
+if [[ "${FATHOM_SKIP_FUZZ:-0}" != 1 ]]; then
+  if command -v "${CXX_FUZZ:-clang++}" >/dev/null 2>&1; then
+    begin "fuzz the file readers (libFuzzer, ${FATHOM_FUZZ_SECONDS:-20} s a target)"
+    FATHOM_BUILD_DIR="$root" JOBS="$jobs" bash scripts/fuzz.sh
+    end
+  else
+    echo "clang++: not found, fuzzing skipped (.ci/run installs clang and libFuzzer)"
+  fi
 fi
 
 if [[ "${FATHOM_SKIP_DOWNSTREAM:-0}" != 1 ]]; then

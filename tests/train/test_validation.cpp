@@ -52,9 +52,11 @@ train::SafetensorsHeader header_of(const std::vector<train::TensorRecord>& recor
 
 }  // namespace
 
-TEST_CASE("checkpoint_step: names whose step does not fit in 64 bits are not checkpoints", "[train][validation]") {
+TEST_CASE("checkpoint_step: names whose step does not fit in 64 bits are not checkpoints",
+          "[train][validation]") {
   CHECK(train::checkpoint_step("runs/a/ckpt-12") == std::optional<std::int64_t>(12));
-  CHECK(train::checkpoint_step("ckpt-9223372036854775807") == std::optional<std::int64_t>(INT64_MAX));
+  CHECK(train::checkpoint_step("ckpt-9223372036854775807") ==
+        std::optional<std::int64_t>(INT64_MAX));
   CHECK_FALSE(train::checkpoint_step("ckpt-9223372036854775808").has_value());
   CHECK_FALSE(train::checkpoint_step("ckpt-99999999999999999999").has_value());
   CHECK_FALSE(train::checkpoint_step("ckpt-").has_value());
@@ -71,7 +73,8 @@ TEST_CASE("count_parameters: a count that overflows 64 bits is refused", "[nn][v
   CHECK_THROWS_WITH(c.validate(), HasSubstring("does not fit in 64 bits"));
 }
 
-TEST_CASE("ModelConfig::validate: norm_eps and rope_theta must be finite and positive", "[nn][validation]") {
+TEST_CASE("ModelConfig::validate: norm_eps and rope_theta must be finite and positive",
+          "[nn][validation]") {
   nn::ModelConfig c = small_config();
   c.norm_eps = -1e-5;
   CHECK_THROWS_WITH(c.validate(), HasSubstring("norm_eps"));
@@ -82,7 +85,8 @@ TEST_CASE("ModelConfig::validate: norm_eps and rope_theta must be finite and pos
   CHECK_THROWS_WITH(c.validate(), HasSubstring("rope_theta"));
 }
 
-TEST_CASE("DecoderLM: a model larger than the memory is refused before allocating", "[nn][validation]") {
+TEST_CASE("DecoderLM: a model larger than the memory is refused before allocating",
+          "[nn][validation]") {
   nn::ModelConfig c = small_config();
   c.layers = 100'000'000;
   c.d_model = 1024;
@@ -104,41 +108,51 @@ TEST_CASE("TokenSource: a batch whose token count overflows is refused", "[data]
   data::SamplerOptions so;
   so.batch = std::int64_t{1} << 62;
   so.seq_len = 32;
-  CHECK_THROWS_WITH(data::TokenSource::from_tokens(tokens, so, "tokens"), HasSubstring("larger than the data"));
+  CHECK_THROWS_WITH(data::TokenSource::from_tokens(tokens, so, "tokens"),
+                    HasSubstring("larger than the data"));
 }
 
-TEST_CASE("parse_hf_config: bad epsilons and an n_embd whose default n_inner overflows", "[train][validation]") {
-  nlohmann::json gpt2 = {{"model_type", "gpt2"}, {"n_embd", 64},          {"n_layer", 2},
-                         {"n_head", 4},          {"vocab_size", 257},     {"n_positions", 64},
+TEST_CASE("parse_hf_config: bad epsilons and an n_embd whose default n_inner overflows",
+          "[train][validation]") {
+  nlohmann::json gpt2 = {{"model_type", "gpt2"},
+                         {"n_embd", 64},
+                         {"n_layer", 2},
+                         {"n_head", 4},
+                         {"vocab_size", 257},
+                         {"n_positions", 64},
                          {"layer_norm_epsilon", 1e-5}};
   CHECK(train::parse_hf_config(gpt2, "g.json").d_ff == 256);
   auto big = gpt2;
   big["n_embd"] = 1 << 30;
   big["n_head"] = 1;
-  CHECK_THROWS_WITH(train::parse_hf_config(big, "g.json"), HasSubstring("n_embd 1073741824 is too large"));
+  CHECK_THROWS_WITH(train::parse_hf_config(big, "g.json"),
+                    HasSubstring("n_embd 1073741824 is too large"));
   auto negative = gpt2;
   negative["layer_norm_epsilon"] = -1e-5;
-  CHECK_THROWS_WITH(train::parse_hf_config(negative, "g.json"),
-                    HasSubstring("config 'g.json': expected 'layer_norm_epsilon' to be a positive number"));
-  nlohmann::json llama = {{"model_type", "llama"},       {"hidden_size", 64}, {"intermediate_size", 128},
-                          {"num_hidden_layers", 2},      {"num_attention_heads", 4},
-                          {"vocab_size", 257},           {"max_position_embeddings", 64},
-                          {"rms_norm_eps", -1e-6}};
+  CHECK_THROWS_WITH(
+      train::parse_hf_config(negative, "g.json"),
+      HasSubstring("config 'g.json': expected 'layer_norm_epsilon' to be a positive number"));
+  nlohmann::json llama = {{"model_type", "llama"},         {"hidden_size", 64},
+                          {"intermediate_size", 128},      {"num_hidden_layers", 2},
+                          {"num_attention_heads", 4},      {"vocab_size", 257},
+                          {"max_position_embeddings", 64}, {"rms_norm_eps", -1e-6}};
   CHECK_THROWS_WITH(train::parse_hf_config(llama, "l.json"),
                     HasSubstring("expected 'rms_norm_eps' to be a positive number"));
 }
 
-TEST_CASE("model_config_from_json: type errors name the file and the field", "[train][validation]") {
-  nlohmann::json m = {{"arch", "llama"}, {"layers", 2},       {"d_model", 16},     {"heads", 2},
-                      {"d_ff", 32},      {"vocab", 257},      {"max_seq", 16},     {"norm_eps", 1e-6},
-                      {"rope_theta", 1e4}, {"tied", false},   {"bias", false},     {"name", "tiny"}};
+TEST_CASE("model_config_from_json: type errors name the file and the field",
+          "[train][validation]") {
+  nlohmann::json m = {{"arch", "llama"},   {"layers", 2},   {"d_model", 16}, {"heads", 2},
+                      {"d_ff", 32},        {"vocab", 257},  {"max_seq", 16}, {"norm_eps", 1e-6},
+                      {"rope_theta", 1e4}, {"tied", false}, {"bias", false}, {"name", "tiny"}};
   const nn::ModelConfig c = train::model_config_from_json(m, "run/ckpt-2/config.json");
   CHECK(c.layers == 2);
   CHECK(c.d_ff == 32);
   auto text = m;
   text["layers"] = "2";
-  CHECK_THROWS_WITH(train::model_config_from_json(text, "run/ckpt-2/config.json"),
-                    HasSubstring("run/ckpt-2/config.json: expected 'model.layers' to be an integer"));
+  CHECK_THROWS_WITH(
+      train::model_config_from_json(text, "run/ckpt-2/config.json"),
+      HasSubstring("run/ckpt-2/config.json: expected 'model.layers' to be an integer"));
   auto missing = m;
   missing.erase("d_ff");
   CHECK_THROWS_WITH(train::model_config_from_json(missing, "c.json"),
@@ -154,7 +168,8 @@ TEST_CASE("model_config_from_json: type errors name the file and the field", "[t
   CHECK_THROWS_WITH(train::model_config_from_json(huge, "c.json"), HasSubstring("'model.d_model'"));
 }
 
-TEST_CASE("check_weights_fit_config: a config that does not describe the weights is refused", "[train][validation]") {
+TEST_CASE("check_weights_fit_config: a config that does not describe the weights is refused",
+          "[train][validation]") {
   Small model(small_config());
   model.init(1);
   const auto header = header_of(records_of(model));
@@ -167,13 +182,16 @@ TEST_CASE("check_weights_fit_config: a config that does not describe the weights
   nn::ModelConfig wide = small_config();
   wide.d_model = 1'000'000'000;
   wide.heads = 1;
-  CHECK_THROWS_WITH(train::check_weights_fit_config(wide, header, "w"), HasSubstring("(vocab, d_model)"));
+  CHECK_THROWS_WITH(train::check_weights_fit_config(wide, header, "w"),
+                    HasSubstring("(vocab, d_model)"));
   nn::ModelConfig ff = small_config();
   ff.d_ff = 48;
-  CHECK_THROWS_WITH(train::check_weights_fit_config(ff, header, "w"), HasSubstring("d_ff x d_model = 48 x 16"));
+  CHECK_THROWS_WITH(train::check_weights_fit_config(ff, header, "w"),
+                    HasSubstring("d_ff x d_model = 48 x 16"));
   nn::ModelConfig gpt2 = small_config();
   gpt2.arch = nn::ArchKind::gpt2;
-  CHECK_THROWS_WITH(train::check_weights_fit_config(gpt2, header, "w"), HasSubstring("transformer.wte.weight"));
+  CHECK_THROWS_WITH(train::check_weights_fit_config(gpt2, header, "w"),
+                    HasSubstring("transformer.wte.weight"));
 
   // Two norms per sub-layer (SandwichLN) is a count the check accepts for the same config.
   nn::DecoderLM<nn::Llama, policy::SandwichLN, float, Cpu> sandwich(small_config());
@@ -182,7 +200,8 @@ TEST_CASE("check_weights_fit_config: a config that does not describe the weights
   train::check_weights_fit_config(small_config(), header_of(records), "w");
 }
 
-TEST_CASE("load_weights: missing, extra and non-finite tensors are refused", "[train][validation]") {
+TEST_CASE("load_weights: missing, extra and non-finite tensors are refused",
+          "[train][validation]") {
   Small source(small_config());
   source.init(3);
   auto records = records_of(source);
@@ -192,7 +211,8 @@ TEST_CASE("load_weights: missing, extra and non-finite tensors are refused", "[t
   train::SafetensorsFile file;
   file.tensors = records;
   train::load_weights(target.parameters(), file, "w", transposed);
-  CHECK(target.parameters()[0].var.value().to_vector() == source.parameters()[0].var.value().to_vector());
+  CHECK(target.parameters()[0].var.value().to_vector() ==
+        source.parameters()[0].var.value().to_vector());
 
   train::SafetensorsFile missing;
   missing.tensors.assign(records.begin() + 1, records.end());
@@ -200,7 +220,8 @@ TEST_CASE("load_weights: missing, extra and non-finite tensors are refused", "[t
                     HasSubstring("expected a tensor '" + records[0].name + "', got none"));
 
   train::SafetensorsFile extra = file;
-  extra.tensors.push_back(train::to_record("model.layers.9.extra.weight", source.parameters()[0].var.value()));
+  extra.tensors.push_back(
+      train::to_record("model.layers.9.extra.weight", source.parameters()[0].var.value()));
   CHECK_THROWS_WITH(train::load_weights(target.parameters(), extra, "w", transposed),
                     HasSubstring("'model.layers.9.extra.weight' is not a parameter of the model"));
 

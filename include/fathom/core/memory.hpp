@@ -54,7 +54,8 @@ inline std::uint64_t host_available_bytes() {
 #if defined(_SC_AVPHYS_PAGES) && defined(_SC_PAGESIZE)
   if (available == 0) {
     const long pages = ::sysconf(_SC_AVPHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
-    if (pages > 0 && page > 0) available = static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page);
+    if (pages > 0 && page > 0)
+      available = static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page);
   }
 #endif
   auto read_number = [](const char* path, unsigned long long& value) {
@@ -65,7 +66,8 @@ inline std::uint64_t host_available_bytes() {
     return ok;
   };
   unsigned long long limit = 0, current = 0;
-  if (read_number("/sys/fs/cgroup/memory.max", limit) && read_number("/sys/fs/cgroup/memory.current", current)) {
+  if (read_number("/sys/fs/cgroup/memory.max", limit) &&
+      read_number("/sys/fs/cgroup/memory.current", current)) {
     const std::uint64_t left = limit > current ? limit - current : 0;
     if (available == 0 || left < available) available = left;
   }
@@ -75,7 +77,8 @@ inline std::uint64_t host_available_bytes() {
 // "12.3 GiB": a byte count for messages.
 inline std::string gib_string(std::uint64_t bytes) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.1f GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+  std::snprintf(buf, sizeof buf, "%.1f GiB",
+                static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
   return buf;
 }
 

@@ -266,8 +266,8 @@ inline std::vector<std::int32_t> builtin_corpus(Split split, std::size_t tokens,
   FATHOM_CHECK(tokens > 0, "built-in corpus (" << split_name(split)
                                                << "): expected a size > 0 tokens, got 0");
   memory::require_available<Cpu>(memory::saturating_bytes(tokens, sizeof(std::int32_t)),
-                                 "built-in corpus (" + std::string(split_name(split)) + "): " +
-                                     std::to_string(tokens) + " tokens");
+                                 "built-in corpus (" + std::string(split_name(split)) +
+                                     "): " + std::to_string(tokens) + " tokens");
   CorpusGenerator gen(corpus_seed(split, seed));
   std::vector<std::int32_t> ids;
   ids.reserve(tokens + 1024);

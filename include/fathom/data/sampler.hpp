@@ -223,11 +223,14 @@ class TokenSource {
                      << " tokens in one shard, but the largest, " << shards_[largest].name()
                      << ", holds " << shards_[largest].size());
     std::uint64_t batch_tokens = 0;
-    FATHOM_CHECK(!__builtin_mul_overflow(B, T + 1, &batch_tokens) && batch_tokens <= total_tokens_,
-                 "token source: a batch of " << B << " x " << T + 1 << " tokens (batch " << o.batch
+    const bool overflow = __builtin_mul_overflow(B, T + 1, &batch_tokens);
+    FATHOM_CHECK(!overflow && batch_tokens <= total_tokens_,
+                 "token source: a batch of "
+                     << B << " x " << T + 1 << " tokens (batch " << o.batch
                      << (o.ranks > 1 ? " on each of " + std::to_string(o.ranks) + " ranks" : "")
-                     << ", seq_len " << o.seq_len << " + 1) is larger than the data, "
-                     << total_tokens_ << " tokens");
+                     << ", seq_len " << o.seq_len << " + 1) = "
+                     << (overflow ? std::string("over 2^64") : std::to_string(batch_tokens))
+                     << " tokens is larger than the data, " << total_tokens_ << " tokens");
     FATHOM_CHECK(o.order == SampleOrder::random || total_windows_ >= B,
                  "token source: a batch of " << B << " rows is larger than the data: "
                      << total_tokens_ << " tokens hold " << total_windows_

@@ -140,15 +140,18 @@ inline void from_json(const nlohmann::json& j, ModelConfig& c) {
 // `norms_per_sublayer` norms and a final norm exists or not (both decided by the norm policy:
 // PolicyTraits). Equals DecoderLM::num_parameters() for the same choices; needs no memory. Throws
 // fathom::Error when the count does not fit in 64 bits.
-inline std::int64_t count_parameters(const ModelConfig& c, int norms_per_sublayer, bool final_norm) {
+inline std::int64_t count_parameters(const ModelConfig& c, int norms_per_sublayer,
+                                     bool final_norm) {
   const ArchSpec spec = arch_spec(c.arch);
   const std::int64_t C = c.d_model, F = c.d_ff, V = c.vocab;
   const std::int64_t norm = spec.norm == NormKind::layer ? 2 * C : C;  // weight (+ bias)
   const std::int64_t bias = c.bias ? 1 : 0;
   detail::CheckedCount block;
   block.add(4 * C, C).add(bias * 4, C);  // q, k, v, out
-  if (spec.mlp == MlpKind::swiglu) block.add(3 * C, F).add(bias, 2 * F + C);
-  else block.add(2 * C, F).add(bias, F + C);
+  if (spec.mlp == MlpKind::swiglu)
+    block.add(3 * C, F).add(bias, 2 * F + C);
+  else
+    block.add(2 * C, F).add(bias, F + C);
   block.add(2 * static_cast<std::int64_t>(norms_per_sublayer), norm);
   detail::CheckedCount n;
   n.add(V, C).add(c.layers, block.value);
@@ -156,9 +159,9 @@ inline std::int64_t count_parameters(const ModelConfig& c, int norms_per_sublaye
   if (!spec.rope) n.add(c.max_seq, C);
   if (final_norm) n.add(norm);
   if (!c.tied) n.add(V, C);
-  FATHOM_CHECK(!n.overflow, "ModelConfig: the parameter count of " << c.layers << " layers, d_model "
-                                << c.d_model << ", d_ff " << c.d_ff << ", vocab " << c.vocab
-                                << " does not fit in 64 bits");
+  FATHOM_CHECK(!n.overflow, "ModelConfig: the parameter count of "
+                                << c.layers << " layers, d_model " << c.d_model << ", d_ff "
+                                << c.d_ff << ", vocab " << c.vocab << " does not fit in 64 bits");
   return n.value;
 }
 

@@ -59,11 +59,12 @@ class DecoderLM {
     const ArchSpec spec = arch_spec(config_.arch);
     const ModelConfig& c = config_;
     // Refuse a model whose weights alone cannot fit before allocating any of them.
-    const std::int64_t n = count_parameters(c, norms_per_sublayer, policy::PolicyTraits<Policy>::has_final_norm(policy_));
+    const std::int64_t n = count_parameters(c, norms_per_sublayer,
+                                            policy::PolicyTraits<Policy>::has_final_norm(policy_));
     memory::require_available<D>(memory::saturating_bytes(static_cast<std::uint64_t>(n), sizeof(T)),
-                                 "a model of " + std::to_string(n) + " parameters ('" + c.name + "', " +
-                                     std::to_string(c.layers) + " layers, d_model " + std::to_string(c.d_model) +
-                                     ")");
+                                 "a model of " + std::to_string(n) + " parameters ('" + c.name +
+                                     "', " + std::to_string(c.layers) + " layers, d_model " +
+                                     std::to_string(c.d_model) + ")");
     wte_ = Embedding<T, D>(Arch::embedding(), c.vocab, c.d_model, policy::ParamRole::embedding, params_);
     if (!spec.rope)
       wpe_ = Embedding<T, D>(Arch::positions(), c.max_seq, c.d_model, policy::ParamRole::position_embedding,

@@ -8,11 +8,11 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
-#include <set>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -146,7 +146,8 @@ void from_record(const TensorRecord& r, Tensor<T, D>& dst, const std::string& so
 
 namespace detail {
 
-inline const nlohmann::json& model_field(const nlohmann::json& j, const char* key, const std::string& source) {
+inline const nlohmann::json& model_field(const nlohmann::json& j, const char* key,
+                                         const std::string& source) {
   auto it = j.find(key);
   FATHOM_CHECK(it != j.end(), source << ": expected a field 'model." << key << "', got none");
   return *it;
@@ -155,21 +156,24 @@ inline const nlohmann::json& model_field(const nlohmann::json& j, const char* ke
 inline int model_int_field(const nlohmann::json& j, const char* key, const std::string& source) {
   const auto& v = model_field(j, key, source);
   FATHOM_CHECK(v.is_number_integer() && v.get<long long>() >= 1 && v.get<long long>() <= INT_MAX,
-               source << ": expected 'model." << key << "' to be an integer in [1, " << INT_MAX << "], got "
-                      << v.dump());
+               source << ": expected 'model." << key << "' to be an integer in [1, " << INT_MAX
+                      << "], got " << v.dump());
   return v.get<int>();
 }
 
-inline double model_number_field(const nlohmann::json& j, const char* key, const std::string& source) {
+inline double model_number_field(const nlohmann::json& j, const char* key,
+                                 const std::string& source) {
   const auto& v = model_field(j, key, source);
-  FATHOM_CHECK(v.is_number() && v.get<double>() > 0 && std::isfinite(v.get<double>()),
-               source << ": expected 'model." << key << "' to be a positive number, got " << v.dump());
+  FATHOM_CHECK(
+      v.is_number() && v.get<double>() > 0 && std::isfinite(v.get<double>()),
+      source << ": expected 'model." << key << "' to be a positive number, got " << v.dump());
   return v.get<double>();
 }
 
 inline bool model_bool_field(const nlohmann::json& j, const char* key, const std::string& source) {
   const auto& v = model_field(j, key, source);
-  FATHOM_CHECK(v.is_boolean(), source << ": expected 'model." << key << "' to be true or false, got " << v.dump());
+  FATHOM_CHECK(v.is_boolean(),
+               source << ": expected 'model." << key << "' to be true or false, got " << v.dump());
   return v.get<bool>();
 }
 
@@ -181,8 +185,9 @@ inline nn::ModelConfig model_config_from_json(const nlohmann::json& j, const std
   FATHOM_CHECK(j.is_object(), source << ": expected 'model' to be an object, got " << j.dump());
   nn::ModelConfig m;
   const auto& arch = detail::model_field(j, "arch", source);
-  FATHOM_CHECK(arch.is_string() && (arch == "llama" || arch == "gpt2"),
-               source << ": expected 'model.arch' to be \"llama\" or \"gpt2\", got " << arch.dump());
+  FATHOM_CHECK(
+      arch.is_string() && (arch == "llama" || arch == "gpt2"),
+      source << ": expected 'model.arch' to be \"llama\" or \"gpt2\", got " << arch.dump());
   m.arch = arch == "llama" ? nn::ArchKind::llama : nn::ArchKind::gpt2;
   m.layers = detail::model_int_field(j, "layers", source);
   m.d_model = detail::model_int_field(j, "d_model", source);
@@ -196,7 +201,8 @@ inline nn::ModelConfig model_config_from_json(const nlohmann::json& j, const std
   m.bias = detail::model_bool_field(j, "bias", source);
   auto name = j.find("name");
   if (name != j.end()) {
-    FATHOM_CHECK(name->is_string(), source << ": expected 'model.name' to be a string, got " << name->dump());
+    FATHOM_CHECK(name->is_string(),
+                 source << ": expected 'model.name' to be a string, got " << name->dump());
     m.name = name->get<std::string>();
   }
   try {
@@ -214,14 +220,18 @@ inline nn::ModelConfig model_config_from_json(const nlohmann::json& j, const std
 inline void check_weights_fit_config(const nn::ModelConfig& m, const SafetensorsHeader& header,
                                      const std::string& source) {
   const bool llama = m.arch == nn::ArchKind::llama;
-  const std::string embedding = (llama ? nn::Llama::embedding() : nn::Gpt2::embedding()) + ".weight";
+  const std::string embedding =
+      (llama ? nn::Llama::embedding() : nn::Gpt2::embedding()) + ".weight";
   const TensorInfo* wte = header.find(embedding);
-  FATHOM_CHECK(wte != nullptr, source << ": expected a tensor '" << embedding << "' (the " << nn::to_string(m.arch)
-                                      << " token embedding), got none among " << header.tensors.size() << " tensors");
+  FATHOM_CHECK(wte != nullptr, source << ": expected a tensor '" << embedding << "' (the "
+                                      << nn::to_string(m.arch)
+                                      << " token embedding), got none among "
+                                      << header.tensors.size() << " tensors");
   const std::vector<std::int64_t> want{m.vocab, m.d_model};
-  FATHOM_CHECK(wte->shape == want, source << ": tensor '" << embedding << "' has shape "
-                                          << detail::shape_string(wte->shape) << ", the config says (vocab, d_model) = "
-                                          << detail::shape_string(want));
+  FATHOM_CHECK(wte->shape == want,
+               source << ": tensor '" << embedding << "' has shape "
+                      << detail::shape_string(wte->shape)
+                      << ", the config says (vocab, d_model) = " << detail::shape_string(want));
   const std::string prefix = llama ? "model.layers." : "transformer.h.";
   std::set<long long> blocks;
   long long values = 0;
@@ -233,29 +243,34 @@ inline void check_weights_fit_config(const nn::ModelConfig& m, const Safetensors
     if (t.name.rfind(prefix, 0) != 0) continue;
     const auto rest = t.name.substr(prefix.size());
     const auto dot = rest.find('.');
-    if (dot == 0 || dot == std::string::npos || rest.find_first_not_of("0123456789") != dot || dot > 9) continue;
+    if (dot == 0 || dot == std::string::npos || rest.find_first_not_of("0123456789") != dot ||
+        dot > 9)
+      continue;
     blocks.insert(std::stoll(rest.substr(0, dot)));
   }
   FATHOM_CHECK(static_cast<long long>(blocks.size()) == m.layers &&
                    (blocks.empty() || (*blocks.begin() == 0 && *blocks.rbegin() == m.layers - 1)),
                source << ": the weights hold " << blocks.size() << " blocks"
-                      << (blocks.empty() ? std::string() : " (" + std::to_string(*blocks.begin()) + ".." +
-                                                               std::to_string(*blocks.rbegin()) + ")")
+                      << (blocks.empty() ? std::string()
+                                         : " (" + std::to_string(*blocks.begin()) + ".." +
+                                               std::to_string(*blocks.rbegin()) + ")")
                       << ", the config says layers = " << m.layers);
   const nn::BlockNames first = llama ? nn::Llama::block(0, 1) : nn::Gpt2::block(0, 1);
   const TensorInfo* up = header.find(first.mlp_up + ".weight");
   FATHOM_CHECK(up != nullptr && up->shape.size() == 2 &&
                    (up->shape[0] == m.d_ff || up->shape[1] == m.d_ff) &&
                    (up->shape[0] == m.d_model || up->shape[1] == m.d_model),
-               source << ": expected a tensor '" << first.mlp_up << ".weight' of d_ff x d_model = " << m.d_ff << " x "
-                      << m.d_model << ", got "
+               source << ": expected a tensor '" << first.mlp_up
+                      << ".weight' of d_ff x d_model = " << m.d_ff << " x " << m.d_model << ", got "
                       << (up ? detail::shape_string(up->shape) : std::string("none")));
   bool matches = false;
   for (int norms = 1; norms <= 4 && !matches; ++norms)
-    for (bool final_norm : {true, false}) matches = matches || nn::count_parameters(m, norms, final_norm) == values;
-  FATHOM_CHECK(matches, source << ": the weights hold " << values << " values, a model of this config holds "
-                               << nn::count_parameters(m, 1, true) << " (one norm per sub-layer) to "
-                               << nn::count_parameters(m, 4, true) << " (four)");
+    for (bool final_norm : {true, false})
+      matches = matches || nn::count_parameters(m, norms, final_norm) == values;
+  FATHOM_CHECK(matches,
+               source << ": the weights hold " << values << " values, a model of this config holds "
+                      << nn::count_parameters(m, 1, true) << " (one norm per sub-layer) to "
+                      << nn::count_parameters(m, 4, true) << " (four)");
 }
 
 // Loads a model's parameters (model.parameters()) from a safetensors file, checked whole: every
@@ -267,15 +282,16 @@ void load_weights(std::vector<nn::NamedParameter<T, D>>& params, const Safetenso
   std::set<std::string> names;
   for (auto& p : params) {
     const TensorRecord* r = file.find(p.name);
-    FATHOM_CHECK(r != nullptr, source << ": expected a tensor '" << p.name << "', got none (the file has "
-                                      << file.tensors.size() << " tensors, the model " << params.size()
-                                      << " parameters)");
+    FATHOM_CHECK(r != nullptr, source << ": expected a tensor '" << p.name
+                                      << "', got none (the file has " << file.tensors.size()
+                                      << " tensors, the model " << params.size() << " parameters)");
     from_record(*r, p.var.mutable_value(), source, hf_transposed(p.name));
     names.insert(p.name);
   }
   for (const auto& t : file.tensors)
-    FATHOM_CHECK(names.count(t.name), source << ": tensor '" << t.name << "' is not a parameter of the model ("
-                                             << names.size() << " parameters; another policy or config?)");
+    FATHOM_CHECK(names.count(t.name),
+                 source << ": tensor '" << t.name << "' is not a parameter of the model ("
+                        << names.size() << " parameters; another policy or config?)");
 }
 
 // What one checkpoint holds, as the trainer hands it over.
