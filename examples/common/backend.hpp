@@ -79,6 +79,12 @@ int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies, dist
   auto r = comm ? train::train_data_parallel<T, D>(c.train, *model, *comm, {.zero = c.zero}, hook)
                 : train::train<T, D>(c.train, *model, hook);
   if (!root) return 0;
+  if (r.already_complete) {
+    std::printf("\nnothing to do: the run in %s is already complete (step %lld of %lld, %s)\n",
+                c.train.out.c_str(), static_cast<long long>(r.steps_done),
+                static_cast<long long>(c.train.steps), r.last_checkpoint.string().c_str());
+    return 0;
+  }
   std::printf("\ndone: steps %lld..%lld, loss %.4f -> %.4f", static_cast<long long>(r.first_step),
               static_cast<long long>(r.steps_done), r.first_loss, r.last_loss);
   if (std::isfinite(r.final_val_loss)) std::printf(", val_loss %.4f (ppl %.2f)", r.final_val_loss, std::exp(r.final_val_loss));
@@ -105,20 +111,30 @@ int Backend<T, D>::diagnose(const DiagnoseCli& o, const std::filesystem::path& c
                             const PolicyRegistry& policies) {
   auto model = load_model<T, D>(ckpt, fields, policies);
   const auto& m = model->config();
+  // By default the run's own sequence length and held-out data (recorded in trainer_state.json;
+  // older checkpoints: min(max_seq, 256) and the built-in corpus).
+  const auto state = train::read_json(ckpt / "trainer_state.json");
+  const std::int64_t trained_seq_len = state.value("seq_len", std::int64_t{0});
+  std::string held_out = o.data;
+  if (held_out.empty()) held_out = state.value("val_data", std::string());
+  if (held_out.empty()) held_out = state.value("data", std::string());
   data::SamplerOptions so;
   so.batch = o.batch;
-  so.seq_len = o.seq_len > 0 ? o.seq_len : std::min(m.max_seq, 256);
+  so.seq_len = o.seq_len > 0         ? o.seq_len
+               : trained_seq_len > 0 ? std::min<std::int64_t>(trained_seq_len, m.max_seq)
+                                     : std::min(m.max_seq, 256);
   so.order = data::SampleOrder::sequential;
   so.vocab = static_cast<std::uint32_t>(m.vocab);
   // The built-in corpus's validation split depends on the run's seed.
-  const auto state = train::read_json(ckpt / "trainer_state.json");
   const std::uint64_t seed = state.value("seed", std::uint64_t{0});
   data::TokenSource src =
-      o.data.empty() ? data::TokenSource::from_tokens(
-                           data::builtin_corpus(data::Split::validation,
-                                                static_cast<std::size_t>(o.batches * o.batch * (so.seq_len + 1) + 1), seed),
-                           so, "built-in corpus (validation)")
-                     : data::TokenSource::from_pattern(o.data, so);
+      held_out.empty()
+          ? data::TokenSource::from_tokens(
+                data::builtin_corpus(
+                    data::Split::validation,
+                    static_cast<std::size_t>(o.batches * o.batch * (so.seq_len + 1) + 1), seed),
+                so, "built-in corpus (validation)")
+          : data::TokenSource::from_pattern(held_out, so);
   std::vector<data::Batch> batches;
   for (std::int64_t i = 0; i < std::min<std::int64_t>(o.batches, static_cast<std::int64_t>(src.batches_per_pass())); ++i)
     batches.push_back(src.next());

@@ -3,8 +3,12 @@
 // compiled here, so a program's own policies cost only their models' compile time.
 #include <CLI/CLI.hpp>
 
+#include <charconv>
+#include <climits>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -177,6 +181,48 @@ int reporting_errors(const std::string& name, bool newline_first, Body&& body) {
   }
 }
 
+// Flag values are checked as written, before conversion: a count must be an integer in range (so
+// 1e23 is not silently read as INT64_MAX), a number finite and in range (so nan never passes).
+CLI::Validator count_in(long long lo, long long hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        long long v = 0;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+        if (ec != std::errc() || end != text.data() + text.size() || v < lo || v > hi)
+          return "expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                 "], got '" + text + "'";
+        return {};
+      },
+      "INT");
+}
+
+CLI::Validator number_in(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        double v = 0;
+        std::size_t used = 0;
+        try {
+          v = std::stod(text, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used == 0 || used != text.size() || !std::isfinite(v) || v < lo || v > hi) {
+          std::ostringstream range;
+          range << "expected a finite number in [" << lo << ", " << hi << "], got '" << text << "'";
+          return range.str();
+        }
+        return {};
+      },
+      "NUMBER");
+}
+
+// A parse error as one line "NAME: error: ..." (--help and --list-policies exit 0 as CLI11 does).
+int parse_failed(const CLI::App& app, const CLI::ParseError& e, const std::string& name) {
+  if (e.get_exit_code() == 0) return app.exit(e);
+  std::fprintf(stderr, "%s: error: %s\n", name.c_str(), e.what());
+  return e.get_exit_code();
+}
+
 // --list-policies: the names, one a line (tools/compare_policies.py reads them).
 void add_list_policies(CLI::App& app, const PolicyRegistry& policies) {
   app.add_flag_callback(
@@ -204,18 +250,21 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
   app.add_option("--preset", c.preset, "model preset: " + joined(nn::preset_names));
   app.add_option("--policy", t.policy, "normalization policy: " + policies.joined_names());
   add_list_policies(app, policies);
-  app.add_option("--layers", c.layers, "override the preset's number of blocks");
-  app.add_option("--d-model", c.d_model, "override the model width");
-  app.add_option("--heads", c.heads, "override the number of attention heads");
-  app.add_option("--d-ff", c.d_ff, "override the MLP hidden size");
-  app.add_option("--vocab", c.vocab, "override the vocabulary size");
-  app.add_option("--seq-len", t.seq_len, "tokens per sequence");
+  app.add_option("--layers", c.layers, "override the preset's number of blocks")
+      ->check(count_in(1, INT_MAX));
+  app.add_option("--d-model", c.d_model, "override the model width")->check(count_in(1, INT_MAX));
+  app.add_option("--heads", c.heads, "override the number of attention heads")
+      ->check(count_in(1, INT_MAX));
+  app.add_option("--d-ff", c.d_ff, "override the MLP hidden size")->check(count_in(1, INT_MAX));
+  app.add_option("--vocab", c.vocab, "override the vocabulary size")->check(count_in(1, INT_MAX));
+  app.add_option("--seq-len", t.seq_len, "tokens per sequence")->check(count_in(1, INT_MAX));
   app.add_option("--data", t.data,
                  "training token shards (glob, llm.c format); none: the built-in corpus");
   app.add_option("--val-data", t.val_data, "validation token shards (glob)");
-  app.add_option("--steps", t.steps, "optimizer steps");
-  app.add_option("--batch", t.batch, "sequences per micro-batch");
-  app.add_option("--grad-accum", t.grad_accum, "micro-batches per optimizer step");
+  app.add_option("--steps", t.steps, "optimizer steps")->check(count_in(1, LLONG_MAX));
+  app.add_option("--batch", t.batch, "sequences per micro-batch")->check(count_in(1, LLONG_MAX));
+  app.add_option("--grad-accum", t.grad_accum, "micro-batches per optimizer step")
+      ->check(count_in(1, LLONG_MAX));
   app.add_option("--lr", t.lr, "peak learning rate");
   app.add_option("--min-lr-ratio", c.min_lr_ratio, "final learning rate as a fraction of the peak");
   app.add_option("--warmup", c.warmup, "warmup steps (-1: 10% of --steps)");
@@ -223,24 +272,31 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
   app.add_option("--optimizer", c.optimizer, "adamw, adam, sgd");
   app.add_option("--weight-decay", c.weight_decay,
                  "weight decay (not on norms, biases, embeddings)");
-  app.add_option("--clip", t.clip, "max global gradient norm (0: no clipping)");
+  app.add_option("--clip", t.clip, "max global gradient norm (0: no clipping)")
+      ->check(number_in(0, 1e30));
   app.add_option("--device", c.device, "auto, cpu, cuda");
   app.add_option("--precision", c.precision,
                  "fp32, or bf16 (bf16 weights and activations, fp32 master weights)");
   app.add_option("--seed", t.seed, "seed of initialization and data order");
-  app.add_option("--eval-every", t.eval_every, "evaluate every N steps (0: at the end only)");
-  app.add_option("--eval-batches", t.eval_batches, "validation batches per evaluation");
-  app.add_option("--save-every", t.save_every, "checkpoint every N steps (0: at the end only)");
-  app.add_option("--log-every", t.log_every, "write metrics every N steps");
+  app.add_option("--eval-every", t.eval_every, "evaluate every N steps (0: at the end only)")
+      ->check(count_in(0, LLONG_MAX));
+  app.add_option("--eval-batches", t.eval_batches, "validation batches per evaluation")
+      ->check(count_in(0, LLONG_MAX));
+  app.add_option("--save-every", t.save_every, "checkpoint every N steps (0: at the end only)")
+      ->check(count_in(0, LLONG_MAX));
+  app.add_option("--log-every", t.log_every, "write metrics every N steps")
+      ->check(count_in(1, LLONG_MAX));
   app.add_option("--diag-every", t.diag_every,
-                 "log each block's output variance every N steps (0: never)");
+                 "log each block's output variance every N steps (0: never)")
+      ->check(count_in(0, LLONG_MAX));
   app.add_option("--out", t.out, "run folder: metrics.jsonl and ckpt-STEP folders");
   app.add_option("--resume", t.resume,
                  "a ckpt-STEP folder, or a run folder (its latest checkpoint)");
   app.add_flag("--skip-nonfinite", t.skip_nonfinite,
                "skip steps whose loss is NaN or Inf instead of stopping");
   app.add_option("--builtin-tokens", t.builtin_tokens,
-                 "size of the built-in corpus's training split");
+                 "size of the built-in corpus's training split")
+      ->check(count_in(1, LLONG_MAX));
   app.add_option("--deepnorm-alpha", c.deepnorm_alpha, "DeepNorm residual scale (0: (2L)^(1/4))");
   app.add_option("--deepnorm-beta", c.deepnorm_beta, "DeepNorm init gain (0: (8L)^(-1/4))");
   app.add_flag("--post-ln-no-final-norm", c.post_ln_no_final_norm,
@@ -249,8 +305,10 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
                  "after training, sample this many tokens from the model");
   app.add_option("--generate", c.generate, "sample from this checkpoint instead of training");
   app.add_option("--prompt", c.prompt, "prompt for --sample / --generate");
-  app.add_option("--tokens", c.sample_tokens, "tokens to generate with --generate");
-  app.add_option("--temperature", c.temperature, "sampling temperature (0: greedy)");
+  app.add_option("--tokens", c.sample_tokens, "tokens to generate with --generate")
+      ->check(count_in(0, INT_MAX));
+  app.add_option("--temperature", c.temperature, "sampling temperature (0: greedy)")
+      ->check(number_in(0, 1e6));
   app.add_option("--nproc", c.nproc,
                  "ranks to start on this host: processes, one a GPU (--device cuda), or threads "
                  "(cpu); the global batch is --batch x ranks x --grad-accum");
@@ -264,7 +322,7 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return parse_failed(app, e, name);
   }
   return reporting_errors(name, true, [&] {
     return c.generate.empty() ? run_train(c, policies, name, relaunch, argc, argv)
@@ -288,14 +346,15 @@ int generate_main(int argc, char** argv, const PolicyRegistry& policies, const s
                  "a ckpt-STEP folder, or a run folder (its latest checkpoint)")
       ->required();
   app.add_option("--prompt", c.prompt, "text the sample continues");
-  app.add_option("--tokens", c.sample_tokens, "tokens to generate");
-  app.add_option("--temperature", c.temperature, "sampling temperature (0: greedy)");
+  app.add_option("--tokens", c.sample_tokens, "tokens to generate")->check(count_in(0, INT_MAX));
+  app.add_option("--temperature", c.temperature, "sampling temperature (0: greedy)")
+      ->check(number_in(0, 1e6));
   app.add_option("--seed", c.train.seed, "seed of the sampling");
   app.add_option("--device", c.device, "auto, cpu, cuda");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return parse_failed(app, e, name);
   }
   return reporting_errors(name, false, [&] { return run_generate(c, policies); });
 }
@@ -310,10 +369,13 @@ int diagnose_main(int argc, char** argv, const PolicyRegistry& policies, const s
                  "a ckpt-STEP folder, or a run folder (its latest checkpoint)")
       ->required();
   app.add_option("--data", o.data,
-                 "held-out token shards (glob); none: the built-in corpus's validation split");
-  app.add_option("--batches", o.batches, "batches to average over");
-  app.add_option("--batch", o.batch, "sequences per batch");
-  app.add_option("--seq-len", o.seq_len, "tokens per sequence (0: min(max_seq, 256))");
+                 "held-out token shards (glob); none: the run's own validation (or training) "
+                 "data, recorded in the checkpoint, else the built-in corpus's validation split");
+  app.add_option("--batches", o.batches, "batches to average over")->check(count_in(1, 1000000));
+  app.add_option("--batch", o.batch, "sequences per batch")->check(count_in(1, 1000000));
+  app.add_option("--seq-len", o.seq_len,
+                 "tokens per sequence (0: the run's own, recorded in the checkpoint)")
+      ->check(count_in(0, INT_MAX));
   app.add_option("--device", o.device, "auto, cpu, cuda");
   app.add_option("--out", o.out, "write the JSON here (default: stdout)");
   app.add_flag("--no-removal", o.no_removal, "skip layer removal (L extra forwards a batch)");
@@ -323,7 +385,7 @@ int diagnose_main(int argc, char** argv, const PolicyRegistry& policies, const s
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return parse_failed(app, e, name);
   }
   return reporting_errors(name, false, [&] {
     const auto ck = read_checkpoint(o.checkpoint);

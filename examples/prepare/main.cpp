@@ -3,6 +3,7 @@
 #include <fathom/data/corpus.hpp>
 #include <fathom/data/shards.hpp>
 #include <fathom/data/tokenizer.hpp>
+#include <fathom/train/run_folder.hpp>
 
 #if FATHOM_WITH_SENTENCEPIECE
 #include <fathom/data/sentencepiece_tokenizer.hpp>
@@ -312,28 +313,36 @@ std::string one_line(const std::exception& e) {
 
 // Everything is written into DIR/.fathom-prepare.tmp and moved into DIR only when all went well,
 // so a bad input or a crash never leaves a partial set of shards beside (or instead of) good ones.
+// The folder is locked (DIR/.lock) while this runs: a second fathom-prepare into it stops at once.
+// Replacing (--overwrite) moves the old set aside into DIR/.fathom-prepare.old only once the new
+// set is complete (marked by .complete in the staging folder); a crash during that move is
+// finished by the next fathom-prepare into DIR, so the folder ends with one whole set.
 class Staging {
  public:
-  Staging(fs::path dir, bool overwrite) : dir_(std::move(dir)), path_(dir_ / ".fathom-prepare.tmp") {
+  Staging(fs::path dir, bool overwrite)
+      : dir_(std::move(dir)),
+        path_(dir_ / ".fathom-prepare.tmp"),
+        aside_(dir_ / ".fathom-prepare.old") {
     std::error_code ec;
     fs::create_directories(dir_, ec);
     FATHOM_CHECK(!ec && fs::is_directory(dir_), "--out '" << dir_.string()
                                                           << "': cannot create the folder: "
                                                           << (ec ? ec.message() : "not a folder"));
-    for (const auto& e : fs::directory_iterator(dir_, ec)) {
-      const std::string name = e.path().filename().string();
-      if ((name.rfind("train_", 0) == 0 || name.rfind("val_", 0) == 0) &&
-          e.path().extension() == ".bin")
-        old_.push_back(e.path());
+    lock_ = fathom::train::FolderLock(dir_, "fathom-prepare writing shards into it");
+    if (fs::exists(path_ / ".complete")) {
+      std::cout << "finishing the replacement of the shards in " << dir_.string()
+                << " that an earlier fathom-prepare began" << std::endl;
+      finish();
     }
-    std::sort(old_.begin(), old_.end());
-    FATHOM_CHECK(old_.empty() || overwrite,
-                 "--out '" << dir_.string() << "' already holds shards ("
-                           << (old_.empty() ? "" : old_.front().filename().string())
-                           << (old_.size() > 1 ? " and " + std::to_string(old_.size() - 1) + " more"
-                                               : "")
-                           << "); expected a folder without shards, or --overwrite to replace them");
-    fs::remove_all(path_, ec);  // left by a run that crashed
+    fs::remove_all(path_, ec);  // left by a run that crashed before its set was complete
+    fs::remove_all(aside_, ec);
+    old_ = shards_in(dir_);
+    FATHOM_CHECK(
+        old_.empty() || overwrite,
+        "--out '" << dir_.string() << "' already holds shards ("
+                  << (old_.empty() ? "" : old_.front().filename().string())
+                  << (old_.size() > 1 ? " and " + std::to_string(old_.size() - 1) + " more" : "")
+                  << "); expected a folder without shards, or --overwrite to replace them");
     fs::create_directory(path_, ec);
     // Fail now, not after tokenizing everything, when the folder is not writable.
     std::ofstream probe(path_ / "probe");
@@ -344,22 +353,55 @@ class Staging {
   }
   ~Staging() {
     std::error_code ec;
-    fs::remove_all(path_, ec);
+    if (!fs::exists(path_ / ".complete", ec)) fs::remove_all(path_, ec);
   }
   Staging(const Staging&) = delete;
   Staging& operator=(const Staging&) = delete;
 
   const fs::path& path() const { return path_; }
 
-  // Replaces the old shards by the new files.
+  // Replaces the old shards by the new files: marks the staged set complete, then moves it in.
   void commit() {
-    for (const auto& p : old_) fs::remove(p);
-    for (const auto& e : fs::directory_iterator(path_))
-      fs::rename(e.path(), dir_ / e.path().filename());
+    {
+      std::ofstream mark(path_ / ".complete");
+      FATHOM_CHECK(mark << "ok", "--out '" << dir_.string() << "': cannot write into the folder");
+    }
+    fathom::train::detail::sync_directory(path_);
+    finish();
   }
 
  private:
-  fs::path dir_, path_;
+  static std::vector<fs::path> shards_in(const fs::path& dir) {
+    std::vector<fs::path> found;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if ((name.rfind("train_", 0) == 0 || name.rfind("val_", 0) == 0) &&
+          e.path().extension() == ".bin")
+        found.push_back(e.path());
+    }
+    std::sort(found.begin(), found.end());
+    return found;
+  }
+
+  // Moves the shards in DIR aside (aside_/.done marks that done, so that finishing an interrupted
+  // replacement never moves new shards aside), the complete staged set in, then drops the old set.
+  void finish() {
+    if (!fs::exists(aside_ / ".done")) {
+      fs::create_directories(aside_);
+      for (const auto& p : shards_in(dir_)) fs::rename(p, aside_ / p.filename());
+      std::ofstream(aside_ / ".done") << "ok";
+    }
+    for (const auto& e : fs::directory_iterator(path_))
+      if (e.path().filename() != ".complete") fs::rename(e.path(), dir_ / e.path().filename());
+    fathom::train::detail::sync_directory(dir_);
+    std::error_code ec;
+    fs::remove_all(aside_, ec);
+    fs::remove_all(path_, ec);
+  }
+
+  fs::path dir_, path_, aside_;
+  fathom::train::FolderLock lock_;
   std::vector<fs::path> old_;
 };
 

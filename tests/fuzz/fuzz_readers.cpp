@@ -75,9 +75,10 @@ void read_config() {
 }
 
 void read_trainer_state() {
-  // What resuming reads of trainer_state.json: the sampler's position and the run's model.
+  // What resuming reads of trainer_state.json, after check_trainer_state: the sampler's position
+  // and the run's model.
   const auto j = fathom::train::read_json(scratch);
-  if (!j.is_object()) return;
+  fathom::train::check_trainer_state(j, scratch.string());
   if (auto s = j.find("sampler"); s != j.end()) (void)s->get<fathom::data::SamplerState>();
   if (auto run = j.find("run"); run != j.end() && run->is_object() && run->contains("model"))
     (void)fathom::train::model_config_from_json(run->at("model"), scratch.string());

@@ -332,5 +332,47 @@ TEST_CASE("checkpoints: a failed save leaves the previous checkpoint intact and 
   int leftovers = 0;
   for (auto& e : fs::directory_iterator(dir)) leftovers += e.path().filename().string().starts_with(".ckpt") ? 1 : 0;
   CHECK(leftovers == 0);
-  CHECK(train::resolve_checkpoint(dir) == dir / "ckpt-1");
+  // (These records are not a whole checkpoint, so resolve_checkpoint would refuse them:
+  // test_checkpoint_faults.cpp checks what it picks.)
+}
+
+TEST_CASE(
+    "trainer: a resume keeps the schedule's length, says what it loaded, and a finished run is "
+    "complete",
+    "[train]") {
+  auto dir = fresh_dir("schedule");
+  auto o = small_run(dir);
+  o.stop_after = 2;
+  train::train<nn::Llama, policy::LNS, float, Cpu>(o);
+  REQUIRE(train::read_json(dir / "ckpt-2" / "trainer_state.json").at("steps") == o.steps);
+  auto b = small_run(dir);
+  b.resume = dir.string();
+  b.steps = 20;  // another cosine schedule: every learning rate after the resume would differ
+  CHECK_THROWS_WITH((train::train<nn::Llama, policy::LNS, float, Cpu>(b)),
+                    HasSubstring("trained on a schedule of 8 steps, this run has 20"));
+  auto c = small_run(dir);
+  c.resume = dir.string();
+  const auto r = train::train<nn::Llama, policy::LNS, float, Cpu>(c);
+  CHECK(r.first_step == 2);
+  CHECK(r.steps_done == 8);
+  CHECK_FALSE(r.already_complete);
+  const auto again = train::train<nn::Llama, policy::LNS, float, Cpu>(c);
+  CHECK(again.already_complete);
+  CHECK(again.steps_done == 8);
+  // Each logged step appears once in metrics.jsonl although steps 3..8 ran after a resume.
+  std::ifstream in(dir / "metrics.jsonl");
+  std::vector<std::int64_t> steps;
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) steps.push_back(j.at("step").get<std::int64_t>());
+  }
+  CHECK(steps == std::vector<std::int64_t>{1, 2, 3, 4, 5, 6, 7, 8});
+}
+
+TEST_CASE("trainer: a run folder in use by another process is refused at once", "[train]") {
+  auto dir = fresh_dir("locked");
+  std::filesystem::create_directories(dir);
+  train::FolderLock other(dir, "another run");
+  CHECK_THROWS_WITH((train::train<nn::Llama, policy::LNS, float, Cpu>(small_run(dir))),
+                    HasSubstring("is in use by process") && HasSubstring("(another run)"));
 }

@@ -25,6 +25,7 @@
 #include "fathom/nn/config.hpp"
 #include "fathom/nn/parameter.hpp"
 #include "fathom/tensor/tensor.hpp"
+#include "fathom/train/hf_config.hpp"
 #include "fathom/train/safetensors.hpp"
 
 namespace fathom::nn {
@@ -55,36 +56,6 @@ inline bool is_complete_checkpoint(const fs::path& dir) {
   return fs::is_regular_file(dir / "model.safetensors") &&
          fs::is_regular_file(dir / "config.json") &&
          fs::is_regular_file(dir / "trainer_state.json");
-}
-
-// A ckpt-STEP folder as given, or the latest complete checkpoint of a run folder.
-inline fs::path resolve_checkpoint(const fs::path& path) {
-  if (!fs::exists(path))
-    FATHOM_FAIL("expected a ckpt-STEP folder or a run folder, got '" << path.string()
-                                                                     << "', which does not exist");
-  if (checkpoint_step(path) && is_complete_checkpoint(path)) return path;
-  if (!fs::is_directory(path))
-    FATHOM_FAIL("expected a checkpoint folder, got file '" << path.string() << "'");
-  std::optional<std::pair<std::int64_t, fs::path>> best;
-  for (const auto& entry : fs::directory_iterator(path)) {
-    auto step = checkpoint_step(entry.path());
-    if (!step || !entry.is_directory() || !is_complete_checkpoint(entry.path())) continue;
-    if (!best || *step > best->first) best = {*step, entry.path()};
-  }
-  if (!best)
-    FATHOM_FAIL("'" << path.string()
-                    << "' is neither a complete ckpt-STEP folder nor a run folder holding one");
-  return best->second;
-}
-
-// The latest complete checkpoint in run_dir, if any (for error messages and resuming a run).
-inline std::optional<fs::path> latest_checkpoint(const fs::path& run_dir) {
-  if (!fs::is_directory(run_dir)) return std::nullopt;
-  try {
-    return resolve_checkpoint(run_dir);
-  } catch (const Error&) {
-    return std::nullopt;
-  }
 }
 
 // A tensor's elements as a safetensors record (any device; copied to the host). `transpose`
@@ -213,6 +184,55 @@ inline nn::ModelConfig model_config_from_json(const nlohmann::json& j, const std
   return m;
 }
 
+// Checks trainer_state.json field by field before it is used (it is written by the trainer: where
+// a run stands at a checkpoint): 'step', 'tokens' and 'optimizer_step' are 64-bit integers >= 0
+// with optimizer_step <= step; 'steps' (the schedule's length; absent in older checkpoints) >=
+// step; 'seed' a non-negative integer; 'sampler' an object; 'run' holds string 'policy' and
+// 'precision' and a valid 'model'. Messages name the file (`source`) and the field.
+inline void check_trainer_state(const nlohmann::json& j, const std::string& source) {
+  FATHOM_CHECK(j.is_object(), source << ": expected a JSON object, got " << j.type_name());
+  auto count = [&](const char* key, std::int64_t lowest) {
+    auto it = j.find(key);
+    FATHOM_CHECK(it != j.end() && it->is_number_integer() &&
+                     !(it->is_number_unsigned() && it->get<std::uint64_t>() > INT64_MAX) &&
+                     it->get<std::int64_t>() >= lowest,
+                 source << ": expected '" << key << "' to be an integer >= " << lowest << ", got "
+                        << (it == j.end() ? std::string("none") : it->dump()));
+    return it->get<std::int64_t>();
+  };
+  const std::int64_t step = count("step", 0);
+  count("tokens", 0);
+  const std::int64_t optimizer_step = count("optimizer_step", 0);
+  FATHOM_CHECK(optimizer_step <= step, source << ": expected 'optimizer_step' <= 'step' = " << step
+                                              << ", got " << optimizer_step);
+  if (j.contains("steps")) {
+    const std::int64_t steps = count("steps", 1);
+    FATHOM_CHECK(step <= steps,
+                 source << ": expected 'step' <= 'steps' = " << steps << ", got " << step);
+  }
+  auto seed = j.find("seed");
+  FATHOM_CHECK(seed == j.end() || seed->is_number_unsigned() ||
+                   (seed->is_number_integer() && seed->get<std::int64_t>() >= 0),
+               source << ": expected 'seed' to be a non-negative integer, got " << seed->dump());
+  auto sampler = j.find("sampler");
+  FATHOM_CHECK(sampler != j.end() && sampler->is_object(),
+               source << ": expected an object 'sampler', got "
+                      << (sampler == j.end() ? std::string("none") : sampler->dump()));
+  auto run = j.find("run");
+  FATHOM_CHECK(run != j.end() && run->is_object(),
+               source << ": expected an object 'run', got "
+                      << (run == j.end() ? std::string("none") : run->dump()));
+  for (const char* key : {"policy", "precision"}) {
+    auto it = run->find(key);
+    FATHOM_CHECK(it != run->end() && it->is_string(),
+                 source << ": expected a string 'run." << key << "', got "
+                        << (it == run->end() ? std::string("none") : it->dump()));
+  }
+  auto model = run->find("model");
+  FATHOM_CHECK(model != run->end(), source << ": expected an object 'run.model', got none");
+  model_config_from_json(*model, source);
+}
+
 // Checks, from the header of model.safetensors alone (before any model is allocated), that the
 // weights are those of model `m`: the token embedding is (vocab, d_model), the blocks are numbered
 // 0..layers-1, the first block's MLP has d_ff, and the weights hold as many values as a model of
@@ -302,43 +322,96 @@ struct CheckpointContents {
   nlohmann::json trainer_state;         // step, data position, RNG, ...
 };
 
-// Writes run_dir/ckpt-STEP atomically: into run_dir/.ckpt-STEP.tmp, then renamed. An existing
-// ckpt-STEP is replaced only after the new one is complete.
+namespace detail {
+
+inline void write_json_atomically(const fs::path& path, const std::string& text) {
+  write_file_atomically(path, [&](std::FILE* f) {
+    return std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  });
+}
+
+}  // namespace detail
+
+// Writes run_dir/ckpt-STEP atomically and durably: every file into run_dir/.ckpt-STEP.tmp (each
+// flushed, fsynced and closed with its errors checked), then the folder renamed into place and the
+// run folder fsynced. An existing ckpt-STEP is moved aside to .ckpt-STEP.old first and removed
+// only once the new one is in place; on a failure it is moved back. A crash in between leaves
+// leftovers that recover_checkpoints() puts right on the next start. Throws fathom::Error on any
+// failure, with the previous checkpoints intact.
 inline fs::path write_checkpoint(const fs::path& run_dir, std::int64_t step,
                                  const CheckpointContents& c) {
   const fs::path final_dir = run_dir / checkpoint_name(step);
   const fs::path tmp = run_dir / ("." + checkpoint_name(step) + ".tmp");
+  const fs::path old = run_dir / ("." + checkpoint_name(step) + ".old");
   std::error_code ec;
   fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
+  ec.clear();
+  if (IoFaults::pass())
+    fs::create_directories(tmp, ec);
+  else
+    ec = std::make_error_code(std::errc::io_error);
   FATHOM_CHECK(!ec, "cannot create checkpoint folder '" << tmp.string() << "': " << ec.message());
   try {
     write_safetensors(tmp / "model.safetensors", c.model, {{"format", "pt"}});
     write_safetensors(tmp / "optimizer.safetensors", c.optimizer, {{"format", "fathom"}});
-    {
-      std::ofstream out(tmp / "config.json");
-      out << c.config.dump(2) << '\n';
-      FATHOM_CHECK(out.good(), "writing '" << (tmp / "config.json").string() << "' failed");
-    }
-    {
-      std::ofstream out(tmp / "trainer_state.json");
-      out << c.trainer_state.dump(2) << '\n';
-      FATHOM_CHECK(out.good(), "writing '" << (tmp / "trainer_state.json").string() << "' failed");
-    }
+    detail::write_json_atomically(tmp / "config.json", c.config.dump(2) + "\n");
+    detail::write_json_atomically(tmp / "trainer_state.json", c.trainer_state.dump(2) + "\n");
   } catch (...) {
     fs::remove_all(tmp, ec);
     throw;
   }
-  if (fs::exists(final_dir)) {
-    const fs::path old = run_dir / ("." + checkpoint_name(step) + ".old");
-    fs::remove_all(old, ec);
-    fs::rename(final_dir, old);
-    fs::rename(tmp, final_dir);
-    fs::remove_all(old, ec);
-  } else {
-    fs::rename(tmp, final_dir);
+  const bool replacing = fs::exists(final_dir);
+  try {
+    if (replacing) {
+      fs::remove_all(old, ec);
+      detail::rename_or_fail(final_dir, old);
+    }
+    try {
+      detail::rename_or_fail(tmp, final_dir);
+    } catch (...) {
+      if (replacing) fs::rename(old, final_dir, ec);  // put the previous one back
+      throw;
+    }
+    detail::sync_directory_or_fail(run_dir);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
   }
+  if (replacing) fs::remove_all(old, ec);
   return final_dir;
+}
+
+// Puts right what an interrupted write_checkpoint left in run_dir: a .ckpt-N.tmp (an unfinished
+// save) is removed; a .ckpt-N.old is removed when ckpt-N is there, else renamed back to ckpt-N (the
+// save stopped between its two renames). Returns one line per thing done, for the log.
+inline std::vector<std::string> recover_checkpoints(const fs::path& run_dir) {
+  std::vector<std::string> done;
+  std::error_code ec;
+  if (!fs::is_directory(run_dir, ec)) return done;
+  std::vector<fs::path> leftovers;
+  for (const auto& e : fs::directory_iterator(run_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(".ckpt-", 0) == 0 && (name.ends_with(".tmp") || name.ends_with(".old")))
+      leftovers.push_back(e.path());
+  }
+  std::sort(leftovers.begin(), leftovers.end());
+  for (const auto& p : leftovers) {
+    const std::string name = p.filename().string();
+    const fs::path target = run_dir / name.substr(1, name.size() - 5);
+    if (name.ends_with(".old") && !fs::exists(target)) {
+      fs::rename(p, target, ec);
+      FATHOM_CHECK(!ec, "cannot restore '" << target.string() << "' from '" << p.string()
+                                           << "': " << ec.message());
+      done.push_back("restored " + target.filename().string() + " from " + name +
+                     " (a save was interrupted)");
+    } else {
+      fs::remove_all(p, ec);
+      FATHOM_CHECK(!ec, "cannot remove '" << p.string() << "': " << ec.message());
+      done.push_back("removed " + name + " (left by an interrupted save)");
+    }
+  }
+  if (!done.empty()) detail::sync_directory(run_dir);
+  return done;
 }
 
 inline nlohmann::json read_json(const fs::path& path) {
@@ -351,6 +424,134 @@ inline nlohmann::json read_json(const fs::path& path) {
   }
 }
 
+// Checks a checkpoint folder whole before it is used, without allocating a model: every file is
+// there and parses; config.json's Hugging Face sizes, its fathom fields and trainer_state.json's
+// run describe the same model, policy and precision; the step agrees with the folder's name; the
+// weights are those of that model (check_weights_fit_config) and hold only finite values; the
+// optimizer state's header parses. Throws fathom::Error saying what is wrong.
+inline void validate_checkpoint(const fs::path& dir) {
+  for (const char* file :
+       {"model.safetensors", "config.json", "trainer_state.json", "optimizer.safetensors"}) {
+    std::error_code ec;
+    FATHOM_CHECK(
+        fs::is_regular_file(dir / file, ec) && fs::file_size(dir / file, ec) > 0 && !ec,
+        "'" << (dir / file).string() << "' is " << (fs::exists(dir / file) ? "empty" : "missing"));
+  }
+  const std::string config_path = (dir / "config.json").string();
+  const nlohmann::json config = read_json(dir / "config.json");
+  const HfModelConfig hf = parse_hf_config(config, config_path);
+  const nlohmann::json fields = hf_fathom_fields(config);
+  for (const char* key : {"model", "policy", "precision"})
+    FATHOM_CHECK(fields.contains(key), config_path << ": expected a field 'fathom." << key
+                                                   << "', got none (not a fathom checkpoint)");
+  FATHOM_CHECK(fields.at("policy").is_string() && fields.at("precision").is_string(),
+               config_path << ": expected strings 'fathom.policy' and 'fathom.precision', got "
+                           << fields.at("policy").dump() << " and "
+                           << fields.at("precision").dump());
+  const nn::ModelConfig m = model_config_from_json(fields.at("model"), config_path);
+  const bool same_sizes = hf.arch == nn::to_string(m.arch) && hf.layers == m.layers &&
+                          hf.d_model == m.d_model && hf.heads == m.heads && hf.d_ff == m.d_ff &&
+                          hf.vocab == m.vocab && hf.max_seq == m.max_seq;
+  FATHOM_CHECK(same_sizes, config_path
+                               << ": the Hugging Face fields (" << hf.arch << ", " << hf.layers
+                               << " layers, d_model " << hf.d_model << ", d_ff " << hf.d_ff
+                               << ", vocab " << hf.vocab << ") disagree with the fathom fields ("
+                               << nn::to_string(m.arch) << ", " << m.layers << " layers, d_model "
+                               << m.d_model << ", d_ff " << m.d_ff << ", vocab " << m.vocab << ")");
+  const std::string state_path = (dir / "trainer_state.json").string();
+  const nlohmann::json state = read_json(dir / "trainer_state.json");
+  check_trainer_state(state, state_path);
+  const nlohmann::json& run = state.at("run");
+  for (const char* key : {"policy", "precision"})
+    FATHOM_CHECK(run.at(key) == fields.at(key),
+                 state_path << ": the run's " << key << " " << run.at(key).dump()
+                            << " disagrees with config.json's " << fields.at(key).dump());
+  nlohmann::json a = fields.at("model"), b = run.at("model");
+  a.erase("name");
+  b.erase("name");
+  FATHOM_CHECK(a == b, state_path << ": the run's model " << b.dump()
+                                  << " disagrees with config.json's " << a.dump());
+  if (auto named = checkpoint_step(dir))
+    FATHOM_CHECK(*named == state.at("step").get<std::int64_t>(),
+                 state_path << ": expected step " << *named << " (the folder's name), got "
+                            << state.at("step"));
+  const fs::path weights = dir / "model.safetensors";
+  const SafetensorsHeader header = read_safetensors_header(weights);
+  check_weights_fit_config(m, header, weights.string());
+  for (const auto& info : header.tensors) {
+    const TensorRecord r = read_safetensors_tensor(weights, header, info.name);
+    auto check = [&](auto tag) {
+      using S = decltype(tag);
+      const auto values = tensor_values<S>(r);
+      for (std::size_t i = 0; i < values.size(); ++i)
+        FATHOM_CHECK(std::isfinite(static_cast<double>(scalar_cast<float>(values[i]))),
+                     weights.string() << ": tensor '" << r.name
+                                      << "' holds a non-finite value at element " << i);
+    };
+    if (r.dtype == "F32")
+      check(float{});
+    else if (r.dtype == "F64")
+      check(double{});
+    else if (r.dtype == "BF16")
+      check(bf16{});
+  }
+  (void)read_safetensors_header(dir / "optimizer.safetensors");
+}
+
+// The checkpoint `path` names: a ckpt-STEP folder, checked by validate_checkpoint; or a run
+// folder, meaning its newest checkpoint that passes validate_checkpoint, the newer ones it passes
+// over being listed in *skipped (one line each, with the reason) when skipped is given.
+inline fs::path resolve_checkpoint(const fs::path& path,
+                                   std::vector<std::string>* skipped = nullptr) {
+  FATHOM_CHECK(fs::exists(path), "expected a ckpt-STEP folder or a run folder, got '"
+                                     << path.string() << "', which does not exist");
+  FATHOM_CHECK(fs::is_directory(path),
+               "expected a folder, got file '" << path.string() << "'");
+  auto reason = [](const Error& e) {
+    std::string m = e.what();
+    const auto at = m.find(" [check `");
+    return at == std::string::npos ? m : m.substr(0, at);
+  };
+  if (checkpoint_step(path)) {
+    try {
+      validate_checkpoint(path);
+    } catch (const Error& e) {
+      FATHOM_FAIL("checkpoint '" << path.string() << "' cannot be used: " << reason(e));
+    }
+    return path;
+  }
+  std::vector<std::pair<std::int64_t, fs::path>> found;
+  for (const auto& entry : fs::directory_iterator(path))
+    if (auto step = checkpoint_step(entry.path()); step && entry.is_directory())
+      found.emplace_back(*step, entry.path());
+  std::sort(found.begin(), found.end(),
+            [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::string reasons;
+  for (const auto& [step, dir] : found) {
+    try {
+      validate_checkpoint(dir);
+      return dir;
+    } catch (const Error& e) {
+      const std::string line = "skipped " + dir.filename().string() + ": " + reason(e);
+      if (skipped) skipped->push_back(line);
+      reasons += "; " + line;
+    }
+  }
+  FATHOM_FAIL("'" << path.string()
+                            << "' is neither a usable ckpt-STEP folder nor a run folder holding one"
+                            << reasons);
+}
+
+// The newest usable checkpoint in run_dir, if any (for error messages).
+inline std::optional<fs::path> latest_checkpoint(const fs::path& run_dir) {
+  if (!fs::is_directory(run_dir)) return std::nullopt;
+  try {
+    return resolve_checkpoint(run_dir);
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+}
+
 // What trainer_state.json holds: where the run stood when the checkpoint was written.
 struct TrainerState {
   std::int64_t step = 0;            // optimizer steps finished
@@ -359,11 +560,18 @@ struct TrainerState {
   data::SamplerState sampler;       // the training data's position
   std::uint64_t seed = 0;
   nlohmann::json run;  // what the run was (policy, precision, model), for resuming
+  std::int64_t steps = -1;     // the run's schedule length; -1: not recorded (older checkpoints)
+  std::int64_t seq_len = 0;    // the run's sequence length (0: not recorded), for diagnostics
+  std::string data, val_data;  // the run's shard globs (empty: the built-in corpus)
 };
 
 inline void to_json(nlohmann::json& j, const TrainerState& s) {
   j = {{"step", s.step},       {"tokens", s.tokens}, {"optimizer_step", s.optimizer_step},
        {"sampler", s.sampler}, {"seed", s.seed},     {"run", s.run}};
+  if (s.steps >= 0) j["steps"] = s.steps;
+  if (s.seq_len > 0) j["seq_len"] = s.seq_len;
+  j["data"] = s.data;
+  j["val_data"] = s.val_data;
 }
 
 inline void from_json(const nlohmann::json& j, TrainerState& s) {
@@ -373,6 +581,10 @@ inline void from_json(const nlohmann::json& j, TrainerState& s) {
   s.sampler = j.at("sampler").get<data::SamplerState>();
   s.seed = j.value("seed", std::uint64_t{0});
   s.run = j.at("run");
+  s.steps = j.value("steps", std::int64_t{-1});
+  s.seq_len = j.value("seq_len", std::int64_t{0});
+  s.data = j.value("data", std::string());
+  s.val_data = j.value("val_data", std::string());
 }
 
 // Which parts load_checkpoint reads (the optimizer state is the largest and only resuming needs
@@ -391,6 +603,7 @@ struct LoadedCheckpoint {
   nlohmann::json trainer_state;  // trainer_state.json
 
   TrainerState state() const {
+    check_trainer_state(trainer_state, (dir / "trainer_state.json").string());
     try {
       return trainer_state.get<TrainerState>();
     } catch (const nlohmann::json::exception& e) {
@@ -423,8 +636,10 @@ std::vector<TensorRecord> model_records(nn::LanguageModel<T, D>& model) {
 // Copies every parameter of `model` from `file` (model.safetensors of `source`), checked whole as
 // the overload above does: shapes, finite values, no tensor missing and none extra.
 template <class T, DeviceTag D>
-void load_weights(nn::LanguageModel<T, D>& model, const SafetensorsFile& file, const std::string& source) {
-  load_weights(model.parameters(), file, source, [&](const std::string& name) { return model.hf_transposed(name); });
+void load_weights(nn::LanguageModel<T, D>& model, const SafetensorsFile& file,
+                  const std::string& source) {
+  load_weights(model.parameters(), file, source,
+               [&](const std::string& name) { return model.hf_transposed(name); });
 }
 
 template <class T, DeviceTag D>

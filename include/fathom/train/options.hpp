@@ -120,6 +120,21 @@ inline void validate(const TrainOptions& o) {
                       "expected 0 (at the end only) or more, got " << o.save_every);
   FATHOM_CHECK_OPTION(o.eval_batches >= 0, "eval_batches",
                       "expected 0 (no evaluation) or more, got " << o.eval_batches);
+  FATHOM_CHECK_OPTION(o.diag_every >= 0, "diag_every",
+                      "expected 0 (never) or more, got " << o.diag_every);
+  FATHOM_CHECK_OPTION(o.builtin_tokens >= 1, "builtin_tokens",
+                      "expected at least 1, got " << o.builtin_tokens);
+  // The token counts of a step, of the whole run and of an evaluation must fit in 64 bits (the
+  // run's token counter, the built-in validation split's size).
+  std::int64_t step_tokens = 0, run_tokens = 0, eval_tokens = 0;
+  FATHOM_CHECK_OPTION(!__builtin_mul_overflow(o.batch, o.seq_len + 1, &step_tokens) &&
+                          !__builtin_mul_overflow(step_tokens, o.eval_batches, &eval_tokens) &&
+                          !__builtin_mul_overflow(step_tokens, o.grad_accum, &step_tokens) &&
+                          !__builtin_mul_overflow(step_tokens, o.steps, &run_tokens),
+                      "batch",
+                      "batch " << o.batch << " x seq_len " << o.seq_len << " x grad_accum "
+                               << o.grad_accum << " x steps " << o.steps
+                               << ": the run's token count does not fit in 64 bits");
   std::visit(
       [&](const auto& k) {
         using K = std::decay_t<decltype(k)>;

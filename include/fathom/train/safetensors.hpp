@@ -9,6 +9,7 @@
 // 0, follow each other without holes or overlaps, and the last one ends at the end of the file.
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cstddef>
@@ -150,6 +151,37 @@ constexpr std::string_view dtype_name_of() {
   else static_assert(sizeof(T) == 0, "no safetensors dtype for this element type: use one of "
                                      "float, double, fathom::bf16, bool or a fixed-width integer");
 }
+
+// A test seam for fathom's file writers (safetensors, JSON, checkpoints): IoFaults::fail_at(n)
+// makes the n-th file operation from then on fail as a full or failing disk would, where the
+// operations counted are each file's write, flush, fsync, close and rename, and each folder's
+// creation and fsync. Tests arm every n in turn to check that no failure leaves a damaged
+// checkpoint that is picked, or loses the previous one. Off (0) by default.
+class IoFaults {
+ public:
+  static void fail_at(std::int64_t n) { countdown() = n; }
+  static void reset() { countdown() = 0; }
+  // File operations counted so far (tests: how many a save makes).
+  static std::int64_t operations() { return counter().load(); }
+  // Counts one operation; false when it is the one armed to fail.
+  static bool pass() {
+    ++counter();
+    std::int64_t c = countdown().load();
+    while (c > 0 && !countdown().compare_exchange_weak(c, c - 1)) {
+    }
+    return c != 1;
+  }
+
+ private:
+  static std::atomic<std::int64_t>& countdown() {
+    static std::atomic<std::int64_t> c{0};
+    return c;
+  }
+  static std::atomic<std::int64_t>& counter() {
+    static std::atomic<std::int64_t> c{0};
+    return c;
+  }
+};
 
 namespace detail {
 
@@ -373,15 +405,36 @@ inline bool write_all(std::FILE* f, const void* data, std::size_t size) {
   return size == 0 || std::fwrite(data, 1, size, f) == size;
 }
 
-inline void sync_directory([[maybe_unused]] const std::filesystem::path& dir) {
+// Makes the renames into `dir` durable (fsync of the folder); false on failure. A folder that
+// cannot be opened for it (no permission) is not an error: there is nothing more to be done.
+inline bool sync_directory([[maybe_unused]] const std::filesystem::path& dir) {
+  if (!IoFaults::pass()) return false;
 #if FATHOM_SAFETENSORS_POSIX
-  // Makes the rename itself durable; best effort, a failure here loses nothing already written.
-  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    (void)::fsync(fd);
-    ::close(fd);
-  }
+  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return true;
+  const bool ok = ::fsync(fd) == 0 || errno == EINVAL;  // EINVAL: the file system has no fsync
+  ::close(fd);
+  return ok;
+#else
+  return true;
 #endif
+}
+
+// Renames `from` to `to` (replacing a file, or an empty folder), counted by IoFaults.
+inline void rename_or_fail(const std::filesystem::path& from, const std::filesystem::path& to) {
+  std::error_code ec;
+  if (!IoFaults::pass())
+    ec = std::make_error_code(std::errc::io_error);
+  else
+    std::filesystem::rename(from, to, ec);
+  FATHOM_CHECK(!ec, "expected to rename '" << from.string() << "' to '" << to.string() << "', got "
+                                           << ec.message());
+}
+
+inline void sync_directory_or_fail(const std::filesystem::path& dir) {
+  FATHOM_CHECK(sync_directory(dir), "expected to sync folder '" << dir.string()
+                                                                << "' to the disk, got "
+                                                                << std::strerror(errno));
 }
 
 }  // namespace detail
@@ -398,13 +451,21 @@ void write_file_atomically(const std::filesystem::path& path, Producer&& produce
                                                     << std::strerror(errno));
   // The data must be on the disk before the rename publishes it, or a power loss could leave
   // the new name pointing at a partly written file.
+  // Each step is counted by IoFaults; an injected failure reads as EIO.
+  auto step = [](bool done) {
+    if (!done) return false;
+    if (IoFaults::pass()) return true;
+    errno = EIO;
+    return false;
+  };
   int error = 0;
-  bool ok = produce(f) && std::fflush(f) == 0;
+  bool ok = step(produce(f)) && step(std::fflush(f) == 0);
 #if FATHOM_SAFETENSORS_POSIX
-  ok = ok && ::fsync(::fileno(f)) == 0;
+  ok = ok && step(::fsync(::fileno(f)) == 0);
 #endif
   if (!ok) error = errno;
-  if (std::fclose(f) != 0 && ok) {
+  const bool closed = std::fclose(f) == 0;
+  if (ok && !step(closed)) {
     ok = false;
     error = errno;
   }
@@ -415,15 +476,14 @@ void write_file_atomically(const std::filesystem::path& path, Producer&& produce
                                       << (error ? std::strerror(error) : "a write failure")
                                       << "; '" << path.string() << "' is left as it was");
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
+  try {
+    detail::rename_or_fail(tmp, path);
+  } catch (...) {
     std::error_code ignored;
     std::filesystem::remove(tmp, ignored);
-    FATHOM_FAIL("expected to rename '" << tmp.string() << "' to '" << path.string() << "', got "
-                                       << ec.message());
+    throw;
   }
-  detail::sync_directory(path.parent_path());
+  detail::sync_directory_or_fail(path.parent_path());
 }
 
 // Writes the tensors and metadata as a safetensors file, atomically (see write_file_atomically).

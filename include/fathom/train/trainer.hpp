@@ -32,6 +32,7 @@
 #include "fathom/train/metrics.hpp"
 #include "fathom/train/options.hpp"
 #include "fathom/train/progress.hpp"
+#include "fathom/train/run_folder.hpp"
 #include "fathom/train/step.hpp"
 
 namespace fathom::train {
@@ -74,6 +75,7 @@ struct TrainResult {
   std::int64_t tokens = 0;  // tokens trained on, in all (counting resumed steps)
   std::int64_t skipped_steps = 0;
   std::filesystem::path last_checkpoint;
+  bool already_complete = false;  // resumed at the run's last step: nothing ran
 };
 
 namespace detail {
@@ -271,10 +273,11 @@ inline data::SamplerState on_ranks(data::SamplerState s, int ranks, const std::s
 template <class T, DeviceTag D>
 TrainerState resume(const TrainOptions& o, const nlohmann::json& identity,
                     nn::LanguageModel<T, D>& model, ParameterUpdate<T, D>& update,
-                    data::TokenSource& train_data) {
+                    data::TokenSource& train_data, std::vector<std::string>& notes,
+                    std::filesystem::path& loaded) {
   std::filesystem::path dir;
   try {
-    dir = resolve_checkpoint(o.resume);
+    dir = resolve_checkpoint(o.resume, &notes);
   } catch (const OptionError&) {
     throw;
   } catch (const Error& e) {
@@ -283,10 +286,22 @@ TrainerState resume(const TrainOptions& o, const nlohmann::json& identity,
   const LoadedCheckpoint c = load_checkpoint(dir);
   const TrainerState state = c.state();
   detail::check_same_run(state.run, identity, c.dir.string());
+  // The schedule's length decides every learning rate: continuing with another would silently
+  // change the run (checkpoints written before the length was recorded are taken as they are).
+  if (state.steps >= 0 && state.steps != o.steps)
+    throw OptionError(
+        "steps", "cannot resume from '" + c.dir.string() + "': it was trained on a schedule of " +
+                     std::to_string(state.steps) + " steps, this run has " +
+                     std::to_string(o.steps) +
+                     " (the learning rate of every step would change; resume with the "
+                     "same number of steps, or start a new run from its weights)");
   load_weights(model, c);
   load_state(update.named_state(), c);
   update.set_step_count(state.optimizer_step);
   train_data.set_state(on_ranks(state.sampler, train_data.options().ranks, c.dir.string()));
+  loaded = c.dir;
+  notes.push_back("resumed from " + c.dir.string() + " (step " + std::to_string(state.step) +
+                  " of " + std::to_string(o.steps) + ")");
   return state;
 }
 
@@ -319,6 +334,15 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
   validate(o);
   const fs::path out_dir = prepare_out_dir(o);
   const bool root = hooks.shard.rank == 0;
+  // One process at a time writes into a run folder; then what an interrupted save left is put
+  // right. (Rank 0 alone: it alone writes.)
+  FolderLock lock;
+  std::vector<std::string> notes;
+  TrainResult result;
+  if (root) {
+    lock = FolderLock(out_dir, "fathom training into it");
+    notes = recover_checkpoints(out_dir);
+  }
   RunData data = make_run_data(o, hooks.shard);
   model.init(o.seed);
   std::unique_ptr<ParameterUpdate<T, D>> update =
@@ -329,13 +353,32 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
   TrainerState state;
   state.seed = o.seed;
   state.run = detail::run_identity<T>(o);
-  if (!o.resume.empty()) state = resume(o, state.run, model, *update, data.train);
+  if (!o.resume.empty()) {
+    state = resume(o, state.run, model, *update, data.train, notes, result.last_checkpoint);
+    // Records of steps after the checkpoint (written before an interruption) would appear twice.
+    if (root)
+      if (const auto dropped = truncate_metrics(out_dir / "metrics.jsonl", state.step))
+        notes.push_back("metrics.jsonl: dropped " + std::to_string(dropped) +
+                        " records after step " + std::to_string(state.step));
+  }
+  state.steps = o.steps;
+  state.seq_len = o.seq_len;
+  state.data = o.data;
+  state.val_data = o.val_data;
 
-  TrainResult result;
   const std::int64_t start = state.step;
   const std::int64_t end = o.stop_after >= 0 ? std::min(o.steps, o.stop_after) : o.steps;
   result.first_step = start;
   RunLog log(o, out_dir, start, end, root);
+  for (const auto& n : notes) log.note(n);
+  result.steps_done = start;
+  if (start >= o.steps) {
+    log.note("the run is already complete: step " + std::to_string(start) + " of " +
+             std::to_string(o.steps));
+    result.already_complete = true;
+    result.tokens = state.tokens;
+    return result;
+  }
   const std::int64_t tokens_per_step = o.batch * o.seq_len * o.grad_accum * hooks.shard.world;
   auto lr_at = [&](std::int64_t s) { return o.lr * lr_factor(o.schedule, s, o.steps); };
 
