@@ -15,22 +15,31 @@
 #include "fathom/train/trainer.hpp"
 #include "programs.hpp"
 #include "register_policy.hpp"
+#include "run_tokenizer.hpp"
 
 namespace fathom::programs {
 
-// Samples `n` tokens after `prompt` (temperature 0: greedy) with nn::generate, as text.
+// Samples `n` tokens after `prompt` (temperature 0: greedy) with nn::generate, as text. `tok` is
+// the tokenizer of the model's training data: it encodes the prompt and decodes the sample.
 template <class T, DeviceTag D>
-std::string sample_text(const nn::LanguageModel<T, D>& model, const std::string& prompt, int n,
-                        double temperature, std::uint64_t seed) {
-  data::ByteTokenizer tok;
+std::string sample_text(const nn::LanguageModel<T, D>& model, const data::Tokenizer& tok, const std::string& prompt,
+                        int n, double temperature, std::uint64_t seed) {
   std::vector<std::int32_t> ids = tok.encode(prompt);
-  if (ids.empty()) ids.push_back(data::ByteTokenizer::end_of_text);
+  if (ids.empty()) ids.push_back(std::max(tok.bos_id(), tok.eos_id()));
+  FATHOM_CHECK(ids.back() >= 0, "--prompt: empty, and the tokenizer has no start or end token to begin with");
   nn::GenerateOptions g;
   g.tokens = n;
   g.temperature = temperature;
   g.seed = seed;
   g.vocab_limit = tok.vocab_size();  // only ids the tokenizer can decode (a larger vocab leaves unused rows)
-  return tok.decode(nn::generate(model, std::move(ids), g));
+  std::vector<std::int32_t> all = ids;
+  const std::vector<std::int32_t> generated = nn::generate(model, std::move(ids), g);
+  const std::string head = tok.decode(all);
+  all.insert(all.end(), generated.begin(), generated.end());
+  // Decoded after the prompt, not alone: a subword tokenizer spells a word's leading space with
+  // the word's first piece, which decoding on its own would drop.
+  const std::string text = tok.decode(all);
+  return text.compare(0, head.size(), head) == 0 ? text.substr(head.size()) : tok.decode(generated);
 }
 
 // Rebuilds the model a checkpoint was trained as (from its config.json's fathom fields) and loads
@@ -92,17 +101,20 @@ int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies, dist
   if (r.skipped_steps) std::printf(", %lld steps skipped", static_cast<long long>(r.skipped_steps));
   std::printf("\n      metrics: %s\n      checkpoint: %s\n",
               (std::filesystem::path(c.train.out) / "metrics.jsonl").string().c_str(), r.last_checkpoint.string().c_str());
-  if (c.sample_after > 0)
+  if (c.sample_after > 0) {
+    auto tok = make_run_tokenizer(c.train.tokenizer, c.train.tokenizer_model, "--sample");
     std::printf("sample: %s%s\n", c.prompt.c_str(),
-                sample_text<T, D>(*model, c.prompt, c.sample_after, c.temperature, c.train.seed).c_str());
+                sample_text<T, D>(*model, *tok, c.prompt, c.sample_after, c.temperature, c.train.seed).c_str());
+  }
   return 0;
 }
 
 template <class T, DeviceTag D>
 int Backend<T, D>::generate(const TrainCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields,
                             const PolicyRegistry& policies) {
+  auto tok = checkpoint_tokenizer(ckpt, fields);  // before the model: a refusal costs nothing
   auto model = load_model<T, D>(ckpt, fields, policies);
-  std::cout << c.prompt << sample_text<T, D>(*model, c.prompt, c.sample_tokens, c.temperature, c.train.seed) << "\n";
+  std::cout << c.prompt << sample_text<T, D>(*model, *tok, c.prompt, c.sample_tokens, c.temperature, c.train.seed) << "\n";
   return 0;
 }
 

@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "fathom/data/dataset_info.hpp"
 #include "fathom/data/tokenizer.hpp"
 #include "fathom/dist/in_process.hpp"
 #include "fathom/dist/launch.hpp"
@@ -40,13 +41,46 @@ PolicyRegistry builtin_policies() {
 
 namespace {
 
-nn::ModelConfig resolve_model(const TrainCli& c) {
+// The vocabulary and tokenizer of fathom-prepare's shards (dataset.json beside them): the model's
+// vocabulary is the data's unless --vocab asks for a larger one (padding); the validation shards
+// must come from the same tokenizer.
+void apply_dataset_info(TrainCli& c, nn::ModelConfig& m) {
+  auto& t = c.train;
+  if (t.data.empty()) return;  // the built-in corpus: byte tokens
+  const auto info = data::find_dataset_info(t.data);
+  if (!info) {
+    t.tokenizer = "unknown";  // llm.c shards from elsewhere: the preset's or --vocab's size
+    return;
+  }
+  if (c.vocab == 0) {
+    m.vocab = info->vocab_size;
+  } else {
+    FATHOM_CHECK(c.vocab >= info->vocab_size,
+                 "--vocab " << c.vocab << ": the data's tokenizer (" << info->file.string() << ") has "
+                            << info->vocab_size << " ids; expected --vocab >= " << info->vocab_size
+                            << ", or no --vocab to take the data's");
+  }
+  t.tokenizer = info->tokenizer;
+  t.tokenizer_model = info->tokenizer_model.string();
+  if (const auto val = data::find_dataset_info(t.val_data)) {
+    const bool same_model =
+        val->tokenizer != "sentencepiece" || data::same_file_contents(val->tokenizer_model, info->tokenizer_model);
+    FATHOM_CHECK(val->tokenizer == info->tokenizer && val->vocab_size == info->vocab_size && same_model,
+                 "--val-data: its tokenizer (" << val->file.string() << ": " << val->tokenizer << ", vocab "
+                                               << val->vocab_size << ") is not the training data's ("
+                                               << info->file.string() << ": " << info->tokenizer << ", vocab "
+                                               << info->vocab_size << ")");
+  }
+}
+
+nn::ModelConfig resolve_model(TrainCli& c) {
   nn::ModelConfig m = nn::preset(c.preset);
   if (c.layers) m.layers = c.layers;
   if (c.d_model) m.d_model = c.d_model;
   if (c.heads) m.heads = c.heads;
   if (c.d_ff) m.d_ff = c.d_ff;
   if (c.vocab) m.vocab = c.vocab;
+  apply_dataset_info(c, m);
   if (c.train.seq_len > m.max_seq) m.max_seq = static_cast<int>(c.train.seq_len);
   if (c.train.data.empty())
     FATHOM_CHECK(m.vocab >= data::ByteTokenizer::vocab,
@@ -256,7 +290,10 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
   app.add_option("--heads", c.heads, "override the number of attention heads")
       ->check(count_in(1, INT_MAX));
   app.add_option("--d-ff", c.d_ff, "override the MLP hidden size")->check(count_in(1, INT_MAX));
-  app.add_option("--vocab", c.vocab, "override the vocabulary size")->check(count_in(1, INT_MAX));
+  app.add_option("--vocab", c.vocab,
+                 "override the vocabulary size (default: the data's, from the dataset.json that "
+                 "fathom-prepare writes beside the shards; else the preset's)")
+      ->check(count_in(1, INT_MAX));
   app.add_option("--seq-len", t.seq_len, "tokens per sequence")->check(count_in(1, INT_MAX));
   app.add_option("--data", t.data,
                  "training token shards (glob, llm.c format); none: the built-in corpus");

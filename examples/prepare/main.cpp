@@ -21,8 +21,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -36,6 +38,9 @@ namespace {
 
 struct Options {
   std::vector<std::string> inputs;
+  std::vector<std::string> val_inputs;  // validation text given apart (then no --val-fraction)
+  bool split_records = false;           // a line holding only 0x1E ends a document
+  bool val_fraction_given = false;
   std::string out;
   std::string shard_tokens = "100M";
   double val_fraction = 0.01;
@@ -46,6 +51,7 @@ struct Options {
   std::string extensions;
   std::string builtin;
   std::uint64_t seed = 0;
+  int threads = 0;  // 0: one per core
   bool overwrite = false;
   bool quiet = false;
 };
@@ -202,6 +208,106 @@ void for_each_piece(const fs::path& path, Fn&& fn) {
   FATHOM_CHECK(in.eof(), "input '" << path.string() << "': read failed");
   if (!carry.empty()) fn(std::string_view(carry));
 }
+
+// The ASCII record separator: with --split-records, a line holding only this byte ends a document
+// inside a file (scripts/depth_corpus.sh writes its corpus so).
+constexpr char record_separator = '\x1e';
+
+// Calls text(segment) for the text between record-separator lines of `piece` and end() after each
+// such line. Pieces are cut after a newline, so a separator line never straddles two pieces.
+template <class Text, class End>
+void split_records(std::string_view piece, Text&& text, End&& end) {
+  std::size_t start = 0;
+  while (start < piece.size()) {
+    std::size_t at = start;
+    std::size_t found = std::string_view::npos;
+    while (at < piece.size()) {
+      if (piece[at] == record_separator && (at == 0 || piece[at - 1] == '\n') &&
+          (at + 1 == piece.size() || piece[at + 1] == '\n' ||
+           (piece[at + 1] == '\r' && at + 2 < piece.size() && piece[at + 2] == '\n'))) {
+        found = at;
+        break;
+      }
+      const std::size_t nl = piece.find('\n', at);
+      if (nl == std::string_view::npos) break;
+      at = nl + 1;
+    }
+    if (found == std::string_view::npos) {
+      text(piece.substr(start));
+      return;
+    }
+    if (found > start) text(piece.substr(start, found - start));
+    end();
+    start = piece.find('\n', found);
+    start = start == std::string_view::npos ? piece.size() : start + 1;
+  }
+}
+
+// Tokenizes text on several threads and hands the tokens on in input order: text and document
+// ends are queued, and every `batch_bytes` of text the queue is encoded in parallel and emptied.
+class ParallelEncoder {
+ public:
+  using Emit = std::function<void(std::uint32_t)>;
+  ParallelEncoder(const fathom::data::Tokenizer& tokenizer, int threads, Emit emit)
+      : tokenizer_(tokenizer), threads_(std::max(1, threads)), emit_(std::move(emit)),
+        batch_bytes_(static_cast<std::size_t>(threads_) * (4u << 20)) {}
+
+  void text(std::string_view s) {
+    if (s.empty()) return;
+    jobs_.push_back({std::string(s), false});
+    queued_ += s.size();
+    if (queued_ >= batch_bytes_) flush();
+  }
+  // Ends a document: the tokenizer's end-of-text id follows (when it has one).
+  void end_document() {
+    if (tokenizer_.eos_id() < 0) return;
+    if (jobs_.empty()) jobs_.push_back({std::string(), true});
+    else jobs_.back().eos_after = true;
+  }
+  void flush() {
+    std::vector<std::vector<std::int32_t>> ids(jobs_.size());
+    auto work = [&](std::size_t first) {
+      for (std::size_t i = first; i < jobs_.size(); i += static_cast<std::size_t>(threads_))
+        if (!jobs_[i].text.empty()) ids[i] = tokenizer_.encode(jobs_[i].text);
+    };
+    if (threads_ == 1 || jobs_.size() == 1) {
+      work(0);
+    } else {
+      std::vector<std::thread> pool;
+      std::exception_ptr error;
+      std::mutex error_mutex;
+      for (int t = 0; t < threads_; ++t)
+        pool.emplace_back([&, t] {
+          try {
+            work(static_cast<std::size_t>(t));
+          } catch (...) {
+            std::lock_guard<std::mutex> lock(error_mutex);
+            error = std::current_exception();
+          }
+        });
+      for (auto& th : pool) th.join();
+      if (error) std::rethrow_exception(error);
+    }
+    for (std::size_t i = 0; i < jobs_.size(); ++i) {
+      for (std::int32_t t : ids[i]) emit_(static_cast<std::uint32_t>(t));
+      if (jobs_[i].eos_after) emit_(static_cast<std::uint32_t>(tokenizer_.eos_id()));
+    }
+    jobs_.clear();
+    queued_ = 0;
+  }
+
+ private:
+  struct Job {
+    std::string text;
+    bool eos_after;
+  };
+  const fathom::data::Tokenizer& tokenizer_;
+  int threads_;
+  Emit emit_;
+  std::size_t batch_bytes_;
+  std::vector<Job> jobs_;
+  std::size_t queued_ = 0;
+};
 
 // Fills shards of `shard_tokens` tokens named DIR/<split>_000000.bin, ...
 class ShardWriter {
@@ -415,6 +521,9 @@ int run(const Options& o) {
                                                    << shard_tokens);
   FATHOM_CHECK(o.val_fraction >= 0 && o.val_fraction < 1,
                "--val-fraction: expected a fraction in [0, 1), got " << o.val_fraction);
+  FATHOM_CHECK(o.val_inputs.empty() || !o.val_fraction_given,
+               "--val-input gives the validation text; expected no --val-fraction with it");
+  const double val_fraction = o.val_inputs.empty() ? o.val_fraction : 0.0;
   const bool builtin = !o.builtin.empty();
   FATHOM_CHECK(builtin != !o.inputs.empty(),
                (builtin ? "expected either input files or --builtin, got both"
@@ -426,8 +535,11 @@ int run(const Options& o) {
                "--train-tokenizer trains a new model; expected no --tokenizer, got '" << o.tokenizer
                                                                                     << "'");
 
-  InputFiles inputs;
+  FATHOM_CHECK(!builtin || o.val_inputs.empty(),
+               "--builtin: the built-in corpus has its own validation stream; expected no --val-input");
+  InputFiles inputs, val_inputs;
   if (!builtin) inputs = collect_inputs(o.inputs, o.extensions);
+  if (!o.val_inputs.empty()) val_inputs = collect_inputs(o.val_inputs, o.extensions);
   Staging staging(out, o.overwrite);
   const fs::path& stage = staging.path();
 
@@ -440,11 +552,16 @@ int run(const Options& o) {
       if (!o.quiet) std::cout << "training a sentencepiece model of " << o.train_tokenizer
                               << " pieces on " << inputs.files.size() << " files" << std::endl;
       std::size_t file = 0;
+      std::uint64_t text_lines = 0, text_bytes = 0;
       std::ifstream in;
       auto next_line = [&](std::string& line) {
         for (;;) {
           if (in.is_open() && std::getline(in, line)) {
-            if (!line.empty()) return true;
+            if (!line.empty() && !(o.split_records && line.size() == 1 && line[0] == record_separator)) {
+              text_lines += 1;
+              text_bytes += line.size() + 1;
+              return true;
+            }
             continue;
           }
           if (file == inputs.files.size()) return false;
@@ -455,9 +572,23 @@ int run(const Options& o) {
       };
       fathom::data::SentencePieceTraining training;
       training.vocab_size = o.train_tokenizer;
+      training.seed = static_cast<unsigned int>(o.seed);
       training.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-      fathom::data::train_sentencepiece(stage / "tokenizer", training, next_line);
+      try {
+        fathom::data::train_sentencepiece(stage / "tokenizer", training, next_line);
+      } catch (const fathom::Error& e) {
+        FATHOM_CHECK(text_lines > 0, "--train-tokenizer: the inputs hold no text to train on");
+        throw;
+      }
+      FATHOM_CHECK(text_lines > 0, "--train-tokenizer: the inputs hold no text to train on");
       model = stage / "tokenizer.model";
+      // Too little text for the vocabulary asked for: sentencepiece stops early with fewer pieces.
+      const fathom::data::SentencePieceTokenizer trained(model);
+      FATHOM_CHECK(trained.vocab_size() == o.train_tokenizer,
+                   "--train-tokenizer " << o.train_tokenizer << ": the inputs (" << with_commas(text_lines)
+                                        << " lines, " << with_commas(text_bytes)
+                                        << " bytes) yield only " << trained.vocab_size()
+                                        << " pieces; expected more text or a smaller vocabulary");
     } else {
       FATHOM_CHECK(fs::is_regular_file(model),
                    "--tokenizer: expected 'byte' or a sentencepiece model file, got '"
@@ -489,8 +620,7 @@ int run(const Options& o) {
       o.uint32 || tokenizer->vocab_size() > 65536 ? TokenWidth::u32 : TokenWidth::u16;
   ShardWriter train(stage, "train", shard_tokens, width, o.quiet);
   ShardWriter val(stage, "val", shard_tokens, width, o.quiet);
-  Splitter splitter(o.val_fraction, val_block, train, val);
-  const std::int32_t eos = tokenizer->eos_id();
+  Splitter splitter(val_fraction, val_block, train, val);
 
   nlohmann::json source;
   if (builtin) {
@@ -498,7 +628,7 @@ int run(const Options& o) {
     const std::uint64_t n = parse_count("--builtin", o.builtin);
     for (std::int32_t t : fathom::data::builtin_corpus(fathom::data::Split::train, n, o.seed))
       train.add(static_cast<std::uint32_t>(t));
-    const std::uint64_t n_val = static_cast<std::uint64_t>(std::llround(static_cast<double>(n) * o.val_fraction));
+    const std::uint64_t n_val = static_cast<std::uint64_t>(std::llround(static_cast<double>(n) * val_fraction));
     if (n_val > 0)
       for (std::int32_t t : fathom::data::builtin_corpus(fathom::data::Split::validation, n_val, o.seed))
         val.add(static_cast<std::uint32_t>(t));
@@ -506,16 +636,51 @@ int run(const Options& o) {
   } else {
     Progress progress(!o.quiet);
     std::uint64_t bytes_done = 0;
-    for (std::size_t f = 0; f < inputs.files.size(); ++f) {
-      for_each_piece(inputs.files[f], [&](std::string_view piece) {
-        for (std::int32_t t : tokenizer->encode(piece)) splitter.add(static_cast<std::uint32_t>(t));
-        bytes_done += piece.size();
-        progress.update(f, inputs.files.size(), train.tokens() + val.tokens(), bytes_done);
-      });
-      if (eos >= 0) splitter.add(static_cast<std::uint32_t>(eos));  // each file is a document
+    std::uint64_t documents = 0;
+    const int threads = o.threads > 0 ? o.threads
+                                      : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    // Each file is a document, and with --split-records so is each record of a file.
+    auto tokenize = [&](const InputFiles& files, ParallelEncoder& encoder) {
+      for (std::size_t f = 0; f < files.files.size(); ++f) {
+        bool open_document = false;
+        for_each_piece(files.files[f], [&](std::string_view piece) {
+          if (o.split_records) {
+            split_records(
+                piece,
+                [&](std::string_view text) {
+                  encoder.text(text);
+                  open_document = true;
+                },
+                [&] {
+                  encoder.end_document();
+                  ++documents;
+                  open_document = false;
+                });
+          } else {
+            encoder.text(piece);
+            open_document = true;
+          }
+          bytes_done += piece.size();
+          progress.update(f, files.files.size(), train.tokens() + val.tokens(), bytes_done);
+        });
+        if (open_document || !o.split_records) {
+          encoder.end_document();
+          ++documents;
+        }
+      }
+      encoder.flush();
+    };
+    ParallelEncoder to_splitter(*tokenizer, threads, [&](std::uint32_t t) { splitter.add(t); });
+    tokenize(inputs, to_splitter);
+    if (!val_inputs.files.empty()) {
+      const std::uint64_t before = bytes_done;
+      ParallelEncoder to_val(*tokenizer, threads, [&](std::uint32_t t) { val.add(t); });
+      tokenize(val_inputs, to_val);
+      FATHOM_CHECK(bytes_done > before, "--val-input: the validation inputs hold no text");
     }
     progress.done();
-    source = {{"type", "files"}, {"inputs", o.inputs}, {"files", inputs.files.size()},
+    source = {{"type", "files"}, {"inputs", o.inputs}, {"val_inputs", o.val_inputs},
+              {"files", inputs.files.size() + val_inputs.files.size()}, {"documents", documents},
               {"skipped_binary", inputs.skipped_binary}, {"bytes", bytes_done}};
   }
   train.finish();
@@ -524,7 +689,7 @@ int run(const Options& o) {
                "the train split is empty: all " << with_commas(val.tokens())
                    << " tokens went to validation; expected more input, a smaller --val-block ("
                    << val_block << ") or a smaller --val-fraction (" << o.val_fraction << ")");
-  FATHOM_CHECK(o.val_fraction == 0 || val.tokens() > 0,
+  FATHOM_CHECK(val_fraction == 0 || val.tokens() > 0,
                "the validation split is empty; expected more input or a larger --val-fraction");
 
   nlohmann::json dataset = {
@@ -533,7 +698,7 @@ int run(const Options& o) {
       {"tokenizer", tokenizer_info},
       {"train", {{"pattern", "train_*.bin"}, {"shards", train.shards()}, {"tokens", train.tokens()}}},
       {"val", {{"pattern", "val_*.bin"}, {"shards", val.shards()}, {"tokens", val.tokens()}}},
-      {"val_fraction", o.val_fraction},
+      {"val_fraction", val_fraction},
       {"val_block", val_block},
       {"source", source},
   };
@@ -582,6 +747,14 @@ int main(int argc, char** argv) {
   app.add_option("--val-fraction", o.val_fraction,
                  "Fraction of tokens for validation, taken as evenly spread blocks; 0 = none")
       ->capture_default_str();
+  app.add_option("--val-input", o.val_inputs,
+                 "Validation text apart from the inputs (files or folders, repeatable): all of it "
+                 "goes to validation, none of the inputs does (no --val-fraction then)");
+  app.add_flag("--split-records", o.split_records,
+               "A line holding only the ASCII record separator (0x1E) ends a document inside a "
+               "file (each document is followed by the end-of-text token)");
+  app.add_option("--threads", o.threads, "Tokenizer threads (0: one per core)")
+      ->capture_default_str();
   app.add_option("--val-block", o.val_block, "Tokens per block of the train/validation split")
       ->capture_default_str();
   app.add_option("--tokenizer", o.tokenizer,
@@ -605,7 +778,8 @@ int main(int argc, char** argv) {
   app.add_option("--builtin", o.builtin,
                  "Write this many tokens of the built-in corpus (and --val-fraction as many from its "
                  "validation stream) instead of reading inputs");
-  app.add_option("--seed", o.seed, "Seed of the built-in corpus")->capture_default_str();
+  app.add_option("--seed", o.seed,
+                 "Seed of the built-in corpus, and of the sample of lines --train-tokenizer uses")->capture_default_str();
   app.add_flag("--overwrite", o.overwrite, "Replace shards already in --out");
   app.add_flag("--quiet,-q", o.quiet, "Print only the summary line");
   try {
@@ -613,6 +787,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  o.val_fraction_given = app.count("--val-fraction") > 0;
   try {
     return run(o);
   } catch (const std::exception& e) {

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <span>
 #include <string>
@@ -86,11 +87,13 @@ struct SentencePieceTraining {
   std::string model_type = "bpe";   // as Llama's tokenizer; "unigram" is the other common choice
   int threads = 2;
   long long max_sentences = 2000000;  // a random sample of this many lines is used
+  unsigned int seed = 0;  // of that sample: the same text and seed give the same model
 };
 
-// Trains a model on the lines `next` yields and writes `prefix`.model and `prefix`.vocab. The
-// text is kept as is (identity normalization, spaces kept, digits split, bytes as fallback
-// pieces) so decode(encode(text)) gives the text back.
+// Trains a model on the lines `next` yields and writes `prefix`.model and `prefix`.vocab (each
+// piece and its score, a line each). The text is kept as is (identity normalization, spaces kept,
+// digits split, bytes as fallback pieces) so decode(encode(text)) gives the text back. The same
+// lines and seed give the same .model file, byte for byte, wherever it is written.
 inline void train_sentencepiece(const std::filesystem::path& prefix,
                                 const SentencePieceTraining& options,
                                 std::function<bool(std::string&)> next) {
@@ -98,7 +101,6 @@ inline void train_sentencepiece(const std::filesystem::path& prefix,
                "sentencepiece training: expected a vocab size >= 300 (256 byte pieces + specials "
                "+ merges), got " << options.vocab_size);
   const std::unordered_map<std::string, std::string> args{
-      {"model_prefix", prefix.string()},
       {"vocab_size", std::to_string(options.vocab_size)},
       {"model_type", options.model_type},
       {"num_threads", std::to_string(options.threads)},
@@ -113,10 +115,29 @@ inline void train_sentencepiece(const std::filesystem::path& prefix,
       {"hard_vocab_limit", "false"},
       {"minloglevel", "1"},
   };
+  // sentencepiece draws its sample of lines from a process-wide generator, seeded from
+  // std::random_device unless set: set it, so that training is reproducible.
+  sentencepiece::SetRandomGeneratorSeed(options.seed);
   SentenceFeed feed(std::move(next));
-  auto status = sentencepiece::SentencePieceTrainer::Train(args, &feed);
+  // Trained into a string (sentencepiece then records no model_prefix path in the model, which
+  // would make the file depend on where it was written) and saved below.
+  std::string model;
+  auto status = sentencepiece::SentencePieceTrainer::Train(args, &feed, &model);
   FATHOM_CHECK(status.ok(), "sentencepiece training of '" << prefix.string()
                                                           << ".model' failed: " << status.ToString());
+  const std::string model_file = prefix.string() + ".model", vocab_file = prefix.string() + ".vocab";
+  {
+    std::ofstream out(model_file, std::ios::binary);
+    out.write(model.data(), static_cast<std::streamsize>(model.size()));
+    FATHOM_CHECK(out.good(), "sentencepiece training: cannot write '" << model_file << "'");
+  }
+  sentencepiece::SentencePieceProcessor trained;
+  status = trained.LoadFromSerializedProto(model);
+  FATHOM_CHECK(status.ok(), "sentencepiece training: the trained model does not load: " << status.ToString());
+  std::ofstream vocab(vocab_file);
+  for (int id = 0; id < trained.GetPieceSize(); ++id)
+    vocab << trained.IdToPiece(id) << '\t' << trained.GetScore(id) << '\n';
+  FATHOM_CHECK(vocab.good(), "sentencepiece training: cannot write '" << vocab_file << "'");
 }
 
 }  // namespace fathom::data

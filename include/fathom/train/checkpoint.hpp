@@ -320,6 +320,8 @@ struct CheckpointContents {
   nlohmann::ordered_json config;        // config.json
   std::vector<TensorRecord> optimizer;  // optimizer state, named "<param>.<state>"
   nlohmann::json trainer_state;         // step, data position, RNG, ...
+  // Files copied in as they are, as (source, name in the checkpoint): the tokenizer model.
+  std::vector<std::pair<fs::path, std::string>> files;
 };
 
 namespace detail {
@@ -356,6 +358,11 @@ inline fs::path write_checkpoint(const fs::path& run_dir, std::int64_t step,
     write_safetensors(tmp / "optimizer.safetensors", c.optimizer, {{"format", "fathom"}});
     detail::write_json_atomically(tmp / "config.json", c.config.dump(2) + "\n");
     detail::write_json_atomically(tmp / "trainer_state.json", c.trainer_state.dump(2) + "\n");
+    for (const auto& [source, name] : c.files) {
+      fs::copy_file(source, tmp / name, fs::copy_options::overwrite_existing, ec);
+      FATHOM_CHECK(!ec, "copying '" << source.string() << "' into checkpoint '" << tmp.string()
+                                    << "' failed: " << ec.message());
+    }
   } catch (...) {
     fs::remove_all(tmp, ec);
     throw;

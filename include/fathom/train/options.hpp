@@ -52,6 +52,11 @@ struct TrainOptions {
   nlohmann::json policy_options = nlohmann::json::object();  // e.g. DeepNorm's alpha and beta
   std::string data;      // token-shard glob; empty: the built-in corpus
   std::string val_data;  // empty: the built-in corpus's validation split, or none
+  // The tokenizer of the data, recorded in checkpoints: "byte" (the built-in corpus, or shards of
+  // fathom-prepare's byte tokenizer), "sentencepiece" (its model file is copied into each
+  // checkpoint as tokenizer.model) or "unknown" (shards without fathom-prepare's dataset.json).
+  std::string tokenizer = "byte";
+  std::string tokenizer_model;  // the sentencepiece model file, for "sentencepiece"
   std::int64_t seq_len = 256;
   std::int64_t steps = 200;
   std::int64_t batch = 8;       // sequences per micro-batch

@@ -318,6 +318,12 @@ std::filesystem::path save(const TrainOptions& o, const std::filesystem::path& o
   c.model = model_records(model);
   nlohmann::json fathom_fields = state.run;
   fathom_fields["policy_options"] = o.policy_options;
+  // The tokenizer travels with the weights, so generation decodes with the one trained on.
+  fathom_fields["tokenizer"] = {{"type", o.tokenizer}};
+  if (o.tokenizer == "sentencepiece") {
+    fathom_fields["tokenizer"]["model"] = "tokenizer.model";
+    c.files.emplace_back(o.tokenizer_model, "tokenizer.model");
+  }
   c.config = hf_config_json(detail::hf_config_of<T>(o.model), fathom_fields);
   c.optimizer = state_records(named_state);
   c.trainer_state = state;

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""The depth study's report: docs/results/depth/README.md and its pictures, from the runs that
+scripts/depth_runs.sh trained and scripts/depth_status.sh --collect packed.
+
+  depth_report.py RESULTS [--out docs/results/depth] [--gpu-minutes M] [--machine TEXT]
+
+RESULTS is depth-results.tar.gz or the folder it unpacks to (one folder per run holding
+metrics.jsonl, diagnose.json, config.json, trainer_state.json, train.log, maybe FAILED; and the
+corpus's dataset.json and manifest.json). The pictures come from tools/plot.py (loss curves, output
+variance by layer and over training, angular distance heatmaps, loss increase on layer removal), one
+set per depth; they need matplotlib, and without it the report is written without them and says so.
+Each run's metrics.jsonl and diagnose.json are copied beside the report.
+"""
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parent
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(TOOLS))
+import plot  # noqa: E402
+
+# The paper's Table 1 (C4 validation perplexity, T5 tokenizer), by model and policy.
+PAPER = {
+    "130M": {"post-ln": 26.95, "deepnorm": 27.17, "mix-ln": 26.07, "pre-ln": 26.73, "lns": 25.76},
+    "250M": {"post-ln": 1409.79, "deepnorm": 22.77, "mix-ln": 21.39, "pre-ln": 21.92, "lns": 20.35},
+}
+NAMES = {"pre-ln": "Pre-LN", "lns": "LNS", "post-ln": "Post-LN", "mix-ln": "Mix-LN",
+         "deepnorm": "DeepNorm", "sandwich-ln": "Sandwich-LN"}
+DIVERGED_LOSS = 6.0  # a validation loss above this (perplexity > 400) has not learned the text
+
+
+def fmt(x, spec=".4f"):
+    return format(x, spec) if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+
+
+def ppl(loss):
+    return math.exp(loss) if isinstance(loss, (int, float)) and loss < 50 else None
+
+
+def load(results):
+    root = Path(results)
+    if root.is_file():
+        tmp = Path(tempfile.mkdtemp())
+        with tarfile.open(root) as t:
+            t.extractall(tmp)
+        root = next(tmp.iterdir())
+    runs = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        r = {"name": d.name, "dir": d}
+        cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
+        fields = plot_fields(cfg)
+        r["policy"] = fields.get("policy") or d.name.split("-", 1)[1].replace("-seed1", "")
+        r["model"] = fields.get("model", {})
+        state = json.loads((d / "trainer_state.json").read_text()) if (d / "trainer_state.json").is_file() else {}
+        r["seed"] = state.get("seed", 0)
+        r["metrics"] = plot.read_metrics(d / "metrics.jsonl") if (d / "metrics.jsonl").is_file() else None
+        r["summary"] = plot.summarize_metrics(r["metrics"]) if r["metrics"] else {}
+        r["diag"] = plot.read_diagnose(d / "diagnose.json") if (d / "diagnose.json").is_file() else None
+        r["diag_summary"] = plot.summarize_diagnose(r["diag"]) if r["diag"] else {}
+        r["failed"] = (d / "FAILED").read_text().strip() if (d / "FAILED").is_file() else None
+        r["layers"] = r["model"].get("layers") or (12 if d.name.startswith("130m") else 24)
+        runs.append(r)
+    meta = {}
+    for f in ("dataset.json", "manifest.json"):
+        if (root / f).is_file():
+            meta[f] = json.loads((root / f).read_text())
+    return root, runs, meta
+
+
+def plot_fields(cfg):
+    """fathom's own fields of a checkpoint's config.json."""
+    for key in ("fathom", "fathom_fields"):
+        if isinstance(cfg.get(key), dict):
+            return cfg[key]
+    return cfg
+
+
+def status(r):
+    s = r["summary"]
+    if r["failed"]:
+        return "failed: " + r["failed"].splitlines()[-1][:80]
+    if s.get("nonfinite_loss"):
+        return "non-finite loss"
+    v = s.get("final_val_loss")
+    if v is None:
+        return "no evaluation"
+    return "diverged" if v > DIVERGED_LOSS else "ok"
+
+
+def python_with_matplotlib():
+    for py in (sys.executable, "/usr/bin/python3", shutil.which("python3")):
+        if py and Path(py).exists() and subprocess.run([py, "-c", "import matplotlib"],
+                                                       capture_output=True).returncode == 0:
+            return py
+    return None
+
+
+def draw(groups, out):
+    py = python_with_matplotlib()
+    if not py:
+        return {}, "no matplotlib here: run tools/depth_report.py where python3-matplotlib is installed for the pictures"
+    files = {}
+    for group, runs in groups.items():
+        dest = out / "plots" / group
+        dest.mkdir(parents=True, exist_ok=True)
+        labels = ",".join(r["name"] for r in runs)
+        with_metrics = [r for r in runs if r["metrics"]]
+        if with_metrics:
+            res = subprocess.run([py, str(TOOLS / "plot.py"), "metrics", *[str(r["dir"]) for r in with_metrics],
+                                  "--labels", ",".join(r["name"] for r in with_metrics), "--x", "tokens",
+                                  "--out", str(dest)], capture_output=True, text=True)
+            files.setdefault(group, []).extend(res.stdout.split())
+        with_diag = [r for r in runs if r["diag"]]
+        if with_diag:
+            res = subprocess.run([py, str(TOOLS / "plot.py"), "diagnose", *[str(r["dir"]) for r in with_diag],
+                                  "--labels", ",".join(r["name"] for r in with_diag), "--out", str(dest)],
+                                 capture_output=True, text=True)
+            files.setdefault(group, []).extend(res.stdout.split())
+        del labels
+    return files, None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results", help="depth-results.tar.gz or its folder")
+    ap.add_argument("--out", default="docs/results/depth")
+    ap.add_argument("--gpu-minutes", help="GPU minutes spent, for the closing note")
+    ap.add_argument("--machine", default="", help="the GPU machine, in words")
+    a = ap.parse_args()
+    root, runs, meta = load(a.results)
+    if not runs:
+        raise SystemExit(f"depth_report: no run folders in {a.results}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for r in runs:
+        dest = out / "runs" / r["name"]
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in ("metrics.jsonl", "diagnose.json", "config.json"):
+            if (r["dir"] / f).is_file():
+                shutil.copy(r["dir"] / f, dest / f)
+    groups = {"12-block": [r for r in runs if r["layers"] == 12], "24-block": [r for r in runs if r["layers"] != 12]}
+    groups = {k: v for k, v in groups.items() if v}
+    files, plot_note = draw(groups, out)
+
+    ds = meta.get("dataset.json", {})
+    train_tokens = ds.get("train", {}).get("tokens")
+    lines = ["# The curse of depth at the paper's shapes: real text, a subword tokenizer", ""]
+    lines += ["Each run: the same corpus, the same tokenizer, the same schedule (the paper's: Adam "
+              "0.9/0.999, lr 1e-3, no weight decay, no clipping, bf16, sequence 256, 131,072 tokens a "
+              "step, linear warmup over 10% of the steps, cosine to 10%), and the same seed (so the same "
+              "batches in the same order) unless the run says seed 1. Only the normalization policy differs.", ""]
+    if a.machine:
+        lines += [f"- machine: {a.machine}"]
+    if ds:
+        tok = ds.get("tokenizer", {})
+        lines += [f"- corpus: {train_tokens:,} train tokens, {ds.get('val', {}).get('tokens', 0):,} validation "
+                  f"tokens (held-out documents), {tok.get('type')} tokenizer, vocabulary {tok.get('vocab_size')} "
+                  "(docs/data.md and scripts/depth_corpus.sh say how it is made)"]
+    if a.gpu_minutes:
+        lines += [f"- GPU time: {a.gpu_minutes} minutes in all"]
+    lines += [""]
+
+    lines += ["## Final validation perplexity", "",
+              "| run | blocks x width | policy | seed | steps | tokens | epochs | val loss | perplexity | paper (C4) | status |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in runs:
+        s = r["summary"]
+        m = r["model"]
+        shape = f"{m.get('layers', r['layers'])} x {m.get('d_model', '?')}"
+        paper_col = "130M" if r["layers"] == 12 else "250M"
+        paper = PAPER[paper_col].get(r["policy"])
+        epochs = s["tokens"] / train_tokens if s.get("tokens") and train_tokens else None
+        lines.append(f"| {r['name']} | {shape} | {NAMES.get(r['policy'], r['policy'])} | {r['seed']} | "
+                     f"{s.get('last_step') or '-'} | {s.get('tokens') or '-'} | {fmt(epochs, '.2f')} | "
+                     f"{fmt(s.get('final_val_loss'))} | {fmt(ppl(s.get('final_val_loss')), '.2f')} | "
+                     f"{fmt(paper, '.2f')} ({paper_col}) | {status(r)} |")
+    lines += ["", "The paper's numbers are C4 perplexities with the T5 tokenizer after 20k (130M) and 40k "
+              "(250M) steps of 131k tokens; ours are on a different corpus with a different tokenizer and "
+              "far fewer tokens, so only the order of the policies and which ones diverge can be compared, "
+              "not the values. The paper's 24-block model is llama-250m (d 768); ours is llama-71m's width "
+              "(d 512) at 24 blocks when the runs say so in 'blocks x width'.", ""]
+
+    # Seed spread and the LNS - Pre-LN gaps.
+    by = {r["name"]: r for r in runs}
+    notes = []
+    a0, a1 = by.get("24L-pre-ln"), by.get("24L-pre-ln-seed1")
+    spread = None
+    if a0 and a1 and a0["summary"].get("final_val_loss") and a1["summary"].get("final_val_loss"):
+        spread = abs(a0["summary"]["final_val_loss"] - a1["summary"]["final_val_loss"])
+        notes.append(f"Seed spread (24-block Pre-LN, seeds 0 and 1): {spread:.4f} nats of validation loss.")
+    for prefix in ("130m", "24L"):
+        p, l = by.get(f"{prefix}-pre-ln"), by.get(f"{prefix}-lns")
+        if p and l and p["summary"].get("final_val_loss") and l["summary"].get("final_val_loss"):
+            gap = p["summary"]["final_val_loss"] - l["summary"]["final_val_loss"]
+            verdict = ""
+            if spread is not None:
+                verdict = (" — larger than the seed spread" if abs(gap) > spread else
+                           " — within the seed spread, so not a finding")
+            notes.append(f"{prefix}: Pre-LN minus LNS = {gap:+.4f} nats "
+                         f"({'LNS ahead' if gap > 0 else 'Pre-LN ahead'}){verdict}.")
+    diverged = [r["name"] for r in runs if status(r) != "ok"]
+    notes.append("Runs that diverged or failed: " + (", ".join(diverged) if diverged else "none") +
+                 ". The paper reports Post-LN, DeepNorm and Mix-LN diverging at 24 blocks (llama-250m and larger).")
+    lines += ["## What agrees with the paper and what does not", ""] + [f"- {n}" for n in notes] + [""]
+
+    lines += ["## Per-layer findings (fathom-diagnose on each final checkpoint, held-out batches)", "",
+              "| run | last-layer variance | last / first | d(x_l, x_l+1), deepest quarter | d, all | loss increase on removal, deepest quarter (mean / max) | most harmful removal |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        d = r["diag_summary"]
+        if not d:
+            continue
+        ratio = (d["last_layer_variance"] / d["first_layer_variance"]
+                 if d.get("last_layer_variance") and d.get("first_layer_variance") else None)
+        lines.append(f"| {r['name']} | {fmt(d.get('last_layer_variance'), '.3g')} | {fmt(ratio, '.1f')} | "
+                     f"{fmt(d.get('deep_angular'))} | {fmt(d.get('all_angular'))} | "
+                     f"{fmt(d.get('deep_removal_mean'))} / {fmt(d.get('deep_removal_max'))} | "
+                     f"block {d.get('worst_removal_block') or '-'} |")
+    lines += ["", "The paper's picture: under Pre-LN the output variance grows with depth and the deep blocks "
+              "sit close to their neighbours (small angular distance) and can be removed at little cost; "
+              "under LNS the variance stays bounded and removing a deep block costs more.", ""]
+
+    lines += ["## Pictures", ""]
+    if plot_note:
+        lines += [plot_note, ""]
+    for group, fs in files.items():
+        lines += [f"### {group}", ""]
+        for f in fs:
+            rel = Path(f).resolve().relative_to(out.resolve())
+            lines += [f"![{rel.stem}]({rel.as_posix()})", ""]
+
+    lines += ["## Commands", "", "Here (a machine with Debian's registry): the corpus bundle, carried to the GPU machine.",
+              "", "```", "scripts/deps.sh", "cmake -S . -B build -DFATHOM_BUILD_EXAMPLES=ON && cmake --build build --target fathom-prepare",
+              "scripts/depth_corpus.sh bundle --build build", "```", "",
+              "On the GPU machine (carry .deps and .corpus/bundle): build, shards, the queued runs; then progress and the results.",
+              "", "```", "scripts/depth_runs.sh", "scripts/depth_status.sh", "scripts/depth_status.sh --collect   # $OUT/depth-results.tar.gz",
+              "```", "", "The report: `tools/depth_report.py depth-results.tar.gz --out docs/results/depth`.", ""]
+    queue_files = sorted(root.glob("queue-gpu*.sh"))
+    if queue_files:
+        lines += ["The exact fathom-train commands of each queue:", ""]
+        for q in queue_files:
+            lines += [f"<details><summary>{q.name}</summary>", "", "```bash", q.read_text().rstrip(), "```", "", "</details>", ""]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    print(f"depth_report: {out / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
