@@ -24,6 +24,7 @@
 #   --dir DIR     the corpus folder (default .corpus)
 #   --build DIR   build folder holding bin/fathom-prepare (default build)
 #   --vocab N     SentencePiece vocabulary for bundle (default 16384; see docs/results/depth)
+#   --tokenizer-lines N  lines the tokenizer is trained on, a seeded sample (default 500k)
 #   --only LIST   bundle only these packages (comma list; tests use it)
 #   --packages D  bundle from packages already unpacked in D/<name>/ (no download)
 #   --rebuild-text  make DIR/text again even when it is there
@@ -41,6 +42,7 @@ vocab=16384
 only=""
 packages=""
 rebuild_text=0
+tokenizer_lines=500k
 part_mb=120
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -51,6 +53,7 @@ while [[ $# -gt 0 ]]; do
     --packages) packages="$2"; shift 2 ;;
     --rebuild-text) rebuild_text=1; shift ;;
     --part-mb) part_mb="$2"; shift 2 ;;
+    --tokenizer-lines) tokenizer_lines="$2"; shift 2 ;;
     -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "depth_corpus: unknown argument '$1' (--help lists them)" >&2; exit 2 ;;
   esac
@@ -133,7 +136,7 @@ bundle)
   python3 tools/corpus_text.py --check "$dir/text"
   # The tokenizer is trained on the training split only; the validation split is tokenized apart.
   "$prepare" "$dir/text/train.txt" --val-input "$dir/text/val.txt" --split-records \
-    --train-tokenizer "$vocab" --out "$dir/shards" --overwrite --quiet
+    --train-tokenizer "$vocab" --tokenizer-lines "$tokenizer_lines" --out "$dir/shards" --overwrite --quiet
   rm -rf "$dir"/bundle "$dir"/bundle-*
   mkdir -p "$dir/bundle"
   cp "$dir/shards/tokenizer.model" "$dir/shards/dataset.json" "$dir/text/manifest.json" "$dir/bundle/"

@@ -3,6 +3,7 @@
 scripts/depth_runs.sh trained and scripts/depth_status.sh --collect packed.
 
   depth_report.py RESULTS [--out docs/results/depth] [--gpu-minutes M] [--machine TEXT]
+  depth_report.py corpus MANIFEST DATASET_JSON [--out docs/results/depth]   (corpus.md only)
 
 RESULTS is depth-results.tar.gz or the folder it unpacks to (one folder per run holding
 metrics.jsonl, diagnose.json, config.json, trainer_state.json, train.log, maybe FAILED; and the
@@ -128,7 +129,52 @@ def draw(groups, out):
     return files, None
 
 
+def corpus_page(manifest, dataset):
+    """docs/results/depth/corpus.md: the packages with their licences and sizes, and the tokens."""
+    tok = dataset.get("tokenizer", {})
+    train, val = dataset.get("train", {}), dataset.get("val", {})
+    splits = manifest.get("splits", {})
+    lines = ["# The depth study's corpus", "",
+             "English text from Debian's packages only (scripts/depth_corpus.sh; tools/corpus_text.py reads "
+             "each kind of file). Exact duplicate documents and paragraphs (64 characters or more) are "
+             f"dropped ({manifest.get('duplicate_documents_dropped', 0)} documents), and short lines repeated "
+             f"in more than 40 documents ({manifest.get('boilerplate_lines', 0)} distinct lines: navigation, "
+             "headers, footers) are dropped as page furniture. Validation is "
+             f"{manifest.get('val_permille', 10) / 10:g}% of the documents, chosen by a hash of their text; no "
+             "document and no paragraph of 64 characters or more is in both splits (corpus_text.py --check).", "",
+             "| package | licence | documents | characters (M) |", "|---|---|---:|---:|"]
+    for p in sorted(manifest.get("packages", []), key=lambda p: -p.get("chars_kept", 0)):
+        lines.append(f"| {p['package']} | {p['licence']} | {p.get('documents_kept', 0):,} | "
+                     f"{p.get('chars_kept', 0) / 1e6:.1f} |")
+    total_chars = sum(p.get("chars_kept", 0) for p in manifest.get("packages", []))
+    lines.append(f"| all | | {sum(p.get('documents_kept', 0) for p in manifest.get('packages', [])):,} | "
+                 f"{total_chars / 1e6:.1f} |")
+    lines += ["", "| split | documents | bytes | tokens | bytes per token |", "|---|---:|---:|---:|---:|"]
+    for name, s in (("train", train), ("validation", val)):
+        m = splits.get("train" if name == "train" else "val", {})
+        bpt = m.get("bytes", 0) / s["tokens"] if s.get("tokens") else None
+        lines.append(f"| {name} | {m.get('documents', 0):,} | {m.get('bytes', 0):,} | {s.get('tokens', 0):,} | "
+                     f"{fmt(bpt, '.2f')} |")
+    lines += ["", f"Tokenizer: SentencePiece {tok.get('type', '')} BPE trained by `fathom-prepare --train-tokenizer "
+              f"{tok.get('vocab_size')}` on the training split (a seeded sample of its lines), byte fallback, "
+              "digits split, text kept as it is (identity normalization), so every byte string round-trips.", ""]
+    return "\n".join(lines) + "\n"
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "corpus":
+        cp = argparse.ArgumentParser(description="write corpus.md from a corpus manifest and dataset.json")
+        cp.add_argument("cmd")
+        cp.add_argument("manifest")
+        cp.add_argument("dataset")
+        cp.add_argument("--out", default="docs/results/depth")
+        c = cp.parse_args()
+        out = Path(c.out)
+        out.mkdir(parents=True, exist_ok=True)
+        page = corpus_page(json.loads(Path(c.manifest).read_text()), json.loads(Path(c.dataset).read_text()))
+        (out / "corpus.md").write_text(page)
+        print(f"depth_report: {out / 'corpus.md'}")
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", help="depth-results.tar.gz or its folder")
     ap.add_argument("--out", default="docs/results/depth")
@@ -159,11 +205,13 @@ def main():
               "batches in the same order) unless the run says seed 1. Only the normalization policy differs.", ""]
     if a.machine:
         lines += [f"- machine: {a.machine}"]
+    if ds and meta.get("manifest.json"):
+        (out / "corpus.md").write_text(corpus_page(meta["manifest.json"], ds))
     if ds:
         tok = ds.get("tokenizer", {})
         lines += [f"- corpus: {train_tokens:,} train tokens, {ds.get('val', {}).get('tokens', 0):,} validation "
                   f"tokens (held-out documents), {tok.get('type')} tokenizer, vocabulary {tok.get('vocab_size')} "
-                  "(docs/data.md and scripts/depth_corpus.sh say how it is made)"]
+                  "([corpus.md](corpus.md): packages, licences, sizes)"]
     if a.gpu_minutes:
         lines += [f"- GPU time: {a.gpu_minutes} minutes in all"]
     lines += [""]

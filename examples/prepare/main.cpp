@@ -52,6 +52,7 @@ struct Options {
   std::string builtin;
   std::uint64_t seed = 0;
   int threads = 0;  // 0: one per core
+  std::string tokenizer_lines = "2M";  // lines --train-tokenizer samples
   bool overwrite = false;
   bool quiet = false;
 };
@@ -573,6 +574,7 @@ int run(const Options& o) {
       fathom::data::SentencePieceTraining training;
       training.vocab_size = o.train_tokenizer;
       training.seed = static_cast<unsigned int>(o.seed);
+      training.max_sentences = static_cast<long long>(parse_count("--tokenizer-lines", o.tokenizer_lines));
       training.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
       try {
         fathom::data::train_sentencepiece(stage / "tokenizer", training, next_line);
@@ -754,6 +756,10 @@ int main(int argc, char** argv) {
                "A line holding only the ASCII record separator (0x1E) ends a document inside a "
                "file (each document is followed by the end-of-text token)");
   app.add_option("--threads", o.threads, "Tokenizer threads (0: one per core)")
+      ->capture_default_str();
+  app.add_option("--tokenizer-lines", o.tokenizer_lines,
+                 "Lines --train-tokenizer trains on: a random sample (seeded by --seed) when the "
+                 "inputs hold more")
       ->capture_default_str();
   app.add_option("--val-block", o.val_block, "Tokens per block of the train/validation split")
       ->capture_default_str();
