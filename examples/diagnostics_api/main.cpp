@@ -72,8 +72,8 @@ void study(const char* name, int steps, const std::filesystem::path& out, const 
   // N(x) (variance about 1 times the norm's weight); LNS feeds N(x) / sqrt(l), so about 1 / l.
   std::vector<double> mlp_input(static_cast<std::size_t>(config.layers), 0.0);
   nn::ForwardOptions<float, Cpu> options;
-  options.observer = [&](int block, std::string_view site, const Var<float, Cpu>& v) {
-    if (site == "mlp_input") mlp_input[static_cast<std::size_t>(block)] = diag::variance(v.value().to_vector());
+  options.observer = [&](int block, nn::Site site, const Var<float, Cpu>& v) {
+    if (site == nn::Site::mlp_input) mlp_input[static_cast<std::size_t>(block)] = diag::variance(v.value().to_vector());
   };
   {
     autograd::NoGradGuard no_grad;

@@ -24,13 +24,6 @@ TEST_CASE("diag: variance and angular distance of known arrays", "[diag]") {
   CHECK_THROWS_AS(diag::angular_distance(e1, std::vector<double>{1, 2}, 2), Error);
 }
 
-TEST_CASE("diag: block_of reads the block index of Hugging Face names", "[diag]") {
-  CHECK(diag::block_of("model.layers.7.self_attn.q_proj.weight") == 7);
-  CHECK(diag::block_of("transformer.h.11.mlp.c_fc.bias") == 11);
-  CHECK(diag::block_of("model.embed_tokens.weight") == -1);
-  CHECK(diag::block_of("lm_head.weight") == -1);
-}
-
 namespace {
 
 nn::ModelConfig tiny_config() {
@@ -66,7 +59,7 @@ TEST_CASE("diag: a block whose branches output zero changes nothing when removed
   const int dead = 2;
   for (auto& p : model.parameters()) {
     const bool out_proj = p.name.find(".o_proj.") != std::string::npos || p.name.find(".down_proj.") != std::string::npos;
-    if (diag::block_of(p.name) == dead && out_proj) p.var.mutable_value().zero_();
+    if (p.block() == dead && out_proj) p.var.mutable_value().zero_();
   }
   auto d = diag::run_diagnostics<double, Cpu>(model, batches_of(5, 2));
   REQUIRE(d.layers == 4);

@@ -74,18 +74,18 @@ void zero_branch_outputs(Model& m) {
 // Records every (block, site) an observer is called with.
 template <class T>
 struct Recorder {
-  std::map<std::pair<int, std::string>, Var<T>> values;
-  std::vector<std::pair<int, std::string>> order;
+  std::map<std::pair<int, nn::Site>, Var<T>> values;
+  std::vector<std::pair<int, nn::Site>> order;
 
   nn::ForwardOptions<T, Cpu> options() {
     nn::ForwardOptions<T, Cpu> o;
-    o.observer = [this](int block, std::string_view site, const Var<T>& v) {
-      values[{block, std::string(site)}] = v;
-      order.emplace_back(block, std::string(site));
+    o.observer = [this](int block, nn::Site site, const Var<T>& v) {
+      values[{block, site}] = v;
+      order.emplace_back(block, site);
     };
     return o;
   }
-  const Var<T>& at(int block, const std::string& site) const { return values.at({block, site}); }
+  const Var<T>& at(int block, nn::Site site) const { return values.at({block, site}); }
 };
 
 // The largest |a - b| over all elements; the shapes must agree.

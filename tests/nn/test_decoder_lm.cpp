@@ -123,14 +123,15 @@ TEST_CASE("DecoderLM: observer sites, in order", "[nn]") {
   m.init(47);
   testing::Recorder<double> rec;
   m.forward(testing::random_tokens(2, 4, c.vocab, 48), rec.options());
-  std::vector<std::pair<int, std::string>> want;
+  std::vector<std::pair<int, nn::Site>> want;
+  using S = nn::Site;
   for (int i = 0; i < 2; ++i)
-    for (const char* site : {"block_input", "attn_input", "attn_branch", "mlp_input", "mlp_branch", "block_output"})
+    for (S site : {S::block_input, S::attn_input, S::attn_branch, S::mlp_input, S::mlp_branch, S::block_output})
       want.emplace_back(i, site);
-  want.emplace_back(2, "final_norm");
+  want.emplace_back(2, S::final_norm);
   CHECK(rec.order == want);
-  CHECK(testing::identical(rec.at(1, "block_input").value(), rec.at(0, "block_output").value()));
-  CHECK(rec.at(0, "attn_branch").shape() == Shape{2, 4, c.d_model});
+  CHECK(testing::identical(rec.at(1, nn::Site::block_input).value(), rec.at(0, nn::Site::block_output).value()));
+  CHECK(rec.at(0, nn::Site::attn_branch).shape() == Shape{2, 4, c.d_model});
 }
 
 TEMPLATE_TEST_CASE("DecoderLM: a skipped block passes its input through", "[nn]", nn::Llama, nn::Gpt2) {
@@ -148,9 +149,9 @@ TEMPLATE_TEST_CASE("DecoderLM: a skipped block passes its input through", "[nn]"
   auto observed = rec.options();
   skip_middle.observer = observed.observer;
   auto logits = m.forward(tokens, skip_middle);
-  CHECK(testing::identical(rec.at(1, "block_output").value(), rec.at(1, "block_input").value()));
-  CHECK(rec.values.count({1, "attn_branch"}) == 0);
-  CHECK_FALSE(testing::identical(rec.at(2, "block_output").value(), rec.at(2, "block_input").value()));
+  CHECK(testing::identical(rec.at(1, nn::Site::block_output).value(), rec.at(1, nn::Site::block_input).value()));
+  CHECK(rec.values.count({1, nn::Site::attn_branch}) == 0);
+  CHECK_FALSE(testing::identical(rec.at(2, nn::Site::block_output).value(), rec.at(2, nn::Site::block_input).value()));
 
   // Under Pre-LN, skipping a block is the same as zeroing its branches' outputs.
   for (const auto* lin : {&zeroed.blocks()[1].attention().out_proj(), &zeroed.blocks()[1].mlp().down_proj()}) {
@@ -232,4 +233,25 @@ TEST_CASE("DecoderLM: a policy calling s.f twice fails at its first forward, nam
   auto tokens = testing::random_tokens(1, 4, c.vocab, 59);
   CHECK(error_of([&] { once.forward(tokens); }).empty());
   CHECK(error_of([&] { once.forward(tokens); }).empty());  // the count is per call, not per model
+}
+
+TEMPLATE_TEST_CASE("DecoderLM: each parameter carries its block index", "[nn]", nn::Llama, nn::Gpt2) {
+  auto c = testing::tiny_config(TestType::kind, 3);
+  nn::DecoderLM<TestType, policy::SandwichLN, float> m(c);
+  std::vector<int> per_block(3, 0);
+  int outside = 0;
+  for (const auto& p : m.parameters()) {
+    INFO(p.name);
+    // The Hugging Face name holds the same index: model.layers.N. / transformer.h.N.
+    const std::string key = TestType::kind == nn::ArchKind::llama ? "model.layers." : "transformer.h.";
+    int from_name = -1;
+    if (p.name.rfind(key, 0) == 0) from_name = std::stoi(p.name.substr(key.size()));
+    CHECK(p.block() == from_name);
+    if (p.block() >= 0) ++per_block.at(static_cast<std::size_t>(p.block()));
+    else ++outside;
+  }
+  CHECK(per_block[0] == per_block[1]);
+  CHECK(per_block[1] == per_block[2]);
+  CHECK(per_block[0] > 0);
+  CHECK(outside >= 2);  // embedding, final norm (and an untied head)
 }

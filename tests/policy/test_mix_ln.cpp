@@ -52,8 +52,8 @@ TEMPLATE_TEST_CASE("MixLN model: the stream is normalized by blocks 1..floor(L/4
       const int l = i + 1;
       INFO("L = " << depth << ", block l = " << l << " (switch expected at " << depth / 4 + 1 << ")");
       const auto& blk = model.blocks()[static_cast<std::size_t>(i)];
-      const auto& x = rec.at(i, "block_input");
-      const auto& y = rec.at(i, "block_output");
+      const auto& x = rec.at(i, nn::Site::block_input);
+      const auto& y = rec.at(i, nn::Site::block_output);
       if (l <= depth / 4) {
         auto want = blk.norm(policy::Sublayer::mlp, 0).forward(blk.norm(policy::Sublayer::attention, 0).forward(x));
         CHECK(testing::identical(y.value(), want.value()));

@@ -40,8 +40,8 @@ TEST_CASE("SandwichLN model: output norms are parameters with their own names", 
   testing::Recorder<double> rec;
   llama.forward(testing::random_tokens(2, 4, lc.vocab, 6), rec.options());
   const auto& blk = llama.blocks()[0];
-  auto h = rec.at(0, "block_input") + blk.norm(policy::Sublayer::attention, 1).forward(rec.at(0, "attn_branch"));
-  auto y = h + blk.norm(policy::Sublayer::mlp, 1).forward(rec.at(0, "mlp_branch"));
-  CHECK(testing::identical(rec.at(0, "block_output").value(), y.value()));
-  CHECK(testing::identical(rec.at(0, "mlp_input").value(), blk.norm(policy::Sublayer::mlp, 0).forward(h).value()));
+  auto h = rec.at(0, nn::Site::block_input) + blk.norm(policy::Sublayer::attention, 1).forward(rec.at(0, nn::Site::attn_branch));
+  auto y = h + blk.norm(policy::Sublayer::mlp, 1).forward(rec.at(0, nn::Site::mlp_branch));
+  CHECK(testing::identical(rec.at(0, nn::Site::block_output).value(), y.value()));
+  CHECK(testing::identical(rec.at(0, nn::Site::mlp_input).value(), blk.norm(policy::Sublayer::mlp, 0).forward(h).value()));
 }

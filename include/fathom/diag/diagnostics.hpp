@@ -65,22 +65,6 @@ double angular_distance(const std::vector<T>& a, const std::vector<T>& b, std::i
   return rows ? sum / static_cast<double>(rows) : NAN;
 }
 
-// The block index a parameter belongs to (from "layers.N." or "h.N."), or -1 (embeddings, head).
-inline int block_of(std::string_view name) {
-  for (std::string_view key : {".layers.", ".h."}) {
-    auto at = name.find(key);
-    if (at == std::string_view::npos) continue;
-    int v = 0;
-    bool any = false;
-    for (std::size_t i = at + key.size(); i < name.size() && name[i] >= '0' && name[i] <= '9'; ++i) {
-      v = v * 10 + (name[i] - '0');
-      any = true;
-    }
-    if (any) return v;
-  }
-  return -1;
-}
-
 struct DiagnosticsOptions {
   bool variance = true;
   bool angular = true;
@@ -124,8 +108,8 @@ std::vector<double> block_output_variance(const nn::LanguageModel<T, D>& model, 
   autograd::NoGradGuard no_grad;
   std::vector<double> out(static_cast<std::size_t>(model.config().layers), NAN);
   nn::ForwardOptions<T, D> options;
-  options.observer = [&](int block, std::string_view site, const Var<T, D>& v) {
-    if (site == "block_output" && block >= 0 && block < static_cast<int>(out.size()))
+  options.observer = [&](int block, nn::Site site, const Var<T, D>& v) {
+    if (site == nn::Site::block_output && block >= 0 && block < static_cast<int>(out.size()))
       out[static_cast<std::size_t>(block)] = variance(v.value().to_vector());
   };
   model.loss(x, y, options);
@@ -162,16 +146,16 @@ Diagnostics run_diagnostics(nn::LanguageModel<T, D>& model, const std::vector<da
     // (backward) per-block gradient norms.
     std::vector<std::vector<T>> states(uL + 1);
     nn::ForwardOptions<T, D> options;
-    options.observer = [&](int block, std::string_view site, const Var<T, D>& v) {
+    options.observer = [&](int block, nn::Site site, const Var<T, D>& v) {
       if (block < 0 || block >= L) return;
       const auto ub = static_cast<std::size_t>(block);
-      if (site == "block_input") states[ub] = v.value().to_vector();
-      else if (site == "block_output") {
+      if (site == nn::Site::block_input) states[ub] = v.value().to_vector();
+      else if (site == nn::Site::block_output) {
         auto vals = v.value().to_vector();
         d.block_output_variance[ub] += variance(vals) / nb;
         if (block == L - 1) states[uL] = std::move(vals);
-      } else if (site == "attn_branch") d.attn_branch_variance[ub] += variance(v.value().to_vector()) / nb;
-      else if (site == "mlp_branch") d.mlp_branch_variance[ub] += variance(v.value().to_vector()) / nb;
+      } else if (site == nn::Site::attn_branch) d.attn_branch_variance[ub] += variance(v.value().to_vector()) / nb;
+      else if (site == nn::Site::mlp_branch) d.mlp_branch_variance[ub] += variance(v.value().to_vector()) / nb;
     };
     model.zero_grad();
     {
@@ -183,7 +167,7 @@ Diagnostics run_diagnostics(nn::LanguageModel<T, D>& model, const std::vector<da
         autograd::backward(loss);
         std::vector<double> sq(uL, 0.0);
         for (const auto& p : model.parameters()) {
-          const int blk = block_of(p.name);
+          const int blk = p.block();
           if (blk < 0 || blk >= L || !p.var.has_grad()) continue;
           for (const T& g : p.var.grad().to_vector()) {
             const double v = scalar_cast<double>(g);

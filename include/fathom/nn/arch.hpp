@@ -1,5 +1,7 @@
-// Architecture traits Llama and Gpt2: which ArchKind they build and the Hugging Face names of their
-// parameters, so checkpoints load in transformers (LlamaForCausalLM, GPT2LMHeadModel).
+// Architecture traits Llama and Gpt2: what each fixes (ArchSpec: norm, MLP, positions, fused
+// attention projection), its name, and the Hugging Face names of its parameters, so checkpoints load
+// in transformers (LlamaForCausalLM, GPT2LMHeadModel). A runtime ArchKind reaches its trait through
+// visit_arch(), the one place that maps one to the other.
 //
 // Names of norm slots. A policy's norm slot i of a sub-layer gets the same name whatever the policy
 // does with it (PostLN's slot 0 follows the add but is still input_layernorm / ln_1). Slot 0 has the
@@ -11,13 +13,26 @@
 // {i} is the 0-based block index, as in Hugging Face (block i has policy layer l = i + 1).
 #pragma once
 
+#include <concepts>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "fathom/nn/config.hpp"
+#include "fathom/core/error.hpp"
 
 namespace fathom::nn {
+
+enum class ArchKind { llama, gpt2 };
+enum class NormKind { rms, layer };
+enum class MlpKind { swiglu, gelu };
+
+// What an architecture fixes (a ModelConfig cannot change these).
+struct ArchSpec {
+  NormKind norm;
+  MlpKind mlp;
+  bool rope;       // rotary positions; otherwise learned absolute positions (a (max_seq, C) table)
+  bool fused_qkv;  // one (3C, C) projection (GPT-2 c_attn) instead of q_proj, k_proj, v_proj
+};
 
 // Module prefixes (parameter names without ".weight" / ".bias") of one block.
 struct BlockNames {
@@ -32,6 +47,8 @@ struct BlockNames {
 
 struct Llama {
   static constexpr ArchKind kind = ArchKind::llama;
+  static constexpr std::string_view name = "llama";
+  static constexpr ArchSpec spec{NormKind::rms, MlpKind::swiglu, /*rope=*/true, /*fused_qkv=*/false};
 
   static std::string embedding() { return "model.embed_tokens"; }
   static std::string positions() { return ""; }  // rotary: no table
@@ -62,6 +79,8 @@ struct Llama {
 
 struct Gpt2 {
   static constexpr ArchKind kind = ArchKind::gpt2;
+  static constexpr std::string_view name = "gpt2";
+  static constexpr ArchSpec spec{NormKind::layer, MlpKind::gelu, /*rope=*/false, /*fused_qkv=*/true};
 
   static std::string embedding() { return "transformer.wte"; }
   static std::string positions() { return "transformer.wpe"; }
@@ -94,15 +113,39 @@ struct Gpt2 {
   }
 };
 
+// Calls f(Llama{}) or f(Gpt2{}) for `arch`: the one place a runtime ArchKind meets its trait.
+template <class F>
+decltype(auto) visit_arch(ArchKind arch, F&& f) {
+  if (arch == ArchKind::llama) return f(Llama{});
+  return f(Gpt2{});
+}
+
+inline std::string_view to_string(ArchKind a) {
+  return visit_arch(a, [](auto arch) { return decltype(arch)::name; });
+}
+
+inline ArchSpec arch_spec(ArchKind a) {
+  return visit_arch(a, [](auto arch) { return decltype(arch)::spec; });
+}
+
+// The ArchKind named `name` ("llama", "gpt2"); throws naming the valid values otherwise.
+inline ArchKind arch_kind(std::string_view name) {
+  for (ArchKind a : {ArchKind::llama, ArchKind::gpt2})
+    if (to_string(a) == name) return a;
+  FATHOM_FAIL("unknown architecture '" << name << "'; valid architectures: llama, gpt2");
+}
+
 // Whether the Hugging Face checkpoint of architecture `arch` stores parameter `name` transposed
 // relative to fathom's (out, in) layout.
 inline bool hf_transposed(ArchKind arch, std::string_view name) {
-  return arch == ArchKind::gpt2 ? Gpt2::hf_transposed(name) : Llama::hf_transposed(name);
+  return visit_arch(arch, [&](auto a) { return decltype(a)::hf_transposed(name); });
 }
 
 template <class A>
 concept Architecture = requires(int i) {
   { A::kind } -> std::convertible_to<ArchKind>;
+  { A::name } -> std::convertible_to<std::string_view>;
+  { A::spec } -> std::convertible_to<ArchSpec>;
   { A::embedding() } -> std::convertible_to<std::string>;
   { A::positions() } -> std::convertible_to<std::string>;
   { A::final_norm() } -> std::convertible_to<std::string>;

@@ -20,19 +20,28 @@
 
 namespace fathom::nn {
 
-// Called during forward with (block index, site, value); the block index is 0-based (block i is
-// policy layer l = i + 1). Sites, in the order they are reported for each block:
-//   "block_input"   the residual stream entering the block, (B, T, C)
-//   "attn_input"    what the policy passed to the attention branch (e.g. LNS: N(x) / sqrt(l))
-//   "attn_branch"   the attention branch's output F(...)
-//   "mlp_input"     what the policy passed to the MLP branch
-//   "mlp_branch"    the MLP branch's output
-//   "block_output"  the stream leaving the block
+// Where an observer sees the model's values, in the order they are reported for each block:
+//   block_input   the residual stream entering the block, (B, T, C)
+//   attn_input    what the policy passed to the attention branch (e.g. LNS: N(x) / sqrt(l))
+//   attn_branch   the attention branch's output F(...)
+//   mlp_input     what the policy passed to the MLP branch
+//   mlp_branch    the MLP branch's output
+//   block_output  the stream leaving the block
 // A skipped block reports only block_input and block_output (equal). After the last block,
-// DecoderLM reports (L, "final_norm", ...) when the model has a final norm. The values are the
-// graph's own Vars: keep them (or their gradients, with retain_grad) but do not modify them.
+// DecoderLM reports (L, final_norm, ...) when the model has a final norm.
+enum class Site { block_input, attn_input, attn_branch, mlp_input, mlp_branch, block_output, final_norm };
+
+inline std::string_view to_string(Site s) {
+  constexpr std::string_view names[] = {"block_input", "attn_input",   "attn_branch", "mlp_input",
+                                        "mlp_branch",  "block_output", "final_norm"};
+  return names[static_cast<int>(s)];
+}
+
+// Called during forward with (block index, site, value); the block index is 0-based (block i is
+// policy layer l = i + 1). The values are the graph's own Vars: keep them (or their gradients,
+// with retain_grad) but do not modify them.
 template <class T, DeviceTag D>
-using Observer = std::function<void(int, std::string_view, const Var<T, D>&)>;
+using Observer = std::function<void(int, Site, const Var<T, D>&)>;
 
 template <class Policy, FloatingScalar T, DeviceTag D>
 class Block {
@@ -62,13 +71,13 @@ class Block {
   // x (B, T, C) -> (B, T, C). `observer` may be null.
   Var<T, D> forward(const Policy& policy, const Var<T, D>& x, const Observer<T, D>* observer) const {
     const int index = layer_ - 1;
-    auto report = [&](std::string_view site, const Var<T, D>& v) {
+    auto report = [&](Site site, const Var<T, D>& v) {
       if (observer && *observer) (*observer)(index, site, v);
     };
-    report("block_input", x);
+    report(Site::block_input, x);
     Var<T, D> h = run_sublayer(policy, x, policy::Sublayer::attention, report);
     Var<T, D> y = run_sublayer(policy, h, policy::Sublayer::mlp, report);
-    report("block_output", y);
+    report(Site::block_output, y);
     return y;
   }
 
@@ -90,9 +99,9 @@ class Block {
                                             << policy::to_string(kind) << " sub-layer of block " << layer_
                                             << "; apply(s) may call the branch at most once (keep its result "
                                                "in a variable and use that)");
-      report(is_attn ? "attn_input" : "mlp_input", in);
+      report(is_attn ? Site::attn_input : Site::mlp_input, in);
       Var<T, D> out = is_attn ? attn_.forward(in) : mlp_.forward(in);
-      report(is_attn ? "attn_branch" : "mlp_branch", out);
+      report(is_attn ? Site::attn_branch : Site::mlp_branch, out);
       return out;
     };
     auto norm = [&](int slot, const Var<T, D>& in, double out_scale) {

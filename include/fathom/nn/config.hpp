@@ -1,6 +1,6 @@
-// ModelConfig: the sizes and switches of a decoder-only LM, what each architecture fixes (ArchSpec),
-// validation, its JSON form (checkpoints' config.json), and count_parameters(), the exact parameter
-// count computed without allocating.
+// ModelConfig: the sizes and switches of a decoder-only LM (what its architecture fixes is the
+// trait's, nn/arch.hpp), validation, its JSON form (checkpoints' config.json), and
+// count_parameters(), the exact parameter count computed without allocating.
 #pragma once
 
 #include <cmath>
@@ -11,34 +11,9 @@
 #include <nlohmann/json.hpp>
 
 #include "fathom/core/error.hpp"
+#include "fathom/nn/arch.hpp"
 
 namespace fathom::nn {
-
-enum class ArchKind { llama, gpt2 };
-enum class NormKind { rms, layer };
-enum class MlpKind { swiglu, gelu };
-
-inline std::string_view to_string(ArchKind a) { return a == ArchKind::llama ? "llama" : "gpt2"; }
-
-// The ArchKind named `name` ("llama", "gpt2"); throws naming the valid values otherwise.
-inline ArchKind arch_kind(std::string_view name) {
-  for (ArchKind a : {ArchKind::llama, ArchKind::gpt2})
-    if (to_string(a) == name) return a;
-  FATHOM_FAIL("unknown architecture '" << name << "'; valid architectures: llama, gpt2");
-}
-
-// What an architecture fixes (the config cannot change these).
-struct ArchSpec {
-  NormKind norm;
-  MlpKind mlp;
-  bool rope;       // rotary positions; otherwise learned absolute positions (a (max_seq, C) table)
-  bool fused_qkv;  // one (3C, C) projection (GPT-2 c_attn) instead of q_proj, k_proj, v_proj
-};
-
-inline ArchSpec arch_spec(ArchKind a) {
-  if (a == ArchKind::llama) return {NormKind::rms, MlpKind::swiglu, true, false};
-  return {NormKind::layer, MlpKind::gelu, false, true};
-}
 
 namespace detail {
 

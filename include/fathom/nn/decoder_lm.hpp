@@ -56,7 +56,7 @@ class DecoderLM {
                                                  << to_string(Arch::kind) << " but the config ('"
                                                  << config_.name << "') is for "
                                                  << to_string(config_.arch));
-    const ArchSpec spec = arch_spec(config_.arch);
+    constexpr ArchSpec spec = Arch::spec;
     const ModelConfig& c = config_;
     // Refuse a model whose weights alone cannot fit before allocating any of them.
     const std::int64_t n = count_parameters(c, norms_per_sublayer,
@@ -96,8 +96,8 @@ class DecoderLM {
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
       if (i < options.skip.size() && options.skip[i]) {
         if (observer) {
-          (*observer)(static_cast<int>(i), "block_input", x);
-          (*observer)(static_cast<int>(i), "block_output", x);
+          (*observer)(static_cast<int>(i), Site::block_input, x);
+          (*observer)(static_cast<int>(i), Site::block_output, x);
         }
         continue;
       }
@@ -105,7 +105,7 @@ class DecoderLM {
     }
     if (final_norm_) {
       x = final_norm_->forward(x);
-      if (observer) (*observer)(config_.layers, "final_norm", x);
+      if (observer) (*observer)(config_.layers, Site::final_norm, x);
     }
     Var flat = autograd::reshape(x, {B * Tn, static_cast<std::int64_t>(config_.d_model)});  // (B*T, C)
     return autograd::linear(flat, lm_head_weight());  // (B*T, V)

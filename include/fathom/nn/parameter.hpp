@@ -24,8 +24,12 @@ struct NamedParameter {
   std::string name;
   Var<T, D> var;
   // What the parameter is, for init. One entry per equal slice along dimension 0: a fused GPT-2
-  // c_attn weight (3C, C) has three (q, k, v), everything else one.
-  std::vector<policy::ParamInfo> parts;
+  // c_attn weight (3C, C) has three (q, k, v), everything else one. Empty for parameters made
+  // outside a model (an optimizer's tests).
+  std::vector<policy::ParamInfo> parts = {};
+
+  // The 0-based block the parameter belongs to, or -1 (embeddings, final norm, LM head).
+  int block() const { return parts.empty() ? -1 : parts.front().layer - 1; }
 };
 
 // A leaf Var that requires a gradient, named `name`, uninitialized until initialize() runs.

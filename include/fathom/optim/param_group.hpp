@@ -4,15 +4,13 @@
 #include <string>
 #include <vector>
 
-#include "fathom/autograd/var.hpp"
+#include "fathom/nn/parameter.hpp"
 
 namespace fathom::optim {
 
-template <class T, class D>
-struct NamedParameter {
-  std::string name;
-  Var<T, D> var;
-};
+// The parameters an optimizer updates are the models' own (nn/parameter.hpp): a name and a Var
+// sharing the module's value and gradient.
+using nn::NamedParameter;
 
 // The default grouping (as in GPT-2/Llama training code): decay on matrices of linear layers, none
 // on norms, biases and embedding tables (anything 1-D, or named like an embedding).

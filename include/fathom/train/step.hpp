@@ -54,7 +54,7 @@ class LocalUpdate final : public ParameterUpdate<T, D> {
  public:
   using A = accum_t<T>;
   LocalUpdate(Rule rule, const std::vector<nn::NamedParameter<T, D>>& params, double max_norm)
-      : optimizer_(rule, optim_parameters(params)),
+      : optimizer_(rule, params),
         max_norm_(max_norm),
         factor_(Tensor<float, D>::full(Shape{}, 1.0f)),
         sum_squares_(Tensor<A, D>::zeros(Shape{})) {}
@@ -78,14 +78,6 @@ class LocalUpdate final : public ParameterUpdate<T, D> {
   optim::Optimizer<Rule, T, D>& optimizer() { return optimizer_; }
 
  private:
-  static std::vector<optim::NamedParameter<T, D>> optim_parameters(
-      const std::vector<nn::NamedParameter<T, D>>& ps) {
-    std::vector<optim::NamedParameter<T, D>> out;
-    out.reserve(ps.size());
-    for (const auto& p : ps) out.push_back({p.name, p.var});
-    return out;
-  }
-
   optim::Optimizer<Rule, T, D> optimizer_;
   double max_norm_;
   Tensor<float, D> factor_;   // the clip factor, read by the optimizer on the device
