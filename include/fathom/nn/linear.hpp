@@ -21,11 +21,15 @@ class Linear {
   Linear(const std::string& name, std::int64_t in, std::int64_t out, bool bias,
          std::vector<policy::ParamInfo> parts, std::vector<NamedParameter<T, D>>& registry)
       : weight_(make_parameter<T, D>(name + ".weight", Shape{out, in})) {
+    policy::ParamInfo b;  // the bias belongs to the weight's block
+    b.role = policy::ParamRole::bias;
+    if (!parts.empty()) {
+      b.layer = parts.front().layer;
+      b.depth = parts.front().depth;
+    }
     registry.push_back({name + ".weight", weight_, std::move(parts)});
     if (bias) {
       bias_ = make_parameter<T, D>(name + ".bias", Shape{out});
-      policy::ParamInfo b;
-      b.role = policy::ParamRole::bias;
       registry.push_back({name + ".bias", bias_, {b}});
     }
   }

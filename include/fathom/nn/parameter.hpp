@@ -21,12 +21,16 @@ namespace fathom::nn {
 // (optimizer steps, mutable_value().copy_(loaded)), never by assigning a new tensor to a copy.
 template <class T, DeviceTag D>
 struct NamedParameter {
+  NamedParameter() = default;
+  NamedParameter(std::string name_, Var<T, D> var_, std::vector<policy::ParamInfo> parts_ = {})
+      : name(std::move(name_)), var(std::move(var_)), parts(std::move(parts_)) {}
+
   std::string name;
   Var<T, D> var;
   // What the parameter is, for init. One entry per equal slice along dimension 0: a fused GPT-2
   // c_attn weight (3C, C) has three (q, k, v), everything else one. Empty for parameters made
   // outside a model (an optimizer's tests).
-  std::vector<policy::ParamInfo> parts = {};
+  std::vector<policy::ParamInfo> parts;
 
   // The 0-based block the parameter belongs to, or -1 (embeddings, final norm, LM head).
   int block() const { return parts.empty() ? -1 : parts.front().layer - 1; }

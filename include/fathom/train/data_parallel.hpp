@@ -44,7 +44,7 @@ class ShardedUpdate final : public ParameterUpdate<T, D> {
   using A = accum_t<T>;
   ShardedUpdate(Rule rule, const std::vector<nn::NamedParameter<T, D>>& params,
                 dist::GradReducer<T, D>& reducer, double max_norm)
-      : optimizer_(rule, optim_parameters(params), reducer), max_norm_(max_norm) {}
+      : optimizer_(rule, params, reducer), max_norm_(max_norm) {}
 
   void step(double lr) override {
     take_staged();
@@ -64,12 +64,6 @@ class ShardedUpdate final : public ParameterUpdate<T, D> {
   dist::ShardedOptimizer<Rule, T, D>& optimizer() { return optimizer_; }
 
  private:
-  static std::vector<optim::NamedParameter<T, D>> optim_parameters(
-      const std::vector<nn::NamedParameter<T, D>>& ps) {
-    std::vector<optim::NamedParameter<T, D>> out;
-    for (const auto& p : ps) out.push_back({p.name, p.var});
-    return out;
-  }
   // The gathered state, possibly loaded into since: back into this rank's shard, then dropped.
   void take_staged() {
     if (staged_.empty()) return;
