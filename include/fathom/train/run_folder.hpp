@@ -80,7 +80,8 @@ class FolderLock {
   void release() {
 #if FATHOM_RUN_FOLDER_FLOCK
     if (fd_ >= 0) {
-      (void)::ftruncate(fd_, 0);
+      // Empties the holder's pid; a failure only leaves a stale pid in an unlocked file.
+      [[maybe_unused]] const int truncated = ::ftruncate(fd_, 0);
       ::close(fd_);  // releases the flock
     }
 #endif
