@@ -6,6 +6,7 @@
 # is found (scripts/fuzz.sh), then builds the downstream consumer project three ways. Prints the
 # time of each phase. (The unit tests are built once, sanitized; with FATHOM_SKIP_SANITIZE=1 they
 # are built and run in the Release tree instead.)
+# The first check is the source format (scripts/check_format.sh, clang-format 14).
 # Usage: scripts/test.sh
 #   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/test, <dir>/cuda, <dir>/asan),
 #        JOBS (default nproc), FATHOM_TEST_CUDA_EXAMPLES=1 (also compile the CUDA parts of the
@@ -63,7 +64,11 @@ summary() {
 trap summary EXIT
 
 begin "setup (apt-get what is missing)"
-bash scripts/setup.sh
+bash scripts/setup.sh clang-format
+end
+
+begin "format (scripts/check_format.sh)"
+bash scripts/check_format.sh
 end
 
 # nvcc is often installed outside PATH.

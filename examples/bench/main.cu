@@ -99,8 +99,9 @@ struct BenchResult {
 };
 
 template <class T>
-BenchResult bench_one(const Workload& w, const std::string& policy, const BenchOptions& o, double peak_tflops,
-                      const PolicyRegistry& policies, dist::Communicator* comm = nullptr) {
+BenchResult bench_one(const Workload& w, const std::string& policy, const BenchOptions& o,
+                      double peak_tflops, const PolicyRegistry& policies,
+                      dist::Communicator* comm = nullptr) {
   using D = Cuda;
   nn::ModelConfig cfg = nn::preset(w.preset);
   const std::int64_t B = o.batch ? o.batch : w.batch, Tn = o.seq_len ? o.seq_len : w.seq_len;
@@ -123,7 +124,8 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   } else {
     update = train::make_local_update<T, D>(model->parameters(), train::default_rule(), 1.0);
   }
-  train::TrainStep<T, D> train_step(*model, *update, 1, parallel ? &*parallel : nullptr, o.warmup + o.steps + 2);
+  train::TrainStep<T, D> train_step(*model, *update, 1, parallel ? &*parallel : nullptr,
+                                    o.warmup + o.steps + 2);
 
   std::vector<std::int32_t> host(static_cast<std::size_t>(B * Tn));
   for (std::size_t i = 0; i < host.size(); ++i)
@@ -139,8 +141,10 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   cudaGraphExec_t graph_exec = nullptr;
   auto step = [&] {
     if (graph_exec)
-      train_step.accumulate_replayed([&] { FATHOM_CUDA_CHECK(cudaGraphLaunch(graph_exec, cuda::stream())); });
-    else train_step.accumulate(x, y);
+      train_step.accumulate_replayed(
+          [&] { FATHOM_CUDA_CHECK(cudaGraphLaunch(graph_exec, cuda::stream())); });
+    else
+      train_step.accumulate(x, y);
     train_step.update(1e-4);
   };
   for (int i = 0; i < o.warmup; ++i) step();
@@ -153,7 +157,7 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
     FATHOM_CUDA_CHECK(cudaStreamEndCapture(cuda::stream(), &graph));
     FATHOM_CUDA_CHECK(cudaGraphInstantiate(&graph_exec, graph, 0));
     FATHOM_CUDA_CHECK(cudaGraphDestroy(graph));
-    train_step.discard();      // capturing ran nothing; the gradients of the last warm-up step are gone
+    train_step.discard();  // capturing ran nothing; the gradients of the last warm-up step are gone
     train_step.take_losses();  // nor did it compute a loss
     step();
     cuda::synchronize();
@@ -161,7 +165,8 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   // Host time to enqueue one whole step onto an idle GPU (no waiting for a full launch queue).
   const auto host0 = std::chrono::steady_clock::now();
   step();
-  const double host_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host0).count();
+  const double host_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host0).count();
   cuda::synchronize();
   cuda::CachingAllocator::instance().reset_peak();
   // One steady-state step: its memory peak, and (as NVTX range "profile_step") the step that
@@ -170,7 +175,8 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   step();
   nvtxRangePop();
   cuda::synchronize();
-  const double peak_bytes = static_cast<double>(cuda::CachingAllocator::instance().stats().peak_bytes_in_use);
+  const double peak_bytes =
+      static_cast<double>(cuda::CachingAllocator::instance().stats().peak_bytes_in_use);
   const auto mallocs_before = cuda::CachingAllocator::instance().stats().cuda_mallocs;
 
   cudaEvent_t e0, e1;
@@ -184,7 +190,8 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   cudaEventElapsedTime(&ms, e0, e1);
   const auto mallocs_after = cuda::CachingAllocator::instance().stats().cuda_mallocs;
   if (mallocs_after != mallocs_before)
-    std::fprintf(stderr, "note: %zu cudaMalloc calls during timed steps\n", mallocs_after - mallocs_before);
+    std::fprintf(stderr, "note: %zu cudaMalloc calls during timed steps\n",
+                 mallocs_after - mallocs_before);
 
   // FLOPs a token: 6N + 6 L d T, N the parameters without the input embedding (the LM head counts,
   // a tied head once as the embedding matrix it is).
@@ -193,7 +200,8 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   double n_no_embed = n_params - static_cast<double>(c.vocab) * c.d_model;
   if (c.tied) n_no_embed += static_cast<double>(c.vocab) * c.d_model;
   if (c.arch == nn::ArchKind::gpt2) n_no_embed -= static_cast<double>(c.max_seq) * c.d_model;
-  const double flops_per_token = 6.0 * n_no_embed + 6.0 * c.layers * c.d_model * static_cast<double>(Tn);
+  const double flops_per_token =
+      6.0 * n_no_embed + 6.0 * c.layers * c.d_model * static_cast<double>(Tn);
   BenchResult r;
   r.workload = w.preset;
   r.policy = policy;
@@ -223,21 +231,26 @@ inline int main(int argc, char** argv) {
   add_builtin_policies<float, Cuda>(policies);
   CLI::App app{"fathom-bench: training throughput (tokens/s, MFU, peak memory) on one GPU"};
   app.option_defaults()->always_capture_default();
-  app.add_option("--workloads", o.workloads, "comma-separated: llama-130m (seq 256, batch 128), gpt2-124m (seq 1024, batch 32), or any preset");
+  app.add_option("--workloads", o.workloads,
+                 "comma-separated: llama-130m (seq 256, batch 128), gpt2-124m (seq 1024, batch "
+                 "32), or any preset");
   app.add_option("--policies", o.policies, "comma-separated policies: " + policies.joined_names());
   app.add_option("--precision", o.precision, "bf16 or fp32");
   app.add_option("--steps", o.steps, "timed steps");
   app.add_option("--warmup", o.warmup, "untimed steps first");
   app.add_option("--batch", o.batch, "override the workload's batch");
   app.add_option("--seq-len", o.seq_len, "override the workload's sequence length");
-  app.add_option("--peak-tflops", o.peak_tflops, "MFU denominator (0: measure an 8192^3 bf16 GEMM)");
+  app.add_option("--peak-tflops", o.peak_tflops,
+                 "MFU denominator (0: measure an 8192^3 bf16 GEMM)");
   app.add_option("--json-out", o.json_out, "append one JSON line per result to this file");
-  app.add_option("--nproc", o.nproc,
-                 "GPUs of this host to run on (one process each); also runs under mpirun or torchrun");
+  app.add_option(
+      "--nproc", o.nproc,
+      "GPUs of this host to run on (one process each); also runs under mpirun or torchrun");
   app.add_option("--zero", o.zero, "with several GPUs: 1 shards the optimizer state (ZeRO-1)");
-  app.add_flag("--cuda-graph", o.cuda_graph,
-               "replay forward, backward and clipping as one captured CUDA graph (the optimizer step "
-               "runs as usual)");
+  app.add_flag(
+      "--cuda-graph", o.cuda_graph,
+      "replay forward, backward and clipping as one captured CUDA graph (the optimizer step "
+      "runs as usual)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -250,12 +263,14 @@ inline int main(int argc, char** argv) {
     FATHOM_CHECK(o.zero == 0 || o.zero == 1, "--zero: expected 0 or 1, got " << o.zero);
     const auto env = dist::LaunchEnv::from_environment();
     if (o.nproc > 1 && !env.distributed()) {
-      FATHOM_CHECK(!o.cuda_graph, "--cuda-graph: one GPU only (the data-parallel step is not captured)");
+      FATHOM_CHECK(!o.cuda_graph,
+                   "--cuda-graph: one GPU only (the data-parallel step is not captured)");
       return launch_local_ranks(without_nproc(argc, argv), o.nproc).status;
     }
     std::unique_ptr<dist::Communicator> comm;
     if (env.distributed()) {
-      FATHOM_CHECK(!o.cuda_graph, "--cuda-graph: one GPU only (the data-parallel step is not captured)");
+      FATHOM_CHECK(!o.cuda_graph,
+                   "--cuda-graph: one GPU only (the data-parallel step is not captured)");
       rank = env.rank;
 #if defined(FATHOM_HAS_NCCL)
       comm = std::make_unique<dist::NcclCommunicator>(env);  // selects GPU LOCAL_RANK first
@@ -274,13 +289,16 @@ inline int main(int argc, char** argv) {
       std::printf("fathom-bench on %s: bf16 GEMM peak %.0f TFLOP/s (%s)\n", prop.name, peak,
                   o.peak_tflops > 0 ? "given" : "measured, 8192^3");
       if (comm)
-        std::printf("%d GPUs (%s, NCCL)%s, batch per GPU as given; efficiency: total tokens/s over %d x rank 0 "
-                    "alone\n%-12s %-12s %9s %11s %11s %11s %7s %9s %9s\n",
-                    comm->world_size(), env.launcher.c_str(), o.zero ? ", ZeRO-1" : "", comm->world_size(), "workload",
-                    "policy", "params", "1 GPU tok/s", "tok/s/GPU", "total", "effic.", "1 GPU GiB", "GiB/GPU");
+        std::printf(
+            "%d GPUs (%s, NCCL)%s, batch per GPU as given; efficiency: total tokens/s over %d x "
+            "rank 0 "
+            "alone\n%-12s %-12s %9s %11s %11s %11s %7s %9s %9s\n",
+            comm->world_size(), env.launcher.c_str(), o.zero ? ", ZeRO-1" : "", comm->world_size(),
+            "workload", "policy", "params", "1 GPU tok/s", "tok/s/GPU", "total", "effic.",
+            "1 GPU GiB", "GiB/GPU");
       else
-        std::printf("%-12s %-12s %9s %11s %9s %7s %9s %8s\n", "workload", "policy", "params", "tokens/s", "ms/step",
-                    "MFU", "peak GiB", "host ms");
+        std::printf("%-12s %-12s %9s %11s %9s %7s %9s %8s\n", "workload", "policy", "params",
+                    "tokens/s", "ms/step", "MFU", "peak GiB", "host ms");
     }
     std::fflush(stdout);
     std::ofstream json;
@@ -290,7 +308,7 @@ inline int main(int argc, char** argv) {
       for (const auto& policy : split_list(o.policies)) {
         auto run = [&](dist::Communicator* c) {
           return o.precision == "bf16" ? bench_one<bf16>(w, policy, o, peak, policies, c)
-                                         : bench_one<float>(w, policy, o, peak, policies, c);
+                                       : bench_one<float>(w, policy, o, peak, policies, c);
         };
         if (comm) {
           // Rank 0 alone first (the others wait), then every rank together.
@@ -299,7 +317,8 @@ inline int main(int argc, char** argv) {
           cuda::CachingAllocator::instance().release_cached();
           comm->barrier();
           const BenchResult mine = run(comm.get());
-          auto mine_t = Tensor<double, Cuda>::from_vector(Shape{2}, {mine.tokens_per_s, mine.peak_gib});
+          auto mine_t =
+              Tensor<double, Cuda>::from_vector(Shape{2}, {mine.tokens_per_s, mine.peak_gib});
           Tensor<double, Cuda> all(Shape{2 * comm->world_size()});
           dist::all_gather(*comm, mine_t, all);
           comm->synchronize();
@@ -315,8 +334,9 @@ inline int main(int argc, char** argv) {
           for (double g : row.peak_gib) peak_gib = std::max(peak_gib, g);
           const int n = comm->world_size();
           const double efficiency = total / (n * row.single.tokens_per_s);
-          std::printf("%-12s %-12s %8.1fM %11.0f %11.0f %11.0f %6.1f%% %9.2f %9.2f\n", mine.workload.c_str(),
-                      mine.policy.c_str(), mine.params_m, row.single.tokens_per_s, total / n, total, 100 * efficiency,
+          std::printf("%-12s %-12s %8.1fM %11.0f %11.0f %11.0f %6.1f%% %9.2f %9.2f\n",
+                      mine.workload.c_str(), mine.policy.c_str(), mine.params_m,
+                      row.single.tokens_per_s, total / n, total, 100 * efficiency,
                       row.single.peak_gib, peak_gib);
           std::fflush(stdout);
           if (json.is_open())
@@ -340,14 +360,21 @@ inline int main(int argc, char** argv) {
         }
         BenchResult r = run(nullptr);
         const std::string label = r.policy + (o.cuda_graph ? "+graph" : "");
-        std::printf("%-12s %-12s %8.1fM %11.0f %9.2f %6.1f%% %9.2f %8.2f\n", r.workload.c_str(), label.c_str(),
-                    r.params_m, r.tokens_per_s, r.ms_per_step, 100 * r.mfu, r.peak_gib, r.host_ms);
+        std::printf("%-12s %-12s %8.1fM %11.0f %9.2f %6.1f%% %9.2f %8.2f\n", r.workload.c_str(),
+                    label.c_str(), r.params_m, r.tokens_per_s, r.ms_per_step, 100 * r.mfu,
+                    r.peak_gib, r.host_ms);
         std::fflush(stdout);
         if (json.is_open())
-          json << nlohmann::json{{"impl", "fathom"},          {"workload", r.workload},   {"policy", label},
-                                 {"precision", o.precision},  {"tokens_per_s", r.tokens_per_s},
-                                 {"ms_per_step", r.ms_per_step}, {"mfu", r.mfu},        {"peak_gib", r.peak_gib},
-                                 {"gemm_peak_tflops", peak},  {"device", prop.name}}
+          json << nlohmann::json{{"impl", "fathom"},
+                                 {"workload", r.workload},
+                                 {"policy", label},
+                                 {"precision", o.precision},
+                                 {"tokens_per_s", r.tokens_per_s},
+                                 {"ms_per_step", r.ms_per_step},
+                                 {"mfu", r.mfu},
+                                 {"peak_gib", r.peak_gib},
+                                 {"gemm_peak_tflops", peak},
+                                 {"device", prop.name}}
                       .dump()
                << "\n";
         cuda::CachingAllocator::instance().release_cached();

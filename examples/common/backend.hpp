@@ -22,16 +22,18 @@ namespace fathom::programs {
 // Samples `n` tokens after `prompt` (temperature 0: greedy) with nn::generate, as text. `tok` is
 // the tokenizer of the model's training data: it encodes the prompt and decodes the sample.
 template <class T, DeviceTag D>
-std::string sample_text(const nn::LanguageModel<T, D>& model, const data::Tokenizer& tok, const std::string& prompt,
-                        int n, double temperature, std::uint64_t seed) {
+std::string sample_text(const nn::LanguageModel<T, D>& model, const data::Tokenizer& tok,
+                        const std::string& prompt, int n, double temperature, std::uint64_t seed) {
   std::vector<std::int32_t> ids = tok.encode(prompt);
   if (ids.empty()) ids.push_back(std::max(tok.bos_id(), tok.eos_id()));
-  FATHOM_CHECK(ids.back() >= 0, "--prompt: empty, and the tokenizer has no start or end token to begin with");
+  FATHOM_CHECK(ids.back() >= 0,
+               "--prompt: empty, and the tokenizer has no start or end token to begin with");
   nn::GenerateOptions g;
   g.tokens = n;
   g.temperature = temperature;
   g.seed = seed;
-  g.vocab_limit = tok.vocab_size();  // only ids the tokenizer can decode (a larger vocab leaves unused rows)
+  g.vocab_limit =
+      tok.vocab_size();  // only ids the tokenizer can decode (a larger vocab leaves unused rows)
   std::vector<std::int32_t> all = ids;
   const std::vector<std::int32_t> generated = nn::generate(model, std::move(ids), g);
   const std::string head = tok.decode(all);
@@ -45,8 +47,9 @@ std::string sample_text(const nn::LanguageModel<T, D>& model, const data::Tokeni
 // Rebuilds the model a checkpoint was trained as (from its config.json's fathom fields) and loads
 // its weights.
 template <class T, DeviceTag D>
-std::unique_ptr<nn::LanguageModel<T, D>> load_model(const std::filesystem::path& ckpt, const nlohmann::json& fields,
-                                                       const PolicyRegistry& policies) {
+std::unique_ptr<nn::LanguageModel<T, D>> load_model(const std::filesystem::path& ckpt,
+                                                    const nlohmann::json& fields,
+                                                    const PolicyRegistry& policies) {
   auto model = policies.make_model<T, D>(fields.at("model").get<nn::ModelConfig>(),
                                          fields.at("policy").get<std::string>(),
                                          fields.value("policy_options", nlohmann::json::object()),
@@ -58,10 +61,13 @@ std::unique_ptr<nn::LanguageModel<T, D>> load_model(const std::filesystem::path&
 }
 
 template <class T, DeviceTag D>
-int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies, dist::Communicator* comm) {
+int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies,
+                         dist::Communicator* comm) {
   const bool root = !comm || comm->rank() == 0;
   auto model = policies.make_model<T, D>(c.train.model, c.train.policy, c.train.policy_options);
-  if (root) std::printf("parameters: %.2fM\n", static_cast<double>(nn::count_elements(model->parameters())) / 1e6);
+  if (root)
+    std::printf("parameters: %.2fM\n",
+                static_cast<double>(nn::count_elements(model->parameters())) / 1e6);
   std::fflush(stdout);
   // Per-layer output variance on one fixed held-out batch, every --diag-every steps.
   train::PeriodicHook hook;
@@ -73,16 +79,19 @@ int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies, dist
     so.order = data::SampleOrder::sequential;
     data::TokenSource src =
         !o.val_data.empty() ? data::TokenSource::from_pattern(o.val_data, so)
-        : !o.data.empty()   ? data::TokenSource::from_pattern(o.data, so)
-                            : data::TokenSource::from_tokens(
-                                  data::builtin_corpus(data::Split::validation,
-                                                       static_cast<std::size_t>(so.batch * (so.seq_len + 1) + 1), o.seed),
-                                  so, "built-in corpus (validation)");
+        : !o.data.empty()
+            ? data::TokenSource::from_pattern(o.data, so)
+            : data::TokenSource::from_tokens(
+                  data::builtin_corpus(data::Split::validation,
+                                       static_cast<std::size_t>(so.batch * (so.seq_len + 1) + 1),
+                                       o.seed),
+                  so, "built-in corpus (validation)");
     auto b = src.next();
     auto x = Tensor<std::int32_t, D>::from_vector(Shape{b.batch, b.seq_len}, b.inputs);
     auto y = Tensor<std::int32_t, D>::from_vector(Shape{b.batch, b.seq_len}, b.targets);
     hook = [&model, x, y](std::int64_t step, train::MetricsLog& metrics) {
-      metrics.write({{"step", step}, {"layer_variance", diag::block_output_variance<T, D>(*model, x, y)}});
+      metrics.write(
+          {{"step", step}, {"layer_variance", diag::block_output_variance<T, D>(*model, x, y)}});
     };
   }
   auto r = comm ? train::train_data_parallel<T, D>(c.train, *model, *comm, {.zero = c.zero}, hook)
@@ -96,31 +105,39 @@ int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies, dist
   }
   std::printf("\ndone: steps %lld..%lld, loss %.4f -> %.4f", static_cast<long long>(r.first_step),
               static_cast<long long>(r.steps_done), r.first_loss, r.last_loss);
-  if (std::isfinite(r.final_val_loss)) std::printf(", val_loss %.4f (ppl %.2f)", r.final_val_loss, std::exp(r.final_val_loss));
-  std::printf("\n      %.0f tokens/s, %.1f s, %lld tokens", r.tokens_per_s, r.wall_s, static_cast<long long>(r.tokens));
+  if (std::isfinite(r.final_val_loss))
+    std::printf(", val_loss %.4f (ppl %.2f)", r.final_val_loss, std::exp(r.final_val_loss));
+  std::printf("\n      %.0f tokens/s, %.1f s, %lld tokens", r.tokens_per_s, r.wall_s,
+              static_cast<long long>(r.tokens));
   if (r.skipped_steps) std::printf(", %lld steps skipped", static_cast<long long>(r.skipped_steps));
   std::printf("\n      metrics: %s\n      checkpoint: %s\n",
-              (std::filesystem::path(c.train.out) / "metrics.jsonl").string().c_str(), r.last_checkpoint.string().c_str());
+              (std::filesystem::path(c.train.out) / "metrics.jsonl").string().c_str(),
+              r.last_checkpoint.string().c_str());
   if (c.sample_after > 0) {
     auto tok = make_run_tokenizer(c.train.tokenizer, c.train.tokenizer_model, "--sample");
-    std::printf("sample: %s%s\n", c.prompt.c_str(),
-                sample_text<T, D>(*model, *tok, c.prompt, c.sample_after, c.temperature, c.train.seed).c_str());
+    std::printf(
+        "sample: %s%s\n", c.prompt.c_str(),
+        sample_text<T, D>(*model, *tok, c.prompt, c.sample_after, c.temperature, c.train.seed)
+            .c_str());
   }
   return 0;
 }
 
 template <class T, DeviceTag D>
-int Backend<T, D>::generate(const TrainCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields,
-                            const PolicyRegistry& policies) {
+int Backend<T, D>::generate(const TrainCli& c, const std::filesystem::path& ckpt,
+                            const nlohmann::json& fields, const PolicyRegistry& policies) {
   auto tok = checkpoint_tokenizer(ckpt, fields);  // before the model: a refusal costs nothing
   auto model = load_model<T, D>(ckpt, fields, policies);
-  std::cout << c.prompt << sample_text<T, D>(*model, *tok, c.prompt, c.sample_tokens, c.temperature, c.train.seed) << "\n";
+  std::cout << c.prompt
+            << sample_text<T, D>(*model, *tok, c.prompt, c.sample_tokens, c.temperature,
+                                 c.train.seed)
+            << "\n";
   return 0;
 }
 
 template <class T, DeviceTag D>
-int Backend<T, D>::diagnose(const DiagnoseCli& o, const std::filesystem::path& ckpt, const nlohmann::json& fields,
-                            const PolicyRegistry& policies) {
+int Backend<T, D>::diagnose(const DiagnoseCli& o, const std::filesystem::path& ckpt,
+                            const nlohmann::json& fields, const PolicyRegistry& policies) {
   auto model = load_model<T, D>(ckpt, fields, policies);
   const auto& m = model->config();
   // By default the run's own sequence length and held-out data (recorded in trainer_state.json;
@@ -148,7 +165,9 @@ int Backend<T, D>::diagnose(const DiagnoseCli& o, const std::filesystem::path& c
                 so, "built-in corpus (validation)")
           : data::TokenSource::from_pattern(held_out, so);
   std::vector<data::Batch> batches;
-  for (std::int64_t i = 0; i < std::min<std::int64_t>(o.batches, static_cast<std::int64_t>(src.batches_per_pass())); ++i)
+  for (std::int64_t i = 0;
+       i < std::min<std::int64_t>(o.batches, static_cast<std::int64_t>(src.batches_per_pass()));
+       ++i)
     batches.push_back(src.next());
   if (!o.logits_out.empty()) {
     // The first batch's tokens and fathom's logits, in the files scripts/hf_compare.py reads.
@@ -159,20 +178,26 @@ int Backend<T, D>::diagnose(const DiagnoseCli& o, const std::filesystem::path& c
     auto x = Tensor<std::int32_t, D>::from_vector(Shape{b.batch, b.seq_len}, b.inputs);
     auto logits = model->forward(x).value().template cast<float>().template to<Cpu>();  // (B*T, V)
     auto values = logits.to_vector();
-    train::write_safetensors(dir / "compare_logits.safetensors",
-                             {train::make_tensor_record<float>("logits", {b.batch, b.seq_len, m.vocab},
-                                                               std::span<const float>(values))});
+    train::write_safetensors(
+        dir / "compare_logits.safetensors",
+        {train::make_tensor_record<float>("logits", {b.batch, b.seq_len, m.vocab},
+                                          std::span<const float>(values))});
     nlohmann::json tokens = nlohmann::json::array();
     for (std::int64_t r = 0; r < b.batch; ++r)
-      tokens.push_back(std::vector<std::int32_t>(b.inputs.begin() + r * b.seq_len, b.inputs.begin() + (r + 1) * b.seq_len));
-    std::ofstream(dir / "compare_input.json") << nlohmann::json{{"tokens", tokens}, {"logits_file", "compare_logits.safetensors"}}.dump() << "\n";
-    std::fprintf(stderr, "wrote %s/compare_input.json and compare_logits.safetensors\n", dir.string().c_str());
+      tokens.push_back(std::vector<std::int32_t>(b.inputs.begin() + r * b.seq_len,
+                                                 b.inputs.begin() + (r + 1) * b.seq_len));
+    std::ofstream(dir / "compare_input.json")
+        << nlohmann::json{{"tokens", tokens}, {"logits_file", "compare_logits.safetensors"}}.dump()
+        << "\n";
+    std::fprintf(stderr, "wrote %s/compare_input.json and compare_logits.safetensors\n",
+                 dir.string().c_str());
   }
   diag::DiagnosticsOptions dopt;
   dopt.layer_removal = !o.no_removal;
   dopt.gradients = !o.no_gradients;
-  std::fprintf(stderr, "fathom-diagnose: %s, %s, %d layers, %zu batches of %lld x %lld\n", ckpt.string().c_str(),
-               fields.value("policy", std::string("?")).c_str(), m.layers, batches.size(), static_cast<long long>(so.batch),
+  std::fprintf(stderr, "fathom-diagnose: %s, %s, %d layers, %zu batches of %lld x %lld\n",
+               ckpt.string().c_str(), fields.value("policy", std::string("?")).c_str(), m.layers,
+               batches.size(), static_cast<long long>(so.batch),
                static_cast<long long>(so.seq_len));
   auto d = diag::run_diagnostics<T, D>(*model, batches, dopt);
   nlohmann::json j = d.to_json();

@@ -56,20 +56,21 @@ void apply_dataset_info(TrainCli& c, nn::ModelConfig& m) {
     m.vocab = info->vocab_size;
   } else {
     FATHOM_CHECK(c.vocab >= info->vocab_size,
-                 "--vocab " << c.vocab << ": the data's tokenizer (" << info->file.string() << ") has "
-                            << info->vocab_size << " ids; expected --vocab >= " << info->vocab_size
-                            << ", or no --vocab to take the data's");
+                 "--vocab " << c.vocab << ": the data's tokenizer (" << info->file.string()
+                            << ") has " << info->vocab_size << " ids; expected --vocab >= "
+                            << info->vocab_size << ", or no --vocab to take the data's");
   }
   t.tokenizer = info->tokenizer;
   t.tokenizer_model = info->tokenizer_model.string();
   if (const auto val = data::find_dataset_info(t.val_data)) {
-    const bool same_model =
-        val->tokenizer != "sentencepiece" || data::same_file_contents(val->tokenizer_model, info->tokenizer_model);
-    FATHOM_CHECK(val->tokenizer == info->tokenizer && val->vocab_size == info->vocab_size && same_model,
-                 "--val-data: its tokenizer (" << val->file.string() << ": " << val->tokenizer << ", vocab "
-                                               << val->vocab_size << ") is not the training data's ("
-                                               << info->file.string() << ": " << info->tokenizer << ", vocab "
-                                               << info->vocab_size << ")");
+    const bool same_model = val->tokenizer != "sentencepiece" ||
+                            data::same_file_contents(val->tokenizer_model, info->tokenizer_model);
+    FATHOM_CHECK(
+        val->tokenizer == info->tokenizer && val->vocab_size == info->vocab_size && same_model,
+        "--val-data: its tokenizer (" << val->file.string() << ": " << val->tokenizer << ", vocab "
+                                      << val->vocab_size << ") is not the training data's ("
+                                      << info->file.string() << ": " << info->tokenizer
+                                      << ", vocab " << info->vocab_size << ")");
   }
 }
 

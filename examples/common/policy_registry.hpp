@@ -29,8 +29,8 @@ namespace fathom::programs {
 // Builds a freshly constructed (not yet initialized) model of a config's architecture, with the
 // policy's options (config.json's "policy_options", e.g. DeepNorm's alpha).
 template <class T, DeviceTag D>
-using ModelFactory = std::function<std::unique_ptr<nn::LanguageModel<T, D>>(
-    const nn::ModelConfig&, const nlohmann::json&)>;
+using ModelFactory = std::function<std::unique_ptr<nn::LanguageModel<T, D>>(const nn::ModelConfig&,
+                                                                            const nlohmann::json&)>;
 
 // A policy object from its options; the default ignores them and default-constructs the policy.
 template <class Policy>
@@ -103,9 +103,9 @@ class PolicyRegistry {
   // says which names this program knows and how a program learns another one.
   template <class T, DeviceTag D>
   std::unique_ptr<nn::LanguageModel<T, D>> make_model(const nn::ModelConfig& c,
-                                                         const std::string& name,
-                                                         const nlohmann::json& options,
-                                                         const std::string& where = "") const {
+                                                      const std::string& name,
+                                                      const nlohmann::json& options,
+                                                      const std::string& where = "") const {
     const Entry* e = find(name);
     FATHOM_CHECK(e != nullptr, (where.empty() ? std::string() : where + ": ")
                                    << "policy '" << name

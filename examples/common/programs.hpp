@@ -37,7 +37,8 @@ std::string joined(const Names& names) {
   return s;
 }
 
-inline void check_choice(const char* flag, const std::string& value, std::initializer_list<std::string_view> valid) {
+inline void check_choice(const char* flag, const std::string& value,
+                         std::initializer_list<std::string_view> valid) {
   for (auto v : valid)
     if (v == value) return;
   FATHOM_FAIL(flag << ": unknown value '" << value << "'; valid values: " << joined(valid));
@@ -72,8 +73,9 @@ inline std::string resolve_device(const std::string& device) {
   check_choice("--device", device, {"auto", "cpu", "cuda"});
   if (device == "auto") return cuda_available() ? "cuda" : "cpu";
   if (device == "cuda") {
-    FATHOM_CHECK(cuda_built(), "--device cuda: this program was built without CUDA (configure with nvcc "
-                               "available and FATHOM_ENABLE_CUDA=ON)");
+    FATHOM_CHECK(cuda_built(),
+                 "--device cuda: this program was built without CUDA (configure with nvcc "
+                 "available and FATHOM_ENABLE_CUDA=ON)");
     FATHOM_CHECK(cuda_available(), "--device cuda: no CUDA GPU is visible");
   }
   return device;
@@ -90,7 +92,7 @@ struct TrainCli {
   std::string schedule = "cosine";  // cosine | constant | wsd
   double weight_decay = 0.0;
   double min_lr_ratio = 0.1;
-  std::int64_t warmup = -1;         // -1: 10% of the steps
+  std::int64_t warmup = -1;  // -1: 10% of the steps
   int layers = 0, d_model = 0, heads = 0, d_ff = 0, vocab = 0;
   double deepnorm_alpha = 0, deepnorm_beta = 0;
   bool post_ln_no_final_norm = false;
@@ -120,9 +122,12 @@ inline void resolve_train_options(TrainCli& c) {
     r.decoupled = c.optimizer == "adamw";
     c.train.optimizer = r;
   }
-  if (c.schedule == "constant") c.train.schedule = train::ConstantSchedule{};
-  else if (c.schedule == "wsd") c.train.schedule = train::WsdSchedule{c.warmup, c.min_lr_ratio};
-  else c.train.schedule = train::CosineSchedule{c.warmup, c.min_lr_ratio};
+  if (c.schedule == "constant")
+    c.train.schedule = train::ConstantSchedule{};
+  else if (c.schedule == "wsd")
+    c.train.schedule = train::WsdSchedule{c.warmup, c.min_lr_ratio};
+  else
+    c.train.schedule = train::CosineSchedule{c.warmup, c.min_lr_ratio};
 }
 
 // The flag of fathom-train that sets TrainOptions member `option` ("seq_len" -> "--seq-len";
@@ -141,7 +146,8 @@ inline std::string train_error_message(const std::exception& e) {
   if (const auto* oe = dynamic_cast<const train::OptionError*>(&e))
     return train_flag(oe->option()) + ": " + user_message(std::runtime_error(oe->reason()));
   std::string m = user_message(e);
-  if (dynamic_cast<const train::NonFiniteLoss*>(&e)) m += " (--skip-nonfinite skips such steps instead of stopping)";
+  if (dynamic_cast<const train::NonFiniteLoss*>(&e))
+    m += " (--skip-nonfinite skips such steps instead of stopping)";
   return m;
 }
 
@@ -152,7 +158,8 @@ struct DiagnoseCli {
   std::string device = "auto";
   std::string out;
   bool no_removal = false, no_gradients = false;
-  std::string logits_out;  // folder: compare_input.json + compare_logits.safetensors (scripts/hf_compare.py)
+  std::string logits_out;  // folder: compare_input.json + compare_logits.safetensors
+                           // (scripts/hf_compare.py)
 };
 
 // One backend: a precision and a device, compiled in its own translation unit (backend_*.cpp/.cu)
@@ -160,11 +167,12 @@ struct DiagnoseCli {
 template <class T, DeviceTag D>
 struct Backend {
   // With `comm`: this rank's part of a data-parallel run (train::train_data_parallel).
-  static int train(const TrainCli& c, const PolicyRegistry& policies, dist::Communicator* comm = nullptr);
-  static int generate(const TrainCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields,
-                      const PolicyRegistry& policies);
-  static int diagnose(const DiagnoseCli& c, const std::filesystem::path& ckpt, const nlohmann::json& fields,
-                      const PolicyRegistry& policies);
+  static int train(const TrainCli& c, const PolicyRegistry& policies,
+                   dist::Communicator* comm = nullptr);
+  static int generate(const TrainCli& c, const std::filesystem::path& ckpt,
+                      const nlohmann::json& fields, const PolicyRegistry& policies);
+  static int diagnose(const DiagnoseCli& c, const std::filesystem::path& ckpt,
+                      const nlohmann::json& fields, const PolicyRegistry& policies);
   // Registers the built-in policies' models for this backend (builtin_policies() calls it).
   static void add_builtin_policies(PolicyRegistry& policies);
 };

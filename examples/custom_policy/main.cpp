@@ -53,9 +53,11 @@ int train(const char* name, int steps) {
   fathom::nn::DecoderLM<fathom::nn::Llama, Policy, float> model(fathom::nn::preset("tiny"));
   model.init(/*seed=*/1);
   std::printf("policy %s: %lld parameters, %d blocks, batch %d x %d, SGD lr %.2f\n", name,
-              static_cast<long long>(model.num_parameters()), model.config().layers, batch, seq, learning_rate);
+              static_cast<long long>(model.num_parameters()), model.config().layers, batch, seq,
+              learning_rate);
   const auto corpus = fathom::data::builtin_corpus(fathom::data::Split::train, 1 << 18);
-  const auto val = sample(fathom::data::builtin_corpus(fathom::data::Split::validation, 1 << 14), 0);
+  const auto val =
+      sample(fathom::data::builtin_corpus(fathom::data::Split::validation, 1 << 14), 0);
 
   for (int step = 1; step <= steps; ++step) {
     Batch b = sample(corpus, static_cast<std::uint64_t>(step));
@@ -64,13 +66,16 @@ int train(const char* name, int steps) {
     for (auto& p : model.parameters()) {  // plain SGD: w -= lr * dL/dw, in place
       float* w = p.var.mutable_value().data();
       const float* g = p.var.grad().data();
-      for (std::int64_t i = 0; i < p.var.numel(); ++i) w[i] -= static_cast<float>(learning_rate) * g[i];
+      for (std::int64_t i = 0; i < p.var.numel(); ++i)
+        w[i] -= static_cast<float>(learning_rate) * g[i];
     }
     model.zero_grad();
-    if (step == 1 || step % 10 == 0 || step == steps) std::printf("step %3d  loss %.4f\n", step, loss.value().item());
+    if (step == 1 || step % 10 == 0 || step == steps)
+      std::printf("step %3d  loss %.4f\n", step, loss.value().item());
   }
   fathom::autograd::NoGradGuard no_grad;
-  std::printf("validation loss %.4f (uniform guess: %.4f)\n", model.loss(val.tokens, val.targets).value().item(),
+  std::printf("validation loss %.4f (uniform guess: %.4f)\n",
+              model.loss(val.tokens, val.targets).value().item(),
               std::log(static_cast<double>(model.config().vocab)));
   return 0;
 }
@@ -84,8 +89,10 @@ int main(int argc, char** argv) {
     // A program, not the library, turns a name into a type.
     if (policy == "lns-mlp-only") return train<LnsMlpOnly>("lns-mlp-only", steps);
     if (policy == "lns-attn-only") return train<table8::LnsAttentionOnly>("lns-attn-only", steps);
-    if (policy == "scale-before-norm") return train<table8::ScaleBeforeNorm>("scale-before-norm", steps);
-    if (policy == "scale-branch-output") return train<table8::ScaleBranchOutput>("scale-branch-output", steps);
+    if (policy == "scale-before-norm")
+      return train<table8::ScaleBeforeNorm>("scale-before-norm", steps);
+    if (policy == "scale-branch-output")
+      return train<table8::ScaleBranchOutput>("scale-branch-output", steps);
     if (policy == "scale-after-add") return train<table8::ScaleAfterAdd>("scale-after-add", steps);
     if (policy == "lns") return train<fathom::policy::LNS>("lns", steps);
     if (policy == "pre-ln") return train<fathom::policy::PreLN>("pre-ln", steps);

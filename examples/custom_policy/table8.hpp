@@ -11,7 +11,8 @@ namespace table8 {
 
 inline double depth_scale(int layer) { return 1.0 / std::sqrt(static_cast<double>(layer)); }
 
-// Before LN [26.97]: x + F(N(x / sqrt(l))). RMSNorm is scale-invariant, so this is Pre-LN up to eps.
+// Before LN [26.97]: x + F(N(x / sqrt(l))). RMSNorm is scale-invariant, so this is Pre-LN up to
+// eps.
 struct ScaleBeforeNorm {
   template <class S>
   auto apply(S& s) const {
@@ -27,7 +28,8 @@ struct ScaleBranchOutput {
   }
 };
 
-// After the residual add [1358, diverged]: (x + F(N(x))) / sqrt(l), which shrinks the stream itself.
+// After the residual add [1358, diverged]: (x + F(N(x))) / sqrt(l), which shrinks the stream
+// itself.
 struct ScaleAfterAdd {
   template <class S>
   auto apply(S& s) const {

@@ -24,7 +24,8 @@ std::vector<data::Batch> held_out_batches(int count, std::int64_t batch, std::in
   so.batch = batch;
   so.seq_len = seq_len;
   so.order = data::SampleOrder::sequential;
-  auto tokens = data::builtin_corpus(data::Split::validation, static_cast<std::size_t>(count * batch * (seq_len + 1) + 1));
+  auto tokens = data::builtin_corpus(data::Split::validation,
+                                     static_cast<std::size_t>(count * batch * (seq_len + 1) + 1));
   auto source = data::TokenSource::from_tokens(tokens, so, "built-in corpus (validation)");
   std::vector<data::Batch> out;
   for (int i = 0; i < count; ++i) out.push_back(source.next());
@@ -32,7 +33,8 @@ std::vector<data::Batch> held_out_batches(int count, std::int64_t batch, std::in
 }
 
 template <class Policy>
-void study(const char* name, int steps, const std::filesystem::path& out, const std::vector<data::Batch>& held_out) {
+void study(const char* name, int steps, const std::filesystem::path& out,
+           const std::vector<data::Batch>& held_out) {
   nn::ModelConfig config = nn::preset("tiny");
   config.layers = 8;
   nn::DecoderModel<nn::Llama, Policy, float, Cpu> model(config, Policy{});
@@ -54,18 +56,20 @@ void study(const char* name, int steps, const std::filesystem::path& out, const 
   auto x = Tensor<std::int32_t>::from_vector(Shape{probe.batch, probe.seq_len}, probe.inputs);
   auto y = Tensor<std::int32_t>::from_vector(Shape{probe.batch, probe.seq_len}, probe.targets);
   auto log_variance = [&](std::int64_t step, train::MetricsLog& metrics) {
-    metrics.write({{"step", step}, {"layer_variance", diag::block_output_variance<float, Cpu>(model, x, y)}});
+    metrics.write(
+        {{"step", step}, {"layer_variance", diag::block_output_variance<float, Cpu>(model, x, y)}});
   };
   auto result = train::train<float, Cpu>(o, model, log_variance);
 
   // Everything at once on the held-out batches.
   diag::Diagnostics d = diag::run_diagnostics<float, Cpu>(model, held_out);
-  std::printf("\n%s: %d steps, train loss %.3f, held-out loss %.4f\n", name, steps, result.last_loss, d.loss);
+  std::printf("\n%s: %d steps, train loss %.3f, held-out loss %.4f\n", name, steps,
+              result.last_loss, d.loss);
   std::printf("  l  variance(x_l)  d(x_l-1, x_l)  grad norm  loss if removed\n");
   for (int i = 0; i < d.layers; ++i) {
     const auto u = static_cast<std::size_t>(i);
-    std::printf("%3d  %13.4g  %13.4f  %9.4f  %+15.4f\n", i + 1, d.block_output_variance[u], d.angular_distance[u][1],
-                d.grad_norm[u], d.loss_increase[u]);
+    std::printf("%3d  %13.4g  %13.4f  %9.4f  %+15.4f\n", i + 1, d.block_output_variance[u],
+                d.angular_distance[u][1], d.grad_norm[u], d.loss_increase[u]);
   }
 
   // An observer of one's own: the variance of what the policy feeds the MLP branch. Pre-LN feeds
@@ -73,7 +77,8 @@ void study(const char* name, int steps, const std::filesystem::path& out, const 
   std::vector<double> mlp_input(static_cast<std::size_t>(config.layers), 0.0);
   nn::ForwardOptions<float, Cpu> options;
   options.observer = [&](int block, nn::Site site, const Var<float, Cpu>& v) {
-    if (site == nn::Site::mlp_input) mlp_input[static_cast<std::size_t>(block)] = diag::variance(v.value().to_vector());
+    if (site == nn::Site::mlp_input)
+      mlp_input[static_cast<std::size_t>(block)] = diag::variance(v.value().to_vector());
   };
   {
     autograd::NoGradGuard no_grad;
@@ -102,11 +107,12 @@ int main(int argc, char** argv) {
     const auto held_out = held_out_batches(/*count=*/4, /*batch=*/8, /*seq_len=*/64);
     study<policy::PreLN>("pre-ln", steps, out, held_out);
     study<policy::LNS>("lns", steps, out, held_out);
-    std::printf("\nwrote %s/{pre-ln,lns}.json and %s/{pre-ln,lns}/metrics.jsonl; draw them with\n"
-                "  tools/plot.py diagnose %s/pre-ln.json %s/lns.json --out plots\n"
-                "  tools/plot.py metrics %s/pre-ln %s/lns --out plots\n",
-                out.string().c_str(), out.string().c_str(), out.string().c_str(), out.string().c_str(),
-                out.string().c_str(), out.string().c_str());
+    std::printf(
+        "\nwrote %s/{pre-ln,lns}.json and %s/{pre-ln,lns}/metrics.jsonl; draw them with\n"
+        "  tools/plot.py diagnose %s/pre-ln.json %s/lns.json --out plots\n"
+        "  tools/plot.py metrics %s/pre-ln %s/lns --out plots\n",
+        out.string().c_str(), out.string().c_str(), out.string().c_str(), out.string().c_str(),
+        out.string().c_str(), out.string().c_str());
   } catch (const Error& e) {
     std::fprintf(stderr, "diagnostics_api: %s\n", e.what());
     return 1;

@@ -51,7 +51,7 @@ struct Options {
   std::string extensions;
   std::string builtin;
   std::uint64_t seed = 0;
-  int threads = 0;  // 0: one per core
+  int threads = 0;                     // 0: one per core
   std::string tokenizer_lines = "2M";  // lines --train-tokenizer samples
   bool overwrite = false;
   bool quiet = false;
@@ -69,23 +69,34 @@ std::uint64_t parse_count(const std::string& flag, const std::string& text) {
   double scale = 1;
   if (used + 1 == text.size()) {
     switch (text.back()) {
-      case 'k': case 'K': scale = 1e3; break;
-      case 'm': case 'M': scale = 1e6; break;
-      case 'g': case 'G': scale = 1e9; break;
-      default: used = 0;
+      case 'k':
+      case 'K':
+        scale = 1e3;
+        break;
+      case 'm':
+      case 'M':
+        scale = 1e6;
+        break;
+      case 'g':
+      case 'G':
+        scale = 1e9;
+        break;
+      default:
+        used = 0;
     }
   } else if (used != text.size()) {
     used = 0;
   }
-  FATHOM_CHECK(used > 0 && value * scale >= 1 && value * scale < 1e15,
-               flag << ": expected a positive count such as 100000000, 1e8 or 100M, got '" << text
-                    << "'");
+  FATHOM_CHECK(
+      used > 0 && value * scale >= 1 && value * scale < 1e15,
+      flag << ": expected a positive count such as 100000000, 1e8 or 100M, got '" << text << "'");
   return static_cast<std::uint64_t>(std::llround(value * scale));
 }
 
 std::string with_commas(std::uint64_t n) {
   std::string s = std::to_string(n);
-  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(static_cast<std::size_t>(i), ",");
+  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3)
+    s.insert(static_cast<std::size_t>(i), ",");
   return s;
 }
 
@@ -163,8 +174,8 @@ InputFiles collect_inputs(const std::vector<std::string>& inputs, const std::str
       std::sort(found.begin(), found.end());
       for (const auto& f : found) add(f);
     } else {
-      FATHOM_CHECK(fs::is_regular_file(p, ec), "input '" << input
-                                                          << "': expected a file or a folder");
+      FATHOM_CHECK(fs::is_regular_file(p, ec),
+                   "input '" << input << "': expected a file or a folder");
       std::size_t nul_at = 0;
       FATHOM_CHECK(!looks_binary(p, &nul_at),
                    "input '" << input << "': expected text, but it looks binary ("
@@ -178,9 +189,9 @@ InputFiles collect_inputs(const std::vector<std::string>& inputs, const std::str
   FATHOM_CHECK(!result.files.empty(),
                "no text files found in the inputs"
                    << (wanted.empty() ? "" : " with the extensions given by --ext")
-                   << (result.skipped_binary ? " (" + std::to_string(result.skipped_binary) +
-                                                   " binary files skipped)"
-                                             : std::string()));
+                   << (result.skipped_binary
+                           ? " (" + std::to_string(result.skipped_binary) + " binary files skipped)"
+                           : std::string()));
   return result;
 }
 
@@ -250,7 +261,9 @@ class ParallelEncoder {
  public:
   using Emit = std::function<void(std::uint32_t)>;
   ParallelEncoder(const fathom::data::Tokenizer& tokenizer, int threads, Emit emit)
-      : tokenizer_(tokenizer), threads_(std::max(1, threads)), emit_(std::move(emit)),
+      : tokenizer_(tokenizer),
+        threads_(std::max(1, threads)),
+        emit_(std::move(emit)),
         batch_bytes_(static_cast<std::size_t>(threads_) * (4u << 20)) {}
 
   void text(std::string_view s) {
@@ -262,8 +275,10 @@ class ParallelEncoder {
   // Ends a document: the tokenizer's end-of-text id follows (when it has one).
   void end_document() {
     if (tokenizer_.eos_id() < 0) return;
-    if (jobs_.empty()) jobs_.push_back({std::string(), true});
-    else jobs_.back().eos_after = true;
+    if (jobs_.empty())
+      jobs_.push_back({std::string(), true});
+    else
+      jobs_.back().eos_after = true;
   }
   void flush() {
     std::vector<std::vector<std::int32_t>> ids(jobs_.size());
@@ -315,8 +330,12 @@ class ShardWriter {
  public:
   ShardWriter(fs::path dir, std::string split, std::uint64_t shard_tokens, TokenWidth width,
               bool quiet)
-      : dir_(std::move(dir)), split_(std::move(split)), shard_tokens_(shard_tokens), width_(width),
-        quiet_(quiet), clear_line_(!quiet && ::isatty(2)) {}
+      : dir_(std::move(dir)),
+        split_(std::move(split)),
+        shard_tokens_(shard_tokens),
+        width_(width),
+        quiet_(quiet),
+        clear_line_(!quiet && ::isatty(2)) {}
 
   void add(std::uint32_t token) {
     buffer_.push_back(token);
@@ -336,8 +355,8 @@ class ShardWriter {
     std::snprintf(name, sizeof name, "%s_%06d.bin", split_.c_str(), shards_);
     fathom::data::write_shard(dir_ / name, buffer_, width_);
     if (!quiet_)
-      std::cout << (clear_line_ ? "\r\033[K" : "") << name << ": " << with_commas(buffer_.size()) << " tokens"
-                << std::endl;
+      std::cout << (clear_line_ ? "\r\033[K" : "") << name << ": " << with_commas(buffer_.size())
+                << " tokens" << std::endl;
     tokens_ += buffer_.size();
     ++shards_;
     buffer_.clear();
@@ -397,7 +416,8 @@ class Progress {
     last_ = now;
     const double s = std::chrono::duration<double>(now - start_).count();
     std::fprintf(stderr, "\r\033[K[%zu/%zu files] %.2f M tokens, %.1f MB/s", file + 1, files,
-                 static_cast<double>(tokens) / 1e6, s > 0 ? static_cast<double>(bytes) / 1e6 / s : 0.0);
+                 static_cast<double>(tokens) / 1e6,
+                 s > 0 ? static_cast<double>(bytes) / 1e6 / s : 0.0);
     std::fflush(stderr);
   }
   void done() {
@@ -453,8 +473,8 @@ class Staging {
     fs::create_directory(path_, ec);
     // Fail now, not after tokenizing everything, when the folder is not writable.
     std::ofstream probe(path_ / "probe");
-    FATHOM_CHECK(!ec && (probe << "ok"), "--out '" << dir_.string()
-                                                   << "': cannot write into the folder");
+    FATHOM_CHECK(!ec && (probe << "ok"),
+                 "--out '" << dir_.string() << "': cannot write into the folder");
     probe.close();
     fs::remove(path_ / "probe");
   }
@@ -518,8 +538,8 @@ int run(const Options& o) {
   const std::uint64_t shard_tokens = parse_count("--shard-tokens", o.shard_tokens);
   const std::uint64_t val_block = parse_count("--val-block", o.val_block);
   FATHOM_CHECK(shard_tokens <= static_cast<std::uint64_t>(INT32_MAX),
-               "--shard-tokens: expected at most " << INT32_MAX << " (the header count is int32), got "
-                                                   << shard_tokens);
+               "--shard-tokens: expected at most "
+                   << INT32_MAX << " (the header count is int32), got " << shard_tokens);
   FATHOM_CHECK(o.val_fraction >= 0 && o.val_fraction < 1,
                "--val-fraction: expected a fraction in [0, 1), got " << o.val_fraction);
   FATHOM_CHECK(o.val_inputs.empty() || !o.val_fraction_given,
@@ -531,13 +551,15 @@ int run(const Options& o) {
                         : "expected input files or folders, or --builtin TOKENS; see --help"));
   FATHOM_CHECK(!builtin || (o.tokenizer == "byte" && o.train_tokenizer == 0),
                "--builtin: the built-in corpus is byte-level; expected no --tokenizer or "
-               "--train-tokenizer, got '" << o.tokenizer << "'");
-  FATHOM_CHECK(o.train_tokenizer == 0 || o.tokenizer == "byte",
-               "--train-tokenizer trains a new model; expected no --tokenizer, got '" << o.tokenizer
-                                                                                    << "'");
+               "--train-tokenizer, got '"
+                   << o.tokenizer << "'");
+  FATHOM_CHECK(
+      o.train_tokenizer == 0 || o.tokenizer == "byte",
+      "--train-tokenizer trains a new model; expected no --tokenizer, got '" << o.tokenizer << "'");
 
-  FATHOM_CHECK(!builtin || o.val_inputs.empty(),
-               "--builtin: the built-in corpus has its own validation stream; expected no --val-input");
+  FATHOM_CHECK(
+      !builtin || o.val_inputs.empty(),
+      "--builtin: the built-in corpus has its own validation stream; expected no --val-input");
   InputFiles inputs, val_inputs;
   if (!builtin) inputs = collect_inputs(o.inputs, o.extensions);
   if (!o.val_inputs.empty()) val_inputs = collect_inputs(o.val_inputs, o.extensions);
@@ -550,15 +572,17 @@ int run(const Options& o) {
 #if FATHOM_WITH_SENTENCEPIECE
     fs::path model(o.tokenizer);
     if (o.train_tokenizer > 0) {
-      if (!o.quiet) std::cout << "training a sentencepiece model of " << o.train_tokenizer
-                              << " pieces on " << inputs.files.size() << " files" << std::endl;
+      if (!o.quiet)
+        std::cout << "training a sentencepiece model of " << o.train_tokenizer << " pieces on "
+                  << inputs.files.size() << " files" << std::endl;
       std::size_t file = 0;
       std::uint64_t text_lines = 0, text_bytes = 0;
       std::ifstream in;
       auto next_line = [&](std::string& line) {
         for (;;) {
           if (in.is_open() && std::getline(in, line)) {
-            if (!line.empty() && !(o.split_records && line.size() == 1 && line[0] == record_separator)) {
+            if (!line.empty() &&
+                !(o.split_records && line.size() == 1 && line[0] == record_separator)) {
               text_lines += 1;
               text_bytes += line.size() + 1;
               return true;
@@ -574,7 +598,8 @@ int run(const Options& o) {
       fathom::data::SentencePieceTraining training;
       training.vocab_size = o.train_tokenizer;
       training.seed = static_cast<unsigned int>(o.seed);
-      training.max_sentences = static_cast<long long>(parse_count("--tokenizer-lines", o.tokenizer_lines));
+      training.max_sentences =
+          static_cast<long long>(parse_count("--tokenizer-lines", o.tokenizer_lines));
       training.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
       try {
         fathom::data::train_sentencepiece(stage / "tokenizer", training, next_line);
@@ -587,9 +612,10 @@ int run(const Options& o) {
       // Too little text for the vocabulary asked for: sentencepiece stops early with fewer pieces.
       const fathom::data::SentencePieceTokenizer trained(model);
       FATHOM_CHECK(trained.vocab_size() == o.train_tokenizer,
-                   "--train-tokenizer " << o.train_tokenizer << ": the inputs (" << with_commas(text_lines)
-                                        << " lines, " << with_commas(text_bytes)
-                                        << " bytes) yield only " << trained.vocab_size()
+                   "--train-tokenizer " << o.train_tokenizer << ": the inputs ("
+                                        << with_commas(text_lines) << " lines, "
+                                        << with_commas(text_bytes) << " bytes) yield only "
+                                        << trained.vocab_size()
                                         << " pieces; expected more text or a smaller vocabulary");
     } else {
       FATHOM_CHECK(fs::is_regular_file(model),
@@ -603,8 +629,9 @@ int run(const Options& o) {
     tokenizer = std::move(sp);
 #else
     if (o.train_tokenizer > 0)
-      FATHOM_FAIL("--train-tokenizer: this fathom-prepare was built without sentencepiece "
-                  "(install libsentencepiece-dev and rebuild for sentencepiece models)");
+      FATHOM_FAIL(
+          "--train-tokenizer: this fathom-prepare was built without sentencepiece "
+          "(install libsentencepiece-dev and rebuild for sentencepiece models)");
     FATHOM_FAIL("--tokenizer '" << o.tokenizer
                                 << "': this fathom-prepare was built without sentencepiece; "
                                    "expected 'byte' (install libsentencepiece-dev and rebuild "
@@ -630,17 +657,20 @@ int run(const Options& o) {
     const std::uint64_t n = parse_count("--builtin", o.builtin);
     for (std::int32_t t : fathom::data::builtin_corpus(fathom::data::Split::train, n, o.seed))
       train.add(static_cast<std::uint32_t>(t));
-    const std::uint64_t n_val = static_cast<std::uint64_t>(std::llround(static_cast<double>(n) * val_fraction));
+    const std::uint64_t n_val =
+        static_cast<std::uint64_t>(std::llround(static_cast<double>(n) * val_fraction));
     if (n_val > 0)
-      for (std::int32_t t : fathom::data::builtin_corpus(fathom::data::Split::validation, n_val, o.seed))
+      for (std::int32_t t :
+           fathom::data::builtin_corpus(fathom::data::Split::validation, n_val, o.seed))
         val.add(static_cast<std::uint32_t>(t));
     source = {{"type", "builtin"}, {"seed", o.seed}};
   } else {
     Progress progress(!o.quiet);
     std::uint64_t bytes_done = 0;
     std::uint64_t documents = 0;
-    const int threads = o.threads > 0 ? o.threads
-                                      : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int threads = o.threads > 0
+                            ? o.threads
+                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     // Each file is a document, and with --split-records so is each record of a file.
     auto tokenize = [&](const InputFiles& files, ParallelEncoder& encoder) {
       for (std::size_t f = 0; f < files.files.size(); ++f) {
@@ -681,14 +711,19 @@ int run(const Options& o) {
       FATHOM_CHECK(bytes_done > before, "--val-input: the validation inputs hold no text");
     }
     progress.done();
-    source = {{"type", "files"}, {"inputs", o.inputs}, {"val_inputs", o.val_inputs},
-              {"files", inputs.files.size() + val_inputs.files.size()}, {"documents", documents},
-              {"skipped_binary", inputs.skipped_binary}, {"bytes", bytes_done}};
+    source = {{"type", "files"},
+              {"inputs", o.inputs},
+              {"val_inputs", o.val_inputs},
+              {"files", inputs.files.size() + val_inputs.files.size()},
+              {"documents", documents},
+              {"skipped_binary", inputs.skipped_binary},
+              {"bytes", bytes_done}};
   }
   train.finish();
   val.finish();
   FATHOM_CHECK(train.tokens() > 0,
-               "the train split is empty: all " << with_commas(val.tokens())
+               "the train split is empty: all "
+                   << with_commas(val.tokens())
                    << " tokens went to validation; expected more input, a smaller --val-block ("
                    << val_block << ") or a smaller --val-fraction (" << o.val_fraction << ")");
   FATHOM_CHECK(val_fraction == 0 || val.tokens() > 0,
@@ -698,7 +733,8 @@ int run(const Options& o) {
       {"format", "llm.c token shards"},
       {"token_width", fathom::data::width_name(width)},
       {"tokenizer", tokenizer_info},
-      {"train", {{"pattern", "train_*.bin"}, {"shards", train.shards()}, {"tokens", train.tokens()}}},
+      {"train",
+       {{"pattern", "train_*.bin"}, {"shards", train.shards()}, {"tokens", train.tokens()}}},
       {"val", {{"pattern", "val_*.bin"}, {"shards", val.shards()}, {"tokens", val.tokens()}}},
       {"val_fraction", val_fraction},
       {"val_block", val_block},
@@ -722,8 +758,8 @@ int run(const Options& o) {
   }
   summary << " -> " << with_commas(train.tokens()) << " train tokens in " << train.shards()
           << (train.shards() == 1 ? " shard, " : " shards, ") << with_commas(val.tokens())
-          << " val tokens in " << val.shards() << (val.shards() == 1 ? " shard" : " shards")
-          << "; " << tokenizer->name() << " tokenizer (vocab " << tokenizer->vocab_size() << "), "
+          << " val tokens in " << val.shards() << (val.shards() == 1 ? " shard" : " shards") << "; "
+          << tokenizer->name() << " tokenizer (vocab " << tokenizer->vocab_size() << "), "
           << fathom::data::width_name(width) << ", in " << out.string() << " ("
           << static_cast<int>(seconds * 10) / 10.0 << " s)";
   std::cout << summary.str() << std::endl;
@@ -781,11 +817,13 @@ int main(int argc, char** argv) {
   app.add_option("--ext", o.extensions,
                  "In folders, take only files with these extensions (comma list, e.g. txt,md; "
                  "'none' = no extension); default: every text file");
-  app.add_option("--builtin", o.builtin,
-                 "Write this many tokens of the built-in corpus (and --val-fraction as many from its "
-                 "validation stream) instead of reading inputs");
+  app.add_option(
+      "--builtin", o.builtin,
+      "Write this many tokens of the built-in corpus (and --val-fraction as many from its "
+      "validation stream) instead of reading inputs");
   app.add_option("--seed", o.seed,
-                 "Seed of the built-in corpus, and of the sample of lines --train-tokenizer uses")->capture_default_str();
+                 "Seed of the built-in corpus, and of the sample of lines --train-tokenizer uses")
+      ->capture_default_str();
   app.add_flag("--overwrite", o.overwrite, "Replace shards already in --out");
   app.add_flag("--quiet,-q", o.quiet, "Print only the summary line");
   try {

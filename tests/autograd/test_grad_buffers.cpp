@@ -51,8 +51,9 @@ bool all_finite(const std::vector<double>& v) {
 }
 
 // Runs graph(inputs) -> scalar, backward, and returns every input's gradient, concatenated.
-std::vector<double> gradients(const std::function<Var<double>(const std::vector<Var<double>>&)>& graph,
-                              const std::vector<Shape>& shapes) {
+std::vector<double> gradients(
+    const std::function<Var<double>(const std::vector<Var<double>>&)>& graph,
+    const std::vector<Shape>& shapes) {
   FreshTape fresh;
   std::vector<Var<double>> in;
   for (std::size_t i = 0; i < shapes.size(); ++i) in.push_back(leaf(shapes[i], 100 + i));
@@ -68,7 +69,8 @@ std::vector<double> gradients(const std::function<Var<double>(const std::vector<
 
 }  // namespace
 
-TEST_CASE("a gradient passed on by add is copied before another backward adds to it", "[autograd][grad]") {
+TEST_CASE("a gradient passed on by add is copied before another backward adds to it",
+          "[autograd][grad]") {
   FreshTape fresh;
   Var<double> a = leaf(Shape{5}, 1), b = leaf(Shape{5}, 2), c = leaf(Shape{5}, 3);
   auto step = [&] { ag::backward(ag::sum((a + b) * c)); };
@@ -87,7 +89,8 @@ TEST_CASE("a gradient passed on by add is copied before another backward adds to
   CHECK(b.grad().to_vector() == gb);
 }
 
-TEST_CASE("zeroing a gradient that shares its buffer leaves the other one alone", "[autograd][grad]") {
+TEST_CASE("zeroing a gradient that shares its buffer leaves the other one alone",
+          "[autograd][grad]") {
   FreshTape fresh;
   Var<double> a = leaf(Shape{5}, 1), b = leaf(Shape{5}, 2), c = leaf(Shape{5}, 3);
   ag::backward(ag::sum((a + b) * c));  // a and b are lent one buffer
@@ -122,25 +125,36 @@ TEST_CASE("kernels that overwrite fresh gradient buffers never read them (NaN-po
     std::vector<Shape> shapes;
   };
   const std::vector<Case> cases = {
-      {"linear with bias", [](auto& v) { return ag::sum(ag::linear(v[0], v[1], v[2]) * v[3]); },
+      {"linear with bias",
+       [](auto& v) { return ag::sum(ag::linear(v[0], v[1], v[2]) * v[3]); },
        {x, Shape{5, 8}, Shape{5}, Shape{2, 3, 5}}},
-      {"matmul", [](auto& v) { return ag::sum(ag::matmul(v[0], v[1]) * v[2]); },
+      {"matmul",
+       [](auto& v) { return ag::sum(ag::matmul(v[0], v[1]) * v[2]); },
        {Shape{2, 4, 3}, Shape{2, 3, 5}, Shape{2, 4, 5}}},
-      {"rms_norm", [](auto& v) { return ag::sum(ag::rms_norm(v[0], v[1], 1e-6, 0.5) * v[2]); },
+      {"rms_norm",
+       [](auto& v) { return ag::sum(ag::rms_norm(v[0], v[1], 1e-6, 0.5) * v[2]); },
        {x, Shape{8}, x}},
-      {"layer_norm", [](auto& v) { return ag::sum(ag::layer_norm(v[0], v[1], v[2], 1e-5, 0.7) * v[3]); },
+      {"layer_norm",
+       [](auto& v) { return ag::sum(ag::layer_norm(v[0], v[1], v[2], 1e-5, 0.7) * v[3]); },
        {x, Shape{8}, Shape{8}, x}},
       {"rope", [](auto& v) { return ag::sum(ag::rope(v[0], 2) * v[1]); }, {x, x}},
       {"gelu", [](auto& v) { return ag::sum(ag::gelu(v[0]) * v[1]); }, {x, x}},
       {"silu", [](auto& v) { return ag::sum(ag::silu(v[0]) * v[1]); }, {x, x}},
       {"swiglu", [](auto& v) { return ag::sum(ag::swiglu(v[0], v[1]) * v[2]); }, {x, x, x}},
       {"softmax", [](auto& v) { return ag::sum(ag::softmax(v[0]) * v[1]); }, {x, x}},
-      {"attention", [](auto& v) { return ag::sum(ag::attention(v[0], v[1], v[2], 2) * v[3]); }, {x, x, x, x}},
-      {"attention_qkv", [](auto& v) { return ag::sum(ag::attention_qkv(v[0], 2) * v[1]); },
+      {"attention",
+       [](auto& v) { return ag::sum(ag::attention(v[0], v[1], v[2], 2) * v[3]); },
+       {x, x, x, x}},
+      {"attention_qkv",
+       [](auto& v) { return ag::sum(ag::attention_qkv(v[0], 2) * v[1]); },
        {Shape{2, 3, 24}, x}},
-      {"gelu_mlp", [](auto& v) { return ag::sum(ag::gelu_mlp(v[0], v[1], &v[2], v[3], &v[4]) * v[5]); },
+      {"gelu_mlp",
+       [](auto& v) { return ag::sum(ag::gelu_mlp(v[0], v[1], &v[2], v[3], &v[4]) * v[5]); },
        {x, Shape{6, 8}, Shape{6}, Shape{8, 6}, Shape{8}, x}},
-      {"add and reshape", [](auto& v) { return ag::sum(ag::reshape(v[0] + v[1], {6, 8}) * ag::reshape(v[2], {6, 8})); },
+      {"add and reshape",
+       [](auto& v) {
+         return ag::sum(ag::reshape(v[0] + v[1], {6, 8}) * ag::reshape(v[2], {6, 8}));
+       },
        {x, x, x}},
   };
   for (const auto& c : cases) {
@@ -165,8 +179,9 @@ TEST_CASE("a poisoned allocation reads as NaN (the check above can fail)", "[aut
   for (auto v : h.to_vector()) CHECK(std::isnan(static_cast<float>(v)));
 }
 
-TEMPLATE_TEST_CASE("whole-model gradients do not depend on what fresh buffers held", "[autograd][grad]",
-                   fathom::policy::LNS, fathom::policy::PostLN, fathom::policy::SandwichLN) {
+TEMPLATE_TEST_CASE("whole-model gradients do not depend on what fresh buffers held",
+                   "[autograd][grad]", fathom::policy::LNS, fathom::policy::PostLN,
+                   fathom::policy::SandwichLN) {
   for (auto arch : {nn::ArchKind::llama, nn::ArchKind::gpt2}) {
     INFO((arch == nn::ArchKind::llama ? "llama" : "gpt2"));
     auto cfg = fathom::testing::tiny_config(arch, 3);
@@ -185,8 +200,10 @@ TEMPLATE_TEST_CASE("whole-model gradients do not depend on what fresh buffers he
           out.insert(out.end(), g.begin(), g.end());
         }
       };
-      if (arch == nn::ArchKind::llama) body(nn::DecoderLM<nn::Llama, TestType, double>(cfg));
-      else body(nn::DecoderLM<nn::Gpt2, TestType, double>(cfg));
+      if (arch == nn::ArchKind::llama)
+        body(nn::DecoderLM<nn::Llama, TestType, double>(cfg));
+      else
+        body(nn::DecoderLM<nn::Gpt2, TestType, double>(cfg));
       return out;
     };
     const auto plain = run();
@@ -201,7 +218,8 @@ TEMPLATE_TEST_CASE("whole-model gradients do not depend on what fresh buffers he
   }
 }
 
-TEST_CASE("attention_qkv equals attention on the three slices, values and gradients", "[autograd][attention]") {
+TEST_CASE("attention_qkv equals attention on the three slices, values and gradients",
+          "[autograd][attention]") {
   const std::int64_t B = 2, T = 5, C = 6;
   const bool causal = GENERATE(true, false);
   auto packed = Tensor<double>::randn(Shape{B, T, 3 * C}, 21);
@@ -225,7 +243,9 @@ TEST_CASE("attention_qkv gradients match finite differences", "[autograd][attent
       {{1, 1, 1, 3}, {2, 5, 2, 3}, {1, 7, 3, 2}}));
   INFO("B " << B << " T " << T << " H " << H << " hd " << hd);
   auto result = ag::gradcheck(
-      [&](const std::vector<Var<double>>& in) { return ag::attention_qkv(in[0], static_cast<int>(H)); },
+      [&](const std::vector<Var<double>>& in) {
+        return ag::attention_qkv(in[0], static_cast<int>(H));
+      },
       {leaf(Shape{B, T, 3 * H * hd}, 23)});
   INFO(result.first_failure);
   CHECK(result.ok);

@@ -97,8 +97,8 @@ TEST_CASE("bf16 keeps infinities and NaNs", "[core][scalar][bf16]") {
 
   // Quiet NaN, negative NaN, and NaNs whose payload sits only in the low 16 bits (plain
   // truncation or rounding would turn these into infinity).
-  for (std::uint32_t nan_bits : {0x7fc00000u, 0xffc00000u, 0x7f800001u, 0xff800001u, 0x7f80ffffu,
-                                 0x7fffffffu}) {
+  for (std::uint32_t nan_bits :
+       {0x7fc00000u, 0xffc00000u, 0x7f800001u, 0xff800001u, 0x7f80ffffu, 0x7fffffffu}) {
     INFO("NaN bits 0x" << std::hex << nan_bits);
     const bf16 b(float_from_bits(nan_bits));
     CHECK(is_bf16_nan(b.bits));

@@ -6,7 +6,8 @@ namespace {
 
 // Device code touching what fathom promises works on the device: bf16 conversion both ways and
 // the counter-based RNG.
-__global__ void cuda_compile_kernel(fathom::bf16* out, float* noise, int n, unsigned long long seed) {
+__global__ void cuda_compile_kernel(fathom::bf16* out, float* noise, int n,
+                                    unsigned long long seed) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) {
     float x = static_cast<float>(out[i]);

@@ -94,7 +94,8 @@ void check_agreement(const std::string& sentence) {
   INFO(sentence);
   REQUIRE(number != -1);
   bool agrees = false;
-  for (const auto& v : corpus_intransitive) agrees = agrees || w.back() == (number ? v.many : v.one);
+  for (const auto& v : corpus_intransitive)
+    agrees = agrees || w.back() == (number ? v.many : v.one);
   CHECK(agrees);
 }
 

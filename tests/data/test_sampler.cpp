@@ -169,7 +169,8 @@ TEST_CASE("sequential order reads windows at stride T in order and wraps", "[dat
   CHECK(std::vector<std::int32_t>(again.inputs.begin(), again.inputs.begin() + 10) ==
         std::vector<std::int32_t>(data[0].begin(), data[0].begin() + 10));
   src.reset();
-  CHECK(src.next().inputs == TokenSource(shards, opts(3, 10, 0, SampleOrder::sequential)).next().inputs);
+  CHECK(src.next().inputs ==
+        TokenSource(shards, opts(3, 10, 0, SampleOrder::sequential)).next().inputs);
 }
 
 TEST_CASE("ranks split the rows one process would read", "[data][sampler]") {
@@ -204,9 +205,9 @@ TEST_CASE("empty data is rejected", "[data][sampler][errors]") {
 
 TEST_CASE("a batch or sequence larger than the data names both sizes", "[data][sampler][errors]") {
   auto data = random_ids(500, 100, 41);
-  CHECK_THROWS_WITH(TokenSource::from_tokens(data, opts(1, 500, 0), "small data"),
-                    has("sequence length 500 needs 501 tokens") && has("small data") &&
-                        has("holds 500"));
+  CHECK_THROWS_WITH(
+      TokenSource::from_tokens(data, opts(1, 500, 0), "small data"),
+      has("sequence length 500 needs 501 tokens") && has("small data") && has("holds 500"));
   CHECK_THROWS_WITH(TokenSource::from_tokens(data, opts(16, 63, 0)),
                     has("a batch of 16 x 64 tokens") && has("= 1024 tokens") &&
                         has("larger than the data, 500 tokens"));
@@ -228,9 +229,9 @@ TEST_CASE("a token id >= vocab is found on construction", "[data][sampler][error
   write_shard(dir / "x_train_0.bin", as_u32(data));
   auto options = opts(2, 16, 0);
   options.vocab = 1000;
-  CHECK_THROWS_WITH(TokenSource::from_pattern((dir / "x_train_*.bin").string(), options),
-                    has("x_train_0.bin") && has("token id 5000 at offset 1234") &&
-                        has("vocab size 1000"));
+  CHECK_THROWS_WITH(
+      TokenSource::from_pattern((dir / "x_train_*.bin").string(), options),
+      has("x_train_0.bin") && has("token id 5000 at offset 1234") && has("vocab size 1000"));
   options.vocab = 5001;
   CHECK_NOTHROW(TokenSource::from_pattern((dir / "x_train_*.bin").string(), options));
 }

@@ -114,9 +114,8 @@ TEST_CASE("a bad magic names the magic read and the two valid ones", "[data][sha
   TempDir dir;
   const auto path = dir / "bad_magic.bin";
   fathom::test::write_raw_shard(path, 12345678, 1, 2, std::string(4, 'x'));
-  CHECK_THROWS_WITH(fathom::data::read_shard(path),
-                    has("bad_magic.bin") && has("got 12345678") && has("20240520") &&
-                        has("20240801"));
+  CHECK_THROWS_WITH(fathom::data::read_shard(path), has("bad_magic.bin") && has("got 12345678") &&
+                                                        has("20240520") && has("20240801"));
   CHECK_THROWS_WITH(ShardView(path), has("bad_magic.bin") && has("got 12345678"));
 }
 
@@ -140,9 +139,9 @@ TEST_CASE("a truncated shard says how many tokens the header promised and the fi
   const auto path = dir / "cut.bin";
   std::filesystem::copy_file(dir / "full.bin", path);
   std::filesystem::resize_file(path, 1024 + 2 * 998);
-  CHECK_THROWS_WITH(fathom::data::read_shard(path),
-                    has("cut.bin") && has("header says 1000 uint16 tokens") &&
-                        has("file holds 998") && has("truncated"));
+  CHECK_THROWS_WITH(fathom::data::read_shard(path), has("cut.bin") &&
+                                                        has("header says 1000 uint16 tokens") &&
+                                                        has("file holds 998") && has("truncated"));
   CHECK_THROWS_WITH(ShardView(path), has("cut.bin") && has("file holds 998"));
 
   std::filesystem::resize_file(path, 1024 + 2 * 998 + 1);
@@ -172,8 +171,8 @@ TEST_CASE("validate names the offset and id of a token >= vocab", "[data][shards
   write_shard(dir / "v.bin", tokens);
   Shard s = fathom::data::read_shard(dir / "v.bin");
   CHECK_NOTHROW(s.validate(4001));
-  CHECK_THROWS_WITH(s.validate(1000), has("v.bin") && has("token id 1000 at offset 2718") &&
-                                          has("vocab size 1000"));
+  CHECK_THROWS_WITH(s.validate(1000),
+                    has("v.bin") && has("token id 1000 at offset 2718") && has("vocab size 1000"));
   ShardView view(dir / "v.bin");
   CHECK_THROWS_WITH(view.validate(1000), has("v.bin") && has("token id 1000 at offset 2718"));
   CHECK_THROWS_WITH(view.validate(1001), has("token id 4000 at offset 3000"));

@@ -17,7 +17,8 @@ TEST_CASE("diag: variance and angular distance of known arrays", "[diag]") {
   std::vector<double> neg(a.size()), scaled(a.size());
   for (std::size_t i = 0; i < a.size(); ++i) neg[i] = -a[i], scaled[i] = 3.5 * a[i];
   CHECK_THAT(diag::angular_distance(a, a, 8), WithinAbs(0.0, 1e-7));
-  CHECK_THAT(diag::angular_distance(a, scaled, 8), WithinAbs(0.0, 1e-7));  // the angle ignores scale
+  CHECK_THAT(diag::angular_distance(a, scaled, 8),
+             WithinAbs(0.0, 1e-7));  // the angle ignores scale
   CHECK_THAT(diag::angular_distance(a, neg, 8), WithinAbs(1.0, 1e-7));
   std::vector<double> e1 = {1, 0, 0, 1}, e2 = {0, 1, 1, 0};  // two rows, each pair orthogonal
   CHECK_THAT(diag::angular_distance(e1, e2, 2), WithinAbs(0.5, 1e-12));
@@ -43,8 +44,10 @@ std::vector<data::Batch> batches_of(std::uint64_t seed, int n) {
     b.batch = 2;
     b.seq_len = 8;
     for (int i = 0; i < 16; ++i) {
-      b.inputs.push_back(static_cast<std::int32_t>(rng::uniform(seed, static_cast<std::uint64_t>(k * 100 + i)) * 257));
-      b.targets.push_back(static_cast<std::int32_t>(rng::uniform(seed + 1, static_cast<std::uint64_t>(k * 100 + i)) * 257));
+      b.inputs.push_back(static_cast<std::int32_t>(
+          rng::uniform(seed, static_cast<std::uint64_t>(k * 100 + i)) * 257));
+      b.targets.push_back(static_cast<std::int32_t>(
+          rng::uniform(seed + 1, static_cast<std::uint64_t>(k * 100 + i)) * 257));
     }
     out.push_back(b);
   }
@@ -58,7 +61,8 @@ TEST_CASE("diag: a block whose branches output zero changes nothing when removed
   model.init(11);
   const int dead = 2;
   for (auto& p : model.parameters()) {
-    const bool out_proj = p.name.find(".o_proj.") != std::string::npos || p.name.find(".down_proj.") != std::string::npos;
+    const bool out_proj = p.name.find(".o_proj.") != std::string::npos ||
+                          p.name.find(".down_proj.") != std::string::npos;
     if (p.block() == dead && out_proj) p.var.mutable_value().zero_();
   }
   auto d = diag::run_diagnostics<double, Cpu>(model, batches_of(5, 2));
@@ -76,7 +80,8 @@ TEST_CASE("diag: a block whose branches output zero changes nothing when removed
   CHECK(d.mlp_branch_variance[0] > 0.0);
   // Its parameters' gradients flow (the zeroed projections still get gradients).
   CHECK(d.grad_norm[dead] > 0.0);
-  for (std::size_t l = 0; l < d.angular_distance.size(); ++l) CHECK_THAT(d.angular_distance[l][0], WithinAbs(0.0, 1e-7));
+  for (std::size_t l = 0; l < d.angular_distance.size(); ++l)
+    CHECK_THAT(d.angular_distance[l][0], WithinAbs(0.0, 1e-7));
   CHECK(d.block_output_variance[dead] == d.input_variance[dead + 1]);
 }
 

@@ -52,8 +52,8 @@ bool close(double got, double want) {
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("dropout keeps element i exactly when uniform(seed, offset + i) >= p", "[kernels][dropout]",
-                   double, float, bf16) {
+TEMPLATE_TEST_CASE("dropout keeps element i exactly when uniform(seed, offset + i) >= p",
+                   "[kernels][dropout]", double, float, bf16) {
   using T = TestType;
   const std::int64_t n = GENERATE(1, 10, 4097);
   const double p = GENERATE(0.1, 0.5, 0.9);
@@ -85,10 +85,12 @@ TEST_CASE("dropout drops a fraction p of the elements", "[kernels][dropout]") {
   const double sigma = std::sqrt(static_cast<double>(n) * p * (1.0 - p));
   CHECK(std::abs(dropped - p * static_cast<double>(n)) < 6.0 * sigma);
   // Scaling by 1 / (1 - p) keeps the expected sum: mean of y near 1.
-  CHECK(std::abs(total / static_cast<double>(n) - 1.0) < 6.0 * sigma / ((1.0 - p) * static_cast<double>(n)));
+  CHECK(std::abs(total / static_cast<double>(n) - 1.0) <
+        6.0 * sigma / ((1.0 - p) * static_cast<double>(n)));
 }
 
-TEST_CASE("dropout masks differ between seeds and are reproducible for one seed", "[kernels][dropout]") {
+TEST_CASE("dropout masks differ between seeds and are reproducible for one seed",
+          "[kernels][dropout]") {
   const std::int64_t n = 1000;
   std::vector<float> x(static_cast<std::size_t>(n), 1.0f), a(x.size()), b(x.size()), c(x.size());
   kernels::dropout(Cpu{}, kernels::DropoutParams<float>{x.data(), a.data(), n, 0.5, 1, 0});
@@ -100,8 +102,8 @@ TEST_CASE("dropout masks differ between seeds and are reproducible for one seed"
   CHECK(differ > 400);  // independent masks at p = 0.5 disagree on about half the elements
 }
 
-TEMPLATE_TEST_CASE("dropout_backward accumulates dy / (1 - p) through the forward's mask", "[kernels][dropout]",
-                   double, float, bf16) {
+TEMPLATE_TEST_CASE("dropout_backward accumulates dy / (1 - p) through the forward's mask",
+                   "[kernels][dropout]", double, float, bf16) {
   using T = TestType;
   const std::int64_t n = GENERATE(1, 33, 2050);
   const double p = GENERATE(0.2, 0.6);
@@ -111,7 +113,8 @@ TEMPLATE_TEST_CASE("dropout_backward accumulates dy / (1 - p) through the forwar
   const auto dx0 = dx;
   std::vector<T> y(x.size());
   kernels::dropout(Cpu{}, kernels::DropoutParams<T>{x.data(), y.data(), n, p, seed, offset});
-  kernels::dropout_backward(Cpu{}, kernels::DropoutBackwardParams<T>{dy.data(), dx.data(), n, p, seed, offset});
+  kernels::dropout_backward(
+      Cpu{}, kernels::DropoutBackwardParams<T>{dy.data(), dx.data(), n, p, seed, offset});
   std::string bad;
   for (std::size_t i = 0; i < x.size() && bad.empty(); ++i) {
     const bool kept = d(y[i]) != 0.0;
@@ -121,13 +124,16 @@ TEMPLATE_TEST_CASE("dropout_backward accumulates dy / (1 - p) through the forwar
   CHECK(bad == "");
 }
 
-TEST_CASE("dropout of a tensor in two pieces with offsets equals dropout of the whole", "[kernels][dropout]") {
+TEST_CASE("dropout of a tensor in two pieces with offsets equals dropout of the whole",
+          "[kernels][dropout]") {
   const std::int64_t n = 777, head = GENERATE(1, 300, 776);
   auto x = random_nonzero<double>(n, 10);
   std::vector<double> whole(x.size()), pieces(x.size());
   kernels::dropout(Cpu{}, kernels::DropoutParams<double>{x.data(), whole.data(), n, 0.4, 5, 1000});
-  kernels::dropout(Cpu{}, kernels::DropoutParams<double>{x.data(), pieces.data(), head, 0.4, 5, 1000});
-  kernels::dropout(Cpu{}, kernels::DropoutParams<double>{x.data() + head, pieces.data() + head, n - head, 0.4, 5,
-                                                         1000 + static_cast<std::uint64_t>(head)});
+  kernels::dropout(Cpu{},
+                   kernels::DropoutParams<double>{x.data(), pieces.data(), head, 0.4, 5, 1000});
+  kernels::dropout(
+      Cpu{}, kernels::DropoutParams<double>{x.data() + head, pieces.data() + head, n - head, 0.4, 5,
+                                            1000 + static_cast<std::uint64_t>(head)});
   CHECK(whole == pieces);
 }

@@ -36,7 +36,8 @@ inline nn::ModelConfig tiny_config(nn::ArchKind arch, int layers) {
   return c;
 }
 
-inline Tensor<std::int32_t> random_tokens(std::int64_t B, std::int64_t T, int vocab, std::uint64_t seed) {
+inline Tensor<std::int32_t> random_tokens(std::int64_t B, std::int64_t T, int vocab,
+                                          std::uint64_t seed) {
   std::vector<std::int32_t> ids(static_cast<std::size_t>(B * T));
   for (std::size_t i = 0; i < ids.size(); ++i)
     ids[i] = static_cast<std::int32_t>(rng::uniform(seed, i) * vocab) % vocab;
@@ -51,7 +52,8 @@ void randomize(Model& m, std::uint64_t seed, double std = 0.5) {
   for (auto& p : m.parameters()) {
     using T = typename Model::Var::value_type;
     const double mean = p.parts[0].role == policy::ParamRole::norm_weight ? 1.0 : 0.0;
-    p.var.mutable_value().copy_(Tensor<T>::randn(p.var.shape(), rng::derive_seed(seed, k++), std, mean));
+    p.var.mutable_value().copy_(
+        Tensor<T>::randn(p.var.shape(), rng::derive_seed(seed, k++), std, mean));
   }
 }
 
@@ -112,7 +114,8 @@ std::vector<double> row_rms(const Tensor<T>& x) {
   std::vector<double> out;
   for (std::size_t r = 0; r < v.size() / C; ++r) {
     double s = 0.0;
-    for (std::size_t c = 0; c < C; ++c) s += static_cast<double>(v[r * C + c]) * static_cast<double>(v[r * C + c]);
+    for (std::size_t c = 0; c < C; ++c)
+      s += static_cast<double>(v[r * C + c]) * static_cast<double>(v[r * C + c]);
     out.push_back(std::sqrt(s / static_cast<double>(C)));
   }
   return out;

@@ -27,9 +27,9 @@ TEST_CASE("Llama parameter names", "[nn]") {
   std::vector<std::string> want = {"model.embed_tokens.weight"};
   for (std::string i : {"0", "1"}) {
     const std::string p = "model.layers." + i + ".";
-    for (std::string n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm",
-                          "post_attention_layernorm"})
+    for (std::string n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                          "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+                          "input_layernorm", "post_attention_layernorm"})
       want.push_back(p + n + ".weight");
   }
   want.push_back("model.norm.weight");
@@ -59,7 +59,8 @@ TEST_CASE("GPT-2 parameter names, tied head, transposed Conv1D weights", "[nn]")
   std::sort(got.begin(), got.end());
   std::sort(want.begin(), want.end());
   CHECK(got == want);
-  CHECK(m.find("transformer.h.0.attn.c_attn.weight")->var.shape() == Shape{24, 8});  // (3C, C), ours (out, in)
+  CHECK(m.find("transformer.h.0.attn.c_attn.weight")->var.shape() ==
+        Shape{24, 8});  // (3C, C), ours (out, in)
   CHECK(m.find("transformer.wpe.weight")->var.shape() == Shape{4, 8});
   // Tied: the head is the embedding itself.
   CHECK(m.lm_head_weight().slot() == m.find("transformer.wte.weight")->var.slot());
@@ -67,18 +68,23 @@ TEST_CASE("GPT-2 parameter names, tied head, transposed Conv1D weights", "[nn]")
   for (const char* n : {"transformer.h.0.attn.c_attn.weight", "transformer.h.1.attn.c_proj.weight",
                         "transformer.h.0.mlp.c_fc.weight", "transformer.h.1.mlp.c_proj.weight"})
     CHECK(nn::hf_transposed(nn::ArchKind::gpt2, n));
-  for (const char* n : {"transformer.h.0.attn.c_attn.bias", "transformer.wte.weight", "transformer.wpe.weight",
-                        "transformer.h.0.ln_1.weight", "transformer.ln_f.weight", "lm_head.weight"})
+  for (const char* n :
+       {"transformer.h.0.attn.c_attn.bias", "transformer.wte.weight", "transformer.wpe.weight",
+        "transformer.h.0.ln_1.weight", "transformer.ln_f.weight", "lm_head.weight"})
     CHECK_FALSE(nn::hf_transposed(nn::ArchKind::gpt2, n));
 }
 
 TEST_CASE("Norm slots beyond the first are named by the architecture", "[nn]") {
   auto l = nn::Llama::block(3, 3);
-  CHECK(l.attn_norms == std::vector<std::string>{"model.layers.3.input_layernorm", "model.layers.3.attn_out_norm",
+  CHECK(l.attn_norms == std::vector<std::string>{"model.layers.3.input_layernorm",
+                                                 "model.layers.3.attn_out_norm",
                                                  "model.layers.3.attn_norm_2"});
   CHECK(l.mlp_norms == std::vector<std::string>{"model.layers.3.post_attention_layernorm",
-                                                "model.layers.3.mlp_out_norm", "model.layers.3.mlp_norm_2"});
+                                                "model.layers.3.mlp_out_norm",
+                                                "model.layers.3.mlp_norm_2"});
   auto g = nn::Gpt2::block(0, 2);
-  CHECK(g.attn_norms == std::vector<std::string>{"transformer.h.0.ln_1", "transformer.h.0.ln_attn_out"});
-  CHECK(g.mlp_norms == std::vector<std::string>{"transformer.h.0.ln_2", "transformer.h.0.ln_mlp_out"});
+  CHECK(g.attn_norms ==
+        std::vector<std::string>{"transformer.h.0.ln_1", "transformer.h.0.ln_attn_out"});
+  CHECK(g.mlp_norms ==
+        std::vector<std::string>{"transformer.h.0.ln_2", "transformer.h.0.ln_mlp_out"});
 }

@@ -32,10 +32,11 @@ TEST_CASE("Preset parameter counts match the paper", "[nn]") {
   };
   // The exact counts, worked out by hand from the formulas (embedding + L * block + final norm +
   // untied head); the paper rounds them.
-  for (auto r : {Row{"llama-71m", 70'578'688, 70.6, 1e6}, Row{"llama-130m", 134'105'856, 134.1, 1e6},
-                 Row{"llama-250m", 247'370'496, 247.4, 1e6}, Row{"llama-350m", 367'969'280, 368.0, 1e6},
-                 Row{"llama-1b", 1'339'082'752, 1.339, 1e9}, Row{"gpt2-124m", 124'439'808, 124.4, 1e6},
-                 Row{"gpt2-350m", 354'823'168, 354.8, 1e6}}) {
+  for (auto r :
+       {Row{"llama-71m", 70'578'688, 70.6, 1e6}, Row{"llama-130m", 134'105'856, 134.1, 1e6},
+        Row{"llama-250m", 247'370'496, 247.4, 1e6}, Row{"llama-350m", 367'969'280, 368.0, 1e6},
+        Row{"llama-1b", 1'339'082'752, 1.339, 1e9}, Row{"gpt2-124m", 124'439'808, 124.4, 1e6},
+        Row{"gpt2-350m", 354'823'168, 354.8, 1e6}}) {
     INFO(r.name);
     auto c = nn::preset(r.name);
     CHECK(c.name == r.name);
@@ -75,7 +76,8 @@ TEST_CASE("count_parameters: policy-dependent norms, final norm and tying", "[nn
   c.tied = true;
   CHECK(base - nn::count_parameters(c) == 32000 * 768);
   auto g = nn::preset("gpt2-124m");
-  CHECK(nn::count_parameters(g, 2, true) - nn::count_parameters(g) == 12 * 2 * 2 * 768);  // weight + bias
+  CHECK(nn::count_parameters(g, 2, true) - nn::count_parameters(g) ==
+        12 * 2 * 2 * 768);  // weight + bias
 }
 
 TEST_CASE("Unknown presets and bad configs are rejected by name", "[nn]") {

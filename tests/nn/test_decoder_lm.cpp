@@ -30,17 +30,21 @@ std::string error_of(F&& f) {
 }
 }  // namespace
 
-using Policies = std::tuple<policy::PreLN, policy::PostLN, policy::LNS, policy::DeepNorm, policy::MixLN<>,
-                            policy::SandwichLN>;
+using Policies = std::tuple<policy::PreLN, policy::PostLN, policy::LNS, policy::DeepNorm,
+                            policy::MixLN<>, policy::SandwichLN>;
 
-TEMPLATE_LIST_TEST_CASE("DecoderLM: instantiated parameter count equals count_parameters", "[nn]", Policies) {
+TEMPLATE_LIST_TEST_CASE("DecoderLM: instantiated parameter count equals count_parameters", "[nn]",
+                        Policies) {
   using Traits = policy::PolicyTraits<TestType>;
   for (auto name : {"tiny", "gpt2-tiny"}) {
     auto c = nn::preset(name);
     INFO(name);
-    const auto want = nn::count_parameters(c, Traits::norms_per_sublayer, Traits::has_final_norm(TestType{}));
-    if (c.arch == nn::ArchKind::llama) CHECK(nn::DecoderLM<nn::Llama, TestType>(c).num_parameters() == want);
-    else CHECK(nn::DecoderLM<nn::Gpt2, TestType>(c).num_parameters() == want);
+    const auto want =
+        nn::count_parameters(c, Traits::norms_per_sublayer, Traits::has_final_norm(TestType{}));
+    if (c.arch == nn::ArchKind::llama)
+      CHECK(nn::DecoderLM<nn::Llama, TestType>(c).num_parameters() == want);
+    else
+      CHECK(nn::DecoderLM<nn::Gpt2, TestType>(c).num_parameters() == want);
   }
   // Untied Llama with biases, tied GPT-2 without: the formula follows the switches.
   auto c = testing::tiny_config(nn::ArchKind::llama, 3);
@@ -55,7 +59,8 @@ TEMPLATE_LIST_TEST_CASE("DecoderLM: instantiated parameter count equals count_pa
         nn::count_parameters(g, Traits::norms_per_sublayer, Traits::has_final_norm(TestType{})));
 }
 
-TEMPLATE_TEST_CASE("DecoderLM: shapes, and a loss near log(V) at init", "[nn]", float, double, bf16) {
+TEMPLATE_TEST_CASE("DecoderLM: shapes, and a loss near log(V) at init", "[nn]", float, double,
+                   bf16) {
   for (auto name : {"tiny", "gpt2-tiny"}) {
     INFO(name);
     auto c = nn::preset(name);
@@ -70,10 +75,13 @@ TEMPLATE_TEST_CASE("DecoderLM: shapes, and a loss near log(V) at init", "[nn]", 
       CHECK(loss.shape().numel() == 1);
       // Weights of std 0.02 give near-uniform predictions (GPT-2's tied head favours the input
       // token a little: its logit is about |wte row| * sqrt(C) = 1.3).
-      CHECK_THAT(static_cast<double>(loss.value().item()), WithinAbs(std::log(static_cast<double>(c.vocab)), 0.1));
+      CHECK_THAT(static_cast<double>(loss.value().item()),
+                 WithinAbs(std::log(static_cast<double>(c.vocab)), 0.1));
     };
-    if (c.arch == nn::ArchKind::llama) check(nn::DecoderLM<nn::Llama, policy::LNS, TestType>(c));
-    else check(nn::DecoderLM<nn::Gpt2, policy::LNS, TestType>(c));
+    if (c.arch == nn::ArchKind::llama)
+      check(nn::DecoderLM<nn::Llama, policy::LNS, TestType>(c));
+    else
+      check(nn::DecoderLM<nn::Gpt2, policy::LNS, TestType>(c));
   }
 }
 
@@ -126,15 +134,18 @@ TEST_CASE("DecoderLM: observer sites, in order", "[nn]") {
   std::vector<std::pair<int, nn::Site>> want;
   using S = nn::Site;
   for (int i = 0; i < 2; ++i)
-    for (S site : {S::block_input, S::attn_input, S::attn_branch, S::mlp_input, S::mlp_branch, S::block_output})
+    for (S site : {S::block_input, S::attn_input, S::attn_branch, S::mlp_input, S::mlp_branch,
+                   S::block_output})
       want.emplace_back(i, site);
   want.emplace_back(2, S::final_norm);
   CHECK(rec.order == want);
-  CHECK(testing::identical(rec.at(1, nn::Site::block_input).value(), rec.at(0, nn::Site::block_output).value()));
+  CHECK(testing::identical(rec.at(1, nn::Site::block_input).value(),
+                           rec.at(0, nn::Site::block_output).value()));
   CHECK(rec.at(0, nn::Site::attn_branch).shape() == Shape{2, 4, c.d_model});
 }
 
-TEMPLATE_TEST_CASE("DecoderLM: a skipped block passes its input through", "[nn]", nn::Llama, nn::Gpt2) {
+TEMPLATE_TEST_CASE("DecoderLM: a skipped block passes its input through", "[nn]", nn::Llama,
+                   nn::Gpt2) {
   auto c = testing::tiny_config(TestType::kind, 3);
   nn::DecoderLM<TestType, policy::PreLN, double> m(c), zeroed(c);
   m.init(49);
@@ -149,12 +160,15 @@ TEMPLATE_TEST_CASE("DecoderLM: a skipped block passes its input through", "[nn]"
   auto observed = rec.options();
   skip_middle.observer = observed.observer;
   auto logits = m.forward(tokens, skip_middle);
-  CHECK(testing::identical(rec.at(1, nn::Site::block_output).value(), rec.at(1, nn::Site::block_input).value()));
+  CHECK(testing::identical(rec.at(1, nn::Site::block_output).value(),
+                           rec.at(1, nn::Site::block_input).value()));
   CHECK(rec.values.count({1, nn::Site::attn_branch}) == 0);
-  CHECK_FALSE(testing::identical(rec.at(2, nn::Site::block_output).value(), rec.at(2, nn::Site::block_input).value()));
+  CHECK_FALSE(testing::identical(rec.at(2, nn::Site::block_output).value(),
+                                 rec.at(2, nn::Site::block_input).value()));
 
   // Under Pre-LN, skipping a block is the same as zeroing its branches' outputs.
-  for (const auto* lin : {&zeroed.blocks()[1].attention().out_proj(), &zeroed.blocks()[1].mlp().down_proj()}) {
+  for (const auto* lin :
+       {&zeroed.blocks()[1].attention().out_proj(), &zeroed.blocks()[1].mlp().down_proj()}) {
     auto w = lin->weight();
     w.mutable_value().zero_();
     if (lin->has_bias()) {
@@ -222,7 +236,8 @@ struct BranchOnce {
 };
 }  // namespace
 
-TEST_CASE("DecoderLM: a policy calling s.f twice fails at its first forward, naming the sub-layer", "[nn]") {
+TEST_CASE("DecoderLM: a policy calling s.f twice fails at its first forward, naming the sub-layer",
+          "[nn]") {
   auto c = testing::tiny_config(nn::ArchKind::llama, 2);
   nn::DecoderLM<nn::Llama, BranchTwice> twice(c);
   twice.init(58);
@@ -235,7 +250,8 @@ TEST_CASE("DecoderLM: a policy calling s.f twice fails at its first forward, nam
   CHECK(error_of([&] { once.forward(tokens); }).empty());  // the count is per call, not per model
 }
 
-TEMPLATE_TEST_CASE("DecoderLM: each parameter carries its block index", "[nn]", nn::Llama, nn::Gpt2) {
+TEMPLATE_TEST_CASE("DecoderLM: each parameter carries its block index", "[nn]", nn::Llama,
+                   nn::Gpt2) {
   auto c = testing::tiny_config(TestType::kind, 3);
   nn::DecoderLM<TestType, policy::SandwichLN, float> m(c);
   std::vector<int> per_block(3, 0);
@@ -243,12 +259,15 @@ TEMPLATE_TEST_CASE("DecoderLM: each parameter carries its block index", "[nn]", 
   for (const auto& p : m.parameters()) {
     INFO(p.name);
     // The Hugging Face name holds the same index: model.layers.N. / transformer.h.N.
-    const std::string key = TestType::kind == nn::ArchKind::llama ? "model.layers." : "transformer.h.";
+    const std::string key =
+        TestType::kind == nn::ArchKind::llama ? "model.layers." : "transformer.h.";
     int from_name = -1;
     if (p.name.rfind(key, 0) == 0) from_name = std::stoi(p.name.substr(key.size()));
     CHECK(p.block() == from_name);
-    if (p.block() >= 0) ++per_block.at(static_cast<std::size_t>(p.block()));
-    else ++outside;
+    if (p.block() >= 0)
+      ++per_block.at(static_cast<std::size_t>(p.block()));
+    else
+      ++outside;
   }
   CHECK(per_block[0] == per_block[1]);
   CHECK(per_block[1] == per_block[2]);

@@ -23,13 +23,15 @@ namespace {
 template <class D>
 Tensor<std::int32_t, D> tokens_on(std::int64_t B, std::int64_t T, int vocab, std::uint64_t seed) {
   std::vector<std::int32_t> ids(static_cast<std::size_t>(B * T));
-  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>(rng::uniform(seed, i) * vocab) % vocab;
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    ids[i] = static_cast<std::int32_t>(rng::uniform(seed, i) * vocab) % vocab;
   return Tensor<std::int32_t, D>::from_vector(Shape{B, T}, ids);
 }
 
 // max |a - b| / (atol + rtol |b|) over all elements: <= 1 means they agree.
 template <class A, class B>
-double worst_ratio(const std::vector<A>& a, const std::vector<B>& b, double rtol, double atol, std::size_t& where) {
+double worst_ratio(const std::vector<A>& a, const std::vector<B>& b, double rtol, double atol,
+                   std::size_t& where) {
   REQUIRE(a.size() == b.size());
   double worst = 0.0;
   for (std::size_t i = 0; i < a.size(); ++i) {
@@ -54,7 +56,8 @@ void compare_cpu_cuda(const char* preset) {
   REQUIRE(cpu.parameters().size() == gpu.parameters().size());
   for (std::size_t i = 0; i < cpu.parameters().size(); ++i) {
     INFO(cpu.parameters()[i].name);
-    CHECK(cpu.parameters()[i].var.value().to_vector() == gpu.parameters()[i].var.value().to_vector());
+    CHECK(cpu.parameters()[i].var.value().to_vector() ==
+          gpu.parameters()[i].var.value().to_vector());
   }
 
   const std::int64_t B = 4, T = 64;
@@ -76,19 +79,22 @@ void compare_cpu_cuda(const char* preset) {
     std::size_t where = 0;
     // Relative to the largest gradient of the parameter: summation order differs between backends.
     const double r = worst_ratio(pg.var.grad().to_vector(), gc, 1e-3, 1e-4 * scale + 1e-12, where);
-    INFO(pc.name << ": element " << where << " cuda " << pg.var.grad().to_vector()[where] << " vs cpu " << gc[where]);
+    INFO(pc.name << ": element " << where << " cuda " << pg.var.grad().to_vector()[where]
+                 << " vs cpu " << gc[where]);
     CHECK(r <= 1.0);
   }
 }
 
 }  // namespace
 
-TEST_CASE("DecoderLM on CUDA: same weights, same logits and gradients as on CPU (Llama, LNS)", "[cuda][nn]") {
+TEST_CASE("DecoderLM on CUDA: same weights, same logits and gradients as on CPU (Llama, LNS)",
+          "[cuda][nn]") {
   compare_cpu_cuda<nn::Llama, policy::LNS>("tiny");
 }
 
-TEST_CASE("DecoderLM on CUDA: same weights, same logits and gradients as on CPU (GPT-2, SandwichLN)",
-          "[cuda][nn]") {
+TEST_CASE(
+    "DecoderLM on CUDA: same weights, same logits and gradients as on CPU (GPT-2, SandwichLN)",
+    "[cuda][nn]") {
   compare_cpu_cuda<nn::Gpt2, policy::SandwichLN>("gpt2-tiny");
 }
 
@@ -118,7 +124,8 @@ TEST_CASE("DecoderLM on CUDA: a bf16 model's loss stays near fp32", "[cuda][nn]"
   auto l32 = fp32.loss(tokens, targets);
   auto l16 = half.loss(tokens, targets);
   STATIC_REQUIRE(std::is_same_v<decltype(l16), Var<float, Cuda>>);
-  CHECK_THAT(static_cast<double>(l16.value().item()), WithinAbs(static_cast<double>(l32.value().item()), 2e-2));
+  CHECK_THAT(static_cast<double>(l16.value().item()),
+             WithinAbs(static_cast<double>(l32.value().item()), 2e-2));
   autograd::backward(l16);
   for (const auto& p : half.parameters()) {
     INFO(p.name);
@@ -136,7 +143,8 @@ std::vector<double> cuda_gradients(const char* preset, bool poison) {
   auto c = nn::preset(preset);
   nn::DecoderLM<Arch, Policy, T, Cuda> m(c);
   m.init(80);
-  autograd::backward(m.loss(tokens_on<Cuda>(4, 100, c.vocab, 10), tokens_on<Cuda>(4, 100, c.vocab, 11)));
+  autograd::backward(
+      m.loss(tokens_on<Cuda>(4, 100, c.vocab, 10), tokens_on<Cuda>(4, 100, c.vocab, 11)));
   std::vector<double> out;
   for (const auto& p : m.parameters()) {
     REQUIRE(p.var.has_grad());
@@ -153,8 +161,10 @@ void check_poison_free(const char* preset) {
   REQUIRE(plain.size() == poisoned.size());
   std::size_t bad = 0, differ = 0;
   for (std::size_t i = 0; i < plain.size(); ++i) {
-    if (!std::isfinite(poisoned[i]) || !std::isfinite(plain[i])) ++bad;
-    else if (poisoned[i] != plain[i]) ++differ;
+    if (!std::isfinite(poisoned[i]) || !std::isfinite(plain[i]))
+      ++bad;
+    else if (poisoned[i] != plain[i])
+      ++differ;
   }
   CHECK(bad == 0);
   CHECK(differ == 0);  // same kernels on the same inputs: bit for bit
@@ -170,7 +180,8 @@ TEST_CASE("DecoderLM on CUDA: gradients do not depend on what fresh buffers held
   check_poison_free<nn::Gpt2, policy::SandwichLN, bf16>("gpt2-tiny");
 }
 
-TEST_CASE("DecoderLM on CUDA: a bf16 GPT-2 (fused GELU MLP epilogues) stays near fp32", "[cuda][nn]") {
+TEST_CASE("DecoderLM on CUDA: a bf16 GPT-2 (fused GELU MLP epilogues) stays near fp32",
+          "[cuda][nn]") {
   auto c = nn::preset("gpt2-tiny");
   c.d_model = 64;
   c.d_ff = 256;  // rows of 256 bf16: the cuBLASLt GELU epilogues apply
@@ -185,7 +196,8 @@ TEST_CASE("DecoderLM on CUDA: a bf16 GPT-2 (fused GELU MLP epilogues) stays near
   autograd::backward(l32);
   auto l16 = half.loss(tokens, targets);
   autograd::backward(l16);
-  CHECK_THAT(static_cast<double>(l16.value().item()), WithinAbs(static_cast<double>(l32.value().item()), 2e-2));
+  CHECK_THAT(static_cast<double>(l16.value().item()),
+             WithinAbs(static_cast<double>(l32.value().item()), 2e-2));
   // Gradients: bf16 against fp32, relative to each parameter's largest fp32 gradient.
   for (std::size_t i = 0; i < fp32.parameters().size(); ++i) {
     const auto& p32 = fp32.parameters()[i];

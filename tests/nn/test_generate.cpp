@@ -38,7 +38,8 @@ TEST_CASE("generate: ids in range, reproducible for a seed, greedy independent o
   CHECK(nn::generate(model, {1, 2, 3}, o) == g1);
   // Greedy: the first id is the argmax of the model's last logits row.
   autograd::NoGradGuard no_grad;
-  auto logits = model.forward(Tensor<std::int32_t>::from_vector(Shape{1, 3}, {1, 2, 3})).value().to_vector();
+  auto logits =
+      model.forward(Tensor<std::int32_t>::from_vector(Shape{1, 3}, {1, 2, 3})).value().to_vector();
   const auto last = logits.end() - c.vocab;
   CHECK(g1.front() == static_cast<std::int32_t>(std::max_element(last, logits.end()) - last));
 }

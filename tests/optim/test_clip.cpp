@@ -28,7 +28,8 @@ std::vector<NamedParameter<double, Cpu>> params_with_grads(double spread) {
 
 }  // namespace
 
-TEST_CASE("global_grad_norm is the L2 norm over every gradient; no gradient counts as zero", "[optim][clip]") {
+TEST_CASE("global_grad_norm is the L2 norm over every gradient; no gradient counts as zero",
+          "[optim][clip]") {
   auto ps = params_with_grads(0.7);
   double want = 0;
   for (const auto& p : ps)
@@ -45,7 +46,8 @@ TEST_CASE("clip_factor scales down only norms above max_norm", "[optim][clip]") 
   CHECK(optim::clip_factor(std::numeric_limits<double>::quiet_NaN(), 1.0) == 1.0);
 }
 
-TEST_CASE("clip_factor_on_device writes the factor clip_factor computes from the norm", "[optim][clip]") {
+TEST_CASE("clip_factor_on_device writes the factor clip_factor computes from the norm",
+          "[optim][clip]") {
   const double spread = GENERATE(0.01, 0.3, 2.0);
   const double max_norm = GENERATE(0.0, 1.0);
   INFO("spread " << spread << " max_norm " << max_norm);

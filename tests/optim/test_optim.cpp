@@ -26,7 +26,8 @@ void set_grad(Var<T>& p, const std::vector<double>& g) {
 }
 
 // The gradient sequence the tests feed: three steps, signs and sizes varied.
-const std::vector<std::vector<double>> kGrads = {{0.5, -1.0, 2.0}, {-0.25, 0.75, 1.5}, {1.0, 0.1, -3.0}};
+const std::vector<std::vector<double>> kGrads = {
+    {0.5, -1.0, 2.0}, {-0.25, 0.75, 1.5}, {1.0, 0.1, -3.0}};
 const std::vector<double> kInit = {0.3, -0.7, 1.1};
 
 }  // namespace
@@ -55,7 +56,9 @@ TEST_CASE("sgd: plain, momentum and nesterov match hand-computed updates", "[opt
         }
       }
       auto got = w.value().to_vector();
-      for (int i = 0; i < 3; ++i) CHECK_THAT(got[static_cast<std::size_t>(i)], WithinAbs(ref[static_cast<std::size_t>(i)], 1e-12));
+      for (int i = 0; i < 3; ++i)
+        CHECK_THAT(got[static_cast<std::size_t>(i)],
+                   WithinAbs(ref[static_cast<std::size_t>(i)], 1e-12));
     }
   }
 }
@@ -92,7 +95,8 @@ TEST_CASE("adam and adamw match the update rule written out by hand", "[optim]")
 
 TEST_CASE("grad_scale multiplies gradients before the update", "[optim]") {
   auto a = param_of<double>(kInit), b = param_of<double>(kInit);
-  optim::Optimizer<optim::Sgd, double, Cpu> oa(optim::Sgd{}, {{"a", a}}), ob(optim::Sgd{}, {{"b", b}});
+  optim::Optimizer<optim::Sgd, double, Cpu> oa(optim::Sgd{}, {{"a", a}}),
+      ob(optim::Sgd{}, {{"b", b}});
   set_grad(a, kGrads[0]);
   std::vector<double> half;
   for (double g : kGrads[0]) half.push_back(0.5 * g);
@@ -119,7 +123,8 @@ TEST_CASE("bf16 parameters keep fp32 master weights so small updates are not los
   REQUIRE(master != nullptr);
   CHECK_THAT(static_cast<double>(master->to_vector()[0]), WithinAbs(1.0 - 100 * 1e-4, 1e-5));
   // The bf16 copy is the master rounded to nearest.
-  CHECK(static_cast<float>(w.value().to_vector()[0]) == static_cast<float>(bf16(master->to_vector()[0])));
+  CHECK(static_cast<float>(w.value().to_vector()[0]) ==
+        static_cast<float>(bf16(master->to_vector()[0])));
   CHECK(static_cast<float>(w.value().to_vector()[0]) < 1.0f);
 }
 
@@ -134,8 +139,10 @@ TEST_CASE("parameter groups: no decay on norms, biases and embeddings by default
   // And the optimizer applies it: with zero gradients only decayed tensors move.
   optim::AdamW rule;
   rule.weight_decay = 0.5;
-  Var<double> mat(Tensor<double>::full({2, 2}, 1.0), true), norm(Tensor<double>::full({2}, 1.0), true);
-  optim::Optimizer<optim::AdamW, double, Cpu> opt(rule, {{"block.proj.weight", mat}, {"block.norm.weight", norm}});
+  Var<double> mat(Tensor<double>::full({2, 2}, 1.0), true),
+      norm(Tensor<double>::full({2}, 1.0), true);
+  optim::Optimizer<optim::AdamW, double, Cpu> opt(
+      rule, {{"block.proj.weight", mat}, {"block.norm.weight", norm}});
   mat.grad_accumulator();
   norm.grad_accumulator();
   opt.step(0.1);

@@ -21,10 +21,11 @@ struct FakeSublayer {
   int branch_calls = 0;
   Var<double> x;
 
-  explicit FakeSublayer(std::uint64_t seed) : x(Tensor<double>::randn(Shape{2, 3, 4}, seed), true) {}
+  explicit FakeSublayer(std::uint64_t seed)
+      : x(Tensor<double>::randn(Shape{2, 3, 4}, seed), true) {}
 
-  policy::SublayerContext<double, Cpu> context(int layer, int depth,
-                                               policy::Sublayer kind = policy::Sublayer::attention) {
+  policy::SublayerContext<double, Cpu> context(
+      int layer, int depth, policy::Sublayer kind = policy::Sublayer::attention) {
     return policy::SublayerContext<double, Cpu>(
         x, layer, depth, kind,
         [this](const Var<double>& v) {
@@ -45,7 +46,8 @@ struct FakeSublayer {
   }
 };
 
-inline void require_close(const std::vector<double>& got, const std::vector<double>& want, double rtol = 1e-14) {
+inline void require_close(const std::vector<double>& got, const std::vector<double>& want,
+                          double rtol = 1e-14) {
   REQUIRE(got.size() == want.size());
   for (std::size_t i = 0; i < got.size(); ++i) {
     INFO("element " << i);

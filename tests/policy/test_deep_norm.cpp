@@ -17,7 +17,8 @@ TEST_CASE("DeepNorm: alpha and beta from the DeepNet formulas", "[policy]") {
     double alpha, beta;
   };
   // (2L)^(1/4) and (8L)^(-1/4), worked out independently.
-  for (auto r : {Row{6, 1.8612097182041991, 0.37991784282579627}, Row{12, 2.213363839400643, 0.3194715521231362},
+  for (auto r : {Row{6, 1.8612097182041991, 0.37991784282579627},
+                 Row{12, 2.213363839400643, 0.3194715521231362},
                  Row{24, 2.6321480259049848, 0.2686424829558855}}) {
     INFO("L = " << r.depth);
     policy::DeepNorm p;
@@ -49,7 +50,8 @@ TEST_CASE("DeepNorm: N(alpha x + F(x)), alpha settable", "[policy]") {
   CHECK_THAT(inverted.init().beta_for(depth), WithinRel(std::pow(96.0, 0.25), 1e-15));
 }
 
-TEST_CASE("DeepNormInit: Xavier-normal std with gain beta on v, out-proj and MLP, 1 on q and k", "[policy]") {
+TEST_CASE("DeepNormInit: Xavier-normal std with gain beta on v, out-proj and MLP, 1 on q and k",
+          "[policy]") {
   policy::DeepNormInit init;  // beta from depth
   const double beta = std::pow(8.0 * 6, -0.25);
   auto spec = [&](policy::ParamRole role, std::int64_t in, std::int64_t out) {
@@ -70,12 +72,14 @@ TEST_CASE("DeepNormInit: Xavier-normal std with gain beta on v, out-proj and MLP
 }
 
 // Which weights beta scales, read off an initialized model: the same seed with beta and with
-// beta = 1 draws the same normals, so each element's ratio is beta where beta applies and 1 elsewhere.
-TEMPLATE_TEST_CASE("DeepNorm model: beta scales exactly v, out-proj and MLP weights", "[policy][nn]", nn::Llama,
-                   nn::Gpt2) {
+// beta = 1 draws the same normals, so each element's ratio is beta where beta applies and 1
+// elsewhere.
+TEMPLATE_TEST_CASE("DeepNorm model: beta scales exactly v, out-proj and MLP weights",
+                   "[policy][nn]", nn::Llama, nn::Gpt2) {
   auto c = testing::tiny_config(TestType::kind, 6);
   const double beta = std::pow(8.0 * 6, -0.25);
-  nn::DecoderLM<TestType, policy::DeepNorm, double> scaled(c), unit(c, policy::DeepNorm{.beta = 1.0});
+  nn::DecoderLM<TestType, policy::DeepNorm, double> scaled(c),
+      unit(c, policy::DeepNorm{.beta = 1.0});
   scaled.init(9);
   unit.init(9);
 
@@ -116,8 +120,8 @@ TEMPLATE_TEST_CASE("DeepNorm model: beta scales exactly v, out-proj and MLP weig
       CHECK_THAT(whole(p + "mlp.down_proj.weight"), WithinRel(beta, 1e-12));
     } else {
       const std::string p = "transformer.h." + b + ".";
-      CHECK_THAT(ratio_rows(p + "attn.c_attn.weight", 0, C), WithinRel(1.0, 1e-12));          // q
-      CHECK_THAT(ratio_rows(p + "attn.c_attn.weight", C, 2 * C), WithinRel(1.0, 1e-12));      // k
+      CHECK_THAT(ratio_rows(p + "attn.c_attn.weight", 0, C), WithinRel(1.0, 1e-12));           // q
+      CHECK_THAT(ratio_rows(p + "attn.c_attn.weight", C, 2 * C), WithinRel(1.0, 1e-12));       // k
       CHECK_THAT(ratio_rows(p + "attn.c_attn.weight", 2 * C, 3 * C), WithinRel(beta, 1e-12));  // v
       CHECK_THAT(whole(p + "attn.c_proj.weight"), WithinRel(beta, 1e-12));
       CHECK_THAT(whole(p + "mlp.c_fc.weight"), WithinRel(beta, 1e-12));
@@ -157,7 +161,10 @@ TEST_CASE("DeepNorm model: q and v drawn with their Xavier std", "[policy][nn]")
   };
   const double beta = std::pow(48.0, -0.25);
   // 4096 and 11264 samples: the sample std is within 5% of the true one with overwhelming odds.
-  CHECK_THAT(sample_std("model.layers.2.self_attn.q_proj.weight"), WithinRel(std::sqrt(2.0 / 128), 0.05));
-  CHECK_THAT(sample_std("model.layers.2.self_attn.v_proj.weight"), WithinRel(beta * std::sqrt(2.0 / 128), 0.05));
-  CHECK_THAT(sample_std("model.layers.2.mlp.up_proj.weight"), WithinRel(beta * std::sqrt(2.0 / 240), 0.05));
+  CHECK_THAT(sample_std("model.layers.2.self_attn.q_proj.weight"),
+             WithinRel(std::sqrt(2.0 / 128), 0.05));
+  CHECK_THAT(sample_std("model.layers.2.self_attn.v_proj.weight"),
+             WithinRel(beta * std::sqrt(2.0 / 128), 0.05));
+  CHECK_THAT(sample_std("model.layers.2.mlp.up_proj.weight"),
+             WithinRel(beta * std::sqrt(2.0 / 240), 0.05));
 }

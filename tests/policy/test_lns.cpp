@@ -26,8 +26,8 @@ TEST_CASE("LNS: x + F(N(x) / sqrt(l)) with the scale passed to the norm", "[poli
   }
 }
 
-TEMPLATE_TEST_CASE("LNS model: pre-norm outputs are N(x) / sqrt(l), the final norm unscaled", "[policy][nn]",
-                   nn::Llama, nn::Gpt2) {
+TEMPLATE_TEST_CASE("LNS model: pre-norm outputs are N(x) / sqrt(l), the final norm unscaled",
+                   "[policy][nn]", nn::Llama, nn::Gpt2) {
   auto c = testing::tiny_config(TestType::kind, 4);
   nn::DecoderLM<TestType, policy::LNS, double> model(c);
   model.init(7);
@@ -45,22 +45,29 @@ TEMPLATE_TEST_CASE("LNS model: pre-norm outputs are N(x) / sqrt(l), the final no
 
     // Attention sub-layer: its input is N(x) / sqrt(l).
     const auto& x = rec.at(i, nn::Site::block_input);
-    CHECK(testing::identical(rec.at(i, nn::Site::attn_input).value(), n_attn.forward(x, scale).value()));
+    CHECK(testing::identical(rec.at(i, nn::Site::attn_input).value(),
+                             n_attn.forward(x, scale).value()));
     auto unscaled = n_attn.forward(x).value();
-    CHECK(testing::max_abs_diff(rec.at(i, nn::Site::attn_input).value(), (n_attn.forward(x) * scale).value()) <= 1e-14);
-    if (l > 1) CHECK(testing::max_abs_diff(rec.at(i, nn::Site::attn_input).value(), unscaled) > 1e-3);
+    CHECK(testing::max_abs_diff(rec.at(i, nn::Site::attn_input).value(),
+                                (n_attn.forward(x) * scale).value()) <= 1e-14);
+    if (l > 1)
+      CHECK(testing::max_abs_diff(rec.at(i, nn::Site::attn_input).value(), unscaled) > 1e-3);
 
     // MLP sub-layer: its stream is x + attention branch, and its input N(that) / sqrt(l).
     auto h = x + rec.at(i, nn::Site::attn_branch);
-    CHECK(testing::identical(rec.at(i, nn::Site::mlp_input).value(), n_mlp.forward(h, scale).value()));
-    CHECK(testing::max_abs_diff(rec.at(i, nn::Site::mlp_input).value(), (n_mlp.forward(h) * scale).value()) <= 1e-14);
-    CHECK(testing::identical(rec.at(i, nn::Site::block_output).value(), (h + rec.at(i, nn::Site::mlp_branch)).value()));
+    CHECK(testing::identical(rec.at(i, nn::Site::mlp_input).value(),
+                             n_mlp.forward(h, scale).value()));
+    CHECK(testing::max_abs_diff(rec.at(i, nn::Site::mlp_input).value(),
+                                (n_mlp.forward(h) * scale).value()) <= 1e-14);
+    CHECK(testing::identical(rec.at(i, nn::Site::block_output).value(),
+                             (h + rec.at(i, nn::Site::mlp_branch)).value()));
   }
 
   // The final norm: N(x_L), scale 1, and the logits are the LM head of it.
   REQUIRE(model.final_norm() != nullptr);
   auto last = rec.at(c.layers - 1, nn::Site::block_output);
-  CHECK(testing::identical(rec.at(c.layers, nn::Site::final_norm).value(), model.final_norm()->forward(last).value()));
+  CHECK(testing::identical(rec.at(c.layers, nn::Site::final_norm).value(),
+                           model.final_norm()->forward(last).value()));
   auto flat = autograd::reshape(rec.at(c.layers, nn::Site::final_norm), {8, c.d_model});
   CHECK(testing::identical(logits.value(), autograd::linear(flat, model.lm_head_weight()).value()));
 }

@@ -35,12 +35,13 @@ TEST_CASE("MixLN: other policies and ratios compose", "[policy]") {
   auto y = Half{}.apply(s);
   testing::require_close(y.value().to_vector(), fake.x_times(1.0 + 30.0 / 2.0));
   // Without a final norm in Late, the mix has none.
-  policy::MixLN<policy::PreLN, policy::PostLN> no_final{.late = policy::PostLN{.final_norm = false}};
+  policy::MixLN<policy::PreLN, policy::PostLN> no_final{.late =
+                                                            policy::PostLN{.final_norm = false}};
   CHECK_FALSE(policy::PolicyTraits<decltype(no_final)>::has_final_norm(no_final));
 }
 
-TEMPLATE_TEST_CASE("MixLN model: the stream is normalized by blocks 1..floor(L/4) only", "[policy][nn]", nn::Llama,
-                   nn::Gpt2) {
+TEMPLATE_TEST_CASE("MixLN model: the stream is normalized by blocks 1..floor(L/4) only",
+                   "[policy][nn]", nn::Llama, nn::Gpt2) {
   for (int depth : {3, 4, 5, 8}) {
     auto c = testing::tiny_config(TestType::kind, depth);
     nn::DecoderLM<TestType, policy::MixLN<>, double> model(c);
@@ -50,12 +51,14 @@ TEMPLATE_TEST_CASE("MixLN model: the stream is normalized by blocks 1..floor(L/4
     model.forward(testing::random_tokens(2, 4, c.vocab, 5), rec.options());
     for (int i = 0; i < depth; ++i) {
       const int l = i + 1;
-      INFO("L = " << depth << ", block l = " << l << " (switch expected at " << depth / 4 + 1 << ")");
+      INFO("L = " << depth << ", block l = " << l << " (switch expected at " << depth / 4 + 1
+                  << ")");
       const auto& blk = model.blocks()[static_cast<std::size_t>(i)];
       const auto& x = rec.at(i, nn::Site::block_input);
       const auto& y = rec.at(i, nn::Site::block_output);
       if (l <= depth / 4) {
-        auto want = blk.norm(policy::Sublayer::mlp, 0).forward(blk.norm(policy::Sublayer::attention, 0).forward(x));
+        auto want = blk.norm(policy::Sublayer::mlp, 0)
+                        .forward(blk.norm(policy::Sublayer::attention, 0).forward(x));
         CHECK(testing::identical(y.value(), want.value()));
         CHECK_FALSE(testing::identical(y.value(), x.value()));
       } else {

@@ -21,8 +21,8 @@ TEST_CASE("PostLN: N(x + F(x))", "[policy]") {
   }
 }
 
-TEMPLATE_TEST_CASE("PostLN model: zeroed branches, the stream is normalized at every sub-layer", "[policy][nn]",
-                   nn::Llama, nn::Gpt2) {
+TEMPLATE_TEST_CASE("PostLN model: zeroed branches, the stream is normalized at every sub-layer",
+                   "[policy][nn]", nn::Llama, nn::Gpt2) {
   auto c = testing::tiny_config(TestType::kind, 3);
   nn::DecoderLM<TestType, policy::PostLN, double> model(c);
   model.init(6);
@@ -34,11 +34,13 @@ TEMPLATE_TEST_CASE("PostLN model: zeroed branches, the stream is normalized at e
     const auto& blk = model.blocks()[static_cast<std::size_t>(i)];
     const auto& x = rec.at(i, nn::Site::block_input);
     // x + 0 is x, so each sub-layer is exactly its norm: N_mlp(N_attn(x)).
-    auto want = blk.norm(policy::Sublayer::mlp, 0).forward(blk.norm(policy::Sublayer::attention, 0).forward(x));
+    auto want = blk.norm(policy::Sublayer::mlp, 0)
+                    .forward(blk.norm(policy::Sublayer::attention, 0).forward(x));
     CHECK(testing::identical(rec.at(i, nn::Site::block_output).value(), want.value()));
     // Norm weights start at 1 and biases at 0: every row leaves with RMS 1. The embeddings
     // (std 0.02) enter far from it, so this is the norm's doing.
-    for (double r : testing::row_rms(rec.at(i, nn::Site::block_output).value())) CHECK_THAT(r, WithinRel(1.0, 1e-4));
+    for (double r : testing::row_rms(rec.at(i, nn::Site::block_output).value()))
+      CHECK_THAT(r, WithinRel(1.0, 1e-4));
   }
   for (double r : testing::row_rms(rec.at(0, nn::Site::block_input).value())) CHECK(r < 0.1);
 }
@@ -59,6 +61,7 @@ TEST_CASE("PostLN: the final norm is kept by default and can be dropped", "[poli
   testing::Recorder<double> rec;
   auto logits = without.forward(testing::random_tokens(2, 4, c.vocab, 3), rec.options());
   auto last = autograd::reshape(rec.at(c.layers - 1, nn::Site::block_output), {8, c.d_model});
-  CHECK(testing::identical(logits.value(), autograd::linear(last, without.lm_head_weight()).value()));
+  CHECK(
+      testing::identical(logits.value(), autograd::linear(last, without.lm_head_weight()).value()));
   CHECK(rec.values.count({c.layers, nn::Site::final_norm}) == 0);
 }

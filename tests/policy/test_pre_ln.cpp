@@ -32,12 +32,16 @@ TEST_CASE("PreLN model: zeroed branches leave the stream unchanged", "[policy][n
       model.forward(testing::random_tokens(2, 4, c.vocab, 1), rec.options());
       for (int i = 0; i < c.layers; ++i) {
         INFO("block " << i);
-        CHECK(testing::identical(rec.at(i, nn::Site::block_output).value(), rec.at(i, nn::Site::block_input).value()));
-        CHECK(testing::max_abs_diff(rec.at(i, nn::Site::attn_branch).value(),
-                                    Tensor<double>::zeros(rec.at(i, nn::Site::attn_branch).shape())) == 0.0);
+        CHECK(testing::identical(rec.at(i, nn::Site::block_output).value(),
+                                 rec.at(i, nn::Site::block_input).value()));
+        CHECK(testing::max_abs_diff(
+                  rec.at(i, nn::Site::attn_branch).value(),
+                  Tensor<double>::zeros(rec.at(i, nn::Site::attn_branch).shape())) == 0.0);
       }
     };
-    if (arch == nn::ArchKind::llama) run(nn::DecoderLM<nn::Llama, policy::PreLN, double>(c));
-    else run(nn::DecoderLM<nn::Gpt2, policy::PreLN, double>(c));
+    if (arch == nn::ArchKind::llama)
+      run(nn::DecoderLM<nn::Llama, policy::PreLN, double>(c));
+    else
+      run(nn::DecoderLM<nn::Gpt2, policy::PreLN, double>(c));
   }
 }

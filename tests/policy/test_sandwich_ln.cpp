@@ -22,8 +22,9 @@ TEST_CASE("SandwichLN: x + N_1(F(N_0(x)))", "[policy]") {
 TEST_CASE("SandwichLN model: output norms are parameters with their own names", "[policy][nn]") {
   auto lc = testing::tiny_config(nn::ArchKind::llama, 2);
   nn::DecoderLM<nn::Llama, policy::SandwichLN, double> llama(lc);
-  for (const char* n : {"model.layers.1.input_layernorm.weight", "model.layers.1.attn_out_norm.weight",
-                        "model.layers.1.post_attention_layernorm.weight", "model.layers.1.mlp_out_norm.weight"})
+  for (const char* n :
+       {"model.layers.1.input_layernorm.weight", "model.layers.1.attn_out_norm.weight",
+        "model.layers.1.post_attention_layernorm.weight", "model.layers.1.mlp_out_norm.weight"})
     CHECK(llama.find(n) != nullptr);
   CHECK(llama.num_parameters() == nn::count_parameters(lc, 2, true));
 
@@ -40,8 +41,10 @@ TEST_CASE("SandwichLN model: output norms are parameters with their own names", 
   testing::Recorder<double> rec;
   llama.forward(testing::random_tokens(2, 4, lc.vocab, 6), rec.options());
   const auto& blk = llama.blocks()[0];
-  auto h = rec.at(0, nn::Site::block_input) + blk.norm(policy::Sublayer::attention, 1).forward(rec.at(0, nn::Site::attn_branch));
+  auto h = rec.at(0, nn::Site::block_input) +
+           blk.norm(policy::Sublayer::attention, 1).forward(rec.at(0, nn::Site::attn_branch));
   auto y = h + blk.norm(policy::Sublayer::mlp, 1).forward(rec.at(0, nn::Site::mlp_branch));
   CHECK(testing::identical(rec.at(0, nn::Site::block_output).value(), y.value()));
-  CHECK(testing::identical(rec.at(0, nn::Site::mlp_input).value(), blk.norm(policy::Sublayer::mlp, 0).forward(h).value()));
+  CHECK(testing::identical(rec.at(0, nn::Site::mlp_input).value(),
+                           blk.norm(policy::Sublayer::mlp, 0).forward(h).value()));
 }

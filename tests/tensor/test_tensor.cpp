@@ -27,7 +27,9 @@ std::string error_of(F&& f) {
   return "(no error)";
 }
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 using Index = std::vector<std::int64_t>;
 
@@ -55,11 +57,16 @@ std::vector<Index> all_indices(const Shape& shape) {
 
 double at(const Tensor<double>& t, const Index& i) {
   switch (i.size()) {
-    case 0: return t.item();
-    case 1: return t.at({i[0]});
-    case 2: return t.at({i[0], i[1]});
-    case 3: return t.at({i[0], i[1], i[2]});
-    default: return t.at({i[0], i[1], i[2], i[3]});
+    case 0:
+      return t.item();
+    case 1:
+      return t.at({i[0]});
+    case 2:
+      return t.at({i[0], i[1]});
+    case 3:
+      return t.at({i[0], i[1], i[2]});
+    default:
+      return t.at({i[0], i[1], i[2], i[3]});
   }
 }
 
@@ -74,8 +81,8 @@ std::string view_mismatch(const Tensor<double>& view, const Tensor<double>& base
     const double want = bv[static_cast<std::size_t>(flat(base.shape(), to_base(i)))];
     if (at(view, i) != want || vv[static_cast<std::size_t>(k)] != want) {
       std::ostringstream s;
-      s << "index " << k << " of view " << view.shape() << ": at() " << at(view, i) << ", to_vector "
-        << vv[static_cast<std::size_t>(k)] << ", want " << want;
+      s << "index " << k << " of view " << view.shape() << ": at() " << at(view, i)
+        << ", to_vector " << vv[static_cast<std::size_t>(k)] << ", want " << want;
       return s.str();
     }
     ++k;
@@ -155,7 +162,8 @@ TEST_CASE("transpose swaps dimensions without copying", "[tensor][views]") {
   auto v = base.transpose(a, b);
   CHECK(v.shares_storage_with(base));
   CHECK_FALSE(v.is_contiguous());
-  const auto x = static_cast<std::size_t>(a < 0 ? a + 3 : a), y = static_cast<std::size_t>(b < 0 ? b + 3 : b);
+  const auto x = static_cast<std::size_t>(a < 0 ? a + 3 : a),
+             y = static_cast<std::size_t>(b < 0 ? b + 3 : b);
   CHECK(view_mismatch(v, base, [&](const Index& i) {
           Index j = i;
           std::swap(j[x], j[y]);
@@ -207,7 +215,9 @@ TEST_CASE("contiguous() returns the tensor itself or a packed copy", "[tensor][v
   // A slice of an inner dimension is strided too.
   auto cols = base.slice(1, 1, 4);
   CHECK_FALSE(cols.is_contiguous());
-  CHECK(view_mismatch(cols.contiguous(), base, [](const Index& i) { return Index{i[0], i[1] + 1}; }) == "");
+  CHECK(view_mismatch(cols.contiguous(), base, [](const Index& i) {
+          return Index{i[0], i[1] + 1};
+        }) == "");
 }
 
 TEST_CASE("copy_ packs a strided source into a contiguous destination", "[tensor]") {
@@ -220,7 +230,10 @@ TEST_CASE("copy_ packs a strided source into a contiguous destination", "[tensor
   CHECK(contains(error_of([&] { Tensor<double>(Shape{5, 3, 2}).copy_(src); }), "(5, 3, 2)"));
   CHECK(contains(error_of([&] { Tensor<double>(Shape{5, 3, 2}).copy_(src); }), "(5, 2, 3)"));
   auto strided_dst = Tensor<double>(Shape{3, 5}).transpose(0, 1);
-  CHECK(contains(error_of([&] { strided_dst.copy_(Tensor<double>::zeros(Shape{5, 3})); }), "contiguous"));
+  CHECK(contains(error_of([&] {
+                   strided_dst.copy_(Tensor<double>::zeros(Shape{5, 3}));
+                 }),
+                 "contiguous"));
 }
 
 TEST_CASE("clone owns a separate copy", "[tensor]") {

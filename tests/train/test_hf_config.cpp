@@ -98,10 +98,16 @@ TEST_CASE("config.json round trip for llama and gpt2", "[train][hf_config]") {
     }
   }
   SECTION("bad configs name the field") {
-    require_error([&] { hf_config_json(HfModelConfig{"bert", 1, 8, 2, 8, 8, 8}); },
-                  {"'bert'", "llama, gpt2"});
-    require_error([&] { hf_config_json(HfModelConfig{"llama", 2, 10, 3, 8, 8, 8}); },
-                  {"divisible"});
+    require_error(
+        [&] {
+          hf_config_json(HfModelConfig{"bert", 1, 8, 2, 8, 8, 8});
+        },
+        {"'bert'", "llama, gpt2"});
+    require_error(
+        [&] {
+          hf_config_json(HfModelConfig{"llama", 2, 10, 3, 8, 8, 8});
+        },
+        {"divisible"});
     auto j = nlohmann::json::parse(hf_config_json(llama).dump());
     j.erase("hidden_size");
     require_error([&] { parse_hf_config(j, "ckpt/config.json"); },

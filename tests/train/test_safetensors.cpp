@@ -21,8 +21,8 @@ struct TempDir {
   fs::path path;
   TempDir() {
     std::random_device rd;
-    path = fs::temp_directory_path() / ("fathom-safetensors-" + std::to_string(rd()) + "-" +
-                                        std::to_string(rd()));
+    path = fs::temp_directory_path() /
+           ("fathom-safetensors-" + std::to_string(rd()) + "-" + std::to_string(rd()));
     fs::create_directories(path);
   }
   ~TempDir() {
@@ -85,7 +85,8 @@ void require_error(F&& f, std::initializer_list<std::string> parts) {
 
 }  // namespace
 
-TEST_CASE("safetensors round trip keeps names, dtypes, shapes, bytes and metadata", "[train][safetensors]") {
+TEST_CASE("safetensors round trip keeps names, dtypes, shapes, bytes and metadata",
+          "[train][safetensors]") {
   TempDir dir;
   std::mt19937 rng(1234);
   std::uniform_real_distribution<float> uniform(-3.f, 3.f);
@@ -103,8 +104,8 @@ TEST_CASE("safetensors round trip keeps names, dtypes, shapes, bytes and metadat
       make_tensor_record<fathom::bf16>("model.norm.weight", {7}, halves),
       make_tensor_record<std::int32_t>("data.position", {11}, ints),
       make_tensor_record<double>("b.scalars", {3}, doubles),
-      random_record(rng, "a.bytes", "U8", {13}),  // odd size: later tensors must still align
-      random_record(rng, "step", "I64", {}),      // rank 0: one element
+      random_record(rng, "a.bytes", "U8", {13}),   // odd size: later tensors must still align
+      random_record(rng, "step", "I64", {}),       // rank 0: one element
       random_record(rng, "empty", "F32", {4, 0}),  // no bytes, shape kept
       random_record(rng, "z.halfs", "F16", {3, 3}),
   };
@@ -196,7 +197,8 @@ TEST_CASE("safetensors bytes match the format exactly", "[train][safetensors]") 
   }
 }
 
-TEST_CASE("safetensors reader rejects malformed files with the file and the problem", "[train][safetensors]") {
+TEST_CASE("safetensors reader rejects malformed files with the file and the problem",
+          "[train][safetensors]") {
   TempDir dir;
   const fs::path path = dir / "bad.safetensors";
   const std::string tensor24 = R"("w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]})";
@@ -251,16 +253,16 @@ TEST_CASE("safetensors reader rejects malformed files with the file and the prob
                {"tensor 'w'", "begin <= end"});
   }
   SECTION("overlapping tensors") {
-    read_error(raw_file("{" + tensor24 +
-                            R"(,"v":{"dtype":"F32","shape":[2],"data_offsets":[16,24]}})",
-                        24),
-               {"overlaps the previous tensor"});
+    read_error(
+        raw_file("{" + tensor24 + R"(,"v":{"dtype":"F32","shape":[2],"data_offsets":[16,24]}})",
+                 24),
+        {"overlaps the previous tensor"});
   }
   SECTION("a hole between tensors") {
-    read_error(raw_file("{" + tensor24 +
-                            R"(,"v":{"dtype":"F32","shape":[2],"data_offsets":[28,36]}})",
-                        36),
-               {"tensor 'v'", "starting at 24", "hole"});
+    read_error(
+        raw_file("{" + tensor24 + R"(,"v":{"dtype":"F32","shape":[2],"data_offsets":[28,36]}})",
+                 36),
+        {"tensor 'v'", "starting at 24", "hole"});
   }
   SECTION("bytes after the last tensor") {
     read_error(raw_file("{" + tensor24 + "}", 32), {"cover the 32-byte data buffer", "got 24"});
@@ -310,9 +312,12 @@ TEST_CASE("safetensors writer checks records before touching the file", "[train]
     check_untouched();
   }
   SECTION("duplicate names") {
-    require_error([&] {
-      write_safetensors(path, {random_record(rng, "x", "F32", {2}), random_record(rng, "x", "F32", {3})});
-    }, {"unique tensor names", "'x'"});
+    require_error(
+        [&] {
+          write_safetensors(
+              path, {random_record(rng, "x", "F32", {2}), random_record(rng, "x", "F32", {3})});
+        },
+        {"unique tensor names", "'x'"});
     check_untouched();
   }
   SECTION("the reserved metadata name") {
@@ -343,7 +348,8 @@ TEST_CASE("typed records check their dtype and size", "[train][safetensors]") {
   std::vector<float> values = {1.5f, -2.25f, 3.f};
   auto record = make_tensor_record<float>("w", {3}, values);
   CHECK(record.dtype == "F32");
-  require_error([&] { tensor_values<double>(record); }, {"tensor 'w'", "expected dtype F64", "F32"});
+  require_error([&] { tensor_values<double>(record); },
+                {"tensor 'w'", "expected dtype F64", "F32"});
   require_error([&] { make_tensor_record<float>("w", {2, 2}, values); }, {"[2, 2]", "3 values"});
   require_error([] { dtype_size("Q8"); }, {"'Q8'"});
   CHECK(dtype_size("BF16") == 2);

@@ -52,10 +52,13 @@ class PoisonedModel final : public train::LanguageModel<float, Cpu> {
  public:
   PoisonedModel(const nn::ModelConfig& c, std::vector<int> poisoned_calls)
       : inner_(c, policy::LNS{}), poisoned_(std::move(poisoned_calls)) {}
-  LossVar loss(const Tensor<std::int32_t, Cpu>& x, const Tensor<std::int32_t, Cpu>& y) const override {
-    // Training calls only (evaluation runs under NoGradGuard): call k is step k without accumulation.
+  LossVar loss(const Tensor<std::int32_t, Cpu>& x,
+               const Tensor<std::int32_t, Cpu>& y) const override {
+    // Training calls only (evaluation runs under NoGradGuard): call k is step k without
+    // accumulation.
     if (autograd::grad_enabled()) ++calls_;
-    bool poison = autograd::grad_enabled() && std::find(poisoned_.begin(), poisoned_.end(), calls_) != poisoned_.end();
+    bool poison = autograd::grad_enabled() &&
+                  std::find(poisoned_.begin(), poisoned_.end(), calls_) != poisoned_.end();
     auto& w = const_cast<Model&>(inner_).parameters()[1].var.mutable_value();
     std::vector<float> saved;
     if (poison) {
@@ -66,7 +69,9 @@ class PoisonedModel final : public train::LanguageModel<float, Cpu> {
     if (poison) w.copy_(Tensor<float>::from_vector(w.shape(), saved));
     return l;
   }
-  Var<float> forward(const Tensor<std::int32_t, Cpu>& x) const override { return inner_.forward(x); }
+  Var<float> forward(const Tensor<std::int32_t, Cpu>& x) const override {
+    return inner_.forward(x);
+  }
   LossVar loss(const Tensor<std::int32_t, Cpu>& x, const Tensor<std::int32_t, Cpu>& y,
                const nn::ForwardOptions<float, Cpu>& options) const override {
     return inner_.loss(x, y, options);
@@ -107,7 +112,8 @@ TEST_CASE("trainer: the loss falls on the built-in corpus and metrics are writte
   int train_lines = 0, val_lines = 0;
   for (std::string line; std::getline(m, line);) {
     auto j = nlohmann::json::parse(line);
-    if (j.contains("val_loss")) ++val_lines;
+    if (j.contains("val_loss"))
+      ++val_lines;
     else {
       ++train_lines;
       for (const char* k : {"step", "loss", "lr", "tokens", "tokens_per_s"}) CHECK(j.contains(k));
@@ -140,7 +146,8 @@ TEST_CASE("trainer: resuming gives the same losses and weights bit for bit", "[t
   CHECK(second.tokens == full.tokens);
 }
 
-TEST_CASE("trainer: losses read only every few steps resume bit for bit, with accumulation", "[train]") {
+TEST_CASE("trainer: losses read only every few steps resume bit for bit, with accumulation",
+          "[train]") {
   auto straight = fresh_dir("straight-accum"), split = fresh_dir("split-accum");
   auto o = small_run(straight);
   o.log_every = 5;  // the loop reads losses at steps 1, 5, 8 and at evaluations (4, 8)
@@ -189,15 +196,18 @@ TEST_CASE("load_checkpoint reads back what the trainer wrote", "[train]") {
   fresh.init(99);
   train::load_weights(fresh, c);
   for (std::size_t i = 0; i < model.parameters().size(); ++i)
-    CHECK(fresh.parameters()[i].var.value().to_vector() == model.parameters()[i].var.value().to_vector());
+    CHECK(fresh.parameters()[i].var.value().to_vector() ==
+          model.parameters()[i].var.value().to_vector());
 
   train::CheckpointParts weights_only;
   weights_only.optimizer = false;
   CHECK(train::load_checkpoint(dir / "ckpt-3", weights_only).optimizer.tensors.empty());
-  CHECK_THROWS_WITH(train::load_checkpoint(dir / "ckpt-9"), HasSubstring("ckpt-9") && HasSubstring("does not exist"));
+  CHECK_THROWS_WITH(train::load_checkpoint(dir / "ckpt-9"),
+                    HasSubstring("ckpt-9") && HasSubstring("does not exist"));
 }
 
-TEST_CASE("trainer: resuming a checkpoint of another config fails naming the difference", "[train]") {
+TEST_CASE("trainer: resuming a checkpoint of another config fails naming the difference",
+          "[train]") {
   auto dir = fresh_dir("other-config");
   auto o = small_run(dir);
   o.steps = 2;
@@ -212,10 +222,12 @@ TEST_CASE("trainer: resuming a checkpoint of another config fails naming the dif
   b.model.layers = 2;
   auto c = b;
   c.policy = "pre-ln";
-  CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(c)), HasSubstring("policy"));
+  CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(c)),
+                    HasSubstring("policy"));
 }
 
-TEST_CASE("trainer: a NaN loss stops the run naming the step and the last good checkpoint", "[train]") {
+TEST_CASE("trainer: a NaN loss stops the run naming the step and the last good checkpoint",
+          "[train]") {
   auto dir = fresh_dir("nan");
   auto o = small_run(dir);
   o.save_every = 2;
@@ -226,7 +238,8 @@ TEST_CASE("trainer: a NaN loss stops the run naming the step and the last good c
   CHECK_FALSE(fs::exists(dir / "ckpt-6"));
 }
 
-TEST_CASE("trainer: a NaN loss between two reads is reported with its own step and never saved", "[train]") {
+TEST_CASE("trainer: a NaN loss between two reads is reported with its own step and never saved",
+          "[train]") {
   auto dir = fresh_dir("nan-late");
   auto o = small_run(dir);
   o.log_every = 10;  // losses are read at step 1 and at the end (8) only
@@ -262,7 +275,8 @@ TEST_CASE("trainer: bad input fails with one clear message", "[train]") {
     fs::create_directories(dir);
     std::ofstream(dir / "file") << "x";
     auto o = small_run(dir / "file" / "run");
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("TrainOptions::out"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)),
+                      HasSubstring("TrainOptions::out"));
   }
   SECTION("a token id >= vocab in the shards") {
     fs::create_directories(dir);
@@ -284,7 +298,8 @@ TEST_CASE("trainer: bad input fails with one clear message", "[train]") {
   SECTION("shards matching nothing") {
     auto o = small_run(dir / "run");
     o.data = (dir / "nothing_*.bin").string();
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("nothing_"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)),
+                      HasSubstring("nothing_"));
   }
   SECTION("an option out of range names the TrainOptions member") {
     auto o = small_run(dir / "run");
@@ -299,20 +314,24 @@ TEST_CASE("trainer: bad input fails with one clear message", "[train]") {
     }
     o = small_run(dir / "run");
     o.resume = (dir / "no-such-run").string();
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)),
-                      HasSubstring("TrainOptions::resume: expected a ckpt-STEP folder or a run folder"));
+    CHECK_THROWS_WITH(
+        (train::train<nn::Llama, policy::PreLN, float, Cpu>(o)),
+        HasSubstring("TrainOptions::resume: expected a ckpt-STEP folder or a run folder"));
   }
   SECTION("zero steps, a sequence longer than the model's") {
     auto o = small_run(dir / "run");
     o.steps = 0;
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("TrainOptions::steps"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)),
+                      HasSubstring("TrainOptions::steps"));
     o = small_run(dir / "run");
     o.seq_len = 64;
-    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)), HasSubstring("TrainOptions::seq_len"));
+    CHECK_THROWS_WITH((train::train<nn::Llama, policy::PreLN, float, Cpu>(o)),
+                      HasSubstring("TrainOptions::seq_len"));
   }
 }
 
-TEST_CASE("checkpoints: a failed save leaves the previous checkpoint intact and no torn one", "[train]") {
+TEST_CASE("checkpoints: a failed save leaves the previous checkpoint intact and no torn one",
+          "[train]") {
   auto dir = fresh_dir("torn");
   train::CheckpointContents good;
   std::vector<float> w = {1, 2, 3, 4};
@@ -323,14 +342,17 @@ TEST_CASE("checkpoints: a failed save leaves the previous checkpoint intact and 
   train::write_checkpoint(dir, 1, good);
 
   auto bad = good;
-  bad.model[0].data.resize(3);  // a record whose size does not match its shape: the save fails midway
+  bad.model[0].data.resize(
+      3);  // a record whose size does not match its shape: the save fails midway
   CHECK_THROWS_AS(train::write_checkpoint(dir, 2, bad), Error);
   CHECK_FALSE(fs::exists(dir / "ckpt-2"));
-  CHECK_THROWS_AS(train::write_checkpoint(dir, 1, bad), Error);  // overwriting fails: the old one stays
+  CHECK_THROWS_AS(train::write_checkpoint(dir, 1, bad),
+                  Error);  // overwriting fails: the old one stays
   REQUIRE(train::is_complete_checkpoint(dir / "ckpt-1"));
   CHECK(weights_of(dir / "ckpt-1") == w);
   int leftovers = 0;
-  for (auto& e : fs::directory_iterator(dir)) leftovers += e.path().filename().string().starts_with(".ckpt") ? 1 : 0;
+  for (auto& e : fs::directory_iterator(dir))
+    leftovers += e.path().filename().string().starts_with(".ckpt") ? 1 : 0;
   CHECK(leftovers == 0);
   // (These records are not a whole checkpoint, so resolve_checkpoint would refuse them:
   // test_checkpoint_faults.cpp checks what it picks.)

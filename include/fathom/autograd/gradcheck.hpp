@@ -56,11 +56,13 @@ inline GradcheckResult gradcheck(
 
   for (std::size_t k = 0; k < inputs.size(); ++k) {
     auto& in = inputs[k];
-    std::vector<double> analytic = in.has_grad() ? in.grad().to_vector()
-                                                 : std::vector<double>(static_cast<std::size_t>(in.numel()), 0.0);
+    std::vector<double> analytic =
+        in.has_grad() ? in.grad().to_vector()
+                      : std::vector<double>(static_cast<std::size_t>(in.numel()), 0.0);
     double* x = in.mutable_value().data();
     const std::int64_t n = in.numel();
-    const std::int64_t m = options.max_elements_per_input > 0 ? std::min(n, options.max_elements_per_input) : n;
+    const std::int64_t m =
+        options.max_elements_per_input > 0 ? std::min(n, options.max_elements_per_input) : n;
     for (std::int64_t j = 0; j < m; ++j) {
       const std::int64_t i = j * n / m;
       double saved = x[i];
@@ -78,7 +80,8 @@ inline GradcheckResult gradcheck(
       double err = std::abs(a - numeric);
       double rel = err / std::max(std::abs(numeric), 1e-300);
       result.max_abs_error = std::max(result.max_abs_error, err);
-      if (std::abs(numeric) > options.atol) result.max_rel_error = std::max(result.max_rel_error, rel);
+      if (std::abs(numeric) > options.atol)
+        result.max_rel_error = std::max(result.max_rel_error, rel);
       ++result.checked;
       bool bad = !(err <= options.atol + options.rtol * std::abs(numeric));  // NaN fails too
       if (bad && result.ok) {

@@ -268,13 +268,15 @@ void backward(const Var<T, D>& root, Tensor<T, D> seed = Tensor<T, D>()) {
                "backward: the graph of this Var was already consumed by an earlier backward(); "
                "run the forward again");
   if (!seed.defined()) {
-    FATHOM_CHECK(root.numel() == 1, "backward: a root of shape " << root.shape()
+    FATHOM_CHECK(root.numel() == 1, "backward: a root of shape "
+                                        << root.shape()
                                         << " needs an explicit seed gradient (only one-element "
                                            "roots default to 1)");
     seed = Tensor<T, D>::full(root.shape(), scalar_cast<T>(1.0));
   }
   FATHOM_CHECK(seed.shape() == root.shape(), "backward: seed shape " << seed.shape()
-                                                 << " differs from root shape " << root.shape());
+                                                                     << " differs from root shape "
+                                                                     << root.shape());
   root.slot()->accumulator().copy_(seed);
   auto nodes = std::move(tape.nodes);
   tape.nodes.clear();

@@ -14,13 +14,13 @@
 #include "fathom/core/error.hpp"
 #include "fathom/core/memory.hpp"
 
-#define FATHOM_CUDA_CHECK(expr)                                                                  \
-  do {                                                                                           \
-    cudaError_t fathom_cuda_status_ = (expr);                                                    \
-    if (fathom_cuda_status_ != cudaSuccess) {                                                    \
-      FATHOM_FAIL("CUDA call `" #expr "` failed: " << cudaGetErrorString(fathom_cuda_status_)    \
-                                                  << " at " << __FILE__ << ":" << __LINE__);    \
-    }                                                                                            \
+#define FATHOM_CUDA_CHECK(expr)                                                               \
+  do {                                                                                        \
+    cudaError_t fathom_cuda_status_ = (expr);                                                 \
+    if (fathom_cuda_status_ != cudaSuccess) {                                                 \
+      FATHOM_FAIL("CUDA call `" #expr "` failed: " << cudaGetErrorString(fathom_cuda_status_) \
+                                                   << " at " << __FILE__ << ":" << __LINE__); \
+    }                                                                                         \
   } while (0)
 
 namespace fathom::cuda {
@@ -44,14 +44,15 @@ inline void synchronize() { FATHOM_CUDA_CHECK(cudaStreamSynchronize(stream())); 
 class CachingAllocator {
  public:
   struct Stats {
-    std::size_t cuda_mallocs = 0;     // calls to cudaMalloc so far
-    std::size_t bytes_in_use = 0;     // bytes handed out and not yet freed
+    std::size_t cuda_mallocs = 0;  // calls to cudaMalloc so far
+    std::size_t bytes_in_use = 0;  // bytes handed out and not yet freed
     std::size_t peak_bytes_in_use = 0;
-    std::size_t bytes_reserved = 0;   // bytes obtained from cudaMalloc and not released
+    std::size_t bytes_reserved = 0;  // bytes obtained from cudaMalloc and not released
   };
 
   static CachingAllocator& instance() {
-    static CachingAllocator* a = new CachingAllocator();  // never destroyed: outlives static tensors
+    static CachingAllocator* a =
+        new CachingAllocator();  // never destroyed: outlives static tensors
     return *a;
   }
 
@@ -75,8 +76,8 @@ class CachingAllocator {
       release_cached_locked();
       status = cudaMalloc(&p, size);
     }
-    FATHOM_CHECK(status == cudaSuccess, "CUDA out of memory: cannot allocate " << size
-                                            << " bytes (" << stats_.bytes_in_use
+    FATHOM_CHECK(status == cudaSuccess, "CUDA out of memory: cannot allocate "
+                                            << size << " bytes (" << stats_.bytes_in_use
                                             << " bytes in use): " << cudaGetErrorString(status));
     ++stats_.cuda_mallocs;
     stats_.bytes_reserved += size;
@@ -140,7 +141,8 @@ class CachingAllocator {
   CachingAllocator() = default;
   void account(std::size_t size) {
     stats_.bytes_in_use += size;
-    if (stats_.bytes_in_use > stats_.peak_bytes_in_use) stats_.peak_bytes_in_use = stats_.bytes_in_use;
+    if (stats_.bytes_in_use > stats_.peak_bytes_in_use)
+      stats_.peak_bytes_in_use = stats_.bytes_in_use;
   }
   void release_cached_locked() {
     cudaStreamSynchronize(stream());
@@ -175,7 +177,9 @@ namespace fathom {
 
 template <>
 struct DeviceMemory<Cuda> {
-  static void* allocate(std::size_t bytes) { return cuda::CachingAllocator::instance().allocate(bytes); }
+  static void* allocate(std::size_t bytes) {
+    return cuda::CachingAllocator::instance().allocate(bytes);
+  }
   static void deallocate(void* p, std::size_t) { cuda::CachingAllocator::instance().deallocate(p); }
   static void to_host(void* dst, const void* src, std::size_t bytes) {
     FATHOM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda::stream()));

@@ -26,20 +26,20 @@ namespace detail {
 
 // FATHOM_CHECK(cond, "expected shape " << a << ", got " << b): the message is a stream expression,
 // evaluated only when the check fails.
-#define FATHOM_CHECK(cond, msg)                                                                  \
-  do {                                                                                           \
-    if (!(cond)) {                                                                               \
-      std::ostringstream fathom_check_stream_;                                                   \
-      fathom_check_stream_ << msg;                                                               \
-      ::fathom::detail::throw_check_failure(#cond, __FILE__, __LINE__,                           \
-                                            fathom_check_stream_.str());                         \
-    }                                                                                            \
+#define FATHOM_CHECK(cond, msg)                                          \
+  do {                                                                   \
+    if (!(cond)) {                                                       \
+      std::ostringstream fathom_check_stream_;                           \
+      fathom_check_stream_ << msg;                                       \
+      ::fathom::detail::throw_check_failure(#cond, __FILE__, __LINE__,   \
+                                            fathom_check_stream_.str()); \
+    }                                                                    \
   } while (0)
 
 // FATHOM_FAIL("message " << x): throw unconditionally.
-#define FATHOM_FAIL(msg)                                                                         \
-  do {                                                                                           \
-    std::ostringstream fathom_check_stream_;                                                     \
-    fathom_check_stream_ << msg;                                                                 \
-    throw ::fathom::Error(fathom_check_stream_.str());                                           \
+#define FATHOM_FAIL(msg)                               \
+  do {                                                 \
+    std::ostringstream fathom_check_stream_;           \
+    fathom_check_stream_ << msg;                       \
+    throw ::fathom::Error(fathom_check_stream_.str()); \
   } while (0)

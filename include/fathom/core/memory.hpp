@@ -128,13 +128,19 @@ struct DeviceMemory<Cpu> {
   static constexpr std::size_t alignment = 256;
   static void* allocate(std::size_t bytes) {
     std::size_t rounded = (bytes + alignment - 1) / alignment * alignment;
-    void* p = ::operator new(rounded, std::align_val_t{alignment}, std::nothrow);
+    void* p = ::operator new (rounded, std::align_val_t{alignment}, std::nothrow);
     FATHOM_CHECK(p != nullptr, "host allocation of " << bytes << " bytes failed");
     return p;
   }
-  static void deallocate(void* p, std::size_t) { ::operator delete(p, std::align_val_t{alignment}); }
-  static void to_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
-  static void from_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
+  static void deallocate(void* p, std::size_t) {
+    ::operator delete (p, std::align_val_t{alignment});
+  }
+  static void to_host(void* dst, const void* src, std::size_t bytes) {
+    std::memcpy(dst, src, bytes);
+  }
+  static void from_host(void* dst, const void* src, std::size_t bytes) {
+    std::memcpy(dst, src, bytes);
+  }
   static void copy(void* dst, const void* src, std::size_t bytes) { std::memmove(dst, src, bytes); }
   static void zero(void* p, std::size_t bytes) { std::memset(p, 0, bytes); }
   static void fill_bytes(void* p, int byte, std::size_t bytes) { std::memset(p, byte, bytes); }

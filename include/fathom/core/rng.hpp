@@ -22,7 +22,8 @@ FATHOM_HOST_DEVICE inline void mulhilo(std::uint32_t a, std::uint32_t b, std::ui
 
 // Philox4x32 with 10 rounds (Salmon et al., SC'11), the generator cuRAND and PyTorch use.
 FATHOM_HOST_DEVICE inline Philox4x32 philox(std::uint64_t counter, std::uint64_t seed) {
-  std::uint32_t c0 = static_cast<std::uint32_t>(counter), c1 = static_cast<std::uint32_t>(counter >> 32);
+  std::uint32_t c0 = static_cast<std::uint32_t>(counter),
+                c1 = static_cast<std::uint32_t>(counter >> 32);
   std::uint32_t c2 = 0, c3 = 0;
   std::uint32_t k0 = static_cast<std::uint32_t>(seed), k1 = static_cast<std::uint32_t>(seed >> 32);
   for (int r = 0; r < 10; ++r) {
@@ -30,7 +31,10 @@ FATHOM_HOST_DEVICE inline Philox4x32 philox(std::uint64_t counter, std::uint64_t
     mulhilo(0xD2511F53u, c0, hi0, lo0);
     mulhilo(0xCD9E8D57u, c2, hi1, lo1);
     std::uint32_t n0 = hi1 ^ c1 ^ k0, n1 = lo1, n2 = hi0 ^ c3 ^ k1, n3 = lo0;
-    c0 = n0; c1 = n1; c2 = n2; c3 = n3;
+    c0 = n0;
+    c1 = n1;
+    c2 = n2;
+    c3 = n3;
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }

@@ -28,33 +28,56 @@ struct WordForms {
 };
 
 inline constexpr std::array<WordForms, 16> corpus_nouns{{
-    {"dog", "dogs"},         {"cat", "cats"},         {"bird", "birds"},
-    {"girl", "girls"},       {"boy", "boys"},         {"teacher", "teachers"},
-    {"farmer", "farmers"},   {"king", "kings"},       {"queen", "queens"},
-    {"keeper", "keepers"},   {"child", "children"},   {"mouse", "mice"},
-    {"man", "men"},          {"woman", "women"},      {"wolf", "wolves"},
+    {"dog", "dogs"},
+    {"cat", "cats"},
+    {"bird", "birds"},
+    {"girl", "girls"},
+    {"boy", "boys"},
+    {"teacher", "teachers"},
+    {"farmer", "farmers"},
+    {"king", "kings"},
+    {"queen", "queens"},
+    {"keeper", "keepers"},
+    {"child", "children"},
+    {"mouse", "mice"},
+    {"man", "men"},
+    {"woman", "women"},
+    {"wolf", "wolves"},
     {"goose", "geese"},
 }};
 // Verbs that end a sentence (the main verb, which agrees with the first noun).
 inline constexpr std::array<WordForms, 10> corpus_intransitive{{
-    {"runs", "run"},   {"sleeps", "sleep"}, {"sings", "sing"},   {"waits", "wait"},
-    {"laughs", "laugh"}, {"smiles", "smile"}, {"falls", "fall"}, {"wins", "win"},
-    {"swims", "swim"}, {"dances", "dance"},
+    {"runs", "run"},
+    {"sleeps", "sleep"},
+    {"sings", "sing"},
+    {"waits", "wait"},
+    {"laughs", "laugh"},
+    {"smiles", "smile"},
+    {"falls", "fall"},
+    {"wins", "win"},
+    {"swims", "swim"},
+    {"dances", "dance"},
 }};
 // Verbs inside relative clauses, agreeing with their own subject.
 inline constexpr std::array<WordForms, 8> corpus_transitive{{
-    {"sees", "see"},     {"likes", "like"},   {"chases", "chase"}, {"follows", "follow"},
-    {"helps", "help"},   {"watches", "watch"}, {"knows", "know"},  {"finds", "find"},
+    {"sees", "see"},
+    {"likes", "like"},
+    {"chases", "chase"},
+    {"follows", "follow"},
+    {"helps", "help"},
+    {"watches", "watch"},
+    {"knows", "know"},
+    {"finds", "find"},
 }};
 inline constexpr std::array<std::string_view, 12> corpus_adjectives{
-    "old", "young", "small", "tall", "quiet", "happy", "red", "green", "brave", "lazy", "clever",
-    "tired"};
-inline constexpr std::array<std::string_view, 6> corpus_prepositions{"near", "behind", "with",
-                                                                     "beside", "under", "above"};
+    "old", "young", "small", "tall", "quiet",  "happy",
+    "red", "green", "brave", "lazy", "clever", "tired"};
+inline constexpr std::array<std::string_view, 6> corpus_prepositions{"near",   "behind", "with",
+                                                                     "beside", "under",  "above"};
 inline constexpr std::array<std::string_view, 24> corpus_values{
-    "blue",   "amber", "stone", "silver", "red",   "green", "gold",  "iron",
-    "salt",   "ash",   "rose",  "pine",   "frost", "ember", "moss",  "slate",
-    "violet", "coral", "ivory", "jade",   "onyx",  "pearl", "rust",  "sand"};
+    "blue",   "amber", "stone", "silver", "red",   "green", "gold", "iron",
+    "salt",   "ash",   "rose",  "pine",   "frost", "ember", "moss", "slate",
+    "violet", "coral", "ivory", "jade",   "onyx",  "pearl", "rust", "sand"};
 inline constexpr int corpus_keys = 32;  // keys are k0 .. k31
 
 // SplitMix64: a fast sequential generator; the corpus is written in order, so it needs no counter
@@ -263,8 +286,8 @@ inline std::string corpus_text(Split split, std::size_t bytes, std::uint64_t see
 // (split, tokens, seed); a longer request extends a shorter one.
 inline std::vector<std::int32_t> builtin_corpus(Split split, std::size_t tokens,
                                                 std::uint64_t seed = 0) {
-  FATHOM_CHECK(tokens > 0, "built-in corpus (" << split_name(split)
-                                               << "): expected a size > 0 tokens, got 0");
+  FATHOM_CHECK(tokens > 0,
+               "built-in corpus (" << split_name(split) << "): expected a size > 0 tokens, got 0");
   memory::require_available<Cpu>(memory::saturating_bytes(tokens, sizeof(std::int32_t)),
                                  "built-in corpus (" + std::string(split_name(split)) +
                                      "): " + std::to_string(tokens) + " tokens");

@@ -36,14 +36,17 @@ inline bool wildcard_match(std::string_view pattern, std::string_view name) {
   return p == pattern.size();
 }
 
-inline bool has_wildcard(std::string_view s) { return s.find_first_of("*?") != std::string_view::npos; }
+inline bool has_wildcard(std::string_view s) {
+  return s.find_first_of("*?") != std::string_view::npos;
+}
 
 // The regular files matching `pattern`, sorted by path. A pattern without wildcards names one
 // file, which must exist. Throws, naming the pattern, when nothing matches.
 inline std::vector<std::filesystem::path> expand_glob(const std::string& pattern) {
   namespace fs = std::filesystem;
-  FATHOM_CHECK(!pattern.empty(), "expected a shard file or pattern such as 'dir/*_train_*.bin', "
-                                 "got an empty string");
+  FATHOM_CHECK(!pattern.empty(),
+               "expected a shard file or pattern such as 'dir/*_train_*.bin', "
+               "got an empty string");
   const fs::path full(pattern);
   const fs::path folder = full.has_parent_path() ? full.parent_path() : fs::path(".");
   const std::string file_pattern = full.filename().string();
@@ -53,22 +56,21 @@ inline std::vector<std::filesystem::path> expand_glob(const std::string& pattern
   std::error_code ec;
   std::vector<fs::path> files;
   if (!has_wildcard(file_pattern)) {
-    FATHOM_CHECK(fs::is_regular_file(full, ec),
-                 "shard pattern '" << pattern << "': no such file");
+    FATHOM_CHECK(fs::is_regular_file(full, ec), "shard pattern '" << pattern << "': no such file");
     files.push_back(full);
     return files;
   }
-  FATHOM_CHECK(fs::is_directory(folder, ec),
-               "shard pattern '" << pattern << "' matches no file: folder '" << folder.string()
-                                 << "' does not exist");
+  FATHOM_CHECK(fs::is_directory(folder, ec), "shard pattern '"
+                                                 << pattern << "' matches no file: folder '"
+                                                 << folder.string() << "' does not exist");
   for (const fs::directory_entry& entry : fs::directory_iterator(folder, ec)) {
     if (entry.is_regular_file(ec) && wildcard_match(file_pattern, entry.path().filename().string()))
       files.push_back(full.has_parent_path() ? entry.path() : entry.path().filename());
   }
   FATHOM_CHECK(!ec, "shard pattern '" << pattern << "': cannot list folder '" << folder.string()
                                       << "': " << ec.message());
-  FATHOM_CHECK(!files.empty(), "shard pattern '" << pattern << "' matches no file in '"
-                                                 << folder.string() << "'");
+  FATHOM_CHECK(!files.empty(),
+               "shard pattern '" << pattern << "' matches no file in '" << folder.string() << "'");
   std::sort(files.begin(), files.end());
   return files;
 }

@@ -22,23 +22,25 @@ namespace fathom::data {
 //         each shard, in order, wrapping around after the last full batch; for evaluation.
 enum class SampleOrder { random, sequential };
 
-inline const char* order_name(SampleOrder o) { return o == SampleOrder::random ? "random" : "sequential"; }
+inline const char* order_name(SampleOrder o) {
+  return o == SampleOrder::random ? "random" : "sequential";
+}
 
 struct SamplerOptions {
-  std::int64_t batch = 8;       // B: rows per batch
-  std::int64_t seq_len = 256;   // T: tokens per row; a row reads T + 1 tokens
-  std::uint64_t seed = 0;       // random order only
+  std::int64_t batch = 8;      // B: rows per batch
+  std::int64_t seq_len = 256;  // T: tokens per row; a row reads T + 1 tokens
+  std::uint64_t seed = 0;      // random order only
   SampleOrder order = SampleOrder::random;
-  std::uint32_t vocab = 0;      // when > 0, every token is checked to be < vocab on construction
-  int rank = 0;                 // data parallel: this process's rank of `ranks`; each rank reads
-  int ranks = 1;                // its own rows, and together they read what one process would
+  std::uint32_t vocab = 0;  // when > 0, every token is checked to be < vocab on construction
+  int rank = 0;             // data parallel: this process's rank of `ranks`; each rank reads
+  int ranks = 1;            // its own rows, and together they read what one process would
 };
 
 // Where a TokenSource is: enough to resume it. batch, seq_len, ranks and order are recorded so a
 // state is never applied to a source that would read it differently.
 struct SamplerState {
   std::uint64_t seed = 0;
-  std::uint64_t step = 0;       // batches drawn so far by this rank
+  std::uint64_t step = 0;  // batches drawn so far by this rank
   std::int64_t batch = 0;
   std::int64_t seq_len = 0;
   int ranks = 1;
@@ -50,7 +52,7 @@ struct SamplerState {
 // Templates, so this header needs only the caller's <nlohmann/json.hpp>.
 template <class Json>
 void to_json(Json& j, const SamplerState& s) {
-  j = Json{{"seed", s.seed},   {"step", s.step},   {"batch", s.batch},
+  j = Json{{"seed", s.seed},       {"step", s.step},   {"batch", s.batch},
            {"seq_len", s.seq_len}, {"ranks", s.ranks}, {"order", order_name(s.order)}};
 }
 
@@ -65,8 +67,10 @@ void from_json(const Json& j, SamplerState& s) {
     j.at("ranks").get_to(s.ranks);
     j.at("order").get_to(order);
   } catch (const std::exception& e) {
-    FATHOM_FAIL("sampler state: expected an object with seed, step, batch, seq_len, ranks and order, "
-                "got " << j.dump() << " (" << e.what() << ")");
+    FATHOM_FAIL(
+        "sampler state: expected an object with seed, step, batch, seq_len, ranks and order, "
+        "got "
+        << j.dump() << " (" << e.what() << ")");
   }
   FATHOM_CHECK(order == "random" || order == "sequential",
                "sampler state: expected order 'random' or 'sequential', got '" << order << "'");
@@ -109,8 +113,8 @@ class TokenSource {
                                  std::string name = "tokens in memory") {
     std::vector<std::uint32_t> held(tokens.size());
     for (std::size_t i = 0; i < tokens.size(); ++i) {
-      FATHOM_CHECK(tokens[i] >= 0, name << ": expected token ids >= 0, got " << tokens[i]
-                                        << " at offset " << i);
+      FATHOM_CHECK(tokens[i] >= 0,
+                   name << ": expected token ids >= 0, got " << tokens[i] << " at offset " << i);
       held[i] = static_cast<std::uint32_t>(tokens[i]);
     }
     std::vector<ShardView> shards;
@@ -173,11 +177,11 @@ class TokenSource {
   void set_state(const SamplerState& s) {
     FATHOM_CHECK(s.order == options_.order && s.batch == options_.batch &&
                      s.seq_len == options_.seq_len && s.ranks == options_.ranks,
-                 "sampler state: saved for order " << order_name(s.order) << ", batch " << s.batch
-                     << ", seq_len " << s.seq_len << ", ranks " << s.ranks
-                     << "; expected order " << order_name(options_.order) << ", batch "
-                     << options_.batch << ", seq_len " << options_.seq_len << ", ranks "
-                     << options_.ranks);
+                 "sampler state: saved for order "
+                     << order_name(s.order) << ", batch " << s.batch << ", seq_len " << s.seq_len
+                     << ", ranks " << s.ranks << "; expected order " << order_name(options_.order)
+                     << ", batch " << options_.batch << ", seq_len " << options_.seq_len
+                     << ", ranks " << options_.ranks);
     options_.seed = s.seed;
     step_ = s.step;
   }
@@ -197,21 +201,25 @@ class TokenSource {
   void check_and_index() {
     const SamplerOptions& o = options_;
     FATHOM_CHECK(o.batch >= 1 && o.seq_len >= 1,
-                 "token source: expected batch >= 1 and seq_len >= 1, got batch " << o.batch
-                     << " and seq_len " << o.seq_len);
-    FATHOM_CHECK(o.ranks >= 1 && o.rank >= 0 && o.rank < o.ranks,
-                 "token source: expected 0 <= rank < ranks, got rank " << o.rank << " of " << o.ranks);
-    FATHOM_CHECK(!shards_.empty(), "token source: empty data; expected at least one shard, got none");
+                 "token source: expected batch >= 1 and seq_len >= 1, got batch "
+                     << o.batch << " and seq_len " << o.seq_len);
+    FATHOM_CHECK(
+        o.ranks >= 1 && o.rank >= 0 && o.rank < o.ranks,
+        "token source: expected 0 <= rank < ranks, got rank " << o.rank << " of " << o.ranks);
+    FATHOM_CHECK(!shards_.empty(),
+                 "token source: empty data; expected at least one shard, got none");
     const std::uint64_t T = static_cast<std::uint64_t>(o.seq_len);
-    const std::uint64_t B = static_cast<std::uint64_t>(o.batch) * static_cast<std::uint64_t>(o.ranks);
+    const std::uint64_t B =
+        static_cast<std::uint64_t>(o.batch) * static_cast<std::uint64_t>(o.ranks);
     std::size_t largest = 0;
     first_window_.clear();
     for (std::size_t i = 0; i < shards_.size(); ++i) {
       const std::uint64_t n = shards_[i].size();
       if (n > shards_[largest].size()) largest = i;
       // Random order: any start with T + 1 tokens left. Sequential: starts at multiples of T.
-      const std::uint64_t windows =
-          n < T + 1 ? 0 : o.order == SampleOrder::random ? n - T : (n - 1) / T;
+      const std::uint64_t windows = n < T + 1                        ? 0
+                                    : o.order == SampleOrder::random ? n - T
+                                                                     : (n - 1) / T;
       first_window_.push_back(total_windows_);
       total_windows_ += windows;
       total_tokens_ += n;
@@ -219,9 +227,9 @@ class TokenSource {
     FATHOM_CHECK(total_tokens_ > 0, "token source: empty data; expected tokens in "
                                         << shards_.front().name() << ", got none");
     FATHOM_CHECK(total_windows_ > 0,
-                 "token source: sequence length " << o.seq_len << " needs " << T + 1
-                     << " tokens in one shard, but the largest, " << shards_[largest].name()
-                     << ", holds " << shards_[largest].size());
+                 "token source: sequence length "
+                     << o.seq_len << " needs " << T + 1 << " tokens in one shard, but the largest, "
+                     << shards_[largest].name() << ", holds " << shards_[largest].size());
     std::uint64_t batch_tokens = 0;
     const bool overflow = __builtin_mul_overflow(B, T + 1, &batch_tokens);
     FATHOM_CHECK(!overflow && batch_tokens <= total_tokens_,
@@ -232,9 +240,9 @@ class TokenSource {
                      << (overflow ? std::string("over 2^64") : std::to_string(batch_tokens))
                      << " tokens is larger than the data, " << total_tokens_ << " tokens");
     FATHOM_CHECK(o.order == SampleOrder::random || total_windows_ >= B,
-                 "token source: a batch of " << B << " rows is larger than the data: "
-                     << total_tokens_ << " tokens hold " << total_windows_
-                     << " sequential windows of seq_len " << o.seq_len);
+                 "token source: a batch of "
+                     << B << " rows is larger than the data: " << total_tokens_ << " tokens hold "
+                     << total_windows_ << " sequential windows of seq_len " << o.seq_len);
     batches_per_pass_ = std::max<std::uint64_t>(1, total_windows_ / B);
     if (o.vocab > 0)
       for (const ShardView& s : shards_) s.validate(o.vocab);

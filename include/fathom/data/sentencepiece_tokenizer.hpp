@@ -3,7 +3,7 @@
 #pragma once
 
 #if !__has_include(<sentencepiece_processor.h>)
-#error "fathom/data/sentencepiece_tokenizer.hpp needs libsentencepiece (apt-get install libsentencepiece-dev)"
+#error "sentencepiece_tokenizer.hpp needs libsentencepiece (apt-get install libsentencepiece-dev)"
 #endif
 
 #include <sentencepiece_processor.h>
@@ -30,15 +30,15 @@ class SentencePieceTokenizer final : public Tokenizer {
     FATHOM_CHECK(std::filesystem::is_regular_file(model),
                  "sentencepiece model '" << path_ << "': no such file");
     auto status = processor_.Load(path_);
-    FATHOM_CHECK(status.ok(), "sentencepiece model '" << path_ << "': cannot load: "
-                                                      << status.ToString());
+    FATHOM_CHECK(status.ok(),
+                 "sentencepiece model '" << path_ << "': cannot load: " << status.ToString());
   }
 
   std::vector<std::int32_t> encode(std::string_view text) const override {
     std::vector<int> ids;
     auto status = processor_.Encode(text, &ids);
-    FATHOM_CHECK(status.ok(), "sentencepiece model '" << path_ << "': encoding failed: "
-                                                      << status.ToString());
+    FATHOM_CHECK(status.ok(),
+                 "sentencepiece model '" << path_ << "': encoding failed: " << status.ToString());
     return {ids.begin(), ids.end()};
   }
 
@@ -50,8 +50,8 @@ class SentencePieceTokenizer final : public Tokenizer {
                                            << "), got " << in[i] << " at position " << i);
     std::string text;
     auto status = processor_.Decode(in, &text);
-    FATHOM_CHECK(status.ok(), "sentencepiece model '" << path_ << "': decoding failed: "
-                                                      << status.ToString());
+    FATHOM_CHECK(status.ok(),
+                 "sentencepiece model '" << path_ << "': decoding failed: " << status.ToString());
     return text;
   }
 
@@ -84,10 +84,10 @@ class SentenceFeed final : public sentencepiece::SentenceIterator {
 
 struct SentencePieceTraining {
   int vocab_size = 8000;
-  std::string model_type = "bpe";   // as Llama's tokenizer; "unigram" is the other common choice
+  std::string model_type = "bpe";  // as Llama's tokenizer; "unigram" is the other common choice
   int threads = 2;
   long long max_sentences = 2000000;  // a random sample of this many lines is used
-  unsigned int seed = 0;  // of that sample: the same text and seed give the same model
+  unsigned int seed = 0;              // of that sample: the same text and seed give the same model
 };
 
 // Trains a model on the lines `next` yields and writes `prefix`.model and `prefix`.vocab (each
@@ -99,7 +99,8 @@ inline void train_sentencepiece(const std::filesystem::path& prefix,
                                 std::function<bool(std::string&)> next) {
   FATHOM_CHECK(options.vocab_size >= 300,
                "sentencepiece training: expected a vocab size >= 300 (256 byte pieces + specials "
-               "+ merges), got " << options.vocab_size);
+               "+ merges), got "
+                   << options.vocab_size);
   const std::unordered_map<std::string, std::string> args{
       {"vocab_size", std::to_string(options.vocab_size)},
       {"model_type", options.model_type},
@@ -123,9 +124,10 @@ inline void train_sentencepiece(const std::filesystem::path& prefix,
   // would make the file depend on where it was written) and saved below.
   std::string model;
   auto status = sentencepiece::SentencePieceTrainer::Train(args, &feed, &model);
-  FATHOM_CHECK(status.ok(), "sentencepiece training of '" << prefix.string()
-                                                          << ".model' failed: " << status.ToString());
-  const std::string model_file = prefix.string() + ".model", vocab_file = prefix.string() + ".vocab";
+  FATHOM_CHECK(status.ok(), "sentencepiece training of '"
+                                << prefix.string() << ".model' failed: " << status.ToString());
+  const std::string model_file = prefix.string() + ".model",
+                    vocab_file = prefix.string() + ".vocab";
   {
     std::ofstream out(model_file, std::ios::binary);
     out.write(model.data(), static_cast<std::streamsize>(model.size()));
@@ -133,7 +135,8 @@ inline void train_sentencepiece(const std::filesystem::path& prefix,
   }
   sentencepiece::SentencePieceProcessor trained;
   status = trained.LoadFromSerializedProto(model);
-  FATHOM_CHECK(status.ok(), "sentencepiece training: the trained model does not load: " << status.ToString());
+  FATHOM_CHECK(status.ok(),
+               "sentencepiece training: the trained model does not load: " << status.ToString());
   std::ofstream vocab(vocab_file);
   for (int id = 0; id < trained.GetPieceSize(); ++id)
     vocab << trained.IdToPiece(id) << '\t' << trained.GetScore(id) << '\n';

@@ -1,5 +1,6 @@
-// Token shards in the llm.c format: a 256-int32 header (magic, version, token count) followed by the
-// tokens as uint16 or uint32. read_shard/write_shard load and save whole shards; ShardView maps one.
+// Token shards in the llm.c format: a 256-int32 header (magic, version, token count) followed by
+// the tokens as uint16 or uint32. read_shard/write_shard load and save whole shards; ShardView maps
+// one.
 #pragma once
 
 #include <algorithm>
@@ -41,7 +42,8 @@ inline constexpr int shard_header_ints = 256;
 inline constexpr std::size_t shard_header_bytes = shard_header_ints * sizeof(std::int32_t);
 inline constexpr std::int32_t shard_magic_u16 = 20240520;  // with version 1: uint16 tokens (GPT-2)
 inline constexpr std::int32_t shard_version_u16 = 1;
-inline constexpr std::int32_t shard_magic_u32 = 20240801;  // with version 7: uint32 tokens (Llama 3)
+inline constexpr std::int32_t shard_magic_u32 =
+    20240801;  // with version 7: uint32 tokens (Llama 3)
 inline constexpr std::int32_t shard_version_u32 = 7;
 
 inline const char* width_name(TokenWidth w) { return w == TokenWidth::u16 ? "uint16" : "uint32"; }
@@ -78,24 +80,25 @@ inline ShardHeader parse_shard_header(const std::int32_t* header, std::uintmax_t
   const std::int32_t magic = header[0], version = header[1], count = header[2];
   TokenWidth width = TokenWidth::u16;
   if (magic == shard_magic_u16) {
-    FATHOM_CHECK(version == shard_version_u16,
-                 "shard " << quoted(path) << ": magic " << magic << " (uint16 tokens) expects version "
-                          << shard_version_u16 << ", got version " << version);
+    FATHOM_CHECK(version == shard_version_u16, "shard " << quoted(path) << ": magic " << magic
+                                                        << " (uint16 tokens) expects version "
+                                                        << shard_version_u16 << ", got version "
+                                                        << version);
   } else if (magic == shard_magic_u32) {
-    FATHOM_CHECK(version == shard_version_u32,
-                 "shard " << quoted(path) << ": magic " << magic << " (uint32 tokens) expects version "
-                          << shard_version_u32 << ", got version " << version);
+    FATHOM_CHECK(version == shard_version_u32, "shard " << quoted(path) << ": magic " << magic
+                                                        << " (uint32 tokens) expects version "
+                                                        << shard_version_u32 << ", got version "
+                                                        << version);
     width = TokenWidth::u32;
   } else {
     FATHOM_FAIL("shard " << quoted(path) << ": expected magic " << shard_magic_u16
-                         << " (uint16 tokens) or " << shard_magic_u32
-                         << " (uint32 tokens), got " << magic
-                         << "; is this an llm.c token shard?");
+                         << " (uint16 tokens) or " << shard_magic_u32 << " (uint32 tokens), got "
+                         << magic << "; is this an llm.c token shard?");
   }
   FATHOM_CHECK(count >= 0, "shard " << quoted(path) << ": header says " << count
                                     << " tokens; expected a count >= 0");
-  FATHOM_CHECK(count > 0, "shard " << quoted(path)
-                                   << ": header says 0 tokens; expected a non-empty shard");
+  FATHOM_CHECK(count > 0,
+               "shard " << quoted(path) << ": header says 0 tokens; expected a non-empty shard");
   const std::size_t bytes_per_token = static_cast<std::size_t>(width);
   const std::uintmax_t payload = file_bytes - shard_header_bytes;
   const std::uintmax_t held = payload / bytes_per_token;
@@ -105,21 +108,22 @@ inline ShardHeader parse_shard_header(const std::int32_t* header, std::uintmax_t
                         << (payload % bytes_per_token ? " and a partial token" : "") << " ("
                         << file_bytes << " bytes; expected "
                         << shard_header_bytes + static_cast<std::uintmax_t>(count) * bytes_per_token
-                        << ")" << (held < static_cast<std::uintmax_t>(count) ? "; truncated?" : ""));
+                        << ")"
+                        << (held < static_cast<std::uintmax_t>(count) ? "; truncated?" : ""));
   return {width, static_cast<std::size_t>(count)};
 }
 
 inline std::uintmax_t checked_file_size(const std::filesystem::path& path) {
   std::error_code ec;
-  FATHOM_CHECK(std::filesystem::exists(path, ec),
-               "shard " << quoted(path) << ": no such file");
+  FATHOM_CHECK(std::filesystem::exists(path, ec), "shard " << quoted(path) << ": no such file");
   FATHOM_CHECK(std::filesystem::is_regular_file(path, ec),
                "shard " << quoted(path) << ": expected a regular file");
   std::uintmax_t bytes = std::filesystem::file_size(path, ec);
   FATHOM_CHECK(!ec, "shard " << quoted(path) << ": cannot read its size: " << ec.message());
-  FATHOM_CHECK(bytes >= shard_header_bytes,
-               "shard " << quoted(path) << ": file holds " << bytes << " bytes, expected at least the "
-                        << shard_header_bytes << "-byte header; truncated?");
+  FATHOM_CHECK(bytes >= shard_header_bytes, "shard " << quoted(path) << ": file holds " << bytes
+                                                     << " bytes, expected at least the "
+                                                     << shard_header_bytes
+                                                     << "-byte header; truncated?");
   return bytes;
 }
 
@@ -197,8 +201,8 @@ inline void write_shard(const std::filesystem::path& path, std::span<const std::
   if (w == TokenWidth::u16) {
     std::size_t at = detail::first_out_of_vocab(tokens.data(), tokens.size(), 65536u);
     FATHOM_CHECK(at == static_cast<std::size_t>(-1),
-                 "shard " << detail::quoted(path) << ": token id " << tokens[at] << " at offset " << at
-                          << " does not fit uint16; expected ids < 65536 or a uint32 shard");
+                 "shard " << detail::quoted(path) << ": token id " << tokens[at] << " at offset "
+                          << at << " does not fit uint16; expected ids < 65536 or a uint32 shard");
   }
   std::int32_t header[shard_header_ints] = {};
   header[0] = w == TokenWidth::u16 ? shard_magic_u16 : shard_magic_u32;
@@ -245,17 +249,15 @@ class ShardView {
 #if FATHOM_DATA_HAS_MMAP
     std::uintmax_t bytes = detail::checked_file_size(path);
     int fd = ::open(path.c_str(), O_RDONLY);
-    FATHOM_CHECK(fd >= 0, name_ << ": cannot open for reading: "
-                                   << std::strerror(errno));
+    FATHOM_CHECK(fd >= 0, name_ << ": cannot open for reading: " << std::strerror(errno));
     void* map = ::mmap(nullptr, static_cast<std::size_t>(bytes), PROT_READ, MAP_PRIVATE, fd, 0);
     int saved = errno;
     ::close(fd);
-    FATHOM_CHECK(map != MAP_FAILED, name_ << ": cannot map " << bytes
-                                             << " bytes: " << std::strerror(saved));
+    FATHOM_CHECK(map != MAP_FAILED,
+                 name_ << ": cannot map " << bytes << " bytes: " << std::strerror(saved));
     const std::size_t mapped = static_cast<std::size_t>(bytes);
-    owner_ = std::shared_ptr<const void>(map, [mapped](const void* p) {
-      ::munmap(const_cast<void*>(p), mapped);
-    });
+    owner_ = std::shared_ptr<const void>(
+        map, [mapped](const void* p) { ::munmap(const_cast<void*>(p), mapped); });
     ShardHeader h = detail::parse_shard_header(static_cast<const std::int32_t*>(map), bytes, path);
     width_ = h.width;
     size_ = h.num_tokens;

@@ -58,9 +58,8 @@ class ByteTokenizer final : public Tokenizer {
         text += end_of_text_text;
         continue;
       }
-      FATHOM_CHECK(id >= 0 && id < 256, "byte tokenizer: expected ids in [0, " << vocab
-                                                                             << "), got " << id
-                                                                             << " at position " << i);
+      FATHOM_CHECK(id >= 0 && id < 256, "byte tokenizer: expected ids in [0, "
+                                            << vocab << "), got " << id << " at position " << i);
       text += static_cast<char>(static_cast<unsigned char>(id));
     }
     return text;

@@ -43,8 +43,8 @@ double variance(const std::vector<T>& v) {
 template <class T>
 double angular_distance(const std::vector<T>& a, const std::vector<T>& b, std::int64_t C) {
   FATHOM_CHECK(a.size() == b.size() && C > 0 && a.size() % static_cast<std::size_t>(C) == 0,
-               "angular_distance: expected two arrays of equal size divisible by C = " << C << ", got "
-                                                                                       << a.size() << " and " << b.size());
+               "angular_distance: expected two arrays of equal size divisible by C = "
+                   << C << ", got " << a.size() << " and " << b.size());
   const std::size_t rows = a.size() / static_cast<std::size_t>(C);
   double sum = 0.0;
   for (std::size_t r = 0; r < rows; ++r) {
@@ -57,9 +57,12 @@ double angular_distance(const std::vector<T>& a, const std::vector<T>& b, std::i
       nb += y * y;
     }
     double d;
-    if (na == 0 && nb == 0) d = 0.0;
-    else if (na == 0 || nb == 0) d = 0.5;
-    else d = std::acos(std::clamp(dot / std::sqrt(na * nb), -1.0, 1.0)) / std::numbers::pi;
+    if (na == 0 && nb == 0)
+      d = 0.0;
+    else if (na == 0 || nb == 0)
+      d = 0.5;
+    else
+      d = std::acos(std::clamp(dot / std::sqrt(na * nb), -1.0, 1.0)) / std::numbers::pi;
     sum += d;
   }
   return rows ? sum / static_cast<double>(rows) : NAN;
@@ -80,11 +83,11 @@ struct Diagnostics {
   std::vector<double> block_output_variance;  // (L)
   std::vector<double> attn_branch_variance;   // (L)
   std::vector<double> mlp_branch_variance;    // (L)
-  std::vector<double> input_variance;         // (L + 1): x_0 (embeddings) .. x_L (last block's output)
+  std::vector<double> input_variance;  // (L + 1): x_0 (embeddings) .. x_L (last block's output)
   std::vector<std::vector<double>> angular_distance;  // [l][n]: d(x_l, x_{l+n}), n = 0 .. L - l
-  std::vector<double> grad_norm;              // (L) L2 norm of each block's parameter gradients
-  std::vector<double> loss_without_block;     // (L) loss with block i skipped
-  std::vector<double> loss_increase;          // (L) loss_without_block - loss
+  std::vector<double> grad_norm;           // (L) L2 norm of each block's parameter gradients
+  std::vector<double> loss_without_block;  // (L) loss with block i skipped
+  std::vector<double> loss_increase;       // (L) loss_without_block - loss
 
   nlohmann::json to_json() const {
     return {{"layers", layers},
@@ -103,7 +106,8 @@ struct Diagnostics {
 
 // Per-block output variance of one forward (cheap: what fathom-train logs every N steps).
 template <class T, DeviceTag D>
-std::vector<double> block_output_variance(const nn::LanguageModel<T, D>& model, const Tensor<std::int32_t, D>& x,
+std::vector<double> block_output_variance(const nn::LanguageModel<T, D>& model,
+                                          const Tensor<std::int32_t, D>& x,
                                           const Tensor<std::int32_t, D>& y) {
   autograd::NoGradGuard no_grad;
   std::vector<double> out(static_cast<std::size_t>(model.config().layers), NAN);
@@ -149,13 +153,16 @@ Diagnostics run_diagnostics(nn::LanguageModel<T, D>& model, const std::vector<da
     options.observer = [&](int block, nn::Site site, const Var<T, D>& v) {
       if (block < 0 || block >= L) return;
       const auto ub = static_cast<std::size_t>(block);
-      if (site == nn::Site::block_input) states[ub] = v.value().to_vector();
+      if (site == nn::Site::block_input)
+        states[ub] = v.value().to_vector();
       else if (site == nn::Site::block_output) {
         auto vals = v.value().to_vector();
         d.block_output_variance[ub] += variance(vals) / nb;
         if (block == L - 1) states[uL] = std::move(vals);
-      } else if (site == nn::Site::attn_branch) d.attn_branch_variance[ub] += variance(v.value().to_vector()) / nb;
-      else if (site == nn::Site::mlp_branch) d.mlp_branch_variance[ub] += variance(v.value().to_vector()) / nb;
+      } else if (site == nn::Site::attn_branch)
+        d.attn_branch_variance[ub] += variance(v.value().to_vector()) / nb;
+      else if (site == nn::Site::mlp_branch)
+        d.mlp_branch_variance[ub] += variance(v.value().to_vector()) / nb;
     };
     model.zero_grad();
     {
@@ -181,7 +188,8 @@ Diagnostics run_diagnostics(nn::LanguageModel<T, D>& model, const std::vector<da
     for (std::size_t l = 0; l <= uL; ++l) {
       if (opt.variance) d.input_variance[l] += variance(states[l]) / nb;
       if (opt.angular)
-        for (std::size_t n = 0; l + n <= uL; ++n) d.angular_distance[l][n] += angular_distance(states[l], states[l + n], C) / nb;
+        for (std::size_t n = 0; l + n <= uL; ++n)
+          d.angular_distance[l][n] += angular_distance(states[l], states[l + n], C) / nb;
     }
 
     if (opt.layer_removal) {
@@ -190,7 +198,8 @@ Diagnostics run_diagnostics(nn::LanguageModel<T, D>& model, const std::vector<da
         nn::ForwardOptions<T, D> skip;
         skip.skip.assign(uL, false);
         skip.skip[static_cast<std::size_t>(i)] = true;
-        d.loss_without_block[static_cast<std::size_t>(i)] += static_cast<double>(model.loss(x, y, skip).value().item()) / nb;
+        d.loss_without_block[static_cast<std::size_t>(i)] +=
+            static_cast<double>(model.loss(x, y, skip).value().item()) / nb;
       }
     }
   }

@@ -16,8 +16,10 @@ namespace detail {
 template <class A>
 FATHOM_HOST_DEVICE inline A activation_tanh(A x) {
 #if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(A) == sizeof(float)) return tanhf(x);
-  else return tanh(x);
+  if constexpr (sizeof(A) == sizeof(float))
+    return tanhf(x);
+  else
+    return tanh(x);
 #else
   return std::tanh(x);
 #endif
@@ -26,8 +28,10 @@ FATHOM_HOST_DEVICE inline A activation_tanh(A x) {
 template <class A>
 FATHOM_HOST_DEVICE inline A activation_exp(A x) {
 #if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(A) == sizeof(float)) return expf(x);
-  else return exp(x);
+  if constexpr (sizeof(A) == sizeof(float))
+    return expf(x);
+  else
+    return exp(x);
 #else
   return std::exp(x);
 #endif
@@ -50,7 +54,8 @@ FATHOM_HOST_DEVICE inline A gelu_grad(A x) {
 
 template <class A>
 FATHOM_HOST_DEVICE inline A sigmoid(A x) {
-  return A(1) / (A(1) + activation_exp(-x));  // exp overflows to inf for x << 0: sigmoid -> 0, as it should
+  return A(1) / (A(1) + activation_exp(
+                            -x));  // exp overflows to inf for x << 0: sigmoid -> 0, as it should
 }
 
 // silu(x) = x sigmoid(x)
@@ -89,7 +94,8 @@ struct ActivationBackwardParams {
 template <class T>
 void gelu(Cpu, const ActivationParams<T>& p) {
   using A = accum_t<T>;
-  for (std::int64_t i = 0; i < p.n; ++i) p.y[i] = scalar_cast<T>(detail::gelu(scalar_cast<A>(p.x[i])));
+  for (std::int64_t i = 0; i < p.n; ++i)
+    p.y[i] = scalar_cast<T>(detail::gelu(scalar_cast<A>(p.x[i])));
 }
 
 template <class T>
@@ -103,7 +109,8 @@ void gelu_backward(Cpu, const ActivationBackwardParams<T>& p) {
 template <class T>
 void silu(Cpu, const ActivationParams<T>& p) {
   using A = accum_t<T>;
-  for (std::int64_t i = 0; i < p.n; ++i) p.y[i] = scalar_cast<T>(detail::silu(scalar_cast<A>(p.x[i])));
+  for (std::int64_t i = 0; i < p.n; ++i)
+    p.y[i] = scalar_cast<T>(detail::silu(scalar_cast<A>(p.x[i])));
 }
 
 template <class T>
@@ -152,7 +159,8 @@ void swiglu_backward(Cpu, const SwigluBackwardParams<T>& p) {
       p.dgate[i] = scalar_cast<T>((p.accumulate_dgate ? scalar_cast<A>(p.dgate[i]) : A(0)) +
                                   d * u * detail::silu_grad(g));
     if (p.dup)
-      p.dup[i] = scalar_cast<T>((p.accumulate_dup ? scalar_cast<A>(p.dup[i]) : A(0)) + d * detail::silu(g));
+      p.dup[i] = scalar_cast<T>((p.accumulate_dup ? scalar_cast<A>(p.dup[i]) : A(0)) +
+                                d * detail::silu(g));
   }
 }
 

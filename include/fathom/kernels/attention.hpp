@@ -23,10 +23,10 @@ namespace fathom::kernels {
 // which the backward uses to recompute the probabilities without storing them.
 template <class T>
 struct AttentionParams {
-  const T* q = nullptr;  // (B, T, C) rows of q_stride
-  const T* k = nullptr;  // (B, T, C) rows of k_stride
-  const T* v = nullptr;  // (B, T, C) rows of v_stride
-  T* o = nullptr;        // (B, T, C) rows of o_stride, written
+  const T* q = nullptr;       // (B, T, C) rows of q_stride
+  const T* k = nullptr;       // (B, T, C) rows of k_stride
+  const T* v = nullptr;       // (B, T, C) rows of v_stride
+  T* o = nullptr;             // (B, T, C) rows of o_stride, written
   accum_t<T>* lse = nullptr;  // (B, H, T) contiguous, written
   std::int64_t batch = 0, seq = 0, heads = 0, head_dim = 0;
   std::int64_t q_stride = 0, k_stride = 0, v_stride = 0, o_stride = 0;
@@ -36,19 +36,20 @@ struct AttentionParams {
 
 // Backward: given d_o = dL/do, ACCUMULATES (+=) dL/dq, dL/dk, dL/dv into dq, dk, dv. Any of the
 // three may be null (that gradient is not wanted). With P = softmax(S), S = scale * q k^T:
-//   dP = d_o v^T, dS = P * (dP - rowsum(d_o * o)), dq = scale dS k, dk = scale dS^T q, dv = P^T d_o.
+//   dP = d_o v^T, dS = P * (dP - rowsum(d_o * o)), dq = scale dS k, dk = scale dS^T q, dv = P^T
+//   d_o.
 // o and lse are the forward's outputs.
 template <class T>
 struct AttentionBackwardParams {
-  const T* q = nullptr;    // (B, T, C) rows of q_stride
-  const T* k = nullptr;    // (B, T, C) rows of k_stride
-  const T* v = nullptr;    // (B, T, C) rows of v_stride
-  const T* o = nullptr;    // (B, T, C) rows of o_stride
-  const T* d_o = nullptr;  // (B, T, C) rows of do_stride
+  const T* q = nullptr;             // (B, T, C) rows of q_stride
+  const T* k = nullptr;             // (B, T, C) rows of k_stride
+  const T* v = nullptr;             // (B, T, C) rows of v_stride
+  const T* o = nullptr;             // (B, T, C) rows of o_stride
+  const T* d_o = nullptr;           // (B, T, C) rows of do_stride
   const accum_t<T>* lse = nullptr;  // (B, H, T)
-  T* dq = nullptr;  // (B, T, C) rows of dq_stride, accumulated (see accumulate)
-  T* dk = nullptr;  // (B, T, C) rows of dk_stride, accumulated (see accumulate)
-  T* dv = nullptr;  // (B, T, C) rows of dv_stride, accumulated (see accumulate)
+  T* dq = nullptr;                  // (B, T, C) rows of dq_stride, accumulated (see accumulate)
+  T* dk = nullptr;                  // (B, T, C) rows of dk_stride, accumulated (see accumulate)
+  T* dv = nullptr;                  // (B, T, C) rows of dv_stride, accumulated (see accumulate)
   std::int64_t batch = 0, seq = 0, heads = 0, head_dim = 0;
   std::int64_t q_stride = 0, k_stride = 0, v_stride = 0, o_stride = 0, do_stride = 0;
   std::int64_t dq_stride = 0, dk_stride = 0, dv_stride = 0;
@@ -75,7 +76,8 @@ void attention(Cpu, const AttentionParams<T>& p) {
         for (std::int64_t j = 0; j < visible; ++j) {
           const T* kj = p.k + (b * Tn + j) * p.k_stride + h * hd;
           A dot = 0;
-          for (std::int64_t d = 0; d < hd; ++d) dot += static_cast<A>(qt[d]) * static_cast<A>(kj[d]);
+          for (std::int64_t d = 0; d < hd; ++d)
+            dot += static_cast<A>(qt[d]) * static_cast<A>(kj[d]);
           s[static_cast<std::size_t>(j)] = dot * scale;
           if (s[static_cast<std::size_t>(j)] > mx) mx = s[static_cast<std::size_t>(j)];
         }
@@ -89,10 +91,12 @@ void attention(Cpu, const AttentionParams<T>& p) {
         for (std::int64_t j = 0; j < visible; ++j) {
           const T* vj = p.v + (b * Tn + j) * p.v_stride + h * hd;
           const A w = s[static_cast<std::size_t>(j)] / sum;
-          for (std::int64_t d = 0; d < hd; ++d) acc[static_cast<std::size_t>(d)] += w * static_cast<A>(vj[d]);
+          for (std::int64_t d = 0; d < hd; ++d)
+            acc[static_cast<std::size_t>(d)] += w * static_cast<A>(vj[d]);
         }
         T* ot = p.o + (b * Tn + t) * p.o_stride + h * hd;
-        for (std::int64_t d = 0; d < hd; ++d) ot[d] = scalar_cast<T>(acc[static_cast<std::size_t>(d)]);
+        for (std::int64_t d = 0; d < hd; ++d)
+          ot[d] = scalar_cast<T>(acc[static_cast<std::size_t>(d)]);
         p.lse[(b * p.heads + h) * Tn + t] = mx + std::log(sum);
       }
     }
@@ -113,14 +117,17 @@ void attention_backward(Cpu, const AttentionBackwardParams<T>& p) {
       std::fill(dq.begin(), dq.end(), A(0));
       std::fill(dk.begin(), dk.end(), A(0));
       std::fill(dv.begin(), dv.end(), A(0));
-      auto row = [&](const T* base, std::int64_t stride, std::int64_t t) { return base + (b * Tn + t) * stride + h * hd; };
+      auto row = [&](const T* base, std::int64_t stride, std::int64_t t) {
+        return base + (b * Tn + t) * stride + h * hd;
+      };
       for (std::int64_t i = 0; i < Tn; ++i) {
         const T* qi = row(p.q, p.q_stride, i);
         const T* oi = row(p.o, p.o_stride, i);
         const T* doi = row(p.d_o, p.do_stride, i);
         const A lse = p.lse[(b * p.heads + h) * Tn + i];
         A delta = 0;  // rowsum(d_o * o)
-        for (std::int64_t d = 0; d < hd; ++d) delta += static_cast<A>(doi[d]) * static_cast<A>(oi[d]);
+        for (std::int64_t d = 0; d < hd; ++d)
+          delta += static_cast<A>(doi[d]) * static_cast<A>(oi[d]);
         const std::int64_t visible = p.causal ? i + 1 : Tn;
         for (std::int64_t j = 0; j < visible; ++j) {
           const T* kj = row(p.k, p.k_stride, j);

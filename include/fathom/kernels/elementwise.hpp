@@ -1,5 +1,6 @@
 // Element-wise kernels, CPU reference: y = alpha*a + beta*b, y += alpha*x, y = s*x, y = a*b with
-// its backward, and a row-strided axpy (the backward of a slice). CUDA versions: cuda/elementwise.cuh.
+// its backward, and a row-strided axpy (the backward of a slice). CUDA versions:
+// cuda/elementwise.cuh.
 #pragma once
 
 #include <cstdint>
@@ -15,9 +16,9 @@ namespace fathom::kernels {
 // y = alpha * a + beta * b
 template <class T>
 struct AxpbyParams {
-  const T* a;      // (n)
-  const T* b;      // (n)
-  T* y;            // (n), may alias a or b
+  const T* a;  // (n)
+  const T* b;  // (n)
+  T* y;        // (n), may alias a or b
   std::int64_t n;
   double alpha;
   double beta;

@@ -272,10 +272,10 @@ template <class T>
 GemmParams<T> check_gemm_gelu(const GemmParams<T>& params, const T* aux, const char* op) {
   const GemmParams<T> p = resolve_gemm(params);
   FATHOM_CHECK(p.batch == 1 && p.ldc == p.n && p.beta == 0.0,
-               op << ": expected batch 1, packed C (ldc == N) and beta 0, got batch " << p.batch << ", ldc "
-                  << p.ldc << " for N " << p.n << ", beta " << p.beta);
-  FATHOM_CHECK(p.m == 0 || p.n == 0 || aux != nullptr, op << ": aux is null for a (" << p.m << ", " << p.n
-                                                          << ") result");
+               op << ": expected batch 1, packed C (ldc == N) and beta 0, got batch " << p.batch
+                  << ", ldc " << p.ldc << " for N " << p.n << ", beta " << p.beta);
+  FATHOM_CHECK(p.m == 0 || p.n == 0 || aux != nullptr,
+               op << ": aux is null for a (" << p.m << ", " << p.n << ") result");
   return p;
 }
 
@@ -300,9 +300,12 @@ template <class T>
 void gemm_dgelu(Cpu, const GemmParams<T>& params, const T* aux, T* bias_grad) {
   const GemmParams<T> p = detail::check_gemm_gelu(params, aux, "gemm_dgelu");
   gemm(Cpu{}, p);
-  gelu_backward(Cpu{}, ActivationBackwardParams<T>{aux, p.c, p.c, p.m * p.n, /*accumulate=*/false});  // in place
+  gelu_backward(Cpu{}, ActivationBackwardParams<T>{aux, p.c, p.c, p.m * p.n,
+                                                   /*accumulate=*/false});  // in place
   if (bias_grad)
-    column_sum(Cpu{}, ColumnSumParams<T>{.x = p.c, .out = bias_grad, .rows = p.m, .cols = p.n, .accumulate = false});
+    column_sum(Cpu{},
+               ColumnSumParams<T>{
+                   .x = p.c, .out = bias_grad, .rows = p.m, .cols = p.n, .accumulate = false});
 }
 
 template <class T>

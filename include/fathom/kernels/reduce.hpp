@@ -81,7 +81,8 @@ void sum_squares(Cpu, const SumSquaresParams<T>& p, accum_t<T>* out) {
 template <class A>
 void clip_factor(Cpu, const A* sum_squares, double max_norm, float* factor) {
   const double norm = std::sqrt(static_cast<double>(*sum_squares));
-  *factor = (max_norm > 0.0 && norm > max_norm) ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.0f;
+  *factor =
+      (max_norm > 0.0 && norm > max_norm) ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.0f;
 }
 
 template <class T>

@@ -49,35 +49,35 @@ struct SoftmaxBackwardParams {
 // row's loss NaN, so the mean is NaN and the mistake shows.
 template <class T>
 struct CrossEntropyParams {
-  const T* logits = nullptr;               // (N, V)
-  const std::int32_t* targets = nullptr;   // (N)
-  accum_t<T>* loss = nullptr;              // () the mean loss
-  accum_t<T>* lse = nullptr;               // (N) saved for backward; nullptr: not saved
-  std::int32_t* valid_rows = nullptr;      // () number of rows not ignored; nullptr: not saved
-  std::int64_t rows = 0;                   // N
-  std::int64_t vocab = 0;                  // V
+  const T* logits = nullptr;              // (N, V)
+  const std::int32_t* targets = nullptr;  // (N)
+  accum_t<T>* loss = nullptr;             // () the mean loss
+  accum_t<T>* lse = nullptr;              // (N) saved for backward; nullptr: not saved
+  std::int32_t* valid_rows = nullptr;     // () number of rows not ignored; nullptr: not saved
+  std::int64_t rows = 0;                  // N
+  std::int64_t vocab = 0;                 // V
   int ignore_index = -100;
   // Fused gradient (optional): when dlogits is set, the same pass also writes
   // dlogits (+)= grad_scale * d loss / d logits, for callers that know d loss before the backward
   // (grad_scale is that d loss, e.g. 1 / gradient-accumulation steps).
-  T* dlogits = nullptr;                    // (N, V)
+  T* dlogits = nullptr;  // (N, V)
   double grad_scale = 1.0;
-  bool accumulate = false;                 // true: dlogits += ; false: dlogits =
+  bool accumulate = false;  // true: dlogits += ; false: dlogits =
 };
 
 // dlogits (+)= dloss / valid_rows * (softmax(logits) - onehot(target)), zero for ignored rows.
 template <class T>
 struct CrossEntropyBackwardParams {
-  const T* logits = nullptr;                // (N, V)
-  const std::int32_t* targets = nullptr;    // (N)
-  const accum_t<T>* lse = nullptr;          // (N) from the forward
-  const std::int32_t* valid_rows = nullptr; // () from the forward
-  const accum_t<T>* dloss = nullptr;        // () gradient of the mean loss
-  T* dlogits = nullptr;                     // (N, V)
+  const T* logits = nullptr;                 // (N, V)
+  const std::int32_t* targets = nullptr;     // (N)
+  const accum_t<T>* lse = nullptr;           // (N) from the forward
+  const std::int32_t* valid_rows = nullptr;  // () from the forward
+  const accum_t<T>* dloss = nullptr;         // () gradient of the mean loss
+  T* dlogits = nullptr;                      // (N, V)
   std::int64_t rows = 0;
   std::int64_t vocab = 0;
   int ignore_index = -100;
-  bool accumulate = true;                   // false: overwrite dlogits
+  bool accumulate = true;  // false: overwrite dlogits
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -94,7 +94,8 @@ void softmax(Cpu, const SoftmaxParams<T>& p) {
     A sum = 0;
     for (std::int64_t c = 0; c < p.cols; ++c) sum += std::exp(scalar_cast<A>(x[c]) - max);
     const A inv = A(1) / sum;
-    for (std::int64_t c = 0; c < p.cols; ++c) y[c] = scalar_cast<T>(std::exp(scalar_cast<A>(x[c]) - max) * inv);
+    for (std::int64_t c = 0; c < p.cols; ++c)
+      y[c] = scalar_cast<T>(std::exp(scalar_cast<A>(x[c]) - max) * inv);
   }
 }
 
@@ -117,10 +118,12 @@ void softmax_backward(Cpu, const SoftmaxBackwardParams<T>& p) {
 namespace detail {
 
 // Throws when a row's target is neither ignore_index nor in [0, V).
-inline void check_cross_entropy_target(std::int64_t row, std::int32_t target, std::int64_t vocab, int ignore_index) {
+inline void check_cross_entropy_target(std::int64_t row, std::int32_t target, std::int64_t vocab,
+                                       int ignore_index) {
   FATHOM_CHECK(target == ignore_index || (target >= 0 && target < vocab),
-               "cross_entropy: row " << row << " has target " << target << ", expected a class in [0, "
-                                     << vocab << ") or the ignore index " << ignore_index);
+               "cross_entropy: row " << row << " has target " << target
+                                     << ", expected a class in [0, " << vocab
+                                     << ") or the ignore index " << ignore_index);
 }
 
 // d loss / d logits for one row: (softmax - onehot) * scale, written or added.

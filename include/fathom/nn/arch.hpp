@@ -1,14 +1,14 @@
 // Architecture traits Llama and Gpt2: what each fixes (ArchSpec: norm, MLP, positions, fused
-// attention projection), its name, and the Hugging Face names of its parameters, so checkpoints load
-// in transformers (LlamaForCausalLM, GPT2LMHeadModel). A runtime ArchKind reaches its trait through
-// visit_arch(), the one place that maps one to the other.
+// attention projection), its name, and the Hugging Face names of its parameters, so checkpoints
+// load in transformers (LlamaForCausalLM, GPT2LMHeadModel). A runtime ArchKind reaches its trait
+// through visit_arch(), the one place that maps one to the other.
 //
 // Names of norm slots. A policy's norm slot i of a sub-layer gets the same name whatever the policy
-// does with it (PostLN's slot 0 follows the add but is still input_layernorm / ln_1). Slot 0 has the
-// architecture's own names; slots a policy adds (SandwichLN's output norms) are fathom's:
+// does with it (PostLN's slot 0 follows the add but is still input_layernorm / ln_1). Slot 0 has
+// the architecture's own names; slots a policy adds (SandwichLN's output norms) are fathom's:
 //                     attention slot 0            mlp slot 0                  slot 1 (att / mlp)
-//   Llama  model.layers.{i}.  input_layernorm     post_attention_layernorm    attn_out_norm / mlp_out_norm
-//   GPT-2  transformer.h.{i}. ln_1                ln_2                        ln_attn_out / ln_mlp_out
+//   Llama  model.layers.{i}.  input_layernorm     post_attention_layernorm    attn_out_norm /
+//   mlp_out_norm GPT-2  transformer.h.{i}. ln_1                ln_2 ln_attn_out / ln_mlp_out
 // Slots k >= 2 are attn_norm_{k} / mlp_norm_{k} (Llama) and ln_attn_{k} / ln_mlp_{k} (GPT-2).
 // {i} is the 0-based block index, as in Hugging Face (block i has policy layer l = i + 1).
 #pragma once
@@ -39,16 +39,17 @@ struct BlockNames {
   std::string q, k, v;  // separate projections (Llama)
   std::string qkv;      // fused projection (GPT-2 c_attn)
   std::string attn_out;
-  std::string mlp_gate;  // SwiGLU only
-  std::string mlp_up;    // up_proj / c_fc
-  std::string mlp_down;  // down_proj / mlp.c_proj
+  std::string mlp_gate;                            // SwiGLU only
+  std::string mlp_up;                              // up_proj / c_fc
+  std::string mlp_down;                            // down_proj / mlp.c_proj
   std::vector<std::string> attn_norms, mlp_norms;  // by slot
 };
 
 struct Llama {
   static constexpr ArchKind kind = ArchKind::llama;
   static constexpr std::string_view name = "llama";
-  static constexpr ArchSpec spec{NormKind::rms, MlpKind::swiglu, /*rope=*/true, /*fused_qkv=*/false};
+  static constexpr ArchSpec spec{NormKind::rms, MlpKind::swiglu, /*rope=*/true,
+                                 /*fused_qkv=*/false};
 
   static std::string embedding() { return "model.embed_tokens"; }
   static std::string positions() { return ""; }  // rotary: no table
@@ -67,8 +68,12 @@ struct Llama {
     n.mlp_down = p + "mlp.down_proj";
     for (int s = 0; s < norms_per_sublayer; ++s) {
       const std::string k = std::to_string(s);
-      n.attn_norms.push_back(p + (s == 0 ? "input_layernorm" : s == 1 ? "attn_out_norm" : "attn_norm_" + k));
-      n.mlp_norms.push_back(p + (s == 0 ? "post_attention_layernorm" : s == 1 ? "mlp_out_norm" : "mlp_norm_" + k));
+      n.attn_norms.push_back(p + (s == 0   ? "input_layernorm"
+                                  : s == 1 ? "attn_out_norm"
+                                           : "attn_norm_" + k));
+      n.mlp_norms.push_back(p + (s == 0   ? "post_attention_layernorm"
+                                 : s == 1 ? "mlp_out_norm"
+                                          : "mlp_norm_" + k));
     }
     return n;
   }
@@ -80,7 +85,8 @@ struct Llama {
 struct Gpt2 {
   static constexpr ArchKind kind = ArchKind::gpt2;
   static constexpr std::string_view name = "gpt2";
-  static constexpr ArchSpec spec{NormKind::layer, MlpKind::gelu, /*rope=*/false, /*fused_qkv=*/true};
+  static constexpr ArchSpec spec{NormKind::layer, MlpKind::gelu, /*rope=*/false,
+                                 /*fused_qkv=*/true};
 
   static std::string embedding() { return "transformer.wte"; }
   static std::string positions() { return "transformer.wpe"; }

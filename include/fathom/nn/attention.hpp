@@ -22,7 +22,10 @@ class Attention {
   // Block `layer` (1-based) of `c.layers`; parameter names from `names`.
   Attention(const ModelConfig& c, const BlockNames& names, int layer,
             std::vector<NamedParameter<T, D>>& registry)
-      : heads_(c.heads), rope_(arch_spec(c.arch).rope), fused_(arch_spec(c.arch).fused_qkv), theta_(c.rope_theta) {
+      : heads_(c.heads),
+        rope_(arch_spec(c.arch).rope),
+        fused_(arch_spec(c.arch).fused_qkv),
+        theta_(c.rope_theta) {
     const std::int64_t C = c.d_model;
     auto info = [&](policy::ParamRole role) {
       policy::ParamInfo p;

@@ -29,7 +29,15 @@ namespace fathom::nn {
 //   block_output  the stream leaving the block
 // A skipped block reports only block_input and block_output (equal). After the last block,
 // DecoderLM reports (L, final_norm, ...) when the model has a final norm.
-enum class Site { block_input, attn_input, attn_branch, mlp_input, mlp_branch, block_output, final_norm };
+enum class Site {
+  block_input,
+  attn_input,
+  attn_branch,
+  mlp_input,
+  mlp_branch,
+  block_output,
+  final_norm
+};
 
 inline std::string_view to_string(Site s) {
   constexpr std::string_view names[] = {"block_input", "attn_input",   "attn_branch", "mlp_input",
@@ -51,25 +59,28 @@ class Block {
   static constexpr int norms_per_sublayer = policy::PolicyTraits<Policy>::norms_per_sublayer;
 
   // Block `layer` (1-based) of c.layers, named by `names` (BlockNames of the architecture).
-  Block(const ModelConfig& c, const BlockNames& names, int layer, std::vector<NamedParameter<T, D>>& registry)
+  Block(const ModelConfig& c, const BlockNames& names, int layer,
+        std::vector<NamedParameter<T, D>>& registry)
       : layer_(layer), depth_(c.layers) {
     FATHOM_CHECK(static_cast<int>(names.attn_norms.size()) == norms_per_sublayer &&
                      static_cast<int>(names.mlp_norms.size()) == norms_per_sublayer,
                  "Block: expected " << norms_per_sublayer << " norm names per sub-layer, got "
-                                    << names.attn_norms.size() << " and " << names.mlp_norms.size());
+                                    << names.attn_norms.size() << " and "
+                                    << names.mlp_norms.size());
     attn_ = Attention<T, D>(c, names, layer, registry);
     mlp_ = MLP<T, D>(c, names, layer, registry);
     const NormKind kind = arch_spec(c.arch).norm;
     for (int s = 0; s < norms_per_sublayer; ++s) {
-      attn_norms_.emplace_back(kind, names.attn_norms[static_cast<std::size_t>(s)], c.d_model, c.norm_eps,
-                               layer, c.layers, registry);
-      mlp_norms_.emplace_back(kind, names.mlp_norms[static_cast<std::size_t>(s)], c.d_model, c.norm_eps,
-                              layer, c.layers, registry);
+      attn_norms_.emplace_back(kind, names.attn_norms[static_cast<std::size_t>(s)], c.d_model,
+                               c.norm_eps, layer, c.layers, registry);
+      mlp_norms_.emplace_back(kind, names.mlp_norms[static_cast<std::size_t>(s)], c.d_model,
+                              c.norm_eps, layer, c.layers, registry);
     }
   }
 
   // x (B, T, C) -> (B, T, C). `observer` may be null.
-  Var<T, D> forward(const Policy& policy, const Var<T, D>& x, const Observer<T, D>* observer) const {
+  Var<T, D> forward(const Policy& policy, const Var<T, D>& x,
+                    const Observer<T, D>* observer) const {
     const int index = layer_ - 1;
     auto report = [&](Site site, const Var<T, D>& v) {
       if (observer && *observer) (*observer)(index, site, v);
@@ -85,20 +96,23 @@ class Block {
   const Attention<T, D>& attention() const { return attn_; }
   const MLP<T, D>& mlp() const { return mlp_; }
   const Norm<T, D>& norm(policy::Sublayer kind, int slot) const {
-    return (kind == policy::Sublayer::attention ? attn_norms_ : mlp_norms_).at(static_cast<std::size_t>(slot));
+    return (kind == policy::Sublayer::attention ? attn_norms_ : mlp_norms_)
+        .at(static_cast<std::size_t>(slot));
   }
 
  private:
   template <class Report>
-  Var<T, D> run_sublayer(const Policy& policy, const Var<T, D>& x, policy::Sublayer kind, Report& report) const {
+  Var<T, D> run_sublayer(const Policy& policy, const Var<T, D>& x, policy::Sublayer kind,
+                         Report& report) const {
     const bool is_attn = kind == policy::Sublayer::attention;
     const std::vector<Norm<T, D>>& norms = is_attn ? attn_norms_ : mlp_norms_;
     int branch_calls = 0;
     auto branch = [&](const Var<T, D>& in) {
-      FATHOM_CHECK(++branch_calls == 1, "norm policy called s.f twice in the "
-                                            << policy::to_string(kind) << " sub-layer of block " << layer_
-                                            << "; apply(s) may call the branch at most once (keep its result "
-                                               "in a variable and use that)");
+      FATHOM_CHECK(++branch_calls == 1,
+                   "norm policy called s.f twice in the "
+                       << policy::to_string(kind) << " sub-layer of block " << layer_
+                       << "; apply(s) may call the branch at most once (keep its result "
+                          "in a variable and use that)");
       report(is_attn ? Site::attn_input : Site::mlp_input, in);
       Var<T, D> out = is_attn ? attn_.forward(in) : mlp_.forward(in);
       report(is_attn ? Site::attn_branch : Site::mlp_branch, out);
@@ -106,10 +120,9 @@ class Block {
     };
     auto norm = [&](int slot, const Var<T, D>& in, double out_scale) {
       FATHOM_CHECK(slot >= 0 && slot < norms_per_sublayer,
-                   "norm policy asked for norm slot " << slot << " of the " << policy::to_string(kind)
-                                                      << " sub-layer of block " << layer_
-                                                      << "; it declares norms_per_sublayer = "
-                                                      << norms_per_sublayer);
+                   "norm policy asked for norm slot "
+                       << slot << " of the " << policy::to_string(kind) << " sub-layer of block "
+                       << layer_ << "; it declares norms_per_sublayer = " << norms_per_sublayer);
       return norms[static_cast<std::size_t>(slot)].forward(in, out_scale);
     };
     policy::SublayerContext<T, D> s(x, layer_, depth_, kind, branch, norm);

@@ -40,13 +40,13 @@ struct ModelConfig {
   int layers = 0;   // L
   int d_model = 0;  // C
   int heads = 0;
-  int d_ff = 0;      // MLP hidden size
-  int vocab = 0;     // rows of the token embedding (and of the logits)
-  int max_seq = 0;   // longest sequence forward accepts (GPT-2: rows of the position table)
+  int d_ff = 0;     // MLP hidden size
+  int vocab = 0;    // rows of the token embedding (and of the logits)
+  int max_seq = 0;  // longest sequence forward accepts (GPT-2: rows of the position table)
   double norm_eps = 1e-6;
   double rope_theta = 10000.0;  // Llama only
-  bool tied = false;  // LM head shares the token embedding (GPT-2)
-  bool bias = false;  // biases on every linear (GPT-2); LayerNorm always has its bias
+  bool tied = false;            // LM head shares the token embedding (GPT-2)
+  bool bias = false;            // biases on every linear (GPT-2); LayerNorm always has its bias
   std::string name = "custom";  // the preset it came from, for logs
 
   int head_dim() const { return heads > 0 ? d_model / heads : 0; }
@@ -56,8 +56,8 @@ struct ModelConfig {
     FATHOM_CHECK(layers >= 1, "ModelConfig: expected layers >= 1, got " << layers);
     FATHOM_CHECK(d_model >= 1, "ModelConfig: expected d_model >= 1, got " << d_model);
     FATHOM_CHECK(heads >= 1 && d_model % heads == 0,
-                 "ModelConfig: expected heads >= 1 dividing d_model = " << d_model << ", got heads = "
-                                                                        << heads);
+                 "ModelConfig: expected heads >= 1 dividing d_model = "
+                     << d_model << ", got heads = " << heads);
     FATHOM_CHECK(!arch_spec(arch).rope || head_dim() % 2 == 0,
                  "ModelConfig: rotary positions need an even head dimension, got d_model / heads = "
                      << d_model << " / " << heads << " = " << head_dim());
@@ -74,9 +74,9 @@ struct ModelConfig {
   }
 };
 
-// ModelConfig as JSON: {"arch", "layers", "d_model", "heads", "d_ff", "vocab", "max_seq", "norm_eps",
-// "rope_theta", "tied", "bias", "name"}. from_json requires every field but "name" and refuses an
-// unknown arch.
+// ModelConfig as JSON: {"arch", "layers", "d_model", "heads", "d_ff", "vocab", "max_seq",
+// "norm_eps", "rope_theta", "tied", "bias", "name"}. from_json requires every field but "name" and
+// refuses an unknown arch.
 inline void to_json(nlohmann::json& j, const ModelConfig& c) {
   j = {{"arch", std::string(to_string(c.arch))},
        {"layers", c.layers},

@@ -36,9 +36,10 @@ struct ForwardOptions {
 
 template <class Arch, class Policy, FloatingScalar T = float, DeviceTag D = Cpu>
 class DecoderLM {
-  static_assert(Architecture<Arch>,
-                "DecoderLM<Arch, ...>: Arch must be an architecture trait such as fathom::nn::Llama "
-                "or fathom::nn::Gpt2 (see fathom/nn/arch.hpp)");
+  static_assert(
+      Architecture<Arch>,
+      "DecoderLM<Arch, ...>: Arch must be an architecture trait such as fathom::nn::Llama "
+      "or fathom::nn::Gpt2 (see fathom/nn/arch.hpp)");
   static_assert(policy::NormPolicyCheck<Policy>::value);
 
  public:
@@ -65,15 +66,17 @@ class DecoderLM {
                                  "a model of " + std::to_string(n) + " parameters ('" + c.name +
                                      "', " + std::to_string(c.layers) + " layers, d_model " +
                                      std::to_string(c.d_model) + ")");
-    wte_ = Embedding<T, D>(Arch::embedding(), c.vocab, c.d_model, policy::ParamRole::embedding, params_);
+    wte_ = Embedding<T, D>(Arch::embedding(), c.vocab, c.d_model, policy::ParamRole::embedding,
+                           params_);
     if (!spec.rope)
-      wpe_ = Embedding<T, D>(Arch::positions(), c.max_seq, c.d_model, policy::ParamRole::position_embedding,
-                             params_);
+      wpe_ = Embedding<T, D>(Arch::positions(), c.max_seq, c.d_model,
+                             policy::ParamRole::position_embedding, params_);
     blocks_.reserve(static_cast<std::size_t>(c.layers));
     for (int i = 0; i < c.layers; ++i)
       blocks_.emplace_back(c, Arch::block(i, norms_per_sublayer), i + 1, params_);
     if (policy::PolicyTraits<Policy>::has_final_norm(policy_))
-      final_norm_.emplace(spec.norm, Arch::final_norm(), c.d_model, c.norm_eps, 0, c.layers, params_);
+      final_norm_.emplace(spec.norm, Arch::final_norm(), c.d_model, c.norm_eps, 0, c.layers,
+                          params_);
     if (!c.tied) {
       policy::ParamInfo head;
       head.role = policy::ParamRole::lm_head;
@@ -85,11 +88,13 @@ class DecoderLM {
   }
 
   // tokens (B, T) int32 -> logits (B*T, V)
-  Var forward(const Tensor<std::int32_t, D>& tokens, const ForwardOptions<T, D>& options = {}) const {
-    FATHOM_CHECK(tokens.dim() == 2, "DecoderLM::forward: expected tokens of shape (B, T), got " << tokens.shape());
+  Var forward(const Tensor<std::int32_t, D>& tokens,
+              const ForwardOptions<T, D>& options = {}) const {
+    FATHOM_CHECK(tokens.dim() == 2,
+                 "DecoderLM::forward: expected tokens of shape (B, T), got " << tokens.shape());
     const std::int64_t B = tokens.size(0), Tn = tokens.size(1);
-    FATHOM_CHECK(Tn <= config_.max_seq, "DecoderLM::forward: sequence length " << Tn << " exceeds max_seq "
-                                                                              << config_.max_seq);
+    FATHOM_CHECK(Tn <= config_.max_seq, "DecoderLM::forward: sequence length "
+                                            << Tn << " exceeds max_seq " << config_.max_seq);
     Var x = wte_.forward(tokens);  // (B, T, C)
     if (wpe_.weight().defined()) x = x + wpe_.forward(position_ids(B, Tn));
     const Observer<T, D>* observer = options.observer ? &options.observer : nullptr;
@@ -107,17 +112,18 @@ class DecoderLM {
       x = final_norm_->forward(x);
       if (observer) (*observer)(config_.layers, Site::final_norm, x);
     }
-    Var flat = autograd::reshape(x, {B * Tn, static_cast<std::int64_t>(config_.d_model)});  // (B*T, C)
-    return autograd::linear(flat, lm_head_weight());  // (B*T, V)
+    Var flat =
+        autograd::reshape(x, {B * Tn, static_cast<std::int64_t>(config_.d_model)});  // (B*T, C)
+    return autograd::linear(flat, lm_head_weight());                                 // (B*T, V)
   }
 
   // Mean cross-entropy of predicting targets (B, T) from tokens (B, T); targets equal to -100 are
   // ignored. In accum_t<T> (float for bf16).
   LossVar loss(const Tensor<std::int32_t, D>& tokens, const Tensor<std::int32_t, D>& targets,
                const ForwardOptions<T, D>& options = {}) const {
-    FATHOM_CHECK(targets.shape() == tokens.shape(), "DecoderLM::loss: tokens " << tokens.shape() << " and targets "
-                                                                               << targets.shape()
-                                                                               << " must have the same shape");
+    FATHOM_CHECK(targets.shape() == tokens.shape(),
+                 "DecoderLM::loss: tokens " << tokens.shape() << " and targets " << targets.shape()
+                                            << " must have the same shape");
     return autograd::cross_entropy(forward(tokens, options), targets.reshape({-1}));
   }
 
@@ -158,7 +164,8 @@ class DecoderLM {
   const Tensor<std::int32_t, D>& position_ids(std::int64_t B, std::int64_t Tn) const {
     if (!position_ids_.defined() || position_ids_.size(0) != B || position_ids_.size(1) != Tn) {
       std::vector<std::int32_t> ids(static_cast<std::size_t>(B * Tn));
-      for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>(static_cast<std::int64_t>(i) % Tn);
+      for (std::size_t i = 0; i < ids.size(); ++i)
+        ids[i] = static_cast<std::int32_t>(static_cast<std::int64_t>(i) % Tn);
       position_ids_ = Tensor<std::int32_t, D>::from_vector(Shape{B, Tn}, ids);
     }
     return position_ids_;
@@ -168,7 +175,7 @@ class DecoderLM {
   Policy policy_;
   std::vector<Parameter> params_;
   Embedding<T, D> wte_;
-  Embedding<T, D> wpe_;  // learned positions only
+  Embedding<T, D> wpe_;                           // learned positions only
   mutable Tensor<std::int32_t, D> position_ids_;  // the last position_ids(B, T), see there
   std::vector<BlockType> blocks_;
   std::optional<Norm<T, D>> final_norm_;

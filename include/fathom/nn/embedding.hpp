@@ -26,7 +26,9 @@ class Embedding {
   }
 
   // ids (any shape) -> (..., C)
-  Var<T, D> forward(const Tensor<std::int32_t, D>& ids) const { return autograd::embedding(ids, weight_); }
+  Var<T, D> forward(const Tensor<std::int32_t, D>& ids) const {
+    return autograd::embedding(ids, weight_);
+  }
 
   const Var<T, D>& weight() const { return weight_; }
 

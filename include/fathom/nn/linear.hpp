@@ -1,5 +1,5 @@
-// Linear: y = x W^T + b with W stored (out, in) as in PyTorch and Hugging Face Llama (GPT-2's Conv1D
-// checkpoints store (in, out): see hf_transposed in arch.hpp).
+// Linear: y = x W^T + b with W stored (out, in) as in PyTorch and Hugging Face Llama (GPT-2's
+// Conv1D checkpoints store (in, out): see hf_transposed in arch.hpp).
 #pragma once
 
 #include <cstdint>

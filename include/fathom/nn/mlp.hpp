@@ -16,7 +16,8 @@ template <class T, DeviceTag D>
 class MLP {
  public:
   MLP() = default;
-  MLP(const ModelConfig& c, const BlockNames& names, int layer, std::vector<NamedParameter<T, D>>& registry)
+  MLP(const ModelConfig& c, const BlockNames& names, int layer,
+      std::vector<NamedParameter<T, D>>& registry)
       : kind_(arch_spec(c.arch).mlp) {
     const std::int64_t C = c.d_model, F = c.d_ff;
     auto info = [&](policy::ParamRole role, std::int64_t in, std::int64_t out) {
@@ -30,17 +31,19 @@ class MLP {
     };
     using policy::ParamRole;
     if (kind_ == MlpKind::swiglu)
-      gate_ = Linear<T, D>(names.mlp_gate, C, F, c.bias, {info(ParamRole::mlp_gate, C, F)}, registry);
+      gate_ =
+          Linear<T, D>(names.mlp_gate, C, F, c.bias, {info(ParamRole::mlp_gate, C, F)}, registry);
     up_ = Linear<T, D>(names.mlp_up, C, F, c.bias, {info(ParamRole::mlp_up, C, F)}, registry);
     down_ = Linear<T, D>(names.mlp_down, F, C, c.bias, {info(ParamRole::mlp_down, F, C)}, registry);
   }
 
   // x (B, T, C) -> (B, T, C)
   Var<T, D> forward(const Var<T, D>& x) const {
-    if (kind_ == MlpKind::swiglu) return down_.forward(autograd::swiglu(gate_.forward(x), up_.forward(x)));
+    if (kind_ == MlpKind::swiglu)
+      return down_.forward(autograd::swiglu(gate_.forward(x), up_.forward(x)));
     // One fused node: GELU in the GEMM epilogues (see autograd::gelu_mlp).
-    return autograd::gelu_mlp(x, up_.weight(), up_.has_bias() ? &up_.bias() : nullptr, down_.weight(),
-                              down_.has_bias() ? &down_.bias() : nullptr);
+    return autograd::gelu_mlp(x, up_.weight(), up_.has_bias() ? &up_.bias() : nullptr,
+                              down_.weight(), down_.has_bias() ? &down_.bias() : nullptr);
   }
 
   const Linear<T, D>& down_proj() const { return down_; }

@@ -30,7 +30,8 @@ class RMSNorm {
   RMSNorm(const std::string& name, std::int64_t dim, double eps, int layer, int depth,
           std::vector<NamedParameter<T, D>>& registry)
       : weight_(make_parameter<T, D>(name + ".weight", Shape{dim})), eps_(eps) {
-    registry.push_back({name + ".weight", weight_, {norm_info(policy::ParamRole::norm_weight, layer, depth)}});
+    registry.push_back(
+        {name + ".weight", weight_, {norm_info(policy::ParamRole::norm_weight, layer, depth)}});
   }
 
   // x (..., C) -> (..., C)
@@ -56,8 +57,10 @@ class LayerNorm {
       : weight_(make_parameter<T, D>(name + ".weight", Shape{dim})),
         bias_(make_parameter<T, D>(name + ".bias", Shape{dim})),
         eps_(eps) {
-    registry.push_back({name + ".weight", weight_, {norm_info(policy::ParamRole::norm_weight, layer, depth)}});
-    registry.push_back({name + ".bias", bias_, {norm_info(policy::ParamRole::norm_bias, layer, depth)}});
+    registry.push_back(
+        {name + ".weight", weight_, {norm_info(policy::ParamRole::norm_weight, layer, depth)}});
+    registry.push_back(
+        {name + ".bias", bias_, {norm_info(policy::ParamRole::norm_bias, layer, depth)}});
   }
 
   // x (..., C) -> (..., C)
@@ -82,8 +85,10 @@ class Norm {
   Norm() = default;
   Norm(NormKind kind, const std::string& name, std::int64_t dim, double eps, int layer, int depth,
        std::vector<NamedParameter<T, D>>& registry) {
-    if (kind == NormKind::rms) impl_ = RMSNorm<T, D>(name, dim, eps, layer, depth, registry);
-    else impl_ = LayerNorm<T, D>(name, dim, eps, layer, depth, registry);
+    if (kind == NormKind::rms)
+      impl_ = RMSNorm<T, D>(name, dim, eps, layer, depth, registry);
+    else
+      impl_ = LayerNorm<T, D>(name, dim, eps, layer, depth, registry);
   }
 
   Var<T, D> forward(const Var<T, D>& x, double out_scale = 1.0) const {

@@ -63,7 +63,8 @@ using InitFn = std::function<policy::InitSpec(const policy::ParamInfo&)>;
 // parameter's name, plus the part index), then copies it to the parameter's device. Gradients are
 // released.
 template <class T, DeviceTag D>
-void initialize(std::vector<NamedParameter<T, D>>& params, std::uint64_t seed, const InitFn& spec_of) {
+void initialize(std::vector<NamedParameter<T, D>>& params, std::uint64_t seed,
+                const InitFn& spec_of) {
   for (auto& p : params) {
     Tensor<T, D>& value = p.var.mutable_value();
     const std::int64_t rows = value.size(0);

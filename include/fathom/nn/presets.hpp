@@ -13,14 +13,15 @@ namespace fathom::nn {
 
 namespace detail {
 
-inline ModelConfig llama_preset(std::string_view name, int layers, int d_model, int d_ff, int heads) {
+inline ModelConfig llama_preset(std::string_view name, int layers, int d_model, int d_ff,
+                                int heads) {
   ModelConfig c;
   c.arch = ArchKind::llama;
   c.layers = layers;
   c.d_model = d_model;
   c.d_ff = d_ff;
   c.heads = heads;
-  c.vocab = 32000;  // the T5 sentencepiece vocabulary the paper trained with
+  c.vocab = 32000;   // the T5 sentencepiece vocabulary the paper trained with
   c.max_seq = 1024;  // RoPE has no table: only a guard (the paper trains at 256)
   c.norm_eps = 1e-6;
   c.rope_theta = 10000.0;
@@ -50,15 +51,16 @@ inline ModelConfig gpt2_preset(std::string_view name, int layers, int d_model, i
 
 // The valid preset names, in the order --help lists them.
 inline constexpr std::array<std::string_view, 9> preset_names = {
-    "tiny",      "gpt2-tiny",  "llama-71m", "llama-130m", "llama-250m",
-    "llama-350m", "llama-1b", "gpt2-124m", "gpt2-350m"};
+    "tiny",       "gpt2-tiny", "llama-71m", "llama-130m", "llama-250m",
+    "llama-350m", "llama-1b",  "gpt2-124m", "gpt2-350m"};
 
 // The config of a preset; throws fathom::Error listing the valid names for any other.
 //   tiny        Llama, 4 x 64, 4 heads, d_ff 176, vocab 257 (the byte tokenizer), max_seq 256
 //   gpt2-tiny   GPT-2, 4 x 64, 4 heads, d_ff 256, vocab 257, max_seq 256
 //   llama-*     the paper's sizes, vocab 32000, untied, no biases: 70.6M, 134.1M, 247.4M, 368.0M,
 //               1.339B parameters
-//   gpt2-124m   12 x 768, 12 heads, vocab 50257, tied: 124.4M; gpt2-350m 24 x 1024, 16 heads: 354.8M
+//   gpt2-124m   12 x 768, 12 heads, vocab 50257, tied: 124.4M; gpt2-350m 24 x 1024, 16 heads:
+//   354.8M
 inline ModelConfig preset(std::string_view name) {
   using detail::gpt2_preset;
   using detail::llama_preset;

@@ -23,22 +23,25 @@ double global_grad_norm(const Params& params) {
   return std::sqrt(static_cast<double>(kernels::sum_squares(D{}, p)));
 }
 
-// Clipping without waiting for the host: writes the factor that clip_factor(global_grad_norm(params),
-// max_norm) would return into `factor` (one float in D's memory), for Optimizer::step's
-// grad_scale_device, and the sum of squares of every gradient into `sum_squares` (one accum_t<T>
-// in D's memory: its square root is the global norm, for logs). Nothing is copied back, so a
-// training step on CUDA never synchronizes.
+// Clipping without waiting for the host: writes the factor that
+// clip_factor(global_grad_norm(params), max_norm) would return into `factor` (one float in D's
+// memory), for Optimizer::step's grad_scale_device, and the sum of squares of every gradient into
+// `sum_squares` (one accum_t<T> in D's memory: its square root is the global norm, for logs).
+// Nothing is copied back, so a training step on CUDA never synchronizes.
 template <class T, class D, class Params>
 void clip_factor_on_device(const Params& params, double max_norm, Tensor<float, D>& factor,
                            Tensor<accum_t<T>, D>& sum_squares) {
-  FATHOM_CHECK(factor.numel() == 1 && sum_squares.numel() == 1,
-               "clip_factor_on_device: expected one-element factor and sum_squares tensors, got shapes "
-                   << factor.shape() << " and " << sum_squares.shape());
+  FATHOM_CHECK(
+      factor.numel() == 1 && sum_squares.numel() == 1,
+      "clip_factor_on_device: expected one-element factor and sum_squares tensors, got shapes "
+          << factor.shape() << " and " << sum_squares.shape());
   kernels::SumSquaresParams<T> p;
   for (const auto& param : params)
     if (param.var.has_grad()) p.tensors.push_back({param.var.grad().data(), param.var.numel()});
-  if (p.tensors.empty()) sum_squares.zero_();
-  else kernels::sum_squares(D{}, p, sum_squares.data());
+  if (p.tensors.empty())
+    sum_squares.zero_();
+  else
+    kernels::sum_squares(D{}, p, sum_squares.data());
   kernels::clip_factor(D{}, sum_squares.data(), max_norm, factor.data());
 }
 

@@ -29,7 +29,8 @@ class Optimizer {
       : rule_(rule), params_(std::move(params)) {
     entries_.reserve(params_.size());
     for (auto& p : params_) {
-      FATHOM_CHECK(p.var.requires_grad(), "optimizer: parameter " << p.name << " does not require a gradient");
+      FATHOM_CHECK(p.var.requires_grad(),
+                   "optimizer: parameter " << p.name << " does not require a gradient");
       Entry e{State(p.var.shape()), Tensor<A, D>(), 0.0};
       if constexpr (needs_master) e.master = p.var.value().template cast<A>();
       e.weight_decay = decay_filter(p.name, p.var.dim()) ? weight_decay_of(rule_) : 0.0;
@@ -70,8 +71,10 @@ class Optimizer {
   std::vector<std::pair<std::string, Tensor<A, D>*>> named_state() {
     std::vector<std::pair<std::string, Tensor<A, D>*>> out;
     for (std::size_t i = 0; i < params_.size(); ++i) {
-      for (auto& [key, t] : entries_[i].state.tensors()) out.emplace_back(params_[i].name + "." + key, t);
-      if constexpr (needs_master) out.emplace_back(params_[i].name + ".master", &entries_[i].master);
+      for (auto& [key, t] : entries_[i].state.tensors())
+        out.emplace_back(params_[i].name + "." + key, t);
+      if constexpr (needs_master)
+        out.emplace_back(params_[i].name + ".master", &entries_[i].master);
     }
     return out;
   }
@@ -81,7 +84,8 @@ class Optimizer {
   // Re-reads the master weights from the parameters (after loading a checkpoint of the model only).
   void sync_master_from_params() {
     if constexpr (needs_master)
-      for (std::size_t i = 0; i < params_.size(); ++i) entries_[i].master = params_[i].var.value().template cast<A>();
+      for (std::size_t i = 0; i < params_.size(); ++i)
+        entries_[i].master = params_[i].var.value().template cast<A>();
   }
 
  private:

@@ -9,7 +9,8 @@
 
 #include "fathom/kernels/optimizer.hpp"
 #if defined(__CUDACC__)
-#include "fathom/kernels/cuda/optimizer.cuh"  // the Cuda overloads, visible where the rules call them
+// the Cuda overloads, visible where the rules call them
+#include "fathom/kernels/cuda/optimizer.cuh"
 #endif
 #include "fathom/tensor/tensor.hpp"
 

@@ -23,11 +23,12 @@ struct WarmupCosine {
 
   double factor(std::int64_t step) const {
     FATHOM_CHECK(total > 0 && warmup >= 0 && warmup <= total,
-                 "WarmupCosine: expected 0 <= warmup <= total and total > 0, got warmup " << warmup
-                                                                                           << ", total " << total);
+                 "WarmupCosine: expected 0 <= warmup <= total and total > 0, got warmup "
+                     << warmup << ", total " << total);
     if (step < warmup) return static_cast<double>(step + 1) / static_cast<double>(warmup);
     if (step >= total) return min_ratio;
-    const double progress = static_cast<double>(step - warmup) / static_cast<double>(std::max<std::int64_t>(1, total - warmup));
+    const double progress = static_cast<double>(step - warmup) /
+                            static_cast<double>(std::max<std::int64_t>(1, total - warmup));
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + std::cos(std::numbers::pi * progress));
   }
 };
@@ -42,12 +43,13 @@ struct WarmupStableDecay {
 
   double factor(std::int64_t step) const {
     FATHOM_CHECK(0 <= warmup && warmup <= decay_start && decay_start <= total,
-                 "WarmupStableDecay: expected 0 <= warmup <= decay_start <= total, got " << warmup << ", "
-                                                                                          << decay_start << ", " << total);
+                 "WarmupStableDecay: expected 0 <= warmup <= decay_start <= total, got "
+                     << warmup << ", " << decay_start << ", " << total);
     if (step < warmup) return static_cast<double>(step + 1) / static_cast<double>(warmup);
     if (step < decay_start) return 1.0;
     if (step >= total) return min_ratio;
-    const double progress = static_cast<double>(step - decay_start) / static_cast<double>(std::max<std::int64_t>(1, total - decay_start));
+    const double progress = static_cast<double>(step - decay_start) /
+                            static_cast<double>(std::max<std::int64_t>(1, total - decay_start));
     return 1.0 - (1.0 - min_ratio) * progress;
   }
 };

@@ -17,7 +17,7 @@ inline double deepnorm_beta(int depth) { return std::pow(8.0 * depth, -0.25); }
 
 struct DeepNormInit {
   std::optional<double> beta{};  // unset: deepnorm_beta(L)
-  double std = 0.02;           // embeddings and the untied LM head, which DeepNet leaves alone
+  double std = 0.02;             // embeddings and the untied LM head, which DeepNet leaves alone
 
   double beta_for(int depth) const { return beta ? *beta : deepnorm_beta(depth); }
 

@@ -29,19 +29,32 @@ enum class ParamRole {
 
 inline std::string_view to_string(ParamRole r) {
   switch (r) {
-    case ParamRole::embedding: return "embedding";
-    case ParamRole::position_embedding: return "position_embedding";
-    case ParamRole::q: return "q";
-    case ParamRole::k: return "k";
-    case ParamRole::v: return "v";
-    case ParamRole::attn_out: return "attn_out";
-    case ParamRole::mlp_gate: return "mlp_gate";
-    case ParamRole::mlp_up: return "mlp_up";
-    case ParamRole::mlp_down: return "mlp_down";
-    case ParamRole::lm_head: return "lm_head";
-    case ParamRole::norm_weight: return "norm_weight";
-    case ParamRole::norm_bias: return "norm_bias";
-    case ParamRole::bias: return "bias";
+    case ParamRole::embedding:
+      return "embedding";
+    case ParamRole::position_embedding:
+      return "position_embedding";
+    case ParamRole::q:
+      return "q";
+    case ParamRole::k:
+      return "k";
+    case ParamRole::v:
+      return "v";
+    case ParamRole::attn_out:
+      return "attn_out";
+    case ParamRole::mlp_gate:
+      return "mlp_gate";
+    case ParamRole::mlp_up:
+      return "mlp_up";
+    case ParamRole::mlp_down:
+      return "mlp_down";
+    case ParamRole::lm_head:
+      return "lm_head";
+    case ParamRole::norm_weight:
+      return "norm_weight";
+    case ParamRole::norm_bias:
+      return "norm_bias";
+    case ParamRole::bias:
+      return "bias";
   }
   return "?";
 }

@@ -28,8 +28,9 @@ struct MixInit {
 template <class Early = PostLN, class Late = PreLN, int Num = 1, int Den = 4>
 struct MixLN {
   static_assert(NormPolicyCheck<Early>::value && NormPolicyCheck<Late>::value);
-  static_assert(Den > 0 && Num >= 0 && Num <= Den,
-                "MixLN<Early, Late, Num, Den>: the share Num/Den of Early blocks must lie in [0, 1]");
+  static_assert(
+      Den > 0 && Num >= 0 && Num <= Den,
+      "MixLN<Early, Late, Num, Den>: the share Num/Den of Early blocks must lie in [0, 1]");
 
   Early early{};
   Late late{};

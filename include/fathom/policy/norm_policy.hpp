@@ -48,11 +48,15 @@ using CheckContext = SublayerContext<double, Cpu>;
 }  // namespace detail
 
 template <class P>
-concept HasApply = requires(const P& p, detail::CheckContext& s) { p.apply(s); };
+concept HasApply = requires(const P& p, detail::CheckContext& s) {
+  p.apply(s);
+};
 
 // apply declared without const: callable on a mutable policy only (the model's is const).
 template <class P>
-concept HasNonConstApply = !HasApply<P> && requires(P& p, detail::CheckContext& s) { p.apply(s); };
+concept HasNonConstApply = !HasApply<P> && requires(P & p, detail::CheckContext& s) {
+  p.apply(s);
+};
 
 template <class P>
 concept ApplyReturnsStream = requires(const P& p, detail::CheckContext& s) {
@@ -74,14 +78,15 @@ struct ReportApplyReturn {
 };
 template <class P>
 struct ReportApplyReturn<P, true> {
-  using type = typename ApplyMustReturnVar<decltype(std::declval<const P&>().apply(std::declval<CheckContext&>()))>::type;
+  using type = typename ApplyMustReturnVar<decltype(std::declval<const P&>().apply(
+      std::declval<CheckContext&>()))>::type;
 };
 }  // namespace detail
 
 template <class P>
 concept NormPolicy = std::is_class_v<P> && std::copy_constructible<P> && HasApply<P> &&
-                     ApplyReturnsStream<P> && PolicyTraits<P>::valid_norms_per_sublayer &&
-                     PolicyTraits<P>::valid_final_norm && PolicyTraits<P>::valid_init;
+    ApplyReturnsStream<P> && PolicyTraits<P>::valid_norms_per_sublayer &&
+    PolicyTraits<P>::valid_final_norm && PolicyTraits<P>::valid_init;
 
 // The smallest type that models NormPolicy: the identity sub-layer (it skips the branch), a useful
 // baseline for structure tests.
@@ -110,7 +115,8 @@ struct NormPolicyCheck {
                 "NormPolicy: member `apply(s)` must return the new residual stream as a Var of "
                 "the same element type and device as s.x (e.g. `s.x + s.f(...)`); the type it "
                 "returns is shown below as `Returned` of ApplyMustReturnVar");
-  static_assert(sizeof(typename detail::ReportApplyReturn<P, HasApply<P> && !ApplyReturnsStream<P>>::type) > 0);
+  static_assert(sizeof(typename detail::ReportApplyReturn < P,
+                       HasApply<P> && !ApplyReturnsStream < P >> ::type) > 0);
   static_assert(PolicyTraits<P>::valid_norms_per_sublayer,
                 "NormPolicy: member `norms_per_sublayer` must be a `static constexpr int` >= 1");
   static_assert(PolicyTraits<P>::valid_final_norm,

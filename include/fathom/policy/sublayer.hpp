@@ -12,7 +12,9 @@ namespace fathom::policy {
 
 enum class Sublayer { attention, mlp };
 
-inline std::string_view to_string(Sublayer s) { return s == Sublayer::attention ? "attention" : "mlp"; }
+inline std::string_view to_string(Sublayer s) {
+  return s == Sublayer::attention ? "attention" : "mlp";
+}
 
 // The argument of a policy's apply(s). The block builds one per sub-layer and calls apply once.
 // Its members are the whole vocabulary a policy is written in:
@@ -48,7 +50,9 @@ class SublayerContext {
   Sublayer kind;
 
   Var f(const Var& v) const { return branch_(v); }
-  Var norm(int slot, const Var& v, double out_scale = 1.0) const { return norm_(slot, v, out_scale); }
+  Var norm(int slot, const Var& v, double out_scale = 1.0) const {
+    return norm_(slot, v, out_scale);
+  }
 
  private:
   Branch branch_;

@@ -20,18 +20,23 @@ struct PolicyTraits {
     else
       return 1;
   }();
-  // Whether a declared norms_per_sublayer is usable: a constant expression convertible to int, >= 1.
+  // Whether a declared norms_per_sublayer is usable: a constant expression convertible to int,
+  // >= 1.
   static constexpr bool valid_norms_per_sublayer = [] {
-    if constexpr (!declares_norms_per_sublayer) return true;
+    if constexpr (!declares_norms_per_sublayer)
+      return true;
     else if constexpr (requires { std::integral_constant<int, P::norms_per_sublayer>{}; })
       return P::norms_per_sublayer >= 1;
-    else return false;
+    else
+      return false;
   }();
 
   // Optional `bool has_final_norm() const`: whether the model applies a norm after the last block
   // and before the LM head. Default true (Pre-LN needs it; the paper's Post-LN code keeps it too).
   static bool has_final_norm(const P& p) {
-    if constexpr (requires { { p.has_final_norm() } -> std::convertible_to<bool>; })
+    if constexpr (requires {
+                    { p.has_final_norm() } -> std::convertible_to<bool>;
+                  })
       return p.has_final_norm();
     else
       return true;
@@ -41,22 +46,29 @@ struct PolicyTraits {
   // user names no init policy of their own (DeepNorm's Xavier gains). Default InitNormal{}
   // (N(0, 0.02^2) matrices, norms 1, biases 0).
   static auto init(const P& p) {
-    if constexpr (requires { { p.init() } -> InitPolicy; })
+    if constexpr (requires {
+                    { p.init() } -> InitPolicy;
+                  })
       return p.init();
     else
       return InitNormal{};
   }
   static constexpr bool declares_init = requires(const P& p) { p.init(); };
   static constexpr bool valid_init = [] {
-    if constexpr (declares_init) return requires(const P& p) { { p.init() } -> InitPolicy; };
-    else return true;
+    if constexpr (declares_init) return requires(const P& p) {
+        { p.init() } -> InitPolicy;
+      };
+    else
+      return true;
   }();
 
   // Optional `bool has_final_norm() const` declared with a type that does not convert to bool.
   static constexpr bool valid_final_norm = [] {
-    if constexpr (requires(const P& p) { p.has_final_norm(); })
-      return requires(const P& p) { { p.has_final_norm() } -> std::convertible_to<bool>; };
-    else return true;
+    if constexpr (requires(const P& p) { p.has_final_norm(); }) return requires(const P& p) {
+        { p.has_final_norm() } -> std::convertible_to<bool>;
+      };
+    else
+      return true;
   }();
 };
 

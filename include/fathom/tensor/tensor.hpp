@@ -82,14 +82,16 @@ class Tensor {
                  "from_vector: shape " << shape << " needs " << shape.numel() << " values, got "
                                        << values.size());
     Tensor t(shape);
-    if (!values.empty()) DeviceMemory<D>::from_host(t.data(), values.data(), values.size() * sizeof(T));
+    if (!values.empty())
+      DeviceMemory<D>::from_host(t.data(), values.data(), values.size() * sizeof(T));
     return t;
   }
   // N(mean, std^2) from the counter-based stream (seed, offset + i): identical on every device.
   static Tensor randn(const Shape& shape, std::uint64_t seed, double std = 1.0, double mean = 0.0,
                       std::uint64_t offset = 0) {
     std::vector<T> v(static_cast<std::size_t>(shape.numel()));
-    for (std::size_t i = 0; i < v.size(); ++i) v[i] = scalar_cast<T>(mean + std * rng::normal(seed, offset + i));
+    for (std::size_t i = 0; i < v.size(); ++i)
+      v[i] = scalar_cast<T>(mean + std * rng::normal(seed, offset + i));
     return from_vector(shape, v);
   }
   // U[low, high) from the counter-based stream (seed, offset + i).
@@ -138,27 +140,27 @@ class Tensor {
     int infer = -1;
     for (std::size_t i = 0; i < dims.size(); ++i) {
       if (dims[i] == -1) {
-        FATHOM_CHECK(infer < 0, "reshape: at most one -1 extent, got " << Shape(fix_negatives(dims)));
+        FATHOM_CHECK(infer < 0,
+                     "reshape: at most one -1 extent, got " << Shape(fix_negatives(dims)));
         infer = static_cast<int>(i);
       } else {
         known *= dims[i];
       }
     }
     if (infer >= 0) {
-      FATHOM_CHECK(known > 0 && numel() % known == 0,
-                   "reshape: cannot infer the -1 extent for " << numel() << " elements of " << shape_);
+      FATHOM_CHECK(known > 0 && numel() % known == 0, "reshape: cannot infer the -1 extent for "
+                                                          << numel() << " elements of " << shape_);
       dims[static_cast<std::size_t>(infer)] = numel() / known;
     }
     Shape target(dims);
-    FATHOM_CHECK(target.numel() == numel(),
-                 "reshape: shape " << shape_ << " has " << numel() << " elements, target " << target
-                                   << " has " << target.numel());
+    FATHOM_CHECK(target.numel() == numel(), "reshape: shape " << shape_ << " has " << numel()
+                                                              << " elements, target " << target
+                                                              << " has " << target.numel());
     Tensor base = contiguous();
     base.shape_ = target;
     base.strides_ = contiguous_strides(target);
     return base;
   }
-  
 
   // Elements [start, end) of dimension d, as a view.
   Tensor slice(int d, std::int64_t start, std::int64_t end) const {
@@ -213,7 +215,8 @@ class Tensor {
   template <DeviceTag D2>
   Tensor& copy_(const Tensor<T, D2>& src) {
     FATHOM_CHECK(src.shape() == shape_, "copy_: destination shape " << shape_
-                                            << " differs from source shape " << src.shape());
+                                                                    << " differs from source shape "
+                                                                    << src.shape());
     require_contiguous("copy_ (destination)");
     if (numel() == 0) return *this;
     if constexpr (std::is_same_v<D, D2>) {
@@ -227,7 +230,8 @@ class Tensor {
       if constexpr (std::is_same_v<D, Cpu>) {
         DeviceMemory<D2>::to_host(data(), packed.data(), bytes());
       } else {
-        static_assert(std::is_same_v<D2, Cpu>, "copies between two accelerators go through the host");
+        static_assert(std::is_same_v<D2, Cpu>,
+                      "copies between two accelerators go through the host");
         DeviceMemory<D>::from_host(data(), packed.data(), bytes());
       }
     }
@@ -297,7 +301,8 @@ class Tensor {
     auto v = t.to_vector();
     os << " [";
     const std::size_t shown = std::min<std::size_t>(v.size(), 16);
-    for (std::size_t i = 0; i < shown; ++i) os << (i ? ", " : "") << static_cast<double>(scalar_cast<double>(v[i]));
+    for (std::size_t i = 0; i < shown; ++i)
+      os << (i ? ", " : "") << static_cast<double>(scalar_cast<double>(v[i]));
     if (v.size() > shown) os << ", ...";
     return os << "]";
   }
@@ -307,10 +312,14 @@ class Tensor {
   friend class Tensor;
 
   static const char* Precision_name() {
-    if constexpr (FloatingScalar<T>) return Precision<T>::name;
-    else if constexpr (std::is_same_v<T, std::int32_t>) return "int32";
-    else if constexpr (std::is_same_v<T, std::int64_t>) return "int64";
-    else return "scalar";
+    if constexpr (FloatingScalar<T>)
+      return Precision<T>::name;
+    else if constexpr (std::is_same_v<T, std::int32_t>)
+      return "int32";
+    else if constexpr (std::is_same_v<T, std::int64_t>)
+      return "int64";
+    else
+      return "scalar";
   }
   static std::vector<std::int64_t> fix_negatives(std::vector<std::int64_t> d) {
     for (auto& x : d) x = x < 0 ? 0 : x;

@@ -512,8 +512,7 @@ inline fs::path resolve_checkpoint(const fs::path& path,
                                    std::vector<std::string>* skipped = nullptr) {
   FATHOM_CHECK(fs::exists(path), "expected a ckpt-STEP folder or a run folder, got '"
                                      << path.string() << "', which does not exist");
-  FATHOM_CHECK(fs::is_directory(path),
-               "expected a folder, got file '" << path.string() << "'");
+  FATHOM_CHECK(fs::is_directory(path), "expected a folder, got file '" << path.string() << "'");
   auto reason = [](const Error& e) {
     std::string m = e.what();
     const auto at = m.find(" [check `");
@@ -545,8 +544,8 @@ inline fs::path resolve_checkpoint(const fs::path& path,
     }
   }
   FATHOM_FAIL("'" << path.string()
-                            << "' is neither a usable ckpt-STEP folder nor a run folder holding one"
-                            << reasons);
+                  << "' is neither a usable ckpt-STEP folder nor a run folder holding one"
+                  << reasons);
 }
 
 // The newest usable checkpoint in run_dir, if any (for error messages).
@@ -566,7 +565,7 @@ struct TrainerState {
   std::int64_t optimizer_step = 0;  // the optimizer's own count (Adam's bias correction)
   data::SamplerState sampler;       // the training data's position
   std::uint64_t seed = 0;
-  nlohmann::json run;  // what the run was (policy, precision, model), for resuming
+  nlohmann::json run;          // what the run was (policy, precision, model), for resuming
   std::int64_t steps = -1;     // the run's schedule length; -1: not recorded (older checkpoints)
   std::int64_t seq_len = 0;    // the run's sequence length (0: not recorded), for diagnostics
   std::string data, val_data;  // the run's shard globs (empty: the built-in corpus)

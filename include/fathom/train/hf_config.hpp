@@ -20,7 +20,8 @@ namespace fathom::train {
 // The sizes that decide a checkpoint's shapes. Self-contained so that this header does not depend
 // on the model code, which converts its own configuration to it.
 struct HfModelConfig {
-  std::string arch;  // "llama" (RMSNorm, SwiGLU, RoPE) or "gpt2" (LayerNorm, GELU, learned positions)
+  std::string
+      arch;  // "llama" (RMSNorm, SwiGLU, RoPE) or "gpt2" (LayerNorm, GELU, learned positions)
   int layers = 0;
   int d_model = 0;
   int heads = 0;
@@ -48,18 +49,17 @@ namespace detail {
 inline void check_hf_sizes(const HfModelConfig& c) {
   FATHOM_CHECK(c.arch == "llama" || c.arch == "gpt2",
                "expected a model arch among " << hf_arch_names << ", got '" << c.arch << "'");
-  FATHOM_CHECK(c.layers > 0 && c.d_model > 0 && c.heads > 0 && c.d_ff > 0 && c.vocab > 0 &&
-                   c.max_seq > 0,
-               "expected positive sizes, got layers " << c.layers << ", d_model " << c.d_model
-                                                      << ", heads " << c.heads << ", d_ff "
-                                                      << c.d_ff << ", vocab " << c.vocab
-                                                      << ", max_seq " << c.max_seq);
+  FATHOM_CHECK(
+      c.layers > 0 && c.d_model > 0 && c.heads > 0 && c.d_ff > 0 && c.vocab > 0 && c.max_seq > 0,
+      "expected positive sizes, got layers " << c.layers << ", d_model " << c.d_model << ", heads "
+                                             << c.heads << ", d_ff " << c.d_ff << ", vocab "
+                                             << c.vocab << ", max_seq " << c.max_seq);
   FATHOM_CHECK(c.d_model % c.heads == 0, "expected d_model divisible by heads, got d_model "
                                              << c.d_model << " and " << c.heads << " heads");
   FATHOM_CHECK(c.norm_eps > 0, "expected a positive norm epsilon, got " << c.norm_eps);
-  FATHOM_CHECK(c.dtype == "float32" || c.dtype == "bfloat16" || c.dtype == "float16",
-               "expected a checkpoint dtype among float32, bfloat16, float16, got '" << c.dtype
-                                                                                    << "'");
+  FATHOM_CHECK(
+      c.dtype == "float32" || c.dtype == "bfloat16" || c.dtype == "float16",
+      "expected a checkpoint dtype among float32, bfloat16, float16, got '" << c.dtype << "'");
 }
 
 inline std::string hf_where(std::string_view source) {
@@ -68,12 +68,12 @@ inline std::string hf_where(std::string_view source) {
 
 inline int hf_int_field(const nlohmann::json& j, const char* key, std::string_view source) {
   auto it = j.find(key);
-  FATHOM_CHECK(it != j.end(), hf_where(source) << ": expected an integer field '" << key
-                                               << "', got none");
-  FATHOM_CHECK(it->is_number_integer() && it->get<long long>() > 0 &&
-                   it->get<long long>() <= 2147483647LL,
-               hf_where(source) << ": expected '" << key << "' to be a positive integer, got "
-                                << it->dump());
+  FATHOM_CHECK(it != j.end(), hf_where(source)
+                                  << ": expected an integer field '" << key << "', got none");
+  FATHOM_CHECK(
+      it->is_number_integer() && it->get<long long>() > 0 && it->get<long long>() <= 2147483647LL,
+      hf_where(source) << ": expected '" << key << "' to be a positive integer, got "
+                       << it->dump());
   return it->get<int>();
 }
 
@@ -116,8 +116,8 @@ inline void require_value(const nlohmann::json& j, const char* key, const nlohma
 // (top-level rope_theta) and the transformers 5 way (rope_parameters), so either version loads it.
 inline nlohmann::ordered_json llama_config_json(const HfModelConfig& c) {
   detail::check_hf_sizes(c);
-  FATHOM_CHECK(c.arch == "llama", "expected arch 'llama' for a Llama config, got '" << c.arch
-                                                                                     << "'");
+  FATHOM_CHECK(c.arch == "llama",
+               "expected arch 'llama' for a Llama config, got '" << c.arch << "'");
   nlohmann::ordered_json j;
   j["architectures"] = {"LlamaForCausalLM"};
   j["model_type"] = "llama";
@@ -148,16 +148,15 @@ inline nlohmann::ordered_json llama_config_json(const HfModelConfig& c) {
 // dropout is 0 because fathom trains without it.
 inline nlohmann::ordered_json gpt2_config_json(const HfModelConfig& c) {
   detail::check_hf_sizes(c);
-  FATHOM_CHECK(c.arch == "gpt2", "expected arch 'gpt2' for a GPT-2 config, got '" << c.arch
-                                                                                   << "'");
+  FATHOM_CHECK(c.arch == "gpt2", "expected arch 'gpt2' for a GPT-2 config, got '" << c.arch << "'");
   nlohmann::ordered_json j;
   j["architectures"] = {"GPT2LMHeadModel"};
   j["model_type"] = "gpt2";
   j["n_embd"] = c.d_model;
   j["n_layer"] = c.layers;
   j["n_head"] = c.heads;
-  j["n_inner"] = c.d_ff == 4 * c.d_model ? nlohmann::ordered_json(nullptr)
-                                          : nlohmann::ordered_json(c.d_ff);
+  j["n_inner"] =
+      c.d_ff == 4 * c.d_model ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(c.d_ff);
   j["n_positions"] = c.max_seq;
   j["n_ctx"] = c.max_seq;  // the older name of n_positions, still read by some tools
   j["vocab_size"] = c.vocab;
@@ -174,7 +173,8 @@ inline nlohmann::ordered_json gpt2_config_json(const HfModelConfig& c) {
   j["use_cache"] = true;
   // GPT2Config defaults both to 50256 (GPT-2's <|endoftext|>), which transformers flags as out of
   // range for a smaller vocabulary; only generation uses them.
-  const auto end_of_text = c.vocab > 50256 ? nlohmann::ordered_json(50256) : nlohmann::ordered_json(nullptr);
+  const auto end_of_text =
+      c.vocab > 50256 ? nlohmann::ordered_json(50256) : nlohmann::ordered_json(nullptr);
   j["bos_token_id"] = end_of_text;
   j["eos_token_id"] = end_of_text;
   j["torch_dtype"] = c.dtype;
@@ -183,12 +183,12 @@ inline nlohmann::ordered_json gpt2_config_json(const HfModelConfig& c) {
 
 // The config for c's arch, with `fathom` (the policy and anything else fathom needs to rebuild the
 // model) stored under the key "fathom", which transformers keeps as an unused attribute.
-inline nlohmann::ordered_json hf_config_json(const HfModelConfig& c,
-                                             const nlohmann::json& fathom = nlohmann::json::object()) {
+inline nlohmann::ordered_json hf_config_json(
+    const HfModelConfig& c, const nlohmann::json& fathom = nlohmann::json::object()) {
   FATHOM_CHECK(c.arch == "llama" || c.arch == "gpt2",
                "expected a model arch among " << hf_arch_names << ", got '" << c.arch << "'");
-  FATHOM_CHECK(fathom.is_object(), "expected the fathom fields as a JSON object, got "
-                                       << fathom.type_name());
+  FATHOM_CHECK(fathom.is_object(),
+               "expected the fathom fields as a JSON object, got " << fathom.type_name());
   nlohmann::ordered_json j = c.arch == "llama" ? llama_config_json(c) : gpt2_config_json(c);
   j["fathom"] = nlohmann::ordered_json::parse(fathom.dump());
   return j;
@@ -197,10 +197,12 @@ inline nlohmann::ordered_json hf_config_json(const HfModelConfig& c,
 // Reads the sizes back from a config.json object; `source` names it in messages. Rejects what a
 // fathom model cannot be: an unknown model_type, grouped-query attention, biases in Llama, an
 // activation other than the one the arch uses.
-inline HfModelConfig parse_hf_config(const nlohmann::json& j, std::string_view source = "config.json") {
-  using detail::hf_int_field, detail::hf_number_field, detail::hf_bool_field,
-      detail::require_value, detail::hf_where;
-  FATHOM_CHECK(j.is_object(), hf_where(source) << ": expected a JSON object, got " << j.type_name());
+inline HfModelConfig parse_hf_config(const nlohmann::json& j,
+                                     std::string_view source = "config.json") {
+  using detail::hf_int_field, detail::hf_number_field, detail::hf_bool_field, detail::require_value,
+      detail::hf_where;
+  FATHOM_CHECK(j.is_object(), hf_where(source)
+                                  << ": expected a JSON object, got " << j.type_name());
   auto type = j.find("model_type");
   FATHOM_CHECK(type != j.end() && type->is_string(),
                hf_where(source) << ": expected a string field 'model_type' (one of "
@@ -274,12 +276,12 @@ inline HfModelConfig parse_hf_config(const nlohmann::json& j, std::string_view s
       break;
     }
   }
-  FATHOM_CHECK(c.d_model % c.heads == 0, hf_where(source) << ": expected the width " << c.d_model
-                                                          << " divisible by " << c.heads
-                                                          << " heads");
-  FATHOM_CHECK(c.dtype == "float32" || c.dtype == "bfloat16" || c.dtype == "float16",
-               hf_where(source) << ": expected dtype float32, bfloat16 or float16, got '"
-                                << c.dtype << "'");
+  FATHOM_CHECK(c.d_model % c.heads == 0, hf_where(source)
+                                             << ": expected the width " << c.d_model
+                                             << " divisible by " << c.heads << " heads");
+  FATHOM_CHECK(
+      c.dtype == "float32" || c.dtype == "bfloat16" || c.dtype == "float16",
+      hf_where(source) << ": expected dtype float32, bfloat16 or float16, got '" << c.dtype << "'");
   return c;
 }
 
@@ -293,18 +295,18 @@ inline HfModelConfig parse_hf_config(const nlohmann::ordered_json& j,
 inline nlohmann::json hf_fathom_fields(const nlohmann::json& j) {
   auto it = j.find("fathom");
   if (it == j.end() || it->is_null()) return nlohmann::json::object();
-  FATHOM_CHECK(it->is_object(), "expected config field 'fathom' to be an object, got "
-                                    << it->type_name());
+  FATHOM_CHECK(it->is_object(),
+               "expected config field 'fathom' to be an object, got " << it->type_name());
   return *it;
 }
 
 // Reads a JSON file, naming the file in any error.
 inline nlohmann::json read_json_file(const std::filesystem::path& path) {
   std::ifstream in(path);
-  FATHOM_CHECK(in.is_open(), "expected a readable JSON file '" << path.string() << "', got "
-                                                               << (std::filesystem::exists(path)
-                                                                       ? "an unreadable one"
-                                                                       : "nothing there"));
+  FATHOM_CHECK(in.is_open(),
+               "expected a readable JSON file '"
+                   << path.string() << "', got "
+                   << (std::filesystem::exists(path) ? "an unreadable one" : "nothing there"));
   try {
     return nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {

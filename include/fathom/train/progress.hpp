@@ -25,15 +25,21 @@ inline std::string format_duration(double seconds) {
   if (!(seconds >= 0) || seconds > 1e7) return "--:--";
   auto s = static_cast<long long>(seconds + 0.5);
   char buf[32];
-  if (s >= 3600) std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", s / 3600, (s / 60) % 60, s % 60);
-  else std::snprintf(buf, sizeof buf, "%02lld:%02lld", s / 60, s % 60);
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", s / 3600, (s / 60) % 60, s % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%02lld:%02lld", s / 60, s % 60);
   return buf;
 }
 
 class Progress {
  public:
-  Progress(std::int64_t first_step, std::int64_t total_steps, bool live, std::int64_t log_every = 10)
-      : first_(first_step), total_(total_steps), live_(live), log_every_(log_every),
+  Progress(std::int64_t first_step, std::int64_t total_steps, bool live,
+           std::int64_t log_every = 10)
+      : first_(first_step),
+        total_(total_steps),
+        live_(live),
+        log_every_(log_every),
         start_(std::chrono::steady_clock::now()) {}
 
   // step is 1-based (the step just finished).
@@ -43,7 +49,8 @@ class Progress {
     const double eta = per_step * static_cast<double>(total_ - step);
     const double pct = 100.0 * static_cast<double>(step) / static_cast<double>(total_);
     char line[256];
-    std::snprintf(line, sizeof line, "step %6lld/%lld %5.1f%% | loss %.4f | lr %.3e | %9.0f tok/s | ETA %s",
+    std::snprintf(line, sizeof line,
+                  "step %6lld/%lld %5.1f%% | loss %.4f | lr %.3e | %9.0f tok/s | ETA %s",
                   static_cast<long long>(step), static_cast<long long>(total_), pct, loss, lr,
                   tokens_per_s, format_duration(eta).c_str());
     if (live_) {

@@ -103,7 +103,8 @@ struct SafetensorsFile {
   const TensorRecord& at(std::string_view name) const {
     const TensorRecord* r = find(name);
     FATHOM_CHECK(r != nullptr, "expected a tensor named '" << name << "' in the safetensors file, "
-                                   << "got none among " << tensors.size() << " tensors");
+                                                           << "got none among " << tensors.size()
+                                                           << " tensors");
     return *r;
   }
 };
@@ -114,9 +115,9 @@ inline constexpr std::uint64_t safetensors_max_header_bytes = 100'000'000;
 // Bytes per element of a safetensors dtype; 0 when the name is unknown.
 constexpr std::size_t dtype_size_or_zero(std::string_view dtype) {
   constexpr std::pair<std::string_view, std::size_t> table[] = {
-      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"I16", 2},
-      {"U16", 2},  {"F16", 2}, {"BF16", 2}, {"I32", 4},     {"U32", 4},     {"F32", 4},
-      {"F64", 8},  {"I64", 8}, {"U64", 8}};
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1},
+      {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},
+      {"U32", 4},  {"F32", 4}, {"F64", 8}, {"I64", 8},     {"U64", 8}};
   for (const auto& [name, size] : table)
     if (name == dtype) return size;
   return 0;
@@ -129,27 +130,41 @@ inline constexpr std::string_view safetensors_dtype_names =
 inline std::size_t dtype_size(std::string_view dtype) {
   std::size_t size = dtype_size_or_zero(dtype);
   FATHOM_CHECK(size != 0, "expected a safetensors dtype (one of " << safetensors_dtype_names
-                                                                 << "), got '" << dtype << "'");
+                                                                  << "), got '" << dtype << "'");
   return size;
 }
 
 // The safetensors dtype name of a C++ element type.
 template <class T>
 constexpr std::string_view dtype_name_of() {
-  if constexpr (std::is_same_v<T, float>) return "F32";
-  else if constexpr (std::is_same_v<T, double>) return "F64";
-  else if constexpr (std::is_same_v<T, ::fathom::bf16>) return "BF16";
-  else if constexpr (std::is_same_v<T, bool>) return "BOOL";
-  else if constexpr (std::is_same_v<T, std::int8_t>) return "I8";
-  else if constexpr (std::is_same_v<T, std::uint8_t>) return "U8";
-  else if constexpr (std::is_same_v<T, std::int16_t>) return "I16";
-  else if constexpr (std::is_same_v<T, std::uint16_t>) return "U16";
-  else if constexpr (std::is_same_v<T, std::int32_t>) return "I32";
-  else if constexpr (std::is_same_v<T, std::uint32_t>) return "U32";
-  else if constexpr (std::is_same_v<T, std::int64_t>) return "I64";
-  else if constexpr (std::is_same_v<T, std::uint64_t>) return "U64";
-  else static_assert(sizeof(T) == 0, "no safetensors dtype for this element type: use one of "
-                                     "float, double, fathom::bf16, bool or a fixed-width integer");
+  if constexpr (std::is_same_v<T, float>)
+    return "F32";
+  else if constexpr (std::is_same_v<T, double>)
+    return "F64";
+  else if constexpr (std::is_same_v<T, ::fathom::bf16>)
+    return "BF16";
+  else if constexpr (std::is_same_v<T, bool>)
+    return "BOOL";
+  else if constexpr (std::is_same_v<T, std::int8_t>)
+    return "I8";
+  else if constexpr (std::is_same_v<T, std::uint8_t>)
+    return "U8";
+  else if constexpr (std::is_same_v<T, std::int16_t>)
+    return "I16";
+  else if constexpr (std::is_same_v<T, std::uint16_t>)
+    return "U16";
+  else if constexpr (std::is_same_v<T, std::int32_t>)
+    return "I32";
+  else if constexpr (std::is_same_v<T, std::uint32_t>)
+    return "U32";
+  else if constexpr (std::is_same_v<T, std::int64_t>)
+    return "I64";
+  else if constexpr (std::is_same_v<T, std::uint64_t>)
+    return "U64";
+  else
+    static_assert(sizeof(T) == 0,
+                  "no safetensors dtype for this element type: use one of "
+                  "float, double, fathom::bf16, bool or a fixed-width integer");
 }
 
 // A test seam for fathom's file writers (safetensors, JSON, checkpoints): IoFaults::fail_at(n)
@@ -210,11 +225,11 @@ inline SafetensorsHeader parse_safetensors_header(std::string_view text, std::ui
                                                   const std::string& source) {
   using nlohmann::json;
   FATHOM_CHECK(!text.empty() && text.front() == '{',
-               "safetensors file '" << source << "': expected the JSON header to start with '{', got "
-                                    << (text.empty() ? std::string("an empty header")
-                                                     : "byte " + std::to_string(static_cast<int>(
-                                                                     static_cast<unsigned char>(
-                                                                         text.front())))));
+               "safetensors file '"
+                   << source << "': expected the JSON header to start with '{', got "
+                   << (text.empty() ? std::string("an empty header")
+                                    : "byte " + std::to_string(static_cast<int>(
+                                                    static_cast<unsigned char>(text.front())))));
   // Duplicate tensor names are forbidden but a JSON object silently keeps the last one: count
   // the top-level keys as they are parsed and compare with what the object holds.
   std::size_t top_level_keys = 0;
@@ -226,8 +241,8 @@ inline SafetensorsHeader parse_safetensors_header(std::string_view text, std::ui
   try {
     header = json::parse(text.begin(), text.end(), count_keys);
   } catch (const json::exception& e) {
-    FATHOM_FAIL("safetensors file '" << source << "': expected a valid JSON header, got a parse error: "
-                                     << e.what());
+    FATHOM_FAIL("safetensors file '"
+                << source << "': expected a valid JSON header, got a parse error: " << e.what());
   }
   FATHOM_CHECK(header.is_object(), "safetensors file '" << source
                                                         << "': expected the header to be a JSON "
@@ -247,18 +262,17 @@ inline SafetensorsHeader parse_safetensors_header(std::string_view text, std::ui
                                                               "object of strings, got "
                                                            << entry.type_name());
       for (auto m = entry.begin(); m != entry.end(); ++m) {
-        FATHOM_CHECK(m.value().is_string(), "safetensors file '"
-                                                << source << "': expected __metadata__ value '"
-                                                << m.key() << "' to be a string, got "
-                                                << m.value().type_name());
+        FATHOM_CHECK(m.value().is_string(),
+                     "safetensors file '" << source << "': expected __metadata__ value '" << m.key()
+                                          << "' to be a string, got " << m.value().type_name());
         out.metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
     const std::string where = "safetensors file '" + source + "', tensor '" + name + "'";
-    FATHOM_CHECK(entry.is_object(),
-                 where << ": expected an object with dtype, shape, data_offsets, got "
-                       << entry.type_name());
+    FATHOM_CHECK(
+        entry.is_object(),
+        where << ": expected an object with dtype, shape, data_offsets, got " << entry.type_name());
     TensorInfo info;
     info.name = name;
 
@@ -267,9 +281,9 @@ inline SafetensorsHeader parse_safetensors_header(std::string_view text, std::ui
                  where << ": expected a string field 'dtype', got "
                        << (dtype == entry.end() ? "none" : dtype->type_name()));
     info.dtype = dtype->get<std::string>();
-    FATHOM_CHECK(dtype_size_or_zero(info.dtype) != 0,
-                 where << ": expected a dtype among " << safetensors_dtype_names << ", got '"
-                       << info.dtype << "'");
+    FATHOM_CHECK(dtype_size_or_zero(info.dtype) != 0, where << ": expected a dtype among "
+                                                            << safetensors_dtype_names << ", got '"
+                                                            << info.dtype << "'");
 
     auto shape = entry.find("shape");
     FATHOM_CHECK(shape != entry.end() && shape->is_array(),
@@ -290,9 +304,8 @@ inline SafetensorsHeader parse_safetensors_header(std::string_view text, std::ui
                        << (offsets == entry.end() ? std::string("none") : offsets->dump()));
     info.begin = (*offsets)[0].get<std::uint64_t>();
     info.end = (*offsets)[1].get<std::uint64_t>();
-    FATHOM_CHECK(info.begin <= info.end,
-                 where << ": expected data_offsets begin <= end, got [" << info.begin << ", "
-                       << info.end << "]");
+    FATHOM_CHECK(info.begin <= info.end, where << ": expected data_offsets begin <= end, got ["
+                                               << info.begin << ", " << info.end << "]");
     FATHOM_CHECK(info.end <= data_bytes, where << ": expected data_offsets within the "
                                                << data_bytes << "-byte data buffer, got ["
                                                << info.begin << ", " << info.end << "]");
@@ -344,8 +357,8 @@ inline SafetensorsPrefix read_safetensors_prefix(std::ifstream& in,
   const std::string source = path.string();
   std::error_code ec;
   const std::uint64_t file_size = std::filesystem::file_size(path, ec);
-  FATHOM_CHECK(!ec, "safetensors file '" << source << "': expected a readable file, got "
-                                         << ec.message());
+  FATHOM_CHECK(
+      !ec, "safetensors file '" << source << "': expected a readable file, got " << ec.message());
   FATHOM_CHECK(file_size >= 8, "safetensors file '" << source
                                                     << "': expected at least the 8-byte header "
                                                        "length, got a file of "
@@ -379,9 +392,9 @@ inline SafetensorsPrefix read_safetensors_prefix(std::ifstream& in,
 inline std::ifstream open_safetensors(const std::filesystem::path& path) {
   std::error_code ec;
   FATHOM_CHECK(std::filesystem::is_regular_file(path, ec),
-               "safetensors file '" << path.string() << "': expected an existing file, got "
-                                    << (std::filesystem::exists(path, ec) ? "something else"
-                                                                          : "nothing there"));
+               "safetensors file '"
+                   << path.string() << "': expected an existing file, got "
+                   << (std::filesystem::exists(path, ec) ? "something else" : "nothing there"));
   std::ifstream in(path, std::ios::binary);
   FATHOM_CHECK(in.is_open(), "safetensors file '" << path.string()
                                                   << "': expected to open it for reading, got "
@@ -396,8 +409,9 @@ inline void read_tensor_bytes(std::ifstream& in, const SafetensorsHeader& header
   in.seekg(static_cast<std::streamoff>(header.data_start + info.begin));
   in.read(reinterpret_cast<char*>(data.data()), static_cast<std::streamsize>(data.size()));
   FATHOM_CHECK(in && static_cast<std::size_t>(in.gcount()) == data.size(),
-               "safetensors file '" << source << "', tensor '" << info.name << "': expected to read "
-                                    << data.size() << " bytes, got " << in.gcount());
+               "safetensors file '" << source << "', tensor '" << info.name
+                                    << "': expected to read " << data.size() << " bytes, got "
+                                    << in.gcount());
 }
 
 // Writes everything to an open FILE*, then flushes it to the disk; false on any failure.
@@ -443,7 +457,7 @@ inline void sync_directory_or_fail(const std::filesystem::path& dir) {
 // either the previous file or the new one complete, never a torn one. Used for every file of a
 // checkpoint.
 template <class Producer>
-  requires std::is_invocable_r_v<bool, Producer, std::FILE*>
+requires std::is_invocable_r_v<bool, Producer, std::FILE*>
 void write_file_atomically(const std::filesystem::path& path, Producer&& produce) {
   const std::filesystem::path tmp = path.string() + ".tmp";
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
@@ -473,8 +487,8 @@ void write_file_atomically(const std::filesystem::path& path, Producer&& produce
     std::error_code ignored;
     std::filesystem::remove(tmp, ignored);
     FATHOM_FAIL("expected to write '" << tmp.string() << "' completely, got "
-                                      << (error ? std::strerror(error) : "a write failure")
-                                      << "; '" << path.string() << "' is left as it was");
+                                      << (error ? std::strerror(error) : "a write failure") << "; '"
+                                      << path.string() << "' is left as it was");
   }
   try {
     detail::rename_or_fail(tmp, path);
@@ -509,9 +523,9 @@ inline void write_safetensors(const std::filesystem::path& path,
     FATHOM_CHECK(detail::safetensors_byte_size(t.shape, size, bytes),
                  where << ": expected non-negative dimensions whose byte size fits in 64 bits, got "
                        << detail::shape_string(t.shape));
-    FATHOM_CHECK(bytes == t.data.size(),
-                 where << ": expected " << bytes << " bytes for " << t.dtype << " "
-                       << detail::shape_string(t.shape) << ", got " << t.data.size() << " bytes");
+    FATHOM_CHECK(bytes == t.data.size(), where << ": expected " << bytes << " bytes for " << t.dtype
+                                               << " " << detail::shape_string(t.shape) << ", got "
+                                               << t.data.size() << " bytes");
     order.push_back(&t);
   }
   std::sort(order.begin(), order.end(), [](const TensorView* a, const TensorView* b) {
@@ -545,7 +559,8 @@ inline void write_safetensors(const std::filesystem::path& path,
   text.append((8 - text.size() % 8) % 8, ' ');
   unsigned char length_bytes[8];
   for (int i = 0; i < 8; ++i)
-    length_bytes[i] = static_cast<unsigned char>(static_cast<std::uint64_t>(text.size()) >> (8 * i));
+    length_bytes[i] =
+        static_cast<unsigned char>(static_cast<std::uint64_t>(text.size()) >> (8 * i));
 
   write_file_atomically(path, [&](std::FILE* f) {
     if (!detail::write_all(f, length_bytes, 8) || !detail::write_all(f, text.data(), text.size()))
@@ -576,10 +591,9 @@ inline TensorRecord read_safetensors_tensor(const std::filesystem::path& path,
                                             const SafetensorsHeader& header,
                                             std::string_view name) {
   const TensorInfo* info = header.find(name);
-  FATHOM_CHECK(info != nullptr, "safetensors file '" << path.string()
-                                                     << "': expected a tensor named '" << name
-                                                     << "', got none among "
-                                                     << header.tensors.size() << " tensors");
+  FATHOM_CHECK(info != nullptr, "safetensors file '"
+                                    << path.string() << "': expected a tensor named '" << name
+                                    << "', got none among " << header.tensors.size() << " tensors");
   std::ifstream in = detail::open_safetensors(path);
   TensorRecord record{info->name, info->dtype, info->shape, {}};
   detail::read_tensor_bytes(in, header, *info, record.data, path.string());
@@ -607,10 +621,10 @@ TensorRecord make_tensor_record(std::string name, std::vector<std::int64_t> shap
                                 std::span<const T> values) {
   TensorRecord r{std::move(name), std::string(dtype_name_of<T>()), std::move(shape), {}};
   std::uint64_t bytes = 0;
-  FATHOM_CHECK(detail::safetensors_byte_size(r.shape, sizeof(T), bytes) &&
-                   bytes == values.size_bytes(),
-               "tensor '" << r.name << "': expected " << detail::shape_string(r.shape)
-                          << " to hold " << values.size() << " values");
+  FATHOM_CHECK(
+      detail::safetensors_byte_size(r.shape, sizeof(T), bytes) && bytes == values.size_bytes(),
+      "tensor '" << r.name << "': expected " << detail::shape_string(r.shape) << " to hold "
+                 << values.size() << " values");
   auto b = std::as_bytes(values);
   r.data.assign(b.begin(), b.end());
   return r;
@@ -624,9 +638,9 @@ std::vector<T> tensor_values(const TensorRecord& r) {
   FATHOM_CHECK(r.dtype == dtype_name_of<T>(), "tensor '" << r.name << "': expected dtype "
                                                          << dtype_name_of<T>() << ", got "
                                                          << r.dtype);
-  FATHOM_CHECK(r.data.size() % sizeof(T) == 0,
-               "tensor '" << r.name << "': expected a multiple of " << sizeof(T) << " bytes, got "
-                          << r.data.size());
+  FATHOM_CHECK(r.data.size() % sizeof(T) == 0, "tensor '" << r.name << "': expected a multiple of "
+                                                          << sizeof(T) << " bytes, got "
+                                                          << r.data.size());
   std::vector<T> values(r.data.size() / sizeof(T));
   if (!r.data.empty()) std::memcpy(values.data(), r.data.data(), r.data.size());
   return values;

@@ -37,14 +37,16 @@ TEST_CASE("gelu, silu and swiglu gradients match finite differences", "[autograd
   auto rs = gradcheck([](const Inputs& in) { return ag::silu(in[0]); }, {leaf(shape, 2)});
   INFO("silu: " << rs.first_failure);
   CHECK(rs.ok);
-  auto rw = gradcheck([](const Inputs& in) { return ag::swiglu(in[0], in[1]); }, {leaf(shape, 3), leaf(shape, 4)});
+  auto rw = gradcheck([](const Inputs& in) { return ag::swiglu(in[0], in[1]); },
+                      {leaf(shape, 3), leaf(shape, 4)});
   INFO("swiglu: " << rw.first_failure);
   CHECK(rw.ok);
   CHECK(rw.checked == 2 * shape.numel());
 }
 
 TEST_CASE("swiglu(x, x) accumulates both gradients into x", "[autograd][activation]") {
-  auto r = gradcheck([](const Inputs& in) { return ag::swiglu(in[0], in[0]); }, {leaf(Shape{4, 6}, 5)});
+  auto r =
+      gradcheck([](const Inputs& in) { return ag::swiglu(in[0], in[0]); }, {leaf(Shape{4, 6}, 5)});
   INFO(r.first_failure);
   CHECK(r.ok);
 }
@@ -55,7 +57,8 @@ TEST_CASE("swiglu is one node and equals silu(gate) * up", "[autograd][activatio
   Var<double> y = ag::swiglu(g, u);
   CHECK(ag::tape_size() == 1);
   auto gv = g.value().to_vector(), uv = u.value().to_vector(), yv = y.value().to_vector();
-  for (std::size_t i = 0; i < gv.size(); ++i) CHECK_THAT(yv[i], WithinRel(gv[i] / (1.0 + std::exp(-gv[i])) * uv[i], 1e-14));
+  for (std::size_t i = 0; i < gv.size(); ++i)
+    CHECK_THAT(yv[i], WithinRel(gv[i] / (1.0 + std::exp(-gv[i])) * uv[i], 1e-14));
   ag::clear_tape();
 }
 

@@ -71,7 +71,8 @@ TEST_CASE("attention reads slices of a fused projection in place and routes thei
       vs(fused.slice(2, 2 * C, 3 * C), true);
   REQUIRE_FALSE(qs.value().is_contiguous());
   // ... and contiguous copies of the same values.
-  Var<double> qc(qs.value().clone(), true), kc(ks.value().clone(), true), vc(vs.value().clone(), true);
+  Var<double> qc(qs.value().clone(), true), kc(ks.value().clone(), true),
+      vc(vs.value().clone(), true);
 
   auto seed = Tensor<double>::randn(Shape{B, T, C}, 10);
   auto ys = attention(qs, ks, vs, H);
@@ -113,9 +114,13 @@ TEST_CASE("attention rejects inconsistent shapes with both shapes in the message
     INFO(msg);
     for (const auto& part : parts) CHECK(msg.find(part) != std::string::npos);
   };
-  check_error(error_of([&] { attention(q, leaf(Shape{2, 6, 8}, 2), q, 2); }),
+  check_error(error_of([&] {
+                attention(q, leaf(Shape{2, 6, 8}, 2), q, 2);
+              }),
               {"attention", "(2, 5, 8)", "(2, 6, 8)"});
-  check_error(error_of([&] { attention(q, q, leaf(Shape{2, 5, 4}, 2), 2); }),
+  check_error(error_of([&] {
+                attention(q, q, leaf(Shape{2, 5, 4}, 2), 2);
+              }),
               {"attention", "(2, 5, 8)", "(2, 5, 4)"});
   check_error(error_of([&] { attention(q, q, q, 3); }), {"C = 8", "n_heads = 3"});
   check_error(error_of([&] { attention(q, q, q, 0); }), {"n_heads > 0", "got 0"});

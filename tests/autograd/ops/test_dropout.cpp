@@ -32,7 +32,8 @@ TEST_CASE("dropout gradients match finite differences", "[autograd][dropout]") {
   const Shape shape = GENERATE(Shape{1}, Shape{17}, Shape{4, 6});
   const double p = GENERATE(0.25, 0.5);
   INFO("shape " << shape << " p " << p);
-  auto r = gradcheck([p](const Inputs& in) { return ag::dropout(in[0], p, 42, 7); }, {leaf(shape, 1)});
+  auto r =
+      gradcheck([p](const Inputs& in) { return ag::dropout(in[0], p, 42, 7); }, {leaf(shape, 1)});
   INFO(r.first_failure);
   CHECK(r.ok);
 }

@@ -34,7 +34,9 @@ std::string error_of(F&& f) {
   return "(no error)";
 }
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 using Inputs = std::vector<Var<double>>;
 
@@ -57,7 +59,8 @@ TEST_CASE("binary element-wise gradients match finite differences", "[autograd][
   check("a + b", [](const Inputs& in) { return in[0] + in[1]; });
   check("a - b", [](const Inputs& in) { return in[0] - in[1]; });
   check("a * b", [](const Inputs& in) { return in[0] * in[1]; });
-  check("(a - b) * (a + 2.5 * b)", [](const Inputs& in) { return (in[0] - in[1]) * (in[0] + 2.5 * in[1]); });
+  check("(a - b) * (a + 2.5 * b)",
+        [](const Inputs& in) { return (in[0] - in[1]) * (in[0] + 2.5 * in[1]); });
 }
 
 TEST_CASE("scale gradients match finite differences", "[autograd][elementwise]") {
@@ -77,7 +80,8 @@ TEST_CASE("a Var used as both operands gets both gradients", "[autograd][element
   auto r = gradcheck([](const Inputs& in) { return ag::mul(in[0], in[0]); }, {leaf(shape, 5)});
   INFO(r.first_failure);
   CHECK(r.ok);
-  auto r2 = gradcheck([](const Inputs& in) { return ag::add_scaled(in[0], 2.0, in[0], -0.5); }, {leaf(shape, 6)});
+  auto r2 = gradcheck([](const Inputs& in) { return ag::add_scaled(in[0], 2.0, in[0], -0.5); },
+                      {leaf(shape, 6)});
   INFO(r2.first_failure);
   CHECK(r2.ok);
 
@@ -93,7 +97,8 @@ TEST_CASE("element-wise values match the formulas", "[autograd][elementwise]") {
   Var<double> va(a), vb(b);
   auto av = a.to_vector(), bv = b.to_vector();
   auto sum = (va + vb).value().to_vector(), diff = (va - vb).value().to_vector();
-  auto prod = (va * vb).value().to_vector(), comb = ag::add_scaled(va, 2.0, vb, -3.0).value().to_vector();
+  auto prod = (va * vb).value().to_vector(),
+       comb = ag::add_scaled(va, 2.0, vb, -3.0).value().to_vector();
   auto sc = (va * 0.25).value().to_vector();
   for (std::size_t i = 0; i < av.size(); ++i) {
     CHECK(sum[i] == av[i] + bv[i]);
@@ -111,7 +116,8 @@ TEST_CASE("element-wise ops read strided (transposed) inputs", "[autograd][eleme
   REQUIRE_FALSE(t.value().is_contiguous());
   Var<double> y = t * o;
   for (std::int64_t i = 0; i < 5; ++i)
-    for (std::int64_t j = 0; j < 3; ++j) CHECK(y.value().at({i, j}) == base.at({j, i}) * other.at({i, j}));
+    for (std::int64_t j = 0; j < 3; ++j)
+      CHECK(y.value().at({i, j}) == base.at({j, i}) * other.at({i, j}));
   ag::backward(ag::sum(y));
   // t's gradient is kept in t's own (5, 3) shape: d/dt = o.
   REQUIRE(t.grad().shape() == (Shape{5, 3}));
@@ -132,12 +138,11 @@ TEST_CASE("ops on inputs that need no gradient record nothing", "[autograd][elem
 }
 
 TEST_CASE("reshape is a view with the gradient reshaped back", "[autograd][elementwise]") {
-  auto [from, to] = GENERATE(table<Shape, std::vector<std::int64_t>>({{Shape{2, 6}, {3, 4}},
-                                                                     {Shape{2, 3, 4}, {6, -1}},
-                                                                     {Shape{5}, {1, 5, 1}},
-                                                                     {Shape{1}, {}}}));
+  auto [from, to] = GENERATE(table<Shape, std::vector<std::int64_t>>(
+      {{Shape{2, 6}, {3, 4}}, {Shape{2, 3, 4}, {6, -1}}, {Shape{5}, {1, 5, 1}}, {Shape{1}, {}}}));
   INFO("from " << from);
-  auto r = gradcheck([to = to](const Inputs& in) { return ag::reshape(in[0], to); }, {leaf(from, 15)});
+  auto r =
+      gradcheck([to = to](const Inputs& in) { return ag::reshape(in[0], to); }, {leaf(from, 15)});
   INFO(r.first_failure);
   CHECK(r.ok);
   Var<double> x = leaf(from, 16);
@@ -147,9 +152,13 @@ TEST_CASE("reshape is a view with the gradient reshaped back", "[autograd][eleme
   CHECK(y.value().to_vector() == x.value().to_vector());
 }
 
-TEST_CASE("split_last gives contiguous slices whose gradients land in their columns", "[autograd][elementwise]") {
-  auto [shape, n] = GENERATE(table<Shape, int>({{Shape{6}, 3}, {Shape{2, 8}, 2}, {Shape{2, 3, 9}, 3},
-                                                {Shape{3, 4}, 1}, {Shape{2, 2, 4}, 4}}));
+TEST_CASE("split_last gives contiguous slices whose gradients land in their columns",
+          "[autograd][elementwise]") {
+  auto [shape, n] = GENERATE(table<Shape, int>({{Shape{6}, 3},
+                                                {Shape{2, 8}, 2},
+                                                {Shape{2, 3, 9}, 3},
+                                                {Shape{3, 4}, 1},
+                                                {Shape{2, 2, 4}, 4}}));
   INFO("shape " << shape << " n " << n);
   Var<double> x = leaf(shape, 17);
   auto parts = ag::split_last(x, n);
@@ -157,14 +166,16 @@ TEST_CASE("split_last gives contiguous slices whose gradients land in their colu
   const std::int64_t c = shape[shape.rank() - 1], w = c / n;
   for (int k = 0; k < n; ++k) {
     CHECK(parts[static_cast<std::size_t>(k)].value().is_contiguous());
-    CHECK(parts[static_cast<std::size_t>(k)].value().to_vector() == x.value().slice(-1, k * w, (k + 1) * w).to_vector());
+    CHECK(parts[static_cast<std::size_t>(k)].value().to_vector() ==
+          x.value().slice(-1, k * w, (k + 1) * w).to_vector());
   }
   // Each slice weighted differently, so a gradient in the wrong columns shows.
   auto r = gradcheck(
       [n](const Inputs& in) {
         auto p = ag::split_last(in[0], n);
         Var<double> acc = p[0];
-        for (int k = 1; k < n; ++k) acc = ag::add_scaled(acc, 1.0, p[static_cast<std::size_t>(k)], 1.0 + k);
+        for (int k = 1; k < n; ++k)
+          acc = ag::add_scaled(acc, 1.0, p[static_cast<std::size_t>(k)], 1.0 + k);
         return acc * p[0];
       },
       {leaf(shape, 18)});
@@ -178,14 +189,15 @@ TEST_CASE("split_last with only some slices used leaves the other columns' gradi
   auto parts = ag::split_last(x, 3);
   ag::backward(ag::sum(parts[1]));
   for (std::int64_t r = 0; r < 2; ++r)
-    for (std::int64_t c = 0; c < 6; ++c) CHECK(x.grad().at({r, c}) == ((c >= 2 && c < 4) ? 1.0 : 0.0));
+    for (std::int64_t c = 0; c < 6; ++c)
+      CHECK(x.grad().at({r, c}) == ((c >= 2 && c < 4) ? 1.0 : 0.0));
 }
 
 TEST_CASE("element-wise shape errors name both shapes", "[autograd][elementwise]") {
   Var<double> a = leaf(Shape{2, 3}, 20), b = leaf(Shape{3, 2}, 21);
-  for (const std::string& msg : {error_of([&] { ag::add(a, b); }), error_of([&] { ag::sub(a, b); }),
-                                 error_of([&] { ag::mul(a, b); }),
-                                 error_of([&] { ag::add_scaled(a, 1.0, b, 2.0); })}) {
+  for (const std::string& msg :
+       {error_of([&] { ag::add(a, b); }), error_of([&] { ag::sub(a, b); }),
+        error_of([&] { ag::mul(a, b); }), error_of([&] { ag::add_scaled(a, 1.0, b, 2.0); })}) {
     INFO(msg);
     CHECK(contains(msg, "(2, 3)"));
     CHECK(contains(msg, "(3, 2)"));

@@ -218,7 +218,8 @@ TEST_CASE("matmul and linear errors name both shapes", "[autograd][ops][gemm]") 
   CHECK(contains(msg, "a (7,)"));
 }
 
-TEST_CASE("gelu_mlp equals linear, gelu, linear composed: values and gradients", "[autograd][ops][gemm]") {
+TEST_CASE("gelu_mlp equals linear, gelu, linear composed: values and gradients",
+          "[autograd][ops][gemm]") {
   const bool bias = GENERATE(true, false);
   INFO("bias " << bias);
   auto xv = Tensor<double>::randn({2, 3, 4}, 50), w1v = Tensor<double>::randn({6, 4}, 51),
@@ -226,14 +227,15 @@ TEST_CASE("gelu_mlp equals linear, gelu, linear composed: values and gradients",
        b2v = Tensor<double>::randn({5}, 54);
   auto seed = Tensor<double>::randn({2, 3, 5}, 55);
   auto run = [&](bool fused) {
-    Var<double> x(xv.clone(), true), w1(w1v.clone(), true), b1(b1v.clone(), true), w2(w2v.clone(), true),
-        b2(b2v.clone(), true);
-    Var<double> y = fused ? fathom::autograd::gelu_mlp(x, w1, bias ? &b1 : nullptr, w2, bias ? &b2 : nullptr)
-                          : linear(fathom::autograd::gelu(linear(x, w1, bias ? &b1 : nullptr)), w2,
-                                   bias ? &b2 : nullptr);
+    Var<double> x(xv.clone(), true), w1(w1v.clone(), true), b1(b1v.clone(), true),
+        w2(w2v.clone(), true), b2(b2v.clone(), true);
+    Var<double> y =
+        fused ? fathom::autograd::gelu_mlp(x, w1, bias ? &b1 : nullptr, w2, bias ? &b2 : nullptr)
+              : linear(fathom::autograd::gelu(linear(x, w1, bias ? &b1 : nullptr)), w2,
+                       bias ? &b2 : nullptr);
     fathom::autograd::backward(y, seed);
-    std::vector<std::vector<double>> out{y.value().to_vector(), x.grad().to_vector(), w1.grad().to_vector(),
-                                         w2.grad().to_vector()};
+    std::vector<std::vector<double>> out{y.value().to_vector(), x.grad().to_vector(),
+                                         w1.grad().to_vector(), w2.grad().to_vector()};
     if (bias) {
       out.push_back(b1.grad().to_vector());
       out.push_back(b2.grad().to_vector());
@@ -245,7 +247,8 @@ TEST_CASE("gelu_mlp equals linear, gelu, linear composed: values and gradients",
   for (std::size_t t = 0; t < fused.size(); ++t) {
     INFO("tensor " << t << " (value, dx, dw1, dw2, db1, db2)");
     REQUIRE(fused[t].size() == plain[t].size());
-    for (std::size_t i = 0; i < fused[t].size(); ++i) CHECK_THAT(fused[t][i], WithinAbs(plain[t][i], 1e-12));
+    for (std::size_t i = 0; i < fused[t].size(); ++i)
+      CHECK_THAT(fused[t][i], WithinAbs(plain[t][i], 1e-12));
   }
 }
 
@@ -253,7 +256,9 @@ TEST_CASE("gelu_mlp gradients pass gradcheck", "[autograd][ops][gemm]") {
   auto x = random_var({3, 4}, 60), w1 = random_var({5, 4}, 61), b1 = random_var({5}, 62),
        w2 = random_var({2, 5}, 63), b2 = random_var({2}, 64);
   auto r = gradcheck(
-      [](const std::vector<Var<double>>& v) { return fathom::autograd::gelu_mlp(v[0], v[1], &v[2], v[3], &v[4]); },
+      [](const std::vector<Var<double>>& v) {
+        return fathom::autograd::gelu_mlp(v[0], v[1], &v[2], v[3], &v[4]);
+      },
       {x, w1, b1, w2, b2});
   INFO(r.first_failure);
   CHECK(r.ok);

@@ -43,8 +43,9 @@ TEST_CASE("rms_norm gradients (x and weight) pass gradcheck", "[autograd][norm]"
   CAPTURE(shape.str(), scale);
   auto x = leaf(shape, 1, 1.0, 0.3);
   auto w = leaf(Shape{shape[shape.rank() - 1]}, 2, 0.3, 1.0);
-  auto result = ag::gradcheck([&](const std::vector<Var<double>>& in) { return ag::rms_norm(in[0], in[1], 1e-6, scale); },
-                              {x, w});
+  auto result = ag::gradcheck(
+      [&](const std::vector<Var<double>>& in) { return ag::rms_norm(in[0], in[1], 1e-6, scale); },
+      {x, w});
   INFO(result.first_failure);
   CHECK(result.ok);
   CHECK(result.checked == x.numel() + w.numel());
@@ -60,7 +61,10 @@ TEST_CASE("layer_norm gradients (x, weight, bias) pass gradcheck", "[autograd][n
   const Shape c{shape[shape.rank() - 1]};
   auto w = leaf(c, 4, 0.3, 1.0), b = leaf(c, 5, 0.5);
   auto result = ag::gradcheck(
-      [&](const std::vector<Var<double>>& in) { return ag::layer_norm(in[0], in[1], in[2], 1e-5, scale); }, {x, w, b});
+      [&](const std::vector<Var<double>>& in) {
+        return ag::layer_norm(in[0], in[1], in[2], 1e-5, scale);
+      },
+      {x, w, b});
   INFO(result.first_failure);
   CHECK(result.ok);
   CHECK(result.checked == x.numel() + w.numel() + b.numel());
@@ -70,8 +74,10 @@ TEST_CASE("norm output scale is an exact factor on the output", "[autograd][norm
   auto x = leaf(Shape{4, 6}, 6, 1.0, 0.5), w = leaf(Shape{6}, 7, 0.2, 1.0), b = leaf(Shape{6}, 8);
   const double s = 1.0 / std::sqrt(5.0);
   ag::NoGradGuard no_grad;
-  auto r1 = ag::rms_norm(x, w, 1e-6).value().to_vector(), rs = ag::rms_norm(x, w, 1e-6, s).value().to_vector();
-  auto l1 = ag::layer_norm(x, w, b, 1e-5).value().to_vector(), ls = ag::layer_norm(x, w, b, 1e-5, s).value().to_vector();
+  auto r1 = ag::rms_norm(x, w, 1e-6).value().to_vector(),
+       rs = ag::rms_norm(x, w, 1e-6, s).value().to_vector();
+  auto l1 = ag::layer_norm(x, w, b, 1e-5).value().to_vector(),
+       ls = ag::layer_norm(x, w, b, 1e-5, s).value().to_vector();
   for (std::size_t i = 0; i < r1.size(); ++i) {
     CHECK_THAT(rs[i], WithinAbs(s * r1[i], 1e-14));
     CHECK_THAT(ls[i], WithinAbs(s * l1[i], 1e-14));
@@ -87,7 +93,8 @@ TEST_CASE("rms_norm of a strided view normalizes its logical rows", "[autograd][
   REQUIRE(y.size() == 15);
   for (int r = 0; r < 3; ++r) {
     double ms = 0.0;
-    for (int c = 0; c < 5; ++c) ms += y[static_cast<std::size_t>(r * 5 + c)] * y[static_cast<std::size_t>(r * 5 + c)];
+    for (int c = 0; c < 5; ++c)
+      ms += y[static_cast<std::size_t>(r * 5 + c)] * y[static_cast<std::size_t>(r * 5 + c)];
     CHECK_THAT(ms / 5.0, WithinAbs(1.0, 1e-12));
   }
 }
@@ -108,7 +115,8 @@ TEST_CASE("norms record nothing under NoGradGuard", "[autograd][norm]") {
 }
 
 TEST_CASE("norm shape errors name both shapes", "[autograd][norm]") {
-  auto x = leaf(Shape{4, 7}, 13), w = leaf(Shape{8}, 14), w7 = leaf(Shape{7}, 15), b = leaf(Shape{6}, 16);
+  auto x = leaf(Shape{4, 7}, 13), w = leaf(Shape{8}, 14), w7 = leaf(Shape{7}, 15),
+       b = leaf(Shape{6}, 16);
   auto e1 = error_of([&] { ag::rms_norm(x, w, 1e-6); });
   CHECK(e1.find("rms_norm") != std::string::npos);
   CHECK(e1.find("(4, 7)") != std::string::npos);
@@ -120,5 +128,6 @@ TEST_CASE("norm shape errors name both shapes", "[autograd][norm]") {
   CHECK(e3.find("(7,)") != std::string::npos);
   CHECK(e3.find("(6,)") != std::string::npos);
   auto empty = leaf(Shape{3, 0}, 17), w0 = leaf(Shape{0}, 18);
-  CHECK(error_of([&] { ag::rms_norm(empty, w0, 1e-6); }).find("empty last dimension") != std::string::npos);
+  CHECK(error_of([&] { ag::rms_norm(empty, w0, 1e-6); }).find("empty last dimension") !=
+        std::string::npos);
 }

@@ -40,7 +40,8 @@ TEST_CASE("sum and mean gradients match finite differences", "[autograd][reduce]
   INFO(rm.first_failure);
   CHECK(rm.ok);
   // Composed: mean of a product (gradient flows through the broadcast of the scalar).
-  auto rc = gradcheck([](const Inputs& in) { return ag::mean(in[0] * in[1]); }, {leaf(shape, 3), leaf(shape, 4)});
+  auto rc = gradcheck([](const Inputs& in) { return ag::mean(in[0] * in[1]); },
+                      {leaf(shape, 3), leaf(shape, 4)});
   INFO(rc.first_failure);
   CHECK(rc.ok);
 }

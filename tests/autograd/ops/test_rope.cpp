@@ -37,11 +37,13 @@ struct Case {
 }  // namespace
 
 TEST_CASE("rope gradient passes gradcheck", "[autograd][rope]") {
-  const auto c = GENERATE(Case{1, 1, 2, 1, 0}, Case{2, 3, 8, 2, 0}, Case{1, 5, 12, 3, 7}, Case{2, 4, 16, 1, 100});
+  const auto c = GENERATE(Case{1, 1, 2, 1, 0}, Case{2, 3, 8, 2, 0}, Case{1, 5, 12, 3, 7},
+                          Case{2, 4, 16, 1, 100});
   CAPTURE(c.B, c.T, c.C, c.heads, c.pos0);
   Var<double> x(Tensor<double>::randn(Shape{c.B, c.T, c.C}, 1), true);
   auto result = ag::gradcheck(
-      [&](const std::vector<Var<double>>& in) { return ag::rope(in[0], c.heads, 10000.0, c.pos0); }, {x});
+      [&](const std::vector<Var<double>>& in) { return ag::rope(in[0], c.heads, 10000.0, c.pos0); },
+      {x});
   INFO(result.first_failure);
   CHECK(result.ok);
   CHECK(result.checked == x.numel());
@@ -57,7 +59,8 @@ TEST_CASE("rope keeps the norm of every rotated pair and moves it", "[autograd][
   for (std::int64_t row = 0; row < B * T; ++row)
     for (std::int64_t h = 0; h < H; ++h)
       for (std::int64_t i = 0; i < hd / 2; ++i) {
-        const auto k1 = static_cast<std::size_t>(row * C + h * hd + i), k2 = k1 + static_cast<std::size_t>(hd / 2);
+        const auto k1 = static_cast<std::size_t>(row * C + h * hd + i),
+                   k2 = k1 + static_cast<std::size_t>(hd / 2);
         CHECK_THAT(std::hypot(y[k1], y[k2]), WithinAbs(std::hypot(xv[k1], xv[k2]), 1e-12));
         moved = std::max(moved, std::abs(y[k1] - xv[k1]));
       }

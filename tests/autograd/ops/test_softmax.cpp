@@ -1,6 +1,7 @@
 // Tests for the differentiable softmax and cross_entropy (include/fathom/autograd/ops/softmax.hpp):
-// gradcheck in double, ignored rows, the all-ignored batch (loss 0, zero gradient, no NaN), gradient
-// accumulation over two backward passes, bf16 logits giving an fp32 loss, and error messages.
+// gradcheck in double, ignored rows, the all-ignored batch (loss 0, zero gradient, no NaN),
+// gradient accumulation over two backward passes, bf16 logits giving an fp32 loss, and error
+// messages.
 #include <fathom/autograd/ops/softmax.hpp>
 #include <fathom/autograd/ops/elementwise.hpp>
 
@@ -43,7 +44,8 @@ TEST_CASE("softmax gradient passes gradcheck", "[autograd][softmax]") {
   const Shape shape(dims);
   CAPTURE(shape.str());
   auto x = leaf(shape, 1, 2.0);
-  auto result = ag::gradcheck([](const std::vector<Var<double>>& in) { return ag::softmax(in[0]); }, {x});
+  auto result =
+      ag::gradcheck([](const std::vector<Var<double>>& in) { return ag::softmax(in[0]); }, {x});
   INFO(result.first_failure);
   CHECK(result.ok);
   CHECK(result.checked == x.numel());
@@ -61,14 +63,16 @@ TEST_CASE("softmax rows sum to one", "[autograd][softmax]") {
 
 TEST_CASE("cross_entropy gradient passes gradcheck, with ignored rows", "[autograd][softmax]") {
   const int ignore = -100;
-  const auto targets = GENERATE(std::vector<std::int32_t>{2}, std::vector<std::int32_t>{0, -100, 4, 1},
-                                std::vector<std::int32_t>{-100, 3, 3, -100, 0, 4});
+  const auto targets =
+      GENERATE(std::vector<std::int32_t>{2}, std::vector<std::int32_t>{0, -100, 4, 1},
+               std::vector<std::int32_t>{-100, 3, 3, -100, 0, 4});
   const auto rows = static_cast<std::int64_t>(targets.size());
   CAPTURE(rows);
   auto t = Tensor<std::int32_t>::from_vector(Shape{rows}, targets);
   auto logits = leaf(Shape{rows, 5}, 3, 2.0);
   auto result = ag::gradcheck(
-      [&](const std::vector<Var<double>>& in) { return ag::cross_entropy(in[0], t, ignore); }, {logits});
+      [&](const std::vector<Var<double>>& in) { return ag::cross_entropy(in[0], t, ignore); },
+      {logits});
   INFO(result.first_failure);
   CHECK(result.ok);
   CHECK(result.checked == logits.numel());
@@ -76,7 +80,8 @@ TEST_CASE("cross_entropy gradient passes gradcheck, with ignored rows", "[autogr
 
 TEST_CASE("cross_entropy loss is the mean over rows not ignored", "[autograd][softmax]") {
   // Two rows of uniform logits over 4 classes (loss log 4 each) and one ignored row.
-  auto logits = Var<double>(Tensor<double>::from_vector(Shape{3, 4}, {1, 1, 1, 1, 9, -3, 2, 0, 2, 2, 2, 2}), true);
+  auto logits = Var<double>(
+      Tensor<double>::from_vector(Shape{3, 4}, {1, 1, 1, 1, 9, -3, 2, 0, 2, 2, 2, 2}), true);
   auto t = Tensor<std::int32_t>::from_vector(Shape{3}, {3, 7, 0});
   auto loss = ag::cross_entropy(logits, t, 7);
   CHECK(loss.shape() == Shape{});
@@ -84,11 +89,13 @@ TEST_CASE("cross_entropy loss is the mean over rows not ignored", "[autograd][so
   ag::backward(loss);
   auto g = logits.grad().to_vector();
   // Rows 0 and 2: (1/4 - onehot) / 2; row 1 ignored: 0.
-  const std::vector<double> want{0.125, 0.125, 0.125, -0.375, 0, 0, 0, 0, -0.375, 0.125, 0.125, 0.125};
+  const std::vector<double> want{0.125, 0.125, 0.125,  -0.375, 0,     0,
+                                 0,     0,     -0.375, 0.125,  0.125, 0.125};
   for (std::size_t i = 0; i < want.size(); ++i) CHECK_THAT(g[i], WithinAbs(want[i], 1e-14));
 }
 
-TEST_CASE("cross_entropy of an all-ignored batch is 0 with a zero gradient, not NaN", "[autograd][softmax]") {
+TEST_CASE("cross_entropy of an all-ignored batch is 0 with a zero gradient, not NaN",
+          "[autograd][softmax]") {
   auto logits = leaf(Shape{3, 6}, 4, 2.0);
   auto t = Tensor<std::int32_t>::from_vector(Shape{3}, {-100, -100, -100});
   auto loss = ag::cross_entropy(logits, t);
@@ -124,7 +131,8 @@ TEST_CASE("cross_entropy accepts (B, T, V) logits with (B, T) targets", "[autogr
              WithinAbs(ag::cross_entropy(logits2, t1).value().item(), 1e-15));
 }
 
-TEST_CASE("cross_entropy of bf16 logits is an fp32 loss close to the double one", "[autograd][softmax]") {
+TEST_CASE("cross_entropy of bf16 logits is an fp32 loss close to the double one",
+          "[autograd][softmax]") {
   auto ld = Tensor<double>::randn(Shape{8, 50}, 7, 2.0);
   auto lb = ld.cast<bf16>();
   auto t = Tensor<std::int32_t>::from_vector(Shape{8}, {0, 49, 3, -100, 17, 17, 25, 8});
@@ -135,7 +143,8 @@ TEST_CASE("cross_entropy of bf16 logits is an fp32 loss close to the double one"
   CHECK_THAT(static_cast<double>(loss.value().item()), WithinRel(want, 1e-5));
 }
 
-TEST_CASE("cross_entropy errors name the shapes, and the row, target and V", "[autograd][softmax]") {
+TEST_CASE("cross_entropy errors name the shapes, and the row, target and V",
+          "[autograd][softmax]") {
   auto logits = leaf(Shape{4, 10}, 8);
   auto t3 = Tensor<std::int32_t>::from_vector(Shape{3}, {1, 2, 3});
   auto e1 = error_of([&] { ag::cross_entropy(logits, t3); });
@@ -147,10 +156,12 @@ TEST_CASE("cross_entropy errors name the shapes, and the row, target and V", "[a
   CHECK(e2.find("target 10") != std::string::npos);
   CHECK(e2.find("[0, 10)") != std::string::npos);
   auto scalar = leaf(Shape{}, 9);
-  CHECK(error_of([&] { ag::cross_entropy(scalar, t3); }).find("at least one dimension") != std::string::npos);
+  CHECK(error_of([&] { ag::cross_entropy(scalar, t3); }).find("at least one dimension") !=
+        std::string::npos);
 }
 
-TEST_CASE("cross_entropy writes the logits' gradient over logits nothing else holds", "[autograd][softmax]") {
+TEST_CASE("cross_entropy writes the logits' gradient over logits nothing else holds",
+          "[autograd][softmax]") {
   // logits = x * 2 (an op, so they are an intermediate); the gradient of x is the check.
   auto xv = Tensor<double>::randn(Shape{6, 9}, 70);
   std::vector<std::int32_t> t{0, 3, 8, 2, -100, 5};
@@ -169,7 +180,8 @@ TEST_CASE("cross_entropy writes the logits' gradient over logits nothing else ho
     *grad_data = slot->grad.data();
     return x.grad().to_vector();
   };
-  const double *in_place_logits = nullptr, *in_place_grad = nullptr, *kept_logits = nullptr, *kept_grad = nullptr;
+  const double *in_place_logits = nullptr, *in_place_grad = nullptr, *kept_logits = nullptr,
+               *kept_grad = nullptr;
   const auto in_place = run(false, &in_place_logits, &in_place_grad);
   const auto kept = run(true, &kept_logits, &kept_grad);
   CHECK(in_place_grad == in_place_logits);  // reused the logits' buffer

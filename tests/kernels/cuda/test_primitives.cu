@@ -55,8 +55,8 @@ std::string first_difference(const std::vector<T>& gpu, const std::vector<T>& cp
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("device_fill writes the value to every element", "[cuda][primitives]", float, double, bf16,
-                   std::int32_t) {
+TEMPLATE_TEST_CASE("device_fill writes the value to every element", "[cuda][primitives]", float,
+                   double, bf16, std::int32_t) {
   using T = TestType;
   const std::int64_t n = GENERATE(1, 7, 8, 1000, 5461, 50257);
   const std::int64_t offset = GENERATE(0, 1);  // 1: off the 16-byte grid
@@ -71,8 +71,8 @@ TEMPLATE_TEST_CASE("device_fill writes the value to every element", "[cuda][prim
   CHECK(first_difference(got, want) == "");
 }
 
-TEMPLATE_TEST_CASE("device_strided_copy packs views exactly as the CPU does", "[cuda][primitives]", float, double,
-                   bf16) {
+TEMPLATE_TEST_CASE("device_strided_copy packs views exactly as the CPU does", "[cuda][primitives]",
+                   float, double, bf16) {
   using T = TestType;
   auto cpu = Tensor<double>::randn(Shape{6, 35, 17}, 1).template cast<T>();
   auto gpu = to_gpu(cpu);
@@ -86,9 +86,12 @@ TEMPLATE_TEST_CASE("device_strided_copy packs views exactly as the CPU does", "[
   check("slice(2, 3, 16)", cpu.slice(2, 3, 16), gpu.slice(2, 3, 16));
   check("slice(1, 1, 34)", cpu.slice(1, 1, 34), gpu.slice(1, 1, 34));
   check("select(1, 4)", cpu.select(1, 4), gpu.select(1, 4));
-  check("transpose(0, 1).slice(2, 0, 5)", cpu.transpose(0, 1).slice(2, 0, 5), gpu.transpose(0, 1).slice(2, 0, 5));
-  check("select(2, 16).transpose(0, 1)", cpu.select(2, 16).transpose(0, 1), gpu.select(2, 16).transpose(0, 1));
-  check("slice(0, 2, 3) (extent 1)", cpu.slice(0, 2, 3).transpose(0, 2), gpu.slice(0, 2, 3).transpose(0, 2));
+  check("transpose(0, 1).slice(2, 0, 5)", cpu.transpose(0, 1).slice(2, 0, 5),
+        gpu.transpose(0, 1).slice(2, 0, 5));
+  check("select(2, 16).transpose(0, 1)", cpu.select(2, 16).transpose(0, 1),
+        gpu.select(2, 16).transpose(0, 1));
+  check("slice(0, 2, 3) (extent 1)", cpu.slice(0, 2, 3).transpose(0, 2),
+        gpu.slice(0, 2, 3).transpose(0, 2));
 
   // A large strided copy: the grid-stride loop covers more elements than one launch has threads.
   auto big_cpu = Tensor<double>::randn(Shape{2048, 1031}, 2).template cast<T>();
@@ -101,11 +104,13 @@ TEMPLATE_TEST_CASE("device_strided_copy packs views exactly as the CPU does", "[
   CHECK(first_difference(dst.to_vector(), cpu.transpose(0, 2).contiguous().to_vector()) == "");
 }
 
-TEST_CASE("device_cast converts exactly as the CPU does, bf16 to nearest even", "[cuda][primitives]") {
+TEST_CASE("device_cast converts exactly as the CPU does, bf16 to nearest even",
+          "[cuda][primitives]") {
   const std::int64_t n = GENERATE(1, 9, 4096, 50257);
   const std::int64_t offset = GENERATE(0, 1);
   INFO("n " << n << " offset " << offset);
-  auto d = Tensor<double>::randn(Shape{n + offset}, 3, 10.0).slice(0, offset, n + offset).contiguous();
+  auto d =
+      Tensor<double>::randn(Shape{n + offset}, 3, 10.0).slice(0, offset, n + offset).contiguous();
   auto f = d.cast<float>();
   auto h = f.cast<bf16>();
   // Sources on the device at the same offset: the cast sees pointers off the 16-byte grid.

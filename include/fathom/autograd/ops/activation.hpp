@@ -23,11 +23,13 @@ Var<T, D> gelu(const Var<T, D>& x) {
   Tensor<T, D> y(x.shape());
   const std::int64_t n = x.numel();
   kernels::gelu(D{}, kernels::ActivationParams<T>{xc.data(), y.data(), n});
-  return Var<T, D>::make_result(std::move(y), x.requires_grad(), [gx = grad_target(x), xc, n](const Tensor<T, D>& gy) {
-    if (!gx) return;
-    const auto dx = gx->write_target();
-    kernels::gelu_backward(D{}, kernels::ActivationBackwardParams<T>{xc.data(), gy.data(), dx.data, n, dx.accumulate});
-  });
+  return Var<T, D>::make_result(
+      std::move(y), x.requires_grad(), [gx = grad_target(x), xc, n](const Tensor<T, D>& gy) {
+        if (!gx) return;
+        const auto dx = gx->write_target();
+        kernels::gelu_backward(D{}, kernels::ActivationBackwardParams<T>{
+                                        xc.data(), gy.data(), dx.data, n, dx.accumulate});
+      });
 }
 
 // x * sigmoid(x), element-wise.
@@ -37,11 +39,13 @@ Var<T, D> silu(const Var<T, D>& x) {
   Tensor<T, D> y(x.shape());
   const std::int64_t n = x.numel();
   kernels::silu(D{}, kernels::ActivationParams<T>{xc.data(), y.data(), n});
-  return Var<T, D>::make_result(std::move(y), x.requires_grad(), [gx = grad_target(x), xc, n](const Tensor<T, D>& gy) {
-    if (!gx) return;
-    const auto dx = gx->write_target();
-    kernels::silu_backward(D{}, kernels::ActivationBackwardParams<T>{xc.data(), gy.data(), dx.data, n, dx.accumulate});
-  });
+  return Var<T, D>::make_result(
+      std::move(y), x.requires_grad(), [gx = grad_target(x), xc, n](const Tensor<T, D>& gy) {
+        if (!gx) return;
+        const auto dx = gx->write_target();
+        kernels::silu_backward(D{}, kernels::ActivationBackwardParams<T>{
+                                        xc.data(), gy.data(), dx.data, n, dx.accumulate});
+      });
 }
 
 // silu(gate) * up (same shapes), fused: saves gate and up, never silu(gate).
@@ -58,8 +62,9 @@ Var<T, D> swiglu(const Var<T, D>& gate, const Var<T, D>& up) {
       [gg = grad_target(gate), gu = grad_target(up), gc, uc, n](const Tensor<T, D>& gy) {
         const auto dg = gg ? gg->write_target() : GradWrite<T>{};
         const auto du = gu ? gu->write_target() : GradWrite<T>{};
-        kernels::swiglu_backward(D{}, kernels::SwigluBackwardParams<T>{gc.data(), uc.data(), gy.data(), dg.data,
-                                                                       du.data, n, dg.accumulate, du.accumulate});
+        kernels::swiglu_backward(
+            D{}, kernels::SwigluBackwardParams<T>{gc.data(), uc.data(), gy.data(), dg.data, du.data,
+                                                  n, dg.accumulate, du.accumulate});
       });
 }
 

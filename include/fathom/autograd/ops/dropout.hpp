@@ -28,10 +28,12 @@ Var<T, D> dropout(const Var<T, D>& x, double p, std::uint64_t seed, std::uint64_
   const std::int64_t n = x.numel();
   kernels::dropout(D{}, kernels::DropoutParams<T>{xc.data(), y.data(), n, p, seed, offset});
   return Var<T, D>::make_result(
-      std::move(y), x.requires_grad(), [gx = grad_target(x), n, p, seed, offset](const Tensor<T, D>& gy) {
+      std::move(y), x.requires_grad(),
+      [gx = grad_target(x), n, p, seed, offset](const Tensor<T, D>& gy) {
         if (gx)
           kernels::dropout_backward(
-              D{}, kernels::DropoutBackwardParams<T>{gy.data(), gx->accumulator().data(), n, p, seed, offset});
+              D{}, kernels::DropoutBackwardParams<T>{gy.data(), gx->accumulator().data(), n, p,
+                                                     seed, offset});
       });
 }
 

@@ -23,7 +23,8 @@ inline void check_elementwise_shapes(const char* op, const Shape& a, const Shape
 }
 
 template <class T, DeviceTag D>
-Var<T, D> axpby_op(const char* op, const Var<T, D>& a, double alpha, const Var<T, D>& b, double beta) {
+Var<T, D> axpby_op(const char* op, const Var<T, D>& a, double alpha, const Var<T, D>& b,
+                   double beta) {
   check_elementwise_shapes(op, a.shape(), b.shape());
   Tensor<T, D> ac = a.value().contiguous(), bc = b.value().contiguous();
   Tensor<T, D> y(a.shape());
@@ -67,9 +68,11 @@ Var<T, D> scale(const Var<T, D>& x, double s) {
   Tensor<T, D> y(x.shape());
   const std::int64_t n = x.numel();
   kernels::scale(D{}, kernels::ScaleParams<T>{xc.data(), y.data(), n, s});
-  return Var<T, D>::make_result(std::move(y), x.requires_grad(), [gx = grad_target(x), s, n](const Tensor<T, D>& gy) {
-    if (gx) kernels::axpy(D{}, kernels::AxpyParams<T>{gy.data(), gx->accumulator().data(), n, s});
-  });
+  return Var<T, D>::make_result(
+      std::move(y), x.requires_grad(), [gx = grad_target(x), s, n](const Tensor<T, D>& gy) {
+        if (gx)
+          kernels::axpy(D{}, kernels::AxpyParams<T>{gy.data(), gx->accumulator().data(), n, s});
+      });
 }
 
 // a * b element-wise (same shapes). Saves b for a's gradient and a for b's, only where needed.
@@ -84,12 +87,13 @@ Var<T, D> mul(const Var<T, D>& a, const Var<T, D>& b) {
   Tensor<T, D> saved_a = gb ? ac : Tensor<T, D>(), saved_b = ga ? bc : Tensor<T, D>();
   return Var<T, D>::make_result(
       std::move(y), any_requires_grad(a, b),
-      [ga, gb, saved_a = std::move(saved_a), saved_b = std::move(saved_b), n](const Tensor<T, D>& gy) {
-        kernels::mul_backward(D{}, kernels::MulBackwardParams<T>{
-                                       saved_a.defined() ? saved_a.data() : nullptr,
-                                       saved_b.defined() ? saved_b.data() : nullptr, gy.data(),
-                                       ga ? ga->accumulator().data() : nullptr,
-                                       gb ? gb->accumulator().data() : nullptr, n});
+      [ga, gb, saved_a = std::move(saved_a), saved_b = std::move(saved_b),
+       n](const Tensor<T, D>& gy) {
+        kernels::mul_backward(
+            D{}, kernels::MulBackwardParams<T>{saved_a.defined() ? saved_a.data() : nullptr,
+                                               saved_b.defined() ? saved_b.data() : nullptr,
+                                               gy.data(), ga ? ga->accumulator().data() : nullptr,
+                                               gb ? gb->accumulator().data() : nullptr, n});
       });
 }
 
@@ -120,30 +124,35 @@ template <class T, DeviceTag D>
 Var<T, D> reshape(const Var<T, D>& x, std::vector<std::int64_t> dims) {
   Tensor<T, D> y = x.value().reshape(std::move(dims));
   const std::int64_t n = x.numel();
-  return Var<T, D>::make_result(std::move(y), x.requires_grad(), [gx = grad_target(x), n](const Tensor<T, D>& gy) {
-    if (gx && !gx->lend(gy.reshape(gx->shape.to_vector())))
-      kernels::axpy(D{}, kernels::AxpyParams<T>{gy.data(), gx->accumulator().data(), n, 1.0});
-  });
+  return Var<T, D>::make_result(
+      std::move(y), x.requires_grad(), [gx = grad_target(x), n](const Tensor<T, D>& gy) {
+        if (gx && !gx->lend(gy.reshape(gx->shape.to_vector())))
+          kernels::axpy(D{}, kernels::AxpyParams<T>{gy.data(), gx->accumulator().data(), n, 1.0});
+      });
 }
 
 // n equal slices of the last dimension, each contiguous: x (..., n * w) -> n Vars (..., w).
 // Slice k's gradient lands in columns [k w, (k + 1) w) of x's gradient.
 template <class T, DeviceTag D>
 std::vector<Var<T, D>> split_last(const Var<T, D>& x, int n) {
-  FATHOM_CHECK(x.dim() >= 1, "split_last: expected a tensor with at least one dimension, got shape " << x.shape());
+  FATHOM_CHECK(x.dim() >= 1, "split_last: expected a tensor with at least one dimension, got shape "
+                                 << x.shape());
   const std::int64_t c = x.size(-1);
-  FATHOM_CHECK(n >= 1 && c % n == 0, "split_last: the last dimension of shape " << x.shape()
-                                         << " does not split into " << n << " equal parts");
+  FATHOM_CHECK(n >= 1 && c % n == 0, "split_last: the last dimension of shape "
+                                         << x.shape() << " does not split into " << n
+                                         << " equal parts");
   const std::int64_t w = c / n, rows = c == 0 ? 0 : x.numel() / c;
   std::vector<Var<T, D>> parts;
   parts.reserve(static_cast<std::size_t>(n));
   for (int k = 0; k < n; ++k) {
     Tensor<T, D> y = x.value().slice(-1, k * w, (k + 1) * w).contiguous();
     parts.push_back(Var<T, D>::make_result(
-        std::move(y), x.requires_grad(), [gx = grad_target(x), k, w, c, rows](const Tensor<T, D>& gy) {
+        std::move(y), x.requires_grad(),
+        [gx = grad_target(x), k, w, c, rows](const Tensor<T, D>& gy) {
           if (gx)
-            kernels::axpy_2d(D{}, kernels::Axpy2dParams<T>{gy.data(), gx->accumulator().data() + k * w, rows, w,
-                                                           w, c, 1.0});
+            kernels::axpy_2d(
+                D{}, kernels::Axpy2dParams<T>{gy.data(), gx->accumulator().data() + k * w, rows, w,
+                                              w, c, 1.0});
         }));
   }
   return parts;

@@ -67,7 +67,7 @@ Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
       [ga, gb, av = gb ? av : Tensor<T, D>(), bv = ga ? bv : Tensor<T, D>(), m, n, k,
        batch](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (..., M, N)
-        if (ga) {  // dA (M, K) += dY (M, N) B^T
+        if (ga) {                              // dA (M, K) += dY (M, N) B^T
           const auto da = ga->write_target();
           kernels::gemm(D{}, kernels::GemmParams<T>{.a = gy.data(),
                                                     .b = bv.data(),
@@ -138,7 +138,7 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
       [gx, gw, gbias, xv = gw ? xv : Tensor<T, D>(), wv = gx ? wv : Tensor<T, D>(), rows, in,
        out](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (rows, out)
-        if (gx) {  // dX (rows, in) += dY (rows, out) W (out, in)
+        if (gx) {                              // dX (rows, in) += dY (rows, out) W (out, in)
           const auto dx = gx->write_target();
           kernels::gemm(D{}, kernels::GemmParams<T>{.a = gy.data(),
                                                     .b = wv.data(),
@@ -182,33 +182,48 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight, const Var<T, D>& b
 // bias. Same values and gradients as the three ops composed.
 //   x (..., C), w1 (F, C), b1 (F) or null, w2 (C', F), b2 (C') or null  -> (..., C')
 template <class T, DeviceTag D>
-Var<T, D> gelu_mlp(const Var<T, D>& x, const Var<T, D>& w1, const std::type_identity_t<Var<T, D>>* b1,
-                   const Var<T, D>& w2, const std::type_identity_t<Var<T, D>>* b2) {
+Var<T, D> gelu_mlp(const Var<T, D>& x, const Var<T, D>& w1,
+                   const std::type_identity_t<Var<T, D>>* b1, const Var<T, D>& w2,
+                   const std::type_identity_t<Var<T, D>>* b2) {
   FATHOM_CHECK(w1.dim() == 2 && w2.dim() == 2 && x.dim() >= 1,
-               "gelu_mlp: expected x (..., C), w1 (F, C), w2 (C', F), got x " << x.shape() << ", w1 " << w1.shape()
-                                                                             << ", w2 " << w2.shape());
+               "gelu_mlp: expected x (..., C), w1 (F, C), w2 (C', F), got x "
+                   << x.shape() << ", w1 " << w1.shape() << ", w2 " << w2.shape());
   const std::int64_t in = w1.size(1), hidden = w1.size(0), out = w2.size(0);
   FATHOM_CHECK(x.size(-1) == in && w2.size(1) == hidden,
                "gelu_mlp: x " << x.shape() << ", w1 " << w1.shape() << " and w2 " << w2.shape()
-                              << " disagree: expected x (..., " << in << ") and w2 (C', " << hidden << ")");
-  FATHOM_CHECK(!b1 || (b1->dim() == 1 && b1->size(0) == hidden),
-               "gelu_mlp: b1 " << b1->shape() << " must be (" << hidden << ",) for w1 " << w1.shape());
+                              << " disagree: expected x (..., " << in << ") and w2 (C', " << hidden
+                              << ")");
+  FATHOM_CHECK(
+      !b1 || (b1->dim() == 1 && b1->size(0) == hidden),
+      "gelu_mlp: b1 " << b1->shape() << " must be (" << hidden << ",) for w1 " << w1.shape());
   FATHOM_CHECK(!b2 || (b2->dim() == 1 && b2->size(0) == out),
                "gelu_mlp: b2 " << b2->shape() << " must be (" << out << ",) for w2 " << w2.shape());
   const std::int64_t rows = detail::gemm_leading_numel(x.shape(), x.dim() - 1);
-  Tensor<T, D> xv = x.value().contiguous(), w1v = w1.value().contiguous(), w2v = w2.value().contiguous();
+  Tensor<T, D> xv = x.value().contiguous(), w1v = w1.value().contiguous(),
+               w2v = w2.value().contiguous();
   Tensor<T, D> b1v = b1 ? b1->value().contiguous() : Tensor<T, D>();
   Tensor<T, D> b2v = b2 ? b2->value().contiguous() : Tensor<T, D>();
   Tensor<T, D> pre(Shape{rows, hidden}), h(Shape{rows, hidden});
-  kernels::gemm_gelu(D{}, kernels::GemmParams<T>{.a = xv.data(), .b = w1v.data(), .c = h.data(),
-                                                 .bias = b1 ? b1v.data() : nullptr, .m = rows, .n = hidden,
-                                                 .k = in, .trans_b = true},
+  kernels::gemm_gelu(D{},
+                     kernels::GemmParams<T>{.a = xv.data(),
+                                            .b = w1v.data(),
+                                            .c = h.data(),
+                                            .bias = b1 ? b1v.data() : nullptr,
+                                            .m = rows,
+                                            .n = hidden,
+                                            .k = in,
+                                            .trans_b = true},
                      pre.data());
   Shape out_shape = x.shape();
   out_shape[x.dim() - 1] = out;
   Tensor<T, D> y(out_shape);
-  kernels::gemm(D{}, kernels::GemmParams<T>{.a = h.data(), .b = w2v.data(), .c = y.data(),
-                                            .bias = b2 ? b2v.data() : nullptr, .m = rows, .n = out, .k = hidden,
+  kernels::gemm(D{}, kernels::GemmParams<T>{.a = h.data(),
+                                            .b = w2v.data(),
+                                            .c = y.data(),
+                                            .bias = b2 ? b2v.data() : nullptr,
+                                            .m = rows,
+                                            .n = out,
+                                            .k = hidden,
                                             .trans_b = true});
 
   auto gx = grad_target(x), gw1 = grad_target(w1), gw2 = grad_target(w2);
@@ -216,38 +231,63 @@ Var<T, D> gelu_mlp(const Var<T, D>& x, const Var<T, D>& w1, const std::type_iden
   const bool needs = gx || gw1 || gw2 || gb1 || gb2;
   return Var<T, D>::make_result(
       std::move(y), needs,
-      [gx, gw1, gb1, gw2, gb2, xv, w1v, w2v, pre, h, rows, in, hidden, out](const Tensor<T, D>& gy_in) {
+      [gx, gw1, gb1, gw2, gb2, xv, w1v, w2v, pre, h, rows, in, hidden,
+       out](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (rows, out)
-        if (gw2) {  // dW2 += dY^T H
+        if (gw2) {                             // dW2 += dY^T H
           const auto d = gw2->write_target();
-          kernels::gemm(D{}, kernels::GemmParams<T>{.a = gy.data(), .b = h.data(), .c = d.data, .m = out,
-                                                    .n = hidden, .k = rows, .trans_a = true,
+          kernels::gemm(D{}, kernels::GemmParams<T>{.a = gy.data(),
+                                                    .b = h.data(),
+                                                    .c = d.data,
+                                                    .m = out,
+                                                    .n = hidden,
+                                                    .k = rows,
+                                                    .trans_a = true,
                                                     .beta = d.accumulate ? 1.0 : 0.0});
         }
         if (gb2) {
           const auto d = gb2->write_target();
-          kernels::column_sum(D{}, kernels::ColumnSumParams<T>{.x = gy.data(), .out = d.data, .rows = rows,
-                                                               .cols = out, .accumulate = d.accumulate});
+          kernels::column_sum(D{}, kernels::ColumnSumParams<T>{.x = gy.data(),
+                                                               .out = d.data,
+                                                               .rows = rows,
+                                                               .cols = out,
+                                                               .accumulate = d.accumulate});
         }
         if (!gx && !gw1 && !gb1) return;
         // dPre = (dY W2) * gelu'(pre), and db1 = its column sums.
         Tensor<T, D> dpre(Shape{rows, hidden});
         Tensor<T, D> db1 = gb1 ? Tensor<T, D>(Shape{hidden}) : Tensor<T, D>();
-        kernels::gemm_dgelu(D{}, kernels::GemmParams<T>{.a = gy.data(), .b = w2v.data(), .c = dpre.data(),
-                                                        .m = rows, .n = hidden, .k = out},
+        kernels::gemm_dgelu(D{},
+                            kernels::GemmParams<T>{.a = gy.data(),
+                                                   .b = w2v.data(),
+                                                   .c = dpre.data(),
+                                                   .m = rows,
+                                                   .n = hidden,
+                                                   .k = out},
                             pre.data(), gb1 ? db1.data() : nullptr);
         if (gb1 && !gb1->lend(db1))
-          kernels::axpy(D{}, kernels::AxpyParams<T>{db1.data(), gb1->accumulator().data(), hidden, 1.0});
+          kernels::axpy(D{},
+                        kernels::AxpyParams<T>{db1.data(), gb1->accumulator().data(), hidden, 1.0});
         if (gw1) {  // dW1 += dPre^T X
           const auto d = gw1->write_target();
-          kernels::gemm(D{}, kernels::GemmParams<T>{.a = dpre.data(), .b = xv.data(), .c = d.data, .m = hidden,
-                                                    .n = in, .k = rows, .trans_a = true,
+          kernels::gemm(D{}, kernels::GemmParams<T>{.a = dpre.data(),
+                                                    .b = xv.data(),
+                                                    .c = d.data,
+                                                    .m = hidden,
+                                                    .n = in,
+                                                    .k = rows,
+                                                    .trans_a = true,
                                                     .beta = d.accumulate ? 1.0 : 0.0});
         }
         if (gx) {  // dX += dPre W1
           const auto d = gx->write_target();
-          kernels::gemm(D{}, kernels::GemmParams<T>{.a = dpre.data(), .b = w1v.data(), .c = d.data, .m = rows,
-                                                    .n = in, .k = hidden, .beta = d.accumulate ? 1.0 : 0.0});
+          kernels::gemm(D{}, kernels::GemmParams<T>{.a = dpre.data(),
+                                                    .b = w1v.data(),
+                                                    .c = d.data,
+                                                    .m = rows,
+                                                    .n = in,
+                                                    .k = hidden,
+                                                    .beta = d.accumulate ? 1.0 : 0.0});
         }
       });
 }

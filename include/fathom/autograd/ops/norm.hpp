@@ -7,8 +7,8 @@
 #include "fathom/autograd/var.hpp"
 #include "fathom/kernels/norm.hpp"
 #if defined(__CUDACC__)
-// Declared before the ops below so that kernels::rms_norm(Cuda{}, ...) resolves (a qualified call sees
-// only the overloads declared before the template that makes it).
+// Declared before the ops below so that kernels::rms_norm(Cuda{}, ...) resolves (a qualified call
+// sees only the overloads declared before the template that makes it).
 #include "fathom/kernels/cuda/norm.cuh"
 #endif
 
@@ -49,9 +49,9 @@ Var<T, D> rms_norm(const Var<T, D>& x, const Var<T, D>& w, double eps, double ou
         Tensor<T, D> dy = gy.contiguous();
         const auto dx = gx ? gx->write_target() : GradWrite<T>{};
         kernels::rms_norm_backward(
-            D{}, kernels::RmsNormBackwardParams<T>{dy.data(), xc.data(), wc.data(), rstd.data(), dx.data,
-                                                   gw ? gw->accumulator().data() : nullptr, rows,
-                                                   cols, out_scale, dx.accumulate});
+            D{}, kernels::RmsNormBackwardParams<T>{dy.data(), xc.data(), wc.data(), rstd.data(),
+                                                   dx.data, gw ? gw->accumulator().data() : nullptr,
+                                                   rows, cols, out_scale, dx.accumulate});
       });
 }
 
@@ -62,10 +62,12 @@ Var<T, D> layer_norm(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& b,
                      double out_scale = 1.0) {
   using A = accum_t<T>;
   const std::int64_t rows = detail::norm_rows("layer_norm", x, w), cols = x.size(-1);
-  FATHOM_CHECK(b.shape() == w.shape(), "layer_norm: weight " << w.shape() << " and bias " << b.shape()
+  FATHOM_CHECK(b.shape() == w.shape(), "layer_norm: weight " << w.shape() << " and bias "
+                                                             << b.shape()
                                                              << " disagree: expected equal shapes");
   const bool needs_grad = grad_enabled() && any_requires_grad(x, w, b);
-  Tensor<T, D> xc = x.value().contiguous(), wc = w.value().contiguous(), bc = b.value().contiguous();
+  Tensor<T, D> xc = x.value().contiguous(), wc = w.value().contiguous(),
+               bc = b.value().contiguous();
   Tensor<T, D> y(x.shape());
   Tensor<A, D> mean = needs_grad ? Tensor<A, D>(Shape{rows}) : Tensor<A, D>();
   Tensor<A, D> rstd = needs_grad ? Tensor<A, D>(Shape{rows}) : Tensor<A, D>();
@@ -75,15 +77,16 @@ Var<T, D> layer_norm(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& b,
                                                        cols, eps, out_scale});
   return Var<T, D>::make_result(
       std::move(y), needs_grad,
-      [gx = grad_target(x), gw = grad_target(w), gb = grad_target(b), xc, wc, mean, rstd, rows, cols,
-       out_scale](const Tensor<T, D>& gy) {
+      [gx = grad_target(x), gw = grad_target(w), gb = grad_target(b), xc, wc, mean, rstd, rows,
+       cols, out_scale](const Tensor<T, D>& gy) {
         Tensor<T, D> dy = gy.contiguous();
         const auto dx = gx ? gx->write_target() : GradWrite<T>{};
         kernels::layer_norm_backward(
-            D{}, kernels::LayerNormBackwardParams<T>{
-                     dy.data(), xc.data(), wc.data(), mean.data(), rstd.data(), dx.data,
-                     gw ? gw->accumulator().data() : nullptr, gb ? gb->accumulator().data() : nullptr,
-                     rows, cols, out_scale, dx.accumulate});
+            D{}, kernels::LayerNormBackwardParams<T>{dy.data(), xc.data(), wc.data(), mean.data(),
+                                                     rstd.data(), dx.data,
+                                                     gw ? gw->accumulator().data() : nullptr,
+                                                     gb ? gb->accumulator().data() : nullptr, rows,
+                                                     cols, out_scale, dx.accumulate});
       });
 }
 

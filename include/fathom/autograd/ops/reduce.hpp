@@ -23,9 +23,12 @@ Var<T, D> scaled_sum(const Var<T, D>& x, double s) {
   Tensor<T, D> y{Shape{}};
   const std::int64_t n = x.numel();
   kernels::sum(D{}, kernels::SumParams<T>{xc.data(), y.data(), n, s});
-  return Var<T, D>::make_result(std::move(y), x.requires_grad(), [gx = grad_target(x), n, s](const Tensor<T, D>& gy) {
-    if (gx) kernels::sum_backward(D{}, kernels::SumBackwardParams<T>{gy.data(), gx->accumulator().data(), n, s});
-  });
+  return Var<T, D>::make_result(
+      std::move(y), x.requires_grad(), [gx = grad_target(x), n, s](const Tensor<T, D>& gy) {
+        if (gx)
+          kernels::sum_backward(
+              D{}, kernels::SumBackwardParams<T>{gy.data(), gx->accumulator().data(), n, s});
+      });
 }
 }  // namespace detail
 

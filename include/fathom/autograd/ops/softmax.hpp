@@ -7,8 +7,8 @@
 #include "fathom/autograd/var.hpp"
 #include "fathom/kernels/softmax.hpp"
 #if defined(__CUDACC__)
-// Declared before the ops below so that kernels::softmax(Cuda{}, ...) resolves (a qualified call sees
-// only the overloads declared before the template that makes it).
+// Declared before the ops below so that kernels::softmax(Cuda{}, ...) resolves (a qualified call
+// sees only the overloads declared before the template that makes it).
 #include "fathom/kernels/cuda/softmax.cuh"
 #endif
 
@@ -17,7 +17,8 @@ namespace fathom::autograd {
 // softmax over the last dimension of x (..., C).
 template <class T, DeviceTag D>
 Var<T, D> softmax(const Var<T, D>& x) {
-  FATHOM_CHECK(x.dim() >= 1, "softmax: x must have at least one dimension, got shape " << x.shape());
+  FATHOM_CHECK(x.dim() >= 1,
+               "softmax: x must have at least one dimension, got shape " << x.shape());
   const std::int64_t cols = x.size(-1), rows = cols ? x.numel() / cols : 0;
   Tensor<T, D> xc = x.value().contiguous();
   Tensor<T, D> y(x.shape());
@@ -26,8 +27,9 @@ Var<T, D> softmax(const Var<T, D>& x) {
       y, x.requires_grad(), [gx = grad_target(x), y, rows, cols](const Tensor<T, D>& gy) {
         Tensor<T, D> dy = gy.contiguous();
         const auto dx = gx->write_target();
-        kernels::softmax_backward(D{}, kernels::SoftmaxBackwardParams<T>{y.data(), dy.data(), dx.data, rows,
-                                                                          cols, dx.accumulate});
+        kernels::softmax_backward(
+            D{}, kernels::SoftmaxBackwardParams<T>{y.data(), dy.data(), dx.data, rows, cols,
+                                                   dx.accumulate});
       });
 }
 
@@ -42,7 +44,8 @@ Var<accum_t<T>, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int3
                                  int ignore_index = -100) {
   using A = accum_t<T>;
   FATHOM_CHECK(logits.dim() >= 1,
-               "cross_entropy: logits must have at least one dimension (N, V), got shape " << logits.shape());
+               "cross_entropy: logits must have at least one dimension (N, V), got shape "
+                   << logits.shape());
   Shape rows_shape;
   for (int d = 0; d + 1 < logits.dim(); ++d) rows_shape.push_back(logits.size(d));
   FATHOM_CHECK(targets.shape() == rows_shape,
@@ -68,7 +71,8 @@ Var<accum_t<T>, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int3
   kernels::cross_entropy(D{}, p);
   return Var<A, D>::make_result(
       std::move(loss), needs_grad,
-      [gl = grad_target(logits), lc, tc, lse, valid, rows, vocab, ignore_index](const Tensor<A, D>& gy) {
+      [gl = grad_target(logits), lc, tc, lse, valid, rows, vocab,
+       ignore_index](const Tensor<A, D>& gy) {
         // (N, V) is the largest tensor of a step. Nothing needs the logits after this node: when
         // it holds their only reference and nothing has reached their gradient yet, the gradient
         // is written over them in place (each element is read once, then overwritten); otherwise

@@ -3,7 +3,7 @@
 #pragma once
 
 #if !defined(__CUDACC__)
-#error "fathom/kernels/cuda/activation.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#error "fathom/kernels/cuda/activation.cuh holds CUDA kernels: include it from a .cu file (nvcc)"
 #endif
 
 #include <cstdint>
@@ -17,16 +17,24 @@ namespace detail {
 
 struct GeluFn {
   template <class A>
-  __device__ A value(A x) const { return gelu(x); }
+  __device__ A value(A x) const {
+    return gelu(x);
+  }
   template <class A>
-  __device__ A grad(A x) const { return gelu_grad(x); }
+  __device__ A grad(A x) const {
+    return gelu_grad(x);
+  }
 };
 
 struct SiluFn {
   template <class A>
-  __device__ A value(A x) const { return silu(x); }
+  __device__ A value(A x) const {
+    return silu(x);
+  }
   template <class A>
-  __device__ A grad(A x) const { return silu_grad(x); }
+  __device__ A grad(A x) const {
+    return silu_grad(x);
+  }
 };
 
 template <class T, class Fn>
@@ -70,7 +78,8 @@ struct SwigluMap {
     const auto u = map_load<N>(p.up + i);
     MapPack<T, N> y;
 #pragma unroll
-    for (int j = 0; j < N; ++j) y.v[j] = scalar_cast<T>(silu(scalar_cast<A>(g.v[j])) * scalar_cast<A>(u.v[j]));
+    for (int j = 0; j < N; ++j)
+      y.v[j] = scalar_cast<T>(silu(scalar_cast<A>(g.v[j])) * scalar_cast<A>(u.v[j]));
     map_store<N>(p.y + i, y);
   }
 };
@@ -91,7 +100,8 @@ struct SwigluBackwardMap {
 #pragma unroll
       for (int j = 0; j < N; ++j)
         dg.v[j] = scalar_cast<T>((p.accumulate_dgate ? scalar_cast<A>(dg.v[j]) : A(0)) +
-                                 scalar_cast<A>(dy.v[j]) * scalar_cast<A>(u.v[j]) * silu_grad(scalar_cast<A>(g.v[j])));
+                                 scalar_cast<A>(dy.v[j]) * scalar_cast<A>(u.v[j]) *
+                                     silu_grad(scalar_cast<A>(g.v[j])));
       map_store<N>(p.dgate + i, dg);
     }
     if (p.dup) {
@@ -110,24 +120,26 @@ struct SwigluBackwardMap {
 
 template <class T>
 void gelu(Cuda, const ActivationParams<T>& p) {
-  detail::launch_map<detail::map_width<T>()>(detail::ActivationMap<T, detail::GeluFn>{p}, p.n, p.x, p.y);
+  detail::launch_map<detail::map_width<T>()>(detail::ActivationMap<T, detail::GeluFn>{p}, p.n, p.x,
+                                             p.y);
 }
 
 template <class T>
 void gelu_backward(Cuda, const ActivationBackwardParams<T>& p) {
-  detail::launch_map<detail::map_width<T>()>(detail::ActivationBackwardMap<T, detail::GeluFn>{p}, p.n, p.x,
-                                             p.dy, p.dx);
+  detail::launch_map<detail::map_width<T>()>(detail::ActivationBackwardMap<T, detail::GeluFn>{p},
+                                             p.n, p.x, p.dy, p.dx);
 }
 
 template <class T>
 void silu(Cuda, const ActivationParams<T>& p) {
-  detail::launch_map<detail::map_width<T>()>(detail::ActivationMap<T, detail::SiluFn>{p}, p.n, p.x, p.y);
+  detail::launch_map<detail::map_width<T>()>(detail::ActivationMap<T, detail::SiluFn>{p}, p.n, p.x,
+                                             p.y);
 }
 
 template <class T>
 void silu_backward(Cuda, const ActivationBackwardParams<T>& p) {
-  detail::launch_map<detail::map_width<T>()>(detail::ActivationBackwardMap<T, detail::SiluFn>{p}, p.n, p.x,
-                                             p.dy, p.dx);
+  detail::launch_map<detail::map_width<T>()>(detail::ActivationBackwardMap<T, detail::SiluFn>{p},
+                                             p.n, p.x, p.dy, p.dx);
 }
 
 template <class T>
@@ -138,8 +150,8 @@ void swiglu(Cuda, const SwigluParams<T>& p) {
 template <class T>
 void swiglu_backward(Cuda, const SwigluBackwardParams<T>& p) {
   if (!p.dgate && !p.dup) return;
-  detail::launch_map<detail::map_width<T>()>(detail::SwigluBackwardMap<T>{p}, p.n, p.gate, p.up, p.dy,
-                                             p.dgate, p.dup);
+  detail::launch_map<detail::map_width<T>()>(detail::SwigluBackwardMap<T>{p}, p.n, p.gate, p.up,
+                                             p.dy, p.dgate, p.dup);
 }
 
 }  // namespace fathom::kernels

@@ -3,7 +3,7 @@
 #pragma once
 
 #if !defined(__CUDACC__)
-#error "fathom/kernels/cuda/dropout.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#error "fathom/kernels/cuda/dropout.cuh holds CUDA kernels: include it from a .cu file (nvcc)"
 #endif
 
 #include <cstdint>
@@ -61,7 +61,8 @@ void dropout(Cuda, const DropoutParams<T>& p) {
 template <class T>
 void dropout_backward(Cuda, const DropoutBackwardParams<T>& p) {
   const auto keep_scale = static_cast<accum_t<T>>(1.0 / (1.0 - p.p));
-  detail::launch_map<detail::map_width<T>()>(detail::DropoutBackwardMap<T>{p, keep_scale}, p.n, p.dy, p.dx);
+  detail::launch_map<detail::map_width<T>()>(detail::DropoutBackwardMap<T>{p, keep_scale}, p.n,
+                                             p.dy, p.dx);
 }
 
 }  // namespace fathom::kernels

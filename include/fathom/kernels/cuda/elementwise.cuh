@@ -1,9 +1,10 @@
 // Element-wise kernels on CUDA (axpby, axpy, scale, mul and its backward, axpy_2d): the same
-// Params and arithmetic as the CPU reference in kernels/elementwise.hpp, 16-byte packs where aligned.
+// Params and arithmetic as the CPU reference in kernels/elementwise.hpp, 16-byte packs where
+// aligned.
 #pragma once
 
 #if !defined(__CUDACC__)
-#error "fathom/kernels/cuda/elementwise.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#error "fathom/kernels/cuda/elementwise.cuh holds CUDA kernels: include it from a .cu file (nvcc)"
 #endif
 
 #include <algorithm>
@@ -27,7 +28,8 @@ struct AxpbyMap {
     const auto b = map_load<N>(p.b + i);
     MapPack<T, N> y;
 #pragma unroll
-    for (int j = 0; j < N; ++j) y.v[j] = scalar_cast<T>(alpha * scalar_cast<A>(a.v[j]) + beta * scalar_cast<A>(b.v[j]));
+    for (int j = 0; j < N; ++j)
+      y.v[j] = scalar_cast<T>(alpha * scalar_cast<A>(a.v[j]) + beta * scalar_cast<A>(b.v[j]));
     map_store<N>(p.y + i, y);
   }
 };
@@ -42,7 +44,8 @@ struct AxpyMap {
     const auto x = map_load<N>(p.x + i);
     auto y = map_load<N>(p.y + i);
 #pragma unroll
-    for (int j = 0; j < N; ++j) y.v[j] = scalar_cast<T>(scalar_cast<A>(y.v[j]) + alpha * scalar_cast<A>(x.v[j]));
+    for (int j = 0; j < N; ++j)
+      y.v[j] = scalar_cast<T>(scalar_cast<A>(y.v[j]) + alpha * scalar_cast<A>(x.v[j]));
     map_store<N>(p.y + i, y);
   }
 };
@@ -71,7 +74,8 @@ struct MulMap {
     const auto b = map_load<N>(p.b + i);
     MapPack<T, N> y;
 #pragma unroll
-    for (int j = 0; j < N; ++j) y.v[j] = scalar_cast<T>(scalar_cast<A>(a.v[j]) * scalar_cast<A>(b.v[j]));
+    for (int j = 0; j < N; ++j)
+      y.v[j] = scalar_cast<T>(scalar_cast<A>(a.v[j]) * scalar_cast<A>(b.v[j]));
     map_store<N>(p.y + i, y);
   }
 };
@@ -89,7 +93,8 @@ struct MulBackwardMap {
       auto da = map_load<N>(p.da + i);
 #pragma unroll
       for (int j = 0; j < N; ++j)
-        da.v[j] = scalar_cast<T>(scalar_cast<A>(da.v[j]) + scalar_cast<A>(g.v[j]) * scalar_cast<A>(b.v[j]));
+        da.v[j] = scalar_cast<T>(scalar_cast<A>(da.v[j]) +
+                                 scalar_cast<A>(g.v[j]) * scalar_cast<A>(b.v[j]));
       map_store<N>(p.da + i, da);
     }
     if (p.db) {
@@ -97,7 +102,8 @@ struct MulBackwardMap {
       auto db = map_load<N>(p.db + i);
 #pragma unroll
       for (int j = 0; j < N; ++j)
-        db.v[j] = scalar_cast<T>(scalar_cast<A>(db.v[j]) + scalar_cast<A>(g.v[j]) * scalar_cast<A>(a.v[j]));
+        db.v[j] = scalar_cast<T>(scalar_cast<A>(db.v[j]) +
+                                 scalar_cast<A>(g.v[j]) * scalar_cast<A>(a.v[j]));
       map_store<N>(p.db + i, db);
     }
   }
@@ -109,7 +115,8 @@ __global__ void axpy_2d_kernel(Axpy2dParams<T> p, accum_t<T> alpha) {
   using A = accum_t<T>;
   const std::int64_t n = p.rows * p.cols;
   const std::int64_t step = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += step) {
+  for (std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += step) {
     const std::int64_t r = k / p.cols, c = k % p.cols;
     T& y = p.y[r * p.ldy + c];
     y = scalar_cast<T>(scalar_cast<A>(y) + alpha * scalar_cast<A>(p.x[r * p.ldx + c]));
@@ -127,14 +134,14 @@ void axpby(Cuda, const AxpbyParams<T>& p) {
 
 template <class T>
 void axpy(Cuda, const AxpyParams<T>& p) {
-  detail::launch_map<detail::map_width<T>()>(detail::AxpyMap<T>{p, static_cast<accum_t<T>>(p.alpha)}, p.n,
-                                             p.x, p.y);
+  detail::launch_map<detail::map_width<T>()>(
+      detail::AxpyMap<T>{p, static_cast<accum_t<T>>(p.alpha)}, p.n, p.x, p.y);
 }
 
 template <class T>
 void scale(Cuda, const ScaleParams<T>& p) {
-  detail::launch_map<detail::map_width<T>()>(detail::ScaleMap<T>{p, static_cast<accum_t<T>>(p.s)}, p.n, p.x,
-                                             p.y);
+  detail::launch_map<detail::map_width<T>()>(detail::ScaleMap<T>{p, static_cast<accum_t<T>>(p.s)},
+                                             p.n, p.x, p.y);
 }
 
 template <class T>
@@ -145,7 +152,8 @@ void mul(Cuda, const MulParams<T>& p) {
 template <class T>
 void mul_backward(Cuda, const MulBackwardParams<T>& p) {
   if (!p.da && !p.db) return;
-  detail::launch_map<detail::map_width<T>()>(detail::MulBackwardMap<T>{p}, p.n, p.a, p.b, p.dy, p.da, p.db);
+  detail::launch_map<detail::map_width<T>()>(detail::MulBackwardMap<T>{p}, p.n, p.a, p.b, p.dy,
+                                             p.da, p.db);
 }
 
 template <class T>
@@ -153,8 +161,10 @@ void axpy_2d(Cuda, const Axpy2dParams<T>& p) {
   const std::int64_t n = p.rows * p.cols;
   if (n == 0) return;
   const int threads = detail::map_threads;
-  const int blocks = static_cast<int>(std::min(detail::map_max_blocks, (n + threads - 1) / threads));
-  detail::axpy_2d_kernel<<<blocks, threads, 0, cuda::stream()>>>(p, static_cast<accum_t<T>>(p.alpha));
+  const int blocks =
+      static_cast<int>(std::min(detail::map_max_blocks, (n + threads - 1) / threads));
+  detail::axpy_2d_kernel<<<blocks, threads, 0, cuda::stream()>>>(p,
+                                                                 static_cast<accum_t<T>>(p.alpha));
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 

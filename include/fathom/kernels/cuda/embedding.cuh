@@ -22,7 +22,8 @@
 
 #include "fathom/core/cuda_runtime.hpp"
 #include "fathom/core/scalar.hpp"
-#include "fathom/kernels/cuda/primitives.cuh"  // CUDA primitives of Tensor<T, Cuda> (scratch tensors)
+// CUDA primitives of Tensor<T, Cuda> (scratch tensors)
+#include "fathom/kernels/cuda/primitives.cuh"
 #include "fathom/kernels/embedding.hpp"
 #include "fathom/tensor/tensor.hpp"
 

@@ -22,7 +22,8 @@
 #include "fathom/core/cuda_runtime.hpp"
 #include "fathom/core/scalar.hpp"
 #include "fathom/kernels/cuda/blas_handle.cuh"
-#include "fathom/kernels/cuda/primitives.cuh"  // CUDA primitives of Tensor<T, Cuda> (scratch tensors)
+// CUDA primitives of Tensor<T, Cuda> (scratch tensors)
+#include "fathom/kernels/cuda/primitives.cuh"
 #include "fathom/kernels/cuda/activation.cuh"  // gelu, gelu_backward: the non-epilogue GELU path
 #include "fathom/kernels/gemm.hpp"
 #include "fathom/tensor/tensor.hpp"
@@ -252,12 +253,14 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32,
            static_cast<std::int32_t>(p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N));
   if (fuse_bias) {
     // The bias (N) runs along the rows of column-major D = C^T; its type is D's (the default).
-    const auto epilogue = extra.kind == LtEpilogue::gelu_aux ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_BIAS;
+    const auto epilogue = extra.kind == LtEpilogue::gelu_aux ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
+                                                             : CUBLASLT_EPILOGUE_BIAS;
     set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<std::uint32_t>(epilogue));
     const void* bias = p.bias;  // the heuristic reads the pointer for its alignment
     set_desc(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   } else if (extra.kind == LtEpilogue::gelu_aux) {
-    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<std::uint32_t>(CUBLASLT_EPILOGUE_GELU_AUX));
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+             static_cast<std::uint32_t>(CUBLASLT_EPILOGUE_GELU_AUX));
   }
   set_epilogue_pointers(plan.desc, p, extra);
   plan.first =
@@ -419,7 +422,8 @@ namespace detail {
 // than the erf form wherever those differ (tests/kernels/cuda/test_gemm.cu).
 template <class T>
 bool gelu_epilogue_fits(const GemmParams<T>& p, const void* aux) {
-  return std::is_same_v<T, bf16> && reinterpret_cast<std::uintptr_t>(aux) % 16 == 0 && p.ldc % 8 == 0;
+  return std::is_same_v<T, bf16> && reinterpret_cast<std::uintptr_t>(aux) % 16 == 0 &&
+         p.ldc % 8 == 0;
 }
 
 }  // namespace detail
@@ -445,9 +449,12 @@ void gemm_dgelu(Cuda, const GemmParams<T>& params, const T* aux, T* bias_grad) {
   const GemmParams<T> p = detail::check_gemm_gelu(params, aux, "gemm_dgelu");
   if (p.m == 0 || p.n == 0) return;
   gemm(Cuda{}, p);
-  gelu_backward(Cuda{}, ActivationBackwardParams<T>{aux, p.c, p.c, p.m * p.n, /*accumulate=*/false});  // in place
+  gelu_backward(Cuda{}, ActivationBackwardParams<T>{aux, p.c, p.c, p.m * p.n,
+                                                    /*accumulate=*/false});  // in place
   if (bias_grad)
-    column_sum(Cuda{}, ColumnSumParams<T>{.x = p.c, .out = bias_grad, .rows = p.m, .cols = p.n, .accumulate = false});
+    column_sum(Cuda{},
+               ColumnSumParams<T>{
+                   .x = p.c, .out = bias_grad, .rows = p.m, .cols = p.n, .accumulate = false});
 }
 
 template <class T>

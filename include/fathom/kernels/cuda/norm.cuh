@@ -10,8 +10,7 @@
 #pragma once
 
 #if !defined(__CUDACC__)
-#error \
-    "fathom/kernels/cuda/norm.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#error "fathom/kernels/cuda/norm.cuh holds CUDA kernels: include it from a .cu file (nvcc)"
 #endif
 
 #include <algorithm>

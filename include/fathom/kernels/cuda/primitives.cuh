@@ -1,10 +1,11 @@
-// CUDA versions of the tensor primitives (device_fill, device_strided_copy, device_cast in namespace
-// fathom, found by Tensor through argument-dependent lookup on the Cuda tag), and the element-wise
-// launch machinery the CUDA kernel families share: 16-byte vector packs and a grid-stride map.
+// CUDA versions of the tensor primitives (device_fill, device_strided_copy, device_cast in
+// namespace fathom, found by Tensor through argument-dependent lookup on the Cuda tag), and the
+// element-wise launch machinery the CUDA kernel families share: 16-byte vector packs and a
+// grid-stride map.
 #pragma once
 
 #if !defined(__CUDACC__)
-#error "fathom/kernels/cuda/primitives.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#error "fathom/kernels/cuda/primitives.cuh holds CUDA kernels: include it from a .cu file (nvcc)"
 #endif
 
 #include <algorithm>
@@ -39,7 +40,9 @@ constexpr int map_width() {
   return widest >= 16 ? 1 : static_cast<int>(16 / widest);
 }
 
-__host__ __device__ inline bool map_aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+__host__ __device__ inline bool map_aligned(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
 
 // Op models: template <int N> __device__ void apply(std::int64_t i) const, which handles elements
 // [i, i + N). The kernel gives each thread whole packs, then the n % N tail one element at a time.
@@ -64,7 +67,8 @@ void launch_map(const Op& op, std::int64_t n, const Ptrs*... ptrs) {
   if (n <= 0) return;
   const bool packed = N > 1 && (true && ... && map_aligned(ptrs));
   const std::int64_t work = packed ? (n + N - 1) / N : n;
-  const int blocks = static_cast<int>(std::min(map_max_blocks, (work + map_threads - 1) / map_threads));
+  const int blocks =
+      static_cast<int>(std::min(map_max_blocks, (work + map_threads - 1) / map_threads));
   if (packed) {
     map_kernel<N><<<blocks, map_threads, 0, cuda::stream()>>>(op, n);
   } else {
@@ -110,7 +114,8 @@ struct StridedLayout {
 template <class T>
 __global__ void strided_copy_kernel(T* dst, const T* src, StridedLayout layout, std::int64_t n) {
   const std::int64_t step = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += step) {
     std::int64_t rest = i, offset = 0;
     for (int d = layout.rank - 1; d >= 0; --d) {  // row-major index -> source offset
       const std::int64_t e = layout.extent[d];
@@ -127,8 +132,8 @@ namespace fathom {
 
 template <class T>
 void device_fill(Cuda, T* dst, std::int64_t n, T value) {
-  kernels::detail::launch_map<kernels::detail::map_width<T>()>(kernels::detail::FillMap<T>{dst, value}, n,
-                                                                dst);
+  kernels::detail::launch_map<kernels::detail::map_width<T>()>(
+      kernels::detail::FillMap<T>{dst, value}, n, dst);
 }
 
 // dst (contiguous) <- src viewed with `shape` and `src_strides` (in elements).

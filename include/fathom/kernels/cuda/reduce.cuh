@@ -5,8 +5,7 @@
 #pragma once
 
 #if !defined(__CUDACC__)
-#error \
-    "fathom/kernels/cuda/reduce.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#error "fathom/kernels/cuda/reduce.cuh holds CUDA kernels: include it from a .cu file (nvcc)"
 #endif
 
 #include <algorithm>

@@ -7,7 +7,7 @@
 #pragma once
 
 #if !defined(__CUDACC__)
-#error "fathom/kernels/cuda/rope.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#error "fathom/kernels/cuda/rope.cuh holds CUDA kernels: include it from a .cu file (nvcc)"
 #endif
 
 #include <algorithm>
@@ -26,8 +26,8 @@ constexpr std::int64_t rope_max_blocks = 4096;  // a grid-stride loop covers the
 
 template <class T>
 struct RopeArgs {
-  const T* in;   // (B, T, C)
-  T* out;        // (B, T, C)
+  const T* in;  // (B, T, C)
+  T* out;       // (B, T, C)
   std::int64_t tokens, seq, channels, head_dim;
   int n_heads;
   double theta;
@@ -42,13 +42,15 @@ __global__ void __launch_bounds__(rope_threads) rope_kernel(RopeArgs<T> a) {
   extern __shared__ unsigned char rope_shared[];
   A* inv_freq = reinterpret_cast<A*>(rope_shared);  // (hd / 2)
   const std::int64_t half = a.head_dim / 2;
-  for (std::int64_t i = threadIdx.x; i < half; i += blockDim.x) inv_freq[i] = rope_inv_freq<A>(a.theta, i, a.head_dim);
+  for (std::int64_t i = threadIdx.x; i < half; i += blockDim.x)
+    inv_freq[i] = rope_inv_freq<A>(a.theta, i, a.head_dim);
   __syncthreads();
 
   const std::int64_t packs_per_half = half / N;
   const std::int64_t total = a.tokens * a.n_heads * packs_per_half;
   const std::int64_t step = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
+  for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       idx < total; idx += step) {
     const std::int64_t i0 = (idx % packs_per_half) * N;
     const std::int64_t rest = idx / packs_per_half;
     const std::int64_t head = rest % a.n_heads, token = rest / a.n_heads;
@@ -88,10 +90,12 @@ void launch_rope(const RopeArgs<T>& a) {
   constexpr int N = map_width<T>();
   const bool packed = half % N == 0 && map_aligned(a.in) && map_aligned(a.out);
   const std::int64_t work = a.tokens * a.n_heads * (packed ? half / N : half);
-  const int blocks = static_cast<int>(std::min(rope_max_blocks, (work + rope_threads - 1) / rope_threads));
+  const int blocks =
+      static_cast<int>(std::min(rope_max_blocks, (work + rope_threads - 1) / rope_threads));
   const std::size_t shared = static_cast<std::size_t>(half) * sizeof(A);
-  FATHOM_CHECK(shared <= 48 * 1024, "rope: head size " << a.head_dim << " needs " << shared
-                                        << " bytes for its frequency table, expected at most 48 KiB");
+  FATHOM_CHECK(shared <= 48 * 1024,
+               "rope: head size " << a.head_dim << " needs " << shared
+                                  << " bytes for its frequency table, expected at most 48 KiB");
   if (packed) {
     rope_kernel<T, N><<<blocks, rope_threads, shared, cuda::stream()>>>(a);
   } else {
@@ -104,14 +108,16 @@ void launch_rope(const RopeArgs<T>& a) {
 
 template <class T>
 void rope(Cuda, const RopeParams<T>& p) {
-  detail::launch_rope(detail::RopeArgs<T>{p.x, p.y, p.batch * p.seq, p.seq, p.channels, p.channels / p.n_heads,
-                                          p.n_heads, p.theta, p.pos0, accum_t<T>(1), false});
+  detail::launch_rope(detail::RopeArgs<T>{p.x, p.y, p.batch * p.seq, p.seq, p.channels,
+                                          p.channels / p.n_heads, p.n_heads, p.theta, p.pos0,
+                                          accum_t<T>(1), false});
 }
 
 template <class T>
 void rope_backward(Cuda, const RopeBackwardParams<T>& p) {
-  detail::launch_rope(detail::RopeArgs<T>{p.dy, p.dx, p.batch * p.seq, p.seq, p.channels, p.channels / p.n_heads,
-                                          p.n_heads, p.theta, p.pos0, accum_t<T>(-1), p.accumulate});
+  detail::launch_rope(detail::RopeArgs<T>{p.dy, p.dx, p.batch * p.seq, p.seq, p.channels,
+                                          p.channels / p.n_heads, p.n_heads, p.theta, p.pos0,
+                                          accum_t<T>(-1), p.accumulate});
 }
 
 }  // namespace fathom::kernels

@@ -4,7 +4,7 @@
 #pragma once
 
 #if !defined(__CUDACC__)
-#error "fathom/kernels/cuda/rows.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#error "fathom/kernels/cuda/rows.cuh holds CUDA kernels: include it from a .cu file (nvcc)"
 #endif
 
 #include <cstdint>
@@ -55,10 +55,12 @@ struct RowWidth {
 // in every row.
 // The chunks go to `workers` threads (the block, or a warp with `worker` its lane).
 template <int N, class T, class F>
-__device__ inline void for_each_row_chunk(const T* row, std::int64_t n, F&& f, int worker, int workers) {
+__device__ inline void for_each_row_chunk(const T* row, std::int64_t n, F&& f, int worker,
+                                          int workers) {
   std::int64_t head = 0;
   if constexpr (N > 1) {
-    const auto misaligned = static_cast<std::int64_t>((reinterpret_cast<std::uintptr_t>(row) / sizeof(T)) % N);
+    const auto misaligned =
+        static_cast<std::int64_t>((reinterpret_cast<std::uintptr_t>(row) / sizeof(T)) % N);
     head = misaligned ? (n < N - misaligned ? n : N - misaligned) : 0;
     for (std::int64_t c = worker; c < head; c += workers) f(c, RowWidth<1>{});
   }
@@ -70,7 +72,8 @@ __device__ inline void for_each_row_chunk(const T* row, std::int64_t n, F&& f, i
 }
 template <int N, class T, class F>
 __device__ inline void for_each_row_chunk(const T* row, std::int64_t n, F&& f) {
-  for_each_row_chunk<N>(row, n, static_cast<F&&>(f), static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
+  for_each_row_chunk<N>(row, n, static_cast<F&&>(f), static_cast<int>(threadIdx.x),
+                        static_cast<int>(blockDim.x));
 }
 
 struct RowPlus {
@@ -120,7 +123,9 @@ template <class A>
 struct RowMaxSum {
   A m, s;
 
-  __device__ static RowMaxSum empty() { return {-::cuda::std::numeric_limits<A>::infinity(), A(0)}; }
+  __device__ static RowMaxSum empty() {
+    return {-::cuda::std::numeric_limits<A>::infinity(), A(0)};
+  }
   // W values at once: one rescale per pack (when its maximum is a new maximum) instead of one
   // branch per element.
   template <int W>

@@ -11,7 +11,7 @@
 #pragma once
 
 #if !defined(__CUDACC__)
-#error "fathom/kernels/cuda/softmax.cuh holds CUDA kernels: include it from a .cu file compiled by nvcc"
+#error "fathom/kernels/cuda/softmax.cuh holds CUDA kernels: include it from a .cu file (nvcc)"
 #endif
 
 #include <cstdint>
@@ -27,7 +27,8 @@ namespace fathom::kernels {
 namespace detail {
 
 constexpr int softmax_threads = 128;
-constexpr int cross_entropy_threads = 512;  // vocabulary rows are long: more loads in flight per row
+constexpr int cross_entropy_threads =
+    512;  // vocabulary rows are long: more loads in flight per row
 constexpr int cross_entropy_sum_threads = 512;
 
 // 16-byte packs for rows whose base pointers are all 16-byte aligned (or null): rows of the same
@@ -49,7 +50,8 @@ inline unsigned row_grid(const char* op, std::int64_t rows) {
 // ----- softmax -----
 
 template <class T, int N>
-__global__ void __launch_bounds__(softmax_threads) softmax_forward_kernel(const T* x, T* y, std::int64_t cols) {
+__global__ void __launch_bounds__(softmax_threads)
+    softmax_forward_kernel(const T* x, T* y, std::int64_t cols) {
   using A = accum_t<T>;
   const std::int64_t row = blockIdx.x;
   const T* xr = x + row * cols;  // (C)
@@ -125,7 +127,8 @@ __global__ void __launch_bounds__(Threads)
 // loss = sum(row_loss) / valid_rows, 0 when every row is ignored (one block, fixed order).
 template <class A>
 __global__ void __launch_bounds__(cross_entropy_sum_threads)
-    cross_entropy_mean_kernel(const A* row_loss, std::int64_t rows, const std::int32_t* valid_rows, A* loss) {
+    cross_entropy_mean_kernel(const A* row_loss, std::int64_t rows, const std::int32_t* valid_rows,
+                              A* loss) {
   A sum = 0;
   for (std::int64_t r = threadIdx.x; r < rows; r += blockDim.x) sum += row_loss[r];
   sum = block_all_reduce<cross_entropy_sum_threads>(sum, RowPlus{});
@@ -137,8 +140,9 @@ __global__ void __launch_bounds__(cross_entropy_sum_threads)
 
 // dlogits (+)= (exp(x - lse) - onehot(target)) * scale over one row.
 template <int N, class T, class A>
-__device__ inline void cross_entropy_row_grad(const T* x, T* d, std::int64_t vocab, std::int32_t target, A lse,
-                                              A scale, bool accumulate) {
+__device__ inline void cross_entropy_row_grad(const T* x, T* d, std::int64_t vocab,
+                                              std::int32_t target, A lse, A scale,
+                                              bool accumulate) {
   for_each_row_chunk<N>(x, vocab, [&](std::int64_t c, auto width) {
     constexpr int W = decltype(width)::value;
     A g[W];
@@ -160,12 +164,12 @@ __device__ inline void cross_entropy_row_grad(const T* x, T* d, std::int64_t voc
 
 template <class T>
 struct CrossEntropyForwardArgs {
-  const T* logits;                   // (N, V)
-  const std::int32_t* targets;       // (N)
-  accum_t<T>* row_loss;              // (N) scratch
-  accum_t<T>* lse;                   // (N) or nullptr
-  const std::int32_t* valid_rows;    // ()
-  T* dlogits;                        // (N, V) or nullptr
+  const T* logits;                 // (N, V)
+  const std::int32_t* targets;     // (N)
+  accum_t<T>* row_loss;            // (N) scratch
+  accum_t<T>* lse;                 // (N) or nullptr
+  const std::int32_t* valid_rows;  // ()
+  T* dlogits;                      // (N, V) or nullptr
   std::int64_t vocab;
   int ignore_index;
   accum_t<T> grad_scale;
@@ -173,7 +177,8 @@ struct CrossEntropyForwardArgs {
 };
 
 template <class T, int N>
-__global__ void __launch_bounds__(cross_entropy_threads) cross_entropy_forward_kernel(CrossEntropyForwardArgs<T> a) {
+__global__ void __launch_bounds__(cross_entropy_threads)
+    cross_entropy_forward_kernel(CrossEntropyForwardArgs<T> a) {
   using A = accum_t<T>;
   const std::int64_t row = blockIdx.x;
   const T* x = a.logits + row * a.vocab;  // (V)
@@ -200,7 +205,8 @@ __global__ void __launch_bounds__(cross_entropy_threads) cross_entropy_forward_k
   if (a.dlogits) {
     const std::int32_t valid = *a.valid_rows;
     const A scale = ignored || valid == 0 ? A(0) : a.grad_scale / static_cast<A>(valid);
-    cross_entropy_row_grad<N>(x, a.dlogits + row * a.vocab, a.vocab, target, lse, scale, a.accumulate);
+    cross_entropy_row_grad<N>(x, a.dlogits + row * a.vocab, a.vocab, target, lse, scale,
+                              a.accumulate);
   }
 }
 
@@ -218,13 +224,14 @@ struct CrossEntropyBackwardArgs {
 };
 
 template <class T, int N>
-__global__ void __launch_bounds__(cross_entropy_threads) cross_entropy_backward_kernel(CrossEntropyBackwardArgs<T> a) {
+__global__ void __launch_bounds__(cross_entropy_threads)
+    cross_entropy_backward_kernel(CrossEntropyBackwardArgs<T> a) {
   using A = accum_t<T>;
   const std::int64_t row = blockIdx.x;
   const std::int32_t target = a.targets[row], valid = *a.valid_rows;
   const A scale = target == a.ignore_index || valid == 0 ? A(0) : *a.dloss / static_cast<A>(valid);
-  cross_entropy_row_grad<N>(a.logits + row * a.vocab, a.dlogits + row * a.vocab, a.vocab, target, a.lse[row],
-                            scale, a.accumulate);
+  cross_entropy_row_grad<N>(a.logits + row * a.vocab, a.dlogits + row * a.vocab, a.vocab, target,
+                            a.lse[row], scale, a.accumulate);
 }
 
 }  // namespace detail
@@ -234,10 +241,11 @@ void softmax(Cuda, const SoftmaxParams<T>& p) {
   if (p.rows == 0 || p.cols == 0) return;
   const unsigned grid = detail::row_grid("softmax", p.rows);
   if (detail::rows_share_alignment<T>({p.x, p.y})) {
-    detail::softmax_forward_kernel<T, detail::map_width<T>()><<<grid, detail::softmax_threads, 0, cuda::stream()>>>(
-        p.x, p.y, p.cols);
+    detail::softmax_forward_kernel<T, detail::map_width<T>()>
+        <<<grid, detail::softmax_threads, 0, cuda::stream()>>>(p.x, p.y, p.cols);
   } else {
-    detail::softmax_forward_kernel<T, 1><<<grid, detail::softmax_threads, 0, cuda::stream()>>>(p.x, p.y, p.cols);
+    detail::softmax_forward_kernel<T, 1>
+        <<<grid, detail::softmax_threads, 0, cuda::stream()>>>(p.x, p.y, p.cols);
   }
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
@@ -247,8 +255,9 @@ void softmax_backward(Cuda, const SoftmaxBackwardParams<T>& p) {
   if (p.rows == 0 || p.cols == 0) return;
   const unsigned grid = detail::row_grid("softmax_backward", p.rows);
   if (detail::rows_share_alignment<T>({p.y, p.dy, p.dx})) {
-    detail::softmax_backward_kernel<T, detail::map_width<T>()><<<grid, detail::softmax_threads, 0, cuda::stream()>>>(
-        p.y, p.dy, p.dx, p.cols, p.accumulate);
+    detail::softmax_backward_kernel<T, detail::map_width<T>()>
+        <<<grid, detail::softmax_threads, 0, cuda::stream()>>>(p.y, p.dy, p.dx, p.cols,
+                                                               p.accumulate);
   } else {
     detail::softmax_backward_kernel<T, 1><<<grid, detail::softmax_threads, 0, cuda::stream()>>>(
         p.y, p.dy, p.dx, p.cols, p.accumulate);
@@ -262,22 +271,28 @@ template <class T>
 void cross_entropy(Cuda, const CrossEntropyParams<T>& p) {
   using A = accum_t<T>;
   FATHOM_CHECK(p.loss != nullptr, "cross_entropy: the loss pointer is null");
-  Storage<Cuda> scratch(static_cast<std::size_t>(p.rows) * sizeof(A) + (p.valid_rows ? 0 : sizeof(std::int32_t)));
+  Storage<Cuda> scratch(static_cast<std::size_t>(p.rows) * sizeof(A) +
+                        (p.valid_rows ? 0 : sizeof(std::int32_t)));
   A* row_loss = static_cast<A*>(scratch.data());
-  std::int32_t* valid = p.valid_rows ? p.valid_rows : reinterpret_cast<std::int32_t*>(row_loss + p.rows);
-  detail::cross_entropy_count_kernel<detail::cross_entropy_sum_threads><<<1, detail::cross_entropy_sum_threads, 0, cuda::stream()>>>(
-      p.targets, p.rows, p.ignore_index, valid);
+  std::int32_t* valid =
+      p.valid_rows ? p.valid_rows : reinterpret_cast<std::int32_t*>(row_loss + p.rows);
+  detail::cross_entropy_count_kernel<detail::cross_entropy_sum_threads>
+      <<<1, detail::cross_entropy_sum_threads, 0, cuda::stream()>>>(p.targets, p.rows,
+                                                                    p.ignore_index, valid);
   FATHOM_CUDA_CHECK(cudaGetLastError());
   if (p.rows > 0 && p.vocab > 0) {
     const unsigned grid = detail::row_grid("cross_entropy", p.rows);
-    const detail::CrossEntropyForwardArgs<T> a{p.logits, p.targets,      row_loss, p.lse,
-                                               valid,    p.dlogits,      p.vocab,  p.ignore_index,
-                                               static_cast<A>(p.grad_scale), p.accumulate};
+    const detail::CrossEntropyForwardArgs<T> a{
+        p.logits,    p.targets,      row_loss,
+        p.lse,       valid,          p.dlogits,
+        p.vocab,     p.ignore_index, static_cast<A>(p.grad_scale),
+        p.accumulate};
     if (detail::rows_share_alignment<T>({p.logits, p.dlogits})) {
       detail::cross_entropy_forward_kernel<T, detail::map_width<T>()>
           <<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
     } else {
-      detail::cross_entropy_forward_kernel<T, 1><<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
+      detail::cross_entropy_forward_kernel<T, 1>
+          <<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
     }
     FATHOM_CUDA_CHECK(cudaGetLastError());
   }
@@ -290,13 +305,15 @@ template <class T>
 void cross_entropy_backward(Cuda, const CrossEntropyBackwardParams<T>& p) {
   if (p.rows == 0 || p.vocab == 0) return;
   const unsigned grid = detail::row_grid("cross_entropy_backward", p.rows);
-  const detail::CrossEntropyBackwardArgs<T> a{p.logits, p.targets, p.lse,          p.valid_rows, p.dloss,
-                                              p.dlogits, p.vocab,  p.ignore_index, p.accumulate};
+  const detail::CrossEntropyBackwardArgs<T> a{p.logits,     p.targets,      p.lse,
+                                              p.valid_rows, p.dloss,        p.dlogits,
+                                              p.vocab,      p.ignore_index, p.accumulate};
   if (detail::rows_share_alignment<T>({p.logits, p.dlogits})) {
     detail::cross_entropy_backward_kernel<T, detail::map_width<T>()>
         <<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
   } else {
-    detail::cross_entropy_backward_kernel<T, 1><<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
+    detail::cross_entropy_backward_kernel<T, 1>
+        <<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
   }
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
