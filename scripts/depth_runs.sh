@@ -15,6 +15,9 @@
 #        TOKENS_24 (default 80M: the 24-block runs), TPS_12 / TPS_24 (assumed tokens/s of one GPU
 #        for the plan: 600000 / 600000), FATHOM_BUILD_DIR (default build-depth), CUDA_ARCH (90),
 #        JOBS (16), BATCH (micro-batch, default 128; x GRAD_ACCUM 4 x seq 256 = 131,072 tokens a step)
+#        For a rehearsal on a CPU machine with a CPU build (FATHOM_BUILD_DIR holding the three
+#        programs, so nothing is built): DEVICE (cuda), PRECISION (bf16), SEQ_LEN (256),
+#        MODEL_12 / MODEL_24 (fathom-train model flags of the two depths).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,7 +34,9 @@ while [[ $# -gt 0 ]]; do
 done
 runs="${RUNS:-runs/depth}"
 build="${FATHOM_BUILD_DIR:-build-depth}"
-seq_len=256
+seq_len="${SEQ_LEN:-256}"
+device="${DEVICE:-cuda}"
+precision="${PRECISION:-bf16}"
 batch="${BATCH:-128}"
 accum="${GRAD_ACCUM:-$((512 / batch))}"
 tokens_per_step=$((batch * accum * seq_len))
@@ -58,8 +63,8 @@ fi
 # Adam 0.9/0.999, lr 1e-3, no weight decay, no clipping, bf16, seq 256, 131,072 tokens a step,
 # linear warmup over 10% of the steps, cosine to 10% of the peak. The 24-block model is
 # llama-71m's width (d 512, 8 heads, d_ff 1368) at llama-250m's depth.
-m12="--preset llama-130m"
-m24="--preset llama-71m --layers 24"
+m12="${MODEL_12:---preset llama-130m}"
+m24="${MODEL_24:---preset llama-71m --layers 24}"
 run_list=(
   "130m-pre-ln|$m12|pre-ln|$steps_12|0"
   "130m-lns|$m12|lns|$steps_12|0"
@@ -152,7 +157,7 @@ if [[ ! -d '$dir/ckpt-$steps' && ! -f '$dir/FAILED' ]]; then
   '$train' $model --policy $policy --data '$data/train_*.bin' --val-data '$data/val_*.bin' \\
     --seq-len $seq_len --batch $batch --grad-accum $accum --steps $steps --warmup $warmup \\
     --lr 1e-3 --min-lr-ratio 0.1 --schedule cosine --optimizer adam --weight-decay 0 --clip 0 \\
-    --precision bf16 --device cuda --seed $seed --eval-every $((steps / 8 > 50 ? steps / 8 : 50)) \\
+    --precision $precision --device $device --seed $seed --eval-every $((steps / 8 > 50 ? steps / 8 : 50)) \\
     --eval-batches 8 --save-every $save_every --log-every 10 --diag-every $((steps / 8 > 50 ? steps / 8 : 50)) \\
     --no-live --out '$dir' "\${resume[@]}" >> '$dir.log' 2>&1 || tail -n 3 '$dir.log' > '$dir/FAILED'
   # Older checkpoints than the last two are not needed to resume.
@@ -160,7 +165,7 @@ if [[ ! -d '$dir/ckpt-$steps' && ! -f '$dir/FAILED' ]]; then
 fi
 if [[ -d '$dir/ckpt-$steps' && ! -f '$dir/diagnose.json' ]]; then
   '$diagnose' '$dir/ckpt-$steps' --data '$data/val_*.bin' --batches 8 --batch 16 --seq-len $seq_len \\
-    --device cuda --out '$dir/diagnose.json.tmp' >> '$dir.log' 2>&1 && mv '$dir/diagnose.json.tmp' '$dir/diagnose.json'
+    --device $device --out '$dir/diagnose.json.tmp' >> '$dir.log' 2>&1 && mv '$dir/diagnose.json.tmp' '$dir/diagnose.json'
 fi
 EOF
     done

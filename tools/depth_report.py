@@ -68,6 +68,9 @@ def load(results):
         r["diag_summary"] = plot.summarize_diagnose(r["diag"]) if r["diag"] else {}
         r["failed"] = (d / "FAILED").read_text().strip() if (d / "FAILED").is_file() else None
         r["layers"] = r["model"].get("layers") or (12 if d.name.startswith("130m") else 24)
+        # The study's two depths, by the run's name (scripts/depth_runs.sh): 130m-* are the
+        # 12-block runs, compared with the paper's 130M column; the rest are 24-block (250M).
+        r["group"] = "12-block" if d.name.startswith("130m") else "24-block"
         runs.append(r)
     meta = {}
     for f in ("dataset.json", "manifest.json"):
@@ -192,7 +195,7 @@ def main():
         for f in ("metrics.jsonl", "diagnose.json", "config.json"):
             if (r["dir"] / f).is_file():
                 shutil.copy(r["dir"] / f, dest / f)
-    groups = {"12-block": [r for r in runs if r["layers"] == 12], "24-block": [r for r in runs if r["layers"] != 12]}
+    groups = {g: [r for r in runs if r["group"] == g] for g in ("12-block", "24-block")}
     groups = {k: v for k, v in groups.items() if v}
     files, plot_note = draw(groups, out)
 
@@ -223,7 +226,7 @@ def main():
         s = r["summary"]
         m = r["model"]
         shape = f"{m.get('layers', r['layers'])} x {m.get('d_model', '?')}"
-        paper_col = "130M" if r["layers"] == 12 else "250M"
+        paper_col = "130M" if r["group"] == "12-block" else "250M"
         paper = PAPER[paper_col].get(r["policy"])
         epochs = s["tokens"] / train_tokens if s.get("tokens") and train_tokens else None
         lines.append(f"| {r['name']} | {shape} | {NAMES.get(r['policy'], r['policy'])} | {r['seed']} | "

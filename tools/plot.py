@@ -458,7 +458,8 @@ def plot_diagnose(diags, labels, w):
     if mats:
         vmax = max(float(np.nanmax(M)) for _, M in mats)
         rows, cols = grid_shape(len(mats))
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 0.8, 3.6 * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 0.8, 3.9 * rows), squeeze=False)
+        fig.subplots_adjust(hspace=0.38)  # room for a panel's x label above the next row's title
         im = None
         for k, (lab, M) in enumerate(mats):
             ax = axes[k // cols][k % cols]
