@@ -152,7 +152,9 @@ for q in $(seq 0 $((gpus - 1))); do
       cat <<EOF
 if [[ ! -d '$dir/ckpt-$steps' && ! -f '$dir/FAILED' ]]; then
   mkdir -p '$dir'
-  resume=()
+  # A run with a checkpoint resumes; one stopped before its first checkpoint starts again, its
+  # metrics.jsonl replaced (fathom-train refuses a folder holding a run otherwise).
+  resume=(--overwrite)
   ls -d '$dir'/ckpt-* >/dev/null 2>&1 && resume=(--resume '$dir')
   '$train' $model --policy $policy --data '$data/train_*.bin' --val-data '$data/val_*.bin' \\
     --seq-len $seq_len --batch $batch --grad-accum $accum --steps $steps --warmup $warmup \\

@@ -3,6 +3,9 @@
 # Release and trains a model on the built-in corpus: on the GPU when one is present (built with
 # CUDA), else on the CPU (built without CUDA, which compiles much faster). Extra arguments go to
 # fathom-train and override the defaults below (e.g. --policy pre-ln --steps 100).
+# The run folder is runs/quickstart, and each call replaces the run there (fathom-train --overwrite
+# says what it removed), unless the arguments name their own --out (a folder that holds another
+# run is then refused, as fathom-train does), --resume (continue the run) or --overwrite.
 # Usage: scripts/run.sh [fathom-train args...]
 #   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/release), JOBS (default nproc),
 #        FATHOM_NO_APT=1
@@ -42,7 +45,19 @@ cmake --build "$build" -j "$jobs" --target fathom-train
 
 program="$build/bin/fathom-train"
 out="$repo/runs/quickstart"
-echo "+ $program ${defaults[*]} --out $out --sample 120 $*"
-"$program" "${defaults[@]}" --out "$out" --sample 120 "$@"
+own_out=0 chosen=0
+args=("$@")
+for ((i = 0; i < ${#args[@]}; ++i)); do
+  case "${args[i]}" in
+    --out) own_out=1 out="${args[i + 1]:-}" ;;
+    --out=*) own_out=1 out="${args[i]#--out=}" ;;
+    --resume | --resume=* | --overwrite) chosen=1 ;;
+  esac
+done
+folder=()
+[[ $own_out == 1 ]] || folder=(--out "$out")
+[[ $own_out == 1 || $chosen == 1 ]] || folder+=(--overwrite)  # the quickstart's run is replaced
+echo "+ $program ${defaults[*]} ${folder[*]} --sample 120 $*"
+"$program" "${defaults[@]}" "${folder[@]}" --sample 120 "$@"
 echo "Run folder: $out (metrics.jsonl, ckpt-*). Sample more text with:"
 echo "  $program --generate $out --prompt '(3+' --tokens 200"

@@ -523,7 +523,7 @@ def main():
                 if a.skip_existing:
                     say(f"{p}: {run} holds an unfinished run (no run.json); running it again")
                 elif not a.overwrite:
-                    fail(f"'{run}' is not empty (metrics.jsonl would be appended to); pass --overwrite to replace it "
+                    fail(f"'{run}' already holds a run; pass --overwrite to replace it "
                          "or --skip-existing to keep finished runs")
                 shutil.rmtree(run)
             todo.append(p)

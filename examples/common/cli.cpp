@@ -22,6 +22,7 @@
 #endif
 #include "fathom/train/checkpoint.hpp"
 #include "fathom/train/hf_config.hpp"
+#include "fathom/train/run_folder.hpp"
 #include "launcher.hpp"
 #include "program_main.hpp"
 #include "programs.hpp"
@@ -135,6 +136,10 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
                "--nproc: this process was itself started as rank "
                    << env.rank << " of " << env.world_size << " (by " << env.launcher
                    << "); drop --nproc");
+  // A run folder holds one run: refused here, before a model is allocated or ranks are started,
+  // unless --resume or --overwrite says what to do with the run there (train() checks again,
+  // holding the folder's lock).
+  train::check_run_folder(c.train.out, c.train.resume, c.train.overwrite);
   // --nproc N on CUDA: N processes of this program, one a GPU, with the torchrun environment.
   if (c.nproc > 1 && device == "cuda") {
     std::printf("%s: starting %d ranks on this host\n", name.c_str(), c.nproc);
@@ -327,9 +332,15 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
   app.add_option("--diag-every", t.diag_every,
                  "log each block's output variance every N steps (0: never)")
       ->check(count_in(0, LLONG_MAX));
-  app.add_option("--out", t.out, "run folder: metrics.jsonl and ckpt-STEP folders");
+  app.add_option("--out", t.out,
+                 "run folder: metrics.jsonl and ckpt-STEP folders; one that holds another run is "
+                 "refused unless --resume or --overwrite says what to do with it");
   app.add_option("--resume", t.resume,
-                 "a ckpt-STEP folder, or a run folder (its latest checkpoint)");
+                 "continue a run from a ckpt-STEP folder, or a run folder (its latest "
+                 "checkpoint); --out may hold no other run");
+  app.add_flag("--overwrite", t.overwrite,
+               "replace the run in --out: remove its metrics.jsonl and ckpt-* folders once the new "
+               "run is set up (other files there are kept)");
   app.add_flag("--skip-nonfinite", t.skip_nonfinite,
                "skip steps whose loss is NaN or Inf instead of stopping");
   app.add_option("--builtin-tokens", t.builtin_tokens,

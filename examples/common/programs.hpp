@@ -143,6 +143,12 @@ inline std::string train_flag(const std::string& option) {
 
 // One line for a library error, naming fathom-train's flags where the library names an option.
 inline std::string train_error_message(const std::exception& e) {
+  if (const auto* er = dynamic_cast<const train::ExistingRun*>(&e)) {
+    const std::string dir = er->folder().string();
+    return "--out '" + dir + "' already holds a run (" + er->files() +
+           "): continue it with --resume " + dir +
+           ", replace it with --overwrite, or choose another --out";
+  }
   if (const auto* oe = dynamic_cast<const train::OptionError*>(&e))
     return train_flag(oe->option()) + ": " + user_message(std::runtime_error(oe->reason()));
   std::string m = user_message(e);

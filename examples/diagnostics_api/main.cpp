@@ -51,7 +51,7 @@ void study(const char* name, int steps, const std::filesystem::path& out,
   o.quiet = true;
   o.diag_every = 10;
   o.out = (out / name).string();
-  std::filesystem::remove_all(o.out);  // metrics.jsonl is appended to
+  o.overwrite = true;  // a second start replaces the first's run (its metrics and checkpoints)
   const auto& probe = held_out.front();
   auto x = Tensor<std::int32_t>::from_vector(Shape{probe.batch, probe.seq_len}, probe.inputs);
   auto y = Tensor<std::int32_t>::from_vector(Shape{probe.batch, probe.seq_len}, probe.targets);

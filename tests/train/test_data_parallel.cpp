@@ -2,11 +2,13 @@
 // ranks with batch B train exactly as 1 rank with batch B and grad-accum 2 (losses and weights bit
 // for bit, with and without ZeRO-1); a run resumes on another number of ranks (1 -> 2 -> 1, with
 // the ZeRO-1 state gathered into the checkpoint); ranks started with different options are
-// refused; rank 0 alone writes, and metrics count the tokens of every rank.
+// refused; rank 0 alone writes, metrics count the tokens of every rank, and a run folder holding a
+// run is refused unless replaced (overwrite).
 #include "fathom/train/data_parallel.hpp"
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -159,4 +161,27 @@ TEST_CASE("data parallel: ranks started with different options are refused at st
                                     }),
                     HasSubstring("rank 1 has a different configuration"));
   CHECK_FALSE(fs::exists(dir / "metrics.jsonl"));
+}
+
+TEST_CASE(
+    "data parallel: a folder holding a run is refused on every rank, and replaced with "
+    "overwrite",
+    "[train][dist]") {
+  const auto dir = fresh_dir("existing");
+  auto o = small_run(dir, 1);
+  o.steps = 2;
+  run(2, o);
+  const auto metrics_text = [&] {
+    std::ifstream in(dir / "metrics.jsonl");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return text;
+  };
+  const std::string first = metrics_text();
+  CHECK_THROWS_WITH(run(2, o), HasSubstring("already holds a run (metrics.jsonl, ckpt-2)"));
+  CHECK(metrics_text() == first);
+  o.overwrite = true;
+  o.seed = 3;
+  const auto r = run(2, o);
+  CHECK(r.steps_done == 2);
+  CHECK(train::read_json(dir / "ckpt-2" / "trainer_state.json").at("seed") == 3);
 }

@@ -26,6 +26,7 @@
 #include "fathom/nn/parameter.hpp"
 #include "fathom/tensor/tensor.hpp"
 #include "fathom/train/hf_config.hpp"
+#include "fathom/train/run_folder.hpp"
 #include "fathom/train/safetensors.hpp"
 
 namespace fathom::nn {
@@ -36,21 +37,6 @@ class LanguageModel;  // nn/language_model.hpp; only the templates below use it
 namespace fathom::train {
 
 namespace fs = std::filesystem;
-
-inline std::string checkpoint_name(std::int64_t step) { return "ckpt-" + std::to_string(step); }
-
-// The step of a folder named ckpt-STEP, or nullopt (also when STEP does not fit in 64 bits).
-inline std::optional<std::int64_t> checkpoint_step(const fs::path& dir) {
-  const std::string name = dir.filename().string();
-  if (name.rfind("ckpt-", 0) != 0 || name.size() == 5) return std::nullopt;
-  std::int64_t step = 0;
-  for (char c : name.substr(5)) {
-    if (c < '0' || c > '9') return std::nullopt;
-    if (__builtin_mul_overflow(step, 10, &step) || __builtin_add_overflow(step, c - '0', &step))
-      return std::nullopt;
-  }
-  return step;
-}
 
 inline bool is_complete_checkpoint(const fs::path& dir) {
   return fs::is_regular_file(dir / "model.safetensors") &&
@@ -359,6 +345,8 @@ inline fs::path write_checkpoint(const fs::path& run_dir, std::int64_t step,
     detail::write_json_atomically(tmp / "config.json", c.config.dump(2) + "\n");
     detail::write_json_atomically(tmp / "trainer_state.json", c.trainer_state.dump(2) + "\n");
     for (const auto& [source, name] : c.files) {
+      // A run folder is replaced file by file it knows (run_folder.hpp), so nothing else goes in.
+      FATHOM_CHECK(is_checkpoint_file(name), "'" << name << "' is not a checkpoint file name");
       fs::copy_file(source, tmp / name, fs::copy_options::overwrite_existing, ec);
       FATHOM_CHECK(!ec, "copying '" << source.string() << "' into checkpoint '" << tmp.string()
                                     << "' failed: " << ec.message());
@@ -508,8 +496,11 @@ inline void validate_checkpoint(const fs::path& dir) {
 // The checkpoint `path` names: a ckpt-STEP folder, checked by validate_checkpoint; or a run
 // folder, meaning its newest checkpoint that passes validate_checkpoint, the newer ones it passes
 // over being listed in *skipped (one line each, with the reason) when skipped is given.
-inline fs::path resolve_checkpoint(const fs::path& path,
+inline fs::path resolve_checkpoint(const fs::path& typed,
                                    std::vector<std::string>* skipped = nullptr) {
+  // "runs/x/ckpt-4/" (as a shell completes it) names ckpt-4.
+  const fs::path path =
+      typed.filename().empty() && typed.has_relative_path() ? typed.parent_path() : typed;
   FATHOM_CHECK(fs::exists(path), "expected a ckpt-STEP folder or a run folder, got '"
                                      << path.string() << "', which does not exist");
   FATHOM_CHECK(fs::is_directory(path), "expected a folder, got file '" << path.string() << "'");

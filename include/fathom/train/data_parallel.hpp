@@ -179,6 +179,7 @@ std::uint64_t options_fingerprint(const TrainOptions& o, const DataParallelOptio
                       {"log_every", o.log_every},
                       {"out", o.out},
                       {"resume", o.resume},
+                      {"overwrite", o.overwrite},
                       {"skip_nonfinite", o.skip_nonfinite},
                       {"builtin_tokens", o.builtin_tokens},
                       {"stop_after", o.stop_after},

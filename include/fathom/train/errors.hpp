@@ -1,6 +1,6 @@
 // The errors of a training run that callers handle apart: OptionError names the TrainOptions member
-// that was wrong (programs map it to their flag), NonFiniteLoss the step whose loss was NaN or
-// infinite.
+// that was wrong (programs map it to their flag), ExistingRun a run folder that holds another run,
+// NonFiniteLoss the step whose loss was NaN or infinite.
 #pragma once
 
 #include <cstdint>
@@ -37,6 +37,24 @@ class OptionError : public Error {
       throw ::fathom::train::OptionError(option, fathom_option_stream_.str()); \
     }                                                                          \
   } while (0)
+
+// TrainOptions::out holds another run (its metrics.jsonl, ckpt-STEP folders) that the options
+// neither continue (resume) nor replace (overwrite): training into it would mix two runs' metrics
+// and checkpoints. folder() is the run folder, files() the run's files there, for a message.
+class ExistingRun : public OptionError {
+ public:
+  ExistingRun(std::filesystem::path folder, std::string files)
+      : OptionError("out", "'" + folder.string() + "' already holds a run (" + files +
+                               "); set resume to continue it or overwrite to replace it"),
+        folder_(std::move(folder)),
+        files_(std::move(files)) {}
+  const std::filesystem::path& folder() const { return folder_; }
+  const std::string& files() const { return files_; }
+
+ private:
+  std::filesystem::path folder_;
+  std::string files_;
+};
 
 // A step's loss was NaN or infinite (and TrainOptions::skip_nonfinite was off). Nothing was saved
 // after the last good checkpoint.

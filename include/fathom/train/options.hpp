@@ -70,9 +70,12 @@ struct TrainOptions {
   std::int64_t eval_batches = 8;
   std::int64_t save_every = 0;  // 0: only at the end
   std::int64_t log_every = 10;
+  // The run folder. One that holds another run (metrics.jsonl, ckpt-STEP) is refused unless
+  // `resume` continues that run or `overwrite` replaces it (run_folder.hpp, check_run_folder).
   std::string out = "runs/run";
-  std::string resume;                       // a ckpt-STEP folder or a run folder
-  bool skip_nonfinite = false;              // skip steps whose loss is NaN/Inf instead of stopping
+  std::string resume;           // a ckpt-STEP folder or a run folder
+  bool overwrite = false;       // replace a run in `out`: its files go once the run is set up
+  bool skip_nonfinite = false;  // skip steps whose loss is NaN/Inf instead of stopping
   std::int64_t builtin_tokens = 2'000'000;  // size of the built-in corpus's training split
   bool live_progress = true;                // redraw one line on a terminal
   bool quiet = false;                       // no progress output at all (tests)

@@ -331,8 +331,9 @@ std::filesystem::path save(const TrainOptions& o, const std::filesystem::path& o
 }
 
 // Trains `model` (initialized here from o.seed, or loaded from o.resume) as `o` says. Throws
-// OptionError for a bad option, NonFiniteLoss for a NaN or infinite loss (unless
-// o.skip_nonfinite), fathom::Error for other bad input.
+// OptionError for a bad option (ExistingRun when o.out holds another run that o neither resumes
+// nor overwrites), NonFiniteLoss for a NaN or infinite loss (unless o.skip_nonfinite),
+// fathom::Error for other bad input.
 template <class T, DeviceTag D>
 TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
                   const TrainHooks<T, D>& hooks) {
@@ -340,14 +341,18 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
   validate(o);
   const fs::path out_dir = prepare_out_dir(o);
   const bool root = hooks.shard.rank == 0;
-  // One process at a time writes into a run folder; then what an interrupted save left is put
-  // right. (Rank 0 alone: it alone writes.)
+  // One process at a time writes into a run folder, and a folder holds one run: one already there
+  // is refused unless resumed (then what an interrupted save left is put right) or replaced (its
+  // files are removed once the new run is set up, so a failing setup costs nothing). Rank 0 alone:
+  // it alone writes.
   FolderLock lock;
   std::vector<std::string> notes;
+  std::vector<fs::path> replaced;
   TrainResult result;
   if (root) {
     lock = FolderLock(out_dir, "fathom training into it");
-    notes = recover_checkpoints(out_dir);
+    replaced = check_run_folder(out_dir, o.resume, o.overwrite);
+    if (replaced.empty()) notes = recover_checkpoints(out_dir);
   }
   RunData data = make_run_data(o, hooks.shard);
   model.init(o.seed);
@@ -359,13 +364,16 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
   TrainerState state;
   state.seed = o.seed;
   state.run = detail::run_identity<T>(o);
-  if (!o.resume.empty()) {
+  if (!o.resume.empty())
     state = resume(o, state.run, model, *update, data.train, notes, result.last_checkpoint);
-    // Records of steps after the checkpoint (written before an interruption) would appear twice.
-    if (root)
-      if (const auto dropped = truncate_metrics(out_dir / "metrics.jsonl", state.step))
-        notes.push_back("metrics.jsonl: dropped " + std::to_string(dropped) +
-                        " records after step " + std::to_string(state.step));
+  // Set up: the run replaced goes now; a resumed run's records of steps after its checkpoint
+  // (written before an interruption) would appear twice.
+  if (!replaced.empty()) {
+    notes.push_back(remove_run_files(out_dir, replaced));
+  } else if (!o.resume.empty() && root) {
+    if (const auto dropped = truncate_metrics(out_dir / "metrics.jsonl", state.step))
+      notes.push_back("metrics.jsonl: dropped " + std::to_string(dropped) + " records after step " +
+                      std::to_string(state.step));
   }
   state.steps = o.steps;
   state.seq_len = o.seq_len;
