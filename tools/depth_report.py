@@ -158,7 +158,7 @@ def corpus_page(manifest, dataset):
         bpt = m.get("bytes", 0) / s["tokens"] if s.get("tokens") else None
         lines.append(f"| {name} | {m.get('documents', 0):,} | {m.get('bytes', 0):,} | {s.get('tokens', 0):,} | "
                      f"{fmt(bpt, '.2f')} |")
-    lines += ["", f"Tokenizer: SentencePiece {tok.get('type', '')} BPE trained by `fathom-prepare --train-tokenizer "
+    lines += ["", f"Tokenizer: SentencePiece BPE trained by `fathom-prepare --train-tokenizer "
               f"{tok.get('vocab_size')}` on the training split (a seeded sample of its lines), byte fallback, "
               "digits split, text kept as it is (identity normalization), so every byte string round-trips.", ""]
     return "\n".join(lines) + "\n"
@@ -181,8 +181,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", help="depth-results.tar.gz or its folder")
     ap.add_argument("--out", default="docs/results/depth")
-    ap.add_argument("--gpu-minutes", help="GPU minutes spent, for the closing note")
+    ap.add_argument("--gpu-minutes", help="the GPU time spent, in words (\"25 minutes\")")
+    ap.add_argument("--runs-command", default="scripts/depth_runs.sh",
+                    help="the command that started the runs, as it was typed")
     ap.add_argument("--machine", default="", help="the GPU machine, in words")
+    ap.add_argument("--notes", help="a Markdown file of hand-written findings, placed after the tables "
+                    "(default: OUT/findings.md when it exists)")
     a = ap.parse_args()
     root, runs, meta = load(a.results)
     if not runs:
@@ -208,15 +212,15 @@ def main():
               "batches in the same order) unless the run says seed 1. Only the normalization policy differs.", ""]
     if a.machine:
         lines += [f"- machine: {a.machine}"]
-    if ds and meta.get("manifest.json"):
-        (out / "corpus.md").write_text(corpus_page(meta["manifest.json"], ds))
+    if ds and meta.get("manifest.json") and not (out / "corpus.md").exists():
+        (out / "corpus.md").write_text(corpus_page(meta["manifest.json"], ds))  # else kept as it is
     if ds:
         tok = ds.get("tokenizer", {})
         lines += [f"- corpus: {train_tokens:,} train tokens, {ds.get('val', {}).get('tokens', 0):,} validation "
                   f"tokens (held-out documents), {tok.get('type')} tokenizer, vocabulary {tok.get('vocab_size')} "
                   "([corpus.md](corpus.md): packages, licences, sizes)"]
     if a.gpu_minutes:
-        lines += [f"- GPU time: {a.gpu_minutes} minutes in all"]
+        lines += [f"- GPU time: {a.gpu_minutes}"]
     lines += [""]
 
     lines += ["## Final validation perplexity", "",
@@ -246,7 +250,9 @@ def main():
     spread = None
     if a0 and a1 and a0["summary"].get("final_val_loss") and a1["summary"].get("final_val_loss"):
         spread = abs(a0["summary"]["final_val_loss"] - a1["summary"]["final_val_loss"])
-        notes.append(f"Seed spread (24-block Pre-LN, seeds 0 and 1): {spread:.4f} nats of validation loss.")
+        notes.append(f"Seed spread (24-block Pre-LN, seeds 0 and 1): {spread:.4f} nats of validation loss "
+                     "(measured at 24 blocks only: the 12-block gap is compared with it for scale, not as "
+                     "that shape's own noise).")
     for prefix in ("130m", "24L"):
         p, l = by.get(f"{prefix}-pre-ln"), by.get(f"{prefix}-lns")
         if p and l and p["summary"].get("final_val_loss") and l["summary"].get("final_val_loss"):
@@ -259,7 +265,8 @@ def main():
                          f"({'LNS ahead' if gap > 0 else 'Pre-LN ahead'}){verdict}.")
     diverged = [r["name"] for r in runs if status(r) != "ok"]
     notes.append("Runs that diverged or failed: " + (", ".join(diverged) if diverged else "none") +
-                 ". The paper reports Post-LN, DeepNorm and Mix-LN diverging at 24 blocks (llama-250m and larger).")
+                 ". The paper's Table 1 has Post-LN diverging at 250M (24 blocks, d 768), and DeepNorm and "
+                 "Mix-LN too at 350M (24 blocks, d 1024) and 1B.")
     lines += ["## What agrees with the paper and what does not", ""] + [f"- {n}" for n in notes] + [""]
 
     lines += ["## Per-layer findings (fathom-diagnose on each final checkpoint, held-out batches)", "",
@@ -279,6 +286,12 @@ def main():
               "sit close to their neighbours (small angular distance) and can be removed at little cost; "
               "under LNS the variance stays bounded and removing a deep block costs more.", ""]
 
+    notes_file = Path(a.notes) if a.notes else out / "findings.md"
+    if notes_file.is_file():
+        lines += [notes_file.read_text().rstrip(), ""]
+    elif a.notes:
+        raise SystemExit(f"depth_report: --notes {a.notes}: no such file")
+
     lines += ["## Pictures", ""]
     if plot_note:
         lines += [plot_note, ""]
@@ -291,8 +304,8 @@ def main():
     lines += ["## Commands", "", "Here (a machine with Debian's registry): the corpus bundle, carried to the GPU machine.",
               "", "```", "scripts/deps.sh", "cmake -S . -B build -DFATHOM_BUILD_EXAMPLES=ON && cmake --build build --target fathom-prepare",
               "scripts/depth_corpus.sh bundle --build build", "```", "",
-              "On the GPU machine (carry .deps and .corpus/bundle): build, shards, the queued runs; then progress and the results.",
-              "", "```", "scripts/depth_runs.sh", "scripts/depth_status.sh", "scripts/depth_status.sh --collect   # $OUT/depth-results.tar.gz",
+              "On the GPU machine (carry .deps, .corpus/bundle and .corpus/bundle-1): build, shards, the queued runs; then progress and the results.",
+              "", "```", a.runs_command, "scripts/depth_status.sh", "scripts/depth_status.sh --collect   # $OUT/depth-results.tar.gz",
               "```", "", "The report: `tools/depth_report.py depth-results.tar.gz --out docs/results/depth`.", ""]
     queue_files = sorted(root.glob("queue-gpu*.sh"))
     if queue_files:
