@@ -2,7 +2,8 @@
 # Builds tests/downstream, a project that uses fathom, three ways: find_package(fathom) against an
 # install into a temporary prefix, add_subdirectory of this source tree, and FetchContent of it.
 # Runs the resulting program each time. With nvcc available, the find_package build also compiles
-# and links a CUDA translation unit against fathom::cuda.
+# and links a CUDA translation unit against fathom::cuda; where fathom's build found NCCL, a
+# program against fathom::nccl is built and run too.
 # Usage: scripts/downstream.sh   (env: JOBS, FATHOM_DOWNSTREAM_DIR to keep the work folder)
 set -euo pipefail
 
@@ -40,13 +41,24 @@ cuda_args=()
 if [[ -n "$nvcc" ]]; then
   cuda_args=(-DFATHOM_DOWNSTREAM_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc")
 fi
-step "find_package(fathom)${nvcc:+ with fathom::cuda}"
+# fathom::nccl is installed where fathom's build found NCCL (the CUDA toolkit often has it).
+nccl=""
+if [[ -f "$work/prefix/share/cmake/fathom/fathomNcclTargets.cmake" ]]; then
+  nccl=1
+  cuda_args+=(-DFATHOM_DOWNSTREAM_NCCL=ON)
+fi
+step "find_package(fathom)${nvcc:+ with fathom::cuda}${nccl:+ and fathom::nccl}"
 cmake -S "$repo/tests/downstream" -B "$work/package" "${generator[@]}" \
   -DFATHOM_DOWNSTREAM_MODE=package -DCMAKE_PREFIX_PATH="$work/prefix" "${cuda_args[@]}"
 cmake --build "$work/package" -j "$jobs"
 "$work/package/downstream"
 if [[ -n "$nvcc" ]]; then
   "$work/package/downstream_cuda" || { echo "downstream_cuda failed"; exit 1; }
+fi
+if [[ -n "$nccl" ]]; then
+  "$work/package/downstream_nccl" || { echo "downstream_nccl failed"; exit 1; }
+else
+  echo "downstream: no fathom::nccl installed (fathom's build found no NCCL); its consumer skipped"
 fi
 
 # 3. add_subdirectory of the source tree, and 4. FetchContent of it, without asking for CUDA: the
