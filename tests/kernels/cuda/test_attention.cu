@@ -29,7 +29,7 @@ using namespace fathom::test;
 
 namespace {
 
-struct Case {
+struct AttentionCase {
   std::int64_t B, T, H, hd;
   bool causal;
   std::int64_t C() const { return H * hd; }
@@ -37,7 +37,7 @@ struct Case {
   std::size_t rows() const { return static_cast<std::size_t>(B * H * T); }
 };
 
-std::ostream& operator<<(std::ostream& os, const Case& c) {
+std::ostream& operator<<(std::ostream& os, const AttentionCase& c) {
   return os << "B " << c.B << " T " << c.T << " H " << c.H << " hd " << c.hd
             << (c.causal ? " causal" : " full");
 }
@@ -45,7 +45,7 @@ std::ostream& operator<<(std::ostream& os, const Case& c) {
 struct Inputs {
   std::vector<double> q, k, v, d_o, dq0, dk0, dv0;
 };
-Inputs make_inputs(const Case& c, std::uint64_t seed) {
+Inputs make_inputs(const AttentionCase& c, std::uint64_t seed) {
   return {bf16_values(c.n(), seed),     bf16_values(c.n(), seed + 1), bf16_values(c.n(), seed + 2),
           bf16_values(c.n(), seed + 3), bf16_values(c.n(), seed + 4), bf16_values(c.n(), seed + 5),
           bf16_values(c.n(), seed + 6)};
@@ -57,7 +57,7 @@ struct Outputs {
 
 // The forward parameters of case c: q, k, v rows of in_stride, o rows of o_stride, lse (B, H, T).
 template <class T>
-fathom::kernels::AttentionParams<T> forward_params(const Case& c, const T* q, const T* k,
+fathom::kernels::AttentionParams<T> forward_params(const AttentionCase& c, const T* q, const T* k,
                                                    const T* v, std::int64_t in_stride, T* o,
                                                    std::int64_t o_stride, accum_t<T>* lse) {
   return {.q = q,
@@ -110,7 +110,7 @@ fathom::kernels::AttentionBackwardParams<T> backward_params(
 }
 
 // The CPU reference in double; gradients include the initial dq0, dk0, dv0.
-Outputs reference(const Case& c, const Inputs& in) {
+Outputs reference(const AttentionCase& c, const Inputs& in) {
   Outputs r;
   r.o.assign(c.n(), 0.0);
   r.lse.assign(c.rows(), 0.0);
@@ -130,7 +130,7 @@ Outputs reference(const Case& c, const Inputs& in) {
 // q, k, v live side by side in one fused buffer when in_stride >= 3C), o rows of `o_stride`.
 // With accumulate false, dq, dk and dv start as NaN and must be overwritten, never read.
 template <class T>
-Outputs run_cuda(const Case& c, const Inputs& in, std::int64_t in_stride = 0,
+Outputs run_cuda(const AttentionCase& c, const Inputs& in, std::int64_t in_stride = 0,
                  std::int64_t o_stride = 0, bool accumulate = true) {
   const std::int64_t C = c.C(), rows = c.B * c.T;
   if (in_stride == 0) in_stride = 3 * C;
@@ -195,7 +195,7 @@ Outputs run_cuda(const Case& c, const Inputs& in, std::int64_t in_stride = 0,
 
 // Every element within atol * scale + rtol * |want|, where scale = max(1, max |want|) so that
 // tensors of large magnitude are judged relative to it; reports the first failure and the worst.
-std::string compare(const std::string& name, const Case& c, bool per_head,
+std::string compare(const std::string& name, const AttentionCase& c, bool per_head,
                     const std::vector<double>& got, const std::vector<double>& want, double rtol,
                     double atol) {
   double scale = 1.0;
@@ -245,7 +245,7 @@ struct Tolerance<bf16> {  // bf16 probabilities and outputs; bf16 gradients afte
 };
 
 template <class T>
-void check_against(const Case& c, const Outputs& got, const Outputs& want) {
+void check_against(const AttentionCase& c, const Outputs& got, const Outputs& want) {
   using Tol = Tolerance<T>;
   INFO(Precision<T>::name << " " << c);
   CHECK(compare("o", c, false, got.o, want.o, Tol::rtol, Tol::atol) == "");
@@ -258,11 +258,12 @@ void check_against(const Case& c, const Outputs& got, const Outputs& want) {
 }  // namespace
 
 TEST_CASE("CUDA attention matches the CPU reference, forward and backward", "[cuda][attention]") {
-  const Case c =
-      GENERATE(Case{2, 256, 12, 64, true}, Case{1, 1024, 12, 64, true}, Case{3, 100, 4, 32, true},
-               Case{1, 77, 2, 128, true}, Case{3, 100, 4, 32, false}, Case{2, 130, 2, 64, false},
-               Case{1, 1, 1, 64, true}, Case{2, 65, 3, 16, true}, Case{1, 200, 2, 96, true},
-               Case{2, 64, 2, 64, true});
+  const AttentionCase c =
+      GENERATE(AttentionCase{2, 256, 12, 64, true}, AttentionCase{1, 1024, 12, 64, true},
+               AttentionCase{3, 100, 4, 32, true}, AttentionCase{1, 77, 2, 128, true},
+               AttentionCase{3, 100, 4, 32, false}, AttentionCase{2, 130, 2, 64, false},
+               AttentionCase{1, 1, 1, 64, true}, AttentionCase{2, 65, 3, 16, true},
+               AttentionCase{1, 200, 2, 96, true}, AttentionCase{2, 64, 2, 64, true});
   INFO(c);
   const Inputs in = make_inputs(c, 100);
   const Outputs want = reference(c, in);
@@ -272,8 +273,9 @@ TEST_CASE("CUDA attention matches the CPU reference, forward and backward", "[cu
 
 TEST_CASE("CUDA attention backward overwrites fresh gradient buffers (accumulate false)",
           "[cuda][attention]") {
-  const Case c = GENERATE(Case{2, 256, 12, 64, true}, Case{3, 100, 4, 32, true},
-                          Case{2, 130, 2, 64, false}, Case{2, 65, 3, 16, true});
+  const AttentionCase c =
+      GENERATE(AttentionCase{2, 256, 12, 64, true}, AttentionCase{3, 100, 4, 32, true},
+               AttentionCase{2, 130, 2, 64, false}, AttentionCase{2, 65, 3, 16, true});
   INFO(c);
   Inputs in = make_inputs(c, 200);
   Inputs zero = in;  // the reference adds onto zeros
@@ -286,7 +288,7 @@ TEST_CASE("CUDA attention backward overwrites fresh gradient buffers (accumulate
 }
 
 TEST_CASE("CUDA attention reads fused and misaligned rows in place", "[cuda][attention]") {
-  const Case c{2, 100, 4, 64, true};
+  const AttentionCase c{2, 100, 4, 64, true};
   const Inputs in = make_inputs(c, 200);
   const Outputs want = reference(c, in);
   SECTION("q, k, v side by side in a fused (B, T, 3C) projection, o rows padded") {
@@ -306,7 +308,7 @@ TEST_CASE("CUDA attention reads fused and misaligned rows in place", "[cuda][att
 }
 
 TEST_CASE("CUDA attention op: forward and gradients through autograd", "[cuda][attention]") {
-  const Case c{2, 70, 2, 64, true};
+  const AttentionCase c{2, 70, 2, 64, true};
   const Inputs in = make_inputs(c, 300);
   Outputs want = reference(c, in);
   for (std::size_t i = 0; i < c.n(); ++i) {  // the op's gradients start from zero

@@ -32,23 +32,23 @@ using namespace fathom::test;
 
 namespace {
 
-struct Case {
+struct NormCase {
   std::int64_t rows, cols;
   std::int64_t offset;  // elements by which every device array is shifted off the 16-byte grid
 };
 
-std::ostream& operator<<(std::ostream& os, const Case& c) {
+std::ostream& operator<<(std::ostream& os, const NormCase& c) {
   return os << "rows " << c.rows << " cols " << c.cols << " offset " << c.offset;
 }
 
-const Case cases[] = {{1, 768, 0},   {37, 768, 0}, {300, 1024, 0}, {129, 2048, 0},
-                      {65, 5461, 0}, {3, 1, 0},    {5, 7, 0},      {4099, 768, 0},
-                      {2500, 96, 0}, {33, 768, 1}, {17, 2048, 3},  {9, 5461, 1}};
+const NormCase cases[] = {{1, 768, 0},   {37, 768, 0}, {300, 1024, 0}, {129, 2048, 0},
+                          {65, 5461, 0}, {3, 1, 0},    {5, 7, 0},      {4099, 768, 0},
+                          {2500, 96, 0}, {33, 768, 1}, {17, 2048, 3},  {9, 5461, 1}};
 
 struct NormData {
   std::vector<double> x, w, b, dy, dx0, dw0, db0;
 };
-NormData make_data(const Case& c, std::uint64_t seed) {
+NormData make_data(const NormCase& c, std::uint64_t seed) {
   const auto n = static_cast<std::size_t>(c.rows * c.cols), C = static_cast<std::size_t>(c.cols);
   return {bf16_values(n, seed, 1.5, 0.4), bf16_values(C, seed + 1, 0.3, 1.0),
           bf16_values(C, seed + 2, 0.5),  bf16_values(n, seed + 3),
@@ -63,7 +63,7 @@ struct NormResult {
 // Forward then backward (accumulating onto dx0, dw0, db0) with the CPU kernels in double or the
 // CUDA kernels in T.
 template <class T, class D>
-NormResult run_norm(bool layer, const Case& c, const NormData& in, double eps, double scale) {
+NormResult run_norm(bool layer, const NormCase& c, const NormData& in, double eps, double scale) {
   NormResult r;
   const std::int64_t off = std::is_same_v<D, Cuda> ? c.offset : 0;
   auto make = [&](const std::vector<double>& v) {
@@ -114,7 +114,7 @@ NormResult run_norm(bool layer, const Case& c, const NormData& in, double eps, d
 TEMPLATE_TEST_CASE("CUDA rms_norm and layer_norm match the CPU reference", "[cuda][kernels][norm]",
                    float, bf16) {
   using T = TestType;
-  const Case c = GENERATE(from_range(std::begin(cases), std::end(cases)));
+  const NormCase c = GENERATE(from_range(std::begin(cases), std::end(cases)));
   const bool layer = GENERATE(false, true);
   const double scale = GENERATE(1.0, 0.5773502691896258);
   CAPTURE(c, layer, scale, Precision<T>::name);
@@ -137,7 +137,7 @@ TEMPLATE_TEST_CASE("CUDA rms_norm and layer_norm match the CPU reference", "[cud
 }
 
 TEST_CASE("CUDA norm backward computes only the gradients asked for", "[cuda][kernels][norm]") {
-  const Case c{70, 768, 0};
+  const NormCase c{70, 768, 0};
   const auto in = make_data(c, 77);
   const auto want = run_norm<double, Cpu>(true, c, in, 1e-5, 0.8);
   NormResult r;
@@ -165,7 +165,7 @@ TEST_CASE("CUDA norm backward computes only the gradients asked for", "[cuda][ke
 }
 
 TEST_CASE("CUDA norm weight gradients are the same run to run", "[cuda][kernels][norm]") {
-  const Case c{5000, 1024, 0};
+  const NormCase c{5000, 1024, 0};
   const auto in = make_data(c, 91);
   const auto first = run_norm<bf16, Cuda>(true, c, in, 1e-5, 1.0);
   const auto second = run_norm<bf16, Cuda>(true, c, in, 1e-5, 1.0);

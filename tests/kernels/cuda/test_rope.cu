@@ -30,12 +30,12 @@ using namespace fathom::test;
 
 namespace {
 
-struct Case {
+struct RopeCase {
   std::int64_t B, T, H, hd, pos0, offset;
   std::int64_t C() const { return H * hd; }
   std::size_t n() const { return static_cast<std::size_t>(B * T * H * hd); }
 };
-std::ostream& operator<<(std::ostream& os, const Case& c) {
+std::ostream& operator<<(std::ostream& os, const RopeCase& c) {
   return os << "B " << c.B << " T " << c.T << " H " << c.H << " hd " << c.hd << " pos0 " << c.pos0
             << " offset " << c.offset;
 }
@@ -45,9 +45,10 @@ std::ostream& operator<<(std::ostream& os, const Case& c) {
 TEMPLATE_TEST_CASE("CUDA rope forward and backward match the CPU kernels", "[cuda][kernels][rope]",
                    float, bf16) {
   using T = TestType;
-  const Case c = GENERATE(Case{2, 256, 12, 64, 0, 0}, Case{1, 300, 4, 128, 3000, 0},
-                          Case{3, 17, 3, 6, 5, 0}, Case{1, 5, 2, 2, 0, 0}, Case{2, 33, 5, 64, 0, 1},
-                          Case{1, 1, 1, 16, 123, 0}, Case{4, 255, 16, 64, 17, 0});
+  const RopeCase c = GENERATE(RopeCase{2, 256, 12, 64, 0, 0}, RopeCase{1, 300, 4, 128, 3000, 0},
+                              RopeCase{3, 17, 3, 6, 5, 0}, RopeCase{1, 5, 2, 2, 0, 0},
+                              RopeCase{2, 33, 5, 64, 0, 1}, RopeCase{1, 1, 1, 16, 123, 0},
+                              RopeCase{4, 255, 16, 64, 17, 0});
   CAPTURE(c, Precision<T>::name);
   const auto x = normal_values<T>(c.n(), 71), dy = normal_values<T>(c.n(), 72),
              dx0 = normal_values<T>(c.n(), 73);
@@ -74,7 +75,7 @@ TEMPLATE_TEST_CASE("CUDA rope forward and backward match the CPU kernels", "[cud
 }
 
 TEST_CASE("CUDA rope in double matches the CPU kernel closely", "[cuda][kernels][rope]") {
-  const Case c{2, 40, 3, 32, 77, 0};
+  const RopeCase c{2, 40, 3, 32, 77, 0};
   const auto x = normal_values<double>(c.n(), 81);
   std::vector<double> want(c.n());
   fathom::kernels::rope(Cpu{}, fathom::kernels::RopeParams<double>{x.data(), want.data(), c.B, c.T,
@@ -89,7 +90,7 @@ TEMPLATE_TEST_CASE("CUDA rope op matches the CPU op, value and gradient", "[cuda
                    float, bf16) {
   using T = TestType;
   namespace ag = fathom::autograd;
-  const Case c{2, 64, 4, 32, 9, 0};
+  const RopeCase c{2, 64, 4, 32, 9, 0};
   const auto x = normal_values<T>(c.n(), 91), gy = normal_values<T>(c.n(), 92);
   auto run = [&](auto device) {
     using D = decltype(device);

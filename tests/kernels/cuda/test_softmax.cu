@@ -34,10 +34,10 @@ using namespace fathom::test;
 
 namespace {
 
-struct Case {
+struct SoftmaxCase {
   std::int64_t rows, cols, offset;
 };
-std::ostream& operator<<(std::ostream& os, const Case& c) {
+std::ostream& operator<<(std::ostream& os, const SoftmaxCase& c) {
   return os << "rows " << c.rows << " cols " << c.cols << " offset " << c.offset;
 }
 
@@ -62,7 +62,7 @@ struct CrossEntropyResult {
 // Forward (plain, then with the fused gradient) and backward, on the CPU in double or on CUDA in T.
 // The gradient is written over garbage (accumulate = false), scaled by dloss.
 template <class T, class D>
-CrossEntropyResult run_cross_entropy(const Case& c, const std::vector<double>& logits,
+CrossEntropyResult run_cross_entropy(const SoftmaxCase& c, const std::vector<double>& logits,
                                      const std::vector<std::int32_t>& targets, int ignore_index,
                                      double dloss) {
   using A = accum_t<T>;
@@ -126,16 +126,18 @@ CrossEntropyResult run_cross_entropy(const Case& c, const std::vector<double>& l
   return r;
 }
 
-const Case ce_cases[] = {{1, 2, 0},       {5, 7, 0},      {17, 32000, 0}, {64, 50257, 0},
-                         {130, 50304, 0}, {33, 50304, 1}, {9, 4099, 3},   {1000, 512, 0}};
+const SoftmaxCase ce_cases[] = {{1, 2, 0},       {5, 7, 0},      {17, 32000, 0}, {64, 50257, 0},
+                                {130, 50304, 0}, {33, 50304, 1}, {9, 4099, 3},   {1000, 512, 0}};
 
 }  // namespace
 
 TEMPLATE_TEST_CASE("CUDA softmax forward and backward match the CPU reference",
                    "[cuda][kernels][softmax]", float, bf16) {
   using T = TestType;
-  const Case c = GENERATE(Case{1, 1, 0}, Case{7, 1000, 0}, Case{33, 4097, 0}, Case{64, 32000, 0},
-                          Case{300, 64, 0}, Case{5, 1024, 1}, Case{12, 50257, 0});
+  const SoftmaxCase c =
+      GENERATE(SoftmaxCase{1, 1, 0}, SoftmaxCase{7, 1000, 0}, SoftmaxCase{33, 4097, 0},
+               SoftmaxCase{64, 32000, 0}, SoftmaxCase{300, 64, 0}, SoftmaxCase{5, 1024, 1},
+               SoftmaxCase{12, 50257, 0});
   CAPTURE(c, Precision<T>::name);
   const auto n = static_cast<std::size_t>(c.rows * c.cols);
   const auto x = bf16_values(n, 11, 3.0, 40.0), dy = bf16_values(n, 12), dx0 = bf16_values(n, 13);
@@ -176,7 +178,7 @@ TEMPLATE_TEST_CASE(
     "CUDA cross_entropy matches the CPU reference: loss, logsumexp, gradient, fused gradient",
     "[cuda][kernels][softmax]", float, bf16) {
   using T = TestType;
-  const Case c = GENERATE(from_range(std::begin(ce_cases), std::end(ce_cases)));
+  const SoftmaxCase c = GENERATE(from_range(std::begin(ce_cases), std::end(ce_cases)));
   const int ignore_index = GENERATE(-100, 0);
   CAPTURE(c, ignore_index, Precision<T>::name);
   const auto logits = bf16_values(static_cast<std::size_t>(c.rows * c.cols),
@@ -202,7 +204,7 @@ TEMPLATE_TEST_CASE(
 TEMPLATE_TEST_CASE("CUDA cross_entropy: all rows ignored gives loss 0 and a zero gradient",
                    "[cuda][kernels][softmax]", float, bf16) {
   using T = TestType;
-  const Case c{6, 50257, 0};
+  const SoftmaxCase c{6, 50257, 0};
   const auto logits = bf16_values(static_cast<std::size_t>(c.rows * c.cols), 31, 2.0);
   const std::vector<std::int32_t> targets(6, -100);
   const auto got = run_cross_entropy<T, Cuda>(c, logits, targets, -100, 1.0);
@@ -216,7 +218,7 @@ TEMPLATE_TEST_CASE("CUDA cross_entropy: all rows ignored gives loss 0 and a zero
 
 TEST_CASE("CUDA cross_entropy: a target out of range makes the loss NaN",
           "[cuda][kernels][softmax]") {
-  const Case c{3, 100, 0};
+  const SoftmaxCase c{3, 100, 0};
   const auto logits = bf16_values(300, 41);
   const std::vector<std::int32_t> targets{5, 100, 7};
   auto x = Tensor<float, Cuda>::from_vector(Shape{3, 100},
@@ -235,7 +237,7 @@ TEST_CASE("CUDA cross_entropy: a target out of range makes the loss NaN",
 
 TEST_CASE("CUDA cross_entropy loss and gradient are the same run to run",
           "[cuda][kernels][softmax]") {
-  const Case c{512, 32000, 0};
+  const SoftmaxCase c{512, 32000, 0};
   const auto logits = bf16_values(static_cast<std::size_t>(c.rows * c.cols), 51, 2.0);
   const auto targets = random_targets(c.rows, c.cols, -100, 52);
   const auto a = run_cross_entropy<bf16, Cuda>(c, logits, targets, -100, 1.0);
