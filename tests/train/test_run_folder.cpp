@@ -88,12 +88,13 @@ TEST_CASE("run folders: run_files lists a run's files in order and nothing else"
   fs::create_directories(dir / "ckpt-10");
   fs::create_directories(dir / "ckpt-9");
   fs::create_directories(dir / ".ckpt-11.tmp");
-  fs::create_directories(dir / "ckpt-x");          // not a step
+  fs::create_directories(dir / "ckpt-x");           // not a step
   fs::create_directories(dir / "metrics.jsonl.d");  // not the metrics file
   std::ofstream(dir / "ckpt-12") << "a file, not a checkpoint folder";
   std::ofstream(dir / "diagnose.json") << "{}";
   std::ofstream(dir / ".lock");
-  CHECK(names(train::run_files(dir)) == std::vector<std::string>{"ckpt-9", "ckpt-10", ".ckpt-11.tmp"});
+  CHECK(names(train::run_files(dir)) ==
+        std::vector<std::string>{"ckpt-9", "ckpt-10", ".ckpt-11.tmp"});
   std::ofstream(dir / "metrics.jsonl") << "";
   fs::create_directory_symlink(dir / "ckpt-9", dir / "ckpt-13");  // a link is never a run's
   CHECK(names(train::run_files(dir)) ==

@@ -330,6 +330,47 @@ std::filesystem::path save(const TrainOptions& o, const std::filesystem::path& o
   return write_checkpoint(out_dir, state.step, c);
 }
 
+namespace detail {
+
+// A lower bound on the memory one training step adds to the weights: a gradient per parameter,
+// and the activations the backward pass keeps for one micro-batch of batch x seq_len tokens (per
+// block at least the block's input, q, k and v, and two d_ff-wide MLP tensors; the logits). Real
+// use is about twice this; the bound only has to catch a batch that cannot fit at all, before the
+// first step fills the memory (or the swap).
+inline std::uint64_t step_memory_lower_bound(const nn::ModelConfig& c, std::int64_t batch,
+                                             std::int64_t seq_len, std::int64_t parameters,
+                                             std::uint64_t element_bytes) {
+  const auto u = [](std::int64_t v) {
+    return static_cast<std::uint64_t>(std::max<std::int64_t>(v, 0));
+  };
+  std::uint64_t tokens = 0, per_token = 0, activations = 0, total = 0;
+  const std::uint64_t block =
+      4 * u(c.d_model) + 2 * u(c.d_ff);  // elements a token keeps in each block, at least
+  bool overflow = __builtin_mul_overflow(u(batch), u(seq_len), &tokens);
+  overflow |= __builtin_mul_overflow(block, u(c.layers), &per_token);
+  overflow |= __builtin_add_overflow(per_token, u(c.vocab), &per_token);
+  overflow |= __builtin_mul_overflow(tokens, per_token, &activations);
+  overflow |= __builtin_add_overflow(activations, u(parameters), &total);
+  overflow |= __builtin_mul_overflow(total, element_bytes, &total);
+  return overflow ? UINT64_MAX : total;
+}
+
+template <class T, DeviceTag D>
+void require_step_memory(const TrainOptions& o, nn::LanguageModel<T, D>& model) {
+  std::int64_t parameters = 0;
+  for (const auto& p : model.parameters()) parameters += p.var.numel();
+  const nn::ModelConfig& c = model.config();
+  memory::require_available<D>(
+      step_memory_lower_bound(c, o.batch, o.seq_len, parameters, sizeof(T)),
+      "a training step of " + std::to_string(o.batch) + " x " + std::to_string(o.seq_len) +
+          " tokens on a model of " + std::to_string(c.layers) + " layers, d_model " +
+          std::to_string(c.d_model) +
+          " (gradients and activations, at least; lower --batch or "
+          "use --grad-accum)");
+}
+
+}  // namespace detail
+
 // Trains `model` (initialized here from o.seed, or loaded from o.resume) as `o` says. Throws
 // OptionError for a bad option (ExistingRun when o.out holds another run that o neither resumes
 // nor overwrites), NonFiniteLoss for a NaN or infinite loss (unless o.skip_nonfinite),
@@ -356,6 +397,7 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
   }
   RunData data = make_run_data(o, hooks.shard);
   model.init(o.seed);
+  detail::require_step_memory<T, D>(o, model);
   std::unique_ptr<ParameterUpdate<T, D>> update =
       hooks.make_update ? hooks.make_update(model.parameters(), o)
                         : make_local_update<T, D>(model.parameters(), o.optimizer, o.clip);
