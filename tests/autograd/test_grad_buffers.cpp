@@ -25,6 +25,7 @@
 #include <fathom/policy/sandwich_ln.hpp>
 
 #include "nn/model_testing.hpp"
+#include "autograd/support.hpp"
 #include "support/catch.hpp"
 
 using fathom::Shape;
@@ -32,17 +33,10 @@ using fathom::Tensor;
 using fathom::Var;
 namespace ag = fathom::autograd;
 namespace nn = fathom::nn;
+using fathom::test::FreshTape;
+using fathom::test::leaf;
 
 namespace {
-
-Var<double> leaf(const Shape& shape, std::uint64_t seed) {
-  return Var<double>(Tensor<double>::randn(shape, seed), true);
-}
-
-struct FreshTape {
-  FreshTape() { ag::clear_tape(); }
-  ~FreshTape() { ag::clear_tape(); }
-};
 
 bool all_finite(const std::vector<double>& v) {
   for (double x : v)

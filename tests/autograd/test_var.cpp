@@ -10,40 +10,18 @@
 #include <fathom/autograd/ops/elementwise.hpp>
 #include <fathom/autograd/ops/reduce.hpp>
 
+#include "autograd/support.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using fathom::Shape;
 using fathom::Tensor;
 using fathom::Var;
 namespace ag = fathom::autograd;
-
-namespace {
-
-Var<double> leaf(const Shape& shape, std::uint64_t seed) {
-  return Var<double>(Tensor<double>::randn(shape, seed), true);
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const fathom::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
-
-// A fresh tape for each test, whatever an earlier one left behind.
-struct FreshTape {
-  FreshTape() { ag::clear_tape(); }
-  ~FreshTape() { ag::clear_tape(); }
-};
-
-}  // namespace
+using fathom::test::contains;
+using fathom::test::error_of;
+using fathom::test::FreshTape;
+using fathom::test::leaf;
 
 TEST_CASE("gradients of a Var that feeds several ops add up (fan-in)", "[autograd][var]") {
   FreshTape fresh;

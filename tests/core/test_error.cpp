@@ -5,6 +5,9 @@
 #include <string>
 
 #include "support/catch.hpp"
+#include "support/errors.hpp"
+
+using fathom::test::contains;
 
 namespace {
 
@@ -15,10 +18,6 @@ std::string message_of_failed_check(int expected, int got) {
     return e.what();
   }
   return "";
-}
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
 }
 
 }  // namespace

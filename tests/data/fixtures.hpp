@@ -1,17 +1,18 @@
-// What the data tests share: a scratch folder removed when the test ends, a substring matcher
-// under one name for Catch2 v2 and v3, and writing raw bytes (for malformed shards).
+// What the data tests share: a scratch folder removed when the test ends (support/temp_dir.hpp), a
+// substring matcher under one name for Catch2 v2 and v3, random token ids, and writing raw bytes
+// (for malformed shards).
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <fstream>
 #include <filesystem>
+#include <random>
 #include <string>
-#include <system_error>
-
-#include <unistd.h>
+#include <type_traits>
+#include <vector>
 
 #include "support/catch.hpp"
+#include "support/temp_dir.hpp"
 
 namespace fathom::test {
 
@@ -20,6 +21,16 @@ inline auto has(const std::string& s) { return Catch::Matchers::ContainsSubstrin
 #else
 inline auto has(const std::string& s) { return Catch::Matchers::Contains(s); }
 #endif
+
+// n token ids uniform in [0, vocab), reproducible from `seed`.
+template <class T>
+std::vector<T> random_tokens(std::size_t n, std::type_identity_t<T> vocab, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<T> dist(0, vocab - 1);
+  std::vector<T> t(n);
+  for (auto& x : t) x = dist(gen);
+  return t;
+}
 
 // An llm.c shard header followed by `payload` raw bytes, written without any checks.
 inline void write_raw_shard(const std::filesystem::path& path, std::int32_t magic,
@@ -32,28 +43,5 @@ inline void write_raw_shard(const std::filesystem::path& path, std::int32_t magi
   out.write(reinterpret_cast<const char*>(header), sizeof header);
   out.write(payload.data(), static_cast<std::streamsize>(payload.size()));
 }
-
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = std::filesystem::temp_directory_path() /
-            ("fathom-data-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::filesystem::path& path() const { return path_; }
-  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  std::filesystem::path path_;
-};
 
 }  // namespace fathom::test

@@ -20,17 +20,10 @@ using fathom::data::ShardView;
 using fathom::data::TokenSource;
 using fathom::data::write_shard;
 using fathom::test::has;
+using fathom::test::random_tokens;
 using fathom::test::TempDir;
 
 namespace {
-
-std::vector<std::int32_t> random_ids(std::size_t n, int vocab, unsigned seed) {
-  std::mt19937 gen(seed);
-  std::uniform_int_distribution<int> dist(0, vocab - 1);
-  std::vector<std::int32_t> t(n);
-  for (auto& x : t) x = dist(gen);
-  return t;
-}
 
 std::vector<std::uint32_t> as_u32(const std::vector<std::int32_t>& v) {
   return {v.begin(), v.end()};
@@ -65,8 +58,9 @@ void check_rows(const TokenSource& src, const std::vector<std::vector<std::int32
 
 TEST_CASE("random batches are contiguous windows with next-token targets", "[data][sampler]") {
   TempDir dir;
-  std::vector<std::vector<std::int32_t>> data{random_ids(3000, 50000, 1), random_ids(700, 50000, 2),
-                                              random_ids(20, 50000, 3), random_ids(1500, 50000, 4)};
+  std::vector<std::vector<std::int32_t>> data{
+      random_tokens<std::int32_t>(3000, 50000, 1), random_tokens<std::int32_t>(700, 50000, 2),
+      random_tokens<std::int32_t>(20, 50000, 3), random_tokens<std::int32_t>(1500, 50000, 4)};
   for (std::size_t i = 0; i < data.size(); ++i)
     write_shard(dir / ("d_train_00000" + std::to_string(i) + ".bin"), as_u32(data[i]));
   // Shard 2 (20 tokens) is shorter than a window and must never be read.
@@ -86,7 +80,7 @@ TEST_CASE("random batches are contiguous windows with next-token targets", "[dat
 }
 
 TEST_CASE("random batches depend only on seed and step", "[data][sampler]") {
-  auto data = random_ids(10000, 257, 9);
+  auto data = random_tokens<std::int32_t>(10000, 257, 9);
   auto a = TokenSource::from_tokens(data, opts(4, 64, 123));
   auto b = TokenSource::from_tokens(data, opts(4, 64, 123));
   auto c = TokenSource::from_tokens(data, opts(4, 64, 124));
@@ -105,8 +99,8 @@ TEST_CASE("random batches depend only on seed and step", "[data][sampler]") {
 
 TEST_CASE("a restored state gives the same following batches", "[data][sampler]") {
   TempDir dir;
-  write_shard(dir / "a.bin", as_u32(random_ids(5000, 65000, 5)));
-  write_shard(dir / "b.bin", as_u32(random_ids(4000, 65000, 6)));
+  write_shard(dir / "a.bin", as_u32(random_tokens<std::int32_t>(5000, 65000, 5)));
+  write_shard(dir / "b.bin", as_u32(random_tokens<std::int32_t>(4000, 65000, 6)));
   const auto order = GENERATE(SampleOrder::random, SampleOrder::sequential);
   auto options = opts(3, 50, 99, order);
   auto first = TokenSource::from_pattern((dir / "*.bin").string(), options);
@@ -148,7 +142,8 @@ TEST_CASE("sampler state JSON has the documented keys", "[data][sampler]") {
 }
 
 TEST_CASE("sequential order reads windows at stride T in order and wraps", "[data][sampler]") {
-  std::vector<std::vector<std::int32_t>> data{random_ids(101, 1000, 21), random_ids(45, 1000, 22)};
+  std::vector<std::vector<std::int32_t>> data{random_tokens<std::int32_t>(101, 1000, 21),
+                                              random_tokens<std::int32_t>(45, 1000, 22)};
   std::vector<ShardView> shards{ShardView(as_u32(data[0]), "first"),
                                 ShardView(as_u32(data[1]), "second")};
   // T = 10: shard 0 holds windows at 0, 10, ..., 90 (10 windows); shard 1 at 0, 10, 20, 30 (4).
@@ -174,7 +169,7 @@ TEST_CASE("sequential order reads windows at stride T in order and wraps", "[dat
 }
 
 TEST_CASE("ranks split the rows one process would read", "[data][sampler]") {
-  auto data = random_ids(2000, 500, 31);
+  auto data = random_tokens<std::int32_t>(2000, 500, 31);
   auto single = TokenSource::from_tokens(data, opts(2, 16, 5, SampleOrder::sequential));
   auto options = opts(2, 16, 5, SampleOrder::sequential);
   options.ranks = 2;
@@ -204,7 +199,7 @@ TEST_CASE("empty data is rejected", "[data][sampler][errors]") {
 }
 
 TEST_CASE("a batch or sequence larger than the data names both sizes", "[data][sampler][errors]") {
-  auto data = random_ids(500, 100, 41);
+  auto data = random_tokens<std::int32_t>(500, 100, 41);
   CHECK_THROWS_WITH(
       TokenSource::from_tokens(data, opts(1, 500, 0), "small data"),
       has("sequence length 500 needs 501 tokens") && has("small data") && has("holds 500"));
@@ -213,8 +208,8 @@ TEST_CASE("a batch or sequence larger than the data names both sizes", "[data][s
                         has("larger than the data, 500 tokens"));
   // Sequential windows do not overlap, so they can run out before tokens do: 150 + 60 tokens at
   // T = 50 hold 2 + 1 windows, fewer than 4 rows, though 4 x 51 tokens < 210.
-  std::vector<ShardView> two{ShardView(as_u32(random_ids(150, 100, 42))),
-                             ShardView(as_u32(random_ids(60, 100, 43)))};
+  std::vector<ShardView> two{ShardView(as_u32(random_tokens<std::int32_t>(150, 100, 42))),
+                             ShardView(as_u32(random_tokens<std::int32_t>(60, 100, 43)))};
   CHECK_THROWS_WITH(TokenSource(two, opts(4, 50, 0, SampleOrder::sequential)),
                     has("a batch of 4 rows") && has("210 tokens hold 3") && has("seq_len 50"));
   CHECK_NOTHROW(TokenSource(two, opts(4, 50, 0, SampleOrder::random)));
@@ -224,7 +219,7 @@ TEST_CASE("a batch or sequence larger than the data names both sizes", "[data][s
 
 TEST_CASE("a token id >= vocab is found on construction", "[data][sampler][errors]") {
   TempDir dir;
-  auto data = random_ids(3000, 1000, 51);
+  auto data = random_tokens<std::int32_t>(3000, 1000, 51);
   data[1234] = 5000;
   write_shard(dir / "x_train_0.bin", as_u32(data));
   auto options = opts(2, 16, 0);
@@ -237,7 +232,7 @@ TEST_CASE("a token id >= vocab is found on construction", "[data][sampler][error
 }
 
 TEST_CASE("a state saved for other sizes is refused", "[data][sampler][errors]") {
-  auto data = random_ids(3000, 100, 61);
+  auto data = random_tokens<std::int32_t>(3000, 100, 61);
   auto src = TokenSource::from_tokens(data, opts(4, 32, 0));
   SamplerState other = src.state();
   other.batch = 8;

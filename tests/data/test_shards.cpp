@@ -14,17 +14,10 @@ using fathom::data::ShardView;
 using fathom::data::TokenWidth;
 using fathom::data::write_shard;
 using fathom::test::has;
+using fathom::test::random_tokens;
 using fathom::test::TempDir;
 
 namespace {
-
-std::vector<std::uint32_t> random_tokens(std::size_t n, std::uint32_t vocab, unsigned seed) {
-  std::mt19937 gen(seed);
-  std::uniform_int_distribution<std::uint32_t> dist(0, vocab - 1);
-  std::vector<std::uint32_t> t(n);
-  for (auto& x : t) x = dist(gen);
-  return t;
-}
 
 std::uintmax_t file_bytes(const std::filesystem::path& p) { return std::filesystem::file_size(p); }
 
@@ -34,7 +27,7 @@ TEST_CASE("shards round-trip in the narrowest width", "[data][shards]") {
   TempDir dir;
   const std::size_t n = GENERATE(1, 7, 5000, 10007);
   SECTION("uint16 when every id < 65536") {
-    auto tokens = random_tokens(n, 50257, static_cast<unsigned>(n));
+    auto tokens = random_tokens<std::uint32_t>(n, 50257, static_cast<unsigned>(n));
     tokens.back() = 65535;  // the largest id uint16 holds
     write_shard(dir / "a.bin", tokens);
     CHECK(file_bytes(dir / "a.bin") == 1024 + 2 * n);
@@ -44,7 +37,7 @@ TEST_CASE("shards round-trip in the narrowest width", "[data][shards]") {
     CHECK(fathom::data::read_shard_header(dir / "a.bin").num_tokens == n);
   }
   SECTION("uint32 when an id is >= 65536") {
-    auto tokens = random_tokens(n, 128256, static_cast<unsigned>(n) + 1);
+    auto tokens = random_tokens<std::uint32_t>(n, 128256, static_cast<unsigned>(n) + 1);
     tokens.front() = 65536;
     write_shard(dir / "b.bin", tokens);
     CHECK(file_bytes(dir / "b.bin") == 1024 + 4 * n);
@@ -53,7 +46,7 @@ TEST_CASE("shards round-trip in the narrowest width", "[data][shards]") {
     CHECK(s.tokens == tokens);
   }
   SECTION("uint32 on request even when ids fit uint16") {
-    auto tokens = random_tokens(n, 300, static_cast<unsigned>(n) + 2);
+    auto tokens = random_tokens<std::uint32_t>(n, 300, static_cast<unsigned>(n) + 2);
     write_shard(dir / "c.bin", tokens, TokenWidth::u32);
     Shard s = fathom::data::read_shard(dir / "c.bin");
     CHECK(s.width == TokenWidth::u32);
@@ -86,8 +79,8 @@ TEST_CASE("shard header matches the llm.c layout", "[data][shards]") {
 
 TEST_CASE("ShardView maps the same tokens read_shard reads", "[data][shards]") {
   TempDir dir;
-  auto narrow = random_tokens(3001, 65536, 11);
-  auto wide = random_tokens(2999, 200000, 12);
+  auto narrow = random_tokens<std::uint32_t>(3001, 65536, 11);
+  auto wide = random_tokens<std::uint32_t>(2999, 200000, 12);
   write_shard(dir / "n.bin", narrow);
   write_shard(dir / "w.bin", wide);
   ShardView vn(dir / "n.bin"), vw(dir / "w.bin");
@@ -134,7 +127,7 @@ TEST_CASE("a bad version names the magic, the expected and the found version",
 TEST_CASE("a truncated shard says how many tokens the header promised and the file holds",
           "[data][shards][errors]") {
   TempDir dir;
-  auto tokens = random_tokens(1000, 50000, 3);
+  auto tokens = random_tokens<std::uint32_t>(1000, 50000, 3);
   write_shard(dir / "full.bin", tokens);
   const auto path = dir / "cut.bin";
   std::filesystem::copy_file(dir / "full.bin", path);
@@ -165,7 +158,7 @@ TEST_CASE("an empty shard is rejected on read and on write", "[data][shards][err
 
 TEST_CASE("validate names the offset and id of a token >= vocab", "[data][shards][errors]") {
   TempDir dir;
-  auto tokens = random_tokens(4000, 1000, 5);
+  auto tokens = random_tokens<std::uint32_t>(4000, 1000, 5);
   tokens[2718] = 1000;
   tokens[3000] = 4000;
   write_shard(dir / "v.bin", tokens);

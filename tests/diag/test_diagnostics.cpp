@@ -5,6 +5,7 @@
 #include "fathom/nn/presets.hpp"
 #include "fathom/policy/lns.hpp"
 #include "fathom/policy/pre_ln.hpp"
+#include "nn/small_model.hpp"
 #include "support/catch.hpp"
 
 using namespace fathom;
@@ -27,15 +28,7 @@ TEST_CASE("diag: variance and angular distance of known arrays", "[diag]") {
 
 namespace {
 
-nn::ModelConfig tiny_config() {
-  nn::ModelConfig c = nn::preset("tiny");
-  c.layers = 4;
-  c.d_model = 16;
-  c.heads = 2;
-  c.d_ff = 24;
-  c.max_seq = 16;
-  return c;
-}
+nn::ModelConfig tiny_config() { return test::small_model(4, 16, 24, 16); }
 
 std::vector<data::Batch> batches_of(std::uint64_t seed, int n) {
   std::vector<data::Batch> out;

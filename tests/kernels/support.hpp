@@ -55,6 +55,14 @@ std::vector<T> uniform_values(std::size_t n, std::uint64_t seed) {
   return v;
 }
 
+// Uniform values in [-1, 1) from fathom's counter-based rng::uniform: random, never zero-filled.
+template <class T>
+std::vector<T> rng_uniform_values(std::size_t n, std::uint64_t seed) {
+  std::vector<T> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = scalar_cast<T>(2.0 * rng::uniform(seed, i) - 1.0);
+  return v;
+}
+
 // ---- conversions
 
 template <class T>
@@ -62,6 +70,11 @@ std::vector<T> cast_to(const std::vector<double>& v) {
   std::vector<T> out(v.size());
   for (std::size_t i = 0; i < v.size(); ++i) out[i] = scalar_cast<T>(v[i]);
   return out;
+}
+
+template <class T>
+double to_double(T v) {
+  return scalar_cast<double>(v);
 }
 
 template <class T>

@@ -25,11 +25,6 @@ using namespace fathom::test;
 
 namespace {
 
-template <class T>
-double d(T v) {
-  return scalar_cast<double>(v);
-}
-
 const double pi = std::acos(-1.0);
 double gelu_ref(double x) {
   return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / pi) * (x + 0.044715 * x * x * x)));
@@ -68,11 +63,11 @@ TEMPLATE_TEST_CASE("gelu and silu match their formulas", "[kernels][activation]"
   std::vector<T> y(x.size());
   std::vector<double> want(x.size());
 
-  for (std::size_t i = 0; i < x.size(); ++i) want[i] = gelu_ref(d(x[i]));
+  for (std::size_t i = 0; i < x.size(); ++i) want[i] = gelu_ref(to_double(x[i]));
   kernels::gelu(Cpu{}, kernels::ActivationParams<T>{x.data(), y.data(), n});
   CHECK(first_mismatch(y, want) == "");
 
-  for (std::size_t i = 0; i < x.size(); ++i) want[i] = silu_ref(d(x[i]));
+  for (std::size_t i = 0; i < x.size(); ++i) want[i] = silu_ref(to_double(x[i]));
   kernels::silu(Cpu{}, kernels::ActivationParams<T>{x.data(), y.data(), n});
   CHECK(first_mismatch(y, want) == "");
 
@@ -93,14 +88,14 @@ TEMPLATE_TEST_CASE("gelu_backward and silu_backward accumulate dy f'(x)", "[kern
 
   auto dx = dx0;
   for (std::size_t i = 0; i < x.size(); ++i)
-    want[i] = d(dx0[i]) + d(dy[i]) * derivative(gelu_ref, d(x[i]));
+    want[i] = to_double(dx0[i]) + to_double(dy[i]) * derivative(gelu_ref, to_double(x[i]));
   kernels::gelu_backward(Cpu{},
                          kernels::ActivationBackwardParams<T>{x.data(), dy.data(), dx.data(), n});
   CHECK(first_mismatch(dx, want, derivative_tolerance) == "");
 
   dx = dx0;
   for (std::size_t i = 0; i < x.size(); ++i)
-    want[i] = d(dx0[i]) + d(dy[i]) * derivative(silu_ref, d(x[i]));
+    want[i] = to_double(dx0[i]) + to_double(dy[i]) * derivative(silu_ref, to_double(x[i]));
   kernels::silu_backward(Cpu{},
                          kernels::ActivationBackwardParams<T>{x.data(), dy.data(), dx.data(), n});
   CHECK(first_mismatch(dx, want, derivative_tolerance) == "");
@@ -134,15 +129,17 @@ TEMPLATE_TEST_CASE("swiglu is silu(gate) * up, forward and backward", "[kernels]
        dy = normal_values<T>(n, 47);
   std::vector<T> y(gate.size());
   std::vector<double> want(gate.size());
-  for (std::size_t i = 0; i < gate.size(); ++i) want[i] = silu_ref(d(gate[i])) * d(up[i]);
+  for (std::size_t i = 0; i < gate.size(); ++i)
+    want[i] = silu_ref(to_double(gate[i])) * to_double(up[i]);
   kernels::swiglu(Cpu{}, kernels::SwigluParams<T>{gate.data(), up.data(), y.data(), n});
   CHECK(first_mismatch(y, want) == "");
 
   const auto dg0 = normal_values<T>(n, 48), du0 = normal_values<T>(n, 49);
   std::vector<double> want_dg(gate.size()), want_du(gate.size());
   for (std::size_t i = 0; i < gate.size(); ++i) {
-    want_dg[i] = d(dg0[i]) + d(dy[i]) * d(up[i]) * derivative(silu_ref, d(gate[i]));
-    want_du[i] = d(du0[i]) + d(dy[i]) * silu_ref(d(gate[i]));
+    want_dg[i] = to_double(dg0[i]) +
+                 to_double(dy[i]) * to_double(up[i]) * derivative(silu_ref, to_double(gate[i]));
+    want_du[i] = to_double(du0[i]) + to_double(dy[i]) * silu_ref(to_double(gate[i]));
   }
   SECTION("both gradients") {
     auto dg = dg0, du = du0;
@@ -165,8 +162,9 @@ TEMPLATE_TEST_CASE("swiglu is silu(gate) * up, forward and backward", "[kernels]
     auto g = dg0;
     std::vector<double> want_g(gate.size());
     for (std::size_t i = 0; i < gate.size(); ++i) {
-      const double x = d(gate[i]);
-      want_g[i] = d(dg0[i]) + d(dy[i]) * derivative([](double v) { return silu_ref(v) * v; }, x);
+      const double x = to_double(gate[i]);
+      want_g[i] = to_double(dg0[i]) +
+                  to_double(dy[i]) * derivative([](double v) { return silu_ref(v) * v; }, x);
     }
     kernels::swiglu_backward(
         Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), gate.data(), dy.data(), g.data(),

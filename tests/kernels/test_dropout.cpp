@@ -11,6 +11,7 @@
 
 #include <fathom/core/rng.hpp>
 
+#include "kernels/support.hpp"
 #include "support/catch.hpp"
 
 using fathom::bf16;
@@ -19,6 +20,7 @@ using fathom::Precision;
 using fathom::scalar_cast;
 namespace kernels = fathom::kernels;
 namespace rng = fathom::rng;
+using fathom::test::to_double;
 
 namespace {
 
@@ -32,11 +34,6 @@ std::vector<T> random_nonzero(std::int64_t n, std::uint64_t seed) {
     v[i] = scalar_cast<T>((u < 0.5 ? -1.0 : 1.0) * (0.5 + 4.0 * std::abs(u - 0.5)));
   }
   return v;
-}
-
-template <class T>
-double d(T v) {
-  return scalar_cast<double>(v);
 }
 
 std::string describe(std::size_t i, bool kept, double want, double got) {
@@ -65,8 +62,9 @@ TEMPLATE_TEST_CASE("dropout keeps element i exactly when uniform(seed, offset + 
   std::string bad;
   for (std::size_t i = 0; i < x.size() && bad.empty(); ++i) {
     const bool keep = rng::uniform(seed, offset + i) >= p;
-    const bool ok = keep ? close<T>(d(y[i]), d(x[i]) / (1.0 - p)) : d(y[i]) == 0.0;
-    if (!ok) bad = describe(i, keep, keep ? d(x[i]) / (1.0 - p) : 0.0, d(y[i]));
+    const bool ok =
+        keep ? close<T>(to_double(y[i]), to_double(x[i]) / (1.0 - p)) : to_double(y[i]) == 0.0;
+    if (!ok) bad = describe(i, keep, keep ? to_double(x[i]) / (1.0 - p) : 0.0, to_double(y[i]));
   }
   CHECK(bad == "");
 }
@@ -117,9 +115,9 @@ TEMPLATE_TEST_CASE("dropout_backward accumulates dy / (1 - p) through the forwar
       Cpu{}, kernels::DropoutBackwardParams<T>{dy.data(), dx.data(), n, p, seed, offset});
   std::string bad;
   for (std::size_t i = 0; i < x.size() && bad.empty(); ++i) {
-    const bool kept = d(y[i]) != 0.0;
-    const double want = d(dx0[i]) + (kept ? d(dy[i]) / (1.0 - p) : 0.0);
-    if (!close<T>(d(dx[i]), want)) bad = describe(i, kept, want, d(dx[i]));
+    const bool kept = to_double(y[i]) != 0.0;
+    const double want = to_double(dx0[i]) + (kept ? to_double(dy[i]) / (1.0 - p) : 0.0);
+    if (!close<T>(to_double(dx[i]), want)) bad = describe(i, kept, want, to_double(dx[i]));
   }
   CHECK(bad == "");
 }

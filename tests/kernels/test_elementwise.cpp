@@ -22,15 +22,6 @@ namespace kernels = fathom::kernels;
 
 using namespace fathom::test;
 
-namespace {
-
-template <class T>
-double d(T v) {
-  return scalar_cast<double>(v);
-}
-
-}  // namespace
-
 TEMPLATE_TEST_CASE("axpby computes alpha a + beta b", "[kernels][elementwise]", double, float,
                    bf16) {
   using T = TestType;
@@ -41,7 +32,8 @@ TEMPLATE_TEST_CASE("axpby computes alpha a + beta b", "[kernels][elementwise]", 
   std::vector<T> y(a.size());
   kernels::axpby(Cpu{}, kernels::AxpbyParams<T>{a.data(), b.data(), y.data(), n, alpha, beta});
   std::vector<double> want(a.size());
-  for (std::size_t i = 0; i < a.size(); ++i) want[i] = alpha * d(a[i]) + beta * d(b[i]);
+  for (std::size_t i = 0; i < a.size(); ++i)
+    want[i] = alpha * to_double(a[i]) + beta * to_double(b[i]);
   CHECK(first_mismatch(y, want) == "");
 
   SECTION("in place: y aliases a") {
@@ -58,7 +50,7 @@ TEMPLATE_TEST_CASE("axpy accumulates alpha x into y", "[kernels][elementwise]", 
   INFO(Precision<T>::name << " n " << n << " alpha " << alpha);
   auto x = normal_values<T>(n, 3), y = normal_values<T>(n, 4);
   std::vector<double> want(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) want[i] = d(y[i]) + alpha * d(x[i]);
+  for (std::size_t i = 0; i < x.size(); ++i) want[i] = to_double(y[i]) + alpha * to_double(x[i]);
   kernels::axpy(Cpu{}, kernels::AxpyParams<T>{x.data(), y.data(), n, alpha});
   CHECK(first_mismatch(y, want) == "");
 }
@@ -71,7 +63,7 @@ TEMPLATE_TEST_CASE("scale multiplies by s, in place too", "[kernels][elementwise
   INFO(Precision<T>::name << " n " << n << " s " << s);
   auto x = normal_values<T>(n, 5);
   std::vector<double> want(x.size());
-  for (std::size_t i = 0; i < x.size(); ++i) want[i] = s * d(x[i]);
+  for (std::size_t i = 0; i < x.size(); ++i) want[i] = s * to_double(x[i]);
   std::vector<T> y(x.size());
   kernels::scale(Cpu{}, kernels::ScaleParams<T>{x.data(), y.data(), n, s});
   CHECK(first_mismatch(y, want) == "");
@@ -87,7 +79,7 @@ TEMPLATE_TEST_CASE("mul multiplies element-wise", "[kernels][elementwise]", doub
   std::vector<T> y(a.size());
   kernels::mul(Cpu{}, kernels::MulParams<T>{a.data(), b.data(), y.data(), n});
   std::vector<double> want(a.size());
-  for (std::size_t i = 0; i < a.size(); ++i) want[i] = d(a[i]) * d(b[i]);
+  for (std::size_t i = 0; i < a.size(); ++i) want[i] = to_double(a[i]) * to_double(b[i]);
   CHECK(first_mismatch(y, want) == "");
 }
 
@@ -100,8 +92,8 @@ TEMPLATE_TEST_CASE("mul_backward accumulates dy b into da and dy a into db",
   auto da = normal_values<T>(n, 11), db = normal_values<T>(n, 12);
   std::vector<double> want_da(a.size()), want_db(a.size());
   for (std::size_t i = 0; i < a.size(); ++i) {
-    want_da[i] = d(da[i]) + d(dy[i]) * d(b[i]);
-    want_db[i] = d(db[i]) + d(dy[i]) * d(a[i]);
+    want_da[i] = to_double(da[i]) + to_double(dy[i]) * to_double(b[i]);
+    want_db[i] = to_double(db[i]) + to_double(dy[i]) * to_double(a[i]);
   }
 
   SECTION("both gradients") {
@@ -121,7 +113,8 @@ TEMPLATE_TEST_CASE("mul_backward accumulates dy b into da and dy a into db",
   SECTION("da and db the same buffer (x * x) receive both terms") {
     auto g = normal_values<T>(n, 13);
     std::vector<double> want(a.size());
-    for (std::size_t i = 0; i < a.size(); ++i) want[i] = d(g[i]) + 2.0 * d(dy[i]) * d(a[i]);
+    for (std::size_t i = 0; i < a.size(); ++i)
+      want[i] = to_double(g[i]) + 2.0 * to_double(dy[i]) * to_double(a[i]);
     kernels::mul_backward(
         Cpu{}, kernels::MulBackwardParams<T>{a.data(), a.data(), dy.data(), g.data(), g.data(), n});
     CHECK(first_mismatch(g, want) == "");
@@ -139,11 +132,11 @@ TEMPLATE_TEST_CASE("axpy_2d adds a block into strided rows and leaves the rest a
                           << ldy);
   auto x = normal_values<T>(rows * ldx, 14), y = normal_values<T>(rows * ldy, 15);
   std::vector<double> want(y.size());
-  for (std::size_t i = 0; i < y.size(); ++i) want[i] = d(y[i]);
+  for (std::size_t i = 0; i < y.size(); ++i) want[i] = to_double(y[i]);
   for (std::int64_t r = 0; r < rows; ++r)
     for (std::int64_t c = 0; c < cols; ++c)
       want[static_cast<std::size_t>(r * ldy + c)] +=
-          alpha * d(x[static_cast<std::size_t>(r * ldx + c)]);
+          alpha * to_double(x[static_cast<std::size_t>(r * ldx + c)]);
   kernels::axpy_2d(Cpu{},
                    kernels::Axpy2dParams<T>{x.data(), y.data(), rows, cols, ldx, ldy, alpha});
   CHECK(first_mismatch(y, want) == "");

@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "fathom/core/rng.hpp"
+#include "kernels/support.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 namespace {
 
@@ -18,14 +20,8 @@ using fathom::bf16;
 using fathom::Cpu;
 using fathom::kernels::EmbeddingBackwardParams;
 using fathom::kernels::EmbeddingParams;
-
-template <class T>
-std::vector<T> random_values(std::size_t n, std::uint64_t seed) {
-  std::vector<T> v(n);
-  for (std::size_t i = 0; i < n; ++i)
-    v[i] = fathom::scalar_cast<T>(2.0 * fathom::rng::uniform(seed, i) - 1.0);
-  return v;
-}
+using fathom::test::error_of;
+using fathom::test::rng_uniform_values;
 
 // n ids in [0, vocab); every third one drawn from the first three ids so that repeats are common.
 std::vector<std::int32_t> random_ids(std::int64_t n, std::int64_t vocab, std::uint64_t seed) {
@@ -38,16 +34,6 @@ std::vector<std::int32_t> random_ids(std::int64_t n, std::int64_t vocab, std::ui
   return ids;
 }
 
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const fathom::Error& e) {
-    return e.what();
-  }
-  return "(no fathom::Error thrown)";
-}
-
 struct Sizes {
   std::int64_t n, vocab, channels;
 };
@@ -58,7 +44,8 @@ TEMPLATE_TEST_CASE("embedding gathers table rows by id", "[kernels][embedding]",
                    bf16) {
   const Sizes s = GENERATE(values<Sizes>({{1, 1, 1}, {7, 5, 3}, {64, 1000, 37}, {300, 50257, 8}}));
   const auto ids = random_ids(s.n, s.vocab, 3);
-  const auto table = random_values<TestType>(static_cast<std::size_t>(s.vocab * s.channels), 4);
+  const auto table =
+      rng_uniform_values<TestType>(static_cast<std::size_t>(s.vocab * s.channels), 4);
   std::vector<TestType> out(static_cast<std::size_t>(s.n * s.channels));
   fathom::kernels::embedding(Cpu{}, EmbeddingParams<TestType>{.ids = ids.data(),
                                                               .table = table.data(),
@@ -79,8 +66,8 @@ TEMPLATE_TEST_CASE("embedding_backward scatter-adds rows of repeated ids", "[ker
                    double, float, bf16) {
   const Sizes s = GENERATE(values<Sizes>({{1, 1, 1}, {9, 4, 5}, {200, 17, 37}, {513, 50257, 4}}));
   const auto ids = random_ids(s.n, s.vocab, 7);
-  const auto dout = random_values<TestType>(static_cast<std::size_t>(s.n * s.channels), 8);
-  auto dtable = random_values<TestType>(static_cast<std::size_t>(s.vocab * s.channels), 9);
+  const auto dout = rng_uniform_values<TestType>(static_cast<std::size_t>(s.n * s.channels), 8);
+  auto dtable = rng_uniform_values<TestType>(static_cast<std::size_t>(s.vocab * s.channels), 9);
   std::vector<double> ref(dtable.size()), abs_sum(dtable.size());
   for (std::size_t e = 0; e < dtable.size(); ++e) {
     ref[e] = fathom::scalar_cast<double>(dtable[e]);
@@ -119,12 +106,12 @@ TEMPLATE_TEST_CASE("embedding_backward scatter-adds rows of repeated ids", "[ker
 TEST_CASE("embedding names an out-of-range id, its position and the vocabulary size",
           "[kernels][embedding]") {
   const std::int64_t vocab = 11, channels = 2;
-  const auto table = random_values<float>(vocab * channels, 1);
-  std::vector<float> out(5 * channels), dout = random_values<float>(5 * channels, 2),
+  const auto table = rng_uniform_values<float>(vocab * channels, 1);
+  std::vector<float> out(5 * channels), dout = rng_uniform_values<float>(5 * channels, 2),
                                         dtable = table;
   for (std::int32_t bad_id : {11, -1, 1000}) {
     const std::vector<std::int32_t> ids = {0, 10, 3, bad_id, 4};
-    const std::string forward = error_message([&] {
+    const std::string forward = error_of([&] {
       fathom::kernels::embedding(Cpu{}, EmbeddingParams<float>{.ids = ids.data(),
                                                                .table = table.data(),
                                                                .out = out.data(),
@@ -132,7 +119,7 @@ TEST_CASE("embedding names an out-of-range id, its position and the vocabulary s
                                                                .vocab = vocab,
                                                                .channels = channels});
     });
-    const std::string backward = error_message([&] {
+    const std::string backward = error_of([&] {
       fathom::kernels::embedding_backward(Cpu{},
                                           EmbeddingBackwardParams<float>{.ids = ids.data(),
                                                                          .dout = dout.data(),

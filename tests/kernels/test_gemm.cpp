@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "fathom/core/rng.hpp"
+#include "kernels/support.hpp"
 #include "support/catch.hpp"
 
 namespace {
@@ -22,25 +23,9 @@ using fathom::bf16;
 using fathom::Cpu;
 using fathom::kernels::ColumnSumParams;
 using fathom::kernels::GemmParams;
-
-// Uniform in [-1, 1) from the counter-based stream: random, never zero-filled.
-template <class T>
-std::vector<T> random_values(std::size_t n, std::uint64_t seed) {
-  std::vector<T> v(n);
-  for (std::size_t i = 0; i < n; ++i)
-    v[i] = fathom::scalar_cast<T>(2.0 * fathom::rng::uniform(seed, i) - 1.0);
-  return v;
-}
-
-template <class T>
-double to_double(T v) {
-  return fathom::scalar_cast<double>(v);
-}
-
-template <class T>
-bool same_bits(T x, T y) {
-  return std::memcmp(&x, &y, sizeof(T)) == 0;
-}
+using fathom::test::rng_uniform_values;
+using fathom::test::same_bits;
+using fathom::test::to_double;
 
 struct Shape3 {
   std::int64_t m, n, k;
@@ -70,9 +55,9 @@ struct GemmProblem {
     p.lda = a_cols + pad, p.ldb = b_cols + pad, p.ldc = s.n + pad;
     p.stride_a = a_rows * p.lda + gap, p.stride_b = b_rows * p.ldb + gap,
     p.stride_c = s.m * p.ldc + gap;
-    a = random_values<T>(static_cast<std::size_t>(v.batch * p.stride_a), seed);
-    b = random_values<T>(static_cast<std::size_t>(v.batch * p.stride_b), seed + 1);
-    c = random_values<T>(static_cast<std::size_t>(v.batch * p.stride_c), seed + 2);
+    a = rng_uniform_values<T>(static_cast<std::size_t>(v.batch * p.stride_a), seed);
+    b = rng_uniform_values<T>(static_cast<std::size_t>(v.batch * p.stride_b), seed + 1);
+    c = rng_uniform_values<T>(static_cast<std::size_t>(v.batch * p.stride_c), seed + 2);
     if (v.beta == 0.0) {
       // beta == 0 must not read C: NaN there would poison the result if it did.
       for (std::int64_t bi = 0; bi < v.batch; ++bi)
@@ -81,7 +66,7 @@ struct GemmProblem {
             c[static_cast<std::size_t>(bi * p.stride_c + i * p.ldc + j)] =
                 std::numeric_limits<T>::quiet_NaN();
     }
-    if (v.bias) bias = random_values<T>(static_cast<std::size_t>(s.n), seed + 3);
+    if (v.bias) bias = rng_uniform_values<T>(static_cast<std::size_t>(s.n), seed + 3);
     p.a = a.data(), p.b = b.data(), p.bias = v.bias ? bias.data() : nullptr;
 
     ref.assign(static_cast<std::size_t>(v.batch * s.m * s.n), 0.0);
@@ -204,8 +189,8 @@ TEMPLATE_TEST_CASE("gemm with K = 0 gives beta * C + bias", "[kernels][gemm]", d
 TEMPLATE_TEST_CASE("gemm with a batch stride of 0 reuses one B for every batch entry",
                    "[kernels][gemm]", double, float) {
   const std::int64_t m = 9, n = 11, k = 13, batch = 3;
-  auto a = random_values<TestType>(batch * m * k, 5);
-  auto b = random_values<TestType>(k * n, 6);
+  auto a = rng_uniform_values<TestType>(batch * m * k, 5);
+  auto b = rng_uniform_values<TestType>(k * n, 6);
   std::vector<TestType> c(batch * m * n), c_each(m * n);
   GemmParams<TestType> p{.a = a.data(),
                          .b = b.data(),
@@ -258,8 +243,8 @@ TEMPLATE_TEST_CASE("column_sum matches a naive sum over rows", "[kernels][gemm]"
   const auto [rows, cols] = GENERATE(
       values<std::pair<std::int64_t, std::int64_t>>({{1, 1}, {7, 37}, {300, 5461}, {1025, 3}}));
   const bool accumulate = GENERATE(false, true);
-  auto x = random_values<TestType>(static_cast<std::size_t>(rows * cols), 11);
-  auto out = random_values<TestType>(static_cast<std::size_t>(cols), 12);
+  auto x = rng_uniform_values<TestType>(static_cast<std::size_t>(rows * cols), 11);
+  auto out = rng_uniform_values<TestType>(static_cast<std::size_t>(cols), 12);
   const auto out0 = out;
   fathom::kernels::column_sum(
       Cpu{},

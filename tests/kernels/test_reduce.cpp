@@ -26,11 +26,6 @@ using namespace fathom::test;
 
 namespace {
 
-template <class T>
-double d(T v) {
-  return scalar_cast<double>(v);
-}
-
 // Tolerance of a sum of n terms of total magnitude `mass` computed in accum_t<T> and stored as T:
 // the rounding of the stored result (Precision<T>) plus the accumulation error, which for
 // sequential addition is at most (n - 1) eps(accum) of the sum of magnitudes.
@@ -51,16 +46,16 @@ TEMPLATE_TEST_CASE("sum and mean match a double loop", "[kernels][reduce]", doub
   auto x = normal_values<T>(n, 21, 1.0, mean_shift);
   double want = 0, mass = 0;
   for (T v : x) {
-    want += d(v);
-    mass += std::abs(d(v));
+    want += to_double(v);
+    mass += std::abs(to_double(v));
   }
   T out = scalar_cast<T>(-123.0);
   kernels::sum(Cpu{}, kernels::SumParams<T>{x.data(), &out, n, 1.0});
-  CHECK(std::abs(d(out) - want) <= sum_tolerance<T>(want, mass, n));
+  CHECK(std::abs(to_double(out) - want) <= sum_tolerance<T>(want, mass, n));
 
   const double inv = 1.0 / static_cast<double>(n);
   kernels::sum(Cpu{}, kernels::SumParams<T>{x.data(), &out, n, inv});
-  CHECK(std::abs(d(out) - want * inv) <= sum_tolerance<T>(want * inv, mass * inv, n));
+  CHECK(std::abs(to_double(out) - want * inv) <= sum_tolerance<T>(want * inv, mass * inv, n));
 }
 
 TEST_CASE("sum of an empty array is zero", "[kernels][reduce]") {
@@ -78,11 +73,11 @@ TEMPLATE_TEST_CASE("sum_backward adds scale * dy to every element", "[kernels][r
   auto dx = normal_values<T>(n, 22);
   const T dy = scalar_cast<T>(1.75);
   std::vector<double> want(dx.size());
-  for (std::size_t i = 0; i < dx.size(); ++i) want[i] = d(dx[i]) + scale * 1.75;
+  for (std::size_t i = 0; i < dx.size(); ++i) want[i] = to_double(dx[i]) + scale * 1.75;
   kernels::sum_backward(Cpu{}, kernels::SumBackwardParams<T>{&dy, dx.data(), n, scale});
   std::size_t bad = dx.size();
   for (std::size_t i = 0; i < dx.size() && bad == dx.size(); ++i)
-    if (!(std::abs(d(dx[i]) - want[i]) <=
+    if (!(std::abs(to_double(dx[i]) - want[i]) <=
           Precision<T>::atol + Precision<T>::rtol * std::abs(want[i])))
       bad = i;
   INFO("first wrong element: " << bad << " of " << dx.size());
@@ -103,7 +98,7 @@ TEMPLATE_TEST_CASE("sum_squares adds the squares of every tensor of a list", "[k
   for (std::size_t k = 0; k < sizes.size(); ++k) {
     tensors.push_back(normal_values<T>(sizes[k], 30 + k));
     p.tensors.push_back({tensors.back().data(), sizes[k]});
-    for (T v : tensors.back()) want += d(v) * d(v);
+    for (T v : tensors.back()) want += to_double(v) * to_double(v);
     total_n += sizes[k];
   }
   INFO(Precision<T>::name << " " << sizes.size() << " tensors, " << total_n << " elements");

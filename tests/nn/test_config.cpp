@@ -7,21 +7,10 @@
 #include <string>
 
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using namespace fathom;
-
-namespace {
-// The message of the fathom::Error that f throws ("" when it throws none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-}  // namespace
+using fathom::test::error_of;
 
 TEST_CASE("Preset parameter counts match the paper", "[nn]") {
   struct Row {

@@ -15,20 +15,10 @@
 #include "fathom/policy/sandwich_ln.hpp"
 #include "nn/model_testing.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using namespace fathom;
-
-namespace {
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-}  // namespace
+using fathom::test::error_of;
 
 using Policies = std::tuple<policy::PreLN, policy::PostLN, policy::LNS, policy::DeepNorm,
                             policy::MixLN<>, policy::SandwichLN>;

@@ -10,26 +10,15 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using fathom::bf16;
 using fathom::Shape;
 using fathom::Tensor;
+using fathom::test::contains;
+using fathom::test::error_of;
 
 namespace {
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const fathom::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 using Index = std::vector<std::int64_t>;
 

@@ -17,37 +17,26 @@
 #include "fathom/train/run_folder.hpp"
 #include "fathom/train/trainer.hpp"
 #include "support/catch.hpp"
+#include "train/runs.hpp"
+#include "support/errors.hpp"
 
 using namespace fathom;
 namespace fs = std::filesystem;
+using fathom::test::error_of;
+using fathom::test::fresh_dir;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("fathom-test-faults-" + name);
-  fs::remove_all(p);
-  return p;
-}
-
 train::TrainOptions tiny_run(const fs::path& out) {
-  train::TrainOptions o;
-  o.model = nn::preset("tiny");
-  o.model.layers = 2;
-  o.model.d_model = 16;
-  o.model.heads = 2;
-  o.model.d_ff = 32;
-  o.model.max_seq = 16;
-  o.seq_len = 8;
-  o.batch = 2;
-  o.steps = 6;
+  auto o = test::small_run_options(out, {.layers = 2,
+                                         .d_model = 16,
+                                         .d_ff = 32,
+                                         .max_seq = 16,
+                                         .seq_len = 8,
+                                         .steps = 6,
+                                         .builtin_tokens = 4000});
   o.lr = 3e-3;
-  o.eval_every = 0;
-  o.eval_batches = 1;
-  o.log_every = 1;
   o.save_every = 2;
-  o.builtin_tokens = 4000;
-  o.out = out.string();
-  o.quiet = true;
   o.policy = "lns";
   return o;
 }
@@ -61,15 +50,6 @@ struct Disarm {
   ~Disarm() { train::IoFaults::reset(); }
 };
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 }  // namespace
 
 TEST_CASE(
@@ -77,11 +57,11 @@ TEST_CASE(
     "exact",
     "[train][faults]") {
   Disarm disarm;
-  const auto reference = run(tiny_run(fresh_dir("reference")));
+  const auto reference = run(tiny_run(fresh_dir("faults-reference")));
   REQUIRE(reference.losses.size() == 6);
 
   // How many file operations one save makes.
-  const fs::path count_dir = fresh_dir("count");
+  const fs::path count_dir = fresh_dir("faults-count");
   auto counting = tiny_run(count_dir);
   counting.stop_after = 2;
   run(counting);
@@ -95,7 +75,7 @@ TEST_CASE(
 
   for (std::int64_t n = 1; n <= per_save; ++n) {
     CAPTURE(n);
-    const fs::path dir = fresh_dir("n");
+    const fs::path dir = fresh_dir("faults-n");
     auto a = tiny_run(dir);
     a.stop_after = 2;
     run(a);
@@ -129,7 +109,7 @@ TEST_CASE(
 
 TEST_CASE("checkpoints: recover_checkpoints restores an .old whose save stopped between renames",
           "[train][faults]") {
-  const fs::path dir = fresh_dir("recover");
+  const fs::path dir = fresh_dir("faults-recover");
   auto o = tiny_run(dir);
   o.stop_after = 2;
   run(o);
@@ -147,7 +127,7 @@ TEST_CASE("checkpoints: recover_checkpoints restores an .old whose save stopped 
 
 TEST_CASE("checkpoints: a damaged checkpoint is refused whole and a run folder falls back past it",
           "[train][faults]") {
-  const fs::path dir = fresh_dir("damaged");
+  const fs::path dir = fresh_dir("faults-damaged");
   auto o = tiny_run(dir);
   o.stop_after = 4;
   run(o);
@@ -199,7 +179,7 @@ TEST_CASE("checkpoints: a damaged checkpoint is refused whole and a run folder f
 
 TEST_CASE("run folders: one process at a time, and metrics cut back to a checkpoint",
           "[train][faults]") {
-  const fs::path dir = fresh_dir("lock");
+  const fs::path dir = fresh_dir("faults-lock");
   fs::create_directories(dir);
   {
     train::FolderLock first(dir, "fathom-train");

@@ -17,38 +17,26 @@
 #include "fathom/nn/presets.hpp"
 #include "fathom/policy/pre_ln.hpp"
 #include "support/catch.hpp"
+#include "train/runs.hpp"
 
 using namespace fathom;
 namespace fs = std::filesystem;
+using fathom::test::fresh_dir;
+using fathom::test::weights_of;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("fathom-test-dp-" + name);
-  fs::remove_all(p);
-  return p;
-}
-
 train::TrainOptions small_run(const fs::path& out, std::int64_t grad_accum) {
-  train::TrainOptions o;
-  o.model = nn::preset("tiny");
-  o.model.layers = 2;
-  o.model.d_model = 32;
-  o.model.heads = 2;
-  o.model.d_ff = 64;
-  o.model.max_seq = 16;
-  o.seq_len = 16;
-  o.batch = 2;
+  auto o = test::small_run_options(out, {.layers = 2,
+                                         .d_model = 32,
+                                         .d_ff = 64,
+                                         .max_seq = 16,
+                                         .seq_len = 16,
+                                         .steps = 6,
+                                         .builtin_tokens = 20000});
   o.grad_accum = grad_accum;
-  o.steps = 6;
   o.lr = 3e-3;
   o.schedule = train::CosineSchedule{2, 0.1};
-  o.eval_every = 0;
-  o.eval_batches = 1;
-  o.log_every = 1;
-  o.builtin_tokens = 20000;
-  o.out = out.string();
-  o.quiet = true;
   return o;
 }
 
@@ -65,21 +53,12 @@ train::TrainResult run(int world, const train::TrainOptions& o, int zero = 0) {
   return result;
 }
 
-std::vector<float> weights_of(const fs::path& ckpt) {
-  auto f = train::read_safetensors(ckpt / "model.safetensors");
-  std::vector<float> all;
-  for (const auto& r : f.tensors) {
-    auto v = train::tensor_values<float>(r);
-    all.insert(all.end(), v.begin(), v.end());
-  }
-  return all;
-}
-
 }  // namespace
 
 TEST_CASE("data parallel: 2 ranks x batch B train as 1 rank x B x grad-accum 2, bit for bit",
           "[train][dist]") {
-  const auto one_dir = fresh_dir("one"), two_dir = fresh_dir("two"), zero_dir = fresh_dir("zero");
+  const auto one_dir = fresh_dir("dp-one"), two_dir = fresh_dir("dp-two"),
+             zero_dir = fresh_dir("dp-zero");
   auto one = small_run(one_dir, 2);
   one.clip = 0.5;  // clipping on: the norm of the reduced gradients
   const auto a = run(1, one);
@@ -92,7 +71,7 @@ TEST_CASE("data parallel: 2 ranks x batch B train as 1 rank x B x grad-accum 2, 
   CHECK(a.tokens == b.tokens);
 
   // ZeRO-1 (without clipping: its norm sums the squares in another order) against the same.
-  auto one_plain = small_run(fresh_dir("one-plain"), 2);
+  auto one_plain = small_run(fresh_dir("dp-one-plain"), 2);
   one_plain.clip = 0;
   auto two_zero = small_run(zero_dir, 1);
   two_zero.clip = 0;
@@ -115,7 +94,7 @@ TEST_CASE("data parallel: 2 ranks x batch B train as 1 rank x B x grad-accum 2, 
 
 TEST_CASE("data parallel: a run resumes on another number of ranks (1 -> 2 with ZeRO-1 -> 1)",
           "[train][dist]") {
-  const auto straight = fresh_dir("straight"), split = fresh_dir("split");
+  const auto straight = fresh_dir("dp-straight"), split = fresh_dir("dp-split");
   auto o = small_run(straight, 2);
   o.clip = 0;
   const auto full = run(1, o);
@@ -151,7 +130,7 @@ TEST_CASE("data parallel: a run resumes on another number of ranks (1 -> 2 with 
 
 TEST_CASE("data parallel: ranks started with different options are refused at start",
           "[train][dist]") {
-  const auto dir = fresh_dir("mismatch");
+  const auto dir = fresh_dir("dp-mismatch");
   CHECK_THROWS_WITH(dist::run_ranks(2,
                                     [&](dist::Communicator& comm) {
                                       auto o = small_run(dir, 1);
@@ -167,7 +146,7 @@ TEST_CASE(
     "data parallel: a folder holding a run is refused on every rank, and replaced with "
     "overwrite",
     "[train][dist]") {
-  const auto dir = fresh_dir("existing");
+  const auto dir = fresh_dir("dp-existing");
   auto o = small_run(dir, 1);
   o.steps = 2;
   run(2, o);

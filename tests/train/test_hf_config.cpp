@@ -9,43 +9,13 @@
 #include <string>
 
 #include "support/catch.hpp"
+#include "support/errors.hpp"
+#include "support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace fathom::train;
-
-namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() /
-           ("fathom-hf-config-" + std::to_string(rd()) + "-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-};
-
-template <class F>
-void require_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-  } catch (const fathom::Error& e) {
-    std::string what = e.what();
-    for (const auto& p : parts) {
-      INFO("message: " << what);
-      CHECK(what.find(p) != std::string::npos);
-    }
-    return;
-  }
-  FAIL("expected a fathom::Error mentioning '" << *parts.begin() << "'");
-}
-
-}  // namespace
+using fathom::test::require_error;
+using fathom::test::TempDir;
 
 TEST_CASE("config.json round trip for llama and gpt2", "[train][hf_config]") {
   TempDir dir;

@@ -13,36 +13,23 @@
 #include "fathom/train/run_folder.hpp"
 #include "fathom/train/trainer.hpp"
 #include "support/catch.hpp"
+#include "train/runs.hpp"
 
 using namespace fathom;
 namespace fs = std::filesystem;
+using fathom::test::fresh_dir;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("fathom-test-run-folder-" + name);
-  fs::remove_all(p);
-  return p;
-}
-
 train::TrainOptions small_run(const fs::path& out) {
-  train::TrainOptions o;
-  o.model = nn::preset("tiny");
-  o.model.layers = 1;
-  o.model.d_model = 16;
-  o.model.heads = 2;
-  o.model.d_ff = 32;
-  o.model.max_seq = 16;
-  o.seq_len = 16;
-  o.batch = 2;
-  o.steps = 4;
+  auto o = test::small_run_options(out, {.layers = 1,
+                                         .d_model = 16,
+                                         .d_ff = 32,
+                                         .max_seq = 16,
+                                         .seq_len = 16,
+                                         .steps = 4,
+                                         .builtin_tokens = 4000});
   o.save_every = 2;
-  o.eval_every = 0;
-  o.eval_batches = 1;
-  o.log_every = 1;
-  o.builtin_tokens = 4000;
-  o.out = out.string();
-  o.quiet = true;
   return o;
 }
 
@@ -83,7 +70,7 @@ std::vector<std::int64_t> logged_steps(const fs::path& dir) {
 }  // namespace
 
 TEST_CASE("run folders: run_files lists a run's files in order and nothing else", "[train]") {
-  const auto dir = fresh_dir("files");
+  const auto dir = fresh_dir("run-folder-files");
   CHECK(train::run_files(dir).empty());  // no folder
   fs::create_directories(dir / "ckpt-10");
   fs::create_directories(dir / "ckpt-9");
@@ -109,7 +96,7 @@ TEST_CASE("run folders: run_files lists a run's files in order and nothing else"
 
 TEST_CASE("run folders: a second run into a folder holding one is refused and changes nothing",
           "[train]") {
-  const auto dir = fresh_dir("refused");
+  const auto dir = fresh_dir("run-folder-refused");
   const auto o = small_run(dir);
   train_run(o);
   REQUIRE(train::is_complete_checkpoint(dir / "ckpt-2"));
@@ -132,7 +119,7 @@ TEST_CASE("run folders: a second run into a folder holding one is refused and ch
   CHECK(contents(dir) == before);
 
   // Resuming another folder's checkpoint into it would mix two runs as well.
-  const auto other = fresh_dir("refused-other");
+  const auto other = fresh_dir("run-folder-refused-other");
   auto a = small_run(other);
   a.stop_after = 2;
   train_run(a);
@@ -155,14 +142,14 @@ TEST_CASE("run folders: a second run into a folder holding one is refused and ch
   CHECK(contents(dir) == before);
 
   // Only the leftovers of an interrupted save: a run as well.
-  const auto torn = fresh_dir("refused-torn");
+  const auto torn = fresh_dir("run-folder-refused-torn");
   fs::create_directories(torn / ".ckpt-2.tmp");
   CHECK_THROWS_AS(train_run(small_run(torn)), train::ExistingRun);
   CHECK(fs::exists(torn / ".ckpt-2.tmp"));
 }
 
 TEST_CASE("run folders: resume continues the run in its folder", "[train]") {
-  const auto dir = fresh_dir("resume");
+  const auto dir = fresh_dir("run-folder-resume");
   auto o = small_run(dir);
   o.stop_after = 2;
   train_run(o);
@@ -179,7 +166,7 @@ TEST_CASE("run folders: resume continues the run in its folder", "[train]") {
 
 TEST_CASE("run folders: overwrite replaces the run's files only, once the new run is set up",
           "[train]") {
-  const auto dir = fresh_dir("overwrite");
+  const auto dir = fresh_dir("run-folder-overwrite");
   train_run(small_run(dir));
   fs::create_directories(dir / ".ckpt-6.tmp");  // a save interrupted later
   std::ofstream(dir / ".ckpt-6.tmp" / "model.safetensors.tmp") << "torn";
@@ -227,7 +214,7 @@ TEST_CASE("run folders: overwrite replaces the run's files only, once the new ru
 }
 
 TEST_CASE("run folders: remove_run_files says what it removed and what it kept", "[train]") {
-  const auto dir = fresh_dir("remove");
+  const auto dir = fresh_dir("run-folder-remove");
   fs::create_directories(dir / "ckpt-2");
   std::ofstream(dir / "ckpt-2" / "model.safetensors") << "w";
   std::ofstream(dir / "ckpt-2" / "tokenizer.model") << "t";
@@ -243,15 +230,15 @@ TEST_CASE("run folders: remove_run_files says what it removed and what it kept",
 }
 
 TEST_CASE("run folders: a new path, an empty folder or one without a run is accepted", "[train]") {
-  const auto fresh = fresh_dir("new") / "nested" / "run";
+  const auto fresh = fresh_dir("run-folder-new") / "nested" / "run";
   CHECK(train::check_run_folder(fresh, "", false).empty());
   CHECK(train_run(small_run(fresh)).steps_done == 4);
 
-  const auto empty = fresh_dir("empty");
+  const auto empty = fresh_dir("run-folder-empty");
   fs::create_directories(empty);
   CHECK(train_run(small_run(empty)).steps_done == 4);
 
-  const auto others = fresh_dir("others");
+  const auto others = fresh_dir("run-folder-others");
   fs::create_directories(others);
   std::ofstream(others / "README") << "notes";
   std::ofstream(others / ".lock");  // a lock file left by an earlier process holds no run
@@ -259,7 +246,7 @@ TEST_CASE("run folders: a new path, an empty folder or one without a run is acce
   CHECK(bytes_of(others / "README") == "notes");
 
   // overwrite on a folder without a run has nothing to remove.
-  const auto nothing = fresh_dir("overwrite-nothing");
+  const auto nothing = fresh_dir("run-folder-overwrite-nothing");
   auto o = small_run(nothing);
   o.overwrite = true;
   CHECK(train_run(o).steps_done == 4);

@@ -10,27 +10,15 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "support/errors.hpp"
+#include "support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace fathom::train;
+using fathom::test::require_error;
+using fathom::test::TempDir;
 
 namespace {
-
-// A fresh folder under the system temp directory, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() /
-           ("fathom-safetensors-" + std::to_string(rd()) + "-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-};
 
 std::vector<std::byte> read_bytes(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -65,22 +53,6 @@ TensorRecord random_record(std::mt19937& rng, std::string name, std::string dtyp
   r.data.resize(n);
   for (auto& b : r.data) b = static_cast<std::byte>(byte(rng));
   return r;
-}
-
-// Throws with a message containing every one of `parts`.
-template <class F>
-void require_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-  } catch (const fathom::Error& e) {
-    std::string what = e.what();
-    for (const auto& p : parts) {
-      INFO("message: " << what);
-      CHECK(what.find(p) != std::string::npos);
-    }
-    return;
-  }
-  FAIL("expected a fathom::Error mentioning '" << *parts.begin() << "'");
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "fathom/nn/presets.hpp"
 #include "fathom/policy/pre_ln.hpp"
 #include "fathom/train/step.hpp"
+#include "nn/small_model.hpp"
 #include "support/catch.hpp"
 
 using namespace fathom;
@@ -16,15 +17,7 @@ namespace {
 
 using Model = nn::DecoderModel<nn::Llama, policy::PreLN, float, Cpu>;
 
-nn::ModelConfig small_config() {
-  nn::ModelConfig c = nn::preset("tiny");
-  c.layers = 2;
-  c.d_model = 32;
-  c.heads = 2;
-  c.d_ff = 64;
-  c.max_seq = 16;
-  return c;
-}
+nn::ModelConfig small_config() { return test::small_model(2, 32, 64, 16); }
 
 // Batch i of `rows` sequences of 8 tokens from the built-in corpus.
 data::Batch batch_of(std::int64_t i, std::int64_t rows) {

@@ -11,37 +11,27 @@
 #include "fathom/policy/pre_ln.hpp"
 #include "fathom/train/trainer.hpp"
 #include "support/catch.hpp"
+#include "train/runs.hpp"
 
 using namespace fathom;
 namespace fs = std::filesystem;
+using fathom::test::fresh_dir;
+using fathom::test::weights_of;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("fathom-test-trainer-" + name);
-  fs::remove_all(p);
-  return p;
-}
-
 train::TrainOptions small_run(const fs::path& out) {
-  train::TrainOptions o;
-  o.model = nn::preset("tiny");
-  o.model.layers = 2;
-  o.model.d_model = 32;
-  o.model.heads = 2;
-  o.model.d_ff = 64;
-  o.model.max_seq = 32;
-  o.seq_len = 16;
-  o.batch = 2;
-  o.steps = 8;
+  auto o = test::small_run_options(out, {.layers = 2,
+                                         .d_model = 32,
+                                         .d_ff = 64,
+                                         .max_seq = 32,
+                                         .seq_len = 16,
+                                         .steps = 8,
+                                         .builtin_tokens = 20000});
   o.lr = 3e-3;
   o.schedule = train::CosineSchedule{2, 0.1};
   o.eval_every = 4;
   o.eval_batches = 2;
-  o.log_every = 1;
-  o.builtin_tokens = 20000;
-  o.out = out.string();
-  o.quiet = true;
   return o;
 }
 
@@ -88,20 +78,10 @@ class PoisonedModel final : public train::LanguageModel<float, Cpu> {
   mutable int calls_ = 0;
 };
 
-std::vector<float> weights_of(const fs::path& ckpt) {
-  auto f = train::read_safetensors(ckpt / "model.safetensors");
-  std::vector<float> all;
-  for (const auto& r : f.tensors) {
-    auto v = train::tensor_values<float>(r);
-    all.insert(all.end(), v.begin(), v.end());
-  }
-  return all;
-}
-
 }  // namespace
 
 TEST_CASE("trainer: the loss falls on the built-in corpus and metrics are written", "[train]") {
-  auto dir = fresh_dir("learns");
+  auto dir = fresh_dir("trainer-learns");
   auto o = small_run(dir);
   o.steps = 30;
   auto r = train::train<nn::Llama, policy::PreLN, float, Cpu>(o);
@@ -125,7 +105,7 @@ TEST_CASE("trainer: the loss falls on the built-in corpus and metrics are writte
 }
 
 TEST_CASE("trainer: resuming gives the same losses and weights bit for bit", "[train]") {
-  auto straight = fresh_dir("straight"), split = fresh_dir("split");
+  auto straight = fresh_dir("trainer-straight"), split = fresh_dir("trainer-split");
   auto o = small_run(straight);
   auto full = train::train<nn::Llama, policy::LNS, float, Cpu>(o);
 
@@ -148,7 +128,7 @@ TEST_CASE("trainer: resuming gives the same losses and weights bit for bit", "[t
 
 TEST_CASE("trainer: losses read only every few steps resume bit for bit, with accumulation",
           "[train]") {
-  auto straight = fresh_dir("straight-accum"), split = fresh_dir("split-accum");
+  auto straight = fresh_dir("trainer-straight-accum"), split = fresh_dir("trainer-split-accum");
   auto o = small_run(straight);
   o.log_every = 5;  // the loop reads losses at steps 1, 5, 8 and at evaluations (4, 8)
   o.eval_every = 0;
@@ -174,7 +154,7 @@ TEST_CASE("trainer: losses read only every few steps resume bit for bit, with ac
 }
 
 TEST_CASE("load_checkpoint reads back what the trainer wrote", "[train]") {
-  auto dir = fresh_dir("load");
+  auto dir = fresh_dir("trainer-load");
   auto o = small_run(dir);
   o.steps = 3;
   o.policy = "lns";
@@ -208,12 +188,12 @@ TEST_CASE("load_checkpoint reads back what the trainer wrote", "[train]") {
 
 TEST_CASE("trainer: resuming a checkpoint of another config fails naming the difference",
           "[train]") {
-  auto dir = fresh_dir("other-config");
+  auto dir = fresh_dir("trainer-other-config");
   auto o = small_run(dir);
   o.steps = 2;
   o.policy = "lns";
   train::train<nn::Llama, policy::LNS, float, Cpu>(o);
-  auto b = small_run(fresh_dir("other-config-2"));
+  auto b = small_run(fresh_dir("trainer-other-config-2"));
   b.resume = (dir / "ckpt-2").string();
   b.policy = "lns";
   b.model.layers = 3;
@@ -228,7 +208,7 @@ TEST_CASE("trainer: resuming a checkpoint of another config fails naming the dif
 
 TEST_CASE("trainer: a NaN loss stops the run naming the step and the last good checkpoint",
           "[train]") {
-  auto dir = fresh_dir("nan");
+  auto dir = fresh_dir("trainer-nan");
   auto o = small_run(dir);
   o.save_every = 2;
   PoisonedModel model(o.model, {5});
@@ -240,7 +220,7 @@ TEST_CASE("trainer: a NaN loss stops the run naming the step and the last good c
 
 TEST_CASE("trainer: a NaN loss between two reads is reported with its own step and never saved",
           "[train]") {
-  auto dir = fresh_dir("nan-late");
+  auto dir = fresh_dir("trainer-nan-late");
   auto o = small_run(dir);
   o.log_every = 10;  // losses are read at step 1 and at the end (8) only
   o.eval_every = 0;
@@ -258,7 +238,7 @@ TEST_CASE("trainer: a NaN loss between two reads is reported with its own step a
 }
 
 TEST_CASE("trainer: --skip-nonfinite skips the bad step and goes on", "[train]") {
-  auto dir = fresh_dir("skip");
+  auto dir = fresh_dir("trainer-skip");
   auto o = small_run(dir);
   o.skip_nonfinite = true;
   PoisonedModel model(o.model, {3, 6});
@@ -270,7 +250,7 @@ TEST_CASE("trainer: --skip-nonfinite skips the bad step and goes on", "[train]")
 }
 
 TEST_CASE("trainer: bad input fails with one clear message", "[train]") {
-  auto dir = fresh_dir("bad");
+  auto dir = fresh_dir("trainer-bad");
   SECTION("an --out below a regular file") {
     fs::create_directories(dir);
     std::ofstream(dir / "file") << "x";
@@ -332,7 +312,7 @@ TEST_CASE("trainer: bad input fails with one clear message", "[train]") {
 
 TEST_CASE("checkpoints: a failed save leaves the previous checkpoint intact and no torn one",
           "[train]") {
-  auto dir = fresh_dir("torn");
+  auto dir = fresh_dir("trainer-torn");
   train::CheckpointContents good;
   std::vector<float> w = {1, 2, 3, 4};
   good.model.push_back(train::make_tensor_record<float>("w", {2, 2}, std::span<const float>(w)));
@@ -362,7 +342,7 @@ TEST_CASE(
     "trainer: a resume keeps the schedule's length, says what it loaded, and a finished run is "
     "complete",
     "[train]") {
-  auto dir = fresh_dir("schedule");
+  auto dir = fresh_dir("trainer-schedule");
   auto o = small_run(dir);
   o.stop_after = 2;
   train::train<nn::Llama, policy::LNS, float, Cpu>(o);
@@ -392,7 +372,7 @@ TEST_CASE(
 }
 
 TEST_CASE("trainer: a run folder in use by another process is refused at once", "[train]") {
-  auto dir = fresh_dir("locked");
+  auto dir = fresh_dir("trainer-locked");
   std::filesystem::create_directories(dir);
   train::FolderLock other(dir, "another run");
   CHECK_THROWS_WITH((train::train<nn::Llama, policy::LNS, float, Cpu>(small_run(dir))),

@@ -16,6 +16,7 @@
 #include "fathom/policy/sandwich_ln.hpp"
 #include "fathom/train/checkpoint.hpp"
 #include "fathom/train/hf_config.hpp"
+#include "nn/small_model.hpp"
 #include "support/catch.hpp"
 
 using namespace fathom;
@@ -23,15 +24,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-nn::ModelConfig small_config() {
-  nn::ModelConfig c = nn::preset("tiny");
-  c.layers = 2;
-  c.d_model = 16;
-  c.heads = 2;
-  c.d_ff = 32;
-  c.max_seq = 16;
-  return c;
-}
+nn::ModelConfig small_config() { return test::small_model(2, 16, 32, 16); }
 
 using Small = nn::DecoderLM<nn::Llama, policy::PreLN, float, Cpu>;
 

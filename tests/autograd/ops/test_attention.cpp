@@ -9,31 +9,17 @@
 
 #include <fathom/autograd/gradcheck.hpp>
 
+#include "autograd/support.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using fathom::Shape;
 using fathom::Tensor;
 using fathom::Var;
 using fathom::autograd::attention;
 using fathom::autograd::gradcheck;
-
-namespace {
-
-Var<double> leaf(const Shape& shape, std::uint64_t seed) {
-  return Var<double>(Tensor<double>::randn(shape, seed), true);
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const fathom::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-}  // namespace
+using fathom::test::error_of;
+using fathom::test::leaf;
 
 TEST_CASE("attention gradients match finite differences", "[autograd][attention]") {
   auto [B, T, H, hd] = GENERATE(table<std::int64_t, std::int64_t, std::int64_t, std::int64_t>(

@@ -10,6 +10,7 @@
 #include <fathom/autograd/gradcheck.hpp>
 #include <fathom/autograd/ops/reduce.hpp>
 
+#include "autograd/support.hpp"
 #include "support/catch.hpp"
 
 using fathom::Shape;
@@ -17,12 +18,9 @@ using fathom::Tensor;
 using fathom::Var;
 using fathom::autograd::gradcheck;
 namespace ag = fathom::autograd;
+using fathom::test::leaf;
 
 namespace {
-
-Var<double> leaf(const Shape& shape, std::uint64_t seed) {
-  return Var<double>(Tensor<double>::randn(shape, seed), true);
-}
 
 using Inputs = std::vector<Var<double>>;
 

@@ -10,33 +10,20 @@
 #include <fathom/autograd/gradcheck.hpp>
 #include <fathom/autograd/ops/reduce.hpp>
 
+#include "autograd/support.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using fathom::Shape;
 using fathom::Tensor;
 using fathom::Var;
 using fathom::autograd::gradcheck;
 namespace ag = fathom::autograd;
+using fathom::test::contains;
+using fathom::test::error_of;
+using fathom::test::leaf;
 
 namespace {
-
-Var<double> leaf(const Shape& shape, std::uint64_t seed) {
-  return Var<double>(Tensor<double>::randn(shape, seed), true);
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const fathom::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 using Inputs = std::vector<Var<double>>;
 

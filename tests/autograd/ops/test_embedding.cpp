@@ -8,6 +8,7 @@
 
 #include "fathom/autograd/gradcheck.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 namespace {
 
@@ -16,20 +17,8 @@ using fathom::Tensor;
 using fathom::autograd::embedding;
 using fathom::autograd::gradcheck;
 using fathom::autograd::Var;
-
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const fathom::Error& e) {
-    return e.what();
-  }
-  return "(no fathom::Error thrown)";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
+using fathom::test::contains;
+using fathom::test::error_of;
 
 }  // namespace
 
@@ -71,12 +60,12 @@ TEST_CASE("embedding errors name the id, its position and the vocabulary, or the
           "[autograd][ops][embedding]") {
   Var<double> table(Tensor<double>::randn({5, 3}, 4), true);
   auto ids = Tensor<std::int32_t>::from_vector({3}, {1, 7, 2});
-  std::string msg = error_message([&] { embedding(ids, table); });
+  std::string msg = error_of([&] { embedding(ids, table); });
   INFO(msg);
   CHECK(contains(msg, "id 7 at position 1"));
   CHECK(contains(msg, "table of 5 rows"));
 
   Var<double> flat(Tensor<double>::randn({15}, 5), true);
-  msg = error_message([&] { embedding(Tensor<std::int32_t>::from_vector({1}, {0}), flat); });
+  msg = error_of([&] { embedding(Tensor<std::int32_t>::from_vector({1}, {0}), flat); });
   CHECK(contains(msg, "(15,)"));
 }

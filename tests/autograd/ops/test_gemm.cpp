@@ -12,6 +12,7 @@
 
 #include "fathom/autograd/gradcheck.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 namespace {
 
@@ -22,23 +23,11 @@ using fathom::autograd::gradcheck;
 using fathom::autograd::linear;
 using fathom::autograd::matmul;
 using fathom::autograd::Var;
+using fathom::test::contains;
+using fathom::test::error_of;
 
 Var<double> random_var(const Shape& shape, std::uint64_t seed, bool requires_grad = true) {
   return Var<double>(Tensor<double>::randn(shape, seed), requires_grad);
-}
-
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const fathom::Error& e) {
-    return e.what();
-  }
-  return "(no fathom::Error thrown)";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
 }
 
 }  // namespace
@@ -191,30 +180,30 @@ TEMPLATE_TEST_CASE("linear in float and bf16 tracks the double computation",
 
 TEST_CASE("matmul and linear errors name both shapes", "[autograd][ops][gemm]") {
   auto x = random_var({4, 7}, 60), w = random_var({3, 8}, 61);
-  std::string msg = error_message([&] { linear(x, w); });
+  std::string msg = error_of([&] { linear(x, w); });
   INFO(msg);
   CHECK(contains(msg, "x (4, 7)"));
   CHECK(contains(msg, "weight (3, 8)"));
   CHECK(contains(msg, "in_features (7 vs 8)"));
 
   auto w2 = random_var({3, 7}, 62), bias = random_var({4}, 63);
-  msg = error_message([&] { linear(x, w2, bias); });
+  msg = error_of([&] { linear(x, w2, bias); });
   CHECK(contains(msg, "bias (4,)"));
   CHECK(contains(msg, "weight (3, 7)"));
 
   auto b = random_var({8, 2}, 64);
-  msg = error_message([&] { matmul(x, b); });
+  msg = error_of([&] { matmul(x, b); });
   CHECK(contains(msg, "a (4, 7)"));
   CHECK(contains(msg, "b (8, 2)"));
   CHECK(contains(msg, "(7 vs 8)"));
 
   auto a3 = random_var({2, 4, 7}, 65), b3 = random_var({3, 7, 2}, 66);
-  msg = error_message([&] { matmul(a3, b3); });
+  msg = error_of([&] { matmul(a3, b3); });
   CHECK(contains(msg, "a (2, 4, 7)"));
   CHECK(contains(msg, "b (3, 7, 2)"));
 
   auto v = random_var({7}, 67);
-  msg = error_message([&] { matmul(v, b); });
+  msg = error_of([&] { matmul(v, b); });
   CHECK(contains(msg, "a (7,)"));
 }
 
@@ -267,7 +256,7 @@ TEST_CASE("gelu_mlp gradients pass gradcheck", "[autograd][ops][gemm]") {
 
 TEST_CASE("gelu_mlp names mismatched shapes", "[autograd][ops][gemm]") {
   auto x = random_var({3, 4}, 65), w1 = random_var({5, 4}, 66), w2 = random_var({2, 6}, 67);
-  const auto msg = error_message([&] { fathom::autograd::gelu_mlp(x, w1, nullptr, w2, nullptr); });
+  const auto msg = error_of([&] { fathom::autograd::gelu_mlp(x, w1, nullptr, w2, nullptr); });
   CHECK(contains(msg, "w2 (2, 6)"));
   CHECK(contains(msg, "(C', 5)"));
 }

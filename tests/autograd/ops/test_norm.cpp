@@ -11,29 +11,16 @@
 
 #include <fathom/autograd/gradcheck.hpp>
 
+#include "autograd/support.hpp"
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using fathom::Shape;
 using fathom::Tensor;
 using fathom::Var;
 namespace ag = fathom::autograd;
-
-namespace {
-
-Var<double> leaf(const Shape& shape, std::uint64_t seed, double std = 1.0, double mean = 0.0) {
-  return Var<double>(Tensor<double>::randn(shape, seed, std, mean), true);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const fathom::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-}  // namespace
+using fathom::test::error_of;
+using fathom::test::leaf;
 
 TEST_CASE("rms_norm gradients (x and weight) pass gradcheck", "[autograd][norm]") {
   const auto dims = GENERATE(std::vector<std::int64_t>{1, 1}, std::vector<std::int64_t>{3, 5},

@@ -10,6 +10,7 @@
 #include <fathom/autograd/gradcheck.hpp>
 #include <fathom/autograd/ops/elementwise.hpp>
 
+#include "autograd/support.hpp"
 #include "support/catch.hpp"
 
 using fathom::bf16;
@@ -18,12 +19,9 @@ using fathom::Tensor;
 using fathom::Var;
 using fathom::autograd::gradcheck;
 namespace ag = fathom::autograd;
+using fathom::test::leaf;
 
 namespace {
-
-Var<double> leaf(const Shape& shape, std::uint64_t seed) {
-  return Var<double>(Tensor<double>::randn(shape, seed), true);
-}
 
 using Inputs = std::vector<Var<double>>;
 

@@ -11,22 +11,15 @@
 #include <fathom/autograd/gradcheck.hpp>
 
 #include "support/catch.hpp"
+#include "support/errors.hpp"
 
 using fathom::Shape;
 using fathom::Tensor;
 using fathom::Var;
 namespace ag = fathom::autograd;
+using fathom::test::error_of;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const fathom::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 struct Case {
   std::int64_t B, T, C;
