@@ -3,6 +3,8 @@
 #include "fathom/nn/config.hpp"
 #include "fathom/nn/presets.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include <cmath>
 #include <string>
 

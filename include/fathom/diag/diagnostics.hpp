@@ -89,6 +89,7 @@ struct Diagnostics {
   std::vector<double> loss_without_block;  // (L) loss with block i skipped
   std::vector<double> loss_increase;       // (L) loss_without_block - loss
 
+  template <class = void>  // instantiated where called (docs/performance.md, Compile time)
   nlohmann::json to_json() const {
     return {{"layers", layers},
             {"batches", batches},

@@ -8,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-#include <nlohmann/json.hpp>
+#include <nlohmann/json_fwd.hpp>
 
 #include "fathom/core/error.hpp"
 #include "fathom/nn/arch.hpp"
@@ -76,8 +76,11 @@ struct ModelConfig {
 
 // ModelConfig as JSON: {"arch", "layers", "d_model", "heads", "d_ff", "vocab", "max_seq",
 // "norm_eps", "rope_theta", "tied", "bias", "name"}. from_json requires every field but "name" and
-// refuses an unknown arch.
-inline void to_json(nlohmann::json& j, const ModelConfig& c) {
+// refuses an unknown arch. Templates over the JSON type (nlohmann::json or ordered_json) so that
+// this header needs only <nlohmann/json_fwd.hpp>: a program that converts a config includes
+// <nlohmann/json.hpp> (the train headers do), one that only builds models does not pay for it.
+template <class BasicJson>
+void to_json(BasicJson& j, const ModelConfig& c) {
   j = {{"arch", std::string(to_string(c.arch))},
        {"layers", c.layers},
        {"d_model", c.d_model},
@@ -92,21 +95,22 @@ inline void to_json(nlohmann::json& j, const ModelConfig& c) {
        {"name", c.name}};
 }
 
-inline void from_json(const nlohmann::json& j, ModelConfig& c) {
+template <class BasicJson>
+void from_json(const BasicJson& j, ModelConfig& c) {
   try {
-    c.arch = arch_kind(j.at("arch").get<std::string>());
-    c.layers = j.at("layers").get<int>();
-    c.d_model = j.at("d_model").get<int>();
-    c.heads = j.at("heads").get<int>();
-    c.d_ff = j.at("d_ff").get<int>();
-    c.vocab = j.at("vocab").get<int>();
-    c.max_seq = j.at("max_seq").get<int>();
-    c.norm_eps = j.at("norm_eps").get<double>();
-    c.rope_theta = j.at("rope_theta").get<double>();
-    c.tied = j.at("tied").get<bool>();
-    c.bias = j.at("bias").get<bool>();
+    c.arch = arch_kind(j.at("arch").template get<std::string>());
+    c.layers = j.at("layers").template get<int>();
+    c.d_model = j.at("d_model").template get<int>();
+    c.heads = j.at("heads").template get<int>();
+    c.d_ff = j.at("d_ff").template get<int>();
+    c.vocab = j.at("vocab").template get<int>();
+    c.max_seq = j.at("max_seq").template get<int>();
+    c.norm_eps = j.at("norm_eps").template get<double>();
+    c.rope_theta = j.at("rope_theta").template get<double>();
+    c.tied = j.at("tied").template get<bool>();
+    c.bias = j.at("bias").template get<bool>();
     c.name = j.value("name", std::string("custom"));
-  } catch (const nlohmann::json::exception& e) {
+  } catch (const typename BasicJson::exception& e) {
     FATHOM_FAIL("ModelConfig: not a model configuration: " << e.what());
   }
 }

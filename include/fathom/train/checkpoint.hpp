@@ -110,7 +110,8 @@ inline const nlohmann::json& model_field(const nlohmann::json& j, const char* ke
   return *it;
 }
 
-inline int model_int_field(const nlohmann::json& j, const char* key, const std::string& source) {
+template <class = void>
+int model_int_field(const nlohmann::json& j, const char* key, const std::string& source) {
   const auto& v = model_field(j, key, source);
   FATHOM_CHECK(v.is_number_integer() && v.get<long long>() >= 1 && v.get<long long>() <= INT_MAX,
                source << ": expected 'model." << key << "' to be an integer in [1, " << INT_MAX
@@ -118,8 +119,8 @@ inline int model_int_field(const nlohmann::json& j, const char* key, const std::
   return v.get<int>();
 }
 
-inline double model_number_field(const nlohmann::json& j, const char* key,
-                                 const std::string& source) {
+template <class = void>
+double model_number_field(const nlohmann::json& j, const char* key, const std::string& source) {
   const auto& v = model_field(j, key, source);
   FATHOM_CHECK(
       v.is_number() && v.get<double>() > 0 && std::isfinite(v.get<double>()),
@@ -127,7 +128,8 @@ inline double model_number_field(const nlohmann::json& j, const char* key,
   return v.get<double>();
 }
 
-inline bool model_bool_field(const nlohmann::json& j, const char* key, const std::string& source) {
+template <class = void>
+bool model_bool_field(const nlohmann::json& j, const char* key, const std::string& source) {
   const auto& v = model_field(j, key, source);
   FATHOM_CHECK(v.is_boolean(),
                source << ": expected 'model." << key << "' to be true or false, got " << v.dump());
@@ -138,7 +140,8 @@ inline bool model_bool_field(const nlohmann::json& j, const char* key, const std
 
 // The model a checkpoint was trained as: the "model" object of config.json's fathom fields (or of
 // trainer_state.json's "run"), checked field by field; `source` (the file) starts every message.
-inline nn::ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& source) {
+template <class = void>
+nn::ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& source) {
   FATHOM_CHECK(j.is_object(), source << ": expected 'model' to be an object, got " << j.dump());
   nn::ModelConfig m;
   const auto& arch = detail::model_field(j, "arch", source);
@@ -175,7 +178,8 @@ inline nn::ModelConfig model_config_from_json(const nlohmann::json& j, const std
 // with optimizer_step <= step; 'steps' (the schedule's length; absent in older checkpoints) >=
 // step; 'seed' a non-negative integer; 'sampler' an object; 'run' holds string 'policy' and
 // 'precision' and a valid 'model'. Messages name the file (`source`) and the field.
-inline void check_trainer_state(const nlohmann::json& j, const std::string& source) {
+template <class = void>
+void check_trainer_state(const nlohmann::json& j, const std::string& source) {
   FATHOM_CHECK(j.is_object(), source << ": expected a JSON object, got " << j.type_name());
   auto count = [&](const char* key, std::int64_t lowest) {
     auto it = j.find(key);
@@ -326,8 +330,8 @@ inline void write_json_atomically(const fs::path& path, const std::string& text)
 // only once the new one is in place; on a failure it is moved back. A crash in between leaves
 // leftovers that recover_checkpoints() puts right on the next start. Throws fathom::Error on any
 // failure, with the previous checkpoints intact.
-inline fs::path write_checkpoint(const fs::path& run_dir, std::int64_t step,
-                                 const CheckpointContents& c) {
+template <class = void>
+fs::path write_checkpoint(const fs::path& run_dir, std::int64_t step, const CheckpointContents& c) {
   const fs::path final_dir = run_dir / checkpoint_name(step);
   const fs::path tmp = run_dir / ("." + checkpoint_name(step) + ".tmp");
   const fs::path old = run_dir / ("." + checkpoint_name(step) + ".old");
@@ -409,7 +413,8 @@ inline std::vector<std::string> recover_checkpoints(const fs::path& run_dir) {
   return done;
 }
 
-inline nlohmann::json read_json(const fs::path& path) {
+template <class = void>
+nlohmann::json read_json(const fs::path& path) {
   std::ifstream in(path);
   FATHOM_CHECK(in.good(), "cannot open '" << path.string() << "'");
   try {
@@ -424,7 +429,8 @@ inline nlohmann::json read_json(const fs::path& path) {
 // run describe the same model, policy and precision; the step agrees with the folder's name; the
 // weights are those of that model (check_weights_fit_config) and hold only finite values; the
 // optimizer state's header parses. Throws fathom::Error saying what is wrong.
-inline void validate_checkpoint(const fs::path& dir) {
+template <class = void>
+void validate_checkpoint(const fs::path& dir) {
   for (const char* file :
        {"model.safetensors", "config.json", "trainer_state.json", "optimizer.safetensors"}) {
     std::error_code ec;
@@ -496,8 +502,8 @@ inline void validate_checkpoint(const fs::path& dir) {
 // The checkpoint `path` names: a ckpt-STEP folder, checked by validate_checkpoint; or a run
 // folder, meaning its newest checkpoint that passes validate_checkpoint, the newer ones it passes
 // over being listed in *skipped (one line each, with the reason) when skipped is given.
-inline fs::path resolve_checkpoint(const fs::path& typed,
-                                   std::vector<std::string>* skipped = nullptr) {
+template <class = void>
+fs::path resolve_checkpoint(const fs::path& typed, std::vector<std::string>* skipped = nullptr) {
   // "runs/x/ckpt-4/" (as a shell completes it) names ckpt-4.
   const fs::path path =
       typed.filename().empty() && typed.has_relative_path() ? typed.parent_path() : typed;
@@ -540,7 +546,8 @@ inline fs::path resolve_checkpoint(const fs::path& typed,
 }
 
 // The newest usable checkpoint in run_dir, if any (for error messages).
-inline std::optional<fs::path> latest_checkpoint(const fs::path& run_dir) {
+template <class = void>
+std::optional<fs::path> latest_checkpoint(const fs::path& run_dir) {
   if (!fs::is_directory(run_dir)) return std::nullopt;
   try {
     return resolve_checkpoint(run_dir);
@@ -562,7 +569,8 @@ struct TrainerState {
   std::string data, val_data;  // the run's shard globs (empty: the built-in corpus)
 };
 
-inline void to_json(nlohmann::json& j, const TrainerState& s) {
+template <class = void>
+void to_json(nlohmann::json& j, const TrainerState& s) {
   j = {{"step", s.step},       {"tokens", s.tokens}, {"optimizer_step", s.optimizer_step},
        {"sampler", s.sampler}, {"seed", s.seed},     {"run", s.run}};
   if (s.steps >= 0) j["steps"] = s.steps;
@@ -571,7 +579,8 @@ inline void to_json(nlohmann::json& j, const TrainerState& s) {
   j["val_data"] = s.val_data;
 }
 
-inline void from_json(const nlohmann::json& j, TrainerState& s) {
+template <class = void>
+void from_json(const nlohmann::json& j, TrainerState& s) {
   s.step = j.at("step").get<std::int64_t>();
   s.tokens = j.at("tokens").get<std::int64_t>();
   s.optimizer_step = j.at("optimizer_step").get<std::int64_t>();
@@ -599,6 +608,7 @@ struct LoadedCheckpoint {
   SafetensorsFile optimizer;     // empty unless CheckpointParts::optimizer
   nlohmann::json trainer_state;  // trainer_state.json
 
+  template <class = void>  // instantiated where called (docs/performance.md, Compile time)
   TrainerState state() const {
     check_trainer_state(trainer_state, (dir / "trainer_state.json").string());
     try {
@@ -611,7 +621,8 @@ struct LoadedCheckpoint {
 };
 
 // Reads a checkpoint: `path` is a ckpt-STEP folder, or a run folder meaning its latest checkpoint.
-inline LoadedCheckpoint load_checkpoint(const fs::path& path, CheckpointParts parts = {}) {
+template <class = void>
+LoadedCheckpoint load_checkpoint(const fs::path& path, CheckpointParts parts = {}) {
   LoadedCheckpoint c;
   c.dir = resolve_checkpoint(path);
   c.config = read_json(c.dir / "config.json");

@@ -66,7 +66,8 @@ inline std::string hf_where(std::string_view source) {
   return "config '" + std::string(source) + "'";
 }
 
-inline int hf_int_field(const nlohmann::json& j, const char* key, std::string_view source) {
+template <class = void>
+int hf_int_field(const nlohmann::json& j, const char* key, std::string_view source) {
   auto it = j.find(key);
   FATHOM_CHECK(it != j.end(), hf_where(source)
                                   << ": expected an integer field '" << key << "', got none");
@@ -77,7 +78,8 @@ inline int hf_int_field(const nlohmann::json& j, const char* key, std::string_vi
   return it->get<int>();
 }
 
-inline double hf_number_field(const nlohmann::json& j, const char* key, std::string_view source) {
+template <class = void>
+double hf_number_field(const nlohmann::json& j, const char* key, std::string_view source) {
   auto it = j.find(key);
   FATHOM_CHECK(it != j.end() && it->is_number(),
                hf_where(source) << ": expected a number field '" << key << "', got "
@@ -86,15 +88,17 @@ inline double hf_number_field(const nlohmann::json& j, const char* key, std::str
 }
 
 // A number that must be finite and > 0 (norm epsilons, rope_theta).
-inline double hf_positive_field(const nlohmann::json& j, const char* key, std::string_view source) {
+template <class = void>
+double hf_positive_field(const nlohmann::json& j, const char* key, std::string_view source) {
   const double v = hf_number_field(j, key, source);
   FATHOM_CHECK(v > 0 && std::isfinite(v),
                hf_where(source) << ": expected '" << key << "' to be a positive number, got " << v);
   return v;
 }
 
-inline bool hf_bool_field(const nlohmann::json& j, const char* key, bool fallback,
-                          std::string_view source) {
+template <class = void>
+bool hf_bool_field(const nlohmann::json& j, const char* key, bool fallback,
+                   std::string_view source) {
   auto it = j.find(key);
   if (it == j.end()) return fallback;
   FATHOM_CHECK(it->is_boolean(), hf_where(source) << ": expected '" << key
@@ -102,8 +106,9 @@ inline bool hf_bool_field(const nlohmann::json& j, const char* key, bool fallbac
   return it->get<bool>();
 }
 
-inline void require_value(const nlohmann::json& j, const char* key, const nlohmann::json& wanted,
-                          std::string_view source) {
+template <class = void>
+void require_value(const nlohmann::json& j, const char* key, const nlohmann::json& wanted,
+                   std::string_view source) {
   auto it = j.find(key);
   if (it == j.end()) return;
   FATHOM_CHECK(*it == wanted, hf_where(source) << ": fathom models need '" << key << "' = "
@@ -114,7 +119,8 @@ inline void require_value(const nlohmann::json& j, const char* key, const nlohma
 
 // config.json for transformers' LlamaForCausalLM. RoPE is written both the transformers 4 way
 // (top-level rope_theta) and the transformers 5 way (rope_parameters), so either version loads it.
-inline nlohmann::ordered_json llama_config_json(const HfModelConfig& c) {
+template <class = void>
+nlohmann::ordered_json llama_config_json(const HfModelConfig& c) {
   detail::check_hf_sizes(c);
   FATHOM_CHECK(c.arch == "llama",
                "expected arch 'llama' for a Llama config, got '" << c.arch << "'");
@@ -146,7 +152,8 @@ inline nlohmann::ordered_json llama_config_json(const HfModelConfig& c) {
 
 // config.json for transformers' GPT2LMHeadModel. n_inner is null when it is the default 4 * n_embd;
 // dropout is 0 because fathom trains without it.
-inline nlohmann::ordered_json gpt2_config_json(const HfModelConfig& c) {
+template <class = void>
+nlohmann::ordered_json gpt2_config_json(const HfModelConfig& c) {
   detail::check_hf_sizes(c);
   FATHOM_CHECK(c.arch == "gpt2", "expected arch 'gpt2' for a GPT-2 config, got '" << c.arch << "'");
   nlohmann::ordered_json j;
@@ -183,8 +190,9 @@ inline nlohmann::ordered_json gpt2_config_json(const HfModelConfig& c) {
 
 // The config for c's arch, with `fathom` (the policy and anything else fathom needs to rebuild the
 // model) stored under the key "fathom", which transformers keeps as an unused attribute.
-inline nlohmann::ordered_json hf_config_json(
-    const HfModelConfig& c, const nlohmann::json& fathom = nlohmann::json::object()) {
+template <class = void>
+nlohmann::ordered_json hf_config_json(const HfModelConfig& c,
+                                      const nlohmann::json& fathom = nlohmann::json::object()) {
   FATHOM_CHECK(c.arch == "llama" || c.arch == "gpt2",
                "expected a model arch among " << hf_arch_names << ", got '" << c.arch << "'");
   FATHOM_CHECK(fathom.is_object(),
@@ -197,8 +205,8 @@ inline nlohmann::ordered_json hf_config_json(
 // Reads the sizes back from a config.json object; `source` names it in messages. Rejects what a
 // fathom model cannot be: an unknown model_type, grouped-query attention, biases in Llama, an
 // activation other than the one the arch uses.
-inline HfModelConfig parse_hf_config(const nlohmann::json& j,
-                                     std::string_view source = "config.json") {
+template <class = void>
+HfModelConfig parse_hf_config(const nlohmann::json& j, std::string_view source = "config.json") {
   using detail::hf_int_field, detail::hf_number_field, detail::hf_bool_field, detail::require_value,
       detail::hf_where;
   FATHOM_CHECK(j.is_object(), hf_where(source)
@@ -286,13 +294,15 @@ inline HfModelConfig parse_hf_config(const nlohmann::json& j,
 }
 
 // The same for a config built in memory by hf_config_json (which keeps key order).
-inline HfModelConfig parse_hf_config(const nlohmann::ordered_json& j,
-                                     std::string_view source = "config.json") {
+template <class = void>
+HfModelConfig parse_hf_config(const nlohmann::ordered_json& j,
+                              std::string_view source = "config.json") {
   return parse_hf_config(nlohmann::json::parse(j.dump()), source);
 }
 
 // fathom's own fields of a config.json object ({} when it has none).
-inline nlohmann::json hf_fathom_fields(const nlohmann::json& j) {
+template <class = void>
+nlohmann::json hf_fathom_fields(const nlohmann::json& j) {
   auto it = j.find("fathom");
   if (it == j.end() || it->is_null()) return nlohmann::json::object();
   FATHOM_CHECK(it->is_object(),
@@ -301,7 +311,8 @@ inline nlohmann::json hf_fathom_fields(const nlohmann::json& j) {
 }
 
 // Reads a JSON file, naming the file in any error.
-inline nlohmann::json read_json_file(const std::filesystem::path& path) {
+template <class = void>
+nlohmann::json read_json_file(const std::filesystem::path& path) {
   std::ifstream in(path);
   FATHOM_CHECK(in.is_open(),
                "expected a readable JSON file '"
@@ -315,7 +326,8 @@ inline nlohmann::json read_json_file(const std::filesystem::path& path) {
 }
 
 // Writes JSON text (indented, newline-terminated) atomically: a temporary file, then a rename.
-inline void write_json_file(const std::filesystem::path& path, const nlohmann::ordered_json& j) {
+template <class = void>
+void write_json_file(const std::filesystem::path& path, const nlohmann::ordered_json& j) {
   const std::string text = j.dump(2) + "\n";
   write_file_atomically(path, [&](std::FILE* f) {
     return std::fwrite(text.data(), 1, text.size(), f) == text.size();
@@ -323,12 +335,14 @@ inline void write_json_file(const std::filesystem::path& path, const nlohmann::o
 }
 
 // Writes DIR/config.json for a checkpoint folder (path is the file itself).
-inline void write_hf_config(const std::filesystem::path& path, const HfModelConfig& c,
-                            const nlohmann::json& fathom = nlohmann::json::object()) {
+template <class = void>
+void write_hf_config(const std::filesystem::path& path, const HfModelConfig& c,
+                     const nlohmann::json& fathom = nlohmann::json::object()) {
   write_json_file(path, hf_config_json(c, fathom));
 }
 
-inline HfModelConfig read_hf_config(const std::filesystem::path& path) {
+template <class = void>
+HfModelConfig read_hf_config(const std::filesystem::path& path) {
   return parse_hf_config(read_json_file(path), path.string());
 }
 

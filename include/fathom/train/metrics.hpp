@@ -24,6 +24,7 @@ class MetricsLog {
   bool is_open() const { return out_.is_open(); }
   const std::filesystem::path& path() const { return path_; }
 
+  template <class = void>  // instantiated where called (docs/performance.md, Compile time)
   void write(const nlohmann::json& record) {
     if (!out_.is_open()) return;
     out_ << record.dump() << '\n';

@@ -130,7 +130,8 @@ class FolderLock {
 // line is dropped) and rewrites the file atomically; returns how many records were dropped. A
 // resumed run continues from its checkpoint, so the records of steps after it, written before an
 // interruption, would otherwise appear twice.
-inline std::size_t truncate_metrics(const std::filesystem::path& path, std::int64_t step) {
+template <class = void>
+std::size_t truncate_metrics(const std::filesystem::path& path, std::int64_t step) {
   if (!std::filesystem::exists(path)) return 0;
   std::ifstream in(path);
   FATHOM_CHECK(in.good(), "cannot read metrics file '" << path.string() << "'");

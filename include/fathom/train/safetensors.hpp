@@ -221,9 +221,12 @@ inline std::string shape_string(std::span<const std::int64_t> shape) {
 }
 
 // Parses and checks the header text against the size of the data buffer that follows it.
-inline SafetensorsHeader parse_safetensors_header(std::string_view text, std::uint64_t data_bytes,
-                                                  const std::string& source) {
-  using nlohmann::json;
+// A template over the JSON type so that nlohmann::json's parser is instantiated only where a
+// header is parsed (docs/performance.md, Compile time).
+template <class Json = nlohmann::json>
+SafetensorsHeader parse_safetensors_header(std::string_view text, std::uint64_t data_bytes,
+                                           const std::string& source) {
+  using json = Json;
   FATHOM_CHECK(!text.empty() && text.front() == '{',
                "safetensors file '"
                    << source << "': expected the JSON header to start with '{', got "
@@ -233,14 +236,15 @@ inline SafetensorsHeader parse_safetensors_header(std::string_view text, std::ui
   // Duplicate tensor names are forbidden but a JSON object silently keeps the last one: count
   // the top-level keys as they are parsed and compare with what the object holds.
   std::size_t top_level_keys = 0;
-  json::parser_callback_t count_keys = [&](int depth, json::parse_event_t event, json&) {
+  typename json::parser_callback_t count_keys = [&](int depth, typename json::parse_event_t event,
+                                                    json&) {
     if (event == json::parse_event_t::key && depth == 1) ++top_level_keys;
     return true;
   };
   json header;
   try {
     header = json::parse(text.begin(), text.end(), count_keys);
-  } catch (const json::exception& e) {
+  } catch (const typename json::exception& e) {
     FATHOM_FAIL("safetensors file '"
                 << source << "': expected a valid JSON header, got a parse error: " << e.what());
   }
@@ -265,7 +269,7 @@ inline SafetensorsHeader parse_safetensors_header(std::string_view text, std::ui
         FATHOM_CHECK(m.value().is_string(),
                      "safetensors file '" << source << "': expected __metadata__ value '" << m.key()
                                           << "' to be a string, got " << m.value().type_name());
-        out.metadata[m.key()] = m.value().get<std::string>();
+        out.metadata[m.key()] = m.value().template get<std::string>();
       }
       continue;
     }
@@ -280,7 +284,7 @@ inline SafetensorsHeader parse_safetensors_header(std::string_view text, std::ui
     FATHOM_CHECK(dtype != entry.end() && dtype->is_string(),
                  where << ": expected a string field 'dtype', got "
                        << (dtype == entry.end() ? "none" : dtype->type_name()));
-    info.dtype = dtype->get<std::string>();
+    info.dtype = dtype->template get<std::string>();
     FATHOM_CHECK(dtype_size_or_zero(info.dtype) != 0, where << ": expected a dtype among "
                                                             << safetensors_dtype_names << ", got '"
                                                             << info.dtype << "'");
@@ -291,10 +295,10 @@ inline SafetensorsHeader parse_safetensors_header(std::string_view text, std::ui
                        << (shape == entry.end() ? "none" : shape->type_name()));
     for (const json& d : *shape) {
       FATHOM_CHECK(d.is_number_unsigned() &&
-                       d.get<std::uint64_t>() <=
+                       d.template get<std::uint64_t>() <=
                            static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()),
                    where << ": expected non-negative integer dimensions, got " << shape->dump());
-      info.shape.push_back(d.get<std::int64_t>());
+      info.shape.push_back(d.template get<std::int64_t>());
     }
 
     auto offsets = entry.find("data_offsets");
@@ -302,8 +306,8 @@ inline SafetensorsHeader parse_safetensors_header(std::string_view text, std::ui
                      (*offsets)[0].is_number_unsigned() && (*offsets)[1].is_number_unsigned(),
                  where << ": expected 'data_offsets' as [begin, end] of non-negative integers, got "
                        << (offsets == entry.end() ? std::string("none") : offsets->dump()));
-    info.begin = (*offsets)[0].get<std::uint64_t>();
-    info.end = (*offsets)[1].get<std::uint64_t>();
+    info.begin = (*offsets)[0].template get<std::uint64_t>();
+    info.end = (*offsets)[1].template get<std::uint64_t>();
     FATHOM_CHECK(info.begin <= info.end, where << ": expected data_offsets begin <= end, got ["
                                                << info.begin << ", " << info.end << "]");
     FATHOM_CHECK(info.end <= data_bytes, where << ": expected data_offsets within the "
@@ -352,8 +356,8 @@ struct SafetensorsPrefix {
 };
 
 // Reads and checks the 8-byte length and the JSON header of an open file.
-inline SafetensorsPrefix read_safetensors_prefix(std::ifstream& in,
-                                                 const std::filesystem::path& path) {
+template <class = void>
+SafetensorsPrefix read_safetensors_prefix(std::ifstream& in, const std::filesystem::path& path) {
   const std::string source = path.string();
   std::error_code ec;
   const std::uint64_t file_size = std::filesystem::file_size(path, ec);
@@ -581,7 +585,8 @@ inline void write_safetensors(const std::filesystem::path& path,
 }
 
 // Reads and checks only the header: names, dtypes, shapes, offsets and metadata, without the data.
-inline SafetensorsHeader read_safetensors_header(const std::filesystem::path& path) {
+template <class = void>
+SafetensorsHeader read_safetensors_header(const std::filesystem::path& path) {
   std::ifstream in = detail::open_safetensors(path);
   return detail::read_safetensors_prefix(in, path).header;
 }
@@ -601,7 +606,8 @@ inline TensorRecord read_safetensors_tensor(const std::filesystem::path& path,
 }
 
 // Reads and checks a whole file; tensors come in file order.
-inline SafetensorsFile read_safetensors(const std::filesystem::path& path) {
+template <class = void>
+SafetensorsFile read_safetensors(const std::filesystem::path& path) {
   std::ifstream in = detail::open_safetensors(path);
   detail::SafetensorsPrefix prefix = detail::read_safetensors_prefix(in, path);
   SafetensorsFile file;

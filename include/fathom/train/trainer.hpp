@@ -104,8 +104,9 @@ HfModelConfig hf_config_of(const nn::ModelConfig& c) {
 }
 
 // Fails with one line naming the first field in which a checkpoint's run differs from this one.
-inline void check_same_run(const nlohmann::json& saved, const nlohmann::json& now,
-                           const std::string& ckpt) {
+template <class = void>
+void check_same_run(const nlohmann::json& saved, const nlohmann::json& now,
+                    const std::string& ckpt) {
   for (const char* key : {"policy", "precision"}) {
     FATHOM_CHECK(saved.value(key, nlohmann::json()) == now.at(key),
                  "cannot resume from '" << ckpt << "': it was trained with " << key << " "
@@ -220,6 +221,7 @@ class RunLog {
   }
 
   // A logged step: its metrics line and the progress line; starts a new tokens/s window.
+  template <class = void>
   void step(std::int64_t step, double loss, double lr, std::int64_t tokens, double grad_norm) {
     const auto now = std::chrono::steady_clock::now();
     const double window_s = std::chrono::duration<double>(now - window_start_).count();
@@ -233,6 +235,7 @@ class RunLog {
     if (!quiet_) progress_.update(step, loss, lr, tps);
   }
 
+  template <class = void>
   void validation(std::int64_t step, double val_loss) {
     metrics_.write({{"step", step}, {"val_loss", val_loss}});
     char buf[128];
