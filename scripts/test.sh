@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
-# fathom's test command (README "Tests"; .ci/run calls it): installs missing packages, builds the
-# example programs (Release) with Ninja and runs their ctest cases, compiles (where nvcc exists)
-# the CUDA compile check and the CUDA tests, builds the CPU unit tests (fathom_tests) under
-# AddressSanitizer + UndefinedBehaviorSanitizer and runs them, fuzzes the file readers where clang
-# is found (scripts/fuzz.sh), then builds the downstream consumer project three ways. Prints the
-# time of each phase. (The unit tests are built once, sanitized; with FATHOM_SKIP_SANITIZE=1 they
-# are built and run in the Release tree instead.)
-# The first check is the source format (scripts/check_format.sh, clang-format 14).
+# fathom's test command (README "Tests"; .ci/run calls it): installs missing packages, checks the
+# source format (scripts/check_format.sh, clang-format 14), then compiles three build trees at once
+# with Ninja: the example programs (Release), the CUDA compile check and CUDA tests (where nvcc
+# exists), and the CPU unit tests (fathom_tests) under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Then it runs the programs' ctest cases and the sanitized unit tests, fuzzes the file readers where
+# clang is found (scripts/fuzz.sh), and builds the downstream consumer project three ways. Prints
+# the wall and CPU seconds of each phase. (The unit tests are built once, sanitized; with
+# FATHOM_SKIP_SANITIZE=1 they are built and run in the Release tree instead.)
 # Usage: scripts/test.sh
-#   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/test, <dir>/cuda, <dir>/asan),
-#        JOBS (default nproc), FATHOM_TEST_CUDA_EXAMPLES=1 (also compile the CUDA parts of the
-#        example programs), FATHOM_SKIP_SANITIZE=1, FATHOM_SKIP_DOWNSTREAM=1, FATHOM_NO_APT=1,
-#        FATHOM_SKIP_FUZZ=1, FATHOM_FUZZ_SECONDS (default 20 a target)
+#   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/test, <dir>/cuda, <dir>/asan and
+#        puts the build logs in <dir>/logs), JOBS (default nproc), FATHOM_TEST_CUDA_EXAMPLES=1 (also
+#        compile the CUDA parts of the example programs), FATHOM_SKIP_SANITIZE=1,
+#        FATHOM_SKIP_DOWNSTREAM=1, FATHOM_NO_APT=1, FATHOM_SKIP_FUZZ=1, FATHOM_FUZZ_SECONDS
+#        (default 20 a target)
 # CUDA code is only compiled here, never run (scripts/gpu.sh builds and runs all of it on a GPU
 # machine), so the CUDA tests build for sm_90 only, without host optimization and as one unity
 # translation unit (FATHOM_TESTS_UNITY); the compile check of <fathom/cuda.hpp> still covers sm_80
-# and sm_90. The CUDA parts of the example programs
-# are left to gpu.sh by default: they are the costliest translation units of the project.
+# and sm_90. The CUDA parts of the example programs are left to gpu.sh by default: they are the
+# costliest translation units of the project. bench/NOTES.md ("CI time") has the phases' costs.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -85,13 +86,78 @@ else
   echo "nvcc: not found, CUDA compile checks skipped"
 fi
 
+sanitize=1
+[[ "${FATHOM_SKIP_SANITIZE:-0}" == 1 ]] && sanitize=0
+
 begin "configure"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFATHOM_BUILD_TESTS=ON \
   -DFATHOM_BUILD_EXAMPLES=ON -DFATHOM_ENABLE_CUDA=OFF
+cuda_targets=()
+if [[ -n "$nvcc" ]]; then
+  cuda_examples=OFF
+  cuda_targets=(--target fathom_cuda_compile)
+  if [[ "${FATHOM_TEST_CUDA_EXAMPLES:-0}" == 1 ]]; then
+    cuda_examples=ON
+    cuda_targets=(--target all)
+  fi
+  cmake -S . -B "$cuda_build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFATHOM_BUILD_TESTS=ON \
+    -DFATHOM_BUILD_EXAMPLES="$cuda_examples" -DFATHOM_ENABLE_CUDA=ON \
+    -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90 -DFATHOM_TESTS_UNITY=ON \
+    "-DCMAKE_CUDA_FLAGS_RELEASE=-O0 -DNDEBUG" >/dev/null
+  if [[ $cuda_examples == OFF ]] && grep -q "fathom_cuda_tests" "$cuda_build/build.ninja"; then
+    cuda_targets+=(--target fathom_cuda_tests)
+  fi
+  if [[ $cuda_examples == OFF ]] && grep -q "fathom_nccl_tests" "$cuda_build/build.ninja"; then
+    cuda_targets+=(--target fathom_nccl_tests)  # only where NCCL is found
+  fi
+fi
+if [[ $sanitize == 1 ]]; then
+  cmake -S . -B "$asan_build" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-Og -g1" \
+    -DFATHOM_BUILD_TESTS=ON -DFATHOM_BUILD_EXAMPLES=OFF -DFATHOM_ENABLE_CUDA=OFF \
+    -DFATHOM_SANITIZE="address,undefined" >/dev/null
+fi
 end
 
-sanitize=1
-[[ "${FATHOM_SKIP_SANITIZE:-0}" == 1 ]] && sanitize=0
+# The three build trees compile at once: each alone ends with one long translation unit on one core
+# while the other waits (the CUDA unity file, a CPU backend of the programs, an ASan test file).
+# The sanitized tests get $jobs jobs, the others half as many each. Each build's output goes to
+# <dir>/logs/build-<name>.log and is shown when it fails.
+begin "build Release + CUDA + ASan trees (at once)"
+logs="$root/logs"
+mkdir -p "$logs"
+half=$(((jobs + 1) / 2))
+build_names=()
+build_pids=()
+start_build() {  # start_build NAME JOBS TREE TARGET...: cmake --build in the background
+  local name=$1 j=$2 tree=$3
+  shift 3
+  (
+    t0=$SECONDS
+    cmake --build "$tree" -j "$j" "$@" >"$logs/build-$name.log" 2>&1
+    echo "build $name: $((SECONDS - t0)) s (-j$j)"
+  ) &
+  build_names+=("$name")
+  build_pids+=($!)
+}
+cpu_targets=(--target fathom_examples)
+[[ $sanitize == 0 ]] && cpu_targets+=(--target fathom_tests)
+start_build "release" "$half" "$build" "${cpu_targets[@]}"
+if [[ -n "$nvcc" ]]; then
+  start_build "cuda" "$half" "$cuda_build" "${cuda_targets[@]}"
+fi
+if [[ $sanitize == 1 ]]; then
+  start_build "asan" "$jobs" "$asan_build" --target fathom_tests
+fi
+build_failed=0
+for i in "${!build_pids[@]}"; do
+  if ! wait "${build_pids[$i]}"; then
+    echo "build ${build_names[$i]}: FAILED; the end of $logs/build-${build_names[$i]}.log:"
+    tail -60 "$logs/build-${build_names[$i]}.log"
+    build_failed=1
+  fi
+done
+[[ $build_failed == 0 ]] || exit 1
+end
 
 # Catch2's case count of a fathom_tests binary (v2's --list-tests exits with the count).
 count_cases() {
@@ -101,16 +167,6 @@ count_cases() {
 }
 
 if [[ $sanitize == 0 ]]; then
-  begin "build CPU tests"
-  cmake --build "$build" -j "$jobs" --target fathom_tests
-  end
-fi
-
-begin "build examples (CPU)"
-cmake --build "$build" -j "$jobs" --target fathom_examples
-end
-
-if [[ $sanitize == 0 ]]; then
   begin "run CPU tests (ctest)"
   ctest --test-dir "$build" -L cpu -j "$jobs" --output-on-failure
   count_cases "$build/bin/fathom_tests"
@@ -118,37 +174,6 @@ if [[ $sanitize == 0 ]]; then
 else
   begin "run program tests (ctest, Release)"
   ctest --test-dir "$build" -L cpu -LE unit -j "$jobs" --output-on-failure
-  end
-fi
-
-if [[ -n "$nvcc" ]]; then
-  begin "nvcc: cuda.hpp (sm_80, sm_90), CUDA tests"
-  cuda_examples=OFF
-  cuda_targets=(--target fathom_cuda_compile)
-  if [[ "${FATHOM_TEST_CUDA_EXAMPLES:-0}" == 1 ]]; then
-    cuda_examples=ON
-    cuda_targets=()  # everything
-  fi
-  cmake -S . -B "$cuda_build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFATHOM_BUILD_TESTS=ON \
-    -DFATHOM_BUILD_EXAMPLES="$cuda_examples" -DFATHOM_ENABLE_CUDA=ON \
-    -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90 -DFATHOM_TESTS_UNITY=ON \
-    "-DCMAKE_CUDA_FLAGS_RELEASE=-O0 -DNDEBUG" >/dev/null
-  if [[ ${#cuda_targets[@]} -gt 0 ]] && grep -q "fathom_cuda_tests" "$cuda_build/build.ninja"; then
-    cuda_targets+=(--target fathom_cuda_tests)
-  fi
-  if [[ ${#cuda_targets[@]} -gt 0 ]] && grep -q "fathom_nccl_tests" "$cuda_build/build.ninja"; then
-    cuda_targets+=(--target fathom_nccl_tests)  # only where NCCL is found
-  fi
-  cmake --build "$cuda_build" -j "$jobs" "${cuda_targets[@]}"
-  end
-fi
-
-if [[ $sanitize == 1 ]]; then
-  begin "build CPU tests with ASan+UBSan"
-  cmake -S . -B "$asan_build" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-Og -g1" \
-    -DFATHOM_BUILD_TESTS=ON -DFATHOM_BUILD_EXAMPLES=OFF -DFATHOM_ENABLE_CUDA=OFF \
-    -DFATHOM_SANITIZE="address,undefined" >/dev/null
-  cmake --build "$asan_build" -j "$jobs" --target fathom_tests
   end
 
   begin "run CPU tests with ASan+UBSan (ctest)"
