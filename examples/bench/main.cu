@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <nvtx3/nvToolsExt.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -39,9 +40,33 @@ struct BenchOptions {
   std::int64_t batch = 0, seq_len = 0;  // 0: the workload's
   double peak_tflops = 0;               // 0: measure
   std::string json_out;
-  bool cuda_graph = false;  // replay forward + backward + clipping as one CUDA graph
-  int nproc = 1;            // ranks to start on this host (one a GPU)
-  int zero = 0;             // 1: ZeRO-1 (optimizer state sharded over the ranks)
+  bool cuda_graph = false;               // replay forward + backward + clipping as one CUDA graph
+  int nproc = 1;                         // ranks to start on this host (one a GPU)
+  int zero = 0;                          // 1: ZeRO-1 (optimizer state sharded over the ranks)
+  double bucket_mb = 25;                 // gradient bucket size (MiB)
+  int nccl_max_ctas = 0;                 // 0: NCCL's choice
+  std::string comm_priority = "normal";  // the NCCL stream's priority: high or normal
+  bool overlap = true;  // also time the step without collectives and the collectives alone
+};
+
+// A communicator that has the ranks of another and sends nothing: the data-parallel step timed
+// with it is the step without its collectives (bucket copies and all), for the overlap figures.
+class SilentCommunicator final : public dist::Communicator {
+ public:
+  explicit SilentCommunicator(const dist::Communicator& real) : real_(real) {}
+  int rank() const override { return real_.rank(); }
+  int world_size() const override { return real_.world_size(); }
+  std::string_view backend() const override { return "silent"; }
+  void all_reduce(const void*, void*, std::size_t, dist::DataType, dist::ReduceOp) override {}
+  void reduce_scatter(const void*, void*, std::size_t, dist::DataType, dist::ReduceOp) override {}
+  void all_gather(const void*, void*, std::size_t, dist::DataType) override {}
+  void broadcast(void*, std::size_t, dist::DataType, int) override {}
+  void barrier() override {}
+  void wait() override {}
+  void synchronize() override {}
+
+ private:
+  const dist::Communicator& real_;
 };
 
 struct Workload {
@@ -95,7 +120,8 @@ inline double measure_gemm_tflops() {
 struct BenchResult {
   std::string workload, policy;
   double tokens_per_s, ms_per_step, mfu, peak_gib, params_m, flops_per_token;
-  double host_ms;  // host time to enqueue one step onto an idle GPU
+  double host_ms;      // host time to enqueue one step onto an idle GPU
+  double comm_ms = 0;  // data parallel: the step's gradient collectives alone, back to back
 };
 
 template <class T>
@@ -116,7 +142,9 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   std::optional<train::DataParallel<T, D>> parallel;
   std::unique_ptr<train::ParameterUpdate<T, D>> update;
   if (comm) {
-    parallel.emplace(*comm, train::DataParallelOptions{.zero = o.zero});
+    parallel.emplace(*comm, train::DataParallelOptions{
+                                .zero = o.zero,
+                                .bucket_bytes = static_cast<std::size_t>(o.bucket_mb * 1048576)});
     train::TrainOptions topts;
     topts.optimizer = train::default_rule();
     topts.clip = 1.0;
@@ -188,6 +216,19 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   cudaEventSynchronize(e1);
   float ms = 0;
   cudaEventElapsedTime(&ms, e0, e1);
+  // The gradient collectives of one step with nothing else running (the silent communicator's
+  // are free): what the backward pass would have to hide.
+  float comm_ms = 0;
+  if (parallel && comm->backend() != "silent") {
+    const int reps = 10;
+    parallel->reducer().launch_all();
+    cudaEventRecord(e0, cuda::stream());
+    for (int i = 0; i < reps; ++i) parallel->reducer().launch_all();
+    cudaEventRecord(e1, cuda::stream());
+    cudaEventSynchronize(e1);
+    cudaEventElapsedTime(&comm_ms, e0, e1);
+    comm_ms /= reps;
+  }
   const auto mallocs_after = cuda::CachingAllocator::instance().stats().cuda_mallocs;
   if (mallocs_after != mallocs_before)
     std::fprintf(stderr, "note: %zu cudaMalloc calls during timed steps\n",
@@ -212,6 +253,7 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   r.params_m = n_params / 1e6;
   r.flops_per_token = flops_per_token;
   r.host_ms = host_ms;
+  r.comm_ms = comm_ms;
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   if (graph_exec) FATHOM_CUDA_CHECK(cudaGraphExecDestroy(graph_exec));
@@ -247,6 +289,16 @@ inline int main(int argc, char** argv) {
       "--nproc", o.nproc,
       "GPUs of this host to run on (one process each); also runs under mpirun or torchrun");
   app.add_option("--zero", o.zero, "with several GPUs: 1 shards the optimizer state (ZeRO-1)");
+  app.add_option("--bucket-mb", o.bucket_mb,
+                 "with several GPUs: gradient bucket size in MiB (each bucket's all-reduce starts "
+                 "as soon as its gradients are final)");
+  app.add_option("--nccl-max-ctas", o.nccl_max_ctas,
+                 "with several GPUs: most SMs (CTAs) an NCCL collective takes (0: NCCL's choice)");
+  app.add_option("--comm-priority", o.comm_priority,
+                 "with several GPUs: the NCCL stream's priority, high or normal");
+  app.add_flag("!--no-overlap", o.overlap,
+               "with several GPUs: skip timing the step without collectives and the collectives "
+               "alone (the overlap columns)");
   app.add_flag(
       "--cuda-graph", o.cuda_graph,
       "replay forward, backward and clipping as one captured CUDA graph (the optimizer step "
@@ -261,6 +313,10 @@ inline int main(int argc, char** argv) {
     check_choice("--precision", o.precision, {"bf16", "fp32"});
     for (const auto& p : split_list(o.policies)) policies.check(p);
     FATHOM_CHECK(o.zero == 0 || o.zero == 1, "--zero: expected 0 or 1, got " << o.zero);
+    FATHOM_CHECK(o.bucket_mb > 0, "--bucket-mb: expected a positive size, got " << o.bucket_mb);
+    FATHOM_CHECK(o.nccl_max_ctas >= 0,
+                 "--nccl-max-ctas: expected 0 (NCCL's choice) or more, got " << o.nccl_max_ctas);
+    check_choice("--comm-priority", o.comm_priority, {"high", "normal"});
     const auto env = dist::LaunchEnv::from_environment();
     if (o.nproc > 1 && !env.distributed()) {
       FATHOM_CHECK(!o.cuda_graph,
@@ -273,7 +329,10 @@ inline int main(int argc, char** argv) {
                    "--cuda-graph: one GPU only (the data-parallel step is not captured)");
       rank = env.rank;
 #if defined(FATHOM_HAS_NCCL)
-      comm = std::make_unique<dist::NcclCommunicator>(env);  // selects GPU LOCAL_RANK first
+      dist::NcclOptions nccl;
+      nccl.max_ctas = o.nccl_max_ctas;
+      nccl.high_priority = o.comm_priority == "high";
+      comm = std::make_unique<dist::NcclCommunicator>(env, nccl);  // selects GPU LOCAL_RANK first
 #else
       FATHOM_FAIL("this fathom-bench was built without NCCL (several GPUs need it: set NCCL_HOME)");
 #endif
@@ -290,12 +349,17 @@ inline int main(int argc, char** argv) {
                   o.peak_tflops > 0 ? "given" : "measured, 8192^3");
       if (comm)
         std::printf(
-            "%d GPUs (%s, NCCL)%s, batch per GPU as given; efficiency: total tokens/s over %d x "
-            "rank 0 "
-            "alone\n%-12s %-12s %9s %11s %11s %11s %7s %9s %9s\n",
-            comm->world_size(), env.launcher.c_str(), o.zero ? ", ZeRO-1" : "", comm->world_size(),
-            "workload", "policy", "params", "1 GPU tok/s", "tok/s/GPU", "total", "effic.",
-            "1 GPU GiB", "GiB/GPU");
+            "%d GPUs (%s, NCCL%s, buckets %g MiB, max CTAs %s, %s-priority stream), batch per "
+            "GPU as given\n"
+            "efficiency: total tokens/s over %d x rank 0 alone; comm: the step's gradient "
+            "collectives alone;\nexposed: step time minus the same step without collectives; "
+            "overlap: 1 - exposed / comm\n"
+            "%-12s %-12s %9s %11s %11s %11s %7s %8s %8s %8s %7s %9s %9s\n",
+            comm->world_size(), env.launcher.c_str(), o.zero ? ", ZeRO-1" : "", o.bucket_mb,
+            o.nccl_max_ctas ? std::to_string(o.nccl_max_ctas).c_str() : "NCCL's",
+            o.comm_priority.c_str(), comm->world_size(), "workload", "policy", "params",
+            "1 GPU tok/s", "tok/s/GPU", "total", "effic.", "step ms", "comm ms", "exposed",
+            "overlap", "1 GPU GiB", "GiB/GPU");
       else
         std::printf("%-12s %-12s %9s %11s %9s %7s %9s %8s\n", "workload", "policy", "params",
                     "tokens/s", "ms/step", "MFU", "peak GiB", "host ms");
@@ -317,15 +381,27 @@ inline int main(int argc, char** argv) {
           cuda::CachingAllocator::instance().release_cached();
           comm->barrier();
           const BenchResult mine = run(comm.get());
-          auto mine_t =
-              Tensor<double, Cuda>::from_vector(Shape{2}, {mine.tokens_per_s, mine.peak_gib});
-          Tensor<double, Cuda> all(Shape{2 * comm->world_size()});
+          // The same step with its collectives left out, on every rank at once.
+          double silent_ms = 0;
+          if (o.overlap) {
+            cuda::CachingAllocator::instance().release_cached();
+            comm->barrier();
+            SilentCommunicator silent(*comm);
+            silent_ms = run(&silent).ms_per_step;
+            comm->barrier();
+          }
+          auto mine_t = Tensor<double, Cuda>::from_vector(
+              Shape{4}, {mine.tokens_per_s, mine.peak_gib, mine.ms_per_step, silent_ms});
+          Tensor<double, Cuda> all(Shape{4 * comm->world_size()});
           dist::all_gather(*comm, mine_t, all);
           comm->synchronize();
           const auto v = all.to_vector();
+          double step_ms = 0, no_comm_ms = 0;  // the slowest rank's
           for (int r = 0; r < comm->world_size(); ++r) {
-            row.tokens_per_s.push_back(v[static_cast<std::size_t>(2 * r)]);
-            row.peak_gib.push_back(v[static_cast<std::size_t>(2 * r + 1)]);
+            row.tokens_per_s.push_back(v[static_cast<std::size_t>(4 * r)]);
+            row.peak_gib.push_back(v[static_cast<std::size_t>(4 * r + 1)]);
+            step_ms = std::max(step_ms, v[static_cast<std::size_t>(4 * r + 2)]);
+            no_comm_ms = std::max(no_comm_ms, v[static_cast<std::size_t>(4 * r + 3)]);
           }
           cuda::CachingAllocator::instance().release_cached();
           if (!root) continue;
@@ -334,10 +410,19 @@ inline int main(int argc, char** argv) {
           for (double g : row.peak_gib) peak_gib = std::max(peak_gib, g);
           const int n = comm->world_size();
           const double efficiency = total / (n * row.single.tokens_per_s);
-          std::printf("%-12s %-12s %8.1fM %11.0f %11.0f %11.0f %6.1f%% %9.2f %9.2f\n",
-                      mine.workload.c_str(), mine.policy.c_str(), mine.params_m,
-                      row.single.tokens_per_s, total / n, total, 100 * efficiency,
-                      row.single.peak_gib, peak_gib);
+          const double exposed_ms = step_ms - no_comm_ms;
+          const double overlap = mine.comm_ms > 0 ? 1.0 - exposed_ms / mine.comm_ms : 0.0;
+          char comm_col[16] = "-", exposed_col[16] = "-", overlap_col[16] = "-";
+          if (o.overlap) {
+            std::snprintf(comm_col, sizeof comm_col, "%.2f", mine.comm_ms);
+            std::snprintf(exposed_col, sizeof exposed_col, "%.2f", exposed_ms);
+            std::snprintf(overlap_col, sizeof overlap_col, "%.0f%%", 100 * overlap);
+          }
+          std::printf(
+              "%-12s %-12s %8.1fM %11.0f %11.0f %11.0f %6.1f%% %8.2f %8s %8s %7s %9.2f %9.2f\n",
+              mine.workload.c_str(), mine.policy.c_str(), mine.params_m, row.single.tokens_per_s,
+              total / n, total, 100 * efficiency, step_ms, comm_col, exposed_col, overlap_col,
+              row.single.peak_gib, peak_gib);
           std::fflush(stdout);
           if (json.is_open())
             json << nlohmann::json{{"impl", "fathom"},
@@ -351,6 +436,14 @@ inline int main(int argc, char** argv) {
                                    {"tokens_per_s_per_gpu", row.tokens_per_s},
                                    {"tokens_per_s_total", total},
                                    {"scaling_efficiency", efficiency},
+                                   {"bucket_mb", o.bucket_mb},
+                                   {"nccl_max_ctas", o.nccl_max_ctas},
+                                   {"comm_priority", o.comm_priority},
+                                   {"step_ms", step_ms},
+                                   {"one_gpu_step_ms", row.single.ms_per_step},
+                                   {"comm_ms", o.overlap ? nlohmann::json(mine.comm_ms) : nullptr},
+                                   {"no_comm_step_ms",
+                                    o.overlap ? nlohmann::json(no_comm_ms) : nullptr},
                                    {"peak_gib_one_gpu", row.single.peak_gib},
                                    {"peak_gib_per_gpu", row.peak_gib},
                                    {"device", prop.name}}

@@ -211,6 +211,13 @@ class GradReducer {
   // Mode::reduce_scatter (ZeRO-1 gathers the updated weights through it).
   const Tensor<T, D>& bucket(std::size_t b) const { return buffers_[b]; }
   Tensor<T, D>& bucket(std::size_t b) { return buffers_[b]; }
+  // Launches every bucket's collective now, as finish() would, over whatever the buckets hold
+  // (their sums are then meaningless): benchmarks time the collectives alone with it.
+  void launch_all() {
+    FATHOM_CHECK(!in_micro_batch_, "GradReducer: launch_all() inside a micro-batch");
+    for (std::size_t b = 0; b < plan_.buckets.size(); ++b) launch(b);
+    comm_->wait();
+  }
   // How many buckets were launched from inside a backward pass (not by finish()) in the last step.
   std::size_t launched_during_backward() const { return launched_in_backward_; }
 

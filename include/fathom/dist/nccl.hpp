@@ -32,6 +32,12 @@ struct NcclOptions {
   double connect_timeout_s = 300;  // for all ranks to join at start
   double exit_after_fault_s = 10;  // after a fault, exit the process if it has not ended by then
                                    // (negative: never; the program must then end itself)
+  // How the collectives share the GPU with the backward pass they overlap. NCCL's kernels take
+  // whole SMs (one CTA a channel) for as long as a collective runs; max_ctas caps that (0: NCCL's
+  // choice, or NCCL_MAX_CTAS from the environment). On a high-priority stream, a collective's CTAs
+  // are scheduled as soon as SMs free up rather than after the compute kernels queued before it.
+  int max_ctas = 0;
+  bool high_priority = false;
 };
 
 class NcclCommunicator final : public Communicator {
@@ -45,7 +51,10 @@ class NcclCommunicator final : public Communicator {
                                                    << " but this host has " << devices << " GPU"
                                                    << (devices == 1 ? "" : "s"));
     FATHOM_CUDA_CHECK(cudaSetDevice(env.local_rank));
-    FATHOM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    int least = 0, greatest = 0;  // numerically: greatest is the highest priority
+    FATHOM_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    FATHOM_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking,
+                                                   options.high_priority ? greatest : least));
     FATHOM_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
     FATHOM_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
 
@@ -59,6 +68,12 @@ class NcclCommunicator final : public Communicator {
 
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;  // calls return at once; errors and hangs are seen by polling (abortable)
+    FATHOM_CHECK(options.max_ctas >= 0,
+                 "NCCL: max_ctas must be 0 (NCCL's choice) or positive, got " << options.max_ctas);
+    if (options.max_ctas > 0) {
+      config.maxCTAs = options.max_ctas;
+      config.minCTAs = 1;
+    }
     ncclResult_t r = ncclCommInitRankConfig(&comm_, env.world_size, id, env.rank, &config);
     if (r == ncclSuccess || r == ncclInProgress)
       r = settle(options.connect_timeout_s, "ncclCommInitRankConfig");
