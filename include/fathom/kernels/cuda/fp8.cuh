@@ -1,0 +1,382 @@
+// fp8 kernels on CUDA: amax (a block reduction into one device float, no host synchronization),
+// quantization with the scale computed on the device from that amax (optionally also writing the
+// transposed copy that cuBLASLt's fp8 layout needs), dequantization, and the scaled fp8 GEMM
+// through cuBLASLt (the plans and handles of gemm.cuh; the inverse scales given as device
+// pointers), with a plain tiled kernel for the problems cuBLASLt's fp8 kernels do not take.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "fathom/kernels/cuda/fp8.cuh holds CUDA kernels: include it from a .cu file (nvcc)"
+#endif
+
+#include <cublasLt.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <cstdint>
+#include <cub/block/block_reduce.cuh>
+#include <mutex>
+#include <type_traits>
+
+#include "fathom/core/cuda_runtime.hpp"
+#include "fathom/core/fp8.hpp"
+#include "fathom/kernels/cuda/gemm.cuh"
+#include "fathom/kernels/cuda/primitives.cuh"
+#include "fathom/kernels/fp8.hpp"
+
+namespace fathom::kernels {
+
+// Whether the current device multiplies fp8 on its tensor cores (compute capability 8.9 or
+// later: Ada, Hopper and after). Elsewhere gemm_fp8 still runs, on the plain tiled kernel.
+inline bool device_supports_fp8() {
+  int device = 0, major = 0, minor = 0;
+  FATHOM_CUDA_CHECK(cudaGetDevice(&device));
+  FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return major > 8 || (major == 8 && minor >= 9);
+}
+
+namespace detail {
+
+template <Fp8Format F>
+constexpr __nv_fp8_interpretation_t nv_fp8_interpretation() {
+  return F == Fp8Format::e4m3 ? __NV_E4M3 : __NV_E5M2;
+}
+
+template <Fp8Format F>
+constexpr cudaDataType_t cuda_fp8_type() {
+  return F == Fp8Format::e4m3 ? CUDA_R_8F_E4M3 : CUDA_R_8F_E5M2;
+}
+
+// CUDA's own conversions (one cvt.rn.satfinite instruction on sm_89+), which the tests hold to
+// fathom's host encoding bit for bit.
+template <Fp8Format F>
+__device__ inline std::uint8_t fp8_encode_device(float v) {
+  return static_cast<std::uint8_t>(
+      __nv_cvt_float_to_fp8(v, __NV_SATFINITE, nv_fp8_interpretation<F>()));
+}
+template <Fp8Format F>
+__device__ inline float fp8_decode_device(std::uint8_t c) {
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw(c, nv_fp8_interpretation<F>())));
+}
+
+struct AmaxMax {
+  __device__ std::uint32_t operator()(std::uint32_t a, std::uint32_t b) const {
+    return a > b ? a : b;
+  }
+};
+
+constexpr int fp8_threads = 256;
+
+// max |x| as float bits with the sign cleared (NaN orders above infinity), per block, then one
+// atomicMax per block into *out (zeroed before the launch). A maximum does not depend on order:
+// the result is the same on every run.
+template <class T>
+__global__ void amax_kernel(const T* x, std::int64_t n, std::uint32_t* out) {
+  using BlockReduce = cub::BlockReduce<std::uint32_t, fp8_threads>;
+  __shared__ typename BlockReduce::TempStorage temp;
+  constexpr int N = map_width<T>();
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  const std::int64_t tid = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  std::uint32_t best = 0;
+  auto take = [&best](T v) {
+    const std::uint32_t bits = __float_as_uint(scalar_cast<float>(v)) & 0x7fffffffu;
+    best = bits > best ? bits : best;
+  };
+  std::int64_t done = 0;
+  if (N > 1 && map_aligned(x)) {
+    const std::int64_t packs = n / N;
+    for (std::int64_t k = tid; k < packs; k += stride) {
+      const auto pack = map_load<N>(x + k * N);
+#pragma unroll
+      for (int j = 0; j < N; ++j) take(pack.v[j]);
+    }
+    done = packs * N;
+  }
+  for (std::int64_t i = done + tid; i < n; i += stride) take(x[i]);
+  const std::uint32_t block = BlockReduce(temp).Reduce(best, AmaxMax{});
+  if (threadIdx.x == 0) atomicMax(reinterpret_cast<unsigned int*>(out), block);
+}
+
+// Tiles of 32 x 32 elements, 32 x 8 threads: rows read along x (coalesced), codes written to out
+// directly and, for out_t, through shared memory so that its rows are written along x too. Row
+// tiles along grid y (looping past 65535), column tiles along grid x.
+constexpr int fp8_tile = 32, fp8_tile_rows = 8;
+
+template <class T, class F>
+__global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p) {
+  __shared__ std::uint8_t tile[fp8_tile][fp8_tile + 1];
+  const float scale = fp8_scale_from_amax<F::format>(*p.amax, p.margin);
+  if (p.scale_inv && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0)
+    *p.scale_inv = 1.0f / scale;
+  const std::int64_t row_tiles = (p.rows + fp8_tile - 1) / fp8_tile;
+  const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.x) * fp8_tile;
+  auto* out = reinterpret_cast<std::uint8_t*>(p.out);
+  auto* out_t = reinterpret_cast<std::uint8_t*>(p.out_t);
+  for (std::int64_t rt = blockIdx.y; rt < row_tiles; rt += gridDim.y) {
+    const std::int64_t r0 = rt * fp8_tile;
+    for (int i = threadIdx.y; i < fp8_tile; i += fp8_tile_rows) {
+      const std::int64_t r = r0 + i, c = c0 + threadIdx.x;
+      if (r < p.rows && c < p.cols) {
+        const std::uint8_t code =
+            fp8_encode_device<F::format>(scalar_cast<float>(p.x[r * p.cols + c]) * scale);
+        if (out) out[r * p.cols + c] = code;
+        tile[i][threadIdx.x] = code;
+      }
+    }
+    if (out_t) {  // uniform over the block
+      __syncthreads();
+      for (int i = threadIdx.y; i < fp8_tile; i += fp8_tile_rows) {
+        const std::int64_t c = c0 + i, r = r0 + threadIdx.x;
+        if (c < p.cols && r < p.rows) out_t[c * p.rows + r] = tile[threadIdx.x][i];
+      }
+      __syncthreads();
+    }
+  }
+}
+
+template <class F, class T>
+__global__ void dequantize_fp8_kernel(DequantizeFp8Params<F, T> p) {
+  const float s = *p.scale_inv;
+  const auto* x = reinterpret_cast<const std::uint8_t*>(p.x);
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n;
+       i += stride)
+    p.out[i] = scalar_cast<T>(fp8_decode_device<F::format>(x[i]) * s);
+}
+
+// The tiled fp8 GEMM for what cuBLASLt's fp8 kernels decline (other layouts, K or leading
+// dimensions not multiples of 16, unaligned operands, GPUs before sm_89): 16 x 16 tiles of C,
+// operands decoded to float in shared memory, products accumulated in float.
+constexpr int fp8_gemm_tile = 16;
+
+template <class FA, class FB, class T>
+__global__ void gemm_fp8_tiled_kernel(Fp8GemmParams<FA, FB, T> p) {
+  __shared__ float as[fp8_gemm_tile][fp8_gemm_tile + 1], bs[fp8_gemm_tile][fp8_gemm_tile + 1];
+  const auto* a = reinterpret_cast<const std::uint8_t*>(p.a);
+  const auto* b = reinterpret_cast<const std::uint8_t*>(p.b);
+  const std::int64_t row = static_cast<std::int64_t>(blockIdx.y) * fp8_gemm_tile + threadIdx.y;
+  const std::int64_t col = static_cast<std::int64_t>(blockIdx.x) * fp8_gemm_tile + threadIdx.x;
+  float acc = 0.0f;
+  for (std::int64_t k0 = 0; k0 < p.k; k0 += fp8_gemm_tile) {
+    // as[i][q] = op(A)(row i of the tile, k0 + q); bs[q][j] = op(B)(k0 + q, col j of the tile).
+    {
+      const std::int64_t q = k0 + threadIdx.x;
+      float v = 0.0f;
+      if (row < p.m && q < p.k)
+        v = fp8_decode_device<FA::format>(p.trans_a ? a[q * p.lda + row] : a[row * p.lda + q]);
+      as[threadIdx.y][threadIdx.x] = v;
+    }
+    {
+      const std::int64_t q = k0 + threadIdx.y;
+      float v = 0.0f;
+      if (col < p.n && q < p.k)
+        v = fp8_decode_device<FB::format>(p.trans_b ? b[col * p.ldb + q] : b[q * p.ldb + col]);
+      bs[threadIdx.y][threadIdx.x] = v;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < fp8_gemm_tile; ++q) acc += as[threadIdx.y][q] * bs[q][threadIdx.x];
+    __syncthreads();
+  }
+  if (row < p.m && col < p.n) {
+    float v = (*p.a_scale_inv * *p.b_scale_inv) * acc;
+    T& c = p.c[row * p.ldc + col];
+    if (p.beta != 0.0) v += static_cast<float>(p.beta) * scalar_cast<float>(c);
+    if (p.bias) v += scalar_cast<float>(p.bias[col]);
+    c = scalar_cast<T>(v);
+  }
+}
+
+// How many fp8 GEMMs cuBLASLt has run in this process (the tests check that the layouts meant for
+// it do reach it rather than the tiled kernel).
+inline std::uint64_t& lt_gemm_fp8_runs() {
+  static std::uint64_t runs = 0;
+  return runs;
+}
+
+// cuBLASLt's fp8 GEMM: row-major C = A B^T is column-major C^T = B A^T, so our B is cuBLASLt's A
+// (transposed: the "TN" layout its fp8 kernels require) and our A its B. D = alpha * scale_A *
+// scale_B * (A B) + beta * C, with cuBLASLt's scale_A our b_scale_inv and scale_B our
+// a_scale_inv, both read on the device. Returns false (nothing launched) when cuBLASLt has no
+// fp8 algorithm for the problem.
+template <class FA, class FB, class T>
+bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
+  if (p.trans_a || !p.trans_b) return false;
+  if (p.k % 16 != 0 || p.lda % 16 != 0 || p.ldb % 16 != 0) return false;
+  if (!map_aligned(p.a) || !map_aligned(p.b) || !map_aligned(p.c)) return false;
+  if ((static_cast<std::uint64_t>(p.ldc) * sizeof(T)) % 16 != 0) return false;
+  const bool fuse_bias = p.bias && map_aligned(p.bias);
+  const std::array<std::uint32_t, 3> align = {operand_alignment(p.a, p.lda, 0, 1, 1),
+                                              operand_alignment(p.b, p.ldb, 0, 1, 1),
+                                              operand_alignment(p.c, p.ldc, 0, 1, sizeof(T))};
+  constexpr cudaDataType_t type_a = cuda_fp8_type<FA::format>(), type_b = cuda_fp8_type<FB::format>();
+  constexpr cudaDataType_t type_c = cuda_data_type<T>();
+  // The fp8 operand types lead the key, so no fp8 plan can match a bf16/fp32 one (whose first
+  // field is their common type).
+  GemmPlanKey key;
+  key.v = {static_cast<std::int64_t>(type_a),
+           static_cast<std::int64_t>(type_b),
+           static_cast<std::int64_t>(type_c),
+           1,  // trans_b
+           p.m,
+           p.n,
+           p.k,
+           p.lda,
+           p.ldb,
+           p.ldc,
+           0,
+           0,
+           0,
+           1,  // batch
+           fuse_bias,
+           align[0],
+           align[1],
+           align[2],
+           -1};  // no epilogue beyond the bias
+
+  const void* a_scale = p.b_scale_inv;  // cuBLASLt's A is our B
+  const void* b_scale = p.a_scale_inv;
+  auto& cache = GemmPlanCache::instance();
+  std::lock_guard<std::mutex> lock(cache.mutex());
+  GemmPlan* plan = cache.find(key);
+  if (!plan) {
+    GemmPlan made;
+    FATHOM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&made.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    set_desc(made.desc, CUBLASLT_MATMUL_DESC_TRANSA, static_cast<std::int32_t>(CUBLAS_OP_T));
+    set_desc(made.desc, CUBLASLT_MATMUL_DESC_TRANSB, static_cast<std::int32_t>(CUBLAS_OP_N));
+    set_desc(made.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, a_scale);
+    set_desc(made.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, b_scale);
+    if (fuse_bias) {
+      set_desc(made.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+               static_cast<std::uint32_t>(CUBLASLT_EPILOGUE_BIAS));
+      const void* bias = p.bias;
+      set_desc(made.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+      set_desc(made.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<std::int32_t>(type_c));
+    }
+    made.first = make_layout(type_b, p.k, p.n, p.ldb, 1, 0);   // our B (N, K) row-major
+    made.second = make_layout(type_a, p.k, p.m, p.lda, 1, 0);  // our A (M, K) row-major
+    made.out = make_layout(type_c, p.n, p.m, p.ldc, 1, 0);
+    cublasLtMatmulPreference_t pref = nullptr;
+    FATHOM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    set_preference(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                   static_cast<std::uint64_t>(BlasHandles::workspace_bytes));
+    set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align[1]);
+    set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align[0]);
+    set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align[2]);
+    set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[2]);
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(BlasHandles::instance().lt(), made.desc, made.first,
+                                       made.second, made.out, made.out, pref, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_INVALID_VALUE)
+      FATHOM_CUBLAS_CHECK(status);
+    made.usable =
+        status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+    if (made.usable) made.algo = result.algo;
+    plan = &cache.insert(key, made);
+  }
+  if (!plan->usable) return false;
+
+  set_desc(plan->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, a_scale);
+  set_desc(plan->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, b_scale);
+  if (fuse_bias) {
+    const void* bias = p.bias;
+    set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  }
+  const float alpha = 1.0f, beta = static_cast<float>(p.beta);
+  auto& handles = BlasHandles::instance();
+  const cublasStatus_t status =
+      cublasLtMatmul(handles.lt(), plan->desc, &alpha, p.b, plan->first, p.a, plan->second, &beta,
+                     p.c, plan->out, p.c, plan->out, &plan->algo, handles.workspace(),
+                     BlasHandles::workspace_bytes, cuda::stream());
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
+    plan->usable = false;  // remembered: this problem takes the tiled kernel from now on
+    return false;
+  }
+  FATHOM_CUBLAS_CHECK(status);
+  ++lt_gemm_fp8_runs();
+  if (p.bias && !fuse_bias)
+    launch_gemm_scale_add_bias(
+        GemmParams<T>{.c = p.c, .m = p.m, .n = p.n, .ldc = p.ldc, .stride_c = p.m * p.ldc},
+        1.0, p.bias);
+  return true;
+}
+
+}  // namespace detail
+
+template <class T>
+void amax(Cuda, const AmaxParams<T>& p) {
+  FATHOM_CHECK(p.n >= 0 && p.out != nullptr,
+               "amax: expected n >= 0 and an output, got n " << p.n);
+  FATHOM_CUDA_CHECK(cudaMemsetAsync(p.out, 0, sizeof(float), cuda::stream()));
+  if (p.n == 0) return;
+  constexpr int N = detail::map_width<T>();
+  const std::int64_t work = (p.n + N - 1) / N;
+  const int blocks = static_cast<int>(
+      std::clamp<std::int64_t>((work + detail::fp8_threads - 1) / detail::fp8_threads, 1, 1024));
+  detail::amax_kernel<T><<<blocks, detail::fp8_threads, 0, cuda::stream()>>>(
+      p.x, p.n, reinterpret_cast<std::uint32_t*>(p.out));
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T, Fp8Scalar F>
+void quantize_fp8(Cuda, const QuantizeFp8Params<T, F>& p) {
+  detail::check_quantize_fp8(p, "quantize_fp8");
+  if (p.rows == 0 || p.cols == 0) {
+    if (p.scale_inv) {  // still written: 1 / scale of whatever amax says
+      const QuantizeFp8Params<T, F> none{.amax = p.amax, .scale_inv = p.scale_inv, .margin = p.margin};
+      detail::quantize_fp8_kernel<T, F><<<1, dim3(detail::fp8_tile, detail::fp8_tile_rows), 0,
+                                          cuda::stream()>>>(none);
+      FATHOM_CUDA_CHECK(cudaGetLastError());
+    }
+    return;
+  }
+  const std::int64_t col_tiles = (p.cols + detail::fp8_tile - 1) / detail::fp8_tile;
+  const std::int64_t row_tiles = (p.rows + detail::fp8_tile - 1) / detail::fp8_tile;
+  FATHOM_CHECK(col_tiles <= INT_MAX, "quantize_fp8: " << p.cols << " columns is too many");
+  const dim3 grid(static_cast<unsigned>(col_tiles),
+                  static_cast<unsigned>(std::min<std::int64_t>(row_tiles, 65535)));
+  detail::quantize_fp8_kernel<T, F>
+      <<<grid, dim3(detail::fp8_tile, detail::fp8_tile_rows), 0, cuda::stream()>>>(p);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <Fp8Scalar F, class T>
+void dequantize_fp8(Cuda, const DequantizeFp8Params<F, T>& p) {
+  FATHOM_CHECK(p.n >= 0 && p.scale_inv != nullptr,
+               "dequantize_fp8: expected n >= 0 and a scale, got n " << p.n);
+  if (p.n == 0) return;
+  const int blocks = static_cast<int>(std::clamp<std::int64_t>(
+      (p.n + detail::fp8_threads - 1) / detail::fp8_threads, 1, detail::map_max_blocks));
+  detail::dequantize_fp8_kernel<F, T><<<blocks, detail::fp8_threads, 0, cuda::stream()>>>(p);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <Fp8Scalar FA, Fp8Scalar FB, class T>
+void gemm_fp8(Cuda, const Fp8GemmParams<FA, FB, T>& params) {
+  const auto p = detail::resolve_gemm_fp8(params);
+  if (p.m == 0 || p.n == 0) return;
+  if (p.k == 0) {  // C = beta * C + bias
+    detail::launch_gemm_scale_add_bias(
+        GemmParams<T>{.c = p.c, .m = p.m, .n = p.n, .ldc = p.ldc, .stride_c = p.m * p.ldc}, p.beta,
+        p.bias);
+    return;
+  }
+  if (detail::lt_gemm_fp8(p)) return;
+  const std::int64_t tile = detail::fp8_gemm_tile;
+  FATHOM_CHECK((p.m + tile - 1) / tile <= 65535 && (p.n + tile - 1) / tile <= INT_MAX,
+               "gemm_fp8: M = " << p.m << " is too large for the tiled kernel");
+  const dim3 grid(static_cast<unsigned>((p.n + tile - 1) / tile),
+                  static_cast<unsigned>((p.m + tile - 1) / tile));
+  detail::gemm_fp8_tiled_kernel<FA, FB, T>
+      <<<grid, dim3(detail::fp8_gemm_tile, detail::fp8_gemm_tile), 0, cuda::stream()>>>(p);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace fathom::kernels

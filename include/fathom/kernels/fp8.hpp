@@ -1,0 +1,193 @@
+// fp8 kernels, CPU reference: the absolute maximum of a tensor, quantization to fp8 codes with a
+// per-tensor scale computed from it (optionally also writing the transpose), dequantization, and
+// the scaled fp8 GEMM. CUDA (amax on the device, cuBLASLt's fp8 GEMM): cuda/fp8.cuh.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "fathom/core/device.hpp"
+#include "fathom/core/error.hpp"
+#include "fathom/core/fp8.hpp"
+#include "fathom/core/scalar.hpp"
+#include "fathom/kernels/gemm.hpp"
+
+namespace fathom::kernels {
+
+// *out = max_i |x[i]| as float (NaN when any x[i] is NaN); 0 for n == 0. out is host memory for
+// Cpu and device memory for Cuda (no host synchronization there).
+template <class T>
+struct AmaxParams {
+  const T* x = nullptr;  // (n)
+  std::int64_t n = 0;
+  float* out = nullptr;  // (1)
+};
+
+template <class T>
+void amax(Cpu, const AmaxParams<T>& p) {
+  FATHOM_CHECK(p.n >= 0 && p.out != nullptr,
+               "amax: expected n >= 0 and an output, got n " << p.n);
+  // On float bits with the sign cleared, NaNs order above infinity, so NaN wins as it should.
+  std::uint32_t best = 0;
+  for (std::int64_t i = 0; i < p.n; ++i)
+    best = std::max(best, fathom::detail::fp8_float_bits(scalar_cast<float>(p.x[i])) & 0x7fffffffu);
+  *p.out = fathom::detail::fp8_bits_float(best);
+}
+
+// out[i, j] = fp8(x[i, j] * scale) and, when out_t is not null, out_t[j, i] the same code, where
+// scale = fp8_scale_from_amax<F::format>(*amax, margin): the current per-tensor scaling recipe
+// (amax of the tensor being quantized). *scale_inv (when not null) receives 1 / scale, the factor
+// that dequantizes (and that the fp8 GEMM takes). amax and scale_inv are host memory for Cpu,
+// device memory for Cuda.
+template <class T, Fp8Scalar F>
+struct QuantizeFp8Params {
+  const T* x = nullptr;       // (rows, cols)
+  F* out = nullptr;           // (rows, cols) or nullptr
+  F* out_t = nullptr;         // (cols, rows) or nullptr
+  std::int64_t rows = 0, cols = 0;
+  const float* amax = nullptr;  // (1)
+  float* scale_inv = nullptr;   // (1) or nullptr
+  int margin = 0;               // in [0, 64]: headroom of 2^margin below the format's maximum
+};
+
+namespace detail {
+
+template <class T, class F>
+void check_quantize_fp8(const QuantizeFp8Params<T, F>& p, const char* op) {
+  FATHOM_CHECK(p.rows >= 0 && p.cols >= 0,
+               op << ": expected non-negative sizes, got (" << p.rows << ", " << p.cols << ")");
+  FATHOM_CHECK(p.amax != nullptr, op << ": amax is null");
+  FATHOM_CHECK(p.margin >= 0 && p.margin <= 64,
+               op << ": margin must be in [0, 64], got " << p.margin);
+  FATHOM_CHECK(p.rows * p.cols == 0 || p.x != nullptr, op << ": x is null");
+}
+
+}  // namespace detail
+
+template <class T, Fp8Scalar F>
+void quantize_fp8(Cpu, const QuantizeFp8Params<T, F>& p) {
+  detail::check_quantize_fp8(p, "quantize_fp8");
+  const float scale = fp8_scale_from_amax<F::format>(*p.amax, p.margin);
+  if (p.scale_inv) *p.scale_inv = 1.0f / scale;
+  for (std::int64_t i = 0; i < p.rows; ++i) {
+    for (std::int64_t j = 0; j < p.cols; ++j) {
+      const F q(scalar_cast<float>(p.x[i * p.cols + j]) * scale);
+      if (p.out) p.out[i * p.cols + j] = q;
+      if (p.out_t) p.out_t[j * p.rows + i] = q;
+    }
+  }
+}
+
+// out[i] = decode(x[i]) * *scale_inv, rounded to T.
+template <Fp8Scalar F, class T>
+struct DequantizeFp8Params {
+  const F* x = nullptr;  // (n)
+  T* out = nullptr;      // (n)
+  std::int64_t n = 0;
+  const float* scale_inv = nullptr;  // (1)
+};
+
+template <Fp8Scalar F, class T>
+void dequantize_fp8(Cpu, const DequantizeFp8Params<F, T>& p) {
+  FATHOM_CHECK(p.n >= 0 && p.scale_inv != nullptr,
+               "dequantize_fp8: expected n >= 0 and a scale, got n " << p.n);
+  const float s = *p.scale_inv;
+  for (std::int64_t i = 0; i < p.n; ++i) p.out[i] = scalar_cast<T>(static_cast<float>(p.x[i]) * s);
+}
+
+// The scaled fp8 GEMM, one matrix, row-major, op(X) = X or X^T, op(A) (M, K), op(B) (K, N):
+//   C = (*a_scale_inv * *b_scale_inv) * (op(A) op(B)) + beta * C + bias
+// with the products accumulated in float and C (float or bf16) written once. beta == 0 never
+// reads C. Allowed operand pairs are Hopper's: E4M3 x E4M3, E4M3 x E5M2, E5M2 x E4M3 (never
+// E5M2 x E5M2). The scales are host memory for Cpu, device memory for Cuda. cuBLASLt's fp8
+// kernels take only the layout trans_a = false, trans_b = true (both operands contiguous along K),
+// K and the leading dimensions of A and B multiples of 16 and 16-byte aligned operands; the CUDA
+// version runs every other problem through a plain tiled kernel (correct, slower).
+template <Fp8Scalar FA, Fp8Scalar FB, class T>
+struct Fp8GemmParams {
+  static_assert(!(std::is_same_v<FA, fp8_e5m2> && std::is_same_v<FB, fp8_e5m2>),
+                "Fp8GemmParams: E5M2 x E5M2 is not a supported fp8 GEMM (Hopper multiplies E4M3 "
+                "x E4M3, E4M3 x E5M2 and E5M2 x E4M3); quantize one operand to E4M3");
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>,
+                "Fp8GemmParams: C must be float or bf16");
+  const FA* a = nullptr;     // (M, K), stored as (K, M) when trans_a
+  const FB* b = nullptr;     // (K, N), stored as (N, K) when trans_b
+  T* c = nullptr;            // (M, N)
+  const T* bias = nullptr;   // (N) or nullptr
+  const float* a_scale_inv = nullptr;  // (1)
+  const float* b_scale_inv = nullptr;  // (1)
+  std::int64_t m = 0, n = 0, k = 0;
+  bool trans_a = false, trans_b = true;
+  std::int64_t lda = 0, ldb = 0, ldc = 0;  // 0: packed, as in GemmParams
+  double beta = 0.0;
+};
+
+namespace detail {
+
+// Fills the packed leading dimensions and checks sizes and pointers.
+template <class FA, class FB, class T>
+Fp8GemmParams<FA, FB, T> resolve_gemm_fp8(Fp8GemmParams<FA, FB, T> p) {
+  FATHOM_CHECK(p.m >= 0 && p.n >= 0 && p.k >= 0,
+               "gemm_fp8: expected non-negative sizes, got M " << p.m << ", N " << p.n << ", K "
+                                                               << p.k);
+  const std::int64_t a_cols = p.trans_a ? p.m : p.k, b_cols = p.trans_b ? p.k : p.n;
+  if (p.lda == 0) p.lda = std::max<std::int64_t>(a_cols, 1);
+  if (p.ldb == 0) p.ldb = std::max<std::int64_t>(b_cols, 1);
+  if (p.ldc == 0) p.ldc = std::max<std::int64_t>(p.n, 1);
+  FATHOM_CHECK(p.lda >= a_cols && p.ldb >= b_cols && p.ldc >= p.n,
+               "gemm_fp8: leading dimensions must be at least the stored row lengths: expected lda "
+               ">= " << a_cols << ", ldb >= " << b_cols << ", ldc >= " << p.n << ", got "
+                     << p.lda << ", " << p.ldb << ", " << p.ldc);
+  const bool empty = p.m == 0 || p.n == 0;
+  FATHOM_CHECK(empty || p.c != nullptr, "gemm_fp8: C is null for a (" << p.m << ", " << p.n
+                                                                      << ") result");
+  FATHOM_CHECK(empty || p.k == 0 || (p.a != nullptr && p.b != nullptr),
+               "gemm_fp8: A or B is null with K = " << p.k);
+  FATHOM_CHECK(empty || (p.a_scale_inv != nullptr && p.b_scale_inv != nullptr),
+               "gemm_fp8: a_scale_inv and b_scale_inv are required");
+  return p;
+}
+
+}  // namespace detail
+
+// The reference: A and B decoded to float, multiplied by the CPU GEMM (every product of two fp8
+// values is exact in float), then scaled, with beta * C and the bias added in float.
+template <Fp8Scalar FA, Fp8Scalar FB, class T>
+void gemm_fp8(Cpu, const Fp8GemmParams<FA, FB, T>& params) {
+  const auto p = detail::resolve_gemm_fp8(params);
+  if (p.m == 0 || p.n == 0) return;
+  const std::int64_t a_rows = p.trans_a ? p.k : p.m, a_cols = p.trans_a ? p.m : p.k;
+  const std::int64_t b_rows = p.trans_b ? p.n : p.k, b_cols = p.trans_b ? p.k : p.n;
+  std::vector<float> a(static_cast<std::size_t>(a_rows * a_cols));
+  std::vector<float> b(static_cast<std::size_t>(b_rows * b_cols));
+  std::vector<float> acc(static_cast<std::size_t>(p.m * p.n), 0.0f);  // (M, N)
+  for (std::int64_t r = 0; r < a_rows; ++r)
+    for (std::int64_t j = 0; j < a_cols; ++j)
+      a[static_cast<std::size_t>(r * a_cols + j)] = static_cast<float>(p.a[r * p.lda + j]);
+  for (std::int64_t r = 0; r < b_rows; ++r)
+    for (std::int64_t j = 0; j < b_cols; ++j)
+      b[static_cast<std::size_t>(r * b_cols + j)] = static_cast<float>(p.b[r * p.ldb + j]);
+  if (p.k > 0)
+    gemm(Cpu{}, GemmParams<float>{.a = a.data(),
+                                  .b = b.data(),
+                                  .c = acc.data(),
+                                  .m = p.m,
+                                  .n = p.n,
+                                  .k = p.k,
+                                  .trans_a = p.trans_a,
+                                  .trans_b = p.trans_b});
+  const float scale = *p.a_scale_inv * *p.b_scale_inv;
+  for (std::int64_t i = 0; i < p.m; ++i) {
+    for (std::int64_t j = 0; j < p.n; ++j) {
+      float v = scale * acc[static_cast<std::size_t>(i * p.n + j)];
+      T& c = p.c[i * p.ldc + j];
+      if (p.beta != 0.0) v += static_cast<float>(p.beta) * scalar_cast<float>(c);
+      if (p.bias) v += scalar_cast<float>(p.bias[j]);
+      c = scalar_cast<T>(v);
+    }
+  }
+}
+
+}  // namespace fathom::kernels
