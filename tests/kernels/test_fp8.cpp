@@ -63,20 +63,20 @@ TEST_CASE("fp8 E4M3 conversions match hand-checked codes", "[kernels][fp8]") {
     std::uint8_t code;
   };
   const Case cases[] = {
-      {0.0f, 0x00},        {-0.0f, 0x80},       {1.0f, 0x38},         {0.5f, 0x30},
-      {-2.0f, 0xc0},       {448.0f, 0x7e},      {-448.0f, 0xfe},      {240.0f, 0x77},
-      {256.0f, 0x78},      {0.015625f, 0x08},   // 2^-6, the smallest normal
-      {0.001953125f, 0x01},                     // 2^-9, the smallest subnormal
-      {0.013671875f, 0x07},                     // 7 * 2^-9, the largest subnormal
-      {1.0625f, 0x38},     // tie between 1 (0x38) and 1.125 (0x39): to even
-      {1.1875f, 0x3a},     // tie between 1.125 (0x39) and 1.25 (0x3a): to even
-      {1.0625001f, 0x39},  // just above the tie: up
-      {0.0009765625f, 0x00},   // 2^-10, half the smallest subnormal: tie to zero (even)
-      {0.0029296875f, 0x02},   // 3 * 2^-10, tie between 0x01 and 0x02: to even
-      {0.0009765626f, 0x01},   // just above half the smallest subnormal: up
-      {0.0146484375f, 0x08},   // 7.5 * 2^-9: rounds up out of the subnormals to 2^-6
-      {464.0f, 0x7e},      {449.0f, 0x7e},      {1e6f, 0x7e},         {-1e6f, 0xfe},
-      {3e38f, 0x7e},       {1e-30f, 0x00},      {-1e-30f, 0x80},
+      {0.0f, 0x00},          {-0.0f, 0x80},     {1.0f, 0x38},    {0.5f, 0x30},
+      {-2.0f, 0xc0},         {448.0f, 0x7e},    {-448.0f, 0xfe}, {240.0f, 0x77},
+      {256.0f, 0x78},        {0.015625f, 0x08},  // 2^-6, the smallest normal
+      {0.001953125f, 0x01},                      // 2^-9, the smallest subnormal
+      {0.013671875f, 0x07},                      // 7 * 2^-9, the largest subnormal
+      {1.0625f, 0x38},                           // tie between 1 (0x38) and 1.125 (0x39): to even
+      {1.1875f, 0x3a},        // tie between 1.125 (0x39) and 1.25 (0x3a): to even
+      {1.0625001f, 0x39},     // just above the tie: up
+      {0.0009765625f, 0x00},  // 2^-10, half the smallest subnormal: tie to zero (even)
+      {0.0029296875f, 0x02},  // 3 * 2^-10, tie between 0x01 and 0x02: to even
+      {0.0009765626f, 0x01},  // just above half the smallest subnormal: up
+      {0.0146484375f, 0x08},  // 7.5 * 2^-9: rounds up out of the subnormals to 2^-6
+      {464.0f, 0x7e},        {449.0f, 0x7e},    {1e6f, 0x7e},    {-1e6f, 0xfe},
+      {3e38f, 0x7e},         {1e-30f, 0x00},    {-1e-30f, 0x80},
   };
   for (const Case& c : cases) {
     INFO("x = " << c.x);
@@ -104,18 +104,25 @@ TEST_CASE("fp8 E5M2 conversions match hand-checked codes", "[kernels][fp8]") {
     std::uint8_t code;
   };
   const Case cases[] = {
-      {0.0f, 0x00},          {-0.0f, 0x80},        {1.0f, 0x3c},       {0.5f, 0x38},
-      {-3.0f, 0xc2},         {57344.0f, 0x7b},     {-57344.0f, 0xfb},  {49152.0f, 0x7a},
-      {6.103515625e-05f, 0x04},   // 2^-14, the smallest normal
-      {1.52587890625e-05f, 0x01}, // 2^-16, the smallest subnormal
-      {4.57763671875e-05f, 0x03}, // 3 * 2^-16, the largest subnormal
-      {1.125f, 0x3c},        // tie between 1 and 1.25: to even
-      {1.375f, 0x3e},        // tie between 1.25 (0x3d) and 1.5 (0x3e): to even
-      {1.1250001f, 0x3d},    // just above the tie: up
-      {7.62939453125e-06f, 0x00},  // 2^-17, half the smallest subnormal: to zero
-      {2.288818359375e-05f, 0x02}, // 1.5 * 2^-16: tie between 0x01 and 0x02, to even
-      {61440.0f, 0x7b},      // the midpoint to 2^16 saturates
-      {1e6f, 0x7b},          {-1e6f, 0xfb},
+      {0.0f, 0x00},
+      {-0.0f, 0x80},
+      {1.0f, 0x3c},
+      {0.5f, 0x38},
+      {-3.0f, 0xc2},
+      {57344.0f, 0x7b},
+      {-57344.0f, 0xfb},
+      {49152.0f, 0x7a},
+      {6.103515625e-05f, 0x04},     // 2^-14, the smallest normal
+      {1.52587890625e-05f, 0x01},   // 2^-16, the smallest subnormal
+      {4.57763671875e-05f, 0x03},   // 3 * 2^-16, the largest subnormal
+      {1.125f, 0x3c},               // tie between 1 and 1.25: to even
+      {1.375f, 0x3e},               // tie between 1.25 (0x3d) and 1.5 (0x3e): to even
+      {1.1250001f, 0x3d},           // just above the tie: up
+      {7.62939453125e-06f, 0x00},   // 2^-17, half the smallest subnormal: to zero
+      {2.288818359375e-05f, 0x02},  // 1.5 * 2^-16: tie between 0x01 and 0x02, to even
+      {61440.0f, 0x7b},             // the midpoint to 2^16 saturates
+      {1e6f, 0x7b},
+      {-1e6f, 0xfb},
   };
   for (const Case& c : cases) {
     INFO("x = " << c.x);
@@ -135,8 +142,8 @@ TEST_CASE("fp8 E5M2 conversions match hand-checked codes", "[kernels][fp8]") {
   CHECK(fp8_decode<E5M2>(0x3d) == 1.25f);
 }
 
-TEMPLATE_TEST_CASE("fp8: every finite code survives decode then encode", "[kernels][fp8]",
-                   fp8_e4m3, fp8_e5m2) {
+TEMPLATE_TEST_CASE("fp8: every finite code survives decode then encode", "[kernels][fp8]", fp8_e4m3,
+                   fp8_e5m2) {
   constexpr Fp8Format F = TestType::format;
   int finite = 0;
   for (unsigned c = 0; c < 256; ++c) {
@@ -236,18 +243,18 @@ TEMPLATE_TEST_CASE("CPU quantize_fp8 / dequantize_fp8 round trip within the form
   std::vector<F> q(x.size()), qt(x.size());
   float scale_inv = 0.0f;
   kernels::quantize_fp8(Cpu{}, kernels::QuantizeFp8Params<bf16, F>{.x = x.data(),
-                                                                    .out = q.data(),
-                                                                    .out_t = qt.data(),
-                                                                    .rows = rows,
-                                                                    .cols = cols,
-                                                                    .amax = &amax,
-                                                                    .scale_inv = &scale_inv,
-                                                                    .margin = margin});
+                                                                   .out = q.data(),
+                                                                   .out_t = qt.data(),
+                                                                   .rows = rows,
+                                                                   .cols = cols,
+                                                                   .amax = &amax,
+                                                                   .scale_inv = &scale_inv,
+                                                                   .margin = margin});
   const float scale = fathom::fp8_scale_from_amax<Fmt>(amax, margin);
   CHECK(scale_inv == 1.0f / scale);
   std::vector<float> back(x.size());
-  kernels::dequantize_fp8(Cpu{}, kernels::DequantizeFp8Params<F, float>{
-                                     q.data(), back.data(), rows * cols, &scale_inv});
+  kernels::dequantize_fp8(Cpu{}, kernels::DequantizeFp8Params<F, float>{q.data(), back.data(),
+                                                                        rows * cols, &scale_inv});
   // Relative error 2^-(M+1) among the normals, half the smallest subnormal below them.
   const double sub_unit = std::exp2(1 - fathom::Fp8Traits<Fmt>::bias - M);
   double largest_code = 0;
@@ -255,7 +262,8 @@ TEMPLATE_TEST_CASE("CPU quantize_fp8 / dequantize_fp8 round trip within the form
     for (std::int64_t j = 0; j < cols; ++j) {
       const std::size_t k = static_cast<std::size_t>(i * cols + j);
       const double xv = static_cast<float>(x[k]);
-      const double tol = std::max(std::abs(xv) * std::exp2(-(M + 1)), sub_unit / 2 / scale) * 1.0001;
+      const double tol =
+          std::max(std::abs(xv) * std::exp2(-(M + 1)), sub_unit / 2 / scale) * 1.0001;
       if (!(std::abs(back[k] - xv) <= tol)) {
         INFO("element (" << i << ", " << j << "): x " << xv << " back " << back[k]);
         CHECK(std::abs(back[k] - xv) <= tol);
@@ -264,7 +272,8 @@ TEMPLATE_TEST_CASE("CPU quantize_fp8 / dequantize_fp8 round trip within the form
         INFO("transposed copy differs at (" << i << ", " << j << ")");
         CHECK(q[k].bits == qt[static_cast<std::size_t>(j * rows + i)].bits);
       }
-      largest_code = std::max(largest_code, std::abs(static_cast<double>(static_cast<float>(q[k]))));
+      largest_code =
+          std::max(largest_code, std::abs(static_cast<double>(static_cast<float>(q[k]))));
     }
   }
   // The largest element lands on the format's maximum / 2^margin (exactly: it is a power-of-two
@@ -278,19 +287,26 @@ TEST_CASE("CPU quantize_fp8 of zeros uses scale 1; bad parameters are refused", 
   std::vector<float> x(6, 0.0f);
   std::vector<fp8_e4m3> q(6, fp8_e4m3::from_bits(0x55));
   float amax = 0.0f, scale_inv = -1.0f;
-  kernels::quantize_fp8(Cpu{}, kernels::QuantizeFp8Params<float, fp8_e4m3>{
-                                   .x = x.data(), .out = q.data(), .rows = 2, .cols = 3,
-                                   .amax = &amax, .scale_inv = &scale_inv});
+  kernels::quantize_fp8(Cpu{},
+                        kernels::QuantizeFp8Params<float, fp8_e4m3>{.x = x.data(),
+                                                                    .out = q.data(),
+                                                                    .rows = 2,
+                                                                    .cols = 3,
+                                                                    .amax = &amax,
+                                                                    .scale_inv = &scale_inv});
   CHECK(scale_inv == 1.0f);
   for (auto v : q) CHECK(int(v.bits) == 0);
-  CHECK_THROWS_WITH(kernels::quantize_fp8(Cpu{}, kernels::QuantizeFp8Params<float, fp8_e4m3>{
-                                                     .x = x.data(), .out = q.data(), .rows = 2,
-                                                     .cols = 3, .amax = &amax, .margin = 99}),
-                    HasSubstring("margin must be in [0, 64], got 99"));
-  CHECK_THROWS_WITH(kernels::quantize_fp8(Cpu{}, kernels::QuantizeFp8Params<float, fp8_e4m3>{
-                                                     .x = x.data(), .out = q.data(), .rows = 2,
-                                                     .cols = 3}),
-                    HasSubstring("amax is null"));
+  CHECK_THROWS_WITH(
+      kernels::quantize_fp8(
+          Cpu{},
+          kernels::QuantizeFp8Params<float, fp8_e4m3>{
+              .x = x.data(), .out = q.data(), .rows = 2, .cols = 3, .amax = &amax, .margin = 99}),
+      HasSubstring("margin must be in [0, 64], got 99"));
+  CHECK_THROWS_WITH(
+      kernels::quantize_fp8(Cpu{},
+                            kernels::QuantizeFp8Params<float, fp8_e4m3>{
+                                .x = x.data(), .out = q.data(), .rows = 2, .cols = 3}),
+      HasSubstring("amax is null"));
 }
 
 namespace {
@@ -316,20 +332,20 @@ void check_reference_gemm_fp8(std::int64_t m, std::int64_t n, std::int64_t k, bo
   const std::vector<T> c0 = c;
   const float sa = 0.03125f, sb = 1.0f / 3.0f;
   kernels::gemm_fp8(Cpu{}, kernels::Fp8GemmParams<FA, FB, T>{.a = a.data(),
-                                                              .b = b.data(),
-                                                              .c = c.data(),
-                                                              .bias = bias ? bias_v.data() : nullptr,
-                                                              .a_scale_inv = &sa,
-                                                              .b_scale_inv = &sb,
-                                                              .m = m,
-                                                              .n = n,
-                                                              .k = k,
-                                                              .trans_a = ta,
-                                                              .trans_b = tb,
-                                                              .lda = lda,
-                                                              .ldb = ldb,
-                                                              .ldc = ldc,
-                                                              .beta = beta});
+                                                             .b = b.data(),
+                                                             .c = c.data(),
+                                                             .bias = bias ? bias_v.data() : nullptr,
+                                                             .a_scale_inv = &sa,
+                                                             .b_scale_inv = &sb,
+                                                             .m = m,
+                                                             .n = n,
+                                                             .k = k,
+                                                             .trans_a = ta,
+                                                             .trans_b = tb,
+                                                             .lda = lda,
+                                                             .ldb = ldb,
+                                                             .ldc = ldc,
+                                                             .beta = beta});
   for (std::int64_t i = 0; i < m; ++i) {
     for (std::int64_t j = 0; j < n; ++j) {
       double want = 0, mass = 0;
@@ -345,8 +361,8 @@ void check_reference_gemm_fp8(std::int64_t m, std::int64_t n, std::int64_t k, bo
       if (bias) want += fathom::scalar_cast<double>(bias_v[j]);
       const double got = fathom::scalar_cast<double>(c[i * ldc + j]);
       const double out_round = std::is_same_v<T, bf16> ? std::exp2(-8) : std::exp2(-23);
-      const double tol = (static_cast<double>(k) + 4) * std::exp2(-23) * (mass + 1) +
-                         out_round * std::abs(want);
+      const double tol =
+          (static_cast<double>(k) + 4) * std::exp2(-23) * (mass + 1) + out_round * std::abs(want);
       if (!(std::abs(got - want) <= tol)) {
         INFO("C[" << i << ", " << j << "] got " << got << " want " << want);
         CHECK(std::abs(got - want) <= tol);

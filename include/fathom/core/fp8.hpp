@@ -78,7 +78,8 @@ FATHOM_HOST_DEVICE inline std::uint8_t fp8_encode(float f) {
   const std::uint8_t sign = static_cast<std::uint8_t>((u >> 24) & 0x80u);
   const std::uint32_t a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return static_cast<std::uint8_t>(sign | Tr::nan_code);
-  if (a >= detail::fp8_float_bits(Tr::max_value)) return static_cast<std::uint8_t>(sign | Tr::max_code);
+  if (a >= detail::fp8_float_bits(Tr::max_value))
+    return static_cast<std::uint8_t>(sign | Tr::max_code);
   const int fe = static_cast<int>(a >> 23);  // float's biased exponent
   const std::uint32_t mant = a & 0x7fffffu;
   std::uint32_t full, shift, base;
@@ -109,12 +110,14 @@ FATHOM_HOST_DEVICE inline float fp8_decode(std::uint8_t c) {
   const std::uint32_t mag = c & 0x7fu;
   const std::uint32_t e = mag >> M, m = mag & ((1u << M) - 1u);
   if constexpr (Tr::has_infinity) {
-    if (e == (1u << (7 - M)) - 1u) return detail::fp8_bits_float(sign | 0x7f800000u | (m ? 0x400000u : 0u));
+    if (e == (1u << (7 - M)) - 1u)
+      return detail::fp8_bits_float(sign | 0x7f800000u | (m ? 0x400000u : 0u));
   } else {
     if (mag == Tr::nan_code) return detail::fp8_bits_float(sign | 0x7fc00000u);
   }
   if (e == 0) {  // subnormal: m * 2^(1 - bias - M), exact in float
-    const float unit = detail::fp8_bits_float(static_cast<std::uint32_t>(127 + 1 - Tr::bias - M) << 23);
+    const float unit =
+        detail::fp8_bits_float(static_cast<std::uint32_t>(127 + 1 - Tr::bias - M) << 23);
     const float v = static_cast<float>(m) * unit;
     return sign ? -v : v;
   }

@@ -27,8 +27,7 @@ struct AmaxParams {
 
 template <class T>
 void amax(Cpu, const AmaxParams<T>& p) {
-  FATHOM_CHECK(p.n >= 0 && p.out != nullptr,
-               "amax: expected n >= 0 and an output, got n " << p.n);
+  FATHOM_CHECK(p.n >= 0 && p.out != nullptr, "amax: expected n >= 0 and an output, got n " << p.n);
   // On float bits with the sign cleared, NaNs order above infinity, so NaN wins as it should.
   std::uint32_t best = 0;
   for (std::int64_t i = 0; i < p.n; ++i)
@@ -43,9 +42,9 @@ void amax(Cpu, const AmaxParams<T>& p) {
 // device memory for Cuda.
 template <class T, Fp8Scalar F>
 struct QuantizeFp8Params {
-  const T* x = nullptr;       // (rows, cols)
-  F* out = nullptr;           // (rows, cols) or nullptr
-  F* out_t = nullptr;         // (cols, rows) or nullptr
+  const T* x = nullptr;  // (rows, cols)
+  F* out = nullptr;      // (rows, cols) or nullptr
+  F* out_t = nullptr;    // (cols, rows) or nullptr
   std::int64_t rows = 0, cols = 0;
   const float* amax = nullptr;  // (1)
   float* scale_inv = nullptr;   // (1) or nullptr
@@ -112,10 +111,10 @@ struct Fp8GemmParams {
                 "x E4M3, E4M3 x E5M2 and E5M2 x E4M3); quantize one operand to E4M3");
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>,
                 "Fp8GemmParams: C must be float or bf16");
-  const FA* a = nullptr;     // (M, K), stored as (K, M) when trans_a
-  const FB* b = nullptr;     // (K, N), stored as (N, K) when trans_b
-  T* c = nullptr;            // (M, N)
-  const T* bias = nullptr;   // (N) or nullptr
+  const FA* a = nullptr;               // (M, K), stored as (K, M) when trans_a
+  const FB* b = nullptr;               // (K, N), stored as (N, K) when trans_b
+  T* c = nullptr;                      // (M, N)
+  const T* bias = nullptr;             // (N) or nullptr
   const float* a_scale_inv = nullptr;  // (1)
   const float* b_scale_inv = nullptr;  // (1)
   std::int64_t m = 0, n = 0, k = 0;
@@ -129,20 +128,20 @@ namespace detail {
 // Fills the packed leading dimensions and checks sizes and pointers.
 template <class FA, class FB, class T>
 Fp8GemmParams<FA, FB, T> resolve_gemm_fp8(Fp8GemmParams<FA, FB, T> p) {
-  FATHOM_CHECK(p.m >= 0 && p.n >= 0 && p.k >= 0,
-               "gemm_fp8: expected non-negative sizes, got M " << p.m << ", N " << p.n << ", K "
-                                                               << p.k);
+  FATHOM_CHECK(p.m >= 0 && p.n >= 0 && p.k >= 0, "gemm_fp8: expected non-negative sizes, got M "
+                                                     << p.m << ", N " << p.n << ", K " << p.k);
   const std::int64_t a_cols = p.trans_a ? p.m : p.k, b_cols = p.trans_b ? p.k : p.n;
   if (p.lda == 0) p.lda = std::max<std::int64_t>(a_cols, 1);
   if (p.ldb == 0) p.ldb = std::max<std::int64_t>(b_cols, 1);
   if (p.ldc == 0) p.ldc = std::max<std::int64_t>(p.n, 1);
   FATHOM_CHECK(p.lda >= a_cols && p.ldb >= b_cols && p.ldc >= p.n,
                "gemm_fp8: leading dimensions must be at least the stored row lengths: expected lda "
-               ">= " << a_cols << ", ldb >= " << b_cols << ", ldc >= " << p.n << ", got "
-                     << p.lda << ", " << p.ldb << ", " << p.ldc);
+               ">= "
+                   << a_cols << ", ldb >= " << b_cols << ", ldc >= " << p.n << ", got " << p.lda
+                   << ", " << p.ldb << ", " << p.ldc);
   const bool empty = p.m == 0 || p.n == 0;
-  FATHOM_CHECK(empty || p.c != nullptr, "gemm_fp8: C is null for a (" << p.m << ", " << p.n
-                                                                      << ") result");
+  FATHOM_CHECK(empty || p.c != nullptr,
+               "gemm_fp8: C is null for a (" << p.m << ", " << p.n << ") result");
   FATHOM_CHECK(empty || p.k == 0 || (p.a != nullptr && p.b != nullptr),
                "gemm_fp8: A or B is null with K = " << p.k);
   FATHOM_CHECK(empty || (p.a_scale_inv != nullptr && p.b_scale_inv != nullptr),

@@ -209,11 +209,14 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
   if (p.k % 16 != 0 || p.lda % 16 != 0 || p.ldb % 16 != 0) return false;
   if (!map_aligned(p.a) || !map_aligned(p.b) || !map_aligned(p.c)) return false;
   if ((static_cast<std::uint64_t>(p.ldc) * sizeof(T)) % 16 != 0) return false;
-  const bool fuse_bias = p.bias && map_aligned(p.bias);
+  // cuBLASLt's fp8 kernels take a bias of type bf16 (for bf16 and float D alike): a float bias is
+  // added after.
+  const bool fuse_bias = std::is_same_v<T, bf16> && p.bias && map_aligned(p.bias);
   const std::array<std::uint32_t, 3> align = {operand_alignment(p.a, p.lda, 0, 1, 1),
                                               operand_alignment(p.b, p.ldb, 0, 1, 1),
                                               operand_alignment(p.c, p.ldc, 0, 1, sizeof(T))};
-  constexpr cudaDataType_t type_a = cuda_fp8_type<FA::format>(), type_b = cuda_fp8_type<FB::format>();
+  constexpr cudaDataType_t type_a = cuda_fp8_type<FA::format>(),
+                           type_b = cuda_fp8_type<FB::format>();
   constexpr cudaDataType_t type_c = cuda_data_type<T>();
   // The fp8 operand types lead the key, so no fp8 plan can match a bf16/fp32 one (whose first
   // field is their common type).
@@ -303,8 +306,8 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
   ++lt_gemm_fp8_runs();
   if (p.bias && !fuse_bias)
     launch_gemm_scale_add_bias(
-        GemmParams<T>{.c = p.c, .m = p.m, .n = p.n, .ldc = p.ldc, .stride_c = p.m * p.ldc},
-        1.0, p.bias);
+        GemmParams<T>{.c = p.c, .m = p.m, .n = p.n, .ldc = p.ldc, .stride_c = p.m * p.ldc}, 1.0,
+        p.bias);
   return true;
 }
 
@@ -312,8 +315,7 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
 
 template <class T>
 void amax(Cuda, const AmaxParams<T>& p) {
-  FATHOM_CHECK(p.n >= 0 && p.out != nullptr,
-               "amax: expected n >= 0 and an output, got n " << p.n);
+  FATHOM_CHECK(p.n >= 0 && p.out != nullptr, "amax: expected n >= 0 and an output, got n " << p.n);
   FATHOM_CUDA_CHECK(cudaMemsetAsync(p.out, 0, sizeof(float), cuda::stream()));
   if (p.n == 0) return;
   constexpr int N = detail::map_width<T>();
@@ -330,9 +332,10 @@ void quantize_fp8(Cuda, const QuantizeFp8Params<T, F>& p) {
   detail::check_quantize_fp8(p, "quantize_fp8");
   if (p.rows == 0 || p.cols == 0) {
     if (p.scale_inv) {  // still written: 1 / scale of whatever amax says
-      const QuantizeFp8Params<T, F> none{.amax = p.amax, .scale_inv = p.scale_inv, .margin = p.margin};
-      detail::quantize_fp8_kernel<T, F><<<1, dim3(detail::fp8_tile, detail::fp8_tile_rows), 0,
-                                          cuda::stream()>>>(none);
+      const QuantizeFp8Params<T, F> none{
+          .amax = p.amax, .scale_inv = p.scale_inv, .margin = p.margin};
+      detail::quantize_fp8_kernel<T, F>
+          <<<1, dim3(detail::fp8_tile, detail::fp8_tile_rows), 0, cuda::stream()>>>(none);
       FATHOM_CUDA_CHECK(cudaGetLastError());
     }
     return;
