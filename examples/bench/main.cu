@@ -46,11 +46,113 @@ struct BenchOptions {
   double bucket_mb = 25;                 // gradient bucket size (MiB)
   int nccl_max_ctas = 0;                 // 0: NCCL's choice
   std::string comm_priority = "normal";  // the NCCL stream's priority: high or normal
-  bool overlap = true;  // also time the step without collectives and the collectives alone
+  bool overlap = true;      // also time the step without collectives and the collectives alone
+  bool trace_comm = false;  // print when each bucket's collective ran in one step (rank 0)
 };
 
 // A communicator that has the ranks of another and sends nothing: the data-parallel step timed
 // with it is the step without its collectives (bucket copies and all), for the overlap figures.
+#if defined(FATHOM_HAS_NCCL)
+// Forwards to an NCCL communicator and, while on, records when each collective's input was ready
+// (an event on fathom's stream before it is queued) and when it finished (an event on NCCL's
+// stream after it): the timeline of one step's gradient reduction against its backward pass.
+class TracingCommunicator final : public dist::Communicator {
+ public:
+  explicit TracingCommunicator(dist::NcclCommunicator& real) : real_(real) {}
+  ~TracingCommunicator() override { clear(); }
+  int rank() const override { return real_.rank(); }
+  int world_size() const override { return real_.world_size(); }
+  std::string_view backend() const override { return real_.backend(); }
+  void all_reduce(const void* s, void* r, std::size_t n, dist::DataType t,
+                  dist::ReduceOp op) override {
+    traced("all_reduce", n * dist::size_of(t), [&] { real_.all_reduce(s, r, n, t, op); });
+  }
+  void reduce_scatter(const void* s, void* r, std::size_t n, dist::DataType t,
+                      dist::ReduceOp op) override {
+    traced("reduce_scatter", n * dist::size_of(t) * static_cast<std::size_t>(world_size()),
+           [&] { real_.reduce_scatter(s, r, n, t, op); });
+  }
+  void all_gather(const void* s, void* r, std::size_t n, dist::DataType t) override {
+    traced("all_gather", n * dist::size_of(t) * static_cast<std::size_t>(world_size()),
+           [&] { real_.all_gather(s, r, n, t); });
+  }
+  void broadcast(void* b, std::size_t n, dist::DataType t, int root) override {
+    real_.broadcast(b, n, t, root);
+  }
+  void barrier() override { real_.barrier(); }
+  void wait() override { real_.wait(); }
+  void synchronize() override { real_.synchronize(); }
+
+  // Traces the collectives queued by `step` and prints them (times in ms from the step's start).
+  template <class Step>
+  void trace(Step&& step) {
+    clear();
+    cudaEvent_t start = event(), end = event();
+    cudaEventRecord(start, cuda::stream());
+    on_ = true;
+    step();
+    on_ = false;
+    cudaEventRecord(end, cuda::stream());
+    cudaEventSynchronize(end);
+    auto since = [&](cudaEvent_t e) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, start, e);
+      return ms;
+    };
+    std::printf(
+        "  collectives of one step on rank %d (ms from the step's start; a collective "
+        "starts when its input is ready and the one before it is done):\n"
+        "  %-3s %-14s %8s %8s %8s %8s %9s\n",
+        rank(), "#", "collective", "MiB", "ready", "done", "took", "GB/s");
+    double previous_done = 0;
+    for (std::size_t i = 0; i < marks_.size(); ++i) {
+      const auto& m = marks_[i];
+      const double ready = since(m.ready), done = since(m.done);
+      const double took = done - std::max(ready, previous_done);
+      previous_done = done;
+      std::printf("  %-3zu %-14s %8.1f %8.2f %8.2f %8.2f %9.0f\n", i, m.what,
+                  static_cast<double>(m.bytes) / 1048576.0, ready, done, took,
+                  took > 0 ? static_cast<double>(m.bytes) / (took * 1e6) : 0.0);
+    }
+    std::printf("  step ends at %.2f ms\n", since(end));
+    cudaEventDestroy(start);
+    cudaEventDestroy(end);
+    clear();
+  }
+
+ private:
+  struct Mark {
+    const char* what;
+    std::size_t bytes;
+    cudaEvent_t ready, done;
+  };
+  static cudaEvent_t event() {
+    cudaEvent_t e = nullptr;
+    FATHOM_CUDA_CHECK(cudaEventCreate(&e));
+    return e;
+  }
+  template <class Call>
+  void traced(const char* what, std::size_t bytes, Call&& call) {
+    if (!on_) return call();
+    Mark m{what, bytes, event(), event()};
+    cudaEventRecord(m.ready, cuda::stream());
+    call();
+    cudaEventRecord(m.done, real_.stream());
+    marks_.push_back(m);
+  }
+  void clear() {
+    for (auto& m : marks_) {
+      cudaEventDestroy(m.ready);
+      cudaEventDestroy(m.done);
+    }
+    marks_.clear();
+  }
+  dist::NcclCommunicator& real_;
+  bool on_ = false;
+  std::vector<Mark> marks_;
+};
+#endif
+
 class SilentCommunicator final : public dist::Communicator {
  public:
   explicit SilentCommunicator(const dist::Communicator& real) : real_(real) {}
@@ -141,6 +243,11 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   // With `comm`: this rank's data-parallel step (its own batch of B rows).
   std::optional<train::DataParallel<T, D>> parallel;
   std::unique_ptr<train::ParameterUpdate<T, D>> update;
+#if defined(FATHOM_HAS_NCCL)
+  std::optional<TracingCommunicator> tracer;
+  if (comm && o.trace_comm && comm->rank() == 0)
+    if (auto* nccl = dynamic_cast<dist::NcclCommunicator*>(comm)) comm = &tracer.emplace(*nccl);
+#endif
   if (comm) {
     parallel.emplace(*comm, train::DataParallelOptions{
                                 .zero = o.zero,
@@ -202,6 +309,13 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   nvtxRangePushA("profile_step");
   step();
   nvtxRangePop();
+#if defined(FATHOM_HAS_NCCL)
+  if (tracer) {
+    cuda::synchronize();
+    tracer->trace(step);
+    std::fflush(stdout);
+  }
+#endif
   cuda::synchronize();
   const double peak_bytes =
       static_cast<double>(cuda::CachingAllocator::instance().stats().peak_bytes_in_use);
@@ -296,6 +410,8 @@ inline int main(int argc, char** argv) {
                  "with several GPUs: most SMs (CTAs) an NCCL collective takes (0: NCCL's choice)");
   app.add_option("--comm-priority", o.comm_priority,
                  "with several GPUs: the NCCL stream's priority, high or normal");
+  app.add_flag("--trace-comm", o.trace_comm,
+               "with several GPUs: print when each gradient collective of one step ran");
   app.add_flag("!--no-overlap", o.overlap,
                "with several GPUs: skip timing the step without collectives and the collectives "
                "alone (the overlap columns)");
