@@ -40,12 +40,12 @@ struct BenchOptions {
   std::int64_t batch = 0, seq_len = 0;  // 0: the workload's
   double peak_tflops = 0;               // 0: measure
   std::string json_out;
-  bool cuda_graph = false;               // replay forward + backward + clipping as one CUDA graph
-  int nproc = 1;                         // ranks to start on this host (one a GPU)
-  int zero = 0;                          // 1: ZeRO-1 (optimizer state sharded over the ranks)
-  double bucket_mb = 25;                 // gradient bucket size (MiB)
-  int nccl_max_ctas = 0;                 // 0: NCCL's choice
-  std::string comm_priority = "normal";  // the NCCL stream's priority: high or normal
+  bool cuda_graph = false;             // replay forward + backward + clipping as one CUDA graph
+  int nproc = 1;                       // ranks to start on this host (one a GPU)
+  int zero = 0;                        // 1: ZeRO-1 (optimizer state sharded over the ranks)
+  double bucket_mb = 50;               // gradient bucket size (MiB)
+  int nccl_max_ctas = 0;               // 0: NCCL's choice
+  std::string comm_priority = "high";  // the NCCL stream's priority: high or normal
   bool overlap = true;      // also time the step without collectives and the collectives alone
   bool trace_comm = false;  // print when each bucket's collective ran in one step (rank 0)
 };
@@ -90,10 +90,20 @@ class TracingCommunicator final : public dist::Communicator {
     cudaEvent_t start = event(), end = event();
     cudaEventRecord(start, cuda::stream());
     on_ = true;
+    const std::int64_t waited0 = real_.waited_to_queue();
+    const auto host0 = std::chrono::steady_clock::now();
     step();
+    const double host_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host0).count();
     on_ = false;
     cudaEventRecord(end, cuda::stream());
     cudaEventSynchronize(end);
+    if (rank() != 0) {
+      cudaEventDestroy(start);
+      cudaEventDestroy(end);
+      clear();
+      return;
+    }
     auto since = [&](cudaEvent_t e) {
       float ms = 0;
       cudaEventElapsedTime(&ms, start, e);
@@ -114,7 +124,11 @@ class TracingCommunicator final : public dist::Communicator {
                   static_cast<double>(m.bytes) / 1048576.0, ready, done, took,
                   took > 0 ? static_cast<double>(m.bytes) / (took * 1e6) : 0.0);
     }
-    std::printf("  step ends at %.2f ms\n", since(end));
+    std::printf(
+        "  step ends at %.2f ms; the host queued it in %.2f ms, waiting on NCCL for %lld of "
+        "its %zu collectives\n",
+        since(end), host_ms, static_cast<long long>(real_.waited_to_queue() - waited0),
+        marks_.size());
     cudaEventDestroy(start);
     cudaEventDestroy(end);
     clear();
@@ -244,8 +258,10 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   std::optional<train::DataParallel<T, D>> parallel;
   std::unique_ptr<train::ParameterUpdate<T, D>> update;
 #if defined(FATHOM_HAS_NCCL)
+  // Every rank traces (the traced step is one more step, and every rank must take it); rank 0
+  // prints.
   std::optional<TracingCommunicator> tracer;
-  if (comm && o.trace_comm && comm->rank() == 0)
+  if (comm && o.trace_comm)
     if (auto* nccl = dynamic_cast<dist::NcclCommunicator*>(comm)) comm = &tracer.emplace(*nccl);
 #endif
   if (comm) {
@@ -311,7 +327,8 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   nvtxRangePop();
 #if defined(FATHOM_HAS_NCCL)
   if (tracer) {
-    cuda::synchronize();
+    // In the steady state: the traced step is queued behind others, as in training.
+    for (int i = 0; i < 3; ++i) step();
     tracer->trace(step);
     std::fflush(stdout);
   }

@@ -137,6 +137,37 @@ TEST_CASE("buckets start their all-reduce from inside the backward pass", "[dist
   CHECK(reduced_grads(2, 1, 2, 0, std::size_t{1} << 20).launched_during_backward == 0);
 }
 
+TEST_CASE("launch_all() runs every bucket's collective again, over what the buckets hold",
+          "[dist][buckets]") {
+  // After a step each bucket holds the sum over 2 ranks, the same on both; summing the buckets
+  // over the ranks once more doubles them (what benchmarks time as the collectives alone).
+  const auto once = reduced_grads(2, 1, 2);
+  std::vector<std::vector<double>> twice;
+  std::vector<int> refused(2, 0);
+  dist::run_ranks(2, [&](Communicator& comm) {
+    test::ToyModel<double> model(7);
+    Reducer reducer(comm, model.vars(), Reducer::Mode::all_reduce, 200);
+    reducer.begin_micro_batch(true);
+    auto loss =
+        model.loss(test::toy_tokens(comm.rank(), 2, 5, 0), test::toy_tokens(comm.rank(), 2, 5, 1));
+    autograd::backward(loss, Tensor<double>::full(loss.shape(), reducer.gradient_seed(1)));
+    try {
+      reducer.launch_all();  // not inside a micro-batch
+    } catch (const Error&) {
+      refused[static_cast<std::size_t>(comm.rank())] = 1;
+    }
+    reducer.finish();
+    reducer.launch_all();
+    if (comm.rank() != 0) return;
+    for (const auto& p : model.params) twice.push_back(p.var.grad().to_vector());
+  });
+  CHECK(refused == std::vector<int>{1, 1});
+  REQUIRE(twice.size() == once.per_param.size());
+  for (std::size_t k = 0; k < twice.size(); ++k)
+    for (std::size_t i = 0; i < twice[k].size(); ++i)
+      CHECK(twice[k][i] == 2 * once.per_param[k][i]);
+}
+
 TEST_CASE("GradReducer refuses finish() without a last micro-batch", "[dist][buckets]") {
   dist::run_ranks(1, [](Communicator& comm) {
     test::ToyModel<double> model(1);

@@ -1,5 +1,5 @@
 // Gradient buckets for data-parallel training: BucketPlan groups the parameters into flat buffers
-// of about 25 MB in reverse order of registration (the order their gradients become final in the
+// of about 50 MiB in reverse order of registration (the order their gradients become final in the
 // backward pass), and GradReducer reduces each bucket over the ranks as soon as its gradients are
 // final, while the rest of the backward runs.
 #pragma once
@@ -107,7 +107,7 @@ template <class T, DeviceTag D>
 class GradReducer {
  public:
   enum class Mode { all_reduce, reduce_scatter };
-  static constexpr std::size_t default_bucket_bytes = std::size_t{25} << 20;
+  static constexpr std::size_t default_bucket_bytes = std::size_t{50} << 20;
 
   GradReducer(Communicator& comm, std::vector<Var<T, D>> params, Mode mode = Mode::all_reduce,
               std::size_t bucket_bytes = default_bucket_bytes)

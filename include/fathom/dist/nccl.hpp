@@ -37,7 +37,7 @@ struct NcclOptions {
   // choice, or NCCL_MAX_CTAS from the environment). On a high-priority stream, a collective's CTAs
   // are scheduled as soon as SMs free up rather than after the compute kernels queued before it.
   int max_ctas = 0;
-  bool high_priority = false;
+  bool high_priority = true;
 };
 
 class NcclCommunicator final : public Communicator {
@@ -112,6 +112,9 @@ class NcclCommunicator final : public Communicator {
   std::string_view backend() const override { return "nccl"; }
   const LaunchEnv& launch() const { return env_; }
   cudaStream_t stream() const { return stream_; }
+
+  // How many collectives NCCL could not queue at once (ncclInProgress): the host waited for them.
+  std::int64_t waited_to_queue() const { return in_progress_; }
 
   // Tells every rank that this one failed (call before exiting on an error).
   void report_failure(const std::string& why) { rendezvous_.report_failure(why); }
@@ -205,7 +208,10 @@ class NcclCommunicator final : public Communicator {
     FATHOM_CUDA_CHECK(cudaEventRecord(ready_, cuda::stream()));
     FATHOM_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
     ncclResult_t r = call();
-    if (r == ncclInProgress) r = settle(options_.timeout_s, what);
+    if (r == ncclInProgress) {
+      ++in_progress_;
+      r = settle(options_.timeout_s, what);
+    }
     check(r, what);
     cudaEvent_t finished = nullptr;
     FATHOM_CUDA_CHECK(cudaEventCreateWithFlags(&finished, cudaEventDisableTiming));
@@ -262,6 +268,7 @@ class NcclCommunicator final : public Communicator {
   std::mutex pending_mutex_, fault_mutex_;
   std::deque<Pending> pending_;
   std::atomic<std::int64_t> issued_{0};
+  std::int64_t in_progress_ = 0;
   std::string fault_;
   std::atomic<bool> faulted_{false};
 };
