@@ -2,7 +2,8 @@
 """Side-by-side table of fathom-bench and bench/torch_baseline.py results from one run.
 
 Usage: python3 bench/compare.py FATHOM.jsonl TORCH.jsonl
-Prints, per workload: PyTorch eager and torch.compile, then fathom per policy, with tokens/s,
+Prints, per workload: PyTorch eager and torch.compile, then fathom per policy (and precision when
+not bf16), with tokens/s,
 the ratio to torch.compile, MFU and peak memory. Only compares lines from the same file pair
 (one run, one card)."""
 import json
@@ -49,7 +50,10 @@ def main(argv):
                 rows.append((f"torch {r['mode']}", r["tokens_per_s"], r.get("mfu"), r.get("peak_mem_gib")))
         for r in fathom:
             if r.get("workload") == w:
-                rows.append((f"fathom {r['policy']}", r["tokens_per_s"], r.get("mfu"), r.get("peak_gib")))
+                name = f"fathom {r['policy']}"
+                if r.get("precision") not in (None, "bf16"):
+                    name += f" {r['precision']}"
+                rows.append((name, r["tokens_per_s"], r.get("mfu"), r.get("peak_gib")))
         for name, tps, mfu, peak in rows:
             if tps is None:
                 print(f"{w:<12} {name:<22} {'error':>10}")

@@ -2,7 +2,9 @@
 # fathom-bench and the PyTorch baselines on the same card in one run, then one side-by-side table.
 # Called by scripts/gpu.sh after the build; usage: bench/run.sh BUILD_DIR [OUT_DIR]
 #   env: FATHOM_BENCH_POLICIES (default: all six), FATHOM_BENCH_WORKLOADS, FATHOM_BENCH_TORCH_MODES,
-#        FATHOM_BENCH_STEPS (timed steps, default 25), FATHOM_BENCH_WARMUP (default 8)
+#        FATHOM_BENCH_STEPS (timed steps, default 25), FATHOM_BENCH_WARMUP (default 8),
+#        FATHOM_BENCH_FP8_POLICIES (policies also run with --precision fp8, default pre-ln,lns;
+#        empty: none)
 set -uo pipefail
 build="${1:-${FATHOM_BUILD_DIR:?usage: bench/run.sh BUILD_DIR [OUT_DIR] (or FATHOM_BUILD_DIR set)}}"
 out="${2:-${OUT:-$build/logs}}"
@@ -13,6 +15,7 @@ policies="${FATHOM_BENCH_POLICIES:-pre-ln,lns,post-ln,deepnorm,mix-ln,sandwich-l
 modes="${FATHOM_BENCH_TORCH_MODES:-eager,compile}"
 steps="${FATHOM_BENCH_STEPS:-25}"
 warmup="${FATHOM_BENCH_WARMUP:-8}"
+fp8_policies="${FATHOM_BENCH_FP8_POLICIES-pre-ln,lns}"
 rm -f "$out/bench_fathom.jsonl" "$out/bench_torch.jsonl"
 rc=0
 # One fathom-bench call per workload, at the batch and sequence length the PyTorch baseline uses.
@@ -26,6 +29,11 @@ for w in "${workload_list[@]}"; do
   "$build/bin/fathom-bench" --workloads "$w" --batch "$batch" --seq-len "$seq" \
     --policies "$policies" --steps "$steps" --warmup "$warmup" \
     --json-out "$out/bench_fathom.jsonl" || rc=1
+  if [[ -n "$fp8_policies" ]]; then
+    "$build/bin/fathom-bench" --workloads "$w" --batch "$batch" --seq-len "$seq" \
+      --policies "$fp8_policies" --precision fp8 --steps "$steps" --warmup "$warmup" \
+      --json-out "$out/bench_fathom.jsonl" || rc=1
+  fi
 done
 if python3 -c "import torch" 2>/dev/null; then
   PYTHONUNBUFFERED=1 python3 "$here/torch_baseline.py" --workloads "$workloads" --modes "$modes" \

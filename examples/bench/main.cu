@@ -250,6 +250,7 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   if (Tn > cfg.max_seq) cfg.max_seq = static_cast<int>(Tn);
   if (w.vocab > 0) cfg.vocab = w.vocab;
   auto model = policies.make_model<T, D>(cfg, policy, nlohmann::json::object());
+  if (o.precision == "fp8") model->set_linear_precision(nn::LinearPrecision::fp8);
   model->init(0);
   // The trainer's step: AdamW without weight decay, clipping at 1.0 with the factor computed and
   // read on the device, so the step never waits for the host (PyTorch's clip_grad_norm_ does not
@@ -408,7 +409,10 @@ inline int main(int argc, char** argv) {
                  "comma-separated: llama-130m (seq 256, batch 128), gpt2-124m (seq 1024, batch "
                  "32), or any preset");
   app.add_option("--policies", o.policies, "comma-separated policies: " + policies.joined_names());
-  app.add_option("--precision", o.precision, "bf16 or fp32");
+  app.add_option("--precision", o.precision,
+                 "bf16, fp32, or fp8 (bf16 with the blocks' linear-layer GEMMs in fp8: E4M3 "
+                 "forward, E5M2 gradients, current per-tensor scaling; compute capability 8.9+; "
+                 "MFU still against the bf16 GEMM rate)");
   app.add_option("--steps", o.steps, "timed steps");
   app.add_option("--warmup", o.warmup, "untimed steps first");
   app.add_option("--batch", o.batch, "override the workload's batch");
@@ -443,7 +447,8 @@ inline int main(int argc, char** argv) {
   }
   int rank = -1;
   try {
-    check_choice("--precision", o.precision, {"bf16", "fp32"});
+    check_choice("--precision", o.precision, {"bf16", "fp32", "fp8"});
+    if (o.precision == "fp8") check_fp8_device("cuda");
     for (const auto& p : split_list(o.policies)) policies.check(p);
     FATHOM_CHECK(o.zero == 0 || o.zero == 1, "--zero: expected 0 or 1, got " << o.zero);
     FATHOM_CHECK(o.bucket_mb > 0, "--bucket-mb: expected a positive size, got " << o.bucket_mb);
@@ -504,8 +509,8 @@ inline int main(int argc, char** argv) {
       Workload w = workload_of(wname);
       for (const auto& policy : split_list(o.policies)) {
         auto run = [&](dist::Communicator* c) {
-          return o.precision == "bf16" ? bench_one<bf16>(w, policy, o, peak, policies, c)
-                                       : bench_one<float>(w, policy, o, peak, policies, c);
+          return o.precision == "fp32" ? bench_one<float>(w, policy, o, peak, policies, c)
+                                       : bench_one<bf16>(w, policy, o, peak, policies, c);
         };
         if (comm) {
           // Rank 0 alone first (the others wait), then every rank together.

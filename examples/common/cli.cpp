@@ -122,13 +122,14 @@ int launched_rank = -1;
 int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& name,
               const std::vector<std::string>& relaunch, int argc, char** argv) {
   policies.check(c.train.policy);
-  check_choice("--precision", c.precision, {"fp32", "bf16"});
+  check_choice("--precision", c.precision, {"fp32", "bf16", "fp8"});
   resolve_train_options(c);
   c.train.model = resolve_model(c);
   if (c.deepnorm_alpha > 0) c.train.policy_options["alpha"] = c.deepnorm_alpha;
   if (c.deepnorm_beta > 0) c.train.policy_options["beta"] = c.deepnorm_beta;
   if (c.post_ln_no_final_norm) c.train.policy_options["final_norm"] = false;
   const std::string device = resolve_device(c.device);
+  if (c.precision == "fp8") check_fp8_device(device);
   FATHOM_CHECK(c.zero == 0 || c.zero == 1, "--zero: expected 0 or 1, got " << c.zero);
   FATHOM_CHECK(c.nproc >= 1, "--nproc: expected at least 1, got " << c.nproc);
   const auto env = dist::LaunchEnv::from_environment();
@@ -319,7 +320,9 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
       ->check(number_in(0, 1e30));
   app.add_option("--device", c.device, "auto, cpu, cuda");
   app.add_option("--precision", c.precision,
-                 "fp32, or bf16 (bf16 weights and activations, fp32 master weights)");
+                 "fp32; bf16 (bf16 weights and activations, fp32 master weights); or fp8 (bf16, "
+                 "with the blocks' linear-layer GEMMs in fp8: E4M3 forward, E5M2 gradients, "
+                 "current per-tensor scaling; CUDA GPUs of compute capability 8.9+)");
   app.add_option("--seed", t.seed, "seed of initialization and data order");
   app.add_option("--eval-every", t.eval_every, "evaluate every N steps (0: at the end only)")
       ->check(count_in(0, LLONG_MAX));

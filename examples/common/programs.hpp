@@ -183,14 +183,41 @@ struct Backend {
   static void add_builtin_policies(PolicyRegistry& policies);
 };
 
+// --precision fp8 needs fp8 tensor cores: a CUDA GPU of compute capability 8.9 or later (Ada,
+// Hopper and after). Fails with one line naming what is there instead.
+inline void check_fp8_device(const std::string& device) {
+  FATHOM_CHECK(
+      device == "cuda",
+      "--precision fp8: fp8 GEMMs run on CUDA GPUs of compute capability 8.9 or later (Ada, "
+      "Hopper); --device "
+          << device << " has none: use --precision bf16 or fp32 there");
+#if defined(FATHOM_PROGRAM_CUDA)
+  int id = 0, major = 0, minor = 0;
+  cudaDeviceProp prop{};
+  FATHOM_CHECK(
+      cudaGetDevice(&id) == cudaSuccess &&
+          cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, id) == cudaSuccess &&
+          cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, id) == cudaSuccess &&
+          cudaGetDeviceProperties(&prop, id) == cudaSuccess,
+      "--precision fp8: cannot query the GPU's compute capability");
+  FATHOM_CHECK(major > 8 || (major == 8 && minor >= 9),
+               "--precision fp8: GPU " << id << " (" << prop.name << ") has compute capability "
+                                       << major << "." << minor
+                                       << "; fp8 GEMMs need 8.9 or later (Ada, Hopper): use "
+                                          "--precision bf16");
+#endif
+}
+
 // Calls fn.template operator()<T, D>() for the precision and device named; only backends compiled
-// into this program are reachable.
+// into this program are reachable. fp8 is the bf16 backend (its blocks' linear layers switched to
+// fp8 GEMMs by the caller: nn::LinearPrecision::fp8).
 template <class Fn>
 int dispatch_backend(const std::string& precision, const std::string& device, Fn&& fn) {
-  check_choice("--precision", precision, {"fp32", "bf16"});
+  check_choice("--precision", precision, {"fp32", "bf16", "fp8"});
+  if (precision == "fp8") check_fp8_device(device);
 #if defined(FATHOM_PROGRAM_CUDA)
   if (device == "cuda") {
-    if (precision == "bf16") return fn.template operator()<bf16, Cuda>();
+    if (precision == "bf16" || precision == "fp8") return fn.template operator()<bf16, Cuda>();
     return fn.template operator()<float, Cuda>();
   }
 #endif

@@ -3,6 +3,7 @@
 // q/k/v projections or one fused (3C, C) projection split in three (GPT-2 c_attn).
 #pragma once
 
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,11 @@ class Attention {
   }
 
   const Linear<T, D>& out_proj() const { return out_; }
+
+  // The precision of every projection's GEMMs (see LinearPrecision).
+  void set_linear_precision(LinearPrecision p) {
+    for (Linear<T, D>* l : {&q_, &k_, &v_, &qkv_, &out_}) l->set_precision(p);
+  }
 
  private:
   int heads_ = 1;

@@ -95,6 +95,11 @@ class Block {
   int layer() const { return layer_; }
   const Attention<T, D>& attention() const { return attn_; }
   const MLP<T, D>& mlp() const { return mlp_; }
+  // The precision of the GEMMs of every linear layer of the block (attention projections, MLP).
+  void set_linear_precision(LinearPrecision p) {
+    attn_.set_linear_precision(p);
+    mlp_.set_linear_precision(p);
+  }
   const Norm<T, D>& norm(policy::Sublayer kind, int slot) const {
     return (kind == policy::Sublayer::attention ? attn_norms_ : mlp_norms_)
         .at(static_cast<std::size_t>(slot));

@@ -150,6 +150,16 @@ class DecoderLM {
     for (auto& p : params_) p.var.zero_grad();
   }
 
+  // The precision of the GEMMs of the blocks' linear layers (attention projections, MLP):
+  // LinearPrecision::fp8 runs them through autograd::linear_fp8. The embeddings, the norms, the
+  // attention itself and the LM head keep T. A setting of the model object, not of its weights
+  // (checkpoints do not record it).
+  void set_linear_precision(LinearPrecision p) {
+    for (auto& b : blocks_) b.set_linear_precision(p);
+    linear_precision_ = p;
+  }
+  LinearPrecision linear_precision() const { return linear_precision_; }
+
   const ModelConfig& config() const { return config_; }
   const Policy& policy() const { return policy_; }
   bool has_final_norm() const { return final_norm_.has_value(); }
@@ -180,6 +190,7 @@ class DecoderLM {
   std::vector<BlockType> blocks_;
   std::optional<Norm<T, D>> final_norm_;
   Linear<T, D> lm_head_;  // untied only
+  LinearPrecision linear_precision_ = LinearPrecision::native;
 };
 
 }  // namespace fathom::nn

@@ -35,6 +35,12 @@ class LanguageModel {
   // Whether the Hugging Face layout stores this parameter transposed (GPT-2's Conv1D weights).
   virtual bool hf_transposed(const std::string& name) const = 0;
   virtual const ModelConfig& config() const = 0;
+  // The precision of the blocks' linear-layer GEMMs (DecoderLM::set_linear_precision). A model
+  // without fp8 linear layers refuses fp8.
+  virtual void set_linear_precision(LinearPrecision p) {
+    FATHOM_CHECK(p == LinearPrecision::native, "this model has no fp8 linear layers");
+  }
+  virtual LinearPrecision linear_precision() const { return LinearPrecision::native; }
 };
 
 // LanguageModel over DecoderLM<Arch, Policy, T, D>.
@@ -57,6 +63,8 @@ class DecoderModel final : public LanguageModel<T, D> {
   void zero_grad() override { model_.zero_grad(); }
   bool hf_transposed(const std::string& name) const override { return Arch::hf_transposed(name); }
   const ModelConfig& config() const override { return model_.config(); }
+  void set_linear_precision(LinearPrecision p) override { model_.set_linear_precision(p); }
+  LinearPrecision linear_precision() const override { return model_.linear_precision(); }
   Model& model() { return model_; }
   const Model& model() const { return model_; }
 

@@ -4,12 +4,19 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fathom/autograd/ops/gemm.hpp"
+#include "fathom/autograd/ops/linear_fp8.hpp"
 #include "fathom/nn/parameter.hpp"
 
 namespace fathom::nn {
+
+// How a linear layer runs its GEMMs: `native` in the model's element type T (autograd::linear);
+// `fp8` with E4M3 activations and weights and E5M2 gradients, each scaled by its current amax
+// (autograd::linear_fp8), results and everything else still in T. fp8 needs T = bf16 or float.
+enum class LinearPrecision { native, fp8 };
 
 template <class T, DeviceTag D>
 class Linear {
@@ -36,8 +43,20 @@ class Linear {
 
   // x (..., in) -> (..., out)
   Var<T, D> forward(const Var<T, D>& x) const {
+    if constexpr (std::is_same_v<T, bf16> || std::is_same_v<T, float>) {
+      if (precision_ == LinearPrecision::fp8)
+        return autograd::linear_fp8(x, weight_, bias_.defined() ? &bias_ : nullptr);
+    }
     return bias_.defined() ? autograd::linear(x, weight_, &bias_) : autograd::linear(x, weight_);
   }
+
+  void set_precision(LinearPrecision p) {
+    constexpr bool fp8_capable = std::is_same_v<T, bf16> || std::is_same_v<T, float>;
+    FATHOM_CHECK(p == LinearPrecision::native || fp8_capable,
+                 "Linear: fp8 GEMMs need bf16 or float weights, not " << Precision<T>::name);
+    precision_ = p;
+  }
+  LinearPrecision precision() const { return precision_; }
 
   const Var<T, D>& weight() const { return weight_; }
   const Var<T, D>& bias() const { return bias_; }  // undefined without bias
@@ -46,6 +65,7 @@ class Linear {
  private:
   Var<T, D> weight_;  // (out, in)
   Var<T, D> bias_;    // (out)
+  LinearPrecision precision_ = LinearPrecision::native;
 };
 
 }  // namespace fathom::nn

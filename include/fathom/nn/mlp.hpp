@@ -1,6 +1,7 @@
 // MLP: SwiGLU down(silu(gate(x)) * up(x)) (Llama) or GELU c_proj(gelu(c_fc(x))) (GPT-2, tanh form).
 #pragma once
 
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -41,12 +42,20 @@ class MLP {
   Var<T, D> forward(const Var<T, D>& x) const {
     if (kind_ == MlpKind::swiglu)
       return down_.forward(autograd::swiglu(gate_.forward(x), up_.forward(x)));
+    // fp8: the two GEMMs of linear_fp8 around a separate GELU.
+    if (up_.precision() == LinearPrecision::fp8)
+      return down_.forward(autograd::gelu(up_.forward(x)));
     // One fused node: GELU in the GEMM epilogues (see autograd::gelu_mlp).
     return autograd::gelu_mlp(x, up_.weight(), up_.has_bias() ? &up_.bias() : nullptr,
                               down_.weight(), down_.has_bias() ? &down_.bias() : nullptr);
   }
 
   const Linear<T, D>& down_proj() const { return down_; }
+
+  // The precision of every projection's GEMMs (see LinearPrecision).
+  void set_linear_precision(LinearPrecision p) {
+    for (Linear<T, D>* l : {&gate_, &up_, &down_}) l->set_precision(p);
+  }
 
  private:
   MlpKind kind_ = MlpKind::swiglu;

@@ -1,0 +1,162 @@
+// linear_fp8(x, weight, bias): y = x W^T + b with its three GEMMs in fp8 (current per-tensor
+// scaling), the transformer blocks' linear layers under --precision fp8. One node, as linear.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "fathom/autograd/ops/gemm.hpp"
+#include "fathom/autograd/var.hpp"
+#include "fathom/core/fp8.hpp"
+#include "fathom/kernels/fp8.hpp"
+#include "fathom/kernels/gemm.hpp"
+#if defined(__CUDACC__)
+// Declared before the op below so that kernels::gemm_fp8(Cuda{}, ...) and the others resolve.
+#include "fathom/kernels/cuda/fp8.cuh"
+#include "fathom/kernels/cuda/gemm.cuh"
+#endif
+
+namespace fathom::autograd {
+
+namespace detail {
+
+// A tensor quantized to F with the current scaling recipe: scale[0] = amax, scale[1] = 1 / scale
+// (the dequantization factor the GEMM reads), both on the tensor's device; `codes` (rows, cols)
+// and/or `codes_t` (cols, rows).
+template <class F, DeviceTag D>
+struct Fp8Tensor {
+  Tensor<F, D> codes, codes_t;
+  Tensor<float, D> scale;  // (2): amax, scale_inv
+  const float* scale_inv() const { return scale.data() + 1; }
+};
+
+// x (rows, cols), contiguous, quantized on its device with no host synchronization: the amax of x,
+// then the codes (and the transposed codes when asked) with scale = max(F) / amax.
+template <class F, class T, DeviceTag D>
+Fp8Tensor<F, D> quantize_current(const Tensor<T, D>& x, std::int64_t rows, std::int64_t cols,
+                                 bool plain, bool transposed) {
+  Fp8Tensor<F, D> q;
+  q.scale = Tensor<float, D>(Shape{2});
+  if (plain) q.codes = Tensor<F, D>(Shape{rows, cols});
+  if (transposed) q.codes_t = Tensor<F, D>(Shape{cols, rows});
+  kernels::amax(D{}, kernels::AmaxParams<T>{x.data(), rows * cols, q.scale.data()});
+  kernels::quantize_fp8(D{}, kernels::QuantizeFp8Params<T, F>{
+                                 .x = x.data(),
+                                 .out = plain ? q.codes.data() : nullptr,
+                                 .out_t = transposed ? q.codes_t.data() : nullptr,
+                                 .rows = rows,
+                                 .cols = cols,
+                                 .amax = q.scale.data(),
+                                 .scale_inv = q.scale.data() + 1});
+  return q;
+}
+
+}  // namespace detail
+
+// linear_fp8(x, weight, bias): the values and gradients of linear(x, weight, bias) computed with
+// fp8 GEMMs, each operand scaled by its own current amax just before it is quantized:
+//   forward  Y  = X (E4M3) W^T (E4M3)                 + b
+//   backward dX = dY (E5M2) W (E4M3, transposed copy)
+//            dW = dY^T (E5M2, transposed copy) X (E4M3, transposed copy)
+//            db = sum of dY over rows (in T, as linear)
+// Accumulation in float, results in T (bf16 or float). For the backward the node keeps X^T and
+// W^T in fp8 (one byte an element) instead of X and W.
+//   x (..., in), weight (out, in), bias (out) or nullptr  -> (..., out)
+template <class T, DeviceTag D>
+Var<T, D> linear_fp8(const Var<T, D>& x, const Var<T, D>& weight,
+                     const std::type_identity_t<Var<T, D>>* bias = nullptr) {
+  static_assert(std::is_same_v<T, bf16> || std::is_same_v<T, float>,
+                "linear_fp8: fp8 GEMMs produce bf16 or float; use linear for double");
+  FATHOM_CHECK(weight.dim() == 2,
+               "linear_fp8: weight must be (out_features, in_features), got " << weight.shape());
+  FATHOM_CHECK(x.dim() >= 1, "linear_fp8: x must be (..., in_features), got "
+                                 << x.shape() << " for weight " << weight.shape());
+  const std::int64_t in = weight.size(1), out = weight.size(0);
+  FATHOM_CHECK(x.size(-1) == in, "linear_fp8: x " << x.shape() << " and weight " << weight.shape()
+                                                  << " disagree on in_features (" << x.size(-1)
+                                                  << " vs " << in << ")");
+  if (bias) {
+    FATHOM_CHECK(bias->dim() == 1 && bias->size(0) == out,
+                 "linear_fp8: bias " << bias->shape() << " and weight " << weight.shape()
+                                     << " disagree: bias must be (" << out
+                                     << ",), one per out_feature");
+  }
+  const std::int64_t rows = detail::gemm_leading_numel(x.shape(), x.dim() - 1);
+  auto gx = grad_target(x), gw = grad_target(weight);
+  auto gbias = bias ? grad_target(*bias) : nullptr;
+
+  Tensor<T, D> xv = x.value().contiguous(), wv = weight.value().contiguous();
+  Tensor<T, D> bv = bias ? bias->value().contiguous() : Tensor<T, D>();
+  // X for the forward and, transposed, for dW; W for the forward and, transposed, for dX.
+  auto xq = detail::quantize_current<fp8_e4m3>(xv, rows, in, true, gw != nullptr);
+  auto wq = detail::quantize_current<fp8_e4m3>(wv, out, in, true, gx != nullptr);
+  Shape out_shape = x.shape();
+  out_shape[x.dim() - 1] = out;
+  Tensor<T, D> y(out_shape);  // (rows, out)
+  kernels::gemm_fp8(D{}, kernels::Fp8GemmParams<fp8_e4m3, fp8_e4m3, T>{
+                             .a = xq.codes.data(),
+                             .b = wq.codes.data(),
+                             .c = y.data(),
+                             .bias = bias ? bv.data() : nullptr,
+                             .a_scale_inv = xq.scale_inv(),
+                             .b_scale_inv = wq.scale_inv(),
+                             .m = rows,
+                             .n = out,
+                             .k = in});
+  // Only what the backward reads is kept: the transposed copies and their scales.
+  xq.codes = Tensor<fp8_e4m3, D>();
+  wq.codes = Tensor<fp8_e4m3, D>();
+
+  return Var<T, D>::make_result(
+      std::move(y), gx || gw || gbias,
+      [gx, gw, gbias, xq = gw ? xq : detail::Fp8Tensor<fp8_e4m3, D>(),
+       wq = gx ? wq : detail::Fp8Tensor<fp8_e4m3, D>(), rows, in,
+       out](const Tensor<T, D>& gy_in) {
+        Tensor<T, D> gy = gy_in.contiguous();  // (rows, out)
+        if (gx || gw) {
+          // dY in E5M2 (the gradients' range), rows-major for dX and transposed for dW.
+          auto gq = detail::quantize_current<fp8_e5m2>(gy, rows, out, gx != nullptr, gw != nullptr);
+          if (gx) {  // dX (rows, in) += dY (rows, out) W (out, in); W^T stored (in, out)
+            const auto dx = gx->write_target();
+            kernels::gemm_fp8(D{}, kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T>{
+                                       .a = gq.codes.data(),
+                                       .b = wq.codes_t.data(),
+                                       .c = dx.data,
+                                       .a_scale_inv = gq.scale_inv(),
+                                       .b_scale_inv = wq.scale_inv(),
+                                       .m = rows,
+                                       .n = in,
+                                       .k = out,
+                                       .beta = dx.accumulate ? 1.0 : 0.0});
+          }
+          if (gw) {  // dW (out, in) += dY^T (out, rows) X (rows, in); X^T stored (in, rows)
+            const auto dw = gw->write_target();
+            kernels::gemm_fp8(D{}, kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T>{
+                                       .a = gq.codes_t.data(),
+                                       .b = xq.codes_t.data(),
+                                       .c = dw.data,
+                                       .a_scale_inv = gq.scale_inv(),
+                                       .b_scale_inv = xq.scale_inv(),
+                                       .m = out,
+                                       .n = in,
+                                       .k = rows,
+                                       .beta = dw.accumulate ? 1.0 : 0.0});
+          }
+        }
+        if (gbias) {  // db (out) += sum over rows of dY
+          const auto db = gbias->write_target();
+          kernels::column_sum(D{}, kernels::ColumnSumParams<T>{.x = gy.data(),
+                                                               .out = db.data,
+                                                               .rows = rows,
+                                                               .cols = out,
+                                                               .accumulate = db.accumulate});
+        }
+      });
+}
+
+template <class T, DeviceTag D>
+Var<T, D> linear_fp8(const Var<T, D>& x, const Var<T, D>& weight, const Var<T, D>& bias) {
+  return linear_fp8(x, weight, &bias);
+}
+
+}  // namespace fathom::autograd

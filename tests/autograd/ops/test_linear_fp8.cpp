@@ -1,0 +1,289 @@
+// Tests for autograd::linear_fp8 (include/fathom/autograd/ops/linear_fp8.hpp) on the CPU, where
+// it runs the reference fp8 kernels: its value and gradients equal the products of the quantized
+// operands (each with its own current scale, gradients in E5M2) to float accuracy, and stay
+// within the fp8 formats' error of linear's; gradients accumulate; fresh buffers are written, never
+// read (NaN-poisoned); and the model switch (DecoderLM::set_linear_precision) routes the blocks'
+// linear layers, and only them, through it.
+#include <fathom/autograd/ops/gemm.hpp>
+#include <fathom/autograd/ops/linear_fp8.hpp>
+#include <fathom/core/memory.hpp>
+#include <fathom/nn/decoder_lm.hpp>
+#include <fathom/nn/language_model.hpp>
+#include <fathom/policy/pre_ln.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "autograd/support.hpp"
+#include "kernels/support.hpp"
+#include "nn/small_model.hpp"
+#include "support/catch.hpp"
+
+namespace {
+
+using fathom::bf16;
+using fathom::Cpu;
+using fathom::fp8_e4m3;
+using fathom::fp8_e5m2;
+using fathom::Shape;
+using fathom::Tensor;
+using fathom::Var;
+namespace kernels = fathom::kernels;
+namespace ag = fathom::autograd;
+
+// x (rows, cols) quantized by the reference kernels with the current scaling: the decoded values
+// times 1 / scale, in double (what the fp8 GEMM multiplies).
+template <class F, class T>
+std::vector<double> dequantized(const std::vector<T>& x, std::int64_t rows, std::int64_t cols) {
+  float amax = 0, scale_inv = 0;
+  kernels::amax(Cpu{}, kernels::AmaxParams<T>{x.data(), rows * cols, &amax});
+  std::vector<F> q(x.size());
+  kernels::quantize_fp8(Cpu{}, kernels::QuantizeFp8Params<T, F>{.x = x.data(),
+                                                                 .out = q.data(),
+                                                                 .rows = rows,
+                                                                 .cols = cols,
+                                                                 .amax = &amax,
+                                                                 .scale_inv = &scale_inv});
+  std::vector<double> v(x.size());
+  for (std::size_t i = 0; i < v.size(); ++i)
+    v[i] = static_cast<double>(static_cast<float>(q[i])) * scale_inv;
+  return v;
+}
+
+// C (m, n) = A (m, k) op(B), B (n, k) when b_rows_n else (k, n); and the sum of |products|.
+void product(const std::vector<double>& a, const std::vector<double>& b, std::int64_t m,
+             std::int64_t n, std::int64_t k, bool b_rows_n, std::vector<double>& c,
+             std::vector<double>& mass) {
+  c.assign(static_cast<std::size_t>(m * n), 0.0);
+  mass.assign(c.size(), 0.0);
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j)
+      for (std::int64_t q = 0; q < k; ++q) {
+        const double p = a[static_cast<std::size_t>(i * k + q)] *
+                         b[static_cast<std::size_t>(b_rows_n ? j * k + q : q * n + j)];
+        c[static_cast<std::size_t>(i * n + j)] += p;
+        mass[static_cast<std::size_t>(i * n + j)] += std::abs(p);
+      }
+}
+
+std::vector<double> transposed(const std::vector<double>& x, std::int64_t rows, std::int64_t cols) {
+  std::vector<double> t(x.size());
+  for (std::int64_t i = 0; i < rows; ++i)
+    for (std::int64_t j = 0; j < cols; ++j)
+      t[static_cast<std::size_t>(j * rows + i)] = x[static_cast<std::size_t>(i * cols + j)];
+  return t;
+}
+
+// "" when |got - want| <= rtol * mass + atol everywhere, else the first element that is not.
+std::string mismatch(const std::string& name, const std::vector<double>& got,
+                     const std::vector<double>& want, const std::vector<double>& mass, double rtol,
+                     double atol) {
+  for (std::size_t i = 0; i < want.size(); ++i)
+    if (!(std::abs(got[i] - want[i]) <= rtol * mass[i] + atol))
+      return name + "[" + std::to_string(i) + "]: got " + std::to_string(got[i]) + ", want " +
+             std::to_string(want[i]) + " (mass " + std::to_string(mass[i]) + ")";
+  return {};
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("linear_fp8 computes the products of its quantized operands",
+                   "[autograd][ops][fp8]", float, bf16) {
+  using T = TestType;
+  fathom::test::FreshTape tape;
+  const std::int64_t B = 3, S = 7, in = 24, out = 10, rows = B * S;
+  const bool with_bias = GENERATE(false, true);
+  INFO("bias " << with_bias);
+  // Activations, weights and gradients of different magnitudes: each gets its own scale.
+  const auto xs = fathom::test::normal_values<T>(static_cast<std::size_t>(rows * in), 1, 4.0);
+  const auto ws = fathom::test::normal_values<T>(static_cast<std::size_t>(out * in), 2, 0.02);
+  const auto gs = fathom::test::normal_values<T>(static_cast<std::size_t>(rows * out), 3, 1e-4);
+  const auto bs = fathom::test::normal_values<T>(static_cast<std::size_t>(out), 4, 0.5);
+  Var<T, Cpu> x(Tensor<T, Cpu>::from_vector(Shape{B, S, in}, xs), true);
+  Var<T, Cpu> w(Tensor<T, Cpu>::from_vector(Shape{out, in}, ws), true);
+  Var<T, Cpu> b(Tensor<T, Cpu>::from_vector(Shape{out}, bs), true);
+  Var<T, Cpu> y = with_bias ? ag::linear_fp8(x, w, b) : ag::linear_fp8(x, w);
+  REQUIRE(y.shape() == Shape{B, S, out});
+  ag::backward(y, Tensor<T, Cpu>::from_vector(Shape{B, S, out}, gs));
+
+  const auto xq = dequantized<fp8_e4m3>(xs, rows, in);
+  const auto wq = dequantized<fp8_e4m3>(ws, out, in);
+  const auto gq = dequantized<fp8_e5m2>(gs, rows, out);
+  std::vector<double> want, mass;
+  // Float sums of K terms, then one rounding to T.
+  const double out_rtol = std::is_same_v<T, bf16> ? 1.0 / 128 : 1e-6;
+  product(xq, wq, rows, out, in, true, want, mass);  // Y = Xq Wq^T
+  if (with_bias)
+    for (std::int64_t i = 0; i < rows; ++i)
+      for (std::int64_t j = 0; j < out; ++j) {
+        want[static_cast<std::size_t>(i * out + j)] += static_cast<double>(bs[j]);
+        mass[static_cast<std::size_t>(i * out + j)] += std::abs(static_cast<double>(bs[j]));
+      }
+  std::string e = mismatch("Y", fathom::test::to_double(y.value().to_vector()), want, mass,
+                           out_rtol + 1e-5, 1e-6);
+  INFO(e);
+  CHECK(e.empty());
+  product(gq, wq, rows, in, out, false, want, mass);  // dX = dYq Wq
+  e = mismatch("dX", fathom::test::to_double(x.grad().to_vector()), want, mass, out_rtol + 1e-5,
+               1e-12);
+  INFO(e);
+  CHECK(e.empty());
+  product(transposed(gq, rows, out), transposed(xq, rows, in), out, in, rows, true, want, mass);
+  e = mismatch("dW", fathom::test::to_double(w.grad().to_vector()), want, mass, out_rtol + 1e-5,
+               1e-12);  // dW = dYq^T Xq
+  INFO(e);
+  CHECK(e.empty());
+  if (with_bias) {  // db: the column sums of dY itself (not quantized), as linear computes them
+    std::vector<double> db(static_cast<std::size_t>(out), 0.0), ones(db.size(), 0.0);
+    for (std::int64_t i = 0; i < rows; ++i)
+      for (std::int64_t j = 0; j < out; ++j) {
+        db[static_cast<std::size_t>(j)] += static_cast<double>(gs[static_cast<std::size_t>(i * out + j)]);
+        ones[static_cast<std::size_t>(j)] += std::abs(static_cast<double>(gs[static_cast<std::size_t>(i * out + j)]));
+      }
+    e = mismatch("db", fathom::test::to_double(b.grad().to_vector()), db, ones, out_rtol + 1e-5,
+                 0.0);
+    INFO(e);
+    CHECK(e.empty());
+  }
+}
+
+TEST_CASE("linear_fp8 stays within the fp8 formats' error of linear", "[autograd][ops][fp8]") {
+  fathom::test::FreshTape tape;
+  const std::int64_t rows = 33, in = 48, out = 17;
+  const auto xs = fathom::test::normal_values<float>(static_cast<std::size_t>(rows * in), 11);
+  const auto ws = fathom::test::normal_values<float>(static_cast<std::size_t>(out * in), 12, 0.1);
+  const auto gs = fathom::test::normal_values<float>(static_cast<std::size_t>(rows * out), 13);
+  auto run = [&](bool fp8) {
+    Var<float, Cpu> x(Tensor<float, Cpu>::from_vector(Shape{rows, in}, xs), true);
+    Var<float, Cpu> w(Tensor<float, Cpu>::from_vector(Shape{out, in}, ws), true);
+    auto y = fp8 ? ag::linear_fp8(x, w) : ag::linear(x, w);
+    ag::backward(y, Tensor<float, Cpu>::from_vector(Shape{rows, out}, gs));
+    return std::vector<std::vector<double>>{fathom::test::to_double(y.value().to_vector()),
+                                            fathom::test::to_double(x.grad().to_vector()),
+                                            fathom::test::to_double(w.grad().to_vector())};
+  };
+  const auto exact = run(false), fp8 = run(true);
+  // Relative error per product at most (1 + 2^-4)^2 - 1 (E4M3 x E4M3) or (1 + 2^-3)(1 + 2^-4) - 1
+  // (E5M2 x E4M3), measured against the sum of |products| (plus subnormal slack).
+  std::vector<double> want, mass;
+  std::vector<double> xd(xs.begin(), xs.end()), wd(ws.begin(), ws.end()), gd(gs.begin(), gs.end());
+  product(xd, wd, rows, out, in, true, want, mass);
+  std::string e = mismatch("Y", fp8[0], exact[0], mass, 0.13, 1e-3);
+  INFO(e);
+  CHECK(e.empty());
+  product(gd, wd, rows, in, out, false, want, mass);
+  e = mismatch("dX", fp8[1], exact[1], mass, 0.2, 1e-3);
+  INFO(e);
+  CHECK(e.empty());
+  product(transposed(gd, rows, out), transposed(xd, rows, in), out, in, rows, true, want, mass);
+  e = mismatch("dW", fp8[2], exact[2], mass, 0.2, 1e-3);
+  INFO(e);
+  CHECK(e.empty());
+  // ...and it is not linear itself: quantization changed the values.
+  CHECK(fp8[0] != exact[0]);
+}
+
+TEST_CASE("linear_fp8 gradients accumulate and skip inputs without grad", "[autograd][ops][fp8]") {
+  fathom::test::FreshTape tape;
+  Var<float, Cpu> x(Tensor<float, Cpu>::randn(Shape{5, 16}, 21), true);
+  Var<float, Cpu> w(Tensor<float, Cpu>::randn(Shape{8, 16}, 22), true);
+  Var<float, Cpu> frozen(Tensor<float, Cpu>::randn(Shape{8, 16}, 23), false);
+  const auto seed = Tensor<float, Cpu>::randn(Shape{5, 8}, 24);
+  ag::backward(ag::linear_fp8(x, w), seed);
+  const auto gx1 = x.grad().to_vector(), gw1 = w.grad().to_vector();
+  ag::backward(ag::linear_fp8(x, w), seed);
+  const auto gx2 = x.grad().to_vector(), gw2 = w.grad().to_vector();
+  for (std::size_t i = 0; i < gx1.size(); ++i) CHECK(gx2[i] == 2.0f * gx1[i]);
+  for (std::size_t i = 0; i < gw1.size(); ++i) CHECK(gw2[i] == 2.0f * gw1[i]);
+  x.zero_grad();
+  ag::backward(ag::linear_fp8(x, frozen), seed);
+  CHECK(x.grad().to_vector() != std::vector<float>(gx1.size(), 0.0f));
+}
+
+TEST_CASE("linear_fp8 names mismatched shapes", "[autograd][ops][fp8]") {
+  fathom::test::FreshTape tape;
+  Var<float, Cpu> x(Tensor<float, Cpu>::randn(Shape{5, 16}, 1), true);
+  Var<float, Cpu> w(Tensor<float, Cpu>::randn(Shape{8, 15}, 2), true);
+  CHECK_THROWS_WITH(ag::linear_fp8(x, w), HasSubstring("disagree on in_features (16 vs 15)"));
+}
+
+TEMPLATE_TEST_CASE("DecoderLM::set_linear_precision(fp8) routes the blocks' linear layers",
+                   "[nn][fp8]", fathom::nn::Llama, fathom::nn::Gpt2) {
+  using Arch = TestType;
+  fathom::test::FreshTape tape;
+  auto c = fathom::test::small_model(2, 32, 64, 16);
+  c.arch = Arch::kind;
+  if (Arch::kind == fathom::nn::ArchKind::gpt2) {
+    c.tied = true;
+    c.bias = true;
+  }
+  c.vocab = 50;
+  fathom::nn::DecoderModel<Arch, fathom::policy::PreLN, float, Cpu> model(c, {});
+  model.init(5);
+  std::vector<std::int32_t> ids(2 * 16);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7 + 3) % 50);
+  const auto x = Tensor<std::int32_t, Cpu>::from_vector(Shape{2, 16}, ids);
+  std::vector<std::int32_t> next(ids.begin() + 1, ids.end());
+  next.push_back(0);
+  const auto y = Tensor<std::int32_t, Cpu>::from_vector(Shape{2, 16}, next);
+
+  auto loss_and_head_grad = [&] {
+    model.zero_grad();
+    auto loss = model.loss(x, y);
+    ag::backward(loss);
+    const auto* head = model.model().find(Arch::kind == fathom::nn::ArchKind::gpt2
+                                              ? "transformer.wte.weight"
+                                              : "lm_head.weight");
+    REQUIRE(head != nullptr);
+    return std::make_pair(static_cast<double>(loss.value().item()), head->var.grad().to_vector());
+  };
+  CHECK(model.linear_precision() == fathom::nn::LinearPrecision::native);
+  const auto [native_loss, native_grad] = loss_and_head_grad();
+  model.set_linear_precision(fathom::nn::LinearPrecision::fp8);
+  CHECK(model.linear_precision() == fathom::nn::LinearPrecision::fp8);
+  const auto [fp8_loss, fp8_grad] = loss_and_head_grad();
+  INFO("loss native " << native_loss << " fp8 " << fp8_loss);
+  CHECK(std::isfinite(fp8_loss));
+  CHECK(fp8_loss != native_loss);                                  // the fp8 route ran
+  CHECK(std::abs(fp8_loss - native_loss) <= 0.02 * native_loss);  // and is close
+  CHECK(fp8_grad != native_grad);
+  // Back to native: the same loss as before, bit for bit.
+  model.set_linear_precision(fathom::nn::LinearPrecision::native);
+  CHECK(loss_and_head_grad().first == native_loss);
+}
+
+TEST_CASE("fp8 linear layers are refused for double models", "[nn][fp8]") {
+  auto c = fathom::test::small_model(1, 16, 32, 8);
+  fathom::nn::DecoderModel<fathom::nn::Llama, fathom::policy::PreLN, double, Cpu> model(c, {});
+  CHECK_THROWS_WITH(model.set_linear_precision(fathom::nn::LinearPrecision::fp8),
+                    HasSubstring("fp8 GEMMs need bf16 or float weights, not fp64"));
+}
+
+TEST_CASE("linear_fp8 never reads the fresh buffers it fills (NaN-poisoned)", "[autograd][ops][fp8]") {
+  auto run = [] {
+    fathom::test::FreshTape tape;
+    Var<float, Cpu> x(Tensor<float, Cpu>::randn(Shape{2, 9, 16}, 31), true);
+    Var<float, Cpu> w(Tensor<float, Cpu>::randn(Shape{12, 16}, 32, 0.1), true);
+    Var<float, Cpu> b(Tensor<float, Cpu>::randn(Shape{12}, 33), true);
+    auto y = ag::linear_fp8(x, w, b);
+    ag::backward(y, Tensor<float, Cpu>::randn(Shape{2, 9, 12}, 34));
+    std::vector<float> all = y.value().to_vector();
+    for (const auto* v : {&x, &w, &b}) {
+      const auto g = v->grad().to_vector();
+      all.insert(all.end(), g.begin(), g.end());
+    }
+    return all;
+  };
+  const auto plain = run();
+  std::vector<float> poisoned;
+  {
+    fathom::memory::PoisonNewBuffers poison;
+    poisoned = run();
+  }
+  for (float v : plain) REQUIRE(std::isfinite(v));
+  CHECK(poisoned == plain);
+}

@@ -1,0 +1,109 @@
+// [cuda] fp8 training against bf16 over a real training run: the tiny Llama (LNS) and the tiny
+// GPT-2 (Pre-LN) trained for 300 steps on the built-in corpus, once in bf16 and once with the
+// blocks' linear layers in fp8 (nn::LinearPrecision::fp8: E4M3 forward, E5M2 gradients, current
+// per-tensor scaling), from the same seed on the same batches. The fp8 loss curve must track
+// bf16's: the mean loss of every window of 25 steps within 3% of bf16's, the last window within
+// 1.5%; both must learn, and the fp8 run must really have taken cuBLASLt's fp8 GEMMs.
+#include <fathom/cuda.hpp>
+#include <fathom/kernels/cuda/fp8.cuh>
+#include <fathom/nn/language_model.hpp>
+#include <fathom/nn/presets.hpp>
+#include <fathom/policy/lns.hpp>
+#include <fathom/policy/pre_ln.hpp>
+#include <fathom/train/trainer.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "support/catch.hpp"
+
+namespace {
+
+using fathom::bf16;
+using fathom::Cuda;
+
+fathom::train::TrainOptions fp8_curve_options(const std::string& preset, const std::string& tag) {
+  fathom::train::TrainOptions o;
+  o.model = fathom::nn::preset(preset);
+  o.seq_len = 128;
+  o.batch = 16;
+  o.steps = 300;
+  o.lr = 2e-3;
+  o.schedule = fathom::train::CosineSchedule{30, 0.1};
+  o.eval_every = 0;
+  o.eval_batches = 2;
+  o.log_every = 50;
+  o.seed = 11;
+  o.quiet = true;
+  const std::filesystem::path out =
+      std::filesystem::temp_directory_path() / ("fathom-test-fp8-" + preset + "-" + tag);
+  std::filesystem::remove_all(out);
+  o.out = out.string();
+  return o;
+}
+
+std::vector<double> fp8_window_means(const std::vector<double>& losses, std::size_t window) {
+  std::vector<double> out;
+  for (std::size_t i = 0; i + window <= losses.size(); i += window) {
+    double s = 0;
+    for (std::size_t j = i; j < i + window; ++j) s += losses[j];
+    out.push_back(s / static_cast<double>(window));
+  }
+  return out;
+}
+
+template <class Arch, class Policy>
+void fp8_check_curve(const std::string& preset) {
+  fathom::nn::DecoderModel<Arch, Policy, bf16, Cuda> reference(fathom::nn::preset(preset), {});
+  auto r16 = fathom::train::train<bf16, Cuda>(fp8_curve_options(preset, "bf16"), reference);
+
+  fathom::nn::DecoderModel<Arch, Policy, bf16, Cuda> model(fathom::nn::preset(preset), {});
+  model.set_linear_precision(fathom::nn::LinearPrecision::fp8);
+  const std::uint64_t lt_before = fathom::kernels::detail::lt_gemm_fp8_runs();
+  auto r8 = fathom::train::train<bf16, Cuda>(fp8_curve_options(preset, "fp8"), model);
+  const std::uint64_t lt_runs = fathom::kernels::detail::lt_gemm_fp8_runs() - lt_before;
+
+  REQUIRE(r16.losses.size() == 300);
+  REQUIRE(r8.losses.size() == 300);
+  for (double l : r8.losses) REQUIRE(std::isfinite(l));
+  // Every block's linear layers, three GEMMs each, every step, through cuBLASLt on sm_89+.
+  if (fathom::kernels::device_supports_fp8()) CHECK(lt_runs >= 300u * 3u * 4u);
+  CHECK(r8.losses != r16.losses);  // the fp8 route ran
+
+  const auto m16 = fp8_window_means(r16.losses, 25), m8 = fp8_window_means(r8.losses, 25);
+  double worst = 0;
+  for (std::size_t w = 0; w < m16.size(); ++w) {
+    const double rel = std::abs(m8[w] - m16[w]) / m16[w];
+    worst = std::max(worst, rel);
+    INFO(preset << " steps " << w * 25 + 1 << "-" << (w + 1) * 25 << ": fp8 " << m8[w] << " bf16 "
+                << m16[w]);
+    CHECK(rel <= 0.03);
+  }
+  const double last = std::abs(m8.back() - m16.back()) / m16.back();
+  INFO(preset << " last window: fp8 " << m8.back() << " bf16 " << m16.back());
+  CHECK(last <= 0.015);
+  std::printf(
+      "fp8 vs bf16 (%s, 300 steps): window means %.4f -> %.4f (fp8) and %.4f -> %.4f (bf16); "
+      "largest relative gap of a 25-step window %.2f%%, last window %.2f%%; %llu cuBLASLt fp8 "
+      "GEMMs\n",
+      preset.c_str(), m8.front(), m8.back(), m16.front(), m16.back(), 100 * worst, 100 * last,
+      static_cast<unsigned long long>(lt_runs));
+  // Both learn: the last window well below the first (log 257 = 5.55 at the start).
+  CHECK(m16.back() < m16.front() - 1.5);
+  CHECK(m8.back() < m8.front() - 1.5);
+}
+
+}  // namespace
+
+TEST_CASE("fp8 training tracks the bf16 loss curve over 300 steps (tiny Llama, LNS)",
+          "[cuda][train][fp8]") {
+  fp8_check_curve<fathom::nn::Llama, fathom::policy::LNS>("tiny");
+}
+
+TEST_CASE("fp8 training tracks the bf16 loss curve over 300 steps (tiny GPT-2, Pre-LN)",
+          "[cuda][train][fp8]") {
+  fp8_check_curve<fathom::nn::Gpt2, fathom::policy::PreLN>("gpt2-tiny");
+}
