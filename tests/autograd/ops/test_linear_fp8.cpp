@@ -43,11 +43,11 @@ std::vector<double> dequantized(const std::vector<T>& x, std::int64_t rows, std:
   kernels::amax(Cpu{}, kernels::AmaxParams<T>{x.data(), rows * cols, &amax});
   std::vector<F> q(x.size());
   kernels::quantize_fp8(Cpu{}, kernels::QuantizeFp8Params<T, F>{.x = x.data(),
-                                                                 .out = q.data(),
-                                                                 .rows = rows,
-                                                                 .cols = cols,
-                                                                 .amax = &amax,
-                                                                 .scale_inv = &scale_inv});
+                                                                .out = q.data(),
+                                                                .rows = rows,
+                                                                .cols = cols,
+                                                                .amax = &amax,
+                                                                .scale_inv = &scale_inv});
   std::vector<double> v(x.size());
   for (std::size_t i = 0; i < v.size(); ++i)
     v[i] = static_cast<double>(static_cast<float>(q[i])) * scale_inv;
@@ -141,8 +141,10 @@ TEMPLATE_TEST_CASE("linear_fp8 computes the products of its quantized operands",
     std::vector<double> db(static_cast<std::size_t>(out), 0.0), ones(db.size(), 0.0);
     for (std::int64_t i = 0; i < rows; ++i)
       for (std::int64_t j = 0; j < out; ++j) {
-        db[static_cast<std::size_t>(j)] += static_cast<double>(gs[static_cast<std::size_t>(i * out + j)]);
-        ones[static_cast<std::size_t>(j)] += std::abs(static_cast<double>(gs[static_cast<std::size_t>(i * out + j)]));
+        db[static_cast<std::size_t>(j)] +=
+            static_cast<double>(gs[static_cast<std::size_t>(i * out + j)]);
+        ones[static_cast<std::size_t>(j)] +=
+            std::abs(static_cast<double>(gs[static_cast<std::size_t>(i * out + j)]));
       }
     e = mismatch("db", fathom::test::to_double(b.grad().to_vector()), db, ones, out_rtol + 1e-5,
                  0.0);
@@ -235,9 +237,8 @@ TEMPLATE_TEST_CASE("DecoderLM::set_linear_precision(fp8) routes the blocks' line
     model.zero_grad();
     auto loss = model.loss(x, y);
     ag::backward(loss);
-    const auto* head = model.model().find(Arch::kind == fathom::nn::ArchKind::gpt2
-                                              ? "transformer.wte.weight"
-                                              : "lm_head.weight");
+    const auto* head = model.model().find(
+        Arch::kind == fathom::nn::ArchKind::gpt2 ? "transformer.wte.weight" : "lm_head.weight");
     REQUIRE(head != nullptr);
     return std::make_pair(static_cast<double>(loss.value().item()), head->var.grad().to_vector());
   };
@@ -248,7 +249,7 @@ TEMPLATE_TEST_CASE("DecoderLM::set_linear_precision(fp8) routes the blocks' line
   const auto [fp8_loss, fp8_grad] = loss_and_head_grad();
   INFO("loss native " << native_loss << " fp8 " << fp8_loss);
   CHECK(std::isfinite(fp8_loss));
-  CHECK(fp8_loss != native_loss);                                  // the fp8 route ran
+  CHECK(fp8_loss != native_loss);                                 // the fp8 route ran
   CHECK(std::abs(fp8_loss - native_loss) <= 0.02 * native_loss);  // and is close
   CHECK(fp8_grad != native_grad);
   // Back to native: the same loss as before, bit for bit.
@@ -263,7 +264,8 @@ TEST_CASE("fp8 linear layers are refused for double models", "[nn][fp8]") {
                     HasSubstring("fp8 GEMMs need bf16 or float weights, not fp64"));
 }
 
-TEST_CASE("linear_fp8 never reads the fresh buffers it fills (NaN-poisoned)", "[autograd][ops][fp8]") {
+TEST_CASE("linear_fp8 never reads the fresh buffers it fills (NaN-poisoned)",
+          "[autograd][ops][fp8]") {
   auto run = [] {
     fathom::test::FreshTape tape;
     Var<float, Cpu> x(Tensor<float, Cpu>::randn(Shape{2, 9, 16}, 31), true);

@@ -40,14 +40,14 @@ Fp8Tensor<F, D> quantize_current(const Tensor<T, D>& x, std::int64_t rows, std::
   if (plain) q.codes = Tensor<F, D>(Shape{rows, cols});
   if (transposed) q.codes_t = Tensor<F, D>(Shape{cols, rows});
   kernels::amax(D{}, kernels::AmaxParams<T>{x.data(), rows * cols, q.scale.data()});
-  kernels::quantize_fp8(D{}, kernels::QuantizeFp8Params<T, F>{
-                                 .x = x.data(),
-                                 .out = plain ? q.codes.data() : nullptr,
-                                 .out_t = transposed ? q.codes_t.data() : nullptr,
-                                 .rows = rows,
-                                 .cols = cols,
-                                 .amax = q.scale.data(),
-                                 .scale_inv = q.scale.data() + 1});
+  kernels::quantize_fp8(
+      D{}, kernels::QuantizeFp8Params<T, F>{.x = x.data(),
+                                            .out = plain ? q.codes.data() : nullptr,
+                                            .out_t = transposed ? q.codes_t.data() : nullptr,
+                                            .rows = rows,
+                                            .cols = cols,
+                                            .amax = q.scale.data(),
+                                            .scale_inv = q.scale.data() + 1});
   return q;
 }
 
@@ -93,16 +93,16 @@ Var<T, D> linear_fp8(const Var<T, D>& x, const Var<T, D>& weight,
   Shape out_shape = x.shape();
   out_shape[x.dim() - 1] = out;
   Tensor<T, D> y(out_shape);  // (rows, out)
-  kernels::gemm_fp8(D{}, kernels::Fp8GemmParams<fp8_e4m3, fp8_e4m3, T>{
-                             .a = xq.codes.data(),
-                             .b = wq.codes.data(),
-                             .c = y.data(),
-                             .bias = bias ? bv.data() : nullptr,
-                             .a_scale_inv = xq.scale_inv(),
-                             .b_scale_inv = wq.scale_inv(),
-                             .m = rows,
-                             .n = out,
-                             .k = in});
+  kernels::gemm_fp8(
+      D{}, kernels::Fp8GemmParams<fp8_e4m3, fp8_e4m3, T>{.a = xq.codes.data(),
+                                                         .b = wq.codes.data(),
+                                                         .c = y.data(),
+                                                         .bias = bias ? bv.data() : nullptr,
+                                                         .a_scale_inv = xq.scale_inv(),
+                                                         .b_scale_inv = wq.scale_inv(),
+                                                         .m = rows,
+                                                         .n = out,
+                                                         .k = in});
   // Only what the backward reads is kept: the transposed copies and their scales.
   xq.codes = Tensor<fp8_e4m3, D>();
   wq.codes = Tensor<fp8_e4m3, D>();
@@ -110,8 +110,7 @@ Var<T, D> linear_fp8(const Var<T, D>& x, const Var<T, D>& weight,
   return Var<T, D>::make_result(
       std::move(y), gx || gw || gbias,
       [gx, gw, gbias, xq = gw ? xq : detail::Fp8Tensor<fp8_e4m3, D>(),
-       wq = gx ? wq : detail::Fp8Tensor<fp8_e4m3, D>(), rows, in,
-       out](const Tensor<T, D>& gy_in) {
+       wq = gx ? wq : detail::Fp8Tensor<fp8_e4m3, D>(), rows, in, out](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (rows, out)
         if (gx || gw) {
           // dY in E5M2 (the gradients' range), rows-major for dX and transposed for dW.
