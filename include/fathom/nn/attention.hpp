@@ -60,6 +60,13 @@ class Attention {
       q = parts[0];
       k = parts[1];
       v = parts[2];
+    } else if (q_.precision() == LinearPrecision::fp8) {  // x quantized once for q, k and v
+      if constexpr (linear_fp8_capable<T>) {
+        const auto xq = autograd::quantize_fp8_input(x);
+        q = q_.forward(xq);
+        k = k_.forward(xq);
+        v = v_.forward(xq);
+      }
     } else {
       q = q_.forward(x);
       k = k_.forward(x);

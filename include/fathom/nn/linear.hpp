@@ -18,6 +18,10 @@ namespace fathom::nn {
 // (autograd::linear_fp8), results and everything else still in T. fp8 needs T = bf16 or float.
 enum class LinearPrecision { native, fp8 };
 
+// Whether T can take LinearPrecision::fp8 (the fp8 GEMMs write bf16 or float).
+template <class T>
+inline constexpr bool linear_fp8_capable = std::is_same_v<T, bf16> || std::is_same_v<T, float>;
+
 template <class T, DeviceTag D>
 class Linear {
  public:
@@ -43,16 +47,23 @@ class Linear {
 
   // x (..., in) -> (..., out)
   Var<T, D> forward(const Var<T, D>& x) const {
-    if constexpr (std::is_same_v<T, bf16> || std::is_same_v<T, float>) {
+    if constexpr (linear_fp8_capable<T>) {
       if (precision_ == LinearPrecision::fp8)
         return autograd::linear_fp8(x, weight_, bias_.defined() ? &bias_ : nullptr);
     }
     return bias_.defined() ? autograd::linear(x, weight_, &bias_) : autograd::linear(x, weight_);
   }
 
+  // x quantized already (autograd::quantize_fp8_input), shared with other layers that read it;
+  // fp8 layers only.
+  Var<T, D> forward(const autograd::Fp8Input<T, D>& x) const requires linear_fp8_capable<T> {
+    FATHOM_CHECK(precision_ == LinearPrecision::fp8,
+                 "Linear: a quantized input needs a layer set to LinearPrecision::fp8");
+    return autograd::linear_fp8(x, weight_, bias_.defined() ? &bias_ : nullptr);
+  }
+
   void set_precision(LinearPrecision p) {
-    constexpr bool fp8_capable = std::is_same_v<T, bf16> || std::is_same_v<T, float>;
-    FATHOM_CHECK(p == LinearPrecision::native || fp8_capable,
+    FATHOM_CHECK(p == LinearPrecision::native || linear_fp8_capable<T>,
                  "Linear: fp8 GEMMs need bf16 or float weights, not " << Precision<T>::name);
     precision_ = p;
   }

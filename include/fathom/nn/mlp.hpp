@@ -40,8 +40,15 @@ class MLP {
 
   // x (B, T, C) -> (B, T, C)
   Var<T, D> forward(const Var<T, D>& x) const {
-    if (kind_ == MlpKind::swiglu)
+    if (kind_ == MlpKind::swiglu) {
+      if constexpr (linear_fp8_capable<T>) {
+        if (up_.precision() == LinearPrecision::fp8) {  // x quantized once for gate and up
+          const auto xq = autograd::quantize_fp8_input(x);
+          return down_.forward(autograd::swiglu(gate_.forward(xq), up_.forward(xq)));
+        }
+      }
       return down_.forward(autograd::swiglu(gate_.forward(x), up_.forward(x)));
+    }
     // fp8: the two GEMMs of linear_fp8 around a separate GELU.
     if (up_.precision() == LinearPrecision::fp8)
       return down_.forward(autograd::gelu(up_.forward(x)));

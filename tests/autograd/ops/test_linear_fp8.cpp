@@ -2,10 +2,13 @@
 // it runs the reference fp8 kernels: its value and gradients equal the products of the quantized
 // operands (each with its own current scale, gradients in E5M2) to float accuracy, and stay
 // within the fp8 formats' error of linear's; gradients accumulate; fresh buffers are written, never
-// read (NaN-poisoned); and the model switch (DecoderLM::set_linear_precision) routes the blocks'
-// linear layers, and only them, through it.
+// read (NaN-poisoned); an input quantized once for several layers changes nothing; and the model
+// switch (DecoderLM::set_linear_precision) routes the blocks' linear layers, and only them,
+// through it.
+#include <fathom/autograd/ops/elementwise.hpp>
 #include <fathom/autograd/ops/gemm.hpp>
 #include <fathom/autograd/ops/linear_fp8.hpp>
+#include <fathom/autograd/ops/reduce.hpp>
 #include <fathom/core/memory.hpp>
 #include <fathom/nn/decoder_lm.hpp>
 #include <fathom/nn/language_model.hpp>
@@ -288,4 +291,46 @@ TEST_CASE("linear_fp8 never reads the fresh buffers it fills (NaN-poisoned)",
   }
   for (float v : plain) REQUIRE(std::isfinite(v));
   CHECK(poisoned == plain);
+}
+
+TEST_CASE("linear_fp8 on an input quantized once equals separate quantizations",
+          "[autograd][ops][fp8]") {
+  // q, k and v (or gate and up) read one input: quantizing it once must change nothing.
+  auto run = [](bool shared) {
+    fathom::test::FreshTape tape;
+    Var<float, Cpu> x(Tensor<float, Cpu>::randn(Shape{3, 5, 16}, 41), true);
+    Var<float, Cpu> w1(Tensor<float, Cpu>::randn(Shape{8, 16}, 42, 0.1), true);
+    Var<float, Cpu> w2(Tensor<float, Cpu>::randn(Shape{6, 16}, 43, 0.3), true);
+    Var<float, Cpu> y1, y2;
+    if (shared) {
+      const auto xq = ag::quantize_fp8_input(x);
+      y1 = ag::linear_fp8(xq, w1);
+      y2 = ag::linear_fp8(xq, w2);
+    } else {
+      y1 = ag::linear_fp8(x, w1);
+      y2 = ag::linear_fp8(x, w2);
+    }
+    auto loss = ag::sum(y1 * y1) + ag::sum(y2);
+    ag::backward(loss);
+    std::vector<float> all = y1.value().to_vector();
+    const auto v2 = y2.value().to_vector();
+    all.insert(all.end(), v2.begin(), v2.end());
+    for (const auto* v : {&x, &w1, &w2}) {
+      const auto g = v->grad().to_vector();
+      all.insert(all.end(), g.begin(), g.end());
+    }
+    return all;
+  };
+  const auto separate = run(false), shared = run(true);
+  for (float v : separate) REQUIRE(std::isfinite(v));
+  CHECK(shared == separate);
+}
+
+TEST_CASE("linear_fp8 refuses an input quantized without the copy its weight gradient needs",
+          "[autograd][ops][fp8]") {
+  fathom::test::FreshTape tape;
+  Var<float, Cpu> x(Tensor<float, Cpu>::randn(Shape{4, 16}, 1), true);
+  Var<float, Cpu> w(Tensor<float, Cpu>::randn(Shape{8, 16}, 2), true);
+  const auto xq = ag::quantize_fp8_input(x, /*transposed=*/false);
+  CHECK_THROWS_WITH(ag::linear_fp8(xq, w), HasSubstring("quantized without its transposed copy"));
 }

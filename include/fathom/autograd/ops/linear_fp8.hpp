@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "fathom/autograd/ops/gemm.hpp"
 #include "fathom/autograd/var.hpp"
@@ -53,6 +54,37 @@ Fp8Tensor<F, D> quantize_current(const Tensor<T, D>& x, std::int64_t rows, std::
 
 }  // namespace detail
 
+// X quantized once (E4M3, current scaling) for every linear layer that reads it: attention's q, k
+// and v projections read one normalized input, as do SwiGLU's gate and up. Holds X^T as well when
+// gradients are being recorded (for dW). Make it with quantize_fp8_input; pass it to linear_fp8.
+template <class T, DeviceTag D>
+struct Fp8Input {
+  Var<T, D> x;                       // (..., in)
+  detail::Fp8Tensor<fp8_e4m3, D> q;  // codes (rows, in), codes_t (in, rows) or undefined
+  std::int64_t rows = 0, in = 0;
+};
+
+// x quantized for linear_fp8, with the transposed copy for dW when `transposed`.
+template <class T, DeviceTag D>
+Fp8Input<T, D> quantize_fp8_input(const Var<T, D>& x, bool transposed) {
+  static_assert(std::is_same_v<T, bf16> || std::is_same_v<T, float>,
+                "quantize_fp8_input: fp8 GEMMs read bf16 or float inputs");
+  FATHOM_CHECK(x.dim() >= 1, "linear_fp8: x must be (..., in_features), got " << x.shape());
+  Fp8Input<T, D> r;
+  r.x = x;
+  r.in = x.size(-1);
+  r.rows = detail::gemm_leading_numel(x.shape(), x.dim() - 1);
+  r.q = detail::quantize_current<fp8_e4m3>(x.value().contiguous(), r.rows, r.in, true, transposed);
+  return r;
+}
+
+// x quantized once for several linear_fp8 calls; the transposed copy is made while gradients are
+// recorded (outside NoGradGuard).
+template <class T, DeviceTag D>
+Fp8Input<T, D> quantize_fp8_input(const Var<T, D>& x) {
+  return quantize_fp8_input(x, grad_enabled());
+}
+
 // linear_fp8(x, weight, bias): the values and gradients of linear(x, weight, bias) computed with
 // fp8 GEMMs, each operand scaled by its own current amax just before it is quantized:
 //   forward  Y  = X (E4M3) W^T (E4M3)                 + b
@@ -60,13 +92,15 @@ Fp8Tensor<F, D> quantize_current(const Tensor<T, D>& x, std::int64_t rows, std::
 //            dW = dY^T (E5M2, transposed copy) X (E4M3, transposed copy)
 //            db = sum of dY over rows (in T, as linear)
 // Accumulation in float, results in T (bf16 or float). For the backward the node keeps X^T and
-// W^T in fp8 (one byte an element) instead of X and W.
+// W^T in fp8 (one byte an element) instead of X and W. x may come quantized already
+// (quantize_fp8_input), shared by the layers that read it.
 //   x (..., in), weight (out, in), bias (out) or nullptr  -> (..., out)
 template <class T, DeviceTag D>
-Var<T, D> linear_fp8(const Var<T, D>& x, const Var<T, D>& weight,
+Var<T, D> linear_fp8(const Fp8Input<T, D>& xin, const Var<T, D>& weight,
                      const std::type_identity_t<Var<T, D>>* bias = nullptr) {
   static_assert(std::is_same_v<T, bf16> || std::is_same_v<T, float>,
                 "linear_fp8: fp8 GEMMs produce bf16 or float; use linear for double");
+  const Var<T, D>& x = xin.x;
   FATHOM_CHECK(weight.dim() == 2,
                "linear_fp8: weight must be (out_features, in_features), got " << weight.shape());
   FATHOM_CHECK(x.dim() >= 1, "linear_fp8: x must be (..., in_features), got "
@@ -81,15 +115,18 @@ Var<T, D> linear_fp8(const Var<T, D>& x, const Var<T, D>& weight,
                                      << " disagree: bias must be (" << out
                                      << ",), one per out_feature");
   }
-  const std::int64_t rows = detail::gemm_leading_numel(x.shape(), x.dim() - 1);
+  const std::int64_t rows = xin.rows;
   auto gx = grad_target(x), gw = grad_target(weight);
   auto gbias = bias ? grad_target(*bias) : nullptr;
+  FATHOM_CHECK(!gw || !grad_enabled() || xin.q.codes_t.defined(),
+               "linear_fp8: the weight needs a gradient but x was quantized without its "
+               "transposed copy (quantize_fp8_input under NoGradGuard?)");
 
-  Tensor<T, D> xv = x.value().contiguous(), wv = weight.value().contiguous();
+  Tensor<T, D> wv = weight.value().contiguous();
   Tensor<T, D> bv = bias ? bias->value().contiguous() : Tensor<T, D>();
-  // X for the forward and, transposed, for dW; W for the forward and, transposed, for dX.
-  auto xq = detail::quantize_current<fp8_e4m3>(xv, rows, in, true, gw != nullptr);
+  // W for the forward and, transposed, for dX; X^T (in xin) for dW.
   auto wq = detail::quantize_current<fp8_e4m3>(wv, out, in, true, gx != nullptr);
+  const auto& xq = xin.q;
   Shape out_shape = x.shape();
   out_shape[x.dim() - 1] = out;
   Tensor<T, D> y(out_shape);  // (rows, out)
@@ -104,13 +141,14 @@ Var<T, D> linear_fp8(const Var<T, D>& x, const Var<T, D>& weight,
                                                          .n = out,
                                                          .k = in});
   // Only what the backward reads is kept: the transposed copies and their scales.
-  xq.codes = Tensor<fp8_e4m3, D>();
+  detail::Fp8Tensor<fp8_e4m3, D> xt;
+  if (gw) xt = {Tensor<fp8_e4m3, D>(), xq.codes_t, xq.scale};
   wq.codes = Tensor<fp8_e4m3, D>();
 
   return Var<T, D>::make_result(
       std::move(y), gx || gw || gbias,
-      [gx, gw, gbias, xq = gw ? xq : detail::Fp8Tensor<fp8_e4m3, D>(),
-       wq = gx ? wq : detail::Fp8Tensor<fp8_e4m3, D>(), rows, in, out](const Tensor<T, D>& gy_in) {
+      [gx, gw, gbias, xq = std::move(xt), wq = gx ? wq : detail::Fp8Tensor<fp8_e4m3, D>(), rows, in,
+       out](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (rows, out)
         if (gx || gw) {
           // dY in E5M2 (the gradients' range), rows-major for dX and transposed for dW.
@@ -151,6 +189,12 @@ Var<T, D> linear_fp8(const Var<T, D>& x, const Var<T, D>& weight,
                                                                .accumulate = db.accumulate});
         }
       });
+}
+
+template <class T, DeviceTag D>
+Var<T, D> linear_fp8(const Var<T, D>& x, const Var<T, D>& weight,
+                     const std::type_identity_t<Var<T, D>>* bias = nullptr) {
+  return linear_fp8(quantize_fp8_input(x, grad_target(weight) != nullptr), weight, bias);
 }
 
 template <class T, DeviceTag D>
