@@ -1,0 +1,124 @@
+// [cuda] autograd::linear_fp8 on the GPU against the same op on the CPU (the reference kernels):
+// value and the gradients of x, the weight and the bias, in bf16, at a size cuBLASLt's fp8 kernels
+// take and at odd sizes that take the tiled kernel; an input quantized once for two layers; and
+// fresh buffers never read (the same bits with new buffers poisoned to NaN).
+#include <fathom/autograd/ops/elementwise.hpp>
+#include <fathom/autograd/ops/linear_fp8.hpp>
+#include <fathom/autograd/ops/reduce.hpp>
+#include <fathom/core/memory.hpp>
+#include <fathom/cuda.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "autograd/support.hpp"
+#include "kernels/cuda/support.cuh"
+#include "support/catch.hpp"
+
+namespace ag = fathom::autograd;
+using fathom::bf16;
+using fathom::Cpu;
+using fathom::Cuda;
+using fathom::Shape;
+using fathom::Tensor;
+using fathom::Var;
+
+namespace {
+
+struct LinearFp8Case {
+  std::int64_t batch, seq, in, out;
+  bool bias;
+};
+
+// y, dx, dw (and db) of linear_fp8 on device D from the same bf16 inputs, flattened in that order.
+template <fathom::DeviceTag D>
+std::vector<std::vector<double>> linear_fp8_run(const LinearFp8Case& c) {
+  fathom::test::FreshTape tape;
+  const auto xs =
+      fathom::test::normal_values<bf16>(static_cast<std::size_t>(c.batch * c.seq * c.in), 51, 2.0);
+  const auto ws =
+      fathom::test::normal_values<bf16>(static_cast<std::size_t>(c.out * c.in), 52, 0.05);
+  const auto bs = fathom::test::normal_values<bf16>(static_cast<std::size_t>(c.out), 53);
+  const auto gs = fathom::test::normal_values<bf16>(
+      static_cast<std::size_t>(c.batch * c.seq * c.out), 54, 1e-3);
+  Var<bf16, D> x(Tensor<bf16, D>::from_vector(Shape{c.batch, c.seq, c.in}, xs), true);
+  Var<bf16, D> w(Tensor<bf16, D>::from_vector(Shape{c.out, c.in}, ws), true);
+  Var<bf16, D> b(Tensor<bf16, D>::from_vector(Shape{c.out}, bs), true);
+  auto y = c.bias ? ag::linear_fp8(x, w, b) : ag::linear_fp8(x, w);
+  ag::backward(y, Tensor<bf16, D>::from_vector(Shape{c.batch, c.seq, c.out}, gs));
+  std::vector<std::vector<double>> out{fathom::test::to_double(y.value().to_vector()),
+                                       fathom::test::to_double(x.grad().to_vector()),
+                                       fathom::test::to_double(w.grad().to_vector())};
+  if (c.bias) out.push_back(fathom::test::to_double(b.grad().to_vector()));
+  return out;
+}
+
+// "" when got is within a few bf16 steps of want (relative to want's largest magnitude: the
+// order of the float sums differs, then each result is rounded to bf16 once).
+std::string linear_fp8_mismatch(const std::string& name, const std::vector<double>& got,
+                                const std::vector<double>& want) {
+  double largest = 0;
+  for (double v : want) largest = std::max(largest, std::abs(v));
+  return fathom::test::first_mismatch(name, got, want, 1.0 / 64, largest / 128);
+}
+
+}  // namespace
+
+TEST_CASE("CUDA linear_fp8 matches linear_fp8 on the CPU, values and gradients",
+          "[cuda][fp8][autograd]") {
+  const LinearFp8Case c = GENERATE(LinearFp8Case{4, 64, 128, 96, true},  // cuBLASLt's sizes
+                                   LinearFp8Case{2, 32, 64, 48, false},
+                                   LinearFp8Case{3, 7, 40, 24, true},  // K = 40, 21 rows: tiled
+                                   LinearFp8Case{1, 5, 33, 17, false});
+  INFO("x (" << c.batch << ", " << c.seq << ", " << c.in << "), out " << c.out << ", bias "
+             << c.bias);
+  const auto cpu = linear_fp8_run<Cpu>(c), gpu = linear_fp8_run<Cuda>(c);
+  const char* names[] = {"y", "dx", "dw", "db"};
+  for (std::size_t i = 0; i < cpu.size(); ++i) {
+    for (double v : gpu[i]) REQUIRE(std::isfinite(v));
+    const std::string e = linear_fp8_mismatch(names[i], gpu[i], cpu[i]);
+    INFO(e);
+    CHECK(e.empty());
+  }
+}
+
+TEST_CASE("CUDA linear_fp8: an input quantized once for two layers, and poisoned fresh buffers",
+          "[cuda][fp8][autograd]") {
+  auto run = [](bool shared) {
+    fathom::test::FreshTape tape;
+    Var<bf16, Cuda> x(Tensor<bf16, Cuda>::randn(Shape{2, 64, 64}, 61), true);
+    Var<bf16, Cuda> w1(Tensor<bf16, Cuda>::randn(Shape{96, 64}, 62, 0.1), true);
+    Var<bf16, Cuda> w2(Tensor<bf16, Cuda>::randn(Shape{32, 64}, 63, 0.3), true);
+    Var<bf16, Cuda> y1, y2;
+    if (shared) {
+      const auto xq = ag::quantize_fp8_input(x);
+      y1 = ag::linear_fp8(xq, w1);
+      y2 = ag::linear_fp8(xq, w2);
+    } else {
+      y1 = ag::linear_fp8(x, w1);
+      y2 = ag::linear_fp8(x, w2);
+    }
+    ag::backward(ag::sum(y1 * y1) + ag::sum(y2));
+    std::vector<bf16> all = y1.value().to_vector();
+    const auto v2 = y2.value().to_vector();
+    all.insert(all.end(), v2.begin(), v2.end());
+    for (const auto* v : {&x, &w1, &w2}) {
+      const auto g = v->grad().to_vector();
+      all.insert(all.end(), g.begin(), g.end());
+    }
+    return all;
+  };
+  const auto separate = run(false);
+  for (bf16 v : separate) REQUIRE(std::isfinite(static_cast<float>(v)));
+  const auto shared = run(true);
+  CHECK(fathom::test::same_bits(shared, separate));
+  std::vector<bf16> poisoned;
+  {
+    fathom::memory::PoisonNewBuffers poison;
+    poisoned = run(true);
+  }
+  CHECK(fathom::test::same_bits(poisoned, separate));
+}
