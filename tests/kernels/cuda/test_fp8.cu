@@ -359,8 +359,11 @@ void fp8_test_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, bool
       // between cuBLASLt's promotions to float (every few k-blocks): allow 2^-12 of the sum of
       // |products| per 128 terms. Each result is rounded to T once. A wrong layout or scale is
       // off by a sizeable fraction of the result, far beyond this.
+      // With beta or a bias the product is rounded to T before they are added: one more
+      // rounding of up to |product| (bounded by qmass).
       const double tol_tight = (1.0 + double(k) / 128) * std::exp2(-12) * (qmass + extra) +
-                               out_round * (std::abs(w) + 1e-30);
+                               out_round * (std::abs(w) + 1e-30) +
+                               (extra > 0 ? out_round * qmass : 0.0);
       if (!(std::abs(g - w) <= tol_tight)) {
         tight = "C[" + std::to_string(i) + ", " + std::to_string(j) + "] got " + std::to_string(g) +
                 ", CPU reference " + std::to_string(w);

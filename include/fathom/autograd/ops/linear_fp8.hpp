@@ -21,14 +21,15 @@ namespace fathom::autograd {
 
 namespace detail {
 
-// A tensor quantized to F with the current scaling recipe: scale[0] = amax, scale[1] = 1 / scale
-// (the dequantization factor the GEMM reads), both on the tensor's device; `codes` (rows, cols)
-// and/or `codes_t` (cols, rows).
+// A tensor quantized to F with the current scaling recipe: scale[0] = 1 / scale (the
+// dequantization factor the GEMM reads) and scale[4] = amax, both on the tensor's device and each
+// 16-byte aligned (cuBLASLt declines its fp8 kernels for a scale pointer that is not); `codes`
+// (rows, cols) and/or `codes_t` (cols, rows).
 template <class F, DeviceTag D>
 struct Fp8Tensor {
   Tensor<F, D> codes, codes_t;
-  Tensor<float, D> scale;  // (2): amax, scale_inv
-  const float* scale_inv() const { return scale.data() + 1; }
+  Tensor<float, D> scale;  // (8): scale_inv, 3 unused, amax, 3 unused
+  const float* scale_inv() const { return scale.data(); }
 };
 
 // x (rows, cols), contiguous, quantized on its device with no host synchronization: the amax of x,
@@ -37,18 +38,18 @@ template <class F, class T, DeviceTag D>
 Fp8Tensor<F, D> quantize_current(const Tensor<T, D>& x, std::int64_t rows, std::int64_t cols,
                                  bool plain, bool transposed) {
   Fp8Tensor<F, D> q;
-  q.scale = Tensor<float, D>(Shape{2});
+  q.scale = Tensor<float, D>(Shape{8});
   if (plain) q.codes = Tensor<F, D>(Shape{rows, cols});
   if (transposed) q.codes_t = Tensor<F, D>(Shape{cols, rows});
-  kernels::amax(D{}, kernels::AmaxParams<T>{x.data(), rows * cols, q.scale.data()});
+  kernels::amax(D{}, kernels::AmaxParams<T>{x.data(), rows * cols, q.scale.data() + 4});
   kernels::quantize_fp8(
       D{}, kernels::QuantizeFp8Params<T, F>{.x = x.data(),
                                             .out = plain ? q.codes.data() : nullptr,
                                             .out_t = transposed ? q.codes_t.data() : nullptr,
                                             .rows = rows,
                                             .cols = cols,
-                                            .amax = q.scale.data(),
-                                            .scale_inv = q.scale.data() + 1});
+                                            .amax = q.scale.data() + 4,
+                                            .scale_inv = q.scale.data()});
   return q;
 }
 
