@@ -23,6 +23,7 @@
 #include "fathom/dist/launch.hpp"
 #include "fathom/train/data_parallel.hpp"
 #include "fathom/train/step.hpp"
+#include "fathom/kernels/cuda/fp8.cuh"
 #include "launcher.hpp"
 #include "programs.hpp"
 #include "register_policy.hpp"
@@ -339,6 +340,8 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
       static_cast<double>(cuda::CachingAllocator::instance().stats().peak_bytes_in_use);
   const auto mallocs_before = cuda::CachingAllocator::instance().stats().cuda_mallocs;
 
+  const auto lt_before = kernels::detail::lt_gemm_fp8_runs(),
+             tiled_before = kernels::detail::tiled_gemm_fp8_runs();
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
@@ -362,6 +365,14 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
     comm_ms /= reps;
   }
   const auto mallocs_after = cuda::CachingAllocator::instance().stats().cuda_mallocs;
+  const auto tiled = kernels::detail::tiled_gemm_fp8_runs() - tiled_before,
+             lt = kernels::detail::lt_gemm_fp8_runs() - lt_before;
+  if (tiled > 0)
+    std::fprintf(stderr,
+                 "note: %llu of the %llu fp8 GEMMs of the timed steps ran on the tiled kernel "
+                 "(cuBLASLt declined them): these are not tensor-core fp8 speeds\n",
+                 static_cast<unsigned long long>(tiled),
+                 static_cast<unsigned long long>(tiled + lt));
   if (mallocs_after != mallocs_before)
     std::fprintf(stderr, "note: %zu cudaMalloc calls during timed steps\n",
                  mallocs_after - mallocs_before);

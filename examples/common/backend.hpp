@@ -13,6 +13,9 @@
 #include "fathom/train/checkpoint.hpp"
 #include "fathom/train/data_parallel.hpp"
 #include "fathom/train/trainer.hpp"
+#if defined(__CUDACC__)
+#include "fathom/kernels/cuda/fp8.cuh"
+#endif
 #include "programs.hpp"
 #include "register_policy.hpp"
 #include "run_tokenizer.hpp"
@@ -111,6 +114,14 @@ int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies,
   std::printf("\n      %.0f tokens/s, %.1f s, %lld tokens", r.tokens_per_s, r.wall_s,
               static_cast<long long>(r.tokens));
   if (r.skipped_steps) std::printf(", %lld steps skipped", static_cast<long long>(r.skipped_steps));
+#if defined(__CUDACC__)
+  if (const auto tiled = kernels::detail::tiled_gemm_fp8_runs(); tiled > 0)
+    std::printf(
+        "\n      note: %llu of %llu fp8 GEMMs ran on the tiled kernel (cuBLASLt declined "
+        "them), far below tensor-core speed",
+        static_cast<unsigned long long>(tiled),
+        static_cast<unsigned long long>(tiled + kernels::detail::lt_gemm_fp8_runs()));
+#endif
   std::printf("\n      metrics: %s\n      checkpoint: %s\n",
               (std::filesystem::path(c.train.out) / "metrics.jsonl").string().c_str(),
               r.last_checkpoint.string().c_str());

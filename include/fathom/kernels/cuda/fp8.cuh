@@ -197,6 +197,12 @@ inline std::uint64_t& lt_gemm_fp8_runs() {
   static std::uint64_t runs = 0;
   return runs;
 }
+// How many fp8 GEMMs ran on the tiled kernel instead (programs report it: the tiled kernel is
+// far slower than the tensor cores).
+inline std::uint64_t& tiled_gemm_fp8_runs() {
+  static std::uint64_t runs = 0;
+  return runs;
+}
 
 // cuBLASLt's fp8 GEMM: row-major C = A B^T is column-major C^T = B A^T, so our B is cuBLASLt's A
 // (transposed: the "TN" layout its fp8 kernels require) and our A its B. D = alpha * scale_A *
@@ -377,6 +383,7 @@ void gemm_fp8(Cuda, const Fp8GemmParams<FA, FB, T>& params) {
                "gemm_fp8: M = " << p.m << " is too large for the tiled kernel");
   const dim3 grid(static_cast<unsigned>((p.n + tile - 1) / tile),
                   static_cast<unsigned>((p.m + tile - 1) / tile));
+  ++detail::tiled_gemm_fp8_runs();
   detail::gemm_fp8_tiled_kernel<FA, FB, T>
       <<<grid, dim3(detail::fp8_gemm_tile, detail::fp8_gemm_tile), 0, cuda::stream()>>>(p);
   FATHOM_CUDA_CHECK(cudaGetLastError());
