@@ -26,6 +26,36 @@ inline std::int64_t gemm_leading_numel(const Shape& s, int count) {
   return n;
 }
 
+// The shapes linear and linear_fp8 (`op`) take: x (..., in), weight (out, in), bias (out).
+template <class T, DeviceTag D>
+void check_linear_shapes(const char* op, const Var<T, D>& x, const Var<T, D>& weight,
+                         const Var<T, D>* bias) {
+  FATHOM_CHECK(weight.dim() == 2,
+               op << ": weight must be (out_features, in_features), got " << weight.shape());
+  FATHOM_CHECK(x.dim() >= 1, op << ": x must be (..., in_features), got " << x.shape()
+                                << " for weight " << weight.shape());
+  const std::int64_t in = weight.size(1), out = weight.size(0);
+  FATHOM_CHECK(x.size(-1) == in, op << ": x " << x.shape() << " and weight " << weight.shape()
+                                    << " disagree on in_features (" << x.size(-1) << " vs " << in
+                                    << ")");
+  if (bias) {
+    FATHOM_CHECK(bias->dim() == 1 && bias->size(0) == out,
+                 op << ": bias " << bias->shape() << " and weight " << weight.shape()
+                    << " disagree: bias must be (" << out << ",), one per out_feature");
+  }
+}
+
+// The bias gradient of linear and linear_fp8: db (out) += sum over the rows of dY (rows, out).
+template <class Target, class T, DeviceTag D>
+void bias_backward(const Target& gbias, const Tensor<T, D>& gy, std::int64_t rows,
+                   std::int64_t out) {
+  const auto db = gbias->write_target();
+  kernels::column_sum(
+      D{},
+      kernels::ColumnSumParams<T>{
+          .x = gy.data(), .out = db.data, .rows = rows, .cols = out, .accumulate = db.accumulate});
+}
+
 }  // namespace detail
 
 // matmul(a, b), row-major:
@@ -101,20 +131,8 @@ Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
 template <class T, DeviceTag D>
 Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
                  const std::type_identity_t<Var<T, D>>* bias = nullptr) {
-  FATHOM_CHECK(weight.dim() == 2,
-               "linear: weight must be (out_features, in_features), got " << weight.shape());
-  FATHOM_CHECK(x.dim() >= 1, "linear: x must be (..., in_features), got "
-                                 << x.shape() << " for weight " << weight.shape());
+  detail::check_linear_shapes("linear", x, weight, bias);
   const std::int64_t in = weight.size(1), out = weight.size(0);
-  FATHOM_CHECK(x.size(-1) == in, "linear: x " << x.shape() << " and weight " << weight.shape()
-                                              << " disagree on in_features (" << x.size(-1)
-                                              << " vs " << in << ")");
-  if (bias) {
-    FATHOM_CHECK(bias->dim() == 1 && bias->size(0) == out,
-                 "linear: bias " << bias->shape() << " and weight " << weight.shape()
-                                 << " disagree: bias must be (" << out
-                                 << ",), one per out_feature");
-  }
   const std::int64_t rows = detail::gemm_leading_numel(x.shape(), x.dim() - 1);
 
   Tensor<T, D> xv = x.value().contiguous(), wv = weight.value().contiguous();
@@ -159,14 +177,7 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
                                                     .trans_a = true,
                                                     .beta = dw.accumulate ? 1.0 : 0.0});
         }
-        if (gbias) {  // db (out) += sum over rows of dY
-          const auto db = gbias->write_target();
-          kernels::column_sum(D{}, kernels::ColumnSumParams<T>{.x = gy.data(),
-                                                               .out = db.data,
-                                                               .rows = rows,
-                                                               .cols = out,
-                                                               .accumulate = db.accumulate});
-        }
+        if (gbias) detail::bias_backward(gbias, gy, rows, out);
       });
 }
 

@@ -102,20 +102,8 @@ Var<T, D> linear_fp8(const Fp8Input<T, D>& xin, const Var<T, D>& weight,
   static_assert(std::is_same_v<T, bf16> || std::is_same_v<T, float>,
                 "linear_fp8: fp8 GEMMs produce bf16 or float; use linear for double");
   const Var<T, D>& x = xin.x;
-  FATHOM_CHECK(weight.dim() == 2,
-               "linear_fp8: weight must be (out_features, in_features), got " << weight.shape());
-  FATHOM_CHECK(x.dim() >= 1, "linear_fp8: x must be (..., in_features), got "
-                                 << x.shape() << " for weight " << weight.shape());
+  detail::check_linear_shapes("linear_fp8", x, weight, bias);
   const std::int64_t in = weight.size(1), out = weight.size(0);
-  FATHOM_CHECK(x.size(-1) == in, "linear_fp8: x " << x.shape() << " and weight " << weight.shape()
-                                                  << " disagree on in_features (" << x.size(-1)
-                                                  << " vs " << in << ")");
-  if (bias) {
-    FATHOM_CHECK(bias->dim() == 1 && bias->size(0) == out,
-                 "linear_fp8: bias " << bias->shape() << " and weight " << weight.shape()
-                                     << " disagree: bias must be (" << out
-                                     << ",), one per out_feature");
-  }
   const std::int64_t rows = xin.rows;
   auto gx = grad_target(x), gw = grad_target(weight);
   auto gbias = bias ? grad_target(*bias) : nullptr;
@@ -181,14 +169,7 @@ Var<T, D> linear_fp8(const Fp8Input<T, D>& xin, const Var<T, D>& weight,
                                        .beta = dw.accumulate ? 1.0 : 0.0});
           }
         }
-        if (gbias) {  // db (out) += sum over rows of dY
-          const auto db = gbias->write_target();
-          kernels::column_sum(D{}, kernels::ColumnSumParams<T>{.x = gy.data(),
-                                                               .out = db.data,
-                                                               .rows = rows,
-                                                               .cols = out,
-                                                               .accumulate = db.accumulate});
-        }
+        if (gbias) detail::bias_backward(gbias, gy, rows, out);
       });
 }
 
