@@ -13,6 +13,17 @@
 
 namespace fathom::test {
 
+// The mean of each whole window of `window` consecutive losses (a loss curve, smoothed).
+inline std::vector<double> window_means(const std::vector<double>& losses, std::size_t window) {
+  std::vector<double> out;
+  for (std::size_t i = 0; i + window <= losses.size(); i += window) {
+    double s = 0;
+    for (std::size_t j = i; j < i + window; ++j) s += losses[j];
+    out.push_back(s / static_cast<double>(window));
+  }
+  return out;
+}
+
 // fathom-test-<name> under the system temp directory, removed with what it held. Names start with
 // the test file's name: ctest runs the files side by side.
 inline std::filesystem::path fresh_dir(const std::string& name) {

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "train/runs.hpp"
 
 namespace {
 
@@ -47,16 +48,6 @@ fathom::train::TrainOptions fp8_curve_options(const std::string& preset, const s
   return o;
 }
 
-std::vector<double> fp8_window_means(const std::vector<double>& losses, std::size_t window) {
-  std::vector<double> out;
-  for (std::size_t i = 0; i + window <= losses.size(); i += window) {
-    double s = 0;
-    for (std::size_t j = i; j < i + window; ++j) s += losses[j];
-    out.push_back(s / static_cast<double>(window));
-  }
-  return out;
-}
-
 template <class Arch, class Policy>
 void fp8_check_curve(const std::string& preset) {
   fathom::nn::DecoderModel<Arch, Policy, bf16, Cuda> reference(fathom::nn::preset(preset), {});
@@ -75,7 +66,8 @@ void fp8_check_curve(const std::string& preset) {
   if (fathom::kernels::device_supports_fp8()) CHECK(lt_runs >= 300u * 3u * 4u);
   CHECK(r8.losses != r16.losses);  // the fp8 route ran
 
-  const auto m16 = fp8_window_means(r16.losses, 25), m8 = fp8_window_means(r8.losses, 25);
+  const auto m16 = fathom::test::window_means(r16.losses, 25),
+             m8 = fathom::test::window_means(r8.losses, 25);
   double worst = 0;
   for (std::size_t w = 0; w < m16.size(); ++w) {
     const double rel = std::abs(m8[w] - m16[w]) / m16[w];

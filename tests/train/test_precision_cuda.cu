@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "support/catch.hpp"
+#include "train/runs.hpp"
 
 using namespace fathom;
 namespace fs = std::filesystem;
@@ -39,16 +40,6 @@ train::TrainOptions curve_run(const std::string& precision) {
   return o;
 }
 
-std::vector<double> window_means(const std::vector<double>& losses, std::size_t window) {
-  std::vector<double> out;
-  for (std::size_t i = 0; i + window <= losses.size(); i += window) {
-    double s = 0;
-    for (std::size_t j = i; j < i + window; ++j) s += losses[j];
-    out.push_back(s / static_cast<double>(window));
-  }
-  return out;
-}
-
 }  // namespace
 
 TEST_CASE("bf16 training tracks the fp32 loss curve over 300 steps (tiny Llama, LNS)",
@@ -59,7 +50,8 @@ TEST_CASE("bf16 training tracks the fp32 loss curve over 300 steps (tiny Llama, 
   REQUIRE(r16.losses.size() == 300);
   for (double l : r16.losses) REQUIRE(std::isfinite(l));
 
-  const auto m32 = window_means(r32.losses, 25), m16 = window_means(r16.losses, 25);
+  const auto m32 = fathom::test::window_means(r32.losses, 25),
+             m16 = fathom::test::window_means(r16.losses, 25);
   double worst = 0;
   for (std::size_t w = 0; w < m32.size(); ++w) {
     const double rel = std::abs(m16[w] - m32[w]) / m32[w];

@@ -269,25 +269,7 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
     made.first = make_layout(type_b, p.k, p.n, p.ldb, 1, 0);   // our B (N, K) row-major
     made.second = make_layout(type_a, p.k, p.m, p.lda, 1, 0);  // our A (M, K) row-major
     made.out = make_layout(type_c, p.n, p.m, p.ldc, 1, 0);
-    cublasLtMatmulPreference_t pref = nullptr;
-    FATHOM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    set_preference(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                   static_cast<std::uint64_t>(BlasHandles::workspace_bytes));
-    set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align[1]);
-    set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align[0]);
-    set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align[2]);
-    set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[2]);
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    const cublasStatus_t status =
-        cublasLtMatmulAlgoGetHeuristic(BlasHandles::instance().lt(), made.desc, made.first,
-                                       made.second, made.out, made.out, pref, 1, &result, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_INVALID_VALUE)
-      FATHOM_CUBLAS_CHECK(status);
-    made.usable =
-        status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
-    if (made.usable) made.algo = result.algo;
+    choose_algorithm(made, align, /*invalid_is_unsupported=*/true);
     plan = &cache.insert(key, made);
   }
   if (!plan->usable) return false;

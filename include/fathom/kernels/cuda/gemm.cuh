@@ -240,6 +240,34 @@ void set_epilogue_pointers(cublasLtMatmulDesc_t desc, const GemmParams<T>& p, co
   set_desc(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, static_cast<std::int64_t>(p.ldc));
 }
 
+// Asks cuBLASLt's heuristic for the best algorithm of `plan` (descriptor and layouts set) within
+// the workspace and the operands' alignments (`align`: our A, B, C; cuBLASLt's A is our B).
+// plan.usable says whether it found one; NOT_SUPPORTED (and INVALID_VALUE where
+// `invalid_is_unsupported`) leave the plan unusable, any other failure throws.
+inline void choose_algorithm(GemmPlan& plan, const std::array<std::uint32_t, 3>& align,
+                             bool invalid_is_unsupported = false) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  FATHOM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  set_preference(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                 static_cast<std::uint64_t>(BlasHandles::workspace_bytes));
+  set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align[1]);
+  set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align[0]);
+  set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align[2]);
+  set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[2]);
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t status =
+      cublasLtMatmulAlgoGetHeuristic(BlasHandles::instance().lt(), plan.desc, plan.first,
+                                     plan.second, plan.out, plan.out, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (status != CUBLAS_STATUS_NOT_SUPPORTED &&
+      !(invalid_is_unsupported && status == CUBLAS_STATUS_INVALID_VALUE))
+    FATHOM_CUBLAS_CHECK(status);
+  plan.usable =
+      status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+  if (plan.usable) plan.algo = result.algo;
+}
+
 template <class T>
 GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32,
                         const std::array<std::uint32_t, 3>& align, const LtExtra<T>& extra = {}) {
@@ -269,24 +297,7 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32,
       make_layout(type, p.trans_a ? p.m : p.k, p.trans_a ? p.k : p.m, p.lda, p.batch, p.stride_a);
   plan.out = make_layout(type, p.n, p.m, p.ldc, p.batch, p.stride_c);
 
-  cublasLtMatmulPreference_t pref = nullptr;
-  FATHOM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  set_preference(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                 static_cast<std::uint64_t>(BlasHandles::workspace_bytes));
-  set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align[1]);
-  set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align[0]);
-  set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align[2]);
-  set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[2]);
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  const cublasStatus_t status =
-      cublasLtMatmulAlgoGetHeuristic(BlasHandles::instance().lt(), plan.desc, plan.first,
-                                     plan.second, plan.out, plan.out, pref, 1, &result, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (status != CUBLAS_STATUS_NOT_SUPPORTED) FATHOM_CUBLAS_CHECK(status);
-  plan.usable =
-      status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
-  if (plan.usable) plan.algo = result.algo;
+  choose_algorithm(plan, align);
   return plan;
 }
 
