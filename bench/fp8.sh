@@ -7,8 +7,7 @@
 # Usage: bench/fp8.sh [BUILD_DIR (default build/gpu)] [OUT_DIR (default BUILD_DIR/logs)]
 #   env: JOBS (default 16), CUDA_ARCH (default 90), FATHOM_FP8_WORKLOADS (default llama-350m),
 #        FATHOM_FP8_POLICIES (default pre-ln,lns), FATHOM_BENCH_STEPS (25), FATHOM_BENCH_WARMUP (8),
-#        FATHOM_FP8_CURVE=1 (and FATHOM_FP8_CURVE_PRESET, _STEPS, _DATA): the 2000-step loss curves
-#        of bf16 and fp8, their gap per 100-step window, and a picture
+#        FATHOM_FP8_CURVE=1: then bench/fp8_curve.sh (the 2000-step loss curves of bf16 and fp8)
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -45,42 +44,8 @@ for precision in bf16 fp8; do
 done
 python3 bench/compare.py "$out/bench_fp8.jsonl" /dev/null | tee "$out/bench_fp8_table.txt"
 
-# FATHOM_FP8_CURVE=1: the loss curves of bf16 and fp8 over FATHOM_FP8_CURVE_STEPS (2000) steps of
-# FATHOM_FP8_CURVE_PRESET (llama-130m, batch 128 x 256) on FATHOM_FP8_CURVE_DATA (token shards;
-# default the built-in corpus), the gap of every 100-step window, and a picture (tools/plot.py).
+# FATHOM_FP8_CURVE=1: the 2000-step loss curves of bf16 and fp8 (bench/fp8_curve.sh).
 if [[ "${FATHOM_FP8_CURVE:-0}" == 1 ]]; then
-  data_args=()
-  [[ -n "${FATHOM_FP8_CURVE_DATA:-}" ]] && data_args=(--data "$FATHOM_FP8_CURVE_DATA")
-  for precision in bf16 fp8; do
-    echo "==== loss curve: $precision"
-    rm -rf "$out/curve_$precision"
-    "$build/bin/fathom-train" --preset "${FATHOM_FP8_CURVE_PRESET:-llama-130m}" --policy pre-ln \
-      --precision "$precision" --device cuda --steps "${FATHOM_FP8_CURVE_STEPS:-2000}" \
-      --batch 128 --seq-len 256 --lr 1e-3 --warmup 200 --eval-every 0 --log-every 1 \
-      "${data_args[@]}" --out "$out/curve_$precision" | tail -4 || rc=1
-  done
-  python3 - "$out/curve_bf16/metrics.jsonl" "$out/curve_fp8/metrics.jsonl" <<'PY' |
-import json, sys
-def losses(path):
-    out = {}
-    for line in open(path):
-        r = json.loads(line)
-        if "loss" in r:
-            out[r["step"]] = r["loss"]
-    return out
-a, b = losses(sys.argv[1]), losses(sys.argv[2])
-steps = sorted(set(a) & set(b))
-worst = 0.0
-for i in range(0, len(steps) - 99, 100):
-    w = steps[i:i + 100]
-    ma, mb = sum(a[s] for s in w) / 100, sum(b[s] for s in w) / 100
-    gap = abs(mb - ma) / ma
-    worst = max(worst, gap)
-    print(f"steps {w[0]:5d}-{w[-1]:5d}: bf16 {ma:.4f} fp8 {mb:.4f} gap {100 * gap:.2f}%")
-print(f"largest 100-step window gap {100 * worst:.2f}% (goal: within 1%)")
-PY
-    tee "$out/fp8_curve_gap.txt"
-  python3 tools/plot.py metrics "$out/curve_bf16" "$out/curve_fp8" --labels bf16,fp8 \
-    --out "$out/fp8_curves" || echo "fp8.sh: no picture (tools/plot.py needs matplotlib)"
+  bench/fp8_curve.sh "$build" "$out" || rc=1
 fi
 exit $rc
