@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Per-kernel times of one steady-state fathom-bench training step (the NVTX range "profile_step"),
 # through Nsight Compute with the clocks left alone, then grouped by kernel (kernel_profile.py).
-# Usage: bench/kernel_profile.sh BUILD_DIR WORKLOAD POLICY [OUT_DIR]
+# Usage: bench/kernel_profile.sh BUILD_DIR WORKLOAD POLICY [OUT_DIR [fathom-bench options...]]
+#   e.g. bench/kernel_profile.sh build/gpu llama-130m pre-ln /tmp/prof --precision fp8
 set -euo pipefail
 build="${1:?usage: bench/kernel_profile.sh BUILD_DIR WORKLOAD POLICY [OUT_DIR]}"
 workload="${2:?workload}"
 policy="${3:?policy}"
 out="${4:-${OUT:-$build/logs}}"
+shift $(( $# < 4 ? $# : 4 ))
+tag=""
+[[ $# -gt 0 ]] && tag="_$(echo "$*" | tr -c 'A-Za-z0-9.-' '_' | sed 's/_*$//')"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1 || true)"
 [[ -n "$ncu" ]] || { echo "kernel_profile.sh: ncu (Nsight Compute) not found" >&2; exit 1; }
 mkdir -p "$out"
-csv="$out/kernels_${workload}_${policy}.csv"
+csv="$out/kernels_${workload}_${policy}${tag}.csv"
 "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
   --nvtx --nvtx-include "profile_step/" --log-file "$csv" \
   "$build/bin/fathom-bench" --workloads "$workload" --policies "$policy" --steps 1 --warmup 2 \
-  --peak-tflops 799 >/dev/null
+  --peak-tflops 799 "$@" >/dev/null
 python3 "$here/kernel_profile.py" "$csv"

@@ -121,6 +121,12 @@ struct Fp8GemmParams {
   bool trans_a = false, trans_b = true;
   std::int64_t lda = 0, ldb = 0, ldc = 0;  // 0: packed, as in GemmParams
   double beta = 0.0;
+  // cuBLASLt's fast fp8 accumulation (CUBLASLT_MATMUL_DESC_FAST_ACCUM): Hopper's fp8 tensor cores
+  // then accumulate the whole K in their own reduced precision instead of promoting partial sums
+  // to fp32 at intervals. Faster; the usual choice for the forward GEMM only, as the gradients'
+  // long K (the tokens, for dW) is where the lost precision would add up. The CPU and the tiled
+  // kernel accumulate in float either way.
+  bool fast_accum = false;
 };
 
 namespace detail {

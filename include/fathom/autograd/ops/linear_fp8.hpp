@@ -88,7 +88,7 @@ Fp8Input<T, D> quantize_fp8_input(const Var<T, D>& x) {
 
 // linear_fp8(x, weight, bias): the values and gradients of linear(x, weight, bias) computed with
 // fp8 GEMMs, each operand scaled by its own current amax just before it is quantized:
-//   forward  Y  = X (E4M3) W^T (E4M3)                 + b
+//   forward  Y  = X (E4M3) W^T (E4M3)                 + b   (cuBLASLt's fast accumulation)
 //   backward dX = dY (E5M2) W (E4M3, transposed copy)
 //            dW = dY^T (E5M2, transposed copy) X (E4M3, transposed copy)
 //            db = sum of dY over rows (in T, as linear)
@@ -128,7 +128,8 @@ Var<T, D> linear_fp8(const Fp8Input<T, D>& xin, const Var<T, D>& weight,
                                                          .b_scale_inv = wq.scale_inv(),
                                                          .m = rows,
                                                          .n = out,
-                                                         .k = in});
+                                                         .k = in,
+                                                         .fast_accum = true});
   // Only what the backward reads is kept: the transposed copies and their scales.
   detail::Fp8Tensor<fp8_e4m3, D> xt;
   if (gw) xt = {Tensor<fp8_e4m3, D>(), xq.codes_t, xq.scale};
