@@ -188,8 +188,8 @@ TEMPLATE_TEST_CASE("CUDA quantize_fp8 (amax on the device) matches the CPU code 
   // with whole 64 x 64 tiles, partial ones, and more row tiles than one pass of the grid covers
   // in one block.
   const Dims d = GENERATE(Dims{1, 1}, Dims{3, 37}, Dims{37, 3}, Dims{129, 300}, Dims{1000, 33},
-                          Dims{2053, 96}, Dims{8, 8}, Dims{64, 64}, Dims{72, 136},
-                          Dims{520, 1000}, Dims{2048, 96}, Dims{40, 4104});
+                          Dims{2053, 96}, Dims{8, 8}, Dims{64, 64}, Dims{72, 136}, Dims{520, 1000},
+                          Dims{2048, 96}, Dims{40, 4104});
   const int margin = GENERATE(0, 3);
   const bool transposed = GENERATE(false, true);
   INFO(d.rows << " x " << d.cols << " margin " << margin << " transposed " << transposed);
