@@ -1,7 +1,8 @@
 // [cuda] tests for the CUDA attention kernels (include/fathom/kernels/cuda/attention.cuh): forward
 // (o, lse) and backward (dq, dk, dv accumulated onto random gradients) in float and bf16 against
 // the CPU reference computed in double, at the model shapes and at awkward ones (T not a multiple
-// of the tile, head_dim 32/96/128, T = 1); strided rows of a fused projection; the autograd op.
+// of the 64- or 128-row tiles, head_dim 32/96/128, T = 1, a negative scale); strided rows of a
+// fused projection; only some gradients wanted; the autograd op.
 #include <fathom/autograd/ops/attention.hpp>
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/attention.cuh>
@@ -32,14 +33,20 @@ namespace {
 struct AttentionCase {
   std::int64_t B, T, H, hd;
   bool causal;
+  double scale = 0.0;  // 0: 1 / sqrt(hd)
   std::int64_t C() const { return H * hd; }
+  double softmax_scale() const {
+    return scale != 0.0 ? scale : 1.0 / std::sqrt(static_cast<double>(hd));
+  }
   std::size_t n() const { return static_cast<std::size_t>(B * T * H * hd); }
   std::size_t rows() const { return static_cast<std::size_t>(B * H * T); }
 };
 
 std::ostream& operator<<(std::ostream& os, const AttentionCase& c) {
-  return os << "B " << c.B << " T " << c.T << " H " << c.H << " hd " << c.hd
-            << (c.causal ? " causal" : " full");
+  os << "B " << c.B << " T " << c.T << " H " << c.H << " hd " << c.hd
+     << (c.causal ? " causal" : " full");
+  if (c.scale != 0.0) os << " scale " << c.scale;
+  return os;
 }
 
 struct Inputs {
@@ -74,7 +81,7 @@ fathom::kernels::AttentionParams<T> forward_params(const AttentionCase& c, const
           .v_stride = in_stride,
           .o_stride = o_stride,
           .causal = c.causal,
-          .scale = 1.0 / std::sqrt(static_cast<double>(c.hd))};
+          .scale = c.softmax_scale()};
 }
 
 // The backward of the forward p, with d_o, dq, dk and dv packed (B, T, C).
@@ -126,12 +133,18 @@ Outputs reference(const AttentionCase& c, const Inputs& in) {
   return r;
 }
 
+// Which gradients the backward is asked for (the others get null pointers).
+struct Wanted {
+  bool dq = true, dk = true, dv = true;
+};
+
 // Runs forward and backward on the GPU with T elements: q, k, v rows of `in_stride` (>= C;
 // q, k, v live side by side in one fused buffer when in_stride >= 3C), o rows of `o_stride`.
-// With accumulate false, dq, dk and dv start as NaN and must be overwritten, never read.
+// With accumulate false, dq, dk and dv start as NaN and must be overwritten, never read. A
+// gradient not wanted comes back as its buffer's initial values.
 template <class T>
 Outputs run_cuda(const AttentionCase& c, const Inputs& in, std::int64_t in_stride = 0,
-                 std::int64_t o_stride = 0, bool accumulate = true) {
+                 std::int64_t o_stride = 0, bool accumulate = true, Wanted wanted = {}) {
   const std::int64_t C = c.C(), rows = c.B * c.T;
   if (in_stride == 0) in_stride = 3 * C;
   if (o_stride == 0) o_stride = C;
@@ -172,7 +185,9 @@ Outputs run_cuda(const AttentionCase& c, const Inputs& in, std::int64_t in_strid
   auto dk = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dk0 : nan));
   auto dv = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dv0 : nan));
   fathom::kernels::attention_backward(
-      Cuda{}, backward_params<T>(p, d_o.data(), dq.data(), dk.data(), dv.data(), accumulate));
+      Cuda{}, backward_params<T>(p, d_o.data(), wanted.dq ? dq.data() : nullptr,
+                                 wanted.dk ? dk.data() : nullptr, wanted.dv ? dv.data() : nullptr,
+                                 accumulate));
   FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
 
   Outputs r;
@@ -263,7 +278,13 @@ TEST_CASE("CUDA attention matches the CPU reference, forward and backward", "[cu
                AttentionCase{3, 100, 4, 32, true}, AttentionCase{1, 77, 2, 128, true},
                AttentionCase{3, 100, 4, 32, false}, AttentionCase{2, 130, 2, 64, false},
                AttentionCase{1, 1, 1, 64, true}, AttentionCase{2, 65, 3, 16, true},
-               AttentionCase{1, 200, 2, 96, true}, AttentionCase{2, 64, 2, 64, true});
+               AttentionCase{1, 200, 2, 96, true}, AttentionCase{2, 64, 2, 64, true},
+               // the 128-row forward blocks: T past one block, short of two, not a multiple
+               AttentionCase{2, 129, 3, 64, true}, AttentionCase{1, 200, 2, 64, true},
+               AttentionCase{2, 1000, 2, 64, true}, AttentionCase{3, 100, 4, 64, false},
+               AttentionCase{1, 129, 2, 32, true}, AttentionCase{2, 1000, 1, 32, false},
+               // a negative scale (the mma forward needs scale > 0: the tiled one runs)
+               AttentionCase{2, 100, 2, 64, true, -0.2}, AttentionCase{1, 70, 2, 64, false, -0.1});
   INFO(c);
   const Inputs in = make_inputs(c, 100);
   const Outputs want = reference(c, in);
@@ -275,7 +296,8 @@ TEST_CASE("CUDA attention backward overwrites fresh gradient buffers (accumulate
           "[cuda][attention]") {
   const AttentionCase c =
       GENERATE(AttentionCase{2, 256, 12, 64, true}, AttentionCase{3, 100, 4, 32, true},
-               AttentionCase{2, 130, 2, 64, false}, AttentionCase{2, 65, 3, 16, true});
+               AttentionCase{2, 130, 2, 64, false}, AttentionCase{2, 65, 3, 16, true},
+               AttentionCase{2, 129, 3, 64, true}, AttentionCase{1, 1000, 2, 64, true});
   INFO(c);
   Inputs in = make_inputs(c, 200);
   Inputs zero = in;  // the reference adds onto zeros
@@ -285,6 +307,33 @@ TEST_CASE("CUDA attention backward overwrites fresh gradient buffers (accumulate
   const Outputs want = reference(c, zero);
   check_against<float>(c, run_cuda<float>(c, in, 0, 0, false), want);
   check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, false), want);
+}
+
+// The tensor-core backward computes D = rowsum(dO * O) in its dQ pass, or in a pass of its own
+// when dQ is not wanted; a gradient not asked for is left alone.
+TEST_CASE("CUDA attention backward computes only the gradients asked for", "[cuda][attention]") {
+  const AttentionCase c =
+      GENERATE(AttentionCase{2, 129, 3, 64, true}, AttentionCase{3, 100, 2, 32, false});
+  INFO(c);
+  const Inputs in = make_inputs(c, 400);
+  const Outputs all = reference(c, in);
+  SECTION("dq alone") {
+    Outputs want = all;
+    want.dk = in.dk0;
+    want.dv = in.dv0;
+    check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, true, {true, false, false}), want);
+  }
+  SECTION("dk and dv without dq") {
+    Outputs want = all;
+    want.dq = in.dq0;
+    check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, true, {false, true, true}), want);
+  }
+  SECTION("dv alone") {
+    Outputs want = all;
+    want.dq = in.dq0;
+    want.dk = in.dk0;
+    check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, true, {false, false, true}), want);
+  }
 }
 
 TEST_CASE("CUDA attention reads fused and misaligned rows in place", "[cuda][attention]") {

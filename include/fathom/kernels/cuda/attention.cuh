@@ -2,13 +2,14 @@
 // This file picks one of two kernel families for kernels::attention(Cuda, ...) and
 // kernels::attention_backward(Cuda, ...):
 //  - mma (attention/mma.cuh): bf16 with head_dim 32 or 64 and 16-byte aligned rows, on tensor
-//    cores;
+//    cores (the forward also needs scale > 0);
 //  - tiled (attention/tiled.cuh): everything else (any head_dim <= 128, float, double or bf16).
-// Backward (both families): D = rowsum(dO * O) first; then dK and dV by one block per key tile that
-// loops over the query tiles, and dQ by a second pass, one block per query tile over the key
-// tiles. The second pass recomputes Q K^T and dO V^T instead of adding dQ with atomics: the
-// result is deterministic and needs no fp32 scratch for dQ. All three gradients are ADDED to
-// (unless accumulate is false).
+// Backward (both families): D = rowsum(dO * O); dK and dV by one block per key tile that loops
+// over the query tiles; dQ by one block per query tile over the key tiles. The dQ pass recomputes
+// Q K^T and dO V^T instead of adding dQ with atomics: the result is deterministic and needs no
+// fp32 scratch for dQ. The tiled family computes D in a pass of its own first; the mma family in
+// the dQ pass, which then runs before dK/dV (D by its own pass only when dQ is not wanted). All
+// three gradients are ADDED to (unless accumulate is false).
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -34,11 +35,12 @@ inline bool aligned_rows(const void* ptr, std::int64_t stride, std::int64_t byte
          (stride * static_cast<std::int64_t>(sizeof(bf16))) % bytes_multiple == 0;
 }
 
-// The mma kernels read rows in 16-byte pieces and write output pairs as 4 bytes.
+// The mma kernels read rows in 16-byte pieces and write output pairs as 4 bytes; the forward
+// takes its running max over unscaled scores, which needs scale > 0.
 inline bool use_mma(const AttentionParams<bf16>& p) {
-  return (p.head_dim == 32 || p.head_dim == 64) && aligned_rows(p.q, p.q_stride, 16) &&
-         aligned_rows(p.k, p.k_stride, 16) && aligned_rows(p.v, p.v_stride, 16) &&
-         aligned_rows(p.o, p.o_stride, 4);
+  return (p.head_dim == 32 || p.head_dim == 64) && p.scale > 0 &&
+         aligned_rows(p.q, p.q_stride, 16) && aligned_rows(p.k, p.k_stride, 16) &&
+         aligned_rows(p.v, p.v_stride, 16) && aligned_rows(p.o, p.o_stride, 4);
 }
 inline bool use_mma(const AttentionBackwardParams<bf16>& p) {
   return (p.head_dim == 32 || p.head_dim == 64) && aligned_rows(p.q, p.q_stride, 16) &&
@@ -80,13 +82,13 @@ void attention_backward(Cuda, const AttentionBackwardParams<T>& p) {
   // delta (B, H, T) in the workspace: used by this call's kernels only.
   A* delta = cuda::CachingAllocator::instance().workspace_for<A>(
       static_cast<std::size_t>(p.batch * p.seq * p.heads));
-  a::launch_rowsum(p, delta, mma);
   if constexpr (std::is_same_v<T, bf16>) {
     if (mma) {
       if (p.head_dim == 64) return a::launch_backward_mma<64>(p, delta);
       return a::launch_backward_mma<32>(p, delta);
     }
   }
+  a::launch_rowsum(p, delta, false);
   a::launch_backward_tiled<T>(p, delta);
 }
 

@@ -8,19 +8,17 @@
 
 namespace fathom::kernels::detail::attn {
 
-// 128 threads = 4 warps. Fragment layouts are those of mma.m16n8k16 (PTX ISA, "Matrix Fragments
-// for mma.m16n8k16"): with g = lane / 4 and c = lane % 4, an fp32 accumulator holds rows g and
-// g + 8, columns 2c and 2c + 1 of a 16 x 8 tile; the A operand (16 x 16) holds the same rows,
-// columns 2c, 2c + 1, 2c + 8, 2c + 9; the B operand (16 x 8) holds rows 2c, 2c + 1, 2c + 8, 2c + 9
-// of column g. A warp keeps the fragments of 16 M rows of one operand in registers (Q for the
-// forward and dQ, K and V for dK/dV) and streams the other operand's tiles through shared memory
-// with cp.async double buffering. M = 2 halves the shared-memory reads per mma but needs about
-// 255 registers; on an H200 that lost to M = 1 with 3 to 4 blocks per SM (MmaChoice). Shared
-// tiles have a row pitch of hd + 8 elements, so the 8 rows that one ldmatrix reads fall in
-// distinct bank groups.
-
-constexpr int kMmaThreads = 128;
-constexpr int kMmaWarps = kMmaThreads / kWarp;
+// Blocks of 4 or 8 warps (the tile shapes below say which). Fragment layouts are those of
+// mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16"): with g = lane / 4 and c = lane % 4,
+// an fp32 accumulator holds rows g and g + 8, columns 2c and 2c + 1 of a 16 x 8 tile; the A operand
+// (16 x 16) holds the same rows, columns 2c, 2c + 1, 2c + 8, 2c + 9; the B operand (16 x 8) holds
+// rows 2c, 2c + 1, 2c + 8, 2c + 9 of column g. A warp keeps the fragments of 16 M rows of one
+// operand in registers (Q for the forward and dQ, K and V for dK/dV) and streams the other
+// operand's tiles through shared memory with cp.async double buffering. M = 2 halves the
+// shared-memory reads per mma but needs about 255 registers; on an H200 that lost to M = 1 with 3
+// to 4 blocks per SM (MmaChoice). More warps a block (same M) share each streamed tile among more
+// rows: fewer tile copies from L2 per row at the same registers a thread. Shared tiles have a row
+// pitch of hd + 8 elements, so the 8 rows that one ldmatrix reads fall in distinct bank groups.
 
 __device__ inline std::uint32_t smem_address(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
@@ -84,15 +82,16 @@ __device__ inline void store_bf16_pair(bf16* dst, float lo, float hi, bool accum
   *x = __floats2bfloat162_rn(lo, hi);
 }
 
-// Copies (Rows, HD) tiles into shared tiles of pitch HD + 8. Thread t always moves the 16-byte
-// column t % (HD / 8) of rows t / (HD / 8) + i * kRowStep, so the per-tile address work is one
-// 64-bit multiply and a few adds (index arithmetic otherwise dominates the issue slots).
-template <int HD, int Rows>
+// Copies (Rows, HD) tiles into shared tiles of pitch HD + 8 with a block of Threads threads.
+// Thread t always moves the 16-byte column t % (HD / 8) of rows t / (HD / 8) + i * kRowStep, so
+// the per-tile address work is one 64-bit multiply and a few adds (index arithmetic otherwise
+// dominates the issue slots).
+template <int HD, int Rows, int Threads>
 struct TileCopy {
-  static constexpr int kChunks = HD / 8, kRowStep = kMmaThreads / kChunks,
-                       kPasses = Rows / kRowStep;
+  static constexpr int kChunks = HD / 8, kRowStep = Threads / kChunks, kPasses = Rows / kRowStep;
   static constexpr int kPitchBytes = (HD + 8) * 2;
-  static_assert(Rows % kRowStep == 0, "tile rows must be a multiple of the rows one pass covers");
+  static_assert(Threads % kChunks == 0 && Rows % kRowStep == 0,
+                "tile rows must be a multiple of the rows one pass of the block covers");
   int row, col;
   __device__ TileCopy() : row(threadIdx.x / kChunks), col((threadIdx.x % kChunks) * 8) {}
   // Rows [row0, row0 + Rows) of src (row stride `stride`, `rows` rows in all) into the shared
@@ -190,18 +189,23 @@ __device__ inline void mma_p_b(float (&acc)[M][HD / 8][4], const float (&p)[M][K
   }
 }
 
-template <int HD_, int M_, int N_, int MinBlocks_>
+// Tile shapes of the forward: Warps warps of 16 M query rows a block, key tiles of N streamed
+// through shared memory; at least MinBlocks blocks an SM (the register budget).
+template <int HD_, int M_, int N_, int Warps_, int MinBlocks_>
 struct MmaForward {
-  static constexpr int HD = HD_, M = M_, kKeys = N_, kMinBlocks = MinBlocks_;
-  static constexpr int kWarpRows = 16 * M, kBlockRows = kWarpRows * kMmaWarps;
+  static constexpr int HD = HD_, M = M_, kKeys = N_, kWarps = Warps_, kMinBlocks = MinBlocks_;
+  static constexpr int kThreads = kWarps * kWarp;
+  static constexpr int kWarpRows = 16 * M, kBlockRows = kWarpRows * kWarps;
   static constexpr int kPitch = HD + 8;
   static constexpr std::size_t smem_bytes = sizeof(bf16) * kPitch * (kBlockRows + 4 * kKeys);
 };
 
 // One block per (b, h, query tile); each warp owns 16 M query rows and streams over the key
-// tiles: S = Q K^T, online softmax in registers, O += P V with P rounded to bf16.
+// tiles: S = Q K^T, online softmax in registers, O += P V with P rounded to bf16. Needs
+// scale > 0: the running max is taken over the unscaled scores, so that scaling and subtracting
+// the max is one FMA before each exponential.
 template <class Cfg>
-__global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     forward_mma(AttentionParams<bf16> p) {
   constexpr int HD = Cfg::HD, M = Cfg::M, kKeys = Cfg::kKeys, kPitch = Cfg::kPitch;
   constexpr int kWarpRows = Cfg::kWarpRows, kBlockRows = Cfg::kBlockRows;
@@ -210,8 +214,8 @@ __global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
   const std::uint32_t Qs = smem_address(smem_raw);        // (block rows, pitch)
   const std::uint32_t Ks = Qs + kBlockRows * kPitch * 2;  // [2] (key tile, pitch)
   const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;        // [2] (key tile, pitch)
-  const TileCopy<HD, kBlockRows> copy_q;
-  const TileCopy<HD, kKeys> copy_kv;
+  const TileCopy<HD, kBlockRows, Cfg::kThreads> copy_q;
+  const TileCopy<HD, kKeys, Cfg::kThreads> copy_kv;
 
   const std::int64_t Tn = p.seq, nqt = (Tn + kBlockRows - 1) / kBlockRows;
   const std::int64_t bh = blockIdx.x / nqt, qt = nqt - 1 - blockIdx.x % nqt;  // see common.cuh
@@ -222,12 +226,16 @@ __global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
   const std::int64_t warp_q0 = q0 + warp * kWarpRows;
 
+  // Q alone in the first group: its fragments are taken while the first K/V tile is in flight.
   copy_q(Qs, p.q + b * Tn * p.q_stride + h * HD, p.q_stride, q0, Tn);
+  cp_async_commit();
   copy_kv(Ks, kg, p.k_stride, 0, Tn);
   copy_kv(Vs, vg, p.v_stride, 0, Tn);
   cp_async_commit();
-
+  cp_async_wait_all_but_one();
+  __syncthreads();
   std::uint32_t qf[M][HD / 16][4];
+  load_a_fragments<HD, M>(qf, Qs, warp * kWarpRows);
   float o[M][HD / 8][4];
 #pragma unroll
   for (int m = 0; m < M; ++m)
@@ -250,7 +258,6 @@ __global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
     cp_async_commit();
     cp_async_wait_all_but_one();
     __syncthreads();
-    if (kt == 0) load_a_fragments<HD, M>(qf, Qs, warp * kWarpRows);
     const std::int64_t k0 = kt * kKeys;
     // With causal, a warp whose rows all precede this key tile has nothing to do here.
     if (!p.causal || k0 <= warp_q0 + kWarpRows - 1) {
@@ -259,36 +266,35 @@ __global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
       const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
 #pragma unroll
       for (int m = 0; m < M; ++m) {
+        if (edge) {  // positions relative to k0, in 32 bits (fewer registers)
+          const int keys = static_cast<int>(min(Tn - k0, static_cast<std::int64_t>(kKeys)));
+          const int first_query = static_cast<int>(warp_q0 - k0) + 16 * m + g;
 #pragma unroll
-        for (int n = 0; n < kKeys / 8; ++n) {
+          for (int n = 0; n < kKeys / 8; ++n) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            float x = s[m][n][e] * scale_log2;
-            if (edge) {
-              const std::int64_t key = k0 + n * 8 + 2 * c + (e & 1),
-                                 query = warp_q0 + 16 * m + g + (e >> 1) * 8;
-              if (key >= Tn || (p.causal && key > query)) x = -INFINITY;
+            for (int e = 0; e < 4; ++e) {
+              const int key = n * 8 + 2 * c + (e & 1), query = first_query + (e >> 1) * 8;
+              if (key >= keys || (p.causal && key > query)) s[m][n][e] = -INFINITY;
             }
-            s[m][n][e] = x;
           }
         }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          float tile_max = -INFINITY;
+          float tile_max = -INFINITY;  // of the unscaled scores
 #pragma unroll
           for (int n = 0; n < kKeys / 8; ++n)
             tile_max = fmaxf(tile_max, fmaxf(s[m][n][2 * r], s[m][n][2 * r + 1]));
           tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
           tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-          const float m_new = fmaxf(mx[m][r], tile_max);
+          const float m_new = fmaxf(mx[m][r], tile_max * scale_log2);
           const float base = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet
           const float alpha = exp2_approx(mx[m][r] - base);
           mx[m][r] = m_new;
           float sum = 0.0f;
 #pragma unroll
           for (int n = 0; n < kKeys / 8; ++n) {
-            s[m][n][2 * r] = exp2_approx(s[m][n][2 * r] - base);
-            s[m][n][2 * r + 1] = exp2_approx(s[m][n][2 * r + 1] - base);
+            s[m][n][2 * r] = exp2_approx(fmaf(s[m][n][2 * r], scale_log2, -base));
+            s[m][n][2 * r + 1] = exp2_approx(fmaf(s[m][n][2 * r + 1], scale_log2, -base));
             sum += s[m][n][2 * r] + s[m][n][2 * r + 1];
           }
           l[m][r] = l[m][r] * alpha + sum;  // this thread's columns; the quad is summed at the end
@@ -324,12 +330,15 @@ __global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
   }
 }
 
-// Tile shapes of the dK/dV pass: each warp owns 16 M keys, a block 4 warps' keys; query tiles
-// of Q are staged in shared memory and consumed Chunk queries at a time.
-template <int HD_, int M_, int Chunk_, int Q_, int MinBlocks_>
+// Tile shapes of the dK/dV pass: each warp owns 16 M keys, a block Warps warps' keys; query
+// tiles of Q are staged in shared memory and consumed Chunk queries at a time.
+template <int HD_, int M_, int Chunk_, int Q_, int Warps_, int MinBlocks_>
 struct MmaDkdv {
-  static constexpr int HD = HD_, M = M_, kChunk = Chunk_, kQueries = Q_, kMinBlocks = MinBlocks_;
-  static constexpr int kWarpRows = 16 * M, kBlockRows = kWarpRows * kMmaWarps;
+  static constexpr int HD = HD_, M = M_, kChunk = Chunk_, kQueries = Q_, kWarps = Warps_,
+                       kMinBlocks = MinBlocks_;
+  static constexpr int kThreads = kWarps * kWarp;
+  static_assert(kThreads >= kQueries, "one thread stages each query's lse and delta");
+  static constexpr int kWarpRows = 16 * M, kBlockRows = kWarpRows * kWarps;
   static constexpr int kPitch = HD + 8;
   static constexpr std::size_t smem_bytes =
       sizeof(bf16) * kPitch * (2 * kBlockRows + 4 * kQueries) + sizeof(float) * 4 * kQueries;
@@ -339,7 +348,7 @@ struct MmaDkdv {
 // registers, and for every chunk of queries computes S^T = K Q^T and dP^T = V dO^T, then
 // dV += P^T dO and dK += dS^T Q.
 template <class Cfg>
-__global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     backward_dkdv_mma(AttentionBackwardParams<bf16> p, const float* delta) {
   constexpr int HD = Cfg::HD, M = Cfg::M, kQ = Cfg::kQueries, kChunk = Cfg::kChunk,
                 kPitch = Cfg::kPitch;
@@ -363,8 +372,8 @@ __global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
   const std::int64_t warp_k0 = k0 + warp * kWarpRows;
 
-  const TileCopy<HD, kQ> copy_q;
-  const TileCopy<HD, kBlockRows> copy_kv;
+  const TileCopy<HD, kQ, Cfg::kThreads> copy_q;
+  const TileCopy<HD, kBlockRows, Cfg::kThreads> copy_kv;
   auto stage = [&](int buf, std::int64_t qt) {  // Q, dO, lse and delta of query tile qt
     copy_q(Qs + buf * kQueryTileBytes, qg, p.q_stride, qt * kQ, Tn);
     copy_q(dOs + buf * kQueryTileBytes, dog, p.do_stride, qt * kQ, Tn);
@@ -460,21 +469,25 @@ __global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
   }
 }
 
-// Tile shapes of the dQ pass: each warp owns 16 M queries, a block 4 warps' queries; key tiles
-// of N stream through shared memory.
-template <int HD_, int M_, int N_, int MinBlocks_>
+// Tile shapes of the dQ pass: each warp owns 16 M queries, a block Warps warps' queries; key
+// tiles of N stream through shared memory. With Rowsum, the pass computes D = rowsum(dO * O) of
+// its own queries and writes it for the dK/dV pass, which then runs after it (no separate pass).
+template <int HD_, int M_, int N_, int Warps_, int MinBlocks_, bool Rowsum_>
 struct MmaDq {
-  static constexpr int HD = HD_, M = M_, kKeys = N_, kMinBlocks = MinBlocks_;
-  static constexpr int kWarpRows = 16 * M, kBlockRows = kWarpRows * kMmaWarps;
+  static constexpr int HD = HD_, M = M_, kKeys = N_, kWarps = Warps_, kMinBlocks = MinBlocks_;
+  static constexpr bool kRowsum = Rowsum_;
+  static constexpr int kThreads = kWarps * kWarp;
+  static constexpr int kWarpRows = 16 * M, kBlockRows = kWarpRows * kWarps;
   static constexpr int kPitch = HD + 8;
   static constexpr std::size_t smem_bytes = sizeof(bf16) * kPitch * (2 * kBlockRows + 4 * kKeys);
 };
 
 // One block per (b, h, query tile): each warp owns 16 M queries, keeps their Q and dO fragments
 // in registers, and for every key tile computes S = Q K^T and dP = dO V^T, then dQ += dS K.
+// delta (B, H, T) is read, or with Cfg::kRowsum computed here and written.
 template <class Cfg>
-__global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
-    backward_dq_mma(AttentionBackwardParams<bf16> p, const float* delta) {
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+    backward_dq_mma(AttentionBackwardParams<bf16> p, float* delta) {
   constexpr int HD = Cfg::HD, M = Cfg::M, kKeys = Cfg::kKeys, kPitch = Cfg::kPitch;
   constexpr int kWarpRows = Cfg::kWarpRows, kBlockRows = Cfg::kBlockRows;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -483,8 +496,8 @@ __global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
   const std::uint32_t dOs = Qs + kBlockRows * kPitch * 2;  // (block rows, pitch)
   const std::uint32_t Ks = dOs + kBlockRows * kPitch * 2;  // [2] (key tile, pitch)
   const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;         // [2] (key tile, pitch)
-  const TileCopy<HD, kBlockRows> copy_q;
-  const TileCopy<HD, kKeys> copy_kv;
+  const TileCopy<HD, kBlockRows, Cfg::kThreads> copy_q;
+  const TileCopy<HD, kKeys, Cfg::kThreads> copy_kv;
 
   const std::int64_t Tn = p.seq, nqt = (Tn + kBlockRows - 1) / kBlockRows;
   const std::int64_t bh = blockIdx.x / nqt, qt = nqt - 1 - blockIdx.x % nqt;  // see common.cuh
@@ -504,11 +517,39 @@ __global__ void __launch_bounds__(kMmaThreads, Cfg::kMinBlocks)
   float lse_r[M][2], delta_r[M][2];  // rows g and g + 8 of each m-tile
 #pragma unroll
   for (int m = 0; m < M; ++m) {
+    if constexpr (Cfg::kRowsum) {
+      // Lanes 2i and 2i + 1 sum the two halves of row i of the m-tile from device memory (the
+      // rows are 16-byte aligned, as for the tile copies).
+      constexpr int kHalf = HD / 2;
+      const std::int64_t row = warp_q0 + 16 * m + lane / 2;
+      const int col = h * HD + (lane % 2) * kHalf;
+      float d = 0.0f;
+      if (row < Tn) {
+        const bf16* orow = p.o + (b * Tn + row) * p.o_stride + col;
+        const bf16* grow = p.d_o + (b * Tn + row) * p.do_stride + col;
+#pragma unroll
+        for (int i = 0; i < kHalf / 8; ++i) {
+          const auto ov = *reinterpret_cast<const uint4*>(orow + 8 * i);
+          const auto gv = *reinterpret_cast<const uint4*>(grow + 8 * i);
+          const auto* o2 = reinterpret_cast<const __nv_bfloat162*>(&ov);
+          const auto* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const float2 x = __bfloat1622float2(o2[j]), y = __bfloat1622float2(g2[j]);
+            d += x.x * y.x + x.y * y.y;
+          }
+        }
+      }
+      d += __shfl_xor_sync(0xffffffffu, d, 1);
+      if (lane % 2 == 0 && row < Tn) delta[bh * Tn + row] = d;
+      delta_r[m][0] = __shfl_sync(0xffffffffu, d, 2 * g);  // 0 for rows past T
+      delta_r[m][1] = __shfl_sync(0xffffffffu, d, 2 * (g + 8));
+    }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const std::int64_t row = warp_q0 + 16 * m + g + r * 8;
       lse_r[m][r] = row < Tn ? p.lse[bh * Tn + row] * kLog2e : INFINITY;
-      delta_r[m][r] = row < Tn ? delta[bh * Tn + row] : 0.0f;
+      if constexpr (!Cfg::kRowsum) delta_r[m][r] = row < Tn ? delta[bh * Tn + row] : 0.0f;
     }
   }
   std::uint32_t qf[M][HD / 16][4], of[M][HD / 16][4];
@@ -585,32 +626,52 @@ void launch_mma(const Params& p, Rest... rest) {
   constexpr std::size_t smem = Cfg::smem_bytes;
   allow_shared_memory<Kernel>(smem);
   const std::int64_t tiles = (p.seq + Cfg::kBlockRows - 1) / Cfg::kBlockRows;
-  Kernel<<<grid_of(tiles, p.batch * p.heads), kMmaThreads, smem, cuda::stream()>>>(p, rest...);
+  Kernel<<<grid_of(tiles, p.batch * p.heads), Cfg::kThreads, smem, cuda::stream()>>>(p, rest...);
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 
-// The tile shapes used for each head_dim, chosen by timing the variants on an H200 (bf16, causal,
-// B 128 T 256 and B 32 T 1024, H 12, hd 64). With 3 to 4 blocks of 128 threads per SM the
-// scheduler hides the latency of the mma/ldmatrix/exp chains; larger per-warp tiles (M = 2, key
-// tiles of 128) cost registers and occupancy and ran 5 to 30% slower.
+// The tile shapes used for each head_dim. The backward's were chosen by timing the variants on an
+// H200 (bf16, causal, B 128 T 256 and B 32 T 1024, H 12, hd 64): with 3 to 4 blocks of 128
+// threads per SM the scheduler hides the latency of the mma/ldmatrix/exp chains; larger per-warp
+// tiles (M = 2, key tiles of 128) cost registers and occupancy and ran 5 to 30% slower. They need
+// more than 128 registers a thread, so 8 warps a block would drop them to one block an SM. The
+// forward's 8 warps of 16 rows keep the 128 registers a thread of 4 blocks of 4 warps (2 blocks
+// an SM) and copy each K/V tile once for 128 query rows instead of 64: half the L2 -> shared
+// traffic, about 0.85 GB a layer at B 32 T 1024 H 12 with 64-row blocks. fathom-attention-bench
+// (examples/attention_bench) times these shapes against the previous ones.
 template <int HD>
 struct MmaChoice {
-  using Forward = MmaForward<HD, 1, 64, 4>;
-  using Dkdv = MmaDkdv<HD, 1, 32, 64, 3>;
-  using Dq = MmaDq<HD, 1, 64, 3>;
+  using Forward = MmaForward<HD, 1, 64, 8, 2>;
+  using Dkdv = MmaDkdv<HD, 1, 32, 64, 4, 3>;
+  using Dq = MmaDq<HD, 1, 64, 4, 3, true>;
 };
 
-template <int HD>
+// Shapes: MmaChoice<HD> or another struct with the same three members.
+template <int HD, class Shapes = MmaChoice<HD>>
 void launch_forward_mma(const AttentionParams<bf16>& p) {
-  using Cfg = typename MmaChoice<HD>::Forward;
+  using Cfg = typename Shapes::Forward;
   launch_mma<Cfg, forward_mma<Cfg>>(p);
 }
-template <int HD>
-void launch_backward_mma(const AttentionBackwardParams<bf16>& p, const float* delta) {
-  using Dkdv = typename MmaChoice<HD>::Dkdv;
-  using Dq = typename MmaChoice<HD>::Dq;
-  if (p.dk || p.dv) launch_mma<Dkdv, backward_dkdv_mma<Dkdv>>(p, delta);
-  if (p.dq) launch_mma<Dq, backward_dq_mma<Dq>>(p, delta);
+
+// The whole backward: D = rowsum(dO * O) into `delta` (B, H, T) (by the dQ pass when it can,
+// else by its own pass first), dK and dV, dQ.
+template <int HD, class Shapes = MmaChoice<HD>>
+void launch_backward_mma(const AttentionBackwardParams<bf16>& p, float* delta) {
+  using Dkdv = typename Shapes::Dkdv;
+  using Dq = typename Shapes::Dq;
+  const auto* read_only = static_cast<const float*>(delta);
+  if constexpr (Dq::kRowsum) {
+    if (p.dq) {
+      launch_mma<Dq, backward_dq_mma<Dq>>(p, delta);
+    } else {
+      launch_rowsum(p, delta, /*vectorized=*/true);
+    }
+    if (p.dk || p.dv) launch_mma<Dkdv, backward_dkdv_mma<Dkdv>>(p, read_only);
+  } else {
+    launch_rowsum(p, delta, /*vectorized=*/true);
+    if (p.dk || p.dv) launch_mma<Dkdv, backward_dkdv_mma<Dkdv>>(p, read_only);
+    if (p.dq) launch_mma<Dq, backward_dq_mma<Dq>>(p, delta);
+  }
 }
 
 }  // namespace fathom::kernels::detail::attn

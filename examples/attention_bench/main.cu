@@ -1,0 +1,270 @@
+// fathom-attention-bench: times the CUDA attention kernels alone with CUDA events, forward and
+// backward (and each pass of the backward) of bf16 multi-head attention on q, k, v read in place
+// from a fused (B, T, 3C) projection, as GPT-2 trains it. For each shape it runs the tile shapes
+// fathom uses (MmaChoice) and the previous ones (4-warp forward blocks; D = rowsum(dO * O) by a
+// pass of its own), prints ms and TFLOP/s per pass, and the largest difference between the two
+// variants' outputs. TFLOP/s count the matrix products only (causal: half of them), the backward
+// as 2.5 forwards, as FlashAttention's papers do.
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <fathom/cuda.hpp>
+#include <fathom/kernels/cuda/attention.cuh>
+
+namespace {
+
+using fathom::bf16;
+using fathom::Cuda;
+using fathom::Shape;
+using fathom::Tensor;
+namespace attn = fathom::kernels::detail::attn;
+
+// The tile shapes before 128-row forward blocks and the dQ pass's own rowsum.
+template <int HD>
+struct PreviousShapes {
+  using Forward = attn::MmaForward<HD, 1, 64, 4, 4>;
+  using Dkdv = attn::MmaDkdv<HD, 1, 32, 64, 4, 3>;
+  using Dq = attn::MmaDq<HD, 1, 64, 4, 3, false>;
+};
+
+struct Problem {
+  std::int64_t batch, heads, seq, head_dim;
+  bool causal;
+  double forward_flop() const {
+    return 4.0 * static_cast<double>(batch * heads) * static_cast<double>(seq) *
+           static_cast<double>(seq) * static_cast<double>(head_dim) * (causal ? 0.5 : 1.0);
+  }
+};
+
+class Timer {
+ public:
+  Timer() {
+    FATHOM_CUDA_CHECK(cudaEventCreate(&start_));
+    FATHOM_CUDA_CHECK(cudaEventCreate(&end_));
+  }
+  ~Timer() {
+    cudaEventDestroy(start_);
+    cudaEventDestroy(end_);
+  }
+  Timer(const Timer&) = delete;
+  Timer& operator=(const Timer&) = delete;
+  // Milliseconds per call of f, over `iters` calls after `warmup` untimed ones.
+  template <class F>
+  double ms(F&& f, int warmup, int iters) {
+    for (int i = 0; i < warmup; ++i) f();
+    FATHOM_CUDA_CHECK(cudaEventRecord(start_, fathom::cuda::stream()));
+    for (int i = 0; i < iters; ++i) f();
+    FATHOM_CUDA_CHECK(cudaEventRecord(end_, fathom::cuda::stream()));
+    FATHOM_CUDA_CHECK(cudaEventSynchronize(end_));
+    float total = 0.0f;
+    FATHOM_CUDA_CHECK(cudaEventElapsedTime(&total, start_, end_));
+    return static_cast<double>(total) / iters;
+  }
+
+ private:
+  cudaEvent_t start_{}, end_{};
+};
+
+Tensor<bf16, Cuda> random_bf16(std::int64_t n, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<bf16> host(static_cast<std::size_t>(n));
+  for (auto& x : host) x = fathom::scalar_cast<bf16>(normal(rng));
+  return Tensor<bf16, Cuda>::from_vector(Shape{n}, host);
+}
+
+double max_abs_difference(const Tensor<bf16, Cuda>& a, const Tensor<bf16, Cuda>& b) {
+  const auto x = a.to_vector(), y = b.to_vector();
+  double worst = 0.0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double d = std::abs(fathom::scalar_cast<double>(x[i]) - fathom::scalar_cast<double>(y[i]));
+    if (!(d <= worst)) worst = d;  // NaN wins
+  }
+  return worst;
+}
+
+// The buffers of one problem: q, k, v in a fused (B, T, 3C) projection, o, lse, d_o, and the
+// gradients into a fused (B, T, 3C) buffer (overwritten, as the trainer's first backward does).
+struct Buffers {
+  Tensor<bf16, Cuda> qkv, o, d_o, dqkv;
+  Tensor<float, Cuda> lse, delta;
+  fathom::kernels::AttentionParams<bf16> forward;
+  fathom::kernels::AttentionBackwardParams<bf16> backward;
+
+  Buffers(const Problem& pr, std::mt19937& rng) {
+    const std::int64_t C = pr.heads * pr.head_dim, rows = pr.batch * pr.seq;
+    qkv = random_bf16(rows * 3 * C, rng);
+    d_o = random_bf16(rows * C, rng);
+    o = Tensor<bf16, Cuda>(Shape{rows * C});
+    dqkv = Tensor<bf16, Cuda>(Shape{rows * 3 * C});
+    lse = Tensor<float, Cuda>(Shape{pr.batch * pr.heads * pr.seq});
+    delta = Tensor<float, Cuda>(Shape{pr.batch * pr.heads * pr.seq});
+    const bf16* q = qkv.data();
+    forward = {.q = q,
+               .k = q + C,
+               .v = q + 2 * C,
+               .o = o.data(),
+               .lse = lse.data(),
+               .batch = pr.batch,
+               .seq = pr.seq,
+               .heads = pr.heads,
+               .head_dim = pr.head_dim,
+               .q_stride = 3 * C,
+               .k_stride = 3 * C,
+               .v_stride = 3 * C,
+               .o_stride = C,
+               .causal = pr.causal,
+               .scale = 1.0 / std::sqrt(static_cast<double>(pr.head_dim))};
+    backward = {.q = forward.q,
+                .k = forward.k,
+                .v = forward.v,
+                .o = o.data(),
+                .d_o = d_o.data(),
+                .lse = lse.data(),
+                .dq = dqkv.data(),
+                .dk = dqkv.data() + C,
+                .dv = dqkv.data() + 2 * C,
+                .batch = pr.batch,
+                .seq = pr.seq,
+                .heads = pr.heads,
+                .head_dim = pr.head_dim,
+                .q_stride = 3 * C,
+                .k_stride = 3 * C,
+                .v_stride = 3 * C,
+                .o_stride = C,
+                .do_stride = C,
+                .dq_stride = 3 * C,
+                .dk_stride = 3 * C,
+                .dv_stride = 3 * C,
+                .causal = pr.causal,
+                .scale = forward.scale,
+                .accumulate = false};
+  }
+};
+
+void report(const char* variant, const char* pass, double ms, double flop) {
+  std::printf("  %-9s %-26s %8.3f ms %8.1f TFLOP/s\n", variant, pass, ms, flop / (ms * 1e9));
+}
+
+// Times one variant (tile shapes Shapes) on buffers `buf`; leaves its outputs there.
+template <int HD, class Shapes>
+void run_variant(const char* name, const Problem& pr, Buffers& buf, int warmup, int iters) {
+  using Dkdv = typename Shapes::Dkdv;
+  using Dq = typename Shapes::Dq;
+  Timer timer;
+  const double f = pr.forward_flop();
+  const auto& fp = buf.forward;
+  const auto& bp = buf.backward;
+  float* delta = buf.delta.data();
+  report(name, "forward",
+         timer.ms([&] { attn::launch_forward_mma<HD, Shapes>(fp); }, warmup, iters), f);
+  report(name, "backward (all passes)",
+         timer.ms([&] { attn::launch_backward_mma<HD, Shapes>(bp, delta); }, warmup, iters),
+         2.5 * f);
+  if constexpr (Dq::kRowsum) {
+    report(name, "  dQ with rowsum", timer.ms([&] {
+      attn::launch_mma<Dq, attn::backward_dq_mma<Dq>>(bp, delta);
+    }, warmup, iters), 1.5 * f);
+  } else {
+    report(name, "  rowsum", timer.ms([&] { attn::launch_rowsum(bp, delta, true); }, warmup, iters),
+           0.0);
+    report(name, "  dQ", timer.ms([&] {
+      attn::launch_mma<Dq, attn::backward_dq_mma<Dq>>(bp, delta);
+    }, warmup, iters), 1.5 * f);
+  }
+  report(name, "  dK, dV", timer.ms([&] {
+    attn::launch_mma<Dkdv, attn::backward_dkdv_mma<Dkdv>>(bp, static_cast<const float*>(delta));
+  }, warmup, iters), 2.0 * f);
+  // Leave this variant's forward and backward outputs in place for the comparison.
+  attn::launch_forward_mma<HD, Shapes>(fp);
+  attn::launch_backward_mma<HD, Shapes>(bp, delta);
+  FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
+}
+
+template <int HD>
+void run_problem(const Problem& pr, int warmup, int iters, bool previous) {
+  std::printf("B %lld, H %lld, T %lld, head_dim %lld, %s\n", static_cast<long long>(pr.batch),
+              static_cast<long long>(pr.heads), static_cast<long long>(pr.seq),
+              static_cast<long long>(pr.head_dim), pr.causal ? "causal" : "full");
+  std::mt19937 rng(1234);
+  Buffers current(pr, rng);
+  run_variant<HD, attn::MmaChoice<HD>>("current", pr, current, warmup, iters);
+  if (!previous) return;
+  Buffers before = current;  // views of the same inputs: only outputs are compared below
+  before.o = Tensor<bf16, Cuda>(Shape{current.o.numel()});
+  before.dqkv = Tensor<bf16, Cuda>(Shape{current.dqkv.numel()});
+  before.lse = Tensor<float, Cuda>(Shape{current.lse.numel()});
+  before.forward.o = before.o.data();
+  before.backward.o = before.o.data();
+  before.forward.lse = before.lse.data();
+  before.backward.lse = before.lse.data();
+  const std::int64_t C = pr.heads * pr.head_dim;
+  before.backward.dq = before.dqkv.data();
+  before.backward.dk = before.dqkv.data() + C;
+  before.backward.dv = before.dqkv.data() + 2 * C;
+  run_variant<HD, PreviousShapes<HD>>("previous", pr, before, warmup, iters);
+  std::printf("  max |current - previous|: o %.3g, d(q, k, v) %.3g\n",
+              max_abs_difference(current.o, before.o),
+              max_abs_difference(current.dqkv, before.dqkv));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "fathom-attention-bench: the CUDA attention kernels alone (bf16, tensor cores), forward "
+      "and backward, the tile shapes in use against the previous ones"};
+  std::vector<std::string> shapes{"32x12x1024x64", "128x12x256x64"};
+  int warmup = 5, iters = 20;
+  bool full = false, only_current = false;
+  app.add_option("--shapes", shapes, "B x H x T x head_dim (head_dim 32 or 64), comma-separated")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--warmup", warmup, "untimed calls before each timing")->capture_default_str();
+  app.add_option("--iters", iters, "timed calls, averaged")->capture_default_str();
+  app.add_flag("--full", full, "no causal mask");
+  app.add_flag("--only-current", only_current, "skip the previous tile shapes");
+  CLI11_PARSE(app, argc, argv);
+  if (warmup < 0 || iters < 1) {
+    std::fprintf(stderr, "fathom-attention-bench: --warmup must be >= 0 and --iters >= 1\n");
+    return 2;
+  }
+  std::vector<Problem> problems;
+  for (const auto& s : shapes) {
+    char x1 = 0, x2 = 0, x3 = 0;
+    std::istringstream in(s);
+    long long b = 0, h = 0, t = 0, d = 0;
+    if (!(in >> b >> x1 >> h >> x2 >> t >> x3 >> d) || x1 != 'x' || x2 != 'x' || x3 != 'x' ||
+        !in.eof() || b < 1 || h < 1 || t < 1 || (d != 32 && d != 64)) {
+      std::fprintf(stderr,
+                   "fathom-attention-bench: --shapes: expected B x H x T x head_dim with positive "
+                   "sizes and head_dim 32 or 64, e.g. 32x12x1024x64; got '%s'\n",
+                   s.c_str());
+      return 2;
+    }
+    problems.push_back({b, h, t, d, !full});
+  }
+  try {
+    cudaDeviceProp prop{};
+    int device = 0;
+    FATHOM_CUDA_CHECK(cudaGetDevice(&device));
+    FATHOM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    std::printf("%s; %d timed calls after %d\n", prop.name, iters, warmup);
+    for (const auto& pr : problems) {
+      if (pr.head_dim == 64)
+        run_problem<64>(pr, warmup, iters, !only_current);
+      else
+        run_problem<32>(pr, warmup, iters, !only_current);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fathom-attention-bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
