@@ -1,10 +1,11 @@
 // fathom-attention-bench: times the CUDA attention kernels alone with CUDA events, forward and
-// backward (and each pass of the backward) of bf16 multi-head attention on q, k, v read in place
-// from a fused (B, T, 3C) projection, as GPT-2 trains it. For each shape it runs the tile shapes
-// fathom uses (MmaChoice) and the previous ones (4-warp forward blocks; D = rowsum(dO * O) by a
-// pass of its own), prints ms and TFLOP/s per pass, and the largest difference between the two
-// variants' outputs. TFLOP/s count the matrix products only (causal: half of them), the backward
-// as 2.5 forwards, as FlashAttention's papers do.
+// backward (and each pass of the backward) of bf16 multi-head attention with head_dim 64 on q, k,
+// v read in place from a fused (B, T, 3C) projection, as GPT-2 trains it. For each shape it runs
+// kernel variants (--variants: fathom's tile shapes, the previous ones, and each change alone),
+// prints ms and TFLOP/s per pass, and the largest difference between each variant's outputs and
+// the first one's. TFLOP/s count the matrix products only (causal: half of them), the backward as
+// 2.5 forwards, as FlashAttention's papers do. All variants share the forward's exponent with the
+// scale folded into one FMA.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -26,13 +27,29 @@ using fathom::Shape;
 using fathom::Tensor;
 namespace attn = fathom::kernels::detail::attn;
 
-// The tile shapes before 128-row forward blocks and the dQ pass's own rowsum.
+// The variants --variants can name (besides "current", MmaChoice): the tile shapes before
+// 128-row forward blocks, the dQ pass's own rowsum and the grouped block order (group 1:
+// pair-major, heaviest tile first within each pair); the forward with 64-row blocks; pair-major
+// block order.
 template <int HD>
 struct PreviousShapes {
-  using Forward = attn::MmaForward<HD, 1, 64, 4, 4>;
-  using Dkdv = attn::MmaDkdv<HD, 1, 32, 64, 4, 3>;
-  using Dq = attn::MmaDq<HD, 1, 64, 4, 3, false>;
+  using Forward = attn::MmaForward<HD, 1, 64, 4, 4, 1>;
+  using Dkdv = attn::MmaDkdv<HD, 1, 32, 64, 4, 3, 1>;
+  using Dq = attn::MmaDq<HD, 1, 64, 4, 3, false, 1>;
 };
+template <int HD>
+struct Forward64RowShapes {
+  using Forward = attn::MmaForward<HD, 1, 64, 4, 4>;
+  using Dkdv = typename attn::MmaChoice<HD>::Dkdv;
+  using Dq = typename attn::MmaChoice<HD>::Dq;
+};
+template <int HD>
+struct PairOrderShapes {
+  using Forward = attn::MmaForward<HD, 1, 64, 8, 2, 1>;
+  using Dkdv = attn::MmaDkdv<HD, 1, 32, 64, 4, 3, 1>;
+  using Dq = attn::MmaDq<HD, 1, 64, 4, 3, true, 1>;
+};
+const std::vector<std::string> kVariants{"current", "previous", "forward-64-rows", "pair-order"};
 
 struct Problem {
   std::int64_t batch, heads, seq, head_dim;
@@ -83,7 +100,8 @@ double max_abs_difference(const Tensor<bf16, Cuda>& a, const Tensor<bf16, Cuda>&
   const auto x = a.to_vector(), y = b.to_vector();
   double worst = 0.0;
   for (std::size_t i = 0; i < x.size(); ++i) {
-    const double d = std::abs(fathom::scalar_cast<double>(x[i]) - fathom::scalar_cast<double>(y[i]));
+    const double d =
+        std::abs(fathom::scalar_cast<double>(x[i]) - fathom::scalar_cast<double>(y[i]));
     if (!(d <= worst)) worst = d;  // NaN wins
   }
   return worst;
@@ -92,12 +110,13 @@ double max_abs_difference(const Tensor<bf16, Cuda>& a, const Tensor<bf16, Cuda>&
 // The buffers of one problem: q, k, v in a fused (B, T, 3C) projection, o, lse, d_o, and the
 // gradients into a fused (B, T, 3C) buffer (overwritten, as the trainer's first backward does).
 struct Buffers {
+  Problem pr;
   Tensor<bf16, Cuda> qkv, o, d_o, dqkv;
   Tensor<float, Cuda> lse, delta;
   fathom::kernels::AttentionParams<bf16> forward;
   fathom::kernels::AttentionBackwardParams<bf16> backward;
 
-  Buffers(const Problem& pr, std::mt19937& rng) {
+  Buffers(const Problem& problem, std::mt19937& rng) : pr(problem) {
     const std::int64_t C = pr.heads * pr.head_dim, rows = pr.batch * pr.seq;
     qkv = random_bf16(rows * 3 * C, rng);
     d_o = random_bf16(rows * C, rng);
@@ -105,6 +124,11 @@ struct Buffers {
     dqkv = Tensor<bf16, Cuda>(Shape{rows * 3 * C});
     lse = Tensor<float, Cuda>(Shape{pr.batch * pr.heads * pr.seq});
     delta = Tensor<float, Cuda>(Shape{pr.batch * pr.heads * pr.seq});
+    aim();
+  }
+  // Points the kernel parameters at the tensors above.
+  void aim() {
+    const std::int64_t C = pr.heads * pr.head_dim;
     const bf16* q = qkv.data();
     forward = {.q = q,
                .k = q + C,
@@ -154,7 +178,9 @@ void report(const char* variant, const char* pass, double ms, double flop) {
 
 // Times one variant (tile shapes Shapes) on buffers `buf`; leaves its outputs there.
 template <int HD, class Shapes>
-void run_variant(const char* name, const Problem& pr, Buffers& buf, int warmup, int iters) {
+void run_variant(const std::string& variant, const Problem& pr, Buffers& buf, int warmup,
+                 int iters) {
+  const char* name = variant.c_str();
   using Dkdv = typename Shapes::Dkdv;
   using Dq = typename Shapes::Dq;
   Timer timer;
@@ -168,50 +194,60 @@ void run_variant(const char* name, const Problem& pr, Buffers& buf, int warmup, 
          timer.ms([&] { attn::launch_backward_mma<HD, Shapes>(bp, delta); }, warmup, iters),
          2.5 * f);
   if constexpr (Dq::kRowsum) {
-    report(name, "  dQ with rowsum", timer.ms([&] {
-      attn::launch_mma<Dq, attn::backward_dq_mma<Dq>>(bp, delta);
-    }, warmup, iters), 1.5 * f);
+    report(name, "  dQ with rowsum",
+           timer.ms([&] { attn::launch_mma<Dq, attn::backward_dq_mma<Dq>>(bp, delta); }, warmup,
+                    iters),
+           1.5 * f);
   } else {
     report(name, "  rowsum", timer.ms([&] { attn::launch_rowsum(bp, delta, true); }, warmup, iters),
            0.0);
-    report(name, "  dQ", timer.ms([&] {
-      attn::launch_mma<Dq, attn::backward_dq_mma<Dq>>(bp, delta);
-    }, warmup, iters), 1.5 * f);
+    report(name, "  dQ",
+           timer.ms([&] { attn::launch_mma<Dq, attn::backward_dq_mma<Dq>>(bp, delta); }, warmup,
+                    iters),
+           1.5 * f);
   }
-  report(name, "  dK, dV", timer.ms([&] {
-    attn::launch_mma<Dkdv, attn::backward_dkdv_mma<Dkdv>>(bp, static_cast<const float*>(delta));
-  }, warmup, iters), 2.0 * f);
+  report(name, "  dK, dV",
+         timer.ms(
+             [&] {
+               attn::launch_mma<Dkdv, attn::backward_dkdv_mma<Dkdv>>(
+                   bp, static_cast<const float*>(delta));
+             },
+             warmup, iters),
+         2.0 * f);
   // Leave this variant's forward and backward outputs in place for the comparison.
   attn::launch_forward_mma<HD, Shapes>(fp);
   attn::launch_backward_mma<HD, Shapes>(bp, delta);
   FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
 }
 
-template <int HD>
-void run_problem(const Problem& pr, int warmup, int iters, bool previous) {
+// Runs the named variants on one problem, each on its own outputs from the same inputs, and
+// compares each variant's outputs with the first one's.
+void run_problem(const Problem& pr, const std::vector<std::string>& variants, int warmup,
+                 int iters) {
+  constexpr int HD = 64;
   std::printf("B %lld, H %lld, T %lld, head_dim %lld, %s\n", static_cast<long long>(pr.batch),
               static_cast<long long>(pr.heads), static_cast<long long>(pr.seq),
               static_cast<long long>(pr.head_dim), pr.causal ? "causal" : "full");
   std::mt19937 rng(1234);
-  Buffers current(pr, rng);
-  run_variant<HD, attn::MmaChoice<HD>>("current", pr, current, warmup, iters);
-  if (!previous) return;
-  Buffers before = current;  // views of the same inputs: only outputs are compared below
-  before.o = Tensor<bf16, Cuda>(Shape{current.o.numel()});
-  before.dqkv = Tensor<bf16, Cuda>(Shape{current.dqkv.numel()});
-  before.lse = Tensor<float, Cuda>(Shape{current.lse.numel()});
-  before.forward.o = before.o.data();
-  before.backward.o = before.o.data();
-  before.forward.lse = before.lse.data();
-  before.backward.lse = before.lse.data();
-  const std::int64_t C = pr.heads * pr.head_dim;
-  before.backward.dq = before.dqkv.data();
-  before.backward.dk = before.dqkv.data() + C;
-  before.backward.dv = before.dqkv.data() + 2 * C;
-  run_variant<HD, PreviousShapes<HD>>("previous", pr, before, warmup, iters);
-  std::printf("  max |current - previous|: o %.3g, d(q, k, v) %.3g\n",
-              max_abs_difference(current.o, before.o),
-              max_abs_difference(current.dqkv, before.dqkv));
+  const Buffers first(pr, rng);
+  for (std::size_t v = 0; v < variants.size(); ++v) {
+    Buffers buf = first;  // the same inputs (shared); fresh outputs
+    if (v > 0) {
+      buf.o = Tensor<bf16, Cuda>(Shape{first.o.numel()});
+      buf.dqkv = Tensor<bf16, Cuda>(Shape{first.dqkv.numel()});
+      buf.lse = Tensor<float, Cuda>(Shape{first.lse.numel()});
+      buf.aim();
+    }
+    const std::string& name = variants[v];
+    if (name == "current") run_variant<HD, attn::MmaChoice<HD>>(name, pr, buf, warmup, iters);
+    if (name == "previous") run_variant<HD, PreviousShapes<HD>>(name, pr, buf, warmup, iters);
+    if (name == "forward-64-rows")
+      run_variant<HD, Forward64RowShapes<HD>>(name, pr, buf, warmup, iters);
+    if (name == "pair-order") run_variant<HD, PairOrderShapes<HD>>(name, pr, buf, warmup, iters);
+    if (v > 0)
+      std::printf("  max |%s - %s|: o %.3g, d(q, k, v) %.3g\n", name.c_str(), variants[0].c_str(),
+                  max_abs_difference(buf.o, first.o), max_abs_difference(buf.dqkv, first.dqkv));
+  }
 }
 
 }  // namespace
@@ -222,18 +258,33 @@ int main(int argc, char** argv) {
       "and backward, the tile shapes in use against the previous ones"};
   std::vector<std::string> shapes{"32x12x1024x64", "128x12x256x64"};
   int warmup = 5, iters = 20;
-  bool full = false, only_current = false;
-  app.add_option("--shapes", shapes, "B x H x T x head_dim (head_dim 32 or 64), comma-separated")
+  std::vector<std::string> variants{"current", "previous"};
+  bool full = false;
+  app.add_option("--shapes", shapes, "B x H x T x head_dim (head_dim 64), comma-separated")
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--warmup", warmup, "untimed calls before each timing")->capture_default_str();
   app.add_option("--iters", iters, "timed calls, averaged")->capture_default_str();
   app.add_flag("--full", full, "no causal mask");
-  app.add_flag("--only-current", only_current, "skip the previous tile shapes");
+  app.add_option("--variants", variants,
+                 "kernel variants, comma-separated, compared with the first: current (fathom's "
+                 "choice), previous (64-row forward blocks, a separate rowsum pass, pair-major "
+                 "block order), forward-64-rows, pair-order")
+      ->delimiter(',')
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (warmup < 0 || iters < 1) {
     std::fprintf(stderr, "fathom-attention-bench: --warmup must be >= 0 and --iters >= 1\n");
     return 2;
+  }
+  for (const auto& v : variants) {
+    if (std::find(kVariants.begin(), kVariants.end(), v) == kVariants.end()) {
+      std::fprintf(stderr,
+                   "fathom-attention-bench: --variants: unknown '%s'; valid: current, previous, "
+                   "forward-64-rows, pair-order\n",
+                   v.c_str());
+      return 2;
+    }
   }
   std::vector<Problem> problems;
   for (const auto& s : shapes) {
@@ -241,10 +292,10 @@ int main(int argc, char** argv) {
     std::istringstream in(s);
     long long b = 0, h = 0, t = 0, d = 0;
     if (!(in >> b >> x1 >> h >> x2 >> t >> x3 >> d) || x1 != 'x' || x2 != 'x' || x3 != 'x' ||
-        !in.eof() || b < 1 || h < 1 || t < 1 || (d != 32 && d != 64)) {
+        !in.eof() || b < 1 || h < 1 || t < 1 || d != 64) {
       std::fprintf(stderr,
                    "fathom-attention-bench: --shapes: expected B x H x T x head_dim with positive "
-                   "sizes and head_dim 32 or 64, e.g. 32x12x1024x64; got '%s'\n",
+                   "sizes and head_dim 64, e.g. 32x12x1024x64; got '%s'\n",
                    s.c_str());
       return 2;
     }
@@ -256,12 +307,7 @@ int main(int argc, char** argv) {
     FATHOM_CUDA_CHECK(cudaGetDevice(&device));
     FATHOM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     std::printf("%s; %d timed calls after %d\n", prop.name, iters, warmup);
-    for (const auto& pr : problems) {
-      if (pr.head_dim == 64)
-        run_problem<64>(pr, warmup, iters, !only_current);
-      else
-        run_problem<32>(pr, warmup, iters, !only_current);
-    }
+    for (const auto& pr : problems) run_problem(pr, variants, warmup, iters);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fathom-attention-bench: %s\n", e.what());
     return 1;

@@ -336,6 +336,34 @@ TEST_CASE("CUDA attention backward computes only the gradients asked for", "[cud
   }
 }
 
+// The block -> work map of the CUDA kernels (host-callable): a bijection onto (pair, tile rank),
+// and within each group of pairs the ranks never go back (heaviest tiles first).
+TEST_CASE("CUDA attention block order covers every (b, h, tile) once, heaviest first",
+          "[cuda][attention]") {
+  namespace attn = fathom::kernels::detail::attn;
+  const int tiles = GENERATE(1, 2, 8, 16);
+  const int pairs = GENERATE(1, 5, 31, 32, 33, 100);
+  const int group = GENERATE(1, 32);
+  INFO("tiles " << tiles << ", pairs " << pairs << ", group " << group);
+  std::vector<int> seen(static_cast<std::size_t>(tiles * pairs), 0);
+  int out_of_range = 0, rank_went_back = 0, last_rank = -1, last_group = -1;
+  for (int block = 0; block < tiles * pairs; ++block) {
+    const auto w = attn::block_work(static_cast<unsigned>(block), tiles, pairs, group);
+    if (w.bh < 0 || w.bh >= pairs || w.rank < 0 || w.rank >= tiles) {
+      ++out_of_range;
+      continue;
+    }
+    ++seen[static_cast<std::size_t>(w.bh * tiles + w.rank)];
+    const int g = w.bh / group;
+    if (g == last_group && w.rank < last_rank) ++rank_went_back;
+    last_group = g;
+    last_rank = w.rank;
+  }
+  CHECK(out_of_range == 0);
+  CHECK(rank_went_back == 0);
+  CHECK(std::count(seen.begin(), seen.end(), 1) == tiles * pairs);
+}
+
 TEST_CASE("CUDA attention reads fused and misaligned rows in place", "[cuda][attention]") {
   const AttentionCase c{2, 100, 4, 64, true};
   const Inputs in = make_inputs(c, 200);

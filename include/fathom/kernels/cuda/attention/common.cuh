@@ -8,6 +8,7 @@
 
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -61,10 +62,31 @@ inline unsigned grid_of(std::int64_t tiles, std::int64_t bh) {
   return static_cast<unsigned>(n);
 }
 
-// Every kernel maps block i to (b, h) = i / tiles and tile i % tiles (query tiles from the last,
-// which has the most keys to see under the causal mask). The blocks of one (b, h) run side by
-// side, so the K/V (or Q/dO) tiles they all stream are read from device memory about once and
-// then served by L2; ordering by tile first would re-read them for every tile.
+// Which work block `block` of a grid of tiles * pairs blocks does: (b, h) pair `bh` and tile rank
+// `rank`, 0 being the pair's heaviest tile (under the causal mask the last query tile, which sees
+// every key, or the first key tile, which every query sees). Blocks start about in index order,
+// so the order decides two things. Locality: the blocks of one (b, h) run close together, so the
+// K/V (or Q/dO) tiles they all stream are read from device memory about once and then served by
+// L2 (a group of `group` pairs streams group * T * head_dim * 4 bytes: 8 MB for 32 pairs of
+// T = 1024, head_dim 64). Balance: inside a group the heaviest tiles of all its pairs go first and
+// the lightest last, so the blocks still running when the grid drains are short ones. With
+// group = 1 this is pair-major order, heaviest tile first within each pair, which ends the grid
+// with the last pairs' heaviest blocks still running: in a list-scheduling model of GPT-2's
+// attention (B 32, H 12, T 1024) about 7 to 10% past the ideal end, 2 to 3% with groups of 32.
+constexpr int kOrderPairs = 32;
+struct BlockWork {
+  int bh, rank;
+};
+__host__ __device__ inline BlockWork block_work(unsigned block, int tiles, int pairs, int group) {
+  const std::int64_t per_group = std::int64_t{group} * tiles;  // may pass 2^31
+  const int first = static_cast<int>(block / per_group) * group;
+  const int j = static_cast<int>(block % per_group);
+  const int size = std::min(group, pairs - first);  // the last group may be short
+  return {first + j % size, j / size};
+}
+__device__ inline BlockWork block_work(int tiles, int pairs, int group = kOrderPairs) {
+  return block_work(blockIdx.x, tiles, pairs, group);
+}
 
 // ---- D = rowsum(dO * O) ----------------------------------------------------------------------
 

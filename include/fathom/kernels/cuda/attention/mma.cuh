@@ -191,9 +191,10 @@ __device__ inline void mma_p_b(float (&acc)[M][HD / 8][4], const float (&p)[M][K
 
 // Tile shapes of the forward: Warps warps of 16 M query rows a block, key tiles of N streamed
 // through shared memory; at least MinBlocks blocks an SM (the register budget).
-template <int HD_, int M_, int N_, int Warps_, int MinBlocks_>
+template <int HD_, int M_, int N_, int Warps_, int MinBlocks_, int GroupPairs_ = kOrderPairs>
 struct MmaForward {
   static constexpr int HD = HD_, M = M_, kKeys = N_, kWarps = Warps_, kMinBlocks = MinBlocks_;
+  static constexpr int kGroupPairs = GroupPairs_;  // block order (block_work)
   static constexpr int kThreads = kWarps * kWarp;
   static constexpr int kWarpRows = 16 * M, kBlockRows = kWarpRows * kWarps;
   static constexpr int kPitch = HD + 8;
@@ -218,7 +219,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const TileCopy<HD, kKeys, Cfg::kThreads> copy_kv;
 
   const std::int64_t Tn = p.seq, nqt = (Tn + kBlockRows - 1) / kBlockRows;
-  const std::int64_t bh = blockIdx.x / nqt, qt = nqt - 1 - blockIdx.x % nqt;  // see common.cuh
+  const BlockWork work =
+      block_work(static_cast<int>(nqt), static_cast<int>(p.batch * p.heads), Cfg::kGroupPairs);
+  const std::int64_t bh = work.bh, qt = nqt - 1 - work.rank;  // the last query tile first
   const std::int64_t b = bh / p.heads, h = bh % p.heads, q0 = qt * kBlockRows;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
   const bf16* kg = p.k + b * Tn * p.k_stride + h * HD;
@@ -332,10 +335,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
 // Tile shapes of the dK/dV pass: each warp owns 16 M keys, a block Warps warps' keys; query
 // tiles of Q are staged in shared memory and consumed Chunk queries at a time.
-template <int HD_, int M_, int Chunk_, int Q_, int Warps_, int MinBlocks_>
+template <int HD_, int M_, int Chunk_, int Q_, int Warps_, int MinBlocks_,
+          int GroupPairs_ = kOrderPairs>
 struct MmaDkdv {
   static constexpr int HD = HD_, M = M_, kChunk = Chunk_, kQueries = Q_, kWarps = Warps_,
                        kMinBlocks = MinBlocks_;
+  static constexpr int kGroupPairs = GroupPairs_;  // block order (block_work)
   static constexpr int kThreads = kWarps * kWarp;
   static_assert(kThreads >= kQueries, "one thread stages each query's lse and delta");
   static constexpr int kWarpRows = 16 * M, kBlockRows = kWarpRows * kWarps;
@@ -364,7 +369,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   float* delta_s = lse_s + 2 * kQ;                               // [2] (query tile)
 
   const std::int64_t Tn = p.seq, nqt = (Tn + kQ - 1) / kQ, nkt = (Tn + kBlockRows - 1) / kBlockRows;
-  const std::int64_t bh = blockIdx.x / nkt, kt = blockIdx.x % nkt;  // see common.cuh
+  const BlockWork work =
+      block_work(static_cast<int>(nkt), static_cast<int>(p.batch * p.heads), Cfg::kGroupPairs);
+  const std::int64_t bh = work.bh, kt = work.rank;  // the first key tile first
   const std::int64_t b = bh / p.heads, h = bh % p.heads, k0 = kt * kBlockRows;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
   const bf16* qg = p.q + b * Tn * p.q_stride + h * HD;
@@ -472,9 +479,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 // Tile shapes of the dQ pass: each warp owns 16 M queries, a block Warps warps' queries; key
 // tiles of N stream through shared memory. With Rowsum, the pass computes D = rowsum(dO * O) of
 // its own queries and writes it for the dK/dV pass, which then runs after it (no separate pass).
-template <int HD_, int M_, int N_, int Warps_, int MinBlocks_, bool Rowsum_>
+template <int HD_, int M_, int N_, int Warps_, int MinBlocks_, bool Rowsum_,
+          int GroupPairs_ = kOrderPairs>
 struct MmaDq {
   static constexpr int HD = HD_, M = M_, kKeys = N_, kWarps = Warps_, kMinBlocks = MinBlocks_;
+  static constexpr int kGroupPairs = GroupPairs_;  // block order (block_work)
   static constexpr bool kRowsum = Rowsum_;
   static constexpr int kThreads = kWarps * kWarp;
   static constexpr int kWarpRows = 16 * M, kBlockRows = kWarpRows * kWarps;
@@ -500,7 +509,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const TileCopy<HD, kKeys, Cfg::kThreads> copy_kv;
 
   const std::int64_t Tn = p.seq, nqt = (Tn + kBlockRows - 1) / kBlockRows;
-  const std::int64_t bh = blockIdx.x / nqt, qt = nqt - 1 - blockIdx.x % nqt;  // see common.cuh
+  const BlockWork work =
+      block_work(static_cast<int>(nqt), static_cast<int>(p.batch * p.heads), Cfg::kGroupPairs);
+  const std::int64_t bh = work.bh, qt = nqt - 1 - work.rank;  // the last query tile first
   const std::int64_t b = bh / p.heads, h = bh % p.heads, q0 = qt * kBlockRows;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
   const bf16* kg = p.k + b * Tn * p.k_stride + h * HD;

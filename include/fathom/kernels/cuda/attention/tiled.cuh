@@ -134,7 +134,8 @@ __global__ void __launch_bounds__(kTiledThreads) forward_tiled(AttentionParams<T
   const auto sm = carve_layout<TiledForwardSmem<A>>(smem_raw, hd);
 
   const std::int64_t Tn = p.seq, nqt = (Tn + kTile - 1) / kTile;
-  const std::int64_t bh = blockIdx.x / nqt, qt = nqt - 1 - blockIdx.x % nqt;  // see common.cuh
+  const BlockWork work = block_work(static_cast<int>(nqt), static_cast<int>(p.batch * p.heads));
+  const std::int64_t bh = work.bh, qt = nqt - 1 - work.rank;  // the last query tile first
   const std::int64_t b = bh / p.heads, h = bh % p.heads, q0 = qt * kTile;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const T* qg = p.q + b * Tn * p.q_stride + h * hd;
@@ -236,7 +237,8 @@ __global__ void __launch_bounds__(kTiledThreads)
   const auto sm = carve_layout<TiledBackwardSmem<A>>(smem_raw, hd);
 
   const std::int64_t Tn = p.seq, nkt = (Tn + kTile - 1) / kTile;
-  const std::int64_t bh = blockIdx.x / nkt, kt = blockIdx.x % nkt;  // see common.cuh
+  const BlockWork work = block_work(static_cast<int>(nkt), static_cast<int>(p.batch * p.heads));
+  const std::int64_t bh = work.bh, kt = work.rank;  // the first key tile first
   const std::int64_t b = bh / p.heads, h = bh % p.heads, k0 = kt * kTile;
   const T* qg = p.q + b * Tn * p.q_stride + h * hd;
   const T* dog = p.d_o + b * Tn * p.do_stride + h * hd;
@@ -286,7 +288,8 @@ __global__ void __launch_bounds__(kTiledThreads)
   const auto sm = carve_layout<TiledBackwardSmem<A>>(smem_raw, hd);
 
   const std::int64_t Tn = p.seq, nqt = (Tn + kTile - 1) / kTile;
-  const std::int64_t bh = blockIdx.x / nqt, qt = nqt - 1 - blockIdx.x % nqt;  // see common.cuh
+  const BlockWork work = block_work(static_cast<int>(nqt), static_cast<int>(p.batch * p.heads));
+  const std::int64_t bh = work.bh, qt = nqt - 1 - work.rank;  // the last query tile first
   const std::int64_t b = bh / p.heads, h = bh % p.heads, q0 = qt * kTile;
   const T* kg = p.k + b * Tn * p.k_stride + h * hd;
   const T* vg = p.v + b * Tn * p.v_stride + h * hd;
