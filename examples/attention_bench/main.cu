@@ -49,7 +49,14 @@ struct PairOrderShapes {
   using Dkdv = attn::MmaDkdv<HD, 1, 32, 64, 4, 3, 1>;
   using Dq = attn::MmaDq<HD, 1, 64, 4, 3, true, 1>;
 };
-const std::vector<std::string> kVariants{"current", "previous", "forward-64-rows", "pair-order"};
+template <int HD>
+struct Dq128RowShapes {
+  using Forward = typename attn::MmaChoice<HD>::Forward;
+  using Dkdv = typename attn::MmaChoice<HD>::Dkdv;
+  using Dq = typename attn::MmaBackward128Rows<HD>::Dq;
+};
+const std::vector<std::string> kVariants{"current",    "previous",    "forward-64-rows",
+                                         "pair-order", "dq-128-rows", "backward-128-rows"};
 
 struct Problem {
   std::int64_t batch, heads, seq, head_dim;
@@ -244,6 +251,9 @@ void run_problem(const Problem& pr, const std::vector<std::string>& variants, in
     if (name == "forward-64-rows")
       run_variant<HD, Forward64RowShapes<HD>>(name, pr, buf, warmup, iters);
     if (name == "pair-order") run_variant<HD, PairOrderShapes<HD>>(name, pr, buf, warmup, iters);
+    if (name == "dq-128-rows") run_variant<HD, Dq128RowShapes<HD>>(name, pr, buf, warmup, iters);
+    if (name == "backward-128-rows")
+      run_variant<HD, attn::MmaBackward128Rows<HD>>(name, pr, buf, warmup, iters);
     if (v > 0)
       std::printf("  max |%s - %s|: o %.3g, d(q, k, v) %.3g\n", name.c_str(), variants[0].c_str(),
                   max_abs_difference(buf.o, first.o), max_abs_difference(buf.dqkv, first.dqkv));
@@ -269,7 +279,8 @@ int main(int argc, char** argv) {
   app.add_option("--variants", variants,
                  "kernel variants, comma-separated, compared with the first: current (fathom's "
                  "choice), previous (64-row forward blocks, a separate rowsum pass, pair-major "
-                 "block order), forward-64-rows, pair-order")
+                 "block order), forward-64-rows, pair-order, dq-128-rows, backward-128-rows "
+                 "(MmaBackward128Rows)")
       ->delimiter(',')
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -281,7 +292,7 @@ int main(int argc, char** argv) {
     if (std::find(kVariants.begin(), kVariants.end(), v) == kVariants.end()) {
       std::fprintf(stderr,
                    "fathom-attention-bench: --variants: unknown '%s'; valid: current, previous, "
-                   "forward-64-rows, pair-order\n",
+                   "forward-64-rows, pair-order, dq-128-rows, backward-128-rows\n",
                    v.c_str());
       return 2;
     }

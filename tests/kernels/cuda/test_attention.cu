@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cuda/support.cuh"
@@ -133,9 +134,11 @@ Outputs reference(const AttentionCase& c, const Inputs& in) {
   return r;
 }
 
-// Which gradients the backward is asked for (the others get null pointers).
+// Which gradients the backward is asked for (the others get null pointers), and by which
+// launcher: kernels::attention_backward unless `backward` is set.
 struct Wanted {
   bool dq = true, dk = true, dv = true;
+  void (*backward)(const fathom::kernels::AttentionBackwardParams<bf16>&) = nullptr;
 };
 
 // Runs forward and backward on the GPU with T elements: q, k, v rows of `in_stride` (>= C;
@@ -184,10 +187,18 @@ Outputs run_cuda(const AttentionCase& c, const Inputs& in, std::int64_t in_strid
   auto dq = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dq0 : nan));
   auto dk = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dk0 : nan));
   auto dv = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dv0 : nan));
-  fathom::kernels::attention_backward(
-      Cuda{}, backward_params<T>(p, d_o.data(), wanted.dq ? dq.data() : nullptr,
-                                 wanted.dk ? dk.data() : nullptr, wanted.dv ? dv.data() : nullptr,
-                                 accumulate));
+  const auto bp = backward_params<T>(p, d_o.data(), wanted.dq ? dq.data() : nullptr,
+                                     wanted.dk ? dk.data() : nullptr,
+                                     wanted.dv ? dv.data() : nullptr, accumulate);
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (wanted.backward) {
+      wanted.backward(bp);
+    } else {
+      fathom::kernels::attention_backward(Cuda{}, bp);
+    }
+  } else {
+    fathom::kernels::attention_backward(Cuda{}, bp);
+  }
   FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
 
   Outputs r;
@@ -362,6 +373,42 @@ TEST_CASE("CUDA attention block order covers every (b, h, tile) once, heaviest f
   CHECK(out_of_range == 0);
   CHECK(rank_went_back == 0);
   CHECK(std::count(seen.begin(), seen.end(), 1) == tiles * pairs);
+}
+
+// The alternative backward tile shapes (kernels/cuda/attention/mma.cuh, MmaBackward128Rows) that
+// fathom-attention-bench times against the ones in use: the same answers.
+namespace {
+void backward_128_rows(const fathom::kernels::AttentionBackwardParams<bf16>& p) {
+  namespace attn = fathom::kernels::detail::attn;
+  REQUIRE(attn::use_mma(p));
+  auto* delta = fathom::cuda::CachingAllocator::instance().workspace_for<float>(
+      static_cast<std::size_t>(p.batch * p.heads * p.seq));
+  attn::launch_backward_mma<64, attn::MmaBackward128Rows<64>>(p, delta);
+}
+}  // namespace
+
+TEST_CASE("CUDA attention backward with 128-row blocks matches the CPU reference",
+          "[cuda][attention]") {
+  const AttentionCase c =
+      GENERATE(AttentionCase{2, 256, 12, 64, true}, AttentionCase{2, 129, 3, 64, true},
+               AttentionCase{1, 1000, 2, 64, true}, AttentionCase{3, 100, 4, 64, false},
+               AttentionCase{1, 1, 1, 64, true}, AttentionCase{2, 70, 2, 64, true});
+  INFO(c);
+  const Inputs in = make_inputs(c, 500);
+  const Outputs all = reference(c, in);
+  check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, true, {.backward = backward_128_rows}), all);
+  Inputs zero = in;  // overwriting fresh (NaN) buffers
+  std::fill(zero.dq0.begin(), zero.dq0.end(), 0.0);
+  std::fill(zero.dk0.begin(), zero.dk0.end(), 0.0);
+  std::fill(zero.dv0.begin(), zero.dv0.end(), 0.0);
+  check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, false, {.backward = backward_128_rows}),
+                      reference(c, zero));
+  SECTION("dk and dv without dq") {
+    Outputs want = all;
+    want.dq = in.dq0;
+    check_against<bf16>(
+        c, run_cuda<bf16>(c, in, 0, 0, true, {.dq = false, .backward = backward_128_rows}), want);
+  }
 }
 
 TEST_CASE("CUDA attention reads fused and misaligned rows in place", "[cuda][attention]") {

@@ -657,6 +657,18 @@ struct MmaChoice {
   using Dq = MmaDq<HD, 1, 64, 4, 3, true>;
 };
 
+// An alternative to MmaChoice's backward passes, 128-row blocks: 8 warps, 2 blocks an SM at 128
+// registers a thread (16 warps an SM against 12), each streamed tile shared by 128 rows (half
+// the L2 -> shared traffic), for half-size tiles between barriers (32 keys for dQ; 32 queries in
+// chunks of 16 for dK/dV, which spills a few registers). Not yet timed against MmaChoice:
+// fathom-attention-bench's backward-128-rows variant does; the [attention] tests check it.
+template <int HD>
+struct MmaBackward128Rows {
+  using Forward = typename MmaChoice<HD>::Forward;
+  using Dkdv = MmaDkdv<HD, 1, 16, 32, 8, 2>;
+  using Dq = MmaDq<HD, 1, 32, 8, 2, true>;
+};
+
 // Shapes: MmaChoice<HD> or another struct with the same three members.
 template <int HD, class Shapes = MmaChoice<HD>>
 void launch_forward_mma(const AttentionParams<bf16>& p) {
