@@ -49,6 +49,9 @@ struct BenchOptions {
   std::string comm_priority = "high";  // the NCCL stream's priority: high or normal
   bool overlap = true;      // also time the step without collectives and the collectives alone
   bool trace_comm = false;  // print when each bucket's collective ran in one step (rank 0)
+  // How linear layers get their bias gradients, each in turn: fused (kernels::fuse_bias_grad) or
+  // separate (a column sum of its own; rows labelled +colsum).
+  std::string bias_grad = "fused";
 };
 
 // A communicator that has the ranks of another and sends nothing: the data-parallel step timed
@@ -342,6 +345,8 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
 
   const auto lt_before = kernels::detail::lt_gemm_fp8_runs(),
              tiled_before = kernels::detail::tiled_gemm_fp8_runs();
+  const auto fused_before = kernels::detail::fused_bias_grad_runs(),
+             unfused_before = kernels::detail::unfused_bias_grad_runs();
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
@@ -373,6 +378,13 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
                  "(cuBLASLt declined them): these are not tensor-core fp8 speeds\n",
                  static_cast<unsigned long long>(tiled),
                  static_cast<unsigned long long>(tiled + lt));
+  if (const auto unfused = kernels::detail::unfused_bias_grad_runs() - unfused_before; unfused > 0)
+    std::fprintf(stderr,
+                 "note: %llu of the %llu bias gradients of the timed steps fell back to the "
+                 "separate column sum (cuBLASLt declined the fused epilogue)\n",
+                 static_cast<unsigned long long>(unfused),
+                 static_cast<unsigned long long>(unfused + kernels::detail::fused_bias_grad_runs() -
+                                                 fused_before));
   if (mallocs_after != mallocs_before)
     std::fprintf(stderr, "note: %zu cudaMalloc calls during timed steps\n",
                  mallocs_after - mallocs_before);
@@ -388,7 +400,7 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
       6.0 * n_no_embed + 6.0 * c.layers * c.d_model * static_cast<double>(Tn);
   BenchResult r;
   r.workload = w.preset;
-  r.policy = policy;
+  r.policy = policy + (kernels::fuse_bias_grad() ? "" : "+colsum");
   r.ms_per_step = ms / o.steps;
   r.tokens_per_s = static_cast<double>(B * Tn) / (r.ms_per_step * 1e-3);
   r.mfu = r.tokens_per_s * flops_per_token / (peak_tflops * 1e12);
@@ -451,6 +463,10 @@ inline int main(int argc, char** argv) {
       "--cuda-graph", o.cuda_graph,
       "replay forward, backward and clipping as one captured CUDA graph (the optimizer step "
       "runs as usual)");
+  app.add_option("--bias-grad", o.bias_grad,
+                 "comma-separated, each run in turn: fused (linear layers' bias gradients in the "
+                 "weight-gradient GEMM's epilogue and in the dGELU pass) or separate (a column sum "
+                 "over dY of its own; rows labelled +colsum)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -461,6 +477,10 @@ inline int main(int argc, char** argv) {
     check_choice("--precision", o.precision, {"bf16", "fp32", "fp8"});
     if (o.precision == "fp8") check_fp8_device("cuda");
     for (const auto& p : split_list(o.policies)) policies.check(p);
+    FATHOM_CHECK(!split_list(o.bias_grad).empty(),
+                 "--bias-grad: expected fused, separate or both (comma-separated), got nothing");
+    for (const auto& b : split_list(o.bias_grad))
+      check_choice("--bias-grad", b, {"fused", "separate"});
     FATHOM_CHECK(o.zero == 0 || o.zero == 1, "--zero: expected 0 or 1, got " << o.zero);
     FATHOM_CHECK(o.bucket_mb > 0, "--bucket-mb: expected a positive size, got " << o.bucket_mb);
     FATHOM_CHECK(o.nccl_max_ctas >= 0,
@@ -516,9 +536,15 @@ inline int main(int argc, char** argv) {
     std::fflush(stdout);
     std::ofstream json;
     if (!o.json_out.empty()) json.open(o.json_out, std::ios::app);
+    // Each workload's rows: every policy with each bias-gradient route in turn.
+    std::vector<std::pair<std::string, std::string>> routes_policies;
+    for (const auto& b : split_list(o.bias_grad))
+      for (const auto& p : split_list(o.policies)) routes_policies.emplace_back(b, p);
     for (const auto& wname : split_list(o.workloads)) {
       Workload w = workload_of(wname);
-      for (const auto& policy : split_list(o.policies)) {
+      for (const auto& route_policy : routes_policies) {
+        const std::string& policy = route_policy.second;
+        kernels::set_fuse_bias_grad(route_policy.first == "fused");
         auto run = [&](dist::Communicator* c) {
           return o.precision == "fp32" ? bench_one<float>(w, policy, o, peak, policies, c)
                                        : bench_one<bf16>(w, policy, o, peak, policies, c);

@@ -265,3 +265,63 @@ TEMPLATE_TEST_CASE("column_sum matches a naive sum over rows", "[kernels][gemm]"
             atol + rtol * (std::abs(ref) + abs_sum / std::sqrt(double(rows))));
   }
 }
+
+TEMPLATE_TEST_CASE("gemm_bias_grad is the GEMM and the column sum of A", "[kernels][gemm]", double,
+                   float, bf16) {
+  using T = TestType;
+  // dW (M, N) = beta dW + dY^T X and db (M) (+)= sums of dY (K, M) over its K rows.
+  const auto [m, n, k] =
+      GENERATE(values<Shape3>({{1, 1, 1}, {37, 29, 41}, {768, 64, 300}, {5, 3, 0}}));
+  const bool accumulate = GENERATE(false, true);
+  const auto dy = rng_uniform_values<T>(static_cast<std::size_t>(k * m), 21);
+  const auto x = rng_uniform_values<T>(static_cast<std::size_t>(k * n), 22);
+  auto dw = rng_uniform_values<T>(static_cast<std::size_t>(m * n), 23);
+  auto db = rng_uniform_values<T>(static_cast<std::size_t>(m), 24);
+  if (!accumulate) std::fill(db.begin(), db.end(), std::numeric_limits<T>::quiet_NaN());
+  const auto dw0 = dw, db0 = db;
+  GemmParams<T> p{.a = dy.data(),
+                  .b = x.data(),
+                  .c = dw.data(),
+                  .m = m,
+                  .n = n,
+                  .k = k,
+                  .trans_a = true,
+                  .beta = accumulate ? 1.0 : 0.0};
+  fathom::kernels::gemm_bias_grad(Cpu{}, p, db.data(), accumulate);
+  auto want_dw = dw0;
+  GemmParams<T> ref = p;
+  ref.c = want_dw.data();
+  fathom::kernels::gemm(Cpu{}, ref);
+  CHECK(same_bits(dw, want_dw));  // the same GEMM
+  const double rtol = fathom::Precision<T>::rtol, atol = fathom::Precision<T>::atol;
+  for (std::int64_t j = 0; j < m; ++j) {
+    double want = accumulate ? to_double(db0[static_cast<std::size_t>(j)]) : 0.0,
+           abs_sum = std::abs(want);
+    for (std::int64_t i = 0; i < k; ++i) {
+      const double v = to_double(dy[static_cast<std::size_t>(i * m + j)]);
+      want += v, abs_sum += std::abs(v);
+    }
+    const double got = to_double(db[static_cast<std::size_t>(j)]);
+    INFO(fathom::Precision<T>::name << " M " << m << ", K " << k << ", accumulate " << accumulate
+                                    << ", column " << j << ": got " << got << ", want " << want);
+    REQUIRE(
+        std::abs(got - want) <=
+        atol + rtol * (std::abs(want) + abs_sum / std::sqrt(double(std::max<std::int64_t>(k, 1)))));
+  }
+}
+
+TEST_CASE("gemm_bias_grad rejects what is not a weight-gradient GEMM", "[kernels][gemm]") {
+  std::vector<float> a(12, 1.0f), b(12, 1.0f), c(16, 0.0f), db(4, 0.0f);
+  const GemmParams<float> p{
+      .a = a.data(), .b = b.data(), .c = c.data(), .m = 4, .n = 4, .k = 3, .trans_a = true};
+  fathom::kernels::gemm_bias_grad(Cpu{}, p, db.data(), false);
+  CHECK(db[0] == 3.0f);
+  GemmParams<float> q = p;
+  q.trans_a = false;  // A stored (M, K): its column sums are not the bias gradient
+  CHECK_THROWS_AS(fathom::kernels::gemm_bias_grad(Cpu{}, q, db.data(), false), fathom::Error);
+  q = p;
+  q.lda = 5;  // padded rows
+  CHECK_THROWS_AS(fathom::kernels::gemm_bias_grad(Cpu{}, q, db.data(), false), fathom::Error);
+  CHECK_THROWS_AS(fathom::kernels::gemm_bias_grad(Cpu{}, p, static_cast<float*>(nullptr), false),
+                  fathom::Error);
+}

@@ -279,6 +279,22 @@ GemmParams<T> check_gemm_gelu(const GemmParams<T>& params, const T* aux, const c
   return p;
 }
 
+// gemm_bias_grad's one case: A is dY stored (K, M) and packed, one matrix, no bias; bias_grad (M)
+// is there whenever M > 0.
+template <class T>
+GemmParams<T> check_gemm_bias_grad(const GemmParams<T>& params, const T* bias_grad,
+                                   const char* op) {
+  const GemmParams<T> p = resolve_gemm(params);
+  FATHOM_CHECK(p.trans_a && p.batch == 1 && p.lda == std::max<std::int64_t>(p.m, 1) && !p.bias,
+               op << ": expected A stored (K, M) and packed (trans_a, lda == M), batch 1 and no "
+                     "bias, got trans_a "
+                  << p.trans_a << ", lda " << p.lda << " for M " << p.m << ", batch " << p.batch
+                  << ", bias " << (p.bias ? "set" : "null"));
+  FATHOM_CHECK(p.m == 0 || bias_grad != nullptr,
+               op << ": bias_grad is null for " << p.m << " columns of dY");
+  return p;
+}
+
 }  // namespace detail
 
 // C = gelu(op(A) op(B) + bias) (tanh form), and aux = op(A) op(B) + bias, the pre-activation the
@@ -306,6 +322,20 @@ void gemm_dgelu(Cpu, const GemmParams<T>& params, const T* aux, T* bias_grad) {
     column_sum(Cpu{},
                ColumnSumParams<T>{
                    .x = p.c, .out = bias_grad, .rows = p.m, .cols = p.n, .accumulate = false});
+}
+
+// The weight and bias gradients of a linear layer in one call: the GEMM of p, whose A is dY stored
+// (K, M) (trans_a: K = rows, M = out_features; so C = dW = dY^T X), and bias_grad (M), the sums of
+// dY's columns over its K rows: written, or added to bias_grad when `accumulate`. Batch 1, A
+// packed (lda == M), no bias. On CUDA the GEMM that reads dY also writes the sums (cuBLASLt's
+// BGRADB epilogue) where fused bias gradients are on and cuBLASLt takes the problem.
+template <class T>
+void gemm_bias_grad(Cpu, const GemmParams<T>& params, T* bias_grad, bool accumulate) {
+  const GemmParams<T> p = detail::check_gemm_bias_grad(params, bias_grad, "gemm_bias_grad");
+  gemm(Cpu{}, p);
+  column_sum(Cpu{},
+             ColumnSumParams<T>{
+                 .x = p.a, .out = bias_grad, .rows = p.k, .cols = p.m, .accumulate = accumulate});
 }
 
 template <class T>

@@ -5,7 +5,8 @@
 // sampled elements plus a whole edge row and column) and, in full, at awkward sizes over every
 // transpose combination, batches, padded leading dimensions, unaligned pointers, alpha/beta
 // (beta = 0 over a NaN-filled C) and bias; K = 0; plan caching with no allocation in steady
-// state; the TF32 switch; run-to-run determinism.
+// state; the TF32 switch; run-to-run determinism; the weight-gradient GEMM with the bias gradient
+// (gemm_bias_grad) and the GELU GEMMs with fused bias gradients on and off.
 #include <fathom/autograd/ops/gemm.hpp>
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/gemm.cuh>
@@ -341,15 +342,169 @@ TEMPLATE_TEST_CASE("CUDA column_sum matches a double sum over rows", "[cuda][gem
   CHECK(bad == 0);
 }
 
-TEMPLATE_TEST_CASE("matmul and linear on CUDA match the CPU, forward and backward", "[cuda][gemm]",
-                   float, bf16) {
+namespace {
+
+// Sets fuse_bias_grad for one scope (a failed check leaves the default on for the next test).
+struct FuseBiasGrad {
+  explicit FuseBiasGrad(bool fuse) { fathom::kernels::set_fuse_bias_grad(fuse); }
+  ~FuseBiasGrad() { fathom::kernels::set_fuse_bias_grad(true); }
+};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("CUDA gemm_bias_grad matches the double reference, fused and separate",
+                   "[cuda][gemm]", double, float, bf16) {
+  using T = TestType;
+  const bool fuse = GENERATE(true, false);
+  const FuseBiasGrad route(fuse);
+  struct Case {
+    std::int64_t m, n, k;  // dW (M, N) = dY^T X: M out_features, N in_features, K rows
+    bool full;             // every element of dW checked, else 512 sampled
+  };
+  const Case c = GENERATE(values<Case>({{2304, 768, 4096, false},  // GPT-2's c_attn, 4 sequences
+                                        {768, 3072, 2048, false},  // GPT-2's MLP c_proj
+                                        {40, 96, 70, true},
+                                        {37, 29, 41, true},
+                                        {3, 517, 37, true},
+                                        {1, 1, 1, true}}));
+  const bool accumulate = GENERATE(false, true);
+  const std::int64_t offset = GENERATE(0, 1);  // 1: the bias gradient off the 16-byte grid
+  INFO(Precision<T>::name << " fuse " << fuse << ", M " << c.m << ", N " << c.n << ", K " << c.k
+                          << ", accumulate " << accumulate << ", offset " << offset);
+  const auto dy = uniform_values<T>(static_cast<std::size_t>(c.k * c.m), 51);
+  const auto x = uniform_values<T>(static_cast<std::size_t>(c.k * c.n), 52);
+  auto dw0 = uniform_values<T>(static_cast<std::size_t>(c.m * c.n), 53);
+  auto db0 = uniform_values<T>(static_cast<std::size_t>(c.m), 54);
+  if (!accumulate) {  // written fresh: neither may be read
+    std::fill(dw0.begin(), dw0.end(), std::numeric_limits<T>::quiet_NaN());
+    std::fill(db0.begin(), db0.end(), std::numeric_limits<T>::quiet_NaN());
+  }
+  auto dy_dev = to_device(dy), x_dev = to_device(x), dw_dev = to_device(dw0);
+  DeviceArray<T> db_dev(db0, offset);
+  const auto fused0 = fathom::kernels::detail::fused_bias_grad_runs(),
+             unfused0 = fathom::kernels::detail::unfused_bias_grad_runs();
+  fathom::kernels::gemm_bias_grad(Cuda{},
+                                  GemmParams<T>{.a = dy_dev.data(),
+                                                .b = x_dev.data(),
+                                                .c = dw_dev.data(),
+                                                .m = c.m,
+                                                .n = c.n,
+                                                .k = c.k,
+                                                .trans_a = true,
+                                                .beta = accumulate ? 1.0 : 0.0},
+                                  db_dev.data(), accumulate);
+  const auto fused = fathom::kernels::detail::fused_bias_grad_runs() - fused0,
+             unfused = fathom::kernels::detail::unfused_bias_grad_runs() - unfused0;
+  INFO("fused " << fused << ", fell back " << unfused);
+  if (!fuse || std::is_same_v<T, double>)
+    CHECK(fused + unfused == 0);  // the separate column sum, as asked
+  else
+    CHECK(fused + unfused == 1);
+  const auto dw = dw_dev.to_vector(), db = db_dev.values();
+
+  const double rtol = Precision<T>::rtol, atol = Precision<T>::atol;
+  const double root_k = std::sqrt(static_cast<double>(c.k));
+  std::int64_t bad_db = 0, bad_dw = 0;
+  std::string first;
+  for (std::int64_t j = 0; j < c.m; ++j) {
+    double want = accumulate ? as_double(db0[static_cast<std::size_t>(j)]) : 0.0,
+           abs_sum = std::abs(want);
+    for (std::int64_t i = 0; i < c.k; ++i) {
+      const double v = as_double(dy[static_cast<std::size_t>(i * c.m + j)]);
+      want += v, abs_sum += std::abs(v);
+    }
+    const double got = as_double(db[static_cast<std::size_t>(j)]);
+    if (!(std::abs(got - want) <= atol + rtol * (std::abs(want) + abs_sum / root_k)) &&
+        bad_db++ == 0) {
+      std::ostringstream o;
+      o << "db[" << j << "]: got " << got << ", want " << want;
+      first = o.str();
+    }
+  }
+  const std::int64_t checks = c.full ? c.m * c.n : 512;
+  for (std::int64_t s = 0; s < checks; ++s) {
+    const std::int64_t e =
+        c.full ? s
+               : std::min<std::int64_t>(
+                     static_cast<std::int64_t>(hashed_uniform(55, static_cast<std::uint64_t>(s)) *
+                                               static_cast<double>(c.m * c.n)),
+                     c.m * c.n - 1);
+    const std::int64_t i = e / c.n, j = e % c.n;
+    double want = accumulate ? as_double(dw0[static_cast<std::size_t>(e)]) : 0.0,
+           abs_sum = std::abs(want);
+    for (std::int64_t r = 0; r < c.k; ++r) {
+      const double v = as_double(dy[static_cast<std::size_t>(r * c.m + i)]) *
+                       as_double(x[static_cast<std::size_t>(r * c.n + j)]);
+      want += v, abs_sum += std::abs(v);
+    }
+    const double got = as_double(dw[static_cast<std::size_t>(e)]);
+    if (!(std::abs(got - want) <= atol + rtol * (std::abs(want) + abs_sum / root_k)) &&
+        bad_dw++ == 0) {
+      std::ostringstream o;
+      o << "dW(" << i << ", " << j << "): got " << got << ", want " << want;
+      first += " " + o.str();
+    }
+  }
+  INFO(bad_db << " bad of db, " << bad_dw << " bad of dW; first: " << first);
+  CHECK(bad_db == 0);
+  CHECK(bad_dw == 0);
+  // The element before an offset bias gradient is left alone.
+  if (offset) CHECK(same_bits(db_dev.buffer.to_vector()[0], scalar_cast<T>(0.0)));
+}
+
+TEST_CASE("cuBLASLt takes the bias-gradient epilogue at GPT-2's shapes", "[cuda][gemm]") {
+  // bf16 dW = dY^T X with db for c_attn, attn c_proj, c_fc and mlp c_proj at 2 x 1024 rows: with
+  // fusion on, each must run fused (a fallback would silently keep the separate column sum).
+  const FuseBiasGrad route(true);
+  const std::int64_t rows = 2048;
+  const std::int64_t shapes[][2] = {{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}};
+  for (const auto& s : shapes) {
+    const std::int64_t out = s[0], in = s[1];
+    auto dy = to_device(uniform_values<bf16>(static_cast<std::size_t>(rows * out), 61));
+    auto x = to_device(uniform_values<bf16>(static_cast<std::size_t>(rows * in), 62));
+    Tensor<bf16, Cuda> dw(Shape{out * in}), db(Shape{out});
+    for (const bool accumulate : {false, true}) {
+      const auto fused0 = fathom::kernels::detail::fused_bias_grad_runs();
+      fathom::kernels::gemm_bias_grad(Cuda{},
+                                      GemmParams<bf16>{.a = dy.data(),
+                                                       .b = x.data(),
+                                                       .c = dw.data(),
+                                                       .m = out,
+                                                       .n = in,
+                                                       .k = rows,
+                                                       .trans_a = true,
+                                                       .beta = accumulate ? 1.0 : 0.0},
+                                      db.data(), accumulate);
+      INFO("out " << out << ", in " << in << ", accumulate " << accumulate);
+      CHECK(fathom::kernels::detail::fused_bias_grad_runs() == fused0 + 1);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("matmul, linear and gelu_mlp on CUDA match the CPU, forward and backward",
+                   "[cuda][gemm]", float, bf16) {
   using T = TestType;
   using fathom::autograd::Var;
+  const bool fuse = GENERATE(true, false);
+  const FuseBiasGrad route(fuse);
+  // Two passes: the second adds into the gradients the first wrote.
+  const int passes = GENERATE(1, 2);
+  INFO("fuse " << fuse << ", passes " << passes);
   const std::int64_t rows = 70, in = 96, out = 40;
   const auto x = uniform_values<T>(rows * in, 31), w = uniform_values<T>(out * in, 32);
   const auto b = uniform_values<T>(out, 33), gy = uniform_values<T>(rows * out, 34);
   const auto bx = uniform_values<T>(3 * 5 * in, 35), by = uniform_values<T>(3 * in * 7, 36);
   const auto gz = uniform_values<T>(3 * 5 * 7, 37);
+  // gelu_mlp (the GPT-2 MLP node): x (rows, in) -> hidden 64 -> out, weights scaled by
+  // 1 / sqrt(fan-in) so that the pre-activations stay near GELU's bend.
+  const std::int64_t hidden = 64;
+  auto scaled = [](std::vector<T> v, double s) {
+    for (auto& e : v) e = scalar_cast<T>(as_double(e) * s);
+    return v;
+  };
+  const auto w1 = scaled(uniform_values<T>(hidden * in, 38), 1.0 / std::sqrt(double(in)));
+  const auto w2 = scaled(uniform_values<T>(out * hidden, 39), 1.0 / std::sqrt(double(hidden)));
+  const auto b1 = uniform_values<T>(hidden, 40), b2 = uniform_values<T>(out, 41);
 
   struct Results {
     std::vector<std::vector<T>> v;
@@ -359,22 +514,35 @@ TEMPLATE_TEST_CASE("matmul and linear on CUDA match the CPU, forward and backwar
       return Var<T, D>(Tensor<T, Cpu>::from_vector(s, v).template to<D>(), true);
     };
     auto vx = make(x, {rows, in}), vw = make(w, {out, in}), vb = make(b, {out});
-    auto y = fathom::autograd::linear(vx, vw, vb);
-    fathom::autograd::backward(y, Tensor<T, Cpu>::from_vector({rows, out}, gy).template to<D>());
+    Var<T, D> y;
+    for (int pass = 0; pass < passes; ++pass) {
+      y = fathom::autograd::linear(vx, vw, vb);
+      fathom::autograd::backward(y, Tensor<T, Cpu>::from_vector({rows, out}, gy).template to<D>());
+    }
     auto va = make(bx, {3, 5, in}), vc = make(by, {3, in, 7});
     auto z = fathom::autograd::matmul(va, vc);
     fathom::autograd::backward(z, Tensor<T, Cpu>::from_vector({3, 5, 7}, gz).template to<D>());
+    auto mx = make(x, {rows, in}), mw1 = make(w1, {hidden, in}), mb1 = make(b1, {hidden}),
+         mw2 = make(w2, {out, hidden}), mb2 = make(b2, {out});
+    Var<T, D> my;
+    for (int pass = 0; pass < passes; ++pass) {
+      my = fathom::autograd::gelu_mlp(mx, mw1, &mb1, mw2, &mb2);
+      fathom::autograd::backward(my, Tensor<T, Cpu>::from_vector({rows, out}, gy).template to<D>());
+    }
     Results r;
     for (const Tensor<T, D>* t :
-         {&y.value(), &vx.grad(), &vw.grad(), &vb.grad(), &z.value(), &va.grad(), &vc.grad()})
+         {&y.value(), &vx.grad(), &vw.grad(), &vb.grad(), &z.value(), &va.grad(), &vc.grad(),
+          &my.value(), &mx.grad(), &mw1.grad(), &mb1.grad(), &mw2.grad(), &mb2.grad()})
       r.v.push_back(t->template to<Cpu>().to_vector());
     return r;
   };
   const Results cpu = run(Cpu{}), gpu = run(Cuda{});
-  const char* names[] = {"linear y", "linear dX", "linear dW", "linear db",
-                         "matmul z", "matmul dA", "matmul dB"};
-  // Each value sums at most `rows` = 70 products of values in [-1, 1).
-  const double tol = Precision<T>::atol + Precision<T>::rtol * std::sqrt(70.0);
+  const char* names[] = {"linear y",    "linear dX",    "linear dW",    "linear db",
+                         "matmul z",    "matmul dA",    "matmul dB",    "gelu_mlp y",
+                         "gelu_mlp dX", "gelu_mlp dW1", "gelu_mlp db1", "gelu_mlp dW2",
+                         "gelu_mlp db2"};
+  // Each value sums at most `rows` = 70 products of values in [-1, 1) (twice, with two passes).
+  const double tol = Precision<T>::atol + Precision<T>::rtol * passes * std::sqrt(70.0);
   for (std::size_t t = 0; t < cpu.v.size(); ++t) {
     REQUIRE(cpu.v[t].size() == gpu.v[t].size());
     std::int64_t bad = 0;
@@ -442,18 +610,30 @@ void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias,
   CHECK(worst_pre <= tol);
   CHECK(worst_h <= tol);
 
-  // dgelu: C = (dy (M, K) w (K, N)... here w^T as (N, K) stored, so op(B) = w^T) * gelu'(aux).
-  Tensor<T, Cuda> dpre(Shape{M * N}), db(Shape{N});
-  fathom::kernels::gemm_dgelu(Cuda{},
-                              GemmParams<T>{.a = dyg.data(),
-                                            .b = wg.data(),
-                                            .c = dpre.data(),
-                                            .m = M,
-                                            .n = N,
-                                            .k = K,
-                                            .trans_b = true},
-                              aux.data(), db.data());
-  const auto auxd = to_d(av);  // the saved pre-activation, as the kernel sees it
+  // dgelu: C = (dy (M, K) w (K, N)... here w^T as (N, K) stored, so op(B) = w^T) * gelu'(aux),
+  // db its column sums: summed inside the dGELU pass (fused) and by the separate column sum, over
+  // NaN-filled outputs (both are written, never read).
+  std::vector<T> dv, dbv, separate_dv, separate_dbv;
+  for (const bool fuse : {false, true}) {
+    const FuseBiasGrad route(fuse);
+    Tensor<T, Cuda> dpre = Tensor<T, Cuda>::full(Shape{M * N}, std::numeric_limits<T>::quiet_NaN()),
+                    db = Tensor<T, Cuda>::full(Shape{N}, std::numeric_limits<T>::quiet_NaN());
+    const auto fused0 = fathom::kernels::detail::fused_bias_grad_runs();
+    fathom::kernels::gemm_dgelu(Cuda{},
+                                GemmParams<T>{.a = dyg.data(),
+                                              .b = wg.data(),
+                                              .c = dpre.data(),
+                                              .m = M,
+                                              .n = N,
+                                              .k = K,
+                                              .trans_b = true},
+                                aux.data(), db.data());
+    CHECK(fathom::kernels::detail::fused_bias_grad_runs() == fused0 + (fuse ? 1 : 0));
+    dv = dpre.to_vector(), dbv = db.to_vector();
+    if (!fuse) separate_dv = dv, separate_dbv = dbv;
+  }
+  CHECK(same_bits(dv, separate_dv));  // the same element-wise formula on both routes
+  const auto auxd = to_d(av);         // the saved pre-activation, as the kernel sees it
   std::vector<double> want(pre.size()), want_db(static_cast<std::size_t>(N), 0.0);
   for (std::int64_t i = 0; i < M; ++i)
     for (std::int64_t j = 0; j < N; ++j) {
@@ -462,16 +642,16 @@ void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias,
       want[i * N + j] = s * fathom::kernels::detail::gelu_grad(auxd[i * N + j]);
       want_db[j] += want[i * N + j];
     }
-  const auto dv = dpre.to_vector(), dbv = db.to_vector();
   double worst_d = 0, worst_db = 0, scale_db = 0;
   for (std::size_t i = 0; i < want.size(); ++i)
     worst_d = std::max(worst_d, std::abs(as_double(dv[i]) - want[i]) / (1 + std::abs(want[i])));
   for (double v : want_db) scale_db = std::max(scale_db, std::abs(v));
   for (std::size_t j = 0; j < want_db.size(); ++j)
-    worst_db = std::max(worst_db, std::abs(as_double(dbv[j]) - want_db[j]) / (1 + scale_db));
+    for (const auto* got : {&dbv, &separate_dbv})
+      worst_db = std::max(worst_db, std::abs(as_double((*got)[j]) - want_db[j]) / (1 + scale_db));
   CHECK(worst_d <= tol);
   CHECK(worst_db <= tol);
-  for (const auto& v : {hv, av, dv, dbv})
+  for (const auto& v : {hv, av, dv, dbv, separate_dbv})
     for (auto e : v) REQUIRE(std::isfinite(as_double(e)));
 }
 

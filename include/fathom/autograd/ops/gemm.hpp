@@ -126,8 +126,9 @@ Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
 
 // linear(x, weight, bias): y = x W^T + b, the layout of torch.nn.Linear.
 //   x (..., in), weight (out, in), bias (out) or nullptr  -> (..., out)
-// Backward: dX += dY W, dW += dY^T X, db += sum of dY over rows. (The bias pointer takes no part
-// in deducing T and D, so linear(x, w, nullptr) compiles.)
+// Backward: dX += dY W, dW += dY^T X, db += sum of dY over rows (with dW, in the same call:
+// kernels::gemm_bias_grad, which on CUDA sums dY inside the GEMM that reads it). (The bias pointer
+// takes no part in deducing T and D, so linear(x, w, nullptr) compiles.)
 template <class T, DeviceTag D>
 Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
                  const std::type_identity_t<Var<T, D>>* bias = nullptr) {
@@ -168,16 +169,23 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
         }
         if (gw) {  // dW (out, in) += dY^T (out, rows) X (rows, in)
           const auto dw = gw->write_target();
-          kernels::gemm(D{}, kernels::GemmParams<T>{.a = gy.data(),
-                                                    .b = xv.data(),
-                                                    .c = dw.data,
-                                                    .m = out,
-                                                    .n = in,
-                                                    .k = rows,
-                                                    .trans_a = true,
-                                                    .beta = dw.accumulate ? 1.0 : 0.0});
+          const kernels::GemmParams<T> p{.a = gy.data(),
+                                         .b = xv.data(),
+                                         .c = dw.data,
+                                         .m = out,
+                                         .n = in,
+                                         .k = rows,
+                                         .trans_a = true,
+                                         .beta = dw.accumulate ? 1.0 : 0.0};
+          if (gbias) {  // and db (out) += the sums of dY's columns
+            const auto db = gbias->write_target();
+            kernels::gemm_bias_grad(D{}, p, db.data, db.accumulate);
+          } else {
+            kernels::gemm(D{}, p);
+          }
+        } else if (gbias) {
+          detail::bias_backward(gbias, gy, rows, out);
         }
-        if (gbias) detail::bias_backward(gbias, gy, rows, out);
       });
 }
 
@@ -245,24 +253,24 @@ Var<T, D> gelu_mlp(const Var<T, D>& x, const Var<T, D>& w1,
       [gx, gw1, gb1, gw2, gb2, xv, w1v, w2v, pre, h, rows, in, hidden,
        out](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (rows, out)
-        if (gw2) {                             // dW2 += dY^T H
+        if (gw2) {                             // dW2 += dY^T H (and db2 += column sums of dY)
           const auto d = gw2->write_target();
-          kernels::gemm(D{}, kernels::GemmParams<T>{.a = gy.data(),
-                                                    .b = h.data(),
-                                                    .c = d.data,
-                                                    .m = out,
-                                                    .n = hidden,
-                                                    .k = rows,
-                                                    .trans_a = true,
-                                                    .beta = d.accumulate ? 1.0 : 0.0});
-        }
-        if (gb2) {
-          const auto d = gb2->write_target();
-          kernels::column_sum(D{}, kernels::ColumnSumParams<T>{.x = gy.data(),
-                                                               .out = d.data,
-                                                               .rows = rows,
-                                                               .cols = out,
-                                                               .accumulate = d.accumulate});
+          const kernels::GemmParams<T> p{.a = gy.data(),
+                                         .b = h.data(),
+                                         .c = d.data,
+                                         .m = out,
+                                         .n = hidden,
+                                         .k = rows,
+                                         .trans_a = true,
+                                         .beta = d.accumulate ? 1.0 : 0.0};
+          if (gb2) {
+            const auto db = gb2->write_target();
+            kernels::gemm_bias_grad(D{}, p, db.data, db.accumulate);
+          } else {
+            kernels::gemm(D{}, p);
+          }
+        } else if (gb2) {
+          detail::bias_backward(gb2, gy, rows, out);
         }
         if (!gx && !gw1 && !gb1) return;
         // dPre = (dY W2) * gelu'(pre), and db1 = its column sums.

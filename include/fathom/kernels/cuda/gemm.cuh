@@ -45,6 +45,33 @@ inline void set_gemm_allow_tf32(bool allow) { detail::gemm_tf32_flag() = allow; 
 inline bool gemm_allow_tf32() { return detail::gemm_tf32_flag(); }
 
 namespace detail {
+inline bool& fuse_bias_grad_flag() {
+  static bool fuse = true;
+  return fuse;
+}
+// Bias gradients computed in a pass that already reads dY (a GEMM's epilogue, the dGELU pass),
+// and those that fell back to a separate column sum although fusion was on (cuBLASLt declined).
+// Programs report them; the tests check which route ran.
+inline std::uint64_t& fused_bias_grad_runs() {
+  static std::uint64_t runs = 0;
+  return runs;
+}
+inline std::uint64_t& unfused_bias_grad_runs() {
+  static std::uint64_t runs = 0;
+  return runs;
+}
+}  // namespace detail
+
+// Whether the bias gradients of linear layers on CUDA come from a pass that already reads dY
+// (gemm_bias_grad: cuBLASLt's BGRADB epilogue on the weight-gradient GEMM; gemm_dgelu: the column
+// sums inside fathom's dGELU kernel) rather than a separate column sum over dY, one more read of
+// it. On by default; off, the separate pass, is there to compare the two. The routes agree within
+// rounding (the sums run in another order; the epilogue's sum is rounded to T before it is added
+// to an existing gradient).
+inline void set_fuse_bias_grad(bool fuse) { detail::fuse_bias_grad_flag() = fuse; }
+inline bool fuse_bias_grad() { return detail::fuse_bias_grad_flag(); }
+
+namespace detail {
 
 template <class T>
 constexpr cudaDataType_t cuda_data_type() {
@@ -224,20 +251,27 @@ inline cublasLtMatrixLayout_t make_layout(cudaDataType_t type, std::int64_t rows
 // Builds the descriptor and layouts of p (row-major C = op(A) op(B) computed as column-major
 // C^T = op(B)^T op(A)^T) and asks the heuristic for the best algorithm within the workspace.
 // A cuBLASLt epilogue beyond the bias: GELU that also writes the pre-activation to `aux`
-// (GELU_AUX[_BIAS]); aux has C's layout (leading dimension ldc).
-enum class LtEpilogue : std::int64_t { none = 0, gelu_aux = 1 };
+// (GELU_AUX[_BIAS]; aux has C's layout, leading dimension ldc), or the sums of our A (trans_a,
+// stored (K, M)) over K into `bias_grad` (M), written (BGRADB: our A is cuBLASLt's B, and M the
+// number of columns of its column-major D).
+enum class LtEpilogue : std::int64_t { none = 0, gelu_aux = 1, bias_grad_b = 2 };
 template <class T>
 struct LtExtra {
   LtEpilogue kind = LtEpilogue::none;
   const T* aux = nullptr;
+  T* bias_grad = nullptr;
 };
 
 template <class T>
 void set_epilogue_pointers(cublasLtMatmulDesc_t desc, const GemmParams<T>& p, const LtExtra<T>& e) {
-  if (e.kind == LtEpilogue::none) return;
-  const void* aux = e.aux;
-  set_desc(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
-  set_desc(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, static_cast<std::int64_t>(p.ldc));
+  if (e.kind == LtEpilogue::gelu_aux) {
+    const void* aux = e.aux;
+    set_desc(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
+    set_desc(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, static_cast<std::int64_t>(p.ldc));
+  } else if (e.kind == LtEpilogue::bias_grad_b) {
+    void* bias_grad = e.bias_grad;  // of T, as D (the default bias data type)
+    set_desc(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias_grad);
+  }
 }
 
 // Asks cuBLASLt's heuristic for the best algorithm of `plan` (descriptor and layouts set) within
@@ -289,6 +323,9 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32,
   } else if (extra.kind == LtEpilogue::gelu_aux) {
     set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
              static_cast<std::uint32_t>(CUBLASLT_EPILOGUE_GELU_AUX));
+  } else if (extra.kind == LtEpilogue::bias_grad_b) {
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+             static_cast<std::uint32_t>(CUBLASLT_EPILOGUE_BGRADB));
   }
   set_epilogue_pointers(plan.desc, p, extra);
   plan.first =
@@ -304,6 +341,7 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32,
 // Runs p through cuBLASLt; false when cuBLASLt has no algorithm for it (the caller falls back).
 // The bias is fused as the BIAS epilogue when its address is 16-byte aligned (cuBLASLt's
 // alignment preferences do not cover the bias, and its kernels may assume 16), else added after.
+// A bias gradient (extra) must be 16-byte aligned for the same reason: callers see to it.
 template <class T>
 bool lt_gemm(const GemmParams<T>& p, const LtExtra<T>& extra = {}) {
   const bool tf32 = std::is_same_v<T, float> && gemm_allow_tf32();
@@ -401,6 +439,99 @@ __global__ void column_sum_finish_kernel(const accum_t<T>* partial, T* out, std:
   out[col] = scalar_cast<T>(s);
 }
 
+// The number of row chunks of a column sum over `rows` rows (each chunk one block row).
+inline std::int64_t column_sum_chunks(std::int64_t rows) {
+  return std::clamp<std::int64_t>((rows + 255) / 256, 1, 1024);
+}
+
+// The dGELU pass with the bias gradient's column sums fused in: g = g * gelu'(x) in place over
+// (rows, cols), and, per chunk of rows, the sums of the values written (as rounded to T, so that
+// they are the sums of what the weight-gradient GEMM reads) for each column into partial
+// (chunks, cols), for column_sum_finish_kernel. Blocks are 32 threads of V consecutive columns
+// (a 16-byte pack where aligned) by column_sum_lanes row lanes; the lanes' sums are combined in
+// shared memory in a fixed order, one column a thread.
+template <class T, int V>
+__global__ void gelu_backward_column_sum_kernel(const T* x, T* g, accum_t<T>* partial,
+                                                std::int64_t rows, std::int64_t cols,
+                                                std::int64_t rows_per_chunk) {
+  using Acc = accum_t<T>;
+  __shared__ Acc lanes[column_sum_lanes][V][33];
+  const std::int64_t block_col = static_cast<std::int64_t>(blockIdx.x) * 32 * V;
+  const std::int64_t col = block_col + static_cast<std::int64_t>(threadIdx.x) * V;
+  const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.y) * rows_per_chunk;
+  const std::int64_t r1 = min(rows, r0 + rows_per_chunk);
+  Acc s[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) s[v] = Acc(0);
+  if (col < cols) {  // with V > 1, cols % V == 0: the whole pack is inside
+#pragma unroll 4
+    for (std::int64_t r = r0 + threadIdx.y; r < r1; r += column_sum_lanes) {
+      const std::int64_t i = r * cols + col;
+      const auto xv = map_load<V>(x + i);
+      auto gv = map_load<V>(g + i);
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        // 0 + as gelu_backward writes a fresh result (a -0 product becomes +0): the same bits.
+        gv.v[v] = scalar_cast<T>(Acc(0) +
+                                 scalar_cast<Acc>(gv.v[v]) * gelu_grad(scalar_cast<Acc>(xv.v[v])));
+        s[v] += scalar_cast<Acc>(gv.v[v]);
+      }
+      map_store<V>(g + i, gv);
+    }
+  }
+#pragma unroll
+  for (int v = 0; v < V; ++v) lanes[threadIdx.y][v][threadIdx.x] = s[v];
+  __syncthreads();
+  const int t = static_cast<int>(threadIdx.y * 32 + threadIdx.x);  // the block's t-th column
+  if (t < 32 * V && block_col + t < cols) {
+    Acc sum = 0;
+    for (int l = 0; l < column_sum_lanes; ++l) sum += lanes[l][t % V][t / V];
+    partial[static_cast<std::int64_t>(blockIdx.y) * cols + block_col + t] = sum;
+  }
+}
+
+template <class T>
+void launch_gelu_backward_column_sum(const T* x, T* g, T* sums, std::int64_t rows,
+                                     std::int64_t cols) {
+  using Acc = accum_t<T>;
+  static_assert(map_width<T>() * 32 <= 32 * column_sum_lanes,
+                "gelu_backward_column_sum_kernel: one thread a column of the block when combining");
+  const std::int64_t chunks = column_sum_chunks(rows);
+  const std::int64_t rows_per_chunk = std::max<std::int64_t>((rows + chunks - 1) / chunks, 1);
+  Tensor<Acc, Cuda> partial(Shape{chunks * cols});  // (chunks, cols)
+  constexpr int V = map_width<T>();
+  const bool packed = V > 1 && cols % V == 0 && map_aligned(x) && map_aligned(g);
+  const dim3 block(32, column_sum_lanes);
+  const auto grid_of = [&](int v) {
+    return dim3(static_cast<unsigned>((cols + 32 * v - 1) / (32 * v)),
+                static_cast<unsigned>(chunks));
+  };
+  if (packed)
+    gelu_backward_column_sum_kernel<T, V><<<grid_of(V), block, 0, cuda::stream()>>>(
+        x, g, partial.data(), rows, cols, rows_per_chunk);
+  else
+    gelu_backward_column_sum_kernel<T, 1><<<grid_of(1), block, 0, cuda::stream()>>>(
+        x, g, partial.data(), rows, cols, rows_per_chunk);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+  const int threads = 256;
+  column_sum_finish_kernel<T>
+      <<<static_cast<unsigned>((cols + threads - 1) / threads), threads, 0, cuda::stream()>>>(
+          partial.data(), sums, chunks, cols, /*accumulate=*/false);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+// out = sums (+ out when accumulating), in accum_t<T>: a bias gradient the GEMM epilogue wrote to
+// a scratch buffer, moved to (or added into) its place.
+template <class T>
+__global__ void bias_grad_store_kernel(const T* sums, T* out, std::int64_t n, bool accumulate) {
+  using Acc = accum_t<T>;
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= n) return;
+  Acc v = static_cast<Acc>(sums[j]);
+  if (accumulate) v += static_cast<Acc>(out[j]);
+  out[j] = scalar_cast<T>(v);
+}
+
 }  // namespace detail
 
 // Number of cuBLASLt plans cached so far (each distinct GEMM problem makes one, once).
@@ -454,12 +585,22 @@ void gemm_gelu(Cuda, const GemmParams<T>& params, T* aux) {
 
 // Not cuBLASLt's DGELU_BGRAD epilogue: on an H200 at GPT-2's (32768 x 3072) it ran the GEMM plus
 // a separate 0.61 ms kernel, against 0.3 ms for the element-wise pass and column sum below
-// (bench/NOTES.md, v3).
+// (bench/NOTES.md, v3). With fuse_bias_grad() the column sums come out of the element-wise pass
+// itself (block partials and a small second pass) instead of another read of the result.
 template <class T>
 void gemm_dgelu(Cuda, const GemmParams<T>& params, const T* aux, T* bias_grad) {
   const GemmParams<T> p = detail::check_gemm_gelu(params, aux, "gemm_dgelu");
-  if (p.m == 0 || p.n == 0) return;
+  if (p.n == 0) return;
+  if (p.m == 0) {  // no rows: the sums are zero
+    if (bias_grad) device_fill(Cuda{}, bias_grad, p.n, scalar_cast<T>(0.0));
+    return;
+  }
   gemm(Cuda{}, p);
+  if (bias_grad && fuse_bias_grad()) {
+    detail::launch_gelu_backward_column_sum(aux, p.c, bias_grad, p.m, p.n);
+    ++detail::fused_bias_grad_runs();
+    return;
+  }
   gelu_backward(Cuda{}, ActivationBackwardParams<T>{aux, p.c, p.c, p.m * p.n,
                                                     /*accumulate=*/false});  // in place
   if (bias_grad)
@@ -468,13 +609,47 @@ void gemm_dgelu(Cuda, const GemmParams<T>& params, const T* aux, T* bias_grad) {
                    .x = p.c, .out = bias_grad, .rows = p.m, .cols = p.n, .accumulate = false});
 }
 
+// With fuse_bias_grad(), float and bf16 problems go to cuBLASLt with the BGRADB epilogue: the
+// sums are written by the GEMM that reads dY anyway, straight into bias_grad when it is written
+// fresh (and 16-byte aligned), else into a scratch vector that a small kernel then adds into
+// bias_grad (the epilogue only writes). What cuBLASLt declines, double, and fusion off: the GEMM,
+// then column_sum over dY.
+template <class T>
+void gemm_bias_grad(Cuda, const GemmParams<T>& params, T* bias_grad, bool accumulate) {
+  const GemmParams<T> p = detail::check_gemm_bias_grad(params, bias_grad, "gemm_bias_grad");
+  if constexpr (!std::is_same_v<T, double>) {
+    if (fuse_bias_grad() && p.m > 0 && p.n > 0 && p.k > 0) {
+      const bool direct = !accumulate && reinterpret_cast<std::uintptr_t>(bias_grad) % 16 == 0;
+      Tensor<T, Cuda> scratch = direct ? Tensor<T, Cuda>() : Tensor<T, Cuda>(Shape{p.m});  // (M)
+      T* sums = direct ? bias_grad : scratch.data();
+      if (detail::lt_gemm(
+              p, detail::LtExtra<T>{.kind = detail::LtEpilogue::bias_grad_b, .bias_grad = sums})) {
+        if (!direct) {
+          const int threads = 256;
+          detail::bias_grad_store_kernel<T>
+              <<<static_cast<unsigned>((p.m + threads - 1) / threads), threads, 0,
+                 cuda::stream()>>>(sums, bias_grad, p.m, accumulate);
+          FATHOM_CUDA_CHECK(cudaGetLastError());
+        }
+        ++detail::fused_bias_grad_runs();
+        return;
+      }
+      ++detail::unfused_bias_grad_runs();
+    }
+  }
+  gemm(Cuda{}, p);
+  column_sum(Cuda{},
+             ColumnSumParams<T>{
+                 .x = p.a, .out = bias_grad, .rows = p.k, .cols = p.m, .accumulate = accumulate});
+}
+
 template <class T>
 void column_sum(Cuda, const ColumnSumParams<T>& p) {
   using Acc = accum_t<T>;
   FATHOM_CHECK(p.rows >= 0 && p.cols >= 0,
                "column_sum: expected non-negative sizes, got (" << p.rows << ", " << p.cols << ")");
   if (p.cols == 0) return;
-  const std::int64_t chunks = std::clamp<std::int64_t>((p.rows + 255) / 256, 1, 1024);
+  const std::int64_t chunks = detail::column_sum_chunks(p.rows);
   const std::int64_t rows_per_chunk = std::max<std::int64_t>((p.rows + chunks - 1) / chunks, 1);
   Tensor<Acc, Cuda> partial(Shape{chunks * p.cols});  // (chunks, cols)
   const dim3 block(32, detail::column_sum_lanes);
