@@ -383,7 +383,11 @@ void backward_128_rows(const fathom::kernels::AttentionBackwardParams<bf16>& p) 
   REQUIRE(attn::use_mma(p));
   auto* delta = fathom::cuda::CachingAllocator::instance().workspace_for<float>(
       static_cast<std::size_t>(p.batch * p.heads * p.seq));
-  attn::launch_backward_mma<64, attn::MmaBackward128Rows<64>>(p, delta);
+  if (p.head_dim == 64) {
+    attn::launch_backward_mma<64, attn::MmaBackward128Rows<64>>(p, delta);
+  } else {
+    attn::launch_backward_mma<32, attn::MmaBackward128Rows<32>>(p, delta);
+  }
 }
 }  // namespace
 
@@ -392,7 +396,8 @@ TEST_CASE("CUDA attention backward with 128-row blocks matches the CPU reference
   const AttentionCase c =
       GENERATE(AttentionCase{2, 256, 12, 64, true}, AttentionCase{2, 129, 3, 64, true},
                AttentionCase{1, 1000, 2, 64, true}, AttentionCase{3, 100, 4, 64, false},
-               AttentionCase{1, 1, 1, 64, true}, AttentionCase{2, 70, 2, 64, true});
+               AttentionCase{1, 1, 1, 64, true}, AttentionCase{2, 70, 2, 64, true},
+               AttentionCase{3, 100, 4, 32, true}, AttentionCase{1, 129, 2, 32, false});
   INFO(c);
   const Inputs in = make_inputs(c, 500);
   const Outputs all = reference(c, in);

@@ -88,16 +88,23 @@ __device__ inline void store_bf16_pair(bf16* dst, float lo, float hi, bool accum
 // dominates the issue slots).
 template <int HD, int Rows, int Threads>
 struct TileCopy {
-  static constexpr int kChunks = HD / 8, kRowStep = Threads / kChunks, kPasses = Rows / kRowStep;
+  static constexpr int kChunks = HD / 8, kRowStep = Threads / kChunks;
+  // A tile smaller than one pass of the block (32 rows of head_dim 32 by 256 threads) is moved by
+  // the first Rows * kChunks threads.
+  static constexpr int kPasses = Rows >= kRowStep ? Rows / kRowStep : 1;
   static constexpr int kPitchBytes = (HD + 8) * 2;
-  static_assert(Threads % kChunks == 0 && Rows % kRowStep == 0,
-                "tile rows must be a multiple of the rows one pass of the block covers");
+  static_assert(
+      Threads % kChunks == 0 && (Rows >= kRowStep ? Rows % kRowStep == 0 : kRowStep % Rows == 0),
+      "tile rows must be a multiple or a divisor of the rows one pass of the block covers");
   int row, col;
   __device__ TileCopy() : row(threadIdx.x / kChunks), col((threadIdx.x % kChunks) * 8) {}
   // Rows [row0, row0 + Rows) of src (row stride `stride`, `rows` rows in all) into the shared
   // tile at `dst`; rows past the end are zero-filled.
   __device__ void operator()(std::uint32_t dst, const bf16* src, std::int64_t stride,
                              std::int64_t row0, std::int64_t rows) const {
+    if constexpr (Rows < kRowStep) {
+      if (row >= Rows) return;
+    }
     const bf16* s = src + (row0 + row) * stride + col;
     const std::int64_t left = rows - row0 - row;
     const std::uint32_t d = dst + row * kPitchBytes + col * 2;
@@ -660,8 +667,9 @@ struct MmaChoice {
 // An alternative to MmaChoice's backward passes, 128-row blocks: 8 warps, 2 blocks an SM at 128
 // registers a thread (16 warps an SM against 12), each streamed tile shared by 128 rows (half
 // the L2 -> shared traffic), for half-size tiles between barriers (32 keys for dQ; 32 queries in
-// chunks of 16 for dK/dV, which spills a few registers). Not yet timed against MmaChoice:
-// fathom-attention-bench's backward-128-rows variant does; the [attention] tests check it.
+// chunks of 16 for dK/dV, which spills a few registers at head_dim 64). Not yet timed against
+// MmaChoice: fathom-attention-bench's backward-128-rows variant does; the [attention] tests check
+// it.
 template <int HD>
 struct MmaBackward128Rows {
   using Forward = typename MmaChoice<HD>::Forward;
