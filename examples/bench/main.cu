@@ -49,8 +49,8 @@ struct BenchOptions {
   std::string comm_priority = "high";  // the NCCL stream's priority: high or normal
   bool overlap = true;      // also time the step without collectives and the collectives alone
   bool trace_comm = false;  // print when each bucket's collective ran in one step (rank 0)
-  // How linear layers get their bias gradients, each in turn: fused (kernels::fuse_bias_grad) or
-  // separate (a column sum of its own; rows labelled +colsum).
+  // How linear layers get their bias gradients, each in turn (kernels::BiasGradRoute): fused,
+  // dgelu (rows labelled +dgelu-bgrad) or separate (+colsum).
   std::string bias_grad = "fused";
 };
 
@@ -400,7 +400,10 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
       6.0 * n_no_embed + 6.0 * c.layers * c.d_model * static_cast<double>(Tn);
   BenchResult r;
   r.workload = w.preset;
-  r.policy = policy + (kernels::fuse_bias_grad() ? "" : "+colsum");
+  const auto route = kernels::bias_grad_route();
+  r.policy = policy + (route == kernels::BiasGradRoute::dgelu      ? "+dgelu-bgrad"
+                       : route == kernels::BiasGradRoute::separate ? "+colsum"
+                                                                   : "");
   r.ms_per_step = ms / o.steps;
   r.tokens_per_s = static_cast<double>(B * Tn) / (r.ms_per_step * 1e-3);
   r.mfu = r.tokens_per_s * flops_per_token / (peak_tflops * 1e12);
@@ -465,8 +468,9 @@ inline int main(int argc, char** argv) {
       "runs as usual)");
   app.add_option("--bias-grad", o.bias_grad,
                  "comma-separated, each run in turn: fused (linear layers' bias gradients in the "
-                 "weight-gradient GEMM's epilogue and in the dGELU pass) or separate (a column sum "
-                 "over dY of its own; rows labelled +colsum)");
+                 "weight-gradient GEMM's epilogue and in the dGELU pass), dgelu (only GPT-2's "
+                 "c_fc's, in the dGELU pass; rows labelled +dgelu-bgrad) or separate (a column sum "
+                 "over dY of its own; +colsum)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -478,9 +482,10 @@ inline int main(int argc, char** argv) {
     if (o.precision == "fp8") check_fp8_device("cuda");
     for (const auto& p : split_list(o.policies)) policies.check(p);
     FATHOM_CHECK(!split_list(o.bias_grad).empty(),
-                 "--bias-grad: expected fused, separate or both (comma-separated), got nothing");
+                 "--bias-grad: expected fused, dgelu or separate (or several, comma-separated), "
+                 "got nothing");
     for (const auto& b : split_list(o.bias_grad))
-      check_choice("--bias-grad", b, {"fused", "separate"});
+      check_choice("--bias-grad", b, {"fused", "dgelu", "separate"});
     FATHOM_CHECK(o.zero == 0 || o.zero == 1, "--zero: expected 0 or 1, got " << o.zero);
     FATHOM_CHECK(o.bucket_mb > 0, "--bucket-mb: expected a positive size, got " << o.bucket_mb);
     FATHOM_CHECK(o.nccl_max_ctas >= 0,
@@ -544,7 +549,10 @@ inline int main(int argc, char** argv) {
       Workload w = workload_of(wname);
       for (const auto& route_policy : routes_policies) {
         const std::string& policy = route_policy.second;
-        kernels::set_fuse_bias_grad(route_policy.first == "fused");
+        const std::string& route = route_policy.first;
+        kernels::set_bias_grad_route(route == "fused"   ? kernels::BiasGradRoute::fused
+                                     : route == "dgelu" ? kernels::BiasGradRoute::dgelu
+                                                        : kernels::BiasGradRoute::separate);
         auto run = [&](dist::Communicator* c) {
           return o.precision == "fp32" ? bench_one<float>(w, policy, o, peak, policies, c)
                                        : bench_one<bf16>(w, policy, o, peak, policies, c);

@@ -344,19 +344,27 @@ TEMPLATE_TEST_CASE("CUDA column_sum matches a double sum over rows", "[cuda][gem
 
 namespace {
 
-// Sets fuse_bias_grad for one scope (a failed check leaves the default on for the next test).
-struct FuseBiasGrad {
-  explicit FuseBiasGrad(bool fuse) { fathom::kernels::set_fuse_bias_grad(fuse); }
-  ~FuseBiasGrad() { fathom::kernels::set_fuse_bias_grad(true); }
+using fathom::kernels::BiasGradRoute;
+
+// Sets the bias-gradient route for one scope (a failed check leaves the default for the next).
+struct RouteScope {
+  explicit RouteScope(BiasGradRoute route) { fathom::kernels::set_bias_grad_route(route); }
+  ~RouteScope() { fathom::kernels::set_bias_grad_route(BiasGradRoute::fused); }
 };
+
+const char* name_of(BiasGradRoute r) {
+  return r == BiasGradRoute::fused ? "fused" : r == BiasGradRoute::dgelu ? "dgelu" : "separate";
+}
 
 }  // namespace
 
 TEMPLATE_TEST_CASE("CUDA gemm_bias_grad matches the double reference, fused and separate",
                    "[cuda][gemm]", double, float, bf16) {
   using T = TestType;
-  const bool fuse = GENERATE(true, false);
-  const FuseBiasGrad route(fuse);
+  const BiasGradRoute route =
+      GENERATE(BiasGradRoute::fused, BiasGradRoute::dgelu, BiasGradRoute::separate);
+  const RouteScope scope(route);
+  const bool fuse = route == BiasGradRoute::fused;  // gemm_bias_grad's epilogue
   struct Case {
     std::int64_t m, n, k;  // dW (M, N) = dY^T X: M out_features, N in_features, K rows
     bool full;             // every element of dW checked, else 512 sampled
@@ -369,8 +377,8 @@ TEMPLATE_TEST_CASE("CUDA gemm_bias_grad matches the double reference, fused and 
                                         {1, 1, 1, true}}));
   const bool accumulate = GENERATE(false, true);
   const std::int64_t offset = GENERATE(0, 1);  // 1: the bias gradient off the 16-byte grid
-  INFO(Precision<T>::name << " fuse " << fuse << ", M " << c.m << ", N " << c.n << ", K " << c.k
-                          << ", accumulate " << accumulate << ", offset " << offset);
+  INFO(Precision<T>::name << " route " << name_of(route) << ", M " << c.m << ", N " << c.n << ", K "
+                          << c.k << ", accumulate " << accumulate << ", offset " << offset);
   const auto dy = uniform_values<T>(static_cast<std::size_t>(c.k * c.m), 51);
   const auto x = uniform_values<T>(static_cast<std::size_t>(c.k * c.n), 52);
   auto dw0 = uniform_values<T>(static_cast<std::size_t>(c.m * c.n), 53);
@@ -455,7 +463,7 @@ TEMPLATE_TEST_CASE("CUDA gemm_bias_grad matches the double reference, fused and 
 TEST_CASE("cuBLASLt takes the bias-gradient epilogue at GPT-2's shapes", "[cuda][gemm]") {
   // bf16 dW = dY^T X with db for c_attn, attn c_proj, c_fc and mlp c_proj at 2 x 1024 rows: with
   // fusion on, each must run fused (a fallback would silently keep the separate column sum).
-  const FuseBiasGrad route(true);
+  const RouteScope scope(BiasGradRoute::fused);
   const std::int64_t rows = 2048;
   const std::int64_t shapes[][2] = {{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}};
   for (const auto& s : shapes) {
@@ -485,11 +493,12 @@ TEMPLATE_TEST_CASE("matmul, linear and gelu_mlp on CUDA match the CPU, forward a
                    "[cuda][gemm]", float, bf16) {
   using T = TestType;
   using fathom::autograd::Var;
-  const bool fuse = GENERATE(true, false);
-  const FuseBiasGrad route(fuse);
+  const BiasGradRoute route =
+      GENERATE(BiasGradRoute::fused, BiasGradRoute::dgelu, BiasGradRoute::separate);
+  const RouteScope scope(route);
   // Two passes: the second adds into the gradients the first wrote.
   const int passes = GENERATE(1, 2);
-  INFO("fuse " << fuse << ", passes " << passes);
+  INFO("route " << name_of(route) << ", passes " << passes);
   const std::int64_t rows = 70, in = 96, out = 40;
   const auto x = uniform_values<T>(rows * in, 31), w = uniform_values<T>(out * in, 32);
   const auto b = uniform_values<T>(out, 33), gy = uniform_values<T>(rows * out, 34);
@@ -614,8 +623,8 @@ void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias,
   // db its column sums: summed inside the dGELU pass (fused) and by the separate column sum, over
   // NaN-filled outputs (both are written, never read).
   std::vector<T> dv, dbv, separate_dv, separate_dbv;
-  for (const bool fuse : {false, true}) {
-    const FuseBiasGrad route(fuse);
+  for (const bool fuse : {false, true}) {  // the dgelu and fused routes both sum in the pass
+    const RouteScope scope(fuse ? BiasGradRoute::dgelu : BiasGradRoute::separate);
     Tensor<T, Cuda> dpre = Tensor<T, Cuda>::full(Shape{M * N}, std::numeric_limits<T>::quiet_NaN()),
                     db = Tensor<T, Cuda>::full(Shape{N}, std::numeric_limits<T>::quiet_NaN());
     const auto fused0 = fathom::kernels::detail::fused_bias_grad_runs();

@@ -44,10 +44,17 @@ inline bool& gemm_tf32_flag() {
 inline void set_gemm_allow_tf32(bool allow) { detail::gemm_tf32_flag() = allow; }
 inline bool gemm_allow_tf32() { return detail::gemm_tf32_flag(); }
 
+// How the bias gradients of linear layers are computed on CUDA: `fused`, in a pass that already
+// reads dY (gemm_bias_grad: cuBLASLt's BGRADB epilogue on the weight-gradient GEMM; gemm_dgelu:
+// the column sums inside fathom's dGELU kernel); `dgelu`, only the latter; `separate`, a column
+// sum over dY of its own, one more read of it. The routes agree within rounding (the sums run in
+// another order; the epilogue's sum is rounded to T before it is added to an existing gradient).
+enum class BiasGradRoute { fused, dgelu, separate };
+
 namespace detail {
-inline bool& fuse_bias_grad_flag() {
-  static bool fuse = true;
-  return fuse;
+inline BiasGradRoute& bias_grad_route_setting() {
+  static BiasGradRoute route = BiasGradRoute::fused;
+  return route;
 }
 // Bias gradients computed in a pass that already reads dY (a GEMM's epilogue, the dGELU pass),
 // and those that fell back to a separate column sum although fusion was on (cuBLASLt declined).
@@ -62,14 +69,10 @@ inline std::uint64_t& unfused_bias_grad_runs() {
 }
 }  // namespace detail
 
-// Whether the bias gradients of linear layers on CUDA come from a pass that already reads dY
-// (gemm_bias_grad: cuBLASLt's BGRADB epilogue on the weight-gradient GEMM; gemm_dgelu: the column
-// sums inside fathom's dGELU kernel) rather than a separate column sum over dY, one more read of
-// it. On by default; off, the separate pass, is there to compare the two. The routes agree within
-// rounding (the sums run in another order; the epilogue's sum is rounded to T before it is added
-// to an existing gradient).
-inline void set_fuse_bias_grad(bool fuse) { detail::fuse_bias_grad_flag() = fuse; }
-inline bool fuse_bias_grad() { return detail::fuse_bias_grad_flag(); }
+// The route of every bias gradient computed after the call (fused by default; the others are
+// there to compare against it).
+inline void set_bias_grad_route(BiasGradRoute route) { detail::bias_grad_route_setting() = route; }
+inline BiasGradRoute bias_grad_route() { return detail::bias_grad_route_setting(); }
 
 namespace detail {
 
@@ -585,8 +588,9 @@ void gemm_gelu(Cuda, const GemmParams<T>& params, T* aux) {
 
 // Not cuBLASLt's DGELU_BGRAD epilogue: on an H200 at GPT-2's (32768 x 3072) it ran the GEMM plus
 // a separate 0.61 ms kernel, against 0.3 ms for the element-wise pass and column sum below
-// (bench/NOTES.md, v3). With fuse_bias_grad() the column sums come out of the element-wise pass
-// itself (block partials and a small second pass) instead of another read of the result.
+// (bench/NOTES.md, v3). Unless the bias-gradient route is `separate`, the column sums come out of
+// the element-wise pass itself (block partials and a small second pass) instead of another read of
+// the result.
 template <class T>
 void gemm_dgelu(Cuda, const GemmParams<T>& params, const T* aux, T* bias_grad) {
   const GemmParams<T> p = detail::check_gemm_gelu(params, aux, "gemm_dgelu");
@@ -596,7 +600,7 @@ void gemm_dgelu(Cuda, const GemmParams<T>& params, const T* aux, T* bias_grad) {
     return;
   }
   gemm(Cuda{}, p);
-  if (bias_grad && fuse_bias_grad()) {
+  if (bias_grad && bias_grad_route() != BiasGradRoute::separate) {
     detail::launch_gelu_backward_column_sum(aux, p.c, bias_grad, p.m, p.n);
     ++detail::fused_bias_grad_runs();
     return;
@@ -609,7 +613,7 @@ void gemm_dgelu(Cuda, const GemmParams<T>& params, const T* aux, T* bias_grad) {
                    .x = p.c, .out = bias_grad, .rows = p.m, .cols = p.n, .accumulate = false});
 }
 
-// With fuse_bias_grad(), float and bf16 problems go to cuBLASLt with the BGRADB epilogue: the
+// On the `fused` route, float and bf16 problems go to cuBLASLt with the BGRADB epilogue: the
 // sums are written by the GEMM that reads dY anyway, straight into bias_grad when it is written
 // fresh (and 16-byte aligned), else into a scratch vector that a small kernel then adds into
 // bias_grad (the epilogue only writes). What cuBLASLt declines, double, and fusion off: the GEMM,
@@ -618,7 +622,7 @@ template <class T>
 void gemm_bias_grad(Cuda, const GemmParams<T>& params, T* bias_grad, bool accumulate) {
   const GemmParams<T> p = detail::check_gemm_bias_grad(params, bias_grad, "gemm_bias_grad");
   if constexpr (!std::is_same_v<T, double>) {
-    if (fuse_bias_grad() && p.m > 0 && p.n > 0 && p.k > 0) {
+    if (bias_grad_route() == BiasGradRoute::fused && p.m > 0 && p.n > 0 && p.k > 0) {
       const bool direct = !accumulate && reinterpret_cast<std::uintptr_t>(bias_grad) % 16 == 0;
       Tensor<T, Cuda> scratch = direct ? Tensor<T, Cuda>() : Tensor<T, Cuda>(Shape{p.m});  // (M)
       T* sums = direct ? bias_grad : scratch.data();
