@@ -132,6 +132,17 @@ TEST_CASE("kernels that overwrite fresh gradient buffers never read them (NaN-po
        [](auto& v) { return ag::sum(ag::layer_norm(v[0], v[1], v[2], 1e-5, 0.7) * v[3]); },
        {x, Shape{8}, Shape{8}, x}},
       {"rope", [](auto& v) { return ag::sum(ag::rope(v[0], 2) * v[1]); }, {x, x}},
+      {"rope_qkv in place",
+       [](auto& v) { return ag::sum(ag::rope_qkv(v[0] * 1.0, 2) * v[1]); },
+       {Shape{2, 3, 24}, Shape{2, 3, 24}}},
+      {"rope_qkv on a copy",
+       [](auto& v) { return ag::sum(ag::rope_qkv(v[0], 2) * v[1]); },
+       {Shape{2, 3, 24}, Shape{2, 3, 24}}},
+      {"concat_rows",
+       [](auto& v) {
+         return ag::sum(ag::concat_rows<double, fathom::Cpu>({v[0], v[1]}) * v[2]);
+       },
+       {Shape{2, 4}, Shape{3, 4}, Shape{5, 4}}},
       {"gelu", [](auto& v) { return ag::sum(ag::gelu(v[0]) * v[1]); }, {x, x}},
       {"silu", [](auto& v) { return ag::sum(ag::silu(v[0]) * v[1]); }, {x, x}},
       {"swiglu", [](auto& v) { return ag::sum(ag::swiglu(v[0], v[1]) * v[2]); }, {x, x, x}},

@@ -1,6 +1,7 @@
 // Tests for the CPU RoPE kernels (include/fathom/kernels/rope.hpp): the forward against a rotation
 // written with std::complex, a hand-computed example that pins the Hugging Face rotate_half
-// pairing, and the backward as the inverse rotation (round trip and accumulation).
+// pairing, the backward as the inverse rotation (round trip and accumulation), and rope_qkv (in
+// place on a fused (B, T, 3C) projection) equal to rope and rope_backward on its q and k thirds.
 #include <fathom/kernels/rope.hpp>
 
 #include <cmath>
@@ -156,4 +157,46 @@ TEST_CASE("rope then its backward gives the input back", "[kernels][rope]") {
   }
   CHECK(max_err < 1e-12);
   CHECK(max_moved > 0.1);  // the forward did rotate
+}
+
+TEMPLATE_TEST_CASE("rope_qkv turns the q and k thirds in place exactly as rope turns each",
+                   "[kernels][rope]", double, float, bf16) {
+  using T = TestType;
+  const auto shape = GENERATE(RopeShape{1, 1, 1, 2}, RopeShape{2, 5, 3, 4}, RopeShape{3, 7, 5, 6},
+                              RopeShape{1, 17, 2, 64});
+  const std::int64_t pos0 = GENERATE(0, 1000);
+  const bool inverse = GENERATE(false, true);
+  CAPTURE(shape.B, shape.T, shape.H, shape.hd, pos0, inverse, Precision<T>::name);
+  const std::int64_t C = shape.C(), rows = shape.B * shape.T;
+  const auto qkv0 = normal_values<T>(3 * shape.n(), 161);
+  auto qkv = qkv0;
+  fathom::kernels::rope_qkv(
+      Cpu{}, fathom::kernels::RopeQkvParams<T>{qkv.data(), shape.B, shape.T, C,
+                                               static_cast<int>(shape.H), 10000.0, pos0, inverse});
+  for (int third = 0; third < 3; ++third) {
+    INFO("third " << third);
+    std::vector<T> in(shape.n()), want(shape.n());
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < C; ++c)
+        in[static_cast<std::size_t>(r * C + c)] =
+            qkv0[static_cast<std::size_t>(r * 3 * C + third * C + c)];
+    if (third == 2) {
+      want = in;  // v: untouched
+    } else if (inverse) {
+      fathom::kernels::rope_backward(Cpu{}, fathom::kernels::RopeBackwardParams<T>{
+                                                in.data(), want.data(), shape.B, shape.T, C,
+                                                static_cast<int>(shape.H), 10000.0, pos0, false});
+    } else {
+      fathom::kernels::rope(
+          Cpu{}, fathom::kernels::RopeParams<T>{in.data(), want.data(), shape.B, shape.T, C,
+                                                static_cast<int>(shape.H), 10000.0, pos0});
+    }
+    bool same = true;
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < C; ++c)
+        same =
+            same && scalar_cast<double>(qkv[static_cast<std::size_t>(r * 3 * C + third * C + c)]) ==
+                        scalar_cast<double>(want[static_cast<std::size_t>(r * C + c)]);
+    CHECK(same);
+  }
 }

@@ -26,6 +26,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -205,6 +206,9 @@ class Var {
   // Builds the result of a differentiable op. `backward` is called as backward(out_grad) with the
   // output's gradient; it must accumulate (+=) into the inputs' accumulators. It is recorded only
   // when gradients are enabled and `needs_grad` is true (some input requires a gradient).
+  // A backward invocable as backward(out_grad, out_slot) gets the output's slot as well, so that it
+  // may take the gradient buffer over and reuse it in place (moving out_slot.grad away) when the
+  // slot neither retains it nor borrowed it and nothing else shares it (autograd::rope_qkv).
   template <class Backward>
   static Var make_result(Tensor<T, D> value, bool needs_grad, Backward&& backward) {
     Var out(std::move(value), false);
@@ -216,7 +220,11 @@ class Var {
     // slot outlives the consumers that accumulate into it.
     tape.nodes.emplace_back([slot = out.slot_, fn = std::forward<Backward>(backward)]() mutable {
       if (!slot->grad.defined()) return;  // nothing flowed back to this output
-      fn(static_cast<const Tensor<T, D>&>(slot->grad));
+      if constexpr (std::is_invocable_v<decltype(fn)&, const Tensor<T, D>&, Slot&>) {
+        fn(static_cast<const Tensor<T, D>&>(slot->grad), *slot);
+      } else {
+        fn(static_cast<const Tensor<T, D>&>(slot->grad));
+      }
       if (!slot->retain) {
         slot->grad = Tensor<T, D>();
         slot->borrowed = false;

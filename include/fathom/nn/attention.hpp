@@ -1,10 +1,12 @@
 // Attention: causal multi-head self-attention with q, k, v and output projections, rotary
 // positions (Llama) or none (GPT-2 adds learned positions to the embeddings), and either separate
-// q/k/v projections or one fused (3C, C) projection split in three (GPT-2 c_attn).
+// q/k/v weights (Llama; stacked into one GEMM at each forward) or one fused (3C, C) projection
+// (GPT-2 c_attn).
 #pragma once
 
 #include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fathom/autograd/ops/attention.hpp"
@@ -49,37 +51,21 @@ class Attention {
     out_ = Linear<T, D>(names.attn_out, C, C, c.bias, {info(ParamRole::attn_out)}, registry);
   }
 
-  // x (B, T, C) -> (B, T, C)
+  // x (B, T, C) -> (B, T, C). q, k and v come from one GEMM into a (B, T, 3C) projection (the
+  // fused weight, or Llama's three weights stacked), RoPE turns its q and k thirds in place, and
+  // the attention kernels read it in place.
   Var<T, D> forward(const Var<T, D>& x) const {
-    Var<T, D> q, k, v;
-    if (fused_ && !rope_) {  // (B, T, 3C) read in place by the attention kernels
-      return out_.forward(autograd::attention_qkv(qkv_.forward(x), heads_, /*causal=*/true));
-    }
-    if (fused_) {
-      auto parts = autograd::split_last(qkv_.forward(x), 3);  // (B, T, 3C) -> 3 x (B, T, C)
-      q = parts[0];
-      k = parts[1];
-      v = parts[2];
-    } else if (q_.precision() == LinearPrecision::fp8) {  // x quantized once for q, k and v
-      if constexpr (linear_fp8_capable<T>) {
-        const auto xq = autograd::quantize_fp8_input(x);
-        q = q_.forward(xq);
-        k = k_.forward(xq);
-        v = v_.forward(xq);
-      }
-    } else {
-      q = q_.forward(x);
-      k = k_.forward(x);
-      v = v_.forward(x);
-    }
-    if (rope_) {
-      q = autograd::rope(q, heads_, theta_);
-      k = autograd::rope(k, heads_, theta_);
-    }
-    return out_.forward(autograd::attention(q, k, v, heads_, /*causal=*/true));
+    Var<T, D> qkv = fused_ ? qkv_.forward(x) : stacked_projection(x);  // (B, T, 3C)
+    if (rope_) qkv = autograd::rope_qkv(std::move(qkv), heads_, theta_);
+    return out_.forward(autograd::attention_qkv(qkv, heads_, /*causal=*/true));
   }
 
   const Linear<T, D>& out_proj() const { return out_; }
+  // The separate q, k and v projections (Llama); unused (no parameters) when the projection is
+  // fused.
+  const Linear<T, D>& q_proj() const { return q_; }
+  const Linear<T, D>& k_proj() const { return k_; }
+  const Linear<T, D>& v_proj() const { return v_; }
 
   // The precision of every projection's GEMMs (see LinearPrecision).
   void set_linear_precision(LinearPrecision p) {
@@ -87,6 +73,21 @@ class Attention {
   }
 
  private:
+  // x (B, T, C) -> (B, T, 3C): q, k and v side by side, one GEMM against the q, k and v weights
+  // stacked into (3C, C) for this forward (a 3C x C copy; the backward splits the stacked weight
+  // gradient back into the three parameters). The parameters stay three, with their names,
+  // shapes, checkpoints and init roles. Under fp8 the stacked weight is quantized as one tensor.
+  Var<T, D> stacked_projection(const Var<T, D>& x) const {
+    const Var<T, D> w = autograd::concat_rows<T, D>({q_.weight(), k_.weight(), v_.weight()});
+    Var<T, D> b;
+    if (q_.has_bias()) b = autograd::concat_rows<T, D>({q_.bias(), k_.bias(), v_.bias()});
+    const Var<T, D>* bias = b.defined() ? &b : nullptr;
+    if constexpr (linear_fp8_capable<T>) {
+      if (q_.precision() == LinearPrecision::fp8) return autograd::linear_fp8(x, w, bias);
+    }
+    return autograd::linear(x, w, bias);
+  }
+
   int heads_ = 1;
   bool rope_ = true;
   bool fused_ = false;

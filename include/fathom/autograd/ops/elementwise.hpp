@@ -1,8 +1,9 @@
 // Differentiable element-wise ops on Var: add, sub, mul, add_scaled, scale, the operators
-// a + b, a - b, a * b, x * s, s * x, and the shape ops reshape and split_last.
+// a + b, a - b, a * b, x * s, s * x, and the shape ops reshape, split_last and concat_rows.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -156,6 +157,53 @@ std::vector<Var<T, D>> split_last(const Var<T, D>& x, int n) {
         }));
   }
   return parts;
+}
+
+// The parts stacked along dimension 0: parts (n_i, ...) with equal trailing extents ->
+// (sum of n_i, ...). Part i's gradient is rows [r_i, r_i + n_i) of the output's, copied (or added)
+// into its own buffer: the parts are typically parameters (the q, k and v weights of a Llama
+// attention read by one GEMM), whose gradients the optimizer, clipping and data parallelism own.
+template <class T, DeviceTag D>
+Var<T, D> concat_rows(const std::vector<Var<T, D>>& parts) {
+  FATHOM_CHECK(!parts.empty(), "concat_rows: expected at least one part");
+  Shape shape = parts.front().shape();
+  FATHOM_CHECK(shape.rank() >= 1,
+               "concat_rows: expected parts with at least one dimension, got shape " << shape);
+  std::int64_t rows = 0;
+  bool needs_grad = false;
+  for (const auto& p : parts) {
+    bool same = p.dim() == shape.rank();
+    for (int d = 1; same && d < shape.rank(); ++d) same = p.size(d) == shape[d];
+    FATHOM_CHECK(same, "concat_rows: part of shape " << p.shape() << " does not stack under "
+                                                     << parts.front().shape()
+                                                     << " (all extents but the first must agree)");
+    rows += p.size(0);
+    needs_grad = needs_grad || p.requires_grad();
+  }
+  shape[0] = rows;
+  Tensor<T, D> y(shape);
+  std::vector<std::pair<std::shared_ptr<detail::GradSlot<T, D>>, std::int64_t>> targets;
+  std::int64_t r = 0;
+  for (const auto& p : parts) {
+    y.slice(0, r, r + p.size(0)).copy_(p.value());
+    targets.emplace_back(grad_target(p), r);
+    r += p.size(0);
+  }
+  return Var<T, D>::make_result(
+      std::move(y), needs_grad, [targets = std::move(targets)](const Tensor<T, D>& gy_in) {
+        Tensor<T, D> gy = gy_in.contiguous();
+        for (const auto& [g, r0] : targets) {
+          if (!g) continue;
+          Tensor<T, D> rows = gy.slice(0, r0, r0 + g->shape[0]);  // contiguous: whole rows
+          if (!g->grad.defined()) {
+            g->grad = rows.clone();
+            g->borrowed = false;
+          } else {
+            kernels::axpy(D{}, kernels::AxpyParams<T>{rows.data(), g->accumulator().data(),
+                                                      rows.numel(), 1.0});
+          }
+        }
+      });
 }
 
 }  // namespace fathom::autograd

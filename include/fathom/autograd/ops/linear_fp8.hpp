@@ -55,9 +55,10 @@ Fp8Tensor<F, D> quantize_current(const Tensor<T, D>& x, std::int64_t rows, std::
 
 }  // namespace detail
 
-// X quantized once (E4M3, current scaling) for every linear layer that reads it: attention's q, k
-// and v projections read one normalized input, as do SwiGLU's gate and up. Holds X^T as well when
-// gradients are being recorded (for dW). Make it with quantize_fp8_input; pass it to linear_fp8.
+// X quantized once (E4M3, current scaling) for every linear layer that reads it: SwiGLU's gate
+// and up read one normalized input (attention's q, k and v are one GEMM against their stacked
+// weights instead). Holds X^T as well when gradients are being recorded (for dW). Make it with
+// quantize_fp8_input; pass it to linear_fp8.
 template <class T, DeviceTag D>
 struct Fp8Input {
   Var<T, D> x;                       // (..., in)

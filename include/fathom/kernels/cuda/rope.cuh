@@ -1,4 +1,5 @@
-// CUDA RoPE (Hugging Face Llama convention, see kernels/rope.hpp), forward and backward.
+// CUDA RoPE (Hugging Face Llama convention, see kernels/rope.hpp), forward and backward, on a
+// (B, T, C) tensor or in place on the q and k thirds of a fused (B, T, 3C) projection.
 //
 // A grid-stride loop over (token, head, pack of pair indices). Each block first fills a
 // shared-memory table of inv_freq (computed in double as on the CPU, rounded once), then every
@@ -24,11 +25,14 @@ namespace detail {
 constexpr int rope_threads = 256;
 constexpr std::int64_t rope_max_blocks = 4096;  // a grid-stride loop covers the rest
 
+// n_heads heads of head_dim at the start of each row; rows in_stride (out_stride) elements apart.
+// in may equal out: each thread reads its pairs before it writes them, and no other thread
+// touches them.
 template <class T>
 struct RopeArgs {
-  const T* in;  // (B, T, C)
-  T* out;       // (B, T, C)
-  std::int64_t tokens, seq, channels, head_dim;
+  const T* in;  // (B, T, in_stride)
+  T* out;       // (B, T, out_stride)
+  std::int64_t tokens, seq, in_stride, out_stride, head_dim;
   int n_heads;
   double theta;
   std::int64_t pos0;
@@ -55,10 +59,11 @@ __global__ void __launch_bounds__(rope_threads) rope_kernel(RopeArgs<T> a) {
     const std::int64_t rest = idx / packs_per_half;
     const std::int64_t head = rest % a.n_heads, token = rest / a.n_heads;
     const A pos = static_cast<A>(a.pos0 + token % a.seq);
-    const std::int64_t k1 = token * a.channels + head * a.head_dim + i0, k2 = k1 + half;
+    const std::int64_t in1 = token * a.in_stride + head * a.head_dim + i0, in2 = in1 + half;
+    const std::int64_t k1 = token * a.out_stride + head * a.head_dim + i0, k2 = k1 + half;
     A x1[N], x2[N], y1[N], y2[N];
-    row_load<N>(a.in + k1, x1);
-    row_load<N>(a.in + k2, x2);
+    row_load<N>(a.in + in1, x1);
+    row_load<N>(a.in + in2, x2);
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       A sin, cos;
@@ -88,7 +93,8 @@ void launch_rope(const RopeArgs<T>& a) {
   const std::int64_t half = a.head_dim / 2;
   if (a.tokens == 0 || half == 0) return;
   constexpr int N = map_width<T>();
-  const bool packed = half % N == 0 && map_aligned(a.in) && map_aligned(a.out);
+  const bool packed = half % N == 0 && a.in_stride % N == 0 && a.out_stride % N == 0 &&
+                      map_aligned(a.in) && map_aligned(a.out);
   const std::int64_t work = a.tokens * a.n_heads * (packed ? half / N : half);
   const int blocks =
       static_cast<int>(std::min(rope_max_blocks, (work + rope_threads - 1) / rope_threads));
@@ -108,7 +114,7 @@ void launch_rope(const RopeArgs<T>& a) {
 
 template <class T>
 void rope(Cuda, const RopeParams<T>& p) {
-  detail::launch_rope(detail::RopeArgs<T>{p.x, p.y, p.batch * p.seq, p.seq, p.channels,
+  detail::launch_rope(detail::RopeArgs<T>{p.x, p.y, p.batch * p.seq, p.seq, p.channels, p.channels,
                                           p.channels / p.n_heads, p.n_heads, p.theta, p.pos0,
                                           accum_t<T>(1), false});
 }
@@ -116,8 +122,18 @@ void rope(Cuda, const RopeParams<T>& p) {
 template <class T>
 void rope_backward(Cuda, const RopeBackwardParams<T>& p) {
   detail::launch_rope(detail::RopeArgs<T>{p.dy, p.dx, p.batch * p.seq, p.seq, p.channels,
-                                          p.channels / p.n_heads, p.n_heads, p.theta, p.pos0,
-                                          accum_t<T>(-1), p.accumulate});
+                                          p.channels, p.channels / p.n_heads, p.n_heads, p.theta,
+                                          p.pos0, accum_t<T>(-1), p.accumulate});
+}
+
+// One launch over the q and k thirds: 2 n_heads heads at the start of rows 3C apart (see the CPU
+// reference), turned in place.
+template <class T>
+void rope_qkv(Cuda, const RopeQkvParams<T>& p) {
+  const std::int64_t stride = 3 * p.channels;
+  detail::launch_rope(detail::RopeArgs<T>{p.qkv, p.qkv, p.batch * p.seq, p.seq, stride, stride,
+                                          p.channels / p.n_heads, 2 * p.n_heads, p.theta, p.pos0,
+                                          accum_t<T>(p.inverse ? -1 : 1), false});
 }
 
 }  // namespace fathom::kernels
