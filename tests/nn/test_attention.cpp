@@ -123,9 +123,8 @@ TEMPLATE_TEST_CASE("Llama attention: one stacked GEMM and rope_qkv equal the thr
   const double theta = GENERATE(10000.0, 500000.0);
   CAPTURE(heads, head_dim, B, Tn, bias, theta);
   const auto c = llama_config(heads, head_dim, bias, theta);
-  const auto fused = run<T>(c, B, Tn, [](const auto& attn, const auto&, const auto& x) {
-    return attn.forward(x);
-  });
+  const auto fused = run<T>(
+      c, B, Tn, [](const auto& attn, const auto&, const auto& x) { return attn.forward(x); });
   const auto old = run<T>(c, B, Tn, [&](const auto&, const auto& registry, const auto& x) {
     return three_projections<T>(c, registry, x);
   });
@@ -145,10 +144,9 @@ TEST_CASE("Llama attention keeps three named (C, C) projections with their init 
   std::vector<nn::NamedParameter<float, Cpu>> registry;
   nn::Attention<float, Cpu> attn(c, nn::Llama::block(2, 1), 3, registry);
   const std::string pre = "model.layers.2.self_attn.";
-  const std::vector<std::string> want = {pre + "q_proj.weight", pre + "q_proj.bias",
-                                         pre + "k_proj.weight", pre + "k_proj.bias",
-                                         pre + "v_proj.weight", pre + "v_proj.bias",
-                                         pre + "o_proj.weight", pre + "o_proj.bias"};
+  const std::vector<std::string> want = {
+      pre + "q_proj.weight", pre + "q_proj.bias", pre + "k_proj.weight", pre + "k_proj.bias",
+      pre + "v_proj.weight", pre + "v_proj.bias", pre + "o_proj.weight", pre + "o_proj.bias"};
   REQUIRE(registry.size() == want.size());
   const policy::ParamRole roles[] = {policy::ParamRole::q, policy::ParamRole::k,
                                      policy::ParamRole::v, policy::ParamRole::attn_out};
@@ -199,8 +197,8 @@ TEST_CASE("Llama attention under fp8 runs one linear_fp8 against the stacked wei
   attn.set_linear_precision(nn::LinearPrecision::fp8);
   const auto fp8 = attn.forward(x).value().to_vector();
   const auto& a = attn;
-  auto w = ag::concat_rows<float, Cpu>(
-      {a.q_proj().weight(), a.k_proj().weight(), a.v_proj().weight()});
+  auto w =
+      ag::concat_rows<float, Cpu>({a.q_proj().weight(), a.k_proj().weight(), a.v_proj().weight()});
   auto qkv = ag::rope_qkv(ag::linear_fp8(x, w), c.heads, c.rope_theta);
   const auto want =
       ag::linear_fp8(ag::attention_qkv(qkv, c.heads), a.out_proj().weight()).value().to_vector();
@@ -210,6 +208,6 @@ TEST_CASE("Llama attention under fp8 runs one linear_fp8 against the stacked wei
     diff += (fp8[i] - native[i]) * (fp8[i] - native[i]);
     norm += native[i] * native[i];
   }
-  CHECK(diff > 0.0);                           // the fp8 route ran
+  CHECK(diff > 0.0);                                // the fp8 route ran
   CHECK(std::sqrt(diff) <= 0.1 * std::sqrt(norm));  // and is close
 }
