@@ -673,6 +673,10 @@ TEMPLATE_TEST_CASE(
   check_gelu_gemms<TestType>(256, 3072, 768, true, 300);
   check_gelu_gemms<TestType>(100, 64, 40, false, 310);
   check_gelu_gemms<TestType>(33, 5461, 24, true, 320);
+  // Several row chunks in the fused column sums (the last one shorter), a partial column block,
+  // and GPT-2's c_fc width over 8 chunks.
+  check_gelu_gemms<TestType>(1037, 136, 16, true, 330);
+  check_gelu_gemms<TestType>(2048, 3072, 24, true, 340);
 }
 
 TEST_CASE("CUDA gemm_gelu is the tanh form of GELU", "[cuda][gemm]") {
