@@ -1,7 +1,8 @@
 // Tests for the CPU GEMM and column sum (include/fathom/kernels/gemm.hpp): kernels::gemm (CBLAS
 // when the build defines FATHOM_HAS_CBLAS) and kernels::detail::gemm_portable (always compiled)
 // against naive loops in double, over shapes from 1 to 5461, every transpose combination, batches,
-// padded leading dimensions and batch strides, alpha/beta and bias.
+// padded leading dimensions and batch strides, alpha/beta and bias; the column sum and
+// gemm_bias_grad (the weight-gradient GEMM with the bias gradient).
 #include <fathom/kernels/gemm.hpp>
 
 #include <algorithm>
