@@ -16,7 +16,7 @@ for preset in $presets; do
   run="$out/hf-$preset"
   rm -rf "$run"
   "$build/bin/fathom-train" --preset "$preset" --policy pre-ln --precision fp32 --steps 3 --batch 2 \
-    --seq-len 64 --vocab 0 --out "$run" --eval-every 0 --no-live >"$run.train.log" 2>&1 ||
+    --seq-len 64 --out "$run" --eval-every 0 --no-live >"$run.train.log" 2>&1 ||
     { echo "hf_check: training $preset failed (see $run.train.log)"; rc=1; continue; }
   "$build/bin/fathom-diagnose" "$run" --batches 1 --batch 2 --seq-len 64 --no-removal --no-gradients \
     --logits-out "$run/compare" --out "$run/diagnose.json" 2>>"$run.train.log"
