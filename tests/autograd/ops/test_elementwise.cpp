@@ -1,6 +1,6 @@
 // Tests for the differentiable element-wise ops (include/fathom/autograd/ops/elementwise.hpp):
-// gradcheck in double of add, sub, mul, add_scaled, scale, the operators, reshape and split_last at
-// several shapes; a Var used twice; strided inputs; values; and the shape errors.
+// gradcheck in double of add, sub, mul, add_scaled, scale, the operators, reshape, split_last and
+// concat_rows at several shapes; a Var used twice; strided inputs; values; and the shape errors.
 #include <fathom/autograd/ops/elementwise.hpp>
 
 #include <cstdint>
@@ -178,6 +178,42 @@ TEST_CASE("split_last with only some slices used leaves the other columns' gradi
   for (std::int64_t r = 0; r < 2; ++r)
     for (std::int64_t c = 0; c < 6; ++c)
       CHECK(x.grad().at({r, c}) == ((c >= 2 && c < 4) ? 1.0 : 0.0));
+}
+
+TEST_CASE("concat_rows stacks its parts and splits the gradient back into each",
+          "[autograd][elementwise]") {
+  auto [a, b, c] =
+      GENERATE(table<Shape, Shape, Shape>({{Shape{2, 3}, Shape{1, 3}, Shape{4, 3}},
+                                           {Shape{3}, Shape{5}, Shape{1}},
+                                           {Shape{1, 2, 2}, Shape{2, 2, 2}, Shape{1, 2, 2}}}));
+  INFO("shapes " << a << " " << b << " " << c);
+  Var<double> x = leaf(a, 31), y = leaf(b, 32), z = leaf(c, 33);
+  auto stacked = ag::concat_rows<double, fathom::Cpu>({x, y, z});
+  CHECK(stacked.size(0) == a[0] + b[0] + c[0]);
+  std::vector<double> want = x.value().to_vector();
+  for (const auto* v : {&y, &z}) {
+    const auto part = v->value().to_vector();
+    want.insert(want.end(), part.begin(), part.end());
+  }
+  CHECK(stacked.value().to_vector() == want);
+  // The same part twice and the result squared: each row's gradient must land in its own part.
+  auto r = gradcheck(
+      [](const Inputs& in) {
+        auto s = ag::concat_rows<double, fathom::Cpu>({in[0], in[1], in[2], in[0]});
+        return s * s;
+      },
+      {x, y, z});
+  INFO(r.first_failure);
+  CHECK(r.ok);
+}
+
+TEST_CASE("concat_rows names parts that do not stack", "[autograd][elementwise]") {
+  Var<double> a = leaf(Shape{2, 3}, 34), b = leaf(Shape{2, 4}, 35), c = leaf(Shape{6}, 36);
+  const auto msg = error_of([&] { ag::concat_rows<double, fathom::Cpu>({a, b}); });
+  CHECK(contains(msg, "(2, 4)"));
+  CHECK(contains(msg, "(2, 3)"));
+  CHECK(contains(error_of([&] { ag::concat_rows<double, fathom::Cpu>({a, c}); }), "(6,)"));
+  CHECK(contains(error_of([&] { ag::concat_rows<double, fathom::Cpu>({}); }), "at least one"));
 }
 
 TEST_CASE("element-wise shape errors name both shapes", "[autograd][elementwise]") {
