@@ -13,7 +13,7 @@ mkdir -p "$logs"
 FATHOM_GPU_TARGETS="fathom_cuda_tests fathom-attention-bench" scripts/gpu.sh "[attention]"
 tests_rc=$?
 "$build/bin/fathom-attention-bench" \
-  --variants current,previous,forward-64-rows,pair-order,dq-128-rows,backward-128-rows \
+  --variants current,previous,forward-128-rows,pair-order,dq-128-rows,backward-128-rows \
   "$@" 2>&1 | tee "$logs/attention_bench.log"
 bench_rc=${PIPESTATUS[0]}
 echo "attention.sh: tests exit $tests_rc, bench exit $bench_rc"

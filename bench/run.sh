@@ -3,8 +3,8 @@
 # Called by scripts/gpu.sh after the build; usage: bench/run.sh BUILD_DIR [OUT_DIR]
 #   env: FATHOM_BENCH_POLICIES (default: all six), FATHOM_BENCH_WORKLOADS, FATHOM_BENCH_TORCH_MODES,
 #        FATHOM_BENCH_STEPS (timed steps, default 25), FATHOM_BENCH_WARMUP (default 8),
-#        FATHOM_BENCH_FP8_POLICIES (policies also run with --precision fp8, e.g. pre-ln,lns;
-#        default none until fp8 is measured at tensor-core speed: see docs/performance.md)
+#        FATHOM_BENCH_FP8_POLICIES (policies also run with --precision fp8; default pre-ln, empty:
+#        no fp8 rows)
 set -uo pipefail
 build="${1:-${FATHOM_BUILD_DIR:?usage: bench/run.sh BUILD_DIR [OUT_DIR] (or FATHOM_BUILD_DIR set)}}"
 out="${2:-${OUT:-$build/logs}}"
@@ -15,7 +15,7 @@ policies="${FATHOM_BENCH_POLICIES:-pre-ln,lns,post-ln,deepnorm,mix-ln,sandwich-l
 modes="${FATHOM_BENCH_TORCH_MODES:-eager,compile}"
 steps="${FATHOM_BENCH_STEPS:-25}"
 warmup="${FATHOM_BENCH_WARMUP:-8}"
-fp8_policies="${FATHOM_BENCH_FP8_POLICIES-}"
+fp8_policies="${FATHOM_BENCH_FP8_POLICIES-pre-ln}"
 rm -f "$out/bench_fathom.jsonl" "$out/bench_torch.jsonl"
 rc=0
 # One fathom-bench call per workload, at the batch and sequence length the PyTorch baseline uses.

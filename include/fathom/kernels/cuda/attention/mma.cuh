@@ -653,13 +653,14 @@ void launch_mma(const Params& p, Rest... rest) {
 // threads per SM the scheduler hides the latency of the mma/ldmatrix/exp chains; larger per-warp
 // tiles (M = 2, key tiles of 128) cost registers and occupancy and ran 5 to 30% slower. They need
 // more than 128 registers a thread, so 8 warps a block would drop them to one block an SM. The
-// forward's 8 warps of 16 rows keep the 128 registers a thread of 4 blocks of 4 warps (2 blocks
-// an SM) and copy each K/V tile once for 128 query rows instead of 64: half the L2 -> shared
-// traffic, about 0.85 GB a layer at B 32 T 1024 H 12 with 64-row blocks. fathom-attention-bench
-// (examples/attention_bench) times these shapes against the previous ones.
+// forward keeps 4 warps of 16 rows (64-row blocks, 4 blocks an SM). A forward of 8 warps (128
+// rows sharing each K/V tile: half the L2 -> shared traffic) was timed against it on an H200 and
+// did not pay: 0.262 against 0.263 ms at B 32 T 1024, and 0.116 against 0.105 ms at B 128 T 256
+// (fathom-attention-bench; the `forward-128-rows` variant still times it).
+// fathom-attention-bench (examples/attention_bench) times these shapes against the previous ones.
 template <int HD>
 struct MmaChoice {
-  using Forward = MmaForward<HD, 1, 64, 8, 2>;
+  using Forward = MmaForward<HD, 1, 64, 4, 4>;
   using Dkdv = MmaDkdv<HD, 1, 32, 64, 4, 3>;
   using Dq = MmaDq<HD, 1, 64, 4, 3, true>;
 };
