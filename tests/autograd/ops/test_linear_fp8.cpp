@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "autograd/ops/linear_fp8_cases.hpp"
 #include "autograd/support.hpp"
 #include "kernels/support.hpp"
 #include "nn/small_model.hpp"
@@ -297,29 +298,7 @@ TEST_CASE("linear_fp8 on an input quantized once equals separate quantizations",
           "[autograd][ops][fp8]") {
   // q, k and v (or gate and up) read one input: quantizing it once must change nothing.
   auto run = [](bool shared) {
-    fathom::test::FreshTape tape;
-    Var<float, Cpu> x(Tensor<float, Cpu>::randn(Shape{3, 5, 16}, 41), true);
-    Var<float, Cpu> w1(Tensor<float, Cpu>::randn(Shape{8, 16}, 42, 0.1), true);
-    Var<float, Cpu> w2(Tensor<float, Cpu>::randn(Shape{6, 16}, 43, 0.3), true);
-    Var<float, Cpu> y1, y2;
-    if (shared) {
-      const auto xq = ag::quantize_fp8_input(x);
-      y1 = ag::linear_fp8(xq, w1);
-      y2 = ag::linear_fp8(xq, w2);
-    } else {
-      y1 = ag::linear_fp8(x, w1);
-      y2 = ag::linear_fp8(x, w2);
-    }
-    auto loss = ag::sum(y1 * y1) + ag::sum(y2);
-    ag::backward(loss);
-    std::vector<float> all = y1.value().to_vector();
-    const auto v2 = y2.value().to_vector();
-    all.insert(all.end(), v2.begin(), v2.end());
-    for (const auto* v : {&x, &w1, &w2}) {
-      const auto g = v->grad().to_vector();
-      all.insert(all.end(), g.begin(), g.end());
-    }
-    return all;
+    return fathom::test::linear_fp8_two_layers<float, Cpu>(shared, 3, 5, 16, 8, 6, 41);
   };
   const auto separate = run(false), shared = run(true);
   for (float v : separate) REQUIRE(std::isfinite(v));

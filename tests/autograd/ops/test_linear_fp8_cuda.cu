@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "autograd/ops/linear_fp8_cases.hpp"
 #include "autograd/support.hpp"
 #include "kernels/cuda/support.cuh"
 #include "support/catch.hpp"
@@ -88,28 +89,7 @@ TEST_CASE("CUDA linear_fp8 matches linear_fp8 on the CPU, values and gradients",
 TEST_CASE("CUDA linear_fp8: an input quantized once for two layers, and poisoned fresh buffers",
           "[cuda][fp8][autograd]") {
   auto run = [](bool shared) {
-    fathom::test::FreshTape tape;
-    Var<bf16, Cuda> x(Tensor<bf16, Cuda>::randn(Shape{2, 64, 64}, 61), true);
-    Var<bf16, Cuda> w1(Tensor<bf16, Cuda>::randn(Shape{96, 64}, 62, 0.1), true);
-    Var<bf16, Cuda> w2(Tensor<bf16, Cuda>::randn(Shape{32, 64}, 63, 0.3), true);
-    Var<bf16, Cuda> y1, y2;
-    if (shared) {
-      const auto xq = ag::quantize_fp8_input(x);
-      y1 = ag::linear_fp8(xq, w1);
-      y2 = ag::linear_fp8(xq, w2);
-    } else {
-      y1 = ag::linear_fp8(x, w1);
-      y2 = ag::linear_fp8(x, w2);
-    }
-    ag::backward(ag::sum(y1 * y1) + ag::sum(y2));
-    std::vector<bf16> all = y1.value().to_vector();
-    const auto v2 = y2.value().to_vector();
-    all.insert(all.end(), v2.begin(), v2.end());
-    for (const auto* v : {&x, &w1, &w2}) {
-      const auto g = v->grad().to_vector();
-      all.insert(all.end(), g.begin(), g.end());
-    }
-    return all;
+    return fathom::test::linear_fp8_two_layers<bf16, Cuda>(shared, 2, 64, 64, 96, 32, 61);
   };
   const auto separate = run(false);
   for (bf16 v : separate) REQUIRE(std::isfinite(static_cast<float>(v)));
