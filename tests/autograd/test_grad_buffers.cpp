@@ -109,6 +109,64 @@ TEST_CASE("a retained gradient that was passed on stays as it was", "[autograd][
   }
 }
 
+TEST_CASE("a lent gradient is written in place once its slot is the buffer's only holder",
+          "[autograd][grad]") {
+  using Slot = fathom::autograd::detail::GradSlot<double, fathom::Cpu>;
+  const std::vector<double> g0{1.0, 2.0, 3.0};
+  SECTION("the lender still holds the buffer: the slot copies it and the lender's stays") {
+    auto lent = Tensor<double>::from_vector(Shape{3}, g0);
+    Slot slot;
+    slot.shape = Shape{3};
+    REQUIRE(slot.lend(lent));
+    const auto target = slot.write_target();
+    CHECK(target.accumulate);
+    CHECK(target.data != lent.data());
+    target.data[0] += 10.0;
+    CHECK(lent.to_vector() == g0);
+    CHECK(slot.grad.to_vector() == std::vector<double>{11.0, 2.0, 3.0});
+  }
+  SECTION("the lender has let go (a residual add's output after its node ran): no copy") {
+    Slot slot;
+    slot.shape = Shape{3};
+    const double* buffer = nullptr;
+    {
+      auto lent = Tensor<double>::from_vector(Shape{3}, g0);
+      buffer = lent.data();
+      REQUIRE(slot.lend(lent));
+    }
+    const auto target = slot.write_target();
+    CHECK(target.accumulate);
+    CHECK(target.data == buffer);
+    CHECK_FALSE(slot.borrowed);
+    CHECK(slot.grad.to_vector() == g0);
+  }
+}
+
+TEST_CASE("a residual stream's gradient is the same whether or not the lent buffer is copied",
+          "[autograd][grad]") {
+  // x = a * c feeds both the residual add and a norm whose linear branch runs its backward first,
+  // so the norm's backward adds into the buffer the add lent x without a copy. Retaining y's
+  // gradient keeps a second holder, which forces the copy: both must give the same gradients.
+  auto run = [](bool retain_output) {
+    FreshTape fresh;
+    Var<double> a = leaf(Shape{2, 3, 4}, 11), c = leaf(Shape{2, 3, 4}, 12);
+    Var<double> w = leaf(Shape{4}, 13), m = leaf(Shape{4, 4}, 14), d = leaf(Shape{2, 3, 4}, 15);
+    Var<double> x = a * c;
+    Var<double> y = x + ag::linear(ag::rms_norm(x, w, 1e-6), m);
+    if (retain_output) y.retain_grad();
+    ag::backward(ag::sum(y * d));
+    std::vector<double> out;
+    for (const auto* v : {&a, &c, &w, &m}) {
+      const auto g = v->grad().to_vector();
+      out.insert(out.end(), g.begin(), g.end());
+    }
+    return out;
+  };
+  const auto in_place = run(false), copied = run(true);
+  REQUIRE(in_place.size() == copied.size());
+  for (std::size_t i = 0; i < in_place.size(); ++i) CHECK(in_place[i] == copied[i]);
+}
+
 TEST_CASE("kernels that overwrite fresh gradient buffers never read them (NaN-poisoned)",
           "[autograd][grad]") {
   using G = std::function<Var<double>(const std::vector<Var<double>>&)>;

@@ -104,10 +104,13 @@ struct GradSlot {
     return true;
   }
 
-  // Makes a lent gradient this slot's own copy before it is written.
+  // Makes a lent gradient this slot's own before it is written: a copy while another slot (or
+  // anything else) still holds the buffer, the buffer itself once this slot is its only holder
+  // (the usual case for a residual stream: the add that lent it has run and dropped its own
+  // reference, so the norm's backward adds into it in place, with no copy).
   void own() {
     if (!borrowed) return;
-    grad = grad.clone();
+    if (grad.storage_use_count() != 1) grad = grad.clone();
     borrowed = false;
   }
 };
