@@ -2,12 +2,14 @@
 // against a naive formula that materializes the (T, T) matrices in double, strided (fused
 // projection) rows, and the causal mask as a property (no output depends on a future key).
 #include <fathom/kernels/attention.hpp>
+#include <fathom/kernels/rope.hpp>
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <fathom/core/rng.hpp>
@@ -358,4 +360,76 @@ TEST_CASE("causal attention: no output depends on a future key or value", "[kern
     CHECK_FALSE(past_same);  // without the mask every row sees the change
   }
   if (t0 + 1 < d.T) CHECK(future_changed);
+}
+
+TEST_CASE("attention backward with rope_theta equals the backward, then rope's backward on dq, dk",
+          "[kernels][attention][rope]") {
+  auto [B, Tn, H, hd, pos0] =
+      GENERATE(table<std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t>(
+          {{1, 1, 1, 2, 0}, {2, 7, 3, 4, 0}, {1, 33, 2, 16, 5}, {2, 17, 4, 8, 1000}}));
+  const bool causal = GENERATE(true, false);
+  const double theta = GENERATE(10000.0, 300.0);
+  const Dims d{B, Tn, H, hd};
+  INFO("B " << B << " T " << Tn << " H " << H << " hd " << hd << " pos0 " << pos0 << " theta "
+            << theta << " causal " << causal);
+  auto q = normal_values<double>(d.n(), 51), k = normal_values<double>(d.n(), 52),
+       v = normal_values<double>(d.n(), 53), d_o = normal_values<double>(d.n(), 54);
+  std::vector<double> o(d.n());
+  std::vector<double> lse(static_cast<std::size_t>(B * H * Tn));
+  auto fp = forward_params(d, q, k, v, o, lse, causal);
+  fathom::kernels::attention(Cpu{}, fp);
+  auto backward = [&](double* dq, double* dk, double* dv, double rope_theta) {
+    fathom::kernels::AttentionBackwardParams<double> bp;
+    bp.q = q.data();
+    bp.k = k.data();
+    bp.v = v.data();
+    bp.o = o.data();
+    bp.d_o = d_o.data();
+    bp.lse = lse.data();
+    bp.dq = dq;
+    bp.dk = dk;
+    bp.dv = dv;
+    bp.batch = B;
+    bp.seq = Tn;
+    bp.heads = H;
+    bp.head_dim = hd;
+    bp.q_stride = bp.k_stride = bp.v_stride = bp.o_stride = bp.do_stride = d.C();
+    bp.dq_stride = bp.dk_stride = bp.dv_stride = d.C();
+    bp.causal = causal;
+    bp.scale = fp.scale;
+    bp.rope_theta = rope_theta;
+    bp.rope_pos0 = pos0;
+    fathom::kernels::attention_backward(Cpu{}, bp);
+  };
+  // Fused: onto random starting gradients.
+  const auto dq0 = normal_values<double>(d.n(), 61), dk0 = normal_values<double>(d.n(), 62),
+             dv0 = normal_values<double>(d.n(), 63);
+  auto dq = dq0, dk = dk0, dv = dv0;
+  backward(dq.data(), dk.data(), dv.data(), theta);
+  // Composed: the plain backward into zeros, then rope's backward adding onto the same start.
+  std::vector<double> pq(d.n()), pk(d.n()), want_dv = dv0;
+  backward(pq.data(), pk.data(), want_dv.data(), 0.0);
+  auto want_dq = dq0, want_dk = dk0;
+  for (auto [from, to] : {std::pair{&pq, &want_dq}, std::pair{&pk, &want_dk}})
+    fathom::kernels::rope_backward(
+        Cpu{}, fathom::kernels::RopeBackwardParams<double>{from->data(), to->data(), B, Tn, d.C(),
+                                                           static_cast<int>(H), theta, pos0, true});
+  CHECK(first_mismatch("dq", dq, want_dq, 1e-12, 1e-12, btc(d)) == "");
+  CHECK(first_mismatch("dk", dk, want_dk, 1e-12, 1e-12, btc(d)) == "");
+  CHECK(first_mismatch("dv", dv, want_dv, 0.0, 0.0, btc(d)) == "");
+  // The turn does something: the fused dq is not the unturned one (dq0 + the plain backward).
+  if (Tn > 1 || pos0 > 0) {
+    std::vector<double> plain(d.n());
+    for (std::size_t i = 0; i < d.n(); ++i) plain[i] = dq0[i] + pq[i];
+    CHECK(first_mismatch("dq", dq, plain, 1e-6, 1e-6, btc(d)) != "");
+  }
+}
+
+TEST_CASE("attention backward names an odd head_dim for RoPE's inverse turn",
+          "[kernels][attention][rope]") {
+  fathom::kernels::AttentionBackwardParams<double> bp;
+  bp.batch = bp.seq = bp.heads = 1;
+  bp.head_dim = 3;
+  bp.rope_theta = 10000.0;
+  CHECK_THROWS_AS(fathom::kernels::attention_backward(Cpu{}, bp), fathom::Error);
 }

@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "fathom/core/device.hpp"
+#include "fathom/core/error.hpp"
 #include "fathom/core/scalar.hpp"
+#include "fathom/kernels/rope.hpp"
 
 namespace fathom::kernels {
 
@@ -56,7 +58,43 @@ struct AttentionBackwardParams {
   bool causal = true;
   double scale = 1.0;
   bool accumulate = true;  // false: overwrite dq, dk and dv (buffers just allocated for them)
+  // rope_theta > 0: q and k were turned by RoPE (kernels/rope.hpp, theta rope_theta, row t of a
+  // sequence at position rope_pos0 + t) before attention read them. dq and dk are then turned
+  // back by the inverse rotation before they are stored, so they are the gradients with respect
+  // to the unturned q and k: the backward of rope and attention in one pass. Needs an even
+  // head_dim, and a backend for which attention_backward_turns_rope(D, p) is true.
+  double rope_theta = 0.0;
+  std::int64_t rope_pos0 = 0;
 };
+
+// Whether attention_backward(Cpu, p) honors p.rope_theta: always (the CPU reference turns its
+// gathered gradients before adding them to the outputs).
+template <class T>
+bool attention_backward_turns_rope(Cpu, const AttentionBackwardParams<T>&) {
+  return true;
+}
+
+namespace detail {
+
+// RoPE's inverse turn of one (b, h)'s gathered gradient g (T, hd) in place: pair (i, i + hd/2) of
+// row t by -angle(pos0 + t, i), as rope_backward turns it.
+template <class A>
+void unturn_rope_rows(std::vector<A>& g, std::int64_t seq, std::int64_t hd, double theta,
+                      std::int64_t pos0) {
+  const std::int64_t half = hd / 2;
+  for (std::int64_t t = 0; t < seq; ++t) {
+    for (std::int64_t i = 0; i < half; ++i) {
+      const A angle = static_cast<A>(pos0 + t) * rope_inv_freq<A>(theta, i, hd);
+      const A cos = std::cos(angle), sin = -std::sin(angle);
+      A* row = g.data() + t * hd;
+      const A x1 = row[i], x2 = row[i + half];
+      row[i] = x1 * cos - x2 * sin;
+      row[i + half] = x2 * cos + x1 * sin;
+    }
+  }
+}
+
+}  // namespace detail
 
 // ---- CPU reference -------------------------------------------------------------------------
 
@@ -109,6 +147,8 @@ void attention_backward(Cpu, const AttentionBackwardParams<T>& p) {
   const std::int64_t Tn = p.seq, hd = p.head_dim;
   const A scale = static_cast<A>(p.scale);
   const auto n = static_cast<std::size_t>(Tn * hd);
+  FATHOM_CHECK(p.rope_theta <= 0 || hd % 2 == 0,
+               "attention_backward: RoPE's inverse turn needs an even head_dim, got " << hd);
   // One (b, h) at a time, gradients gathered in A and added to the outputs once.
   std::vector<A> dq(n), dk(n), dv(n);  // (T, hd) each
   auto at = [hd](std::vector<A>& buf, std::int64_t t) { return buf.data() + t * hd; };
@@ -158,6 +198,10 @@ void attention_backward(Cpu, const AttentionBackwardParams<T>& p) {
             r[d] = scalar_cast<T>(p.accumulate ? static_cast<A>(r[d]) + gt[d] : gt[d]);
         }
       };
+      if (p.rope_theta > 0) {
+        if (p.dq) detail::unturn_rope_rows(dq, Tn, hd, p.rope_theta, p.rope_pos0);
+        if (p.dk) detail::unturn_rope_rows(dk, Tn, hd, p.rope_theta, p.rope_pos0);
+      }
       add(p.dq, p.dq_stride, dq);
       add(p.dk, p.dk_stride, dk);
       add(p.dv, p.dv_stride, dv);

@@ -53,10 +53,11 @@ class Attention {
 
   // x (B, T, C) -> (B, T, C). q, k and v come from one GEMM into a (B, T, 3C) projection (the
   // fused weight, or Llama's three weights stacked), RoPE turns its q and k thirds in place, and
-  // the attention kernels read it in place.
+  // the attention kernels read it in place (rope_attention_qkv: the attention backward also
+  // undoes the turn on the gradient, so RoPE costs one pass a step instead of two).
   Var<T, D> forward(const Var<T, D>& x) const {
     Var<T, D> qkv = fused_ ? qkv_.forward(x) : stacked_projection(x);  // (B, T, 3C)
-    if (rope_) qkv = autograd::rope_qkv(std::move(qkv), heads_, theta_);
+    if (rope_) return out_.forward(autograd::rope_attention_qkv(std::move(qkv), heads_, theta_));
     return out_.forward(autograd::attention_qkv(qkv, heads_, /*causal=*/true));
   }
 

@@ -8,6 +8,9 @@
 #include <vector>
 
 #include <fathom/autograd/gradcheck.hpp>
+#include <fathom/autograd/ops/elementwise.hpp>
+#include <fathom/autograd/ops/reduce.hpp>
+#include <fathom/autograd/ops/rope.hpp>
 
 #include "autograd/support.hpp"
 #include "support/catch.hpp"
@@ -112,4 +115,102 @@ TEST_CASE("attention rejects inconsistent shapes with both shapes in the message
   check_error(error_of([&] { attention(q, q, q, 0); }), {"n_heads > 0", "got 0"});
   auto flat = leaf(Shape{5, 8}, 3);
   check_error(error_of([&] { attention(flat, flat, flat, 2); }), {"(B, T, C)", "(5, 8)"});
+}
+
+namespace {
+
+// rope_attention_qkv(x) and attention_qkv(rope_qkv(x)) with x = leaf * 1.0 (a buffer nothing
+// else holds, turned in place) or the leaf itself (turned on a copy), seen through
+// sum(out * w) + sum(x * u): the u term puts a gradient into x before the attention backward
+// adds its own, so the accumulate route runs. Returns the output, then the leaf's gradient.
+std::vector<double> rope_attention_run(bool fused, const Tensor<double>& x0,
+                                       const Tensor<double>& w, const Tensor<double>& u, int heads,
+                                       double theta, std::int64_t pos0, bool causal, bool in_place,
+                                       bool accumulate) {
+  namespace ag = fathom::autograd;
+  ag::clear_tape();
+  Var<double> x(x0.clone(), true);
+  Var<double> in = in_place ? x * 1.0 : x;
+  Var<double> extra = accumulate ? ag::sum(in * Var<double>(u)) : Var<double>();
+  Var<double> out =
+      fused ? ag::rope_attention_qkv(std::move(in), heads, theta, pos0, causal)
+            : ag::attention_qkv(ag::rope_qkv(std::move(in), heads, theta, pos0), heads, causal);
+  Var<double> loss = ag::sum(out * Var<double>(w));
+  ag::backward(accumulate ? loss + extra : loss);
+  auto result = out.value().to_vector();
+  const auto g = x.grad().to_vector();
+  result.insert(result.end(), g.begin(), g.end());
+  return result;
+}
+
+}  // namespace
+
+TEST_CASE("rope_attention_qkv equals attention_qkv after rope_qkv, values and gradients",
+          "[autograd][attention][rope]") {
+  auto [B, T, H, hd, pos0] =
+      GENERATE(table<std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t>(
+          {{1, 1, 1, 2, 0}, {2, 5, 2, 4, 0}, {1, 7, 3, 6, 9}, {2, 9, 1, 8, 1000}}));
+  const bool causal = GENERATE(true, false);
+  const bool in_place = GENERATE(true, false);
+  const bool accumulate = GENERATE(false, true);
+  const double theta = 500.0;
+  INFO("B " << B << " T " << T << " H " << H << " hd " << hd << " pos0 " << pos0 << " causal "
+            << causal << " in_place " << in_place << " accumulate " << accumulate);
+  const std::int64_t C = H * hd;
+  const auto x0 = Tensor<double>::randn(Shape{B, T, 3 * C}, 21);
+  const auto w = Tensor<double>::randn(Shape{B, T, C}, 22);
+  const auto u = Tensor<double>::randn(Shape{B, T, 3 * C}, 23);
+  const auto heads = static_cast<int>(H);
+  const auto want =
+      rope_attention_run(false, x0, w, u, heads, theta, pos0, causal, in_place, accumulate);
+  const auto got =
+      rope_attention_run(true, x0, w, u, heads, theta, pos0, causal, in_place, accumulate);
+  REQUIRE(got.size() == want.size());
+  for (std::size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).margin(1e-12));
+}
+
+TEST_CASE("rope_attention_qkv gradients match finite differences", "[autograd][attention][rope]") {
+  auto [B, T, H, hd, pos0] =
+      GENERATE(table<std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t>(
+          {{1, 1, 1, 2, 0}, {2, 4, 2, 4, 3}, {1, 6, 1, 6, 50}}));
+  INFO("B " << B << " T " << T << " H " << H << " hd " << hd << " pos0 " << pos0);
+  auto result = gradcheck(
+      [&](const std::vector<Var<double>>& in) {
+        return fathom::autograd::rope_attention_qkv(in[0] * 1.0, static_cast<int>(H), 10000.0,
+                                                    pos0);
+      },
+      {leaf(Shape{B, T, 3 * H * hd}, 31)});
+  INFO(result.first_failure);
+  CHECK(result.ok);
+  CHECK(result.checked == B * T * 3 * H * hd);
+}
+
+TEST_CASE("rope_attention_qkv leaves a qkv that is still held as it was",
+          "[autograd][attention][rope]") {
+  const auto x = leaf(Shape{2, 3, 12}, 41);
+  const auto before = x.value().to_vector();
+  fathom::autograd::rope_attention_qkv(x, 2);
+  CHECK(x.value().to_vector() == before);
+}
+
+TEST_CASE("rope_attention_qkv names a bad shape or theta", "[autograd][attention][rope]") {
+  using fathom::autograd::rope_attention_qkv;
+  auto check_error = [](const std::string& msg, std::vector<std::string> parts) {
+    INFO(msg);
+    for (const auto& part : parts) CHECK(msg.find(part) != std::string::npos);
+  };
+  check_error(error_of([] {
+                rope_attention_qkv(leaf(Shape{2, 3, 8}, 1), 2);
+              }),
+              {"rope_attention_qkv", "(B, T, 3C)", "(2, 3, 8)"});
+  check_error(error_of([] {
+                rope_attention_qkv(leaf(Shape{2, 3, 18}, 1), 2);
+              }),
+              {"rope_attention_qkv", "2 heads", "even head size"});
+  check_error(error_of([] {
+                rope_attention_qkv(leaf(Shape{2, 3, 12}, 1), 2, 0.0);
+              }),
+              {"rope_attention_qkv", "theta > 0", "got 0"});
+  check_error(error_of([] { rope_attention_qkv(Var<double>(), 2); }),
+              {"rope_attention_qkv", "undefined"});
 }

@@ -4,6 +4,8 @@
 // of the 64- or 128-row tiles, head_dim 32/96/128, T = 1, a negative scale); strided rows of a
 // fused projection; only some gradients wanted; the autograd op.
 #include <fathom/autograd/ops/attention.hpp>
+#include <fathom/autograd/ops/elementwise.hpp>
+#include <fathom/autograd/ops/reduce.hpp>
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/attention.cuh>
 #include <fathom/kernels/cuda/primitives.cuh>
@@ -14,6 +16,7 @@
 #include <sstream>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/support.cuh"
@@ -35,6 +38,9 @@ struct AttentionCase {
   std::int64_t B, T, H, hd;
   bool causal;
   double scale = 0.0;  // 0: 1 / sqrt(hd)
+  // > 0: the backward also turns dq and dk back by RoPE's inverse (theta, positions pos0 + t).
+  double rope_theta = 0.0;
+  std::int64_t rope_pos0 = 0;
   std::int64_t C() const { return H * hd; }
   double softmax_scale() const {
     return scale != 0.0 ? scale : 1.0 / std::sqrt(static_cast<double>(hd));
@@ -47,6 +53,7 @@ std::ostream& operator<<(std::ostream& os, const AttentionCase& c) {
   os << "B " << c.B << " T " << c.T << " H " << c.H << " hd " << c.hd
      << (c.causal ? " causal" : " full");
   if (c.scale != 0.0) os << " scale " << c.scale;
+  if (c.rope_theta > 0) os << " rope theta " << c.rope_theta << " pos0 " << c.rope_pos0;
   return os;
 }
 
@@ -128,9 +135,10 @@ Outputs reference(const AttentionCase& c, const Inputs& in) {
   const auto p = forward_params<double>(c, in.q.data(), in.k.data(), in.v.data(), c.C(), r.o.data(),
                                         c.C(), r.lse.data());
   fathom::kernels::attention(Cpu{}, p);
-  fathom::kernels::attention_backward(
-      Cpu{},
-      backward_params<double>(p, in.d_o.data(), r.dq.data(), r.dk.data(), r.dv.data(), true));
+  auto bp = backward_params<double>(p, in.d_o.data(), r.dq.data(), r.dk.data(), r.dv.data(), true);
+  bp.rope_theta = c.rope_theta;
+  bp.rope_pos0 = c.rope_pos0;
+  fathom::kernels::attention_backward(Cpu{}, bp);
   return r;
 }
 
@@ -187,9 +195,11 @@ Outputs run_cuda(const AttentionCase& c, const Inputs& in, std::int64_t in_strid
   auto dq = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dq0 : nan));
   auto dk = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dk0 : nan));
   auto dv = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(accumulate ? in.dv0 : nan));
-  const auto bp = backward_params<T>(p, d_o.data(), wanted.dq ? dq.data() : nullptr,
-                                     wanted.dk ? dk.data() : nullptr,
-                                     wanted.dv ? dv.data() : nullptr, accumulate);
+  auto bp = backward_params<T>(p, d_o.data(), wanted.dq ? dq.data() : nullptr,
+                               wanted.dk ? dk.data() : nullptr, wanted.dv ? dv.data() : nullptr,
+                               accumulate);
+  bp.rope_theta = c.rope_theta;
+  bp.rope_pos0 = c.rope_pos0;
   if constexpr (std::is_same_v<T, bf16>) {
     if (wanted.backward) {
       wanted.backward(bp);
@@ -459,4 +469,83 @@ TEST_CASE("CUDA attention op: forward and gradients through autograd", "[cuda][a
   got.dk = to_double(k.grad().to_vector());
   got.dv = to_double(v.grad().to_vector());
   check_against<bf16>(c, got, want);
+}
+
+// RoPE's inverse turn fused into the tensor-core backward's dQ and dK stores (rope_theta > 0),
+// against the CPU reference, which turns its gathered gradients: model shapes and awkward ones
+// (T not a multiple of the tiles, head_dim 32, a start position, Llama 3's theta), adding onto
+// random gradients and overwriting NaN-poisoned fresh ones; dV is not turned.
+TEST_CASE("CUDA attention backward turns dq and dk back by RoPE's inverse as the CPU does",
+          "[cuda][attention][rope]") {
+  const AttentionCase c = GENERATE(AttentionCase{2, 256, 12, 64, true, 0.0, 10000.0, 0},
+                                   AttentionCase{1, 1024, 4, 64, true, 0.0, 500000.0, 0},
+                                   AttentionCase{3, 100, 4, 32, true, 0.0, 10000.0, 7},
+                                   AttentionCase{2, 129, 3, 64, false, 0.0, 10000.0, 3},
+                                   AttentionCase{1, 77, 2, 64, true, 0.0, 300.0, 1000},
+                                   AttentionCase{1, 1, 1, 64, true, 0.0, 10000.0, 5});
+  const bool accumulate = GENERATE(true, false);
+  INFO(c << (accumulate ? " accumulate" : " overwrite"));
+  Inputs in = make_inputs(c, 500);
+  Inputs start = in;
+  if (!accumulate) {  // the reference adds onto zeros; the kernels get NaN
+    std::fill(start.dq0.begin(), start.dq0.end(), 0.0);
+    std::fill(start.dk0.begin(), start.dk0.end(), 0.0);
+    std::fill(start.dv0.begin(), start.dv0.end(), 0.0);
+  }
+  const Outputs want = reference(c, start);
+  check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, accumulate), want);
+  // Only dq and dk are turned: dv is the plain backward's.
+  AttentionCase plain = c;
+  plain.rope_theta = 0.0;
+  CHECK(run_cuda<bf16>(plain, in, 0, 0, accumulate).dv ==
+        run_cuda<bf16>(c, in, 0, 0, accumulate).dv);
+}
+
+TEST_CASE("CUDA attention backward refuses RoPE's inverse turn where it cannot fuse it",
+          "[cuda][attention][rope]") {
+  for (const AttentionCase& c : {AttentionCase{1, 10, 2, 96, true, 0.0, 10000.0, 0},
+                                 AttentionCase{1, 10, 2, 64, true, 0.0, 10000.0, 0}}) {
+    INFO(c);
+    const Inputs in = make_inputs(c, 510);
+    REQUIRE_NOTHROW(run_cuda<bf16>(AttentionCase{c.B, c.T, c.H, c.hd, c.causal}, in));
+    if (c.hd == 96) CHECK_THROWS_AS(run_cuda<bf16>(c, in), fathom::Error);  // tiled kernels
+    CHECK_THROWS_AS(run_cuda<float>(c, in), fathom::Error);                 // float: tiled
+  }
+}
+
+// The autograd op on CUDA against the CPU op on the same values: bf16 (the fused turn) and float
+// (the tiled kernels, then the rope pass over the gradient), with qkv's gradient fresh or already
+// holding a gradient (the accumulate route).
+TEMPLATE_TEST_CASE("CUDA rope_attention_qkv op matches the CPU op, values and gradients",
+                   "[cuda][attention][rope]", bf16, float) {
+  using T = TestType;
+  namespace ag = fathom::autograd;
+  const std::int64_t B = 2, Tn = 70, H = 3, hd = 64, C = H * hd;
+  const bool accumulate = GENERATE(false, true);
+  INFO(Precision<T>::name << (accumulate ? " accumulate" : " fresh"));
+  const Shape shape{B, Tn, 3 * C};
+  const auto n = static_cast<std::size_t>(B * Tn * 3 * C);
+  const auto x0 = bf16_values(n, 600), w0 = bf16_values(n / 3, 601), u0 = bf16_values(n, 602);
+  auto run = [&](auto device) {
+    using D = decltype(device);
+    using V = std::conditional_t<std::is_same_v<D, Cpu>, double, T>;
+    ag::clear_tape();
+    auto tensor = [&](const std::vector<double>& v, Shape s) {
+      return Tensor<V, D>::from_vector(s, cast_to<V>(v));
+    };
+    fathom::Var<V, D> x(tensor(x0, shape), true);
+    fathom::Var<V, D> in = x * 1.0;
+    fathom::Var<V, D> extra =
+        accumulate ? ag::sum(in * fathom::Var<V, D>(tensor(u0, shape))) : fathom::Var<V, D>();
+    auto out = ag::rope_attention_qkv(std::move(in), static_cast<int>(H), 10000.0, 2);
+    auto loss = ag::sum(out * fathom::Var<V, D>(tensor(w0, Shape{B, Tn, C})));
+    ag::backward(accumulate ? loss + extra : loss);
+    return std::pair{to_double(out.value().to_vector()), to_double(x.grad().to_vector())};
+  };
+  const auto [want_o, want_g] = run(Cpu{});
+  const auto [got_o, got_g] = run(Cuda{});
+  using Tol = Tolerance<T>;
+  const AttentionCase c{B, Tn, H, hd, true};
+  CHECK(compare("o", c, false, got_o, want_o, Tol::rtol, Tol::atol) == "");
+  CHECK(compare("dqkv", c, false, got_g, want_g, Tol::grad_rtol, Tol::grad_atol) == "");
 }

@@ -1,5 +1,7 @@
 // attention(q, k, v, n_heads, causal): multi-head scaled dot-product attention as one
-// differentiable op; backward recomputes the probabilities from the saved log-sum-exp.
+// differentiable op; backward recomputes the probabilities from the saved log-sum-exp. Also
+// attention_qkv on a fused (B, T, 3C) projection, and rope_attention_qkv, which turns its q and k
+// by RoPE first and undoes the turn inside the attention backward.
 #pragma once
 
 #include <cmath>
@@ -8,10 +10,14 @@
 
 #include "fathom/autograd/var.hpp"
 #include "fathom/kernels/attention.hpp"
+#include "fathom/kernels/elementwise.hpp"
+#include "fathom/kernels/rope.hpp"
 #if defined(__CUDACC__)
-// Declared before the op below so that kernels::attention(Cuda{}, ...) resolves (a qualified call
+// Declared before the ops below so that kernels::attention(Cuda{}, ...) resolves (a qualified call
 // sees only the overloads declared before the template that makes it).
 #include "fathom/kernels/cuda/attention.cuh"
+#include "fathom/kernels/cuda/elementwise.cuh"
+#include "fathom/kernels/cuda/rope.cuh"
 #endif
 
 namespace fathom::autograd {
@@ -171,6 +177,71 @@ Var<T, D> attention_qkv(const Var<T, D>& qkv, int n_heads, bool causal = true) {
                                       {dst.data + 2 * C, dst.accumulate}, 3 * C, dst.accumulate);
                                   kernels::attention_backward(D{}, bp);
                                 });
+}
+
+// rope_qkv then attention_qkv as one op: qkv (B, T, 3C) -> (B, T, C), q and k turned by RoPE
+// (theta, positions pos0 + t; kernels/rope.hpp) before attention reads them. The same values and
+// gradients as attention_qkv(rope_qkv(qkv, ...)), with one pass fewer in the backward: the
+// attention backward turns dq and dk back by RoPE's inverse in registers before storing them
+// (where the kernels support it: the CPU reference, and the bf16 tensor-core kernels on CUDA),
+// instead of a rope pass over the gradient afterwards. The forward turns q and k in qkv's own
+// buffer when nothing else holds it (pass a temporary, or std::move the Var), as rope_qkv does;
+// otherwise it turns a copy and leaves qkv unchanged.
+template <class T, DeviceTag D>
+Var<T, D> rope_attention_qkv(Var<T, D> qkv, int n_heads, double theta = 10000.0,
+                             std::int64_t pos0 = 0, bool causal = true) {
+  FATHOM_CHECK(qkv.defined(), "rope_attention_qkv: qkv is undefined (used again after std::move?)");
+  FATHOM_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0,
+               "rope_attention_qkv: expected qkv of shape (B, T, 3C), got " << qkv.shape());
+  FATHOM_CHECK(n_heads > 0, "rope_attention_qkv: expected n_heads > 0, got " << n_heads);
+  const std::int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3;
+  FATHOM_CHECK(C % n_heads == 0 && (C / n_heads) % 2 == 0,
+               "rope_attention_qkv: qkv " << qkv.shape() << " with " << n_heads
+                                          << " heads: expected C a multiple of n_heads and an "
+                                             "even head size");
+  FATHOM_CHECK(theta > 0, "rope_attention_qkv: expected theta > 0, got " << theta);
+  const auto turn = [=](T* data, bool inverse) {
+    kernels::rope_qkv(D{},
+                      kernels::RopeQkvParams<T>{data, B, Tn, C, n_heads, theta, pos0, inverse});
+  };
+  const Tensor<T, D>& in = qkv.value();
+  Tensor<T, D> x = in.storage_use_count() == 1 && in.is_contiguous() ? in : in.clone();
+  if (x.numel() > 0) turn(x.data(), false);
+  Tensor<T, D> o(Shape{B, Tn, C});
+  Tensor<accum_t<T>, D> lse(Shape{B, n_heads, Tn});
+  auto fp = detail::attention_params(o, lse, causal);
+  fp.q = x.data(), fp.k = x.data() + C, fp.v = x.data() + 2 * C;
+  fp.q_stride = fp.k_stride = fp.v_stride = 3 * C;
+  if (o.numel() > 0) kernels::attention(D{}, fp);
+
+  return Var<T, D>::make_result(
+      o, qkv.requires_grad(),
+      [g = grad_target(qkv), x, o, lse, fp, theta, pos0, turn](const Tensor<T, D>& gy) {
+        if (o.numel() == 0) return;
+        Tensor<T, D> d_o = gy.contiguous();
+        const auto dst = g->write_target();
+        const std::int64_t C = fp.o_stride;
+        auto backward_into = [&](GradWrite<T> to) {
+          return detail::attention_backward_params(fp, d_o.data(), to, {to.data + C, to.accumulate},
+                                                   {to.data + 2 * C, to.accumulate}, 3 * C,
+                                                   to.accumulate);
+        };
+        auto bp = backward_into(dst);
+        bp.rope_theta = theta;
+        bp.rope_pos0 = pos0;
+        if (kernels::attention_backward_turns_rope(D{}, bp)) {
+          kernels::attention_backward(D{}, bp);
+          return;
+        }
+        // The kernels cannot turn the gradient themselves: the attention backward into a buffer
+        // of its own (qkv's gradient when it is fresh), then the rope pass over it.
+        Tensor<T, D> own = dst.accumulate ? Tensor<T, D>(x.shape()) : Tensor<T, D>();
+        T* into = dst.accumulate ? own.data() : dst.data;
+        kernels::attention_backward(D{}, backward_into({into, false}));
+        turn(into, true);
+        if (dst.accumulate)
+          kernels::axpy(D{}, kernels::AxpyParams<T>{into, dst.data, own.numel(), 1.0});
+      });
 }
 
 }  // namespace fathom::autograd

@@ -71,11 +71,28 @@ void attention(Cuda, const AttentionParams<T>& p) {
   a::launch_forward_tiled<T>(p);
 }
 
+// Whether attention_backward(Cuda, p) honors p.rope_theta: only the mma family turns dq and dk
+// back by RoPE's inverse in its stores (bf16, head_dim 32 or 64, aligned rows). Elsewhere the
+// caller runs the rope backward itself (autograd::rope_attention_qkv does).
+template <class T>
+bool attention_backward_turns_rope(Cuda, const AttentionBackwardParams<T>& p) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return detail::attn::use_mma(p);
+  } else {
+    (void)p;
+    return false;
+  }
+}
+
 template <class T>
 void attention_backward(Cuda, const AttentionBackwardParams<T>& p) {
   namespace a = detail::attn;
   using A = accum_t<T>;
   a::check_head_dim(p.head_dim);
+  FATHOM_CHECK(p.rope_theta <= 0 || attention_backward_turns_rope(Cuda{}, p),
+               "attention_backward (CUDA): RoPE's inverse turn is fused only into the bf16 "
+               "tensor-core kernels (head_dim 32 or 64, 16-byte aligned rows); got head_dim "
+                   << p.head_dim << " (check attention_backward_turns_rope first)");
   if (p.batch == 0 || p.seq == 0 || p.heads == 0 || (!p.dq && !p.dk && !p.dv)) return;
   bool mma = false;
   if constexpr (std::is_same_v<T, bf16>) mma = a::use_mma(p);

@@ -82,6 +82,44 @@ __device__ inline void store_bf16_pair(bf16* dst, float lo, float hi, bool accum
   *x = __floats2bfloat162_rn(lo, hi);
 }
 
+// RoPE's inverse turn (p.rope_theta > 0; kernels/rope.hpp) of one thread's gradient accumulators,
+// in registers, before they are stored: the pair (i, i + HD / 2) of a row lies in n-tiles n and
+// n + HD / 16 of the same thread at the same element, so no data moves between threads. The
+// thread's rows are row0 + 16 m + 8 r (row0 = the warp's first row + g), at positions rope_pos0 +
+// row; columns n * 8 + 2c + e. Angles as the rope kernels compute them: A(pos) * inv_freq in fp32.
+template <int HD, int M>
+__device__ inline void unturn_rope(float (&acc)[M][HD / 8][4],
+                                   const AttentionBackwardParams<bf16>& p, std::int64_t row0,
+                                   int c) {
+  constexpr int kHalfTiles = HD / 16;
+  float inv_freq[kHalfTiles][2];
+#pragma unroll
+  for (int n = 0; n < kHalfTiles; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+      inv_freq[n][e] = rope_inv_freq<float>(p.rope_theta, n * 8 + 2 * c + e, HD);
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float pos = static_cast<float>(p.rope_pos0 + row0 + 16 * m + 8 * r);
+#pragma unroll
+      for (int n = 0; n < kHalfTiles; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float sin, cos;
+          sincosf(pos * inv_freq[n][e], &sin, &cos);
+          float& lo = acc[m][n][2 * r + e];
+          float& hi = acc[m][n + kHalfTiles][2 * r + e];
+          const float x1 = lo, x2 = hi;
+          lo = x1 * cos + x2 * sin;
+          hi = x2 * cos - x1 * sin;
+        }
+      }
+    }
+  }
+}
+
 // Copies (Rows, HD) tiles into shared tiles of pitch HD + 8 with a block of Threads threads.
 // Thread t always moves the 16-byte column t % (HD / 8) of rows t / (HD / 8) + i * kRowStep, so
 // the per-tile address work is one 64-bit multiply and a few adds (index arithmetic otherwise
@@ -462,6 +500,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     __syncthreads();
   }
 
+  if (p.dk && p.rope_theta > 0) unturn_rope<HD, M>(dk, p, warp_k0 + g, c);
   const float scale = static_cast<float>(p.scale);
 #pragma unroll
   for (int m = 0; m < M; ++m) {
@@ -623,6 +662,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     __syncthreads();
   }
 
+  if (p.rope_theta > 0) unturn_rope<HD, M>(dq, p, warp_q0 + g, c);
   const float scale = static_cast<float>(p.scale);
 #pragma unroll
   for (int m = 0; m < M; ++m) {
