@@ -172,3 +172,79 @@ TEMPLATE_TEST_CASE("swiglu is silu(gate) * up, forward and backward", "[kernels]
     CHECK(first_mismatch(g, want_g, derivative_tolerance) == "");
   }
 }
+
+TEMPLATE_TEST_CASE("swiglu on the halves of stacked rows equals swiglu on separate copies",
+                   "[kernels][activation]", double, float, bf16) {
+  // gu (rows, 2F): gate in [0, F), up in [F, 2F) of each row (cols = F, in_stride = 2F), the
+  // gradient into the halves of one (rows, 2F) buffer (grad_stride = 2F). The same elements as
+  // separate contiguous (rows, F) arrays through the contiguous route: the results must be equal
+  // bit for bit, and the elements between the rows of a strided view untouched.
+  using T = TestType;
+  const auto [rows, F] = GENERATE(
+      table<std::int64_t, std::int64_t>({{1, 1}, {3, 5}, {4, 7}, {2, 8}, {5, 16}, {1, 13}}));
+  const std::int64_t n = rows * F;
+  INFO(Precision<T>::name << " rows " << rows << " F " << F);
+  const auto gu = normal_values<T>(2 * n, 50, 2.0), dy = normal_values<T>(n, 51),
+             dgu0 = normal_values<T>(2 * n, 52);
+  std::vector<T> gate(n), up(n), dg0(n), du0(n);
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < F; ++c) {
+      gate[r * F + c] = gu[r * 2 * F + c];
+      up[r * F + c] = gu[r * 2 * F + F + c];
+      dg0[r * F + c] = dgu0[r * 2 * F + c];
+      du0[r * F + c] = dgu0[r * 2 * F + F + c];
+    }
+  std::vector<T> want(n), y(n);
+  kernels::swiglu(Cpu{}, kernels::SwigluParams<T>{gate.data(), up.data(), want.data(), n});
+  kernels::swiglu(Cpu{}, kernels::SwigluParams<T>{gu.data(), gu.data() + F, y.data(), n, F, 2 * F});
+  CHECK(to_double(y) == to_double(want));
+  std::vector<double> formula(n);  // and the formula, within the precision's tolerance
+  for (std::int64_t i = 0; i < n; ++i) formula[i] = silu_ref(to_double(gate[i])) * to_double(up[i]);
+  CHECK(first_mismatch(y, formula) == "");
+
+  const bool accumulate = GENERATE(true, false);
+  INFO("accumulate " << accumulate);
+  auto dg = dg0, du = du0;
+  kernels::swiglu_backward(
+      Cpu{}, kernels::SwigluBackwardParams<T>{gate.data(), up.data(), dy.data(), dg.data(),
+                                              du.data(), n, accumulate, accumulate});
+  // A fresh buffer holds NaN where it is overwritten: never read.
+  auto dgu = accumulate ? dgu0 : std::vector<T>(2 * n, scalar_cast<T>(std::nan("")));
+  kernels::swiglu_backward(Cpu{}, kernels::SwigluBackwardParams<T>{
+                                      gu.data(), gu.data() + F, dy.data(), dgu.data(),
+                                      dgu.data() + F, n, accumulate, accumulate, F, 2 * F, 2 * F});
+  std::vector<T> got_dg(n), got_du(n);
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < F; ++c) {
+      got_dg[r * F + c] = dgu[r * 2 * F + c];
+      got_du[r * F + c] = dgu[r * 2 * F + F + c];
+    }
+  CHECK(to_double(got_dg) == to_double(dg));
+  CHECK(to_double(got_du) == to_double(du));
+}
+
+TEST_CASE("swiglu rows: gate and up of a wider row, the gaps untouched", "[kernels][activation]") {
+  // Rows 7 apart holding 3 gate and 3 up elements at offsets 0 and 3, one element of slack:
+  // in_stride and cols are independent; the gradient rows are 4 apart.
+  const std::int64_t rows = 3, F = 3, stride = 7, gstride = 4;
+  std::vector<double> buf(rows * stride), dy(rows * F);
+  for (std::size_t i = 0; i < buf.size(); ++i) buf[i] = 0.3 * static_cast<double>(i) - 2.0;
+  for (std::size_t i = 0; i < dy.size(); ++i) dy[i] = 1.0 + 0.1 * static_cast<double>(i);
+  std::vector<double> y(rows * F);
+  kernels::swiglu(Cpu{}, kernels::SwigluParams<double>{buf.data(), buf.data() + F, y.data(),
+                                                       rows * F, F, stride});
+  std::vector<double> dg(rows * gstride, -7.0), du(rows * gstride, -7.0);
+  kernels::swiglu_backward(Cpu{}, kernels::SwigluBackwardParams<double>{
+                                      buf.data(), buf.data() + F, dy.data(), dg.data(), du.data(),
+                                      rows * F, false, true, F, stride, gstride});
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t c = 0; c < F; ++c) {
+      const double g = buf[r * stride + c], u = buf[r * stride + F + c], d = dy[r * F + c];
+      CHECK_THAT(y[r * F + c], WithinRel(silu_ref(g) * u, 1e-14));
+      CHECK_THAT(dg[r * gstride + c], WithinAbs(d * u * derivative(silu_ref, g), 1e-8));
+      CHECK_THAT(du[r * gstride + c], WithinAbs(-7.0 + d * silu_ref(g), 1e-12));
+    }
+    CHECK(dg[r * gstride + F] == -7.0);  // the gap between gradient rows
+    CHECK(du[r * gstride + F] == -7.0);
+  }
+}

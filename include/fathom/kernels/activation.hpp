@@ -1,5 +1,6 @@
-// Activation kernels, CPU reference: GELU (tanh form), SiLU and the fused SwiGLU, forward and
-// backward. The scalar formulas are host/device functions shared with cuda/activation.cuh.
+// Activation kernels, CPU reference: GELU (tanh form), SiLU and the fused SwiGLU (gate and up
+// separate, or the two halves of one tensor's rows), forward and backward. The scalar formulas
+// are host/device functions shared with cuda/activation.cuh.
 #pragma once
 
 #include <cmath>
@@ -122,45 +123,86 @@ void silu_backward(Cpu, const ActivationBackwardParams<T>& p) {
 }
 
 // y = silu(gate) * up, fused: one pass, no silu(gate) stored.
+//
+// Layout. y and dy are contiguous (n elements). gate and up, and the gradients dgate and dup, are
+// read as rows of `cols` elements whose starts lie `in_stride` (gate, up) or `grad_stride` (dgate,
+// dup) elements apart, so that gate and up can be the two halves of each row of one (rows, 2F)
+// tensor: gate = gu, up = gu + F, cols = F, in_stride = 2F (autograd::swiglu_stacked, behind the
+// one GEMM of the stacked gate and up weights). cols == 0 (the default) is one contiguous row of n
+// elements; a stride of 0 means cols (contiguous rows). n is a multiple of cols.
 template <class T>
 struct SwigluParams {
-  const T* gate;  // (n)
-  const T* up;    // (n)
+  const T* gate;  // (n / cols, cols), rows in_stride apart
+  const T* up;    // (n / cols, cols), rows in_stride apart
   T* y;           // (n)
   std::int64_t n;
+  std::int64_t cols = 0, in_stride = 0;
 };
+
+namespace detail {
+
+// The rows x cols grid of a SwiGLU call and the strides of its row-major views (0 resolved).
+struct SwigluRows {
+  std::int64_t rows, cols, in_stride, grad_stride;
+  // True when every view is contiguous: element i sits at offset i everywhere.
+  bool contiguous() const { return rows <= 1 || (in_stride == cols && grad_stride == cols); }
+};
+
+inline SwigluRows swiglu_rows(std::int64_t n, std::int64_t cols, std::int64_t in_stride,
+                              std::int64_t grad_stride) {
+  if (cols <= 0 || n <= 0) return {n > 0 ? 1 : 0, n, n, n};
+  return {n / cols, cols, in_stride > 0 ? in_stride : cols, grad_stride > 0 ? grad_stride : cols};
+}
+
+}  // namespace detail
 
 template <class T>
 void swiglu(Cpu, const SwigluParams<T>& p) {
   using A = accum_t<T>;
-  for (std::int64_t i = 0; i < p.n; ++i)
-    p.y[i] = scalar_cast<T>(detail::silu(scalar_cast<A>(p.gate[i])) * scalar_cast<A>(p.up[i]));
+  const auto l = detail::swiglu_rows(p.n, p.cols, p.in_stride, 0);
+  for (std::int64_t r = 0; r < l.rows; ++r) {
+    const T* gate = p.gate + r * l.in_stride;
+    const T* up = p.up + r * l.in_stride;
+    T* y = p.y + r * l.cols;
+    for (std::int64_t c = 0; c < l.cols; ++c)
+      y[c] = scalar_cast<T>(detail::silu(scalar_cast<A>(gate[c])) * scalar_cast<A>(up[c]));
+  }
 }
 
 // dgate += dy * up * silu'(gate), dup += dy * silu(gate); either output may be null. Without
 // accumulate_dgate / accumulate_dup that output is overwritten instead (a buffer just allocated).
+// Layout as for SwigluParams: dy contiguous, dgate and dup rows grad_stride apart.
 template <class T>
 struct SwigluBackwardParams {
-  const T* gate;  // (n)
-  const T* up;    // (n)
+  const T* gate;  // (n / cols, cols), rows in_stride apart
+  const T* up;    // (n / cols, cols), rows in_stride apart
   const T* dy;    // (n)
-  T* dgate;       // (n) or nullptr
-  T* dup;         // (n) or nullptr
+  T* dgate;       // (n / cols, cols), rows grad_stride apart, or nullptr
+  T* dup;         // (n / cols, cols), rows grad_stride apart, or nullptr
   std::int64_t n;
   bool accumulate_dgate = true, accumulate_dup = true;
+  std::int64_t cols = 0, in_stride = 0, grad_stride = 0;
 };
 
 template <class T>
 void swiglu_backward(Cpu, const SwigluBackwardParams<T>& p) {
   using A = accum_t<T>;
-  for (std::int64_t i = 0; i < p.n; ++i) {
-    const A g = scalar_cast<A>(p.gate[i]), u = scalar_cast<A>(p.up[i]), d = scalar_cast<A>(p.dy[i]);
-    if (p.dgate)
-      p.dgate[i] = scalar_cast<T>((p.accumulate_dgate ? scalar_cast<A>(p.dgate[i]) : A(0)) +
+  const auto l = detail::swiglu_rows(p.n, p.cols, p.in_stride, p.grad_stride);
+  for (std::int64_t r = 0; r < l.rows; ++r) {
+    const T* gate = p.gate + r * l.in_stride;
+    const T* up = p.up + r * l.in_stride;
+    const T* dy = p.dy + r * l.cols;
+    T* dgate = p.dgate ? p.dgate + r * l.grad_stride : nullptr;
+    T* dup = p.dup ? p.dup + r * l.grad_stride : nullptr;
+    for (std::int64_t c = 0; c < l.cols; ++c) {
+      const A g = scalar_cast<A>(gate[c]), u = scalar_cast<A>(up[c]), d = scalar_cast<A>(dy[c]);
+      if (dgate)
+        dgate[c] = scalar_cast<T>((p.accumulate_dgate ? scalar_cast<A>(dgate[c]) : A(0)) +
                                   d * u * detail::silu_grad(g));
-    if (p.dup)
-      p.dup[i] = scalar_cast<T>((p.accumulate_dup ? scalar_cast<A>(p.dup[i]) : A(0)) +
+      if (dup)
+        dup[c] = scalar_cast<T>((p.accumulate_dup ? scalar_cast<A>(dup[c]) : A(0)) +
                                 d * detail::silu(g));
+    }
   }
 }
 

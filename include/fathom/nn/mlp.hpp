@@ -1,4 +1,5 @@
-// MLP: SwiGLU down(silu(gate(x)) * up(x)) (Llama) or GELU c_proj(gelu(c_fc(x))) (GPT-2, tanh form).
+// MLP: SwiGLU down(silu(gate(x)) * up(x)) (Llama; gate and up as one GEMM against their weights
+// stacked at each forward) or GELU c_proj(gelu(c_fc(x))) (GPT-2, tanh form).
 #pragma once
 
 #include <initializer_list>
@@ -6,6 +7,7 @@
 #include <vector>
 
 #include "fathom/autograd/ops/activation.hpp"
+#include "fathom/autograd/ops/elementwise.hpp"
 #include "fathom/autograd/ops/gemm.hpp"
 #include "fathom/nn/arch.hpp"
 #include "fathom/nn/config.hpp"
@@ -40,15 +42,7 @@ class MLP {
 
   // x (B, T, C) -> (B, T, C)
   Var<T, D> forward(const Var<T, D>& x) const {
-    if (kind_ == MlpKind::swiglu) {
-      if constexpr (linear_fp8_capable<T>) {
-        if (up_.precision() == LinearPrecision::fp8) {  // x quantized once for gate and up
-          const auto xq = autograd::quantize_fp8_input(x);
-          return down_.forward(autograd::swiglu(gate_.forward(xq), up_.forward(xq)));
-        }
-      }
-      return down_.forward(autograd::swiglu(gate_.forward(x), up_.forward(x)));
-    }
+    if (kind_ == MlpKind::swiglu) return down_.forward(autograd::swiglu_stacked(gate_up(x)));
     // fp8: the two GEMMs of linear_fp8 around a separate GELU.
     if (up_.precision() == LinearPrecision::fp8)
       return down_.forward(autograd::gelu(up_.forward(x)));
@@ -58,6 +52,9 @@ class MLP {
   }
 
   const Linear<T, D>& down_proj() const { return down_; }
+  // The separate gate and up projections (Llama; gate_proj has no parameters for GPT-2).
+  const Linear<T, D>& gate_proj() const { return gate_; }
+  const Linear<T, D>& up_proj() const { return up_; }
 
   // The precision of every projection's GEMMs (see LinearPrecision).
   void set_linear_precision(LinearPrecision p) {
@@ -65,6 +62,22 @@ class MLP {
   }
 
  private:
+  // x (B, T, C) -> (B, T, 2F): gate in [0, F) and up in [F, 2F) of the last dimension, one GEMM
+  // against the gate and up weights stacked into (2F, C) for this forward (a 2F x C copy; the
+  // backward splits the stacked weight gradient back into the two parameters). The parameters stay
+  // two, with their names, shapes, checkpoints and init roles. Under fp8 x is quantized once and
+  // the stacked weight as one tensor.
+  Var<T, D> gate_up(const Var<T, D>& x) const {
+    const Var<T, D> w = autograd::concat_rows<T, D>({gate_.weight(), up_.weight()});
+    Var<T, D> b;
+    if (up_.has_bias()) b = autograd::concat_rows<T, D>({gate_.bias(), up_.bias()});
+    const Var<T, D>* bias = b.defined() ? &b : nullptr;
+    if constexpr (linear_fp8_capable<T>) {
+      if (up_.precision() == LinearPrecision::fp8) return autograd::linear_fp8(x, w, bias);
+    }
+    return autograd::linear(x, w, bias);
+  }
+
   MlpKind kind_ = MlpKind::swiglu;
   Linear<T, D> gate_, up_, down_;
 };

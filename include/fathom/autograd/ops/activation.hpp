@@ -1,5 +1,6 @@
 // Differentiable activations on Var: gelu (tanh form), silu, and swiglu(gate, up) = silu(gate) * up
-// as one fused node (one kernel forward, one backward).
+// as one fused node (one kernel forward, one backward), also on gate and up stacked in one tensor
+// (swiglu_stacked).
 #pragma once
 
 #include <cstdint>
@@ -65,6 +66,35 @@ Var<T, D> swiglu(const Var<T, D>& gate, const Var<T, D>& up) {
         kernels::swiglu_backward(
             D{}, kernels::SwigluBackwardParams<T>{gc.data(), uc.data(), gy.data(), dg.data, du.data,
                                                   n, dg.accumulate, du.accumulate});
+      });
+}
+
+// silu(gate) * up of gate and up stacked on the last dimension: gu (..., 2F) -> (..., F), with
+// gate = gu[..., :F] and up = gu[..., F:]. This is the output of one GEMM against the gate and up
+// weights stacked into (2F, C) (nn::MLP of a Llama). The kernels read both halves in place, and the
+// backward writes d gate and d up into the two halves of one (..., 2F) gradient, so the GEMMs
+// behind it see one gradient: the input's gradient is one GEMM with K = 2F, the weight's one GEMM.
+// Values and gradients equal swiglu(gate, up) on the split halves, bit for bit.
+template <class T, DeviceTag D>
+Var<T, D> swiglu_stacked(const Var<T, D>& gu) {
+  FATHOM_CHECK(gu.dim() >= 1 && gu.size(-1) % 2 == 0,
+               "swiglu_stacked: expected gate and up stacked on an even last dimension (..., 2F), "
+               "got shape "
+                   << gu.shape());
+  Tensor<T, D> gc = gu.value().contiguous();
+  const std::int64_t F = gu.size(-1) / 2;
+  Shape shape = gu.shape();
+  shape[shape.rank() - 1] = F;
+  Tensor<T, D> y(shape);  // (..., F)
+  const std::int64_t n = y.numel();
+  kernels::swiglu(D{}, kernels::SwigluParams<T>{gc.data(), gc.data() + F, y.data(), n, F, 2 * F});
+  return Var<T, D>::make_result(
+      std::move(y), gu.requires_grad(), [g = grad_target(gu), gc, F, n](const Tensor<T, D>& gy) {
+        if (!g) return;
+        const auto d = g->write_target();  // (..., 2F): d gate | d up
+        kernels::swiglu_backward(D{}, kernels::SwigluBackwardParams<T>{
+                                          gc.data(), gc.data() + F, gy.data(), d.data, d.data + F,
+                                          n, d.accumulate, d.accumulate, F, 2 * F, 2 * F});
       });
 }
 

@@ -1,5 +1,6 @@
-// Activation kernels on CUDA: GELU (tanh form), SiLU and fused SwiGLU, forward and backward, with
-// the scalar formulas of kernels/activation.hpp and 16-byte packs where aligned.
+// Activation kernels on CUDA: GELU (tanh form), SiLU and fused SwiGLU (gate and up separate, or
+// the two halves of one tensor's rows), forward and backward, with the scalar formulas of
+// kernels/activation.hpp and 16-byte packs where aligned.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -68,14 +69,40 @@ struct ActivationBackwardMap {
   }
 };
 
-template <class T>
+// Where element i of a SwiGLU call sits: row and column of the rows x cols grid (SwigluRows).
+struct SwigluPos {
+  std::int64_t row, col;
+};
+
+// One contiguous row: element i at offset i in every view.
+struct SwigluOneRow {
+  __device__ SwigluPos at(std::int64_t i) const { return {0, i}; }
+};
+
+// Rows of `cols`: one division per pack, in U (32 bits when every index fits: cheaper).
+template <class U>
+struct SwigluSplitRows {
+  U cols;
+  __device__ SwigluPos at(std::int64_t i) const {
+    const U r = static_cast<U>(i) / cols;
+    return {static_cast<std::int64_t>(r),
+            i - static_cast<std::int64_t>(r) * static_cast<std::int64_t>(cols)};
+  }
+};
+
+// A pack of N never straddles two rows (the launcher packs strided rows only when cols and the
+// strides are multiples of N), so its elements are consecutive in every view.
+template <class T, class Pos>
 struct SwigluMap {
-  SwigluParams<T> p;
+  SwigluParams<T> p;  // strides resolved (swiglu_rows)
+  Pos pos;
   template <int N>
   __device__ void apply(std::int64_t i) const {
     using A = accum_t<T>;
-    const auto g = map_load<N>(p.gate + i);
-    const auto u = map_load<N>(p.up + i);
+    const SwigluPos at = pos.at(i);
+    const std::int64_t in = at.row * p.in_stride + at.col;
+    const auto g = map_load<N>(p.gate + in);
+    const auto u = map_load<N>(p.up + in);
     MapPack<T, N> y;
 #pragma unroll
     for (int j = 0; j < N; ++j)
@@ -85,36 +112,65 @@ struct SwigluMap {
 };
 
 // dgate and dup may be the same buffer (swiglu(x, x)): dgate is stored before dup is read.
-template <class T>
+template <class T, class Pos>
 struct SwigluBackwardMap {
-  SwigluBackwardParams<T> p;
+  SwigluBackwardParams<T> p;  // strides resolved (swiglu_rows)
+  Pos pos;
   template <int N>
   __device__ void apply(std::int64_t i) const {
     using A = accum_t<T>;
-    const auto g = map_load<N>(p.gate + i);
+    const SwigluPos at = pos.at(i);
+    const std::int64_t in = at.row * p.in_stride + at.col;
+    const std::int64_t out = at.row * p.grad_stride + at.col;
+    const auto g = map_load<N>(p.gate + in);
     const auto dy = map_load<N>(p.dy + i);
     if (p.dgate) {
-      const auto u = map_load<N>(p.up + i);
+      const auto u = map_load<N>(p.up + in);
       MapPack<T, N> dg;
-      if (p.accumulate_dgate) dg = map_load<N>(p.dgate + i);
+      if (p.accumulate_dgate) dg = map_load<N>(p.dgate + out);
 #pragma unroll
       for (int j = 0; j < N; ++j)
         dg.v[j] = scalar_cast<T>((p.accumulate_dgate ? scalar_cast<A>(dg.v[j]) : A(0)) +
                                  scalar_cast<A>(dy.v[j]) * scalar_cast<A>(u.v[j]) *
                                      silu_grad(scalar_cast<A>(g.v[j])));
-      map_store<N>(p.dgate + i, dg);
+      map_store<N>(p.dgate + out, dg);
     }
     if (p.dup) {
       MapPack<T, N> du;
-      if (p.accumulate_dup) du = map_load<N>(p.dup + i);
+      if (p.accumulate_dup) du = map_load<N>(p.dup + out);
 #pragma unroll
       for (int j = 0; j < N; ++j)
         du.v[j] = scalar_cast<T>((p.accumulate_dup ? scalar_cast<A>(du.v[j]) : A(0)) +
                                  scalar_cast<A>(dy.v[j]) * silu(scalar_cast<A>(g.v[j])));
-      map_store<N>(p.dup + i, du);
+      map_store<N>(p.dup + out, du);
     }
   }
 };
+
+// Runs Map<T, Pos>{p, pos} over p.n elements laid out as `l`: a plain map when every view is
+// contiguous; else rows, in 16-byte packs when the pointers are aligned and cols and the strides
+// are multiples of a pack (the halves of a (rows, 2F) tensor with F % 8 == 0 in bf16), one
+// element at a time otherwise.
+template <template <class, class> class Map, class T, class Params, class... Ptrs>
+void launch_swiglu_map(const Params& p, const SwigluRows& l, const Ptrs*... ptrs) {
+  constexpr int N = map_width<T>();
+  if (l.contiguous()) {
+    launch_map<N>(Map<T, SwigluOneRow>{p, {}}, p.n, ptrs...);
+    return;
+  }
+  const bool whole_packs = l.cols % N == 0 && l.in_stride % N == 0 && l.grad_stride % N == 0;
+  auto run = [&](auto pos) {
+    using Pos = decltype(pos);
+    if (whole_packs)
+      launch_map<N>(Map<T, Pos>{p, pos}, p.n, ptrs...);
+    else
+      launch_map<1>(Map<T, Pos>{p, pos}, p.n, ptrs...);
+  };
+  if (p.n <= static_cast<std::int64_t>(UINT32_MAX))
+    run(SwigluSplitRows<std::uint32_t>{static_cast<std::uint32_t>(l.cols)});
+  else
+    run(SwigluSplitRows<std::uint64_t>{static_cast<std::uint64_t>(l.cols)});
+}
 
 }  // namespace detail
 
@@ -144,14 +200,22 @@ void silu_backward(Cuda, const ActivationBackwardParams<T>& p) {
 
 template <class T>
 void swiglu(Cuda, const SwigluParams<T>& p) {
-  detail::launch_map<detail::map_width<T>()>(detail::SwigluMap<T>{p}, p.n, p.gate, p.up, p.y);
+  const auto l = detail::swiglu_rows(p.n, p.cols, p.in_stride, 0);
+  SwigluParams<T> q = p;
+  q.cols = l.cols;
+  q.in_stride = l.in_stride;
+  detail::launch_swiglu_map<detail::SwigluMap, T>(q, l, q.gate, q.up, q.y);
 }
 
 template <class T>
 void swiglu_backward(Cuda, const SwigluBackwardParams<T>& p) {
   if (!p.dgate && !p.dup) return;
-  detail::launch_map<detail::map_width<T>()>(detail::SwigluBackwardMap<T>{p}, p.n, p.gate, p.up,
-                                             p.dy, p.dgate, p.dup);
+  const auto l = detail::swiglu_rows(p.n, p.cols, p.in_stride, p.grad_stride);
+  SwigluBackwardParams<T> q = p;
+  q.cols = l.cols;
+  q.in_stride = l.in_stride;
+  q.grad_stride = l.grad_stride;
+  detail::launch_swiglu_map<detail::SwigluBackwardMap, T>(q, l, q.gate, q.up, q.dy, q.dgate, q.dup);
 }
 
 }  // namespace fathom::kernels
