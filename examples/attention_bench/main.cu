@@ -18,6 +18,7 @@
 
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/attention.cuh>
+#include <fathom/kernels/cuda/rope.cuh>
 
 namespace {
 
@@ -55,8 +56,11 @@ struct Dq128RowShapes {
   using Dkdv = typename attn::MmaChoice<HD>::Dkdv;
   using Dq = typename attn::MmaBackward128Rows<HD>::Dq;
 };
+// "rope": the current shapes with RoPE's inverse turn of dQ and dK in the backward's stores
+// (Llama's attention); its d(q, k) differ from the others' by that turn.
 const std::vector<std::string> kVariants{"current",    "previous",    "forward-128-rows",
-                                         "pair-order", "dq-128-rows", "backward-128-rows"};
+                                         "pair-order", "dq-128-rows", "backward-128-rows",
+                                         "rope"};
 
 struct Problem {
   std::int64_t batch, heads, seq, head_dim;
@@ -185,39 +189,48 @@ void report(const char* variant, const char* pass, double ms, double flop) {
 
 // Times one variant (tile shapes Shapes) on buffers `buf`; leaves its outputs there.
 template <int HD, class Shapes>
-void run_variant(const std::string& variant, const Problem& pr, Buffers& buf, int warmup,
-                 int iters) {
+void run_variant(const std::string& variant, const Problem& pr, Buffers& buf, int warmup, int iters,
+                 bool rope = false) {
   const char* name = variant.c_str();
   using Dkdv = typename Shapes::Dkdv;
   using Dq = typename Shapes::Dq;
   Timer timer;
   const double f = pr.forward_flop();
   const auto& fp = buf.forward;
-  const auto& bp = buf.backward;
+  auto bp = buf.backward;
+  if (rope) bp.rope_theta = 10000.0;
+  const auto freqs = attn::rope_freqs<HD>(bp);
   float* delta = buf.delta.data();
   report(name, "forward",
          timer.ms([&] { attn::launch_forward_mma<HD, Shapes>(fp); }, warmup, iters), f);
   report(name, "backward (all passes)",
          timer.ms([&] { attn::launch_backward_mma<HD, Shapes>(bp, delta); }, warmup, iters),
          2.5 * f);
+  if (rope) {  // what the turn in the stores replaces: a rope pass over the q and k gradients
+    const fathom::kernels::RopeQkvParams<bf16> turn{
+        buf.dqkv.data(), pr.batch, pr.seq, pr.heads * pr.head_dim, static_cast<int>(pr.heads),
+        10000.0,         0,        true};
+    report(name, "  (separate rope backward)",
+           timer.ms([&] { fathom::kernels::rope_qkv(Cuda{}, turn); }, warmup, iters), 0.0);
+  }
   if constexpr (Dq::kRowsum) {
     report(name, "  dQ with rowsum",
-           timer.ms([&] { attn::launch_mma<Dq, attn::backward_dq_mma<Dq>>(bp, delta); }, warmup,
-                    iters),
+           timer.ms([&] { attn::launch_mma<Dq, attn::backward_dq_mma<Dq>>(bp, delta, freqs); },
+                    warmup, iters),
            1.5 * f);
   } else {
     report(name, "  rowsum", timer.ms([&] { attn::launch_rowsum(bp, delta, true); }, warmup, iters),
            0.0);
     report(name, "  dQ",
-           timer.ms([&] { attn::launch_mma<Dq, attn::backward_dq_mma<Dq>>(bp, delta); }, warmup,
-                    iters),
+           timer.ms([&] { attn::launch_mma<Dq, attn::backward_dq_mma<Dq>>(bp, delta, freqs); },
+                    warmup, iters),
            1.5 * f);
   }
   report(name, "  dK, dV",
          timer.ms(
              [&] {
                attn::launch_mma<Dkdv, attn::backward_dkdv_mma<Dkdv>>(
-                   bp, static_cast<const float*>(delta));
+                   bp, static_cast<const float*>(delta), freqs);
              },
              warmup, iters),
          2.0 * f);
@@ -254,6 +267,7 @@ void run_problem(const Problem& pr, const std::vector<std::string>& variants, in
     if (name == "dq-128-rows") run_variant<HD, Dq128RowShapes<HD>>(name, pr, buf, warmup, iters);
     if (name == "backward-128-rows")
       run_variant<HD, attn::MmaBackward128Rows<HD>>(name, pr, buf, warmup, iters);
+    if (name == "rope") run_variant<HD, attn::MmaChoice<HD>>(name, pr, buf, warmup, iters, true);
     if (v > 0)
       std::printf("  max |%s - %s|: o %.3g, d(q, k, v) %.3g\n", name.c_str(), variants[0].c_str(),
                   max_abs_difference(buf.o, first.o), max_abs_difference(buf.dqkv, first.dqkv));
@@ -280,7 +294,8 @@ int main(int argc, char** argv) {
                  "kernel variants, comma-separated, compared with the first: current (fathom's "
                  "choice), previous (64-row forward blocks, a separate rowsum pass, pair-major "
                  "block order), forward-128-rows, pair-order, dq-128-rows, backward-128-rows "
-                 "(MmaBackward128Rows)")
+                 "(MmaBackward128Rows), rope (current, with RoPE's inverse turn in the "
+                 "backward's dQ and dK stores)")
       ->delimiter(',')
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -292,7 +307,7 @@ int main(int argc, char** argv) {
     if (std::find(kVariants.begin(), kVariants.end(), v) == kVariants.end()) {
       std::fprintf(stderr,
                    "fathom-attention-bench: --variants: unknown '%s'; valid: current, previous, "
-                   "forward-128-rows, pair-order, dq-128-rows, backward-128-rows\n",
+                   "forward-128-rows, pair-order, dq-128-rows, backward-128-rows, rope\n",
                    v.c_str());
       return 2;
     }

@@ -82,22 +82,31 @@ __device__ inline void store_bf16_pair(bf16* dst, float lo, float hi, bool accum
   *x = __floats2bfloat162_rn(lo, hi);
 }
 
-// RoPE's inverse turn (p.rope_theta > 0; kernels/rope.hpp) of one thread's gradient accumulators,
-// in registers, before they are stored: the pair (i, i + HD / 2) of a row lies in n-tiles n and
-// n + HD / 16 of the same thread at the same element, so no data moves between threads. The
-// thread's rows are row0 + 16 m + 8 r (row0 = the warp's first row + g), at positions rope_pos0 +
-// row; columns n * 8 + 2c + e. Angles as the rope kernels compute them: A(pos) * inv_freq in fp32.
+// RoPE's frequencies inv_freq_i (kernels/rope.hpp) for the backward's inverse turn, computed on
+// the host in double and rounded once to fp32 exactly as the rope kernels do, and passed by value
+// as a kernel argument (computing them in each thread took a double pow per element).
+template <int Half>
+struct RopeFreqs {
+  float inv_freq[Half];
+};
+template <int HD>
+RopeFreqs<HD / 2> rope_freqs(const AttentionBackwardParams<bf16>& p) {
+  RopeFreqs<HD / 2> f{};
+  if (p.rope_theta > 0)
+    for (int i = 0; i < HD / 2; ++i) f.inv_freq[i] = rope_inv_freq<float>(p.rope_theta, i, HD);
+  return f;
+}
+
+// RoPE's inverse turn (p.rope_theta > 0) of one thread's gradient accumulators, in registers,
+// before they are stored: the pair (i, i + HD / 2) of a row lies in n-tiles n and n + HD / 16 of
+// the same thread at the same element, so no data moves between threads. The thread's rows are
+// row0 + 16 m + 8 r (row0 = the warp's first row + g), at positions rope_pos0 + row; columns
+// n * 8 + 2c + e. Angles as the rope kernels compute them: fp32(pos) * inv_freq, sincosf.
 template <int HD, int M>
 __device__ inline void unturn_rope(float (&acc)[M][HD / 8][4],
-                                   const AttentionBackwardParams<bf16>& p, std::int64_t row0,
-                                   int c) {
+                                   const AttentionBackwardParams<bf16>& p,
+                                   const RopeFreqs<HD / 2>& freqs, std::int64_t row0, int c) {
   constexpr int kHalfTiles = HD / 16;
-  float inv_freq[kHalfTiles][2];
-#pragma unroll
-  for (int n = 0; n < kHalfTiles; ++n)
-#pragma unroll
-    for (int e = 0; e < 2; ++e)
-      inv_freq[n][e] = rope_inv_freq<float>(p.rope_theta, n * 8 + 2 * c + e, HD);
 #pragma unroll
   for (int m = 0; m < M; ++m) {
 #pragma unroll
@@ -107,8 +116,14 @@ __device__ inline void unturn_rope(float (&acc)[M][HD / 8][4],
       for (int n = 0; n < kHalfTiles; ++n) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
+          // inv_freq[n * 8 + 2c + e], read at fixed indices (a runtime index into a kernel
+          // argument would copy the table to local memory).
+          const int base = n * 8 + e;
+          const float f0 = freqs.inv_freq[base], f1 = freqs.inv_freq[base + 2],
+                      f2 = freqs.inv_freq[base + 4], f3 = freqs.inv_freq[base + 6];
+          const float freq = c == 0 ? f0 : c == 1 ? f1 : c == 2 ? f2 : f3;
           float sin, cos;
-          sincosf(pos * inv_freq[n][e], &sin, &cos);
+          sincosf(pos * freq, &sin, &cos);
           float& lo = acc[m][n][2 * r + e];
           float& hi = acc[m][n + kHalfTiles][2 * r + e];
           const float x1 = lo, x2 = hi;
@@ -399,7 +414,8 @@ struct MmaDkdv {
 // dV += P^T dO and dK += dS^T Q.
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
-    backward_dkdv_mma(AttentionBackwardParams<bf16> p, const float* delta) {
+    backward_dkdv_mma(AttentionBackwardParams<bf16> p, const float* delta,
+                      RopeFreqs<Cfg::HD / 2> rope = {}) {
   constexpr int HD = Cfg::HD, M = Cfg::M, kQ = Cfg::kQueries, kChunk = Cfg::kChunk,
                 kPitch = Cfg::kPitch;
   constexpr int kWarpRows = Cfg::kWarpRows, kBlockRows = Cfg::kBlockRows;
@@ -500,25 +516,26 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     __syncthreads();
   }
 
-  if (p.dk && p.rope_theta > 0) unturn_rope<HD, M>(dk, p, warp_k0 + g, c);
+  // dV first, then dK: with RoPE's turn, dV's registers are free before the turn needs its own.
   const float scale = static_cast<float>(p.scale);
+  auto store = [&](bf16* out, std::int64_t stride, float(&acc)[M][HD / 8][4], float factor) {
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
+    for (int m = 0; m < M; ++m) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const std::int64_t key = warp_k0 + 16 * m + g + r * 8;
-      if (key >= Tn) continue;
+      for (int r = 0; r < 2; ++r) {
+        const std::int64_t key = warp_k0 + 16 * m + g + r * 8;
+        if (key >= Tn) continue;
 #pragma unroll
-      for (int n = 0; n < HD / 8; ++n) {
-        const int col = n * 8 + 2 * c;
-        if (p.dv)
-          store_bf16_pair(p.dv + (b * Tn + key) * p.dv_stride + h * HD + col, dv[m][n][2 * r],
-                          dv[m][n][2 * r + 1], p.accumulate);
-        if (p.dk)
-          store_bf16_pair(p.dk + (b * Tn + key) * p.dk_stride + h * HD + col,
-                          scale * dk[m][n][2 * r], scale * dk[m][n][2 * r + 1], p.accumulate);
+        for (int n = 0; n < HD / 8; ++n)
+          store_bf16_pair(out + (b * Tn + key) * stride + h * HD + n * 8 + 2 * c,
+                          factor * acc[m][n][2 * r], factor * acc[m][n][2 * r + 1], p.accumulate);
       }
     }
+  };
+  if (p.dv) store(p.dv, p.dv_stride, dv, 1.0f);
+  if (p.dk) {
+    if (p.rope_theta > 0) unturn_rope<HD, M>(dk, p, rope, warp_k0 + g, c);
+    store(p.dk, p.dk_stride, dk, scale);
   }
 }
 
@@ -542,7 +559,8 @@ struct MmaDq {
 // delta (B, H, T) is read, or with Cfg::kRowsum computed here and written.
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
-    backward_dq_mma(AttentionBackwardParams<bf16> p, float* delta) {
+    backward_dq_mma(AttentionBackwardParams<bf16> p, float* delta,
+                    RopeFreqs<Cfg::HD / 2> rope = {}) {
   constexpr int HD = Cfg::HD, M = Cfg::M, kKeys = Cfg::kKeys, kPitch = Cfg::kPitch;
   constexpr int kWarpRows = Cfg::kWarpRows, kBlockRows = Cfg::kBlockRows;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -662,7 +680,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     __syncthreads();
   }
 
-  if (p.rope_theta > 0) unturn_rope<HD, M>(dq, p, warp_q0 + g, c);
+  if (p.rope_theta > 0) unturn_rope<HD, M>(dq, p, rope, warp_q0 + g, c);
   const float scale = static_cast<float>(p.scale);
 #pragma unroll
   for (int m = 0; m < M; ++m) {
@@ -732,17 +750,18 @@ void launch_backward_mma(const AttentionBackwardParams<bf16>& p, float* delta) {
   using Dkdv = typename Shapes::Dkdv;
   using Dq = typename Shapes::Dq;
   const auto* read_only = static_cast<const float*>(delta);
+  const auto freqs = rope_freqs<HD>(p);
   if constexpr (Dq::kRowsum) {
     if (p.dq) {
-      launch_mma<Dq, backward_dq_mma<Dq>>(p, delta);
+      launch_mma<Dq, backward_dq_mma<Dq>>(p, delta, freqs);
     } else {
       launch_rowsum(p, delta, /*vectorized=*/true);
     }
-    if (p.dk || p.dv) launch_mma<Dkdv, backward_dkdv_mma<Dkdv>>(p, read_only);
+    if (p.dk || p.dv) launch_mma<Dkdv, backward_dkdv_mma<Dkdv>>(p, read_only, freqs);
   } else {
     launch_rowsum(p, delta, /*vectorized=*/true);
-    if (p.dk || p.dv) launch_mma<Dkdv, backward_dkdv_mma<Dkdv>>(p, read_only);
-    if (p.dq) launch_mma<Dq, backward_dq_mma<Dq>>(p, delta);
+    if (p.dk || p.dv) launch_mma<Dkdv, backward_dkdv_mma<Dkdv>>(p, read_only, freqs);
+    if (p.dq) launch_mma<Dq, backward_dq_mma<Dq>>(p, delta, freqs);
   }
 }
 
