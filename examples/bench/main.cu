@@ -52,9 +52,6 @@ struct BenchOptions {
   // How linear layers get their bias gradients, each in turn (kernels::BiasGradRoute): fused,
   // dgelu (rows labelled +dgelu-bgrad) or separate (+colsum).
   std::string bias_grad = "fused";
-  // Where the cross-entropy computes the logits' gradient, each in turn
-  // (kernels::CrossEntropyGradient): forward, forward-reread (+ce-reread) or backward (+ce-bwd).
-  std::string cross_entropy = "forward";
 };
 
 // A communicator that has the ranks of another and sends nothing: the data-parallel step timed
@@ -404,14 +401,9 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   BenchResult r;
   r.workload = w.preset;
   const auto route = kernels::bias_grad_route();
-  const auto ce = kernels::cross_entropy_gradient();
-  r.policy = policy +
-             (route == kernels::BiasGradRoute::dgelu      ? "+dgelu-bgrad"
-              : route == kernels::BiasGradRoute::separate ? "+colsum"
-                                                          : "") +
-             (ce == kernels::CrossEntropyGradient::forward_reread ? "+ce-reread"
-              : ce == kernels::CrossEntropyGradient::backward     ? "+ce-bwd"
-                                                                  : "");
+  r.policy = policy + (route == kernels::BiasGradRoute::dgelu      ? "+dgelu-bgrad"
+                       : route == kernels::BiasGradRoute::separate ? "+colsum"
+                                                                   : "");
   r.ms_per_step = ms / o.steps;
   r.tokens_per_s = static_cast<double>(B * Tn) / (r.ms_per_step * 1e-3);
   r.mfu = r.tokens_per_s * flops_per_token / (peak_tflops * 1e12);
@@ -479,11 +471,6 @@ inline int main(int argc, char** argv) {
                  "weight-gradient GEMM's epilogue and in the dGELU pass), dgelu (only GPT-2's "
                  "c_fc's, in the dGELU pass; rows labelled +dgelu-bgrad) or separate (a column sum "
                  "over dY of its own; +colsum)");
-  app.add_option("--cross-entropy", o.cross_entropy,
-                 "comma-separated, each run in turn: forward (the logits' gradient written over "
-                 "them in the forward pass, the row kept in shared memory), forward-reread (the "
-                 "same, the row read twice; +ce-reread) or backward (in the backward pass from "
-                 "the saved logits; +ce-bwd)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -499,8 +486,6 @@ inline int main(int argc, char** argv) {
                  "got nothing");
     for (const auto& b : split_list(o.bias_grad))
       check_choice("--bias-grad", b, {"fused", "dgelu", "separate"});
-    for (const auto& ce : split_list(o.cross_entropy))
-      check_choice("--cross-entropy", ce, {"forward", "forward-reread", "backward"});
     FATHOM_CHECK(o.zero == 0 || o.zero == 1, "--zero: expected 0 or 1, got " << o.zero);
     FATHOM_CHECK(o.bucket_mb > 0, "--bucket-mb: expected a positive size, got " << o.bucket_mb);
     FATHOM_CHECK(o.nccl_max_ctas >= 0,
@@ -557,26 +542,17 @@ inline int main(int argc, char** argv) {
     std::ofstream json;
     if (!o.json_out.empty()) json.open(o.json_out, std::ios::app);
     // Each workload's rows: every policy with each bias-gradient route in turn.
-    struct Row {
-      std::string bias_grad, cross_entropy, policy;
-    };
-    std::vector<Row> routes_policies;
+    std::vector<std::pair<std::string, std::string>> routes_policies;
     for (const auto& b : split_list(o.bias_grad))
-      for (const auto& ce : split_list(o.cross_entropy))
-        for (const auto& p : split_list(o.policies)) routes_policies.push_back({b, ce, p});
+      for (const auto& p : split_list(o.policies)) routes_policies.emplace_back(b, p);
     for (const auto& wname : split_list(o.workloads)) {
       Workload w = workload_of(wname);
       for (const auto& route_policy : routes_policies) {
-        const std::string& policy = route_policy.policy;
-        const std::string& route = route_policy.bias_grad;
+        const std::string& policy = route_policy.second;
+        const std::string& route = route_policy.first;
         kernels::set_bias_grad_route(route == "fused"   ? kernels::BiasGradRoute::fused
                                      : route == "dgelu" ? kernels::BiasGradRoute::dgelu
                                                         : kernels::BiasGradRoute::separate);
-        const std::string& ce = route_policy.cross_entropy;
-        kernels::set_cross_entropy_gradient(ce == "forward" ? kernels::CrossEntropyGradient::forward
-                                            : ce == "forward-reread"
-                                                ? kernels::CrossEntropyGradient::forward_reread
-                                                : kernels::CrossEntropyGradient::backward);
         auto run = [&](dist::Communicator* c) {
           return o.precision == "fp32" ? bench_one<float>(w, policy, o, peak, policies, c)
                                        : bench_one<bf16>(w, policy, o, peak, policies, c);

@@ -60,7 +60,7 @@ struct CrossEntropyParams {
   // Fused gradient (optional): when dlogits is set, the same pass also writes
   // dlogits (+)= grad_scale * d loss / d logits, for callers that know d loss before the backward
   // (grad_scale is that d loss, e.g. 1 / gradient-accumulation steps).
-  T* dlogits = nullptr;  // (N, V); may be logits itself (each row is read before it is written)
+  T* dlogits = nullptr;  // (N, V)
   double grad_scale = 1.0;
   bool accumulate = false;  // true: dlogits += ; false: dlogits =
 };
@@ -78,40 +78,6 @@ struct CrossEntropyBackwardParams {
   std::int64_t vocab = 0;
   int ignore_index = -100;
   bool accumulate = true;  // false: overwrite dlogits
-};
-
-// Where autograd::cross_entropy computes the logits' gradient when it is handed their only
-// reference. forward (the default): in the forward pass, over the logits, the row kept in shared
-// memory on CUDA when it fits; forward_reread: the same, reading the row from device memory again
-// for the gradient (what runs anyway for rows too long for shared memory); backward: in the
-// backward pass from the saved logits, as for logits held elsewhere. Process-wide; fathom-bench
-// --cross-entropy times each.
-enum class CrossEntropyGradient { forward, forward_reread, backward };
-namespace detail {
-inline CrossEntropyGradient& cross_entropy_gradient_setting() {
-  static CrossEntropyGradient route = CrossEntropyGradient::forward;
-  return route;
-}
-}  // namespace detail
-inline void set_cross_entropy_gradient(CrossEntropyGradient route) {
-  detail::cross_entropy_gradient_setting() = route;
-}
-inline CrossEntropyGradient cross_entropy_gradient() {
-  return detail::cross_entropy_gradient_setting();
-}
-
-// dlogits (+)= (dloss / expected) * grad: makes a gradient that cross_entropy's fused pass wrote
-// for d loss = expected (its grad_scale) the gradient for the actual d loss, a device scalar. grad
-// may be dlogits itself; then, without accumulate and with d loss == expected, nothing changes,
-// and the CUDA kernel returns at once without touching the buffer (the usual training step).
-template <class T>
-struct CrossEntropyRescaleParams {
-  const T* grad = nullptr;            // (n) written for d loss = expected
-  T* dlogits = nullptr;               // (n), may be grad
-  const accum_t<T>* dloss = nullptr;  // () the actual d loss
-  double expected = 1.0;
-  std::int64_t n = 0;
-  bool accumulate = false;  // true: dlogits +=
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -214,17 +180,6 @@ void cross_entropy_backward(Cpu, const CrossEntropyBackwardParams<T>& p) {
     const bool ignored = target == p.ignore_index;
     detail::cross_entropy_row_grad(p.logits + r * p.vocab, target, p.lse[r], ignored ? A(0) : scale,
                                    p.dlogits + r * p.vocab, p.vocab, p.accumulate);
-  }
-}
-
-template <class T>
-void cross_entropy_rescale(Cpu, const CrossEntropyRescaleParams<T>& p) {
-  using A = accum_t<T>;
-  const A factor = static_cast<A>(static_cast<double>(*p.dloss) / p.expected);
-  if (p.grad == p.dlogits && !p.accumulate && factor == A(1)) return;
-  for (std::int64_t i = 0; i < p.n; ++i) {
-    const A g = factor * scalar_cast<A>(p.grad[i]);
-    p.dlogits[i] = scalar_cast<T>(p.accumulate ? scalar_cast<A>(p.dlogits[i]) + g : g);
   }
 }
 

@@ -32,10 +32,6 @@ struct ForwardOptions {
   // skip[i] true: block i (0-based) passes its input through unchanged (layer-removal studies).
   // Shorter than L: the missing entries are false.
   std::vector<bool> skip;
-  // The gradient the caller will seed the loss with in backward() (1, or 1 / micro-batches under
-  // gradient accumulation). Only a hint: the cross-entropy writes the logits' gradient for this
-  // value in its forward pass, and its backward rescales when the actual seed differs.
-  double loss_gradient = 1.0;
 };
 
 template <class Arch, class Policy, FloatingScalar T = float, DeviceTag D = Cpu>
@@ -128,8 +124,7 @@ class DecoderLM {
     FATHOM_CHECK(targets.shape() == tokens.shape(),
                  "DecoderLM::loss: tokens " << tokens.shape() << " and targets " << targets.shape()
                                             << " must have the same shape");
-    return autograd::cross_entropy(forward(tokens, options), targets.reshape({-1}), -100,
-                                   options.loss_gradient);
+    return autograd::cross_entropy(forward(tokens, options), targets.reshape({-1}));
   }
 
   // Every parameter once, in checkpoint order (a tied LM head is the embedding, listed once).

@@ -4,7 +4,6 @@
 // messages.
 #include <fathom/autograd/ops/softmax.hpp>
 #include <fathom/autograd/ops/elementwise.hpp>
-#include <fathom/autograd/ops/reduce.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -175,62 +174,4 @@ TEST_CASE("cross_entropy writes the logits' gradient over logits nothing else ho
   CHECK(in_place_grad == in_place_logits);  // reused the logits' buffer
   CHECK(kept_grad != kept_logits);          // someone still held the logits: a new buffer
   CHECK(in_place == kept);
-}
-
-namespace {
-
-// d loss / d x for loss = cross_entropy(2 x) seeded with `seed`, the logits handed over (a
-// temporary: the forward writes their gradient for d loss = expected) or held (the backward
-// computes it). With `other`, the logits also feed sum((logits + z) * w) (an add saves nothing,
-// so the logits are still handed over), and their gradient gets that path's as well.
-std::vector<double> cross_entropy_x_grad(bool hand_over, double expected, double seed, int other) {
-  ag::clear_tape();
-  auto xv = Tensor<double>::randn(Shape{5, 11}, 80);
-  auto targets = Tensor<std::int32_t>::from_vector(Shape{5}, {3, -100, 0, 10, 7});
-  Var<double> x(xv.clone(), true);
-  Var<double> logits = ag::scale(x, 2.0);
-  Var<double> z(Tensor<double>::randn(Shape{5, 11}, 81)),
-      w(Tensor<double>::randn(Shape{5, 11}, 82));
-  Var<double> before = other == 1 ? ag::sum((logits + z) * w) : Var<double>();
-  Var<double> held = hand_over ? Var<double>() : logits;
-  Var<double> loss = ag::cross_entropy(std::move(logits), targets, -100, expected);
-  Var<double> total = ag::scale(loss, seed);
-  if (before.defined()) total = total + before;
-  ag::backward(total);
-  return x.grad().to_vector();
-}
-
-}  // namespace
-
-TEST_CASE("cross_entropy handed its logits gives the gradient of the usual route",
-          "[autograd][softmax]") {
-  const double expected = GENERATE(1.0, 0.25);
-  const double seed = GENERATE(1.0, 0.25, -3.0);
-  const int other = GENERATE(0, 1);
-  INFO("expected " << expected << " seed " << seed << " other " << other);
-  const auto want = cross_entropy_x_grad(false, expected, seed, other);
-  const auto got = cross_entropy_x_grad(true, expected, seed, other);
-  REQUIRE(got.size() == want.size());
-  for (std::size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).margin(1e-14));
-}
-
-TEST_CASE("cross_entropy handed its logits passes gradcheck", "[autograd][softmax]") {
-  auto t = Tensor<std::int32_t>::from_vector(Shape{4}, {0, -100, 4, 1});
-  auto logits = leaf(Shape{4, 5}, 3, 2.0);
-  const double expected = GENERATE(1.0, 0.5);
-  auto result = ag::gradcheck(
-      [&](const std::vector<Var<double>>& in) {
-        return ag::cross_entropy(ag::scale(in[0], 1.0), t, -100, expected);
-      },
-      {logits});
-  INFO(result.first_failure);
-  CHECK(result.ok);
-  CHECK(result.checked == logits.numel());
-}
-
-TEST_CASE("cross_entropy names a bad expected_dloss", "[autograd][softmax]") {
-  auto t = Tensor<std::int32_t>::from_vector(Shape{2}, {0, 1});
-  const auto msg = error_of([&] { ag::cross_entropy(leaf(Shape{2, 3}, 1), t, -100, 0.0); });
-  CHECK(msg.find("expected_dloss") != std::string::npos);
-  CHECK(msg.find("got 0") != std::string::npos);
 }

@@ -274,38 +274,3 @@ TEMPLATE_TEST_CASE(
   CHECK(first_mismatch("grad", gpu_once, cpu_once, 2 * Precision<T>::rtol, floor, V) == "");
   CHECK(first_mismatch("grad twice", gpu_twice, cpu_twice, 2 * Precision<T>::rtol, floor, V) == "");
 }
-
-// Logits handed to the op (a temporary): the forward writes their gradient over them, with the
-// row kept in shared memory (vocab 32000, and 50257, whose odd length puts rows off the 16-byte
-// grid) or read again from device memory when a row is too long for it (200003). Seeded with the
-// expected d loss (nothing left for the backward) and with another (the backward rescales).
-TEMPLATE_TEST_CASE("CUDA cross_entropy handed its logits matches the CPU op",
-                   "[cuda][autograd][softmax]", float, bf16) {
-  using T = TestType;
-  namespace ag = fathom::autograd;
-  const std::int64_t rows = 37;
-  const std::int64_t V = GENERATE(32000, 50257, 200003);
-  const double seed = GENERATE(1.0, 0.5);
-  INFO(Precision<T>::name << " V " << V << " seed " << seed);
-  const auto logits = bf16_values(static_cast<std::size_t>(rows * V), 71, 2.0);
-  const auto targets = random_targets(rows, V, -100, 72);
-  auto run = [&](auto device) {
-    using D = decltype(device);
-    using V_ = std::conditional_t<std::is_same_v<D, Cpu>, double, T>;
-    ag::clear_tape();
-    std::vector<V_> values(logits.size());
-    for (std::size_t i = 0; i < logits.size(); ++i) values[i] = scalar_cast<V_>(logits[i]);
-    fathom::Var<V_, D> x(Tensor<V_, Cpu>::from_vector(Shape{rows, V}, values).template to<D>(),
-                         true);
-    auto t = Tensor<std::int32_t, Cpu>::from_vector(Shape{rows}, targets).template to<D>();
-    auto loss = ag::cross_entropy(ag::scale(x, 1.0), t, -100, 1.0);  // handed over
-    const double value = static_cast<double>(loss.value().item());
-    ag::backward(ag::scale(loss, seed));
-    return std::make_pair(value, to_double(x.grad().to_vector()));
-  };
-  const auto [cpu_loss, cpu_grad] = run(Cpu{});
-  const auto [gpu_loss, gpu_grad] = run(Cuda{});
-  CHECK_THAT(gpu_loss, WithinRel(cpu_loss, 1e-4));
-  const double floor = 1e-6 / static_cast<double>(rows);
-  CHECK(first_mismatch("grad", gpu_grad, cpu_grad, 2 * Precision<T>::rtol, floor, V) == "");
-}

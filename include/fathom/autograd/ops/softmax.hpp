@@ -2,7 +2,6 @@
 // integer targets and an ignore index (no probability matrix is ever stored).
 #pragma once
 
-#include <cmath>
 #include <cstdint>
 
 #include "fathom/autograd/var.hpp"
@@ -40,20 +39,10 @@ Var<T, D> softmax(const Var<T, D>& x) {
 // is 0 and the gradient is 0 (never NaN). On the CPU a target outside [0, V) throws
 // fathom::Error naming the row, the target and V; on CUDA it makes the loss NaN.
 // Returns a one-element Var of shape () in accum_t<T> (fp32 for bf16 logits).
-//
-// The (N, V) logits are the largest tensor of a step. When the op is handed their only reference
-// (a temporary, or a std::move'd Var: nothing else can read them afterwards) and a gradient is
-// wanted, the forward pass writes d loss / d logits over them as it goes, for d loss =
-// `expected_dloss` (the value the caller will seed the loss's gradient with: 1, or 1 /
-// micro-batches for gradient accumulation): each row is read once instead of once here and again in
-// the backward. The backward then only rescales when the actual d loss differs from expected_dloss
-// (correct for any d loss; a pass over the logits only then). Otherwise (the logits still held
-// elsewhere) the backward computes the gradient from the saved logits.
 template <class T, DeviceTag D>
-Var<accum_t<T>, D> cross_entropy(Var<T, D> logits, const Tensor<std::int32_t, D>& targets,
-                                 int ignore_index = -100, double expected_dloss = 1.0) {
+Var<accum_t<T>, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int32_t, D>& targets,
+                                 int ignore_index = -100) {
   using A = accum_t<T>;
-  FATHOM_CHECK(logits.defined(), "cross_entropy: logits are undefined (used after std::move?)");
   FATHOM_CHECK(logits.dim() >= 1,
                "cross_entropy: logits must have at least one dimension (N, V), got shape "
                    << logits.shape());
@@ -64,60 +53,30 @@ Var<accum_t<T>, D> cross_entropy(Var<T, D> logits, const Tensor<std::int32_t, D>
                                         << " disagree: expected targets of shape " << rows_shape);
   const std::int64_t vocab = logits.size(-1), rows = rows_shape.numel();
   FATHOM_CHECK(vocab > 0, "cross_entropy: logits " << logits.shape() << " have no classes");
-  FATHOM_CHECK(std::isfinite(expected_dloss) && expected_dloss != 0.0,
-               "cross_entropy: expected_dloss must be finite and nonzero, got " << expected_dloss);
   const bool needs_grad = grad_enabled() && logits.requires_grad();
-  // The gradient goes over the logits in the forward only when this op holds their one reference.
-  const bool in_place =
-      needs_grad && logits.value().storage_use_count() == 1 && logits.value().is_contiguous() &&
-      kernels::cross_entropy_gradient() != kernels::CrossEntropyGradient::backward;
   Tensor<T, D> lc = logits.value().contiguous();
   Tensor<std::int32_t, D> tc = targets.contiguous();
   Tensor<A, D> loss(Shape{});
-  Tensor<A, D> lse = needs_grad && !in_place ? Tensor<A, D>(Shape{rows}) : Tensor<A, D>();
+  Tensor<A, D> lse = needs_grad ? Tensor<A, D>(Shape{rows}) : Tensor<A, D>();
   Tensor<std::int32_t, D> valid(Shape{});
   kernels::CrossEntropyParams<T> p;
   p.logits = lc.data();
   p.targets = tc.data();
   p.loss = loss.data();
-  p.lse = lse.defined() ? lse.data() : nullptr;
+  p.lse = needs_grad ? lse.data() : nullptr;
   p.valid_rows = valid.data();
   p.rows = rows;
   p.vocab = vocab;
   p.ignore_index = ignore_index;
-  if (in_place) {
-    p.dlogits = lc.data();
-    p.grad_scale = expected_dloss;
-    p.accumulate = false;
-  }
   kernels::cross_entropy(D{}, p);
   return Var<A, D>::make_result(
       std::move(loss), needs_grad,
-      [gl = grad_target(logits), lc, tc, lse, valid, rows, vocab, ignore_index, in_place,
-       expected_dloss](const Tensor<A, D>& gy) {
-        if (in_place) {
-          // lc holds d loss / d logits for d loss = expected_dloss: it becomes the logits'
-          // gradient (rescaled only when gy differs), or is added to one already there.
-          kernels::CrossEntropyRescaleParams<T> r;
-          r.grad = lc.data();
-          r.dloss = gy.data();
-          r.expected = expected_dloss;
-          r.n = lc.numel();
-          if (!gl->grad.defined()) {
-            gl->grad = lc.reshape(gl->shape.to_vector());
-            r.dlogits = gl->grad.data();
-            r.accumulate = false;
-          } else {
-            r.dlogits = gl->accumulator().data();
-            r.accumulate = true;
-          }
-          kernels::cross_entropy_rescale(D{}, r);
-          return;
-        }
-        // Nothing needs the logits after this node: when it holds their only reference and
-        // nothing has reached their gradient yet, the gradient is written over them in place
-        // (each element is read once, then overwritten); otherwise into a new buffer, never
-        // zero-filled first.
+      [gl = grad_target(logits), lc, tc, lse, valid, rows, vocab,
+       ignore_index](const Tensor<A, D>& gy) {
+        // (N, V) is the largest tensor of a step. Nothing needs the logits after this node: when
+        // it holds their only reference and nothing has reached their gradient yet, the gradient
+        // is written over them in place (each element is read once, then overwritten); otherwise
+        // into a new buffer, never zero-filled first.
         GradWrite<T> dlogits;
         if (!gl->grad.defined() && lc.storage_use_count() == 1 && lc.is_contiguous()) {
           gl->grad = lc.reshape(gl->shape.to_vector());

@@ -14,13 +14,11 @@
 #error "fathom/kernels/cuda/softmax.cuh holds CUDA kernels: include it from a .cu file (nvcc)"
 #endif
 
-#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 
 #include "fathom/core/cuda_runtime.hpp"
 #include "fathom/core/memory.hpp"
-#include "fathom/kernels/cuda/primitives.cuh"
 #include "fathom/kernels/cuda/rows.cuh"
 #include "fathom/kernels/softmax.hpp"
 
@@ -204,7 +202,6 @@ __global__ void __launch_bounds__(cross_entropy_threads)
     a.row_loss[row] = loss;
     if (a.lse) a.lse[row] = lse;
   }
-  if (a.dlogits == a.logits) __syncthreads();  // in place: x[target] is read before any write
   if (a.dlogits) {
     const std::int32_t valid = *a.valid_rows;
     const A scale = ignored || valid == 0 ? A(0) : a.grad_scale / static_cast<A>(valid);
@@ -235,80 +232,6 @@ __global__ void __launch_bounds__(cross_entropy_threads)
   const A scale = target == a.ignore_index || valid == 0 ? A(0) : *a.dloss / static_cast<A>(valid);
   cross_entropy_row_grad<N>(a.logits + row * a.vocab, a.dlogits + row * a.vocab, a.vocab, target,
                             a.lse[row], scale, a.accumulate);
-}
-
-// The forward with its gradient written over the logits (a.dlogits == a.logits): the row is kept
-// in shared memory as it is first read, so the gradient pass reads it from there instead of from
-// device memory a second time. The row sits at the same offset from a 16-byte boundary in shared
-// memory as in device memory (`shift` elements in), so the same packs are aligned in both.
-template <class T, int N>
-__global__ void __launch_bounds__(cross_entropy_threads)
-    cross_entropy_in_place_kernel(CrossEntropyForwardArgs<T> a) {
-  using A = accum_t<T>;
-  extern __shared__ __align__(16) unsigned char cross_entropy_row[];
-  const std::int64_t row = blockIdx.x;
-  T* x = a.dlogits + row * a.vocab;  // (V), the logits, then their gradient
-  const auto shift =
-      N > 1 ? static_cast<std::int64_t>((reinterpret_cast<std::uintptr_t>(x) / sizeof(T)) % N) : 0;
-  T* kept = reinterpret_cast<T*>(cross_entropy_row) + shift;  // (V)
-  RowMaxSum<A> stats = RowMaxSum<A>::empty();
-  for_each_row_chunk<N>(x, a.vocab, [&](std::int64_t c, auto width) {
-    constexpr int W = decltype(width)::value;
-    const MapPack<T, W> pack = map_load<W>(x + c);
-    map_store<W>(kept + c, pack);
-    A v[W];
-#pragma unroll
-    for (int j = 0; j < W; ++j) v[j] = scalar_cast<A>(pack.v[j]);
-    stats.add(v);
-  });
-  stats = block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{});  // also a barrier
-  const A lse = stats.log_sum_exp();
-  const std::int32_t target = a.targets[row];
-  const bool ignored = target == a.ignore_index;
-  if (threadIdx.x == 0) {
-    A loss = 0;
-    if (!ignored) {
-      loss = target >= 0 && target < a.vocab ? lse - scalar_cast<A>(kept[target])
-                                             : ::cuda::std::numeric_limits<A>::quiet_NaN();
-    }
-    a.row_loss[row] = loss;
-    if (a.lse) a.lse[row] = lse;
-  }
-  const std::int32_t valid = *a.valid_rows;
-  const A scale = ignored || valid == 0 ? A(0) : a.grad_scale / static_cast<A>(valid);
-  for_each_row_chunk<N>(x, a.vocab, [&](std::int64_t c, auto width) {
-    constexpr int W = decltype(width)::value;
-    A g[W];
-    row_load<W>(kept + c, g);
-#pragma unroll
-    for (int j = 0; j < W; ++j) {
-      g[j] = row_exp(g[j] - lse) * scale;
-      if (c + j == target) g[j] -= scale;
-    }
-    row_store<W>(x + c, g);
-  });
-}
-
-// Shared memory the in-place kernel needs for a row of `vocab` (with room for the shift), and the
-// most it may take: above that the forward kernel writes the gradient, reading the row again.
-template <class T>
-std::size_t cross_entropy_row_bytes(std::int64_t vocab) {
-  return static_cast<std::size_t>(vocab + map_width<T>()) * sizeof(T);
-}
-constexpr std::size_t cross_entropy_max_row_bytes = 160 * 1024;
-
-template <class T>
-__global__ void __launch_bounds__(map_threads)
-    cross_entropy_rescale_kernel(CrossEntropyRescaleParams<T> p) {
-  using A = accum_t<T>;
-  const A factor = static_cast<A>(static_cast<double>(*p.dloss) / p.expected);
-  if (p.grad == p.dlogits && !p.accumulate && factor == A(1)) return;
-  const std::int64_t step = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n;
-       i += step) {
-    const A g = factor * scalar_cast<A>(p.grad[i]);
-    p.dlogits[i] = scalar_cast<T>(p.accumulate ? scalar_cast<A>(p.dlogits[i]) + g : g);
-  }
 }
 
 }  // namespace detail
@@ -364,19 +287,7 @@ void cross_entropy(Cuda, const CrossEntropyParams<T>& p) {
         p.lse,       valid,          p.dlogits,
         p.vocab,     p.ignore_index, static_cast<A>(p.grad_scale),
         p.accumulate};
-    const std::size_t row_bytes = detail::cross_entropy_row_bytes<T>(p.vocab);
-    if (p.dlogits == p.logits && !p.accumulate &&
-        row_bytes <= detail::cross_entropy_max_row_bytes &&
-        cross_entropy_gradient() == CrossEntropyGradient::forward) {
-      constexpr int N = detail::map_width<T>();
-      const bool packed = detail::rows_share_alignment<T>({p.logits});
-      const auto kernel = packed ? detail::cross_entropy_in_place_kernel<T, N>
-                                 : detail::cross_entropy_in_place_kernel<T, 1>;
-      if (row_bytes > 48 * 1024)
-        FATHOM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(row_bytes)));
-      kernel<<<grid, detail::cross_entropy_threads, row_bytes, cuda::stream()>>>(a);
-    } else if (detail::rows_share_alignment<T>({p.logits, p.dlogits})) {
+    if (detail::rows_share_alignment<T>({p.logits, p.dlogits})) {
       detail::cross_entropy_forward_kernel<T, detail::map_width<T>()>
           <<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
     } else {
@@ -404,15 +315,6 @@ void cross_entropy_backward(Cuda, const CrossEntropyBackwardParams<T>& p) {
     detail::cross_entropy_backward_kernel<T, 1>
         <<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
   }
-  FATHOM_CUDA_CHECK(cudaGetLastError());
-}
-
-template <class T>
-void cross_entropy_rescale(Cuda, const CrossEntropyRescaleParams<T>& p) {
-  if (p.n == 0) return;
-  const int blocks = static_cast<int>(std::min<std::int64_t>(
-      detail::map_max_blocks, (p.n + detail::map_threads - 1) / detail::map_threads));
-  detail::cross_entropy_rescale_kernel<T><<<blocks, detail::map_threads, 0, cuda::stream()>>>(p);
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 
