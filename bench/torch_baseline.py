@@ -118,12 +118,13 @@ def build_gpt2(w):
     import torch.nn.functional as F
 
     d, h = w["d_model"], w["heads"]
+    bias = w.get("bias", True)  # --no-bias: none in the linear layers and LayerNorms
 
     class Attention(nn.Module):
         def __init__(self):
             super().__init__()
-            self.qkv = nn.Linear(d, 3 * d)
-            self.proj = nn.Linear(d, d)
+            self.qkv = nn.Linear(d, 3 * d, bias=bias)
+            self.proj = nn.Linear(d, d, bias=bias)
 
         def forward(self, x):  # (B, T, d)
             b, t, _ = x.shape
@@ -134,11 +135,11 @@ def build_gpt2(w):
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.ln_1 = nn.LayerNorm(d, eps=w["norm_eps"])
+            self.ln_1 = nn.LayerNorm(d, eps=w["norm_eps"], bias=bias)
             self.attn = Attention()
-            self.ln_2 = nn.LayerNorm(d, eps=w["norm_eps"])
-            self.fc = nn.Linear(d, w["d_ff"])
-            self.fc_proj = nn.Linear(w["d_ff"], d)
+            self.ln_2 = nn.LayerNorm(d, eps=w["norm_eps"], bias=bias)
+            self.fc = nn.Linear(d, w["d_ff"], bias=bias)
+            self.fc_proj = nn.Linear(w["d_ff"], d, bias=bias)
 
         def forward(self, x):
             x = x + self.attn(self.ln_1(x))
@@ -150,7 +151,7 @@ def build_gpt2(w):
             self.wte = nn.Embedding(w["vocab"], d)
             self.wpe = nn.Embedding(w["seq"], d)
             self.blocks = nn.ModuleList(Block() for _ in range(w["layers"]))
-            self.ln_f = nn.LayerNorm(d, eps=w["norm_eps"])
+            self.ln_f = nn.LayerNorm(d, eps=w["norm_eps"], bias=bias)
             self.lm_head = nn.Linear(d, w["vocab"], bias=False)
             self.lm_head.weight = self.wte.weight  # tied
             for name, p in self.named_parameters():
@@ -193,6 +194,8 @@ def run_one(name, mode, args, device):
         w["batch"] = args.batch
     if args.seq:
         w["seq"] = args.seq
+    if args.no_bias:
+        w["bias"] = False
     torch.manual_seed(0)
     model, input_embedding = (build_llama if w["arch"] == "llama" else build_gpt2)(w)
     model = model.to(device).train()
@@ -280,7 +283,7 @@ def run_one(name, mode, args, device):
         "peak_reserved_gib": None if reserved is None else round(reserved / 2**30, 3),
         "compile_mode": args.compile_mode if mode == "compile" else None,
         "fused_adamw": fused, "loss_first": round(first_loss, 4), "loss_last": round(last_loss, 4),
-        "smoke": bool(args.smoke),
+        "smoke": bool(args.smoke), "bias": not args.no_bias,
     }
     assert math.isfinite(last_loss), f"{name}/{mode}: loss became {last_loss}"
     del step_model, model, optimizer, batches
@@ -347,6 +350,10 @@ def parse_args(argv):
                    help="run every measurement in this process (default: each in a fresh one)")
     p.add_argument("--shape", metavar="WORKLOAD", default=None,
                    help="print the workload's batch and sequence length ('batch seq') and exit")
+    p.add_argument("--no-bias", action="store_true",
+                   help="gpt2-124m without biases in its linear layers and LayerNorms (nanoGPT's "
+                        "train.py default, bias = False; the default here keeps GPT-2's biases, as "
+                        "fathom's gpt2 presets have them)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.shape is not None:
@@ -384,6 +391,8 @@ def child_argv(args, name, mode, device):
         argv += ["--seq", str(args.seq)]
     if args.smoke:
         argv.append("--smoke")
+    if args.no_bias:
+        argv.append("--no-bias")
     return argv
 
 
