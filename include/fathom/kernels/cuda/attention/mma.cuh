@@ -97,11 +97,28 @@ RopeFreqs<HD / 2> rope_freqs(const AttentionBackwardParams<bf16>& p) {
   return f;
 }
 
+// sin and cos of x for |x| up to about 1e5 (RoPE's angles: a position times a frequency <= 1):
+// x less k pi/2 in three FMA steps (pi/2 split into three floats, Cody-Waite), then the
+// special-function unit's sin and cos of the remainder in [-pi/4, pi/4] (absolute error about
+// 2^-21 there), swapped and signed by the quadrant k mod 4. A fraction of sincosf's instructions,
+// which made the turn cost more than half of the rope pass it replaces.
+__device__ inline void sincos_reduced(float x, float* sin, float* cos) {
+  const float k = rintf(x * 0.636619772367581343f);  // 2 / pi
+  float r = fmaf(-k, 1.57079625129699707031f, x);
+  r = fmaf(-k, 7.54978941586159635335e-08f, r);
+  r = fmaf(-k, 5.39030252995776476554e-15f, r);
+  const float sr = __sinf(r), cr = __cosf(r);
+  const int quadrant = static_cast<int>(k) & 3;
+  *sin = quadrant == 0 ? sr : quadrant == 1 ? cr : quadrant == 2 ? -sr : -cr;
+  *cos = quadrant == 0 ? cr : quadrant == 1 ? -sr : quadrant == 2 ? -cr : sr;
+}
+
 // RoPE's inverse turn (p.rope_theta > 0) of one thread's gradient accumulators, in registers,
 // before they are stored: the pair (i, i + HD / 2) of a row lies in n-tiles n and n + HD / 16 of
 // the same thread at the same element, so no data moves between threads. The thread's rows are
 // row0 + 16 m + 8 r (row0 = the warp's first row + g), at positions rope_pos0 + row; columns
-// n * 8 + 2c + e. Angles as the rope kernels compute them: fp32(pos) * inv_freq, sincosf.
+// n * 8 + 2c + e. Angles as the rope kernels compute them, fp32(pos) * inv_freq; their sine and
+// cosine by sincos_reduced.
 template <int HD, int M>
 __device__ inline void unturn_rope(float (&acc)[M][HD / 8][4],
                                    const AttentionBackwardParams<bf16>& p,
@@ -123,7 +140,7 @@ __device__ inline void unturn_rope(float (&acc)[M][HD / 8][4],
                       f2 = freqs.inv_freq[base + 4], f3 = freqs.inv_freq[base + 6];
           const float freq = c == 0 ? f0 : c == 1 ? f1 : c == 2 ? f2 : f3;
           float sin, cos;
-          sincosf(pos * freq, &sin, &cos);
+          sincos_reduced(pos * freq, &sin, &cos);
           float& lo = acc[m][n][2 * r + e];
           float& hi = acc[m][n + kHalfTiles][2 * r + e];
           const float x1 = lo, x2 = hi;
