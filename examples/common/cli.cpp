@@ -234,7 +234,7 @@ CLI::Validator count_in(long long lo, long long hi) {
                  "], got '" + text + "'";
         return {};
       },
-      "INT");
+      "");  // the help already says INT
 }
 
 CLI::Validator number_in(double lo, double hi) {
@@ -291,16 +291,17 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
   app.add_option("--preset", c.preset, "model preset: " + joined(nn::preset_names));
   app.add_option("--policy", t.policy, "normalization policy: " + policies.joined_names());
   add_list_policies(app, policies);
-  app.add_option("--layers", c.layers, "override the preset's number of blocks")
-      ->check(count_in(1, INT_MAX));
-  app.add_option("--d-model", c.d_model, "override the model width")->check(count_in(1, INT_MAX));
-  app.add_option("--heads", c.heads, "override the number of attention heads")
-      ->check(count_in(1, INT_MAX));
-  app.add_option("--d-ff", c.d_ff, "override the MLP hidden size")->check(count_in(1, INT_MAX));
-  app.add_option("--vocab", c.vocab,
-                 "override the vocabulary size (default: the data's, from the dataset.json that "
-                 "fathom-prepare writes beside the shards; else the preset's)")
-      ->check(count_in(1, INT_MAX));
+  // Size overrides: 0 in the options means "not given", so the help shows no default for them.
+  auto size_override = [&](const char* flag, int& field, const std::string& help) {
+    app.add_option(flag, field, help)->check(count_in(1, INT_MAX))->default_str("");
+  };
+  size_override("--layers", c.layers, "override the preset's number of blocks");
+  size_override("--d-model", c.d_model, "override the model width");
+  size_override("--heads", c.heads, "override the number of attention heads");
+  size_override("--d-ff", c.d_ff, "override the MLP hidden size");
+  size_override("--vocab", c.vocab,
+                "override the vocabulary size (default: the data's, from the dataset.json that "
+                "fathom-prepare writes beside the shards; else the preset's)");
   app.add_option("--seq-len", t.seq_len, "tokens per sequence")->check(count_in(1, INT_MAX));
   app.add_option("--data", t.data,
                  "training token shards (glob, llm.c format); none: the built-in corpus");
