@@ -157,6 +157,33 @@ fathom::kernels::AttentionParams<T> forward_params(const Dims& d, const std::vec
   return p;
 }
 
+// The backward of the forward fp (packed (B, T, C) rows): d_o and the gradients it adds to, any
+// of which may be null (not wanted).
+template <class T>
+fathom::kernels::AttentionBackwardParams<T> backward_params(
+    const fathom::kernels::AttentionParams<T>& fp, const T* d_o, T* dq, T* dk, T* dv) {
+  fathom::kernels::AttentionBackwardParams<T> bp;
+  bp.q = fp.q;
+  bp.k = fp.k;
+  bp.v = fp.v;
+  bp.o = fp.o;
+  bp.d_o = d_o;
+  bp.lse = fp.lse;
+  bp.dq = dq;
+  bp.dk = dk;
+  bp.dv = dv;
+  bp.batch = fp.batch;
+  bp.seq = fp.seq;
+  bp.heads = fp.heads;
+  bp.head_dim = fp.head_dim;
+  const std::int64_t C = fp.heads * fp.head_dim;
+  bp.q_stride = bp.k_stride = bp.v_stride = bp.o_stride = bp.do_stride = C;
+  bp.dq_stride = bp.dk_stride = bp.dv_stride = C;
+  bp.causal = fp.causal;
+  bp.scale = fp.scale;
+  return bp;
+}
+
 // Gradient tolerances: the backward sums T products, and dS = P (dP - delta) cancels, so the
 // absolute floor is wider than for the forward.
 template <class T>
@@ -213,25 +240,8 @@ TEMPLATE_TEST_CASE("attention backward matches the naive formula and accumulates
   auto dq = normal_values<T>(d.n(), 31), dk = normal_values<T>(d.n(), 32),
        dv = normal_values<T>(d.n(), 33);
   const auto dq0 = to_double(dq), dk0 = to_double(dk), dv0 = to_double(dv);
-  fathom::kernels::AttentionBackwardParams<T> bp;
-  bp.q = q.data();
-  bp.k = k.data();
-  bp.v = v.data();
-  bp.o = o.data();
-  bp.d_o = d_o.data();
-  bp.lse = lse.data();
-  bp.dq = dq.data();
-  bp.dk = dk.data();
-  bp.dv = dv.data();
-  bp.batch = B;
-  bp.seq = Tn;
-  bp.heads = H;
-  bp.head_dim = hd;
-  bp.q_stride = bp.k_stride = bp.v_stride = bp.o_stride = bp.do_stride = d.C();
-  bp.dq_stride = bp.dk_stride = bp.dv_stride = d.C();
-  bp.causal = causal;
-  bp.scale = fp.scale;
-  fathom::kernels::attention_backward(Cpu{}, bp);
+  fathom::kernels::attention_backward(
+      Cpu{}, backward_params(fp, d_o.data(), dq.data(), dk.data(), dv.data()));
 
   const auto g = to_double(d_o);
   auto ref = naive_attention(d, to_double(q), to_double(k), to_double(v), causal, &g);
@@ -254,22 +264,9 @@ TEST_CASE("attention backward skips gradients that are not wanted", "[kernels][a
   auto fp = forward_params(d, q, k, v, o, lse, true);
   fathom::kernels::attention(Cpu{}, fp);
   std::vector<double> dv(d.n(), 0.0);
-  fathom::kernels::AttentionBackwardParams<double> bp;
-  bp.q = q.data();
-  bp.k = k.data();
-  bp.v = v.data();
-  bp.o = o.data();
-  bp.d_o = d_o.data();
-  bp.lse = lse.data();
-  bp.dv = dv.data();  // dq and dk stay null
-  bp.batch = d.B;
-  bp.seq = d.T;
-  bp.heads = d.H;
-  bp.head_dim = d.hd;
-  bp.q_stride = bp.k_stride = bp.v_stride = bp.o_stride = bp.do_stride = d.C();
-  bp.dq_stride = bp.dk_stride = bp.dv_stride = d.C();
-  bp.scale = fp.scale;
-  fathom::kernels::attention_backward(Cpu{}, bp);
+  // dq and dk not wanted
+  fathom::kernels::attention_backward(
+      Cpu{}, backward_params<double>(fp, d_o.data(), nullptr, nullptr, dv.data()));
   auto ref = naive_attention(d, q, k, v, true, &d_o);
   CHECK(first_mismatch("dv", dv, ref.dv, 1e-10, 1e-12, btc(d)) == "");
 }
@@ -379,24 +376,7 @@ TEST_CASE("attention backward with rope_theta equals the backward, then rope's b
   auto fp = forward_params(d, q, k, v, o, lse, causal);
   fathom::kernels::attention(Cpu{}, fp);
   auto backward = [&](double* dq, double* dk, double* dv, double rope_theta) {
-    fathom::kernels::AttentionBackwardParams<double> bp;
-    bp.q = q.data();
-    bp.k = k.data();
-    bp.v = v.data();
-    bp.o = o.data();
-    bp.d_o = d_o.data();
-    bp.lse = lse.data();
-    bp.dq = dq;
-    bp.dk = dk;
-    bp.dv = dv;
-    bp.batch = B;
-    bp.seq = Tn;
-    bp.heads = H;
-    bp.head_dim = hd;
-    bp.q_stride = bp.k_stride = bp.v_stride = bp.o_stride = bp.do_stride = d.C();
-    bp.dq_stride = bp.dk_stride = bp.dv_stride = d.C();
-    bp.causal = causal;
-    bp.scale = fp.scale;
+    auto bp = backward_params(fp, d_o.data(), dq, dk, dv);
     bp.rope_theta = rope_theta;
     bp.rope_pos0 = pos0;
     fathom::kernels::attention_backward(Cpu{}, bp);
