@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "fathom/autograd/ops/reduce.hpp"
+#include "nn/layer_testing.hpp"
 #include "support/catch.hpp"
 
 using namespace fathom;
@@ -32,42 +33,6 @@ nn::ModelConfig llama_config(int heads, int head_dim, bool bias, double theta) {
   c.bias = bias;
   c.rope_theta = theta;
   return c;
-}
-
-struct Run {
-  std::vector<double> y;
-  std::map<std::string, std::vector<double>> grads;  // "x" and every parameter by name
-};
-
-// The layer's parameters filled with N(0, 0.3^2) by name; x and the output's seed gradient from
-// fixed seeds.
-template <class T>
-void randomize(std::vector<nn::NamedParameter<T, Cpu>>& registry) {
-  std::uint64_t seed = 40;
-  for (auto& p : registry)
-    p.var.mutable_value().copy_(Tensor<T, Cpu>::randn(p.var.shape(), ++seed, 0.3));
-}
-
-template <class T, class Forward>
-Run run(const nn::ModelConfig& c, std::int64_t B, std::int64_t Tn, Forward forward) {
-  ag::clear_tape();
-  std::vector<nn::NamedParameter<T, Cpu>> registry;
-  nn::Attention<T, Cpu> attn(c, nn::Llama::block(0, 1), 1, registry);
-  randomize(registry);
-  Var<T, Cpu> x(Tensor<T, Cpu>::randn(Shape{B, Tn, c.d_model}, 7), true);
-  auto y = forward(attn, registry, x);
-  ag::backward(y, Tensor<T, Cpu>::randn(y.shape(), 8));
-  Run r;
-  for (auto v : y.value().to_vector()) r.y.push_back(static_cast<double>(v));
-  auto grad = [](const Var<T, Cpu>& v) {
-    std::vector<double> out;
-    REQUIRE(v.has_grad());
-    for (auto g : v.grad().to_vector()) out.push_back(static_cast<double>(g));
-    return out;
-  };
-  r.grads["x"] = grad(x);
-  for (const auto& p : registry) r.grads[p.name] = grad(p.var);
-  return r;
 }
 
 // Today's composition before the stacked projection: three linears, rope on q and on k, attention
@@ -123,11 +88,12 @@ TEMPLATE_TEST_CASE("Llama attention: one stacked GEMM and rope_qkv equal the thr
   const double theta = GENERATE(10000.0, 500000.0);
   CAPTURE(heads, head_dim, B, Tn, bias, theta);
   const auto c = llama_config(heads, head_dim, bias, theta);
-  const auto fused = run<T>(
-      c, B, Tn, [](const auto& attn, const auto&, const auto& x) { return attn.forward(x); });
-  const auto old = run<T>(c, B, Tn, [&](const auto&, const auto& registry, const auto& x) {
-    return three_projections<T>(c, registry, x);
-  });
+  const auto fused = testing::run_layer<T, nn::Attention>(
+      c, B, Tn, 40, [](const auto& attn, const auto&, const auto& x) { return attn.forward(x); });
+  const auto old = testing::run_layer<T, nn::Attention>(
+      c, B, Tn, 40, [&](const auto&, const auto& registry, const auto& x) {
+        return three_projections<T>(c, registry, x);
+      });
   check_close<T>("y", fused.y, old.y, tol);
   REQUIRE(fused.grads.size() == old.grads.size());
   REQUIRE(fused.grads.size() == (bias ? 9u : 5u));  // x, four weights, four biases
@@ -163,25 +129,7 @@ TEST_CASE("Llama attention keeps three named (C, C) projections with their init 
 
 TEST_CASE("Llama attention accumulates its weight gradients over two backwards",
           "[nn][attention]") {
-  // The stacked weight's gradient is split into the three parameters' own buffers: a second
-  // micro-batch adds to them (and never to a buffer another parameter sees).
-  const auto c = llama_config(2, 4, false, 10000.0);
-  ag::clear_tape();
-  std::vector<nn::NamedParameter<double, Cpu>> registry;
-  nn::Attention<double, Cpu> attn(c, nn::Llama::block(0, 1), 1, registry);
-  randomize(registry);
-  Var<double> x(Tensor<double>::randn(Shape{2, 3, 8}, 9), false);
-  ag::backward(ag::sum(attn.forward(x)));
-  std::vector<std::vector<double>> once;
-  for (const auto& p : registry) once.push_back(p.var.grad().to_vector());
-  ag::backward(ag::sum(attn.forward(x)));
-  for (std::size_t i = 0; i < registry.size(); ++i) {
-    INFO(registry[i].name);
-    const auto twice = registry[i].var.grad().to_vector();
-    REQUIRE(twice.size() == once[i].size());
-    for (std::size_t j = 0; j < twice.size(); ++j)
-      CHECK_THAT(twice[j], WithinAbs(2.0 * once[i][j], 1e-12));
-  }
+  testing::check_gradients_add_up<nn::Attention>(llama_config(2, 4, false, 10000.0), 40);
 }
 
 TEST_CASE("Llama attention under fp8 runs one linear_fp8 against the stacked weights",
@@ -190,7 +138,7 @@ TEST_CASE("Llama attention under fp8 runs one linear_fp8 against the stacked wei
   ag::clear_tape();
   std::vector<nn::NamedParameter<float, Cpu>> registry;
   nn::Attention<float, Cpu> attn(c, nn::Llama::block(0, 1), 1, registry);
-  randomize(registry);
+  testing::randomize_layer(registry, 40);
   Var<float, Cpu> x(Tensor<float, Cpu>::randn(Shape{2, 6, 16}, 10), true);
   ag::NoGradGuard no_grad;
   const auto native = attn.forward(x).value().to_vector();

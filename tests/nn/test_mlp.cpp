@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "fathom/autograd/ops/reduce.hpp"
+#include "nn/layer_testing.hpp"
 #include "support/catch.hpp"
 
 using namespace fathom;
@@ -31,40 +32,6 @@ nn::ModelConfig mlp_config(std::int64_t C, std::int64_t F, bool bias) {
   c.max_seq = 16;
   c.bias = bias;
   return c;
-}
-
-struct MlpRun {
-  std::vector<double> y;
-  std::map<std::string, std::vector<double>> grads;  // "x" and every parameter by name
-};
-
-template <class T>
-void randomize_mlp(std::vector<nn::NamedParameter<T, Cpu>>& registry) {
-  std::uint64_t seed = 60;
-  for (auto& p : registry)
-    p.var.mutable_value().copy_(Tensor<T, Cpu>::randn(p.var.shape(), ++seed, 0.3));
-}
-
-template <class T, class Forward>
-MlpRun run_mlp(const nn::ModelConfig& c, std::int64_t B, std::int64_t Tn, Forward forward) {
-  ag::clear_tape();
-  std::vector<nn::NamedParameter<T, Cpu>> registry;
-  nn::MLP<T, Cpu> mlp(c, nn::Llama::block(0, 1), 1, registry);
-  randomize_mlp(registry);
-  Var<T, Cpu> x(Tensor<T, Cpu>::randn(Shape{B, Tn, c.d_model}, 7), true);
-  auto y = forward(mlp, x);
-  ag::backward(y, Tensor<T, Cpu>::randn(y.shape(), 8));
-  MlpRun r;
-  for (auto v : y.value().to_vector()) r.y.push_back(static_cast<double>(v));
-  auto grad = [](const Var<T, Cpu>& v) {
-    std::vector<double> out;
-    REQUIRE(v.has_grad());
-    for (auto g : v.grad().to_vector()) out.push_back(static_cast<double>(g));
-    return out;
-  };
-  r.grads["x"] = grad(x);
-  for (const auto& p : registry) r.grads[p.name] = grad(p.var);
-  return r;
 }
 
 // The composition before the stacked projection: two linears, swiglu, the down projection.
@@ -103,10 +70,11 @@ TEMPLATE_TEST_CASE("Llama MLP: one stacked GEMM and swiglu_stacked equal the two
   const bool bias = GENERATE(false, true);
   CAPTURE(C, F, B, Tn, bias);
   const auto c = mlp_config(C, F, bias);
-  const auto stacked =
-      run_mlp<T>(c, B, Tn, [](const auto& mlp, const auto& x) { return mlp.forward(x); });
-  const auto old = run_mlp<T>(
-      c, B, Tn, [](const auto& mlp, const auto& x) { return two_projections<T>(mlp, x); });
+  const auto stacked = testing::run_layer<T, nn::MLP>(
+      c, B, Tn, 60, [](const auto& mlp, const auto&, const auto& x) { return mlp.forward(x); });
+  const auto old = testing::run_layer<T, nn::MLP>(
+      c, B, Tn, 60,
+      [](const auto& mlp, const auto&, const auto& x) { return two_projections<T>(mlp, x); });
   check_mlp_close("y", stacked.y, old.y, tol);
   REQUIRE(stacked.grads.size() == old.grads.size());
   REQUIRE(stacked.grads.size() == (bias ? 7u : 4u));  // x, three weights, three biases
@@ -142,25 +110,7 @@ TEST_CASE("Llama MLP keeps three named projections with their init roles", "[nn]
 }
 
 TEST_CASE("Llama MLP accumulates its weight gradients over two backwards", "[nn][mlp]") {
-  // The stacked weight's gradient is split into the gate and up parameters' own buffers: a
-  // second micro-batch adds to them (and never to a buffer the other parameter sees).
-  const auto c = mlp_config(8, 6, true);
-  ag::clear_tape();
-  std::vector<nn::NamedParameter<double, Cpu>> registry;
-  nn::MLP<double, Cpu> mlp(c, nn::Llama::block(0, 1), 1, registry);
-  randomize_mlp(registry);
-  Var<double> x(Tensor<double>::randn(Shape{2, 3, 8}, 9), false);
-  ag::backward(ag::sum(mlp.forward(x)));
-  std::vector<std::vector<double>> once;
-  for (const auto& p : registry) once.push_back(p.var.grad().to_vector());
-  ag::backward(ag::sum(mlp.forward(x)));
-  for (std::size_t i = 0; i < registry.size(); ++i) {
-    INFO(registry[i].name);
-    const auto twice = registry[i].var.grad().to_vector();
-    REQUIRE(twice.size() == once[i].size());
-    for (std::size_t j = 0; j < twice.size(); ++j)
-      CHECK_THAT(twice[j], WithinAbs(2.0 * once[i][j], 1e-12));
-  }
+  testing::check_gradients_add_up<nn::MLP>(mlp_config(8, 6, true), 60);
 }
 
 TEST_CASE("Llama MLP under fp8 runs one linear_fp8 against the stacked weights", "[nn][mlp][fp8]") {
@@ -168,7 +118,7 @@ TEST_CASE("Llama MLP under fp8 runs one linear_fp8 against the stacked weights",
   ag::clear_tape();
   std::vector<nn::NamedParameter<float, Cpu>> registry;
   nn::MLP<float, Cpu> mlp(c, nn::Llama::block(0, 1), 1, registry);
-  randomize_mlp(registry);
+  testing::randomize_layer(registry, 60);
   Var<float, Cpu> x(Tensor<float, Cpu>::randn(Shape{2, 6, 16}, 10), true);
   ag::NoGradGuard no_grad;
   const auto native = mlp.forward(x).value().to_vector();

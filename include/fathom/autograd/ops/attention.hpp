@@ -145,6 +145,39 @@ Var<T, D> attention(const Var<T, D>& q, const Var<T, D>& k, const Var<T, D>& v, 
       });
 }
 
+namespace detail {
+
+// Attention over a contiguous (B, T, 3C) projection x (q, k and v side by side in each row, read
+// in place): the output (B, T, C), the log-sum-exp, and the forward parameters the backward needs.
+template <class T, class D>
+struct QkvAttention {
+  Tensor<T, D> o;
+  Tensor<accum_t<T>, D> lse;
+  kernels::AttentionParams<T> fp;
+};
+template <class T, class D>
+QkvAttention<T, D> qkv_attention(const Tensor<T, D>& x, int n_heads, bool causal) {
+  const std::int64_t B = x.size(0), Tn = x.size(1), C = x.size(2) / 3;
+  Tensor<T, D> o(Shape{B, Tn, C});
+  Tensor<accum_t<T>, D> lse(Shape{B, n_heads, Tn});
+  auto fp = attention_params(o, lse, causal);
+  fp.q = x.data(), fp.k = x.data() + C, fp.v = x.data() + 2 * C;
+  fp.q_stride = fp.k_stride = fp.v_stride = 3 * C;
+  if (o.numel() > 0) kernels::attention(D{}, fp);
+  return {std::move(o), std::move(lse), fp};
+}
+
+// The backward of qkv_attention's fp: dq, dk and dv into the thirds of one (B, T, 3C) gradient.
+template <class T>
+kernels::AttentionBackwardParams<T> qkv_backward_params(const kernels::AttentionParams<T>& fp,
+                                                        const T* d_o, GradWrite<T> to) {
+  const std::int64_t C = fp.o_stride;
+  return attention_backward_params(fp, d_o, to, {to.data + C, to.accumulate},
+                                   {to.data + 2 * C, to.accumulate}, 3 * C, to.accumulate);
+}
+
+}  // namespace detail
+
 // qkv (B, T, 3C): q, k and v side by side in the last dimension (the output of a fused (3C, C)
 // projection) -> (B, T, C). The same result as attention(q, k, v) on split_last(qkv, 3), but the
 // kernels read q, k and v in place and the backward writes their gradients straight into qkv's
@@ -154,29 +187,20 @@ Var<T, D> attention_qkv(const Var<T, D>& qkv, int n_heads, bool causal = true) {
   FATHOM_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0,
                "attention_qkv: expected qkv of shape (B, T, 3C), got " << qkv.shape());
   FATHOM_CHECK(n_heads > 0, "attention_qkv: expected n_heads > 0, got " << n_heads);
-  const std::int64_t B = qkv.size(0), Tn = qkv.size(1), C = qkv.size(2) / 3;
+  const std::int64_t C = qkv.size(2) / 3;
   FATHOM_CHECK(C % n_heads == 0,
                "attention_qkv: C = " << C << " (qkv " << qkv.shape()
                                      << ") is not divisible by n_heads = " << n_heads);
   Tensor<T, D> x = qkv.value().contiguous();
-  Tensor<T, D> o(Shape{B, Tn, C});
-  Tensor<accum_t<T>, D> lse(Shape{B, n_heads, Tn});
-  auto fp = detail::attention_params(o, lse, causal);
-  fp.q = x.data(), fp.k = x.data() + C, fp.v = x.data() + 2 * C;
-  fp.q_stride = fp.k_stride = fp.v_stride = 3 * C;
-  if (o.numel() > 0) kernels::attention(D{}, fp);
-
-  return Var<T, D>::make_result(o, qkv.requires_grad(),
-                                [g = grad_target(qkv), x, o, lse, fp](const Tensor<T, D>& gy) {
-                                  if (o.numel() == 0) return;
-                                  Tensor<T, D> d_o = gy.contiguous();
-                                  const auto dst = g->write_target();
-                                  const std::int64_t C = fp.o_stride;
-                                  const auto bp = detail::attention_backward_params(
-                                      fp, d_o.data(), dst, {dst.data + C, dst.accumulate},
-                                      {dst.data + 2 * C, dst.accumulate}, 3 * C, dst.accumulate);
-                                  kernels::attention_backward(D{}, bp);
-                                });
+  const auto a = detail::qkv_attention(x, n_heads, causal);
+  return Var<T, D>::make_result(
+      a.o, qkv.requires_grad(),
+      [g = grad_target(qkv), x, o = a.o, lse = a.lse, fp = a.fp](const Tensor<T, D>& gy) {
+        if (o.numel() == 0) return;
+        Tensor<T, D> d_o = gy.contiguous();
+        kernels::attention_backward(D{},
+                                    detail::qkv_backward_params(fp, d_o.data(), g->write_target()));
+      });
 }
 
 // rope_qkv then attention_qkv as one op: qkv (B, T, 3C) -> (B, T, C), q and k turned by RoPE
@@ -207,26 +231,15 @@ Var<T, D> rope_attention_qkv(Var<T, D> qkv, int n_heads, double theta = 10000.0,
   const Tensor<T, D>& in = qkv.value();
   Tensor<T, D> x = in.storage_use_count() == 1 && in.is_contiguous() ? in : in.clone();
   if (x.numel() > 0) turn(x.data(), false);
-  Tensor<T, D> o(Shape{B, Tn, C});
-  Tensor<accum_t<T>, D> lse(Shape{B, n_heads, Tn});
-  auto fp = detail::attention_params(o, lse, causal);
-  fp.q = x.data(), fp.k = x.data() + C, fp.v = x.data() + 2 * C;
-  fp.q_stride = fp.k_stride = fp.v_stride = 3 * C;
-  if (o.numel() > 0) kernels::attention(D{}, fp);
-
+  const auto a = detail::qkv_attention(x, n_heads, causal);
   return Var<T, D>::make_result(
-      o, qkv.requires_grad(),
-      [g = grad_target(qkv), x, o, lse, fp, theta, pos0, turn](const Tensor<T, D>& gy) {
+      a.o, qkv.requires_grad(),
+      [g = grad_target(qkv), x, o = a.o, lse = a.lse, fp = a.fp, theta, pos0,
+       turn](const Tensor<T, D>& gy) {
         if (o.numel() == 0) return;
         Tensor<T, D> d_o = gy.contiguous();
         const auto dst = g->write_target();
-        const std::int64_t C = fp.o_stride;
-        auto backward_into = [&](GradWrite<T> to) {
-          return detail::attention_backward_params(fp, d_o.data(), to, {to.data + C, to.accumulate},
-                                                   {to.data + 2 * C, to.accumulate}, 3 * C,
-                                                   to.accumulate);
-        };
-        auto bp = backward_into(dst);
+        auto bp = detail::qkv_backward_params(fp, d_o.data(), dst);
         bp.rope_theta = theta;
         bp.rope_pos0 = pos0;
         if (kernels::attention_backward_turns_rope(D{}, bp)) {
@@ -237,7 +250,8 @@ Var<T, D> rope_attention_qkv(Var<T, D> qkv, int n_heads, double theta = 10000.0,
         // of its own (qkv's gradient when it is fresh), then the rope pass over it.
         Tensor<T, D> own = dst.accumulate ? Tensor<T, D>(x.shape()) : Tensor<T, D>();
         T* into = dst.accumulate ? own.data() : dst.data;
-        kernels::attention_backward(D{}, backward_into({into, false}));
+        kernels::attention_backward(D{},
+                                    detail::qkv_backward_params(fp, d_o.data(), {into, false}));
         turn(into, true);
         if (dst.accumulate)
           kernels::axpy(D{}, kernels::AxpyParams<T>{into, dst.data, own.numel(), 1.0});
