@@ -4,7 +4,8 @@
 #   env: FATHOM_BENCH_POLICIES (default: all six), FATHOM_BENCH_WORKLOADS, FATHOM_BENCH_TORCH_MODES,
 #        FATHOM_BENCH_STEPS (timed steps, default 25), FATHOM_BENCH_WARMUP (default 8),
 #        FATHOM_BENCH_FP8_POLICIES (policies also run with --precision fp8; default pre-ln, empty:
-#        no fp8 rows)
+#        no fp8 rows), FATHOM_BENCH_FP8_SCALINGS (their --fp8-scaling values; default
+#        current,delayed)
 set -uo pipefail
 build="${1:-${FATHOM_BUILD_DIR:?usage: bench/run.sh BUILD_DIR [OUT_DIR] (or FATHOM_BUILD_DIR set)}}"
 out="${2:-${OUT:-$build/logs}}"
@@ -16,6 +17,7 @@ modes="${FATHOM_BENCH_TORCH_MODES:-eager,compile}"
 steps="${FATHOM_BENCH_STEPS:-25}"
 warmup="${FATHOM_BENCH_WARMUP:-8}"
 fp8_policies="${FATHOM_BENCH_FP8_POLICIES-pre-ln}"
+IFS=, read -r -a fp8_scalings <<<"${FATHOM_BENCH_FP8_SCALINGS:-current,delayed}"
 rm -f "$out/bench_fathom.jsonl" "$out/bench_torch.jsonl"
 rc=0
 # One fathom-bench call per workload, at the batch and sequence length the PyTorch baseline uses.
@@ -30,9 +32,11 @@ for w in "${workload_list[@]}"; do
     --policies "$policies" --steps "$steps" --warmup "$warmup" \
     --json-out "$out/bench_fathom.jsonl" || rc=1
   if [[ -n "$fp8_policies" ]]; then
-    "$build/bin/fathom-bench" --workloads "$w" --batch "$batch" --seq-len "$seq" \
-      --policies "$fp8_policies" --precision fp8 --steps "$steps" --warmup "$warmup" \
-      --json-out "$out/bench_fathom.jsonl" || rc=1
+    for scaling in "${fp8_scalings[@]}"; do
+      "$build/bin/fathom-bench" --workloads "$w" --batch "$batch" --seq-len "$seq" \
+        --policies "$fp8_policies" --precision fp8 --fp8-scaling "$scaling" --steps "$steps" \
+        --warmup "$warmup" --json-out "$out/bench_fathom.jsonl" || rc=1
+    done
   fi
 done
 if python3 -c "import torch" 2>/dev/null; then

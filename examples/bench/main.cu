@@ -37,6 +37,7 @@ struct BenchOptions {
   std::string workloads = "llama-130m,gpt2-124m";
   std::string policies = "pre-ln,lns";
   std::string precision = "bf16";
+  std::string fp8_scaling = "current";
   int steps = 25, warmup = 8;
   std::int64_t batch = 0, seq_len = 0;  // 0: the workload's
   double peak_tflops = 0;               // 0: measure
@@ -189,6 +190,11 @@ class SilentCommunicator final : public dist::Communicator {
   const dist::Communicator& real_;
 };
 
+// The precision as results name it: fp8 with delayed scaling is "fp8-delayed".
+inline std::string precision_label(const BenchOptions& o) {
+  return o.precision == "fp8" && o.fp8_scaling == "delayed" ? "fp8-delayed" : o.precision;
+}
+
 struct Workload {
   std::string preset;
   std::int64_t batch, seq_len;
@@ -254,7 +260,8 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   if (Tn > cfg.max_seq) cfg.max_seq = static_cast<int>(Tn);
   if (w.vocab > 0) cfg.vocab = w.vocab;
   auto model = policies.make_model<T, D>(cfg, policy, nlohmann::json::object());
-  if (o.precision == "fp8") model->set_linear_precision(nn::LinearPrecision::fp8);
+  if (o.precision == "fp8")
+    model->set_linear_precision(nn::LinearPrecision::fp8, fp8_recipe_of(o.fp8_scaling));
   model->init(0);
   // The trainer's step: AdamW without weight decay, clipping at 1.0 with the factor computed and
   // read on the device, so the step never waits for the host (PyTorch's clip_grad_norm_ does not
@@ -437,8 +444,11 @@ inline int main(int argc, char** argv) {
   app.add_option("--policies", o.policies, "comma-separated policies: " + policies.joined_names());
   app.add_option("--precision", o.precision,
                  "bf16, fp32, or fp8 (bf16 with the blocks' linear-layer GEMMs in fp8: E4M3 "
-                 "forward, E5M2 gradients, current per-tensor scaling; compute capability 8.9+; "
-                 "MFU still against the bf16 GEMM rate)");
+                 "forward, E5M2 gradients, per-tensor scaling as --fp8-scaling says; compute "
+                 "capability 8.9+; MFU still against the bf16 GEMM rate)");
+  app.add_option("--fp8-scaling", o.fp8_scaling,
+                 "with --precision fp8: current (each tensor by its own amax) or delayed (by the "
+                 "amax history of its last 16 steps)");
   app.add_option("--steps", o.steps, "timed steps");
   app.add_option("--warmup", o.warmup, "untimed steps first");
   app.add_option("--batch", o.batch, "override the workload's batch");
@@ -479,6 +489,7 @@ inline int main(int argc, char** argv) {
   int rank = -1;
   try {
     check_choice("--precision", o.precision, {"bf16", "fp32", "fp8"});
+    fp8_recipe_of(o.fp8_scaling);  // checks the name
     if (o.precision == "fp8") check_fp8_device("cuda");
     for (const auto& p : split_list(o.policies)) policies.check(p);
     FATHOM_CHECK(!split_list(o.bias_grad).empty(),
@@ -611,7 +622,7 @@ inline int main(int argc, char** argv) {
             json << nlohmann::json{{"impl", "fathom"},
                                    {"workload", mine.workload},
                                    {"policy", mine.policy},
-                                   {"precision", o.precision},
+                                   {"precision", precision_label(o)},
                                    {"gpus", n},
                                    {"zero", o.zero},
                                    {"batch_per_gpu", o.batch ? o.batch : w.batch},
@@ -644,7 +655,7 @@ inline int main(int argc, char** argv) {
           json << nlohmann::json{{"impl", "fathom"},
                                  {"workload", r.workload},
                                  {"policy", label},
-                                 {"precision", o.precision},
+                                 {"precision", precision_label(o)},
                                  {"tokens_per_s", r.tokens_per_s},
                                  {"ms_per_step", r.ms_per_step},
                                  {"mfu", r.mfu},

@@ -68,7 +68,8 @@ int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies,
                          dist::Communicator* comm) {
   const bool root = !comm || comm->rank() == 0;
   auto model = policies.make_model<T, D>(c.train.model, c.train.policy, c.train.policy_options);
-  if (c.precision == "fp8") model->set_linear_precision(nn::LinearPrecision::fp8);
+  if (c.precision == "fp8")
+    model->set_linear_precision(nn::LinearPrecision::fp8, fp8_recipe_of(c.fp8_scaling));
   if (root)
     std::printf("parameters: %.2fM\n",
                 static_cast<double>(nn::count_elements(model->parameters())) / 1e6);

@@ -123,6 +123,10 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
               const std::vector<std::string>& relaunch, int argc, char** argv) {
   policies.check(c.train.policy);
   check_choice("--precision", c.precision, {"fp32", "bf16", "fp8"});
+  fp8_recipe_of(c.fp8_scaling);  // checks the name
+  FATHOM_CHECK(c.fp8_scaling == "current" || c.precision == "fp8",
+               "--fp8-scaling " << c.fp8_scaling << " needs --precision fp8 (this run is "
+                                << c.precision << ")");
   resolve_train_options(c);
   c.train.model = resolve_model(c);
   if (c.deepnorm_alpha > 0) c.train.policy_options["alpha"] = c.deepnorm_alpha;
@@ -323,7 +327,12 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
   app.add_option("--precision", c.precision,
                  "fp32; bf16 (bf16 weights and activations, fp32 master weights); or fp8 (bf16, "
                  "with the blocks' linear-layer GEMMs in fp8: E4M3 forward, E5M2 gradients, "
-                 "current per-tensor scaling; CUDA GPUs of compute capability 8.9+)");
+                 "per-tensor scaling as --fp8-scaling says; CUDA GPUs of compute capability "
+                 "8.9+)");
+  app.add_option("--fp8-scaling", c.fp8_scaling,
+                 "with --precision fp8: current (each tensor by its own amax, one more pass over "
+                 "it) or delayed (activations and gradients by the largest amax of their last 16 "
+                 "steps, kept in checkpoints; one GPU)");
   app.add_option("--seed", t.seed, "seed of initialization and data order");
   app.add_option("--eval-every", t.eval_every, "evaluate every N steps (0: at the end only)")
       ->check(count_in(0, LLONG_MAX));

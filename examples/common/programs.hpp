@@ -88,8 +88,9 @@ struct TrainCli {
   std::string preset = "tiny";
   std::string device = "auto";
   std::string precision = "fp32";
-  std::string optimizer = "adamw";  // adamw | adam | sgd
-  std::string schedule = "cosine";  // cosine | constant | wsd
+  std::string fp8_scaling = "current";  // current | delayed (--precision fp8)
+  std::string optimizer = "adamw";      // adamw | adam | sgd
+  std::string schedule = "cosine";      // cosine | constant | wsd
   double weight_decay = 0.0;
   double min_lr_ratio = 0.1;
   std::int64_t warmup = -1;  // -1: 10% of the steps
@@ -182,6 +183,14 @@ struct Backend {
   // Registers the built-in policies' models for this backend (builtin_policies() calls it).
   static void add_builtin_policies(PolicyRegistry& policies);
 };
+
+// --fp8-scaling as the recipe of nn::LinearPrecision::fp8 layers.
+inline nn::Fp8Recipe fp8_recipe_of(const std::string& scaling) {
+  check_choice("--fp8-scaling", scaling, {"current", "delayed"});
+  nn::Fp8Recipe r;
+  r.scaling = scaling == "delayed" ? nn::Fp8Scaling::delayed : nn::Fp8Scaling::current;
+  return r;
+}
 
 // --precision fp8 needs fp8 tensor cores: a CUDA GPU of compute capability 8.9 or later (Ada,
 // Hopper and after). Fails with one line naming what is there instead.

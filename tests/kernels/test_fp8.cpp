@@ -386,3 +386,135 @@ TEST_CASE("CPU gemm_fp8 matches a double loop", "[kernels][fp8]") {
   check_reference_gemm_fp8<fp8_e4m3, fp8_e5m2, float>(1, 13, 5, ta, tb, true, 0.5);
   check_reference_gemm_fp8<fp8_e4m3, fp8_e4m3, float>(4, 6, 0, ta, tb, true, 0.0);  // K = 0
 }
+
+TEMPLATE_TEST_CASE("CPU quantize_fp8 with an amax history: delayed scale, recorded amax",
+                   "[kernels][fp8]", fp8_e4m3, fp8_e5m2) {
+  using F = TestType;
+  constexpr Fp8Format Fmt = F::format;
+  const std::int64_t rows = 7, cols = 13;
+  const int len = 5;
+  const int record = GENERATE(0, 3, 4);  // 4: the slot cleared wraps to 0
+  const bool record_amax = GENERATE(true, false);
+  INFO("record " << record << (record_amax ? " recording" : " reading only"));
+  const int next = (record + 1) % len;
+  std::vector<bf16> x(static_cast<std::size_t>(rows * cols));
+  for (std::size_t i = 0; i < x.size(); ++i)
+    x[i] = bf16(static_cast<float>(3.0 * fathom::rng::uniform(31, i) - 1.5));
+  x[17] = bf16(nan_f());  // neither enters the history
+  x[40] = bf16(-inf_f());
+  // The slots a pass writes hold the largest values, so that reading them would show.
+  std::vector<float> history = {0.75f, 0.5f, 1.0f, 2.25f, 0.125f};
+  history[static_cast<std::size_t>(record)] = 0.0f;
+  history[static_cast<std::size_t>(next)] = 100.0f;
+  const std::vector<float> before = history;
+  float expected_amax = 0.0f;  // over the slots read
+  for (int i = 0; i < len; ++i)
+    if (i != record && i != next)
+      expected_amax = std::max(expected_amax, history[static_cast<std::size_t>(i)]);
+  float finite_max = 0.0f;
+  for (auto v : x)
+    if (std::isfinite(static_cast<float>(v)))
+      finite_max = std::max(finite_max, std::abs(static_cast<float>(v)));
+
+  std::vector<F> q(x.size()), qt(x.size()), want(x.size());
+  float scale_inv = 0.0f, want_scale_inv = 0.0f;
+  kernels::quantize_fp8(Cpu{}, kernels::QuantizeFp8Params<bf16, F>{.x = x.data(),
+                                                                   .out = q.data(),
+                                                                   .out_t = qt.data(),
+                                                                   .rows = rows,
+                                                                   .cols = cols,
+                                                                   .scale_inv = &scale_inv,
+                                                                   .history = history.data(),
+                                                                   .history_len = len,
+                                                                   .record = record,
+                                                                   .record_amax = record_amax});
+  // The same codes as current scaling by the history's amax.
+  kernels::quantize_fp8(Cpu{}, kernels::QuantizeFp8Params<bf16, F>{.x = x.data(),
+                                                                   .out = want.data(),
+                                                                   .rows = rows,
+                                                                   .cols = cols,
+                                                                   .amax = &expected_amax,
+                                                                   .scale_inv = &want_scale_inv});
+  CHECK(scale_inv == want_scale_inv);
+  CHECK(scale_inv == 1.0f / fathom::fp8_scale_from_amax<Fmt>(expected_amax, 0));
+  for (std::int64_t i = 0; i < rows; ++i)
+    for (std::int64_t j = 0; j < cols; ++j) {
+      const auto k = static_cast<std::size_t>(i * cols + j);
+      REQUIRE(q[k].bits == want[k].bits);
+      REQUIRE(qt[static_cast<std::size_t>(j * rows + i)].bits == want[k].bits);
+    }
+  // Values beyond the history's amax saturate to the largest finite code.
+  bool saturated = false;
+  for (std::size_t k = 0; k < x.size(); ++k)
+    if (std::isfinite(static_cast<float>(x[k])) &&
+        std::abs(static_cast<float>(x[k])) > expected_amax) {
+      saturated = true;
+      CHECK(std::abs(static_cast<float>(q[k])) == fathom::Fp8Traits<Fmt>::max_value);
+    }
+  if (record == 3) CHECK(saturated);  // slots 0-2 read: amax 1.0, the inputs reach about 1.5
+  CHECK(std::isnan(static_cast<float>(q[17])));
+  for (int i = 0; i < len; ++i) {
+    const auto s = static_cast<std::size_t>(i);
+    if (record_amax && i == record)
+      CHECK(history[s] == finite_max);
+    else if (record_amax && i == next)
+      CHECK(history[s] == 0.0f);
+    else
+      CHECK(history[s] == before[s]);
+  }
+}
+
+TEST_CASE("CPU quantize_fp8 records its own amax while scaling by it; bad histories are refused",
+          "[kernels][fp8]") {
+  std::vector<float> x = {0.5f, -3.0f, 1.25f, 2.0f, -0.25f, 0.0f};
+  std::vector<float> history(4, 0.0f);
+  std::vector<fp8_e4m3> q(6), want(6);
+  float amax = 3.0f, scale_inv = 0.0f, want_scale_inv = 0.0f;
+  // The first quantization of a history: current scaling, and its amax becomes slot 0.
+  kernels::quantize_fp8(Cpu{},
+                        kernels::QuantizeFp8Params<float, fp8_e4m3>{.x = x.data(),
+                                                                    .out = q.data(),
+                                                                    .rows = 2,
+                                                                    .cols = 3,
+                                                                    .amax = &amax,
+                                                                    .scale_inv = &scale_inv,
+                                                                    .history = history.data(),
+                                                                    .history_len = 4,
+                                                                    .record = 0});
+  kernels::quantize_fp8(Cpu{},
+                        kernels::QuantizeFp8Params<float, fp8_e4m3>{.x = x.data(),
+                                                                    .out = want.data(),
+                                                                    .rows = 2,
+                                                                    .cols = 3,
+                                                                    .amax = &amax,
+                                                                    .scale_inv = &want_scale_inv});
+  CHECK(scale_inv == want_scale_inv);
+  for (std::size_t k = 0; k < q.size(); ++k) CHECK(q[k].bits == want[k].bits);
+  CHECK(history == std::vector<float>{3.0f, 0.0f, 0.0f, 0.0f});
+  // An empty tensor records 0 and still clears the next slot.
+  history = {1.0f, 0.0f, 7.0f, 2.0f};
+  kernels::quantize_fp8(Cpu{},
+                        kernels::QuantizeFp8Params<float, fp8_e4m3>{.x = nullptr,
+                                                                    .rows = 0,
+                                                                    .cols = 3,
+                                                                    .scale_inv = &scale_inv,
+                                                                    .history = history.data(),
+                                                                    .history_len = 4,
+                                                                    .record = 1});
+  CHECK(history == std::vector<float>{1.0f, 0.0f, 0.0f, 2.0f});
+  CHECK(scale_inv == 1.0f / fathom::fp8_scale_from_amax<E4M3>(2.0f, 0));
+
+  auto bad = [&](int len, int record) {
+    kernels::quantize_fp8(Cpu{},
+                          kernels::QuantizeFp8Params<float, fp8_e4m3>{.x = x.data(),
+                                                                      .out = q.data(),
+                                                                      .rows = 2,
+                                                                      .cols = 3,
+                                                                      .history = history.data(),
+                                                                      .history_len = len,
+                                                                      .record = record});
+  };
+  CHECK_THROWS_WITH(bad(2, 0), HasSubstring("3 to 256 entries, got 2"));
+  CHECK_THROWS_WITH(bad(4, 4), HasSubstring("slot 4 is outside [0, 4)"));
+  CHECK_THROWS_WITH(bad(4, -1), HasSubstring("slot -1"));
+}

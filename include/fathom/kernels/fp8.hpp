@@ -35,21 +35,42 @@ void amax(Cpu, const AmaxParams<T>& p) {
   *p.out = fathom::detail::fp8_bits_float(best);
 }
 
-// out[i, j] = fp8(x[i, j] * scale) and, when out_t is not null, out_t[j, i] the same code, where
-// scale = fp8_scale_from_amax<F::format>(*amax, margin): the current per-tensor scaling recipe
-// (amax of the tensor being quantized). *scale_inv (when not null) receives 1 / scale, the factor
-// that dequantizes (and that the fp8 GEMM takes). amax and scale_inv are host memory for Cpu,
-// device memory for Cuda.
+// out[i, j] = fp8(x[i, j] * scale) and, when out_t is not null, out_t[j, i] the same code.
+// *scale_inv (when not null) receives 1 / scale, the factor that dequantizes (and that the fp8 GEMM
+// takes). The scale comes from one of two per-tensor recipes:
+// - current scaling (amax != nullptr): scale = fp8_scale_from_amax<F::format>(*amax, margin),
+//   amax that of the tensor being quantized (kernels::amax, one pass over x before this one);
+// - delayed scaling (amax == nullptr, history != nullptr): from the amaxes of earlier
+//   quantizations of the same tensor, kept in a ring of history_len floats, so that x is read
+//   once. With next = (record + 1) % history_len:
+//     scale = fp8_scale_from_amax<F::format>(max of history[i] over i not record or next, margin)
+//   Reading every slot but the two a pass writes keeps the scale the same in every CUDA block.
+//   Values beyond what the scale reaches saturate to the format's largest finite value (NaN
+//   stays NaN).
+// With a history and record_amax (either recipe: the first quantization of a tensor scales by its
+// own amax and starts its history), the pass records history[record] = max(history[record],
+// largest finite |x|) (0 before the pass: each pass clears the slot after its own) and
+// history[next] = 0. Only finite values enter a history, so a NaN or an infinity in one step
+// (which the loss reports) does not stay in the scales of the steps after it. Amaxes compare as
+// float bits with the sign cleared. amax, history and scale_inv are host memory for Cpu, device
+// memory for Cuda.
 template <class T, Fp8Scalar F>
 struct QuantizeFp8Params {
   const T* x = nullptr;  // (rows, cols)
   F* out = nullptr;      // (rows, cols) or nullptr
   F* out_t = nullptr;    // (cols, rows) or nullptr
   std::int64_t rows = 0, cols = 0;
-  const float* amax = nullptr;  // (1)
+  const float* amax = nullptr;  // (1): current scaling, or nullptr: delayed scaling
   float* scale_inv = nullptr;   // (1) or nullptr
   int margin = 0;               // in [0, 64]: headroom of 2^margin below the format's maximum
+  float* history = nullptr;     // (history_len) or nullptr
+  int history_len = 0;          // in [3, max_fp8_history]
+  int record = 0;               // in [0, history_len): the slot this pass's amax goes to
+  bool record_amax = true;      // false: the history is read (delayed scaling), never written
 };
+
+// The longest amax history a delayed-scaling quantization reads (one CUDA thread a slot).
+inline constexpr int max_fp8_history = 256;
 
 namespace detail {
 
@@ -57,7 +78,15 @@ template <class T, class F>
 void check_quantize_fp8(const QuantizeFp8Params<T, F>& p, const char* op) {
   FATHOM_CHECK(p.rows >= 0 && p.cols >= 0,
                op << ": expected non-negative sizes, got (" << p.rows << ", " << p.cols << ")");
-  FATHOM_CHECK(p.amax != nullptr, op << ": amax is null");
+  if (p.history) {
+    FATHOM_CHECK(p.history_len >= 3 && p.history_len <= max_fp8_history,
+                 op << ": an amax history holds 3 to " << max_fp8_history << " entries, got "
+                    << p.history_len);
+    FATHOM_CHECK(p.record >= 0 && p.record < p.history_len,
+                 op << ": history slot " << p.record << " is outside [0, " << p.history_len << ")");
+  } else {
+    FATHOM_CHECK(p.amax != nullptr, op << ": amax is null (and no amax history is given)");
+  }
   FATHOM_CHECK(p.margin >= 0 && p.margin <= 64,
                op << ": margin must be in [0, 64], got " << p.margin);
   FATHOM_CHECK(p.rows * p.cols == 0 || p.x != nullptr, op << ": x is null");
@@ -65,17 +94,47 @@ void check_quantize_fp8(const QuantizeFp8Params<T, F>& p, const char* op) {
 
 }  // namespace detail
 
+namespace detail {
+
+// The slot after `record` in a ring of `len`: cleared by a recording delayed-scaling pass.
+inline int fp8_history_next(int record, int len) { return record + 1 == len ? 0 : record + 1; }
+
+// The amax a delayed-scaling pass scales by: the largest entry of the history but the two slots
+// it writes (as float bits with the sign cleared).
+inline float fp8_history_amax(const float* history, int len, int record) {
+  const int next = fp8_history_next(record, len);
+  std::uint32_t best = 0;
+  for (int i = 0; i < len; ++i)
+    if (i != record && i != next)
+      best = std::max(best, fathom::detail::fp8_float_bits(history[i]) & 0x7fffffffu);
+  return fathom::detail::fp8_bits_float(best);
+}
+
+}  // namespace detail
+
 template <class T, Fp8Scalar F>
 void quantize_fp8(Cpu, const QuantizeFp8Params<T, F>& p) {
   detail::check_quantize_fp8(p, "quantize_fp8");
-  const float scale = fp8_scale_from_amax<F::format>(*p.amax, p.margin);
+  const float amax =
+      p.amax ? *p.amax : detail::fp8_history_amax(p.history, p.history_len, p.record);
+  const float scale = fp8_scale_from_amax<F::format>(amax, p.margin);
   if (p.scale_inv) *p.scale_inv = 1.0f / scale;
+  std::uint32_t seen = 0;  // the largest finite |x| as float bits
   for (std::int64_t i = 0; i < p.rows; ++i) {
     for (std::int64_t j = 0; j < p.cols; ++j) {
-      const F q(scalar_cast<float>(p.x[i * p.cols + j]) * scale);
+      const float v = scalar_cast<float>(p.x[i * p.cols + j]);
+      const std::uint32_t bits = fathom::detail::fp8_float_bits(v) & 0x7fffffffu;
+      if (bits < 0x7f800000u) seen = std::max(seen, bits);
+      const F q(v * scale);
       if (p.out) p.out[i * p.cols + j] = q;
       if (p.out_t) p.out_t[j * p.rows + i] = q;
     }
+  }
+  if (p.history && p.record_amax) {
+    float& slot = p.history[p.record];
+    slot = fathom::detail::fp8_bits_float(
+        std::max(seen, fathom::detail::fp8_float_bits(slot) & 0x7fffffffu));
+    p.history[detail::fp8_history_next(p.record, p.history_len)] = 0.0f;
   }
 }
 

@@ -68,9 +68,15 @@ class Attention {
   const Linear<T, D>& k_proj() const { return k_; }
   const Linear<T, D>& v_proj() const { return v_; }
 
-  // The precision of every projection's GEMMs (see LinearPrecision).
-  void set_linear_precision(LinearPrecision p) {
-    for (Linear<T, D>* l : {&q_, &k_, &v_, &qkv_, &out_}) l->set_precision(p);
+  // The precision of every projection's GEMMs (see LinearPrecision, Fp8Recipe).
+  void set_linear_precision(LinearPrecision p, const Fp8Recipe& recipe = {}) {
+    for (Linear<T, D>* l : {&q_, &k_, &v_, &qkv_, &out_}) l->set_precision(p, recipe);
+  }
+  // The delayed-scaling histories of the projections that run (the stacked q/k/v GEMM keeps its
+  // under q_proj's name).
+  void append_fp8_histories(std::vector<NamedFp8History<D>>& out) const {
+    (fused_ ? qkv_ : q_).append_fp8_histories(out);
+    out_.append_fp8_histories(out);
   }
 
  private:
@@ -82,11 +88,7 @@ class Attention {
     const Var<T, D> w = autograd::concat_rows<T, D>({q_.weight(), k_.weight(), v_.weight()});
     Var<T, D> b;
     if (q_.has_bias()) b = autograd::concat_rows<T, D>({q_.bias(), k_.bias(), v_.bias()});
-    const Var<T, D>* bias = b.defined() ? &b : nullptr;
-    if constexpr (linear_fp8_capable<T>) {
-      if (q_.precision() == LinearPrecision::fp8) return autograd::linear_fp8(x, w, bias);
-    }
-    return autograd::linear(x, w, bias);
+    return q_.forward(x, w, b);  // in q_proj's precision and fp8 scaling state
   }
 
   int heads_ = 1;

@@ -96,9 +96,13 @@ class Block {
   const Attention<T, D>& attention() const { return attn_; }
   const MLP<T, D>& mlp() const { return mlp_; }
   // The precision of the GEMMs of every linear layer of the block (attention projections, MLP).
-  void set_linear_precision(LinearPrecision p) {
-    attn_.set_linear_precision(p);
-    mlp_.set_linear_precision(p);
+  void set_linear_precision(LinearPrecision p, const Fp8Recipe& recipe = {}) {
+    attn_.set_linear_precision(p, recipe);
+    mlp_.set_linear_precision(p, recipe);
+  }
+  void append_fp8_histories(std::vector<NamedFp8History<D>>& out) const {
+    attn_.append_fp8_histories(out);
+    mlp_.append_fp8_histories(out);
   }
   const Norm<T, D>& norm(policy::Sublayer kind, int slot) const {
     return (kind == policy::Sublayer::attention ? attn_norms_ : mlp_norms_)

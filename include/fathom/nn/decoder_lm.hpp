@@ -153,12 +153,21 @@ class DecoderLM {
   // The precision of the GEMMs of the blocks' linear layers (attention projections, MLP):
   // LinearPrecision::fp8 runs them through autograd::linear_fp8. The embeddings, the norms, the
   // attention itself and the LM head keep T. A setting of the model object, not of its weights
-  // (checkpoints do not record it).
-  void set_linear_precision(LinearPrecision p) {
-    for (auto& b : blocks_) b.set_linear_precision(p);
+  // (checkpoints do not record it); `recipe` says how fp8 layers scale (delayed scaling starts
+  // with empty histories).
+  void set_linear_precision(LinearPrecision p, const Fp8Recipe& recipe = {}) {
+    for (auto& b : blocks_) b.set_linear_precision(p, recipe);
     linear_precision_ = p;
+    fp8_recipe_ = recipe;
   }
   LinearPrecision linear_precision() const { return linear_precision_; }
+  const Fp8Recipe& fp8_recipe() const { return fp8_recipe_; }
+  // Every delayed-scaling amax history, in block order, by name (empty without delayed scaling).
+  std::vector<NamedFp8History<D>> fp8_histories() const {
+    std::vector<NamedFp8History<D>> out;
+    for (const auto& b : blocks_) b.append_fp8_histories(out);
+    return out;
+  }
 
   const ModelConfig& config() const { return config_; }
   const Policy& policy() const { return policy_; }
@@ -191,6 +200,7 @@ class DecoderLM {
   std::optional<Norm<T, D>> final_norm_;
   Linear<T, D> lm_head_;  // untied only
   LinearPrecision linear_precision_ = LinearPrecision::native;
+  Fp8Recipe fp8_recipe_;
 };
 
 }  // namespace fathom::nn

@@ -35,12 +35,17 @@ class LanguageModel {
   // Whether the Hugging Face layout stores this parameter transposed (GPT-2's Conv1D weights).
   virtual bool hf_transposed(const std::string& name) const = 0;
   virtual const ModelConfig& config() const = 0;
-  // The precision of the blocks' linear-layer GEMMs (DecoderLM::set_linear_precision). A model
-  // without fp8 linear layers refuses fp8.
-  virtual void set_linear_precision(LinearPrecision p) {
+  // The precision of the blocks' linear-layer GEMMs and how fp8 ones scale
+  // (DecoderLM::set_linear_precision). A model without fp8 linear layers refuses fp8.
+  virtual void set_linear_precision(LinearPrecision p, const Fp8Recipe& recipe = {}) {
+    (void)recipe;
     FATHOM_CHECK(p == LinearPrecision::native, "this model has no fp8 linear layers");
   }
   virtual LinearPrecision linear_precision() const { return LinearPrecision::native; }
+  virtual Fp8Recipe fp8_recipe() const { return {}; }
+  // The delayed-scaling amax histories (state that training changes besides the parameters, saved
+  // with the optimizer's in checkpoints); empty without delayed fp8 scaling.
+  virtual std::vector<NamedFp8History<D>> fp8_histories() const { return {}; }
 };
 
 // LanguageModel over DecoderLM<Arch, Policy, T, D>.
@@ -63,8 +68,12 @@ class DecoderModel final : public LanguageModel<T, D> {
   void zero_grad() override { model_.zero_grad(); }
   bool hf_transposed(const std::string& name) const override { return Arch::hf_transposed(name); }
   const ModelConfig& config() const override { return model_.config(); }
-  void set_linear_precision(LinearPrecision p) override { model_.set_linear_precision(p); }
+  void set_linear_precision(LinearPrecision p, const Fp8Recipe& recipe = {}) override {
+    model_.set_linear_precision(p, recipe);
+  }
   LinearPrecision linear_precision() const override { return model_.linear_precision(); }
+  Fp8Recipe fp8_recipe() const override { return model_.fp8_recipe(); }
+  std::vector<NamedFp8History<D>> fp8_histories() const override { return model_.fp8_histories(); }
   Model& model() { return model_; }
   const Model& model() const { return model_; }
 

@@ -56,9 +56,15 @@ class MLP {
   const Linear<T, D>& gate_proj() const { return gate_; }
   const Linear<T, D>& up_proj() const { return up_; }
 
-  // The precision of every projection's GEMMs (see LinearPrecision).
-  void set_linear_precision(LinearPrecision p) {
-    for (Linear<T, D>* l : {&gate_, &up_, &down_}) l->set_precision(p);
+  // The precision of every projection's GEMMs (see LinearPrecision, Fp8Recipe).
+  void set_linear_precision(LinearPrecision p, const Fp8Recipe& recipe = {}) {
+    for (Linear<T, D>* l : {&gate_, &up_, &down_}) l->set_precision(p, recipe);
+  }
+  // The delayed-scaling histories of the projections that run (the stacked gate/up GEMM keeps its
+  // under gate_proj's name).
+  void append_fp8_histories(std::vector<NamedFp8History<D>>& out) const {
+    (kind_ == MlpKind::swiglu ? gate_ : up_).append_fp8_histories(out);
+    down_.append_fp8_histories(out);
   }
 
  private:
@@ -71,11 +77,7 @@ class MLP {
     const Var<T, D> w = autograd::concat_rows<T, D>({gate_.weight(), up_.weight()});
     Var<T, D> b;
     if (up_.has_bias()) b = autograd::concat_rows<T, D>({gate_.bias(), up_.bias()});
-    const Var<T, D>* bias = b.defined() ? &b : nullptr;
-    if constexpr (linear_fp8_capable<T>) {
-      if (up_.precision() == LinearPrecision::fp8) return autograd::linear_fp8(x, w, bias);
-    }
-    return autograd::linear(x, w, bias);
+    return gate_.forward(x, w, b);  // in gate_proj's precision and fp8 scaling state
   }
 
   MlpKind kind_ = MlpKind::swiglu;

@@ -664,6 +664,44 @@ std::vector<TensorRecord> state_records(
   return out;
 }
 
+// The records of a model's delayed fp8 scaling (nn::LanguageModel::fp8_histories), named
+// "fp8/" + the history's name, saved beside the optimizer's state.
+inline constexpr const char* fp8_history_prefix = "fp8/";
+
+template <class T, DeviceTag D>
+std::vector<TensorRecord> fp8_history_records(const nn::LanguageModel<T, D>& model) {
+  std::vector<TensorRecord> out;
+  for (const auto& [name, h] : model.fp8_histories())
+    out.push_back(to_record(fp8_history_prefix + name, h->state()));
+  return out;
+}
+
+enum class Fp8HistoryLoad { none, loaded, missing };
+
+// Restores the model's fp8 amax histories from a checkpoint: `none` when the model keeps none,
+// `missing` (the histories stay empty) when the checkpoint holds none of them (it was saved
+// without delayed scaling); a checkpoint holding some but not all is refused.
+template <class T, DeviceTag D>
+Fp8HistoryLoad load_fp8_histories(nn::LanguageModel<T, D>& model, const LoadedCheckpoint& c) {
+  const auto histories = model.fp8_histories();
+  if (histories.empty()) return Fp8HistoryLoad::none;
+  const std::string source = (c.dir / "optimizer.safetensors").string();
+  std::size_t found = 0;
+  for (const auto& [name, h] : histories)
+    found += c.optimizer.find(fp8_history_prefix + name) ? 1 : 0;
+  if (found == 0) return Fp8HistoryLoad::missing;
+  for (const auto& [name, h] : histories) {
+    const TensorRecord* r = c.optimizer.find(fp8_history_prefix + name);
+    FATHOM_CHECK(r != nullptr, source << ": no fp8 amax history named '" << fp8_history_prefix
+                                      << name << "' (the checkpoint holds " << found << " of the "
+                                      << histories.size() << " this model keeps)");
+    Tensor<float, Cpu> state(Shape(r->shape));
+    from_record(*r, state, source);
+    h->load_state(state, source + ": '" + fp8_history_prefix + name + "'");
+  }
+  return Fp8HistoryLoad::loaded;
+}
+
 template <class A, DeviceTag D>
 void load_state(const std::vector<std::pair<std::string, Tensor<A, D>*>>& state,
                 const LoadedCheckpoint& c) {

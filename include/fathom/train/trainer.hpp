@@ -300,6 +300,10 @@ TrainerState resume(const TrainOptions& o, const nlohmann::json& identity,
                      "same number of steps, or start a new run from its weights)");
   load_weights(model, c);
   load_state(update.named_state(), c);
+  if (load_fp8_histories(model, c) == Fp8HistoryLoad::missing)
+    notes.push_back(
+        "the checkpoint holds no fp8 amax histories (saved without delayed scaling): "
+        "they start empty");
   update.set_step_count(state.optimizer_step);
   train_data.set_state(on_ranks(state.sampler, train_data.options().ranks, c.dir.string()));
   loaded = c.dir;
@@ -329,6 +333,7 @@ std::filesystem::path save(const TrainOptions& o, const std::filesystem::path& o
   }
   c.config = hf_config_json(detail::hf_config_of<T>(o.model), fathom_fields);
   c.optimizer = state_records(named_state);
+  for (auto& r : fp8_history_records(model)) c.optimizer.push_back(std::move(r));
   c.trainer_state = state;
   return write_checkpoint(out_dir, state.step, c);
 }
@@ -398,6 +403,12 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
     replaced = check_run_folder(out_dir, o.resume, o.overwrite);
     if (replaced.empty()) notes = recover_checkpoints(out_dir);
   }
+  // Each GPU would keep its own amax histories (its own activations and gradients), and a
+  // checkpoint holds one set: resuming would not continue the run bit for bit.
+  FATHOM_CHECK(hooks.shard.world == 1 || model.fp8_histories().empty(),
+               "delayed fp8 scaling trains on one GPU for now (each GPU's amax histories would "
+               "differ, and a checkpoint holds one set); use current scaling on "
+                   << hooks.shard.world << " GPUs");
   RunData data = make_run_data(o, hooks.shard);
   model.init(o.seed);
   detail::require_step_memory<T, D>(o, model);

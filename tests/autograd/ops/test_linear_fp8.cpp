@@ -16,7 +16,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -91,6 +93,13 @@ std::string mismatch(const std::string& name, const std::vector<double>& got,
       return name + "[" + std::to_string(i) + "]: got " + std::to_string(got[i]) + ", want " +
              std::to_string(want[i]) + " (mass " + std::to_string(mass[i]) + ")";
   return {};
+}
+
+// t * f, element by element.
+Tensor<float, Cpu> scaled(const Tensor<float, Cpu>& t, float f) {
+  auto v = t.to_vector();
+  for (auto& e : v) e *= f;
+  return Tensor<float, Cpu>::from_vector(t.shape(), v);
 }
 
 }  // namespace
@@ -312,4 +321,128 @@ TEST_CASE("linear_fp8 refuses an input quantized without the copy its weight gra
   Var<float, Cpu> w(Tensor<float, Cpu>::randn(Shape{8, 16}, 2), true);
   const auto xq = ag::quantize_fp8_input(x, /*transposed=*/false);
   CHECK_THROWS_WITH(ag::linear_fp8(xq, w), HasSubstring("quantized without its transposed copy"));
+}
+
+TEST_CASE("linear_fp8 with delayed scaling: the first step is current scaling, then the history",
+          "[autograd][ops][fp8]") {
+  fathom::test::FreshTape tape;
+  const auto xv = Tensor<float, Cpu>::randn(Shape{6, 16}, 41);
+  Var<float, Cpu> w(Tensor<float, Cpu>::randn(Shape{8, 16}, 42), true);
+  const auto seed = Tensor<float, Cpu>::randn(Shape{6, 8}, 43);
+  auto max_abs = [](const Tensor<float, Cpu>& t) {
+    float m = 0;
+    for (float v : t.to_vector()) m = std::max(m, std::abs(v));
+    return m;
+  };
+  auto run = [&](const Tensor<float, Cpu>& input, const ag::Fp8LinearScaling<Cpu>* scaling) {
+    Var<float, Cpu> x(input, true);
+    w.zero_grad();
+    auto y = ag::linear_fp8(x, w, nullptr, scaling);
+    ag::backward(y, seed);
+    return std::make_tuple(y.value().to_vector(), x.grad().to_vector(), w.grad().to_vector());
+  };
+  ag::Fp8LinearScaling<Cpu> delayed{std::make_shared<ag::Fp8History<Cpu>>(4),
+                                    std::make_shared<ag::Fp8History<Cpu>>(4)};
+  const auto current = run(xv, nullptr);
+  // Step 1: no history yet, so each tensor is scaled by its own amax, as current scaling does.
+  CHECK(run(xv, &delayed) == current);
+  CHECK(delayed.input->uses() == 1);
+  CHECK(delayed.grad_output->uses() == 1);
+  CHECK(delayed.input->amax().to_vector() == std::vector<float>{max_abs(xv), 0, 0, 0});
+  CHECK(delayed.grad_output->amax().to_vector() == std::vector<float>{max_abs(seed), 0, 0, 0});
+  // Step 2, the same tensors: the history's amax is their own, so again the same results.
+  CHECK(run(xv, &delayed) == current);
+  CHECK(delayed.input->amax().to_vector() == std::vector<float>{max_abs(xv), max_abs(xv), 0, 0});
+  // Step 3, x doubled: scaled by the history (x's old amax), its larger half saturates, unlike
+  // current scaling by its own amax; the new amax is recorded.
+  const auto doubled = scaled(xv, 2.0f);
+  const auto y_delayed = std::get<0>(run(doubled, &delayed));
+  const auto y_current = std::get<0>(run(doubled, nullptr));
+  CHECK(y_delayed != y_current);
+  CHECK(delayed.input->uses() == 3);
+  CHECK(delayed.input->amax().to_vector()[2] == 2 * max_abs(xv));
+  CHECK(delayed.input->amax().to_vector()[3] == 0.0f);  // cleared for step 4
+  // Without gradients (evaluation) the history is read, not written.
+  {
+    fathom::autograd::NoGradGuard no_grad;
+    Var<float, Cpu> x(doubled, false);
+    const auto before = delayed.input->amax().to_vector();
+    (void)ag::linear_fp8(x, w, nullptr, &delayed);
+    CHECK(delayed.input->uses() == 3);
+    CHECK(delayed.input->amax().to_vector() == before);
+  }
+  // Step 4 writes slot 3 and clears slot 0 (the ring wraps).
+  run(xv, &delayed);
+  CHECK(delayed.input->amax().to_vector() ==
+        std::vector<float>{0, max_abs(xv), 2 * max_abs(xv), max_abs(xv)});
+}
+
+TEST_CASE("Fp8History state round trip; bad lengths and states are refused", "[autograd][fp8]") {
+  ag::Fp8History<Cpu> h(5);
+  CHECK(h.state().to_vector() == std::vector<float>{0, 0, 0, 0, 0, -1});
+  const auto x = Tensor<float, Cpu>::randn(Shape{3, 4}, 7);
+  for (int i = 0; i < 7; ++i)
+    (void)h.quantize<fp8_e4m3>(scaled(x, float(i + 1)), 3, 4, true, false, true);
+  const auto s = h.state();
+  CHECK(s.to_vector().back() == 2.0f);  // 7 uses: slot 7 % 5 is next
+  ag::Fp8History<Cpu> g(5);
+  g.load_state(s, "test");
+  CHECK(g.amax().to_vector() == h.amax().to_vector());
+  CHECK(g.uses() % 5 == 2);
+  // The next quantization gives the same codes, scale and history in both.
+  const auto a = h.quantize<fp8_e4m3>(x, 3, 4, true, true, true);
+  const auto b = g.quantize<fp8_e4m3>(x, 3, 4, true, true, true);
+  CHECK(a.scale.to_vector()[0] == b.scale.to_vector()[0]);
+  for (std::int64_t i = 0; i < 12; ++i) CHECK(a.codes.data()[i].bits == b.codes.data()[i].bits);
+  CHECK(g.amax().to_vector() == h.amax().to_vector());
+
+  CHECK_THROWS_WITH(ag::Fp8History<Cpu>(2), HasSubstring("3 to 256 entries, got 2"));
+  CHECK_THROWS_WITH(g.load_state(Tensor<float, Cpu>::zeros(Shape{4}), "ckpt"),
+                    HasSubstring("ckpt: an fp8 amax history of 5 entries is stored as 6 floats"));
+  auto bad = s.to_vector();
+  bad.back() = 5.0f;
+  CHECK_THROWS_WITH(g.load_state(Tensor<float, Cpu>::from_vector(Shape{6}, bad), "ckpt"),
+                    HasSubstring("position 5 is neither -1 nor a slot in [0, 5)"));
+}
+
+TEMPLATE_TEST_CASE("DecoderLM with delayed fp8 scaling names its histories and fills them",
+                   "[nn][fp8]", fathom::nn::Llama, fathom::nn::Gpt2) {
+  using Arch = TestType;
+  fathom::test::FreshTape tape;
+  auto c = fathom::test::small_model(2, 32, 64, 16);
+  c.arch = Arch::kind;
+  const bool gpt2 = Arch::kind == fathom::nn::ArchKind::gpt2;
+  if (gpt2) c.tied = c.bias = true;
+  c.vocab = 50;
+  fathom::nn::DecoderModel<Arch, fathom::policy::PreLN, float, Cpu> model(c, {});
+  model.init(5);
+  std::vector<std::int32_t> ids(2 * 16);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7 + 3) % 50);
+  const auto x = Tensor<std::int32_t, Cpu>::from_vector(Shape{2, 16}, ids);
+
+  model.set_linear_precision(fathom::nn::LinearPrecision::fp8);
+  CHECK(model.fp8_histories().empty());  // current scaling keeps none
+  model.set_linear_precision(fathom::nn::LinearPrecision::fp8,
+                             {.scaling = fathom::nn::Fp8Scaling::delayed, .history = 8});
+  CHECK(model.fp8_recipe().scaling == fathom::nn::Fp8Scaling::delayed);
+  const auto histories = model.fp8_histories();
+  // Two blocks of four GEMMs (q/k/v, output, gate/up or c_fc, down or c_proj), two each.
+  REQUIRE(histories.size() == 16);
+  const std::string first =
+      gpt2 ? "transformer.h.0.attn.c_attn" : "model.layers.0.self_attn.q_proj";
+  CHECK(histories[0].first == first + ".fp8_input");
+  CHECK(histories[1].first == first + ".fp8_grad_output");
+  for (const auto& [name, h] : histories) {
+    INFO(name);
+    CHECK(h->length() == 8);
+    CHECK(h->uses() == 0);
+  }
+  ag::backward(model.loss(x, x));
+  for (const auto& [name, h] : histories) {
+    INFO(name);
+    CHECK(h->uses() == 1);
+    CHECK(h->amax().to_vector()[0] > 0.0f);
+  }
+  model.set_linear_precision(fathom::nn::LinearPrecision::native);
+  CHECK(model.fp8_histories().empty());
 }

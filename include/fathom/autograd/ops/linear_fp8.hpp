@@ -1,10 +1,14 @@
-// linear_fp8(x, weight, bias): y = x W^T + b with its three GEMMs in fp8 (current per-tensor
-// scaling), the transformer blocks' linear layers under --precision fp8. One node, as linear.
+// linear_fp8(x, weight, bias): y = x W^T + b with its three GEMMs in fp8 (per-tensor scaling,
+// current or delayed: Fp8History), the transformer blocks' linear layers under --precision fp8.
+// One node, as linear.
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "fathom/autograd/ops/gemm.hpp"
 #include "fathom/autograd/var.hpp"
@@ -55,7 +59,110 @@ Fp8Tensor<F, D> quantize_current(const Tensor<T, D>& x, std::int64_t rows, std::
 
 }  // namespace detail
 
-// X quantized once (E4M3, current scaling) for every linear layer that reads it: SwiGLU's gate
+// Delayed scaling's state for one tensor that is quantized again at every step (a linear layer's
+// input, or the gradient of its output): the amaxes of its last `length` quantizations, in a ring
+// on the device, and how many there have been. The first quantization has no history and scales
+// by its own amax (current scaling), which becomes the first entry; every later one scales by the
+// largest amax in the ring but the two slots it writes (kernels::QuantizeFp8Params), so the
+// tensor is read once instead of twice. Only finite amaxes enter the ring. Quantizations outside
+// training (no gradients recorded: evaluation, generation) scale by the history without adding to
+// it, so they change nothing.
+template <DeviceTag D>
+class Fp8History {
+ public:
+  static constexpr int default_length = 16;
+  explicit Fp8History(int length = default_length) : length_(length) {
+    FATHOM_CHECK(length >= 3 && length <= kernels::max_fp8_history,
+                 "Fp8History: the amax history holds 3 to " << kernels::max_fp8_history
+                                                            << " entries, got " << length);
+    amax_ = Tensor<float, D>::zeros(Shape{length});
+  }
+
+  int length() const { return length_; }
+  // Quantizations recorded so far (0: the next one scales by its own amax).
+  std::int64_t uses() const { return uses_; }
+  const Tensor<float, D>& amax() const { return amax_; }
+
+  // The state as one tensor, for checkpoints: the ring, then -1 before the first recorded
+  // quantization or else uses() % length() (all that the next scale depends on).
+  Tensor<float, Cpu> state() const {
+    std::vector<float> v = amax_.to_vector();
+    v.push_back(uses_ == 0 ? -1.0f : static_cast<float>(uses_ % length_));
+    return Tensor<float, Cpu>::from_vector(Shape{length_ + 1}, v);
+  }
+  // Restores state() of a history of the same length; `source` names it in errors.
+  void load_state(const Tensor<float, Cpu>& s, const std::string& source) {
+    FATHOM_CHECK(s.dim() == 1 && s.size(0) == length_ + 1,
+                 source << ": an fp8 amax history of " << length_ << " entries is stored as "
+                        << length_ + 1 << " floats, got shape " << s.shape());
+    std::vector<float> v = s.to_vector();
+    const float slot = v.back();
+    FATHOM_CHECK(slot == -1.0f || (slot >= 0.0f && slot < static_cast<float>(length_) &&
+                                   slot == static_cast<float>(static_cast<int>(slot))),
+                 source << ": the fp8 amax history's position " << slot
+                        << " is neither -1 nor a slot in [0, " << length_ << ")");
+    v.pop_back();
+    amax_ = Tensor<float, D>::from_vector(Shape{length_}, v);
+    // Any count with the same remainder (and not 0 after a first use) continues the same way.
+    uses_ = slot < 0 ? 0 : length_ + static_cast<std::int64_t>(slot);
+  }
+
+  // Quantizes x (rows, cols) to F with this history's scale (see the class comment); `record`:
+  // this quantization's amax joins the history.
+  template <class F, class T>
+  detail::Fp8Tensor<F, D> quantize(const Tensor<T, D>& x, std::int64_t rows, std::int64_t cols,
+                                   bool plain, bool transposed, bool record) {
+    if (uses_ == 0 && !record) return detail::quantize_current<F>(x, rows, cols, plain, transposed);
+    detail::Fp8Tensor<F, D> q;
+    q.scale = Tensor<float, D>(Shape{8});
+    if (plain) q.codes = Tensor<F, D>(Shape{rows, cols});
+    if (transposed) q.codes_t = Tensor<F, D>(Shape{cols, rows});
+    kernels::QuantizeFp8Params<T, F> p{.x = x.data(),
+                                       .out = plain ? q.codes.data() : nullptr,
+                                       .out_t = transposed ? q.codes_t.data() : nullptr,
+                                       .rows = rows,
+                                       .cols = cols,
+                                       .scale_inv = q.scale.data()};
+    p.history = amax_.data();
+    p.history_len = length_;
+    p.record = static_cast<int>(uses_ % length_);
+    p.record_amax = record;
+    if (uses_ == 0) {  // the first entry: current scaling (and its amax starts the history)
+      kernels::amax(D{}, kernels::AmaxParams<T>{x.data(), rows * cols, q.scale.data() + 4});
+      p.amax = q.scale.data() + 4;
+    }
+    kernels::quantize_fp8(D{}, p);
+    if (record) ++uses_;
+    return q;
+  }
+
+ private:
+  int length_ = default_length;
+  std::int64_t uses_ = 0;
+  Tensor<float, D> amax_;  // (length)
+};
+
+// Delayed scaling for one linear layer: the histories of its input and of its output's gradient,
+// each null for current scaling. The weight keeps current scaling: it moves by one optimizer step
+// at a time, and it is a small part of what a training step quantizes.
+template <DeviceTag D>
+struct Fp8LinearScaling {
+  std::shared_ptr<Fp8History<D>> input, grad_output;
+};
+
+namespace detail {
+
+// x quantized by `history`, or with current scaling when it is null.
+template <class F, class T, DeviceTag D>
+Fp8Tensor<F, D> quantize_scaled(const Tensor<T, D>& x, std::int64_t rows, std::int64_t cols,
+                                bool plain, bool transposed, Fp8History<D>* history, bool record) {
+  if (!history) return quantize_current<F>(x, rows, cols, plain, transposed);
+  return history->template quantize<F>(x, rows, cols, plain, transposed, record);
+}
+
+}  // namespace detail
+
+// X quantized once (E4M3) for every linear layer that reads it: SwiGLU's gate
 // and up read one normalized input (attention's q, k and v are one GEMM against their stacked
 // weights instead). Holds X^T as well when gradients are being recorded (for dW). Make it with
 // quantize_fp8_input; pass it to linear_fp8.
@@ -66,9 +173,12 @@ struct Fp8Input {
   std::int64_t rows = 0, in = 0;
 };
 
-// x quantized for linear_fp8, with the transposed copy for dW when `transposed`.
+// x quantized for linear_fp8, with the transposed copy for dW when `transposed`; scaled by
+// `history` (delayed scaling, recording while gradients are recorded) or, when it is null, by
+// x's own amax.
 template <class T, DeviceTag D>
-Fp8Input<T, D> quantize_fp8_input(const Var<T, D>& x, bool transposed) {
+Fp8Input<T, D> quantize_fp8_input(const Var<T, D>& x, bool transposed,
+                                  Fp8History<D>* history = nullptr) {
   static_assert(std::is_same_v<T, bf16> || std::is_same_v<T, float>,
                 "quantize_fp8_input: fp8 GEMMs read bf16 or float inputs");
   FATHOM_CHECK(x.dim() >= 1, "linear_fp8: x must be (..., in_features), got " << x.shape());
@@ -76,15 +186,16 @@ Fp8Input<T, D> quantize_fp8_input(const Var<T, D>& x, bool transposed) {
   r.x = x;
   r.in = x.size(-1);
   r.rows = detail::gemm_leading_numel(x.shape(), x.dim() - 1);
-  r.q = detail::quantize_current<fp8_e4m3>(x.value().contiguous(), r.rows, r.in, true, transposed);
+  r.q = detail::quantize_scaled<fp8_e4m3>(x.value().contiguous(), r.rows, r.in, true, transposed,
+                                          history, grad_enabled());
   return r;
 }
 
 // x quantized once for several linear_fp8 calls; the transposed copy is made while gradients are
 // recorded (outside NoGradGuard).
 template <class T, DeviceTag D>
-Fp8Input<T, D> quantize_fp8_input(const Var<T, D>& x) {
-  return quantize_fp8_input(x, grad_enabled());
+Fp8Input<T, D> quantize_fp8_input(const Var<T, D>& x, Fp8History<D>* history = nullptr) {
+  return quantize_fp8_input(x, grad_enabled(), history);
 }
 
 // linear_fp8(x, weight, bias): the values and gradients of linear(x, weight, bias) computed with
@@ -95,11 +206,14 @@ Fp8Input<T, D> quantize_fp8_input(const Var<T, D>& x) {
 //            db = sum of dY over rows (in T, as linear)
 // Accumulation in float, results in T (bf16 or float). For the backward the node keeps X^T and
 // W^T in fp8 (one byte an element) instead of X and W. x may come quantized already
-// (quantize_fp8_input), shared by the layers that read it.
+// (quantize_fp8_input), shared by the layers that read it. With `scaling` (delayed scaling), dY
+// is scaled by scaling->grad_output and, for a Var x, X by scaling->input (an Fp8Input was scaled
+// when it was made); null members, or no `scaling`, scale by the tensor's own amax.
 //   x (..., in), weight (out, in), bias (out) or nullptr  -> (..., out)
 template <class T, DeviceTag D>
 Var<T, D> linear_fp8(const Fp8Input<T, D>& xin, const Var<T, D>& weight,
-                     const std::type_identity_t<Var<T, D>>* bias = nullptr) {
+                     const std::type_identity_t<Var<T, D>>* bias = nullptr,
+                     const Fp8LinearScaling<D>* scaling = nullptr) {
   static_assert(std::is_same_v<T, bf16> || std::is_same_v<T, float>,
                 "linear_fp8: fp8 GEMMs produce bf16 or float; use linear for double");
   const Var<T, D>& x = xin.x;
@@ -136,14 +250,16 @@ Var<T, D> linear_fp8(const Fp8Input<T, D>& xin, const Var<T, D>& weight,
   if (gw) xt = {Tensor<fp8_e4m3, D>(), xq.codes_t, xq.scale};
   wq.codes = Tensor<fp8_e4m3, D>();
 
+  std::shared_ptr<Fp8History<D>> grad_history = scaling ? scaling->grad_output : nullptr;
   return Var<T, D>::make_result(
       std::move(y), gx || gw || gbias,
       [gx, gw, gbias, xq = std::move(xt), wq = gx ? wq : detail::Fp8Tensor<fp8_e4m3, D>(), rows, in,
-       out](const Tensor<T, D>& gy_in) {
+       out, grad_history = std::move(grad_history)](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (rows, out)
         if (gx || gw) {
           // dY in E5M2 (the gradients' range), rows-major for dX and transposed for dW.
-          auto gq = detail::quantize_current<fp8_e5m2>(gy, rows, out, gx != nullptr, gw != nullptr);
+          auto gq = detail::quantize_scaled<fp8_e5m2>(gy, rows, out, gx != nullptr, gw != nullptr,
+                                                      grad_history.get(), true);
           if (gx) {  // dX (rows, in) += dY (rows, out) W (out, in); W^T stored (in, out)
             const auto dx = gx->write_target();
             kernels::gemm_fp8(D{}, kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T>{
@@ -177,8 +293,11 @@ Var<T, D> linear_fp8(const Fp8Input<T, D>& xin, const Var<T, D>& weight,
 
 template <class T, DeviceTag D>
 Var<T, D> linear_fp8(const Var<T, D>& x, const Var<T, D>& weight,
-                     const std::type_identity_t<Var<T, D>>* bias = nullptr) {
-  return linear_fp8(quantize_fp8_input(x, grad_target(weight) != nullptr), weight, bias);
+                     const std::type_identity_t<Var<T, D>>* bias = nullptr,
+                     const Fp8LinearScaling<D>* scaling = nullptr) {
+  return linear_fp8(quantize_fp8_input(x, grad_target(weight) != nullptr,
+                                       scaling ? scaling->input.get() : nullptr),
+                    weight, bias, scaling);
 }
 
 template <class T, DeviceTag D>

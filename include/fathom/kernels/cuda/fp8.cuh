@@ -101,6 +101,50 @@ __global__ void amax_kernel(const T* x, std::int64_t n, std::uint32_t* out) {
   if (threadIdx.x == 0) atomicMax(reinterpret_cast<unsigned int*>(out), block);
 }
 
+// max(seen, |v| as float bits) when v is finite; seen otherwise.
+__device__ inline std::uint32_t max_finite_bits(std::uint32_t seen, float v) {
+  const std::uint32_t bits = __float_as_uint(v) & 0x7fffffffu;
+  return bits < 0x7f800000u && bits > seen ? bits : seen;
+}
+
+// The scale of a quantize pass, the same in every block: from *p.amax (current scaling), or from
+// the amax history (delayed scaling; slot t read by thread t of the block). Every thread of the
+// block calls it.
+template <class T, class F>
+__device__ float quantize_scale(const QuantizeFp8Params<T, F>& p) {
+  if (p.amax) return fp8_scale_from_amax<F::format>(*p.amax, p.margin);
+  __shared__ std::uint32_t best;
+  const int tid = threadIdx.x + threadIdx.y * blockDim.x;
+  if (tid == 0) best = 0;
+  __syncthreads();
+  const int next = p.record + 1 == p.history_len ? 0 : p.record + 1;
+  if (tid < p.history_len && tid != p.record && tid != next)
+    atomicMax(&best, __float_as_uint(p.history[tid]) & 0x7fffffffu);
+  __syncthreads();
+  return fp8_scale_from_amax<F::format>(__uint_as_float(best), p.margin);
+}
+
+// With a history to record into: the largest finite |x| of the block (`seen`, float bits with the
+// sign cleared, one value a thread) into history[record], and history[next] cleared for the next
+// pass. Every thread of the block calls it, after its last element.
+template <class T, class F>
+__device__ void record_history_amax(const QuantizeFp8Params<T, F>& p, std::uint32_t seen) {
+  if (!p.history || !p.record_amax) return;
+  __shared__ std::uint32_t block_max;
+  const int tid = threadIdx.x + threadIdx.y * blockDim.x;
+  if (tid == 0) block_max = 0;
+  __syncthreads();
+  for (int offset = 16; offset > 0; offset /= 2)
+    seen = max(seen, __shfl_xor_sync(0xffffffffu, seen, offset));
+  if (tid % 32 == 0) atomicMax(&block_max, seen);
+  __syncthreads();
+  if (tid == 0) {
+    atomicMax(reinterpret_cast<unsigned int*>(p.history + p.record), block_max);
+    if (blockIdx.x == 0 && blockIdx.y == 0)
+      p.history[p.record + 1 == p.history_len ? 0 : p.record + 1] = 0.0f;
+  }
+}
+
 // Tiles of 32 x 32 elements, 32 x 8 threads: rows read along x (coalesced), codes written to out
 // directly and, for out_t, through shared memory so that its rows are written along x too. Row
 // tiles along grid y (looping past 65535), column tiles along grid x.
@@ -109,7 +153,8 @@ constexpr int fp8_tile = 32, fp8_tile_rows = 8;
 template <class T, class F>
 __global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p) {
   __shared__ std::uint8_t tile[fp8_tile][fp8_tile + 1];
-  const float scale = fp8_scale_from_amax<F::format>(*p.amax, p.margin);
+  const float scale = quantize_scale(p);
+  std::uint32_t seen = 0;  // the largest finite |x| as float bits, for an amax history
   if (p.scale_inv && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0)
     *p.scale_inv = 1.0f / scale;
   const std::int64_t row_tiles = (p.rows + fp8_tile - 1) / fp8_tile;
@@ -121,8 +166,9 @@ __global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p) {
     for (int i = threadIdx.y; i < fp8_tile; i += fp8_tile_rows) {
       const std::int64_t r = r0 + i, c = c0 + threadIdx.x;
       if (r < p.rows && c < p.cols) {
-        const std::uint8_t code =
-            fp8_encode_device<F::format>(scalar_cast<float>(p.x[r * p.cols + c]) * scale);
+        const float v = scalar_cast<float>(p.x[r * p.cols + c]);
+        seen = max_finite_bits(seen, v);
+        const std::uint8_t code = fp8_encode_device<F::format>(v * scale);
         if (out) out[r * p.cols + c] = code;
         tile[i][threadIdx.x] = code;
       }
@@ -136,6 +182,7 @@ __global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p) {
       __syncthreads();
     }
   }
+  record_history_amax(p, seen);
 }
 
 // The wide route of quantize_fp8, for rows and cols multiples of 8 with the operands aligned to
@@ -150,7 +197,8 @@ template <class T, class F>
 __global__ void __launch_bounds__(fp8_wide_threads)
     quantize_fp8_wide_kernel(QuantizeFp8Params<T, F> p) {
   __shared__ alignas(16) std::uint8_t tile[fp8_wide_tile * fp8_wide_pitch];
-  const float scale = fp8_scale_from_amax<F::format>(*p.amax, p.margin);
+  const float scale = quantize_scale(p);
+  std::uint32_t seen = 0;  // the largest finite |x| as float bits, for an amax history
   if (p.scale_inv && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
     *p.scale_inv = 1.0f / scale;
   constexpr int chunks = fp8_wide_tile / 8;                 // 8-element pieces of a tile row
@@ -169,8 +217,11 @@ __global__ void __launch_bounds__(fp8_wide_threads)
         const auto x = map_load<8>(p.x + r * p.cols + c);
         MapPack<std::uint8_t, 8> codes;
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
-          codes.v[j] = fp8_encode_device<F::format>(scalar_cast<float>(x.v[j]) * scale);
+        for (int j = 0; j < 8; ++j) {
+          const float v = scalar_cast<float>(x.v[j]);
+          seen = max_finite_bits(seen, v);
+          codes.v[j] = fp8_encode_device<F::format>(v * scale);
+        }
         if (out) map_store<8>(out + r * p.cols + c, codes);
         if (out_t) {  // two 4-byte stores: the row pitch keeps 4-byte, not 8-byte, alignment
           auto* words = reinterpret_cast<std::uint32_t*>(tile + i * fp8_wide_pitch + chunk * 8);
@@ -196,6 +247,7 @@ __global__ void __launch_bounds__(fp8_wide_threads)
       __syncthreads();
     }
   }
+  record_history_amax(p, seen);
 }
 
 // Whether quantize_fp8 can take the wide kernel: whole 8-element pieces, each aligned.
@@ -390,9 +442,16 @@ template <class T, Fp8Scalar F>
 void quantize_fp8(Cuda, const QuantizeFp8Params<T, F>& p) {
   detail::check_quantize_fp8(p, "quantize_fp8");
   if (p.rows == 0 || p.cols == 0) {
-    if (p.scale_inv) {  // still written: 1 / scale of whatever amax says
-      const QuantizeFp8Params<T, F> none{
-          .amax = p.amax, .scale_inv = p.scale_inv, .margin = p.margin};
+    if (p.scale_inv || (p.history && p.record_amax)) {
+      // Still written: 1 / scale of whatever amax or the history says, and the history's slots
+      // (an empty tensor's amax is 0).
+      const QuantizeFp8Params<T, F> none{.amax = p.amax,
+                                         .scale_inv = p.scale_inv,
+                                         .margin = p.margin,
+                                         .history = p.history,
+                                         .history_len = p.history_len,
+                                         .record = p.record,
+                                         .record_amax = p.record_amax};
       detail::quantize_fp8_kernel<T, F>
           <<<1, dim3(detail::fp8_tile, detail::fp8_tile_rows), 0, cuda::stream()>>>(none);
       FATHOM_CUDA_CHECK(cudaGetLastError());
