@@ -489,7 +489,7 @@ inline int main(int argc, char** argv) {
   int rank = -1;
   try {
     check_choice("--precision", o.precision, {"bf16", "fp32", "fp8"});
-    fp8_recipe_of(o.fp8_scaling);  // checks the name
+    check_fp8_scaling(o.fp8_scaling);
     if (o.precision == "fp8") check_fp8_device("cuda");
     for (const auto& p : split_list(o.policies)) policies.check(p);
     FATHOM_CHECK(!split_list(o.bias_grad).empty(),

@@ -123,7 +123,7 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
               const std::vector<std::string>& relaunch, int argc, char** argv) {
   policies.check(c.train.policy);
   check_choice("--precision", c.precision, {"fp32", "bf16", "fp8"});
-  fp8_recipe_of(c.fp8_scaling);  // checks the name
+  check_fp8_scaling(c.fp8_scaling);
   FATHOM_CHECK(c.fp8_scaling == "current" || c.precision == "fp8",
                "--fp8-scaling " << c.fp8_scaling << " needs --precision fp8 (this run is "
                                 << c.precision << ")");

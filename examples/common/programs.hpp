@@ -184,12 +184,10 @@ struct Backend {
   static void add_builtin_policies(PolicyRegistry& policies);
 };
 
-// --fp8-scaling as the recipe of nn::LinearPrecision::fp8 layers.
-inline nn::Fp8Recipe fp8_recipe_of(const std::string& scaling) {
+// --fp8-scaling: current or delayed (register_policy.hpp's fp8_recipe_of turns it into the
+// models' nn::Fp8Recipe).
+inline void check_fp8_scaling(const std::string& scaling) {
   check_choice("--fp8-scaling", scaling, {"current", "delayed"});
-  nn::Fp8Recipe r;
-  r.scaling = scaling == "delayed" ? nn::Fp8Scaling::delayed : nn::Fp8Scaling::current;
-  return r;
 }
 
 // --precision fp8 needs fp8 tensor cores: a CUDA GPU of compute capability 8.9 or later (Ada,

@@ -15,8 +15,17 @@
 #include "fathom/policy/norm_policy.hpp"
 #include "fathom/nn/language_model.hpp"
 #include "policy_registry.hpp"
+#include "programs.hpp"
 
 namespace fathom::programs {
+
+// --fp8-scaling (check_fp8_scaling) as the recipe of the models' fp8 linear layers.
+inline nn::Fp8Recipe fp8_recipe_of(const std::string& scaling) {
+  check_fp8_scaling(scaling);
+  nn::Fp8Recipe r;
+  r.scaling = scaling == "delayed" ? nn::Fp8Scaling::delayed : nn::Fp8Scaling::current;
+  return r;
+}
 
 namespace detail {
 

@@ -1,10 +1,10 @@
 // [cuda] fp8 training against bf16 over a real training run: the tiny Llama (LNS) and the tiny
 // GPT-2 (Pre-LN) trained for 300 steps on the built-in corpus, once in bf16 and once with the
 // blocks' linear layers in fp8 (nn::LinearPrecision::fp8: E4M3 forward, E5M2 gradients, current
-// per-tensor scaling), from the same seed on the same batches. The fp8 loss curve must track
-// bf16's: the mean loss of every window of 25 steps within 3% of bf16's, the last window within
-// 2.5%; both must learn, and the fp8 run must really have taken cuBLASLt's fp8 GEMMs. (On an H200
-// the last windows differed by 1.34% (Llama) and 1.67% (GPT-2), with every GEMM on the tiled
+// or delayed per-tensor scaling), from the same seed on the same batches. The fp8 loss curve must
+// track bf16's: the mean loss of every window of 25 steps within 3% of bf16's, the last window
+// within 2.5%; both must learn, and the fp8 run must really have taken cuBLASLt's fp8 GEMMs. (On an
+// H200 the last windows differed by 1.34% (Llama) and 1.67% (GPT-2), with every GEMM on the tiled
 // kernel; d_model 64 leaves few terms per dot product to average the rounding out.)
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/fp8.cuh>
@@ -49,14 +49,16 @@ fathom::train::TrainOptions fp8_curve_options(const std::string& preset, const s
 }
 
 template <class Arch, class Policy>
-void fp8_check_curve(const std::string& preset) {
+void fp8_check_curve(const std::string& preset,
+                     fathom::nn::Fp8Scaling scaling = fathom::nn::Fp8Scaling::current) {
+  const std::string tag(fathom::nn::to_string(scaling));
   fathom::nn::DecoderModel<Arch, Policy, bf16, Cuda> reference(fathom::nn::preset(preset), {});
   auto r16 = fathom::train::train<bf16, Cuda>(fp8_curve_options(preset, "bf16"), reference);
 
   fathom::nn::DecoderModel<Arch, Policy, bf16, Cuda> model(fathom::nn::preset(preset), {});
-  model.set_linear_precision(fathom::nn::LinearPrecision::fp8);
+  model.set_linear_precision(fathom::nn::LinearPrecision::fp8, {.scaling = scaling});
   const std::uint64_t lt_before = fathom::kernels::detail::lt_gemm_fp8_runs();
-  auto r8 = fathom::train::train<bf16, Cuda>(fp8_curve_options(preset, "fp8"), model);
+  auto r8 = fathom::train::train<bf16, Cuda>(fp8_curve_options(preset, "fp8-" + tag), model);
   const std::uint64_t lt_runs = fathom::kernels::detail::lt_gemm_fp8_runs() - lt_before;
 
   REQUIRE(r16.losses.size() == 300);
@@ -72,22 +74,33 @@ void fp8_check_curve(const std::string& preset) {
   for (std::size_t w = 0; w < m16.size(); ++w) {
     const double rel = std::abs(m8[w] - m16[w]) / m16[w];
     worst = std::max(worst, rel);
-    INFO(preset << " steps " << w * 25 + 1 << "-" << (w + 1) * 25 << ": fp8 " << m8[w] << " bf16 "
-                << m16[w]);
+    INFO(preset << " (" << tag << " scaling) steps " << w * 25 + 1 << "-" << (w + 1) * 25
+                << ": fp8 " << m8[w] << " bf16 " << m16[w]);
     CHECK(rel <= 0.03);
   }
   const double last = std::abs(m8.back() - m16.back()) / m16.back();
-  INFO(preset << " last window: fp8 " << m8.back() << " bf16 " << m16.back());
+  INFO(preset << " (" << tag << " scaling) last window: fp8 " << m8.back() << " bf16 "
+              << m16.back());
   CHECK(last <= 0.025);
   std::printf(
-      "fp8 vs bf16 (%s, 300 steps): window means %.4f -> %.4f (fp8) and %.4f -> %.4f (bf16); "
+      "fp8 (%s scaling) vs bf16 (%s, 300 steps): window means %.4f -> %.4f (fp8) and %.4f -> %.4f "
+      "(bf16); "
       "largest relative gap of a 25-step window %.2f%%, last window %.2f%%; %llu cuBLASLt fp8 "
       "GEMMs\n",
-      preset.c_str(), m8.front(), m8.back(), m16.front(), m16.back(), 100 * worst, 100 * last,
-      static_cast<unsigned long long>(lt_runs));
+      tag.c_str(), preset.c_str(), m8.front(), m8.back(), m16.front(), m16.back(), 100 * worst,
+      100 * last, static_cast<unsigned long long>(lt_runs));
   // Both learn: the last window well below the first (log 257 = 5.55 at the start).
   CHECK(m16.back() < m16.front() - 1.5);
   CHECK(m8.back() < m8.front() - 1.5);
+  if (scaling == fathom::nn::Fp8Scaling::delayed) {
+    // Every history filled: one entry a step (the ring of 16 wraps many times).
+    const auto histories = model.fp8_histories();
+    CHECK(histories.size() == 2u * 4u * static_cast<std::size_t>(model.config().layers));
+    for (const auto& [name, h] : histories) {
+      INFO(name);
+      CHECK(h->uses() == 300);
+    }
+  }
 }
 
 }  // namespace
@@ -100,4 +113,15 @@ TEST_CASE("fp8 training tracks the bf16 loss curve over 300 steps (tiny Llama, L
 TEST_CASE("fp8 training tracks the bf16 loss curve over 300 steps (tiny GPT-2, Pre-LN)",
           "[cuda][train][fp8]") {
   fp8_check_curve<fathom::nn::Gpt2, fathom::policy::PreLN>("gpt2-tiny");
+}
+
+TEST_CASE("fp8 with delayed scaling tracks the bf16 loss curve (tiny Llama, LNS)",
+          "[cuda][train][fp8]") {
+  fp8_check_curve<fathom::nn::Llama, fathom::policy::LNS>("tiny", fathom::nn::Fp8Scaling::delayed);
+}
+
+TEST_CASE("fp8 with delayed scaling tracks the bf16 loss curve (tiny GPT-2, Pre-LN)",
+          "[cuda][train][fp8]") {
+  fp8_check_curve<fathom::nn::Gpt2, fathom::policy::PreLN>("gpt2-tiny",
+                                                           fathom::nn::Fp8Scaling::delayed);
 }

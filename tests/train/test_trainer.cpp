@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
 
 #include "fathom/data/shards.hpp"
 #include "fathom/nn/presets.hpp"
@@ -151,6 +152,78 @@ TEST_CASE("trainer: losses read only every few steps resume bit for bit, with ac
   for (std::size_t i = 0; i < 3; ++i) CHECK(first.losses[i] == full.losses[i]);
   for (std::size_t i = 0; i < 5; ++i) CHECK(second.losses[i] == full.losses[i + 3]);
   CHECK(weights_of(split / "ckpt-8") == weights_of(straight / "ckpt-8"));
+}
+
+TEST_CASE("trainer: fp8 with delayed scaling resumes bit for bit, amax histories and all",
+          "[train][fp8]") {
+  auto straight = fresh_dir("trainer-fp8-straight"), split = fresh_dir("trainer-fp8-split");
+  const nn::Fp8Recipe delayed{.scaling = nn::Fp8Scaling::delayed, .history = 4};
+  auto fp8_model = [&](const train::TrainOptions& o) {
+    auto m = std::make_unique<Model>(o.model, policy::LNS{});
+    m->set_linear_precision(nn::LinearPrecision::fp8, delayed);
+    return m;
+  };
+  auto o = small_run(straight);
+  o.grad_accum = 2;  // two quantizations of every tensor a step: the ring wraps within a run
+  auto full_model = fp8_model(o);
+  auto full = train::train<float, Cpu>(o, *full_model);
+  REQUIRE(full.losses.size() == 8);
+  for (const auto& [name, h] : full_model->fp8_histories()) {
+    INFO(name);
+    CHECK(h->uses() == 16);
+  }
+
+  auto a = small_run(split);
+  a.grad_accum = 2;
+  a.stop_after = 3;
+  auto first = train::train<float, Cpu>(a, *fp8_model(a));
+  const auto saved = train::load_checkpoint(split / "ckpt-3");
+  const auto names = fp8_model(a)->fp8_histories();
+  REQUIRE(names.size() == 16);  // 2 blocks x 4 GEMMs x (input, output gradient)
+  for (const auto& [name, h] : names) CHECK(saved.optimizer.find("fp8/" + name) != nullptr);
+  // Copies of ckpt-3 for the cases below (the resumed run replaces its older checkpoints).
+  const fs::path no_histories = fresh_dir("trainer-fp8-fresh"),
+                 some_histories = fresh_dir("trainer-fp8-partial");
+  for (const auto& dir : {no_histories, some_histories}) {
+    fs::create_directories(dir / "ckpt-3");
+    fs::copy(split / "ckpt-3", dir / "ckpt-3", fs::copy_options::recursive);
+  }
+
+  auto b = a;
+  b.stop_after = -1;
+  b.resume = (split / "ckpt-3").string();
+  auto second = train::train<float, Cpu>(b, *fp8_model(b));
+  REQUIRE(second.losses.size() == 5);
+  for (std::size_t i = 0; i < 3; ++i) CHECK(first.losses[i] == full.losses[i]);
+  for (std::size_t i = 0; i < 5; ++i) CHECK(second.losses[i] == full.losses[i + 3]);
+  CHECK(weights_of(split / "ckpt-8") == weights_of(straight / "ckpt-8"));
+
+  // Resumed with fresh histories instead, the run differs: the histories are what made it exact.
+  auto c = a;
+  c.stop_after = -1;
+  c.out = no_histories.string();
+  auto stripped = train::read_safetensors(fs::path(c.out) / "ckpt-3" / "optimizer.safetensors");
+  std::erase_if(stripped.tensors, [](const auto& r) { return r.name.starts_with("fp8/"); });
+  train::write_safetensors(fs::path(c.out) / "ckpt-3" / "optimizer.safetensors", stripped.tensors,
+                           {{"format", "fathom"}});
+  c.resume = (fs::path(c.out) / "ckpt-3").string();
+  auto fresh = train::train<float, Cpu>(c, *fp8_model(c));
+  REQUIRE(fresh.losses.size() == 5);
+  CHECK(fresh.losses != second.losses);
+
+  // A checkpoint holding some histories but not all is refused, naming the first missing.
+  const fs::path partial_ckpt = some_histories / "ckpt-3";
+  auto partial = train::read_safetensors(partial_ckpt / "optimizer.safetensors");
+  std::erase_if(partial.tensors, [&](const auto& r) { return r.name == "fp8/" + names[5].first; });
+  train::write_safetensors(partial_ckpt / "optimizer.safetensors", partial.tensors,
+                           {{"format", "fathom"}});
+  auto d = b;
+  d.out = some_histories.string();
+  d.resume = partial_ckpt.string();
+  auto d_model = fp8_model(d);
+  CHECK_THROWS_WITH((train::train<float, Cpu>(d, *d_model)),
+                    HasSubstring("no fp8 amax history named 'fp8/" + names[5].first + "'") &&
+                        HasSubstring("holds 15 of the 16"));
 }
 
 TEST_CASE("load_checkpoint reads back what the trainer wrote", "[train]") {

@@ -241,6 +241,74 @@ TEMPLATE_TEST_CASE("CUDA quantize_fp8 (amax on the device) matches the CPU code 
   }
 }
 
+TEMPLATE_TEST_CASE("CUDA quantize_fp8 with an amax history matches the CPU: codes, scale, history",
+                   "[cuda][fp8]", fp8_e4m3, fp8_e5m2) {
+  using F = TestType;
+  struct Dims {
+    std::int64_t rows, cols;
+  };
+  // Plain kernel (odd shapes, and 2053 rows: several row tiles a block), wide kernel (multiples of
+  // 8), and an empty tensor.
+  const Dims d = GENERATE(Dims{3, 37}, Dims{129, 300}, Dims{2053, 96}, Dims{72, 136},
+                          Dims{520, 1000}, Dims{0, 16});
+  const int record = GENERATE(0, 6, 15);  // 15: the cleared slot wraps to 0
+  const bool record_amax = GENERATE(true, false);
+  const bool current = GENERATE(false, true);  // the first quantization of a history
+  INFO(d.rows << " x " << d.cols << " record " << record << (record_amax ? "" : " (reading)")
+              << (current ? ", current scale" : ", delayed scale"));
+  const std::int64_t n = d.rows * d.cols;
+  auto x = fp8_test_values(static_cast<std::size_t>(n), 57, 4.0);
+  if (n > 40) {  // non-finite values: codes NaN or saturated, never in the history
+    x[5] = bf16(fp8_test_nan());
+    x[39] = bf16(-std::numeric_limits<float>::infinity());
+  }
+  constexpr int len = 16;
+  std::vector<float> history(len);
+  for (int i = 0; i < len; ++i)
+    history[static_cast<std::size_t>(i)] =
+        static_cast<float>(0.05 + 0.9 * fathom::rng::uniform(58, i));
+  history[static_cast<std::size_t>(record)] = 0.0f;
+  float amax = 0.0f;
+  kernels::amax(Cpu{}, kernels::AmaxParams<bf16>{x.data(), n, &amax});
+  if (std::isnan(amax)) amax = 0.75f;  // a current scale that is not 1
+
+  auto params = [&](auto* xs, F* out, F* out_t, float* a, float* si, float* h) {
+    return kernels::QuantizeFp8Params<bf16, F>{.x = xs,
+                                               .out = out,
+                                               .out_t = out_t,
+                                               .rows = d.rows,
+                                               .cols = d.cols,
+                                               .amax = current ? a : nullptr,
+                                               .scale_inv = si,
+                                               .history = h,
+                                               .history_len = len,
+                                               .record = record,
+                                               .record_amax = record_amax};
+  };
+  std::vector<F> want(x.size()), want_t(x.size());
+  std::vector<float> want_history = history;
+  float scale_inv = 0.0f;
+  kernels::quantize_fp8(
+      Cpu{}, params(x.data(), want.data(), want_t.data(), &amax, &scale_inv, want_history.data()));
+
+  auto gx = to_device(x);
+  auto gamax = to_device(std::vector<float>{amax});
+  auto gscale_inv = to_device(std::vector<float>{fp8_test_nan()});
+  auto ghistory = to_device(history);
+  auto gq = fp8_test_poisoned<F>(n), gqt = fp8_test_poisoned<F>(n);
+  kernels::quantize_fp8(Cuda{}, params(gx.data(), gq.data(), gqt.data(), gamax.data(),
+                                       gscale_inv.data(), ghistory.data()));
+  CHECK(fp8_test_device_float(gscale_inv.data()) == scale_inv);
+  CHECK(ghistory.to_vector() == want_history);
+  if (record_amax && n > 0) CHECK(want_history[static_cast<std::size_t>(record)] > 0.0f);
+  const std::string mismatch = fp8_test_first_code_mismatch(gq.to_vector(), want);
+  INFO("out: " << mismatch);
+  CHECK(mismatch.empty());
+  const std::string mismatch_t = fp8_test_first_code_mismatch(gqt.to_vector(), want_t);
+  INFO("out_t: " << mismatch_t);
+  CHECK(mismatch_t.empty());
+}
+
 TEMPLATE_TEST_CASE("CUDA dequantize_fp8 matches the CPU", "[cuda][fp8]", fp8_e4m3, fp8_e5m2) {
   using F = TestType;
   const std::int64_t n = GENERATE(1, 255, 70001);
