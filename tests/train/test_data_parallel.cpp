@@ -164,3 +164,36 @@ TEST_CASE(
   CHECK(r.steps_done == 2);
   CHECK(train::read_json(dir / "ckpt-2" / "trainer_state.json").at("seed") == 3);
 }
+
+TEST_CASE("data parallel: delayed fp8 scaling is refused on several ranks, current is not",
+          "[train][dist][fp8]") {
+  auto o = small_run(fresh_dir("dp-fp8-delayed"), 1);
+  o.steps = 2;
+  std::vector<std::string> errors(2);
+  std::vector<std::size_t> losses(2);
+  std::mutex m;
+  for (const auto scaling : {nn::Fp8Scaling::delayed, nn::Fp8Scaling::current}) {
+    o.out = fresh_dir(std::string("dp-fp8-") + std::string(nn::to_string(scaling))).string();
+    dist::run_ranks(2, [&](dist::Communicator& comm) {
+      Model model(o.model, policy::PreLN{});
+      model.set_linear_precision(nn::LinearPrecision::fp8, {.scaling = scaling});
+      try {
+        auto r = train::train_data_parallel<float, Cpu>(o, model, comm, {});
+        std::lock_guard<std::mutex> lock(m);
+        losses[static_cast<std::size_t>(comm.rank())] = r.losses.size();
+      } catch (const Error& e) {
+        std::lock_guard<std::mutex> lock(m);
+        errors[static_cast<std::size_t>(comm.rank())] = e.what();
+      }
+    });
+    INFO(std::string(nn::to_string(scaling)));
+    if (scaling == nn::Fp8Scaling::delayed) {
+      for (const auto& e : errors)
+        CHECK_THAT(e, HasSubstring("delayed fp8 scaling trains on one GPU for now") &&
+                          HasSubstring("use current scaling on 2 GPUs"));
+    } else {
+      CHECK(losses == std::vector<std::size_t>{2, 2});
+    }
+    errors.assign(2, "");
+  }
+}

@@ -52,9 +52,14 @@ Tensor<F, Cuda> fp8_test_poisoned(std::int64_t n) {
       Shape{n}, std::vector<F>(static_cast<std::size_t>(n), F::from_bits(fp8_test_poison)));
 }
 
+// One float read back on fathom's stream, after the kernels queued there (a plain cudaMemcpy runs
+// on the legacy default stream, which does not wait for fathom's non-blocking one: it could read
+// the value before the kernel that writes it had run).
 float fp8_test_device_float(const float* p) {
   float v = 0.0f;
-  FATHOM_CUDA_CHECK(cudaMemcpy(&v, p, sizeof v, cudaMemcpyDeviceToHost));
+  FATHOM_CUDA_CHECK(
+      cudaMemcpyAsync(&v, p, sizeof v, cudaMemcpyDeviceToHost, fathom::cuda::stream()));
+  fathom::cuda::synchronize();
   return v;
 }
 
