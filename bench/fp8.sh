@@ -3,7 +3,7 @@
 # reference kernels, linear_fp8 and the model switch; CUDA: every fp8 kernel against the CPU
 # reference, the GEMM's cuBLASLt and tiled routes, and the 300-step loss curves of fp8 against
 # bf16), a short fathom-train run with --precision fp8, then fathom-bench on llama-350m in bf16 and
-# fp8 (same card, same run).
+# fp8 with each scaling recipe (same card, same run).
 # Usage: bench/fp8.sh [BUILD_DIR (default build/gpu)] [OUT_DIR (default BUILD_DIR/logs)]
 #   env: JOBS (default 16), CUDA_ARCH (default 90), FATHOM_FP8_WORKLOADS (default llama-350m),
 #        FATHOM_FP8_POLICIES (default pre-ln,lns), FATHOM_BENCH_STEPS (25), FATHOM_BENCH_WARMUP (8),
@@ -34,11 +34,12 @@ rm -rf "$out/fp8_train_run"
 "$build/bin/fathom-train" --preset tiny --policy lns --precision fp8 --device cuda --steps 200 \
   --batch 16 --seq-len 128 --out "$out/fp8_train_run" | tee "$out/fp8_train.log" || rc=1
 
-echo "==== fathom-bench bf16 vs fp8"
+echo "==== fathom-bench bf16 vs fp8 (current and delayed scaling)"
 rm -f "$out/bench_fp8.jsonl"
-for precision in bf16 fp8; do
+for run in bf16 fp8:current fp8:delayed; do
   "$build/bin/fathom-bench" --workloads "${FATHOM_FP8_WORKLOADS:-llama-350m}" \
-    --policies "${FATHOM_FP8_POLICIES:-pre-ln,lns}" --precision "$precision" \
+    --policies "${FATHOM_FP8_POLICIES:-pre-ln,lns}" --precision "${run%%:*}" \
+    $([[ "$run" == *:* ]] && echo --fp8-scaling "${run#*:}") \
     --steps "${FATHOM_BENCH_STEPS:-25}" --warmup "${FATHOM_BENCH_WARMUP:-8}" \
     --json-out "$out/bench_fp8.jsonl" || rc=1
 done

@@ -157,10 +157,12 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
   const bool root = !env.distributed() || env.rank == 0;
   const auto& m = c.train.model;
   if (root)
-    std::printf("%s: %s (%s, %d layers, d %d, %d heads, d_ff %d, vocab %d), policy %s, %s on %s\n",
-                name.c_str(), m.name.c_str(), std::string(nn::to_string(m.arch)).c_str(), m.layers,
-                m.d_model, m.heads, m.d_ff, m.vocab, c.train.policy.c_str(), c.precision.c_str(),
-                device.c_str());
+    std::printf(
+        "%s: %s (%s, %d layers, d %d, %d heads, d_ff %d, vocab %d), policy %s, %s on %s\n",
+        name.c_str(), m.name.c_str(), std::string(nn::to_string(m.arch)).c_str(), m.layers,
+        m.d_model, m.heads, m.d_ff, m.vocab, c.train.policy.c_str(),
+        (c.precision == "fp8" ? "fp8 (" + c.fp8_scaling + " scaling)" : c.precision).c_str(),
+        device.c_str());
   if (root)
     std::printf("data: %s | %lld steps x %lld sequences x %lld tokens (grad accum %lld) | out %s\n",
                 c.train.data.empty() ? "built-in corpus" : c.train.data.c_str(),

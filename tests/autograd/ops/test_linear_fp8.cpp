@@ -95,6 +95,29 @@ std::string mismatch(const std::string& name, const std::vector<double>& got,
   return {};
 }
 
+// The two-block test model of Arch (GPT-2's tied and with biases), vocabulary 50, initialized.
+template <class Arch>
+std::unique_ptr<fathom::nn::DecoderModel<Arch, fathom::policy::PreLN, float, Cpu>> small_lm() {
+  auto c = fathom::test::small_model(2, 32, 64, 16);
+  c.arch = Arch::kind;
+  if (Arch::kind == fathom::nn::ArchKind::gpt2) c.tied = c.bias = true;
+  c.vocab = 50;
+  auto model = std::make_unique<fathom::nn::DecoderModel<Arch, fathom::policy::PreLN, float, Cpu>>(
+      c, fathom::policy::PreLN{});
+  model->init(5);
+  return model;
+}
+
+// Tokens (2, 16) for small_lm and the tokens that follow them.
+std::pair<Tensor<std::int32_t, Cpu>, Tensor<std::int32_t, Cpu>> token_batch() {
+  std::vector<std::int32_t> ids(2 * 16);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7 + 3) % 50);
+  std::vector<std::int32_t> next(ids.begin() + 1, ids.end());
+  next.push_back(0);
+  return {Tensor<std::int32_t, Cpu>::from_vector(Shape{2, 16}, ids),
+          Tensor<std::int32_t, Cpu>::from_vector(Shape{2, 16}, next)};
+}
+
 // t * f, element by element.
 Tensor<float, Cpu> scaled(const Tensor<float, Cpu>& t, float f) {
   auto v = t.to_vector();
@@ -230,21 +253,9 @@ TEMPLATE_TEST_CASE("DecoderLM::set_linear_precision(fp8) routes the blocks' line
                    "[nn][fp8]", fathom::nn::Llama, fathom::nn::Gpt2) {
   using Arch = TestType;
   fathom::test::FreshTape tape;
-  auto c = fathom::test::small_model(2, 32, 64, 16);
-  c.arch = Arch::kind;
-  if (Arch::kind == fathom::nn::ArchKind::gpt2) {
-    c.tied = true;
-    c.bias = true;
-  }
-  c.vocab = 50;
-  fathom::nn::DecoderModel<Arch, fathom::policy::PreLN, float, Cpu> model(c, {});
-  model.init(5);
-  std::vector<std::int32_t> ids(2 * 16);
-  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7 + 3) % 50);
-  const auto x = Tensor<std::int32_t, Cpu>::from_vector(Shape{2, 16}, ids);
-  std::vector<std::int32_t> next(ids.begin() + 1, ids.end());
-  next.push_back(0);
-  const auto y = Tensor<std::int32_t, Cpu>::from_vector(Shape{2, 16}, next);
+  auto owned = small_lm<Arch>();
+  auto& model = *owned;
+  const auto [x, y] = token_batch();
 
   auto loss_and_head_grad = [&] {
     model.zero_grad();
@@ -279,14 +290,22 @@ TEST_CASE("fp8 linear layers are refused for double models", "[nn][fp8]") {
 
 TEST_CASE("linear_fp8 never reads the fresh buffers it fills (NaN-poisoned)",
           "[autograd][ops][fp8]") {
-  auto run = [] {
+  const bool delayed = GENERATE(false, true);
+  INFO((delayed ? "delayed" : "current") << " scaling");
+  auto run = [delayed] {
     fathom::test::FreshTape tape;
     Var<float, Cpu> x(Tensor<float, Cpu>::randn(Shape{2, 9, 16}, 31), true);
     Var<float, Cpu> w(Tensor<float, Cpu>::randn(Shape{12, 16}, 32, 0.1), true);
     Var<float, Cpu> b(Tensor<float, Cpu>::randn(Shape{12}, 33), true);
-    auto y = ag::linear_fp8(x, w, b);
-    ag::backward(y, Tensor<float, Cpu>::randn(Shape{2, 9, 12}, 34));
-    std::vector<float> all = y.value().to_vector();
+    ag::Fp8LinearScaling<Cpu> scaling;
+    if (delayed)
+      scaling = {std::make_shared<ag::Fp8History<Cpu>>(), std::make_shared<ag::Fp8History<Cpu>>()};
+    std::vector<float> all;
+    for (int step = 0; step < (delayed ? 3 : 1); ++step) {  // delayed: the first, then the history
+      auto y = ag::linear_fp8(x, w, &b, &scaling);
+      ag::backward(y, Tensor<float, Cpu>::randn(Shape{2, 9, 12}, 34 + step));
+      all = y.value().to_vector();
+    }
     for (const auto* v : {&x, &w, &b}) {
       const auto g = v->grad().to_vector();
       all.insert(all.end(), g.begin(), g.end());
@@ -409,16 +428,10 @@ TEMPLATE_TEST_CASE("DecoderLM with delayed fp8 scaling names its histories and f
                    "[nn][fp8]", fathom::nn::Llama, fathom::nn::Gpt2) {
   using Arch = TestType;
   fathom::test::FreshTape tape;
-  auto c = fathom::test::small_model(2, 32, 64, 16);
-  c.arch = Arch::kind;
   const bool gpt2 = Arch::kind == fathom::nn::ArchKind::gpt2;
-  if (gpt2) c.tied = c.bias = true;
-  c.vocab = 50;
-  fathom::nn::DecoderModel<Arch, fathom::policy::PreLN, float, Cpu> model(c, {});
-  model.init(5);
-  std::vector<std::int32_t> ids(2 * 16);
-  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7 + 3) % 50);
-  const auto x = Tensor<std::int32_t, Cpu>::from_vector(Shape{2, 16}, ids);
+  auto owned = small_lm<Arch>();
+  auto& model = *owned;
+  const auto [x, y] = token_batch();
 
   model.set_linear_precision(fathom::nn::LinearPrecision::fp8);
   CHECK(model.fp8_histories().empty());  // current scaling keeps none
@@ -437,7 +450,7 @@ TEMPLATE_TEST_CASE("DecoderLM with delayed fp8 scaling names its histories and f
     CHECK(h->length() == 8);
     CHECK(h->uses() == 0);
   }
-  ag::backward(model.loss(x, x));
+  ag::backward(model.loss(x, y));
   for (const auto& [name, h] : histories) {
     INFO(name);
     CHECK(h->uses() == 1);
