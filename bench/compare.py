@@ -34,7 +34,7 @@ def main(argv):
             workloads.append(r.get("workload"))
     cards = {r.get("device") for r in fathom} | {r.get("gpu") for r in torch}
     print(f"cards: {', '.join(sorted(str(c) for c in cards))}")
-    head = f"{'workload':<12} {'implementation':<22} {'tokens/s':>10} {'vs compile':>10} {'MFU':>6} {'peak GiB':>9}"
+    head = f"{'workload':<12} {'implementation':<28} {'tokens/s':>10} {'vs compile':>10} {'MFU':>6} {'peak GiB':>9}"
     print(head)
     print("-" * len(head))
     for w in workloads:
@@ -56,12 +56,12 @@ def main(argv):
                 rows.append((name, r["tokens_per_s"], r.get("mfu"), r.get("peak_gib")))
         for name, tps, mfu, peak in rows:
             if tps is None:
-                print(f"{w:<12} {name:<22} {'error':>10}")
+                print(f"{w:<12} {name:<28} {'error':>10}")
                 continue
             ratio = f"{tps / ref:.2f}x" if ref else "-"
             mfu_s = f"{100 * mfu:.1f}%" if mfu is not None else "-"
             peak_s = f"{peak:.1f}" if peak is not None else "-"
-            print(f"{w:<12} {name:<22} {tps:>10.0f} {ratio:>10} {mfu_s:>6} {peak_s:>9}")
+            print(f"{w:<12} {name:<28} {tps:>10.0f} {ratio:>10} {mfu_s:>6} {peak_s:>9}")
     return 0
 
 
