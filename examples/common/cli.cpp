@@ -127,6 +127,11 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
   FATHOM_CHECK(c.fp8_scaling == "current" || c.precision == "fp8",
                "--fp8-scaling " << c.fp8_scaling << " needs --precision fp8 (this run is "
                                 << c.precision << ")");
+  const auto env = dist::LaunchEnv::from_environment();
+  // Said once here rather than by every rank of the run (train::train refuses it too).
+  FATHOM_CHECK(c.fp8_scaling != "delayed" || (c.nproc == 1 && !env.distributed()),
+               "--fp8-scaling delayed trains on one GPU for now (each GPU's amax histories would "
+               "differ, and a checkpoint holds one set); use --fp8-scaling current with several");
   resolve_train_options(c);
   c.train.model = resolve_model(c);
   if (c.deepnorm_alpha > 0) c.train.policy_options["alpha"] = c.deepnorm_alpha;
@@ -136,7 +141,6 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
   if (c.precision == "fp8") check_fp8_device(device);
   FATHOM_CHECK(c.zero == 0 || c.zero == 1, "--zero: expected 0 or 1, got " << c.zero);
   FATHOM_CHECK(c.nproc >= 1, "--nproc: expected at least 1, got " << c.nproc);
-  const auto env = dist::LaunchEnv::from_environment();
   FATHOM_CHECK(c.nproc == 1 || !env.distributed(),
                "--nproc: this process was itself started as rank "
                    << env.rank << " of " << env.world_size << " (by " << env.launcher
