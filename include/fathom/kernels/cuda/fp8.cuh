@@ -150,7 +150,9 @@ __device__ void record_history_amax(const QuantizeFp8Params<T, F>& p, std::uint3
 // tiles along grid y (looping past 65535), column tiles along grid x.
 constexpr int fp8_tile = 32, fp8_tile_rows = 8;
 
-template <class T, class F>
+// Record: p has a history to record this pass's amax into (the largest finite |x| is tracked
+// only then; current scaling's passes skip that work).
+template <class T, class F, bool Record>
 __global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p) {
   __shared__ std::uint8_t tile[fp8_tile][fp8_tile + 1];
   const float scale = quantize_scale(p);
@@ -167,7 +169,7 @@ __global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p) {
       const std::int64_t r = r0 + i, c = c0 + threadIdx.x;
       if (r < p.rows && c < p.cols) {
         const float v = scalar_cast<float>(p.x[r * p.cols + c]);
-        seen = max_finite_bits(seen, v);
+        if constexpr (Record) seen = max_finite_bits(seen, v);
         const std::uint8_t code = fp8_encode_device<F::format>(v * scale);
         if (out) out[r * p.cols + c] = code;
         tile[i][threadIdx.x] = code;
@@ -182,7 +184,7 @@ __global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p) {
       __syncthreads();
     }
   }
-  record_history_amax(p, seen);
+  if constexpr (Record) record_history_amax(p, seen);
 }
 
 // The wide route of quantize_fp8, for rows and cols multiples of 8 with the operands aligned to
@@ -193,7 +195,7 @@ __global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p) {
 // the quantization of (B T, C) activations far below the memory's rate.
 constexpr int fp8_wide_tile = 64, fp8_wide_threads = 256, fp8_wide_pitch = fp8_wide_tile + 4;
 
-template <class T, class F>
+template <class T, class F, bool Record>
 __global__ void __launch_bounds__(fp8_wide_threads)
     quantize_fp8_wide_kernel(QuantizeFp8Params<T, F> p) {
   __shared__ alignas(16) std::uint8_t tile[fp8_wide_tile * fp8_wide_pitch];
@@ -219,7 +221,7 @@ __global__ void __launch_bounds__(fp8_wide_threads)
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           const float v = scalar_cast<float>(x.v[j]);
-          seen = max_finite_bits(seen, v);
+          if constexpr (Record) seen = max_finite_bits(seen, v);
           codes.v[j] = fp8_encode_device<F::format>(v * scale);
         }
         if (out) map_store<8>(out + r * p.cols + c, codes);
@@ -247,7 +249,7 @@ __global__ void __launch_bounds__(fp8_wide_threads)
       __syncthreads();
     }
   }
-  record_history_amax(p, seen);
+  if constexpr (Record) record_history_amax(p, seen);
 }
 
 // Whether quantize_fp8 can take the wide kernel: whole 8-element pieces, each aligned.
@@ -441,6 +443,11 @@ void amax(Cuda, const AmaxParams<T>& p) {
 template <class T, Fp8Scalar F>
 void quantize_fp8(Cuda, const QuantizeFp8Params<T, F>& p) {
   detail::check_quantize_fp8(p, "quantize_fp8");
+  const bool record = p.history && p.record_amax;
+  auto* const plain_kernel =
+      record ? detail::quantize_fp8_kernel<T, F, true> : detail::quantize_fp8_kernel<T, F, false>;
+  auto* const wide_kernel = record ? detail::quantize_fp8_wide_kernel<T, F, true>
+                                   : detail::quantize_fp8_wide_kernel<T, F, false>;
   if (p.rows == 0 || p.cols == 0) {
     if (p.scale_inv || (p.history && p.record_amax)) {
       // Still written: 1 / scale of whatever amax or the history says, and the history's slots
@@ -452,8 +459,7 @@ void quantize_fp8(Cuda, const QuantizeFp8Params<T, F>& p) {
                                          .history_len = p.history_len,
                                          .record = p.record,
                                          .record_amax = p.record_amax};
-      detail::quantize_fp8_kernel<T, F>
-          <<<1, dim3(detail::fp8_tile, detail::fp8_tile_rows), 0, cuda::stream()>>>(none);
+      plain_kernel<<<1, dim3(detail::fp8_tile, detail::fp8_tile_rows), 0, cuda::stream()>>>(none);
       FATHOM_CUDA_CHECK(cudaGetLastError());
     }
     return;
@@ -464,8 +470,7 @@ void quantize_fp8(Cuda, const QuantizeFp8Params<T, F>& p) {
     FATHOM_CHECK(col_tiles <= INT_MAX, "quantize_fp8: " << p.cols << " columns is too many");
     const dim3 grid(static_cast<unsigned>(col_tiles),
                     static_cast<unsigned>(std::min<std::int64_t>(row_tiles, 65535)));
-    detail::quantize_fp8_wide_kernel<T, F>
-        <<<grid, detail::fp8_wide_threads, 0, cuda::stream()>>>(p);
+    wide_kernel<<<grid, detail::fp8_wide_threads, 0, cuda::stream()>>>(p);
     FATHOM_CUDA_CHECK(cudaGetLastError());
     return;
   }
@@ -474,8 +479,7 @@ void quantize_fp8(Cuda, const QuantizeFp8Params<T, F>& p) {
   FATHOM_CHECK(col_tiles <= INT_MAX, "quantize_fp8: " << p.cols << " columns is too many");
   const dim3 grid(static_cast<unsigned>(col_tiles),
                   static_cast<unsigned>(std::min<std::int64_t>(row_tiles, 65535)));
-  detail::quantize_fp8_kernel<T, F>
-      <<<grid, dim3(detail::fp8_tile, detail::fp8_tile_rows), 0, cuda::stream()>>>(p);
+  plain_kernel<<<grid, dim3(detail::fp8_tile, detail::fp8_tile_rows), 0, cuda::stream()>>>(p);
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 
