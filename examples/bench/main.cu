@@ -2,6 +2,7 @@
 // optimizer step (train::TrainStep: forward, backward, global-norm clipping with the factor on the
 // device, fused AdamW) on random tokens, timed with CUDA events after warm-up steps; tokens/s,
 // ms/step, MFU and peak GPU memory. Also measures the card's bf16 GEMM rate, the MFU denominator.
+// --gemm-autotune off,on times each row with the heuristic's GEMM algorithms, then autotuned ones.
 // On several GPUs (--nproc N, or every rank of mpirun / torchrun): the data-parallel step (bucketed
 // all-reduce during the backward, or ZeRO-1 with --zero 1) at the given batch per GPU, with
 // tokens/s per GPU and in total, the scaling efficiency against rank 0 alone on one GPU measured
@@ -53,6 +54,9 @@ struct BenchOptions {
   // How linear layers get their bias gradients, each in turn (kernels::BiasGradRoute): fused,
   // dgelu (rows labelled +dgelu-bgrad) or separate (+colsum).
   std::string bias_grad = "fused";
+  // Whether the GEMMs' cuBLASLt plans time the heuristic's first few algorithms and keep the
+  // fastest (kernels::set_gemm_autotune), each in turn: off, on (rows labelled +autotune).
+  std::string gemm_autotune = "off";
 };
 
 // A communicator that has the ranks of another and sends nothing: the data-parallel step timed
@@ -248,6 +252,10 @@ struct BenchResult {
   double tokens_per_s, ms_per_step, mfu, peak_gib, params_m, flops_per_token;
   double host_ms;      // host time to enqueue one step onto an idle GPU
   double comm_ms = 0;  // data parallel: the step's gradient collectives alone, back to back
+  // With GEMM autotuning on: what it did for the plans this run made (plans are kept for the
+  // process, so a later run with the same GEMM shapes makes none).
+  bool gemm_autotune = false;
+  kernels::GemmAutotuneStats autotuned;
 };
 
 template <class T>
@@ -255,6 +263,7 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
                       double peak_tflops, const PolicyRegistry& policies,
                       dist::Communicator* comm = nullptr) {
   using D = Cuda;
+  const kernels::GemmAutotuneStats autotune_before = kernels::gemm_autotune_stats();
   nn::ModelConfig cfg = nn::preset(w.preset);
   const std::int64_t B = o.batch ? o.batch : w.batch, Tn = o.seq_len ? o.seq_len : w.seq_len;
   if (Tn > cfg.max_seq) cfg.max_seq = static_cast<int>(Tn);
@@ -408,9 +417,17 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   BenchResult r;
   r.workload = w.preset;
   const auto route = kernels::bias_grad_route();
-  r.policy = policy + (route == kernels::BiasGradRoute::dgelu      ? "+dgelu-bgrad"
-                       : route == kernels::BiasGradRoute::separate ? "+colsum"
-                                                                   : "");
+  r.policy = policy +
+             (route == kernels::BiasGradRoute::dgelu      ? "+dgelu-bgrad"
+              : route == kernels::BiasGradRoute::separate ? "+colsum"
+                                                          : "") +
+             (kernels::gemm_autotune() ? "+autotune" : "");
+  r.gemm_autotune = kernels::gemm_autotune();
+  const kernels::GemmAutotuneStats autotune_after = kernels::gemm_autotune_stats();
+  r.autotuned.plans_timed = autotune_after.plans_timed - autotune_before.plans_timed;
+  r.autotuned.algorithms_changed =
+      autotune_after.algorithms_changed - autotune_before.algorithms_changed;
+  r.autotuned.plans_untimed = autotune_after.plans_untimed - autotune_before.plans_untimed;
   r.ms_per_step = ms / o.steps;
   r.tokens_per_s = static_cast<double>(B * Tn) / (r.ms_per_step * 1e-3);
   r.mfu = r.tokens_per_s * flops_per_token / (peak_tflops * 1e12);
@@ -423,6 +440,17 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   cudaEventDestroy(e1);
   if (graph_exec) FATHOM_CUDA_CHECK(cudaGraphExecDestroy(graph_exec));
   return r;
+}
+
+// After a row run with GEMM autotuning on: what it did for the plans that row made.
+inline void print_autotuned(const BenchResult& r) {
+  if (!r.gemm_autotune) return;
+  std::printf(
+      "  gemm autotune: %llu new plans timed, %llu of them kept another algorithm than the "
+      "heuristic's first; %llu new plans not timed\n",
+      static_cast<unsigned long long>(r.autotuned.plans_timed),
+      static_cast<unsigned long long>(r.autotuned.algorithms_changed),
+      static_cast<unsigned long long>(r.autotuned.plans_untimed));
 }
 
 // One row of a data-parallel run, printed by rank 0: rank 0 alone on one GPU, then all ranks.
@@ -481,6 +509,11 @@ inline int main(int argc, char** argv) {
                  "weight-gradient GEMM's epilogue and in the dGELU pass), dgelu (only GPT-2's "
                  "c_fc's, in the dGELU pass; rows labelled +dgelu-bgrad) or separate (a column sum "
                  "over dY of its own; +colsum)");
+  app.add_option("--gemm-autotune", o.gemm_autotune,
+                 "comma-separated, each run in turn: off (each GEMM's cuBLASLt algorithm is the "
+                 "heuristic's first) or on (the fastest of the heuristic's first 8, timed when a "
+                 "GEMM shape is first used; rows labelled +autotune). GEMM plans last for the "
+                 "process: a later row with the same shapes reuses them");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -497,6 +530,10 @@ inline int main(int argc, char** argv) {
                  "got nothing");
     for (const auto& b : split_list(o.bias_grad))
       check_choice("--bias-grad", b, {"fused", "dgelu", "separate"});
+    FATHOM_CHECK(!split_list(o.gemm_autotune).empty(),
+                 "--gemm-autotune: expected off or on (or both, comma-separated), got nothing");
+    for (const auto& a : split_list(o.gemm_autotune))
+      check_choice("--gemm-autotune", a, {"off", "on"});
     FATHOM_CHECK(o.zero == 0 || o.zero == 1, "--zero: expected 0 or 1, got " << o.zero);
     FATHOM_CHECK(o.bucket_mb > 0, "--bucket-mb: expected a positive size, got " << o.bucket_mb);
     FATHOM_CHECK(o.nccl_max_ctas >= 0,
@@ -552,15 +589,22 @@ inline int main(int argc, char** argv) {
     std::fflush(stdout);
     std::ofstream json;
     if (!o.json_out.empty()) json.open(o.json_out, std::ios::app);
-    // Each workload's rows: every policy with each bias-gradient route in turn.
-    std::vector<std::pair<std::string, std::string>> routes_policies;
-    for (const auto& b : split_list(o.bias_grad))
-      for (const auto& p : split_list(o.policies)) routes_policies.emplace_back(b, p);
+    // Each workload's rows: every policy with each bias-gradient route in turn, for each GEMM
+    // autotuning setting in turn.
+    struct RowSetting {
+      bool autotune;
+      std::string route, policy;
+    };
+    std::vector<RowSetting> row_settings;
+    for (const auto& a : split_list(o.gemm_autotune))
+      for (const auto& b : split_list(o.bias_grad))
+        for (const auto& p : split_list(o.policies)) row_settings.push_back({a == "on", b, p});
     for (const auto& wname : split_list(o.workloads)) {
       Workload w = workload_of(wname);
-      for (const auto& route_policy : routes_policies) {
-        const std::string& policy = route_policy.second;
-        const std::string& route = route_policy.first;
+      for (const auto& setting : row_settings) {
+        const std::string& policy = setting.policy;
+        const std::string& route = setting.route;
+        kernels::set_gemm_autotune(setting.autotune);
         kernels::set_bias_grad_route(route == "fused"   ? kernels::BiasGradRoute::fused
                                      : route == "dgelu" ? kernels::BiasGradRoute::dgelu
                                                         : kernels::BiasGradRoute::separate);
@@ -617,6 +661,7 @@ inline int main(int argc, char** argv) {
               mine.workload.c_str(), mine.policy.c_str(), mine.params_m, row.single.tokens_per_s,
               total / n, total, 100 * efficiency, step_ms, comm_col, exposed_col, overlap_col,
               row.single.peak_gib, peak_gib);
+          print_autotuned(row.single);  // rank 0 alone made the plans that the others reuse
           std::fflush(stdout);
           if (json.is_open())
             json << nlohmann::json{{"impl", "fathom"},
@@ -640,6 +685,7 @@ inline int main(int argc, char** argv) {
                                     o.overlap ? nlohmann::json(no_comm_ms) : nullptr},
                                    {"peak_gib_one_gpu", row.single.peak_gib},
                                    {"peak_gib_per_gpu", row.peak_gib},
+                                   {"gemm_autotune", mine.gemm_autotune},
                                    {"device", prop.name}}
                         .dump()
                  << "\n";
@@ -650,6 +696,7 @@ inline int main(int argc, char** argv) {
         std::printf("%-12s %-12s %8.1fM %11.0f %9.2f %6.1f%% %9.2f %8.2f\n", r.workload.c_str(),
                     label.c_str(), r.params_m, r.tokens_per_s, r.ms_per_step, 100 * r.mfu,
                     r.peak_gib, r.host_ms);
+        print_autotuned(r);
         std::fflush(stdout);
         if (json.is_open())
           json << nlohmann::json{{"impl", "fathom"},
@@ -661,6 +708,7 @@ inline int main(int argc, char** argv) {
                                  {"mfu", r.mfu},
                                  {"peak_gib", r.peak_gib},
                                  {"gemm_peak_tflops", peak},
+                                 {"gemm_autotune", r.gemm_autotune},
                                  {"device", prop.name}}
                       .dump()
                << "\n";

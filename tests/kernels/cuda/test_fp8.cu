@@ -3,7 +3,8 @@
 // bit (hand-picked values, ties, saturation, NaN, and random values); amax, quantize (with the
 // transposed copy) and dequantize on random inputs of odd shapes into NaN-poisoned buffers; and
 // the fp8 GEMM for a linear layer's three products (forward E4M3 x E4M3, dgrad and wgrad
-// E5M2 x E4M3), through cuBLASLt where the layout allows and the tiled kernel elsewhere.
+// E5M2 x E4M3), through cuBLASLt where the layout allows (with GEMM autotuning off and on) and the
+// tiled kernel elsewhere.
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/fp8.cuh>
 
@@ -465,9 +466,21 @@ void fp8_test_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, bool
   CHECK(loose.empty());
 }
 
+// Turns GEMM autotuning on or off for one scope (a failed check leaves it off for the next).
+struct Fp8TestAutotune {
+  explicit Fp8TestAutotune(bool on) { kernels::set_gemm_autotune(on); }
+  ~Fp8TestAutotune() { kernels::set_gemm_autotune(false); }
+  Fp8TestAutotune(const Fp8TestAutotune&) = delete;
+  Fp8TestAutotune& operator=(const Fp8TestAutotune&) = delete;
+};
+
 }  // namespace
 
 TEST_CASE("CUDA gemm_fp8 forward: X (E4M3) W^T (E4M3), cuBLASLt's layout", "[cuda][fp8]") {
+  // Autotuned, the candidates are timed into a scratch C: beta = 1 below still adds into C once.
+  const bool autotune = GENERATE(false, true);
+  const Fp8TestAutotune tuning(autotune);
+  INFO("autotune " << autotune);
   // Linear forward: Y (rows, out) = X (rows, in) W^T, W stored (out, in): trans_b. Rows not a
   // multiple of 16 and float outputs may or may not suit cuBLASLt; the sizes of a model do.
   fp8_test_gemm<fp8_e4m3, fp8_e4m3, bf16>(77, 48, 64, false, true, false, 0.0, 100,
@@ -481,6 +494,9 @@ TEST_CASE("CUDA gemm_fp8 forward: X (E4M3) W^T (E4M3), cuBLASLt's layout", "[cud
 }
 
 TEST_CASE("CUDA gemm_fp8 dgrad and wgrad: dY (E5M2) against E4M3 operands", "[cuda][fp8]") {
+  const bool autotune = GENERATE(false, true);
+  const Fp8TestAutotune tuning(autotune);
+  INFO("autotune " << autotune);
   // dgrad: dX (rows, in) = dY (rows, out) W, with W's transposed copy (in, out) as B.
   fp8_test_gemm<fp8_e5m2, fp8_e4m3, bf16>(77, 64, 48, false, true, false, 0.0, 200,
                                           Fp8TestRoute::either);

@@ -6,7 +6,9 @@
 // transpose combination, batches, padded leading dimensions, unaligned pointers, alpha/beta
 // (beta = 0 over a NaN-filled C) and bias; K = 0; plan caching with no allocation in steady
 // state; the TF32 switch; run-to-run determinism; the weight-gradient GEMM with the bias gradient
-// (gemm_bias_grad) and the GELU GEMMs with fused bias gradients on and off.
+// (gemm_bias_grad) and the GELU GEMMs with fused bias gradients on and off; and all of these
+// cuBLASLt paths again with algorithm autotuning on (whose timed candidates must leave C, added
+// into with beta = 1, untouched), with its plans cached apart and counted.
 #include <fathom/autograd/ops/gemm.hpp>
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/gemm.cuh>
@@ -52,6 +54,14 @@ struct Layout {
   bool padded = false;      // leading dimensions and batch strides beyond packed
   std::int64_t offset = 0;  // elements before each operand in its buffer (1: unaligned pointers)
   double alpha = 1.0, beta = 0.0;
+};
+
+// Turns GEMM autotuning on or off for one scope (a failed check leaves it off for the next).
+struct AutotuneScope {
+  explicit AutotuneScope(bool on) { fathom::kernels::set_gemm_autotune(on); }
+  ~AutotuneScope() { fathom::kernels::set_gemm_autotune(false); }
+  AutotuneScope(const AutotuneScope&) = delete;
+  AutotuneScope& operator=(const AutotuneScope&) = delete;
 };
 
 // One GEMM on the device, checked against a double reference at every element (full) or at
@@ -293,6 +303,68 @@ TEST_CASE("CUDA gemm in fp32 with TF32 allowed stays within TF32 accuracy", "[cu
   CHECK(fathom::kernels::gemm_plan_count() == plans + 1);
 }
 
+TEMPLATE_TEST_CASE("CUDA gemm with autotuning on matches the double reference", "[cuda][gemm]",
+                   float, bf16) {
+  // Odd and even sizes, every transpose, batches, padding, unaligned pointers, a bias, and
+  // beta = 1 over a random C: the result must be alpha op(A) op(B) + C_before (+ bias). Had the
+  // timed candidates written into the real C, it would hold several products instead.
+  const AutotuneScope scope(true);
+  const Dims d = GENERATE(values<Dims>({{37, 29, 41}, {64, 96, 128}, {65, 130, 5461}}));
+  const bool ta = GENERATE(false, true);
+  const bool tb = GENERATE(false, true);
+  const Layout l = GENERATE(values<Layout>({{1, true, false, 0, 1.0, 0.0},
+                                            {1, false, false, 0, 1.0, 1.0},
+                                            {1, true, false, 0, 0.5, 1.0},
+                                            {3, true, true, 0, 0.75, 1.0},
+                                            {2, true, false, 1, -1.25, 1.0}}));
+  check_cuda_gemm<TestType>(d, ta, tb, l, /*full=*/true,
+                            500 + static_cast<std::uint64_t>(d.m + d.k));
+}
+
+TEST_CASE("CUDA gemm with autotuning on at the model's shapes: beta = 1 adds into C",
+          "[cuda][gemm]") {
+  const AutotuneScope scope(true);
+  // The weight-gradient GEMM dW += dY^T X (large K: split-K candidates) and the projection with
+  // its bias, in bf16.
+  check_cuda_gemm<bf16>({2304, 768, 256 * 32}, true, false, {1, false, false, 0, 1.0, 1.0},
+                        /*full=*/false, 510);
+  check_cuda_gemm<bf16>({256 * 32, 2304, 768}, false, true, {1, true, false, 0, 1.0, 0.0},
+                        /*full=*/false, 511);
+  check_cuda_gemm<float>({768, 3072, 2048}, true, false, {1, false, false, 0, 1.0, 1.0},
+                         /*full=*/false, 512);
+}
+
+TEST_CASE("CUDA gemm autotuning: plans of their own, each counted once, off by default",
+          "[cuda][gemm]") {
+  REQUIRE_FALSE(fathom::kernels::gemm_autotune());  // off by default
+  // A problem no other test makes.
+  const Dims d{120, 72, 304};
+  const Layout l{1, true, false, 0, 1.0, 1.0};
+  const auto stats0 = fathom::kernels::gemm_autotune_stats();
+  const std::size_t plans0 = fathom::kernels::gemm_plan_count();
+  check_cuda_gemm<bf16>(d, false, true, l, /*full=*/true, 520);
+  CHECK(fathom::kernels::gemm_plan_count() == plans0 + 1);
+  const auto counted = [](const fathom::kernels::GemmAutotuneStats& s) {
+    return s.plans_timed + s.plans_untimed;
+  };
+  CHECK(counted(fathom::kernels::gemm_autotune_stats()) == counted(stats0));  // off: not counted
+  {
+    const AutotuneScope scope(true);
+    check_cuda_gemm<bf16>(d, false, true, l, /*full=*/true, 521);
+    CHECK(fathom::kernels::gemm_plan_count() == plans0 + 2);  // a plan of its own
+    const auto stats1 = fathom::kernels::gemm_autotune_stats();
+    CHECK(counted(stats1) == counted(stats0) + 1);
+    CHECK(stats1.algorithms_changed - stats0.algorithms_changed <=
+          stats1.plans_timed - stats0.plans_timed);
+    check_cuda_gemm<bf16>(d, false, true, l, /*full=*/true, 522);  // cached: not tuned again
+    CHECK(fathom::kernels::gemm_plan_count() == plans0 + 2);
+    CHECK(counted(fathom::kernels::gemm_autotune_stats()) == counted(stats1));
+  }
+  CHECK_FALSE(fathom::kernels::gemm_autotune());                 // the scope turned it off
+  check_cuda_gemm<bf16>(d, false, true, l, /*full=*/true, 523);  // the first plan again
+  CHECK(fathom::kernels::gemm_plan_count() == plans0 + 2);
+}
+
 TEST_CASE("CUDA gemm gives bitwise identical results run to run", "[cuda][gemm]") {
   const std::int64_t m = 2048, n = 768, k = 4096;  // K large enough for split-K algorithms
   auto a = to_device(uniform_values<bf16>(k * m, 5)), b = to_device(uniform_values<bf16>(k * n, 6));
@@ -377,8 +449,12 @@ TEMPLATE_TEST_CASE("CUDA gemm_bias_grad matches the double reference, fused and 
                                         {1, 1, 1, true}}));
   const bool accumulate = GENERATE(false, true);
   const std::int64_t offset = GENERATE(0, 1);  // 1: the bias gradient off the 16-byte grid
+  // Autotuned, the BGRADB epilogue's candidates write their sums and dW to scratch buffers.
+  const bool autotune = GENERATE(false, true);
+  const AutotuneScope tuning(autotune);
   INFO(Precision<T>::name << " route " << name_of(route) << ", M " << c.m << ", N " << c.n << ", K "
-                          << c.k << ", accumulate " << accumulate << ", offset " << offset);
+                          << c.k << ", accumulate " << accumulate << ", offset " << offset
+                          << ", autotune " << autotune);
   const auto dy = uniform_values<T>(static_cast<std::size_t>(c.k * c.m), 51);
   const auto x = uniform_values<T>(static_cast<std::size_t>(c.k * c.n), 52);
   auto dw0 = uniform_values<T>(static_cast<std::size_t>(c.m * c.n), 53);
@@ -464,6 +540,9 @@ TEST_CASE("cuBLASLt takes the bias-gradient epilogue at GPT-2's shapes", "[cuda]
   // bf16 dW = dY^T X with db for c_attn, attn c_proj, c_fc and mlp c_proj at 2 x 1024 rows: with
   // fusion on, each must run fused (a fallback would silently keep the separate column sum).
   const RouteScope scope(BiasGradRoute::fused);
+  const bool autotune = GENERATE(false, true);
+  const AutotuneScope tuning(autotune);
+  INFO("autotune " << autotune);
   const std::int64_t rows = 2048;
   const std::int64_t shapes[][2] = {{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}};
   for (const auto& s : shapes) {
@@ -498,7 +577,9 @@ TEMPLATE_TEST_CASE("matmul, linear and gelu_mlp on CUDA match the CPU, forward a
   const RouteScope scope(route);
   // Two passes: the second adds into the gradients the first wrote.
   const int passes = GENERATE(1, 2);
-  INFO("route " << name_of(route) << ", passes " << passes);
+  const bool autotune = GENERATE(false, true);
+  const AutotuneScope tuning(autotune);
+  INFO("route " << name_of(route) << ", passes " << passes << ", autotune " << autotune);
   const std::int64_t rows = 70, in = 96, out = 40;
   const auto x = uniform_values<T>(rows * in, 31), w = uniform_values<T>(out * in, 32);
   const auto b = uniform_values<T>(out, 33), gy = uniform_values<T>(rows * out, 34);
@@ -677,6 +758,17 @@ TEMPLATE_TEST_CASE(
   // and GPT-2's c_fc width over 8 chunks.
   check_gelu_gemms<TestType>(1037, 136, 16, true, 330);
   check_gelu_gemms<TestType>(2048, 3072, 24, true, 340);
+}
+
+TEMPLATE_TEST_CASE("CUDA gemm_gelu and gemm_dgelu with autotuning on match the double reference",
+                   "[cuda][gemm]", float, bf16) {
+  // bf16 with N % 8 == 0 takes the GELU_AUX epilogues, whose timed candidates write their
+  // pre-activations to a scratch buffer; the others the fallback's plain GEMMs.
+  const AutotuneScope scope(true);
+  check_gelu_gemms<TestType>(256, 3072, 768, true, 350);
+  check_gelu_gemms<TestType>(100, 64, 40, false, 360);
+  check_gelu_gemms<TestType>(33, 5461, 24, true, 370);
+  check_gelu_gemms<TestType>(1037, 136, 16, true, 380);
 }
 
 TEST_CASE("CUDA gemm_gelu is the tanh form of GELU", "[cuda][gemm]") {

@@ -26,6 +26,7 @@
 #include "fathom/kernels/cuda/gemm.cuh"
 #include "fathom/kernels/cuda/primitives.cuh"
 #include "fathom/kernels/fp8.hpp"
+#include "fathom/tensor/tensor.hpp"
 
 namespace fathom::kernels {
 
@@ -348,6 +349,7 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
   constexpr cudaDataType_t type_a = cuda_fp8_type<FA::format>(),
                            type_b = cuda_fp8_type<FB::format>();
   constexpr cudaDataType_t type_c = cuda_data_type<T>();
+  const bool autotune = gemm_autotune();
   // The fp8 operand types lead the key, so no fp8 plan can match a bf16/fp32 one (whose first
   // field is their common type).
   GemmPlanKey key;
@@ -369,7 +371,8 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
            align[0],
            align[1],
            align[2],
-           -1};  // no epilogue beyond the bias
+           -1,  // no epilogue beyond the bias
+           autotune};
 
   const void* a_scale = p.b_scale_inv;  // cuBLASLt's A is our B
   const void* b_scale = p.a_scale_inv;
@@ -394,7 +397,15 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
     made.first = make_layout(type_b, p.k, p.n, p.ldb, 1, 0);   // our B (N, K) row-major
     made.second = make_layout(type_a, p.k, p.m, p.lda, 1, 0);  // our A (M, K) row-major
     made.out = make_layout(type_c, p.n, p.m, p.ldc, 1, 0);
-    choose_algorithm(made, align, /*invalid_is_unsupported=*/true);
+    // Autotuning's candidates write to a scratch C (the real one may be accumulated into), with
+    // the real operands, scales and bias, which they only read.
+    auto make_run = [&] {
+      Tensor<T, Cuda> c(Shape{(p.m - 1) * p.ldc + p.n});
+      return [&made, &p, c = std::move(c)](const cublasLtMatmulAlgo_t& algo) {
+        return lt_matmul(made, algo, 1.0f, p.b, p.a, 0.0f, c.data());
+      };
+    };
+    choose_algorithm(made, align, /*invalid_is_unsupported=*/true, autotune, make_run);
     plan = &cache.insert(key, made);
   }
   if (!plan->usable) return false;
@@ -405,12 +416,8 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
     const void* bias = p.bias;
     set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   }
-  const float alpha = 1.0f, beta = static_cast<float>(p.beta);
-  auto& handles = BlasHandles::instance();
   const cublasStatus_t status =
-      cublasLtMatmul(handles.lt(), plan->desc, &alpha, p.b, plan->first, p.a, plan->second, &beta,
-                     p.c, plan->out, p.c, plan->out, &plan->algo, handles.workspace(),
-                     BlasHandles::workspace_bytes, cuda::stream());
+      lt_matmul(*plan, plan->algo, 1.0f, p.b, p.a, static_cast<float>(p.beta), p.c);
   if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
     plan->usable = false;  // remembered: this problem takes the tiled kernel from now on
     return false;

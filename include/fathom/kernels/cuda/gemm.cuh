@@ -1,6 +1,7 @@
 // GEMM and column sum on CUDA. bf16 and fp32 GEMMs run through cuBLASLt (fp32 accumulation, the
 // bias fused as its epilogue), with a descriptor and algorithm cached per problem so that steady
-// state never re-runs the heuristic; fp64, and what cuBLASLt declines, through cuBLAS.
+// state never re-runs the heuristic (the algorithm its first choice, or with set_gemm_autotune the
+// fastest of its first few, timed); fp64, and what cuBLASLt declines, through cuBLAS.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -16,8 +17,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <type_traits>
 #include <unordered_map>
+#include <vector>
 
 #include "fathom/core/cuda_runtime.hpp"
 #include "fathom/core/scalar.hpp"
@@ -43,6 +46,32 @@ inline bool& gemm_tf32_flag() {
 // GEMMs are unaffected. Set it before the GEMMs it should govern (plans are cached per setting).
 inline void set_gemm_allow_tf32(bool allow) { detail::gemm_tf32_flag() = allow; }
 inline bool gemm_allow_tf32() { return detail::gemm_tf32_flag(); }
+
+namespace detail {
+inline bool& gemm_autotune_flag() {
+  static bool on = false;
+  return on;
+}
+}  // namespace detail
+
+// Whether the cuBLASLt plans made from now on (bf16, fp32 and fp8 GEMMs; one plan per problem,
+// made at its first use) time the heuristic's first few algorithms on the problem's own operands
+// and keep the fastest, instead of taking the heuristic's first. Off by default: the choice rests
+// on timings, so two processes may choose differently and their results differ in the last bits.
+// Plans made with and without it are cached apart, so switching back restores the earlier
+// choices. docs/performance.md says more.
+inline void set_gemm_autotune(bool on) { detail::gemm_autotune_flag() = on; }
+inline bool gemm_autotune() { return detail::gemm_autotune_flag(); }
+
+// What autotuning did in this process so far (gemm_autotune_stats()).
+struct GemmAutotuneStats {
+  std::uint64_t plans_timed = 0;         // plans whose candidate algorithms were timed
+  std::uint64_t algorithms_changed = 0;  // of those, the ones that kept another than the first
+  // Plans made with autotuning on but not timed: the heuristic offered one algorithm or none,
+  // none ran, or fathom's stream was being captured into a CUDA graph (the heuristic's first is
+  // kept).
+  std::uint64_t plans_untimed = 0;
+};
 
 // How the bias gradients of linear layers are computed on CUDA: `fused`, in a pass that already
 // reads dY (gemm_bias_grad: cuBLASLt's BGRADB epilogue on the weight-gradient GEMM; gemm_dgelu:
@@ -169,9 +198,10 @@ void blas_gemm(const GemmParams<T>& p) {
 }
 
 // What a cuBLASLt plan depends on: types, transposes, sizes, leading dimensions, batch strides,
-// whether the bias is fused, and the alignments the chosen algorithm may assume.
+// whether the bias is fused, the alignments the chosen algorithm may assume, and whether it was
+// autotuned.
 struct GemmPlanKey {
-  std::array<std::int64_t, 19> v{};
+  std::array<std::int64_t, 20> v{};
   friend bool operator==(const GemmPlanKey&, const GemmPlanKey&) = default;
 };
 
@@ -215,11 +245,18 @@ class GemmPlanCache {
     std::lock_guard<std::mutex> lock(mutex_);
     return plans_.size();
   }
+  // Call with mutex() held.
+  GemmAutotuneStats& autotune_stats() { return autotune_stats_; }
+  GemmAutotuneStats autotune_stats_snapshot() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return autotune_stats_;
+  }
 
  private:
   GemmPlanCache() = default;
   std::mutex mutex_;
   std::unordered_map<GemmPlanKey, GemmPlan, GemmPlanKeyHash> plans_;
+  GemmAutotuneStats autotune_stats_;
 };
 
 template <class V>
@@ -277,12 +314,80 @@ void set_epilogue_pointers(cublasLtMatmulDesc_t desc, const GemmParams<T>& p, co
   }
 }
 
-// Asks cuBLASLt's heuristic for the best algorithm of `plan` (descriptor and layouts set) within
-// the workspace and the operands' alignments (`align`: our A, B, C; cuBLASLt's A is our B).
-// plan.usable says whether it found one; NOT_SUPPORTED (and INVALID_VALUE where
-// `invalid_is_unsupported`) leave the plan unusable, any other failure throws.
-inline void choose_algorithm(GemmPlan& plan, const std::array<std::uint32_t, 3>& align,
-                             bool invalid_is_unsupported = false) {
+// One cublasLtMatmul of `plan` with `algo` on fathom's stream: D = alpha op(first) op(second) +
+// beta C, D and C the same buffer (in place). Operands in cuBLASLt's order: our B first.
+inline cublasStatus_t lt_matmul(const GemmPlan& plan, const cublasLtMatmulAlgo_t& algo, float alpha,
+                                const void* first, const void* second, float beta, void* c) {
+  auto& handles = BlasHandles::instance();
+  return cublasLtMatmul(handles.lt(), plan.desc, &alpha, first, plan.first, second, plan.second,
+                        &beta, c, plan.out, c, plan.out, &algo, handles.workspace(),
+                        BlasHandles::workspace_bytes, cuda::stream());
+}
+
+// Autotuning asks the heuristic for this many algorithms and runs each once to warm up, then
+// this many times between two events; the total decides.
+constexpr int gemm_autotune_candidates = 8;
+constexpr int gemm_autotune_timed_runs = 5;
+
+// Whether fathom's stream is being captured into a CUDA graph: then nothing may be timed,
+// synchronized or allocated.
+inline bool stream_capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  FATHOM_CUDA_CHECK(cudaStreamIsCapturing(cuda::stream(), &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// Two timing events, destroyed with the object.
+struct TimingEvents {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  TimingEvents() {
+    FATHOM_CUDA_CHECK(cudaEventCreate(&start));
+    FATHOM_CUDA_CHECK(cudaEventCreate(&stop));
+  }
+  ~TimingEvents() {
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+  }
+  TimingEvents(const TimingEvents&) = delete;
+  TimingEvents& operator=(const TimingEvents&) = delete;
+};
+
+// The index of the fastest of `candidates` as `run` (algorithm -> status of one launch) runs them
+// on fathom's stream; candidates that cuBLASLt declines at launch (NOT_SUPPORTED, INVALID_VALUE)
+// are skipped, and std::nullopt means none ran. On a tie the earlier (the heuristic's order) wins.
+template <class Run>
+std::optional<std::size_t> fastest_algorithm(const std::vector<cublasLtMatmulAlgo_t>& candidates,
+                                             const Run& run) {
+  TimingEvents events;
+  std::optional<std::size_t> best;
+  float best_ms = 0;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    const cublasStatus_t warm_up = run(candidates[i]);
+    if (warm_up == CUBLAS_STATUS_NOT_SUPPORTED || warm_up == CUBLAS_STATUS_INVALID_VALUE) continue;
+    FATHOM_CUBLAS_CHECK(warm_up);
+    FATHOM_CUDA_CHECK(cudaEventRecord(events.start, cuda::stream()));
+    for (int r = 0; r < gemm_autotune_timed_runs; ++r) FATHOM_CUBLAS_CHECK(run(candidates[i]));
+    FATHOM_CUDA_CHECK(cudaEventRecord(events.stop, cuda::stream()));
+    FATHOM_CUDA_CHECK(cudaEventSynchronize(events.stop));
+    float ms = 0;
+    FATHOM_CUDA_CHECK(cudaEventElapsedTime(&ms, events.start, events.stop));
+    if (!best || ms < best_ms) best = i, best_ms = ms;
+  }
+  return best;
+}
+
+// Chooses plan.algo (descriptor and layouts set) among the algorithms cuBLASLt's heuristic offers
+// within the workspace and the operands' alignments (`align`: our A, B, C; cuBLASLt's A is our
+// B): its first, or, with `autotune` and the stream not being captured, the fastest of its first
+// gemm_autotune_candidates as timed through the launcher that make_run() returns (algorithm ->
+// status: the plan run on the real operands into scratch outputs that the launcher owns, so that
+// they are freed with it; only called when there is something to time). plan.usable says whether
+// there was an algorithm; NOT_SUPPORTED (and INVALID_VALUE where `invalid_is_unsupported`) leave
+// the plan unusable, any other failure throws. Call with the plan cache's mutex held.
+template <class MakeRun>
+void choose_algorithm(GemmPlan& plan, const std::array<std::uint32_t, 3>& align,
+                      bool invalid_is_unsupported, bool autotune, MakeRun&& make_run) {
+  const bool timed = autotune && !stream_capturing();
   cublasLtMatmulPreference_t pref = nullptr;
   FATHOM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   set_preference(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -291,22 +396,38 @@ inline void choose_algorithm(GemmPlan& plan, const std::array<std::uint32_t, 3>&
   set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align[0]);
   set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align[2]);
   set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[2]);
-  cublasLtMatmulHeuristicResult_t result{};
+  std::array<cublasLtMatmulHeuristicResult_t, gemm_autotune_candidates> results{};
   int found = 0;
-  const cublasStatus_t status =
-      cublasLtMatmulAlgoGetHeuristic(BlasHandles::instance().lt(), plan.desc, plan.first,
-                                     plan.second, plan.out, plan.out, pref, 1, &result, &found);
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+      BlasHandles::instance().lt(), plan.desc, plan.first, plan.second, plan.out, plan.out, pref,
+      timed ? gemm_autotune_candidates : 1, results.data(), &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (status != CUBLAS_STATUS_NOT_SUPPORTED &&
       !(invalid_is_unsupported && status == CUBLAS_STATUS_INVALID_VALUE))
     FATHOM_CUBLAS_CHECK(status);
-  plan.usable =
-      status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
-  if (plan.usable) plan.algo = result.algo;
+  // Results come best first by the heuristic's estimate; only those whose state is success count.
+  std::vector<cublasLtMatmulAlgo_t> candidates;
+  if (status == CUBLAS_STATUS_SUCCESS)
+    for (int i = 0; i < std::min(found, gemm_autotune_candidates); ++i)
+      if (results[static_cast<std::size_t>(i)].state == CUBLAS_STATUS_SUCCESS)
+        candidates.push_back(results[static_cast<std::size_t>(i)].algo);
+  plan.usable = !candidates.empty();
+  if (plan.usable) plan.algo = candidates.front();
+  if (!autotune) return;
+  GemmAutotuneStats& stats = GemmPlanCache::instance().autotune_stats();
+  std::optional<std::size_t> best;
+  if (timed && candidates.size() > 1) best = fastest_algorithm(candidates, make_run());
+  if (!best) {
+    ++stats.plans_untimed;
+    return;
+  }
+  plan.algo = candidates[*best];
+  ++stats.plans_timed;
+  if (*best != 0) ++stats.algorithms_changed;
 }
 
 template <class T>
-GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32,
+GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32, bool autotune,
                         const std::array<std::uint32_t, 3>& align, const LtExtra<T>& extra = {}) {
   constexpr cudaDataType_t type = cuda_data_type<T>();
   GemmPlan plan;
@@ -337,7 +458,28 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32,
       make_layout(type, p.trans_a ? p.m : p.k, p.trans_a ? p.k : p.m, p.lda, p.batch, p.stride_a);
   plan.out = make_layout(type, p.n, p.m, p.ldc, p.batch, p.stride_c);
 
-  choose_algorithm(plan, align);
+  // Autotuning's candidates write to scratch outputs of the same layouts, never to the caller's:
+  // C may be accumulated into (beta = 1 there; 0 here, so the scratch C is never read), and the
+  // epilogues' outputs (GELU's pre-activation, the bias gradient) are the caller's too. The
+  // operands and a fused bias are the real ones, only read. lt_gemm sets the real epilogue
+  // pointers again before each run.
+  auto make_run = [&] {
+    const std::int64_t c_elements =
+        (p.batch > 1 ? (p.batch - 1) * p.stride_c : 0) + (p.m - 1) * p.ldc + p.n;
+    Tensor<T, Cuda> c(Shape{c_elements});
+    Tensor<T, Cuda> aux =
+        extra.kind == LtEpilogue::gelu_aux ? Tensor<T, Cuda>(Shape{c_elements}) : Tensor<T, Cuda>();
+    Tensor<T, Cuda> sums = extra.kind == LtEpilogue::bias_grad_b ? Tensor<T, Cuda>(Shape{p.m})
+                                                                 : Tensor<T, Cuda>();  // (M)
+    set_epilogue_pointers(plan.desc, p,
+                          LtExtra<T>{extra.kind, aux.defined() ? aux.data() : nullptr,
+                                     sums.defined() ? sums.data() : nullptr});
+    return [&plan, &p, c = std::move(c), aux = std::move(aux),
+            sums = std::move(sums)](const cublasLtMatmulAlgo_t& algo) {
+      return lt_matmul(plan, algo, static_cast<float>(p.alpha), p.b, p.a, 0.0f, c.data());
+    };
+  };
+  choose_algorithm(plan, align, /*invalid_is_unsupported=*/false, autotune, make_run);
   return plan;
 }
 
@@ -348,6 +490,7 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32,
 template <class T>
 bool lt_gemm(const GemmParams<T>& p, const LtExtra<T>& extra = {}) {
   const bool tf32 = std::is_same_v<T, float> && gemm_allow_tf32();
+  const bool autotune = gemm_autotune();
   const bool fuse_bias = p.bias && reinterpret_cast<std::uintptr_t>(p.bias) % 16 == 0;
   // A GELU epilogue must see the bias before the activation: callers pass it aligned or not at all.
   if (extra.kind == LtEpilogue::gelu_aux && p.bias && !fuse_bias) return false;
@@ -375,12 +518,13 @@ bool lt_gemm(const GemmParams<T>& p, const LtExtra<T>& extra = {}) {
            align[0],
            align[1],
            align[2],
-           static_cast<std::int64_t>(extra.kind)};
+           static_cast<std::int64_t>(extra.kind),
+           autotune};
 
   auto& cache = GemmPlanCache::instance();
   std::lock_guard<std::mutex> lock(cache.mutex());
   GemmPlan* plan = cache.find(key);
-  if (!plan) plan = &cache.insert(key, make_gemm_plan(p, fuse_bias, tf32, align, extra));
+  if (!plan) plan = &cache.insert(key, make_gemm_plan(p, fuse_bias, tf32, autotune, align, extra));
   if (!plan->usable) return false;
 
   if (fuse_bias) {
@@ -388,12 +532,8 @@ bool lt_gemm(const GemmParams<T>& p, const LtExtra<T>& extra = {}) {
     set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   }
   set_epilogue_pointers(plan->desc, p, extra);
-  const float alpha = static_cast<float>(p.alpha), beta = static_cast<float>(p.beta);
-  auto& handles = BlasHandles::instance();
-  const cublasStatus_t status =
-      cublasLtMatmul(handles.lt(), plan->desc, &alpha, p.b, plan->first, p.a, plan->second, &beta,
-                     p.c, plan->out, p.c, plan->out, &plan->algo, handles.workspace(),
-                     BlasHandles::workspace_bytes, cuda::stream());
+  const cublasStatus_t status = lt_matmul(*plan, plan->algo, static_cast<float>(p.alpha), p.b, p.a,
+                                          static_cast<float>(p.beta), p.c);
   if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
     plan->usable = false;  // remembered: this problem goes to cuBLAS from now on
     return false;
@@ -539,6 +679,12 @@ __global__ void bias_grad_store_kernel(const T* sums, T* out, std::int64_t n, bo
 
 // Number of cuBLASLt plans cached so far (each distinct GEMM problem makes one, once).
 inline std::size_t gemm_plan_count() { return detail::GemmPlanCache::instance().size(); }
+
+// What autotuning (set_gemm_autotune) did in this process so far: every plan made with it on
+// counts once, as timed or untimed.
+inline GemmAutotuneStats gemm_autotune_stats() {
+  return detail::GemmPlanCache::instance().autotune_stats_snapshot();
+}
 
 template <class T>
 void gemm(Cuda, const GemmParams<T>& params) {
