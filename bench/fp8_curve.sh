@@ -4,11 +4,16 @@
 # the training loss and of the validation losses to bf16's, and a picture (tools/plot.py, needs
 # matplotlib).
 # Usage: bench/fp8_curve.sh [BUILD_DIR (default build/gpu)] [OUT_DIR (default BUILD_DIR/logs)]
-#   env: FATHOM_FP8_CURVE_PRESET (llama-130m), _STEPS (2000), _BATCH (64), _SEQ (256), _LR (1e-3),
-#        _DATA and _VAL_DATA (token shard globs; default .data/real from
-#        scripts/prepare_real_corpus.sh when it is there, else the built-in corpus),
+#   env: FATHOM_FP8_CURVE_PRESET (llama-130m), _STEPS (2000), _BATCH (32 on .data/real-large, else
+#        64), _SEQ (256), _LR (1e-3), _SEED (0),
+#        _DATA and _VAL_DATA (token shard globs; default: .data/real-large from
+#        `scripts/prepare_real_corpus.sh --dictionary 16` when it is there (21M tokens: 2000 steps of
+#        32 x 256 read 16.4M, none twice), else .data/real from scripts/prepare_real_corpus.sh (4.2M
+#        tokens: 2000 steps of 64 x 256 pass over it 8 times, so the late training loss measures
+#        memorization), else the built-in corpus),
 #        _SCALINGS (the fp8 runs' --fp8-scaling values, default "current delayed"; run "fp8" is
-#        current scaling, "fp8-delayed" delayed)
+#        current scaling, "fp8-delayed" delayed), _PARALLEL (1: start the runs together on the one
+#        card; each run's numbers are the same either way), _DEVICE (cuda)
 # The build must hold fathom-train (bench/fp8.sh builds it).
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,34 +23,59 @@ out="${2:-${OUT:-$build/logs}}"
 mkdir -p "$out"
 data="${FATHOM_FP8_CURVE_DATA:-}"
 val="${FATHOM_FP8_CURVE_VAL_DATA:-}"
-if [[ -z "$data" && -f .data/real/dataset.json ]]; then
-  data='.data/real/train_*.bin'
-  val='.data/real/val_*.bin'
+batch="${FATHOM_FP8_CURVE_BATCH:-64}"
+if [[ -z "$data" ]]; then
+  for corpus in .data/real-large .data/real; do
+    if [[ -f "$corpus/dataset.json" ]]; then
+      data="$corpus/train_*.bin"
+      val="$corpus/val_*.bin"
+      [[ "$corpus" == .data/real-large ]] && batch="${FATHOM_FP8_CURVE_BATCH:-32}"
+      break
+    fi
+  done
 fi
 data_args=()
 [[ -n "$data" ]] && data_args+=(--data "$data")
 [[ -n "$val" ]] && data_args+=(--val-data "$val")
-echo "fp8_curve: ${FATHOM_FP8_CURVE_PRESET:-llama-130m}, ${FATHOM_FP8_CURVE_STEPS:-2000} steps of" \
-  "${FATHOM_FP8_CURVE_BATCH:-64} x ${FATHOM_FP8_CURVE_SEQ:-256}, data: ${data:-built-in corpus}"
+steps="${FATHOM_FP8_CURVE_STEPS:-2000}"
+seq="${FATHOM_FP8_CURVE_SEQ:-256}"
+passes=""
+if [[ -n "$data" ]] && command -v python3 >/dev/null 2>&1 && [[ -f "$(dirname "$data")/dataset.json" ]]; then
+  passes=$(python3 -c 'import json, sys; t = json.load(open(sys.argv[1]))["train"]["tokens"]; print(f", {int(sys.argv[2]) / t:.2f} passes over its {t:,} training tokens")' \
+    "$(dirname "$data")/dataset.json" $((steps * batch * seq)) 2>/dev/null)
+fi
+echo "fp8_curve: ${FATHOM_FP8_CURVE_PRESET:-llama-130m}, $steps steps of $batch x $seq," \
+  "data: ${data:-built-in corpus}$passes"
 runs=(bf16)
 for scaling in ${FATHOM_FP8_CURVE_SCALINGS:-current delayed}; do
   [[ "$scaling" == current ]] && runs+=(fp8) || runs+=("fp8-$scaling")
 done
 rc=0
-for run in "${runs[@]}"; do
-  echo "==== loss curve: $run"
-  rm -rf "$out/curve_$run"
-  precision="${run%%-*}"
-  scaling=current
+train() {  # one run: its log and metrics under $out/curve_RUN
+  local run=$1 precision="${1%%-*}" scaling=current
   [[ "$run" == fp8-* ]] && scaling="${run#fp8-}"
+  rm -rf "$out/curve_$run"
   "$build/bin/fathom-train" --preset "${FATHOM_FP8_CURVE_PRESET:-llama-130m}" --policy pre-ln \
-    --precision "$precision" --fp8-scaling "$scaling" --device cuda \
-    --steps "${FATHOM_FP8_CURVE_STEPS:-2000}" \
-    --batch "${FATHOM_FP8_CURVE_BATCH:-64}" --seq-len "${FATHOM_FP8_CURVE_SEQ:-256}" \
+    --precision "$precision" --fp8-scaling "$scaling" --device "${FATHOM_FP8_CURVE_DEVICE:-cuda}" \
+    --steps "$steps" --batch "$batch" --seq-len "$seq" --seed "${FATHOM_FP8_CURVE_SEED:-0}" \
     --lr "${FATHOM_FP8_CURVE_LR:-1e-3}" --warmup 200 --eval-every 500 --log-every 1 \
-    "${data_args[@]}" --out "$out/curve_$run" >"$out/curve_$run.log" 2>&1 || rc=1
-  tail -4 "$out/curve_$run.log"
-done
+    "${data_args[@]}" --out "$out/curve_$run" >"$out/curve_$run.log" 2>&1
+}
+if [[ "${FATHOM_FP8_CURVE_PARALLEL:-0}" == 1 ]]; then
+  pids=()
+  for run in "${runs[@]}"; do train "$run" & pids+=($!); done
+  for i in "${!runs[@]}"; do
+    wait "${pids[$i]}" || rc=1
+    echo "==== loss curve: ${runs[$i]}"
+    tail -4 "$out/curve_${runs[$i]}.log"
+  done
+else
+  for run in "${runs[@]}"; do
+    echo "==== loss curve: $run"
+    train "$run" || rc=1
+    tail -4 "$out/curve_$run.log"
+  done
+fi
 for run in "${runs[@]:1}"; do
 echo "==== $run against bf16"
 python3 - "$out/curve_bf16/metrics.jsonl" "$out/curve_$run/metrics.jsonl" "$run" <<'PY' |
