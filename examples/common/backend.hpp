@@ -69,7 +69,8 @@ int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies,
   const bool root = !comm || comm->rank() == 0;
   auto model = policies.make_model<T, D>(c.train.model, c.train.policy, c.train.policy_options);
   if (c.precision == "fp8")
-    model->set_linear_precision(nn::LinearPrecision::fp8, fp8_recipe_of(c.fp8_scaling));
+    model->set_linear_precision(nn::LinearPrecision::fp8,
+                                fp8_recipe_of(c.fp8_scaling, c.fp8_margin));
   if (root)
     std::printf("parameters: %.2fM\n",
                 static_cast<double>(nn::count_elements(model->parameters())) / 1e6);

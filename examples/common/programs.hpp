@@ -89,6 +89,7 @@ struct TrainCli {
   std::string device = "auto";
   std::string precision = "fp32";
   std::string fp8_scaling = "current";  // current | delayed (--precision fp8)
+  int fp8_margin = 0;                   // --fp8-scaling delayed: 2^margin of headroom
   std::string optimizer = "adamw";      // adamw | adam | sgd
   std::string schedule = "cosine";      // cosine | constant | wsd
   double weight_decay = 0.0;

@@ -36,6 +36,9 @@ inline std::string_view to_string(Fp8Scaling s) {
 struct Fp8Recipe {
   Fp8Scaling scaling = Fp8Scaling::current;
   int history = autograd::Fp8History<Cpu>::default_length;  // delayed: quantizations remembered
+  // delayed: headroom of 2^margin below the format's largest value (autograd::Fp8History), for
+  // tensors whose amax grows faster than the history follows
+  int margin = 0;
 };
 
 // Named delayed-scaling histories of a model (checkpoint records).
@@ -99,8 +102,8 @@ class Linear {
     precision_ = p;
     scaling_ = {};
     if (p == LinearPrecision::fp8 && recipe.scaling == Fp8Scaling::delayed)
-      scaling_ = {std::make_shared<autograd::Fp8History<D>>(recipe.history),
-                  std::make_shared<autograd::Fp8History<D>>(recipe.history)};
+      scaling_ = {std::make_shared<autograd::Fp8History<D>>(recipe.history, recipe.margin),
+                  std::make_shared<autograd::Fp8History<D>>(recipe.history, recipe.margin)};
   }
   LinearPrecision precision() const { return precision_; }
 

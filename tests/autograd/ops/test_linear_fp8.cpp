@@ -424,6 +424,39 @@ TEST_CASE("Fp8History state round trip; bad lengths and states are refused", "[a
                     HasSubstring("position 5 is neither -1 nor a slot in [0, 5)"));
 }
 
+TEST_CASE("Fp8History margin: the scale is 2^margin below the history's, so a doubled tensor fits",
+          "[autograd][fp8]") {
+  const auto x = Tensor<float, Cpu>::randn(Shape{5, 8}, 11);
+  const auto doubled = scaled(x, 2.0f);
+  ag::Fp8History<Cpu> plain(4), margin1(4, 1), margin2(4, 2);
+  CHECK(margin1.margin() == 1);
+  // The first quantization scales by x's own amax (with the margin), and starts the histories.
+  for (ag::Fp8History<Cpu>* h : {&plain, &margin1, &margin2})
+    (void)h->quantize<fp8_e4m3>(x, 5, 8, true, false, true);
+  // The next, of 2x: every history holds x's amax, so plain scaling saturates the larger half.
+  const auto a = plain.quantize<fp8_e4m3>(doubled, 5, 8, true, false, true);
+  const auto b = margin1.quantize<fp8_e4m3>(doubled, 5, 8, true, false, true);
+  const auto c = margin2.quantize<fp8_e4m3>(doubled, 5, 8, true, false, true);
+  const float inv_a = a.scale.to_vector()[0], inv_b = b.scale.to_vector()[0];
+  CHECK(inv_b == 2 * inv_a);  // scale_inv: dequantization factor, 2^margin larger
+  CHECK(c.scale.to_vector()[0] == 4 * inv_a);
+  // Within E4M3's relative error (3 mantissa bits: 2^-4) or, among its subnormals, half their
+  // spacing (2^-10 before scaling back); a saturated element is far outside it.
+  auto represented = [](float code, float inv, float v) {
+    return std::abs(code * inv - v) <= 0.0625f * std::abs(v) + 0.001f * inv;
+  };
+  int saturated_plain = 0, saturated_margin = 0;
+  const auto dv = doubled.to_vector();
+  for (std::size_t i = 0; i < dv.size(); ++i) {
+    saturated_plain += !represented(static_cast<float>(a.codes.data()[i]), inv_a, dv[i]);
+    saturated_margin += !represented(static_cast<float>(b.codes.data()[i]), inv_b, dv[i]);
+  }
+  CHECK(saturated_plain > 0);
+  CHECK(saturated_margin == 0);
+  CHECK_THROWS_WITH(ag::Fp8History<Cpu>(4, 9), HasSubstring("margin is 0 to 8 binades, got 9"));
+  CHECK_THROWS_WITH(ag::Fp8History<Cpu>(4, -1), HasSubstring("got -1"));
+}
+
 TEMPLATE_TEST_CASE("DecoderLM with delayed fp8 scaling names its histories and fills them",
                    "[nn][fp8]", fathom::nn::Llama, fathom::nn::Gpt2) {
   using Arch = TestType;

@@ -66,19 +66,26 @@ Fp8Tensor<F, D> quantize_current(const Tensor<T, D>& x, std::int64_t rows, std::
 // largest amax in the ring but the two slots it writes (kernels::QuantizeFp8Params), so the
 // tensor is read once instead of twice. Only finite amaxes enter the ring. Quantizations outside
 // training (no gradients recorded: evaluation, generation) scale by the history without adding to
-// it, so they change nothing.
+// it, so they change nothing. `margin` leaves 2^margin of headroom below the format's largest
+// value (scale = max(F) / (amax * 2^margin)): a tensor whose amax grows faster than the history
+// follows saturates less, at the price of that many binades at the bottom of the range.
 template <DeviceTag D>
 class Fp8History {
  public:
   static constexpr int default_length = 16;
-  explicit Fp8History(int length = default_length) : length_(length) {
+  explicit Fp8History(int length = default_length, int margin = 0)
+      : length_(length), margin_(margin) {
     FATHOM_CHECK(length >= 3 && length <= kernels::max_fp8_history,
                  "Fp8History: the amax history holds 3 to " << kernels::max_fp8_history
                                                             << " entries, got " << length);
+    FATHOM_CHECK(margin >= 0 && margin <= max_margin,
+                 "Fp8History: the margin is 0 to " << max_margin << " binades, got " << margin);
     amax_ = Tensor<float, D>::zeros(Shape{length});
   }
+  static constexpr int max_margin = 8;
 
   int length() const { return length_; }
+  int margin() const { return margin_; }
   // Quantizations recorded so far (0: the next one scales by its own amax).
   std::int64_t uses() const { return uses_; }
   const Tensor<float, D>& amax() const { return amax_; }
@@ -123,6 +130,7 @@ class Fp8History {
                                        .rows = rows,
                                        .cols = cols,
                                        .scale_inv = q.scale.data()};
+    p.margin = margin_;
     p.history = amax_.data();
     p.history_len = length_;
     p.record = static_cast<int>(uses_ % length_);
@@ -138,6 +146,7 @@ class Fp8History {
 
  private:
   int length_ = default_length;
+  int margin_ = 0;
   std::int64_t uses_ = 0;
   Tensor<float, D> amax_;  // (length)
 };
