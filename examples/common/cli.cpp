@@ -13,7 +13,7 @@
 #include <string_view>
 #include <vector>
 
-#include "fathom/autograd/ops/linear_fp8.hpp"
+#include "fathom/nn/linear.hpp"
 #include "fathom/data/dataset_info.hpp"
 #include "fathom/data/tokenizer.hpp"
 #include "fathom/dist/in_process.hpp"
@@ -128,7 +128,7 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
   FATHOM_CHECK(c.fp8_scaling == "current" || c.precision == "fp8",
                "--fp8-scaling " << c.fp8_scaling << " needs --precision fp8 (this run is "
                                 << c.precision << ")");
-  FATHOM_CHECK(c.fp8_margin == 0 || c.fp8_scaling == "delayed",
+  FATHOM_CHECK(c.fp8_margin < 0 || c.fp8_scaling == "delayed",
                "--fp8-margin " << c.fp8_margin << " needs --fp8-scaling delayed (current scaling "
                                << "scales each tensor by its own amax)");
   const auto env = dist::LaunchEnv::from_environment();
@@ -165,15 +165,17 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
   const bool root = !env.distributed() || env.rank == 0;
   const auto& m = c.train.model;
   if (root)
-    std::printf("%s: %s (%s, %d layers, d %d, %d heads, d_ff %d, vocab %d), policy %s, %s on %s\n",
-                name.c_str(), m.name.c_str(), std::string(nn::to_string(m.arch)).c_str(), m.layers,
-                m.d_model, m.heads, m.d_ff, m.vocab, c.train.policy.c_str(),
-                (c.precision != "fp8" ? c.precision
-                 : c.fp8_margin == 0  ? "fp8 (" + c.fp8_scaling + " scaling)"
-                                      : "fp8 (" + c.fp8_scaling + " scaling, margin " +
-                                           std::to_string(c.fp8_margin) + ")")
-                    .c_str(),
-                device.c_str());
+    std::printf(
+        "%s: %s (%s, %d layers, d %d, %d heads, d_ff %d, vocab %d), policy %s, %s on %s\n",
+        name.c_str(), m.name.c_str(), std::string(nn::to_string(m.arch)).c_str(), m.layers,
+        m.d_model, m.heads, m.d_ff, m.vocab, c.train.policy.c_str(),
+        (c.precision != "fp8" ? c.precision
+         : c.fp8_scaling == "current"
+             ? std::string("fp8 (current scaling)")
+             : "fp8 (delayed scaling, margin " +
+                   std::to_string(c.fp8_margin < 0 ? nn::Fp8Recipe{}.margin : c.fp8_margin) + ")")
+            .c_str(),
+        device.c_str());
   if (root)
     std::printf("data: %s | %lld steps x %lld sequences x %lld tokens (grad accum %lld) | out %s\n",
                 c.train.data.empty() ? "built-in corpus" : c.train.data.c_str(),
@@ -348,8 +350,10 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
                  "steps, kept in checkpoints; one GPU)");
   app.add_option("--fp8-margin", c.fp8_margin,
                  "with --fp8-scaling delayed: scale 2^N below the format's largest value, so that "
-                 "a tensor whose amax grows faster than its history saturates less")
-      ->check(count_in(0, autograd::Fp8History<Cpu>::max_margin));
+                 "a tensor whose amax grows faster than its history saturates less (default " +
+                     std::to_string(nn::Fp8Recipe{}.margin) + ")")
+      ->check(count_in(0, autograd::Fp8History<Cpu>::max_margin))
+      ->default_str("");
   app.add_option("--seed", t.seed, "seed of initialization and data order");
   app.add_option("--eval-every", t.eval_every, "evaluate every N steps (0: at the end only)")
       ->check(count_in(0, LLONG_MAX));

@@ -19,13 +19,13 @@
 
 namespace fathom::programs {
 
-// --fp8-scaling (check_fp8_scaling) and --fp8-margin as the recipe of the models' fp8 linear
-// layers.
-inline nn::Fp8Recipe fp8_recipe_of(const std::string& scaling, int margin = 0) {
+// --fp8-scaling (check_fp8_scaling) and --fp8-margin (negative: the recipe's default) as the
+// recipe of the models' fp8 linear layers.
+inline nn::Fp8Recipe fp8_recipe_of(const std::string& scaling, int margin = -1) {
   check_fp8_scaling(scaling);
   nn::Fp8Recipe r;
   r.scaling = scaling == "delayed" ? nn::Fp8Scaling::delayed : nn::Fp8Scaling::current;
-  r.margin = margin;
+  if (margin >= 0) r.margin = margin;
   return r;
 }
 
