@@ -293,6 +293,9 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
     topts.optimizer = train::default_rule();
     topts.clip = 1.0;
     update = parallel->hooks().make_update(model->parameters(), topts);
+    // Delayed fp8 scaling: the ranks' amax histories reduced (max) after each step, as in training.
+    if (const auto histories = model->fp8_histories(); !histories.empty())
+      parallel->hooks().share_fp8_histories(histories);
   } else {
     update = train::make_local_update<T, D>(model->parameters(), train::default_rule(), 1.0);
   }

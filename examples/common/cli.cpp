@@ -132,10 +132,6 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
                "--fp8-margin " << c.fp8_margin << " needs --fp8-scaling delayed (current scaling "
                                << "scales each tensor by its own amax)");
   const auto env = dist::LaunchEnv::from_environment();
-  // Said once here rather than by every rank of the run (train::train refuses it too).
-  FATHOM_CHECK(c.fp8_scaling != "delayed" || (c.nproc == 1 && !env.distributed()),
-               "--fp8-scaling delayed trains on one GPU for now (each GPU's amax histories would "
-               "differ, and a checkpoint holds one set); use --fp8-scaling current with several");
   resolve_train_options(c);
   c.train.model = resolve_model(c);
   if (c.deepnorm_alpha > 0) c.train.policy_options["alpha"] = c.deepnorm_alpha;
@@ -347,7 +343,8 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
   app.add_option("--fp8-scaling", c.fp8_scaling,
                  "with --precision fp8: current (each tensor by its own amax, one more pass over "
                  "it) or delayed (activations and gradients by the largest amax of their last 16 "
-                 "steps, kept in checkpoints; one GPU)");
+                 "steps, kept in checkpoints; on several GPUs every rank's are their maximum over "
+                 "the ranks)");
   app.add_option("--fp8-margin", c.fp8_margin,
                  "with --fp8-scaling delayed: scale 2^N below the format's largest value, so that "
                  "a tensor whose amax grows faster than its history saturates less (default " +

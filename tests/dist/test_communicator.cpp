@@ -66,6 +66,29 @@ TEMPLATE_LIST_TEST_CASE("in-process all_reduce sums in rank order, bit for bit",
   for (int r = 0; r < world; ++r) CHECK(same_bits(got[static_cast<std::size_t>(r)], want));
 }
 
+TEMPLATE_TEST_CASE("in-process all_reduce max takes the largest value of each element",
+                   "[dist][communicator]", float, double, bf16) {
+  using T = TestType;
+  const int world = GENERATE(2, 3);
+  const std::size_t n = 37;
+  std::vector<std::vector<T>> inputs;
+  for (int r = 0; r < world; ++r) inputs.push_back(input_of<T>(r, n));
+  std::vector<T> want = inputs[0];
+  for (int r = 1; r < world; ++r)
+    for (std::size_t i = 0; i < n; ++i)
+      if (static_cast<double>(inputs[static_cast<std::size_t>(r)][i]) >
+          static_cast<double>(want[i]))
+        want[i] = inputs[static_cast<std::size_t>(r)][i];
+  std::vector<std::vector<T>> got(static_cast<std::size_t>(world));
+  dist::run_ranks(world, [&](Communicator& comm) {
+    auto t = Tensor<T>::from_vector(Shape{static_cast<std::int64_t>(n)},
+                                    inputs[static_cast<std::size_t>(comm.rank())]);
+    dist::all_reduce(comm, t, dist::ReduceOp::max);
+    got[static_cast<std::size_t>(comm.rank())] = t.to_vector();
+  });
+  for (int r = 0; r < world; ++r) CHECK(same_bits(got[static_cast<std::size_t>(r)], want));
+}
+
 TEST_CASE("in-process all_reduce avg divides the rank-order sum by the world size",
           "[dist][communicator]") {
   const int world = GENERATE(2, 3);

@@ -3,9 +3,11 @@
 // for bit, with and without ZeRO-1); a run resumes on another number of ranks (1 -> 2 -> 1, with
 // the ZeRO-1 state gathered into the checkpoint); ranks started with different options are
 // refused; rank 0 alone writes, metrics count the tokens of every rank, and a run folder holding a
-// run is refused unless replaced (overwrite).
+// run is refused unless replaced (overwrite); delayed fp8 scaling keeps one set of amax histories
+// over the ranks and resumes bit for bit.
 #include "fathom/train/data_parallel.hpp"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -165,35 +167,71 @@ TEST_CASE(
   CHECK(train::read_json(dir / "ckpt-2" / "trainer_state.json").at("seed") == 3);
 }
 
-TEST_CASE("data parallel: delayed fp8 scaling is refused on several ranks, current is not",
+TEST_CASE("data parallel: delayed fp8 scaling shares the amax histories, and resumes bit for bit",
           "[train][dist][fp8]") {
-  auto o = small_run(fresh_dir("dp-fp8-delayed"), 1);
-  o.steps = 2;
-  std::vector<std::string> errors(2);
-  std::vector<std::size_t> losses(2);
-  std::mutex m;
-  for (const auto scaling : {nn::Fp8Scaling::delayed, nn::Fp8Scaling::current}) {
-    o.out = fresh_dir(std::string("dp-fp8-") + std::string(nn::to_string(scaling))).string();
+  const nn::Fp8Recipe delayed{.scaling = nn::Fp8Scaling::delayed, .history = 4};
+  // Rank r's histories (name, state) after its run, and rank 0's result.
+  using States = std::vector<std::pair<std::string, std::vector<float>>>;
+  auto train_fp8 = [&](const train::TrainOptions& o, std::vector<States>& states) {
+    train::TrainResult result;
+    states.assign(2, {});
+    std::mutex m;
     dist::run_ranks(2, [&](dist::Communicator& comm) {
       Model model(o.model, policy::PreLN{});
-      model.set_linear_precision(nn::LinearPrecision::fp8, {.scaling = scaling});
-      try {
-        auto r = train::train_data_parallel<float, Cpu>(o, model, comm, {});
-        std::lock_guard<std::mutex> lock(m);
-        losses[static_cast<std::size_t>(comm.rank())] = r.losses.size();
-      } catch (const Error& e) {
-        std::lock_guard<std::mutex> lock(m);
-        errors[static_cast<std::size_t>(comm.rank())] = e.what();
-      }
+      model.set_linear_precision(nn::LinearPrecision::fp8, delayed);
+      auto r = train::train_data_parallel<float, Cpu>(o, model, comm, {});
+      States mine;
+      for (const auto& [name, h] : model.fp8_histories())
+        mine.emplace_back(name, h->state().to_vector());
+      std::lock_guard<std::mutex> lock(m);
+      states[static_cast<std::size_t>(comm.rank())] = std::move(mine);
+      if (comm.rank() == 0) result = r;
     });
-    INFO(std::string(nn::to_string(scaling)));
-    if (scaling == nn::Fp8Scaling::delayed) {
-      for (const auto& e : errors)
-        CHECK_THAT(e, HasSubstring("delayed fp8 scaling trains on one GPU for now") &&
-                          HasSubstring("use current scaling on 2 GPUs"));
-    } else {
-      CHECK(losses == std::vector<std::size_t>{2, 2});
-    }
-    errors.assign(2, "");
-  }
+    return result;
+  };
+  const auto straight = fresh_dir("dp-fp8-straight"), split = fresh_dir("dp-fp8-split");
+  auto o = small_run(straight, 1);
+  o.steps = 4;
+  std::vector<States> full_states;
+  const auto full = train_fp8(o, full_states);
+  REQUIRE(full.losses.size() == 4);
+  for (double l : full.losses) CHECK(std::isfinite(l));
+  // Each rank quantized its own rows, yet every history is the same on both: their maximum.
+  REQUIRE(full_states[0].size() == 2u * 4u * 2u);  // 2 blocks, 4 linear layers, input and dY
+  CHECK(full_states[0] == full_states[1]);
+  bool recorded = false;
+  for (const auto& [name, v] : full_states[0])
+    for (std::size_t i = 0; i + 1 < v.size(); ++i) recorded = recorded || v[i] > 0;
+  CHECK(recorded);
+
+  // Stopped after 2 steps and resumed on 2 ranks: the same losses, weights and histories.
+  auto first = small_run(split, 1);
+  first.steps = 4;
+  first.stop_after = 2;
+  std::vector<States> ignored;
+  const auto r1 = train_fp8(first, ignored);
+  auto second = small_run(split, 1);
+  second.steps = 4;
+  second.resume = split.string();
+  std::vector<States> resumed_states;
+  const auto r2 = train_fp8(second, resumed_states);
+  REQUIRE(r2.first_step == 2);
+  std::vector<double> pieced = r1.losses;
+  pieced.insert(pieced.end(), r2.losses.begin(), r2.losses.end());
+  CHECK(pieced == full.losses);
+  CHECK(weights_of(split / "ckpt-4") == weights_of(straight / "ckpt-4"));
+  CHECK(resumed_states == full_states);
+}
+
+TEST_CASE("train() refuses delayed fp8 scaling on several ranks without shared histories",
+          "[train][dist][fp8]") {
+  auto o = small_run(fresh_dir("dp-fp8-unshared"), 1);
+  o.steps = 1;
+  Model model(o.model, policy::PreLN{});
+  model.set_linear_precision(nn::LinearPrecision::fp8, {.scaling = nn::Fp8Scaling::delayed});
+  train::TrainHooks<float, Cpu> hooks;
+  hooks.shard = {0, 2};
+  CHECK_THROWS_WITH((train::train<float, Cpu>(o, model, hooks)),
+                    HasSubstring("delayed fp8 scaling on 2 ranks needs hooks "
+                                 "that share the amax histories"));
 }

@@ -17,7 +17,8 @@
 namespace fathom::dist {
 
 enum class DataType { float32, float64, bfloat16, int32, int64, uint8 };
-enum class ReduceOp { sum, avg };
+// sum and avg of gradients and losses; max of fp8 amax histories (train::DataParallel).
+enum class ReduceOp { sum, avg, max };
 
 inline std::size_t size_of(DataType t) {
   switch (t) {

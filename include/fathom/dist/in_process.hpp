@@ -21,9 +21,10 @@ namespace fathom::dist {
 
 namespace detail {
 
-// Sums and averages of `count` elements of `type` over `n` source buffers, in source order:
-// out[i] = ((src0[i] + src1[i]) + src2[i]) + ..., each sum rounded to `type` as a sequential
-// accumulation in that type would round it (bf16 adds in float, then rounds).
+// Sums, averages and maxima of `count` elements of `type` over `n` source buffers, in source
+// order: out[i] = ((src0[i] + src1[i]) + src2[i]) + ..., each sum rounded to `type` as a
+// sequential accumulation in that type would round it (bf16 adds in float, then rounds); a
+// maximum is the largest value (the first of equal ones).
 inline void reduce_in_order(const std::vector<const void*>& srcs, void* out, std::size_t offset,
                             std::size_t count, DataType type, ReduceOp op) {
   const std::size_t n = srcs.size();
@@ -33,6 +34,15 @@ inline void reduce_in_order(const std::vector<const void*>& srcs, void* out, std
     for (std::size_t i = 0; i < count; ++i) {
       V acc = static_cast<const V*>(srcs[0])[offset + i];
       for (std::size_t r = 1; r < n; ++r) {
+        if (op == ReduceOp::max) {
+          const V v = static_cast<const V*>(srcs[r])[offset + i];
+          if constexpr (std::is_same_v<V, bf16>) {
+            if (static_cast<float>(v) > static_cast<float>(acc)) acc = v;
+          } else if (v > acc) {
+            acc = v;
+          }
+          continue;
+        }
         if constexpr (std::is_same_v<V, bf16>)
           acc = bf16(static_cast<float>(acc) +
                      static_cast<float>(static_cast<const V*>(srcs[r])[offset + i]));

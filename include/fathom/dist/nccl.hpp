@@ -176,7 +176,17 @@ class NcclCommunicator final : public Communicator {
     }
     return ncclFloat32;
   }
-  static ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::avg ? ncclAvg : ncclSum; }
+  static ncclRedOp_t nccl_op(ReduceOp op) {
+    switch (op) {
+      case ReduceOp::avg:
+        return ncclAvg;
+      case ReduceOp::max:
+        return ncclMax;
+      case ReduceOp::sum:
+        break;
+    }
+    return ncclSum;
+  }
 
   void check(ncclResult_t r, const char* what) const {
     FATHOM_CHECK(r == ncclSuccess, "rank " << env_.rank << ": " << what

@@ -100,6 +100,9 @@ class DataParallel final : public StepHooks<T, D> {
       return make_update(params, o);
     };
     h.combine_losses = [this](std::vector<double>& losses) { combine(losses); };
+    h.share_fp8_histories = [this](const std::vector<nn::NamedFp8History<D>>& histories) {
+      share_fp8_histories(histories);
+    };
     return h;
   }
 
@@ -107,10 +110,14 @@ class DataParallel final : public StepHooks<T, D> {
     reducer().begin_micro_batch(k + 1 == n);
   }
   void after_backward(std::int64_t k, std::int64_t n) override {
-    if (k + 1 < n)
+    if (k + 1 < n) {
       reducer().end_micro_batch();
-    else
+    } else {
       reducer().finish();
+      // After the step's last backward: every rank's histories become their maximum over the
+      // ranks, so the next step scales the same on every rank and a checkpoint's set is each's.
+      if (fp8_amax_.defined()) dist::all_reduce(comm_, fp8_amax_, dist::ReduceOp::max);
+    }
   }
   double gradient_seed(std::int64_t n) const override {
     return 1.0 / (static_cast<double>(comm_.world_size()) * static_cast<double>(n));
@@ -140,6 +147,21 @@ class DataParallel final : public StepHooks<T, D> {
         o.optimizer);
   }
 
+  // The model's delayed-scaling histories, moved into one buffer (fp8_amax_) so that one
+  // collective reduces them all. They start equal on every rank: new, or loaded later from the
+  // one checkpoint a resumed run starts from.
+  void share_fp8_histories(const std::vector<nn::NamedFp8History<D>>& histories) {
+    std::int64_t total = 0;
+    for (const auto& named : histories) total += named.second->length();
+    fp8_amax_ = Tensor<float, D>::zeros(Shape{total});
+    std::int64_t at = 0;
+    for (const auto& named : histories) {
+      const std::int64_t len = named.second->length();
+      named.second->move_into(fp8_amax_.slice(0, at, at + len));
+      at += len;
+    }
+  }
+
   // Each rank's mean losses of the same steps -> the mean over ranks, summed in rank order.
   void combine(std::vector<double>& losses) {
     if (comm_.world_size() == 1 || losses.empty()) return;
@@ -154,6 +176,7 @@ class DataParallel final : public StepHooks<T, D> {
   dist::Communicator& comm_;
   DataParallelOptions options_;
   std::unique_ptr<dist::GradReducer<T, D>> reducer_;
+  Tensor<float, D> fp8_amax_;  // every fp8 amax history of the model, one after another
 };
 
 // A fingerprint of everything that must agree across ranks: the options that shape the run (not

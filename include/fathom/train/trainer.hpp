@@ -64,6 +64,11 @@ struct TrainHooks {
                                                        const TrainOptions&)>
       make_update;
   std::function<void(std::vector<double>& losses)> combine_losses;
+  // Called once before the first step with the model's fp8 amax histories (delayed scaling), if
+  // it has any. Data parallelism keeps them the same on every rank (the maximum over the ranks
+  // after each step), so that the one set a checkpoint holds continues every rank's run; with
+  // shard.world > 1 a model with histories needs it.
+  std::function<void(const std::vector<nn::NamedFp8History<D>>&)> share_fp8_histories;
 };
 
 struct TrainResult {
@@ -403,12 +408,15 @@ TrainResult train(const TrainOptions& o, nn::LanguageModel<T, D>& model,
     replaced = check_run_folder(out_dir, o.resume, o.overwrite);
     if (replaced.empty()) notes = recover_checkpoints(out_dir);
   }
-  // Each GPU would keep its own amax histories (its own activations and gradients), and a
-  // checkpoint holds one set: resuming would not continue the run bit for bit.
-  FATHOM_CHECK(hooks.shard.world == 1 || model.fp8_histories().empty(),
-               "delayed fp8 scaling trains on one GPU for now (each GPU's amax histories would "
-               "differ, and a checkpoint holds one set); use current scaling on "
-                   << hooks.shard.world << " GPUs");
+  // Each rank records the amaxes of its own activations and gradients, and a checkpoint holds
+  // one set of histories: the ranks must share them, or resuming would not continue the run.
+  if (const auto histories = model.fp8_histories(); !histories.empty()) {
+    FATHOM_CHECK(hooks.shard.world == 1 || hooks.share_fp8_histories,
+                 "delayed fp8 scaling on " << hooks.shard.world
+                                           << " ranks needs hooks that share the amax histories "
+                                              "(train_data_parallel has them)");
+    if (hooks.share_fp8_histories) hooks.share_fp8_histories(histories);
+  }
   RunData data = make_run_data(o, hooks.shard);
   model.init(o.seed);
   detail::require_step_memory<T, D>(o, model);

@@ -424,6 +424,33 @@ TEST_CASE("Fp8History state round trip; bad lengths and states are refused", "[a
                     HasSubstring("position 5 is neither -1 nor a slot in [0, 5)"));
 }
 
+TEST_CASE("Fp8History::move_into keeps the ring in a slice of a shared buffer", "[autograd][fp8]") {
+  const auto x = Tensor<float, Cpu>::randn(Shape{3, 4}, 5);
+  ag::Fp8History<Cpu> moved(4), alone(4);
+  (void)moved.quantize<fp8_e4m3>(x, 3, 4, true, false, true);
+  (void)alone.quantize<fp8_e4m3>(x, 3, 4, true, false, true);
+  auto buffer = Tensor<float, Cpu>::full(Shape{10}, -7.0f);
+  moved.move_into(buffer.slice(0, 3, 7));  // the ring so far is copied there
+  CHECK(buffer.to_vector() ==
+        std::vector<float>{-7, -7, -7, moved.amax().to_vector()[0], 0, 0, 0, -7, -7, -7});
+  // Later quantizations record into the buffer, and scale as the history that was not moved.
+  const auto doubled = scaled(x, 2.0f);
+  const auto a = moved.quantize<fp8_e4m3>(doubled, 3, 4, true, false, true);
+  const auto b = alone.quantize<fp8_e4m3>(doubled, 3, 4, true, false, true);
+  CHECK(a.scale.to_vector()[0] == b.scale.to_vector()[0]);
+  CHECK(buffer.slice(0, 3, 7).to_vector() == alone.amax().to_vector());
+  // A value written into the buffer (a reduction over ranks) is what the next pass scales by.
+  buffer.data()[3] = 64.0f;
+  const auto c = moved.quantize<fp8_e4m3>(x, 3, 4, true, false, true);
+  CHECK(c.scale.to_vector()[0] == 64.0f / 448.0f);
+  // load_state restores into the buffer, not into a new tensor.
+  moved.load_state(alone.state(), "test");
+  CHECK(buffer.slice(0, 3, 7).to_vector() == alone.amax().to_vector());
+  CHECK(buffer.to_vector()[0] == -7.0f);
+  CHECK_THROWS_WITH(moved.move_into(Tensor<float, Cpu>::zeros(Shape{5})),
+                    HasSubstring("expected 4 contiguous floats, got shape"));
+}
+
 TEST_CASE("Fp8History margin: the scale is 2^margin below the history's, so a doubled tensor fits",
           "[autograd][fp8]") {
   const auto x = Tensor<float, Cpu>::randn(Shape{5, 8}, 11);

@@ -38,14 +38,14 @@ std::vector<T> input_of(int rank, std::size_t n) {
 
 // What the in-process backend computes for this collective (host buffers of every rank).
 template <class T>
-std::vector<T> reference_sum(int world, std::size_t n, std::size_t offset, std::size_t count) {
+std::vector<T> reference_sum(int world, std::size_t n, std::size_t offset, std::size_t count,
+                             dist::ReduceOp op = dist::ReduceOp::sum) {
   std::vector<std::vector<T>> inputs;
   std::vector<const void*> srcs;
   for (int r = 0; r < world; ++r) inputs.push_back(input_of<T>(r, n));
   for (const auto& v : inputs) srcs.push_back(v.data());
   std::vector<T> out(count);
-  dist::detail::reduce_in_order(srcs, out.data(), offset, count, dist::data_type_of<T>(),
-                                dist::ReduceOp::sum);
+  dist::detail::reduce_in_order(srcs, out.data(), offset, count, dist::data_type_of<T>(), op);
   return out;
 }
 
@@ -83,6 +83,12 @@ TEMPLATE_LIST_TEST_CASE("NCCL collectives equal the in-process backend's", "[cud
   dist::all_reduce(*comm, x);
   comm->synchronize();
   check_close(x.to_vector(), reference_sum<T>(world, n, 0, n), world);
+
+  // The maximum (fp8 amax histories): exact on any number of ranks.
+  auto m = Tensor<T, Cuda>::from_vector(Shape{static_cast<std::int64_t>(n)}, input_of<T>(rank, n));
+  dist::all_reduce(*comm, m, dist::ReduceOp::max);
+  comm->synchronize();
+  check_close(m.to_vector(), reference_sum<T>(world, n, 0, n, dist::ReduceOp::max), 1);
 
   auto in = Tensor<T, Cuda>::from_vector(Shape{static_cast<std::int64_t>(n)}, input_of<T>(rank, n));
   Tensor<T, Cuda> part(Shape{static_cast<std::int64_t>(block)});

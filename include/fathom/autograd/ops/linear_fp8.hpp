@@ -109,9 +109,20 @@ class Fp8History {
                  source << ": the fp8 amax history's position " << slot
                         << " is neither -1 nor a slot in [0, " << length_ << ")");
     v.pop_back();
-    amax_ = Tensor<float, D>::from_vector(Shape{length_}, v);
+    amax_.copy_(Tensor<float, D>::from_vector(Shape{length_}, v));  // in place: see move_into
     // Any count with the same remainder (and not 0 after a first use) continues the same way.
     uses_ = slot < 0 ? 0 : length_ + static_cast<std::int64_t>(slot);
+  }
+
+  // Keeps the ring in `storage` from now on (length() contiguous floats on D, the ring copied
+  // there), e.g. a slice of one buffer that holds every history of a model, so that a single
+  // collective can reduce them all (train::DataParallel takes their maximum over the ranks).
+  void move_into(Tensor<float, D> storage) {
+    FATHOM_CHECK(storage.dim() == 1 && storage.size(0) == length_ && storage.is_contiguous(),
+                 "Fp8History::move_into: expected " << length_ << " contiguous floats, got shape "
+                                                    << storage.shape());
+    storage.copy_(amax_);
+    amax_ = std::move(storage);
   }
 
   // Quantizes x (rows, cols) to F with this history's scale (see the class comment); `record`:
