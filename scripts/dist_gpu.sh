@@ -6,6 +6,9 @@
 #      naming rank 1.
 #   3. Equivalence in fp32: 2 ranks x batch B against 1 rank x B x grad-accum 2, 50 steps; losses
 #      equal to 1e-5 relative.
+#   3b. Delayed fp8 scaling on 2 ranks (the amax histories reduced to their maximum over the ranks
+#      after each step): 20 steps straight, and resumed from the straight run's step-10
+#      checkpoint; the losses of steps 11-20 equal bit for bit.
 #   4. Scaling: fathom-bench --nproc 2 on llama-130m (128 x 256 a GPU) and gpt2-124m (32 x 1024 a
 #      GPU): tokens/s on 1 and 2 GPUs, efficiency.
 #   5. Memory: peak GiB a GPU with and without --zero 1 for llama-350m and llama-1b.
@@ -107,6 +110,29 @@ if [[ -s "$build/eq1/metrics.jsonl" && -s "$build/eq2/metrics.jsonl" ]]; then
   fi
 else
   note "equivalence fp32: FAILED (no metrics; logs equiv_*.log)"
+  failed=1
+fi
+
+# 3b. Delayed fp8 on 2 ranks resumes bit for bit (the ranks share their amax histories).
+fp8=(--preset llama-71m --seq-len 256 --batch 16 --steps 20 --save-every 10 --log-every 1
+  --eval-every 0 --eval-batches 1 --device cuda --precision fp8 --fp8-scaling delayed --no-live
+  --lr 1e-3 --nproc 2)
+rm -rf "$build/fp8-straight" "$build/fp8-resumed"
+"$bin/fathom-train" "${fp8[@]}" --out "$build/fp8-straight" >"$logs/fp8_delayed_straight.log" 2>&1
+"$bin/fathom-train" "${fp8[@]}" --resume "$build/fp8-straight/ckpt-10" --out "$build/fp8-resumed" \
+  >"$logs/fp8_delayed_resumed.log" 2>&1
+step_losses() { grep '"loss"' "$1/metrics.jsonl" | sed 's/.*"loss":\([^,}]*\).*"step":\([0-9]*\).*/\2 \1/'; }
+if [[ -s "$build/fp8-straight/metrics.jsonl" && -s "$build/fp8-resumed/metrics.jsonl" ]]; then
+  straight=$(step_losses "$build/fp8-straight" | awk '$1 > 10')
+  resumed=$(step_losses "$build/fp8-resumed")
+  if [[ -n "$resumed" && "$straight" == "$resumed" ]]; then
+    note "fp8 delayed, 2 ranks: steps 11-20 resumed from step 10 equal the straight run's: ok"
+  else
+    note "fp8 delayed, 2 ranks: the resumed losses differ from the straight run's: FAILED"
+    failed=1
+  fi
+else
+  note "fp8 delayed, 2 ranks: FAILED (no metrics; logs fp8_delayed_*.log)"
   failed=1
 fi
 
