@@ -295,7 +295,7 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
     update = parallel->hooks().make_update(model->parameters(), topts);
     // Delayed fp8 scaling: the ranks' amax histories reduced (max) after each step, as in training.
     if (const auto histories = model->fp8_histories(); !histories.empty())
-      parallel->hooks().share_fp8_histories(histories);
+      parallel->share_fp8_histories(histories);
   } else {
     update = train::make_local_update<T, D>(model->parameters(), train::default_rule(), 1.0);
   }
@@ -426,11 +426,7 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
                                                           : "") +
              (kernels::gemm_autotune() ? "+autotune" : "");
   r.gemm_autotune = kernels::gemm_autotune();
-  const kernels::GemmAutotuneStats autotune_after = kernels::gemm_autotune_stats();
-  r.autotuned.plans_timed = autotune_after.plans_timed - autotune_before.plans_timed;
-  r.autotuned.algorithms_changed =
-      autotune_after.algorithms_changed - autotune_before.algorithms_changed;
-  r.autotuned.plans_untimed = autotune_after.plans_untimed - autotune_before.plans_untimed;
+  r.autotuned = kernels::gemm_autotune_stats() - autotune_before;
   r.ms_per_step = ms / o.steps;
   r.tokens_per_s = static_cast<double>(B * Tn) / (r.ms_per_step * 1e-3);
   r.mfu = r.tokens_per_s * flops_per_token / (peak_tflops * 1e12);

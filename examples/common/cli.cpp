@@ -131,6 +131,7 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
   FATHOM_CHECK(c.fp8_margin < 0 || c.fp8_scaling == "delayed",
                "--fp8-margin " << c.fp8_margin << " needs --fp8-scaling delayed (current scaling "
                                << "scales each tensor by its own amax)");
+  if (c.fp8_margin < 0) c.fp8_margin = nn::Fp8Recipe{}.margin;  // the library's default
   const auto env = dist::LaunchEnv::from_environment();
   resolve_train_options(c);
   c.train.model = resolve_model(c);
@@ -161,17 +162,15 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
   const bool root = !env.distributed() || env.rank == 0;
   const auto& m = c.train.model;
   if (root)
-    std::printf(
-        "%s: %s (%s, %d layers, d %d, %d heads, d_ff %d, vocab %d), policy %s, %s on %s\n",
-        name.c_str(), m.name.c_str(), std::string(nn::to_string(m.arch)).c_str(), m.layers,
-        m.d_model, m.heads, m.d_ff, m.vocab, c.train.policy.c_str(),
-        (c.precision != "fp8" ? c.precision
-         : c.fp8_scaling == "current"
-             ? std::string("fp8 (current scaling)")
-             : "fp8 (delayed scaling, margin " +
-                   std::to_string(c.fp8_margin < 0 ? nn::Fp8Recipe{}.margin : c.fp8_margin) + ")")
-            .c_str(),
-        device.c_str());
+    std::printf("%s: %s (%s, %d layers, d %d, %d heads, d_ff %d, vocab %d), policy %s, %s on %s\n",
+                name.c_str(), m.name.c_str(), std::string(nn::to_string(m.arch)).c_str(), m.layers,
+                m.d_model, m.heads, m.d_ff, m.vocab, c.train.policy.c_str(),
+                (c.precision != "fp8" ? c.precision
+                 : c.fp8_scaling == "current"
+                     ? std::string("fp8 (current scaling)")
+                     : "fp8 (delayed scaling, margin " + std::to_string(c.fp8_margin) + ")")
+                    .c_str(),
+                device.c_str());
   if (root)
     std::printf("data: %s | %lld steps x %lld sequences x %lld tokens (grad accum %lld) | out %s\n",
                 c.train.data.empty() ? "built-in corpus" : c.train.data.c_str(),

@@ -183,7 +183,7 @@ class NcclCommunicator final : public Communicator {
       case ReduceOp::max:
         return ncclMax;
       case ReduceOp::sum:
-        break;
+        return ncclSum;
     }
     return ncclSum;
   }

@@ -123,6 +123,21 @@ class DataParallel final : public StepHooks<T, D> {
     return 1.0 / (static_cast<double>(comm_.world_size()) * static_cast<double>(n));
   }
 
+  // The model's delayed-scaling histories, moved into one buffer (fp8_amax_) so that one
+  // collective reduces them all. They start equal on every rank: new, or loaded later from the
+  // one checkpoint a resumed run starts from.
+  void share_fp8_histories(const std::vector<nn::NamedFp8History<D>>& histories) {
+    std::int64_t total = 0;
+    for (const auto& named : histories) total += named.second->length();
+    fp8_amax_ = Tensor<float, D>::zeros(Shape{total});
+    std::int64_t at = 0;
+    for (const auto& named : histories) {
+      const std::int64_t len = named.second->length();
+      named.second->move_into(fp8_amax_.slice(0, at, at + len));
+      at += len;
+    }
+  }
+
   dist::GradReducer<T, D>& reducer() {
     FATHOM_CHECK(reducer_,
                  "data parallel: no reducer yet (train() makes it with the parameter update)");
@@ -145,21 +160,6 @@ class DataParallel final : public StepHooks<T, D> {
           return std::make_unique<ShardedUpdate<Rule, T, D>>(rule, params, *reducer_, o.clip);
         },
         o.optimizer);
-  }
-
-  // The model's delayed-scaling histories, moved into one buffer (fp8_amax_) so that one
-  // collective reduces them all. They start equal on every rank: new, or loaded later from the
-  // one checkpoint a resumed run starts from.
-  void share_fp8_histories(const std::vector<nn::NamedFp8History<D>>& histories) {
-    std::int64_t total = 0;
-    for (const auto& named : histories) total += named.second->length();
-    fp8_amax_ = Tensor<float, D>::zeros(Shape{total});
-    std::int64_t at = 0;
-    for (const auto& named : histories) {
-      const std::int64_t len = named.second->length();
-      named.second->move_into(fp8_amax_.slice(0, at, at + len));
-      at += len;
-    }
   }
 
   // Each rank's mean losses of the same steps -> the mean over ranks, summed in rank order.

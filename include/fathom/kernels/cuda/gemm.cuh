@@ -38,6 +38,10 @@ inline bool& gemm_tf32_flag() {
   static bool allow = false;
   return allow;
 }
+inline bool& gemm_autotune_flag() {
+  static bool on = false;
+  return on;
+}
 }  // namespace detail
 
 // Whether fp32 GEMMs on CUDA may round their inputs to TF32 (10-bit mantissa) and run on tensor
@@ -46,13 +50,6 @@ inline bool& gemm_tf32_flag() {
 // GEMMs are unaffected. Set it before the GEMMs it should govern (plans are cached per setting).
 inline void set_gemm_allow_tf32(bool allow) { detail::gemm_tf32_flag() = allow; }
 inline bool gemm_allow_tf32() { return detail::gemm_tf32_flag(); }
-
-namespace detail {
-inline bool& gemm_autotune_flag() {
-  static bool on = false;
-  return on;
-}
-}  // namespace detail
 
 // Whether the cuBLASLt plans made from now on (bf16, fp32 and fp8 GEMMs; one plan per problem,
 // made at its first use) time the heuristic's first few algorithms on the problem's own operands
@@ -71,6 +68,11 @@ struct GemmAutotuneStats {
   // none ran, or fathom's stream was being captured into a CUDA graph (the heuristic's first is
   // kept).
   std::uint64_t plans_untimed = 0;
+  // What happened between two snapshots (later - earlier).
+  friend GemmAutotuneStats operator-(const GemmAutotuneStats& a, const GemmAutotuneStats& b) {
+    return {a.plans_timed - b.plans_timed, a.algorithms_changed - b.algorithms_changed,
+            a.plans_untimed - b.plans_untimed};
+  }
 };
 
 // How the bias gradients of linear layers are computed on CUDA: `fused`, in a pass that already
