@@ -16,7 +16,8 @@
 # .deps/include when their packages are missing (scripts/deps.sh).
 # Usage: scripts/dist_gpu.sh   env: FATHOM_BUILD_DIR (default build; uses <dir>/dist-gpu), or
 #        FATHOM_DIST_BUILD (the build tree itself, e.g. scripts/gpu.sh's), JOBS,
-#        CUDA_ARCH (default 90), NPROC (default 2), ONE_B_BATCH (llama-1b batch a GPU, default 16)
+#        CUDA_ARCH (default 90), NPROC (default 2), ONE_B_BATCH (llama-1b batch a GPU, default 16),
+#        DIST_BENCH=0 (checks 1-3b only: skips the scaling and memory benchmarks, 4 and 5)
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +26,7 @@ build="${FATHOM_DIST_BUILD:-${FATHOM_BUILD_DIR:-$repo/build}/dist-gpu}"
 jobs="${JOBS:-16}"
 arch="${CUDA_ARCH:-90}"
 nproc="${NPROC:-2}"
+bench="${DIST_BENCH:-1}"
 logs="${OUT:-$build/logs}"
 mkdir -p "$logs"
 table=()
@@ -35,7 +37,8 @@ echo "==== build (log: $logs/build.log)"
 {
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFATHOM_BUILD_TESTS=ON \
     -DFATHOM_BUILD_EXAMPLES=ON -DFATHOM_ENABLE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" &&
-    cmake --build "$build" -j "$jobs" --target fathom_nccl_tests fathom-train fathom-bench
+    cmake --build "$build" -j "$jobs" --target fathom_nccl_tests fathom-train \
+      $([[ $bench == 0 ]] || echo fathom-bench)
 } >"$logs/build.log" 2>&1
 if [[ $? -ne 0 ]]; then
   tail -40 "$logs/build.log"
@@ -136,6 +139,7 @@ else
   failed=1
 fi
 
+if [[ $bench != 0 ]]; then
 # 4. Scaling (bf16, the issue's shapes).
 "$bin/fathom-bench" --nproc "$nproc" --workloads llama-130m,gpt2-124m --policies pre-ln \
   --json-out "$logs/scaling.jsonl" 2>&1 | tee "$logs/scaling.log"
@@ -152,6 +156,7 @@ for zero in 0 1; do
     tee "$logs/memory_1b_zero$zero.log"
   [[ ${PIPESTATUS[0]} -eq 0 ]] || failed=1
 done
+fi
 
 echo
 echo "==== data parallel on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1) x $nproc"
