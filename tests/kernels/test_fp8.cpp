@@ -3,9 +3,11 @@
 // largest finite values, 0.5, subnormals, ties, saturation, NaN, signed zero), every code through
 // decode and encode, encoding as the nearest value with ties to even against a brute-force search
 // over all codes, the scale from amax, amax itself, quantize/dequantize error bounds and the
-// transposed copy, and the reference fp8 GEMM against a double loop.
+// transposed copy, and the reference fp8 GEMM against a double loop (its beta term read from C or
+// from a separate c_in).
 #include <fathom/kernels/fp8.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -311,11 +313,13 @@ TEST_CASE("CPU quantize_fp8 of zeros uses scale 1; bad parameters are refused", 
 
 namespace {
 
+// With `with_c_in` the values C would start with go to a separate c_in and C holds NaN, so that
+// reading C's old contents instead of c_in would show.
 template <class FA, class FB, class T>
 void check_reference_gemm_fp8(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, bool tb,
-                              bool bias, double beta) {
+                              bool bias, double beta, bool with_c_in = false) {
   INFO("M " << m << " N " << n << " K " << k << " trans " << ta << tb << " bias " << bias
-            << " beta " << beta);
+            << " beta " << beta << " c_in " << with_c_in);
   const std::int64_t lda = (ta ? m : k) + 2, ldb = (tb ? k : n) + 1, ldc = n + 3;
   std::vector<FA> a(static_cast<std::size_t>((ta ? k : m) * lda));
   std::vector<FB> b(static_cast<std::size_t>((tb ? n : k) * ldb));
@@ -329,23 +333,31 @@ void check_reference_gemm_fp8(std::int64_t m, std::int64_t n, std::int64_t k, bo
   std::vector<T> c(static_cast<std::size_t>(m * ldc));
   for (std::size_t i = 0; i < c.size(); ++i)
     c[i] = fathom::scalar_cast<T>(beta == 0.0 ? nan_f() : float(fathom::rng::uniform(14, i)));
-  const std::vector<T> c0 = c;
+  std::vector<T> c_in;
+  if (with_c_in) {
+    c_in = c;
+    std::fill(c.begin(), c.end(), fathom::scalar_cast<T>(nan_f()));
+  }
+  const std::vector<T> c0 = with_c_in ? c_in : c;  // what the beta term reads
+  const std::vector<T> c_start = c, c_in_start = c_in;
   const float sa = 0.03125f, sb = 1.0f / 3.0f;
-  kernels::gemm_fp8(Cpu{}, kernels::Fp8GemmParams<FA, FB, T>{.a = a.data(),
-                                                             .b = b.data(),
-                                                             .c = c.data(),
-                                                             .bias = bias ? bias_v.data() : nullptr,
-                                                             .a_scale_inv = &sa,
-                                                             .b_scale_inv = &sb,
-                                                             .m = m,
-                                                             .n = n,
-                                                             .k = k,
-                                                             .trans_a = ta,
-                                                             .trans_b = tb,
-                                                             .lda = lda,
-                                                             .ldb = ldb,
-                                                             .ldc = ldc,
-                                                             .beta = beta});
+  kernels::gemm_fp8(Cpu{},
+                    kernels::Fp8GemmParams<FA, FB, T>{.a = a.data(),
+                                                      .b = b.data(),
+                                                      .c = c.data(),
+                                                      .c_in = with_c_in ? c_in.data() : nullptr,
+                                                      .bias = bias ? bias_v.data() : nullptr,
+                                                      .a_scale_inv = &sa,
+                                                      .b_scale_inv = &sb,
+                                                      .m = m,
+                                                      .n = n,
+                                                      .k = k,
+                                                      .trans_a = ta,
+                                                      .trans_b = tb,
+                                                      .lda = lda,
+                                                      .ldb = ldb,
+                                                      .ldc = ldc,
+                                                      .beta = beta});
   for (std::int64_t i = 0; i < m; ++i) {
     for (std::int64_t j = 0; j < n; ++j) {
       double want = 0, mass = 0;
@@ -370,10 +382,11 @@ void check_reference_gemm_fp8(std::int64_t m, std::int64_t n, std::int64_t k, bo
     }
     for (std::int64_t j = n; j < ldc; ++j) {  // the padding is never written
       const double got = fathom::scalar_cast<double>(c[i * ldc + j]);
-      const double was = fathom::scalar_cast<double>(c0[i * ldc + j]);
+      const double was = fathom::scalar_cast<double>(c_start[i * ldc + j]);
       CHECK((got == was || (std::isnan(got) && std::isnan(was))));
     }
   }
+  CHECK(fathom::test::same_bits(c_in, c_in_start));
 }
 
 }  // namespace
@@ -385,6 +398,52 @@ TEST_CASE("CPU gemm_fp8 matches a double loop", "[kernels][fp8]") {
   check_reference_gemm_fp8<fp8_e5m2, fp8_e4m3, bf16>(9, 11, 19, ta, tb, false, 1.0);
   check_reference_gemm_fp8<fp8_e4m3, fp8_e5m2, float>(1, 13, 5, ta, tb, true, 0.5);
   check_reference_gemm_fp8<fp8_e4m3, fp8_e4m3, float>(4, 6, 0, ta, tb, true, 0.0);  // K = 0
+}
+
+TEST_CASE("CPU gemm_fp8's beta term reads c_in, never C's previous contents", "[kernels][fp8]") {
+  const bool ta = GENERATE(false, true), tb = GENERATE(false, true);
+  const double beta = GENERATE(1.0, 0.5, -2.0);
+  const bool bias = GENERATE(false, true);
+  check_reference_gemm_fp8<fp8_e4m3, fp8_e4m3, float>(7, 13, 5, ta, tb, bias, beta, true);
+  check_reference_gemm_fp8<fp8_e4m3, fp8_e4m3, bf16>(17, 3, 64, ta, tb, bias, beta, true);
+  check_reference_gemm_fp8<fp8_e5m2, fp8_e4m3, bf16>(9, 11, 19, ta, tb, bias, beta, true);
+  check_reference_gemm_fp8<fp8_e4m3, fp8_e5m2, float>(4, 6, 0, ta, tb, bias, beta, true);  // K = 0
+  // c_in == c is the in-place GEMM; beta 0 reads neither (a NaN c_in changes nothing).
+  const std::int64_t m = 3, n = 5, k = 16;
+  std::vector<fp8_e4m3> a(static_cast<std::size_t>(m * k)), b(static_cast<std::size_t>(n * k));
+  for (std::size_t i = 0; i < a.size(); ++i)
+    a[i] = fp8_e4m3(static_cast<float>(2.0 * fathom::rng::uniform(15, i) - 1.0));
+  for (std::size_t i = 0; i < b.size(); ++i)
+    b[i] = fp8_e4m3(static_cast<float>(2.0 * fathom::rng::uniform(16, i) - 1.0));
+  const auto c0 = fathom::test::rng_uniform_values<float>(static_cast<std::size_t>(m * n), 17);
+  const float s = 0.5f;
+  auto in_place = c0, self = c0;
+  kernels::Fp8GemmParams<fp8_e4m3, fp8_e4m3, float> p{.a = a.data(),
+                                                      .b = b.data(),
+                                                      .c = in_place.data(),
+                                                      .a_scale_inv = &s,
+                                                      .b_scale_inv = &s,
+                                                      .m = m,
+                                                      .n = n,
+                                                      .k = k,
+                                                      .beta = beta};
+  kernels::gemm_fp8(Cpu{}, p);
+  p.c = self.data();
+  p.c_in = self.data();
+  kernels::gemm_fp8(Cpu{}, p);
+  CHECK(fathom::test::same_bits(self, in_place));
+  const std::vector<float> nan_in(c0.size(), nan_f());
+  std::vector<float> fresh = c0, with_nan = c0;
+  p.beta = 0.0;
+  p.c = fresh.data();
+  p.c_in = nullptr;
+  kernels::gemm_fp8(Cpu{}, p);
+  p.c = with_nan.data();
+  p.c_in = nan_in.data();
+  kernels::gemm_fp8(Cpu{}, p);
+  CHECK(fathom::test::same_bits(with_nan, fresh));
+  p.c_in = with_nan.data() + 1;  // overlaps C without being C
+  CHECK_THROWS_WITH(kernels::gemm_fp8(Cpu{}, p), HasSubstring("gemm_fp8: c_in overlaps C"));
 }
 
 TEMPLATE_TEST_CASE("CPU quantize_fp8 with an amax history: delayed scale, recorded amax",

@@ -1,8 +1,9 @@
 // Tests for the CPU GEMM and column sum (include/fathom/kernels/gemm.hpp): kernels::gemm (CBLAS
 // when the build defines FATHOM_HAS_CBLAS) and kernels::detail::gemm_portable (always compiled)
 // against naive loops in double, over shapes from 1 to 5461, every transpose combination, batches,
-// padded leading dimensions and batch strides, alpha/beta and bias; the column sum and
-// gemm_bias_grad (the weight-gradient GEMM with the bias gradient).
+// padded leading dimensions and batch strides, alpha/beta and bias; the beta term read from a
+// separate c_in; the column sum and gemm_bias_grad (the weight-gradient GEMM with the bias
+// gradient).
 #include <fathom/kernels/gemm.hpp>
 
 #include <algorithm>
@@ -40,14 +41,17 @@ struct Variant {
   double alpha, beta;
 };
 
-// A GEMM problem with its buffers (padding included, all random) and the reference result.
+// A GEMM problem with its buffers (padding included, all random) and the reference result. With
+// `with_c_in` the random values C would start with go to a separate c_in instead, and C (padding
+// included) holds NaN: reading C's old contents rather than c_in would poison the result.
 template <class T>
 struct GemmProblem {
   GemmParams<T> p;
-  std::vector<T> a, b, c, bias;
+  std::vector<T> a, b, c, bias, c_in;
   std::vector<double> ref, scale;  // (batch, M, N): expected value and sum of |terms|
 
-  GemmProblem(Shape3 s, bool ta, bool tb, const Variant& v, std::uint64_t seed) {
+  GemmProblem(Shape3 s, bool ta, bool tb, const Variant& v, std::uint64_t seed,
+              bool with_c_in = false) {
     p.m = s.m, p.n = s.n, p.k = s.k, p.trans_a = ta, p.trans_b = tb, p.batch = v.batch;
     p.alpha = v.alpha, p.beta = v.beta;
     const std::int64_t a_rows = ta ? s.k : s.m, a_cols = ta ? s.m : s.k;
@@ -66,6 +70,10 @@ struct GemmProblem {
           for (std::int64_t j = 0; j < s.n; ++j)
             c[static_cast<std::size_t>(bi * p.stride_c + i * p.ldc + j)] =
                 std::numeric_limits<T>::quiet_NaN();
+    }
+    if (with_c_in) {
+      c_in = c;
+      std::fill(c.begin(), c.end(), std::numeric_limits<T>::quiet_NaN());
     }
     if (v.bias) bias = rng_uniform_values<T>(static_cast<std::size_t>(s.n), seed + 3);
     p.a = a.data(), p.b = b.data(), p.bias = v.bias ? bias.data() : nullptr;
@@ -86,7 +94,8 @@ struct GemmProblem {
           }
           double r = v.alpha * sum, sc = std::abs(v.alpha) * abs_sum;
           if (v.beta != 0.0) {
-            double c0 = to_double(c[static_cast<std::size_t>(bi * p.stride_c + i * p.ldc + j)]);
+            const std::vector<T>& c_old = with_c_in ? c_in : c;
+            double c0 = to_double(c_old[static_cast<std::size_t>(bi * p.stride_c + i * p.ldc + j)]);
             r += v.beta * c0;
             sc += std::abs(v.beta * c0);
           }
@@ -102,13 +111,16 @@ struct GemmProblem {
     }
   }
 
-  // Runs `gemm` on a fresh copy of C and checks every element and that the padding is untouched.
+  // Runs `gemm` on a fresh copy of C (and of c_in, when there is one) and checks every element,
+  // that the padding is untouched and that c_in is unchanged.
   template <class Gemm>
   void check(Gemm&& gemm, const std::string& impl) const {
-    std::vector<T> out = c;
+    std::vector<T> out = c, in = c_in;
     GemmParams<T> q = p;
     q.c = out.data();
+    q.c_in = in.empty() ? nullptr : in.data();
     gemm(q);
+    CHECK(same_bits(in, c_in));
     // Errors of a K-term sum grow like sqrt(K) times the size of a term, so the tolerance is
     // relative to |ref| plus the typical term-sum magnitude (sum of |terms|) / sqrt(K).
     const double rtol = fathom::Precision<T>::rtol, atol = fathom::Precision<T>::atol;
@@ -140,7 +152,8 @@ struct GemmProblem {
     INFO(impl << " " << fathom::Precision<T>::name << ": M " << p.m << ", N " << p.n << ", K "
               << p.k << ", trans_a " << p.trans_a << ", trans_b " << p.trans_b << ", batch "
               << p.batch << ", bias " << (p.bias != nullptr) << ", lda " << p.lda << ", alpha "
-              << p.alpha << ", beta " << p.beta << "; first mismatch: " << first);
+              << p.alpha << ", beta " << p.beta << ", c_in " << !c_in.empty()
+              << "; first mismatch: " << first);
     CHECK(bad == 0);
     CHECK(padding_changed == 0);
   }
@@ -185,6 +198,87 @@ TEMPLATE_TEST_CASE("gemm with K = 0 gives beta * C + bias", "[kernels][gemm]", d
   problem.check([](const GemmParams<TestType>& q) { fathom::kernels::gemm(Cpu{}, q); }, "gemm");
   problem.check([](const GemmParams<TestType>& q) { fathom::kernels::detail::gemm_portable(q); },
                 "gemm_portable");
+}
+
+TEMPLATE_TEST_CASE("gemm's beta term reads c_in, never C's previous contents", "[kernels][gemm]",
+                   double, float, bf16) {
+  const Shape3 shape = GENERATE(values<Shape3>({{7, 13, 5}, {1, 1, 1}, {37, 29, 300}, {7, 13, 0}}));
+  const bool ta = GENERATE(false, true);
+  const bool tb = GENERATE(false, true);
+  const double beta = GENERATE(1.0, 0.5, -2.0);
+  // Batch 1 packed; batch 2 with padded rows and a gap between the batch entries.
+  Variant variant = GENERATE(values<Variant>(
+      {{1, false, false, 0.75, 0.0}, {1, true, false, 1.0, 0.0}, {2, true, true, -1.5, 0.0}}));
+  variant.beta = beta;
+  GemmProblem<TestType> problem(shape, ta, tb, variant,
+                                2000 + static_cast<std::uint64_t>(shape.m * 7 + shape.k),
+                                /*with_c_in=*/true);
+  problem.check([](const GemmParams<TestType>& q) { fathom::kernels::gemm(Cpu{}, q); },
+#if defined(FATHOM_HAS_CBLAS)
+                "gemm (CBLAS)"
+#else
+                "gemm (portable)"
+#endif
+  );
+  problem.check([](const GemmParams<TestType>& q) { fathom::kernels::detail::gemm_portable(q); },
+                "gemm_portable");
+}
+
+TEMPLATE_TEST_CASE("gemm with c_in == c is the in-place GEMM; beta 0 reads neither",
+                   "[kernels][gemm]", double, float, bf16) {
+  using T = TestType;
+  const Variant variant = GENERATE(values<Variant>(
+      {{1, true, false, 0.75, 0.5}, {2, false, true, 1.0, -2.0}, {2, true, true, 1.0, 0.0}}));
+  const std::int64_t k = GENERATE(5, 0);
+  GemmProblem<T> problem({7, 13, k}, false, true, variant, 91);
+  const auto run = [&](auto&& gemm, const char* impl) {
+    INFO(impl << " " << fathom::Precision<T>::name << ", K " << k << ", batch " << variant.batch
+              << ", beta " << variant.beta);
+    std::vector<T> in_place = problem.c, self = problem.c;
+    GemmParams<T> q = problem.p;
+    q.c = in_place.data();
+    gemm(q);
+    q.c = self.data();
+    q.c_in = self.data();
+    gemm(q);
+    CHECK(same_bits(self, in_place));
+    if (variant.beta == 0.0) {  // c_in is never read: NaN there changes nothing
+      const std::vector<T> nan_in(problem.c.size(), std::numeric_limits<T>::quiet_NaN());
+      std::vector<T> out = problem.c;
+      q.c = out.data();
+      q.c_in = nan_in.data();
+      gemm(q);
+      CHECK(same_bits(out, in_place));
+    }
+  };
+  run([](const GemmParams<T>& q) { fathom::kernels::gemm(Cpu{}, q); }, "gemm");
+  run([](const GemmParams<T>& q) { fathom::kernels::detail::gemm_portable(q); }, "gemm_portable");
+}
+
+TEST_CASE("gemm rejects a c_in that partly overlaps C", "[kernels][gemm]") {
+  std::vector<float> a(64, 1.5f), b(64, 0.5f), c(64, 2.0f);
+  GemmParams<float> p{.a = a.data(),
+                      .b = b.data(),
+                      .c = c.data() + 4,
+                      .c_in = c.data(),
+                      .m = 3,
+                      .n = 4,
+                      .k = 5,
+                      .beta = 1.0};
+  try {
+    fathom::kernels::gemm(Cpu{}, p);
+    FAIL("expected fathom::Error");
+  } catch (const fathom::Error& e) {
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.find("gemm: c_in overlaps C") != std::string::npos);
+  }
+  const std::vector<float> before = c;
+  p.c_in = c.data() + 16;  // the last element of C is c[15]: c_in right after it is disjoint
+  fathom::kernels::gemm(Cpu{}, p);
+  CHECK(c[4] == 1.5f * 0.5f * 5 + before[16]);
+  p.c_in = c.data() + 15;
+  CHECK_THROWS_AS(fathom::kernels::detail::gemm_portable(p), fathom::Error);
 }
 
 TEMPLATE_TEST_CASE("gemm with a batch stride of 0 reuses one B for every batch entry",

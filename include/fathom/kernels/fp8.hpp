@@ -158,11 +158,12 @@ void dequantize_fp8(Cpu, const DequantizeFp8Params<F, T>& p) {
 // The scaled fp8 GEMM, one matrix, row-major, op(X) = X or X^T, op(A) (M, K), op(B) (K, N):
 //   C = (*a_scale_inv * *b_scale_inv) * (op(A) op(B)) + beta * C + bias
 // with the products accumulated in float and C (float or bf16) written once. beta == 0 never
-// reads C. Allowed operand pairs are Hopper's: E4M3 x E4M3, E4M3 x E5M2, E5M2 x E4M3 (never
-// E5M2 x E5M2). The scales are host memory for Cpu, device memory for Cuda. cuBLASLt's fp8
-// kernels take only the layout trans_a = false, trans_b = true (both operands contiguous along K),
-// K and the leading dimensions of A and B multiples of 16 and 16-byte aligned operands; the CUDA
-// version runs every other problem through a plain tiled kernel (correct, slower).
+// reads C; with c_in set, as in GemmParams, the beta term reads c_in instead of C. Allowed operand
+// pairs are Hopper's: E4M3 x E4M3, E4M3 x E5M2, E5M2 x E4M3 (never E5M2 x E5M2). The scales are
+// host memory for Cpu, device memory for Cuda. cuBLASLt's fp8 kernels take only the layout
+// trans_a = false, trans_b = true (both operands contiguous along K), K and the leading dimensions
+// of A and B multiples of 16 and 16-byte aligned operands (c_in too); the CUDA version runs every
+// other problem through a plain tiled kernel (correct, slower).
 template <Fp8Scalar FA, Fp8Scalar FB, class T>
 struct Fp8GemmParams {
   static_assert(!(std::is_same_v<FA, fp8_e5m2> && std::is_same_v<FB, fp8_e5m2>),
@@ -170,9 +171,13 @@ struct Fp8GemmParams {
                 "x E4M3, E4M3 x E5M2 and E5M2 x E4M3); quantize one operand to E4M3");
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>,
                 "Fp8GemmParams: C must be float or bf16");
-  const FA* a = nullptr;               // (M, K), stored as (K, M) when trans_a
-  const FB* b = nullptr;               // (K, N), stored as (N, K) when trans_b
-  T* c = nullptr;                      // (M, N)
+  const FA* a = nullptr;  // (M, K), stored as (K, M) when trans_a
+  const FB* b = nullptr;  // (K, N), stored as (N, K) when trans_b
+  T* c = nullptr;         // (M, N)
+  // When set and beta != 0, beta scales c_in instead of C's previous contents:
+  // C = scale * op(A) op(B) + beta * c_in + bias. c_in has C's shape and leading dimension ldc; it
+  // is either c itself (the same as null) or must not overlap C. beta == 0 never reads it (nor C).
+  const T* c_in = nullptr;             // (M, N) or nullptr
   const T* bias = nullptr;             // (N) or nullptr
   const float* a_scale_inv = nullptr;  // (1)
   const float* b_scale_inv = nullptr;  // (1)
@@ -211,13 +216,16 @@ Fp8GemmParams<FA, FB, T> resolve_gemm_fp8(Fp8GemmParams<FA, FB, T> p) {
                "gemm_fp8: A or B is null with K = " << p.k);
   FATHOM_CHECK(empty || (p.a_scale_inv != nullptr && p.b_scale_inv != nullptr),
                "gemm_fp8: a_scale_inv and b_scale_inv are required");
+  if (!empty) check_c_in_disjoint(p.c, p.c_in, (p.m - 1) * p.ldc + p.n, "gemm_fp8");
+  // From here on c_in is null unless it is a buffer of its own that the beta term reads.
+  if (p.c_in == p.c || p.beta == 0.0 || empty) p.c_in = nullptr;
   return p;
 }
 
 }  // namespace detail
 
 // The reference: A and B decoded to float, multiplied by the CPU GEMM (every product of two fp8
-// values is exact in float), then scaled, with beta * C and the bias added in float.
+// values is exact in float), then scaled, with beta * C (or c_in) and the bias added in float.
 template <Fp8Scalar FA, Fp8Scalar FB, class T>
 void gemm_fp8(Cpu, const Fp8GemmParams<FA, FB, T>& params) {
   const auto p = detail::resolve_gemm_fp8(params);
@@ -247,7 +255,8 @@ void gemm_fp8(Cpu, const Fp8GemmParams<FA, FB, T>& params) {
     for (std::int64_t j = 0; j < p.n; ++j) {
       float v = scale * acc[static_cast<std::size_t>(i * p.n + j)];
       T& c = p.c[i * p.ldc + j];
-      if (p.beta != 0.0) v += static_cast<float>(p.beta) * scalar_cast<float>(c);
+      if (p.beta != 0.0)
+        v += static_cast<float>(p.beta) * scalar_cast<float>(p.c_in ? p.c_in[i * p.ldc + j] : c);
       if (p.bias) v += scalar_cast<float>(p.bias[j]);
       c = scalar_cast<T>(v);
     }

@@ -1,6 +1,7 @@
-// GEMM: batched, row-major C = alpha * op(A) op(B) + beta * C (+ bias) and its CPU backends: a
-// CBLAS (OpenBLAS) when FATHOM_HAS_CBLAS is defined, else a portable cache-blocked loop; plus the
-// column sum that gives a linear layer its bias gradient.
+// GEMM: batched, row-major C = alpha * op(A) op(B) + beta * C (+ bias), the beta term read from C
+// or from another buffer, and its CPU backends: a CBLAS (OpenBLAS) when FATHOM_HAS_CBLAS is
+// defined, else a portable cache-blocked loop; plus the column sum that gives a linear layer its
+// bias gradient.
 #pragma once
 
 #include <algorithm>
@@ -26,9 +27,15 @@ namespace fathom::kernels {
 // garbage, NaN included), as in BLAS.
 template <class T>
 struct GemmParams {
-  const T* a = nullptr;     // (batch, M, K), stored as (batch, K, M) when trans_a
-  const T* b = nullptr;     // (batch, K, N), stored as (batch, N, K) when trans_b
-  T* c = nullptr;           // (batch, M, N)
+  const T* a = nullptr;  // (batch, M, K), stored as (batch, K, M) when trans_a
+  const T* b = nullptr;  // (batch, K, N), stored as (batch, N, K) when trans_b
+  T* c = nullptr;        // (batch, M, N)
+  // When set and beta != 0, beta scales c_in instead of C's previous contents:
+  //   C[b] = alpha * op(A[b]) op(B[b]) + beta * c_in[b] + bias
+  // (a residual added in the GEMM's epilogue, written to a buffer of its own). c_in has C's shape,
+  // leading dimension ldc and batch stride stride_c; it is either c itself (the same as null) or
+  // must not overlap C. beta == 0 never reads it (nor C).
+  const T* c_in = nullptr;  // (batch, M, N) or nullptr
   const T* bias = nullptr;  // (N) or nullptr
   std::int64_t m = 0, n = 0, k = 0;
   bool trans_a = false, trans_b = false;
@@ -53,6 +60,20 @@ struct ColumnSumParams {
 };
 
 namespace detail {
+
+// c_in (when set and not c itself) and C, both `extent` elements from their first, must not share
+// an element: the GEMM writes C while it reads c_in.
+template <class T>
+void check_c_in_disjoint(const T* c, const T* c_in, std::int64_t extent, const char* op) {
+  if (c_in == nullptr || c_in == c) return;
+  const auto lo = reinterpret_cast<std::uintptr_t>(c), in = reinterpret_cast<std::uintptr_t>(c_in);
+  const auto bytes = static_cast<std::uintptr_t>(extent) * sizeof(T);
+  FATHOM_CHECK(in + bytes <= lo || lo + bytes <= in,
+               op << ": c_in overlaps C without being C: it must be C itself or a separate buffer "
+                     "(c_in starts "
+                  << (static_cast<std::intptr_t>(in - lo) / static_cast<std::intptr_t>(sizeof(T)))
+                  << " elements from C, which spans " << extent << ")");
+}
 
 // Fills the packed defaults of p and checks that the sizes describe matrices that do not overlap
 // within a batch entry.
@@ -81,20 +102,26 @@ GemmParams<T> resolve_gemm(GemmParams<T> p) {
                "gemm: C is null for a (" << p.m << ", " << p.n << ") result");
   FATHOM_CHECK(empty || p.k == 0 || (p.a != nullptr && p.b != nullptr),
                "gemm: A or B is null with K = " << p.k);
+  if (!empty)
+    check_c_in_disjoint(p.c, p.c_in, (p.batch - 1) * p.stride_c + (p.m - 1) * p.ldc + p.n, "gemm");
+  // From here on c_in is null unless it is a buffer of its own that the beta term reads.
+  if (p.c_in == p.c || p.beta == 0.0 || empty) p.c_in = nullptr;
   return p;
 }
 
-// C = beta * C + bias on every batch entry (what a GEMM with K == 0 computes); beta == 0 never
-// reads C.
+// C = beta * C + bias (beta * c_in + bias with c_in) on every batch entry (what a GEMM with K == 0
+// computes); beta == 0 never reads C.
 template <class T>
 void gemm_scale_add_bias(const GemmParams<T>& p) {
   using Acc = accum_t<T>;
   const Acc beta = static_cast<Acc>(p.beta);
+  const T* src = p.c_in ? p.c_in : p.c;
   for (std::int64_t bi = 0; bi < p.batch; ++bi) {
     for (std::int64_t i = 0; i < p.m; ++i) {
-      T* row = p.c + bi * p.stride_c + i * p.ldc;  // (N)
+      T* row = p.c + bi * p.stride_c + i * p.ldc;       // (N)
+      const T* in = src + bi * p.stride_c + i * p.ldc;  // (N)
       for (std::int64_t j = 0; j < p.n; ++j) {
-        Acc v = p.beta == 0.0 ? Acc(0) : beta * static_cast<Acc>(row[j]);
+        Acc v = p.beta == 0.0 ? Acc(0) : beta * static_cast<Acc>(in[j]);
         if (p.bias) v += static_cast<Acc>(p.bias[j]);
         row[j] = scalar_cast<T>(v);
       }
@@ -126,6 +153,7 @@ void gemm_portable(const GemmParams<T>& params) {
     const T* a = p.a + bi * p.stride_a;
     const T* b = p.b + bi * p.stride_b;
     T* c = p.c + bi * p.stride_c;
+    const T* c_in = (p.c_in ? p.c_in : p.c) + bi * p.stride_c;
     for (std::int64_t j0 = 0; j0 < p.n; j0 += nc) {
       const std::int64_t nb = std::min(nc, p.n - j0);
       for (std::int64_t i0 = 0; i0 < p.m; i0 += mc) {
@@ -159,10 +187,11 @@ void gemm_portable(const GemmParams<T>& params) {
         }
         for (std::int64_t i = 0; i < mb; ++i) {
           T* c_row = c + (i0 + i) * p.ldc + j0;
+          const T* c_in_row = c_in + (i0 + i) * p.ldc + j0;
           const Acc* acc_row = acc.data() + i * nb;
           for (std::int64_t j = 0; j < nb; ++j) {
             Acc v = alpha * acc_row[j];
-            if (p.beta != 0.0) v += beta * static_cast<Acc>(c_row[j]);
+            if (p.beta != 0.0) v += beta * static_cast<Acc>(c_in_row[j]);
             if (p.bias) v += static_cast<Acc>(p.bias[j0 + j]);
             c_row[j] = scalar_cast<T>(v);
           }
@@ -218,7 +247,8 @@ void gemm_cblas(const GemmParams<T>& params) {
       bf16* cb = p.c + bi * p.stride_c;
       bf16_to_float_packed(p.a + bi * p.stride_a, a_rows, a_cols, p.lda, a.data());
       bf16_to_float_packed(p.b + bi * p.stride_b, b_rows, b_cols, p.ldb, b.data());
-      if (p.beta != 0.0) bf16_to_float_packed(cb, p.m, p.n, p.ldc, c.data());
+      if (p.beta != 0.0)
+        bf16_to_float_packed((p.c_in ? p.c_in : p.c) + bi * p.stride_c, p.m, p.n, p.ldc, c.data());
       cblas_gemm(p.trans_a, p.trans_b, m, n, k, static_cast<float>(p.alpha), a.data(),
                  blas_int(a_cols, "lda"), b.data(), blas_int(b_cols, "ldb"),
                  static_cast<float>(p.beta), c.data(), n);
@@ -235,6 +265,11 @@ void gemm_cblas(const GemmParams<T>& params) {
               ldc = blas_int(p.ldc, "ldc");
     for (std::int64_t bi = 0; bi < p.batch; ++bi) {
       T* cb = p.c + bi * p.stride_c;
+      if (p.c_in) {  // CBLAS accumulates in place: C takes c_in's values first
+        const T* in = p.c_in + bi * p.stride_c;
+        for (std::int64_t i = 0; i < p.m; ++i)
+          std::copy(in + i * p.ldc, in + i * p.ldc + p.n, cb + i * p.ldc);
+      }
       cblas_gemm(p.trans_a, p.trans_b, m, n, k, static_cast<T>(p.alpha), p.a + bi * p.stride_a, lda,
                  p.b + bi * p.stride_b, ldb, static_cast<T>(p.beta), cb, ldc);
       if (p.bias) {

@@ -310,7 +310,8 @@ __global__ void gemm_fp8_tiled_kernel(Fp8GemmParams<FA, FB, T> p) {
   if (row < p.m && col < p.n) {
     float v = (*p.a_scale_inv * *p.b_scale_inv) * acc;
     T& c = p.c[row * p.ldc + col];
-    if (p.beta != 0.0) v += static_cast<float>(p.beta) * scalar_cast<float>(c);
+    if (p.beta != 0.0)
+      v += static_cast<float>(p.beta) * scalar_cast<float>(p.c_in ? p.c_in[row * p.ldc + col] : c);
     if (p.bias) v += scalar_cast<float>(p.bias[col]);
     c = scalar_cast<T>(v);
   }
@@ -338,14 +339,17 @@ template <class FA, class FB, class T>
 bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
   if (p.trans_a || !p.trans_b) return false;
   if (p.k % 16 != 0 || p.lda % 16 != 0 || p.ldb % 16 != 0) return false;
-  if (!map_aligned(p.a) || !map_aligned(p.b) || !map_aligned(p.c)) return false;
+  const T* c_in = p.c_in ? p.c_in : p.c;  // cuBLASLt's C; p.c its D
+  if (!map_aligned(p.a) || !map_aligned(p.b) || !map_aligned(p.c) || !map_aligned(c_in))
+    return false;
   if ((static_cast<std::uint64_t>(p.ldc) * sizeof(T)) % 16 != 0) return false;
   // cuBLASLt's fp8 kernels take a bias of type bf16 (for bf16 and float D alike): a float bias is
   // added after.
   const bool fuse_bias = std::is_same_v<T, bf16> && p.bias && map_aligned(p.bias);
-  const std::array<std::uint32_t, 3> align = {operand_alignment(p.a, p.lda, 0, 1, 1),
-                                              operand_alignment(p.b, p.ldb, 0, 1, 1),
-                                              operand_alignment(p.c, p.ldc, 0, 1, sizeof(T))};
+  const std::array<std::uint32_t, 3> align = {
+      operand_alignment(p.a, p.lda, 0, 1, 1), operand_alignment(p.b, p.ldb, 0, 1, 1),
+      std::min(operand_alignment(p.c, p.ldc, 0, 1, sizeof(T)),
+               operand_alignment(c_in, p.ldc, 0, 1, sizeof(T)))};
   constexpr cudaDataType_t type_a = cuda_fp8_type<FA::format>(),
                            type_b = cuda_fp8_type<FB::format>();
   constexpr cudaDataType_t type_c = cuda_data_type<T>();
@@ -402,7 +406,7 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
     auto make_run = [&] {
       Tensor<T, Cuda> c(Shape{(p.m - 1) * p.ldc + p.n});
       return [&made, &p, c = std::move(c)](const cublasLtMatmulAlgo_t& algo) {
-        return lt_matmul(made, algo, 1.0f, p.b, p.a, 0.0f, c.data());
+        return lt_matmul(made, algo, 1.0f, p.b, p.a, 0.0f, c.data(), c.data());
       };
     };
     choose_algorithm(made, align, /*invalid_is_unsupported=*/true, autotune, make_run);
@@ -417,7 +421,7 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
     set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
   }
   const cublasStatus_t status =
-      lt_matmul(*plan, plan->algo, 1.0f, p.b, p.a, static_cast<float>(p.beta), p.c);
+      lt_matmul(*plan, plan->algo, 1.0f, p.b, p.a, static_cast<float>(p.beta), c_in, p.c);
   if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
     plan->usable = false;  // remembered: this problem takes the tiled kernel from now on
     return false;
@@ -427,7 +431,7 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
   if (p.bias && !fuse_bias)
     launch_gemm_scale_add_bias(
         GemmParams<T>{.c = p.c, .m = p.m, .n = p.n, .ldc = p.ldc, .stride_c = p.m * p.ldc}, 1.0,
-        p.bias);
+        p.bias, static_cast<const T*>(nullptr));
   return true;
 }
 
@@ -505,10 +509,10 @@ template <Fp8Scalar FA, Fp8Scalar FB, class T>
 void gemm_fp8(Cuda, const Fp8GemmParams<FA, FB, T>& params) {
   const auto p = detail::resolve_gemm_fp8(params);
   if (p.m == 0 || p.n == 0) return;
-  if (p.k == 0) {  // C = beta * C + bias
+  if (p.k == 0) {  // C = beta * C + bias (beta * c_in + bias with c_in)
     detail::launch_gemm_scale_add_bias(
         GemmParams<T>{.c = p.c, .m = p.m, .n = p.n, .ldc = p.ldc, .stride_c = p.m * p.ldc}, p.beta,
-        p.bias);
+        p.bias, p.c_in);
     return;
   }
   if (detail::lt_gemm_fp8(p)) return;

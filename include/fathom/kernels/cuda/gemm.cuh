@@ -135,27 +135,33 @@ inline std::uint32_t operand_alignment(const void* p, std::int64_t ld, std::int6
   return align;
 }
 
-// C = beta * C + bias on every batch entry; beta == 0 (read_c false) never reads C. Serves GEMMs
-// with K == 0 and adds the bias after cuBLAS calls, which have no epilogue. Rows of C (over the
-// whole batch) along y, columns along x, so that no thread divides per element.
+// C = beta * c_in + bias on every batch entry, c_in of C's layout (C itself to scale C in place);
+// beta == 0 (read_c false) never reads c_in. Serves GEMMs with K == 0 and adds the bias after
+// cuBLAS calls, which have no epilogue. Rows of C (over the whole batch) along y, columns along
+// x, so that no thread divides per element.
 template <class T>
-__global__ void gemm_scale_add_bias_kernel(T* c, const T* bias, accum_t<T> beta, bool read_c,
-                                           std::int64_t rows, std::int64_t m, std::int64_t n,
-                                           std::int64_t ldc, std::int64_t stride_c) {
+__global__ void gemm_scale_add_bias_kernel(T* c, const T* c_in, const T* bias, accum_t<T> beta,
+                                           bool read_c, std::int64_t rows, std::int64_t m,
+                                           std::int64_t n, std::int64_t ldc,
+                                           std::int64_t stride_c) {
   using Acc = accum_t<T>;
   for (std::int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
-    T* c_row = c + (row / m) * stride_c + (row % m) * ldc;  // (N)
+    const std::int64_t offset = (row / m) * stride_c + (row % m) * ldc;
+    T* c_row = c + offset;              // (N)
+    const T* c_in_row = c_in + offset;  // (N)
     for (std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
          j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-      Acc v = read_c ? beta * static_cast<Acc>(c_row[j]) : Acc(0);
+      Acc v = read_c ? beta * static_cast<Acc>(c_in_row[j]) : Acc(0);
       if (bias) v += static_cast<Acc>(bias[j]);
       c_row[j] = scalar_cast<T>(v);
     }
   }
 }
 
+// C = beta * c_in + bias over p's C (its sizes, ldc and stride_c; p.c_in is not looked at): c_in
+// null scales C in place (beta 1 adds the bias to a GEMM's result).
 template <class T>
-void launch_gemm_scale_add_bias(const GemmParams<T>& p, double beta, const T* bias) {
+void launch_gemm_scale_add_bias(const GemmParams<T>& p, double beta, const T* bias, const T* c_in) {
   const std::int64_t rows = p.batch * p.m;
   if (rows == 0 || p.n == 0) return;
   const int threads = 256;
@@ -165,15 +171,33 @@ void launch_gemm_scale_add_bias(const GemmParams<T>& p, double beta, const T* bi
   const dim3 grid(static_cast<unsigned>(col_blocks),
                   static_cast<unsigned>(std::min<std::int64_t>(rows, 8192 / col_blocks)));
   gemm_scale_add_bias_kernel<T><<<grid, threads, 0, cuda::stream()>>>(
-      p.c, bias, static_cast<accum_t<T>>(beta), beta != 0.0, rows, p.m, p.n, p.ldc, p.stride_c);
+      p.c, c_in ? c_in : p.c, bias, static_cast<accum_t<T>>(beta), beta != 0.0, rows, p.m, p.n,
+      p.ldc, p.stride_c);
   FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+// Copies c_in into C (p's sizes, ldc and stride_c) on fathom's stream, touching nothing of C
+// between its rows or batch entries: one 2D copy when the batch entries follow each other without
+// a gap, else one per entry.
+template <class T>
+void stage_c_in(const GemmParams<T>& p) {
+  const std::size_t pitch = static_cast<std::size_t>(p.ldc) * sizeof(T),
+                    width = static_cast<std::size_t>(p.n) * sizeof(T);
+  const bool contiguous = p.batch == 1 || p.stride_c == p.m * p.ldc;
+  const std::int64_t copies = contiguous ? 1 : p.batch, rows = contiguous ? p.batch * p.m : p.m;
+  for (std::int64_t bi = 0; bi < copies; ++bi)
+    FATHOM_CUDA_CHECK(cudaMemcpy2DAsync(p.c + bi * p.stride_c, pitch, p.c_in + bi * p.stride_c,
+                                        pitch, width, static_cast<std::size_t>(rows),
+                                        cudaMemcpyDeviceToDevice, cuda::stream()));
 }
 
 // cuBLAS (no epilogue): row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, so B
 // goes first and M, N swap. Used for fp64, for batches that reuse one operand (batch stride 0),
-// and when cuBLASLt has no algorithm for a problem.
+// and when cuBLASLt has no algorithm for a problem. cuBLAS has no C apart from D: c_in is copied
+// into C first and the GEMM then accumulates in place.
 template <class T>
 void blas_gemm(const GemmParams<T>& p) {
+  if (p.c_in) stage_c_in(p);
   cublasHandle_t handle = BlasHandles::instance().blas();
   const cublasOperation_t op_b = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_a = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -196,7 +220,7 @@ void blas_gemm(const GemmParams<T>& p) {
         handle, op_b, op_a, n, m, k, &alpha, p.b, type, ldb, p.stride_b, p.a, type, lda, p.stride_a,
         &beta, p.c, type, ldc, p.stride_c, batch, compute, CUBLAS_GEMM_DEFAULT));
   }
-  if (p.bias) launch_gemm_scale_add_bias(p, 1.0, p.bias);
+  if (p.bias) launch_gemm_scale_add_bias(p, 1.0, p.bias, static_cast<const T*>(nullptr));
 }
 
 // What a cuBLASLt plan depends on: types, transposes, sizes, leading dimensions, batch strides,
@@ -225,7 +249,7 @@ struct GemmPlan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t first = nullptr;   // our B, cuBLASLt's A
   cublasLtMatrixLayout_t second = nullptr;  // our A, cuBLASLt's B
-  cublasLtMatrixLayout_t out = nullptr;     // C and D (in place)
+  cublasLtMatrixLayout_t out = nullptr;     // C and D (one layout, whether or not one buffer)
   cublasLtMatmulAlgo_t algo{};
   bool usable = false;
 };
@@ -317,12 +341,14 @@ void set_epilogue_pointers(cublasLtMatmulDesc_t desc, const GemmParams<T>& p, co
 }
 
 // One cublasLtMatmul of `plan` with `algo` on fathom's stream: D = alpha op(first) op(second) +
-// beta C, D and C the same buffer (in place). Operands in cuBLASLt's order: our B first.
+// beta C, C and D of one layout (plan.out), the same buffer or disjoint ones. Operands in
+// cuBLASLt's order: our B first.
 inline cublasStatus_t lt_matmul(const GemmPlan& plan, const cublasLtMatmulAlgo_t& algo, float alpha,
-                                const void* first, const void* second, float beta, void* c) {
+                                const void* first, const void* second, float beta, const void* c,
+                                void* d) {
   auto& handles = BlasHandles::instance();
   return cublasLtMatmul(handles.lt(), plan.desc, &alpha, first, plan.first, second, plan.second,
-                        &beta, c, plan.out, c, plan.out, &algo, handles.workspace(),
+                        &beta, c, plan.out, d, plan.out, &algo, handles.workspace(),
                         BlasHandles::workspace_bytes, cuda::stream());
 }
 
@@ -478,7 +504,7 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32, bool 
                                      sums.defined() ? sums.data() : nullptr});
     return [&plan, &p, c = std::move(c), aux = std::move(aux),
             sums = std::move(sums)](const cublasLtMatmulAlgo_t& algo) {
-      return lt_matmul(plan, algo, static_cast<float>(p.alpha), p.b, p.a, 0.0f, c.data());
+      return lt_matmul(plan, algo, static_cast<float>(p.alpha), p.b, p.a, 0.0f, c.data(), c.data());
     };
   };
   choose_algorithm(plan, align, /*invalid_is_unsupported=*/false, autotune, make_run);
@@ -496,10 +522,13 @@ bool lt_gemm(const GemmParams<T>& p, const LtExtra<T>& extra = {}) {
   const bool fuse_bias = p.bias && reinterpret_cast<std::uintptr_t>(p.bias) % 16 == 0;
   // A GELU epilogue must see the bias before the activation: callers pass it aligned or not at all.
   if (extra.kind == LtEpilogue::gelu_aux && p.bias && !fuse_bias) return false;
+  // C (c_in, when the beta term reads it) and D share one alignment preference: the smaller.
+  const T* c_in = p.c_in ? p.c_in : p.c;
   const std::array<std::uint32_t, 3> align = {
       operand_alignment(p.a, p.lda, p.stride_a, p.batch, sizeof(T)),
       operand_alignment(p.b, p.ldb, p.stride_b, p.batch, sizeof(T)),
-      operand_alignment(p.c, p.ldc, p.stride_c, p.batch, sizeof(T))};
+      std::min(operand_alignment(p.c, p.ldc, p.stride_c, p.batch, sizeof(T)),
+               operand_alignment(c_in, p.ldc, p.stride_c, p.batch, sizeof(T)))};
   const bool batched = p.batch > 1;
   GemmPlanKey key;
   key.v = {static_cast<std::int64_t>(cuda_data_type<T>()),
@@ -535,13 +564,14 @@ bool lt_gemm(const GemmParams<T>& p, const LtExtra<T>& extra = {}) {
   }
   set_epilogue_pointers(plan->desc, p, extra);
   const cublasStatus_t status = lt_matmul(*plan, plan->algo, static_cast<float>(p.alpha), p.b, p.a,
-                                          static_cast<float>(p.beta), p.c);
+                                          static_cast<float>(p.beta), c_in, p.c);
   if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
     plan->usable = false;  // remembered: this problem goes to cuBLAS from now on
     return false;
   }
   FATHOM_CUBLAS_CHECK(status);
-  if (p.bias && !fuse_bias) launch_gemm_scale_add_bias(p, 1.0, p.bias);
+  if (p.bias && !fuse_bias)
+    launch_gemm_scale_add_bias(p, 1.0, p.bias, static_cast<const T*>(nullptr));
   return true;
 }
 
@@ -694,7 +724,7 @@ void gemm(Cuda, const GemmParams<T>& params) {
   const GemmParams<T> p = detail::resolve_gemm(params);
   if (p.m == 0 || p.n == 0 || p.batch == 0) return;
   if (p.k == 0) {
-    detail::launch_gemm_scale_add_bias(p, p.beta, p.bias);
+    detail::launch_gemm_scale_add_bias(p, p.beta, p.bias, p.c_in);
     return;
   }
   if constexpr (!std::is_same_v<T, double>) {
