@@ -4,7 +4,7 @@
 // transposed copy) and dequantize on random inputs of odd shapes into NaN-poisoned buffers; and
 // the fp8 GEMM for a linear layer's three products (forward E4M3 x E4M3, dgrad and wgrad
 // E5M2 x E4M3), through cuBLASLt where the layout allows (with GEMM autotuning off and on) and the
-// tiled kernel elsewhere.
+// tiled kernel elsewhere, with the beta term read from C or from a separate c_in (C NaN-filled).
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/fp8.cuh>
 
@@ -351,12 +351,16 @@ enum class Fp8TestRoute { cublaslt, tiled, either };
 
 // One fp8 GEMM on the device against the CPU reference on the same codes and scales (tight: only
 // the order of the float sums differs) and against the unquantized double product (loose: the
-// quantization error of each operand), C NaN-poisoned when beta is 0.
+// quantization error of each operand), C NaN-poisoned when beta is 0. With `with_c_in` the beta
+// term reads a separate c_in (`c_in_offset` elements into its buffer: 1 puts it off the 16-byte
+// grid) and C is all NaN on the device; c_in must come back unchanged.
 template <class FA, class FB, class T>
 void fp8_test_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, bool tb, bool bias,
-                   double beta, std::uint64_t seed, Fp8TestRoute route) {
+                   double beta, std::uint64_t seed, Fp8TestRoute route, bool with_c_in = false,
+                   std::int64_t c_in_offset = 0) {
   INFO("M " << m << " N " << n << " K " << k << " trans_a " << ta << " trans_b " << tb << " bias "
-            << bias << " beta " << beta << " A " << FA::traits::name << " B " << FB::traits::name);
+            << bias << " beta " << beta << " A " << FA::traits::name << " B " << FB::traits::name
+            << " c_in " << with_c_in << " (offset " << c_in_offset << ")");
   const std::int64_t a_rows = ta ? k : m, a_cols = ta ? m : k;
   const std::int64_t b_rows = tb ? n : k, b_cols = tb ? k : n;
   // Operands in bf16, quantized on the host (the codes are what is compared; quantize itself is
@@ -402,16 +406,22 @@ void fp8_test_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, bool
 
   auto ga = to_device(a);
   auto gb = to_device(b);
-  auto gc = to_device(c0);
+  auto gc = with_c_in ? to_device(std::vector<T>(c0.size(), scalar_cast<T>(fp8_test_nan())))
+                      : to_device(c0);
+  std::vector<T> c_in(static_cast<std::size_t>(c_in_offset), scalar_cast<T>(0.0));
+  c_in.insert(c_in.end(), c0.begin(), c0.end());
+  auto gc_in = to_device(c_in);
   auto gbias = to_device(bias_v);
   auto gsa = to_device(std::vector<float>{a_si});
   auto gsb = to_device(std::vector<float>{b_si});
   auto gpu = p;
   gpu.a = ga.data(), gpu.b = gb.data(), gpu.c = gc.data(), gpu.bias = bias ? gbias.data() : nullptr,
   gpu.a_scale_inv = gsa.data(), gpu.b_scale_inv = gsb.data();
+  gpu.c_in = with_c_in ? gc_in.data() + c_in_offset : nullptr;
   const std::uint64_t runs_before = kernels::detail::lt_gemm_fp8_runs();
   kernels::gemm_fp8(Cuda{}, gpu);
   const auto got = gc.to_vector();
+  CHECK(same_bits(gc_in.to_vector(), c_in));  // only read
   if (route == Fp8TestRoute::cublaslt && kernels::device_supports_fp8())
     CHECK(kernels::detail::lt_gemm_fp8_runs() == runs_before + 1);
   if (route == Fp8TestRoute::tiled) CHECK(kernels::detail::lt_gemm_fp8_runs() == runs_before);
@@ -518,6 +528,34 @@ TEST_CASE("CUDA gemm_fp8 on odd shapes and other layouts takes the tiled kernel"
   fp8_test_gemm<fp8_e5m2, fp8_e4m3, bf16>(37, 19, 70, ta, tb, true, 0.0, 301, Fp8TestRoute::tiled);
   fp8_test_gemm<fp8_e4m3, fp8_e5m2, float>(1, 45, 17, ta, tb, false, 1.0, 302, Fp8TestRoute::tiled);
   fp8_test_gemm<fp8_e5m2, fp8_e4m3, bf16>(100, 3, 129, ta, tb, true, 0.5, 303, Fp8TestRoute::tiled);
+}
+
+TEST_CASE("CUDA gemm_fp8's beta term reads c_in: cuBLASLt, the tiled kernel and K = 0",
+          "[cuda][fp8]") {
+  const double beta = GENERATE(1.0, 0.5, -2.0);
+  const bool bias = GENERATE(false, true);
+  const bool autotune = GENERATE(false, true);
+  const Fp8TestAutotune tuning(autotune);
+  INFO("autotune " << autotune);
+  // cuBLASLt's TN layout (K a multiple of 16, aligned): c_in is its C, our C its D.
+  fp8_test_gemm<fp8_e4m3, fp8_e4m3, bf16>(64, 32, 48, false, true, bias, beta, 700,
+                                          Fp8TestRoute::cublaslt, true);
+  fp8_test_gemm<fp8_e5m2, fp8_e4m3, bf16>(256, 512, 384, false, true, bias, beta, 701,
+                                          Fp8TestRoute::cublaslt, true);
+  fp8_test_gemm<fp8_e4m3, fp8_e4m3, float>(130, 96, 160, false, true, bias, beta, 702,
+                                           Fp8TestRoute::either, true);
+  // A c_in off the 16-byte grid: cuBLASLt declines, the tiled kernel reads it.
+  fp8_test_gemm<fp8_e4m3, fp8_e4m3, bf16>(64, 32, 48, false, true, bias, beta, 703,
+                                          Fp8TestRoute::tiled, true, 1);
+  // K not a multiple of 16 and other layouts: the tiled kernel.
+  const bool ta = GENERATE(false, true), tb = GENERATE(false, true);
+  fp8_test_gemm<fp8_e5m2, fp8_e4m3, bf16>(37, 19, 70, ta, tb, bias, beta, 704, Fp8TestRoute::tiled,
+                                          true);
+  fp8_test_gemm<fp8_e4m3, fp8_e5m2, float>(1, 45, 17, ta, tb, bias, beta, 705, Fp8TestRoute::tiled,
+                                           true, 1);
+  // K = 0: C = beta * c_in + bias.
+  fp8_test_gemm<fp8_e4m3, fp8_e4m3, float>(7, 13, 0, ta, tb, bias, beta, 706, Fp8TestRoute::tiled,
+                                           true);
 }
 
 TEST_CASE("CUDA linear-layer fp8 pipeline: amax, quantize with transposes, three GEMMs",

@@ -4,11 +4,12 @@
 // (256*128, 768) x (768, 2304), d_ff 5461, the 50257-word LM head, batched attention products:
 // sampled elements plus a whole edge row and column) and, in full, at awkward sizes over every
 // transpose combination, batches, padded leading dimensions, unaligned pointers, alpha/beta
-// (beta = 0 over a NaN-filled C) and bias; K = 0; plan caching with no allocation in steady
-// state; the TF32 switch; run-to-run determinism; the weight-gradient GEMM with the bias gradient
-// (gemm_bias_grad) and the GELU GEMMs with fused bias gradients on and off; and all of these
-// cuBLASLt paths again with algorithm autotuning on (whose timed candidates must leave C, added
-// into with beta = 1, untouched), with its plans cached apart and counted.
+// (beta = 0 over a NaN-filled C) and bias; the beta term read from a separate c_in (C NaN-filled)
+// on cuBLASLt, on the cuBLAS fallback (fp64, a batch reusing B) and with K = 0; plan caching with
+// no allocation in steady state; the TF32 switch; run-to-run determinism; the weight-gradient GEMM
+// with the bias gradient (gemm_bias_grad) and the GELU GEMMs with fused bias gradients on and off;
+// and all of these cuBLASLt paths again with algorithm autotuning on (whose timed candidates must
+// leave C, added into with beta = 1, untouched), with its plans cached apart and counted.
 #include <fathom/autograd/ops/gemm.hpp>
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/gemm.cuh>
@@ -54,6 +55,11 @@ struct Layout {
   bool padded = false;      // leading dimensions and batch strides beyond packed
   std::int64_t offset = 0;  // elements before each operand in its buffer (1: unaligned pointers)
   double alpha = 1.0, beta = 0.0;
+  // The beta term from a separate c_in (C's layout, `c_in_offset` elements into its buffer), C
+  // NaN-filled: reading C's old contents instead would poison the result.
+  bool c_in = false;
+  std::int64_t c_in_offset = 0;
+  bool shared_b = false;  // B's batch stride 0: one B for the whole batch (the cuBLAS path)
 };
 
 // Turns GEMM autotuning on or off for one scope (a failed check leaves it off for the next).
@@ -81,15 +87,30 @@ void check_cuda_gemm(Dims d, bool ta, bool tb, const Layout& l, bool full, std::
   const std::int64_t b_rows = tb ? d.n : d.k, b_cols = tb ? d.k : d.n;
   const std::int64_t pad = l.padded ? 3 : 0, gap = l.padded ? 5 : 0;
   p.lda = a_cols + pad, p.ldb = b_cols + pad, p.ldc = d.n + pad;
-  p.stride_a = a_rows * p.lda + gap, p.stride_b = b_rows * p.ldb + gap,
+  p.stride_a = a_rows * p.lda + gap, p.stride_b = l.shared_b ? 0 : b_rows * p.ldb + gap,
   p.stride_c = d.m * p.ldc + gap;
   const auto size_of = [&](std::int64_t stride) {
     return static_cast<std::size_t>(l.offset + l.batch * stride);
   };
 
   const auto a = uniform_values<T>(size_of(p.stride_a), seed);
-  const auto b = uniform_values<T>(size_of(p.stride_b), seed + 1);
+  const auto b = uniform_values<T>(
+      l.shared_b ? static_cast<std::size_t>(l.offset + b_rows * p.ldb) : size_of(p.stride_b),
+      seed + 1);
   auto c = uniform_values<T>(size_of(p.stride_c), seed + 2);
+  // With c_in, the values C would start with are c_in's (at its own offset), and C is all NaN.
+  std::vector<T> c_in;
+  if (l.c_in) {
+    c_in.assign(static_cast<std::size_t>(l.c_in_offset), scalar_cast<T>(0.0));
+    c_in.insert(c_in.end(), c.begin() + l.offset, c.end());
+    std::fill(c.begin(), c.end(), std::numeric_limits<T>::quiet_NaN());
+  }
+  // The value the beta term reads for element e of C's buffer.
+  const auto c_old = [&](std::size_t e) {
+    return l.c_in ? c_in[static_cast<std::size_t>(static_cast<std::int64_t>(e) - l.offset +
+                                                  l.c_in_offset)]
+                  : c[e];
+  };
   if (l.beta == 0.0) {
     // beta == 0 must not read C: NaN there would poison the result if it did.
     for (std::size_t e = static_cast<std::size_t>(l.offset); e < c.size(); ++e)
@@ -97,11 +118,14 @@ void check_cuda_gemm(Dims d, bool ta, bool tb, const Layout& l, bool full, std::
   }
   const auto bias = uniform_values<T>(static_cast<std::size_t>(l.offset + d.n), seed + 3);
   auto a_dev = to_device(a), b_dev = to_device(b), c_dev = to_device(c), bias_dev = to_device(bias);
+  auto c_in_dev = l.c_in ? to_device(c_in) : Tensor<T, Cuda>();
   GemmParams<T> q = p;
   q.a = a_dev.data() + l.offset, q.b = b_dev.data() + l.offset, q.c = c_dev.data() + l.offset;
   q.bias = l.bias ? bias_dev.data() + l.offset : nullptr;
+  q.c_in = l.c_in ? c_in_dev.data() + l.c_in_offset : nullptr;
   fathom::kernels::gemm(Cuda{}, q);
   const auto out = c_dev.to_vector();
+  if (l.c_in) CHECK(same_bits(c_in_dev.to_vector(), c_in));  // only read
 
   std::vector<std::pair<std::int64_t, std::int64_t>> rows_cols;  // (flat row over the batch, col)
   const std::int64_t total_rows = l.batch * d.m;
@@ -139,7 +163,7 @@ void check_cuda_gemm(Dims d, bool ta, bool tb, const Layout& l, bool full, std::
     const auto ce = static_cast<std::size_t>(l.offset + bi * p.stride_c + i * p.ldc + j);
     double ref = l.alpha * sum, scale = std::abs(l.alpha) * abs_sum;
     if (l.beta != 0.0)
-      ref += l.beta * as_double(c[ce]), scale += std::abs(l.beta * as_double(c[ce]));
+      ref += l.beta * as_double(c_old(ce)), scale += std::abs(l.beta * as_double(c_old(ce)));
     if (l.bias) {
       const double bj = as_double(bias[static_cast<std::size_t>(l.offset + j)]);
       ref += bj, scale += std::abs(bj);
@@ -167,7 +191,8 @@ void check_cuda_gemm(Dims d, bool ta, bool tb, const Layout& l, bool full, std::
   INFO(Precision<T>::name << " M " << d.m << ", N " << d.n << ", K " << d.k << ", trans_a " << ta
                           << ", trans_b " << tb << ", batch " << l.batch << ", bias " << l.bias
                           << ", padded " << l.padded << ", offset " << l.offset << ", alpha "
-                          << l.alpha << ", beta " << l.beta << ": " << bad << " of "
+                          << l.alpha << ", beta " << l.beta << ", c_in " << l.c_in << " (offset "
+                          << l.c_in_offset << "), shared B " << l.shared_b << ": " << bad << " of "
                           << rows_cols.size() << " checked elements off; first " << first);
   CHECK(bad == 0);
   CHECK(padding_changed == 0);
@@ -227,6 +252,65 @@ TEMPLATE_TEST_CASE("CUDA gemm with K = 0 gives beta * C + bias", "[cuda][gemm]",
   const Layout l =
       GENERATE(values<Layout>({{1, false, false, 0, 1.0, 0.0}, {2, true, true, 0, 2.0, 0.5}}));
   check_cuda_gemm<TestType>({4, 6, 0}, false, true, l, /*full=*/true, 300);
+}
+
+TEMPLATE_TEST_CASE("CUDA gemm's beta term reads c_in, never C's previous contents", "[cuda][gemm]",
+                   double, float, bf16) {
+  // Aligned sizes (cuBLASLt's path for float and bf16; fp64 always takes cuBLAS, which copies c_in
+  // into C first) and odd ones; packed and padded batches; c_in on and off the 16-byte grid apart
+  // from C.
+  const Dims d = GENERATE(values<Dims>({{64, 96, 128}, {7, 13, 5}, {37, 29, 41}}));
+  const bool ta = GENERATE(false, true);
+  const bool tb = GENERATE(false, true);
+  const double beta = GENERATE(1.0, 0.5, -2.0);
+  Layout l = GENERATE(values<Layout>({{1, false, false, 0, 1.0, 0.0, true, 0},
+                                      {1, true, false, 0, 0.75, 0.0, true, 0},
+                                      {2, true, false, 0, 1.0, 0.0, true, 0},
+                                      {2, true, true, 0, -1.5, 0.0, true, 0},
+                                      {1, true, false, 0, 1.0, 0.0, true, 1},
+                                      {2, false, false, 1, 1.0, 0.0, true, 0}}));
+  l.beta = beta;
+  check_cuda_gemm<TestType>(d, ta, tb, l, /*full=*/true,
+                            600 + static_cast<std::uint64_t>(d.m + d.k));
+}
+
+TEMPLATE_TEST_CASE("CUDA gemm with c_in on the cuBLAS path (one B for the batch) and with K = 0",
+                   "[cuda][gemm]", double, float, bf16) {
+  // A batch stride of 0 sends float and bf16 to cuBLAS too: c_in is copied into C (one 2D copy
+  // when the batch entries are packed, one per entry across the padded ones), then accumulated.
+  const bool ta = GENERATE(false, true);
+  const bool tb = GENERATE(false, true);
+  const double beta = GENERATE(1.0, -2.0);
+  Layout l = GENERATE(values<Layout>({{3, true, false, 0, 1.0, 0.0, true, 0, true},
+                                      {2, false, true, 0, 0.5, 0.0, true, 0, true},
+                                      {2, true, true, 1, 1.0, 0.0, true, 1, true}}));
+  l.beta = beta;
+  check_cuda_gemm<TestType>({33, 17, 65}, ta, tb, l, /*full=*/true, 650);
+  // K = 0: C = beta * c_in + bias.
+  l.shared_b = false;
+  check_cuda_gemm<TestType>({7, 13, 0}, ta, tb, l, /*full=*/true, 660);
+}
+
+TEMPLATE_TEST_CASE("CUDA gemm with c_in == c is the in-place GEMM, bit for bit", "[cuda][gemm]",
+                   double, float, bf16) {
+  const std::int64_t m = 64, n = 96, k = 128;
+  auto a = to_device(uniform_values<TestType>(m * k, 31));
+  auto b = to_device(uniform_values<TestType>(n * k, 32));
+  const auto c0 = uniform_values<TestType>(m * n, 33);
+  auto in_place = to_device(c0), self = to_device(c0);
+  GemmParams<TestType> p{.a = a.data(),
+                         .b = b.data(),
+                         .c = in_place.data(),
+                         .m = m,
+                         .n = n,
+                         .k = k,
+                         .trans_b = true,
+                         .beta = 0.5};
+  fathom::kernels::gemm(Cuda{}, p);
+  p.c = self.data();
+  p.c_in = self.data();
+  fathom::kernels::gemm(Cuda{}, p);
+  CHECK(same_bits(self.to_vector(), in_place.to_vector()));
 }
 
 TEMPLATE_TEST_CASE("CUDA gemm with a batch stride of 0 reuses one B for the whole batch",
@@ -316,7 +400,9 @@ TEMPLATE_TEST_CASE("CUDA gemm with autotuning on matches the double reference", 
                                             {1, false, false, 0, 1.0, 1.0},
                                             {1, true, false, 0, 0.5, 1.0},
                                             {3, true, true, 0, 0.75, 1.0},
-                                            {2, true, false, 1, -1.25, 1.0}}));
+                                            {2, true, false, 1, -1.25, 1.0},
+                                            {2, true, false, 0, 1.0, 1.0, true, 0},
+                                            {1, false, false, 0, 1.0, -2.0, true, 1}}));
   check_cuda_gemm<TestType>(d, ta, tb, l, /*full=*/true,
                             500 + static_cast<std::uint64_t>(d.m + d.k));
 }
