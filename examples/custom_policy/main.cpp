@@ -13,13 +13,14 @@
 #include "table8.hpp"
 
 // The whole policy: x + F(N(x) / sqrt(l)) on the MLP sub-layer, x + F(N(x)) on attention. The
-// scale goes to the norm slot, which folds it into the norm kernel; autograd does the rest.
+// scale goes to the norm slot, which folds it into the norm kernel; s.residual(v) is s.x + s.f(v)
+// with the add folded into the branch's last GEMM; autograd does the rest.
 struct LnsMlpOnly {
   template <class S>
   auto apply(S& s) const {
     const bool mlp = s.kind == fathom::policy::Sublayer::mlp;
     const double scale = mlp ? 1.0 / std::sqrt(static_cast<double>(s.layer)) : 1.0;
-    return s.x + s.f(s.norm(0, s.x, scale));
+    return s.residual(s.norm(0, s.x, scale));
   }
 };
 static_assert(fathom::policy::NormPolicy<LnsMlpOnly>);

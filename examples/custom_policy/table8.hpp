@@ -16,7 +16,7 @@ inline double depth_scale(int layer) { return 1.0 / std::sqrt(static_cast<double
 struct ScaleBeforeNorm {
   template <class S>
   auto apply(S& s) const {
-    return s.x + s.f(s.norm(0, s.x * depth_scale(s.layer)));
+    return s.residual(s.norm(0, s.x * depth_scale(s.layer)));
   }
 };
 
@@ -42,7 +42,7 @@ struct LnsAttentionOnly {
   template <class S>
   auto apply(S& s) const {
     const bool attn = s.kind == fathom::policy::Sublayer::attention;
-    return s.x + s.f(s.norm(0, s.x, attn ? depth_scale(s.layer) : 1.0));
+    return s.residual(s.norm(0, s.x, attn ? depth_scale(s.layer) : 1.0));
   }
 };
 

@@ -216,6 +216,13 @@ struct BranchTwice {
     return s.x + s.f(s.norm(0, s.x)) + s.f(s.x);
   }
 };
+struct ResidualThenBranch {
+  template <class S>
+  auto apply(S& s) const {
+    auto first = s.residual(s.norm(0, s.x));
+    return first + s.f(s.x);
+  }
+};
 // Calls s.f once, which a policy may do in every sub-layer of every block.
 struct BranchOnce {
   template <class S>
@@ -226,13 +233,20 @@ struct BranchOnce {
 };
 }  // namespace
 
-TEST_CASE("DecoderLM: a policy calling s.f twice fails at its first forward, naming the sub-layer",
-          "[nn]") {
+TEST_CASE(
+    "DecoderLM: a policy calling the branch twice fails at its first forward, naming the sub-layer",
+    "[nn]") {
   auto c = testing::tiny_config(nn::ArchKind::llama, 2);
   nn::DecoderLM<nn::Llama, BranchTwice> twice(c);
   twice.init(58);
   auto msg = error_of([&] { twice.forward(testing::random_tokens(1, 4, c.vocab, 59)); });
-  CHECK(msg.find("called s.f twice in the attention sub-layer of block 1") != std::string::npos);
+  CHECK(msg.find("called the branch twice (s.f, then s.f) in the attention sub-layer of block 1") !=
+        std::string::npos);
+  nn::DecoderLM<nn::Llama, ResidualThenBranch> mixed(c);
+  mixed.init(58);
+  msg = error_of([&] { mixed.forward(testing::random_tokens(1, 4, c.vocab, 59)); });
+  CHECK(msg.find("called the branch twice (s.residual, then s.f) in the attention sub-layer of "
+                 "block 1") != std::string::npos);
   nn::DecoderLM<nn::Llama, BranchOnce> once(c);
   once.init(58);
   auto tokens = testing::random_tokens(1, 4, c.vocab, 59);
@@ -263,4 +277,40 @@ TEMPLATE_TEST_CASE("DecoderLM: each parameter carries its block index", "[nn]", 
   CHECK(per_block[1] == per_block[2]);
   CHECK(per_block[0] > 0);
   CHECK(outside >= 2);  // embedding, final norm (and an untied head)
+}
+
+// Without an observer s.residual adds the stream in the branch's last GEMM (autograd::Residual);
+// with one it composes s.f and the add. The two must give the same loss and gradients.
+TEMPLATE_LIST_TEST_CASE("DecoderLM: the residual add fused into the branch equals it composed",
+                        "[nn]", Policies) {
+  for (auto arch : {nn::ArchKind::llama, nn::ArchKind::gpt2}) {
+    INFO(nn::to_string(arch));
+    auto c = testing::tiny_config(arch, 3);
+    auto run = [&](auto model, bool observed) {
+      model.init(60);
+      testing::randomize(model, 61, 0.3);
+      nn::ForwardOptions<double, Cpu> o;
+      if (observed) o.observer = [](int, nn::Site, const Var<double>&) {};
+      auto loss = model.loss(testing::random_tokens(2, 4, c.vocab, 62),
+                             testing::random_tokens(2, 4, c.vocab, 63), o);
+      autograd::backward(loss);
+      std::vector<std::vector<double>> out{loss.value().to_vector()};
+      for (const auto& p : model.parameters()) out.push_back(p.var.grad().to_vector());
+      return out;
+    };
+    auto both = [&](auto make) {
+      const auto fused = run(make(), false), composed = run(make(), true);
+      REQUIRE(fused.size() == composed.size());
+      for (std::size_t t = 0; t < fused.size(); ++t) {
+        INFO("tensor " << t << " (the loss, then each parameter's gradient)");
+        REQUIRE(fused[t].size() == composed[t].size());
+        for (std::size_t i = 0; i < fused[t].size(); ++i)
+          CHECK_THAT(fused[t][i], WithinAbs(composed[t][i], 1e-11));
+      }
+    };
+    if (arch == nn::ArchKind::llama)
+      both([&] { return nn::DecoderLM<nn::Llama, TestType, double>(c); });
+    else
+      both([&] { return nn::DecoderLM<nn::Gpt2, TestType, double>(c); });
+  }
 }

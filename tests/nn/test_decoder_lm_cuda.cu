@@ -4,8 +4,11 @@
 #include <fathom/cuda.hpp>
 #include <fathom/nn/decoder_lm.hpp>
 #include <fathom/nn/presets.hpp>
+#include <fathom/policy/deep_norm.hpp>
 #include <fathom/policy/lns.hpp>
 #include <fathom/policy/mix_ln.hpp>
+#include <fathom/policy/post_ln.hpp>
+#include <fathom/policy/pre_ln.hpp>
 #include <fathom/policy/sandwich_ln.hpp>
 
 #include <cmath>
@@ -98,6 +101,16 @@ TEST_CASE(
   compare_cpu_cuda<nn::Gpt2, policy::SandwichLN>("gpt2-tiny");
 }
 
+// The residual add in the branch's last GEMM (s.residual): beta 1 into the attention output
+// projection and GPT-2's fused GELU MLP, beta alpha (DeepNorm), and inside the norm (Post-LN).
+TEST_CASE("DecoderLM on CUDA: the fused residual add matches the CPU (Pre-LN, Post-LN, DeepNorm)",
+          "[cuda][nn]") {
+  compare_cpu_cuda<nn::Gpt2, policy::PreLN>("gpt2-tiny");
+  compare_cpu_cuda<nn::Llama, policy::PreLN>("tiny");
+  compare_cpu_cuda<nn::Gpt2, policy::PostLN>("gpt2-tiny");
+  compare_cpu_cuda<nn::Llama, policy::DeepNorm>("tiny");
+}
+
 TEST_CASE("DecoderLM on CUDA: MixLN logits match the CPU", "[cuda][nn]") {
   auto c = nn::preset("tiny");
   c.layers = 8;
@@ -178,15 +191,19 @@ TEST_CASE("DecoderLM on CUDA: gradients do not depend on what fresh buffers held
   check_poison_free<nn::Llama, policy::LNS, bf16>("tiny");
   check_poison_free<nn::Gpt2, policy::SandwichLN, float>("gpt2-tiny");
   check_poison_free<nn::Gpt2, policy::SandwichLN, bf16>("gpt2-tiny");
+  check_poison_free<nn::Gpt2, policy::PreLN, bf16>("gpt2-tiny");
+  check_poison_free<nn::Llama, policy::DeepNorm, bf16>("tiny");
 }
 
-TEST_CASE("DecoderLM on CUDA: a bf16 GPT-2 (fused GELU MLP epilogues) stays near fp32",
-          "[cuda][nn]") {
+namespace {
+
+template <class Policy>
+void check_bf16_gpt2_near_fp32() {
   auto c = nn::preset("gpt2-tiny");
   c.d_model = 64;
   c.d_ff = 256;  // rows of 256 bf16: the cuBLASLt GELU epilogues apply
-  nn::DecoderLM<nn::Gpt2, policy::SandwichLN, float, Cuda> fp32(c);
-  nn::DecoderLM<nn::Gpt2, policy::SandwichLN, bf16, Cuda> half(c);
+  nn::DecoderLM<nn::Gpt2, Policy, float, Cuda> fp32(c);
+  nn::DecoderLM<nn::Gpt2, Policy, bf16, Cuda> half(c);
   fp32.init(81);
   half.init(81);
   auto tokens = tokens_on<Cuda>(4, 128, c.vocab, 12);
@@ -213,5 +230,17 @@ TEST_CASE("DecoderLM on CUDA: a bf16 GPT-2 (fused GELU MLP epilogues) stays near
       worst = std::max(worst, std::abs(static_cast<double>(g16[k]) - g32[k]) / (scale + 1e-12));
     }
     CHECK(worst <= 0.1);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("DecoderLM on CUDA: a bf16 GPT-2 (fused GELU MLP epilogues) stays near fp32",
+          "[cuda][nn]") {
+  SECTION("Sandwich-LN (the residual added by its own op)") {
+    check_bf16_gpt2_near_fp32<policy::SandwichLN>();
+  }
+  SECTION("Pre-LN (the residual added in the GEMM epilogues)") {
+    check_bf16_gpt2_near_fp32<policy::PreLN>();
   }
 }

@@ -55,10 +55,13 @@ class Attention {
   // fused weight, or Llama's three weights stacked), RoPE turns its q and k thirds in place, and
   // the attention kernels read it in place (rope_attention_qkv: the attention backward also
   // undoes the turn on the gradient, so RoPE costs one pass a step instead of two).
-  Var<T, D> forward(const Var<T, D>& x) const {
+  // With `add`, the output projection adds add.scale * add.x in its GEMM's epilogue (a residual
+  // sub-layer's add, autograd::Residual).
+  Var<T, D> forward(const Var<T, D>& x, const autograd::Residual<T, D>& add = {}) const {
     Var<T, D> qkv = fused_ ? qkv_.forward(x) : stacked_projection(x);  // (B, T, 3C)
-    if (rope_) return out_.forward(autograd::rope_attention_qkv(std::move(qkv), heads_, theta_));
-    return out_.forward(autograd::attention_qkv(qkv, heads_, /*causal=*/true));
+    if (rope_)
+      return out_.forward(autograd::rope_attention_qkv(std::move(qkv), heads_, theta_), add);
+    return out_.forward(autograd::attention_qkv(qkv, heads_, /*causal=*/true), add);
   }
 
   const Linear<T, D>& out_proj() const { return out_; }

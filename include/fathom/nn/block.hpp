@@ -86,8 +86,9 @@ class Block {
       if (observer && *observer) (*observer)(index, site, v);
     };
     report(Site::block_input, x);
-    Var<T, D> h = run_sublayer(policy, x, policy::Sublayer::attention, report);
-    Var<T, D> y = run_sublayer(policy, h, policy::Sublayer::mlp, report);
+    const bool observed = observer && *observer;
+    Var<T, D> h = run_sublayer(policy, x, policy::Sublayer::attention, report, observed);
+    Var<T, D> y = run_sublayer(policy, h, policy::Sublayer::mlp, report, observed);
     report(Site::block_output, y);
     return y;
   }
@@ -110,23 +111,36 @@ class Block {
   }
 
  private:
+  // `observed`: an observer sees the branch's output, so s.residual composes the branch and the
+  // add instead of fusing them (the fused form never holds F(v) on its own).
   template <class Report>
   Var<T, D> run_sublayer(const Policy& policy, const Var<T, D>& x, policy::Sublayer kind,
-                         Report& report) const {
+                         Report& report, bool observed) const {
     const bool is_attn = kind == policy::Sublayer::attention;
     const std::vector<Norm<T, D>>& norms = is_attn ? attn_norms_ : mlp_norms_;
-    int branch_calls = 0;
+    const char* first_call = nullptr;  // "s.f" or "s.residual", once the branch has run
+    auto count_call = [&](const char* call) {
+      FATHOM_CHECK(!first_call, "norm policy called the branch twice ("
+                                    << first_call << ", then " << call << ") in the "
+                                    << policy::to_string(kind) << " sub-layer of block " << layer_
+                                    << "; apply(s) may call s.f or s.residual once (keep its "
+                                       "result in a variable and use that)");
+      first_call = call;
+    };
     auto branch = [&](const Var<T, D>& in) {
-      FATHOM_CHECK(++branch_calls == 1,
-                   "norm policy called s.f twice in the "
-                       << policy::to_string(kind) << " sub-layer of block " << layer_
-                       << "; apply(s) may call the branch at most once (keep its result "
-                          "in a variable and use that)");
+      count_call("s.f");
       report(is_attn ? Site::attn_input : Site::mlp_input, in);
       Var<T, D> out = is_attn ? attn_.forward(in) : mlp_.forward(in);
       report(is_attn ? Site::attn_branch : Site::mlp_branch, out);
       return out;
     };
+    typename policy::SublayerContext<T, D>::ResidualBranch residual;
+    if (!observed)
+      residual = [&](const Var<T, D>& in, double x_scale) {
+        count_call("s.residual");
+        const autograd::Residual<T, D> add{&x, x_scale};
+        return is_attn ? attn_.forward(in, add) : mlp_.forward(in, add);
+      };
     auto norm = [&](int slot, const Var<T, D>& in, double out_scale) {
       FATHOM_CHECK(slot >= 0 && slot < norms_per_sublayer,
                    "norm policy asked for norm slot "
@@ -134,7 +148,7 @@ class Block {
                        << layer_ << "; it declares norms_per_sublayer = " << norms_per_sublayer);
       return norms[static_cast<std::size_t>(slot)].forward(in, out_scale);
     };
-    policy::SublayerContext<T, D> s(x, layer_, depth_, kind, branch, norm);
+    policy::SublayerContext<T, D> s(x, layer_, depth_, kind, branch, norm, residual);
     return policy.apply(s);
   }
 

@@ -74,18 +74,23 @@ class Linear {
     }
   }
 
-  // x (..., in) -> (..., out)
-  Var<T, D> forward(const Var<T, D>& x) const { return forward(x, weight_, bias_); }
+  // x (..., in) -> (..., out); with `add`, plus add.scale * add.x in the GEMM's epilogue
+  // (autograd::Residual).
+  Var<T, D> forward(const Var<T, D>& x, const autograd::Residual<T, D>& add = {}) const {
+    return forward(x, weight_, bias_, add);
+  }
 
   // x (..., in) -> (..., out) through another weight (and bias, or an undefined Var for none) in
   // this layer's precision and fp8 scaling state: a projection whose weights several layers' are
   // stacked into (Attention, MLP) runs as the first of them.
-  Var<T, D> forward(const Var<T, D>& x, const Var<T, D>& weight, const Var<T, D>& bias) const {
+  Var<T, D> forward(const Var<T, D>& x, const Var<T, D>& weight, const Var<T, D>& bias,
+                    const autograd::Residual<T, D>& add = {}) const {
     const Var<T, D>* b = bias.defined() ? &bias : nullptr;
     if constexpr (linear_fp8_capable<T>) {
-      if (precision_ == LinearPrecision::fp8) return autograd::linear_fp8(x, weight, b, &scaling_);
+      if (precision_ == LinearPrecision::fp8)
+        return autograd::linear_fp8(x, weight, b, &scaling_, add);
     }
-    return autograd::linear(x, weight, b);
+    return autograd::linear(x, weight, b, add);
   }
 
   // x quantized already (autograd::quantize_fp8_input), shared with other layers that read it;

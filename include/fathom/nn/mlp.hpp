@@ -40,15 +40,16 @@ class MLP {
     down_ = Linear<T, D>(names.mlp_down, F, C, c.bias, {info(ParamRole::mlp_down, F, C)}, registry);
   }
 
-  // x (B, T, C) -> (B, T, C)
-  Var<T, D> forward(const Var<T, D>& x) const {
-    if (kind_ == MlpKind::swiglu) return down_.forward(autograd::swiglu_stacked(gate_up(x)));
+  // x (B, T, C) -> (B, T, C); with `add`, the down projection adds add.scale * add.x in its GEMM's
+  // epilogue (a residual sub-layer's add, autograd::Residual).
+  Var<T, D> forward(const Var<T, D>& x, const autograd::Residual<T, D>& add = {}) const {
+    if (kind_ == MlpKind::swiglu) return down_.forward(autograd::swiglu_stacked(gate_up(x)), add);
     // fp8: the two GEMMs of linear_fp8 around a separate GELU.
     if (up_.precision() == LinearPrecision::fp8)
-      return down_.forward(autograd::gelu(up_.forward(x)));
+      return down_.forward(autograd::gelu(up_.forward(x)), add);
     // One fused node: GELU in the GEMM epilogues (see autograd::gelu_mlp).
     return autograd::gelu_mlp(x, up_.weight(), up_.has_bias() ? &up_.bias() : nullptr,
-                              down_.weight(), down_.has_bias() ? &down_.bias() : nullptr);
+                              down_.weight(), down_.has_bias() ? &down_.bias() : nullptr, add);
   }
 
   const Linear<T, D>& down_proj() const { return down_; }

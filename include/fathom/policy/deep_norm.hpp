@@ -56,7 +56,7 @@ struct DeepNorm {
 
   template <class S>
   auto apply(S& s) const {
-    return s.norm(0, s.x * alpha_for(s.depth) + s.f(s.x));
+    return s.norm(0, s.residual(s.x, alpha_for(s.depth)));  // N(alpha s.x + s.f(s.x))
   }
 
   bool has_final_norm() const { return final_norm; }

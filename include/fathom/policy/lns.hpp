@@ -17,7 +17,7 @@ struct LNS {
 
   template <class S>
   auto apply(S& s) const {
-    return s.x + s.f(s.norm(0, s.x, scale(s.layer)));
+    return s.residual(s.norm(0, s.x, scale(s.layer)));  // s.x + s.f(N(s.x) / sqrt(l))
   }
 };
 

@@ -22,9 +22,10 @@ namespace fathom::policy {
 //
 // REQUIRED MEMBER
 //   template <class S> auto apply(S& s) const        (a static member function is fine too)
-//     requires: s is a SublayerContext<T, D> (s.x, s.f, s.norm, s.layer, s.depth, s.kind); apply
-//               calls s.f at most once per call (the branch is the expensive part) and only
-//               norm slots 0 .. norms_per_sublayer - 1. The block checks both at every forward
+//     requires: s is a SublayerContext<T, D> (s.x, s.f, s.residual, s.norm, s.layer, s.depth,
+//               s.kind); apply calls the branch (s.f or s.residual) at most once per call (the
+//               branch is the expensive part) and only norm slots
+//               0 .. norms_per_sublayer - 1. The block checks both at every forward
 //               and throws fathom::Error naming the sub-layer (a concept cannot see a call count).
 //     ensures:  returns the sub-layer's output stream as a Var<T, D> of s.x's shape. It is used
 //               for every T and device, so it must not depend on either.

@@ -15,7 +15,7 @@ struct PostLN {
 
   template <class S>
   auto apply(S& s) const {
-    return s.norm(0, s.x + s.f(s.x));
+    return s.norm(0, s.residual(s.x));  // N(s.x + s.f(s.x))
   }
 
   bool has_final_norm() const { return final_norm; }

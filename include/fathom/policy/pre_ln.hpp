@@ -11,7 +11,7 @@ struct PreLN {
 
   template <class S>
   auto apply(S& s) const {
-    return s.x + s.f(s.norm(0, s.x));
+    return s.residual(s.norm(0, s.x));  // s.x + s.f(s.norm(0, s.x)), the add fused
   }
 };
 

@@ -20,6 +20,10 @@ inline std::string_view to_string(Sublayer s) {
 // Its members are the whole vocabulary a policy is written in:
 //   s.x                      the residual stream entering the sub-layer, (B, T, C)
 //   s.f(v)                   the branch (attention or MLP) applied to v, (B, T, C) -> (B, T, C)
+//   s.residual(v, x_scale)   x_scale * s.x + s.f(v) (x_scale defaults to 1): the same value, with
+//                            the add done in the epilogue of the branch's last GEMM where the
+//                            block can (no pass of its own over the stream); counts as the
+//                            sub-layer's call of the branch
 //   s.norm(i, v, scale)      norm slot i of this sub-layer applied to v, its output times `scale`
 //                            (the scale is folded into the norm kernel, so it costs nothing);
 //                            0 <= i < norms_per_sublayer, scale defaults to 1
@@ -34,15 +38,19 @@ class SublayerContext {
   using Var = fathom::Var<T, D>;
   using Branch = std::function<Var(const Var&)>;
   using NormSlot = std::function<Var(int, const Var&, double)>;
+  // (v, x_scale) -> x_scale * x + branch(v), the add fused into the branch; empty: residual()
+  // composes f and the add.
+  using ResidualBranch = std::function<Var(const Var&, double)>;
 
   SublayerContext(Var x_in, int layer_in, int depth_in, Sublayer kind_in, Branch branch,
-                  NormSlot norm_slot)
+                  NormSlot norm_slot, ResidualBranch residual_branch = {})
       : x(std::move(x_in)),
         layer(layer_in),
         depth(depth_in),
         kind(kind_in),
         branch_(std::move(branch)),
-        norm_(std::move(norm_slot)) {}
+        norm_(std::move(norm_slot)),
+        residual_(std::move(residual_branch)) {}
 
   Var x;
   int layer;
@@ -53,10 +61,16 @@ class SublayerContext {
   Var norm(int slot, const Var& v, double out_scale = 1.0) const {
     return norm_(slot, v, out_scale);
   }
+  Var residual(const Var& v, double x_scale = 1.0) const {
+    if (residual_) return residual_(v, x_scale);
+    Var out = f(v);
+    return x_scale == 1.0 ? x + out : x * x_scale + out;
+  }
 
  private:
   Branch branch_;
   NormSlot norm_;
+  ResidualBranch residual_;
 };
 
 }  // namespace fathom::policy

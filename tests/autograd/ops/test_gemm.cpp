@@ -4,6 +4,7 @@
 // and errors that name both shapes.
 #include <fathom/autograd/ops/gemm.hpp>
 #include <fathom/autograd/ops/activation.hpp>
+#include <fathom/autograd/ops/elementwise.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -259,4 +260,68 @@ TEST_CASE("gelu_mlp names mismatched shapes", "[autograd][ops][gemm]") {
   const auto msg = error_of([&] { fathom::autograd::gelu_mlp(x, w1, nullptr, w2, nullptr); });
   CHECK(contains(msg, "w2 (2, 6)"));
   CHECK(contains(msg, "(C', 5)"));
+}
+
+TEST_CASE("linear and gelu_mlp with a residual equal the op plus scale * r: values and gradients",
+          "[autograd][ops][gemm]") {
+  using fathom::autograd::Residual;
+  const bool bias = GENERATE(true, false);
+  const double scale = GENERATE(1.0, 0.5, -2.0);
+  const bool mlp = GENERATE(false, true);
+  INFO("bias " << bias << ", scale " << scale << ", gelu_mlp " << mlp);
+  // linear: x (2, 3, 4) W2^T with W2 (5, 4); gelu_mlp: x -> (2, 3, 6) -> (2, 3, 5).
+  auto xv = Tensor<double>::randn({2, 3, 4}, 70), w1v = Tensor<double>::randn({6, 4}, 71),
+       b1v = Tensor<double>::randn({6}, 72), w2v = Tensor<double>::randn({5, mlp ? 6 : 4}, 73),
+       b2v = Tensor<double>::randn({5}, 74), rv = Tensor<double>::randn({2, 3, 5}, 75);
+  auto seed = Tensor<double>::randn({2, 3, 5}, 76);
+  auto run = [&](bool fused) {
+    Var<double> x(xv.clone(), true), w1(w1v.clone(), true), b1(b1v.clone(), true),
+        w2(w2v.clone(), true), b2(b2v.clone(), true), r(rv.clone(), true);
+    const Residual<double, fathom::Cpu> add{&r, scale};
+    const Var<double>* b1p = bias ? &b1 : nullptr;
+    const Var<double>* b2p = bias ? &b2 : nullptr;
+    Var<double> y;
+    if (mlp)
+      y = fused ? fathom::autograd::gelu_mlp(x, w1, b1p, w2, b2p, add)
+                : r * scale + fathom::autograd::gelu_mlp(x, w1, b1p, w2, b2p);
+    else
+      y = fused ? linear(x, w2, b2p, add) : r * scale + linear(x, w2, b2p);
+    fathom::autograd::backward(y, seed);
+    std::vector<std::vector<double>> out{y.value().to_vector(), x.grad().to_vector(),
+                                         r.grad().to_vector(), w2.grad().to_vector()};
+    if (bias) out.push_back(b2.grad().to_vector());
+    if (mlp) out.push_back(w1.grad().to_vector());
+    return out;
+  };
+  const auto fused = run(true), plain = run(false);
+  REQUIRE(fused.size() == plain.size());
+  for (std::size_t t = 0; t < fused.size(); ++t) {
+    INFO("tensor " << t << " (value, dx, dr, dw2, [db2], [dw1])");
+    REQUIRE(fused[t].size() == plain[t].size());
+    for (std::size_t i = 0; i < fused[t].size(); ++i)
+      CHECK_THAT(fused[t][i], WithinAbs(plain[t][i], 1e-12));
+  }
+  // The residual's gradient is scale * seed, and its value took part in y.
+  const auto seed_v = seed.to_vector();
+  for (std::size_t i = 0; i < seed_v.size(); ++i)
+    CHECK_THAT(fused[2][i], WithinAbs(scale * seed_v[i], 1e-12));
+}
+
+TEST_CASE("linear with a residual passes gradcheck, and names a residual of the wrong shape",
+          "[autograd][ops][gemm]") {
+  using fathom::autograd::Residual;
+  auto x = random_var({3, 4}, 80), w = random_var({5, 4}, 81), b = random_var({5}, 82),
+       r = random_var({3, 5}, 83);
+  auto res = gradcheck(
+      [](const std::vector<Var<double>>& v) {
+        return linear(v[0], v[1], &v[2], Residual<double, fathom::Cpu>{&v[3], 0.75});
+      },
+      {x, w, b, r});
+  INFO(res.first_failure);
+  CHECK(res.ok);
+  CHECK(res.checked == x.numel() + w.numel() + b.numel() + r.numel());
+  auto wrong = random_var({3, 4}, 84);
+  const auto msg = error_of([&] { linear(x, w, &b, Residual<double, fathom::Cpu>{&wrong, 1.0}); });
+  CHECK(contains(msg, "residual (3, 4)"));
+  CHECK(contains(msg, "output's shape (3, 5)"));
 }

@@ -17,6 +17,16 @@
 
 namespace fathom::autograd {
 
+// What a linear layer's output is added to: scale * x, with x of the output's shape, in the
+// epilogue of the GEMM that writes the output (C = x, beta = scale). A residual sub-layer's
+// x + F(v) then costs no pass of its own: the add would read x and F(v) and write the sum, the
+// epilogue only reads x. A null x adds nothing.
+template <class T, DeviceTag D>
+struct Residual {
+  const Var<T, D>* x = nullptr;
+  double scale = 1.0;
+};
+
 namespace detail {
 
 // Product of the first `count` extents of s.
@@ -43,6 +53,25 @@ void check_linear_shapes(const char* op, const Var<T, D>& x, const Var<T, D>& we
                  op << ": bias " << bias->shape() << " and weight " << weight.shape()
                     << " disagree: bias must be (" << out << ",), one per out_feature");
   }
+}
+
+// The residual of linear(..., add) and its kin: checked against the output's shape, as a contiguous
+// tensor for the GEMM's C (empty without one).
+template <class T, DeviceTag D>
+Tensor<T, D> residual_value(const char* op, const Residual<T, D>& add, const Shape& out_shape) {
+  if (!add.x) return Tensor<T, D>();
+  FATHOM_CHECK(add.x->shape() == out_shape, op << ": the residual " << add.x->shape()
+                                               << " must have the output's shape " << out_shape);
+  return add.x->value().contiguous();
+}
+
+// The residual's gradient: scale * dY, passed on without a copy (lent, as an add does) when the
+// scale is 1 and nothing is in that gradient yet.
+template <class Target, class T, DeviceTag D>
+void residual_backward(const Target& gr, const Tensor<T, D>& gy, double scale) {
+  if (gr && !(scale == 1.0 && gr->lend(gy)))
+    kernels::axpy(D{},
+                  kernels::AxpyParams<T>{gy.data(), gr->accumulator().data(), gy.numel(), scale});
 }
 
 // The bias gradient of linear and linear_fp8: db (out) += sum over the rows of dY (rows, out).
@@ -129,9 +158,12 @@ Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
 // Backward: dX += dY W, dW += dY^T X, db += sum of dY over rows (with dW, in the same call:
 // kernels::gemm_bias_grad, which on CUDA sums dY inside the GEMM that reads it). (The bias pointer
 // takes no part in deducing T and D, so linear(x, w, nullptr) compiles.)
+// With `add` (Residual): y = x W^T + b + add.scale * add.x, the add in the GEMM's epilogue, and
+// d add.x += add.scale * dY (passed on without a copy when the scale is 1, as an add does).
 template <class T, DeviceTag D>
 Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
-                 const std::type_identity_t<Var<T, D>>* bias = nullptr) {
+                 const std::type_identity_t<Var<T, D>>* bias = nullptr,
+                 const std::type_identity_t<Residual<T, D>>& add = {}) {
   detail::check_linear_shapes("linear", x, weight, bias);
   const std::int64_t in = weight.size(1), out = weight.size(0);
   const std::int64_t rows = detail::gemm_leading_numel(x.shape(), x.dim() - 1);
@@ -140,24 +172,29 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
   Tensor<T, D> bv = bias ? bias->value().contiguous() : Tensor<T, D>();
   Shape out_shape = x.shape();
   out_shape[x.dim() - 1] = out;
+  const Tensor<T, D> rv = detail::residual_value("linear", add, out_shape);
   Tensor<T, D> y(out_shape);  // (rows, out)
   kernels::gemm(D{}, kernels::GemmParams<T>{.a = xv.data(),
                                             .b = wv.data(),
                                             .c = y.data(),
+                                            .c_in = add.x ? rv.data() : nullptr,
                                             .bias = bias ? bv.data() : nullptr,
                                             .m = rows,
                                             .n = out,
                                             .k = in,
-                                            .trans_b = true});
+                                            .trans_b = true,
+                                            .beta = add.x ? add.scale : 0.0});
 
   auto gx = grad_target(x), gw = grad_target(weight);
   auto gbias = bias ? grad_target(*bias) : nullptr;
+  auto gr = add.x ? grad_target(*add.x) : nullptr;
   return Var<T, D>::make_result(
-      std::move(y), gx || gw || gbias,
-      [gx, gw, gbias, xv = gw ? xv : Tensor<T, D>(), wv = gx ? wv : Tensor<T, D>(), rows, in,
-       out](const Tensor<T, D>& gy_in) {
+      std::move(y), gx || gw || gbias || gr,
+      [gx, gw, gbias, gr, r_scale = add.scale, xv = gw ? xv : Tensor<T, D>(),
+       wv = gx ? wv : Tensor<T, D>(), rows, in, out](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (rows, out)
-        if (gx) {                              // dX (rows, in) += dY (rows, out) W (out, in)
+        detail::residual_backward(gr, gy, r_scale);
+        if (gx) {  // dX (rows, in) += dY (rows, out) W (out, in)
           const auto dx = gx->write_target();
           kernels::gemm(D{}, kernels::GemmParams<T>{.a = gy.data(),
                                                     .b = wv.data(),
@@ -200,10 +237,12 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight, const Var<T, D>& b
 // gradient into the pre-activation's in the buffer the GEMM wrote, then sums it for the first
 // bias. Same values and gradients as the three ops composed.
 //   x (..., C), w1 (F, C), b1 (F) or null, w2 (C', F), b2 (C') or null  -> (..., C')
+// With `add` (Residual), the second GEMM adds add.scale * add.x in its epilogue, as linear does.
 template <class T, DeviceTag D>
 Var<T, D> gelu_mlp(const Var<T, D>& x, const Var<T, D>& w1,
                    const std::type_identity_t<Var<T, D>>* b1, const Var<T, D>& w2,
-                   const std::type_identity_t<Var<T, D>>* b2) {
+                   const std::type_identity_t<Var<T, D>>* b2,
+                   const std::type_identity_t<Residual<T, D>>& add = {}) {
   FATHOM_CHECK(w1.dim() == 2 && w2.dim() == 2 && x.dim() >= 1,
                "gelu_mlp: expected x (..., C), w1 (F, C), w2 (C', F), got x "
                    << x.shape() << ", w1 " << w1.shape() << ", w2 " << w2.shape());
@@ -235,25 +274,30 @@ Var<T, D> gelu_mlp(const Var<T, D>& x, const Var<T, D>& w1,
                      pre.data());
   Shape out_shape = x.shape();
   out_shape[x.dim() - 1] = out;
+  const Tensor<T, D> rv = detail::residual_value("gelu_mlp", add, out_shape);
   Tensor<T, D> y(out_shape);
   kernels::gemm(D{}, kernels::GemmParams<T>{.a = h.data(),
                                             .b = w2v.data(),
                                             .c = y.data(),
+                                            .c_in = add.x ? rv.data() : nullptr,
                                             .bias = b2 ? b2v.data() : nullptr,
                                             .m = rows,
                                             .n = out,
                                             .k = hidden,
-                                            .trans_b = true});
+                                            .trans_b = true,
+                                            .beta = add.x ? add.scale : 0.0});
 
   auto gx = grad_target(x), gw1 = grad_target(w1), gw2 = grad_target(w2);
   auto gb1 = b1 ? grad_target(*b1) : nullptr, gb2 = b2 ? grad_target(*b2) : nullptr;
-  const bool needs = gx || gw1 || gw2 || gb1 || gb2;
+  auto gr = add.x ? grad_target(*add.x) : nullptr;
+  const bool needs = gx || gw1 || gw2 || gb1 || gb2 || gr;
   return Var<T, D>::make_result(
       std::move(y), needs,
-      [gx, gw1, gb1, gw2, gb2, xv, w1v, w2v, pre, h, rows, in, hidden,
+      [gx, gw1, gb1, gw2, gb2, gr, r_scale = add.scale, xv, w1v, w2v, pre, h, rows, in, hidden,
        out](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (rows, out)
-        if (gw2) {                             // dW2 += dY^T H (and db2 += column sums of dY)
+        detail::residual_backward(gr, gy, r_scale);
+        if (gw2) {  // dW2 += dY^T H (and db2 += column sums of dY)
           const auto d = gw2->write_target();
           const kernels::GemmParams<T> p{.a = gy.data(),
                                          .b = h.data(),

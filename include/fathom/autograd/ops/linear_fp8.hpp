@@ -229,11 +229,14 @@ Fp8Input<T, D> quantize_fp8_input(const Var<T, D>& x, Fp8History<D>* history = n
 // (quantize_fp8_input), shared by the layers that read it. With `scaling` (delayed scaling), dY
 // is scaled by scaling->grad_output and, for a Var x, X by scaling->input (an Fp8Input was scaled
 // when it was made); null members, or no `scaling`, scale by the tensor's own amax.
+// With `add` (Residual), Y also gets add.scale * add.x in the forward GEMM's epilogue, as in
+// linear.
 //   x (..., in), weight (out, in), bias (out) or nullptr  -> (..., out)
 template <class T, DeviceTag D>
 Var<T, D> linear_fp8(const Fp8Input<T, D>& xin, const Var<T, D>& weight,
                      const std::type_identity_t<Var<T, D>>* bias = nullptr,
-                     const Fp8LinearScaling<D>* scaling = nullptr) {
+                     const Fp8LinearScaling<D>* scaling = nullptr,
+                     const std::type_identity_t<Residual<T, D>>& add = {}) {
   static_assert(std::is_same_v<T, bf16> || std::is_same_v<T, float>,
                 "linear_fp8: fp8 GEMMs produce bf16 or float; use linear for double");
   const Var<T, D>& x = xin.x;
@@ -253,17 +256,21 @@ Var<T, D> linear_fp8(const Fp8Input<T, D>& xin, const Var<T, D>& weight,
   const auto& xq = xin.q;
   Shape out_shape = x.shape();
   out_shape[x.dim() - 1] = out;
+  const Tensor<T, D> rv = detail::residual_value("linear_fp8", add, out_shape);
+  auto gr = add.x ? grad_target(*add.x) : nullptr;
   Tensor<T, D> y(out_shape);  // (rows, out)
   kernels::gemm_fp8(
       D{}, kernels::Fp8GemmParams<fp8_e4m3, fp8_e4m3, T>{.a = xq.codes.data(),
                                                          .b = wq.codes.data(),
                                                          .c = y.data(),
+                                                         .c_in = add.x ? rv.data() : nullptr,
                                                          .bias = bias ? bv.data() : nullptr,
                                                          .a_scale_inv = xq.scale_inv(),
                                                          .b_scale_inv = wq.scale_inv(),
                                                          .m = rows,
                                                          .n = out,
                                                          .k = in,
+                                                         .beta = add.x ? add.scale : 0.0,
                                                          .fast_accum = true});
   // Only what the backward reads is kept: the transposed copies and their scales.
   detail::Fp8Tensor<fp8_e4m3, D> xt;
@@ -272,10 +279,12 @@ Var<T, D> linear_fp8(const Fp8Input<T, D>& xin, const Var<T, D>& weight,
 
   std::shared_ptr<Fp8History<D>> grad_history = scaling ? scaling->grad_output : nullptr;
   return Var<T, D>::make_result(
-      std::move(y), gx || gw || gbias,
-      [gx, gw, gbias, xq = std::move(xt), wq = gx ? wq : detail::Fp8Tensor<fp8_e4m3, D>(), rows, in,
-       out, grad_history = std::move(grad_history)](const Tensor<T, D>& gy_in) {
+      std::move(y), gx || gw || gbias || gr,
+      [gx, gw, gbias, gr, r_scale = add.scale, xq = std::move(xt),
+       wq = gx ? wq : detail::Fp8Tensor<fp8_e4m3, D>(), rows, in, out,
+       grad_history = std::move(grad_history)](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (rows, out)
+        detail::residual_backward(gr, gy, r_scale);
         if (gx || gw) {
           // dY in E5M2 (the gradients' range), rows-major for dX and transposed for dW.
           auto gq = detail::quantize_scaled<fp8_e5m2>(gy, rows, out, gx != nullptr, gw != nullptr,
@@ -314,10 +323,11 @@ Var<T, D> linear_fp8(const Fp8Input<T, D>& xin, const Var<T, D>& weight,
 template <class T, DeviceTag D>
 Var<T, D> linear_fp8(const Var<T, D>& x, const Var<T, D>& weight,
                      const std::type_identity_t<Var<T, D>>* bias = nullptr,
-                     const Fp8LinearScaling<D>* scaling = nullptr) {
+                     const Fp8LinearScaling<D>* scaling = nullptr,
+                     const std::type_identity_t<Residual<T, D>>& add = {}) {
   return linear_fp8(quantize_fp8_input(x, grad_target(weight) != nullptr,
                                        scaling ? scaling->input.get() : nullptr),
-                    weight, bias, scaling);
+                    weight, bias, scaling, add);
 }
 
 template <class T, DeviceTag D>
