@@ -2,13 +2,12 @@
 // GPT-2 (Pre-LN) trained for 300 steps on the built-in corpus, once in bf16 and once with the
 // blocks' linear layers in fp8 (nn::LinearPrecision::fp8: E4M3 forward, E5M2 gradients, current
 // or delayed per-tensor scaling), from the same seed on the same batches. The fp8 loss curve must
-// track bf16's: the mean loss of every window of 25 steps within 3% of bf16's (or within twice
-// what rounding alone moves bf16's own curve, if that is more: below), the last window within
-// 2.5%; both must learn, and the fp8 run must really have taken cuBLASLt's fp8 GEMMs.
-// The rounding control is bf16 again on the same batches, each step computed as two half batches
-// (grad_accum 2): the same maths with other rounding. At d_model 64 a few terms per dot product
-// leave the curve sensitive to rounding while the loss falls fastest, which a fixed bound cannot
-// tell from a worse fp8 recipe; the control measures that sensitivity in the same run.
+// track bf16's: the mean loss of every window of 25 steps within 3% of bf16's, the last window
+// within 2.5%; both must learn, and the fp8 run must really have taken cuBLASLt's fp8 GEMMs.
+// A rounding control shows what the bound is measured against: bf16 again on the same batches,
+// each step computed as two half batches (grad_accum 2), the same maths with other rounding; its
+// curve must stay within 1% of bf16's (on an H200: 0.18% for the tiny Llama, 0.64% for the tiny
+// GPT-2), so a gap of fp8's beyond that is fp8's own.
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/fp8.cuh>
 #include <fathom/nn/language_model.hpp>
@@ -87,16 +86,14 @@ void fp8_check_curve(const std::string& preset,
     rounding = std::max(rounding, std::abs(mc[w] - m16[w]) / m16[w]);
   // The control differs from bf16 (its rounding really differs) but stays close.
   CHECK(rc.losses != r16.losses);
-  CHECK(rounding <= 0.05);
-  const double bound = std::max(0.03, 2 * rounding);
+  CHECK(rounding <= 0.01);
   double worst = 0;
   for (std::size_t w = 0; w < m16.size(); ++w) {
     const double rel = std::abs(m8[w] - m16[w]) / m16[w];
     worst = std::max(worst, rel);
     INFO(preset << " (" << tag << " scaling) steps " << w * 25 + 1 << "-" << (w + 1) * 25
-                << ": fp8 " << m8[w] << " bf16 " << m16[w] << " bf16 control " << mc[w]
-                << "; bound " << bound);
-    CHECK(rel <= bound);
+                << ": fp8 " << m8[w] << " bf16 " << m16[w] << " bf16 control " << mc[w]);
+    CHECK(rel <= 0.03);
   }
   const double last = std::abs(m8.back() - m16.back()) / m16.back();
   INFO(preset << " (" << tag << " scaling) last window: fp8 " << m8.back() << " bf16 "

@@ -333,6 +333,37 @@ TEST_CASE("linear_fp8 on an input quantized once equals separate quantizations",
   CHECK(shared == separate);
 }
 
+TEST_CASE("linear_fp8 with a residual equals linear_fp8 plus scale * r: values and gradients",
+          "[autograd][ops][fp8]") {
+  const double scale = GENERATE(1.0, 0.5);
+  INFO("scale " << scale);
+  auto run = [&](bool fused) {
+    fathom::test::FreshTape tape;
+    Var<float, Cpu> x(Tensor<float, Cpu>::randn(Shape{6, 16}, 51), true);
+    Var<float, Cpu> w(Tensor<float, Cpu>::randn(Shape{8, 16}, 52), true);
+    Var<float, Cpu> b(Tensor<float, Cpu>::randn(Shape{8}, 53), true);
+    Var<float, Cpu> r(Tensor<float, Cpu>::randn(Shape{6, 8}, 54), true);
+    Var<float, Cpu> y =
+        fused ? ag::linear_fp8(x, w, &b, static_cast<const ag::Fp8LinearScaling<Cpu>*>(nullptr),
+                               ag::Residual<float, Cpu>{&r, scale})
+              : r * scale + ag::linear_fp8(x, w, &b);
+    fathom::autograd::backward(y, Tensor<float, Cpu>::randn(Shape{6, 8}, 55));
+    return std::vector<std::vector<float>>{y.value().to_vector(), x.grad().to_vector(),
+                                           w.grad().to_vector(), b.grad().to_vector(),
+                                           r.grad().to_vector()};
+  };
+  const auto fused = run(true), plain = run(false);
+  for (std::size_t t = 0; t < fused.size(); ++t) {
+    INFO("tensor " << t << " (value, dx, dw, db, dr)");
+    REQUIRE(fused[t].size() == plain[t].size());
+    for (std::size_t i = 0; i < fused[t].size(); ++i) {
+      REQUIRE(std::isfinite(fused[t][i]));
+      // One rounding of the sum against two (the value); the gradients are the same products.
+      CHECK_THAT(fused[t][i], WithinAbs(plain[t][i], 1e-5 * (1 + std::abs(plain[t][i]))));
+    }
+  }
+}
+
 TEST_CASE("linear_fp8 refuses an input quantized without the copy its weight gradient needs",
           "[autograd][ops][fp8]") {
   fathom::test::FreshTape tape;
