@@ -91,7 +91,9 @@ requires std::is_trivially_copyable_v<T>
 bool same_bits(const T& x, const T& y) { return std::memcmp(&x, &y, sizeof(T)) == 0; }
 template <class T>
 bool same_bits(const std::vector<T>& x, const std::vector<T>& y) {
-  return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(T)) == 0;
+  // memcmp may not be handed the null data() of an empty vector, even for 0 bytes.
+  return x.size() == y.size() &&
+         (x.empty() || std::memcmp(x.data(), y.data(), x.size() * sizeof(T)) == 0);
 }
 
 // "" when every |got - want| <= atol * scale[i] + rtol * |want| (scale 1 where not given); else the
