@@ -159,6 +159,20 @@ struct GemmProblem {
   }
 };
 
+// The problem through gemm(Cpu) (CBLAS where fathom is built with it) and the portable loop.
+template <class T>
+void check_cpu_gemms(const GemmProblem<T>& problem) {
+  problem.check([](const GemmParams<T>& q) { fathom::kernels::gemm(Cpu{}, q); },
+#if defined(FATHOM_HAS_CBLAS)
+                "gemm (CBLAS)"
+#else
+                "gemm (portable)"
+#endif
+  );
+  problem.check([](const GemmParams<T>& q) { fathom::kernels::detail::gemm_portable(q); },
+                "gemm_portable");
+}
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("gemm and the portable fallback match naive loops", "[kernels][gemm]", double,
@@ -179,15 +193,7 @@ TEMPLATE_TEST_CASE("gemm and the portable fallback match naive loops", "[kernels
       {{1, false, false, 1.0, 0.0}, {3, true, true, 0.75, -0.5}, {2, true, false, -1.25, 1.0}}));
   GemmProblem<TestType> problem(shape, ta, tb, variant,
                                 1000 + static_cast<std::uint64_t>(shape.m * 7 + shape.k));
-  problem.check([](const GemmParams<TestType>& q) { fathom::kernels::gemm(Cpu{}, q); },
-#if defined(FATHOM_HAS_CBLAS)
-                "gemm (CBLAS)"
-#else
-                "gemm (portable)"
-#endif
-  );
-  problem.check([](const GemmParams<TestType>& q) { fathom::kernels::detail::gemm_portable(q); },
-                "gemm_portable");
+  check_cpu_gemms(problem);
 }
 
 TEMPLATE_TEST_CASE("gemm with K = 0 gives beta * C + bias", "[kernels][gemm]", double, float,
@@ -195,9 +201,7 @@ TEMPLATE_TEST_CASE("gemm with K = 0 gives beta * C + bias", "[kernels][gemm]", d
   const Variant variant =
       GENERATE(values<Variant>({{1, false, false, 1.0, 0.0}, {2, true, true, 2.0, 0.5}}));
   GemmProblem<TestType> problem({4, 6, 0}, false, true, variant, 77);
-  problem.check([](const GemmParams<TestType>& q) { fathom::kernels::gemm(Cpu{}, q); }, "gemm");
-  problem.check([](const GemmParams<TestType>& q) { fathom::kernels::detail::gemm_portable(q); },
-                "gemm_portable");
+  check_cpu_gemms(problem);
 }
 
 TEMPLATE_TEST_CASE("gemm's beta term reads c_in, never C's previous contents", "[kernels][gemm]",
@@ -213,15 +217,7 @@ TEMPLATE_TEST_CASE("gemm's beta term reads c_in, never C's previous contents", "
   GemmProblem<TestType> problem(shape, ta, tb, variant,
                                 2000 + static_cast<std::uint64_t>(shape.m * 7 + shape.k),
                                 /*with_c_in=*/true);
-  problem.check([](const GemmParams<TestType>& q) { fathom::kernels::gemm(Cpu{}, q); },
-#if defined(FATHOM_HAS_CBLAS)
-                "gemm (CBLAS)"
-#else
-                "gemm (portable)"
-#endif
-  );
-  problem.check([](const GemmParams<TestType>& q) { fathom::kernels::detail::gemm_portable(q); },
-                "gemm_portable");
+  check_cpu_gemms(problem);
 }
 
 TEMPLATE_TEST_CASE("gemm with c_in == c is the in-place GEMM; beta 0 reads neither",

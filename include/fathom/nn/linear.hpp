@@ -10,7 +10,6 @@
 #include <utility>
 #include <vector>
 
-#include "fathom/autograd/ops/elementwise.hpp"
 #include "fathom/autograd/ops/gemm.hpp"
 #include "fathom/autograd/ops/linear_fp8.hpp"
 #include "fathom/nn/parameter.hpp"
@@ -88,18 +87,8 @@ class Linear {
                     const autograd::Residual<T, D>& add = {}) const {
     const Var<T, D>* b = bias.defined() ? &bias : nullptr;
     if constexpr (linear_fp8_capable<T>) {
-      if (precision_ == LinearPrecision::fp8) {
-        // fp8 keeps the residual add as an op of its own, as before s.residual existed. With the
-        // add in the fp8 GEMM's epilogue (linear_fp8's `add`), the tiny Llama's fp8 curve test
-        // on an H200 reached 3.08% off bf16 in its worst 25-step window (it allows 3%). The same
-        // runs on the CPU (bench/fp8_sensitivity.cpp) put the fused curve nearer bf16's than the
-        // unfused one, and show fp8's curve moving ~1% under that rounding change where bf16's
-        // moves 0.2%: fp8's own sensitivity, no defect of the fusion found. Until a GPU run
-        // settles it, fp8 runs the ops that were measured before (docs/performance.md).
-        Var<T, D> y = autograd::linear_fp8(x, weight, b, &scaling_);
-        if (!add.x) return y;
-        return add.scale == 1.0 ? *add.x + y : *add.x * add.scale + y;
-      }
+      if (precision_ == LinearPrecision::fp8)
+        return autograd::linear_fp8(x, weight, b, &scaling_, add);
     }
     return autograd::linear(x, weight, b, add);
   }

@@ -431,7 +431,7 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
   if (p.bias && !fuse_bias)
     launch_gemm_scale_add_bias(
         GemmParams<T>{.c = p.c, .m = p.m, .n = p.n, .ldc = p.ldc, .stride_c = p.m * p.ldc}, 1.0,
-        p.bias, static_cast<const T*>(nullptr));
+        p.bias);
   return true;
 }
 

@@ -161,7 +161,8 @@ __global__ void gemm_scale_add_bias_kernel(T* c, const T* c_in, const T* bias, a
 // C = beta * c_in + bias over p's C (its sizes, ldc and stride_c; p.c_in is not looked at): c_in
 // null scales C in place (beta 1 adds the bias to a GEMM's result).
 template <class T>
-void launch_gemm_scale_add_bias(const GemmParams<T>& p, double beta, const T* bias, const T* c_in) {
+void launch_gemm_scale_add_bias(const GemmParams<T>& p, double beta, const T* bias,
+                                const T* c_in = nullptr) {
   const std::int64_t rows = p.batch * p.m;
   if (rows == 0 || p.n == 0) return;
   const int threads = 256;
@@ -220,7 +221,7 @@ void blas_gemm(const GemmParams<T>& p) {
         handle, op_b, op_a, n, m, k, &alpha, p.b, type, ldb, p.stride_b, p.a, type, lda, p.stride_a,
         &beta, p.c, type, ldc, p.stride_c, batch, compute, CUBLAS_GEMM_DEFAULT));
   }
-  if (p.bias) launch_gemm_scale_add_bias(p, 1.0, p.bias, static_cast<const T*>(nullptr));
+  if (p.bias) launch_gemm_scale_add_bias(p, 1.0, p.bias);
 }
 
 // What a cuBLASLt plan depends on: types, transposes, sizes, leading dimensions, batch strides,
@@ -570,8 +571,7 @@ bool lt_gemm(const GemmParams<T>& p, const LtExtra<T>& extra = {}) {
     return false;
   }
   FATHOM_CUBLAS_CHECK(status);
-  if (p.bias && !fuse_bias)
-    launch_gemm_scale_add_bias(p, 1.0, p.bias, static_cast<const T*>(nullptr));
+  if (p.bias && !fuse_bias) launch_gemm_scale_add_bias(p, 1.0, p.bias);
   return true;
 }
 
