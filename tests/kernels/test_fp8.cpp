@@ -4,7 +4,7 @@
 // decode and encode, encoding as the nearest value with ties to even against a brute-force search
 // over all codes, the scale from amax, amax itself, quantize/dequantize error bounds and the
 // transposed copy, and the reference fp8 GEMM against a double loop (its beta term read from C or
-// from a separate c_in).
+// from a separate c_in); the SwiGLU quantize passes against the activation kernels' values.
 #include <fathom/kernels/fp8.hpp>
 
 #include <algorithm>
@@ -576,4 +576,126 @@ TEST_CASE("CPU quantize_fp8 records its own amax while scaling by it; bad histor
   CHECK_THROWS_WITH(bad(2, 0), HasSubstring("3 to 256 entries, got 2"));
   CHECK_THROWS_WITH(bad(4, 4), HasSubstring("slot 4 is outside [0, 4)"));
   CHECK_THROWS_WITH(bad(4, -1), HasSubstring("slot -1"));
+}
+
+namespace {
+
+// quantize_fp8 (F, current scaling by `amax`, or a copy of `history` slot 1 when it is not empty)
+// of x (rows, cols) read as float: codes, transposed codes, scale_inv and the history after.
+template <class F>
+struct QuantizedRef {
+  std::vector<F> out, out_t;
+  float scale_inv = 0;
+  std::vector<float> history;
+};
+template <class F, class Quantize>
+QuantizedRef<F> quantized_with(std::int64_t rows, std::int64_t cols, const float* amax,
+                               std::vector<float> history, Quantize quantize) {
+  QuantizedRef<F> r{std::vector<F>(static_cast<std::size_t>(rows * cols)),
+                    std::vector<F>(static_cast<std::size_t>(rows * cols)), 0, std::move(history)};
+  kernels::QuantizeFp8Params<float, F> p{.out = r.out.data(),
+                                         .out_t = r.out_t.data(),
+                                         .rows = rows,
+                                         .cols = cols,
+                                         .amax = amax,
+                                         .scale_inv = &r.scale_inv};
+  if (!r.history.empty()) {
+    p.history = r.history.data();
+    p.history_len = static_cast<int>(r.history.size());
+    p.record = 1;
+  }
+  quantize(p);
+  return r;
+}
+
+template <class F>
+bool same(const QuantizedRef<F>& a, const QuantizedRef<F>& b) {
+  return fathom::test::same_bits(a.out, b.out) && fathom::test::same_bits(a.out_t, b.out_t) &&
+         a.scale_inv == b.scale_inv && a.history == b.history;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("CPU quantize_fp8_swiglu gives quantize_fp8's codes of swiglu and its backward",
+                   "[kernels][fp8]", fp8_e4m3, fp8_e5m2) {
+  using F = TestType;
+  const std::int64_t rows = 6, f = 12;
+  const bool backward = GENERATE(false, true);
+  const bool delayed = GENERATE(false, true);
+  INFO((backward ? "backward" : "forward") << ", " << (delayed ? "delayed" : "current"));
+  auto gu = fathom::test::rng_uniform_values<float>(static_cast<std::size_t>(rows * 2 * f), 21);
+  for (auto& v : gu) v *= 4.0f;  // silu's curved part and both tails
+  const auto dh = fathom::test::rng_uniform_values<float>(static_cast<std::size_t>(rows * f), 22);
+  // The values through the activation kernels, in float (no rounding between).
+  const std::int64_t cols = backward ? 2 * f : f;
+  std::vector<float> values(static_cast<std::size_t>(rows * cols), nan_f());
+  if (backward)
+    kernels::swiglu_backward(
+        Cpu{}, kernels::SwigluBackwardParams<float>{gu.data(), gu.data() + f, dh.data(),
+                                                    values.data(), values.data() + f, rows * f,
+                                                    false, false, f, 2 * f, 2 * f});
+  else
+    kernels::swiglu(Cpu{}, kernels::SwigluParams<float>{gu.data(), gu.data() + f, values.data(),
+                                                        rows * f, f, 2 * f});
+  const kernels::SwigluFp8Source<float> source{gu.data(), backward ? dh.data() : nullptr, f};
+  float amax = -1, amax_fused = -1;
+  kernels::amax(Cpu{}, kernels::AmaxParams<float>{values.data(), rows * cols, &amax});
+  kernels::amax_swiglu(Cpu{}, source, rows, &amax_fused);
+  CHECK(amax_fused == amax);
+  CHECK(amax > 0);
+  const std::vector<float> history =
+      delayed ? std::vector<float>{0.5f, 0.0f, 0.0f, 3.0f} : std::vector<float>{};
+  const float* scale_from = delayed ? nullptr : &amax;
+  const auto want = quantized_with<F>(rows, cols, scale_from, history, [&](auto p) {
+    p.x = values.data();
+    kernels::quantize_fp8(Cpu{}, p);
+  });
+  const auto got = quantized_with<F>(rows, cols, scale_from, history, [&](auto p) {
+    kernels::quantize_fp8_swiglu(Cpu{}, p, source);
+  });
+  CHECK(same(got, want));
+  if (delayed) CHECK(got.history[1] == amax);  // this pass's amax, recorded
+
+  // bf16 inputs: the same values in float, so the same codes.
+  std::vector<bf16> gu16(gu.size()), dh16(dh.size());
+  std::vector<float> gu_rounded(gu.size()), dh_rounded(dh.size());
+  for (std::size_t i = 0; i < gu.size(); ++i) gu_rounded[i] = float(gu16[i] = bf16(gu[i]));
+  for (std::size_t i = 0; i < dh.size(); ++i) dh_rounded[i] = float(dh16[i] = bf16(dh[i]));
+  const kernels::SwigluFp8Source<float> rounded{gu_rounded.data(),
+                                                backward ? dh_rounded.data() : nullptr, f};
+  const kernels::SwigluFp8Source<bf16> source16{gu16.data(), backward ? dh16.data() : nullptr, f};
+  auto fused16 = [&](auto p) {
+    const kernels::QuantizeFp8Params<bf16, F> q{.out = p.out,
+                                                .out_t = p.out_t,
+                                                .rows = p.rows,
+                                                .cols = p.cols,
+                                                .amax = p.amax,
+                                                .scale_inv = p.scale_inv,
+                                                .history = p.history,
+                                                .history_len = p.history_len,
+                                                .record = p.record};
+    kernels::quantize_fp8_swiglu(Cpu{}, q, source16);
+  };
+  CHECK(same(quantized_with<F>(rows, cols, scale_from, history, fused16),
+             quantized_with<F>(rows, cols, scale_from, history,
+                               [&](auto p) { kernels::quantize_fp8_swiglu(Cpu{}, p, rounded); })));
+}
+
+TEST_CASE("CPU quantize_fp8_swiglu refuses a tensor to read and a wrong width", "[kernels][fp8]") {
+  std::vector<float> gu(2 * 8, 1.0f), x(8, 1.0f);
+  std::vector<fp8_e4m3> out(16);
+  float amax = 1.0f;
+  const kernels::SwigluFp8Source<float> source{gu.data(), nullptr, 8};
+  CHECK_THROWS_WITH(kernels::quantize_fp8_swiglu(
+                        Cpu{},
+                        kernels::QuantizeFp8Params<float, fp8_e4m3>{
+                            .x = x.data(), .out = out.data(), .rows = 1, .cols = 8, .amax = &amax},
+                        source),
+                    HasSubstring("x must be null"));
+  CHECK_THROWS_WITH(
+      kernels::quantize_fp8_swiglu(Cpu{},
+                                   kernels::QuantizeFp8Params<float, fp8_e4m3>{
+                                       .out = out.data(), .rows = 1, .cols = 16, .amax = &amax},
+                                   source),
+      HasSubstring("SwiGLU of width 8 has 8 output columns, got 16"));
 }

@@ -93,7 +93,7 @@ void fp8_check_curve(const std::string& preset,
              m8 = fathom::test::window_means(r8.losses, 25),
              mc = fathom::test::window_means(rc.losses, 25),
              mc8 = fathom::test::window_means(rc8.losses, 25);
-  double rounding = 0;  // the control's largest window gap
+  double rounding = 0;                     // the control's largest window gap
   double rounding8 = 0, control8_gap = 0;  // the fp8 control's, to fp8 and to bf16
   for (std::size_t w = 0; w < m16.size(); ++w) {
     rounding = std::max(rounding, std::abs(mc[w] - m16[w]) / m16[w]);

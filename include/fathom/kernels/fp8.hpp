@@ -12,6 +12,7 @@
 #include "fathom/core/error.hpp"
 #include "fathom/core/fp8.hpp"
 #include "fathom/core/scalar.hpp"
+#include "fathom/kernels/activation.hpp"
 #include "fathom/kernels/gemm.hpp"
 
 namespace fathom::kernels {
@@ -74,8 +75,9 @@ inline constexpr int max_fp8_history = 256;
 
 namespace detail {
 
+// reads_x: false for the passes that compute their values (quantize_fp8_swiglu), x unused.
 template <class T, class F>
-void check_quantize_fp8(const QuantizeFp8Params<T, F>& p, const char* op) {
+void check_quantize_fp8(const QuantizeFp8Params<T, F>& p, const char* op, bool reads_x = true) {
   FATHOM_CHECK(p.rows >= 0 && p.cols >= 0,
                op << ": expected non-negative sizes, got (" << p.rows << ", " << p.cols << ")");
   if (p.history) {
@@ -89,7 +91,7 @@ void check_quantize_fp8(const QuantizeFp8Params<T, F>& p, const char* op) {
   }
   FATHOM_CHECK(p.margin >= 0 && p.margin <= 64,
                op << ": margin must be in [0, 64], got " << p.margin);
-  FATHOM_CHECK(p.rows * p.cols == 0 || p.x != nullptr, op << ": x is null");
+  if (reads_x) FATHOM_CHECK(p.rows * p.cols == 0 || p.x != nullptr, op << ": x is null");
 }
 
 }  // namespace detail
@@ -136,6 +138,92 @@ void quantize_fp8(Cpu, const QuantizeFp8Params<T, F>& p) {
         std::max(seen, fathom::detail::fp8_float_bits(slot) & 0x7fffffffu));
     p.history[detail::fp8_history_next(p.record, p.history_len)] = 0.0f;
   }
+}
+
+// A quantize pass that computes its values instead of reading them: SwiGLU's output or its
+// gradient, from gate and up stacked in gu (autograd::swiglu_mlp_fp8). The values are taken in
+// float straight into the fp8 codes, never rounded to T in between (one pass instead of the
+// activation's pass and the quantize pass):
+// - forward (dh == nullptr): the output is (rows, f), value silu(gate) * up;
+// - backward: the output is (rows, 2f), dgate | dup, value dh * up * silu'(gate) in columns
+//   [0, f) and dh * silu(gate) in [f, 2f) (as kernels::swiglu_backward, without accumulation).
+// Computed in accum_t<T> as kernels::swiglu and swiglu_backward do, then taken as float.
+template <class T>
+struct SwigluFp8Source {
+  const T* gu = nullptr;  // (rows, 2f): gate in [0, f), up in [f, 2f) of each row
+  const T* dh = nullptr;  // (rows, f) the gradient of silu(gate) * up, or nullptr: the forward
+  std::int64_t f = 0;
+  // Columns of the output: f, or 2f for the backward.
+  std::int64_t out_cols() const { return dh ? 2 * f : f; }
+};
+
+namespace detail {
+
+// The value at (r, c) of a SwigluFp8Source's output.
+template <class T>
+FATHOM_HOST_DEVICE inline float swiglu_fp8_value(const SwigluFp8Source<T>& s, std::int64_t r,
+                                                 std::int64_t c) {
+  using A = accum_t<T>;
+  const bool dup = s.dh != nullptr && c >= s.f;
+  const std::int64_t j = dup ? c - s.f : c;
+  const T* row = s.gu + r * 2 * s.f;
+  const A g = scalar_cast<A>(row[j]), u = scalar_cast<A>(row[s.f + j]);
+  if (!s.dh) return scalar_cast<float>(silu(g) * u);
+  const A d = scalar_cast<A>(s.dh[r * s.f + j]);
+  return scalar_cast<float>(dup ? d * silu(g) : d * u * silu_grad(g));
+}
+
+template <class T>
+void check_swiglu_fp8(const SwigluFp8Source<T>& s, std::int64_t rows, std::int64_t cols,
+                      const char* op) {
+  FATHOM_CHECK(s.f >= 0 && cols == s.out_cols(), op << ": SwiGLU of width " << s.f << " has "
+                                                    << s.out_cols() << " output columns, got "
+                                                    << cols);
+  FATHOM_CHECK(rows * s.f == 0 || s.gu != nullptr, op << ": gu is null");
+}
+
+// A SwigluFp8Source's output in float, (rows, out_cols), for the CPU passes below.
+template <class T>
+std::vector<float> swiglu_fp8_values(const SwigluFp8Source<T>& s, std::int64_t rows) {
+  const std::int64_t cols = s.out_cols();
+  std::vector<float> v(static_cast<std::size_t>(rows * cols));
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c)
+      v[static_cast<std::size_t>(r * cols + c)] = swiglu_fp8_value(s, r, c);
+  return v;
+}
+
+}  // namespace detail
+
+// *out = max |value| of a SwigluFp8Source's (rows, out_cols) output (NaN when any is NaN), as
+// amax does for a tensor: current scaling's amax of values never stored.
+template <class T>
+void amax_swiglu(Cpu, const SwigluFp8Source<T>& s, std::int64_t rows, float* out) {
+  detail::check_swiglu_fp8(s, rows, s.out_cols(), "amax_swiglu");
+  const std::vector<float> v = detail::swiglu_fp8_values(s, rows);
+  amax(Cpu{}, AmaxParams<float>{v.data(), static_cast<std::int64_t>(v.size()), out});
+}
+
+// quantize_fp8 of a SwigluFp8Source's values: p as for quantize_fp8 but p.x unused (null) and
+// (p.rows, p.cols) the source's output, (rows, f) or (rows, 2f). Codes, scale and history are what
+// quantize_fp8 gives for those values held in float.
+template <class T, Fp8Scalar F>
+void quantize_fp8_swiglu(Cpu, const QuantizeFp8Params<T, F>& p, const SwigluFp8Source<T>& s) {
+  detail::check_swiglu_fp8(s, p.rows, p.cols, "quantize_fp8_swiglu");
+  FATHOM_CHECK(p.x == nullptr, "quantize_fp8_swiglu: x must be null (the values come from gu)");
+  const std::vector<float> v = detail::swiglu_fp8_values(s, p.rows);
+  quantize_fp8(Cpu{}, QuantizeFp8Params<float, F>{.x = v.data(),
+                                                  .out = p.out,
+                                                  .out_t = p.out_t,
+                                                  .rows = p.rows,
+                                                  .cols = p.cols,
+                                                  .amax = p.amax,
+                                                  .scale_inv = p.scale_inv,
+                                                  .margin = p.margin,
+                                                  .history = p.history,
+                                                  .history_len = p.history_len,
+                                                  .record = p.record,
+                                                  .record_amax = p.record_amax});
 }
 
 // out[i] = decode(x[i]) * *scale_inv, rounded to T.

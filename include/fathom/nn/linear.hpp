@@ -113,6 +113,9 @@ class Linear {
                   std::make_shared<autograd::Fp8History<D>>(recipe.history, recipe.margin)};
   }
   LinearPrecision precision() const { return precision_; }
+  // Delayed scaling's histories of an fp8 layer (null members: current scaling), for the fused
+  // ops that run this layer's GEMMs themselves (autograd::swiglu_mlp_fp8).
+  const autograd::Fp8LinearScaling<D>& fp8_scaling() const { return scaling_; }
 
   // The layer's delayed-scaling histories (none otherwise), named after the layer: NAME.fp8_input
   // and NAME.fp8_grad_output.

@@ -43,6 +43,15 @@ class MLP {
   // x (B, T, C) -> (B, T, C); with `add`, the down projection adds add.scale * add.x in its GEMM's
   // epilogue (a residual sub-layer's add, autograd::Residual).
   Var<T, D> forward(const Var<T, D>& x, const autograd::Residual<T, D>& add = {}) const {
+    if constexpr (linear_fp8_capable<T>) {
+      // fp8 without biases: SwiGLU inside the quantize passes around it (autograd::swiglu_mlp_fp8),
+      // the gate/up GEMM in gate_proj's scaling state, the down projection in its own.
+      if (kind_ == MlpKind::swiglu && gate_.precision() == LinearPrecision::fp8 &&
+          down_.precision() == LinearPrecision::fp8 && !up_.has_bias() && !down_.has_bias())
+        return autograd::swiglu_mlp_fp8(
+            x, autograd::concat_rows<T, D>({gate_.weight(), up_.weight()}), down_.weight(),
+            &gate_.fp8_scaling(), &down_.fp8_scaling(), add);
+    }
     if (kind_ == MlpKind::swiglu) return down_.forward(autograd::swiglu_stacked(gate_up(x)), add);
     // fp8: the two GEMMs of linear_fp8 around a separate GELU.
     if (up_.precision() == LinearPrecision::fp8)

@@ -1,7 +1,8 @@
 // [cuda] autograd::linear_fp8 on the GPU against the same op on the CPU (the reference kernels):
 // value and the gradients of x, the weight and the bias, in bf16, at a size cuBLASLt's fp8 kernels
 // take and at odd sizes that take the tiled kernel; an input quantized once for two layers; and
-// fresh buffers never read (the same bits with new buffers poisoned to NaN).
+// fresh buffers never read (the same bits with new buffers poisoned to NaN); swiglu_mlp_fp8, the
+// fp8 MLP with SwiGLU inside its quantize passes, against the CPU and the composition.
 #include <fathom/autograd/ops/elementwise.hpp>
 #include <fathom/autograd/ops/linear_fp8.hpp>
 #include <fathom/autograd/ops/reduce.hpp>
@@ -101,4 +102,40 @@ TEST_CASE("CUDA linear_fp8: an input quantized once for two layers, and poisoned
     poisoned = run(true);
   }
   CHECK(fathom::test::same_bits(poisoned, separate));
+}
+
+TEST_CASE("CUDA swiglu_mlp_fp8 matches the CPU, and the composition on the GPU within fp8's noise",
+          "[cuda][fp8][autograd]") {
+  // x (2, 64, 64), F 96: every GEMM and quantize pass on cuBLASLt's and the wide kernel's routes;
+  // two steps, so that delayed scaling reads a history.
+  const bool delayed = GENERATE(false, true);
+  INFO((delayed ? "delayed" : "current") << " scaling");
+  auto run = [&]<fathom::DeviceTag D>(bool fused) {
+    const auto v =
+        fathom::test::swiglu_mlp_fp8_case<bf16, D>(fused, delayed, 2, 1.0, 2, 64, 64, 96, 101);
+    return std::vector<double>(v.begin(), v.end());
+  };
+  const auto cpu = run.template operator()<Cpu>(true);
+  const auto gpu = run.template operator()<Cuda>(true);
+  for (double v : gpu) REQUIRE(std::isfinite(v));
+  const std::string e = linear_fp8_mismatch("y | dx | dgate_up | ddown | dr | histories", gpu, cpu);
+  INFO(e);
+  CHECK(e.empty());
+  // Against the composition on the GPU: fp8's noise between two roundings (the CPU tests bound
+  // it), not a misplaced element.
+  const auto composed = run.template operator()<Cuda>(false);
+  double err = 0, norm = 0;
+  for (std::size_t i = 0; i < gpu.size(); ++i) {
+    err += (gpu[i] - composed[i]) * (gpu[i] - composed[i]);
+    norm += composed[i] * composed[i];
+  }
+  INFO("relative difference to the composition " << std::sqrt(err / norm));
+  CHECK(std::sqrt(err / norm) < 0.1);
+  // Fresh buffers are written before they are read.
+  std::vector<double> poisoned;
+  {
+    fathom::memory::PoisonNewBuffers poison;
+    poisoned = run.template operator()<Cuda>(true);
+  }
+  CHECK(poisoned == gpu);
 }

@@ -4,7 +4,8 @@
 // transposed copy) and dequantize on random inputs of odd shapes into NaN-poisoned buffers; and
 // the fp8 GEMM for a linear layer's three products (forward E4M3 x E4M3, dgrad and wgrad
 // E5M2 x E4M3), through cuBLASLt where the layout allows (with GEMM autotuning off and on) and the
-// tiled kernel elsewhere, with the beta term read from C or from a separate c_in (C NaN-filled).
+// tiled kernel elsewhere, with the beta term read from C or from a separate c_in (C NaN-filled);
+// the SwiGLU quantize passes (values computed from gate, up and dh) and their amax.
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/fp8.cuh>
 
@@ -674,4 +675,115 @@ TEST_CASE("CUDA linear-layer fp8 pipeline: amax, quantize with transposes, three
   CHECK(ey.empty());
   CHECK(edx.empty());
   CHECK(edw.empty());
+}
+
+namespace {
+
+// Codes that agree but for an element whose value the CPU and CUDA exponentials put on either side
+// of a rounding boundary (one code step, same sign): "" when at most `allowed` elements do that and
+// none differs by more, else the first that does.
+template <class F>
+std::string fp8_test_near_codes(const std::vector<F>& got, const std::vector<F>& want,
+                                std::size_t allowed) {
+  if (got.size() != want.size()) return "sizes differ";
+  std::size_t steps = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const bool both_nan =
+        std::isnan(static_cast<float>(got[i])) && std::isnan(static_cast<float>(want[i]));
+    if (got[i].bits == want[i].bits || both_nan) continue;
+    const int g = got[i].bits, w = want[i].bits;
+    if ((g & 0x80) == (w & 0x80) && std::abs(g - w) == 1 && !std::isnan(static_cast<float>(got[i])))
+      ++steps;
+    else
+      return "element " + std::to_string(i) + ": got code " + std::to_string(g) + ", want " +
+             std::to_string(w);
+  }
+  return steps <= allowed ? std::string() : std::to_string(steps) + " codes one step off";
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("CUDA quantize_fp8_swiglu and amax_swiglu match the CPU: codes, scale, history",
+                   "[cuda][fp8]", fp8_e4m3, fp8_e5m2) {
+  using F = TestType;
+  struct Dims {
+    std::int64_t rows, f;
+  };
+  // The plain kernel (odd widths, rows not a multiple of 8), the wide kernel (several row tiles,
+  // both planes of the backward), and nothing.
+  const Dims d = GENERATE(Dims{3, 13}, Dims{37, 24}, Dims{64, 96}, Dims{520, 200}, Dims{0, 16});
+  const bool backward = GENERATE(false, true);
+  const bool delayed = GENERATE(false, true);
+  INFO(d.rows << " x " << d.f << (backward ? ", backward" : ", forward")
+              << (delayed ? ", delayed" : ", current"));
+  const std::int64_t cols = backward ? 2 * d.f : d.f, n = d.rows * cols;
+  auto gu = fp8_test_values(static_cast<std::size_t>(d.rows * 2 * d.f), 91, 3.0);
+  for (auto& v : gu) v = bf16(4.0f * static_cast<float>(v));
+  const auto dh = fp8_test_values(static_cast<std::size_t>(d.rows * d.f), 93, 3.0);
+  if (d.rows * d.f > 40) gu[7] = bf16(fp8_test_nan());  // a NaN gate: NaN codes, not in the history
+  const kernels::SwigluFp8Source<bf16> source{gu.data(), backward ? dh.data() : nullptr, d.f};
+
+  float amax = 0.0f;
+  kernels::amax_swiglu(Cpu{}, source, d.rows, &amax);
+  auto ggu = to_device(gu);
+  auto gdh = to_device(dh);
+  const kernels::SwigluFp8Source<bf16> gsource{ggu.data(), backward ? gdh.data() : nullptr, d.f};
+  auto gamax = to_device(std::vector<float>{fp8_test_nan()});
+  kernels::amax_swiglu(Cuda{}, gsource, d.rows, gamax.data());
+  const float device_amax = fp8_test_device_float(gamax.data());
+  if (std::isnan(amax)) {
+    CHECK(std::isnan(device_amax));
+    amax = 0.75f;  // a current scale that is not 1, given to both below
+  } else {
+    CHECK_THAT(device_amax, WithinRel(amax, 1e-6f));
+  }
+
+  constexpr int len = 8, record = 3;
+  std::vector<float> history(len);
+  for (int i = 0; i < len; ++i)
+    history[static_cast<std::size_t>(i)] =
+        static_cast<float>(0.05 + 4.0 * fathom::rng::uniform(94, i));
+  history[record] = 0.0f;
+  auto params = [&](F* out, F* out_t, float* a, float* si, float* h) {
+    return kernels::QuantizeFp8Params<bf16, F>{.out = out,
+                                               .out_t = out_t,
+                                               .rows = d.rows,
+                                               .cols = cols,
+                                               .amax = delayed ? nullptr : a,
+                                               .scale_inv = si,
+                                               .history = delayed ? h : nullptr,
+                                               .history_len = len,
+                                               .record = record};
+  };
+  std::vector<F> want(static_cast<std::size_t>(n)), want_t(static_cast<std::size_t>(n));
+  std::vector<float> want_history = history;
+  float scale_inv = 0.0f;
+  kernels::quantize_fp8_swiglu(
+      Cpu{}, params(want.data(), want_t.data(), &amax, &scale_inv, want_history.data()), source);
+
+  gamax = to_device(std::vector<float>{amax});
+  auto gscale_inv = to_device(std::vector<float>{fp8_test_nan()});
+  auto ghistory = to_device(history);
+  auto gq = fp8_test_poisoned<F>(n), gqt = fp8_test_poisoned<F>(n);
+  kernels::quantize_fp8_swiglu(
+      Cuda{}, params(gq.data(), gqt.data(), gamax.data(), gscale_inv.data(), ghistory.data()),
+      gsource);
+  CHECK(fp8_test_device_float(gscale_inv.data()) == scale_inv);
+  const auto got_history = ghistory.to_vector();
+  for (int i = 0; i < len; ++i) {
+    INFO("history slot " << i);
+    // The recorded slot is a maximum of values each exponential computes: within rounding.
+    if (delayed && i == record)
+      CHECK_THAT(got_history[i], WithinRel(want_history[i], 1e-6f));
+    else
+      CHECK(got_history[i] == want_history[i]);
+  }
+  if (delayed && n > 0) CHECK(want_history[record] > 0.0f);
+  const std::size_t allowed = static_cast<std::size_t>(n / 1000);
+  const std::string mismatch = fp8_test_near_codes(gq.to_vector(), want, allowed);
+  INFO("out: " << mismatch);
+  CHECK(mismatch.empty());
+  const std::string mismatch_t = fp8_test_near_codes(gqt.to_vector(), want_t, allowed);
+  INFO("out_t: " << mismatch_t);
+  CHECK(mismatch_t.empty());
 }

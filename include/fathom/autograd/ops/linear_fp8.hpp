@@ -36,25 +36,59 @@ struct Fp8Tensor {
   const float* scale_inv() const { return scale.data(); }
 };
 
-// x (rows, cols), contiguous, quantized on its device with no host synchronization: the amax of x,
-// then the codes (and the transposed codes when asked) with scale = max(F) / amax.
-template <class F, class T, DeviceTag D>
-Fp8Tensor<F, D> quantize_current(const Tensor<T, D>& x, std::int64_t rows, std::int64_t cols,
-                                 bool plain, bool transposed) {
+// What a quantization reads: a tensor (TensorValues), or values computed as the pass goes
+// (SwigluValues: SwiGLU's output or gradient, kernels::SwigluFp8Source). amax(out) writes the
+// values' amax to out; quantize(p) runs the quantize pass with p's outputs and scale.
+template <class T, DeviceTag D>
+struct TensorValues {
+  using value_type = T;
+  const T* x = nullptr;  // (n), contiguous
+  std::int64_t n = 0;
+  void amax(float* out) const { kernels::amax(D{}, kernels::AmaxParams<T>{x, n, out}); }
+  template <class F>
+  void quantize(kernels::QuantizeFp8Params<T, F> p) const {
+    p.x = x;
+    kernels::quantize_fp8(D{}, p);
+  }
+};
+template <class T, DeviceTag D>
+struct SwigluValues {
+  using value_type = T;
+  kernels::SwigluFp8Source<T> source;
+  std::int64_t rows = 0;
+  void amax(float* out) const { kernels::amax_swiglu(D{}, source, rows, out); }
+  template <class F>
+  void quantize(const kernels::QuantizeFp8Params<T, F>& p) const {
+    kernels::quantize_fp8_swiglu(D{}, p, source);
+  }
+};
+
+// Values (rows, cols) quantized on their device with no host synchronization: their amax, then
+// the codes (and the transposed codes when asked) with scale = max(F) / amax.
+template <class F, DeviceTag D, class Values>
+Fp8Tensor<F, D> quantize_values_current(const Values& v, std::int64_t rows, std::int64_t cols,
+                                        bool plain, bool transposed) {
   Fp8Tensor<F, D> q;
   q.scale = Tensor<float, D>(Shape{8});
   if (plain) q.codes = Tensor<F, D>(Shape{rows, cols});
   if (transposed) q.codes_t = Tensor<F, D>(Shape{cols, rows});
-  kernels::amax(D{}, kernels::AmaxParams<T>{x.data(), rows * cols, q.scale.data() + 4});
-  kernels::quantize_fp8(
-      D{}, kernels::QuantizeFp8Params<T, F>{.x = x.data(),
-                                            .out = plain ? q.codes.data() : nullptr,
-                                            .out_t = transposed ? q.codes_t.data() : nullptr,
-                                            .rows = rows,
-                                            .cols = cols,
-                                            .amax = q.scale.data() + 4,
-                                            .scale_inv = q.scale.data()});
+  v.amax(q.scale.data() + 4);
+  v.template quantize<F>(kernels::QuantizeFp8Params<typename Values::value_type, F>{
+      .out = plain ? q.codes.data() : nullptr,
+      .out_t = transposed ? q.codes_t.data() : nullptr,
+      .rows = rows,
+      .cols = cols,
+      .amax = q.scale.data() + 4,
+      .scale_inv = q.scale.data()});
   return q;
+}
+
+// x (rows, cols), contiguous, quantized by its own amax (quantize_values_current).
+template <class F, class T, DeviceTag D>
+Fp8Tensor<F, D> quantize_current(const Tensor<T, D>& x, std::int64_t rows, std::int64_t cols,
+                                 bool plain, bool transposed) {
+  return quantize_values_current<F, D>(TensorValues<T, D>{x.data(), rows * cols}, rows, cols, plain,
+                                       transposed);
 }
 
 }  // namespace detail
@@ -130,27 +164,35 @@ class Fp8History {
   template <class F, class T>
   detail::Fp8Tensor<F, D> quantize(const Tensor<T, D>& x, std::int64_t rows, std::int64_t cols,
                                    bool plain, bool transposed, bool record) {
-    if (uses_ == 0 && !record) return detail::quantize_current<F>(x, rows, cols, plain, transposed);
+    return quantize_values<F>(detail::TensorValues<T, D>{x.data(), rows * cols}, rows, cols, plain,
+                              transposed, record);
+  }
+  // The same for values (rows, cols) computed as they are quantized (detail::SwigluValues).
+  template <class F, class Values>
+  detail::Fp8Tensor<F, D> quantize_values(const Values& v, std::int64_t rows, std::int64_t cols,
+                                          bool plain, bool transposed, bool record) {
+    if (uses_ == 0 && !record)
+      return detail::quantize_values_current<F, D>(v, rows, cols, plain, transposed);
     detail::Fp8Tensor<F, D> q;
     q.scale = Tensor<float, D>(Shape{8});
     if (plain) q.codes = Tensor<F, D>(Shape{rows, cols});
     if (transposed) q.codes_t = Tensor<F, D>(Shape{cols, rows});
-    kernels::QuantizeFp8Params<T, F> p{.x = x.data(),
-                                       .out = plain ? q.codes.data() : nullptr,
-                                       .out_t = transposed ? q.codes_t.data() : nullptr,
-                                       .rows = rows,
-                                       .cols = cols,
-                                       .scale_inv = q.scale.data()};
+    kernels::QuantizeFp8Params<typename Values::value_type, F> p{
+        .out = plain ? q.codes.data() : nullptr,
+        .out_t = transposed ? q.codes_t.data() : nullptr,
+        .rows = rows,
+        .cols = cols,
+        .scale_inv = q.scale.data()};
     p.margin = margin_;
     p.history = amax_.data();
     p.history_len = length_;
     p.record = static_cast<int>(uses_ % length_);
     p.record_amax = record;
     if (uses_ == 0) {  // the first entry: current scaling (and its amax starts the history)
-      kernels::amax(D{}, kernels::AmaxParams<T>{x.data(), rows * cols, q.scale.data() + 4});
+      v.amax(q.scale.data() + 4);
       p.amax = q.scale.data() + 4;
     }
-    kernels::quantize_fp8(D{}, p);
+    v.template quantize<F>(p);
     if (record) ++uses_;
     return q;
   }
@@ -172,12 +214,21 @@ struct Fp8LinearScaling {
 
 namespace detail {
 
+// Values quantized by `history`, or with current scaling when it is null.
+template <class F, DeviceTag D, class Values>
+Fp8Tensor<F, D> quantize_values_scaled(const Values& v, std::int64_t rows, std::int64_t cols,
+                                       bool plain, bool transposed, Fp8History<D>* history,
+                                       bool record) {
+  if (!history) return quantize_values_current<F, D>(v, rows, cols, plain, transposed);
+  return history->template quantize_values<F>(v, rows, cols, plain, transposed, record);
+}
+
 // x quantized by `history`, or with current scaling when it is null.
 template <class F, class T, DeviceTag D>
 Fp8Tensor<F, D> quantize_scaled(const Tensor<T, D>& x, std::int64_t rows, std::int64_t cols,
                                 bool plain, bool transposed, Fp8History<D>* history, bool record) {
-  if (!history) return quantize_current<F>(x, rows, cols, plain, transposed);
-  return history->template quantize<F>(x, rows, cols, plain, transposed, record);
+  return quantize_values_scaled<F, D>(TensorValues<T, D>{x.data(), rows * cols}, rows, cols, plain,
+                                      transposed, history, record);
 }
 
 }  // namespace detail
@@ -333,6 +384,156 @@ Var<T, D> linear_fp8(const Var<T, D>& x, const Var<T, D>& weight,
 template <class T, DeviceTag D>
 Var<T, D> linear_fp8(const Var<T, D>& x, const Var<T, D>& weight, const Var<T, D>& bias) {
   return linear_fp8(x, weight, &bias);
+}
+
+// swiglu_mlp_fp8(x, gate_up, down): Llama's MLP, down(silu(gate(x)) * up(x)), with its GEMMs in
+// fp8 as linear_fp8 runs them (E4M3 forward, E5M2 gradients, the same scaling states) and SwiGLU
+// inside the quantize passes around it: the forward quantizes silu(gate) * up straight from the
+// gate/up GEMM's output, and the backward quantizes d gate | d up straight from that output and
+// dh, the down projection's input gradient. Neither SwiGLU's output nor its gradient is ever
+// written in T: two passes over (rows, F) and two over (rows, 2F) fewer a layer than
+//   linear_fp8(swiglu_stacked(linear_fp8(x, gate_up, nullptr, gate_up_scaling)), down, nullptr,
+//              down_scaling, add)
+// whose values and gradients it gives but for those two roundings to T (for T = float, the same
+// bits). No biases. Keeps what that composition keeps for the backward: the gate/up output and the
+// transposed fp8 copies.
+//   x (..., C), gate_up (2F, C): gate's rows then up's, down (C, F) -> (..., C)
+template <class T, DeviceTag D>
+Var<T, D> swiglu_mlp_fp8(const Var<T, D>& x, const Var<T, D>& gate_up, const Var<T, D>& down,
+                         const Fp8LinearScaling<D>* gate_up_scaling = nullptr,
+                         const Fp8LinearScaling<D>* down_scaling = nullptr,
+                         const std::type_identity_t<Residual<T, D>>& add = {}) {
+  static_assert(std::is_same_v<T, bf16> || std::is_same_v<T, float>,
+                "swiglu_mlp_fp8: fp8 GEMMs produce bf16 or float");
+  FATHOM_CHECK(x.dim() >= 1 && gate_up.dim() == 2 && down.dim() == 2,
+               "swiglu_mlp_fp8: expected x (..., C), gate_up (2F, C) and down (C, F), got "
+                   << x.shape() << ", " << gate_up.shape() << " and " << down.shape());
+  const std::int64_t C = x.size(-1), F = down.size(1);
+  FATHOM_CHECK(gate_up.size(0) == 2 * F && gate_up.size(1) == C && down.size(0) == C,
+               "swiglu_mlp_fp8: x " << x.shape() << ", gate_up " << gate_up.shape() << " and down "
+                                    << down.shape()
+                                    << " do not fit x (..., C), gate_up (2F, C), down (C, F)");
+  const std::int64_t rows = detail::gemm_leading_numel(x.shape(), x.dim() - 1);
+  auto gx = grad_target(x), ggu = grad_target(gate_up), gdown = grad_target(down);
+  auto gr = add.x ? grad_target(*add.x) : nullptr;
+  const bool gh = gx || ggu;  // whether the backward needs dh
+  auto history = [](const Fp8LinearScaling<D>* s, bool input) {
+    return s ? (input ? s->input : s->grad_output) : nullptr;
+  };
+  const bool record = grad_enabled();
+
+  // gu = X Gu^T (rows, 2F), as linear_fp8's forward.
+  auto xq = detail::quantize_scaled<fp8_e4m3>(x.value().contiguous(), rows, C, true, ggu != nullptr,
+                                              history(gate_up_scaling, true).get(), record);
+  auto wq_gu = detail::quantize_current<fp8_e4m3>(gate_up.value().contiguous(), 2 * F, C, true,
+                                                  gx != nullptr);
+  Tensor<T, D> gu(Shape{rows, 2 * F});
+  kernels::gemm_fp8(D{},
+                    kernels::Fp8GemmParams<fp8_e4m3, fp8_e4m3, T>{.a = xq.codes.data(),
+                                                                  .b = wq_gu.codes.data(),
+                                                                  .c = gu.data(),
+                                                                  .a_scale_inv = xq.scale_inv(),
+                                                                  .b_scale_inv = wq_gu.scale_inv(),
+                                                                  .m = rows,
+                                                                  .n = 2 * F,
+                                                                  .k = C,
+                                                                  .fast_accum = true});
+  // H = silu(gate) * up, quantized as it is computed; Y = H Down^T (+ the residual).
+  auto hq = detail::quantize_values_scaled<fp8_e4m3, D>(
+      detail::SwigluValues<T, D>{{gu.data(), nullptr, F}, rows}, rows, F, true, gdown != nullptr,
+      history(down_scaling, true).get(), record);
+  auto wq_down = detail::quantize_current<fp8_e4m3>(down.value().contiguous(), C, F, true, gh);
+  Shape out_shape = x.shape();
+  const Tensor<T, D> rv = detail::residual_value("swiglu_mlp_fp8", add, out_shape);
+  Tensor<T, D> y(out_shape);
+  kernels::gemm_fp8(
+      D{}, kernels::Fp8GemmParams<fp8_e4m3, fp8_e4m3, T>{.a = hq.codes.data(),
+                                                         .b = wq_down.codes.data(),
+                                                         .c = y.data(),
+                                                         .c_in = add.x ? rv.data() : nullptr,
+                                                         .a_scale_inv = hq.scale_inv(),
+                                                         .b_scale_inv = wq_down.scale_inv(),
+                                                         .m = rows,
+                                                         .n = C,
+                                                         .k = F,
+                                                         .beta = add.x ? add.scale : 0.0,
+                                                         .fast_accum = true});
+
+  // Only what the backward reads is kept: the transposed copies, their scales, and gu.
+  auto keep_t = [](detail::Fp8Tensor<fp8_e4m3, D>& q, bool keep) {
+    detail::Fp8Tensor<fp8_e4m3, D> t;
+    if (keep) t = {Tensor<fp8_e4m3, D>(), q.codes_t, q.scale};
+    return t;
+  };
+  return Var<T, D>::make_result(
+      std::move(y), gx || ggu || gdown || gr,
+      [gx, ggu, gdown, gr, gh, r_scale = add.scale, xt = keep_t(xq, ggu != nullptr),
+       wgu_t = keep_t(wq_gu, gx != nullptr), ht = keep_t(hq, gdown != nullptr),
+       wdown_t = keep_t(wq_down, gh), gu = gh ? gu : Tensor<T, D>(), rows, C, F,
+       down_grad = history(down_scaling, false),
+       gu_grad = history(gate_up_scaling, false)](const Tensor<T, D>& gy_in) {
+        Tensor<T, D> gy = gy_in.contiguous();  // (rows, C)
+        detail::residual_backward(gr, gy, r_scale);
+        if (!gh && !gdown) return;
+        // dY in E5M2, rows-major for dh and transposed for dDown.
+        auto gq = detail::quantize_scaled<fp8_e5m2>(gy, rows, C, gh, gdown != nullptr,
+                                                    down_grad.get(), true);
+        if (gdown) {  // dDown (C, F) += dY^T (C, rows) H (rows, F); H^T stored (F, rows)
+          const auto dw = gdown->write_target();
+          kernels::gemm_fp8(D{}, kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T>{
+                                     .a = gq.codes_t.data(),
+                                     .b = ht.codes_t.data(),
+                                     .c = dw.data,
+                                     .a_scale_inv = gq.scale_inv(),
+                                     .b_scale_inv = ht.scale_inv(),
+                                     .m = C,
+                                     .n = F,
+                                     .k = rows,
+                                     .beta = dw.accumulate ? 1.0 : 0.0});
+        }
+        if (!gh) return;
+        // dh (rows, F) = dY (rows, C) Down (C, F); Down^T stored (F, C).
+        Tensor<T, D> dh(Shape{rows, F});
+        kernels::gemm_fp8(
+            D{}, kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T>{.a = gq.codes.data(),
+                                                               .b = wdown_t.codes_t.data(),
+                                                               .c = dh.data(),
+                                                               .a_scale_inv = gq.scale_inv(),
+                                                               .b_scale_inv = wdown_t.scale_inv(),
+                                                               .m = rows,
+                                                               .n = F,
+                                                               .k = C});
+        // d gate | d up (rows, 2F), quantized as it is computed from gu and dh.
+        auto dq = detail::quantize_values_scaled<fp8_e5m2, D>(
+            detail::SwigluValues<T, D>{{gu.data(), dh.data(), F}, rows}, rows, 2 * F, gx != nullptr,
+            ggu != nullptr, gu_grad.get(), true);
+        if (gx) {  // dX (rows, C) += dGu (rows, 2F) Gu (2F, C); Gu^T stored (C, 2F)
+          const auto dx = gx->write_target();
+          kernels::gemm_fp8(D{}, kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T>{
+                                     .a = dq.codes.data(),
+                                     .b = wgu_t.codes_t.data(),
+                                     .c = dx.data,
+                                     .a_scale_inv = dq.scale_inv(),
+                                     .b_scale_inv = wgu_t.scale_inv(),
+                                     .m = rows,
+                                     .n = C,
+                                     .k = 2 * F,
+                                     .beta = dx.accumulate ? 1.0 : 0.0});
+        }
+        if (ggu) {  // dGu (2F, C) += dGu^T (2F, rows) X (rows, C); X^T stored (C, rows)
+          const auto dw = ggu->write_target();
+          kernels::gemm_fp8(D{}, kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T>{
+                                     .a = dq.codes_t.data(),
+                                     .b = xt.codes_t.data(),
+                                     .c = dw.data,
+                                     .a_scale_inv = dq.scale_inv(),
+                                     .b_scale_inv = xt.scale_inv(),
+                                     .m = 2 * F,
+                                     .n = C,
+                                     .k = rows,
+                                     .beta = dw.accumulate ? 1.0 : 0.0});
+        }
+      });
 }
 
 }  // namespace fathom::autograd

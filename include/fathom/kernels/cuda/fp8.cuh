@@ -18,6 +18,7 @@
 #include <climits>
 #include <cstdint>
 #include <cub/block/block_reduce.cuh>
+#include <initializer_list>
 #include <mutex>
 #include <type_traits>
 
@@ -146,15 +147,71 @@ __device__ void record_history_amax(const QuantizeFp8Params<T, F>& p, std::uint3
   }
 }
 
+// Where a quantize pass takes its values. A source has kPlanes planes of (rows, in_cols) each,
+// side by side in the output: plane k is the output's columns [k in_cols, (k + 1) in_cols), so the
+// output is (rows, kPlanes in_cols) and its transpose (kPlanes in_cols, rows). at(r, c) is the
+// value at column c of the output; load8(r, c, v) the 8 values at columns c .. c + 7 of every
+// plane (c a multiple of 8 below in_cols; the wide kernel only).
+template <class T>
+struct ReadSource {  // a tensor x (rows, cols), read
+  static constexpr int kPlanes = 1;
+  const T* x;
+  std::int64_t cols;
+  __device__ float at(std::int64_t r, std::int64_t c) const {
+    return scalar_cast<float>(x[r * cols + c]);
+  }
+  __device__ void load8(std::int64_t r, std::int64_t c, float (&v)[1][8]) const {
+    const auto pack = map_load<8>(x + r * cols + c);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[0][j] = scalar_cast<float>(pack.v[j]);
+  }
+};
+
+// SwiGLU's output (forward, one plane of f columns) or its gradient (dh set: two planes, dgate
+// and dup), computed from gu and dh (kernels::SwigluFp8Source); at() serves either.
+template <class T>
+struct SwigluSource {
+  static constexpr int kPlanes = 1;
+  SwigluFp8Source<T> s;
+  __device__ float at(std::int64_t r, std::int64_t c) const { return swiglu_fp8_value(s, r, c); }
+  __device__ void load8(std::int64_t r, std::int64_t c, float (&v)[1][8]) const {
+    using A = accum_t<T>;
+    const T* row = s.gu + r * 2 * s.f;
+    const auto g = map_load<8>(row + c), u = map_load<8>(row + s.f + c);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      v[0][j] = scalar_cast<float>(silu(scalar_cast<A>(g.v[j])) * scalar_cast<A>(u.v[j]));
+  }
+};
+template <class T>
+struct SwigluGradSource {
+  static constexpr int kPlanes = 2;
+  SwigluFp8Source<T> s;
+  __device__ float at(std::int64_t r, std::int64_t c) const { return swiglu_fp8_value(s, r, c); }
+  __device__ void load8(std::int64_t r, std::int64_t c, float (&v)[2][8]) const {
+    using A = accum_t<T>;
+    const T* row = s.gu + r * 2 * s.f;
+    const auto g = map_load<8>(row + c), u = map_load<8>(row + s.f + c);
+    const auto d = map_load<8>(s.dh + r * s.f + c);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const A gj = scalar_cast<A>(g.v[j]), uj = scalar_cast<A>(u.v[j]), dj = scalar_cast<A>(d.v[j]);
+      v[0][j] = scalar_cast<float>(dj * uj * silu_grad(gj));
+      v[1][j] = scalar_cast<float>(dj * silu(gj));
+    }
+  }
+};
+
 // Tiles of 32 x 32 elements, 32 x 8 threads: rows read along x (coalesced), codes written to out
 // directly and, for out_t, through shared memory so that its rows are written along x too. Row
-// tiles along grid y (looping past 65535), column tiles along grid x.
+// tiles along grid y (looping past 65535), column tiles along grid x (of the whole output: every
+// plane of the source).
 constexpr int fp8_tile = 32, fp8_tile_rows = 8;
 
 // Record: p has a history to record this pass's amax into (the largest finite |x| is tracked
 // only then; current scaling's passes skip that work).
-template <class T, class F, bool Record>
-__global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p) {
+template <class T, class F, bool Record, class Src>
+__global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p, Src src) {
   __shared__ std::uint8_t tile[fp8_tile][fp8_tile + 1];
   const float scale = quantize_scale(p);
   std::uint32_t seen = 0;  // the largest finite |x| as float bits, for an amax history
@@ -169,7 +226,7 @@ __global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p) {
     for (int i = threadIdx.y; i < fp8_tile; i += fp8_tile_rows) {
       const std::int64_t r = r0 + i, c = c0 + threadIdx.x;
       if (r < p.rows && c < p.cols) {
-        const float v = scalar_cast<float>(p.x[r * p.cols + c]);
+        const float v = src.at(r, c);
         if constexpr (Record) seen = max_finite_bits(seen, v);
         const std::uint8_t code = fp8_encode_device<F::format>(v * scale);
         if (out) out[r * p.cols + c] = code;
@@ -188,18 +245,20 @@ __global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p) {
   if constexpr (Record) record_history_amax(p, seen);
 }
 
-// The wide route of quantize_fp8, for rows and cols multiples of 8 with the operands aligned to
-// 8 elements: tiles of 64 x 64, 256 threads. Each thread reads 8 consecutive inputs (16 bytes of
-// bf16) and writes their 8 codes to out as one 8-byte store; for out_t the codes go through
-// shared memory, and each thread writes 8 consecutive codes of one out_t row (8 threads cover
-// a tile's 64 rows of it). The plain kernel above moves one byte per thread and store, which left
-// the quantization of (B T, C) activations far below the memory's rate.
+// The wide route of quantize_fp8, for rows and each plane's columns multiples of 8 with the
+// operands aligned to 8 elements: tiles of 64 x 64 of every plane of the source, 256 threads. Each
+// thread takes 8 consecutive values (16 bytes of bf16 read) and writes their 8 codes to out as one
+// 8-byte store; for out_t the codes go through shared memory, and each thread writes 8
+// consecutive codes of one out_t row (8 threads cover a tile's 64 rows of it). The plain kernel
+// above moves one byte per thread and store, which left the quantization of (B T, C) activations
+// far below the memory's rate.
 constexpr int fp8_wide_tile = 64, fp8_wide_threads = 256, fp8_wide_pitch = fp8_wide_tile + 4;
 
-template <class T, class F, bool Record>
+template <class T, class F, bool Record, class Src>
 __global__ void __launch_bounds__(fp8_wide_threads)
-    quantize_fp8_wide_kernel(QuantizeFp8Params<T, F> p) {
-  __shared__ alignas(16) std::uint8_t tile[fp8_wide_tile * fp8_wide_pitch];
+    quantize_fp8_wide_kernel(QuantizeFp8Params<T, F> p, Src src) {
+  constexpr int P = Src::kPlanes;
+  __shared__ alignas(16) std::uint8_t tile[P][fp8_wide_tile * fp8_wide_pitch];
   const float scale = quantize_scale(p);
   std::uint32_t seen = 0;  // the largest finite |x| as float bits, for an amax history
   if (p.scale_inv && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
@@ -207,6 +266,7 @@ __global__ void __launch_bounds__(fp8_wide_threads)
   constexpr int chunks = fp8_wide_tile / 8;                 // 8-element pieces of a tile row
   constexpr int rows_per_pass = fp8_wide_threads / chunks;  // 32
   const int chunk = threadIdx.x % chunks, lane_row = threadIdx.x / chunks;
+  const std::int64_t in_cols = p.cols / P;  // each plane's
   const std::int64_t row_tiles = (p.rows + fp8_wide_tile - 1) / fp8_wide_tile;
   const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.x) * fp8_wide_tile;
   auto* out = reinterpret_cast<std::uint8_t*>(p.out);
@@ -216,35 +276,43 @@ __global__ void __launch_bounds__(fp8_wide_threads)
 #pragma unroll
     for (int i = lane_row; i < fp8_wide_tile; i += rows_per_pass) {
       const std::int64_t r = r0 + i, c = c0 + chunk * 8;
-      if (r < p.rows && c < p.cols) {  // rows and cols are multiples of 8: whole chunks
-        const auto x = map_load<8>(p.x + r * p.cols + c);
-        MapPack<std::uint8_t, 8> codes;
+      if (r < p.rows && c < in_cols) {  // rows and columns are multiples of 8: whole chunks
+        float v[P][8];
+        src.load8(r, c, v);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float v = scalar_cast<float>(x.v[j]);
-          if constexpr (Record) seen = max_finite_bits(seen, v);
-          codes.v[j] = fp8_encode_device<F::format>(v * scale);
-        }
-        if (out) map_store<8>(out + r * p.cols + c, codes);
-        if (out_t) {  // two 4-byte stores: the row pitch keeps 4-byte, not 8-byte, alignment
-          auto* words = reinterpret_cast<std::uint32_t*>(tile + i * fp8_wide_pitch + chunk * 8);
-          const auto* packed = reinterpret_cast<const std::uint32_t*>(codes.v);
-          words[0] = packed[0];
-          words[1] = packed[1];
+        for (int k = 0; k < P; ++k) {
+          MapPack<std::uint8_t, 8> codes;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            if constexpr (Record) seen = max_finite_bits(seen, v[k][j]);
+            codes.v[j] = fp8_encode_device<F::format>(v[k][j] * scale);
+          }
+          if (out) map_store<8>(out + r * p.cols + k * in_cols + c, codes);
+          if (out_t) {  // two 4-byte stores: the row pitch keeps 4-byte, not 8-byte, alignment
+            auto* words =
+                reinterpret_cast<std::uint32_t*>(tile[k] + i * fp8_wide_pitch + chunk * 8);
+            const auto* packed = reinterpret_cast<const std::uint32_t*>(codes.v);
+            words[0] = packed[0];
+            words[1] = packed[1];
+          }
         }
       }
     }
     if (out_t) {  // uniform over the block
       __syncthreads();
-      // Thread (c, chunk) writes out_t[c0 + c][r0 + 8 chunk .. + 7]: tile column c, rows 8 chunk..
+      // Thread (c, chunk) writes out_t[k in_cols + c0 + c][r0 + 8 chunk .. + 7]: tile column c,
+      // rows 8 chunk ..
 #pragma unroll
-      for (int c = lane_row; c < fp8_wide_tile; c += rows_per_pass) {
-        const std::int64_t col = c0 + c, r = r0 + chunk * 8;
-        if (col < p.cols && r < p.rows) {
-          MapPack<std::uint8_t, 8> codes;
+      for (int k = 0; k < P; ++k) {
 #pragma unroll
-          for (int j = 0; j < 8; ++j) codes.v[j] = tile[(chunk * 8 + j) * fp8_wide_pitch + c];
-          map_store<8>(out_t + col * p.rows + r, codes);
+        for (int c = lane_row; c < fp8_wide_tile; c += rows_per_pass) {
+          const std::int64_t col = c0 + c, r = r0 + chunk * 8;
+          if (col < in_cols && r < p.rows) {
+            MapPack<std::uint8_t, 8> codes;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) codes.v[j] = tile[k][(chunk * 8 + j) * fp8_wide_pitch + c];
+            map_store<8>(out_t + (k * in_cols + col) * p.rows + r, codes);
+          }
         }
       }
       __syncthreads();
@@ -253,14 +321,75 @@ __global__ void __launch_bounds__(fp8_wide_threads)
   if constexpr (Record) record_history_amax(p, seen);
 }
 
-// Whether quantize_fp8 can take the wide kernel: whole 8-element pieces, each aligned.
+// Whether a quantize pass can take the wide kernel: whole 8-element pieces of every plane, each
+// aligned (`inputs`: the source's pointers, read 8 elements of T at a time).
 template <class T, class F>
-bool quantize_fp8_wide_fits(const QuantizeFp8Params<T, F>& p) {
+bool quantize_fp8_wide_fits(const QuantizeFp8Params<T, F>& p, std::int64_t in_cols,
+                            std::initializer_list<const void*> inputs) {
   auto aligned = [](const void* q, std::size_t bytes) {
     return reinterpret_cast<std::uintptr_t>(q) % bytes == 0;
   };
-  return p.rows % 8 == 0 && p.cols % 8 == 0 && aligned(p.x, 8 * sizeof(T)) &&
-         (!p.out || aligned(p.out, 8)) && (!p.out_t || aligned(p.out_t, 8));
+  bool ok = p.rows % 8 == 0 && in_cols % 8 == 0 && (!p.out || aligned(p.out, 8)) &&
+            (!p.out_t || aligned(p.out_t, 8));
+  for (const void* q : inputs) ok = ok && aligned(q, 8 * sizeof(T));
+  return ok;
+}
+
+// max |value| of a source's output (rows, cols) into *out (zeroed before the launch), as
+// amax_kernel does for a tensor; one element a thread and step.
+template <class Src>
+__global__ void amax_source_kernel(Src src, std::int64_t rows, std::int64_t cols,
+                                   std::uint32_t* out) {
+  using BlockReduce = cub::BlockReduce<std::uint32_t, fp8_threads>;
+  __shared__ typename BlockReduce::TempStorage temp;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  std::uint32_t best = 0;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < rows * cols; i += stride) {
+    const std::uint32_t bits = __float_as_uint(src.at(i / cols, i % cols)) & 0x7fffffffu;
+    best = bits > best ? bits : best;
+  }
+  const std::uint32_t block = BlockReduce(temp).Reduce(best, AmaxMax{});
+  if (threadIdx.x == 0) atomicMax(reinterpret_cast<unsigned int*>(out), block);
+}
+
+// One quantize pass of the values of src (see ReadSource), on the wide kernel when `wide`.
+template <class T, class F, class Src>
+void launch_quantize_fp8(const QuantizeFp8Params<T, F>& p, const Src& src, bool wide) {
+  const bool record = p.history && p.record_amax;
+  auto* const plain_kernel =
+      record ? quantize_fp8_kernel<T, F, true, Src> : quantize_fp8_kernel<T, F, false, Src>;
+  auto* const wide_kernel = record ? quantize_fp8_wide_kernel<T, F, true, Src>
+                                   : quantize_fp8_wide_kernel<T, F, false, Src>;
+  if (p.rows == 0 || p.cols == 0) {
+    if (p.scale_inv || (p.history && p.record_amax)) {
+      // Still written: 1 / scale of whatever amax or the history says, and the history's slots
+      // (an empty tensor's amax is 0).
+      const QuantizeFp8Params<T, F> none{.amax = p.amax,
+                                         .scale_inv = p.scale_inv,
+                                         .margin = p.margin,
+                                         .history = p.history,
+                                         .history_len = p.history_len,
+                                         .record = p.record,
+                                         .record_amax = p.record_amax};
+      plain_kernel<<<1, dim3(fp8_tile, fp8_tile_rows), 0, cuda::stream()>>>(none, src);
+      FATHOM_CUDA_CHECK(cudaGetLastError());
+    }
+    return;
+  }
+  const std::int64_t tile = wide ? fp8_wide_tile : fp8_tile;
+  // The wide kernel's column tiles cover one plane (it writes every plane of each); the plain
+  // kernel's the whole output.
+  const std::int64_t cols = wide ? p.cols / Src::kPlanes : p.cols;
+  const std::int64_t col_tiles = (cols + tile - 1) / tile, row_tiles = (p.rows + tile - 1) / tile;
+  FATHOM_CHECK(col_tiles <= INT_MAX, "quantize_fp8: " << p.cols << " columns is too many");
+  const dim3 grid(static_cast<unsigned>(col_tiles),
+                  static_cast<unsigned>(std::min<std::int64_t>(row_tiles, 65535)));
+  if (wide)
+    wide_kernel<<<grid, fp8_wide_threads, 0, cuda::stream()>>>(p, src);
+  else
+    plain_kernel<<<grid, dim3(fp8_tile, fp8_tile_rows), 0, cuda::stream()>>>(p, src);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class F, class T>
@@ -454,44 +583,36 @@ void amax(Cuda, const AmaxParams<T>& p) {
 template <class T, Fp8Scalar F>
 void quantize_fp8(Cuda, const QuantizeFp8Params<T, F>& p) {
   detail::check_quantize_fp8(p, "quantize_fp8");
-  const bool record = p.history && p.record_amax;
-  auto* const plain_kernel =
-      record ? detail::quantize_fp8_kernel<T, F, true> : detail::quantize_fp8_kernel<T, F, false>;
-  auto* const wide_kernel = record ? detail::quantize_fp8_wide_kernel<T, F, true>
-                                   : detail::quantize_fp8_wide_kernel<T, F, false>;
-  if (p.rows == 0 || p.cols == 0) {
-    if (p.scale_inv || (p.history && p.record_amax)) {
-      // Still written: 1 / scale of whatever amax or the history says, and the history's slots
-      // (an empty tensor's amax is 0).
-      const QuantizeFp8Params<T, F> none{.amax = p.amax,
-                                         .scale_inv = p.scale_inv,
-                                         .margin = p.margin,
-                                         .history = p.history,
-                                         .history_len = p.history_len,
-                                         .record = p.record,
-                                         .record_amax = p.record_amax};
-      plain_kernel<<<1, dim3(detail::fp8_tile, detail::fp8_tile_rows), 0, cuda::stream()>>>(none);
-      FATHOM_CUDA_CHECK(cudaGetLastError());
-    }
-    return;
-  }
-  if (detail::quantize_fp8_wide_fits(p)) {
-    const std::int64_t col_tiles = (p.cols + detail::fp8_wide_tile - 1) / detail::fp8_wide_tile;
-    const std::int64_t row_tiles = (p.rows + detail::fp8_wide_tile - 1) / detail::fp8_wide_tile;
-    FATHOM_CHECK(col_tiles <= INT_MAX, "quantize_fp8: " << p.cols << " columns is too many");
-    const dim3 grid(static_cast<unsigned>(col_tiles),
-                    static_cast<unsigned>(std::min<std::int64_t>(row_tiles, 65535)));
-    wide_kernel<<<grid, detail::fp8_wide_threads, 0, cuda::stream()>>>(p);
-    FATHOM_CUDA_CHECK(cudaGetLastError());
-    return;
-  }
-  const std::int64_t col_tiles = (p.cols + detail::fp8_tile - 1) / detail::fp8_tile;
-  const std::int64_t row_tiles = (p.rows + detail::fp8_tile - 1) / detail::fp8_tile;
-  FATHOM_CHECK(col_tiles <= INT_MAX, "quantize_fp8: " << p.cols << " columns is too many");
-  const dim3 grid(static_cast<unsigned>(col_tiles),
-                  static_cast<unsigned>(std::min<std::int64_t>(row_tiles, 65535)));
-  plain_kernel<<<grid, dim3(detail::fp8_tile, detail::fp8_tile_rows), 0, cuda::stream()>>>(p);
+  detail::launch_quantize_fp8(p, detail::ReadSource<T>{p.x, p.cols},
+                              detail::quantize_fp8_wide_fits(p, p.cols, {p.x}));
+}
+
+template <class T>
+void amax_swiglu(Cuda, const SwigluFp8Source<T>& s, std::int64_t rows, float* out) {
+  detail::check_swiglu_fp8(s, rows, s.out_cols(), "amax_swiglu");
+  FATHOM_CHECK(out != nullptr, "amax_swiglu: out is null");
+  FATHOM_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float), cuda::stream()));
+  const std::int64_t n = rows * s.out_cols();
+  if (n == 0) return;
+  const int blocks = static_cast<int>(
+      std::clamp<std::int64_t>((n + detail::fp8_threads - 1) / detail::fp8_threads, 1, 1024));
+  detail::amax_source_kernel<<<blocks, detail::fp8_threads, 0, cuda::stream()>>>(
+      detail::SwigluSource<T>{s}, rows, s.out_cols(), reinterpret_cast<std::uint32_t*>(out));
   FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T, Fp8Scalar F>
+void quantize_fp8_swiglu(Cuda, const QuantizeFp8Params<T, F>& p, const SwigluFp8Source<T>& s) {
+  detail::check_quantize_fp8(p, "quantize_fp8_swiglu", /*reads_x=*/false);
+  detail::check_swiglu_fp8(s, p.rows, p.cols, "quantize_fp8_swiglu");
+  FATHOM_CHECK(p.x == nullptr, "quantize_fp8_swiglu: x must be null (the values come from gu)");
+  if (s.dh) {
+    detail::launch_quantize_fp8(p, detail::SwigluGradSource<T>{s},
+                                detail::quantize_fp8_wide_fits(p, s.f, {s.gu, s.dh}));
+  } else {
+    detail::launch_quantize_fp8(p, detail::SwigluSource<T>{s},
+                                detail::quantize_fp8_wide_fits(p, s.f, {s.gu}));
+  }
 }
 
 template <Fp8Scalar F, class T>
