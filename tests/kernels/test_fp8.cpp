@@ -637,7 +637,7 @@ TEMPLATE_TEST_CASE("CPU quantize_fp8_swiglu gives quantize_fp8's codes of swiglu
   else
     kernels::swiglu(Cpu{}, kernels::SwigluParams<float>{gu.data(), gu.data() + f, values.data(),
                                                         rows * f, f, 2 * f});
-  const kernels::SwigluFp8Source<float> source{gu.data(), backward ? dh.data() : nullptr, f};
+  const kernels::SwigluFp8Source<float> source{gu.data(), dh.data(), f, backward};
   float amax = -1, amax_fused = -1;
   kernels::amax(Cpu{}, kernels::AmaxParams<float>{values.data(), rows * cols, &amax});
   kernels::amax_swiglu(Cpu{}, source, rows, &amax_fused);
@@ -661,9 +661,8 @@ TEMPLATE_TEST_CASE("CPU quantize_fp8_swiglu gives quantize_fp8's codes of swiglu
   std::vector<float> gu_rounded(gu.size()), dh_rounded(dh.size());
   for (std::size_t i = 0; i < gu.size(); ++i) gu_rounded[i] = float(gu16[i] = bf16(gu[i]));
   for (std::size_t i = 0; i < dh.size(); ++i) dh_rounded[i] = float(dh16[i] = bf16(dh[i]));
-  const kernels::SwigluFp8Source<float> rounded{gu_rounded.data(),
-                                                backward ? dh_rounded.data() : nullptr, f};
-  const kernels::SwigluFp8Source<bf16> source16{gu16.data(), backward ? dh16.data() : nullptr, f};
+  const kernels::SwigluFp8Source<float> rounded{gu_rounded.data(), dh_rounded.data(), f, backward};
+  const kernels::SwigluFp8Source<bf16> source16{gu16.data(), dh16.data(), f, backward};
   auto fused16 = [&](auto p) {
     const kernels::QuantizeFp8Params<bf16, F> q{.out = p.out,
                                                 .out_t = p.out_t,
@@ -685,7 +684,7 @@ TEST_CASE("CPU quantize_fp8_swiglu refuses a tensor to read and a wrong width", 
   std::vector<float> gu(2 * 8, 1.0f), x(8, 1.0f);
   std::vector<fp8_e4m3> out(16);
   float amax = 1.0f;
-  const kernels::SwigluFp8Source<float> source{gu.data(), nullptr, 8};
+  const kernels::SwigluFp8Source<float> source{gu.data(), nullptr, 8, false};
   CHECK_THROWS_WITH(kernels::quantize_fp8_swiglu(
                         Cpu{},
                         kernels::QuantizeFp8Params<float, fp8_e4m3>{

@@ -144,17 +144,18 @@ void quantize_fp8(Cpu, const QuantizeFp8Params<T, F>& p) {
 // gradient, from gate and up stacked in gu (autograd::swiglu_mlp_fp8). The values are taken in
 // float straight into the fp8 codes, never rounded to T in between (one pass instead of the
 // activation's pass and the quantize pass):
-// - forward (dh == nullptr): the output is (rows, f), value silu(gate) * up;
+// - forward: the output is (rows, f), value silu(gate) * up;
 // - backward: the output is (rows, 2f), dgate | dup, value dh * up * silu'(gate) in columns
 //   [0, f) and dh * silu(gate) in [f, 2f) (as kernels::swiglu_backward, without accumulation).
 // Computed in accum_t<T> as kernels::swiglu and swiglu_backward do, then taken as float.
 template <class T>
 struct SwigluFp8Source {
   const T* gu = nullptr;  // (rows, 2f): gate in [0, f), up in [f, 2f) of each row
-  const T* dh = nullptr;  // (rows, f) the gradient of silu(gate) * up, or nullptr: the forward
+  const T* dh = nullptr;  // (rows, f): the backward's gradient of silu(gate) * up
   std::int64_t f = 0;
+  bool backward = false;
   // Columns of the output: f, or 2f for the backward.
-  std::int64_t out_cols() const { return dh ? 2 * f : f; }
+  FATHOM_HOST_DEVICE std::int64_t out_cols() const { return backward ? 2 * f : f; }
 };
 
 namespace detail {
@@ -164,11 +165,11 @@ template <class T>
 FATHOM_HOST_DEVICE inline float swiglu_fp8_value(const SwigluFp8Source<T>& s, std::int64_t r,
                                                  std::int64_t c) {
   using A = accum_t<T>;
-  const bool dup = s.dh != nullptr && c >= s.f;
+  const bool dup = s.backward && c >= s.f;
   const std::int64_t j = dup ? c - s.f : c;
   const T* row = s.gu + r * 2 * s.f;
   const A g = scalar_cast<A>(row[j]), u = scalar_cast<A>(row[s.f + j]);
-  if (!s.dh) return scalar_cast<float>(silu(g) * u);
+  if (!s.backward) return scalar_cast<float>(silu(g) * u);
   const A d = scalar_cast<A>(s.dh[r * s.f + j]);
   return scalar_cast<float>(dup ? d * silu(g) : d * u * silu_grad(g));
 }
@@ -179,7 +180,8 @@ void check_swiglu_fp8(const SwigluFp8Source<T>& s, std::int64_t rows, std::int64
   FATHOM_CHECK(s.f >= 0 && cols == s.out_cols(), op << ": SwiGLU of width " << s.f << " has "
                                                     << s.out_cols() << " output columns, got "
                                                     << cols);
-  FATHOM_CHECK(rows * s.f == 0 || s.gu != nullptr, op << ": gu is null");
+  FATHOM_CHECK(rows * s.f == 0 || (s.gu != nullptr && (!s.backward || s.dh != nullptr)),
+               op << ": gu" << (s.backward ? " or dh" : "") << " is null");
 }
 
 // A SwigluFp8Source's output in float, (rows, out_cols), for the CPU passes below.

@@ -104,33 +104,52 @@ TEST_CASE("CUDA linear_fp8: an input quantized once for two layers, and poisoned
   CHECK(fathom::test::same_bits(poisoned, separate));
 }
 
-TEST_CASE("CUDA swiglu_mlp_fp8 matches the CPU, and the composition on the GPU within fp8's noise",
+TEST_CASE("CUDA swiglu_mlp_fp8 matches the CPU, and the composition on the GPU, within fp8's noise",
           "[cuda][fp8][autograd]") {
   // x (2, 64, 64), F 96: every GEMM and quantize pass on cuBLASLt's and the wide kernel's routes;
-  // two steps, so that delayed scaling reads a history.
+  // two steps, so that delayed scaling reads a history. Two fp8 roundings in a chain (the gate/up
+  // output quantized again, in the forward and the backward) make the GPU's fast-accumulation
+  // GEMMs move some codes of the second by a step (an E5M2 step is 12.5 to 25% of an element), so
+  // each result is compared in norm: within 10% (a misplaced or swapped element gives ~100%).
   const bool delayed = GENERATE(false, true);
   INFO((delayed ? "delayed" : "current") << " scaling");
+  constexpr std::int64_t B = 2, S = 64, C = 64, F = 96;
   auto run = [&]<fathom::DeviceTag D>(bool fused) {
     const auto v =
-        fathom::test::swiglu_mlp_fp8_case<bf16, D>(fused, delayed, 2, 1.0, 2, 64, 64, 96, 101);
+        fathom::test::swiglu_mlp_fp8_case<bf16, D>(fused, delayed, 2, 1.0, B, S, C, F, 101);
     return std::vector<double>(v.begin(), v.end());
+  };
+  // The pieces of a result: y, dx, d gate_up, d down, dr, then the histories when delayed.
+  const std::vector<std::pair<std::string, std::int64_t>> pieces = {
+      {"y", B * S * C}, {"dx", B * S * C}, {"dgate_up", 2 * F * C},
+      {"ddown", C * F}, {"dr", B * S * C}, {"histories", delayed ? 16 : 0}};
+  auto relative = [&](const std::vector<double>& got, const std::vector<double>& want) {
+    REQUIRE(got.size() == want.size());
+    std::vector<double> r;
+    std::size_t at = 0;
+    for (const auto& [name, n] : pieces) {
+      double err = 0, norm = 0;
+      for (std::size_t i = at; i < at + static_cast<std::size_t>(n); ++i) {
+        err += (got[i] - want[i]) * (got[i] - want[i]);
+        norm += want[i] * want[i];
+      }
+      at += static_cast<std::size_t>(n);
+      r.push_back(n == 0 ? 0.0 : std::sqrt(err / norm));
+    }
+    REQUIRE(at == got.size());
+    return r;
   };
   const auto cpu = run.template operator()<Cpu>(true);
   const auto gpu = run.template operator()<Cuda>(true);
   for (double v : gpu) REQUIRE(std::isfinite(v));
-  const std::string e = linear_fp8_mismatch("y | dx | dgate_up | ddown | dr | histories", gpu, cpu);
-  INFO(e);
-  CHECK(e.empty());
-  // Against the composition on the GPU: fp8's noise between two roundings (the CPU tests bound
-  // it), not a misplaced element.
   const auto composed = run.template operator()<Cuda>(false);
-  double err = 0, norm = 0;
-  for (std::size_t i = 0; i < gpu.size(); ++i) {
-    err += (gpu[i] - composed[i]) * (gpu[i] - composed[i]);
-    norm += composed[i] * composed[i];
+  const auto to_cpu = relative(gpu, cpu), to_composed = relative(gpu, composed);
+  for (std::size_t k = 0; k < pieces.size(); ++k) {
+    INFO(pieces[k].first << ": relative difference " << to_cpu[k] << " to the CPU, "
+                         << to_composed[k] << " to the composition on the GPU");
+    CHECK(to_cpu[k] < 0.1);
+    CHECK(to_composed[k] < 0.1);
   }
-  INFO("relative difference to the composition " << std::sqrt(err / norm));
-  CHECK(std::sqrt(err / norm) < 0.1);
   // Fresh buffers are written before they are read.
   std::vector<double> poisoned;
   {

@@ -721,13 +721,13 @@ TEMPLATE_TEST_CASE("CUDA quantize_fp8_swiglu and amax_swiglu match the CPU: code
   for (auto& v : gu) v = bf16(4.0f * static_cast<float>(v));
   const auto dh = fp8_test_values(static_cast<std::size_t>(d.rows * d.f), 93, 3.0);
   if (d.rows * d.f > 40) gu[7] = bf16(fp8_test_nan());  // a NaN gate: NaN codes, not in the history
-  const kernels::SwigluFp8Source<bf16> source{gu.data(), backward ? dh.data() : nullptr, d.f};
+  const kernels::SwigluFp8Source<bf16> source{gu.data(), dh.data(), d.f, backward};
 
   float amax = 0.0f;
   kernels::amax_swiglu(Cpu{}, source, d.rows, &amax);
   auto ggu = to_device(gu);
   auto gdh = to_device(dh);
-  const kernels::SwigluFp8Source<bf16> gsource{ggu.data(), backward ? gdh.data() : nullptr, d.f};
+  const kernels::SwigluFp8Source<bf16> gsource{ggu.data(), gdh.data(), d.f, backward};
   auto gamax = to_device(std::vector<float>{fp8_test_nan()});
   kernels::amax_swiglu(Cuda{}, gsource, d.rows, gamax.data());
   const float device_amax = fp8_test_device_float(gamax.data());

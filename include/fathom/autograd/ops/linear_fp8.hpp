@@ -440,8 +440,8 @@ Var<T, D> swiglu_mlp_fp8(const Var<T, D>& x, const Var<T, D>& gate_up, const Var
                                                                   .fast_accum = true});
   // H = silu(gate) * up, quantized as it is computed; Y = H Down^T (+ the residual).
   auto hq = detail::quantize_values_scaled<fp8_e4m3, D>(
-      detail::SwigluValues<T, D>{{gu.data(), nullptr, F}, rows}, rows, F, true, gdown != nullptr,
-      history(down_scaling, true).get(), record);
+      detail::SwigluValues<T, D>{{gu.data(), nullptr, F, false}, rows}, rows, F, true,
+      gdown != nullptr, history(down_scaling, true).get(), record);
   auto wq_down = detail::quantize_current<fp8_e4m3>(down.value().contiguous(), C, F, true, gh);
   Shape out_shape = x.shape();
   const Tensor<T, D> rv = detail::residual_value("swiglu_mlp_fp8", add, out_shape);
@@ -505,8 +505,8 @@ Var<T, D> swiglu_mlp_fp8(const Var<T, D>& x, const Var<T, D>& gate_up, const Var
                                                                .k = C});
         // d gate | d up (rows, 2F), quantized as it is computed from gu and dh.
         auto dq = detail::quantize_values_scaled<fp8_e5m2, D>(
-            detail::SwigluValues<T, D>{{gu.data(), dh.data(), F}, rows}, rows, 2 * F, gx != nullptr,
-            ggu != nullptr, gu_grad.get(), true);
+            detail::SwigluValues<T, D>{{gu.data(), dh.data(), F, true}, rows}, rows, 2 * F,
+            gx != nullptr, ggu != nullptr, gu_grad.get(), true);
         if (gx) {  // dX (rows, C) += dGu (rows, 2F) Gu (2F, C); Gu^T stored (C, 2F)
           const auto dx = gx->write_target();
           kernels::gemm_fp8(D{}, kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T>{

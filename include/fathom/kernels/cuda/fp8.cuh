@@ -335,22 +335,55 @@ bool quantize_fp8_wide_fits(const QuantizeFp8Params<T, F>& p, std::int64_t in_co
   return ok;
 }
 
-// max |value| of a source's output (rows, cols) into *out (zeroed before the launch), as
-// amax_kernel does for a tensor; one element a thread and step.
-template <class Src>
+// max |value| of a source's output into *out (zeroed before the launch), as amax_kernel does for a
+// tensor. Wide: 8 values of every plane a step (load8, the quantize pass's reads), over (rows,
+// in_cols) of each plane; otherwise one value a step (at), over the output (rows, cols).
+template <class Src, bool Wide>
 __global__ void amax_source_kernel(Src src, std::int64_t rows, std::int64_t cols,
                                    std::uint32_t* out) {
   using BlockReduce = cub::BlockReduce<std::uint32_t, fp8_threads>;
   __shared__ typename BlockReduce::TempStorage temp;
+  constexpr int P = Src::kPlanes;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   std::uint32_t best = 0;
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       i < rows * cols; i += stride) {
-    const std::uint32_t bits = __float_as_uint(src.at(i / cols, i % cols)) & 0x7fffffffu;
+  auto take = [&best](float v) {
+    const std::uint32_t bits = __float_as_uint(v) & 0x7fffffffu;
     best = bits > best ? bits : best;
+  };
+  const std::int64_t chunks = Wide ? cols / P / 8 : cols;  // a row's steps
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < rows * chunks; i += stride) {
+    const std::int64_t r = i / chunks, c = i % chunks;
+    if constexpr (Wide) {
+      float v[P][8];
+      src.load8(r, c * 8, v);
+#pragma unroll
+      for (int k = 0; k < P; ++k)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) take(v[k][j]);
+    } else {
+      take(src.at(r, c));
+    }
   }
   const std::uint32_t block = BlockReduce(temp).Reduce(best, AmaxMax{});
   if (threadIdx.x == 0) atomicMax(reinterpret_cast<unsigned int*>(out), block);
+}
+
+// amax_source_kernel over a source's (rows, cols) output, wide when `wide`.
+template <class Src>
+void launch_amax_source(const Src& src, std::int64_t rows, std::int64_t cols, bool wide,
+                        float* out) {
+  FATHOM_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float), cuda::stream()));
+  const std::int64_t work = rows * (wide ? cols / Src::kPlanes / 8 : cols);
+  if (work == 0) return;
+  const int blocks =
+      static_cast<int>(std::clamp<std::int64_t>((work + fp8_threads - 1) / fp8_threads, 1, 1024));
+  auto* u = reinterpret_cast<std::uint32_t*>(out);
+  if (wide)
+    amax_source_kernel<Src, true><<<blocks, fp8_threads, 0, cuda::stream()>>>(src, rows, cols, u);
+  else
+    amax_source_kernel<Src, false><<<blocks, fp8_threads, 0, cuda::stream()>>>(src, rows, cols, u);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 
 // One quantize pass of the values of src (see ReadSource), on the wide kernel when `wide`.
@@ -591,14 +624,14 @@ template <class T>
 void amax_swiglu(Cuda, const SwigluFp8Source<T>& s, std::int64_t rows, float* out) {
   detail::check_swiglu_fp8(s, rows, s.out_cols(), "amax_swiglu");
   FATHOM_CHECK(out != nullptr, "amax_swiglu: out is null");
-  FATHOM_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(float), cuda::stream()));
-  const std::int64_t n = rows * s.out_cols();
-  if (n == 0) return;
-  const int blocks = static_cast<int>(
-      std::clamp<std::int64_t>((n + detail::fp8_threads - 1) / detail::fp8_threads, 1, 1024));
-  detail::amax_source_kernel<<<blocks, detail::fp8_threads, 0, cuda::stream()>>>(
-      detail::SwigluSource<T>{s}, rows, s.out_cols(), reinterpret_cast<std::uint32_t*>(out));
-  FATHOM_CUDA_CHECK(cudaGetLastError());
+  // The wide kernel's condition on the quantize pass's reads (no outputs here).
+  const QuantizeFp8Params<T, fp8_e4m3> shape{.rows = rows, .cols = s.out_cols()};
+  if (s.backward)
+    detail::launch_amax_source(detail::SwigluGradSource<T>{s}, rows, s.out_cols(),
+                               detail::quantize_fp8_wide_fits(shape, s.f, {s.gu, s.dh}), out);
+  else
+    detail::launch_amax_source(detail::SwigluSource<T>{s}, rows, s.out_cols(),
+                               detail::quantize_fp8_wide_fits(shape, s.f, {s.gu}), out);
 }
 
 template <class T, Fp8Scalar F>
@@ -606,7 +639,7 @@ void quantize_fp8_swiglu(Cuda, const QuantizeFp8Params<T, F>& p, const SwigluFp8
   detail::check_quantize_fp8(p, "quantize_fp8_swiglu", /*reads_x=*/false);
   detail::check_swiglu_fp8(s, p.rows, p.cols, "quantize_fp8_swiglu");
   FATHOM_CHECK(p.x == nullptr, "quantize_fp8_swiglu: x must be null (the values come from gu)");
-  if (s.dh) {
+  if (s.backward) {
     detail::launch_quantize_fp8(p, detail::SwigluGradSource<T>{s},
                                 detail::quantize_fp8_wide_fits(p, s.f, {s.gu, s.dh}));
   } else {
