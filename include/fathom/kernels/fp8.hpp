@@ -1,6 +1,8 @@
 // fp8 kernels, CPU reference: the absolute maximum of a tensor, quantization to fp8 codes with a
-// per-tensor scale computed from it (optionally also writing the transpose), dequantization, and
-// the scaled fp8 GEMM. CUDA (amax on the device, cuBLASLt's fp8 GEMM): cuda/fp8.cuh.
+// per-tensor scale computed from it (optionally also writing the transpose), the same two for
+// SwiGLU's output or gradient computed as they go (amax_swiglu, quantize_fp8_swiglu),
+// dequantization, and the scaled fp8 GEMM. CUDA (amax on the device, cuBLASLt's fp8 GEMM):
+// cuda/fp8.cuh.
 #pragma once
 
 #include <algorithm>

@@ -1,6 +1,7 @@
 // fp8 kernels on CUDA: amax (a block reduction into one device float, no host synchronization),
 // quantization with the scale computed on the device from that amax (optionally also writing the
-// transposed copy that cuBLASLt's fp8 layout needs), dequantization, and the scaled fp8 GEMM
+// transposed copy that cuBLASLt's fp8 layout needs; the values read from a tensor or computed from
+// SwiGLU's gate and up as the pass goes), dequantization, and the scaled fp8 GEMM
 // through cuBLASLt (the plans and handles of gemm.cuh; the inverse scales given as device
 // pointers), with a plain tiled kernel for the problems cuBLASLt's fp8 kernels do not take.
 #pragma once
