@@ -432,6 +432,32 @@ TEST_CASE("Llama's MLP under fp8 is swiglu_mlp_fp8: the composition's bits in fl
   CHECK(fused == plain.value().to_vector());
 }
 
+TEST_CASE("Llama's MLP under fp8 with biases keeps linear_fp8, swiglu_stacked, linear_fp8",
+          "[nn][fp8]") {
+  // swiglu_mlp_fp8 takes no biases: a Llama configured with them runs the composition.
+  auto c = fathom::test::small_model(2, 32, 64, 16);
+  c.arch = fathom::nn::ArchKind::llama;
+  c.bias = true;
+  c.vocab = 50;
+  fathom::nn::DecoderModel<fathom::nn::Llama, fathom::policy::PreLN, float, Cpu> model(
+      c, fathom::policy::PreLN{});
+  model.init(5);
+  model.set_linear_precision(fathom::nn::LinearPrecision::fp8);
+  const auto& mlp = model.model().blocks().front().mlp();
+  REQUIRE(mlp.up_proj().has_bias());
+  fathom::test::FreshTape tape;
+  Var<float, Cpu> x(Tensor<float, Cpu>::randn(Shape{2, 16, 32}, 83), true);
+  const auto got = mlp.forward(x).value().to_vector();
+  const Var<float, Cpu> w =
+      ag::concat_rows<float, Cpu>({mlp.gate_proj().weight(), mlp.up_proj().weight()});
+  const Var<float, Cpu> b =
+      ag::concat_rows<float, Cpu>({mlp.gate_proj().bias(), mlp.up_proj().bias()});
+  const Var<float, Cpu> h = ag::swiglu_stacked(ag::linear_fp8(x, w, &b));
+  const auto want = ag::linear_fp8(h, mlp.down_proj().weight(), &mlp.down_proj().bias());
+  for (float v : got) REQUIRE(std::isfinite(v));
+  CHECK(got == want.value().to_vector());
+}
+
 TEST_CASE("linear_fp8 refuses an input quantized without the copy its weight gradient needs",
           "[autograd][ops][fp8]") {
   fathom::test::FreshTape tape;
