@@ -1,5 +1,6 @@
-// What the training tests share: an emptied folder for a run, the weights a checkpoint holds, and
-// the options of a short CPU run of a small Llama that each test completes with its own schedule.
+// What the training tests share: an emptied folder for a run, the weights a checkpoint holds, the
+// options of a short CPU run of a small Llama that each test completes with its own schedule, and
+// those of the [cuda][train] loss-curve runs.
 #pragma once
 
 #include <cstdint>
@@ -7,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "fathom/nn/presets.hpp"
 #include "fathom/train/options.hpp"
 #include "fathom/train/safetensors.hpp"
 #include "nn/small_model.hpp"
@@ -63,6 +65,26 @@ inline train::TrainOptions small_run_options(const std::filesystem::path& out, c
   o.builtin_tokens = s.builtin_tokens;
   o.out = out.string();
   o.quiet = true;
+  return o;
+}
+
+// The loss-curve runs of the [cuda][train] tests (bf16 against fp32, fp8 against bf16): `preset`,
+// 300 steps of 16 x 128 on the built-in corpus, lr 2e-3 on a cosine schedule (30 warmup steps,
+// down to 0.1), seed 11, quiet, writing to fresh_dir(name).
+inline train::TrainOptions curve_options(const std::string& preset, const std::string& name) {
+  train::TrainOptions o;
+  o.model = nn::preset(preset);
+  o.seq_len = 128;
+  o.batch = 16;
+  o.steps = 300;
+  o.lr = 2e-3;
+  o.schedule = train::CosineSchedule{30, 0.1};
+  o.eval_every = 0;
+  o.eval_batches = 2;
+  o.log_every = 50;
+  o.seed = 11;
+  o.quiet = true;
+  o.out = fresh_dir(name).string();
   return o;
 }
 

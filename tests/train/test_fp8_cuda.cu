@@ -32,24 +32,9 @@ namespace {
 using fathom::bf16;
 using fathom::Cuda;
 
+// The curve test's run of `preset`, its folder named after the run (`tag`).
 fathom::train::TrainOptions fp8_curve_options(const std::string& preset, const std::string& tag) {
-  fathom::train::TrainOptions o;
-  o.model = fathom::nn::preset(preset);
-  o.seq_len = 128;
-  o.batch = 16;
-  o.steps = 300;
-  o.lr = 2e-3;
-  o.schedule = fathom::train::CosineSchedule{30, 0.1};
-  o.eval_every = 0;
-  o.eval_batches = 2;
-  o.log_every = 50;
-  o.seed = 11;
-  o.quiet = true;
-  const std::filesystem::path out =
-      std::filesystem::temp_directory_path() / ("fathom-test-fp8-" + preset + "-" + tag);
-  std::filesystem::remove_all(out);
-  o.out = out.string();
-  return o;
+  return fathom::test::curve_options(preset, "fp8-" + preset + "-" + tag);
 }
 
 template <class Arch, class Policy>

@@ -17,35 +17,13 @@
 #include "train/runs.hpp"
 
 using namespace fathom;
-namespace fs = std::filesystem;
-
-namespace {
-
-train::TrainOptions curve_run(const std::string& precision) {
-  train::TrainOptions o;
-  o.model = nn::preset("tiny");
-  o.seq_len = 128;
-  o.batch = 16;
-  o.steps = 300;
-  o.lr = 2e-3;
-  o.schedule = train::CosineSchedule{30, 0.1};
-  o.eval_every = 0;
-  o.eval_batches = 2;
-  o.log_every = 50;
-  o.seed = 11;
-  o.quiet = true;
-  fs::path out = fs::temp_directory_path() / ("fathom-test-precision-" + precision);
-  fs::remove_all(out);
-  o.out = out.string();
-  return o;
-}
-
-}  // namespace
 
 TEST_CASE("bf16 training tracks the fp32 loss curve over 300 steps (tiny Llama, LNS)",
           "[cuda][train]") {
-  auto r32 = train::train<nn::Llama, policy::LNS, float, Cuda>(curve_run("fp32"));
-  auto r16 = train::train<nn::Llama, policy::LNS, bf16, Cuda>(curve_run("bf16"));
+  auto r32 = train::train<nn::Llama, policy::LNS, float, Cuda>(
+      fathom::test::curve_options("tiny", "precision-fp32"));
+  auto r16 = train::train<nn::Llama, policy::LNS, bf16, Cuda>(
+      fathom::test::curve_options("tiny", "precision-bf16"));
   REQUIRE(r32.losses.size() == 300);
   REQUIRE(r16.losses.size() == 300);
   for (double l : r16.losses) REQUIRE(std::isfinite(l));
