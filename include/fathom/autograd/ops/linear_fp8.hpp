@@ -65,13 +65,20 @@ struct SwigluValues {
 
 // Values (rows, cols) quantized on their device with no host synchronization: their amax, then
 // the codes (and the transposed codes when asked) with scale = max(F) / amax.
-template <class F, DeviceTag D, class Values>
-Fp8Tensor<F, D> quantize_values_current(const Values& v, std::int64_t rows, std::int64_t cols,
-                                        bool plain, bool transposed) {
+// An Fp8Tensor's buffers for (rows, cols) codes: the scale, and the codes and/or their transpose.
+template <class F, DeviceTag D>
+Fp8Tensor<F, D> fp8_tensor_for(std::int64_t rows, std::int64_t cols, bool plain, bool transposed) {
   Fp8Tensor<F, D> q;
   q.scale = Tensor<float, D>(Shape{8});
   if (plain) q.codes = Tensor<F, D>(Shape{rows, cols});
   if (transposed) q.codes_t = Tensor<F, D>(Shape{cols, rows});
+  return q;
+}
+
+template <class F, DeviceTag D, class Values>
+Fp8Tensor<F, D> quantize_values_current(const Values& v, std::int64_t rows, std::int64_t cols,
+                                        bool plain, bool transposed) {
+  auto q = fp8_tensor_for<F, D>(rows, cols, plain, transposed);
   v.amax(q.scale.data() + 4);
   v.template quantize<F>(kernels::QuantizeFp8Params<typename Values::value_type, F>{
       .out = plain ? q.codes.data() : nullptr,
@@ -173,10 +180,7 @@ class Fp8History {
                                           bool plain, bool transposed, bool record) {
     if (uses_ == 0 && !record)
       return detail::quantize_values_current<F, D>(v, rows, cols, plain, transposed);
-    detail::Fp8Tensor<F, D> q;
-    q.scale = Tensor<float, D>(Shape{8});
-    if (plain) q.codes = Tensor<F, D>(Shape{rows, cols});
-    if (transposed) q.codes_t = Tensor<F, D>(Shape{cols, rows});
+    auto q = detail::fp8_tensor_for<F, D>(rows, cols, plain, transposed);
     kernels::QuantizeFp8Params<typename Values::value_type, F> p{
         .out = plain ? q.codes.data() : nullptr,
         .out_t = transposed ? q.codes_t.data() : nullptr,

@@ -168,37 +168,30 @@ struct ReadSource {  // a tensor x (rows, cols), read
   }
 };
 
-// SwiGLU's output (forward, one plane of f columns) or its gradient (dh set: two planes, dgate
-// and dup), computed from gu and dh (kernels::SwigluFp8Source); at() serves either.
-template <class T>
+// SwiGLU's output (forward: one plane of f columns) or its gradient (Backward: two planes, dgate
+// and dup), computed from gu and dh (kernels::SwigluFp8Source).
+template <class T, bool Backward>
 struct SwigluSource {
-  static constexpr int kPlanes = 1;
+  static constexpr int kPlanes = Backward ? 2 : 1;
   SwigluFp8Source<T> s;
   __device__ float at(std::int64_t r, std::int64_t c) const { return swiglu_fp8_value(s, r, c); }
-  __device__ void load8(std::int64_t r, std::int64_t c, float (&v)[1][8]) const {
+  __device__ void load8(std::int64_t r, std::int64_t c, float (&v)[kPlanes][8]) const {
     using A = accum_t<T>;
     const T* row = s.gu + r * 2 * s.f;
     const auto g = map_load<8>(row + c), u = map_load<8>(row + s.f + c);
+    if constexpr (Backward) {
+      const auto d = map_load<8>(s.dh + r * s.f + c);
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-      v[0][j] = scalar_cast<float>(silu(scalar_cast<A>(g.v[j])) * scalar_cast<A>(u.v[j]));
-  }
-};
-template <class T>
-struct SwigluGradSource {
-  static constexpr int kPlanes = 2;
-  SwigluFp8Source<T> s;
-  __device__ float at(std::int64_t r, std::int64_t c) const { return swiglu_fp8_value(s, r, c); }
-  __device__ void load8(std::int64_t r, std::int64_t c, float (&v)[2][8]) const {
-    using A = accum_t<T>;
-    const T* row = s.gu + r * 2 * s.f;
-    const auto g = map_load<8>(row + c), u = map_load<8>(row + s.f + c);
-    const auto d = map_load<8>(s.dh + r * s.f + c);
+      for (int j = 0; j < 8; ++j) {
+        const A gj = scalar_cast<A>(g.v[j]), uj = scalar_cast<A>(u.v[j]),
+                dj = scalar_cast<A>(d.v[j]);
+        v[0][j] = scalar_cast<float>(dj * uj * silu_grad(gj));
+        v[1][j] = scalar_cast<float>(dj * silu(gj));
+      }
+    } else {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const A gj = scalar_cast<A>(g.v[j]), uj = scalar_cast<A>(u.v[j]), dj = scalar_cast<A>(d.v[j]);
-      v[0][j] = scalar_cast<float>(dj * uj * silu_grad(gj));
-      v[1][j] = scalar_cast<float>(dj * silu(gj));
+      for (int j = 0; j < 8; ++j)
+        v[0][j] = scalar_cast<float>(silu(scalar_cast<A>(g.v[j])) * scalar_cast<A>(u.v[j]));
     }
   }
 };
@@ -621,18 +614,29 @@ void quantize_fp8(Cuda, const QuantizeFp8Params<T, F>& p) {
                               detail::quantize_fp8_wide_fits(p, p.cols, {p.x}));
 }
 
+namespace detail {
+
+// f(source) with the SwigluSource of s's direction.
+template <class T, class Fn>
+void with_swiglu_source(const SwigluFp8Source<T>& s, Fn&& f) {
+  if (s.backward)
+    f(SwigluSource<T, true>{s});
+  else
+    f(SwigluSource<T, false>{s});
+}
+
+}  // namespace detail
+
 template <class T>
 void amax_swiglu(Cuda, const SwigluFp8Source<T>& s, std::int64_t rows, float* out) {
   detail::check_swiglu_fp8(s, rows, s.out_cols(), "amax_swiglu");
   FATHOM_CHECK(out != nullptr, "amax_swiglu: out is null");
   // The wide kernel's condition on the quantize pass's reads (no outputs here).
   const QuantizeFp8Params<T, fp8_e4m3> shape{.rows = rows, .cols = s.out_cols()};
-  if (s.backward)
-    detail::launch_amax_source(detail::SwigluGradSource<T>{s}, rows, s.out_cols(),
-                               detail::quantize_fp8_wide_fits(shape, s.f, {s.gu, s.dh}), out);
-  else
-    detail::launch_amax_source(detail::SwigluSource<T>{s}, rows, s.out_cols(),
-                               detail::quantize_fp8_wide_fits(shape, s.f, {s.gu}), out);
+  const bool wide = s.backward ? detail::quantize_fp8_wide_fits(shape, s.f, {s.gu, s.dh})
+                               : detail::quantize_fp8_wide_fits(shape, s.f, {s.gu});
+  detail::with_swiglu_source(
+      s, [&](const auto& src) { detail::launch_amax_source(src, rows, s.out_cols(), wide, out); });
 }
 
 template <class T, Fp8Scalar F>
@@ -640,13 +644,10 @@ void quantize_fp8_swiglu(Cuda, const QuantizeFp8Params<T, F>& p, const SwigluFp8
   detail::check_quantize_fp8(p, "quantize_fp8_swiglu", /*reads_x=*/false);
   detail::check_swiglu_fp8(s, p.rows, p.cols, "quantize_fp8_swiglu");
   FATHOM_CHECK(p.x == nullptr, "quantize_fp8_swiglu: x must be null (the values come from gu)");
-  if (s.backward) {
-    detail::launch_quantize_fp8(p, detail::SwigluGradSource<T>{s},
-                                detail::quantize_fp8_wide_fits(p, s.f, {s.gu, s.dh}));
-  } else {
-    detail::launch_quantize_fp8(p, detail::SwigluSource<T>{s},
-                                detail::quantize_fp8_wide_fits(p, s.f, {s.gu}));
-  }
+  const bool wide = s.backward ? detail::quantize_fp8_wide_fits(p, s.f, {s.gu, s.dh})
+                               : detail::quantize_fp8_wide_fits(p, s.f, {s.gu});
+  detail::with_swiglu_source(s,
+                             [&](const auto& src) { detail::launch_quantize_fp8(p, src, wide); });
 }
 
 template <Fp8Scalar F, class T>
