@@ -2,7 +2,10 @@
 """Per-kernel time of one training step, from Nsight Compute's CSV (bench/kernel_profile.sh).
 
 Groups kernels by a short name (template arguments dropped), sums gpu__time_duration, and prints
-the groups by total time with their share of the step.
+the groups by total time with their share of the step. Where the CSV also has DRAM bytes
+(kernel_profile.sh with FATHOM_PROFILE_BYTES=1), each group's bytes moved and the rate it moved
+them at (GB/s of the time it ran) follow: a memory-bound kernel far below the card's bandwidth is
+one worth rewriting.
 Usage: bench/kernel_profile.py NCU_CSV [--top N]
 """
 import argparse
@@ -40,22 +43,27 @@ def main() -> int:
     if not rows:
         print(f"kernel_profile.py: no kernel rows in {a.csv}", file=sys.stderr)
         return 1
-    total_ns, count = defaultdict(float), defaultdict(int)
-    grids = {}
+    total_ns, count, dram = defaultdict(float), defaultdict(int), defaultdict(float)
     for r in rows:
-        if r.get("Metric Name") != "gpu__time_duration.sum":
-            continue
-        unit = UNIT_NS.get(r.get("Metric Unit", "nsecond").strip(), 1.0)
-        value = float(r["Metric Value"].replace(",", "")) * unit
+        name = r.get("Metric Name")
+        value = float(r["Metric Value"].replace(",", ""))
         k = short_name(r["Kernel Name"])
-        total_ns[k] += value
-        count[k] += 1
-        grids.setdefault(k, r.get("Grid Size", ""))
+        if name == "gpu__time_duration.sum":
+            total_ns[k] += value * UNIT_NS.get(r.get("Metric Unit", "nsecond").strip(), 1.0)
+            count[k] += 1
+        elif name in ("dram__bytes_read.sum", "dram__bytes_write.sum"):
+            dram[k] += value  # --print-units base: bytes
     step = sum(total_ns.values())
-    print(f"{len(rows)} kernels, {step / 1e6:.2f} ms of kernel time in the profiled step")
-    print(f"{'kernel':<60} {'calls':>6} {'ms':>9} {'share':>7}")
+    with_bytes = bool(dram)
+    print(f"{sum(count.values())} kernels, {step / 1e6:.2f} ms of kernel time in the profiled step"
+          + (f", {sum(dram.values()) / 1e9:.2f} GB of DRAM traffic" if with_bytes else ""))
+    print(f"{'kernel':<60} {'calls':>6} {'ms':>9} {'share':>7}"
+          + (f" {'GB':>8} {'GB/s':>7}" if with_bytes else ""))
     for k, ns in sorted(total_ns.items(), key=lambda kv: -kv[1])[: a.top]:
-        print(f"{k[:60]:<60} {count[k]:>6} {ns / 1e6:>9.3f} {100 * ns / step:>6.1f}%")
+        line = f"{k[:60]:<60} {count[k]:>6} {ns / 1e6:>9.3f} {100 * ns / step:>6.1f}%"
+        if with_bytes:
+            line += f" {dram[k] / 1e9:>8.2f} {dram[k] / ns:>7.0f}"
+        print(line)
     return 0
 
 
