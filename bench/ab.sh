@@ -5,8 +5,9 @@
 #   BASE: a commit, or a folder holding the base's source (e.g. from `git archive`, for a machine
 #   that gets the working tree without its git history)
 #   env: FATHOM_AB_WORKLOADS (llama-130m,gpt2-124m,llama-350m; each at bench/torch_baseline.py's
-#        batch and sequence length), FATHOM_AB_POLICIES (pre-ln), FATHOM_AB_PRECISIONS (bf16),
-#        FATHOM_BENCH_STEPS (25), FATHOM_BENCH_WARMUP (8), JOBS (16), CUDA_ARCH (90)
+#        batch and sequence length), FATHOM_AB_POLICIES (pre-ln), FATHOM_AB_PRECISIONS (bf16;
+#        fp8 is current scaling, fp8-delayed delayed), FATHOM_BENCH_STEPS (25),
+#        FATHOM_BENCH_WARMUP (8), JOBS (16), CUDA_ARCH (90)
 # The build of this tree must hold fathom-bench already (scripts/gpu.sh or cmake --build).
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,7 +48,8 @@ for w in "${workloads[@]}"; do
       bin="$build/bin/fathom-bench"
       [[ $side == base ]] && bin="$base_build/bin/fathom-bench"
       "$bin" --workloads "$w" --batch "$batch" --seq-len "$seq" \
-        --policies "${FATHOM_AB_POLICIES:-pre-ln}" --precision "$precision" \
+        --policies "${FATHOM_AB_POLICIES:-pre-ln}" --precision "${precision%-delayed}" \
+        $([[ $precision == *-delayed ]] && echo --fp8-scaling delayed) \
         --steps "${FATHOM_BENCH_STEPS:-25}" --warmup "${FATHOM_BENCH_WARMUP:-8}" \
         --json-out "$out/ab_$side.jsonl" >"$out/ab_${side}_${w}_${precision}.log" 2>&1 || rc=1
     done

@@ -192,11 +192,11 @@ TEMPLATE_TEST_CASE("CUDA quantize_fp8 (amax on the device) matches the CPU code 
     std::int64_t rows, cols;
   };
   // The first six take the plain kernel; the rest (rows and cols multiples of 8) the wide one,
-  // with whole 64 x 64 tiles, partial ones, and more row tiles than one pass of the grid covers
-  // in one block.
+  // with whole 64 x 64 tiles, partial ones, and many row tiles of one column (200008 x 8), the
+  // last partial.
   const Dims d = GENERATE(Dims{1, 1}, Dims{3, 37}, Dims{37, 3}, Dims{129, 300}, Dims{1000, 33},
                           Dims{2053, 96}, Dims{8, 8}, Dims{64, 64}, Dims{72, 136}, Dims{520, 1000},
-                          Dims{2048, 96}, Dims{40, 4104});
+                          Dims{2048, 96}, Dims{40, 4104}, Dims{200008, 8});
   const int margin = GENERATE(0, 3);
   const bool transposed = GENERATE(false, true);
   INFO(d.rows << " x " << d.cols << " margin " << margin << " transposed " << transposed);
@@ -255,9 +255,9 @@ TEMPLATE_TEST_CASE("CUDA quantize_fp8 with an amax history matches the CPU: code
     std::int64_t rows, cols;
   };
   // Plain kernel (odd shapes, and 2053 rows: several row tiles a block), wide kernel (multiples of
-  // 8), and an empty tensor.
+  // 8; 200008 x 8: 3126 row tiles, whose blocks all record into one amax), and an empty tensor.
   const Dims d = GENERATE(Dims{3, 37}, Dims{129, 300}, Dims{2053, 96}, Dims{72, 136},
-                          Dims{520, 1000}, Dims{0, 16});
+                          Dims{520, 1000}, Dims{200008, 8}, Dims{0, 16});
   const int record = GENERATE(0, 6, 15);  // 15: the cleared slot wraps to 0
   const bool record_amax = GENERATE(true, false);
   const bool current = GENERATE(false, true);  // the first quantization of a history
@@ -268,6 +268,7 @@ TEMPLATE_TEST_CASE("CUDA quantize_fp8 with an amax history matches the CPU: code
   if (n > 40) {  // non-finite values: codes NaN or saturated, never in the history
     x[5] = bf16(fp8_test_nan());
     x[39] = bf16(-std::numeric_limits<float>::infinity());
+    x[24] = bf16(9.0f);  // the largest finite value, in the first tile
   }
   constexpr int len = 16;
   std::vector<float> history(len);
@@ -710,8 +711,9 @@ TEMPLATE_TEST_CASE("CUDA quantize_fp8_swiglu and amax_swiglu match the CPU: code
     std::int64_t rows, f;
   };
   // The plain kernel (odd widths, rows not a multiple of 8), the wide kernel (several row tiles,
-  // both planes of the backward), and nothing.
-  const Dims d = GENERATE(Dims{3, 13}, Dims{37, 24}, Dims{64, 96}, Dims{520, 200}, Dims{0, 16});
+  // both planes of the backward; 200008 x 8: many row tiles, the last partial), and nothing.
+  const Dims d = GENERATE(Dims{3, 13}, Dims{37, 24}, Dims{64, 96}, Dims{520, 200}, Dims{200008, 8},
+                          Dims{0, 16});
   const bool backward = GENERATE(false, true);
   const bool delayed = GENERATE(false, true);
   INFO(d.rows << " x " << d.f << (backward ? ", backward" : ", forward")
@@ -720,7 +722,12 @@ TEMPLATE_TEST_CASE("CUDA quantize_fp8_swiglu and amax_swiglu match the CPU: code
   auto gu = fp8_test_values(static_cast<std::size_t>(d.rows * 2 * d.f), 91, 3.0);
   for (auto& v : gu) v = bf16(4.0f * static_cast<float>(v));
   const auto dh = fp8_test_values(static_cast<std::size_t>(d.rows * d.f), 93, 3.0);
-  if (d.rows * d.f > 40) gu[7] = bf16(fp8_test_nan());  // a NaN gate: NaN codes, not in the history
+  if (d.rows * d.f > 40) {
+    gu[7] = bf16(fp8_test_nan());  // a NaN gate: NaN codes, not in the history
+    // The largest values (gate and up 12 in row 0, column 3), in the first tile.
+    gu[3] = bf16(12.0f);
+    gu[static_cast<std::size_t>(d.f + 3)] = bf16(12.0f);
+  }
   const kernels::SwigluFp8Source<bf16> source{gu.data(), dh.data(), d.f, backward};
 
   float amax = 0.0f;

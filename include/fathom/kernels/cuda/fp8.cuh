@@ -152,19 +152,35 @@ __device__ void record_history_amax(const QuantizeFp8Params<T, F>& p, std::uint3
 // side by side in the output: plane k is the output's columns [k in_cols, (k + 1) in_cols), so the
 // output is (rows, kPlanes in_cols) and its transpose (kPlanes in_cols, rows). at(r, c) is the
 // value at column c of the output; load8(r, c, v) the 8 values at columns c .. c + 7 of every
-// plane (c a multiple of 8 below in_cols; the wide kernel only).
+// plane (c a multiple of 8 below in_cols; the wide kernel only), in two steps: fetch8(r, c) reads
+// the source's 16-byte packs (a Raw) and values(raw, v) computes the values from them, so that a
+// thread can have several rows' reads in flight before it uses any (kFetchAhead). kTileRows: the
+// rows of the wide kernel's tiles.
+//
+// Timed on an H200 (llama-350m's shapes, 32768 rows, bf16): a tensor's pass with all reads ahead
+// and 128-row tiles ran at 2980 GB/s (1024 columns) and 3220 (3072), against 2590 and 2790 with a
+// row's read after the previous row's stores and 64-row tiles; SwiGLU's passes lost with reads
+// ahead (forward 3040 -> 2580 GB/s, backward 3350 -> 2510: the registers the gate, up and dh
+// packs of several rows hold cost blocks an SM), so they keep one row at a time and 64 rows.
 template <class T>
 struct ReadSource {  // a tensor x (rows, cols), read
-  static constexpr int kPlanes = 1;
+  static constexpr int kPlanes = 1, kTileRows = 128;
+  static constexpr bool kFetchAhead = true;
+  using Raw = MapPack<T, 8>;
   const T* x;
   std::int64_t cols;
   __device__ float at(std::int64_t r, std::int64_t c) const {
     return scalar_cast<float>(x[r * cols + c]);
   }
-  __device__ void load8(std::int64_t r, std::int64_t c, float (&v)[1][8]) const {
-    const auto pack = map_load<8>(x + r * cols + c);
+  __device__ Raw fetch8(std::int64_t r, std::int64_t c) const {
+    return map_load<8>(x + r * cols + c);
+  }
+  __device__ static void values(const Raw& raw, float (&v)[1][8]) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[0][j] = scalar_cast<float>(pack.v[j]);
+    for (int j = 0; j < 8; ++j) v[0][j] = scalar_cast<float>(raw.v[j]);
+  }
+  __device__ void load8(std::int64_t r, std::int64_t c, float (&v)[1][8]) const {
+    values(fetch8(r, c), v);
   }
 };
 
@@ -172,27 +188,37 @@ struct ReadSource {  // a tensor x (rows, cols), read
 // and dup), computed from gu and dh (kernels::SwigluFp8Source).
 template <class T, bool Backward>
 struct SwigluSource {
-  static constexpr int kPlanes = Backward ? 2 : 1;
+  static constexpr int kPlanes = Backward ? 2 : 1, kTileRows = 64;
+  static constexpr bool kFetchAhead = false;
+  struct Raw {
+    MapPack<T, 8> g, u, d;  // d: the backward's only
+  };
   SwigluFp8Source<T> s;
   __device__ float at(std::int64_t r, std::int64_t c) const { return swiglu_fp8_value(s, r, c); }
-  __device__ void load8(std::int64_t r, std::int64_t c, float (&v)[kPlanes][8]) const {
-    using A = accum_t<T>;
+  __device__ Raw fetch8(std::int64_t r, std::int64_t c) const {
     const T* row = s.gu + r * 2 * s.f;
-    const auto g = map_load<8>(row + c), u = map_load<8>(row + s.f + c);
-    if constexpr (Backward) {
-      const auto d = map_load<8>(s.dh + r * s.f + c);
+    Raw raw;
+    raw.g = map_load<8>(row + c);
+    raw.u = map_load<8>(row + s.f + c);
+    if constexpr (Backward) raw.d = map_load<8>(s.dh + r * s.f + c);
+    return raw;
+  }
+  __device__ static void values(const Raw& raw, float (&v)[kPlanes][8]) {
+    using A = accum_t<T>;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const A gj = scalar_cast<A>(g.v[j]), uj = scalar_cast<A>(u.v[j]),
-                dj = scalar_cast<A>(d.v[j]);
+    for (int j = 0; j < 8; ++j) {
+      const A gj = scalar_cast<A>(raw.g.v[j]), uj = scalar_cast<A>(raw.u.v[j]);
+      if constexpr (Backward) {
+        const A dj = scalar_cast<A>(raw.d.v[j]);
         v[0][j] = scalar_cast<float>(dj * uj * silu_grad(gj));
         v[1][j] = scalar_cast<float>(dj * silu(gj));
+      } else {
+        v[0][j] = scalar_cast<float>(silu(gj) * uj);
       }
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-        v[0][j] = scalar_cast<float>(silu(scalar_cast<A>(g.v[j])) * scalar_cast<A>(u.v[j]));
     }
+  }
+  __device__ void load8(std::int64_t r, std::int64_t c, float (&v)[kPlanes][8]) const {
+    values(fetch8(r, c), v);
   }
 };
 
@@ -240,71 +266,94 @@ __global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p, Src src) {
 }
 
 // The wide route of quantize_fp8, for rows and each plane's columns multiples of 8 with the
-// operands aligned to 8 elements: tiles of 64 x 64 of every plane of the source, 256 threads. Each
-// thread takes 8 consecutive values (16 bytes of bf16 read) and writes their 8 codes to out as one
-// 8-byte store; for out_t the codes go through shared memory, and each thread writes 8
-// consecutive codes of one out_t row (8 threads cover a tile's 64 rows of it). The plain kernel
-// above moves one byte per thread and store, which left the quantization of (B T, C) activations
-// far below the memory's rate.
-constexpr int fp8_wide_tile = 64, fp8_wide_threads = 256, fp8_wide_pitch = fp8_wide_tile + 4;
+// operands aligned to 8 elements: tiles of TileRows x 64 of every plane of the source, 256
+// threads. Each thread takes 8 consecutive values (16 bytes of bf16 read) of TileRows / 32 rows of
+// a tile and writes their 8 codes to out as one 8-byte store; for out_t the codes go through
+// shared memory, and each thread writes 8 consecutive codes of one out_t row (TileRows / 8
+// threads cover a tile's rows of it). The plain kernel above moves one byte per thread and store,
+// which left the quantization of (B T, C) activations far below the memory's rate.
+//
+// A block takes one tile (row tiles past the grid's 65535: more, down its column). With
+// Src::kFetchAhead all of a thread's reads of a tile are issued before its first store: a store
+// through a byte pointer may alias any load after it, so a load written after a store waits for it.
+constexpr int fp8_wide_cols = 64, fp8_wide_threads = 256, fp8_wide_pitch = fp8_wide_cols + 4;
 
-template <class T, class F, bool Record, class Src>
+template <class T, class F, bool Record, class Src, int TileRows>
 __global__ void __launch_bounds__(fp8_wide_threads)
     quantize_fp8_wide_kernel(QuantizeFp8Params<T, F> p, Src src) {
   constexpr int P = Src::kPlanes;
-  __shared__ alignas(16) std::uint8_t tile[P][fp8_wide_tile * fp8_wide_pitch];
+  constexpr int chunks = fp8_wide_cols / 8;                 // 8-element pieces of a tile row
+  constexpr int rows_per_pass = fp8_wide_threads / chunks;  // 32
+  constexpr int R = TileRows / rows_per_pass;               // rows of a tile a thread takes
+  constexpr int t_chunks = TileRows / 8;                    // pieces of a tile's out_t row
+  constexpr int t_cols = fp8_wide_threads / t_chunks;       // out_t rows a pass writes
+  static_assert(TileRows % rows_per_pass == 0 && fp8_wide_threads % t_chunks == 0 &&
+                fp8_wide_cols % t_cols == 0);
+  __shared__ alignas(16) std::uint8_t tile[P][TileRows * fp8_wide_pitch];
   const float scale = quantize_scale(p);
   std::uint32_t seen = 0;  // the largest finite |x| as float bits, for an amax history
   if (p.scale_inv && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
     *p.scale_inv = 1.0f / scale;
-  constexpr int chunks = fp8_wide_tile / 8;                 // 8-element pieces of a tile row
-  constexpr int rows_per_pass = fp8_wide_threads / chunks;  // 32
   const int chunk = threadIdx.x % chunks, lane_row = threadIdx.x / chunks;
   const std::int64_t in_cols = p.cols / P;  // each plane's
-  const std::int64_t row_tiles = (p.rows + fp8_wide_tile - 1) / fp8_wide_tile;
-  const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.x) * fp8_wide_tile;
+  const std::int64_t row_tiles = (p.rows + TileRows - 1) / TileRows;
+  const std::int64_t c0 = static_cast<std::int64_t>(blockIdx.x) * fp8_wide_cols;
+  const std::int64_t c = c0 + chunk * 8;  // this thread's first column of each plane
   auto* out = reinterpret_cast<std::uint8_t*>(p.out);
   auto* out_t = reinterpret_cast<std::uint8_t*>(p.out_t);
   for (std::int64_t rt = blockIdx.y; rt < row_tiles; rt += gridDim.y) {
-    const std::int64_t r0 = rt * fp8_wide_tile;
+    const std::int64_t r0 = rt * TileRows;
+    // Rows and columns are multiples of 8: a thread's chunk is whole or wholly outside.
+    bool inside[R];
+    typename Src::Raw raw[Src::kFetchAhead ? R : 1];
 #pragma unroll
-    for (int i = lane_row; i < fp8_wide_tile; i += rows_per_pass) {
-      const std::int64_t r = r0 + i, c = c0 + chunk * 8;
-      if (r < p.rows && c < in_cols) {  // rows and columns are multiples of 8: whole chunks
-        float v[P][8];
-        src.load8(r, c, v);
+    for (int i = 0; i < R; ++i) {
+      const std::int64_t r = r0 + lane_row + i * rows_per_pass;
+      inside[i] = c < in_cols && r < p.rows;
+      if constexpr (Src::kFetchAhead) {
+        if (inside[i]) raw[i] = src.fetch8(r, c);
+      }
+    }
 #pragma unroll
-        for (int k = 0; k < P; ++k) {
-          MapPack<std::uint8_t, 8> codes;
+    for (int i = 0; i < R; ++i) {
+      if (!inside[i]) continue;
+      const int tr = lane_row + i * rows_per_pass;  // row in the tile
+      float v[P][8];
+      if constexpr (Src::kFetchAhead)
+        Src::values(raw[i], v);
+      else
+        Src::values(src.fetch8(r0 + tr, c), v);
 #pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            if constexpr (Record) seen = max_finite_bits(seen, v[k][j]);
-            codes.v[j] = fp8_encode_device<F::format>(v[k][j] * scale);
-          }
-          if (out) map_store<8>(out + r * p.cols + k * in_cols + c, codes);
-          if (out_t) {  // two 4-byte stores: the row pitch keeps 4-byte, not 8-byte, alignment
-            auto* words =
-                reinterpret_cast<std::uint32_t*>(tile[k] + i * fp8_wide_pitch + chunk * 8);
-            const auto* packed = reinterpret_cast<const std::uint32_t*>(codes.v);
-            words[0] = packed[0];
-            words[1] = packed[1];
-          }
+      for (int k = 0; k < P; ++k) {
+        MapPack<std::uint8_t, 8> codes;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          if constexpr (Record) seen = max_finite_bits(seen, v[k][j]);
+          codes.v[j] = fp8_encode_device<F::format>(v[k][j] * scale);
+        }
+        if (out) map_store<8>(out + (r0 + tr) * p.cols + k * in_cols + c, codes);
+        if (out_t) {  // two 4-byte stores: the row pitch keeps 4-byte, not 8-byte, alignment
+          auto* words = reinterpret_cast<std::uint32_t*>(tile[k] + tr * fp8_wide_pitch + chunk * 8);
+          const auto* packed = reinterpret_cast<const std::uint32_t*>(codes.v);
+          words[0] = packed[0];
+          words[1] = packed[1];
         }
       }
     }
     if (out_t) {  // uniform over the block
       __syncthreads();
-      // Thread (c, chunk) writes out_t[k in_cols + c0 + c][r0 + 8 chunk .. + 7]: tile column c,
-      // rows 8 chunk ..
+      // Thread (tc, tk) writes out_t[k in_cols + c0 + tc][r0 + 8 tk .. + 7]: tile column tc,
+      // rows 8 tk ..
+      const int tk = threadIdx.x % t_chunks;
 #pragma unroll
       for (int k = 0; k < P; ++k) {
 #pragma unroll
-        for (int c = lane_row; c < fp8_wide_tile; c += rows_per_pass) {
-          const std::int64_t col = c0 + c, r = r0 + chunk * 8;
+        for (int tc = threadIdx.x / t_chunks; tc < fp8_wide_cols; tc += t_cols) {
+          const std::int64_t col = c0 + tc, r = r0 + tk * 8;
           if (col < in_cols && r < p.rows) {
             MapPack<std::uint8_t, 8> codes;
 #pragma unroll
-            for (int j = 0; j < 8; ++j) codes.v[j] = tile[k][(chunk * 8 + j) * fp8_wide_pitch + c];
+            for (int j = 0; j < 8; ++j) codes.v[j] = tile[k][(tk * 8 + j) * fp8_wide_pitch + tc];
             map_store<8>(out_t + (k * in_cols + col) * p.rows + r, codes);
           }
         }
@@ -380,14 +429,15 @@ void launch_amax_source(const Src& src, std::int64_t rows, std::int64_t cols, bo
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 
-// One quantize pass of the values of src (see ReadSource), on the wide kernel when `wide`.
-template <class T, class F, class Src>
+// One quantize pass of the values of src (see ReadSource), on the wide kernel when `wide` (with
+// tiles of TileRows rows: the source's unless a benchmark asks for others).
+template <class T, class F, class Src, int TileRows = Src::kTileRows>
 void launch_quantize_fp8(const QuantizeFp8Params<T, F>& p, const Src& src, bool wide) {
   const bool record = p.history && p.record_amax;
   auto* const plain_kernel =
       record ? quantize_fp8_kernel<T, F, true, Src> : quantize_fp8_kernel<T, F, false, Src>;
-  auto* const wide_kernel = record ? quantize_fp8_wide_kernel<T, F, true, Src>
-                                   : quantize_fp8_wide_kernel<T, F, false, Src>;
+  auto* const wide_kernel = record ? quantize_fp8_wide_kernel<T, F, true, Src, TileRows>
+                                   : quantize_fp8_wide_kernel<T, F, false, Src, TileRows>;
   if (p.rows == 0 || p.cols == 0) {
     if (p.scale_inv || (p.history && p.record_amax)) {
       // Still written: 1 / scale of whatever amax or the history says, and the history's slots
@@ -404,11 +454,13 @@ void launch_quantize_fp8(const QuantizeFp8Params<T, F>& p, const Src& src, bool 
     }
     return;
   }
-  const std::int64_t tile = wide ? fp8_wide_tile : fp8_tile;
   // The wide kernel's column tiles cover one plane (it writes every plane of each); the plain
   // kernel's the whole output.
   const std::int64_t cols = wide ? p.cols / Src::kPlanes : p.cols;
-  const std::int64_t col_tiles = (cols + tile - 1) / tile, row_tiles = (p.rows + tile - 1) / tile;
+  const std::int64_t col_tiles =
+      wide ? (cols + fp8_wide_cols - 1) / fp8_wide_cols : (cols + fp8_tile - 1) / fp8_tile;
+  const std::int64_t row_tiles =
+      wide ? (p.rows + TileRows - 1) / TileRows : (p.rows + fp8_tile - 1) / fp8_tile;
   FATHOM_CHECK(col_tiles <= INT_MAX, "quantize_fp8: " << p.cols << " columns is too many");
   const dim3 grid(static_cast<unsigned>(col_tiles),
                   static_cast<unsigned>(std::min<std::int64_t>(row_tiles, 65535)));

@@ -3,8 +3,9 @@
 //
 // A grid-stride loop over (token, head, pack of pair indices). Each block first fills a
 // shared-memory table of inv_freq (computed in double as on the CPU, rounded once), then every
-// thread turns its pairs by angles computed on the fly in accum precision with sincos: no
-// position table to build or keep. Loads and stores are 16-byte packs when hd/2 allows.
+// thread turns its pairs by angles computed on the fly in accum precision with sincos (bf16: the
+// reduced sincos of rows.cuh): no position table to build or keep. Loads and stores are 16-byte
+// packs when hd/2 allows.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -13,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "fathom/core/cuda_runtime.hpp"
 #include "fathom/kernels/cuda/rows.cuh"
@@ -67,7 +69,12 @@ __global__ void __launch_bounds__(rope_threads) rope_kernel(RopeArgs<T> a) {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       A sin, cos;
-      row_sincos(pos * inv_freq[i0 + j], &sin, &cos);
+      // bf16 keeps 8 bits: the reduced sine's 2^-21 is far below its rounding, and sincosf's
+      // instructions kept the pass from the memory's rate. fp32 and double keep the exact one.
+      if constexpr (std::is_same_v<T, bf16>)
+        sincos_reduced(pos * inv_freq[i0 + j], &sin, &cos);
+      else
+        row_sincos(pos * inv_freq[i0 + j], &sin, &cos);
       sin *= a.sign;
       y1[j] = x1[j] * cos - x2[j] * sin;
       y2[j] = x2[j] * cos + x1[j] * sin;

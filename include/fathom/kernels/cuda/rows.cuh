@@ -26,6 +26,23 @@ __device__ inline double row_sqrt(double x) { return sqrt(x); }
 __device__ inline void row_sincos(float x, float* s, float* c) { sincosf(x, s, c); }
 __device__ inline void row_sincos(double x, double* s, double* c) { sincos(x, s, c); }
 
+// sin and cos of x for |x| up to about 1e5 (RoPE's angles: a position times a frequency <= 1):
+// x less k pi/2 in three FMA steps (pi/2 split into three floats, Cody-Waite), then the
+// special-function unit's sin and cos of the remainder in [-pi/4, pi/4] (absolute error about
+// 2^-21 there), swapped and signed by the quadrant k mod 4. A fraction of sincosf's instructions,
+// which made the attention backward's RoPE turn cost more than half of the rope pass it
+// replaced, and kept the bf16 rope pass from the memory's rate.
+__device__ inline void sincos_reduced(float x, float* sin, float* cos) {
+  const float k = rintf(x * 0.636619772367581343f);  // 2 / pi
+  float r = fmaf(-k, 1.57079625129699707031f, x);
+  r = fmaf(-k, 7.54978941586159635335e-08f, r);
+  r = fmaf(-k, 5.39030252995776476554e-15f, r);
+  const float sr = __sinf(r), cr = __cosf(r);
+  const int quadrant = static_cast<int>(k) & 3;
+  *sin = quadrant == 0 ? sr : quadrant == 1 ? cr : quadrant == 2 ? -sr : -cr;
+  *cos = quadrant == 0 ? cr : quadrant == 1 ? -sr : quadrant == 2 ? -cr : sr;
+}
+
 // W consecutive elements of T (one 16-byte load when W == map_width<T>()) into accum precision A.
 template <int W, class T, class A>
 __device__ inline void row_load(const T* p, A (&out)[W]) {

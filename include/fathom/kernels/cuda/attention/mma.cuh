@@ -5,6 +5,7 @@
 #pragma once
 
 #include "fathom/kernels/cuda/attention/common.cuh"
+#include "fathom/kernels/cuda/rows.cuh"
 
 namespace fathom::kernels::detail::attn {
 
@@ -95,22 +96,6 @@ RopeFreqs<HD / 2> rope_freqs(const AttentionBackwardParams<bf16>& p) {
   if (p.rope_theta > 0)
     for (int i = 0; i < HD / 2; ++i) f.inv_freq[i] = rope_inv_freq<float>(p.rope_theta, i, HD);
   return f;
-}
-
-// sin and cos of x for |x| up to about 1e5 (RoPE's angles: a position times a frequency <= 1):
-// x less k pi/2 in three FMA steps (pi/2 split into three floats, Cody-Waite), then the
-// special-function unit's sin and cos of the remainder in [-pi/4, pi/4] (absolute error about
-// 2^-21 there), swapped and signed by the quadrant k mod 4. A fraction of sincosf's instructions,
-// which made the turn cost more than half of the rope pass it replaces.
-__device__ inline void sincos_reduced(float x, float* sin, float* cos) {
-  const float k = rintf(x * 0.636619772367581343f);  // 2 / pi
-  float r = fmaf(-k, 1.57079625129699707031f, x);
-  r = fmaf(-k, 7.54978941586159635335e-08f, r);
-  r = fmaf(-k, 5.39030252995776476554e-15f, r);
-  const float sr = __sinf(r), cr = __cosf(r);
-  const int quadrant = static_cast<int>(k) & 3;
-  *sin = quadrant == 0 ? sr : quadrant == 1 ? cr : quadrant == 2 ? -sr : -cr;
-  *cos = quadrant == 0 ? cr : quadrant == 1 ? -sr : quadrant == 2 ? -cr : sr;
 }
 
 // RoPE's inverse turn (p.rope_theta > 0) of one thread's gradient accumulators, in registers,
