@@ -1,8 +1,10 @@
 // [cuda] tests for the CUDA norm kernels (include/fathom/kernels/cuda/norm.cuh): RMSNorm and
 // LayerNorm forward (y, saved statistics) and backward (dx, dw, db accumulated onto random
 // gradients) in float and bf16 against the CPU reference in double, at the model widths (768,
-// 1024, 2048), awkward ones (5461, 1, 7), more rows than the backward grid has blocks, base
-// pointers off the 16-byte grid, run-to-run determinism, and the autograd ops on CUDA.
+// 1024, 2048), widths held in registers by one kernel and walked by the other (8 to 4104),
+// awkward ones (5461, 1, 7), more rows than the backward grid has blocks, base pointers off the
+// 16-byte grid, the same bits from the register kernels as from the walking ones, run-to-run
+// determinism, and the autograd ops on CUDA.
 #include <fathom/autograd/ops/norm.hpp>
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/norm.cuh>
@@ -41,9 +43,13 @@ std::ostream& operator<<(std::ostream& os, const NormCase& c) {
   return os << "rows " << c.rows << " cols " << c.cols << " offset " << c.offset;
 }
 
-const NormCase cases[] = {{1, 768, 0},   {37, 768, 0}, {300, 1024, 0}, {129, 2048, 0},
-                          {65, 5461, 0}, {3, 1, 0},    {5, 7, 0},      {4099, 768, 0},
-                          {2500, 96, 0}, {33, 768, 1}, {17, 2048, 3},  {9, 5461, 1}};
+// Rows held in registers (C * sizeof(T) a multiple of 16, C up to 4096 forward, 1024 backward in
+// bf16; half that in fp32), walked beyond (1536 and 2048 backward in bf16, 4104 either way), and
+// walked when unaligned (5461, 7, 1, offsets).
+const NormCase cases[] = {
+    {1, 768, 0}, {37, 768, 0},   {300, 1024, 0}, {129, 2048, 0}, {65, 5461, 0}, {3, 1, 0},
+    {5, 7, 0},   {4099, 768, 0}, {2500, 96, 0},  {33, 768, 1},   {17, 2048, 3}, {9, 5461, 1},
+    {19, 8, 0},  {1001, 512, 0}, {41, 1536, 0},  {23, 4096, 0},  {70, 4104, 0}};
 
 struct NormData {
   std::vector<double> x, w, b, dy, dx0, dw0, db0;
@@ -162,6 +168,108 @@ TEST_CASE("CUDA norm backward computes only the gradients asked for", "[cuda][ke
   auto want_dx = want.dx;
   for (std::size_t i = 0; i < want_dx.size(); ++i) want_dx[i] -= in.dx0[i];
   CHECK(first_mismatch("dx", to_double(dx.values()), want_dx, 1e-4, 1e-5, c.cols) == "");
+}
+
+TEST_CASE("CUDA norm kernels hold rows in registers up to 4096 (forward) and 1024 (backward) bf16",
+          "[cuda][kernels][norm]") {
+  using fathom::kernels::detail::norm_lane_packs;
+  using fathom::kernels::detail::NormBackwardLanePacks;
+  using fathom::kernels::detail::NormForwardLanePacks;
+  // The smallest K (packs of 16 bytes per lane) that holds the row, 0 when the row is walked.
+  CHECK(norm_lane_packs<bf16>(8, NormForwardLanePacks{}) == 2);
+  CHECK(norm_lane_packs<bf16>(768, NormForwardLanePacks{}) == 4);
+  CHECK(norm_lane_packs<bf16>(2048, NormForwardLanePacks{}) == 8);
+  CHECK(norm_lane_packs<bf16>(4096, NormForwardLanePacks{}) == 16);
+  CHECK(norm_lane_packs<bf16>(4104, NormForwardLanePacks{}) == 0);
+  CHECK(norm_lane_packs<bf16>(768, NormBackwardLanePacks{}) == 3);
+  CHECK(norm_lane_packs<bf16>(1024, NormBackwardLanePacks{}) == 4);
+  CHECK(norm_lane_packs<bf16>(1536, NormBackwardLanePacks{}) == 0);
+  CHECK(norm_lane_packs<float>(2048, NormForwardLanePacks{}) == 16);
+  CHECK(norm_lane_packs<float>(512, NormBackwardLanePacks{}) == 4);
+  CHECK(norm_lane_packs<float>(768, NormBackwardLanePacks{}) == 0);
+}
+
+namespace {
+
+// Which gradients a backward computes.
+struct NormGrads {
+  bool dx, dw, db;
+};
+
+std::ostream& operator<<(std::ostream& os, const NormGrads& g) {
+  return os << (g.dx ? "dx " : "") << (g.dw ? "dw " : "") << (g.db ? "db" : "");
+}
+
+// y, mean, rstd, dx, dw, db of one path, as stored (T, or accum for the statistics).
+template <class T>
+struct NormPathResult {
+  std::vector<T> y, dx, dw, db;
+  std::vector<accum_t<T>> mean, rstd;
+};
+
+// Forward then backward with the kernels `path` allows, straight through the launchers.
+template <class T, bool Layer>
+NormPathResult<T> run_norm_path(const NormCase& c, const NormData& in, NormGrads grads,
+                                bool accumulate, fathom::kernels::detail::NormPath path) {
+  namespace kd = fathom::kernels::detail;
+  using A = accum_t<T>;
+  DeviceArray<T> x(in.x, 0), w(in.w, 0), b(in.b, 0), dy(in.dy, 0), dx(in.dx0, 0), dw(in.dw0, 0),
+      db(in.db0, 0), y(std::vector<double>(in.x.size(), 7.0), 0);
+  auto mean = Tensor<A, Cuda>::zeros(Shape{c.rows}), rstd = Tensor<A, Cuda>::zeros(Shape{c.rows});
+  const A eps = A(1e-5), scale = A(0.75);
+  kd::launch_norm_forward<T, Layer>(
+      kd::NormForwardArgs<T>{x.data(), w.data(), Layer ? b.data() : nullptr, y.data(),
+                             Layer ? mean.data() : nullptr, rstd.data(), c.rows, c.cols, eps,
+                             scale},
+      path);
+  kd::launch_norm_backward<T, Layer>(
+      kd::NormBackwardArgs<T>{dy.data(), x.data(), w.data(), Layer ? mean.data() : nullptr,
+                              rstd.data(), grads.dx ? dx.data() : nullptr, c.rows, c.cols, scale,
+                              accumulate, nullptr, 1},
+      grads.dw ? dw.data() : nullptr, Layer && grads.db ? db.data() : nullptr, path);
+  FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
+  return {y.values(), dx.values(), dw.values(), db.values(), mean.to_vector(), rstd.to_vector()};
+}
+
+}  // namespace
+
+// Both kinds of kernel do the same float operations in the same order (the backward's on the same
+// grid, which NormPath::generic keeps), so they must agree to the bit.
+TEMPLATE_TEST_CASE("CUDA norm kernels give the same bits holding rows in registers as walking them",
+                   "[cuda][kernels][norm]", float, bf16) {
+  using T = TestType;
+  const NormCase c = GENERATE(values<NormCase>({{19, 8, 0},
+                                                {37, 96, 0},
+                                                {3001, 384, 0},
+                                                {1001, 512, 0},
+                                                {4099, 768, 0},
+                                                {1030, 1024, 0},
+                                                {129, 2048, 0}}));
+  const bool layer = GENERATE(false, true);
+  const bool accumulate = GENERATE(false, true);
+  const NormGrads grads = GENERATE(NormGrads{true, true, true}, NormGrads{true, false, false},
+                                   NormGrads{false, true, false}, NormGrads{false, false, true});
+  CAPTURE(c, layer, accumulate, grads, Precision<T>::name);
+  namespace kd = fathom::kernels::detail;
+  // At least the forward holds these rows in registers (the backward too up to 1024 bf16 columns).
+  REQUIRE(kd::norm_lane_packs<T>(c.cols, kd::NormForwardLanePacks{}) > 0);
+  const auto in = make_data(c, 500 + static_cast<std::uint64_t>(c.cols));
+  auto run = [&](kd::NormPath path) {
+    return layer ? run_norm_path<T, true>(c, in, grads, accumulate, path)
+                 : run_norm_path<T, false>(c, in, grads, accumulate, path);
+  };
+  const auto held = run(kd::NormPath::any), walked = run(kd::NormPath::generic);
+  CHECK(same_bits(held.y, walked.y));
+  CHECK(same_bits(held.mean, walked.mean));
+  CHECK(same_bits(held.rstd, walked.rstd));
+  CHECK(same_bits(held.dx, walked.dx));
+  CHECK(same_bits(held.dw, walked.dw));
+  CHECK(same_bits(held.db, walked.db));
+  // And they did compute: y was overwritten, and each wanted gradient moved off its start.
+  CHECK(!same_bits(held.y, cast_to<T>(std::vector<double>(in.x.size(), 7.0))));
+  if (grads.dx) CHECK(!same_bits(held.dx, cast_to<T>(in.dx0)));
+  if (grads.dw) CHECK(!same_bits(held.dw, cast_to<T>(in.dw0)));
+  if (layer && grads.db) CHECK(!same_bits(held.db, cast_to<T>(in.db0)));
 }
 
 TEST_CASE("CUDA norm weight gradients are the same run to run", "[cuda][kernels][norm]") {
