@@ -278,10 +278,10 @@ __global__ void quantize_fp8_kernel(QuantizeFp8Params<T, F> p, Src src) {
 // through a byte pointer may alias any load after it, so a load written after a store waits for it.
 constexpr int fp8_wide_cols = 64, fp8_wide_threads = 256, fp8_wide_pitch = fp8_wide_cols + 4;
 
-template <class T, class F, bool Record, class Src, int TileRows>
+template <class T, class F, bool Record, class Src>
 __global__ void __launch_bounds__(fp8_wide_threads)
     quantize_fp8_wide_kernel(QuantizeFp8Params<T, F> p, Src src) {
-  constexpr int P = Src::kPlanes;
+  constexpr int P = Src::kPlanes, TileRows = Src::kTileRows;
   constexpr int chunks = fp8_wide_cols / 8;                 // 8-element pieces of a tile row
   constexpr int rows_per_pass = fp8_wide_threads / chunks;  // 32
   constexpr int R = TileRows / rows_per_pass;               // rows of a tile a thread takes
@@ -429,15 +429,14 @@ void launch_amax_source(const Src& src, std::int64_t rows, std::int64_t cols, bo
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 
-// One quantize pass of the values of src (see ReadSource), on the wide kernel when `wide` (with
-// tiles of TileRows rows: the source's unless a benchmark asks for others).
-template <class T, class F, class Src, int TileRows = Src::kTileRows>
+// One quantize pass of the values of src (see ReadSource), on the wide kernel when `wide`.
+template <class T, class F, class Src>
 void launch_quantize_fp8(const QuantizeFp8Params<T, F>& p, const Src& src, bool wide) {
   const bool record = p.history && p.record_amax;
   auto* const plain_kernel =
       record ? quantize_fp8_kernel<T, F, true, Src> : quantize_fp8_kernel<T, F, false, Src>;
-  auto* const wide_kernel = record ? quantize_fp8_wide_kernel<T, F, true, Src, TileRows>
-                                   : quantize_fp8_wide_kernel<T, F, false, Src, TileRows>;
+  auto* const wide_kernel = record ? quantize_fp8_wide_kernel<T, F, true, Src>
+                                   : quantize_fp8_wide_kernel<T, F, false, Src>;
   if (p.rows == 0 || p.cols == 0) {
     if (p.scale_inv || (p.history && p.record_amax)) {
       // Still written: 1 / scale of whatever amax or the history says, and the history's slots
@@ -460,7 +459,7 @@ void launch_quantize_fp8(const QuantizeFp8Params<T, F>& p, const Src& src, bool 
   const std::int64_t col_tiles =
       wide ? (cols + fp8_wide_cols - 1) / fp8_wide_cols : (cols + fp8_tile - 1) / fp8_tile;
   const std::int64_t row_tiles =
-      wide ? (p.rows + TileRows - 1) / TileRows : (p.rows + fp8_tile - 1) / fp8_tile;
+      wide ? (p.rows + Src::kTileRows - 1) / Src::kTileRows : (p.rows + fp8_tile - 1) / fp8_tile;
   FATHOM_CHECK(col_tiles <= INT_MAX, "quantize_fp8: " << p.cols << " columns is too many");
   const dim3 grid(static_cast<unsigned>(col_tiles),
                   static_cast<unsigned>(std::min<std::int64_t>(row_tiles, 65535)));
@@ -677,6 +676,14 @@ void with_swiglu_source(const SwigluFp8Source<T>& s, Fn&& f) {
     f(SwigluSource<T, false>{s});
 }
 
+// Whether a pass over s's values (shaped as p) can take the wide kernel: its reads are gu, and dh
+// in the backward.
+template <class T, class F>
+bool swiglu_wide_fits(const QuantizeFp8Params<T, F>& p, const SwigluFp8Source<T>& s) {
+  return s.backward ? quantize_fp8_wide_fits(p, s.f, {s.gu, s.dh})
+                    : quantize_fp8_wide_fits(p, s.f, {s.gu});
+}
+
 }  // namespace detail
 
 template <class T>
@@ -685,8 +692,7 @@ void amax_swiglu(Cuda, const SwigluFp8Source<T>& s, std::int64_t rows, float* ou
   FATHOM_CHECK(out != nullptr, "amax_swiglu: out is null");
   // The wide kernel's condition on the quantize pass's reads (no outputs here).
   const QuantizeFp8Params<T, fp8_e4m3> shape{.rows = rows, .cols = s.out_cols()};
-  const bool wide = s.backward ? detail::quantize_fp8_wide_fits(shape, s.f, {s.gu, s.dh})
-                               : detail::quantize_fp8_wide_fits(shape, s.f, {s.gu});
+  const bool wide = detail::swiglu_wide_fits(shape, s);
   detail::with_swiglu_source(
       s, [&](const auto& src) { detail::launch_amax_source(src, rows, s.out_cols(), wide, out); });
 }
@@ -696,8 +702,7 @@ void quantize_fp8_swiglu(Cuda, const QuantizeFp8Params<T, F>& p, const SwigluFp8
   detail::check_quantize_fp8(p, "quantize_fp8_swiglu", /*reads_x=*/false);
   detail::check_swiglu_fp8(s, p.rows, p.cols, "quantize_fp8_swiglu");
   FATHOM_CHECK(p.x == nullptr, "quantize_fp8_swiglu: x must be null (the values come from gu)");
-  const bool wide = s.backward ? detail::quantize_fp8_wide_fits(p, s.f, {s.gu, s.dh})
-                               : detail::quantize_fp8_wide_fits(p, s.f, {s.gu});
+  const bool wide = detail::swiglu_wide_fits(p, s);
   detail::with_swiglu_source(s,
                              [&](const auto& src) { detail::launch_quantize_fp8(p, src, wide); });
 }
