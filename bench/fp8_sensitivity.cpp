@@ -2,18 +2,20 @@
 // kernels): bf16 or fp8 (current or delayed scaling, margin 2), 300 steps of 16 x 128 on the
 // built-in corpus, seed 11, each step optionally as ACCUM micro-batches; prints the 300 training
 // losses. For comparing curves of builds that differ in rounding only (e.g. two commits):
-//   g++ -std=c++20 -O2 -DNDEBUG -DFATHOM_HAS_CBLAS=1 -Iinclude bench/fp8_sensitivity.cpp \
+//   g++ -std=c++20 -O2 -DNDEBUG -DFATHOM_HAS_CBLAS=1 -Iinclude -Itests bench/fp8_sensitivity.cpp \
 //     -lopenblas -lpthread -o /tmp/fp8_sensitivity
 //   /tmp/fp8_sensitivity fp8-delayed 1 > fp8.txt   # about 3 CPU minutes a run
 // usage: fp8_sensitivity MODE ACCUM [TAG]   MODE: bf16 | fp8-current | fp8-delayed; TAG names the
-// run's temporary folder (fp8exp-MODE-ACCUM-TAG), so that runs can go side by side.
+// run's temporary folder (fathom-test-fp8exp-MODE-ACCUM-TAG), so that runs can go side by side.
+// The run's options are the test's own (tests/train/runs.hpp, curve_options).
 #include <fathom/nn/language_model.hpp>
 #include <fathom/nn/presets.hpp>
 #include <fathom/policy/lns.hpp>
 #include <fathom/train/trainer.hpp>
 
+#include "train/runs.hpp"
+
 #include <cstdio>
-#include <filesystem>
 #include <string>
 
 int main(int argc, char** argv) {
@@ -31,23 +33,10 @@ int main(int argc, char** argv) {
                  "8 or 16\n");
     return 2;
   }
-  train::TrainOptions o;
-  o.model = nn::preset("tiny");
-  o.seq_len = 128;
+  train::TrainOptions o = test::curve_options(
+      "tiny", "fp8exp-" + mode + "-" + argv[2] + "-" + (argc > 3 ? argv[3] : ""));
   o.batch = 16 / accum;
   o.grad_accum = accum;
-  o.steps = 300;
-  o.lr = 2e-3;
-  o.schedule = train::CosineSchedule{30, 0.1};
-  o.eval_every = 0;
-  o.eval_batches = 2;
-  o.log_every = 50;
-  o.seed = 11;
-  o.quiet = true;
-  const auto out = std::filesystem::temp_directory_path() /
-                   ("fp8exp-" + mode + "-" + argv[2] + "-" + (argc > 3 ? argv[3] : ""));
-  std::filesystem::remove_all(out);
-  o.out = out.string();
   nn::DecoderModel<nn::Llama, policy::LNS, bf16, Cpu> model(nn::preset("tiny"), {});
   if (mode != "bf16") {
     nn::Fp8Recipe r;
