@@ -3,11 +3,13 @@
 # tree, then each workload runs on BASE and on this tree back to back, and one table compares them.
 # Usage: bench/ab.sh BASE [BUILD_DIR (default build/gpu)] [OUT_DIR]
 #   BASE: a commit, or a folder holding the base's source (e.g. from `git archive`, for a machine
-#   that gets the working tree without its git history)
+#   that gets the working tree without its git history), or `env`: this tree's fathom-bench on
+#   both sides, the base side run with the variables in FATHOM_AB_BASE_ENV (e.g.
+#   FATHOM_AB_BASE_ENV=FATHOM_ATTENTION_WGMMA=0 compares the wgmma attention with the mma one)
 #   env: FATHOM_AB_WORKLOADS (llama-130m,gpt2-124m,llama-350m; each at bench/torch_baseline.py's
 #        batch and sequence length), FATHOM_AB_POLICIES (pre-ln), FATHOM_AB_PRECISIONS (bf16;
 #        fp8 is current scaling, fp8-delayed delayed), FATHOM_BENCH_STEPS (25),
-#        FATHOM_BENCH_WARMUP (8), JOBS (16), CUDA_ARCH (90)
+#        FATHOM_BENCH_WARMUP (8), JOBS (16), CUDA_ARCH (90a)
 # The build of this tree must hold fathom-bench already (scripts/gpu.sh or cmake --build).
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,7 +21,11 @@ mkdir -p "$out"
 base_src="$build-ab-src" base_build="$build-ab"
 extra_include=()
 [[ -d .deps/include ]] && extra_include=(-DFATHOM_EXTRA_INCLUDE="$repo/.deps/include")
-if [[ -d "$base" ]]; then
+base_env=()
+if [[ "$base" == env ]]; then
+  read -r -a base_env <<<"${FATHOM_AB_BASE_ENV:?ab.sh: BASE env needs FATHOM_AB_BASE_ENV}"
+  base_build="$build"
+elif [[ -d "$base" ]]; then
   base_src="$(cd "$base" && pwd)"
 else
   rm -rf "$base_src"
@@ -27,9 +33,9 @@ else
   git worktree add --detach "$base_src" "$base" >"$out/ab_base_build.log" 2>&1 ||
     { echo "ab.sh: no commit or folder '$base'"; exit 1; }
 fi
-if ! {
+if [[ "$base" != env ]] && ! {
   cmake -S "$base_src" -B "$base_build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DFATHOM_ENABLE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \
+    -DFATHOM_ENABLE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90a}" \
     -DFATHOM_BUILD_TESTS=OFF -DFATHOM_BUILD_EXAMPLES=ON "${extra_include[@]}" &&
   cmake --build "$base_build" -j "${JOBS:-16}" --target fathom-bench; } >>"$out/ab_base_build.log" 2>&1
 then
@@ -45,9 +51,9 @@ for w in "${workloads[@]}"; do
   read -r batch seq <<<"$(python3 bench/torch_baseline.py --shape "$w")"
   for precision in "${precisions[@]}"; do
     for side in base head; do
-      bin="$build/bin/fathom-bench"
-      [[ $side == base ]] && bin="$base_build/bin/fathom-bench"
-      "$bin" --workloads "$w" --batch "$batch" --seq-len "$seq" \
+      bin="$build/bin/fathom-bench" prefix=()
+      [[ $side == base ]] && bin="$base_build/bin/fathom-bench" prefix=(env "${base_env[@]}")
+      "${prefix[@]}" "$bin" --workloads "$w" --batch "$batch" --seq-len "$seq" \
         --policies "${FATHOM_AB_POLICIES:-pre-ln}" --precision "${precision%-delayed}" \
         $([[ $precision == *-delayed ]] && echo --fp8-scaling delayed) \
         --steps "${FATHOM_BENCH_STEPS:-25}" --warmup "${FATHOM_BENCH_WARMUP:-8}" \
@@ -55,7 +61,7 @@ for w in "${workloads[@]}"; do
     done
   done
 done
-python3 - "$out/ab_base.jsonl" "$out/ab_head.jsonl" "$base" <<'PY'
+python3 - "$out/ab_base.jsonl" "$out/ab_head.jsonl" "$base${base_env[*]:+ ${base_env[*]}}" <<'PY'
 import json, sys
 def read(path):
     rows = {}

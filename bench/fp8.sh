@@ -5,7 +5,7 @@
 # bf16), a short fathom-train run with --precision fp8, then fathom-bench on llama-350m in bf16 and
 # fp8 with each scaling recipe (same card, same run).
 # Usage: bench/fp8.sh [BUILD_DIR (default build/gpu)] [OUT_DIR (default BUILD_DIR/logs)]
-#   env: JOBS (default 16), CUDA_ARCH (default 90), FATHOM_FP8_WORKLOADS (default llama-350m),
+#   env: JOBS (default 16), CUDA_ARCH (default 90a), FATHOM_FP8_WORKLOADS (default llama-350m),
 #        FATHOM_FP8_POLICIES (default pre-ln,lns), FATHOM_BENCH_STEPS (25), FATHOM_BENCH_WARMUP (8),
 #        FATHOM_FP8_CURVE=1: then bench/fp8_curve.sh (the 2000-step loss curves of bf16 and fp8)
 set -uo pipefail
@@ -18,7 +18,7 @@ mkdir -p "$out"
 extra_include=()
 [[ -d .deps/include ]] && extra_include=(-DFATHOM_EXTRA_INCLUDE="$repo/.deps/include")
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFATHOM_ENABLE_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" -DFATHOM_BUILD_TESTS=ON -DFATHOM_BUILD_EXAMPLES=ON \
+  -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90a}" -DFATHOM_BUILD_TESTS=ON -DFATHOM_BUILD_EXAMPLES=ON \
   "${extra_include[@]}" >"$out/fp8_configure.log" || { echo "fp8.sh: configure failed"; exit 1; }
 cmake --build "$build" -j "$jobs" --target fathom_tests fathom_cuda_tests fathom-train fathom-bench ||
   { echo "fp8.sh: build failed"; exit 1; }

@@ -13,7 +13,7 @@
 #   --gpus N   queues to run side by side (default: the GPUs nvidia-smi lists; 1 or 2 expected)
 #   env: RUNS (default runs/depth), TOKENS_12 (default 300M: the 12-block llama-130m runs),
 #        TOKENS_24 (default 80M: the 24-block runs), TPS_12 / TPS_24 (assumed tokens/s of one GPU
-#        for the plan: 600000 / 600000), FATHOM_BUILD_DIR (default build-depth), CUDA_ARCH (90),
+#        for the plan: 600000 / 600000), FATHOM_BUILD_DIR (default build-depth), CUDA_ARCH (90a),
 #        JOBS (16), BATCH (micro-batch, default 128; x GRAD_ACCUM 4 x seq 256 = 131,072 tokens a step)
 #        For a rehearsal on a CPU machine with a CPU build (FATHOM_BUILD_DIR holding the three
 #        programs, so nothing is built): DEVICE (cuda), PRECISION (bf16), SEQ_LEN (256),
@@ -115,7 +115,7 @@ if [[ ! -x "$build/bin/fathom-train" || ! -x "$build/bin/fathom-diagnose" || ! -
   echo "==== building fathom-train, fathom-diagnose and fathom-prepare with CUDA in $build"
   mkdir -p "$build"
   cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DFATHOM_ENABLE_CUDA=ON \
-    -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \
+    -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90a}" \
     -DFATHOM_BUILD_TESTS=OFF -DFATHOM_BUILD_EXAMPLES=ON "${extra[@]}" > "$build/configure.log" 2>&1 ||
     { cat "$build/configure.log"; exit 1; }
   grep -i "sentencepiece" "$build/configure.log" || true

@@ -16,7 +16,7 @@
 # .deps/include when their packages are missing (scripts/deps.sh).
 # Usage: scripts/dist_gpu.sh   env: FATHOM_BUILD_DIR (default build; uses <dir>/dist-gpu), or
 #        FATHOM_DIST_BUILD (the build tree itself, e.g. scripts/gpu.sh's), JOBS,
-#        CUDA_ARCH (default 90), NPROC (default 2), ONE_B_BATCH (llama-1b batch a GPU, default 16),
+#        CUDA_ARCH (default 90a), NPROC (default 2), ONE_B_BATCH (llama-1b batch a GPU, default 16),
 #        DIST_BENCH=0 (checks 1-3b only: skips the scaling and memory benchmarks, 4 and 5)
 set -uo pipefail
 
@@ -24,7 +24,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 build="${FATHOM_DIST_BUILD:-${FATHOM_BUILD_DIR:-$repo/build}/dist-gpu}"
 jobs="${JOBS:-16}"
-arch="${CUDA_ARCH:-90}"
+arch="${CUDA_ARCH:-90a}"
 nproc="${NPROC:-2}"
 bench="${DIST_BENCH:-1}"
 logs="${OUT:-$build/logs}"

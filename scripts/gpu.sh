@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The one project script for the GPU machine: configures Release for sm_90, builds everything,
+# The one project script for the GPU machine: configures Release for sm_90a, builds everything,
 # runs the CPU tests and all [cuda] tests (fathom_cuda_tests), then the benchmarks (bench/run.sh)
 # if present. Logs go to $OUT (else <build>/logs); a summary table ends the output.
 # nlohmann-json and CLI11 come from .deps/include when their packages are missing (scripts/deps.sh
 # fills it on a machine that has them; carry .deps along with the working tree).
 # Usage: scripts/gpu.sh [extra Catch2 arguments for fathom_cuda_tests]
 #   env: FATHOM_BUILD_DIR (default build; this script uses <dir>/gpu), JOBS (default 16),
-#        CUDA_ARCH (default 90), FATHOM_GPU_SKIP_CPU_TESTS=1, FATHOM_GPU_SKIP_BENCH=1,
+#        CUDA_ARCH (default 90a), FATHOM_GPU_SKIP_CPU_TESTS=1, FATHOM_GPU_SKIP_BENCH=1,
 #        FATHOM_GPU_SKIP_DIST=1 (else, with 2+ GPUs, scripts/dist_gpu.sh runs on this build),
 #        FATHOM_GPU_TARGETS="targets to build" (then only their phases run)
 set -uo pipefail
@@ -15,7 +15,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 build="${FATHOM_BUILD_DIR:-$repo/build}/gpu"
 jobs="${JOBS:-16}"
-arch="${CUDA_ARCH:-90}"
+arch="${CUDA_ARCH:-90a}"
 logs="${OUT:-$build/logs}"
 mkdir -p "$logs"
 

@@ -28,7 +28,11 @@ gpu=0
 if [[ -n "$nvcc" ]] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then gpu=1; fi
 
 if [[ $gpu == 1 ]]; then
-  cuda_args=(-DFATHOM_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=native)
+  # Hopper (compute capability 9.0) gets sm_90a code, which the wgmma attention kernels need.
+  arch=native
+  [[ "$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1)" == "9.0" ]] &&
+    arch=90a
+  cuda_args=(-DFATHOM_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES="$arch")
   # A 12-block byte-level Llama (9.6M parameters) with LayerNorm Scaling, bf16, 16M tokens.
   defaults=(--preset tiny --layers 12 --d-model 256 --heads 4 --d-ff 688 --policy lns --precision bf16
             --device cuda --batch 32 --seq-len 256 --steps 2000 --eval-every 500 --diag-every 100)

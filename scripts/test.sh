@@ -14,9 +14,9 @@
 #        FATHOM_SKIP_DOWNSTREAM=1, FATHOM_NO_APT=1, FATHOM_SKIP_FUZZ=1, FATHOM_FUZZ_SECONDS
 #        (default 20 a target)
 # CUDA code is only compiled here, never run (scripts/gpu.sh builds and runs all of it on a GPU
-# machine), so the CUDA tests build for sm_90 only, without host optimization and as one unity
+# machine), so the CUDA tests build for sm_90a only, without host optimization and as one unity
 # translation unit (FATHOM_TESTS_UNITY); the compile check of <fathom/cuda.hpp> still covers sm_80
-# and sm_90. The CUDA parts of the example programs are left to gpu.sh by default: they are the
+# and sm_90a. The CUDA parts of the example programs are left to gpu.sh by default: they are the
 # costliest translation units of the project. bench/NOTES.md ("CI time") has the phases' costs.
 set -euo pipefail
 
@@ -102,7 +102,7 @@ if [[ -n "$nvcc" ]]; then
   fi
   cmake -S . -B "$cuda_build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFATHOM_BUILD_TESTS=ON \
     -DFATHOM_BUILD_EXAMPLES="$cuda_examples" -DFATHOM_ENABLE_CUDA=ON \
-    -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90 -DFATHOM_TESTS_UNITY=ON \
+    -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90a -DFATHOM_TESTS_UNITY=ON \
     "-DCMAKE_CUDA_FLAGS_RELEASE=-O0 -DNDEBUG" >/dev/null
   if [[ $cuda_examples == OFF ]] && grep -q "fathom_cuda_tests" "$cuda_build/build.ninja"; then
     cuda_targets+=(--target fathom_cuda_tests)

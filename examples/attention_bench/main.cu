@@ -1,11 +1,11 @@
 // fathom-attention-bench: times the CUDA attention kernels alone with CUDA events, forward and
 // backward (and each pass of the backward) of bf16 multi-head attention with head_dim 64 on q, k,
 // v read in place from a fused (B, T, 3C) projection, as GPT-2 trains it. For each shape it runs
-// kernel variants (--variants: fathom's tile shapes, the previous ones, and each change alone),
-// prints ms and TFLOP/s per pass, and the largest difference between each variant's outputs and
-// the first one's. TFLOP/s count the matrix products only (causal: half of them), the backward as
-// 2.5 forwards, as FlashAttention's papers do. All variants share the forward's exponent with the
-// scale folded into one FMA.
+// kernel variants (--variants: the wgmma kernels (Hopper, sm_90a) and the mma kernels with their
+// tile shapes, the previous ones, and each change alone), prints ms and TFLOP/s per pass, and the
+// largest difference between each variant's outputs and the first one's. TFLOP/s count the matrix
+// products only (causal: half of them), the backward as 2.5 forwards, as FlashAttention's papers
+// do. All variants share the forward's exponent with the scale folded into one FMA.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -56,11 +56,56 @@ struct Dq128RowShapes {
   using Dkdv = typename attn::MmaChoice<HD>::Dkdv;
   using Dq = typename attn::MmaBackward128Rows<HD>::Dq;
 };
-// "rope": the current shapes with RoPE's inverse turn of dQ and dK in the backward's stores
-// (Llama's attention); its d(q, k) differ from the others' by that turn.
-const std::vector<std::string> kVariants{"current",    "previous",    "forward-128-rows",
-                                         "pair-order", "dq-128-rows", "backward-128-rows",
-                                         "rope"};
+// How a family launches its passes: the mma kernels (any GPU with tensor cores) with tile shapes
+// Shapes, or the wgmma kernels (sm_90a).
+template <int HD, class Shapes>
+struct Mma {
+  using Dkdv = typename Shapes::Dkdv;
+  using Dq = typename Shapes::Dq;
+  static constexpr bool kRowsum = Dq::kRowsum;
+  static void forward(const fathom::kernels::AttentionParams<bf16>& p) {
+    attn::launch_forward_mma<HD, Shapes>(p);
+  }
+  static void backward(const fathom::kernels::AttentionBackwardParams<bf16>& p, float* delta) {
+    attn::launch_backward_mma<HD, Shapes>(p, delta);
+  }
+  static void dq(const fathom::kernels::AttentionBackwardParams<bf16>& p, float* delta,
+                 const attn::RopeFreqs<HD / 2>& freqs) {
+    attn::launch_mma<Dq, attn::backward_dq_mma<Dq>>(p, delta, freqs);
+  }
+  static void dkdv(const fathom::kernels::AttentionBackwardParams<bf16>& p, const float* delta,
+                   const attn::RopeFreqs<HD / 2>& freqs) {
+    attn::launch_mma<Dkdv, attn::backward_dkdv_mma<Dkdv>>(p, delta, freqs);
+  }
+};
+template <int HD, class Shapes>
+struct Wgmma {
+  static_assert(HD == 64, "the wgmma kernels take head_dim 64");
+  using Dkdv = typename Shapes::Dkdv;
+  using Dq = typename Shapes::Dq;
+  static constexpr bool kRowsum = true;
+  static void forward(const fathom::kernels::AttentionParams<bf16>& p) {
+    attn::launch_forward_wgmma<Shapes>(p);
+  }
+  static void backward(const fathom::kernels::AttentionBackwardParams<bf16>& p, float* delta) {
+    attn::launch_backward_wgmma<Shapes>(p, delta);
+  }
+  static void dq(const fathom::kernels::AttentionBackwardParams<bf16>& p, float* delta,
+                 const attn::RopeFreqs<32>& freqs) {
+    attn::launch_mma<Dq, attn::backward_dq_wgmma<Dq>>(p, delta, freqs);
+  }
+  static void dkdv(const fathom::kernels::AttentionBackwardParams<bf16>& p, const float* delta,
+                   const attn::RopeFreqs<32>& freqs) {
+    attn::launch_mma<Dkdv, attn::backward_dkdv_wgmma<Dkdv>>(p, delta, freqs);
+  }
+};
+
+// "rope" and "wgmma-rope": the current shapes with RoPE's inverse turn of dQ and dK in the
+// backward's stores (Llama's attention); their d(q, k) differ from the others' by that turn.
+const std::vector<std::string> kVariants{"wgmma",           "wgmma-wide",        "wgmma-narrow",
+                                         "wgmma-long-keys", "wgmma-rope",        "current",
+                                         "previous",        "forward-128-rows",  "pair-order",
+                                         "dq-128-rows",     "backward-128-rows", "rope"};
 
 struct Problem {
   std::int64_t batch, heads, seq, head_dim;
@@ -187,13 +232,12 @@ void report(const char* variant, const char* pass, double ms, double flop) {
   std::printf("  %-9s %-26s %8.3f ms %8.1f TFLOP/s\n", variant, pass, ms, flop / (ms * 1e9));
 }
 
-// Times one variant (tile shapes Shapes) on buffers `buf`; leaves its outputs there.
-template <int HD, class Shapes>
+// Times one variant (a family with its tile shapes: Mma<HD, Shapes> or Wgmma<HD, Shapes>) on
+// buffers `buf`; leaves its outputs there.
+template <int HD, class Family>
 void run_variant(const std::string& variant, const Problem& pr, Buffers& buf, int warmup, int iters,
                  bool rope = false) {
   const char* name = variant.c_str();
-  using Dkdv = typename Shapes::Dkdv;
-  using Dq = typename Shapes::Dq;
   Timer timer;
   const double f = pr.forward_flop();
   const auto& fp = buf.forward;
@@ -201,11 +245,9 @@ void run_variant(const std::string& variant, const Problem& pr, Buffers& buf, in
   if (rope) bp.rope_theta = 10000.0;
   const auto freqs = attn::rope_freqs<HD>(bp);
   float* delta = buf.delta.data();
-  report(name, "forward",
-         timer.ms([&] { attn::launch_forward_mma<HD, Shapes>(fp); }, warmup, iters), f);
+  report(name, "forward", timer.ms([&] { Family::forward(fp); }, warmup, iters), f);
   report(name, "backward (all passes)",
-         timer.ms([&] { attn::launch_backward_mma<HD, Shapes>(bp, delta); }, warmup, iters),
-         2.5 * f);
+         timer.ms([&] { Family::backward(bp, delta); }, warmup, iters), 2.5 * f);
   if (rope) {  // what the turn in the stores replaces: a rope pass over the q and k gradients
     const fathom::kernels::RopeQkvParams<bf16> turn{
         buf.dqkv.data(), pr.batch, pr.seq, pr.heads * pr.head_dim, static_cast<int>(pr.heads),
@@ -213,30 +255,21 @@ void run_variant(const std::string& variant, const Problem& pr, Buffers& buf, in
     report(name, "  (separate rope backward)",
            timer.ms([&] { fathom::kernels::rope_qkv(Cuda{}, turn); }, warmup, iters), 0.0);
   }
-  if constexpr (Dq::kRowsum) {
-    report(name, "  dQ with rowsum",
-           timer.ms([&] { attn::launch_mma<Dq, attn::backward_dq_mma<Dq>>(bp, delta, freqs); },
-                    warmup, iters),
+  if constexpr (Family::kRowsum) {
+    report(name, "  dQ with rowsum", timer.ms([&] { Family::dq(bp, delta, freqs); }, warmup, iters),
            1.5 * f);
   } else {
     report(name, "  rowsum", timer.ms([&] { attn::launch_rowsum(bp, delta, true); }, warmup, iters),
            0.0);
-    report(name, "  dQ",
-           timer.ms([&] { attn::launch_mma<Dq, attn::backward_dq_mma<Dq>>(bp, delta, freqs); },
-                    warmup, iters),
-           1.5 * f);
+    report(name, "  dQ", timer.ms([&] { Family::dq(bp, delta, freqs); }, warmup, iters), 1.5 * f);
   }
-  report(name, "  dK, dV",
-         timer.ms(
-             [&] {
-               attn::launch_mma<Dkdv, attn::backward_dkdv_mma<Dkdv>>(
-                   bp, static_cast<const float*>(delta), freqs);
-             },
-             warmup, iters),
-         2.0 * f);
+  report(
+      name, "  dK, dV",
+      timer.ms([&] { Family::dkdv(bp, static_cast<const float*>(delta), freqs); }, warmup, iters),
+      2.0 * f);
   // Leave this variant's forward and backward outputs in place for the comparison.
-  attn::launch_forward_mma<HD, Shapes>(fp);
-  attn::launch_backward_mma<HD, Shapes>(bp, delta);
+  Family::forward(fp);
+  Family::backward(bp, delta);
   FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
 }
 
@@ -259,15 +292,34 @@ void run_problem(const Problem& pr, const std::vector<std::string>& variants, in
       buf.aim();
     }
     const std::string& name = variants[v];
-    if (name == "current") run_variant<HD, attn::MmaChoice<HD>>(name, pr, buf, warmup, iters);
-    if (name == "previous") run_variant<HD, PreviousShapes<HD>>(name, pr, buf, warmup, iters);
+    if (name.rfind("wgmma", 0) == 0 && !attn::wgmma_available()) {
+      std::printf("  %s: skipped (this GPU or build has no sm_90a code)\n", name.c_str());
+      continue;
+    }
+    if (name == "wgmma")
+      run_variant<HD, Wgmma<HD, attn::WgmmaChoice>>(name, pr, buf, warmup, iters);
+    if (name == "wgmma-wide")
+      run_variant<HD, Wgmma<HD, attn::WgmmaWide>>(name, pr, buf, warmup, iters);
+    if (name == "wgmma-narrow")
+      run_variant<HD, Wgmma<HD, attn::WgmmaNarrow>>(name, pr, buf, warmup, iters);
+    if (name == "wgmma-long-keys")
+      run_variant<HD, Wgmma<HD, attn::WgmmaLongKeys>>(name, pr, buf, warmup, iters);
+    if (name == "wgmma-rope")
+      run_variant<HD, Wgmma<HD, attn::WgmmaChoice>>(name, pr, buf, warmup, iters, true);
+    if (name == "current")
+      run_variant<HD, Mma<HD, attn::MmaChoice<HD>>>(name, pr, buf, warmup, iters);
+    if (name == "previous")
+      run_variant<HD, Mma<HD, PreviousShapes<HD>>>(name, pr, buf, warmup, iters);
     if (name == "forward-128-rows")
-      run_variant<HD, Forward128RowShapes<HD>>(name, pr, buf, warmup, iters);
-    if (name == "pair-order") run_variant<HD, PairOrderShapes<HD>>(name, pr, buf, warmup, iters);
-    if (name == "dq-128-rows") run_variant<HD, Dq128RowShapes<HD>>(name, pr, buf, warmup, iters);
+      run_variant<HD, Mma<HD, Forward128RowShapes<HD>>>(name, pr, buf, warmup, iters);
+    if (name == "pair-order")
+      run_variant<HD, Mma<HD, PairOrderShapes<HD>>>(name, pr, buf, warmup, iters);
+    if (name == "dq-128-rows")
+      run_variant<HD, Mma<HD, Dq128RowShapes<HD>>>(name, pr, buf, warmup, iters);
     if (name == "backward-128-rows")
-      run_variant<HD, attn::MmaBackward128Rows<HD>>(name, pr, buf, warmup, iters);
-    if (name == "rope") run_variant<HD, attn::MmaChoice<HD>>(name, pr, buf, warmup, iters, true);
+      run_variant<HD, Mma<HD, attn::MmaBackward128Rows<HD>>>(name, pr, buf, warmup, iters);
+    if (name == "rope")
+      run_variant<HD, Mma<HD, attn::MmaChoice<HD>>>(name, pr, buf, warmup, iters, true);
     if (v > 0)
       std::printf("  max |%s - %s|: o %.3g, d(q, k, v) %.3g\n", name.c_str(), variants[0].c_str(),
                   max_abs_difference(buf.o, first.o), max_abs_difference(buf.dqkv, first.dqkv));
@@ -279,10 +331,10 @@ void run_problem(const Problem& pr, const std::vector<std::string>& variants, in
 int main(int argc, char** argv) {
   CLI::App app{
       "fathom-attention-bench: the CUDA attention kernels alone (bf16, tensor cores), forward "
-      "and backward, the tile shapes in use against the previous ones"};
+      "and backward: the wgmma and mma kernels and their tile shapes"};
   std::vector<std::string> shapes{"32x12x1024x64", "128x12x256x64"};
   int warmup = 5, iters = 20;
-  std::vector<std::string> variants{"current", "previous"};
+  std::vector<std::string> variants{"wgmma", "current"};
   bool full = false;
   app.add_option("--shapes", shapes, "B x H x T x head_dim (head_dim 64), comma-separated")
       ->delimiter(',')
@@ -291,11 +343,14 @@ int main(int argc, char** argv) {
   app.add_option("--iters", iters, "timed calls, averaged")->capture_default_str();
   app.add_flag("--full", full, "no causal mask");
   app.add_option("--variants", variants,
-                 "kernel variants, comma-separated, compared with the first: current (fathom's "
-                 "choice), previous (64-row forward blocks, a separate rowsum pass, pair-major "
-                 "block order), forward-128-rows, pair-order, dq-128-rows, backward-128-rows "
-                 "(MmaBackward128Rows), rope (current, with RoPE's inverse turn in the "
-                 "backward's dQ and dK stores)")
+                 "kernel variants, comma-separated, compared with the first: wgmma (the "
+                 "warpgroup-MMA kernels fathom runs on Hopper built for sm_90a), wgmma-wide "
+                 "(128-row forward blocks), wgmma-narrow (32-row backward tiles), "
+                 "wgmma-long-keys (128-key tiles), wgmma-rope (wgmma with RoPE's inverse turn), "
+                 "current (the mma kernels fathom runs elsewhere), previous (64-row forward "
+                 "blocks, a separate rowsum pass, pair-major block order), forward-128-rows, "
+                 "pair-order, dq-128-rows, backward-128-rows (MmaBackward128Rows), rope "
+                 "(current, with RoPE's inverse turn in the backward's dQ and dK stores)")
       ->delimiter(',')
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -306,7 +361,8 @@ int main(int argc, char** argv) {
   for (const auto& v : variants) {
     if (std::find(kVariants.begin(), kVariants.end(), v) == kVariants.end()) {
       std::fprintf(stderr,
-                   "fathom-attention-bench: --variants: unknown '%s'; valid: current, previous, "
+                   "fathom-attention-bench: --variants: unknown '%s'; valid: wgmma, wgmma-wide, "
+                   "wgmma-narrow, wgmma-long-keys, wgmma-rope, current, previous, "
                    "forward-128-rows, pair-order, dq-128-rows, backward-128-rows, rope\n",
                    v.c_str());
       return 2;

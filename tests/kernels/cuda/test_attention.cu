@@ -143,10 +143,12 @@ Outputs reference(const AttentionCase& c, const Inputs& in) {
 }
 
 // Which gradients the backward is asked for (the others get null pointers), and by which
-// launcher: kernels::attention_backward unless `backward` is set.
+// launchers: kernels::attention and kernels::attention_backward unless `forward` or `backward`
+// is set (bf16 only).
 struct Wanted {
   bool dq = true, dk = true, dv = true;
   void (*backward)(const fathom::kernels::AttentionBackwardParams<bf16>&) = nullptr;
+  void (*forward)(const fathom::kernels::AttentionParams<bf16>&) = nullptr;
 };
 
 // Runs forward and backward on the GPU with T elements: q, k, v rows of `in_stride` (>= C;
@@ -187,7 +189,15 @@ Outputs run_cuda(const AttentionCase& c, const Inputs& in, std::int64_t in_strid
   auto lse = Tensor<accum_t<T>, Cuda>::from_vector(
       Shape{c.B * c.H * c.T}, std::vector<accum_t<T>>(c.rows(), accum_t<T>(1e4)));
   const auto p = forward_params<T>(c, q, k, v, in_stride, o.data(), o_stride, lse.data());
-  fathom::kernels::attention(Cuda{}, p);
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (wanted.forward) {
+      wanted.forward(p);
+    } else {
+      fathom::kernels::attention(Cuda{}, p);
+    }
+  } else {
+    fathom::kernels::attention(Cuda{}, p);
+  }
 
   const Shape shape{c.B, c.T, C};
   auto d_o = Tensor<T, Cuda>::from_vector(shape, cast_to<T>(in.d_o));
@@ -423,6 +433,99 @@ TEST_CASE("CUDA attention backward with 128-row blocks matches the CPU reference
     want.dq = in.dq0;
     check_against<bf16>(
         c, run_cuda<bf16>(c, in, 0, 0, true, {.dq = false, .backward = backward_128_rows}), want);
+  }
+}
+
+// kernels::attention picks the wgmma kernels at head_dim 64 on a GPU that runs sm_90a code; the
+// mma kernels keep head_dim 64 on every other GPU. Both families, and the wgmma family's
+// alternative tile shapes (WgmmaWide, WgmmaNarrow, WgmmaLongKeys), against the CPU, launched
+// directly.
+namespace {
+float* delta_workspace(const fathom::kernels::AttentionBackwardParams<bf16>& p) {
+  return fathom::cuda::CachingAllocator::instance().workspace_for<float>(
+      static_cast<std::size_t>(p.batch * p.heads * p.seq));
+}
+void mma_forward(const fathom::kernels::AttentionParams<bf16>& p) {
+  namespace attn = fathom::kernels::detail::attn;
+  REQUIRE(attn::use_mma(p));
+  attn::launch_forward_mma<64>(p);
+}
+void mma_backward(const fathom::kernels::AttentionBackwardParams<bf16>& p) {
+  namespace attn = fathom::kernels::detail::attn;
+  REQUIRE(attn::use_mma(p));
+  attn::launch_backward_mma<64>(p, delta_workspace(p));
+}
+template <class Shapes>
+void wgmma_forward(const fathom::kernels::AttentionParams<bf16>& p) {
+  fathom::kernels::detail::attn::launch_forward_wgmma<Shapes>(p);
+}
+template <class Shapes>
+void wgmma_backward(const fathom::kernels::AttentionBackwardParams<bf16>& p) {
+  fathom::kernels::detail::attn::launch_backward_wgmma<Shapes>(p, delta_workspace(p));
+}
+
+// The family's results against the CPU: accumulating, overwriting fresh (NaN) buffers, and dK
+// and dV without dQ (D then comes from its own pass).
+void check_family(const AttentionCase& c, Wanted launchers, std::uint64_t seed) {
+  INFO(c);
+  const Inputs in = make_inputs(c, seed);
+  const Outputs all = reference(c, in);
+  check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, true, launchers), all);
+  Inputs zero = in;
+  std::fill(zero.dq0.begin(), zero.dq0.end(), 0.0);
+  std::fill(zero.dk0.begin(), zero.dk0.end(), 0.0);
+  std::fill(zero.dv0.begin(), zero.dv0.end(), 0.0);
+  check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, false, launchers), reference(c, zero));
+  Wanted no_dq = launchers;
+  no_dq.dq = false;
+  Outputs want = all;
+  want.dq = in.dq0;
+  check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, true, no_dq), want);
+}
+
+AttentionCase family_case() {
+  return GENERATE(AttentionCase{2, 256, 12, 64, true}, AttentionCase{2, 129, 3, 64, true},
+                  AttentionCase{1, 1000, 2, 64, true}, AttentionCase{3, 100, 4, 64, false},
+                  AttentionCase{1, 1, 1, 64, true}, AttentionCase{2, 70, 2, 64, true},
+                  AttentionCase{2, 200, 2, 64, true, 0.0, 10000.0, 3});
+}
+}  // namespace
+
+TEST_CASE("CUDA attention's mma kernels at head_dim 64 match the CPU reference",
+          "[cuda][attention]") {
+  check_family(family_case(), {.backward = mma_backward, .forward = mma_forward}, 600);
+}
+
+TEST_CASE("CUDA attention's wgmma kernels and their alternative shapes match the CPU reference",
+          "[cuda][attention]") {
+  namespace attn = fathom::kernels::detail::attn;
+  if (!attn::wgmma_available()) {
+    WARN("this GPU or build runs no sm_90a code: the wgmma kernels are not tested here");
+    return;
+  }
+  const AttentionCase c = family_case();
+  SECTION("WgmmaChoice") {
+    check_family(c,
+                 {.backward = wgmma_backward<attn::WgmmaChoice>,
+                  .forward = wgmma_forward<attn::WgmmaChoice>},
+                 700);
+  }
+  SECTION("WgmmaWide") {
+    check_family(
+        c, {.backward = wgmma_backward<attn::WgmmaWide>, .forward = wgmma_forward<attn::WgmmaWide>},
+        700);
+  }
+  SECTION("WgmmaNarrow") {
+    check_family(c,
+                 {.backward = wgmma_backward<attn::WgmmaNarrow>,
+                  .forward = wgmma_forward<attn::WgmmaNarrow>},
+                 700);
+  }
+  SECTION("WgmmaLongKeys") {
+    check_family(c,
+                 {.backward = wgmma_backward<attn::WgmmaLongKeys>,
+                  .forward = wgmma_forward<attn::WgmmaLongKeys>},
+                 700);
   }
 }
 

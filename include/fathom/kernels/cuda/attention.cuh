@@ -1,6 +1,8 @@
 // CUDA attention, flash-style: forward and backward never store a (T, T) matrix in device memory.
-// This file picks one of two kernel families for kernels::attention(Cuda, ...) and
+// This file picks one of three kernel families for kernels::attention(Cuda, ...) and
 // kernels::attention_backward(Cuda, ...):
+//  - wgmma (attention/wgmma.cuh): where mma applies with head_dim 64, on a GPU running sm_90a
+//    code (Hopper built for 90a), on the warpgroup MMA;
 //  - mma (attention/mma.cuh): bf16 with head_dim 32 or 64 and 16-byte aligned rows, on tensor
 //    cores (the forward also needs scale > 0);
 //  - tiled (attention/tiled.cuh): everything else (any head_dim <= 128, float, double or bf16).
@@ -24,6 +26,7 @@
 #include "fathom/kernels/cuda/attention/common.cuh"
 #include "fathom/kernels/cuda/attention/mma.cuh"
 #include "fathom/kernels/cuda/attention/tiled.cuh"
+#include "fathom/kernels/cuda/attention/wgmma.cuh"
 
 namespace fathom::kernels {
 
@@ -64,6 +67,7 @@ void attention(Cuda, const AttentionParams<T>& p) {
   if (p.batch == 0 || p.seq == 0 || p.heads == 0) return;
   if constexpr (std::is_same_v<T, bf16>) {
     if (a::use_mma(p)) {
+      if (p.head_dim == 64 && a::wgmma_available()) return a::launch_forward_wgmma(p);
       if (p.head_dim == 64) return a::launch_forward_mma<64>(p);
       return a::launch_forward_mma<32>(p);
     }
@@ -101,6 +105,7 @@ void attention_backward(Cuda, const AttentionBackwardParams<T>& p) {
       static_cast<std::size_t>(p.batch * p.seq * p.heads));
   if constexpr (std::is_same_v<T, bf16>) {
     if (mma) {
+      if (p.head_dim == 64 && a::wgmma_available()) return a::launch_backward_wgmma(p, delta);
       if (p.head_dim == 64) return a::launch_backward_mma<64>(p, delta);
       return a::launch_backward_mma<32>(p, delta);
     }

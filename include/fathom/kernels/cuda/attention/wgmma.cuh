@@ -1,0 +1,782 @@
+// The wgmma CUDA attention family (Hopper, sm_90a): bf16 with head_dim 64 and 16-byte aligned rows,
+// the mma family's three passes (forward; dK/dV; dQ with D = rowsum(dO * O)) rebuilt on the
+// warpgroup MMA (wgmma.mma_async, PTX ISA "Asynchronous Warpgroup Level Matrix Multiply-
+// Accumulate"). A warpgroup (4 warps, 128 threads) owns 64 rows and multiplies 64 x N x 16 at a
+// time with both operands read from shared memory by the tensor cores themselves (no ldmatrix,
+// no fragments in registers) or with A in registers (the probabilities and dS, straight from the
+// accumulators). kernels/cuda/attention.cuh picks it where it applies and the GPU runs sm_90a code
+// (wgmma_available); everywhere else the mma family runs.
+//
+// Shared tiles hold rows of 64 bf16 (128 bytes) in the 128-byte swizzle that the descriptors name:
+// 16-byte chunk j of row r sits at r * 128 + ((j ^ (r % 8)) * 16), tiles start on 1024 bytes. One
+// tile serves both ways the products read it: K-major (its rows are the M or N side, features the
+// reduction: Q, K, V, dO in S = Q K^T and dP = dO V^T) and MN-major (its rows are the reduction:
+// V in O += P V, dO and Q in dV += P^T dO and dK += dS^T Q, K in dQ += dS K).
+//
+// Accumulators (PTX ISA, "Matrix Fragments for wgmma .m64nNk16"): warp w of the group holds rows
+// 16 w + g and 16 w + g + 8 (g = lane / 4, c = lane % 4); d[4 j + e] is column 8 j + 2c + (e & 1)
+// of row 16 w + g + 8 (e >> 1), the mma.m16n8 layout repeated over N / 8 column tiles, so the
+// softmax, the masks and RoPE's inverse turn read them as the mma family does. The A operand in
+// registers has mma.m16n8k16's A layout, so accumulator columns 16 kk .. 16 kk + 15 become the A
+// of step kk by packing pairs (a_fragment_of).
+#pragma once
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "fathom/kernels/cuda/attention/mma.cuh"
+
+namespace fathom::kernels::detail::attn {
+
+// ---- wgmma and its shared-memory descriptors ----------------------------------------------------
+
+// The descriptor of a 128-byte-swizzled tile starting at shared address `addr` (PTX ISA, "Matrix
+// Descriptor Format"): start address >> 4 in bits 0-13; the leading byte offset (bits 16-29)
+// is unused when one swizzle row spans the whole 64-element extent, and set to 1; the stride byte
+// offset (bits 32-45) is 1024 >> 4, the step between groups of 8 rows; swizzle mode 1 (128 bytes)
+// in bits 62-63. Moving a K-major operand 16 features on adds 32 bytes (2 in the address field);
+// moving an MN-major operand 16 rows on adds 2048 bytes.
+__device__ inline std::uint64_t sw128_desc(std::uint32_t addr) {
+  return static_cast<std::uint64_t>((addr & 0x3FFFFu) >> 4) | (std::uint64_t{1} << 16) |
+         (std::uint64_t{1024 >> 4} << 32) | (std::uint64_t{1} << 62);
+}
+
+__device__ inline void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ inline void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ inline void wgmma_wait_all() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// Makes this thread's generic-proxy writes to shared memory (cp.async, stores) visible to the
+// async proxy that wgmma reads through; a barrier after it publishes them to the warpgroup.
+__device__ inline void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Keeps the compiler from moving reads or writes of accumulator registers across a wgmma's issue
+// and its wait: the asm statements that touch them carry no other dependency.
+template <int R>
+__device__ inline void fence_registers(float (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// d (64 x N, fp32) = (accumulate ? d : 0) + A (64 x 16) * B (16 x N), A and B K-major in shared
+// memory (descriptors a and b).
+template <int N>
+__device__ void wgmma_ss(float (&d)[N / 2], std::uint64_t a, std::uint64_t b, bool accumulate);
+// d (64 x N, fp32) += A (64 x 16, bf16 pairs in registers) * B (16 x N), B MN-major in shared
+// memory.
+template <int N>
+__device__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t (&a)[4], std::uint64_t b);
+
+template <>
+__device__ inline void wgmma_ss<32>(float (&d)[16], std::uint64_t a, std::uint64_t b,
+                                   bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15"
+      "}, "
+      "%16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
+}
+
+template <>
+__device__ inline void wgmma_ss<64>(float (&d)[32], std::uint64_t a, std::uint64_t b,
+                                   bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31"
+      "}, "
+      "%32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
+}
+
+template <>
+__device__ inline void wgmma_ss<128>(float (&d)[64], std::uint64_t a, std::uint64_t b,
+                                   bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, "
+      "%40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, "
+      "%56, %57, %58, %59, %60, %61, %62, %63"
+      "}, "
+      "%64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
+        "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),
+        "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
+}
+
+template <>
+__device__ inline void wgmma_rs<64>(float (&d)[32], const std::uint32_t (&a)[4], std::uint64_t b) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31"
+      "}, "
+      "{%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+}
+
+// ---- tiles --------------------------------------------------------------------------------------
+
+// Copies (Rows, 64) bf16 tiles into 128-byte-swizzled shared tiles with a block of Threads threads,
+// asynchronously; rows past the end are zero-filled. Thread t moves chunk t % 8 of rows
+// t / 8 + i * kRowStep, whose swizzle (row % 8) is the same for every i.
+template <int Rows, int Threads>
+struct SwizzledCopy {
+  static constexpr int kRowStep = Threads / 8;
+  static constexpr int kPasses = Rows >= kRowStep ? Rows / kRowStep : 1;
+  static_assert(Rows % 8 == 0 && (Rows >= kRowStep ? Rows % kRowStep == 0 : kRowStep % Rows == 0),
+                "tile rows: a multiple of 8, and a multiple or a divisor of a block pass's rows");
+  int row, chunk;
+  __device__ SwizzledCopy() : row(threadIdx.x / 8), chunk(threadIdx.x % 8) {}
+  __device__ void operator()(std::uint32_t dst, const bf16* src, std::int64_t stride,
+                             std::int64_t row0, std::int64_t rows) const {
+    if constexpr (Rows < kRowStep) {
+      if (row >= Rows) return;
+    }
+    const bf16* s = src + (row0 + row) * stride + chunk * 8;
+    const std::int64_t left = rows - row0 - row;
+    const std::uint32_t d = dst + row * 128 + ((chunk ^ (row % 8)) * 16);
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const bool valid = i * kRowStep < left;
+      cp_async_16(d + i * kRowStep * 128, valid ? s + i * kRowStep * stride : src, valid);
+    }
+  }
+};
+
+// The first 1024-byte boundary at or after the dynamic shared memory's start (the launchers
+// allocate 1024 bytes more than the tiles need).
+__device__ inline std::uint32_t swizzle_base(const unsigned char* smem) {
+  return (smem_address(smem) + 1023u) & ~1023u;
+}
+
+// Accumulator columns 16 kk .. 16 kk + 15 of one warp's rows as the bf16 A operand of step kk.
+template <int R>
+__device__ inline void a_operand(std::uint32_t (&a)[4], const float (&d)[R], int kk) {
+  a[0] = pack_bf16(d[8 * kk], d[8 * kk + 1]);
+  a[1] = pack_bf16(d[8 * kk + 2], d[8 * kk + 3]);
+  a[2] = pack_bf16(d[8 * kk + 4], d[8 * kk + 5]);
+  a[3] = pack_bf16(d[8 * kk + 6], d[8 * kk + 7]);
+}
+
+// ---- the kernels --------------------------------------------------------------------------------
+
+constexpr int kGroupThreads = 128;  // a warpgroup
+constexpr int kTileRowBytes = 128;  // a row of 64 bf16
+
+// Forward tile shapes: Groups warpgroups of 64 query rows a block, key tiles of Keys.
+template <int Keys_, int Groups_, int MinBlocks_, int GroupPairs_ = kOrderPairs>
+struct WgmmaForward {
+  static constexpr int HD = 64, kKeys = Keys_, kGroups = Groups_, kMinBlocks = MinBlocks_;
+  static constexpr int kGroupPairs = GroupPairs_;
+  static constexpr int kThreads = kGroups * kGroupThreads, kBlockRows = 64 * kGroups;
+  static constexpr std::size_t smem_bytes = 1024 + kTileRowBytes * (kBlockRows + 4 * kKeys);
+};
+
+// One block per (b, h, query tile), as forward_mma: each warpgroup owns 64 query rows; per key
+// tile S = Q K^T (both from shared memory), the online softmax in registers, O += P V (P from
+// the accumulators, V from shared memory). Needs scale > 0 (the running max is over unscaled
+// scores).
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+    forward_wgmma(AttentionParams<bf16> p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kKeys = Cfg::kKeys, kBlockRows = Cfg::kBlockRows;
+  constexpr std::uint32_t kKeyTileBytes = kKeys * kTileRowBytes;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const std::uint32_t Qs = swizzle_base(smem_raw);             // (block rows, 64)
+  const std::uint32_t Ks = Qs + kBlockRows * kTileRowBytes;    // [2] (key tile, 64)
+  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;             // [2] (key tile, 64)
+  const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_q;
+  const SwizzledCopy<kKeys, Cfg::kThreads> copy_kv;
+
+  const std::int64_t Tn = p.seq, nqt = (Tn + kBlockRows - 1) / kBlockRows;
+  const BlockWork work =
+      block_work(static_cast<int>(nqt), static_cast<int>(p.batch * p.heads), Cfg::kGroupPairs);
+  const std::int64_t bh = work.bh, qt = nqt - 1 - work.rank;  // the last query tile first
+  const std::int64_t b = bh / p.heads, h = bh % p.heads, q0 = qt * kBlockRows;
+  const int group = threadIdx.x / kGroupThreads, warp = (threadIdx.x / kWarp) % 4;
+  const int lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
+  const bf16* kg = p.k + b * Tn * p.k_stride + h * 64;
+  const bf16* vg = p.v + b * Tn * p.v_stride + h * 64;
+  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  const std::int64_t group_q0 = q0 + group * 64, warp_q0 = group_q0 + warp * 16;
+  const std::uint64_t q_desc = sw128_desc(Qs + group * 64 * kTileRowBytes);
+
+  copy_q(Qs, p.q + b * Tn * p.q_stride + h * 64, p.q_stride, q0, Tn);
+  copy_kv(Ks, kg, p.k_stride, 0, Tn);
+  copy_kv(Vs, vg, p.v_stride, 0, Tn);
+  cp_async_commit();
+
+  float o[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) o[i] = 0.0f;
+  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g, g + 8; max in log2 units
+
+  const std::int64_t nkt = (Tn + kKeys - 1) / kKeys;
+  const std::int64_t n_kt = p.causal ? min(nkt, (q0 + kBlockRows + kKeys - 1) / kKeys) : nkt;
+  for (std::int64_t kt = 0; kt < n_kt; ++kt) {
+    const int buf = static_cast<int>(kt & 1);
+    if (kt + 1 < n_kt) {
+      copy_kv(Ks + (buf ^ 1) * kKeyTileBytes, kg, p.k_stride, (kt + 1) * kKeys, Tn);
+      copy_kv(Vs + (buf ^ 1) * kKeyTileBytes, vg, p.v_stride, (kt + 1) * kKeys, Tn);
+    }
+    cp_async_commit();
+    cp_async_wait_all_but_one();
+    fence_proxy_async();
+    __syncthreads();
+    const std::int64_t k0 = kt * kKeys;
+    // With causal, a warpgroup whose rows all precede this key tile has nothing to do here (the
+    // test is uniform over the warpgroup, as wgmma needs).
+    if (!p.causal || k0 <= group_q0 + 63) {
+      const std::uint32_t Kb = Ks + buf * kKeyTileBytes, Vb = Vs + buf * kKeyTileBytes;
+      float s[kKeys / 2];
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        wgmma_ss<kKeys>(s, q_desc + 2 * ks, sw128_desc(Kb) + 2 * ks, ks > 0);
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_registers(s);
+      const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
+      if (edge) {  // positions relative to k0, in 32 bits
+        const int keys = static_cast<int>(min(Tn - k0, static_cast<std::int64_t>(kKeys)));
+        const int first_query = static_cast<int>(warp_q0 - k0) + g;
+#pragma unroll
+        for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = n * 8 + 2 * c + (e & 1), query = first_query + (e >> 1) * 8;
+            if (key >= keys || (p.causal && key > query)) s[4 * n + e] = -INFINITY;
+          }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float tile_max = -INFINITY;  // of the unscaled scores
+#pragma unroll
+        for (int n = 0; n < kKeys / 8; ++n)
+          tile_max = fmaxf(tile_max, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+        const float m_new = fmaxf(mx[r], tile_max * scale_log2);
+        const float base = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet
+        const float alpha = exp2_approx(mx[r] - base);
+        mx[r] = m_new;
+        float sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < kKeys / 8; ++n) {
+          float& s0 = s[4 * n + 2 * r];
+          float& s1 = s[4 * n + 2 * r + 1];
+          s0 = exp2_approx(fmaf(s0, scale_log2, -base));
+          s1 = exp2_approx(fmaf(s1, scale_log2, -base));
+          sum += s0 + s1;
+        }
+        l[r] = l[r] * alpha + sum;  // this thread's columns; the quad is summed at the end
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          o[4 * n + 2 * r] *= alpha;
+          o[4 * n + 2 * r + 1] *= alpha;
+        }
+      }
+      std::uint32_t pa[kKeys / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) a_operand(pa[kk], s, kk);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk)
+        wgmma_rs<64>(o, pa[kk], sw128_desc(Vb + kk * 16 * kTileRowBytes));
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_registers(o);
+    }
+    __syncthreads();  // the next iteration's copies overwrite this buffer
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = l[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const std::int64_t row = warp_q0 + g + r * 8;
+    if (row >= Tn) continue;
+    const float inv = 1.0f / sum;
+    bf16* out = p.o + (b * Tn + row) * p.o_stride + h * 64;
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+      *reinterpret_cast<std::uint32_t*>(out + n * 8 + 2 * c) =
+          pack_bf16(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
+    if (c == 0) p.lse[bh * Tn + row] = mx[r] * kLn2 + logf(sum);
+  }
+#else
+  (void)p;
+#endif
+}
+
+// dK/dV tile shapes: Groups warpgroups of 64 keys a block; query tiles of Queries staged in shared
+// memory.
+template <int Queries_, int Groups_, int MinBlocks_, int GroupPairs_ = kOrderPairs>
+struct WgmmaDkdv {
+  static constexpr int HD = 64, kQueries = Queries_, kGroups = Groups_, kMinBlocks = MinBlocks_;
+  static constexpr int kGroupPairs = GroupPairs_;
+  static constexpr int kThreads = kGroups * kGroupThreads, kBlockRows = 64 * kGroups;
+  static_assert(kThreads >= kQueries, "one thread stages each query's lse and delta");
+  static constexpr std::size_t smem_bytes =
+      1024 + kTileRowBytes * (2 * kBlockRows + 4 * kQueries) + sizeof(float) * 4 * kQueries;
+};
+
+// One block per (b, h, key tile), as backward_dkdv_mma: each warpgroup owns 64 keys, whose K and V
+// tiles stay in shared memory; per query tile S^T = K Q^T and dP^T = V dO^T, then dV += P^T dO
+// and dK += dS^T Q.
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+    backward_dkdv_wgmma(AttentionBackwardParams<bf16> p, const float* delta,
+                        RopeFreqs<32> rope = {}) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kQ = Cfg::kQueries, kBlockRows = Cfg::kBlockRows;
+  constexpr std::uint32_t kQueryTileBytes = kQ * kTileRowBytes;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const std::uint32_t Ks = swizzle_base(smem_raw);           // (block rows, 64)
+  const std::uint32_t Vs = Ks + kBlockRows * kTileRowBytes;  // (block rows, 64)
+  const std::uint32_t Qs = Vs + kBlockRows * kTileRowBytes;  // [2] (query tile, 64)
+  const std::uint32_t dOs = Qs + 2 * kQueryTileBytes;        // [2] (query tile, 64)
+  float* lse_s = reinterpret_cast<float*>(smem_raw + (dOs + 2 * kQueryTileBytes -
+                                                      smem_address(smem_raw)));  // [2] (tile)
+  float* delta_s = lse_s + 2 * kQ;                                              // [2] (tile)
+
+  const std::int64_t Tn = p.seq, nqt = (Tn + kQ - 1) / kQ, nkt = (Tn + kBlockRows - 1) / kBlockRows;
+  const BlockWork work =
+      block_work(static_cast<int>(nkt), static_cast<int>(p.batch * p.heads), Cfg::kGroupPairs);
+  const std::int64_t bh = work.bh, kt = work.rank;  // the first key tile first
+  const std::int64_t b = bh / p.heads, h = bh % p.heads, k0 = kt * kBlockRows;
+  const int group = threadIdx.x / kGroupThreads, warp = (threadIdx.x / kWarp) % 4;
+  const int lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
+  const bf16* qg = p.q + b * Tn * p.q_stride + h * 64;
+  const bf16* dog = p.d_o + b * Tn * p.do_stride + h * 64;
+  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  const std::int64_t group_k0 = k0 + group * 64, warp_k0 = group_k0 + warp * 16;
+  const std::uint64_t k_desc = sw128_desc(Ks + group * 64 * kTileRowBytes);
+  const std::uint64_t v_desc = sw128_desc(Vs + group * 64 * kTileRowBytes);
+
+  const SwizzledCopy<kQ, Cfg::kThreads> copy_q;
+  const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_kv;
+  auto stage = [&](int buf, std::int64_t qt) {  // Q, dO, lse and delta of query tile qt
+    copy_q(Qs + buf * kQueryTileBytes, qg, p.q_stride, qt * kQ, Tn);
+    copy_q(dOs + buf * kQueryTileBytes, dog, p.do_stride, qt * kQ, Tn);
+    if (threadIdx.x < kQ) {
+      const std::int64_t row = qt * kQ + threadIdx.x;
+      // Rows past T get lse = +inf, so their probabilities are exactly 0.
+      lse_s[buf * kQ + threadIdx.x] = row < Tn ? p.lse[bh * Tn + row] * kLog2e : INFINITY;
+      delta_s[buf * kQ + threadIdx.x] = row < Tn ? delta[bh * Tn + row] : 0.0f;
+    }
+  };
+
+  const std::int64_t qt_begin = p.causal ? k0 / kQ : 0;
+  copy_kv(Ks, p.k + b * Tn * p.k_stride + h * 64, p.k_stride, k0, Tn);
+  copy_kv(Vs, p.v + b * Tn * p.v_stride + h * 64, p.v_stride, k0, Tn);
+  stage(0, qt_begin);
+  cp_async_commit();
+
+  float dk[32], dv[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) dk[i] = dv[i] = 0.0f;
+
+  for (std::int64_t qt = qt_begin; qt < nqt; ++qt) {
+    const int buf = static_cast<int>((qt - qt_begin) & 1);
+    if (qt + 1 < nqt) stage(buf ^ 1, qt + 1);
+    cp_async_commit();
+    cp_async_wait_all_but_one();
+    fence_proxy_async();
+    __syncthreads();
+    const std::int64_t cq0 = qt * kQ;
+    // With causal, queries that precede all of this warpgroup's keys contribute nothing.
+    if (!(p.causal && cq0 + kQ - 1 < group_k0)) {
+      const std::uint32_t Qb = Qs + buf * kQueryTileBytes, dOb = dOs + buf * kQueryTileBytes;
+      const float* lse_b = lse_s + buf * kQ;
+      const float* delta_b = delta_s + buf * kQ;
+      float st[kQ / 2], dpt[kQ / 2];  // (64 keys, kQ queries)
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        wgmma_ss<kQ>(st, k_desc + 2 * ks, sw128_desc(Qb) + 2 * ks, ks > 0);
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        wgmma_ss<kQ>(dpt, v_desc + 2 * ks, sw128_desc(dOb) + 2 * ks, ks > 0);
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_registers(st);
+      fence_registers(dpt);
+      const bool edge = (p.causal && warp_k0 + 15 > cq0) || cq0 + kQ > Tn || warp_k0 + 16 > Tn;
+#pragma unroll
+      for (int n = 0; n < kQ / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int ql = n * 8 + 2 * c + (e & 1);
+          float pv = exp2_approx(st[4 * n + e] * scale_log2 - lse_b[ql]);
+          if (edge) {
+            const std::int64_t key = warp_k0 + g + (e >> 1) * 8, query = cq0 + ql;
+            if (key >= Tn || query >= Tn || (p.causal && key > query)) pv = 0.0f;
+          }
+          st[4 * n + e] = pv;
+          dpt[4 * n + e] = pv * (dpt[4 * n + e] - delta_b[ql]);
+        }
+      }
+      std::uint32_t pa[kQ / 16][4], da[kQ / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kQ / 16; ++kk) {
+        a_operand(pa[kk], st, kk);
+        a_operand(da[kk], dpt, kk);
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kQ / 16; ++kk)
+        wgmma_rs<64>(dv, pa[kk], sw128_desc(dOb + kk * 16 * kTileRowBytes));
+#pragma unroll
+      for (int kk = 0; kk < kQ / 16; ++kk)
+        wgmma_rs<64>(dk, da[kk], sw128_desc(Qb + kk * 16 * kTileRowBytes));
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_registers(dv);
+      fence_registers(dk);
+    }
+    __syncthreads();
+  }
+
+  // dV first, then dK: with RoPE's turn, dV's registers are free before the turn needs its own.
+  const float scale = static_cast<float>(p.scale);
+  auto store = [&](bf16* out, std::int64_t stride, const float(&acc)[32], float factor) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const std::int64_t key = warp_k0 + g + r * 8;
+      if (key >= Tn) continue;
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+        store_bf16_pair(out + (b * Tn + key) * stride + h * 64 + n * 8 + 2 * c,
+                        factor * acc[4 * n + 2 * r], factor * acc[4 * n + 2 * r + 1],
+                        p.accumulate);
+    }
+  };
+  if (p.dv) store(p.dv, p.dv_stride, dv, 1.0f);
+  if (p.dk) {
+    if (p.rope_theta > 0)
+      unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dk), p, rope, warp_k0 + g, c);
+    store(p.dk, p.dk_stride, dk, scale);
+  }
+#else
+  (void)p, (void)delta, (void)rope;
+#endif
+}
+
+// dQ tile shapes: Groups warpgroups of 64 queries a block, key tiles of Keys. D = rowsum(dO * O) of
+// the block's own queries is computed here and written for the dK/dV pass, which runs after.
+template <int Keys_, int Groups_, int MinBlocks_, int GroupPairs_ = kOrderPairs>
+struct WgmmaDq {
+  static constexpr int HD = 64, kKeys = Keys_, kGroups = Groups_, kMinBlocks = MinBlocks_;
+  static constexpr int kGroupPairs = GroupPairs_;
+  static constexpr int kThreads = kGroups * kGroupThreads, kBlockRows = 64 * kGroups;
+  static constexpr std::size_t smem_bytes = 1024 + kTileRowBytes * (2 * kBlockRows + 4 * kKeys);
+};
+
+// One block per (b, h, query tile), as backward_dq_mma with Rowsum: each warpgroup owns 64
+// queries, whose Q and dO tiles stay in shared memory; per key tile S = Q K^T and dP = dO V^T,
+// then dQ += dS K.
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+    backward_dq_wgmma(AttentionBackwardParams<bf16> p, float* delta, RopeFreqs<32> rope = {}) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kKeys = Cfg::kKeys, kBlockRows = Cfg::kBlockRows;
+  constexpr std::uint32_t kKeyTileBytes = kKeys * kTileRowBytes;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const std::uint32_t Qs = swizzle_base(smem_raw);             // (block rows, 64)
+  const std::uint32_t dOs = Qs + kBlockRows * kTileRowBytes;   // (block rows, 64)
+  const std::uint32_t Ks = dOs + kBlockRows * kTileRowBytes;   // [2] (key tile, 64)
+  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;             // [2] (key tile, 64)
+  const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_q;
+  const SwizzledCopy<kKeys, Cfg::kThreads> copy_kv;
+
+  const std::int64_t Tn = p.seq, nqt = (Tn + kBlockRows - 1) / kBlockRows;
+  const BlockWork work =
+      block_work(static_cast<int>(nqt), static_cast<int>(p.batch * p.heads), Cfg::kGroupPairs);
+  const std::int64_t bh = work.bh, qt = nqt - 1 - work.rank;  // the last query tile first
+  const std::int64_t b = bh / p.heads, h = bh % p.heads, q0 = qt * kBlockRows;
+  const int group = threadIdx.x / kGroupThreads, warp = (threadIdx.x / kWarp) % 4;
+  const int lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
+  const bf16* kg = p.k + b * Tn * p.k_stride + h * 64;
+  const bf16* vg = p.v + b * Tn * p.v_stride + h * 64;
+  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  const std::int64_t group_q0 = q0 + group * 64, warp_q0 = group_q0 + warp * 16;
+  const std::uint64_t q_desc = sw128_desc(Qs + group * 64 * kTileRowBytes);
+  const std::uint64_t do_desc = sw128_desc(dOs + group * 64 * kTileRowBytes);
+
+  copy_q(Qs, p.q + b * Tn * p.q_stride + h * 64, p.q_stride, q0, Tn);
+  copy_q(dOs, p.d_o + b * Tn * p.do_stride + h * 64, p.do_stride, q0, Tn);
+  copy_kv(Ks, kg, p.k_stride, 0, Tn);
+  copy_kv(Vs, vg, p.v_stride, 0, Tn);
+  cp_async_commit();
+
+  // D = rowsum(dO * O) of the warp's 16 rows: lanes 2i and 2i + 1 sum the two halves of row i.
+  float lse_r[2], delta_r[2];  // rows g and g + 8
+  {
+    const std::int64_t row = warp_q0 + lane / 2;
+    const int col = static_cast<int>(h) * 64 + (lane % 2) * 32;
+    float d = 0.0f;
+    if (row < Tn) {
+      const bf16* orow = p.o + (b * Tn + row) * p.o_stride + col;
+      const bf16* grow = p.d_o + (b * Tn + row) * p.do_stride + col;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const auto ov = *reinterpret_cast<const uint4*>(orow + 8 * i);
+        const auto gv = *reinterpret_cast<const uint4*>(grow + 8 * i);
+        const auto* o2 = reinterpret_cast<const __nv_bfloat162*>(&ov);
+        const auto* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float2 x = __bfloat1622float2(o2[j]), y = __bfloat1622float2(g2[j]);
+          d += x.x * y.x + x.y * y.y;
+        }
+      }
+    }
+    d += __shfl_xor_sync(0xffffffffu, d, 1);
+    if (lane % 2 == 0 && row < Tn) delta[bh * Tn + row] = d;
+    delta_r[0] = __shfl_sync(0xffffffffu, d, 2 * g);  // 0 for rows past T
+    delta_r[1] = __shfl_sync(0xffffffffu, d, 2 * (g + 8));
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const std::int64_t rr = warp_q0 + g + r * 8;
+      lse_r[r] = rr < Tn ? p.lse[bh * Tn + rr] * kLog2e : INFINITY;
+    }
+  }
+  float dq[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) dq[i] = 0.0f;
+
+  const std::int64_t nkt = (Tn + kKeys - 1) / kKeys;
+  const std::int64_t n_kt = p.causal ? min(nkt, (q0 + kBlockRows + kKeys - 1) / kKeys) : nkt;
+  for (std::int64_t kt = 0; kt < n_kt; ++kt) {
+    const int buf = static_cast<int>(kt & 1);
+    if (kt + 1 < n_kt) {
+      copy_kv(Ks + (buf ^ 1) * kKeyTileBytes, kg, p.k_stride, (kt + 1) * kKeys, Tn);
+      copy_kv(Vs + (buf ^ 1) * kKeyTileBytes, vg, p.v_stride, (kt + 1) * kKeys, Tn);
+    }
+    cp_async_commit();
+    cp_async_wait_all_but_one();
+    fence_proxy_async();
+    __syncthreads();
+    const std::int64_t k0 = kt * kKeys;
+    if (!p.causal || k0 <= group_q0 + 63) {
+      const std::uint32_t Kb = Ks + buf * kKeyTileBytes, Vb = Vs + buf * kKeyTileBytes;
+      float s[kKeys / 2], dp[kKeys / 2];  // (64 queries, kKeys keys)
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        wgmma_ss<kKeys>(s, q_desc + 2 * ks, sw128_desc(Kb) + 2 * ks, ks > 0);
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        wgmma_ss<kKeys>(dp, do_desc + 2 * ks, sw128_desc(Vb) + 2 * ks, ks > 0);
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_registers(s);
+      fence_registers(dp);
+      const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e >> 1;
+          float pv = exp2_approx(s[4 * n + e] * scale_log2 - lse_r[r]);
+          if (edge) {
+            const std::int64_t key = k0 + n * 8 + 2 * c + (e & 1), query = warp_q0 + g + r * 8;
+            if (key >= Tn || (p.causal && key > query)) pv = 0.0f;
+          }
+          dp[4 * n + e] = pv * (dp[4 * n + e] - delta_r[r]);
+        }
+      }
+      std::uint32_t da[kKeys / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) a_operand(da[kk], dp, kk);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk)
+        wgmma_rs<64>(dq, da[kk], sw128_desc(Kb + kk * 16 * kTileRowBytes));
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_registers(dq);
+    }
+    __syncthreads();
+  }
+
+  if (p.rope_theta > 0)
+    unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dq), p, rope, warp_q0 + g, c);
+  const float scale = static_cast<float>(p.scale);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const std::int64_t row = warp_q0 + g + r * 8;
+    if (row >= Tn) continue;
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+      store_bf16_pair(p.dq + (b * Tn + row) * p.dq_stride + h * 64 + n * 8 + 2 * c,
+                      scale * dq[4 * n + 2 * r], scale * dq[4 * n + 2 * r + 1], p.accumulate);
+  }
+#else
+  (void)p, (void)delta, (void)rope;
+#endif
+}
+
+// ---- choosing and launching ---------------------------------------------------------------------
+
+// Whether this program's kernels for the current GPU were compiled as sm_90a (wgmma exists only
+// there): a one-thread kernel reports it, once per device. FATHOM_ATTENTION_WGMMA=0 turns the
+// family off (the mma kernels run), for comparisons. The first query synchronizes fathom's
+// stream once; while the stream is being captured into a CUDA graph the answer is "no" until a
+// query outside a capture has run.
+template <int Unused = 0>  // a template, so that every translation unit may define it
+__global__ void wgmma_compiled_kernel(int* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+inline bool wgmma_available() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> known[kDevices];  // 0 unknown, 1 yes, -1 no
+  static const bool disabled = [] {
+    const char* v = std::getenv("FATHOM_ATTENTION_WGMMA");
+    return v && std::strcmp(v, "0") == 0;
+  }();
+  if (disabled) return false;
+  int device = 0;
+  FATHOM_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < 0 || device >= kDevices) return false;
+  if (const int k = known[device].load(std::memory_order_relaxed); k != 0) return k > 0;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  FATHOM_CUDA_CHECK(cudaStreamIsCapturing(cuda::stream(), &capture));
+  if (capture != cudaStreamCaptureStatusNone) return false;
+  cudaDeviceProp prop{};
+  FATHOM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  int answer = 0;
+  if (prop.major == 9 && prop.minor == 0) {
+    int* flag = nullptr;
+    FATHOM_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
+    wgmma_compiled_kernel<><<<1, 1, 0, cuda::stream()>>>(flag);
+    const cudaError_t launched = cudaGetLastError();
+    if (launched == cudaSuccess) {
+      FATHOM_CUDA_CHECK(
+          cudaMemcpyAsync(&answer, flag, sizeof(int), cudaMemcpyDeviceToHost, cuda::stream()));
+      FATHOM_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+    }
+    FATHOM_CUDA_CHECK(cudaFree(flag));
+  }
+  known[device].store(answer == 1 ? 1 : -1, std::memory_order_relaxed);
+  return answer == 1;
+}
+
+// The tile shapes in use (head_dim 64), timed on an H200 (fathom-attention-bench, bf16, causal,
+// B 32 T 1024 H 12 and B 128 T 256 H 12 and 16; bench/NOTES.md): one warpgroup of 64 rows a
+// block and 3 blocks an SM, so that while one block waits on its wgmma or its softmax another's
+// run; 64-row tiles in both backward passes (32-row ones did 4 blocks an SM and lost 3 to 9%).
+struct WgmmaChoice {
+  using Forward = WgmmaForward<64, 1, 3>;
+  using Dkdv = WgmmaDkdv<64, 1, 3>;
+  using Dq = WgmmaDq<64, 1, 3>;
+};
+
+// Alternatives that fathom-attention-bench times against WgmmaChoice (the [attention] tests check
+// them): 128-row forward blocks (two warpgroups sharing each K/V tile); 32-row backward tiles with
+// 4 blocks an SM; 128-key tiles in the forward and the dQ pass.
+struct WgmmaWide {
+  using Forward = WgmmaForward<64, 2, 2>;
+  using Dkdv = WgmmaDkdv<64, 1, 3>;
+  using Dq = WgmmaDq<64, 1, 3>;
+};
+struct WgmmaNarrow {
+  using Forward = WgmmaForward<64, 1, 4>;
+  using Dkdv = WgmmaDkdv<32, 1, 4>;
+  using Dq = WgmmaDq<32, 1, 4>;
+};
+struct WgmmaLongKeys {
+  using Forward = WgmmaForward<128, 1, 2>;
+  using Dkdv = WgmmaDkdv<64, 1, 3>;
+  using Dq = WgmmaDq<128, 1, 2>;
+};
+
+template <class Shapes = WgmmaChoice>
+void launch_forward_wgmma(const AttentionParams<bf16>& p) {
+  using Cfg = typename Shapes::Forward;
+  launch_mma<Cfg, forward_wgmma<Cfg>>(p);
+}
+
+// The whole backward: the dQ pass (which writes D) when dq is wanted, else D by its own pass;
+// then dK and dV.
+template <class Shapes = WgmmaChoice>
+void launch_backward_wgmma(const AttentionBackwardParams<bf16>& p, float* delta) {
+  using Dkdv = typename Shapes::Dkdv;
+  using Dq = typename Shapes::Dq;
+  const auto freqs = rope_freqs<64>(p);
+  if (p.dq) {
+    launch_mma<Dq, backward_dq_wgmma<Dq>>(p, delta, freqs);
+  } else {
+    launch_rowsum(p, delta, /*vectorized=*/true);
+  }
+  if (p.dk || p.dv)
+    launch_mma<Dkdv, backward_dkdv_wgmma<Dkdv>>(p, static_cast<const float*>(delta), freqs);
+}
+
+}  // namespace fathom::kernels::detail::attn
