@@ -73,7 +73,7 @@ __device__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t (&a)[4], std::ui
 
 template <>
 __device__ inline void wgmma_ss<32>(float (&d)[16], std::uint64_t a, std::uint64_t b,
-                                   bool accumulate) {
+                                    bool accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
@@ -82,16 +82,15 @@ __device__ inline void wgmma_ss<32>(float (&d)[16], std::uint64_t a, std::uint64
       "%8, %9, %10, %11, %12, %13, %14, %15"
       "}, "
       "%16, %17, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
-        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15])
       : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
 }
 
 template <>
 __device__ inline void wgmma_ss<64>(float (&d)[32], std::uint64_t a, std::uint64_t b,
-                                   bool accumulate) {
+                                    bool accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
@@ -102,20 +101,17 @@ __device__ inline void wgmma_ss<64>(float (&d)[32], std::uint64_t a, std::uint64
       "%24, %25, %26, %27, %28, %29, %30, %31"
       "}, "
       "%32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
-        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
         "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
 }
 
 template <>
 __device__ inline void wgmma_ss<128>(float (&d)[64], std::uint64_t a, std::uint64_t b,
-                                   bool accumulate) {
+                                     bool accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
@@ -130,22 +126,16 @@ __device__ inline void wgmma_ss<128>(float (&d)[64], std::uint64_t a, std::uint6
       "%56, %57, %58, %59, %60, %61, %62, %63"
       "}, "
       "%64, %65, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
-        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
-        "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),
-        "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
-        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+        "+f"(d[63])
       : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
 }
 
@@ -160,13 +150,10 @@ __device__ inline void wgmma_rs<64>(float (&d)[32], const std::uint32_t (&a)[4],
       "%24, %25, %26, %27, %28, %29, %30, %31"
       "}, "
       "{%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
-        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
         "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
 }
@@ -240,9 +227,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   constexpr int kKeys = Cfg::kKeys, kBlockRows = Cfg::kBlockRows;
   constexpr std::uint32_t kKeyTileBytes = kKeys * kTileRowBytes;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const std::uint32_t Qs = swizzle_base(smem_raw);             // (block rows, 64)
-  const std::uint32_t Ks = Qs + kBlockRows * kTileRowBytes;    // [2] (key tile, 64)
-  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;             // [2] (key tile, 64)
+  const std::uint32_t Qs = swizzle_base(smem_raw);           // (block rows, 64)
+  const std::uint32_t Ks = Qs + kBlockRows * kTileRowBytes;  // [2] (key tile, 64)
+  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;           // [2] (key tile, 64)
   const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_q;
   const SwizzledCopy<kKeys, Cfg::kThreads> copy_kv;
 
@@ -396,9 +383,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const std::uint32_t Vs = Ks + kBlockRows * kTileRowBytes;  // (block rows, 64)
   const std::uint32_t Qs = Vs + kBlockRows * kTileRowBytes;  // [2] (query tile, 64)
   const std::uint32_t dOs = Qs + 2 * kQueryTileBytes;        // [2] (query tile, 64)
-  float* lse_s = reinterpret_cast<float*>(smem_raw + (dOs + 2 * kQueryTileBytes -
-                                                      smem_address(smem_raw)));  // [2] (tile)
-  float* delta_s = lse_s + 2 * kQ;                                              // [2] (tile)
+  float* lse_s = reinterpret_cast<float*>(
+      smem_raw + (dOs + 2 * kQueryTileBytes - smem_address(smem_raw)));  // [2] (tile)
+  float* delta_s = lse_s + 2 * kQ;                                       // [2] (tile)
 
   const std::int64_t Tn = p.seq, nqt = (Tn + kQ - 1) / kQ, nkt = (Tn + kBlockRows - 1) / kBlockRows;
   const BlockWork work =
@@ -508,8 +495,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #pragma unroll
       for (int n = 0; n < 8; ++n)
         store_bf16_pair(out + (b * Tn + key) * stride + h * 64 + n * 8 + 2 * c,
-                        factor * acc[4 * n + 2 * r], factor * acc[4 * n + 2 * r + 1],
-                        p.accumulate);
+                        factor * acc[4 * n + 2 * r], factor * acc[4 * n + 2 * r + 1], p.accumulate);
     }
   };
   if (p.dv) store(p.dv, p.dv_stride, dv, 1.0f);
@@ -543,10 +529,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   constexpr int kKeys = Cfg::kKeys, kBlockRows = Cfg::kBlockRows;
   constexpr std::uint32_t kKeyTileBytes = kKeys * kTileRowBytes;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const std::uint32_t Qs = swizzle_base(smem_raw);             // (block rows, 64)
-  const std::uint32_t dOs = Qs + kBlockRows * kTileRowBytes;   // (block rows, 64)
-  const std::uint32_t Ks = dOs + kBlockRows * kTileRowBytes;   // [2] (key tile, 64)
-  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;             // [2] (key tile, 64)
+  const std::uint32_t Qs = swizzle_base(smem_raw);            // (block rows, 64)
+  const std::uint32_t dOs = Qs + kBlockRows * kTileRowBytes;  // (block rows, 64)
+  const std::uint32_t Ks = dOs + kBlockRows * kTileRowBytes;  // [2] (key tile, 64)
+  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;            // [2] (key tile, 64)
   const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_q;
   const SwizzledCopy<kKeys, Cfg::kThreads> copy_kv;
 
