@@ -566,8 +566,9 @@ inline int main(int argc, char** argv) {
     cudaGetDeviceProperties(&prop, device);
     const double peak = o.peak_tflops > 0 ? o.peak_tflops : root ? measure_gemm_tflops() : 1.0;
     if (root) {
-      std::printf("fathom-bench on %s: bf16 GEMM peak %.0f TFLOP/s (%s)\n", prop.name, peak,
-                  o.peak_tflops > 0 ? "given" : "measured, 8192^3");
+      std::printf("fathom-bench on %s: bf16 GEMM peak %.0f TFLOP/s (%s); attention kernels: %s\n",
+                  prop.name, peak, o.peak_tflops > 0 ? "given" : "measured, 8192^3",
+                  fathom::kernels::attention_family(fathom::Cuda{}));
       if (comm)
         std::printf(
             "%d GPUs (%s, NCCL%s, buckets %g MiB, max CTAs %s, %s-priority stream), batch per "

@@ -197,13 +197,12 @@ TEST_CASE("DecoderLM on CUDA: gradients do not depend on what fresh buffers held
 
 namespace {
 
-template <class Policy>
-void check_bf16_gpt2_near_fp32() {
-  auto c = nn::preset("gpt2-tiny");
-  c.d_model = 64;
-  c.d_ff = 256;  // rows of 256 bf16: the cuBLASLt GELU epilogues apply
-  nn::DecoderLM<nn::Gpt2, Policy, float, Cuda> fp32(c);
-  nn::DecoderLM<nn::Gpt2, Policy, bf16, Cuda> half(c);
+// A bf16 model of config c against the same model in fp32 on the same batch: loss and every
+// parameter's gradient.
+template <class Arch, class Policy>
+void check_bf16_near_fp32(const nn::ModelConfig& c) {
+  nn::DecoderLM<Arch, Policy, float, Cuda> fp32(c);
+  nn::DecoderLM<Arch, Policy, bf16, Cuda> half(c);
   fp32.init(81);
   half.init(81);
   auto tokens = tokens_on<Cuda>(4, 128, c.vocab, 12);
@@ -233,6 +232,14 @@ void check_bf16_gpt2_near_fp32() {
   }
 }
 
+template <class Policy>
+void check_bf16_gpt2_near_fp32() {
+  auto c = nn::preset("gpt2-tiny");
+  c.d_model = 64;
+  c.d_ff = 256;  // rows of 256 bf16: the cuBLASLt GELU epilogues apply
+  check_bf16_near_fp32<nn::Gpt2, Policy>(c);
+}
+
 }  // namespace
 
 TEST_CASE("DecoderLM on CUDA: a bf16 GPT-2 (fused GELU MLP epilogues) stays near fp32",
@@ -242,5 +249,25 @@ TEST_CASE("DecoderLM on CUDA: a bf16 GPT-2 (fused GELU MLP epilogues) stays near
   }
   SECTION("Pre-LN (the residual added in the GEMM epilogues)") {
     check_bf16_gpt2_near_fp32<policy::PreLN>();
+  }
+}
+
+// head_dim 64, the paper's presets' (d_model / heads): bf16 attention then runs on the tensor-core
+// kernels (the wgmma family on a GPU running sm_90a code, else mma), through the fused q/k/v rows
+// and, for Llama, RoPE's inverse turn inside the attention backward.
+TEST_CASE("DecoderLM on CUDA: bf16 models at head_dim 64 stay near fp32", "[cuda][nn]") {
+  SECTION("GPT-2, Pre-LN") {
+    auto c = nn::preset("gpt2-tiny");
+    c.d_model = 128;
+    c.heads = 2;
+    c.d_ff = 512;
+    check_bf16_near_fp32<nn::Gpt2, policy::PreLN>(c);
+  }
+  SECTION("Llama, LNS") {
+    auto c = nn::preset("tiny");
+    c.d_model = 128;
+    c.heads = 2;
+    c.d_ff = 352;
+    check_bf16_near_fp32<nn::Llama, policy::LNS>(c);
   }
 }

@@ -75,6 +75,13 @@ void attention(Cuda, const AttentionParams<T>& p) {
   a::launch_forward_tiled<T>(p);
 }
 
+// The kernel family that kernels::attention and attention_backward run for bf16 at head_dim 64 on
+// the current GPU: "wgmma" (a GPU running sm_90a code; FATHOM_ATTENTION_WGMMA=0 turns it off) or
+// "mma". Other shapes and types take the mma (head_dim 32) or tiled families as described above.
+inline const char* attention_family(Cuda) {
+  return detail::attn::wgmma_available() ? "wgmma" : "mma";
+}
+
 // Whether attention_backward(Cuda, p) honors p.rope_theta: only the mma family turns dq and dk
 // back by RoPE's inverse in its stores (bf16, head_dim 32 or 64, aligned rows). Elsewhere the
 // caller runs the rope backward itself (autograd::rope_attention_qkv does).
