@@ -541,6 +541,41 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   }
 }
 
+// D = rowsum(dO * O) of rows [row0, row0 + 16) of (b, h), by one warp from device memory (the
+// rows are 16-byte aligned, as for the tile copies): lanes 2i and 2i + 1 sum the two halves of
+// row row0 + i. Writes D to delta (B, H, T) and returns in d[0] and d[1] the D of rows row0 + g
+// and row0 + g + 8 (g = lane / 4, the rows of the mma fragments; 0 for rows past T).
+template <int HD>
+__device__ inline void warp_rowsum(const AttentionBackwardParams<bf16>& p, float* delta,
+                                   std::int64_t b, std::int64_t h, std::int64_t bh,
+                                   std::int64_t row0, float (&d)[2]) {
+  constexpr int kHalf = HD / 2;
+  const int lane = threadIdx.x % kWarp, g = lane / 4;
+  const std::int64_t Tn = p.seq, row = row0 + lane / 2;
+  const int col = static_cast<int>(h) * HD + (lane % 2) * kHalf;
+  float sum = 0.0f;
+  if (row < Tn) {
+    const bf16* orow = p.o + (b * Tn + row) * p.o_stride + col;
+    const bf16* grow = p.d_o + (b * Tn + row) * p.do_stride + col;
+#pragma unroll
+    for (int i = 0; i < kHalf / 8; ++i) {
+      const auto ov = *reinterpret_cast<const uint4*>(orow + 8 * i);
+      const auto gv = *reinterpret_cast<const uint4*>(grow + 8 * i);
+      const auto* o2 = reinterpret_cast<const __nv_bfloat162*>(&ov);
+      const auto* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 x = __bfloat1622float2(o2[j]), y = __bfloat1622float2(g2[j]);
+        sum += x.x * y.x + x.y * y.y;
+      }
+    }
+  }
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  if (lane % 2 == 0 && row < Tn) delta[bh * Tn + row] = sum;
+  d[0] = __shfl_sync(0xffffffffu, sum, 2 * g);
+  d[1] = __shfl_sync(0xffffffffu, sum, 2 * (g + 8));
+}
+
 // Tile shapes of the dQ pass: each warp owns 16 M queries, a block Warps warps' queries; key
 // tiles of N stream through shared memory. With Rowsum, the pass computes D = rowsum(dO * O) of
 // its own queries and writes it for the dK/dV pass, which then runs after it (no separate pass).
@@ -594,34 +629,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   float lse_r[M][2], delta_r[M][2];  // rows g and g + 8 of each m-tile
 #pragma unroll
   for (int m = 0; m < M; ++m) {
-    if constexpr (Cfg::kRowsum) {
-      // Lanes 2i and 2i + 1 sum the two halves of row i of the m-tile from device memory (the
-      // rows are 16-byte aligned, as for the tile copies).
-      constexpr int kHalf = HD / 2;
-      const std::int64_t row = warp_q0 + 16 * m + lane / 2;
-      const int col = h * HD + (lane % 2) * kHalf;
-      float d = 0.0f;
-      if (row < Tn) {
-        const bf16* orow = p.o + (b * Tn + row) * p.o_stride + col;
-        const bf16* grow = p.d_o + (b * Tn + row) * p.do_stride + col;
-#pragma unroll
-        for (int i = 0; i < kHalf / 8; ++i) {
-          const auto ov = *reinterpret_cast<const uint4*>(orow + 8 * i);
-          const auto gv = *reinterpret_cast<const uint4*>(grow + 8 * i);
-          const auto* o2 = reinterpret_cast<const __nv_bfloat162*>(&ov);
-          const auto* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const float2 x = __bfloat1622float2(o2[j]), y = __bfloat1622float2(g2[j]);
-            d += x.x * y.x + x.y * y.y;
-          }
-        }
-      }
-      d += __shfl_xor_sync(0xffffffffu, d, 1);
-      if (lane % 2 == 0 && row < Tn) delta[bh * Tn + row] = d;
-      delta_r[m][0] = __shfl_sync(0xffffffffu, d, 2 * g);  // 0 for rows past T
-      delta_r[m][1] = __shfl_sync(0xffffffffu, d, 2 * (g + 8));
-    }
+    if constexpr (Cfg::kRowsum) warp_rowsum<HD>(p, delta, b, h, bh, warp_q0 + 16 * m, delta_r[m]);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const std::int64_t row = warp_q0 + 16 * m + g + r * 8;

@@ -556,37 +556,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   copy_kv(Vs, vg, p.v_stride, 0, Tn);
   cp_async_commit();
 
-  // D = rowsum(dO * O) of the warp's 16 rows: lanes 2i and 2i + 1 sum the two halves of row i.
+  // D = rowsum(dO * O) of the warp's 16 rows, written for the dK/dV pass.
   float lse_r[2], delta_r[2];  // rows g and g + 8
-  {
-    const std::int64_t row = warp_q0 + lane / 2;
-    const int col = static_cast<int>(h) * 64 + (lane % 2) * 32;
-    float d = 0.0f;
-    if (row < Tn) {
-      const bf16* orow = p.o + (b * Tn + row) * p.o_stride + col;
-      const bf16* grow = p.d_o + (b * Tn + row) * p.do_stride + col;
+  warp_rowsum<64>(p, delta, b, h, bh, warp_q0, delta_r);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const auto ov = *reinterpret_cast<const uint4*>(orow + 8 * i);
-        const auto gv = *reinterpret_cast<const uint4*>(grow + 8 * i);
-        const auto* o2 = reinterpret_cast<const __nv_bfloat162*>(&ov);
-        const auto* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float2 x = __bfloat1622float2(o2[j]), y = __bfloat1622float2(g2[j]);
-          d += x.x * y.x + x.y * y.y;
-        }
-      }
-    }
-    d += __shfl_xor_sync(0xffffffffu, d, 1);
-    if (lane % 2 == 0 && row < Tn) delta[bh * Tn + row] = d;
-    delta_r[0] = __shfl_sync(0xffffffffu, d, 2 * g);  // 0 for rows past T
-    delta_r[1] = __shfl_sync(0xffffffffu, d, 2 * (g + 8));
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const std::int64_t rr = warp_q0 + g + r * 8;
-      lse_r[r] = rr < Tn ? p.lse[bh * Tn + rr] * kLog2e : INFINITY;
-    }
+  for (int r = 0; r < 2; ++r) {
+    const std::int64_t row = warp_q0 + g + r * 8;
+    lse_r[r] = row < Tn ? p.lse[bh * Tn + row] * kLog2e : INFINITY;
   }
   float dq[32];
 #pragma unroll
