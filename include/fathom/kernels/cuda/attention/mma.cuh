@@ -395,6 +395,20 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   }
 }
 
+// The log-sum-exp (lse, (B, H, T), into log2 units) and D (delta) of query tile qt's Queries rows
+// of (b, h) = bh into shared memory, one thread a row (threads from Queries on do nothing). Rows
+// past T get lse = +inf, so their probabilities are exactly 0, and D = 0.
+template <int Queries>
+__device__ inline void stage_row_stats(const float* lse, const float* delta, std::int64_t T,
+                                       std::int64_t bh, std::int64_t qt, float* lse_s,
+                                       float* delta_s) {
+  if (threadIdx.x < Queries) {
+    const std::int64_t row = qt * Queries + threadIdx.x;
+    lse_s[threadIdx.x] = row < T ? lse[bh * T + row] * kLog2e : INFINITY;
+    delta_s[threadIdx.x] = row < T ? delta[bh * T + row] : 0.0f;
+  }
+}
+
 // Tile shapes of the dK/dV pass: each warp owns 16 M keys, a block Warps warps' keys; query
 // tiles of Q are staged in shared memory and consumed Chunk queries at a time.
 template <int HD_, int M_, int Chunk_, int Q_, int Warps_, int MinBlocks_,
@@ -447,12 +461,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   auto stage = [&](int buf, std::int64_t qt) {  // Q, dO, lse and delta of query tile qt
     copy_q(Qs + buf * kQueryTileBytes, qg, p.q_stride, qt * kQ, Tn);
     copy_q(dOs + buf * kQueryTileBytes, dog, p.do_stride, qt * kQ, Tn);
-    if (threadIdx.x < kQ) {
-      const std::int64_t row = qt * kQ + threadIdx.x;
-      // Rows past T get lse = +inf, so their probabilities are exactly 0.
-      lse_s[buf * kQ + threadIdx.x] = row < Tn ? p.lse[bh * Tn + row] * kLog2e : INFINITY;
-      delta_s[buf * kQ + threadIdx.x] = row < Tn ? delta[bh * Tn + row] : 0.0f;
-    }
+    stage_row_stats<kQ>(p.lse, delta, Tn, bh, qt, lse_s + buf * kQ, delta_s + buf * kQ);
   };
 
   const std::int64_t qt_begin = p.causal ? k0 / kQ : 0;

@@ -406,12 +406,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   auto stage = [&](int buf, std::int64_t qt) {  // Q, dO, lse and delta of query tile qt
     copy_q(Qs + buf * kQueryTileBytes, qg, p.q_stride, qt * kQ, Tn);
     copy_q(dOs + buf * kQueryTileBytes, dog, p.do_stride, qt * kQ, Tn);
-    if (threadIdx.x < kQ) {
-      const std::int64_t row = qt * kQ + threadIdx.x;
-      // Rows past T get lse = +inf, so their probabilities are exactly 0.
-      lse_s[buf * kQ + threadIdx.x] = row < Tn ? p.lse[bh * Tn + row] * kLog2e : INFINITY;
-      delta_s[buf * kQ + threadIdx.x] = row < Tn ? delta[bh * Tn + row] : 0.0f;
-    }
+    stage_row_stats<kQ>(p.lse, delta, Tn, bh, qt, lse_s + buf * kQ, delta_s + buf * kQ);
   };
 
   const std::int64_t qt_begin = p.causal ? k0 / kQ : 0;
