@@ -4,9 +4,9 @@
 // kernel variants (--variants: the wgmma kernels (Hopper, sm_90a) and the mma kernels with their
 // tile shapes, the previous ones, and each change alone; wgmma ones are skipped where the GPU runs
 // no sm_90a code), prints ms and TFLOP/s per pass, and the largest difference between each
-// variant's outputs and those of the first that ran. TFLOP/s count the matrix
-// products only (causal: half of them), the backward as 2.5 forwards, as FlashAttention's papers
-// do. All variants share the forward's exponent with the scale folded into one FMA.
+// variant's outputs and those of the first that ran. TFLOP/s count the matrix products only
+// (causal: half of them), the backward as 2.5 forwards, as FlashAttention's papers do. All
+// variants share the forward's exponent with the scale folded into one FMA.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
