@@ -251,6 +251,85 @@ __device__ inline void mma_p_b(float (&acc)[M][HD / 8][4], const float (&p)[M][K
   }
 }
 
+// The forward's per-tile steps on one 16-row m-tile's scores s (N key columns; this thread holds
+// columns 8n + 2c + (e & 1) of rows g and g + 8, e >> 1 picking the row), shared by the mma and
+// wgmma kernels, whose accumulators have this layout.
+
+// Scores of keys at or past `keys`, and with causal of keys after the row's query, become -inf;
+// positions relative to the key tile's start, in 32 bits (fewer registers). first_query is the
+// position of row g.
+template <int N>
+__device__ inline void mask_scores(float (&s)[N / 8][4], int keys, int first_query, bool causal,
+                                   int c) {
+#pragma unroll
+  for (int n = 0; n < N / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = n * 8 + 2 * c + (e & 1), query = first_query + (e >> 1) * 8;
+      if (key >= keys || (causal && key > query)) s[n][e] = -INFINITY;
+    }
+  }
+}
+
+// One tile of the online softmax for rows g and g + 8: the running max mx (log2 units, taken over
+// the unscaled scores, so that scaling and subtracting it is one FMA before each exponential), s
+// turned into the unnormalized probabilities, the running sums l (this thread's columns; the
+// quad is summed at the end) and the output accumulators o rescaled to the new max.
+template <int N, int HD>
+__device__ inline void online_softmax(float (&s)[N / 8][4], float (&mx)[2], float (&l)[2],
+                                      float (&o)[HD / 8][4], float scale_log2) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float tile_max = -INFINITY;  // of the unscaled scores
+#pragma unroll
+    for (int n = 0; n < N / 8; ++n) tile_max = fmaxf(tile_max, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+    const float m_new = fmaxf(mx[r], tile_max * scale_log2);
+    const float base = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet
+    const float alpha = exp2_approx(mx[r] - base);
+    mx[r] = m_new;
+    float sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < N / 8; ++n) {
+      s[n][2 * r] = exp2_approx(fmaf(s[n][2 * r], scale_log2, -base));
+      s[n][2 * r + 1] = exp2_approx(fmaf(s[n][2 * r + 1], scale_log2, -base));
+      sum += s[n][2 * r] + s[n][2 * r + 1];
+    }
+    l[r] = l[r] * alpha + sum;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      o[n][2 * r] *= alpha;
+      o[n][2 * r + 1] *= alpha;
+    }
+  }
+}
+
+// Rows row0 (= the m-tile's row g) and row0 + 8 of the output, o / l, and their log-sum-exp; rows
+// past T are skipped.
+template <int HD>
+__device__ inline void store_forward_rows(const AttentionParams<bf16>& p,
+                                          const float (&o)[HD / 8][4], const float (&mx)[2],
+                                          const float (&l)[2], std::int64_t b, std::int64_t h,
+                                          std::int64_t bh, std::int64_t row0, int c) {
+  const std::int64_t Tn = p.seq;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = l[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const std::int64_t row = row0 + r * 8;
+    if (row >= Tn) continue;
+    const float inv = 1.0f / sum;
+    bf16* out = p.o + (b * Tn + row) * p.o_stride + h * HD;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+      *reinterpret_cast<std::uint32_t*>(out + n * 8 + 2 * c) =
+          pack_bf16(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+    if (c == 0) p.lse[bh * Tn + row] = mx[r] * kLn2 + logf(sum);
+  }
+}
+
 // Tile shapes of the forward: Warps warps of 16 M query rows a block, key tiles of N streamed
 // through shared memory; at least MinBlocks blocks an SM (the register budget).
 template <int HD_, int M_, int N_, int Warps_, int MinBlocks_, int GroupPairs_ = kOrderPairs>
@@ -331,44 +410,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
 #pragma unroll
       for (int m = 0; m < M; ++m) {
-        if (edge) {  // positions relative to k0, in 32 bits (fewer registers)
-          const int keys = static_cast<int>(min(Tn - k0, static_cast<std::int64_t>(kKeys)));
-          const int first_query = static_cast<int>(warp_q0 - k0) + 16 * m + g;
-#pragma unroll
-          for (int n = 0; n < kKeys / 8; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int key = n * 8 + 2 * c + (e & 1), query = first_query + (e >> 1) * 8;
-              if (key >= keys || (p.causal && key > query)) s[m][n][e] = -INFINITY;
-            }
-          }
-        }
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float tile_max = -INFINITY;  // of the unscaled scores
-#pragma unroll
-          for (int n = 0; n < kKeys / 8; ++n)
-            tile_max = fmaxf(tile_max, fmaxf(s[m][n][2 * r], s[m][n][2 * r + 1]));
-          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-          const float m_new = fmaxf(mx[m][r], tile_max * scale_log2);
-          const float base = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet
-          const float alpha = exp2_approx(mx[m][r] - base);
-          mx[m][r] = m_new;
-          float sum = 0.0f;
-#pragma unroll
-          for (int n = 0; n < kKeys / 8; ++n) {
-            s[m][n][2 * r] = exp2_approx(fmaf(s[m][n][2 * r], scale_log2, -base));
-            s[m][n][2 * r + 1] = exp2_approx(fmaf(s[m][n][2 * r + 1], scale_log2, -base));
-            sum += s[m][n][2 * r] + s[m][n][2 * r + 1];
-          }
-          l[m][r] = l[m][r] * alpha + sum;  // this thread's columns; the quad is summed at the end
-#pragma unroll
-          for (int n = 0; n < HD / 8; ++n) {
-            o[m][n][2 * r] *= alpha;
-            o[m][n][2 * r + 1] *= alpha;
-          }
-        }
+        if (edge)
+          mask_scores<kKeys>(s[m], static_cast<int>(min(Tn - k0, std::int64_t{kKeys})),
+                             static_cast<int>(warp_q0 - k0) + 16 * m + g, p.causal, c);
+        online_softmax<kKeys, HD>(s[m], mx[m], l[m], o[m], scale_log2);
       }
       mma_p_b<HD, M, kKeys>(o, s, Vs + buf * kKeyTileBytes);
     }
@@ -376,23 +421,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   }
 
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float sum = l[m][r];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const std::int64_t row = warp_q0 + 16 * m + g + r * 8;
-      if (row >= Tn) continue;
-      const float inv = 1.0f / sum;
-      bf16* out = p.o + (b * Tn + row) * p.o_stride + h * HD;
-#pragma unroll
-      for (int n = 0; n < HD / 8; ++n)
-        *reinterpret_cast<std::uint32_t*>(out + n * 8 + 2 * c) =
-            pack_bf16(o[m][n][2 * r] * inv, o[m][n][2 * r + 1] * inv);
-      if (c == 0) p.lse[bh * Tn + row] = mx[m][r] * kLn2 + logf(sum);
-    }
-  }
+  for (int m = 0; m < M; ++m)
+    store_forward_rows<HD>(p, o[m], mx[m], l[m], b, h, bh, warp_q0 + 16 * m + g, c);
 }
 
 // The log-sum-exp (lse, (B, H, T), into log2 units) and D (delta) of query tile qt's Queries rows

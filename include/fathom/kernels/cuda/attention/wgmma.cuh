@@ -281,47 +281,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       wgmma_commit();
       wgmma_wait_all();
       fence_registers(s);
+      // The accumulators in the mma family's (16-row m-tile) layout.
+      auto& st = reinterpret_cast<float(&)[kKeys / 8][4]>(s);
+      auto& ot = reinterpret_cast<float(&)[8][4]>(o);
       const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
-      if (edge) {  // positions relative to k0, in 32 bits
-        const int keys = static_cast<int>(min(Tn - k0, static_cast<std::int64_t>(kKeys)));
-        const int first_query = static_cast<int>(warp_q0 - k0) + g;
-#pragma unroll
-        for (int n = 0; n < kKeys / 8; ++n) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int key = n * 8 + 2 * c + (e & 1), query = first_query + (e >> 1) * 8;
-            if (key >= keys || (p.causal && key > query)) s[4 * n + e] = -INFINITY;
-          }
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float tile_max = -INFINITY;  // of the unscaled scores
-#pragma unroll
-        for (int n = 0; n < kKeys / 8; ++n)
-          tile_max = fmaxf(tile_max, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-        const float m_new = fmaxf(mx[r], tile_max * scale_log2);
-        const float base = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet
-        const float alpha = exp2_approx(mx[r] - base);
-        mx[r] = m_new;
-        float sum = 0.0f;
-#pragma unroll
-        for (int n = 0; n < kKeys / 8; ++n) {
-          float& s0 = s[4 * n + 2 * r];
-          float& s1 = s[4 * n + 2 * r + 1];
-          s0 = exp2_approx(fmaf(s0, scale_log2, -base));
-          s1 = exp2_approx(fmaf(s1, scale_log2, -base));
-          sum += s0 + s1;
-        }
-        l[r] = l[r] * alpha + sum;  // this thread's columns; the quad is summed at the end
-#pragma unroll
-        for (int n = 0; n < 8; ++n) {
-          o[4 * n + 2 * r] *= alpha;
-          o[4 * n + 2 * r + 1] *= alpha;
-        }
-      }
+      if (edge)
+        mask_scores<kKeys>(st, static_cast<int>(min(Tn - k0, std::int64_t{kKeys})),
+                           static_cast<int>(warp_q0 - k0) + g, p.causal, c);
+      online_softmax<kKeys, 64>(st, mx, l, ot, scale_log2);
       std::uint32_t pa[kKeys / 16][4];
 #pragma unroll
       for (int kk = 0; kk < kKeys / 16; ++kk) a_operand(pa[kk], s, kk);
@@ -336,21 +303,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     __syncthreads();  // the next iteration's copies overwrite this buffer
   }
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = l[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const std::int64_t row = warp_q0 + g + r * 8;
-    if (row >= Tn) continue;
-    const float inv = 1.0f / sum;
-    bf16* out = p.o + (b * Tn + row) * p.o_stride + h * 64;
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-      *reinterpret_cast<std::uint32_t*>(out + n * 8 + 2 * c) =
-          pack_bf16(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
-    if (c == 0) p.lse[bh * Tn + row] = mx[r] * kLn2 + logf(sum);
-  }
+  store_forward_rows<64>(p, reinterpret_cast<const float(&)[8][4]>(o), mx, l, b, h, bh, warp_q0 + g,
+                         c);
 #else
   (void)p;
 #endif
