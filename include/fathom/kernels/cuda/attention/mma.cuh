@@ -439,6 +439,58 @@ __device__ inline void stage_row_stats(const float* lse, const float* delta, std
   }
 }
 
+// The backward's per-tile steps on one 16-row m-tile's accumulators (the layout of the forward's
+// helpers above), shared by the mma and wgmma kernels.
+
+// dK/dV: S^T and dP^T of keys key0 and key0 + 8 (rows g and g + 8 of the m-tile) against queries
+// query0 + 8n + 2c + (e & 1). st becomes P^T = exp2(S^T scale_log2 - lse) and dpt becomes
+// dS^T = P^T (dP^T - D), with lse (log2 units) and delta the queries' rows from query0; with
+// `edge`, P^T is 0 for keys or queries at or past T and, with causal, for a key after its query.
+template <int N>
+__device__ inline void dkdv_scores(float (&st)[N / 8][4], float (&dpt)[N / 8][4], const float* lse,
+                                   const float* delta, float scale_log2, bool edge,
+                                   std::int64_t key0, std::int64_t query0, std::int64_t T,
+                                   bool causal, int c) {
+#pragma unroll
+  for (int n = 0; n < N / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int ql = n * 8 + 2 * c + (e & 1);
+      float pv = exp2_approx(st[n][e] * scale_log2 - lse[ql]);
+      if (edge) {
+        const std::int64_t key = key0 + (e >> 1) * 8, query = query0 + ql;
+        if (key >= T || query >= T || (causal && key > query)) pv = 0.0f;
+      }
+      st[n][e] = pv;
+      dpt[n][e] = pv * (dpt[n][e] - delta[ql]);
+    }
+  }
+}
+
+// dQ: S and dP of queries query0 and query0 + 8 (rows g and g + 8) against keys
+// key0 + 8n + 2c + (e & 1); dp becomes dS = P (dP - D) with P = exp2(S scale_log2 - lse) from the
+// rows' lse (log2 units) and D; with `edge`, P is 0 for keys at or past T and, with causal, for a
+// key after the query.
+template <int N>
+__device__ inline void dq_scores(const float (&s)[N / 8][4], float (&dp)[N / 8][4],
+                                 const float (&lse)[2], const float (&delta)[2], float scale_log2,
+                                 bool edge, std::int64_t key0, std::int64_t query0, std::int64_t T,
+                                 bool causal, int c) {
+#pragma unroll
+  for (int n = 0; n < N / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e >> 1;
+      float pv = exp2_approx(s[n][e] * scale_log2 - lse[r]);
+      if (edge) {
+        const std::int64_t key = key0 + n * 8 + 2 * c + (e & 1), query = query0 + r * 8;
+        if (key >= T || (causal && key > query)) pv = 0.0f;
+      }
+      dp[n][e] = pv * (dp[n][e] - delta[r]);
+    }
+  }
+}
+
 // Tile shapes of the dK/dV pass: each warp owns 16 M keys, a block Warps warps' keys; query
 // tiles of Q are staged in shared memory and consumed Chunk queries at a time.
 template <int HD_, int M_, int Chunk_, int Q_, int Warps_, int MinBlocks_,
@@ -535,22 +587,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       const bool edge = (p.causal && warp_k0 + kWarpRows - 1 > cq0) || cq0 + kChunk > Tn ||
                         warp_k0 + kWarpRows > Tn;
 #pragma unroll
-      for (int m = 0; m < M; ++m) {
-#pragma unroll
-        for (int n = 0; n < kChunk / 8; ++n) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int ql = ch * kChunk + n * 8 + 2 * c + (e & 1);
-            float pv = exp2_approx(st[m][n][e] * scale_log2 - lse_b[ql]);
-            if (edge) {
-              const std::int64_t key = warp_k0 + 16 * m + g + (e >> 1) * 8, query = qt * kQ + ql;
-              if (key >= Tn || query >= Tn || (p.causal && key > query)) pv = 0.0f;
-            }
-            st[m][n][e] = pv;
-            dpt[m][n][e] = pv * (dpt[m][n][e] - delta_b[ql]);
-          }
-        }
-      }
+      for (int m = 0; m < M; ++m)
+        dkdv_scores<kChunk>(st[m], dpt[m], lse_b + ch * kChunk, delta_b + ch * kChunk, scale_log2,
+                            edge, warp_k0 + 16 * m + g, cq0, Tn, p.causal, c);
       mma_p_b<HD, M, kChunk>(dv, st, dOb, ch * kChunk);
       mma_p_b<HD, M, kChunk>(dk, dpt, Qb, ch * kChunk);
     }
@@ -708,22 +747,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       mma_a_bt<HD, M, kKeys>(dp, of, Vs + buf * kKeyTileBytes);
       const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
 #pragma unroll
-      for (int m = 0; m < M; ++m) {
-#pragma unroll
-        for (int n = 0; n < kKeys / 8; ++n) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = e >> 1;
-            float pv = exp2_approx(s[m][n][e] * scale_log2 - lse_r[m][r]);
-            if (edge) {
-              const std::int64_t key = k0 + n * 8 + 2 * c + (e & 1),
-                                 query = warp_q0 + 16 * m + g + r * 8;
-              if (key >= Tn || (p.causal && key > query)) pv = 0.0f;
-            }
-            dp[m][n][e] = pv * (dp[m][n][e] - delta_r[m][r]);
-          }
-        }
-      }
+      for (int m = 0; m < M; ++m)
+        dq_scores<kKeys>(s[m], dp[m], lse_r[m], delta_r[m], scale_log2, edge, k0,
+                         warp_q0 + 16 * m + g, Tn, p.causal, c);
       mma_p_b<HD, M, kKeys>(dq, dp, Kb);
     }
     __syncthreads();

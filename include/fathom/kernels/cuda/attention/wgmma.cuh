@@ -399,20 +399,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       fence_registers(st);
       fence_registers(dpt);
       const bool edge = (p.causal && warp_k0 + 15 > cq0) || cq0 + kQ > Tn || warp_k0 + 16 > Tn;
-#pragma unroll
-      for (int n = 0; n < kQ / 8; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int ql = n * 8 + 2 * c + (e & 1);
-          float pv = exp2_approx(st[4 * n + e] * scale_log2 - lse_b[ql]);
-          if (edge) {
-            const std::int64_t key = warp_k0 + g + (e >> 1) * 8, query = cq0 + ql;
-            if (key >= Tn || query >= Tn || (p.causal && key > query)) pv = 0.0f;
-          }
-          st[4 * n + e] = pv;
-          dpt[4 * n + e] = pv * (dpt[4 * n + e] - delta_b[ql]);
-        }
-      }
+      dkdv_scores<kQ>(reinterpret_cast<float(&)[kQ / 8][4]>(st),
+                      reinterpret_cast<float(&)[kQ / 8][4]>(dpt), lse_b, delta_b, scale_log2, edge,
+                      warp_k0 + g, cq0, Tn, p.causal, c);
       std::uint32_t pa[kQ / 16][4], da[kQ / 16][4];
 #pragma unroll
       for (int kk = 0; kk < kQ / 16; ++kk) {
@@ -545,19 +534,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       fence_registers(s);
       fence_registers(dp);
       const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
-#pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e >> 1;
-          float pv = exp2_approx(s[4 * n + e] * scale_log2 - lse_r[r]);
-          if (edge) {
-            const std::int64_t key = k0 + n * 8 + 2 * c + (e & 1), query = warp_q0 + g + r * 8;
-            if (key >= Tn || (p.causal && key > query)) pv = 0.0f;
-          }
-          dp[4 * n + e] = pv * (dp[4 * n + e] - delta_r[r]);
-        }
-      }
+      dq_scores<kKeys>(reinterpret_cast<const float(&)[kKeys / 8][4]>(s),
+                       reinterpret_cast<float(&)[kKeys / 8][4]>(dp), lse_r, delta_r, scale_log2,
+                       edge, k0, warp_q0 + g, Tn, p.causal, c);
       std::uint32_t da[kKeys / 16][4];
 #pragma unroll
       for (int kk = 0; kk < kKeys / 16; ++kk) a_operand(da[kk], dp, kk);
