@@ -510,6 +510,12 @@ TEST_CASE("CUDA attention's wgmma kernels and their alternative shapes match the
                   .forward = wgmma_forward<attn::WgmmaChoice>},
                  700);
   }
+  SECTION("WgmmaTwoPass (the two backward passes also where one block a head applies)") {
+    check_family(c,
+                 {.backward = wgmma_backward<attn::WgmmaTwoPass>,
+                  .forward = wgmma_forward<attn::WgmmaTwoPass>},
+                 700);
+  }
   SECTION("WgmmaWide") {
     check_family(
         c, {.backward = wgmma_backward<attn::WgmmaWide>, .forward = wgmma_forward<attn::WgmmaWide>},
@@ -527,6 +533,66 @@ TEST_CASE("CUDA attention's wgmma kernels and their alternative shapes match the
                   .forward = wgmma_forward<attn::WgmmaLongKeys>},
                  700);
   }
+}
+
+// backward_short_wgmma (a head's whole backward in one block, T <= 256) launched directly, at
+// every tile count, with and without the causal mask (full up to T = 192, where its dS tiles still
+// fit), RoPE's inverse turn, several heads and batches; accumulating onto random gradients and
+// overwriting NaN-filled ones.
+namespace {
+void short_backward(const fathom::kernels::AttentionBackwardParams<bf16>& p) {
+  namespace attn = fathom::kernels::detail::attn;
+  REQUIRE(attn::short_backward_applies(p));
+  attn::launch_backward_short(p);
+}
+}  // namespace
+
+TEST_CASE("CUDA attention's one-block backward for short sequences matches the CPU reference",
+          "[cuda][attention]") {
+  namespace attn = fathom::kernels::detail::attn;
+  if (!attn::wgmma_available()) {
+    WARN("this GPU or build runs no sm_90a code: the wgmma kernels are not tested here");
+    return;
+  }
+  const AttentionCase c = GENERATE(
+      AttentionCase{3, 256, 5, 64, true}, AttentionCase{2, 250, 3, 64, true},
+      AttentionCase{2, 192, 3, 64, false}, AttentionCase{2, 161, 2, 64, true},
+      AttentionCase{2, 128, 4, 64, false}, AttentionCase{1, 100, 3, 64, true},
+      AttentionCase{2, 64, 2, 64, true}, AttentionCase{2, 33, 2, 64, false},
+      AttentionCase{1, 1, 2, 64, true}, AttentionCase{2, 256, 2, 64, true, 0.0, 10000.0, 7},
+      AttentionCase{2, 150, 2, 64, false, 0.0, 500.0, 0});
+  INFO(c);
+  const Inputs in = make_inputs(c, 800);
+  const Wanted launchers{.backward = short_backward};
+  check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, true, launchers), reference(c, in));
+  Inputs zero = in;
+  std::fill(zero.dq0.begin(), zero.dq0.end(), 0.0);
+  std::fill(zero.dk0.begin(), zero.dk0.end(), 0.0);
+  std::fill(zero.dv0.begin(), zero.dv0.end(), 0.0);
+  check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, false, launchers), reference(c, zero));
+}
+
+TEST_CASE("CUDA attention's one-block backward gives way where it does not apply",
+          "[cuda][attention]") {
+  namespace attn = fathom::kernels::detail::attn;
+  fathom::kernels::AttentionBackwardParams<bf16> p{};
+  p.batch = 1;
+  p.heads = 1;
+  p.head_dim = 64;
+  p.dq = p.dk = p.dv = reinterpret_cast<bf16*>(std::uintptr_t{256});
+  p.causal = true;
+  p.seq = 256;
+  CHECK(attn::short_backward_applies(p));
+  p.seq = 257;  // five tiles
+  CHECK_FALSE(attn::short_backward_applies(p));
+  p.causal = false;
+  p.seq = 192;
+  CHECK(attn::short_backward_applies(p));
+  p.seq = 193;  // 16 dS tiles of a full mask do not fit beside Q, K, V and dO
+  CHECK_FALSE(attn::short_backward_applies(p));
+  p.seq = 64;
+  p.dq = nullptr;  // dK and dV alone: the dK/dV pass
+  CHECK_FALSE(attn::short_backward_applies(p));
 }
 
 TEST_CASE("CUDA attention reads fused and misaligned rows in place", "[cuda][attention]") {

@@ -158,6 +158,29 @@ __device__ inline void wgmma_rs<64>(float (&d)[32], const std::uint32_t (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
 }
 
+// d (64 x 64, fp32) = (accumulate ? d : 0) + A (64 x 16) * B (16 x 64), both MN-major in shared
+// memory (A's rows of 16 reduction steps, each 64 M elements; B's the same with N): the dQ = dS K
+// product of the one-block backward, dS^T and K as they were stored for the dK/dV products.
+__device__ inline void wgmma_ss_mn64(float (&d)[32], std::uint64_t a, std::uint64_t b,
+                                     bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31"
+      "}, "
+      "%32, %33, p, 1, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
+}
+
 // ---- tiles --------------------------------------------------------------------------------------
 
 // Copies (Rows, 64) bf16 tiles into 128-byte-swizzled shared tiles with a block of Threads threads,
@@ -568,6 +591,312 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #endif
 }
 
+// ---- short sequences: a head's whole backward in one block
+// ---------------------------------------
+
+// Up to T = 256 (four 64-row tiles), a head's Q, K, V and dO fit in shared memory together with
+// dS. One block of two warpgroups then does the head's whole backward: each warpgroup owns key
+// tiles and walks their query tiles as backward_dkdv_wgmma does (S^T, dP^T, then dV += P^T dO and
+// dK += dS^T Q), and also stores each dS^T tile in shared memory; after a barrier each warpgroup
+// owns query tiles and sums dQ = dS K over their key tiles from those stored tiles. Against the
+// two passes this computes S and dP once instead of twice (5 products a tile pair instead of 7),
+// reads each input once, computes D in the block, and launches one kernel of B H blocks instead
+// of two of 4 B H. dQ is summed in a fixed order: the result is deterministic.
+//
+// Work: warpgroup 0 owns tiles 0 and 3, warpgroup 1 tiles 1 and 2 (key tiles in the first phase,
+// query tiles in the second), which under the causal mask gives both the same number of tile
+// pairs (5 and 5 at four tiles). The two walk their lists in steps; a step waits, block-wide, only
+// for the copies its tile pairs need: tiles 0 and 1 come first, then 2, then 3.
+constexpr int kShortThreads = 2 * kGroupThreads;
+constexpr int kShortMaxTiles = 4;
+constexpr std::uint32_t kShortTileBytes = 64 * kTileRowBytes;
+
+// The dS tiles kept: one per (query tile, key tile) pair that the mask does not empty.
+__host__ __device__ inline int short_pairs(int tiles, bool causal) {
+  return causal ? tiles * (tiles + 1) / 2 : tiles * tiles;
+}
+__device__ inline int short_pair_index(int i, int j, int tiles, bool causal) {
+  return causal ? i * (i + 1) / 2 + j : i * tiles + j;
+}
+inline std::size_t short_backward_smem(int tiles, bool causal) {
+  return 1024 + std::size_t{kShortTileBytes} * (4 * tiles + short_pairs(tiles, causal)) +
+         2 * sizeof(float) * 64 * tiles;
+}
+// Tile t of warpgroup w's list (0 and 3, or 1 and 2).
+__device__ inline int short_owned(int w, int t) { return w == 0 ? 3 * t : 1 + t; }
+// Step s of warpgroup w's first phase: the pair (query tile i, key tile j); false past its end.
+__device__ inline bool short_step(int w, int s, int tiles, bool causal, int& i, int& j) {
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    const int key = short_owned(w, t);
+    if (key >= tiles) continue;
+    const int first = causal ? key : 0;
+    if (s < tiles - first) {
+      i = first + s;
+      j = key;
+      return true;
+    }
+    s -= tiles - first;
+  }
+  return false;
+}
+// The copy group that brings tile t (groups: tiles 0 and 1, tile 2, tile 3).
+__device__ inline int short_copy_group(int t) { return t <= 1 ? 0 : t - 1; }
+// Waits until copy groups 0 .. g of the three committed have landed.
+__device__ inline void short_wait_groups(int g) {
+  if (g >= 2) {
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+  } else if (g == 1) {
+    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+  } else {
+    asm volatile("cp.async.wait_group 2;\n" ::: "memory");
+  }
+}
+__device__ inline void st_shared_u32(std::uint32_t addr, std::uint32_t v) {
+  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+
+// dq += sum over key tiles j < Tiles of dS_ij K_j: the pairs of query tile i are consecutive
+// tiles from dS_row, the key tiles consecutive from Ks; both MN-major operands.
+template <int Tiles>
+__device__ inline void short_dq_products(float (&dq)[32], std::uint32_t dS_row, std::uint32_t Ks) {
+  fence_registers(dq);
+  wgmma_fence();
+#pragma unroll
+  for (int j = 0; j < Tiles; ++j) {
+    const std::uint64_t a = sw128_desc(dS_row + j * kShortTileBytes);
+    const std::uint64_t kb = sw128_desc(Ks + j * kShortTileBytes);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_ss_mn64(dq, a + kk * 128, kb + kk * 128, true);
+  }
+  wgmma_commit();
+  wgmma_wait_all();
+}
+
+// One block per (b, h): p.seq <= 64 * kShortMaxTiles, dq, dk and dv all wanted. (A template, so
+// that every translation unit may define it.)
+template <int Unused = 0>
+__global__ void __launch_bounds__(kShortThreads, 1)
+    backward_short_wgmma(AttentionBackwardParams<bf16> p, RopeFreqs<32> rope) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const std::int64_t Tn = p.seq;
+  const int tiles = static_cast<int>((Tn + 63) / 64);
+  const bool causal = p.causal;
+  const std::uint32_t Ks = swizzle_base(smem_raw);          // [tiles] (64, 64)
+  const std::uint32_t Vs = Ks + tiles * kShortTileBytes;    // [tiles]
+  const std::uint32_t Qs = Vs + tiles * kShortTileBytes;    // [tiles]
+  const std::uint32_t dOs = Qs + tiles * kShortTileBytes;   // [tiles]
+  const std::uint32_t dSs = dOs + tiles * kShortTileBytes;  // [pairs] dS^T: rows keys
+  float* lse_s = reinterpret_cast<float*>(
+      smem_raw + (dSs + short_pairs(tiles, causal) * kShortTileBytes - smem_address(smem_raw)));
+  float* delta_s = lse_s + 64 * tiles;
+
+  const std::int64_t bh = blockIdx.x, b = bh / p.heads, h = bh % p.heads;
+  // The warpgroup and warp through a shuffle, which the compiler knows to be uniform over the warp:
+  // computed from threadIdx.x alone, every branch on them counts as divergent, and ptxas then
+  // serializes the wgmma inside (C7520).
+  const int group = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / kGroupThreads, 0);
+  const int warp = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / kWarp % 4, 0);
+  const int lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
+  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  const float scale = static_cast<float>(p.scale);
+
+  const SwizzledCopy<64, kShortThreads> copy;
+  for (int grp = 0; grp < 3; ++grp) {
+    for (int t = grp == 0 ? 0 : grp + 1; t <= grp + 1 && t < tiles; ++t) {
+      const std::uint32_t at = t * kShortTileBytes;
+      copy(Ks + at, p.k + b * Tn * p.k_stride + h * 64, p.k_stride, t * 64, Tn);
+      copy(Vs + at, p.v + b * Tn * p.v_stride + h * 64, p.v_stride, t * 64, Tn);
+      copy(Qs + at, p.q + b * Tn * p.q_stride + h * 64, p.q_stride, t * 64, Tn);
+      copy(dOs + at, p.d_o + b * Tn * p.do_stride + h * 64, p.do_stride, t * 64, Tn);
+    }
+    cp_async_commit();
+  }
+
+  // lse (log2 units) and D = rowsum(dO * O) of every row, one thread a row, while the tiles land.
+  if (threadIdx.x < 64 * tiles) {
+    const std::int64_t row = threadIdx.x;
+    float d = 0.0f;
+    if (row < Tn) {
+      const bf16* orow = p.o + (b * Tn + row) * p.o_stride + h * 64;
+      const bf16* grow = p.d_o + (b * Tn + row) * p.do_stride + h * 64;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const auto ov = *reinterpret_cast<const uint4*>(orow + 8 * k);
+        const auto gv = *reinterpret_cast<const uint4*>(grow + 8 * k);
+        const auto* o2 = reinterpret_cast<const __nv_bfloat162*>(&ov);
+        const auto* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float2 x = __bfloat1622float2(o2[e]), y = __bfloat1622float2(g2[e]);
+          d += x.x * y.x + x.y * y.y;
+        }
+      }
+    }
+    lse_s[row] = row < Tn ? p.lse[bh * Tn + row] * kLog2e : INFINITY;
+    delta_s[row] = d;
+  }
+
+  auto store_rows = [&](bf16* out, std::int64_t stride, std::int64_t row0, const float(&acc)[32],
+                        float factor) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const std::int64_t row = row0 + g + r * 8;
+      if (row >= Tn) continue;
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+        store_bf16_pair(out + (b * Tn + row) * stride + h * 64 + n * 8 + 2 * c,
+                        factor * acc[4 * n + 2 * r], factor * acc[4 * n + 2 * r + 1], p.accumulate);
+    }
+  };
+
+  // Phase 1: dK and dV of the warpgroup's key tiles, and dS^T of every tile pair.
+  float dk[32], dv[32];
+#pragma unroll
+  for (int e = 0; e < 32; ++e) dk[e] = dv[e] = 0.0f;
+  int landed = -1;  // copy groups known to have landed, block-wide
+  int steps = 0;
+  for (int w = 0; w < 2; ++w) {
+    int i, j, n = 0;
+    while (short_step(w, n, tiles, causal, i, j)) ++n;
+    steps = max(steps, n);
+  }
+  for (int s = 0; s < steps; ++s) {
+    int need = landed;
+    for (int w = 0; w < 2; ++w) {
+      int i, j;
+      if (short_step(w, s, tiles, causal, i, j)) need = max(need, short_copy_group(max(i, j)));
+    }
+    if (need > landed) {  // uniform over the block
+      short_wait_groups(need);
+      fence_proxy_async();
+      __syncthreads();
+      landed = need;
+    }
+    int i, j;
+    if (!short_step(group, s, tiles, causal, i, j)) continue;
+    const std::uint32_t Qb = Qs + i * kShortTileBytes, dOb = dOs + i * kShortTileBytes;
+    const std::uint32_t Kb = Ks + j * kShortTileBytes, Vb = Vs + j * kShortTileBytes;
+    const std::int64_t cq0 = i * 64, warp_k0 = j * 64 + warp * 16;
+    float st[32], dpt[32];  // (64 keys, 64 queries)
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+      wgmma_ss<64>(st, sw128_desc(Kb) + 2 * ks, sw128_desc(Qb) + 2 * ks, ks > 0);
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+      wgmma_ss<64>(dpt, sw128_desc(Vb) + 2 * ks, sw128_desc(dOb) + 2 * ks, ks > 0);
+    wgmma_commit();
+    wgmma_wait_all();
+    fence_registers(st);
+    fence_registers(dpt);
+    const bool edge = (causal && warp_k0 + 15 > cq0) || cq0 + 64 > Tn || warp_k0 + 16 > Tn;
+    dkdv_scores<64>(reinterpret_cast<float(&)[8][4]>(st), reinterpret_cast<float(&)[8][4]>(dpt),
+                    lse_s + i * 64, delta_s + i * 64, scale_log2, edge, warp_k0 + g, cq0, Tn,
+                    causal, c);
+    std::uint32_t pa[4][4], da[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      a_operand(pa[kk], st, kk);
+      a_operand(da[kk], dpt, kk);
+    }
+    // dS^T as bf16 into the pair's tile (rows: keys; 16-byte chunk n holds queries 8n .. 8n + 7),
+    // swizzled as the copies swizzle; the rows of a thread are warp 16 + g and + 8, both g mod 8.
+    const std::uint32_t slot = dSs + short_pair_index(i, j, tiles, causal) * kShortTileBytes;
+    const std::uint32_t row0 = slot + (warp * 16 + g) * kTileRowBytes + 4 * c;
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const std::uint32_t lo = ((2 * kk) ^ g) * 16, hi = ((2 * kk + 1) ^ g) * 16;
+      st_shared_u32(row0 + lo, da[kk][0]);
+      st_shared_u32(row0 + 8 * kTileRowBytes + lo, da[kk][1]);
+      st_shared_u32(row0 + hi, da[kk][2]);
+      st_shared_u32(row0 + 8 * kTileRowBytes + hi, da[kk][3]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs<64>(dv, pa[kk], sw128_desc(dOb + kk * 16 * kTileRowBytes));
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs<64>(dk, da[kk], sw128_desc(Qb + kk * 16 * kTileRowBytes));
+    wgmma_commit();
+    wgmma_wait_all();
+    fence_registers(dv);
+    fence_registers(dk);
+    int next_i, next_j;
+    if (short_step(group, s + 1, tiles, causal, next_i, next_j) && next_j == j) continue;
+    // The key tile's last query tile: dV, then dK (turned back by RoPE), and start the next.
+    store_rows(p.dv, p.dv_stride, warp_k0, dv, 1.0f);
+    if (p.rope_theta > 0)
+      unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dk), p, rope, warp_k0 + g, c);
+    store_rows(p.dk, p.dk_stride, warp_k0, dk, scale);
+#pragma unroll
+    for (int e = 0; e < 32; ++e) dk[e] = dv[e] = 0.0f;
+  }
+
+  // Phase 2: dQ of the warpgroup's query tiles, dQ_i = sum over key tiles j of dS_ij K_j, with
+  // dS_ij read through its stored transpose.
+  fence_proxy_async();  // this thread's dS stores, for the wgmma reads below
+  __syncthreads();
+#pragma unroll 1
+  for (int t = 0; t < 2; ++t) {
+    const int i = short_owned(group, t);
+    if (i >= tiles) continue;
+    float dq[32];
+#pragma unroll
+    for (int e = 0; e < 32; ++e) dq[e] = 0.0f;
+    // One straight run of products per count of key tiles: a branch between two wgmma makes ptxas
+    // fence the accumulators there (C7519).
+    const std::uint32_t dS_row = dSs + short_pair_index(i, 0, tiles, causal) * kShortTileBytes;
+    switch (causal ? i + 1 : tiles) {
+      case 1:
+        short_dq_products<1>(dq, dS_row, Ks);
+        break;
+      case 2:
+        short_dq_products<2>(dq, dS_row, Ks);
+        break;
+      case 3:
+        short_dq_products<3>(dq, dS_row, Ks);
+        break;
+      default:
+        short_dq_products<4>(dq, dS_row, Ks);
+        break;
+    }
+    fence_registers(dq);
+    const std::int64_t warp_q0 = i * 64 + warp * 16;
+    if (p.rope_theta > 0)
+      unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dq), p, rope, warp_q0 + g, c);
+    store_rows(p.dq, p.dq_stride, warp_q0, dq, scale);
+  }
+#else
+  (void)p, (void)rope;
+#endif
+}
+
+// Whether backward_short_wgmma takes p (bf16, head_dim 64, rows aligned as the wgmma family
+// needs): every gradient wanted, T <= 256, and its tiles within the 227 KiB of shared memory a
+// Hopper block may have (causal: T <= 256; without the mask, which keeps all T^2 / 4096 dS tiles:
+// T <= 192). FATHOM_ATTENTION_SHORT=0 turns it off (the two passes run), for comparisons.
+inline bool short_backward_applies(const AttentionBackwardParams<bf16>& p) {
+  static const bool disabled = [] {
+    const char* v = std::getenv("FATHOM_ATTENTION_SHORT");
+    return v && std::strcmp(v, "0") == 0;
+  }();
+  constexpr std::size_t kHopperBlockSmem = 227 * 1024;
+  if (disabled || !p.dq || !p.dk || !p.dv || p.seq > 64 * kShortMaxTiles) return false;
+  return short_backward_smem(static_cast<int>((p.seq + 63) / 64), p.causal) <= kHopperBlockSmem;
+}
+
+inline void launch_backward_short(const AttentionBackwardParams<bf16>& p) {
+  const int tiles = static_cast<int>((p.seq + 63) / 64);
+  const std::size_t smem = short_backward_smem(tiles, p.causal);
+  allow_shared_memory<backward_short_wgmma<>>(smem);
+  backward_short_wgmma<><<<grid_of(1, p.batch * p.heads), kShortThreads, smem, cuda::stream()>>>(
+      p, rope_freqs<64>(p));
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
 // ---- choosing and launching ---------------------------------------------------------------------
 
 // Whether this program's kernels for the current GPU were compiled as sm_90a (wgmma exists only
@@ -626,25 +955,33 @@ struct WgmmaChoice {
   using Forward = WgmmaForward<64, 1, 3>;
   using Dkdv = WgmmaDkdv<64, 1, 3>;
   using Dq = WgmmaDq<64, 1, 3>;
+  static constexpr bool kShortBackward = true;  // backward_short_wgmma where it applies
 };
 
 // Alternatives that fathom-attention-bench times against WgmmaChoice (the [attention] tests check
 // them): 128-row forward blocks (two warpgroups sharing each K/V tile); 32-row backward tiles with
 // 4 blocks an SM; 128-key tiles in the forward and the dQ pass.
+// WgmmaChoice's tiles with the two passes at every T.
+struct WgmmaTwoPass : WgmmaChoice {
+  static constexpr bool kShortBackward = false;
+};
 struct WgmmaWide {
   using Forward = WgmmaForward<64, 2, 2>;
   using Dkdv = WgmmaDkdv<64, 1, 3>;
   using Dq = WgmmaDq<64, 1, 3>;
+  static constexpr bool kShortBackward = false;
 };
 struct WgmmaNarrow {
   using Forward = WgmmaForward<64, 1, 4>;
   using Dkdv = WgmmaDkdv<32, 1, 4>;
   using Dq = WgmmaDq<32, 1, 4>;
+  static constexpr bool kShortBackward = false;
 };
 struct WgmmaLongKeys {
   using Forward = WgmmaForward<128, 1, 2>;
   using Dkdv = WgmmaDkdv<64, 1, 3>;
   using Dq = WgmmaDq<128, 1, 2>;
+  static constexpr bool kShortBackward = false;
 };
 
 template <class Shapes = WgmmaChoice>
@@ -653,10 +990,11 @@ void launch_forward_wgmma(const AttentionParams<bf16>& p) {
   launch_mma<Cfg, forward_wgmma<Cfg>>(p);
 }
 
-// The whole backward: the dQ pass (which writes D) when dq is wanted, else D by its own pass;
-// then dK and dV.
+// The whole backward: one block a head where backward_short_wgmma applies (and Shapes allows it);
+// else the dQ pass (which writes D) when dq is wanted, else D by its own pass; then dK and dV.
 template <class Shapes = WgmmaChoice>
 void launch_backward_wgmma(const AttentionBackwardParams<bf16>& p, float* delta) {
+  if (Shapes::kShortBackward && short_backward_applies(p)) return launch_backward_short(p);
   using Dkdv = typename Shapes::Dkdv;
   using Dq = typename Shapes::Dq;
   const auto freqs = rope_freqs<64>(p);
