@@ -104,9 +104,9 @@ struct Wgmma {
 // "rope" and "wgmma-rope": the current shapes with RoPE's inverse turn of dQ and dK in the
 // backward's stores (Llama's attention); their d(q, k) differ from the others' by that turn.
 const std::vector<std::string> kVariants{
-    "wgmma",       "wgmma-two-pass",    "wgmma-wide", "wgmma-narrow",     "wgmma-long-keys",
-    "wgmma-rope",  "current",           "previous",   "forward-128-rows", "pair-order",
-    "dq-128-rows", "backward-128-rows", "rope"};
+    "wgmma",           "wgmma-two-pass", "wgmma-one-block",   "wgmma-wide", "wgmma-narrow",
+    "wgmma-long-keys", "wgmma-rope",     "current",           "previous",   "forward-128-rows",
+    "pair-order",      "dq-128-rows",    "backward-128-rows", "rope"};
 
 struct Problem {
   std::int64_t batch, heads, seq, head_dim;
@@ -299,6 +299,8 @@ void run_problem(const Problem& pr, const std::vector<std::string>& variants, in
     }
     if (name == "wgmma")
       run_variant<HD, Wgmma<HD, attn::WgmmaChoice>>(name, pr, buf, warmup, iters);
+    if (name == "wgmma-one-block")
+      run_variant<HD, Wgmma<HD, attn::WgmmaOneBlock>>(name, pr, buf, warmup, iters);
     if (name == "wgmma-two-pass")
       run_variant<HD, Wgmma<HD, attn::WgmmaTwoPass>>(name, pr, buf, warmup, iters);
     if (name == "wgmma-wide")
@@ -349,9 +351,9 @@ int main(int argc, char** argv) {
   app.add_flag("--full", full, "no causal mask");
   app.add_option("--variants", variants,
                  "kernel variants, comma-separated, compared with the first that runs: wgmma (the "
-                 "warpgroup-MMA kernels fathom runs on Hopper built for sm_90a; up to T = 256 the "
-                 "backward is one block a head), wgmma-two-pass (the same with the backward's two "
-                 "passes at every T), wgmma-wide "
+                 "warpgroup-MMA kernels fathom runs on Hopper built for sm_90a; up to T = 192 the "
+                 "backward is one block a head), wgmma-two-pass (the backward's two passes at "
+                 "every T), wgmma-one-block (one block a head up to T = 256), wgmma-wide "
                  "(128-row forward blocks), wgmma-narrow (32-row backward tiles), "
                  "wgmma-long-keys (128-key tiles), wgmma-rope (wgmma with RoPE's inverse turn), "
                  "current (the mma kernels fathom runs elsewhere), previous (64-row forward "

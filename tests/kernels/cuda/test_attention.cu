@@ -510,6 +510,12 @@ TEST_CASE("CUDA attention's wgmma kernels and their alternative shapes match the
                   .forward = wgmma_forward<attn::WgmmaChoice>},
                  700);
   }
+  SECTION("WgmmaOneBlock (one block a head wherever it applies, T = 256 too)") {
+    check_family(c,
+                 {.backward = wgmma_backward<attn::WgmmaOneBlock>,
+                  .forward = wgmma_forward<attn::WgmmaOneBlock>},
+                 700);
+  }
   SECTION("WgmmaTwoPass (the two backward passes also where one block a head applies)") {
     check_family(c,
                  {.backward = wgmma_backward<attn::WgmmaTwoPass>,
@@ -583,6 +589,8 @@ TEST_CASE("CUDA attention's one-block backward gives way where it does not apply
   p.causal = true;
   p.seq = 256;
   CHECK(attn::short_backward_applies(p));
+  // WgmmaChoice takes it up to three tiles: at four the two passes were faster.
+  CHECK(attn::WgmmaChoice::kShortTiles == 3);
   p.seq = 257;  // five tiles
   CHECK_FALSE(attn::short_backward_applies(p));
   p.causal = false;

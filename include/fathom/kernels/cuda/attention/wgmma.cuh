@@ -591,8 +591,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #endif
 }
 
-// ---- short sequences: a head's whole backward in one block
-// ---------------------------------------
+// ---- short sequences: a head's whole backward in one block -----------------------------------
 
 // Up to T = 256 (four 64-row tiles), a head's Q, K, V and dO fit in shared memory together with
 // dS. One block of two warpgroups then does the head's whole backward: each warpgroup owns key
@@ -602,6 +601,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 // two passes this computes S and dP once instead of twice (5 products a tile pair instead of 7),
 // reads each input once, computes D in the block, and launches one kernel of B H blocks instead
 // of two of 4 B H. dQ is summed in a fixed order: the result is deterministic.
+//
+// Where it pays (fathom-attention-bench, one H200, causal, against the two passes): T = 192,
+// B 32 H 12: 0.058 against 0.065 ms (full: 0.069 against 0.076); T = 128: 0.070 against 0.073;
+// T = 256: slower, 0.412 against 0.374 ms at B 128 H 16. Its 216 KiB of shared memory at four
+// tiles leave one block (8 warps) an SM, and Nsight Compute shows it issuing an instruction every
+// 4 cycles a scheduler against every 2 for the passes: latency-bound, though it issues 40% fewer
+// instructions and moves 35% fewer DRAM bytes. In training at T = 256 (llama-130m and llama-350m,
+// bench/ab.sh env, both orders) it changed tokens/s by +0.3 to +0.6%, within run-to-run spread.
+// So WgmmaChoice takes it up to three tiles (kShortTiles); WgmmaOneBlock also at four, for
+// fathom-attention-bench and the tests.
 //
 // Work: warpgroup 0 owns tiles 0 and 3, warpgroup 1 tiles 1 and 2 (key tiles in the first phase,
 // query tiles in the second), which under the causal mask gives both the same number of tile
@@ -955,33 +964,39 @@ struct WgmmaChoice {
   using Forward = WgmmaForward<64, 1, 3>;
   using Dkdv = WgmmaDkdv<64, 1, 3>;
   using Dq = WgmmaDq<64, 1, 3>;
-  static constexpr bool kShortBackward = true;  // backward_short_wgmma where it applies
+  // backward_short_wgmma where it applies with up to this many 64-row tiles (T <= 192): at four
+  // (T = 256) the two passes were faster.
+  static constexpr int kShortTiles = 3;
 };
 
 // Alternatives that fathom-attention-bench times against WgmmaChoice (the [attention] tests check
 // them): 128-row forward blocks (two warpgroups sharing each K/V tile); 32-row backward tiles with
 // 4 blocks an SM; 128-key tiles in the forward and the dQ pass.
-// WgmmaChoice's tiles with the two passes at every T.
+// WgmmaChoice's tiles with the two passes at every T, or with one block a head wherever that
+// applies (T = 256 too).
 struct WgmmaTwoPass : WgmmaChoice {
-  static constexpr bool kShortBackward = false;
+  static constexpr int kShortTiles = 0;
+};
+struct WgmmaOneBlock : WgmmaChoice {
+  static constexpr int kShortTiles = kShortMaxTiles;
 };
 struct WgmmaWide {
   using Forward = WgmmaForward<64, 2, 2>;
   using Dkdv = WgmmaDkdv<64, 1, 3>;
   using Dq = WgmmaDq<64, 1, 3>;
-  static constexpr bool kShortBackward = false;
+  static constexpr int kShortTiles = 0;
 };
 struct WgmmaNarrow {
   using Forward = WgmmaForward<64, 1, 4>;
   using Dkdv = WgmmaDkdv<32, 1, 4>;
   using Dq = WgmmaDq<32, 1, 4>;
-  static constexpr bool kShortBackward = false;
+  static constexpr int kShortTiles = 0;
 };
 struct WgmmaLongKeys {
   using Forward = WgmmaForward<128, 1, 2>;
   using Dkdv = WgmmaDkdv<64, 1, 3>;
   using Dq = WgmmaDq<128, 1, 2>;
-  static constexpr bool kShortBackward = false;
+  static constexpr int kShortTiles = 0;
 };
 
 template <class Shapes = WgmmaChoice>
@@ -990,11 +1005,13 @@ void launch_forward_wgmma(const AttentionParams<bf16>& p) {
   launch_mma<Cfg, forward_wgmma<Cfg>>(p);
 }
 
-// The whole backward: one block a head where backward_short_wgmma applies (and Shapes allows it);
-// else the dQ pass (which writes D) when dq is wanted, else D by its own pass; then dK and dV.
+// The whole backward: one block a head where backward_short_wgmma applies and T takes at most
+// Shapes::kShortTiles tiles; else the dQ pass (which writes D) when dq is wanted, else D by its
+// own pass; then dK and dV.
 template <class Shapes = WgmmaChoice>
 void launch_backward_wgmma(const AttentionBackwardParams<bf16>& p, float* delta) {
-  if (Shapes::kShortBackward && short_backward_applies(p)) return launch_backward_short(p);
+  if (p.seq <= 64 * Shapes::kShortTiles && short_backward_applies(p))
+    return launch_backward_short(p);
   using Dkdv = typename Shapes::Dkdv;
   using Dq = typename Shapes::Dq;
   const auto freqs = rope_freqs<64>(p);
