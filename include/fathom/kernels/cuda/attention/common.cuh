@@ -108,6 +108,25 @@ __global__ void rowsum_do_o(AttentionBackwardParams<T> p, accum_t<T>* delta) {
   if (lane == 0) delta[(b * p.heads + h) * p.seq + t] = s;
 }
 
+// sum + the dot product of Pieces consecutive 16-byte pieces (8 bf16 each) of o and d_o, in
+// order: the D = rowsum(dO * O) step of every bf16 kernel that computes D.
+template <int Pieces>
+__device__ inline float dot_bf16_pieces(const bf16* o, const bf16* d_o, float sum) {
+#pragma unroll
+  for (int i = 0; i < Pieces; ++i) {
+    const auto ov = *reinterpret_cast<const uint4*>(o + 8 * i);
+    const auto gv = *reinterpret_cast<const uint4*>(d_o + 8 * i);
+    const auto* o2 = reinterpret_cast<const __nv_bfloat162*>(&ov);
+    const auto* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 x = __bfloat1622float2(o2[j]), y = __bfloat1622float2(g2[j]);
+      sum += x.x * y.x + x.y * y.y;
+    }
+  }
+  return sum;
+}
+
 // bf16 rows of HD = 8 G features: G threads a row, each reading 16 bytes of o and of d_o.
 template <int G>
 __global__ void rowsum_do_o_bf16(AttentionBackwardParams<bf16> p, float* delta) {
@@ -118,15 +137,8 @@ __global__ void rowsum_do_o_bf16(AttentionBackwardParams<bf16> p, float* delta) 
   if (row < p.batch * p.seq * p.heads) {  // no early return: the whole warp shuffles below
     const std::int64_t h = row % p.heads, tt = row / p.heads % p.seq, b = row / (p.heads * p.seq);
     const std::int64_t column = h * 8 * G + part * 8;
-    const auto o = *reinterpret_cast<const uint4*>(p.o + (b * p.seq + tt) * p.o_stride + column);
-    const auto g = *reinterpret_cast<const uint4*>(p.d_o + (b * p.seq + tt) * p.do_stride + column);
-    const auto* o2 = reinterpret_cast<const __nv_bfloat162*>(&o);
-    const auto* g2 = reinterpret_cast<const __nv_bfloat162*>(&g);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 a = __bfloat1622float2(o2[i]), d = __bfloat1622float2(g2[i]);
-      s += a.x * d.x + a.y * d.y;
-    }
+    s = dot_bf16_pieces<1>(p.o + (b * p.seq + tt) * p.o_stride + column,
+                           p.d_o + (b * p.seq + tt) * p.do_stride + column, s);
   }
 #pragma unroll
   for (int m = G / 2; m > 0; m /= 2) s += __shfl_xor_sync(0xffffffffu, s, m);

@@ -632,22 +632,9 @@ __device__ inline void warp_rowsum(const AttentionBackwardParams<bf16>& p, float
   const std::int64_t Tn = p.seq, row = row0 + lane / 2;
   const int col = static_cast<int>(h) * HD + (lane % 2) * kHalf;
   float sum = 0.0f;
-  if (row < Tn) {
-    const bf16* orow = p.o + (b * Tn + row) * p.o_stride + col;
-    const bf16* grow = p.d_o + (b * Tn + row) * p.do_stride + col;
-#pragma unroll
-    for (int i = 0; i < kHalf / 8; ++i) {
-      const auto ov = *reinterpret_cast<const uint4*>(orow + 8 * i);
-      const auto gv = *reinterpret_cast<const uint4*>(grow + 8 * i);
-      const auto* o2 = reinterpret_cast<const __nv_bfloat162*>(&ov);
-      const auto* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 x = __bfloat1622float2(o2[j]), y = __bfloat1622float2(g2[j]);
-        sum += x.x * y.x + x.y * y.y;
-      }
-    }
-  }
+  if (row < Tn)
+    sum = dot_bf16_pieces<kHalf / 8>(p.o + (b * Tn + row) * p.o_stride + col,
+                                     p.d_o + (b * Tn + row) * p.do_stride + col, sum);
   sum += __shfl_xor_sync(0xffffffffu, sum, 1);
   if (lane % 2 == 0 && row < Tn) delta[bh * Tn + row] = sum;
   d[0] = __shfl_sync(0xffffffffu, sum, 2 * g);

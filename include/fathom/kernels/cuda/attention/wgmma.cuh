@@ -88,9 +88,10 @@ __device__ inline void wgmma_ss<32>(float (&d)[16], std::uint64_t a, std::uint64
       : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
 }
 
-template <>
-__device__ inline void wgmma_ss<64>(float (&d)[32], std::uint64_t a, std::uint64_t b,
-                                    bool accumulate) {
+// m64n64k16 from shared memory; TransA / TransB 1: that operand MN-major.
+template <int TransA, int TransB>
+__device__ inline void wgmma_ss64(float (&d)[32], std::uint64_t a, std::uint64_t b,
+                                  bool accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
@@ -100,13 +101,19 @@ __device__ inline void wgmma_ss<64>(float (&d)[32], std::uint64_t a, std::uint64
       "%16, %17, %18, %19, %20, %21, %22, %23, "
       "%24, %25, %26, %27, %28, %29, %30, %31"
       "}, "
-      "%32, %33, p, 1, 1, 0, 0;\n}\n"
+      "%32, %33, p, 1, 1, %35, %36;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
         "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
         "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
         "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
         "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
+      : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(TransA), "n"(TransB));
+}
+
+template <>
+__device__ inline void wgmma_ss<64>(float (&d)[32], std::uint64_t a, std::uint64_t b,
+                                    bool accumulate) {
+  wgmma_ss64<0, 0>(d, a, b, accumulate);
 }
 
 template <>
@@ -163,22 +170,7 @@ __device__ inline void wgmma_rs<64>(float (&d)[32], const std::uint32_t (&a)[4],
 // product of the one-block backward, dS^T and K as they were stored for the dK/dV products.
 __device__ inline void wgmma_ss_mn64(float (&d)[32], std::uint64_t a, std::uint64_t b,
                                      bool accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31"
-      "}, "
-      "%32, %33, p, 1, 1, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
+  wgmma_ss64<1, 1>(d, a, b, accumulate);
 }
 
 // ---- tiles --------------------------------------------------------------------------------------
@@ -333,6 +325,24 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #endif
 }
 
+// Rows row0 + g and row0 + g + 8 (a warp's rows of a 64-column accumulator, g = lane / 4) of head
+// h of batch row b, times factor, into out's (B, T, stride) rows as bf16 pairs: added to what is
+// there or written (p.accumulate); rows at or past T are skipped.
+__device__ inline void store_accumulator_rows(const AttentionBackwardParams<bf16>& p, bf16* out,
+                                              std::int64_t stride, std::int64_t b, std::int64_t h,
+                                              std::int64_t row0, const float (&acc)[32],
+                                              float factor, int g, int c) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const std::int64_t row = row0 + g + r * 8;
+    if (row >= p.seq) continue;
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+      store_bf16_pair(out + (b * p.seq + row) * stride + h * 64 + n * 8 + 2 * c,
+                      factor * acc[4 * n + 2 * r], factor * acc[4 * n + 2 * r + 1], p.accumulate);
+  }
+}
+
 // dK/dV tile shapes: Groups warpgroups of 64 keys a block; query tiles of Queries staged in shared
 // memory.
 template <int Queries_, int Groups_, int MinBlocks_, int GroupPairs_ = kOrderPairs>
@@ -448,22 +458,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
   // dV first, then dK: with RoPE's turn, dV's registers are free before the turn needs its own.
   const float scale = static_cast<float>(p.scale);
-  auto store = [&](bf16* out, std::int64_t stride, const float(&acc)[32], float factor) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const std::int64_t key = warp_k0 + g + r * 8;
-      if (key >= Tn) continue;
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-        store_bf16_pair(out + (b * Tn + key) * stride + h * 64 + n * 8 + 2 * c,
-                        factor * acc[4 * n + 2 * r], factor * acc[4 * n + 2 * r + 1], p.accumulate);
-    }
-  };
-  if (p.dv) store(p.dv, p.dv_stride, dv, 1.0f);
+  if (p.dv) store_accumulator_rows(p, p.dv, p.dv_stride, b, h, warp_k0, dv, 1.0f, g, c);
   if (p.dk) {
     if (p.rope_theta > 0)
       unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dk), p, rope, warp_k0 + g, c);
-    store(p.dk, p.dk_stride, dk, scale);
+    store_accumulator_rows(p, p.dk, p.dk_stride, b, h, warp_k0, dk, scale, g, c);
   }
 #else
   (void)p, (void)delta, (void)rope;
@@ -576,16 +575,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
   if (p.rope_theta > 0)
     unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dq), p, rope, warp_q0 + g, c);
-  const float scale = static_cast<float>(p.scale);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const std::int64_t row = warp_q0 + g + r * 8;
-    if (row >= Tn) continue;
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-      store_bf16_pair(p.dq + (b * Tn + row) * p.dq_stride + h * 64 + n * 8 + 2 * c,
-                      scale * dq[4 * n + 2 * r], scale * dq[4 * n + 2 * r + 1], p.accumulate);
-  }
+  store_accumulator_rows(p, p.dq, p.dq_stride, b, h, warp_q0, dq, static_cast<float>(p.scale), g,
+                         c);
 #else
   (void)p, (void)delta, (void)rope;
 #endif
@@ -727,38 +718,12 @@ __global__ void __launch_bounds__(kShortThreads, 1)
   if (threadIdx.x < 64 * tiles) {
     const std::int64_t row = threadIdx.x;
     float d = 0.0f;
-    if (row < Tn) {
-      const bf16* orow = p.o + (b * Tn + row) * p.o_stride + h * 64;
-      const bf16* grow = p.d_o + (b * Tn + row) * p.do_stride + h * 64;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const auto ov = *reinterpret_cast<const uint4*>(orow + 8 * k);
-        const auto gv = *reinterpret_cast<const uint4*>(grow + 8 * k);
-        const auto* o2 = reinterpret_cast<const __nv_bfloat162*>(&ov);
-        const auto* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 x = __bfloat1622float2(o2[e]), y = __bfloat1622float2(g2[e]);
-          d += x.x * y.x + x.y * y.y;
-        }
-      }
-    }
+    if (row < Tn)
+      d = dot_bf16_pieces<8>(p.o + (b * Tn + row) * p.o_stride + h * 64,
+                             p.d_o + (b * Tn + row) * p.do_stride + h * 64, d);
     lse_s[row] = row < Tn ? p.lse[bh * Tn + row] * kLog2e : INFINITY;
     delta_s[row] = d;
   }
-
-  auto store_rows = [&](bf16* out, std::int64_t stride, std::int64_t row0, const float(&acc)[32],
-                        float factor) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const std::int64_t row = row0 + g + r * 8;
-      if (row >= Tn) continue;
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-        store_bf16_pair(out + (b * Tn + row) * stride + h * 64 + n * 8 + 2 * c,
-                        factor * acc[4 * n + 2 * r], factor * acc[4 * n + 2 * r + 1], p.accumulate);
-    }
-  };
 
   // Phase 1: dK and dV of the warpgroup's key tiles, and dS^T of every tile pair.
   float dk[32], dv[32];
@@ -836,10 +801,10 @@ __global__ void __launch_bounds__(kShortThreads, 1)
     int next_i, next_j;
     if (short_step(group, s + 1, tiles, causal, next_i, next_j) && next_j == j) continue;
     // The key tile's last query tile: dV, then dK (turned back by RoPE), and start the next.
-    store_rows(p.dv, p.dv_stride, warp_k0, dv, 1.0f);
+    store_accumulator_rows(p, p.dv, p.dv_stride, b, h, warp_k0, dv, 1.0f, g, c);
     if (p.rope_theta > 0)
       unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dk), p, rope, warp_k0 + g, c);
-    store_rows(p.dk, p.dk_stride, warp_k0, dk, scale);
+    store_accumulator_rows(p, p.dk, p.dk_stride, b, h, warp_k0, dk, scale, g, c);
 #pragma unroll
     for (int e = 0; e < 32; ++e) dk[e] = dv[e] = 0.0f;
   }
@@ -876,7 +841,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
     const std::int64_t warp_q0 = i * 64 + warp * 16;
     if (p.rope_theta > 0)
       unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dq), p, rope, warp_q0 + g, c);
-    store_rows(p.dq, p.dq_stride, warp_q0, dq, scale);
+    store_accumulator_rows(p, p.dq, p.dq_stride, b, h, warp_q0, dq, scale, g, c);
   }
 #else
   (void)p, (void)rope;
