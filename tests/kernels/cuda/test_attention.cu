@@ -578,6 +578,37 @@ TEST_CASE("CUDA attention's one-block backward for short sequences matches the C
   check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, false, launchers), reference(c, zero));
 }
 
+// Which backward WgmmaChoice runs, seen in its bits (both are deterministic, and their dQ sums
+// differ in order): the one block up to three tiles (T = 192), the two passes at four (T = 256,
+// where they were faster).
+TEST_CASE("CUDA attention's default backward is the one block up to T = 192, two passes above",
+          "[cuda][attention]") {
+  namespace attn = fathom::kernels::detail::attn;
+  if (!attn::wgmma_available()) {
+    WARN("this GPU or build runs no sm_90a code: the wgmma kernels are not tested here");
+    return;
+  }
+  auto run = [](const AttentionCase& c, const Inputs& in, Wanted w) {
+    return run_cuda<bf16>(c, in, 0, 0, false, w);
+  };
+  const Wanted choice{.backward = wgmma_backward<attn::WgmmaChoice>};
+  const Wanted one_block{.backward = wgmma_backward<attn::WgmmaOneBlock>};
+  const Wanted two_pass{.backward = wgmma_backward<attn::WgmmaTwoPass>};
+  for (const AttentionCase c :
+       {AttentionCase{2, 192, 3, 64, true}, AttentionCase{2, 256, 3, 64, true}}) {
+    INFO(c);
+    const Inputs in = make_inputs(c, 900);
+    const Outputs got = run(c, in, choice);
+    const Outputs want = run(c, in, c.T <= 192 ? one_block : two_pass);
+    const Outputs other = run(c, in, c.T <= 192 ? two_pass : one_block);
+    CHECK(got.dq == want.dq);
+    CHECK(got.dk == want.dk);
+    CHECK(got.dv == want.dv);
+    // The two really differ here, so the checks above tell them apart.
+    CHECK((got.dq != other.dq || got.dk != other.dk || got.dv != other.dv));
+  }
+}
+
 TEST_CASE("CUDA attention's one-block backward gives way where it does not apply",
           "[cuda][attention]") {
   namespace attn = fathom::kernels::detail::attn;
@@ -589,8 +620,6 @@ TEST_CASE("CUDA attention's one-block backward gives way where it does not apply
   p.causal = true;
   p.seq = 256;
   CHECK(attn::short_backward_applies(p));
-  // WgmmaChoice takes it up to three tiles: at four the two passes were faster.
-  CHECK(attn::WgmmaChoice::kShortTiles == 3);
   p.seq = 257;  // five tiles
   CHECK_FALSE(attn::short_backward_applies(p));
   p.causal = false;
