@@ -205,11 +205,12 @@ struct Workload {
   int vocab = 0;  // 0: the preset's
 };
 
-// The shapes of bench/torch_baseline.py: llama-130m as the paper trains it; gpt2-124m with the
+// The shapes of bench/torch_baseline.py: llama-130m and llama-350m as the paper trains them (peak
+// memory ~33 GiB for llama-350m in bf16; --batch for smaller cards); gpt2-124m with the
 // vocabulary padded to 50304 (a multiple of 64), as GPT-2 trainers do for speed: rows of 50257
 // bf16 logits are not 16-byte aligned, which pushes cuBLASLt onto slow kernels.
 inline Workload workload_of(const std::string& name) {
-  if (name == "llama-130m") return {name, 128, 256, 0};
+  if (name == "llama-130m" || name == "llama-350m") return {name, 128, 256, 0};
   if (name == "gpt2-124m") return {name, 32, 1024, 50304};
   nn::preset(name);  // fails listing the presets for an unknown name
   return {name, 8, 256, 0};
@@ -466,8 +467,8 @@ inline int main(int argc, char** argv) {
   CLI::App app{"fathom-bench: training throughput (tokens/s, MFU, peak memory) on one GPU"};
   app.option_defaults()->always_capture_default();
   app.add_option("--workloads", o.workloads,
-                 "comma-separated: llama-130m (seq 256, batch 128), gpt2-124m (seq 1024, batch "
-                 "32), or any preset");
+                 "comma-separated: llama-130m and llama-350m (seq 256, batch 128), gpt2-124m "
+                 "(seq 1024, batch 32), or any preset (seq 256, batch 8)");
   app.add_option("--policies", o.policies, "comma-separated policies: " + policies.joined_names());
   app.add_option("--precision", o.precision,
                  "bf16, fp32, or fp8 (bf16 with the blocks' linear-layer GEMMs in fp8: E4M3 "
