@@ -88,7 +88,9 @@ __device__ inline void wgmma_ss<32>(float (&d)[16], std::uint64_t a, std::uint64
       : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
 }
 
-// m64n64k16 from shared memory; TransA / TransB 1: that operand MN-major.
+// d (64 x 64, fp32) = (accumulate ? d : 0) + A (64 x 16) * B (16 x 64) from shared memory;
+// TransA / TransB 1: that operand MN-major (its rows are the 16 reduction steps, each 64 M or N
+// elements), as dS^T and K are in the one-block backward's dQ = dS K.
 template <int TransA, int TransB>
 __device__ inline void wgmma_ss64(float (&d)[32], std::uint64_t a, std::uint64_t b,
                                   bool accumulate) {
@@ -163,14 +165,6 @@ __device__ inline void wgmma_rs<64>(float (&d)[32], const std::uint32_t (&a)[4],
         "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
         "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
-}
-
-// d (64 x 64, fp32) = (accumulate ? d : 0) + A (64 x 16) * B (16 x 64), both MN-major in shared
-// memory (A's rows of 16 reduction steps, each 64 M elements; B's the same with N): the dQ = dS K
-// product of the one-block backward, dS^T and K as they were stored for the dK/dV products.
-__device__ inline void wgmma_ss_mn64(float (&d)[32], std::uint64_t a, std::uint64_t b,
-                                     bool accumulate) {
-  wgmma_ss64<1, 1>(d, a, b, accumulate);
 }
 
 // ---- tiles --------------------------------------------------------------------------------------
@@ -667,7 +661,7 @@ __device__ inline void short_dq_products(float (&dq)[32], std::uint32_t dS_row, 
     const std::uint64_t a = sw128_desc(dS_row + j * kShortTileBytes);
     const std::uint64_t kb = sw128_desc(Ks + j * kShortTileBytes);
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_ss_mn64(dq, a + kk * 128, kb + kk * 128, true);
+    for (int kk = 0; kk < 4; ++kk) wgmma_ss64<1, 1>(dq, a + kk * 128, kb + kk * 128, true);
   }
   wgmma_commit();
   wgmma_wait_all();
