@@ -15,11 +15,6 @@
 //   zero_grad(), which is how gradient accumulation over micro-batches works.
 // - Gradients of intermediate Vars are freed once used, unless retain_grad() was called.
 // - Under NoGradGuard nothing is recorded and results do not require gradients.
-// - Some backwards queue their weight gradients on a second stream of the device (CUDA:
-//   cuda::SideStream, FATHOM_BACKWARD_OVERLAP). A slot records which batch of that work writes its
-//   gradient (side_entry); anything else that reads or writes the gradient first has the main
-//   stream wait for it, and backward() waits for all of it before it returns, so gradients read
-//   after backward() are final and the values are those of one stream.
 // - A leaf may carry an on_final callback (set_on_final): backward() calls it once, as soon as
 //   no node left on the tape can add to that leaf's gradient (data-parallel training starts a
 //   bucket's all-reduce from it while the rest of the backward runs). A leaf the forward did not
@@ -36,7 +31,6 @@
 #include <vector>
 
 #include "fathom/core/error.hpp"
-#include "fathom/core/overlap.hpp"
 #include "fathom/tensor/tensor.hpp"
 
 namespace fathom::autograd {
@@ -81,18 +75,9 @@ struct GradSlot {
   // tape epoch in which the callback was last queued (it is queued once per recorded graph).
   std::function<void()> on_final;
   std::uint64_t on_final_epoch = ~std::uint64_t{0};
-  // The batch of work queued beside the main stream that writes grad (overlap::pending), 0: none.
-  std::uint64_t side_entry = 0;
-
-  // The main stream waits for the work beside that writes grad, if it may still run.
-  void wait_side() {
-    if (overlap::pending(side_entry)) overlap::join();
-    side_entry = 0;
-  }
 
   // The gradient buffer to add into (+=), zero-filled when first needed.
   Tensor<T, D>& accumulator() {
-    wait_side();
     if (!grad.defined()) grad = Tensor<T, D>::zeros(shape);
     own();
     return grad;
@@ -101,7 +86,6 @@ struct GradSlot {
   // For kernels that can either overwrite or add: the first write to a slot gets a buffer that is
   // not zero-filled and accumulate == false, so no memset and no read of zeros; later writes add.
   GradWrite<T> write_target() {
-    wait_side();
     if (!grad.defined()) {
       grad = Tensor<T, D>(shape);
       return {grad.data(), false};
@@ -126,29 +110,11 @@ struct GradSlot {
   // reference, so the norm's backward adds into it in place, with no copy).
   void own() {
     if (!borrowed) return;
-    overlap::release(grad.data());  // work beside that reads the buffer ends first, and lets go
     if (grad.storage_use_count() != 1) grad = grad.clone();
     borrowed = false;
   }
 };
 
-}  // namespace detail
-
-// A backward that handles an output gradient still being written beside the main stream
-// (GradSlot::side_entry) itself: make_result(value, needs, SideAware{fn}) calls fn(grad, slot)
-// without first having the main stream wait for that work (see concat_rows).
-template <class F>
-struct SideAware {
-  F fn;
-};
-template <class F>
-SideAware(F) -> SideAware<F>;
-
-namespace detail {
-template <class F>
-struct IsSideAware : std::false_type {};
-template <class F>
-struct IsSideAware<SideAware<F>> : std::true_type {};
 }  // namespace detail
 
 inline bool grad_enabled() { return detail::tape().grad_enabled; }
@@ -257,15 +223,10 @@ class Var {
     // slot outlives the consumers that accumulate into it.
     tape.nodes.emplace_back([slot = out.slot_, fn = std::forward<Backward>(backward)]() mutable {
       if (!slot->grad.defined()) return;  // nothing flowed back to this output
-      if constexpr (detail::IsSideAware<std::decay_t<Backward>>::value) {
-        fn.fn(static_cast<const Tensor<T, D>&>(slot->grad), *slot);
+      if constexpr (std::is_invocable_v<decltype(fn)&, const Tensor<T, D>&, Slot&>) {
+        fn(static_cast<const Tensor<T, D>&>(slot->grad), *slot);
       } else {
-        slot->wait_side();  // the gradient is final on the main stream before fn reads it
-        if constexpr (std::is_invocable_v<decltype(fn)&, const Tensor<T, D>&, Slot&>) {
-          fn(static_cast<const Tensor<T, D>&>(slot->grad), *slot);
-        } else {
-          fn(static_cast<const Tensor<T, D>&>(slot->grad));
-        }
+        fn(static_cast<const Tensor<T, D>&>(slot->grad));
       }
       if (!slot->retain) {
         slot->grad = Tensor<T, D>();
@@ -337,13 +298,8 @@ void backward(const Var<T, D>& root, Tensor<T, D> seed = Tensor<T, D>()) {
   std::stable_sort(hooks.begin(), hooks.end(),
                    [](const auto& a, const auto& b) { return a.first > b.first; });
   std::size_t next_hook = 0;
-  // A hook reads its leaf's gradient on the main stream (data parallelism copies it into a bucket),
-  // so the work beside that may write it ends first.
   auto run_hooks_from = [&](std::size_t index) {
-    while (next_hook < hooks.size() && hooks[next_hook].first >= index) {
-      overlap::join();
-      hooks[next_hook++].second();
-    }
+    while (next_hook < hooks.size() && hooks[next_hook].first >= index) hooks[next_hook++].second();
   };
   while (!nodes.empty()) {
     auto node = std::move(nodes.back());
@@ -352,7 +308,6 @@ void backward(const Var<T, D>& root, Tensor<T, D> seed = Tensor<T, D>()) {
     run_hooks_from(nodes.size());
   }
   run_hooks_from(0);
-  overlap::join();  // every gradient final on the main stream
 }
 
 }  // namespace fathom::autograd

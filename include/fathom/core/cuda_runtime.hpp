@@ -10,7 +10,6 @@
 #include <map>
 #include <mutex>
 #include <unordered_map>
-#include <vector>
 
 #include "fathom/core/error.hpp"
 #include "fathom/core/memory.hpp"
@@ -36,38 +35,12 @@ inline cudaStream_t& stream_slot() {
   }();
   return s;
 }
-// The stream work is queued on now: fathom's stream, or the side stream while a StreamGuard for it
-// is alive (the backward's weight gradients, see SideStream). One host thread drives both.
-inline cudaStream_t& current_stream_slot() {
-  thread_local cudaStream_t current = nullptr;
-  return current;
-}
-inline cudaStream_t stream() {
-  const cudaStream_t current = current_stream_slot();
-  return current ? current : stream_slot();
-}
-inline bool on_main_stream() { return stream() == stream_slot(); }
+inline cudaStream_t stream() { return stream_slot(); }
 inline void synchronize() { FATHOM_CUDA_CHECK(cudaStreamSynchronize(stream())); }
-
-// While alive, stream() is `s`.
-class StreamGuard {
- public:
-  explicit StreamGuard(cudaStream_t s) : previous_(current_stream_slot()) {
-    current_stream_slot() = s;
-  }
-  ~StreamGuard() { current_stream_slot() = previous_; }
-  StreamGuard(const StreamGuard&) = delete;
-  StreamGuard& operator=(const StreamGuard&) = delete;
-
- private:
-  cudaStream_t previous_;
-};
 
 // CachingAllocator: blocks are rounded up (to 512 bytes below 1 MiB, to 2 MiB above) and kept in
 // size-keyed free lists when freed, so that steady-state training never calls cudaMalloc.
-// Frees are stream-ordered on fathom's stream, so reuse needs no events. Work on the side stream
-// (SideStream) keeps that true by holding what it reads until fathom's stream has waited for it;
-// a block freed while work is queued on the side stream is held the same way (defer_frees).
+// Frees are stream-ordered on fathom's single stream, so reuse needs no events.
 class CachingAllocator {
  public:
   struct Stats {
@@ -116,27 +89,6 @@ class CachingAllocator {
   void deallocate(void* p) {
     if (!p) return;
     std::lock_guard<std::mutex> lock(mutex_);
-    if (deferred_) {  // side-stream work may still use it: freed at the next release_deferred()
-      deferred_->push_back(p);
-      return;
-    }
-    release_locked(p);
-  }
-
-  // While `into` is set, frees go to it instead of the free lists (SideStream::run, whose work is
-  // queued on the side stream); release_deferred frees them once fathom's stream has waited.
-  void defer_frees(std::vector<void*>* into) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    deferred_ = into;
-  }
-  void release_deferred(std::vector<void*>& blocks) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (void* p : blocks) release_locked(p);
-    blocks.clear();
-  }
-
- private:
-  void release_locked(void* p) {
     auto it = in_use_.find(p);
     FATHOM_CHECK(it != in_use_.end(), "CachingAllocator: freeing a pointer it did not allocate");
     stats_.bytes_in_use -= it->second;
@@ -144,23 +96,19 @@ class CachingAllocator {
     in_use_.erase(it);
   }
 
- public:
   // The workspace: scratch of at least `bytes` for the kernels of one call (partial sums, row
-  // statistics), valid until the next workspace() call on the same stream. Each stream (fathom's,
-  // the side stream) has its own, and a stream runs its kernels in order, so the next user's
-  // kernels start only after the last user's are done. It only grows (the old block goes back to
-  // the cache, or is held like any block freed beside), so once training has run a step it never
-  // allocates again, and a captured CUDA graph keeps pointing at the workspace. One host thread
-  // drives the streams.
+  // statistics), valid until the next workspace() call. Every kernel runs on fathom's one stream,
+  // so the next user's kernels start only after the last user's are done. It only grows (the old
+  // block goes back to the cache), so once training has run a step it never allocates again, and a
+  // captured CUDA graph keeps pointing at the workspace. One host thread drives the stream.
   void* workspace(std::size_t bytes) {
-    Workspace& w = on_main_stream() ? main_workspace_ : side_workspace_;
-    if (bytes > w.bytes) {
+    if (bytes > workspace_bytes_) {
       void* grown = allocate(bytes);
-      deallocate(w.data);
-      w.data = grown;
-      w.bytes = round(bytes);
+      deallocate(workspace_);
+      workspace_ = grown;
+      workspace_bytes_ = round(bytes);
     }
-    return w.data;
+    return workspace_;
   }
   template <class U>
   U* workspace_for(std::size_t count) {
@@ -205,17 +153,12 @@ class CachingAllocator {
     free_.clear();
   }
 
-  struct Workspace {
-    void* data = nullptr;
-    std::size_t bytes = 0;
-  };
-
   mutable std::mutex mutex_;
   std::multimap<std::size_t, void*> free_;
   std::unordered_map<void*, std::size_t> in_use_;
   Stats stats_;
-  Workspace main_workspace_, side_workspace_;
-  std::vector<void*>* deferred_ = nullptr;
+  void* workspace_ = nullptr;
+  std::size_t workspace_bytes_ = 0;
 };
 
 // Page-locked host memory, for fast and asynchronous host <-> device copies.

@@ -7,7 +7,6 @@
 #include <utility>
 #include <vector>
 
-#include "fathom/autograd/beside.hpp"
 #include "fathom/autograd/var.hpp"
 #include "fathom/core/error.hpp"
 #include "fathom/kernels/elementwise.hpp"
@@ -190,50 +189,21 @@ Var<T, D> concat_rows(const std::vector<Var<T, D>>& parts) {
     targets.emplace_back(grad_target(p), r);
     r += p.size(0);
   }
-  // When the stacked gradient is written beside the main stream (a linear layer's weight gradient,
-  // detail::run_beside), the parts' copies join that work there instead of waiting for it.
   return Var<T, D>::make_result(
-      std::move(y), needs_grad,
-      SideAware{[targets = std::move(targets)](const Tensor<T, D>& gy_in,
-                                               detail::GradSlot<T, D>& out) {
-        const bool beside = overlap::pending(out.side_entry);
-        // A gradient written beside is a whole buffer (GradSlot::write_target): contiguous.
-        FATHOM_CHECK(!beside || gy_in.is_contiguous(),
-                     "concat_rows: a gradient written beside the main stream must be contiguous");
-        Tensor<T, D> gy = beside ? gy_in : gy_in.contiguous();
-        // The parts' buffers first (main-stream work), then the copies or adds into them.
-        std::vector<std::pair<detail::GradSlot<T, D>*, bool>> writes;  // (slot, add)
+      std::move(y), needs_grad, [targets = std::move(targets)](const Tensor<T, D>& gy_in) {
+        Tensor<T, D> gy = gy_in.contiguous();
         for (const auto& [g, r0] : targets) {
           if (!g) continue;
-          const bool add = g->grad.defined();
-          if (add) {
-            g->accumulator();
-          } else {
-            g->grad = Tensor<T, D>(g->shape);
+          Tensor<T, D> rows = gy.slice(0, r0, r0 + g->shape[0]);  // contiguous: whole rows
+          if (!g->grad.defined()) {
+            g->grad = rows.clone();
             g->borrowed = false;
+          } else {
+            kernels::axpy(D{}, kernels::AxpyParams<T>{rows.data(), g->accumulator().data(),
+                                                      rows.numel(), 1.0});
           }
-          writes.emplace_back(g.get(), add);
         }
-        auto split = [&] {
-          std::size_t i = 0;
-          for (const auto& [g, r0] : targets) {
-            if (!g) continue;
-            Tensor<T, D> rows = gy.slice(0, r0, r0 + g->shape[0]);  // contiguous: whole rows
-            if (writes[i++].second) {
-              kernels::axpy(D{},
-                            kernels::AxpyParams<T>{rows.data(), g->grad.data(), rows.numel(), 1.0});
-            } else {
-              g->grad.copy_(rows);
-            }
-          }
-        };
-        if (!beside) {
-          split();
-          return;
-        }
-        const std::uint64_t entry = detail::run_beside<D>(detail::Beside::extend, split, gy);
-        for (const auto& [g, add] : writes) detail::mark_beside(entry, g);
-      }});
+      });
 }
 
 }  // namespace fathom::autograd

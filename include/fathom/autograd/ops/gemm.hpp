@@ -5,7 +5,6 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "fathom/autograd/beside.hpp"
 #include "fathom/autograd/var.hpp"
 #include "fathom/kernels/elementwise.hpp"  // axpy
 #include "fathom/kernels/gemm.hpp"
@@ -205,7 +204,7 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
                                                     .k = out,
                                                     .beta = dx.accumulate ? 1.0 : 0.0});
         }
-        if (gw) {  // dW (out, in) += dY^T (out, rows) X (rows, in), beside the rest
+        if (gw) {  // dW (out, in) += dY^T (out, rows) X (rows, in)
           const auto dw = gw->write_target();
           const kernels::GemmParams<T> p{.a = gy.data(),
                                          .b = xv.data(),
@@ -215,18 +214,12 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
                                          .k = rows,
                                          .trans_a = true,
                                          .beta = dw.accumulate ? 1.0 : 0.0};
-          const auto db = gbias ? gbias->write_target() : GradWrite<T>{};
-          const std::uint64_t entry = detail::run_beside<D>(
-              detail::Beside::start,
-              [&] {
-                if (db) {  // and db (out) += the sums of dY's columns
-                  kernels::gemm_bias_grad(D{}, p, db.data, db.accumulate);
-                } else {
-                  kernels::gemm(D{}, p);
-                }
-              },
-              gy, xv);
-          detail::mark_beside(entry, gw.get(), db ? gbias.get() : nullptr);
+          if (gbias) {  // and db (out) += the sums of dY's columns
+            const auto db = gbias->write_target();
+            kernels::gemm_bias_grad(D{}, p, db.data, db.accumulate);
+          } else {
+            kernels::gemm(D{}, p);
+          }
         } else if (gbias) {
           detail::bias_backward(gbias, gy, rows, out);
         }
@@ -304,49 +297,26 @@ Var<T, D> gelu_mlp(const Var<T, D>& x, const Var<T, D>& w1,
        out](const Tensor<T, D>& gy_in) {
         Tensor<T, D> gy = gy_in.contiguous();  // (rows, out)
         detail::residual_backward(gr, gy, r_scale);
-        if (!gw2 && gb2) detail::bias_backward(gb2, gy, rows, out);
-        // The weight gradients, queued last and beside the rest of the backward.
-        auto weight_grads = [&](const Tensor<T, D>& dpre) {
-          const auto d2 = gw2 ? gw2->write_target() : GradWrite<T>{};
-          const auto db2 = gw2 && gb2 ? gb2->write_target() : GradWrite<T>{};
-          const auto d1 = gw1 ? gw1->write_target() : GradWrite<T>{};
-          if (!d2 && !d1) return;
-          const std::uint64_t entry = detail::run_beside<D>(
-              detail::Beside::start,
-              [&] {
-                if (d2) {  // dW2 += dY^T H (and db2 += column sums of dY)
-                  const kernels::GemmParams<T> p{.a = gy.data(),
-                                                 .b = h.data(),
-                                                 .c = d2.data,
-                                                 .m = out,
-                                                 .n = hidden,
-                                                 .k = rows,
-                                                 .trans_a = true,
-                                                 .beta = d2.accumulate ? 1.0 : 0.0};
-                  if (db2) {
-                    kernels::gemm_bias_grad(D{}, p, db2.data, db2.accumulate);
-                  } else {
-                    kernels::gemm(D{}, p);
-                  }
-                }
-                if (d1) {  // dW1 += dPre^T X
-                  kernels::gemm(D{}, kernels::GemmParams<T>{.a = dpre.data(),
-                                                            .b = xv.data(),
-                                                            .c = d1.data,
-                                                            .m = hidden,
-                                                            .n = in,
-                                                            .k = rows,
-                                                            .trans_a = true,
-                                                            .beta = d1.accumulate ? 1.0 : 0.0});
-                }
-              },
-              gy, h, dpre, xv);
-          detail::mark_beside(entry, gw2.get(), db2 ? gb2.get() : nullptr, gw1.get());
-        };
-        if (!gx && !gw1 && !gb1) {
-          weight_grads(Tensor<T, D>());
-          return;
+        if (gw2) {  // dW2 += dY^T H (and db2 += column sums of dY)
+          const auto d = gw2->write_target();
+          const kernels::GemmParams<T> p{.a = gy.data(),
+                                         .b = h.data(),
+                                         .c = d.data,
+                                         .m = out,
+                                         .n = hidden,
+                                         .k = rows,
+                                         .trans_a = true,
+                                         .beta = d.accumulate ? 1.0 : 0.0};
+          if (gb2) {
+            const auto db = gb2->write_target();
+            kernels::gemm_bias_grad(D{}, p, db.data, db.accumulate);
+          } else {
+            kernels::gemm(D{}, p);
+          }
+        } else if (gb2) {
+          detail::bias_backward(gb2, gy, rows, out);
         }
+        if (!gx && !gw1 && !gb1) return;
         // dPre = (dY W2) * gelu'(pre), and db1 = its column sums.
         Tensor<T, D> dpre(Shape{rows, hidden});
         Tensor<T, D> db1 = gb1 ? Tensor<T, D>(Shape{hidden}) : Tensor<T, D>();
@@ -361,6 +331,17 @@ Var<T, D> gelu_mlp(const Var<T, D>& x, const Var<T, D>& w1,
         if (gb1 && !gb1->lend(db1))
           kernels::axpy(D{},
                         kernels::AxpyParams<T>{db1.data(), gb1->accumulator().data(), hidden, 1.0});
+        if (gw1) {  // dW1 += dPre^T X
+          const auto d = gw1->write_target();
+          kernels::gemm(D{}, kernels::GemmParams<T>{.a = dpre.data(),
+                                                    .b = xv.data(),
+                                                    .c = d.data,
+                                                    .m = hidden,
+                                                    .n = in,
+                                                    .k = rows,
+                                                    .trans_a = true,
+                                                    .beta = d.accumulate ? 1.0 : 0.0});
+        }
         if (gx) {  // dX += dPre W1
           const auto d = gx->write_target();
           kernels::gemm(D{}, kernels::GemmParams<T>{.a = dpre.data(),
@@ -371,7 +352,6 @@ Var<T, D> gelu_mlp(const Var<T, D>& x, const Var<T, D>& w1,
                                                     .k = hidden,
                                                     .beta = d.accumulate ? 1.0 : 0.0});
         }
-        weight_grads(dpre);
       });
 }
 

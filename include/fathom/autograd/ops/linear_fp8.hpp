@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "fathom/autograd/ops/gemm.hpp"
-#include "fathom/autograd/beside.hpp"
 #include "fathom/autograd/var.hpp"
 #include "fathom/core/fp8.hpp"
 #include "fathom/kernels/fp8.hpp"
@@ -360,20 +359,16 @@ Var<T, D> linear_fp8(const Fp8Input<T, D>& xin, const Var<T, D>& weight,
           }
           if (gw) {  // dW (out, in) += dY^T (out, rows) X (rows, in); X^T stored (in, rows)
             const auto dw = gw->write_target();
-            const kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T> p{
-                .a = gq.codes_t.data(),
-                .b = xq.codes_t.data(),
-                .c = dw.data,
-                .a_scale_inv = gq.scale_inv(),
-                .b_scale_inv = xq.scale_inv(),
-                .m = out,
-                .n = in,
-                .k = rows,
-                .beta = dw.accumulate ? 1.0 : 0.0};
-            detail::mark_beside(detail::run_beside<D>(
-                                    detail::Beside::start, [&] { kernels::gemm_fp8(D{}, p); },
-                                    gq.codes_t, gq.scale, xq.codes_t, xq.scale),
-                                gw.get());
+            kernels::gemm_fp8(D{}, kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T>{
+                                       .a = gq.codes_t.data(),
+                                       .b = xq.codes_t.data(),
+                                       .c = dw.data,
+                                       .a_scale_inv = gq.scale_inv(),
+                                       .b_scale_inv = xq.scale_inv(),
+                                       .m = out,
+                                       .n = in,
+                                       .k = rows,
+                                       .beta = dw.accumulate ? 1.0 : 0.0});
           }
         }
         if (gbias) detail::bias_backward(gbias, gy, rows, out);
@@ -487,28 +482,20 @@ Var<T, D> swiglu_mlp_fp8(const Var<T, D>& x, const Var<T, D>& gate_up, const Var
         // dY in E5M2, rows-major for dh and transposed for dDown.
         auto gq = detail::quantize_scaled<fp8_e5m2>(gy, rows, C, gh, gdown != nullptr,
                                                     down_grad.get(), true);
-        // dDown (C, F) += dY^T (C, rows) H (rows, F); H^T stored (F, rows). Beside the rest.
-        auto down_grad_gemm = [&] {
-          if (!gdown) return;
+        if (gdown) {  // dDown (C, F) += dY^T (C, rows) H (rows, F); H^T stored (F, rows)
           const auto dw = gdown->write_target();
-          const kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T> p{.a = gq.codes_t.data(),
-                                                                .b = ht.codes_t.data(),
-                                                                .c = dw.data,
-                                                                .a_scale_inv = gq.scale_inv(),
-                                                                .b_scale_inv = ht.scale_inv(),
-                                                                .m = C,
-                                                                .n = F,
-                                                                .k = rows,
-                                                                .beta = dw.accumulate ? 1.0 : 0.0};
-          detail::mark_beside(detail::run_beside<D>(
-                                  detail::Beside::start, [&] { kernels::gemm_fp8(D{}, p); },
-                                  gq.codes_t, gq.scale, ht.codes_t, ht.scale),
-                              gdown.get());
-        };
-        if (!gh) {
-          down_grad_gemm();
-          return;
+          kernels::gemm_fp8(D{}, kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T>{
+                                     .a = gq.codes_t.data(),
+                                     .b = ht.codes_t.data(),
+                                     .c = dw.data,
+                                     .a_scale_inv = gq.scale_inv(),
+                                     .b_scale_inv = ht.scale_inv(),
+                                     .m = C,
+                                     .n = F,
+                                     .k = rows,
+                                     .beta = dw.accumulate ? 1.0 : 0.0});
         }
+        if (!gh) return;
         // dh (rows, F) = dY (rows, C) Down (C, F); Down^T stored (F, C).
         Tensor<T, D> dh(Shape{rows, F});
         kernels::gemm_fp8(
@@ -520,7 +507,6 @@ Var<T, D> swiglu_mlp_fp8(const Var<T, D>& x, const Var<T, D>& gate_up, const Var
                                                                .m = rows,
                                                                .n = F,
                                                                .k = C});
-        down_grad_gemm();
         // d gate | d up (rows, 2F), quantized as it is computed from gu and dh.
         auto dq = detail::quantize_values_scaled<fp8_e5m2, D>(
             detail::SwigluValues<T, D>{{gu.data(), dh.data(), F, true}, rows}, rows, 2 * F,
@@ -540,19 +526,16 @@ Var<T, D> swiglu_mlp_fp8(const Var<T, D>& x, const Var<T, D>& gate_up, const Var
         }
         if (ggu) {  // dGu (2F, C) += dGu^T (2F, rows) X (rows, C); X^T stored (C, rows)
           const auto dw = ggu->write_target();
-          const kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T> p{.a = dq.codes_t.data(),
-                                                                .b = xt.codes_t.data(),
-                                                                .c = dw.data,
-                                                                .a_scale_inv = dq.scale_inv(),
-                                                                .b_scale_inv = xt.scale_inv(),
-                                                                .m = 2 * F,
-                                                                .n = C,
-                                                                .k = rows,
-                                                                .beta = dw.accumulate ? 1.0 : 0.0};
-          detail::mark_beside(detail::run_beside<D>(
-                                  detail::Beside::start, [&] { kernels::gemm_fp8(D{}, p); },
-                                  dq.codes_t, dq.scale, xt.codes_t, xt.scale),
-                              ggu.get());
+          kernels::gemm_fp8(D{}, kernels::Fp8GemmParams<fp8_e5m2, fp8_e4m3, T>{
+                                     .a = dq.codes_t.data(),
+                                     .b = xt.codes_t.data(),
+                                     .c = dw.data,
+                                     .a_scale_inv = dq.scale_inv(),
+                                     .b_scale_inv = xt.scale_inv(),
+                                     .m = 2 * F,
+                                     .n = C,
+                                     .k = rows,
+                                     .beta = dw.accumulate ? 1.0 : 0.0});
         }
       });
 }

@@ -30,9 +30,7 @@ namespace fathom::kernels {
 
 // One per process. The workspace lets cuBLASLt pick split-K and other algorithms that need
 // scratch memory, and, given to cuBLAS with cublasSetWorkspace, keeps cuBLAS from allocating while
-// a CUDA graph is captured. cuBLAS and cuBLASLt use it in turn on one stream, never at once; the
-// side stream (cuda::SideStream) has a workspace of its own, and blas() binds the cuBLAS handle to
-// the stream work is queued on now.
+// a CUDA graph is captured. cuBLAS and cuBLASLt use it in turn on one stream, never at once.
 class BlasHandles {
  public:
   static constexpr std::size_t workspace_bytes = std::size_t{32} << 20;
@@ -43,41 +41,24 @@ class BlasHandles {
     return *handles;
   }
 
-  cublasHandle_t blas() {
-    const cudaStream_t s = cuda::stream();
-    if (s != bound_) {
-      FATHOM_CUBLAS_CHECK(cublasSetStream(blas_, s));  // (which also unsets the workspace)
-      FATHOM_CUBLAS_CHECK(cublasSetWorkspace(blas_, workspace(), workspace_bytes));
-      bound_ = s;
-    }
-    return blas_;
-  }
+  cublasHandle_t blas() const { return blas_; }
   cublasLtHandle_t lt() const { return lt_; }
-  // The workspace of the stream work is queued on now.
-  void* workspace() {
-    if (cuda::on_main_stream()) return workspace_;
-    if (!side_workspace_)
-      side_workspace_ = cuda::CachingAllocator::instance().allocate(workspace_bytes);
-    return side_workspace_;
-  }
+  void* workspace() const { return workspace_; }
 
  private:
   BlasHandles() {
     FATHOM_CUBLAS_CHECK(cublasCreate(&blas_));
+    FATHOM_CUBLAS_CHECK(cublasSetStream(blas_, cuda::stream()));
     // Plain fp32 math: TF32 only where a GEMM asks for it (see set_gemm_allow_tf32).
     FATHOM_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));
     FATHOM_CUBLAS_CHECK(cublasLtCreate(&lt_));
     workspace_ = cuda::CachingAllocator::instance().allocate(workspace_bytes);
-    FATHOM_CUBLAS_CHECK(cublasSetStream(blas_, cuda::stream_slot()));
     FATHOM_CUBLAS_CHECK(cublasSetWorkspace(blas_, workspace_, workspace_bytes));
-    bound_ = cuda::stream_slot();
   }
 
   cublasHandle_t blas_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
-  void* side_workspace_ = nullptr;
-  cudaStream_t bound_ = nullptr;
 };
 
 }  // namespace fathom::kernels
