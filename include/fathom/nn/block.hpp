@@ -111,15 +111,8 @@ class Block {
   }
 
  private:
-  // s.residual fuses the add into the branch's last GEMM unless the branch is `observed` (an
-  // observer sees the branch's output, which the fused form never holds on its own) or that GEMM
-  // runs in fp8. fp8 keeps the add as an op of its own, as before s.residual existed: with it in
-  // the fp8 GEMM's epilogue the tiny Llama's fp8 curve test on an H200 reached 3.08% off bf16 in
-  // its worst 25-step window (it allows 3%). The same runs on the CPU (bench/fp8_sensitivity.cpp)
-  // put the fused curve nearer bf16's than the unfused one and show fp8's curve moving ~1% under
-  // that rounding change where bf16's moves 0.2%: fp8's own sensitivity, no defect of the fusion
-  // found. Until a GPU run settles it, fp8 runs the ops that were measured before
-  // (docs/performance.md).
+  // s.residual fuses the add into the branch's last GEMM (bf16, fp32 or fp8) unless the branch is
+  // `observed`: an observer sees the branch's output, which the fused form never holds on its own.
   template <class Report>
   Var<T, D> run_sublayer(const Policy& policy, const Var<T, D>& x, policy::Sublayer kind,
                          Report& report, bool observed) const {
@@ -141,9 +134,8 @@ class Block {
       report(is_attn ? Site::attn_branch : Site::mlp_branch, out);
       return out;
     };
-    const Linear<T, D>& last = is_attn ? attn_.out_proj() : mlp_.down_proj();
     typename policy::SublayerContext<T, D>::ResidualBranch residual;  // empty: composed
-    if (!observed && last.precision() != LinearPrecision::fp8)
+    if (!observed)
       residual = [&](const Var<T, D>& in, double x_scale) {
         count_call("s.residual");
         const autograd::Residual<T, D> add{&x, x_scale};
