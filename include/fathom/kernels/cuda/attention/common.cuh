@@ -88,6 +88,28 @@ __device__ inline BlockWork block_work(int tiles, int pairs, int group = kOrderP
   return block_work(blockIdx.x, tiles, pairs, group);
 }
 
+// The work of a block that owns a query tile of BlockRows rows (the forward and dQ passes): the
+// (b, h) pair, its index bh = b * heads + h, and the tile's first row q0, the heaviest tiles first
+// (block_work). P: AttentionParams or AttentionBackwardParams.
+struct QueryTile {
+  std::int64_t bh, b, h, q0;
+};
+template <int BlockRows, class P>
+__device__ inline QueryTile query_tile(const P& p, int group_pairs) {
+  const std::int64_t tiles = (p.seq + BlockRows - 1) / BlockRows;
+  const BlockWork work =
+      block_work(static_cast<int>(tiles), static_cast<int>(p.batch * p.heads), group_pairs);
+  const std::int64_t bh = work.bh, tile = tiles - 1 - work.rank;  // the last query tile first
+  return {bh, bh / p.heads, bh % p.heads, tile * BlockRows};
+}
+// How many key tiles of Keys the query rows before `end` see: all, or under the causal mask those
+// that start before `end`.
+template <int Keys, class P>
+__device__ inline std::int64_t key_tiles_seen(const P& p, std::int64_t end) {
+  const std::int64_t all = (p.seq + Keys - 1) / Keys;
+  return p.causal ? min(all, (end + Keys - 1) / Keys) : all;
+}
+
 // ---- D = rowsum(dO * O) ----------------------------------------------------------------------
 
 // One warp per (b, t, h) row; writes delta (B, H, T) in accum_t<T>.

@@ -171,6 +171,41 @@ struct TileCopy {
   }
 };
 
+// A head's K and V streamed in tiles of Keys rows through two shared buffers each (the second
+// TileBytes after Ks and Vs), Copy (TileCopy or SwizzledCopy) moving each tile. Before the loop
+// over the tiles: load(0, 0) and a commit; then at tile kt, next(kt) starts tile kt + 1's copies
+// into the other buffers and waits for tile kt's, whose buffer it returns.
+template <int HD, int Keys, std::uint32_t TileBytes, class Copy>
+struct KeyValueTiles {
+  const Copy& copy;
+  std::uint32_t Ks, Vs;
+  const bf16 *k, *v;
+  std::int64_t k_stride, v_stride, seq, tiles;
+  template <class P>
+  __device__ KeyValueTiles(const Copy& copy, std::uint32_t Ks, std::uint32_t Vs, const P& p,
+                           std::int64_t b, std::int64_t h, std::int64_t tiles)
+      : copy(copy),
+        Ks(Ks),
+        Vs(Vs),
+        k(p.k + b * p.seq * p.k_stride + h * HD),
+        v(p.v + b * p.seq * p.v_stride + h * HD),
+        k_stride(p.k_stride),
+        v_stride(p.v_stride),
+        seq(p.seq),
+        tiles(tiles) {}
+  __device__ void load(std::int64_t kt, int buf) const {
+    copy(Ks + buf * TileBytes, k, k_stride, kt * Keys, seq);
+    copy(Vs + buf * TileBytes, v, v_stride, kt * Keys, seq);
+  }
+  __device__ int next(std::int64_t kt) const {
+    const int buf = static_cast<int>(kt & 1);
+    if (kt + 1 < tiles) load(kt + 1, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait_all_but_one();
+    return buf;
+  }
+};
+
 // A fragments of rows [row0 + 16 m, row0 + 16 m + 16) (m < M), all HD features, of a shared tile.
 template <int HD, int M>
 __device__ inline void load_a_fragments(std::uint32_t (&f)[M][HD / 16][4], std::uint32_t tile,
@@ -359,22 +394,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const TileCopy<HD, kBlockRows, Cfg::kThreads> copy_q;
   const TileCopy<HD, kKeys, Cfg::kThreads> copy_kv;
 
-  const std::int64_t Tn = p.seq, nqt = (Tn + kBlockRows - 1) / kBlockRows;
-  const BlockWork work =
-      block_work(static_cast<int>(nqt), static_cast<int>(p.batch * p.heads), Cfg::kGroupPairs);
-  const std::int64_t bh = work.bh, qt = nqt - 1 - work.rank;  // the last query tile first
-  const std::int64_t b = bh / p.heads, h = bh % p.heads, q0 = qt * kBlockRows;
+  const std::int64_t Tn = p.seq;
+  const auto [bh, b, h, q0] = query_tile<kBlockRows>(p, Cfg::kGroupPairs);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
-  const bf16* kg = p.k + b * Tn * p.k_stride + h * HD;
-  const bf16* vg = p.v + b * Tn * p.v_stride + h * HD;
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
   const std::int64_t warp_q0 = q0 + warp * kWarpRows;
+  const KeyValueTiles<HD, kKeys, kKeyTileBytes, TileCopy<HD, kKeys, Cfg::kThreads>> kv(
+      copy_kv, Ks, Vs, p, b, h, key_tiles_seen<kKeys>(p, q0 + kBlockRows));
 
   // Q alone in the first group: its fragments are taken while the first K/V tile is in flight.
   copy_q(Qs, p.q + b * Tn * p.q_stride + h * HD, p.q_stride, q0, Tn);
   cp_async_commit();
-  copy_kv(Ks, kg, p.k_stride, 0, Tn);
-  copy_kv(Vs, vg, p.v_stride, 0, Tn);
+  kv.load(0, 0);
   cp_async_commit();
   cp_async_wait_all_but_one();
   __syncthreads();
@@ -391,16 +422,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #pragma unroll
   for (int m = 0; m < M; ++m) mx[m][0] = mx[m][1] = -INFINITY, l[m][0] = l[m][1] = 0.0f;
 
-  const std::int64_t nkt = (Tn + kKeys - 1) / kKeys;
-  const std::int64_t n_kt = p.causal ? min(nkt, (q0 + kBlockRows + kKeys - 1) / kKeys) : nkt;
-  for (std::int64_t kt = 0; kt < n_kt; ++kt) {
-    const int buf = static_cast<int>(kt & 1);
-    if (kt + 1 < n_kt) {
-      copy_kv(Ks + (buf ^ 1) * kKeyTileBytes, kg, p.k_stride, (kt + 1) * kKeys, Tn);
-      copy_kv(Vs + (buf ^ 1) * kKeyTileBytes, vg, p.v_stride, (kt + 1) * kKeys, Tn);
-    }
-    cp_async_commit();
-    cp_async_wait_all_but_one();
+  for (std::int64_t kt = 0; kt < kv.tiles; ++kt) {
+    const int buf = kv.next(kt);
     __syncthreads();
     const std::int64_t k0 = kt * kKeys;
     // With causal, a warp whose rows all precede this key tile has nothing to do here.
@@ -674,21 +697,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const TileCopy<HD, kBlockRows, Cfg::kThreads> copy_q;
   const TileCopy<HD, kKeys, Cfg::kThreads> copy_kv;
 
-  const std::int64_t Tn = p.seq, nqt = (Tn + kBlockRows - 1) / kBlockRows;
-  const BlockWork work =
-      block_work(static_cast<int>(nqt), static_cast<int>(p.batch * p.heads), Cfg::kGroupPairs);
-  const std::int64_t bh = work.bh, qt = nqt - 1 - work.rank;  // the last query tile first
-  const std::int64_t b = bh / p.heads, h = bh % p.heads, q0 = qt * kBlockRows;
+  const std::int64_t Tn = p.seq;
+  const auto [bh, b, h, q0] = query_tile<kBlockRows>(p, Cfg::kGroupPairs);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
-  const bf16* kg = p.k + b * Tn * p.k_stride + h * HD;
-  const bf16* vg = p.v + b * Tn * p.v_stride + h * HD;
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
   const std::int64_t warp_q0 = q0 + warp * kWarpRows;
+  const KeyValueTiles<HD, kKeys, kKeyTileBytes, TileCopy<HD, kKeys, Cfg::kThreads>> kv(
+      copy_kv, Ks, Vs, p, b, h, key_tiles_seen<kKeys>(p, q0 + kBlockRows));
 
   copy_q(Qs, p.q + b * Tn * p.q_stride + h * HD, p.q_stride, q0, Tn);
   copy_q(dOs, p.d_o + b * Tn * p.do_stride + h * HD, p.do_stride, q0, Tn);
-  copy_kv(Ks, kg, p.k_stride, 0, Tn);
-  copy_kv(Vs, vg, p.v_stride, 0, Tn);
+  kv.load(0, 0);
   cp_async_commit();
 
   float lse_r[M][2], delta_r[M][2];  // rows g and g + 8 of each m-tile
@@ -711,16 +730,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dq[m][n][e] = 0.0f;
 
-  const std::int64_t nkt = (Tn + kKeys - 1) / kKeys;
-  const std::int64_t n_kt = p.causal ? min(nkt, (q0 + kBlockRows + kKeys - 1) / kKeys) : nkt;
-  for (std::int64_t kt = 0; kt < n_kt; ++kt) {
-    const int buf = static_cast<int>(kt & 1);
-    if (kt + 1 < n_kt) {
-      copy_kv(Ks + (buf ^ 1) * kKeyTileBytes, kg, p.k_stride, (kt + 1) * kKeys, Tn);
-      copy_kv(Vs + (buf ^ 1) * kKeyTileBytes, vg, p.v_stride, (kt + 1) * kKeys, Tn);
-    }
-    cp_async_commit();
-    cp_async_wait_all_but_one();
+  for (std::int64_t kt = 0; kt < kv.tiles; ++kt) {
+    const int buf = kv.next(kt);
     __syncthreads();
     if (kt == 0) {
       load_a_fragments<HD, M>(qf, Qs, warp * kWarpRows);

@@ -242,22 +242,18 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_q;
   const SwizzledCopy<kKeys, Cfg::kThreads> copy_kv;
 
-  const std::int64_t Tn = p.seq, nqt = (Tn + kBlockRows - 1) / kBlockRows;
-  const BlockWork work =
-      block_work(static_cast<int>(nqt), static_cast<int>(p.batch * p.heads), Cfg::kGroupPairs);
-  const std::int64_t bh = work.bh, qt = nqt - 1 - work.rank;  // the last query tile first
-  const std::int64_t b = bh / p.heads, h = bh % p.heads, q0 = qt * kBlockRows;
+  const std::int64_t Tn = p.seq;
+  const auto [bh, b, h, q0] = query_tile<kBlockRows>(p, Cfg::kGroupPairs);
   const int group = threadIdx.x / kGroupThreads, warp = (threadIdx.x / kWarp) % 4;
   const int lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
-  const bf16* kg = p.k + b * Tn * p.k_stride + h * 64;
-  const bf16* vg = p.v + b * Tn * p.v_stride + h * 64;
+  const KeyValueTiles<64, kKeys, kKeyTileBytes, SwizzledCopy<kKeys, Cfg::kThreads>> kv(
+      copy_kv, Ks, Vs, p, b, h, key_tiles_seen<kKeys>(p, q0 + kBlockRows));
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
   const std::int64_t group_q0 = q0 + group * 64, warp_q0 = group_q0 + warp * 16;
   const std::uint64_t q_desc = sw128_desc(Qs + group * 64 * kTileRowBytes);
 
   copy_q(Qs, p.q + b * Tn * p.q_stride + h * 64, p.q_stride, q0, Tn);
-  copy_kv(Ks, kg, p.k_stride, 0, Tn);
-  copy_kv(Vs, vg, p.v_stride, 0, Tn);
+  kv.load(0, 0);
   cp_async_commit();
 
   float o[32];
@@ -265,16 +261,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   for (int i = 0; i < 32; ++i) o[i] = 0.0f;
   float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g, g + 8; max in log2 units
 
-  const std::int64_t nkt = (Tn + kKeys - 1) / kKeys;
-  const std::int64_t n_kt = p.causal ? min(nkt, (q0 + kBlockRows + kKeys - 1) / kKeys) : nkt;
-  for (std::int64_t kt = 0; kt < n_kt; ++kt) {
-    const int buf = static_cast<int>(kt & 1);
-    if (kt + 1 < n_kt) {
-      copy_kv(Ks + (buf ^ 1) * kKeyTileBytes, kg, p.k_stride, (kt + 1) * kKeys, Tn);
-      copy_kv(Vs + (buf ^ 1) * kKeyTileBytes, vg, p.v_stride, (kt + 1) * kKeys, Tn);
-    }
-    cp_async_commit();
-    cp_async_wait_all_but_one();
+  for (std::int64_t kt = 0; kt < kv.tiles; ++kt) {
+    const int buf = kv.next(kt);
     fence_proxy_async();
     __syncthreads();
     const std::int64_t k0 = kt * kKeys;
@@ -490,15 +478,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_q;
   const SwizzledCopy<kKeys, Cfg::kThreads> copy_kv;
 
-  const std::int64_t Tn = p.seq, nqt = (Tn + kBlockRows - 1) / kBlockRows;
-  const BlockWork work =
-      block_work(static_cast<int>(nqt), static_cast<int>(p.batch * p.heads), Cfg::kGroupPairs);
-  const std::int64_t bh = work.bh, qt = nqt - 1 - work.rank;  // the last query tile first
-  const std::int64_t b = bh / p.heads, h = bh % p.heads, q0 = qt * kBlockRows;
+  const std::int64_t Tn = p.seq;
+  const auto [bh, b, h, q0] = query_tile<kBlockRows>(p, Cfg::kGroupPairs);
   const int group = threadIdx.x / kGroupThreads, warp = (threadIdx.x / kWarp) % 4;
   const int lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
-  const bf16* kg = p.k + b * Tn * p.k_stride + h * 64;
-  const bf16* vg = p.v + b * Tn * p.v_stride + h * 64;
+  const KeyValueTiles<64, kKeys, kKeyTileBytes, SwizzledCopy<kKeys, Cfg::kThreads>> kv(
+      copy_kv, Ks, Vs, p, b, h, key_tiles_seen<kKeys>(p, q0 + kBlockRows));
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
   const std::int64_t group_q0 = q0 + group * 64, warp_q0 = group_q0 + warp * 16;
   const std::uint64_t q_desc = sw128_desc(Qs + group * 64 * kTileRowBytes);
@@ -506,8 +491,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
   copy_q(Qs, p.q + b * Tn * p.q_stride + h * 64, p.q_stride, q0, Tn);
   copy_q(dOs, p.d_o + b * Tn * p.do_stride + h * 64, p.do_stride, q0, Tn);
-  copy_kv(Ks, kg, p.k_stride, 0, Tn);
-  copy_kv(Vs, vg, p.v_stride, 0, Tn);
+  kv.load(0, 0);
   cp_async_commit();
 
   // D = rowsum(dO * O) of the warp's 16 rows, written for the dK/dV pass.
@@ -522,16 +506,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #pragma unroll
   for (int i = 0; i < 32; ++i) dq[i] = 0.0f;
 
-  const std::int64_t nkt = (Tn + kKeys - 1) / kKeys;
-  const std::int64_t n_kt = p.causal ? min(nkt, (q0 + kBlockRows + kKeys - 1) / kKeys) : nkt;
-  for (std::int64_t kt = 0; kt < n_kt; ++kt) {
-    const int buf = static_cast<int>(kt & 1);
-    if (kt + 1 < n_kt) {
-      copy_kv(Ks + (buf ^ 1) * kKeyTileBytes, kg, p.k_stride, (kt + 1) * kKeys, Tn);
-      copy_kv(Vs + (buf ^ 1) * kKeyTileBytes, vg, p.v_stride, (kt + 1) * kKeys, Tn);
-    }
-    cp_async_commit();
-    cp_async_wait_all_but_one();
+  for (std::int64_t kt = 0; kt < kv.tiles; ++kt) {
+    const int buf = kv.next(kt);
     fence_proxy_async();
     __syncthreads();
     const std::int64_t k0 = kt * kKeys;
