@@ -88,19 +88,28 @@ __device__ inline BlockWork block_work(int tiles, int pairs, int group = kOrderP
   return block_work(blockIdx.x, tiles, pairs, group);
 }
 
-// The work of a block that owns a query tile of BlockRows rows (the forward and dQ passes): the
-// (b, h) pair, its index bh = b * heads + h, and the tile's first row q0, the heaviest tiles first
-// (block_work). P: AttentionParams or AttentionBackwardParams.
-struct QueryTile {
-  std::int64_t bh, b, h, q0;
+// The work of a block that owns one tile of BlockRows rows of a (b, h) pair: the pair, its index
+// bh = b * heads + h, and the tile's first row, the heaviest tiles first (block_work): under the
+// causal mask the last query tile (the forward and dQ passes: query_tile) or the first key tile
+// (the dK/dV pass: key_tile). P: AttentionParams or AttentionBackwardParams.
+struct TileWork {
+  std::int64_t bh, b, h, row0;
 };
-template <int BlockRows, class P>
-__device__ inline QueryTile query_tile(const P& p, int group_pairs) {
+template <int BlockRows, bool LastFirst, class P>
+__device__ inline TileWork tile_work(const P& p, int group_pairs) {
   const std::int64_t tiles = (p.seq + BlockRows - 1) / BlockRows;
   const BlockWork work =
       block_work(static_cast<int>(tiles), static_cast<int>(p.batch * p.heads), group_pairs);
-  const std::int64_t bh = work.bh, tile = tiles - 1 - work.rank;  // the last query tile first
+  const std::int64_t bh = work.bh, tile = LastFirst ? tiles - 1 - work.rank : work.rank;
   return {bh, bh / p.heads, bh % p.heads, tile * BlockRows};
+}
+template <int BlockRows, class P>
+__device__ inline TileWork query_tile(const P& p, int group_pairs) {
+  return tile_work<BlockRows, true>(p, group_pairs);
+}
+template <int BlockRows, class P>
+__device__ inline TileWork key_tile(const P& p, int group_pairs) {
+  return tile_work<BlockRows, false>(p, group_pairs);
 }
 // How many key tiles of Keys the query rows before `end` see: all, or under the causal mask those
 // that start before `end`.

@@ -550,11 +550,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
                                           4 * kQueryTileBytes);  // [2] (query tile), log2 units
   float* delta_s = lse_s + 2 * kQ;                               // [2] (query tile)
 
-  const std::int64_t Tn = p.seq, nqt = (Tn + kQ - 1) / kQ, nkt = (Tn + kBlockRows - 1) / kBlockRows;
-  const BlockWork work =
-      block_work(static_cast<int>(nkt), static_cast<int>(p.batch * p.heads), Cfg::kGroupPairs);
-  const std::int64_t bh = work.bh, kt = work.rank;  // the first key tile first
-  const std::int64_t b = bh / p.heads, h = bh % p.heads, k0 = kt * kBlockRows;
+  const std::int64_t Tn = p.seq, nqt = (Tn + kQ - 1) / kQ;
+  const auto [bh, b, h, k0] = key_tile<kBlockRows>(p, Cfg::kGroupPairs);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
   const bf16* qg = p.q + b * Tn * p.q_stride + h * HD;
   const bf16* dog = p.d_o + b * Tn * p.do_stride + h * HD;

@@ -356,11 +356,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       smem_raw + (dOs + 2 * kQueryTileBytes - smem_address(smem_raw)));  // [2] (tile)
   float* delta_s = lse_s + 2 * kQ;                                       // [2] (tile)
 
-  const std::int64_t Tn = p.seq, nqt = (Tn + kQ - 1) / kQ, nkt = (Tn + kBlockRows - 1) / kBlockRows;
-  const BlockWork work =
-      block_work(static_cast<int>(nkt), static_cast<int>(p.batch * p.heads), Cfg::kGroupPairs);
-  const std::int64_t bh = work.bh, kt = work.rank;  // the first key tile first
-  const std::int64_t b = bh / p.heads, h = bh % p.heads, k0 = kt * kBlockRows;
+  const std::int64_t Tn = p.seq, nqt = (Tn + kQ - 1) / kQ;
+  const auto [bh, b, h, k0] = key_tile<kBlockRows>(p, Cfg::kGroupPairs);
   const int group = threadIdx.x / kGroupThreads, warp = (threadIdx.x / kWarp) % 4;
   const int lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
   const bf16* qg = p.q + b * Tn * p.q_stride + h * 64;
