@@ -51,7 +51,12 @@ for p in "$build/bin/fathom-prepare" "$build/examples/prepare/fathom-prepare"; d
 done
 if [[ -z "$prepare" ]]; then
   echo "prepare_real_corpus: no fathom-prepare in '$build/bin'; building it (Release)"
-  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DFATHOM_BUILD_EXAMPLES=ON >/dev/null
+  # Ninja where it is installed, as scripts/run.sh and the docs configure build/release; a folder
+  # configured already keeps its generator (CMake refuses to switch).
+  generator=()
+  [[ ! -f "$build/CMakeCache.txt" ]] && command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
+  cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DFATHOM_BUILD_EXAMPLES=ON \
+    >/dev/null
   cmake --build "$build" --target fathom-prepare
   prepare="$build/bin/fathom-prepare"
 fi

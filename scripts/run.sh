@@ -43,7 +43,11 @@ else
             --eval-every 100 --diag-every 50)
 fi
 
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFATHOM_BUILD_EXAMPLES=ON \
+# Ninja (scripts/setup.sh installs it); a folder configured already keeps its generator, since
+# CMake refuses to switch (e.g. build/release made by `cmake -S . -B build/release` alone).
+generator=(-G Ninja)
+[[ -f "$build/CMakeCache.txt" ]] && generator=()
+cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DFATHOM_BUILD_EXAMPLES=ON \
   -DFATHOM_BUILD_TESTS=OFF "${cuda_args[@]}" >/dev/null
 cmake --build "$build" -j "$jobs" --target fathom-train
 
