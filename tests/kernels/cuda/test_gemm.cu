@@ -70,6 +70,17 @@ struct AutotuneScope {
   AutotuneScope& operator=(const AutotuneScope&) = delete;
 };
 
+// gemm_dgelu's DGELU epilogue on or off while alive, as it was before after.
+struct DgeluEpilogueScope {
+  explicit DgeluEpilogueScope(bool on) : previous(fathom::kernels::dgelu_epilogue()) {
+    fathom::kernels::set_dgelu_epilogue(on);
+  }
+  ~DgeluEpilogueScope() { fathom::kernels::set_dgelu_epilogue(previous); }
+  DgeluEpilogueScope(const DgeluEpilogueScope&) = delete;
+  DgeluEpilogueScope& operator=(const DgeluEpilogueScope&) = delete;
+  bool previous;
+};
+
 // One GEMM on the device, checked against a double reference at every element (full) or at
 // sampled elements plus the whole last row and last column of the last batch entry.
 template <class T>
@@ -789,9 +800,12 @@ void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias,
   // dgelu: C = (dy (M, K) w (K, N)... here w^T as (N, K) stored, so op(B) = w^T) * gelu'(aux),
   // db its column sums: summed inside the dGELU pass (fused) and by the separate column sum, over
   // NaN-filled outputs (both are written, never read).
+  // First fathom's element-wise pass (the DGELU epilogue off), then the epilogue where it fits
+  // (bf16, N % 8 == 0), its column sums taken over its result.
   std::vector<T> dv, dbv, separate_dv, separate_dbv;
   for (const bool fuse : {false, true}) {  // the dgelu and fused routes both sum in the pass
     const RouteScope scope(fuse ? BiasGradRoute::dgelu : BiasGradRoute::separate);
+    const DgeluEpilogueScope pass(false);
     Tensor<T, Cuda> dpre = Tensor<T, Cuda>::full(Shape{M * N}, std::numeric_limits<T>::quiet_NaN()),
                     db = Tensor<T, Cuda>::full(Shape{N}, std::numeric_limits<T>::quiet_NaN());
     const auto fused0 = fathom::kernels::detail::fused_bias_grad_runs();
@@ -809,7 +823,27 @@ void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias,
     if (!fuse) separate_dv = dv, separate_dbv = dbv;
   }
   CHECK(same_bits(dv, separate_dv));  // the same element-wise formula on both routes
-  const auto auxd = to_d(av);         // the saved pre-activation, as the kernel sees it
+  std::vector<T> epilogue_dv, epilogue_dbv;
+  {
+    const DgeluEpilogueScope epilogue(true);
+    Tensor<T, Cuda> dpre = Tensor<T, Cuda>::full(Shape{M * N}, std::numeric_limits<T>::quiet_NaN()),
+                    db = Tensor<T, Cuda>::full(Shape{N}, std::numeric_limits<T>::quiet_NaN());
+    const auto runs0 = fathom::kernels::detail::dgelu_epilogue_runs();
+    fathom::kernels::gemm_dgelu(Cuda{},
+                                GemmParams<T>{.a = dyg.data(),
+                                              .b = wg.data(),
+                                              .c = dpre.data(),
+                                              .m = M,
+                                              .n = N,
+                                              .k = K,
+                                              .trans_b = true},
+                                aux.data(), db.data());
+    const bool fits = std::is_same_v<T, bf16> && N % 8 == 0;
+    CHECK(fathom::kernels::detail::dgelu_epilogue_runs() == runs0 + (fits ? 1 : 0));
+    epilogue_dv = dpre.to_vector(), epilogue_dbv = db.to_vector();
+    if (!fits) CHECK(same_bits(epilogue_dv, dv));  // the pass ran
+  }
+  const auto auxd = to_d(av);  // the saved pre-activation, as the kernel sees it
   std::vector<double> want(pre.size()), want_db(static_cast<std::size_t>(N), 0.0);
   for (std::int64_t i = 0; i < M; ++i)
     for (std::int64_t j = 0; j < N; ++j) {
@@ -820,14 +854,16 @@ void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias,
     }
   double worst_d = 0, worst_db = 0, scale_db = 0;
   for (std::size_t i = 0; i < want.size(); ++i)
-    worst_d = std::max(worst_d, std::abs(as_double(dv[i]) - want[i]) / (1 + std::abs(want[i])));
+    for (const auto* got : {&dv, &epilogue_dv})
+      worst_d =
+          std::max(worst_d, std::abs(as_double((*got)[i]) - want[i]) / (1 + std::abs(want[i])));
   for (double v : want_db) scale_db = std::max(scale_db, std::abs(v));
   for (std::size_t j = 0; j < want_db.size(); ++j)
-    for (const auto* got : {&dbv, &separate_dbv})
+    for (const auto* got : {&dbv, &separate_dbv, &epilogue_dbv})
       worst_db = std::max(worst_db, std::abs(as_double((*got)[j]) - want_db[j]) / (1 + scale_db));
   CHECK(worst_d <= tol);
   CHECK(worst_db <= tol);
-  for (const auto& v : {hv, av, dv, dbv, separate_dbv})
+  for (const auto& v : {hv, av, dv, dbv, separate_dbv, epilogue_dv, epilogue_dbv})
     for (auto e : v) REQUIRE(std::isfinite(as_double(e)));
 }
 

@@ -16,6 +16,8 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <type_traits>
@@ -104,6 +106,31 @@ inline std::uint64_t& unfused_bias_grad_runs() {
 // there to compare against it).
 inline void set_bias_grad_route(BiasGradRoute route) { detail::bias_grad_route_setting() = route; }
 inline BiasGradRoute bias_grad_route() { return detail::bias_grad_route_setting(); }
+
+namespace detail {
+inline bool& dgelu_epilogue_setting() {
+  static bool on = [] {
+    const char* v = std::getenv("FATHOM_DGELU_EPILOGUE");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+}  // namespace detail
+
+// Whether gemm_dgelu multiplies by GELU's derivative in cuBLASLt's DGELU epilogue, as the GEMM
+// stores its result (bf16 where the GELU epilogues fit), rather than in fathom's element-wise pass
+// over the stored product. On by default; FATHOM_DGELU_EPILOGUE=0 in the environment, or
+// set_dgelu_epilogue(false), turns it off (for comparisons).
+inline void set_dgelu_epilogue(bool on) { detail::dgelu_epilogue_setting() = on; }
+inline bool dgelu_epilogue() { return detail::dgelu_epilogue_setting(); }
+
+namespace detail {
+// gemm_dgelu calls that cuBLASLt's DGELU epilogue ran (the tests check which path ran).
+inline std::uint64_t& dgelu_epilogue_runs() {
+  static std::uint64_t runs = 0;
+  return runs;
+}
+}  // namespace detail
 
 namespace detail {
 
@@ -320,8 +347,9 @@ inline cublasLtMatrixLayout_t make_layout(cudaDataType_t type, std::int64_t rows
 // A cuBLASLt epilogue beyond the bias: GELU that also writes the pre-activation to `aux`
 // (GELU_AUX[_BIAS]; aux has C's layout, leading dimension ldc), or the sums of our A (trans_a,
 // stored (K, M)) over K into `bias_grad` (M), written (BGRADB: our A is cuBLASLt's B, and M the
-// number of columns of its column-major D).
-enum class LtEpilogue : std::int64_t { none = 0, gelu_aux = 1, bias_grad_b = 2 };
+// number of columns of its column-major D), or the product times GELU's derivative at `aux` (the
+// pre-activation GELU_AUX saved; DGELU, aux read with C's layout).
+enum class LtEpilogue : std::int64_t { none = 0, gelu_aux = 1, bias_grad_b = 2, dgelu_aux = 3 };
 template <class T>
 struct LtExtra {
   LtEpilogue kind = LtEpilogue::none;
@@ -331,7 +359,7 @@ struct LtExtra {
 
 template <class T>
 void set_epilogue_pointers(cublasLtMatmulDesc_t desc, const GemmParams<T>& p, const LtExtra<T>& e) {
-  if (e.kind == LtEpilogue::gelu_aux) {
+  if (e.kind == LtEpilogue::gelu_aux || e.kind == LtEpilogue::dgelu_aux) {
     const void* aux = e.aux;
     set_desc(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
     set_desc(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, static_cast<std::int64_t>(p.ldc));
@@ -479,6 +507,9 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32, bool 
   } else if (extra.kind == LtEpilogue::bias_grad_b) {
     set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
              static_cast<std::uint32_t>(CUBLASLT_EPILOGUE_BGRADB));
+  } else if (extra.kind == LtEpilogue::dgelu_aux) {
+    set_desc(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+             static_cast<std::uint32_t>(CUBLASLT_EPILOGUE_DGELU));
   }
   set_epilogue_pointers(plan.desc, p, extra);
   plan.first =
@@ -490,8 +521,8 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32, bool 
   // Autotuning's candidates write to scratch outputs of the same layouts, never to the caller's:
   // C may be accumulated into (beta = 1 there; 0 here, so the scratch C is never read), and the
   // epilogues' outputs (GELU's pre-activation, the bias gradient) are the caller's too. The
-  // operands and a fused bias are the real ones, only read. lt_gemm sets the real epilogue
-  // pointers again before each run.
+  // operands, a fused bias and DGELU's aux are the real ones, only read. lt_gemm sets the real
+  // epilogue pointers again before each run.
   auto make_run = [&] {
     const std::int64_t c_elements =
         (p.batch > 1 ? (p.batch - 1) * p.stride_c : 0) + (p.m - 1) * p.ldc + p.n;
@@ -501,7 +532,7 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32, bool 
     Tensor<T, Cuda> sums = extra.kind == LtEpilogue::bias_grad_b ? Tensor<T, Cuda>(Shape{p.m})
                                                                  : Tensor<T, Cuda>();  // (M)
     set_epilogue_pointers(plan.desc, p,
-                          LtExtra<T>{extra.kind, aux.defined() ? aux.data() : nullptr,
+                          LtExtra<T>{extra.kind, aux.defined() ? aux.data() : extra.aux,
                                      sums.defined() ? sums.data() : nullptr});
     return [&plan, &p, c = std::move(c), aux = std::move(aux),
             sums = std::move(sums)](const cublasLtMatmulAlgo_t& algo) {
@@ -764,17 +795,29 @@ void gemm_gelu(Cuda, const GemmParams<T>& params, T* aux) {
   gelu(Cuda{}, ActivationParams<T>{aux, p.c, p.m * p.n});
 }
 
+// With dgelu_epilogue() (bf16 where the GELU epilogues fit): cuBLASLt's DGELU epilogue, which
+// reads aux as the GEMM stores each tile, then the bias gradient as a column sum over the result.
+// That reads and writes the (M, N) product once fewer than the element-wise pass below.
 // Not cuBLASLt's DGELU_BGRAD epilogue: on an H200 at GPT-2's (32768 x 3072) it ran the GEMM plus
 // a separate 0.61 ms kernel, against 0.3 ms for the element-wise pass and column sum below
-// (bench/NOTES.md, v3). Unless the bias-gradient route is `separate`, the column sums come out of
-// the element-wise pass itself (block partials and a small second pass) instead of another read of
-// the result.
+// (bench/NOTES.md, v3). Otherwise, unless the bias-gradient route is `separate`, the column sums
+// come out of the element-wise pass itself (block partials and a small second pass) instead of
+// another read of the result.
 template <class T>
 void gemm_dgelu(Cuda, const GemmParams<T>& params, const T* aux, T* bias_grad) {
   const GemmParams<T> p = detail::check_gemm_gelu(params, aux, "gemm_dgelu");
   if (p.n == 0) return;
   if (p.m == 0) {  // no rows: the sums are zero
     if (bias_grad) device_fill(Cuda{}, bias_grad, p.n, scalar_cast<T>(0.0));
+    return;
+  }
+  if (p.k > 0 && dgelu_epilogue() && detail::gelu_epilogue_fits(p, aux) &&
+      detail::lt_gemm(p, detail::LtExtra<T>{detail::LtEpilogue::dgelu_aux, aux})) {
+    ++detail::dgelu_epilogue_runs();
+    if (bias_grad)
+      column_sum(Cuda{},
+                 ColumnSumParams<T>{
+                     .x = p.c, .out = bias_grad, .rows = p.m, .cols = p.n, .accumulate = false});
     return;
   }
   gemm(Cuda{}, p);
