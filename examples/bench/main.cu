@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -43,7 +45,11 @@ struct BenchOptions {
   std::int64_t batch = 0, seq_len = 0;  // 0: the workload's
   double peak_tflops = 0;               // 0: measure
   std::string json_out;
-  bool cuda_graph = false;             // replay forward + backward + clipping as one CUDA graph
+  bool cuda_graph = false;  // replay forward + backward + clipping as one CUDA graph
+  // Zero the gradients in place after each step instead of releasing them
+  // (TrainStep::keep_gradient_buffers; --cuda-graph implies it). Default from the environment:
+  // FATHOM_BENCH_KEEP_GRADIENTS=1.
+  bool keep_gradients = false;
   int nproc = 1;                       // ranks to start on this host (one a GPU)
   int zero = 0;                        // 1: ZeRO-1 (optimizer state sharded over the ranks)
   double bucket_mb = 50;               // gradient bucket size (MiB)
@@ -302,6 +308,8 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   }
   train::TrainStep<T, D> train_step(*model, *update, 1, parallel ? &*parallel : nullptr,
                                     o.warmup + o.steps + 2);
+  // The graph writes the gradients where the capture found them: they must keep their addresses.
+  train_step.keep_gradient_buffers(o.keep_gradients || o.cuda_graph);
 
   std::vector<std::int32_t> host(static_cast<std::size_t>(B * Tn));
   for (std::size_t i = 0; i < host.size(); ++i)
@@ -504,6 +512,12 @@ inline int main(int argc, char** argv) {
       "--cuda-graph", o.cuda_graph,
       "replay forward, backward and clipping as one captured CUDA graph (the optimizer step "
       "runs as usual)");
+  if (const char* v = std::getenv("FATHOM_BENCH_KEEP_GRADIENTS"); v && std::strcmp(v, "1") == 0)
+    o.keep_gradients = true;
+  app.add_flag("--keep-gradients", o.keep_gradients,
+               "zero the gradients in place after each step instead of releasing them (the "
+               "behaviour before released gradients, for comparisons; --cuda-graph implies it; "
+               "default from FATHOM_BENCH_KEEP_GRADIENTS=1)");
   app.add_option("--bias-grad", o.bias_grad,
                  "comma-separated, each run in turn: fused (linear layers' bias gradients in the "
                  "weight-gradient GEMM's epilogue and in the dGELU pass), dgelu (only GPT-2's "

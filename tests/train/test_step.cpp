@@ -119,9 +119,21 @@ TEST_CASE("TrainStep: two micro-batches accumulate the gradient of their union",
       REQUIRE_THAT(double(g2[j]), WithinAbs(double(g1[j]), 1e-6) || WithinRel(double(g1[j]), 1e-4));
   }
   sp.update(0.1);
-  for (auto& p : parts.parameters())  // the update zeroed the gradients
-    if (p.var.has_grad())
-      for (float g : p.var.grad().to_vector()) REQUIRE(g == 0.0f);
+  for (auto& p : parts.parameters()) CHECK_FALSE(p.var.has_grad());  // the update released them
+  // Kept buffers: the update zeroes them (a gradient lent by another slot gets a buffer of its own
+  // the first time), and from then on each stays at its address, step after step.
+  sw.keep_gradient_buffers(true);
+  sw.update(0.1);
+  std::vector<const float*> kept;
+  for (auto& p : whole.parameters()) kept.push_back(p.var.grad().data());
+  sw.accumulate(x, y);
+  sw.update(0.1);
+  for (std::size_t i = 0; i < whole.parameters().size(); ++i) {
+    const auto& p = whole.parameters()[i];
+    REQUIRE(p.var.has_grad());
+    CHECK(p.var.grad().data() == kept[i]);
+    for (float g : p.var.grad().to_vector()) REQUIRE(g == 0.0f);
+  }
 }
 
 TEST_CASE("TrainStep: hooks around each backward, a replaced update, and misuse", "[train]") {

@@ -197,20 +197,30 @@ class TrainStep {
     }
   }
 
-  // After the step's last accumulate(): the update at learning rate lr, then zeroed gradients.
+  // After the step's last accumulate(): the update at learning rate lr, then the gradients are
+  // released (see keep_gradient_buffers).
   void update(double lr) {
     require_complete("update");
     update_.step(lr);
-    model_.zero_grad();
+    clear_gradients();
     complete_ = false;
   }
 
   // After the step's last accumulate(): drops its gradients without updating (a skipped step).
   void discard() {
     require_complete("discard");
-    model_.zero_grad();
+    clear_gradients();
     complete_ = false;
   }
+
+  // How update() and discard() clear the gradients. By default they release them, as PyTorch's
+  // zero_grad(set_to_none=True) does: the next backward writes each gradient fresh, with no fill
+  // of zeros and no GEMM that adds its product to zeros, and no gradient buffer is held through
+  // the forward. A parameter that gets no gradient in a step then has none, and the optimizer
+  // skips it. keep_gradient_buffers(true) zeroes them in place instead (the model's
+  // zero_grad()), so that each keeps its address (a CUDA graph that writes them needs that).
+  void keep_gradient_buffers(bool keep) { keep_gradients_ = keep; }
+  bool keeps_gradient_buffers() const { return keep_gradients_; }
 
   // In place of this step's accumulate() calls: `device_work` replays their device work, captured
   // earlier as a CUDA graph from accumulate() calls on the same (fixed) inputs. Capture right
@@ -251,6 +261,13 @@ class TrainStep {
   }
 
  private:
+  void clear_gradients() {
+    if (keep_gradients_) {
+      model_.zero_grad();
+      return;
+    }
+    for (auto& p : model_.parameters()) p.var.zero_grad(/*release=*/true);
+  }
   void require_complete(const char* what) const {
     FATHOM_CHECK(complete_, "TrainStep::" << what << ": the step's micro-batches have not all run ("
                                           << next_ << " of " << micro_ << ")");
@@ -267,12 +284,13 @@ class TrainStep {
   ParameterUpdate<T, D>& update_;
   std::int64_t micro_;
   StepHooks<T, D>* hooks_;
-  std::int64_t capacity_;     // steps whose losses losses_ holds
-  Tensor<A, D> seed_;         // 1 / micro_batches: the backward seed of every micro-batch loss
-  Tensor<A, D> losses_;       // (capacity_ * micro_) losses not yet read
-  std::int64_t pending_ = 0;  // steps whose losses are in losses_
-  std::int64_t next_ = 0;     // the next micro-batch of the current step
-  bool complete_ = false;     // every micro-batch of the current step ran; not yet updated
+  std::int64_t capacity_;        // steps whose losses losses_ holds
+  Tensor<A, D> seed_;            // 1 / micro_batches: the backward seed of every micro-batch loss
+  Tensor<A, D> losses_;          // (capacity_ * micro_) losses not yet read
+  std::int64_t pending_ = 0;     // steps whose losses are in losses_
+  std::int64_t next_ = 0;        // the next micro-batch of the current step
+  bool complete_ = false;        // every micro-batch of the current step ran; not yet updated
+  bool keep_gradients_ = false;  // update() and discard() zero gradients in place, not release
 };
 
 }  // namespace fathom::train

@@ -207,6 +207,28 @@ TEST_CASE("concat_rows stacks its parts and splits the gradient back into each",
   CHECK(r.ok);
 }
 
+TEST_CASE("concat_rows lends each part its rows of the gradient, and adds into them later",
+          "[autograd][elementwise]") {
+  Var<double> x = leaf(Shape{2, 3}, 41), y = leaf(Shape{1, 3}, 42);
+  auto run = [&] {
+    auto s = ag::concat_rows<double, fathom::Cpu>({x, y});
+    ag::backward(ag::sum(s * s));  // d/dv sum(v^2) = 2 v, row by row
+  };
+  auto times = [](const Var<double>& v, double k) {
+    auto out = v.value().to_vector();
+    for (auto& e : out) e *= k;
+    return out;
+  };
+  run();
+  CHECK(x.grad().to_vector() == times(x, 2.0));
+  CHECK(y.grad().to_vector() == times(y, 2.0));
+  CHECK(x.grad().storage_use_count() == 2);  // both are views of the one stacked gradient
+  run();  // a second backward adds into them: each copies its rows first
+  CHECK(x.grad().to_vector() == times(x, 4.0));
+  CHECK(y.grad().to_vector() == times(y, 4.0));
+  CHECK(x.grad().storage_use_count() == 1);
+}
+
 TEST_CASE("concat_rows names parts that do not stack", "[autograd][elementwise]") {
   Var<double> a = leaf(Shape{2, 3}, 34), b = leaf(Shape{2, 4}, 35), c = leaf(Shape{6}, 36);
   const auto msg = error_of([&] { ag::concat_rows<double, fathom::Cpu>({a, b}); });

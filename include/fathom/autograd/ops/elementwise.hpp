@@ -160,9 +160,10 @@ std::vector<Var<T, D>> split_last(const Var<T, D>& x, int n) {
 }
 
 // The parts stacked along dimension 0: parts (n_i, ...) with equal trailing extents ->
-// (sum of n_i, ...). Part i's gradient is rows [r_i, r_i + n_i) of the output's, copied (or added)
-// into its own buffer: the parts are typically parameters (the q, k and v weights of a Llama
-// attention read by one GEMM), whose gradients the optimizer, clipping and data parallelism own.
+// (sum of n_i, ...). Part i's gradient is rows [r_i, r_i + n_i) of the output's: lent as a view
+// when the part has none yet (GradSlot::lend: the part copies it before it ever writes to it), else
+// added into the part's own. The parts are typically parameters (the q, k and v weights of a Llama
+// attention read by one GEMM), whose gradients the optimizer, clipping and data parallelism read.
 template <class T, DeviceTag D>
 Var<T, D> concat_rows(const std::vector<Var<T, D>>& parts) {
   FATHOM_CHECK(!parts.empty(), "concat_rows: expected at least one part");
@@ -195,10 +196,9 @@ Var<T, D> concat_rows(const std::vector<Var<T, D>>& parts) {
         for (const auto& [g, r0] : targets) {
           if (!g) continue;
           Tensor<T, D> rows = gy.slice(0, r0, r0 + g->shape[0]);  // contiguous: whole rows
-          if (!g->grad.defined()) {
-            g->grad = rows.clone();
-            g->borrowed = false;
-          } else {
+          // A part with no gradient yet borrows its rows of gy (a view, no copy: the stacked
+          // weights' gradient becomes the parts' without a pass); one that has one adds them.
+          if (!g->lend(rows)) {
             kernels::axpy(D{}, kernels::AxpyParams<T>{rows.data(), g->accumulator().data(),
                                                       rows.numel(), 1.0});
           }
