@@ -20,6 +20,7 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -798,17 +799,10 @@ void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias,
   CHECK(worst_h <= tol);
 
   // dgelu: C = (dy (M, K) w (K, N)... here w^T as (N, K) stored, so op(B) = w^T) * gelu'(aux),
-  // db its column sums: summed inside the dGELU pass (fused) and by the separate column sum, over
-  // NaN-filled outputs (both are written, never read).
-  // First fathom's element-wise pass (the DGELU epilogue off), then the epilogue where it fits
-  // (bf16, N % 8 == 0), its column sums taken over its result.
-  std::vector<T> dv, dbv, separate_dv, separate_dbv;
-  for (const bool fuse : {false, true}) {  // the dgelu and fused routes both sum in the pass
-    const RouteScope scope(fuse ? BiasGradRoute::dgelu : BiasGradRoute::separate);
-    const DgeluEpilogueScope pass(false);
+  // db its column sums, each run over NaN-filled outputs (both are written, never read).
+  auto dgelu = [&] {
     Tensor<T, Cuda> dpre = Tensor<T, Cuda>::full(Shape{M * N}, std::numeric_limits<T>::quiet_NaN()),
                     db = Tensor<T, Cuda>::full(Shape{N}, std::numeric_limits<T>::quiet_NaN());
-    const auto fused0 = fathom::kernels::detail::fused_bias_grad_runs();
     fathom::kernels::gemm_dgelu(Cuda{},
                                 GemmParams<T>{.a = dyg.data(),
                                               .b = wg.data(),
@@ -818,29 +812,28 @@ void check_gelu_gemms(std::int64_t M, std::int64_t N, std::int64_t K, bool bias,
                                               .k = K,
                                               .trans_b = true},
                                 aux.data(), db.data());
+    return std::pair{dpre.to_vector(), db.to_vector()};
+  };
+  // First fathom's element-wise pass (the DGELU epilogue off), summing inside the pass (the dgelu
+  // and fused routes) and by the separate column sum; then the epilogue where it fits (bf16,
+  // N % 8 == 0), its column sums taken over its result.
+  std::vector<T> dv, dbv, separate_dv, separate_dbv;
+  for (const bool fuse : {false, true}) {
+    const RouteScope scope(fuse ? BiasGradRoute::dgelu : BiasGradRoute::separate);
+    const DgeluEpilogueScope pass(false);
+    const auto fused0 = fathom::kernels::detail::fused_bias_grad_runs();
+    std::tie(dv, dbv) = dgelu();
     CHECK(fathom::kernels::detail::fused_bias_grad_runs() == fused0 + (fuse ? 1 : 0));
-    dv = dpre.to_vector(), dbv = db.to_vector();
     if (!fuse) separate_dv = dv, separate_dbv = dbv;
   }
   CHECK(same_bits(dv, separate_dv));  // the same element-wise formula on both routes
   std::vector<T> epilogue_dv, epilogue_dbv;
   {
     const DgeluEpilogueScope epilogue(true);
-    Tensor<T, Cuda> dpre = Tensor<T, Cuda>::full(Shape{M * N}, std::numeric_limits<T>::quiet_NaN()),
-                    db = Tensor<T, Cuda>::full(Shape{N}, std::numeric_limits<T>::quiet_NaN());
     const auto runs0 = fathom::kernels::detail::dgelu_epilogue_runs();
-    fathom::kernels::gemm_dgelu(Cuda{},
-                                GemmParams<T>{.a = dyg.data(),
-                                              .b = wg.data(),
-                                              .c = dpre.data(),
-                                              .m = M,
-                                              .n = N,
-                                              .k = K,
-                                              .trans_b = true},
-                                aux.data(), db.data());
+    std::tie(epilogue_dv, epilogue_dbv) = dgelu();
     const bool fits = std::is_same_v<T, bf16> && N % 8 == 0;
     CHECK(fathom::kernels::detail::dgelu_epilogue_runs() == runs0 + (fits ? 1 : 0));
-    epilogue_dv = dpre.to_vector(), epilogue_dbv = db.to_vector();
     if (!fits) CHECK(same_bits(epilogue_dv, dv));  // the pass ran
   }
   const auto auxd = to_d(av);  // the saved pre-activation, as the kernel sees it
