@@ -93,6 +93,53 @@ __device__ inline void for_each_row_chunk(const T* row, std::int64_t n, F&& f) {
                         static_cast<int>(blockDim.x));
 }
 
+// Calls f(v) with the values (in accum precision A) of each chunk of the row, in the order
+// for_each_row_chunk deals them to this thread, v an A[W] of the chunk's W elements; the 16-byte
+// loads of `Ahead` consecutive packs of a thread are issued before the first of them is used. A
+// read-only pass over a long row (cross-entropy's statistics) otherwise has one pack in flight a
+// thread, because each pack's math waits for its load before the next load is issued; the order of
+// the calls, so every sum, stays that of for_each_row_chunk.
+template <int N, int Ahead, class A, class T, class F>
+__device__ inline void for_each_row_values(const T* row, std::int64_t n, F&& f) {
+  const int worker = static_cast<int>(threadIdx.x), workers = static_cast<int>(blockDim.x);
+  std::int64_t head = 0;
+  if constexpr (N > 1) {
+    const auto misaligned =
+        static_cast<std::int64_t>((reinterpret_cast<std::uintptr_t>(row) / sizeof(T)) % N);
+    head = misaligned ? (n < N - misaligned ? n : N - misaligned) : 0;
+  }
+  auto one = [&](std::int64_t c) {
+    A v[1];
+    row_load<1>(row + c, v);
+    f(v);
+  };
+  for (std::int64_t c = worker; c < head; c += workers) one(c);
+  const std::int64_t packs = (n - head) / N;
+  const T* body = row + head;
+  std::int64_t k = worker;
+  for (; k + static_cast<std::int64_t>(Ahead - 1) * workers < packs;
+       k += static_cast<std::int64_t>(Ahead) * workers) {
+    MapPack<T, N> p[Ahead];
+#pragma unroll
+    for (int j = 0; j < Ahead; ++j) p[j] = map_load<N>(body + (k + j * workers) * N);
+#pragma unroll
+    for (int j = 0; j < Ahead; ++j) {
+      A v[N];
+#pragma unroll
+      for (int e = 0; e < N; ++e) v[e] = scalar_cast<A>(p[j].v[e]);
+      f(v);
+    }
+  }
+  for (; k < packs; k += workers) {
+    A v[N];
+    row_load<N>(body + k * N, v);
+    f(v);
+  }
+  if constexpr (N > 1) {
+    for (std::int64_t c = head + packs * N + worker; c < n; c += workers) one(c);
+  }
+}
+
 struct RowPlus {
   template <class V>
   __device__ V operator()(const V& a, const V& b) const {

@@ -30,6 +30,8 @@ constexpr int softmax_threads = 128;
 constexpr int cross_entropy_threads =
     512;  // vocabulary rows are long: more loads in flight per row
 constexpr int cross_entropy_sum_threads = 512;
+// 16-byte loads a thread has in flight in the forward's statistics pass (for_each_row_values).
+constexpr int cross_entropy_loads_ahead = 4;
 
 // 16-byte packs for rows whose base pointers are all 16-byte aligned (or null): rows of the same
 // length then share their alignment, whatever the length.
@@ -183,12 +185,8 @@ __global__ void __launch_bounds__(cross_entropy_threads)
   const std::int64_t row = blockIdx.x;
   const T* x = a.logits + row * a.vocab;  // (V)
   RowMaxSum<A> stats = RowMaxSum<A>::empty();
-  for_each_row_chunk<N>(x, a.vocab, [&](std::int64_t c, auto width) {
-    constexpr int W = decltype(width)::value;
-    A v[W];
-    row_load<W>(x + c, v);
-    stats.add(v);
-  });
+  for_each_row_values<N, cross_entropy_loads_ahead, A>(x, a.vocab,
+                                                       [&](const auto& v) { stats.add(v); });
   stats = block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{});
   const A lse = stats.log_sum_exp();
   const std::int32_t target = a.targets[row];
