@@ -94,3 +94,17 @@ TEST_CASE("diag: block output variances equal the variance of the observed strea
   }
   CHECK(d.to_json().at("angular_distance").size() == 5);
 }
+
+TEST_CASE("diag: the gradient norms are measured and no gradient is left behind", "[diag]") {
+  // Training releases the gradients after each step and writes them fresh; diagnostics between two
+  // steps must leave the model so, not with zeroed buffers the next step would add into.
+  nn::DecoderModel<nn::Llama, policy::PreLN, double, Cpu> model(tiny_config(), policy::PreLN{});
+  model.init(4);
+  auto d = diag::run_diagnostics<double, Cpu>(model, batches_of(10, 2));
+  REQUIRE(d.grad_norm.size() == 4);
+  for (double g : d.grad_norm) CHECK(g > 0.0);
+  for (const auto& p : model.parameters()) {
+    INFO(p.name);
+    CHECK_FALSE(p.var.has_grad());
+  }
+}

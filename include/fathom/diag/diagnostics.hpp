@@ -165,7 +165,12 @@ Diagnostics run_diagnostics(nn::LanguageModel<T, D>& model, const std::vector<da
       else if (site == nn::Site::mlp_branch)
         d.mlp_branch_variance[ub] += variance(v.value().to_vector()) / nb;
     };
-    model.zero_grad();
+    // Gradients are released before and after (as TrainStep::update leaves them), so that a
+    // training step after the diagnostics writes its gradients fresh, as it would without them.
+    auto release_gradients = [&] {
+      for (auto& p : model.parameters()) p.var.zero_grad(/*release=*/true);
+    };
+    release_gradients();
     {
       std::optional<autograd::NoGradGuard> no_grad;
       if (!opt.gradients) no_grad.emplace();
@@ -183,7 +188,7 @@ Diagnostics run_diagnostics(nn::LanguageModel<T, D>& model, const std::vector<da
           }
         }
         for (std::size_t i = 0; i < uL; ++i) d.grad_norm[i] += std::sqrt(sq[i]) / nb;
-        model.zero_grad();
+        release_gradients();
       }
     }
     for (std::size_t l = 0; l <= uL; ++l) {
