@@ -522,7 +522,9 @@ inline int main(int argc, char** argv) {
                  "comma-separated, each run in turn: fused (linear layers' bias gradients in the "
                  "weight-gradient GEMM's epilogue and in the dGELU pass), dgelu (only GPT-2's "
                  "c_fc's, in the dGELU pass; rows labelled +dgelu-bgrad) or separate (a column sum "
-                 "over dY of its own; +colsum)");
+                 "over dY of its own; +colsum). With the DGELU epilogue (the default, "
+                 "FATHOM_DGELU_EPILOGUE=0 turns it off) c_fc's is a column sum over its result on "
+                 "every route");
   app.add_option("--gemm-autotune", o.gemm_autotune,
                  "comma-separated, each run in turn: off (each GEMM's cuBLASLt algorithm is the "
                  "heuristic's first) or on (the fastest of the heuristic's first 8, timed when a "
@@ -548,6 +550,11 @@ inline int main(int argc, char** argv) {
                  "--gemm-autotune: expected off or on (or both, comma-separated), got nothing");
     for (const auto& a : split_list(o.gemm_autotune))
       check_choice("--gemm-autotune", a, {"off", "on"});
+    FATHOM_CHECK(o.steps >= 1, "--steps: expected 1 or more timed steps, got " << o.steps);
+    FATHOM_CHECK(o.warmup >= 0, "--warmup: expected 0 or more, got " << o.warmup);
+    FATHOM_CHECK(!o.cuda_graph || o.warmup >= 1,
+                 "--cuda-graph: needs --warmup 1 or more (the capture runs on the buffers and "
+                 "GEMM plans the warm-up steps made)");
     FATHOM_CHECK(o.zero == 0 || o.zero == 1, "--zero: expected 0 or 1, got " << o.zero);
     FATHOM_CHECK(o.bucket_mb > 0, "--bucket-mb: expected a positive size, got " << o.bucket_mb);
     FATHOM_CHECK(o.nccl_max_ctas >= 0,

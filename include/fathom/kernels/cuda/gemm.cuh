@@ -80,7 +80,9 @@ struct GemmAutotuneStats {
 // How the bias gradients of linear layers are computed on CUDA: `fused`, in a pass that already
 // reads dY (gemm_bias_grad: cuBLASLt's BGRADB epilogue on the weight-gradient GEMM; gemm_dgelu:
 // the column sums inside fathom's dGELU kernel); `dgelu`, only the latter; `separate`, a column
-// sum over dY of its own, one more read of it. The routes agree within rounding (the sums run in
+// sum over dY of its own, one more read of it. (When gemm_dgelu runs cuBLASLt's DGELU epilogue,
+// dgelu_epilogue(), there is no dGELU kernel: its sums are a column sum over the result whatever
+// the route.) The routes agree within rounding (the sums run in
 // another order; the epilogue's sum is rounded to T before it is added to an existing gradient).
 enum class BiasGradRoute { fused, dgelu, separate };
 
