@@ -552,6 +552,13 @@ inline int main(int argc, char** argv) {
       check_choice("--gemm-autotune", a, {"off", "on"});
     FATHOM_CHECK(o.steps >= 1, "--steps: expected 1 or more timed steps, got " << o.steps);
     FATHOM_CHECK(o.warmup >= 0, "--warmup: expected 0 or more, got " << o.warmup);
+    FATHOM_CHECK(o.batch >= 0,
+                 "--batch: expected a positive batch (0: the workload's), got " << o.batch);
+    FATHOM_CHECK(o.seq_len >= 0,
+                 "--seq-len: expected a positive length (0: the workload's), got " << o.seq_len);
+    FATHOM_CHECK(o.nproc >= 1, "--nproc: expected 1 or more ranks, got " << o.nproc);
+    FATHOM_CHECK(o.peak_tflops >= 0,
+                 "--peak-tflops: expected a positive rate (0: measure), got " << o.peak_tflops);
     FATHOM_CHECK(!o.cuda_graph || o.warmup >= 1,
                  "--cuda-graph: needs --warmup 1 or more (the capture runs on the buffers and "
                  "GEMM plans the warm-up steps made)");
