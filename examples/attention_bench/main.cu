@@ -369,13 +369,10 @@ int main(int argc, char** argv) {
   }
   for (const auto& v : variants) {
     if (std::find(kVariants.begin(), kVariants.end(), v) == kVariants.end()) {
-      std::fprintf(
-          stderr,
-          "fathom-attention-bench: --variants: unknown '%s'; valid: wgmma, wgmma-two-pass, "
-          "wgmma-wide, "
-          "wgmma-narrow, wgmma-long-keys, wgmma-rope, current, previous, "
-          "forward-128-rows, pair-order, dq-128-rows, backward-128-rows, rope\n",
-          v.c_str());
+      std::string valid;
+      for (const auto& k : kVariants) valid += (valid.empty() ? "" : ", ") + k;
+      std::fprintf(stderr, "fathom-attention-bench: --variants: unknown '%s'; valid: %s\n",
+                   v.c_str(), valid.c_str());
       return 2;
     }
   }
