@@ -324,13 +324,16 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
   app.add_option("--batch", t.batch, "sequences per micro-batch")->check(count_in(1, LLONG_MAX));
   app.add_option("--grad-accum", t.grad_accum, "micro-batches per optimizer step")
       ->check(count_in(1, LLONG_MAX));
-  app.add_option("--lr", t.lr, "peak learning rate");
-  app.add_option("--min-lr-ratio", c.min_lr_ratio, "final learning rate as a fraction of the peak");
-  app.add_option("--warmup", c.warmup, "warmup steps (-1: 10% of --steps)");
+  app.add_option("--lr", t.lr, "peak learning rate")->check(number_in(0, 1e30));
+  app.add_option("--min-lr-ratio", c.min_lr_ratio, "final learning rate as a fraction of the peak")
+      ->check(number_in(0, 1));
+  app.add_option("--warmup", c.warmup, "warmup steps (-1: 10% of --steps)")
+      ->check(count_in(-1, LLONG_MAX));
   app.add_option("--schedule", c.schedule, "cosine (linear warmup, cosine decay), constant, wsd");
   app.add_option("--optimizer", c.optimizer, "adamw, adam, sgd");
   app.add_option("--weight-decay", c.weight_decay,
-                 "weight decay (not on norms, biases, embeddings)");
+                 "weight decay (not on norms, biases, embeddings)")
+      ->check(number_in(0, 1e30));
   app.add_option("--clip", t.clip, "max global gradient norm (0: no clipping)")
       ->check(number_in(0, 1e30));
   app.add_option("--device", c.device, "auto, cpu, cuda");
@@ -350,7 +353,8 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
                      std::to_string(nn::Fp8Recipe{}.margin) + ")")
       ->check(count_in(0, autograd::Fp8History<Cpu>::max_margin))
       ->default_str("");
-  app.add_option("--seed", t.seed, "seed of initialization and data order");
+  app.add_option("--seed", t.seed, "seed of initialization and data order")
+      ->check(count_in(0, LLONG_MAX));
   app.add_option("--eval-every", t.eval_every, "evaluate every N steps (0: at the end only)")
       ->check(count_in(0, LLONG_MAX));
   app.add_option("--eval-batches", t.eval_batches, "validation batches per evaluation")
