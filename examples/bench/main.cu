@@ -533,7 +533,9 @@ inline int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    std::fprintf(stderr, "fathom-bench: error: %s\n", e.what());
+    return e.get_exit_code();
   }
   int rank = -1;
   try {

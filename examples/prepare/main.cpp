@@ -829,7 +829,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);                   // --help
+    std::cerr << "fathom-prepare: error: " << e.what() << std::endl;  // one line, as run's errors
+    return e.get_exit_code();
   }
   o.val_fraction_given = app.count("--val-fraction") > 0;
   try {
