@@ -167,10 +167,7 @@ Diagnostics run_diagnostics(nn::LanguageModel<T, D>& model, const std::vector<da
     };
     // Gradients are released before and after (as TrainStep::update leaves them), so that a
     // training step after the diagnostics writes its gradients fresh, as it would without them.
-    auto release_gradients = [&] {
-      for (auto& p : model.parameters()) p.var.zero_grad(/*release=*/true);
-    };
-    release_gradients();
+    nn::release_gradients(model.parameters());
     {
       std::optional<autograd::NoGradGuard> no_grad;
       if (!opt.gradients) no_grad.emplace();
@@ -188,7 +185,7 @@ Diagnostics run_diagnostics(nn::LanguageModel<T, D>& model, const std::vector<da
           }
         }
         for (std::size_t i = 0; i < uL; ++i) d.grad_norm[i] += std::sqrt(sq[i]) / nb;
-        release_gradients();
+        nn::release_gradients(model.parameters());
       }
     }
     for (std::size_t l = 0; l <= uL; ++l) {

@@ -91,6 +91,13 @@ void initialize(std::vector<NamedParameter<T, D>>& params, std::uint64_t seed,
   }
 }
 
+// Drops every parameter's gradient (the next backward writes them fresh): what a training step
+// leaves behind (train::TrainStep) and what diagnostics restore after their own backward.
+template <class T, DeviceTag D>
+void release_gradients(std::vector<NamedParameter<T, D>>& params) {
+  for (auto& p : params) p.var.zero_grad(/*release=*/true);
+}
+
 // Total number of elements.
 template <class T, DeviceTag D>
 std::int64_t count_elements(const std::vector<NamedParameter<T, D>>& params) {

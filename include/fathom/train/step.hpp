@@ -220,7 +220,6 @@ class TrainStep {
   // skips it. keep_gradient_buffers(true) zeroes them in place instead (the model's
   // zero_grad()), so that each keeps its address (a CUDA graph that writes them needs that).
   void keep_gradient_buffers(bool keep) { keep_gradients_ = keep; }
-  bool keeps_gradient_buffers() const { return keep_gradients_; }
 
   // In place of this step's accumulate() calls: `device_work` replays their device work, captured
   // earlier as a CUDA graph from accumulate() calls on the same (fixed) inputs. Capture right
@@ -266,7 +265,7 @@ class TrainStep {
       model_.zero_grad();
       return;
     }
-    for (auto& p : model_.parameters()) p.var.zero_grad(/*release=*/true);
+    nn::release_gradients(model_.parameters());
   }
   void require_complete(const char* what) const {
     FATHOM_CHECK(complete_, "TrainStep::" << what << ": the step's micro-batches have not all run ("

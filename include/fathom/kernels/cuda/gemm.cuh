@@ -102,14 +102,6 @@ inline std::uint64_t& unfused_bias_grad_runs() {
   static std::uint64_t runs = 0;
   return runs;
 }
-}  // namespace detail
-
-// The route of every bias gradient computed after the call (fused by default; the others are
-// there to compare against it).
-inline void set_bias_grad_route(BiasGradRoute route) { detail::bias_grad_route_setting() = route; }
-inline BiasGradRoute bias_grad_route() { return detail::bias_grad_route_setting(); }
-
-namespace detail {
 inline bool& dgelu_epilogue_setting() {
   static bool on = [] {
     const char* v = std::getenv("FATHOM_DGELU_EPILOGUE");
@@ -117,7 +109,17 @@ inline bool& dgelu_epilogue_setting() {
   }();
   return on;
 }
+// gemm_dgelu calls that cuBLASLt's DGELU epilogue ran (the tests check which path ran).
+inline std::uint64_t& dgelu_epilogue_runs() {
+  static std::uint64_t runs = 0;
+  return runs;
+}
 }  // namespace detail
+
+// The route of every bias gradient computed after the call (fused by default; the others are
+// there to compare against it).
+inline void set_bias_grad_route(BiasGradRoute route) { detail::bias_grad_route_setting() = route; }
+inline BiasGradRoute bias_grad_route() { return detail::bias_grad_route_setting(); }
 
 // Whether gemm_dgelu multiplies by GELU's derivative in cuBLASLt's DGELU epilogue, as the GEMM
 // stores its result (bf16 where the GELU epilogues fit), rather than in fathom's element-wise pass
@@ -125,14 +127,6 @@ inline bool& dgelu_epilogue_setting() {
 // set_dgelu_epilogue(false), turns it off (for comparisons).
 inline void set_dgelu_epilogue(bool on) { detail::dgelu_epilogue_setting() = on; }
 inline bool dgelu_epilogue() { return detail::dgelu_epilogue_setting(); }
-
-namespace detail {
-// gemm_dgelu calls that cuBLASLt's DGELU epilogue ran (the tests check which path ran).
-inline std::uint64_t& dgelu_epilogue_runs() {
-  static std::uint64_t runs = 0;
-  return runs;
-}
-}  // namespace detail
 
 namespace detail {
 

@@ -71,14 +71,20 @@ struct RowWidth {
 // When `row` is 16-byte aligned (norms check that every row is) each thread gets the same columns
 // in every row.
 // The chunks go to `workers` threads (the block, or a warp with `worker` its lane).
+// The elements of a row of n before its first 16-byte boundary (none when N == 1).
+template <int N, class T>
+__device__ inline std::int64_t row_head(const T* row, std::int64_t n) {
+  if constexpr (N == 1) return 0;
+  const auto misaligned =
+      static_cast<std::int64_t>((reinterpret_cast<std::uintptr_t>(row) / sizeof(T)) % N);
+  return misaligned ? (n < N - misaligned ? n : N - misaligned) : 0;
+}
+
 template <int N, class T, class F>
 __device__ inline void for_each_row_chunk(const T* row, std::int64_t n, F&& f, int worker,
                                           int workers) {
-  std::int64_t head = 0;
+  const std::int64_t head = row_head<N>(row, n);
   if constexpr (N > 1) {
-    const auto misaligned =
-        static_cast<std::int64_t>((reinterpret_cast<std::uintptr_t>(row) / sizeof(T)) % N);
-    head = misaligned ? (n < N - misaligned ? n : N - misaligned) : 0;
     for (std::int64_t c = worker; c < head; c += workers) f(c, RowWidth<1>{});
   }
   const std::int64_t packs = (n - head) / N;
@@ -102,12 +108,7 @@ __device__ inline void for_each_row_chunk(const T* row, std::int64_t n, F&& f) {
 template <int N, int Ahead, class A, class T, class F>
 __device__ inline void for_each_row_values(const T* row, std::int64_t n, F&& f) {
   const int worker = static_cast<int>(threadIdx.x), workers = static_cast<int>(blockDim.x);
-  std::int64_t head = 0;
-  if constexpr (N > 1) {
-    const auto misaligned =
-        static_cast<std::int64_t>((reinterpret_cast<std::uintptr_t>(row) / sizeof(T)) % N);
-    head = misaligned ? (n < N - misaligned ? n : N - misaligned) : 0;
-  }
+  const std::int64_t head = row_head<N>(row, n);
   auto one = [&](std::int64_t c) {
     A v[1];
     row_load<1>(row + c, v);
