@@ -231,6 +231,56 @@ TEMPLATE_TEST_CASE(
   fathom::kernels::cross_entropy_backward(Cpu{}, b);
   CHECK(first_mismatch("dlogits", to_double(dlogits), ref.dlogits, Precision<T>::rtol,
                        Precision<T>::atol, vocab) == "");
+
+  // The fused gradient written over the logits themselves: the loss and the gradient of the
+  // separate buffer, bit for bit.
+  if (!accumulate) {
+    auto in_place = x;
+    A loss_in_place = 0;
+    p.logits = in_place.data();
+    p.dlogits = in_place.data();
+    p.loss = &loss_in_place;
+    fathom::kernels::cross_entropy(Cpu{}, p);
+    CHECK(loss_in_place == loss);
+    CHECK(in_place == fused);
+  }
+}
+
+TEMPLATE_TEST_CASE("cross_entropy_rescale brings a fused gradient to the backward's d loss",
+                   "[kernels][softmax]", double, float, bf16) {
+  using T = TestType;
+  using A = accum_t<T>;
+  const std::size_t n = GENERATE(1, 13, 1000);
+  CAPTURE(n, Precision<T>::name);
+  const auto g = normal_values<T>(n, 111);
+  const auto d0 = normal_values<T>(n, 112);
+  const A seed = static_cast<A>(0.25);
+  fathom::kernels::CrossEntropyRescaleParams<T> r;
+  r.seed = seed;
+  r.n = static_cast<std::int64_t>(n);
+  SECTION("in place at the seed the forward assumed: unchanged") {
+    auto x = g;
+    const A dloss = seed;
+    r.g = r.dst = x.data();
+    r.dloss = &dloss;
+    fathom::kernels::cross_entropy_rescale(Cpu{}, r);
+    CHECK(x == g);
+  }
+  for (const bool accumulate : {false, true}) {
+    CAPTURE(accumulate);
+    auto dst = d0;
+    const A dloss = static_cast<A>(0.75);
+    r.g = g.data();
+    r.dst = dst.data();
+    r.dloss = &dloss;
+    r.accumulate = accumulate;
+    fathom::kernels::cross_entropy_rescale(Cpu{}, r);
+    std::vector<double> want(n);
+    for (std::size_t i = 0; i < n; ++i)
+      want[i] = (accumulate ? scalar_cast<double>(d0[i]) : 0.0) + 3.0 * scalar_cast<double>(g[i]);
+    CHECK(first_mismatch("rescaled", to_double(dst), want, Precision<T>::rtol, Precision<T>::atol,
+                         1) == "");
+  }
 }
 
 TEMPLATE_TEST_CASE("cross_entropy of an all-ignored batch is 0 with a zero gradient, not NaN",

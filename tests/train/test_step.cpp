@@ -136,6 +136,34 @@ TEST_CASE("TrainStep: two micro-batches accumulate the gradient of their union",
   }
 }
 
+TEST_CASE("TrainStep: the loss's gradient computed in the forward changes no loss and no weight",
+          "[train]") {
+  // Two micro-batches, so every backward is seeded with 1/2; the fused cross-entropy assumes it.
+  Model fused(small_config(), policy::PreLN{}), plain(small_config(), policy::PreLN{});
+  fused.init(3);
+  plain.init(3);
+  auto uf = train::make_local_update<float, Cpu>(fused.parameters(), train::default_rule(), 0.1);
+  auto up = train::make_local_update<float, Cpu>(plain.parameters(), train::default_rule(), 0.1);
+  train::TrainStep<float, Cpu> sf(fused, *uf, 2), sp(plain, *up, 2);
+  const auto runs = autograd::detail::fused_cross_entropy_runs();
+  for (int i = 0; i < 4; ++i) {
+    for (int k = 0; k < 2; ++k) {
+      auto [x, y] = train::to_device<Cpu>(batch_of(2 * i + k, 2));
+      sf.accumulate(x, y);
+      autograd::set_fused_cross_entropy(false);
+      sp.accumulate(x, y);
+      autograd::set_fused_cross_entropy(true);
+    }
+    sf.update(1e-3);
+    sp.update(1e-3);
+  }
+  CHECK(autograd::detail::fused_cross_entropy_runs() == runs + 8);
+  const auto lf = sf.take_losses(), lp = sp.take_losses();
+  REQUIRE(lf.size() == 4);
+  CHECK(lf == lp);
+  CHECK(weights(fused) == weights(plain));
+}
+
 TEST_CASE("TrainStep: hooks around each backward, a replaced update, and misuse", "[train]") {
   Model m(small_config(), policy::PreLN{});
   m.init(3);

@@ -59,7 +59,8 @@ struct CrossEntropyParams {
   int ignore_index = -100;
   // Fused gradient (optional): when dlogits is set, the same pass also writes
   // dlogits (+)= grad_scale * d loss / d logits, for callers that know d loss before the backward
-  // (grad_scale is that d loss, e.g. 1 / gradient-accumulation steps).
+  // (grad_scale is that d loss, e.g. 1 / gradient-accumulation steps). dlogits may be logits
+  // itself (accumulate false): each row is read whole before any of it is overwritten.
   T* dlogits = nullptr;  // (N, V)
   double grad_scale = 1.0;
   bool accumulate = false;  // true: dlogits += ; false: dlogits =
@@ -78,6 +79,19 @@ struct CrossEntropyBackwardParams {
   std::int64_t vocab = 0;
   int ignore_index = -100;
   bool accumulate = true;  // false: overwrite dlogits
+};
+
+// dst (+)= g * (dloss / seed): a gradient the fused forward computed for the backward seed `seed`,
+// brought to the seed the backward got (dloss, on the device). In place (dst == g, accumulate
+// false) with dloss == seed it writes nothing; on CUDA it then reads nothing but dloss.
+template <class T>
+struct CrossEntropyRescaleParams {
+  const T* g = nullptr;               // (n)
+  T* dst = nullptr;                   // (n), may be g
+  const accum_t<T>* dloss = nullptr;  // ()
+  accum_t<T> seed = 1;                // nonzero
+  std::int64_t n = 0;
+  bool accumulate = false;  // true: dst += ; false: dst =
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -180,6 +194,18 @@ void cross_entropy_backward(Cpu, const CrossEntropyBackwardParams<T>& p) {
     const bool ignored = target == p.ignore_index;
     detail::cross_entropy_row_grad(p.logits + r * p.vocab, target, p.lse[r], ignored ? A(0) : scale,
                                    p.dlogits + r * p.vocab, p.vocab, p.accumulate);
+  }
+}
+
+template <class T>
+void cross_entropy_rescale(Cpu, const CrossEntropyRescaleParams<T>& p) {
+  using A = accum_t<T>;
+  const A dloss = *p.dloss;
+  if (!p.accumulate && p.dst == p.g && dloss == p.seed) return;
+  const A ratio = dloss / p.seed;
+  for (std::int64_t i = 0; i < p.n; ++i) {
+    const A v = scalar_cast<A>(p.g[i]) * ratio;
+    p.dst[i] = scalar_cast<T>(p.accumulate ? scalar_cast<A>(p.dst[i]) + v : v);
   }
 }
 

@@ -127,6 +127,20 @@ class DecoderLM {
     return autograd::cross_entropy(forward(tokens, options), targets.reshape({-1}));
   }
 
+  // loss() for a backward seeded with gradient_seed (a training step's 1 / micro-batches): the same
+  // value, with d loss / d logits computed in the same pass over the logits
+  // (autograd::cross_entropy_fused), so the backward starts at the LM head.
+  LossVar training_loss(const Tensor<std::int32_t, D>& tokens,
+                        const Tensor<std::int32_t, D>& targets, double gradient_seed,
+                        const ForwardOptions<T, D>& options = {}) const {
+    FATHOM_CHECK(targets.shape() == tokens.shape(), "DecoderLM::training_loss: tokens "
+                                                        << tokens.shape() << " and targets "
+                                                        << targets.shape()
+                                                        << " must have the same shape");
+    return autograd::cross_entropy_fused(forward(tokens, options), targets.reshape({-1}),
+                                         gradient_seed);
+  }
+
   // Every parameter once, in checkpoint order (a tied LM head is the embedding, listed once).
   std::vector<Parameter>& parameters() { return params_; }
   const std::vector<Parameter>& parameters() const { return params_; }

@@ -22,6 +22,14 @@ class LanguageModel {
   // Mean cross-entropy of targets (B, T) given tokens (B, T), in accum_t<T>.
   virtual LossVar loss(const Tensor<std::int32_t, D>& tokens,
                        const Tensor<std::int32_t, D>& targets) const = 0;
+  // loss() for a backward seeded with gradient_seed, free to compute the gradient of its logits
+  // in the forward (DecoderLM::training_loss); what a training step calls.
+  virtual LossVar training_loss(const Tensor<std::int32_t, D>& tokens,
+                                const Tensor<std::int32_t, D>& targets,
+                                double gradient_seed) const {
+    (void)gradient_seed;
+    return loss(tokens, targets);
+  }
   // Logits (B*T, V) of tokens (B, T).
   virtual Var<T, D> forward(const Tensor<std::int32_t, D>& tokens) const = 0;
   // With the diagnostics hooks: an observer of every block's sites and a per-block skip mask.
@@ -57,6 +65,10 @@ class DecoderModel final : public LanguageModel<T, D> {
   DecoderModel(const ModelConfig& c, Policy p) : model_(c, std::move(p)) {}
   LossVar loss(const Tensor<std::int32_t, D>& x, const Tensor<std::int32_t, D>& y) const override {
     return model_.loss(x, y);
+  }
+  LossVar training_loss(const Tensor<std::int32_t, D>& x, const Tensor<std::int32_t, D>& y,
+                        double gradient_seed) const override {
+    return model_.training_loss(x, y, gradient_seed);
   }
   Var<T, D> forward(const Tensor<std::int32_t, D>& x) const override { return model_.forward(x); }
   LossVar loss(const Tensor<std::int32_t, D>& x, const Tensor<std::int32_t, D>& y,

@@ -180,13 +180,12 @@ class TrainStep {
     FATHOM_CHECK(next_ > 0 || !complete_,
                  "TrainStep::accumulate: the previous step was neither updated nor discarded");
     if (next_ == 0 && pending_ == capacity_) grow();
-    auto loss = model_.loss(tokens, targets);
+    const double seed = hooks_ ? hooks_->gradient_seed(micro_) : 1.0 / static_cast<double>(micro_);
+    auto loss = model_.training_loss(tokens, targets, seed);
     const std::int64_t slot = pending_ * micro_ + next_;
     losses_.slice(0, slot, slot + 1).copy_(loss.value().reshape({1}));
     if (!seed_.defined() || seed_.shape() != loss.shape())
-      seed_ = Tensor<A, D>::full(loss.shape(),
-                                 static_cast<A>(hooks_ ? hooks_->gradient_seed(micro_)
-                                                       : 1.0 / static_cast<double>(micro_)));
+      seed_ = Tensor<A, D>::full(loss.shape(), static_cast<A>(seed));
     if (hooks_) hooks_->before_backward(next_, micro_);
     autograd::backward(loss, seed_);
     if (hooks_) hooks_->after_backward(next_, micro_);

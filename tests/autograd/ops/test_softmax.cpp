@@ -175,3 +175,91 @@ TEST_CASE("cross_entropy writes the logits' gradient over logits nothing else ho
   CHECK(kept_grad != kept_logits);          // someone still held the logits: a new buffer
   CHECK(in_place == kept);
 }
+
+namespace {
+
+// x -> logits = 2 x (an op, so the logits are an intermediate the loss may consume) -> mean
+// cross-entropy, fused or not; backward seeded with `seed`. Returns the loss and x's gradient.
+template <class T>
+std::pair<double, std::vector<T>> scaled_logits_loss(const Tensor<T>& xv,
+                                                     const Tensor<std::int32_t>& targets,
+                                                     bool fused, double assumed_seed, double seed) {
+  using A = fathom::accum_t<T>;
+  ag::clear_tape();
+  Var<T> x(xv.clone(), true);
+  Var<T> logits = ag::scale(x, 2.0);
+  auto loss = fused ? ag::cross_entropy_fused(std::move(logits), targets, assumed_seed)
+                    : ag::cross_entropy(logits, targets);
+  ag::backward(loss, Tensor<A>::full(Shape{}, static_cast<A>(seed)));
+  return {static_cast<double>(loss.value().item()), x.grad().to_vector()};
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("cross_entropy_fused gives cross_entropy's loss and gradient, bit for bit",
+                   "[autograd][softmax]", double, float, bf16) {
+  using T = TestType;
+  auto xv = Tensor<double>::randn(Shape{7, 11}, 90, 1.5).cast<T>();
+  auto targets = Tensor<std::int32_t>::from_vector(Shape{7}, {0, 10, -100, 3, 3, 7, 1});
+  const auto runs = ag::detail::fused_cross_entropy_runs();
+  const auto plain = scaled_logits_loss(xv, targets, false, 0.25, 0.25);
+  const auto fused = scaled_logits_loss(xv, targets, true, 0.25, 0.25);
+  CHECK(ag::detail::fused_cross_entropy_runs() == runs + 1);
+  CHECK(fused.first == plain.first);
+  CHECK(fused.second == plain.second);
+  // A backward seeded with another d loss than the forward assumed gets that d loss's gradient.
+  const auto plain3 = scaled_logits_loss(xv, targets, false, 1.0, 0.75);
+  const auto fused3 = scaled_logits_loss(xv, targets, true, 0.25, 0.75);
+  double norm = 0;
+  for (std::size_t i = 0; i < plain3.second.size(); ++i) {
+    const double want = fathom::scalar_cast<double>(plain3.second[i]);
+    CHECK_THAT(fathom::scalar_cast<double>(fused3.second[i]),
+               WithinAbs(want, 1e-6 + 2 * fathom::Precision<T>::rtol * std::abs(want)));
+    norm += std::abs(want);
+  }
+  CHECK(norm > 0.1);
+}
+
+TEST_CASE("cross_entropy_fused leaves logits something else holds as they were",
+          "[autograd][softmax]") {
+  auto xv = Tensor<double>::randn(Shape{5, 6}, 91);
+  auto targets = Tensor<std::int32_t>::from_vector(Shape{5}, {0, 5, 2, -100, 1});
+  const auto plain = scaled_logits_loss(xv, targets, false, 1.0, 1.0);
+  const auto runs = ag::detail::fused_cross_entropy_runs();
+  ag::clear_tape();
+  Var<double> x(xv.clone(), true);
+  Var<double> logits = ag::scale(x, 2.0);
+  Var<double> held = logits;  // a second holder of the values
+  const auto before = held.value().to_vector();
+  auto loss = ag::cross_entropy_fused(std::move(logits), targets, 1.0);
+  CHECK(held.value().to_vector() == before);
+  ag::backward(loss);
+  CHECK(ag::detail::fused_cross_entropy_runs() == runs);  // the plain path ran
+  CHECK(loss.value().item() == plain.first);
+  CHECK(x.grad().to_vector() == plain.second);
+  // Nor is anything fused without a gradient to compute.
+  ag::NoGradGuard no_grad;
+  auto again = ag::cross_entropy_fused(ag::scale(Var<double>(xv.clone(), true), 2.0), targets, 1.0);
+  CHECK(again.value().item() == plain.first);
+  CHECK(ag::detail::fused_cross_entropy_runs() == runs);
+}
+
+TEST_CASE("cross_entropy_fused gradient passes gradcheck, and a zero seed is refused",
+          "[autograd][softmax]") {
+  auto t = Tensor<std::int32_t>::from_vector(Shape{4}, {1, -100, 4, 0});
+  auto logits = leaf(Shape{4, 5}, 92, 2.0);
+  const auto runs = ag::detail::fused_cross_entropy_runs();
+  auto result = ag::gradcheck(
+      [&](const std::vector<Var<double>>& in) {
+        return ag::cross_entropy_fused(ag::scale(in[0], 1.0), t, 1.0);
+      },
+      {logits});
+  INFO(result.first_failure);
+  CHECK(result.ok);
+  CHECK(result.checked == logits.numel());
+  CHECK(ag::detail::fused_cross_entropy_runs() > runs);
+  for (const double bad : {0.0, std::nan("")}) {
+    const auto e = error_of([&] { ag::cross_entropy_fused(ag::scale(logits, 1.0), t, bad); });
+    CHECK(e.find("gradient_seed must be finite and nonzero") != std::string::npos);
+  }
+}

@@ -2,8 +2,9 @@
 // (include/fathom/kernels/cuda/softmax.cuh) in float and bf16 against the CPU reference in double:
 // softmax forward and backward, cross-entropy loss, logsumexp and gradient (backward kernel and
 // fused forward) at vocabularies 32000, 50257 (rows off the 16-byte grid) and 50304, ignored rows,
-// an all-ignored batch, a target out of range (NaN loss), determinism, and the cross_entropy op on
-// CUDA.
+// the fused gradient written over the logits, its rescaling, an all-ignored batch, a target out of
+// range (NaN loss), determinism, and the cross_entropy and cross_entropy_fused ops on CUDA.
+#include <fathom/autograd/ops/gemm.hpp>
 #include <fathom/autograd/ops/softmax.hpp>
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/softmax.cuh>
@@ -57,6 +58,8 @@ struct CrossEntropyResult {
   double loss = 0;
   std::int32_t valid = 0;
   std::vector<double> lse, grad, fused;
+  double in_place_loss = 0;
+  std::vector<double> in_place;  // the fused gradient written over the logits themselves
 };
 
 // Forward (plain, then with the fused gradient) and backward, on the CPU in double or on CUDA in T.
@@ -96,6 +99,11 @@ CrossEntropyResult run_cross_entropy(const SoftmaxCase& c, const std::vector<dou
     p.grad_scale = dloss;
     fathom::kernels::cross_entropy(Cpu{}, p);
     r = {loss, valid, lse, grad, fused};
+    std::vector<double> in_place = logits;
+    p.logits = p.dlogits = in_place.data();
+    p.loss = &r.in_place_loss;
+    fathom::kernels::cross_entropy(Cpu{}, p);
+    r.in_place = in_place;
   } else {
     DeviceArray<T> x(logits, c.offset), grad(std::vector<double>(n, 1e30), c.offset),
         fused(std::vector<double>(n, 1e30), c.offset);
@@ -122,6 +130,11 @@ CrossEntropyResult run_cross_entropy(const SoftmaxCase& c, const std::vector<dou
     CHECK(static_cast<double>(loss.item()) == first_loss);  // the fused pass computes the same loss
     r = {first_loss, valid.item(), to_double(lse.to_vector()), to_double(grad.values()),
          to_double(fused.values())};
+    DeviceArray<T> in_place(logits, c.offset);
+    p.logits = p.dlogits = in_place.data();
+    fathom::kernels::cross_entropy(Cuda{}, p);
+    r.in_place_loss = static_cast<double>(loss.item());
+    r.in_place = to_double(in_place.values());
   }
   return r;
 }
@@ -199,6 +212,59 @@ TEMPLATE_TEST_CASE(
   CHECK(first_mismatch("dlogits", got.grad, want.grad, Precision<T>::rtol, floor, c.cols) == "");
   CHECK(first_mismatch("fused dlogits", got.fused, want.fused, Precision<T>::rtol, floor, c.cols) ==
         "");
+  // Written over the logits (the row read whole before it is overwritten): the same loss and the
+  // same gradient, bit for bit.
+  CHECK(got.in_place_loss == got.loss);
+  CHECK(got.in_place == got.fused);
+  CHECK(want.in_place == want.fused);
+}
+
+TEMPLATE_TEST_CASE("CUDA cross_entropy_rescale matches the CPU reference",
+                   "[cuda][kernels][softmax]", float, bf16) {
+  using T = TestType;
+  using A = accum_t<T>;
+  const std::int64_t n = GENERATE(1, 7, 4099, 1 << 20);
+  const std::int64_t offset = GENERATE(0, 3);
+  const bool accumulate = GENERATE(false, true);
+  CAPTURE(n, offset, accumulate, Precision<T>::name);
+  const auto g = bf16_values(static_cast<std::size_t>(n), 71, 1e-3);
+  const auto d0 = bf16_values(static_cast<std::size_t>(n), 72, 1e-3);
+  const A seed = static_cast<A>(0.5);
+  for (const double dloss : {0.5, 0.125}) {
+    CAPTURE(dloss);
+    std::vector<double> want = d0;
+    const double dloss_d = dloss, seed_d = 0.5;
+    fathom::kernels::CrossEntropyRescaleParams<double> rc;
+    rc.g = g.data();
+    rc.dst = want.data();
+    rc.dloss = &dloss_d;
+    rc.seed = seed_d;
+    rc.n = n;
+    rc.accumulate = accumulate;
+    fathom::kernels::cross_entropy_rescale(Cpu{}, rc);
+    DeviceArray<T> gd(g, offset), dst(d0, offset);
+    auto dl = Tensor<A, Cuda>::from_vector(Shape{}, {static_cast<A>(dloss)});
+    fathom::kernels::CrossEntropyRescaleParams<T> r;
+    r.g = gd.data();
+    r.dst = dst.data();
+    r.dloss = dl.data();
+    r.seed = seed;
+    r.n = n;
+    r.accumulate = accumulate;
+    fathom::kernels::cross_entropy_rescale(Cuda{}, r);
+    CHECK(first_mismatch("rescaled", to_double(dst.values()), want, Precision<T>::rtol,
+                         Precision<T>::atol * 1e-3, 1) == "");
+    // In place: unchanged at the seed, scaled otherwise.
+    DeviceArray<T> x(g, offset);
+    r.g = r.dst = x.data();
+    r.accumulate = false;
+    fathom::kernels::cross_entropy_rescale(Cuda{}, r);
+    std::vector<double> scaled(g.size());
+    for (std::size_t i = 0; i < g.size(); ++i)
+      scaled[i] = g[i] * dloss / seed_d;  // g is exact in T
+    CHECK(first_mismatch("in place", to_double(x.values()), scaled, Precision<T>::rtol,
+                         Precision<T>::atol * 1e-3, 1) == "");
+  }
 }
 
 TEMPLATE_TEST_CASE("CUDA cross_entropy: all rows ignored gives loss 0 and a zero gradient",
@@ -273,4 +339,50 @@ TEMPLATE_TEST_CASE(
   const double floor = 1e-6 / static_cast<double>(B * S);
   CHECK(first_mismatch("grad", gpu_once, cpu_once, 2 * Precision<T>::rtol, floor, V) == "");
   CHECK(first_mismatch("grad twice", gpu_twice, cpu_twice, 2 * Precision<T>::rtol, floor, V) == "");
+}
+
+TEMPLATE_TEST_CASE(
+    "CUDA cross_entropy_fused: cross_entropy's loss and gradient, bit for bit, over the logits",
+    "[cuda][autograd][softmax]", float, bf16) {
+  using T = TestType;
+  using A = accum_t<T>;
+  namespace ag = fathom::autograd;
+  const std::int64_t N = 2 * 65, V = 32000;
+  const auto values = bf16_values(static_cast<std::size_t>(N * 96), 81, 1.0);
+  const auto w = bf16_values(static_cast<std::size_t>(96 * V), 82, 0.3);
+  const auto targets = random_targets(N, V, -100, 83);
+  auto t = Tensor<std::int32_t, Cpu>::from_vector(Shape{N}, targets).to<Cuda>();
+  auto device = [](const std::vector<double>& v, Shape s) {
+    std::vector<T> h(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) h[i] = scalar_cast<T>(v[i]);
+    return Tensor<T, Cpu>::from_vector(s, h).template to<Cuda>();
+  };
+  // logits = h W (an op, so they are an intermediate the loss can consume); the gradients of h
+  // and W are what is compared.
+  auto run = [&](bool fused, double seed) {
+    ag::clear_tape();
+    fathom::Var<T, Cuda> h(device(values, Shape{N, 96}), true), wv(device(w, Shape{96, V}), true);
+    auto logits = ag::matmul(h, wv);
+    auto loss =
+        fused ? ag::cross_entropy_fused(std::move(logits), t, 0.5) : ag::cross_entropy(logits, t);
+    logits = fathom::Var<T, Cuda>();
+    const double value = static_cast<double>(loss.value().item());
+    ag::backward(loss, Tensor<A, Cuda>::full(Shape{}, static_cast<A>(seed)));
+    return std::make_tuple(value, h.grad().to_vector(), wv.grad().to_vector());
+  };
+  const auto runs_before = ag::detail::fused_cross_entropy_runs();
+  const auto [plain_loss, plain_h, plain_w] = run(false, 0.5);
+  const auto [fused_loss, fused_h, fused_w] = run(true, 0.5);
+  CHECK(ag::detail::fused_cross_entropy_runs() == runs_before + 1);
+  CHECK(fused_loss == plain_loss);
+  CHECK(fused_h == plain_h);
+  CHECK(fused_w == plain_w);
+  // A backward seeded with another d loss than the forward assumed: rescaled, not wrong.
+  const auto [loss2, h2, w2] = run(true, 0.125);
+  const auto [plain2_loss, plain2_h, plain2_w] = run(false, 0.125);
+  CHECK(loss2 == plain2_loss);
+  CHECK(first_mismatch("dh", to_double(h2), to_double(plain2_h), 2 * Precision<T>::rtol, 1e-7,
+                       96) == "");
+  CHECK(first_mismatch("dW", to_double(w2), to_double(plain2_w), 2 * Precision<T>::rtol, 1e-7, V) ==
+        "");
 }

@@ -2,7 +2,11 @@
 // integer targets and an ignore index (no probability matrix is ever stored).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
 
 #include "fathom/autograd/var.hpp"
 #include "fathom/kernels/softmax.hpp"
@@ -39,20 +43,52 @@ Var<T, D> softmax(const Var<T, D>& x) {
 // is 0 and the gradient is 0 (never NaN). On the CPU a target outside [0, V) throws
 // fathom::Error naming the row, the target and V; on CUDA it makes the loss NaN.
 // Returns a one-element Var of shape () in accum_t<T> (fp32 for bf16 logits).
+namespace detail {
+
+// The rows (N) of cross-entropy's logits (..., V), after checking them against the targets.
+template <class T, DeviceTag D>
+std::int64_t cross_entropy_rows(const char* op, const Var<T, D>& logits,
+                                const Tensor<std::int32_t, D>& targets) {
+  FATHOM_CHECK(
+      logits.dim() >= 1,
+      op << ": logits must have at least one dimension (N, V), got shape " << logits.shape());
+  Shape rows_shape;
+  for (int d = 0; d + 1 < logits.dim(); ++d) rows_shape.push_back(logits.size(d));
+  FATHOM_CHECK(targets.shape() == rows_shape,
+               op << ": logits " << logits.shape() << " and targets " << targets.shape()
+                  << " disagree: expected targets of shape " << rows_shape);
+  FATHOM_CHECK(logits.size(-1) > 0, op << ": logits " << logits.shape() << " have no classes");
+  return rows_shape.numel();
+}
+
+inline bool& fused_cross_entropy_setting() {
+  static bool on = [] {
+    const char* v = std::getenv("FATHOM_FUSED_CROSS_ENTROPY");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+// cross_entropy_fused calls that took the fused path (the tests check which path ran).
+inline std::uint64_t& fused_cross_entropy_runs() {
+  static std::uint64_t runs = 0;
+  return runs;
+}
+
+}  // namespace detail
+
+// Whether cross_entropy_fused computes the gradient in the forward pass (on by default;
+// FATHOM_FUSED_CROSS_ENTROPY=0 in the environment, or set_fused_cross_entropy(false), makes it
+// plain cross_entropy, for comparisons).
+inline void set_fused_cross_entropy(bool on) { detail::fused_cross_entropy_setting() = on; }
+inline bool fused_cross_entropy() { return detail::fused_cross_entropy_setting(); }
+
 template <class T, DeviceTag D>
 Var<accum_t<T>, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int32_t, D>& targets,
                                  int ignore_index = -100) {
   using A = accum_t<T>;
-  FATHOM_CHECK(logits.dim() >= 1,
-               "cross_entropy: logits must have at least one dimension (N, V), got shape "
-                   << logits.shape());
-  Shape rows_shape;
-  for (int d = 0; d + 1 < logits.dim(); ++d) rows_shape.push_back(logits.size(d));
-  FATHOM_CHECK(targets.shape() == rows_shape,
-               "cross_entropy: logits " << logits.shape() << " and targets " << targets.shape()
-                                        << " disagree: expected targets of shape " << rows_shape);
-  const std::int64_t vocab = logits.size(-1), rows = rows_shape.numel();
-  FATHOM_CHECK(vocab > 0, "cross_entropy: logits " << logits.shape() << " have no classes");
+  const std::int64_t rows = detail::cross_entropy_rows("cross_entropy", logits, targets);
+  const std::int64_t vocab = logits.size(-1);
   const bool needs_grad = grad_enabled() && logits.requires_grad();
   Tensor<T, D> lc = logits.value().contiguous();
   Tensor<std::int32_t, D> tc = targets.contiguous();
@@ -96,6 +132,66 @@ Var<accum_t<T>, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int3
         b.ignore_index = ignore_index;
         b.accumulate = dlogits.accumulate;
         kernels::cross_entropy_backward(D{}, b);
+      });
+}
+
+// cross_entropy for training: the same loss, with d loss / d logits computed in the same pass as
+// the loss rather than in the backward, and written over the logits, which it consumes (nothing
+// may read them afterwards, hence the rvalue). gradient_seed is the d loss the backward will be
+// seeded with (TrainStep's 1 / micro-batches). The logits are read once instead of twice, and the
+// gradient is bit for bit cross_entropy's. When the backward's d loss differs from gradient_seed
+// the gradient is rescaled to it (one more pass, never a wrong gradient). When no gradient is
+// needed, the logits' values are still held elsewhere (a copy of the Var, a view) or are not
+// contiguous, or fused_cross_entropy() is off, this is cross_entropy.
+template <class T, DeviceTag D>
+Var<accum_t<T>, D> cross_entropy_fused(Var<T, D>&& logits, const Tensor<std::int32_t, D>& targets,
+                                       double gradient_seed, int ignore_index = -100) {
+  using A = accum_t<T>;
+  FATHOM_CHECK(
+      std::isfinite(gradient_seed) && gradient_seed != 0.0,
+      "cross_entropy_fused: gradient_seed must be finite and nonzero, got " << gradient_seed);
+  Var<T, D> owned = std::move(logits);
+  const std::int64_t rows = detail::cross_entropy_rows("cross_entropy_fused", owned, targets);
+  const std::int64_t vocab = owned.size(-1);
+  if (!fused_cross_entropy() || !grad_enabled() || !owned.requires_grad() ||
+      !owned.value().is_contiguous() || owned.value().storage_use_count() != 1) {
+    return cross_entropy(owned, targets, ignore_index);
+  }
+  ++detail::fused_cross_entropy_runs();
+  auto gl = grad_target(owned);
+  Tensor<T, D> buffer = owned.value();  // the logits, then their gradient
+  owned = Var<T, D>();
+  Tensor<std::int32_t, D> tc = targets.contiguous();
+  Tensor<A, D> loss(Shape{});
+  kernels::CrossEntropyParams<T> p;
+  p.logits = buffer.data();
+  p.targets = tc.data();
+  p.loss = loss.data();
+  p.rows = rows;
+  p.vocab = vocab;
+  p.ignore_index = ignore_index;
+  p.dlogits = buffer.data();
+  p.grad_scale = static_cast<double>(static_cast<A>(gradient_seed));
+  p.accumulate = false;
+  kernels::cross_entropy(D{}, p);
+  return Var<A, D>::make_result(
+      std::move(loss), true,
+      [gl, g = std::move(buffer), seed = static_cast<A>(gradient_seed)](const Tensor<A, D>& gy) {
+        kernels::CrossEntropyRescaleParams<T> r;
+        r.g = g.data();
+        r.dloss = gy.data();
+        r.seed = seed;
+        r.n = g.numel();
+        if (!gl->grad.defined()) {
+          gl->grad = g.reshape(gl->shape.to_vector());  // the gradient is the buffer itself
+          r.dst = gl->grad.data();
+          r.accumulate = false;
+        } else {
+          const GradWrite<T> dst = gl->write_target();
+          r.dst = dst.data;
+          r.accumulate = dst.accumulate;
+        }
+        kernels::cross_entropy_rescale(D{}, r);
       });
 }
 

@@ -184,18 +184,22 @@ __global__ void __launch_bounds__(cross_entropy_threads)
   using A = accum_t<T>;
   const std::int64_t row = blockIdx.x;
   const T* x = a.logits + row * a.vocab;  // (V)
+  const std::int32_t target = a.targets[row];
+  const bool ignored = target == a.ignore_index;
+  const bool in_range = target >= 0 && target < a.vocab;
+  // Read before the block's reduction: a gradient written over the logits (dlogits == logits)
+  // overwrites the row after it.
+  A target_logit = 0;
+  if (threadIdx.x == 0 && !ignored && in_range) target_logit = scalar_cast<A>(x[target]);
   RowMaxSum<A> stats = RowMaxSum<A>::empty();
   for_each_row_values<N, cross_entropy_loads_ahead, A>(x, a.vocab,
                                                        [&](const auto& v) { stats.add(v); });
   stats = block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{});
   const A lse = stats.log_sum_exp();
-  const std::int32_t target = a.targets[row];
-  const bool ignored = target == a.ignore_index;
   if (threadIdx.x == 0) {
     A loss = 0;
     if (!ignored) {
-      loss = target >= 0 && target < a.vocab ? lse - scalar_cast<A>(x[target])
-                                             : ::cuda::std::numeric_limits<A>::quiet_NaN();
+      loss = in_range ? lse - target_logit : ::cuda::std::numeric_limits<A>::quiet_NaN();
     }
     a.row_loss[row] = loss;
     if (a.lse) a.lse[row] = lse;
@@ -230,6 +234,41 @@ __global__ void __launch_bounds__(cross_entropy_threads)
   const A scale = target == a.ignore_index || valid == 0 ? A(0) : *a.dloss / static_cast<A>(valid);
   cross_entropy_row_grad<N>(a.logits + row * a.vocab, a.dlogits + row * a.vocab, a.vocab, target,
                             a.lse[row], scale, a.accumulate);
+}
+
+// A grid-stride pass of N-element packs; the whole grid returns at once when there is nothing to
+// do (in place at the seed the forward assumed: the usual case, one 4-byte read a block).
+constexpr int cross_entropy_rescale_threads = 256;
+constexpr std::int64_t cross_entropy_rescale_max_blocks = 1024;
+
+template <class T, int N>
+__global__ void __launch_bounds__(cross_entropy_rescale_threads)
+    cross_entropy_rescale_kernel(CrossEntropyRescaleParams<T> p) {
+  using A = accum_t<T>;
+  const A dloss = *p.dloss;
+  if (!p.accumulate && p.dst == p.g && dloss == p.seed) return;
+  const A ratio = dloss / p.seed;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  const std::int64_t tid = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  auto apply = [&](std::int64_t i, auto width) {
+    constexpr int W = decltype(width)::value;
+    A v[W];
+    row_load<W>(p.g + i, v);
+#pragma unroll
+    for (int j = 0; j < W; ++j) v[j] *= ratio;
+    if (p.accumulate) {
+      A old[W];
+      row_load<W>(p.dst + i, old);
+#pragma unroll
+      for (int j = 0; j < W; ++j) v[j] += old[j];
+    }
+    row_store<W>(p.dst + i, v);
+  };
+  const std::int64_t packs = p.n / N;
+  for (std::int64_t k = tid; k < packs; k += stride) apply(k * N, RowWidth<N>{});
+  if constexpr (N > 1) {
+    for (std::int64_t i = packs * N + tid; i < p.n; i += stride) apply(i, RowWidth<1>{});
+  }
 }
 
 }  // namespace detail
@@ -312,6 +351,25 @@ void cross_entropy_backward(Cuda, const CrossEntropyBackwardParams<T>& p) {
   } else {
     detail::cross_entropy_backward_kernel<T, 1>
         <<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
+  }
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T>
+void cross_entropy_rescale(Cuda, const CrossEntropyRescaleParams<T>& p) {
+  if (p.n <= 0) return;
+  constexpr int N = detail::map_width<T>();
+  const bool packed = N > 1 && detail::map_aligned(p.g) && detail::map_aligned(p.dst);
+  const std::int64_t work = packed ? (p.n + N - 1) / N : p.n;
+  const unsigned blocks = static_cast<unsigned>(std::min(
+      detail::cross_entropy_rescale_max_blocks,
+      (work + detail::cross_entropy_rescale_threads - 1) / detail::cross_entropy_rescale_threads));
+  if (packed) {
+    detail::cross_entropy_rescale_kernel<T, N>
+        <<<blocks, detail::cross_entropy_rescale_threads, 0, cuda::stream()>>>(p);
+  } else {
+    detail::cross_entropy_rescale_kernel<T, 1>
+        <<<blocks, detail::cross_entropy_rescale_threads, 0, cuda::stream()>>>(p);
   }
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
