@@ -2,7 +2,8 @@
 // (include/fathom/kernels/cuda/softmax.cuh) in float and bf16 against the CPU reference in double:
 // softmax forward and backward, cross-entropy loss, logsumexp and gradient (backward kernel and
 // fused forward) at vocabularies 32000, 50257 (rows off the 16-byte grid) and 50304, ignored rows,
-// the fused gradient written over the logits, its rescaling, an all-ignored batch, a target out of
+// the fused gradient written over the logits (its row kept in shared memory or reread), its
+// rescaling, an all-ignored batch, a target out of
 // range (NaN loss), determinism, and the cross_entropy and cross_entropy_fused ops on CUDA.
 #include <fathom/autograd/ops/gemm.hpp>
 #include <fathom/autograd/ops/softmax.hpp>
@@ -59,7 +60,9 @@ struct CrossEntropyResult {
   std::int32_t valid = 0;
   std::vector<double> lse, grad, fused;
   double in_place_loss = 0;
-  std::vector<double> in_place;  // the fused gradient written over the logits themselves
+  std::vector<double> in_place;   // the fused gradient written over the logits themselves
+  std::vector<double> reread;     // CUDA: the fused gradient with the row reread, not kept shared
+  std::uint64_t shared_runs = 0;  // CUDA: fused forwards that kept the row in shared memory
 };
 
 // Forward (plain, then with the fused gradient) and backward, on the CPU in double or on CUDA in T.
@@ -130,11 +133,20 @@ CrossEntropyResult run_cross_entropy(const SoftmaxCase& c, const std::vector<dou
     CHECK(static_cast<double>(loss.item()) == first_loss);  // the fused pass computes the same loss
     r = {first_loss, valid.item(), to_double(lse.to_vector()), to_double(grad.values()),
          to_double(fused.values())};
+    const auto shared_before = fathom::kernels::detail::cross_entropy_shared_row_runs();
     DeviceArray<T> in_place(logits, c.offset);
     p.logits = p.dlogits = in_place.data();
     fathom::kernels::cross_entropy(Cuda{}, p);
     r.in_place_loss = static_cast<double>(loss.item());
     r.in_place = to_double(in_place.values());
+    r.shared_runs = fathom::kernels::detail::cross_entropy_shared_row_runs() - shared_before;
+    DeviceArray<T> reread(std::vector<double>(n, 1e30), c.offset);
+    p.logits = x.data();
+    p.dlogits = reread.data();
+    fathom::kernels::set_cross_entropy_shared_row(false);
+    fathom::kernels::cross_entropy(Cuda{}, p);
+    fathom::kernels::set_cross_entropy_shared_row(true);
+    r.reread = to_double(reread.values());
   }
   return r;
 }
@@ -217,6 +229,13 @@ TEMPLATE_TEST_CASE(
   CHECK(got.in_place_loss == got.loss);
   CHECK(got.in_place == got.fused);
   CHECK(want.in_place == want.fused);
+  // Rows of whole 16-byte packs on an aligned base that fit are kept in shared memory between the
+  // two passes; the gradient is the same bits as the kernel that rereads the row.
+  const bool shared = c.offset == 0 && c.cols % fathom::kernels::detail::map_width<T>() == 0 &&
+                      c.cols * static_cast<std::int64_t>(sizeof(T)) <=
+                          fathom::kernels::detail::cross_entropy_shared_row_max_bytes;
+  CHECK(got.shared_runs == (shared ? 1u : 0u));
+  CHECK(got.reread == got.fused);
 }
 
 TEMPLATE_TEST_CASE("CUDA cross_entropy_rescale matches the CPU reference",

@@ -5,16 +5,20 @@
 // 16-byte packs (with single elements up to the first 16-byte boundary and for the tail, so a
 // vocabulary of 50257 is packed too). Cross-entropy stores only one logsumexp per row: its gradient
 // is recomputed from the logits in one read, by the backward kernel or, when the caller passes
-// dlogits to the forward, in the same kernel as the loss. The mean over rows is a single-block sum
-// in a fixed order (deterministic). A target out of range cannot throw on the device: it makes the
-// loss NaN (see kernels/softmax.hpp).
+// dlogits to the forward, in the same kernel as the loss (keeping the row in shared memory between
+// its statistics and its gradient where it fits, so it is read once). The mean over rows is a
+// single-block sum in a fixed order (deterministic). A target out of range cannot throw on the
+// device: it makes the loss NaN (see kernels/softmax.hpp).
 #pragma once
 
 #if !defined(__CUDACC__)
 #error "fathom/kernels/cuda/softmax.cuh holds CUDA kernels: include it from a .cu file (nvcc)"
 #endif
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 
 #include "fathom/core/cuda_runtime.hpp"
@@ -212,6 +216,102 @@ __global__ void __launch_bounds__(cross_entropy_threads)
   }
 }
 
+// The forward with the gradient fused in, each row kept in shared memory between its two passes:
+// the statistics pass stores the packs it loads, the gradient pass reads them back, so the logits
+// are read from memory once (the kernel above reads each row twice, the second time from L2 if it
+// is still there). Each thread reads back only the packs it stored, so no barrier is needed
+// between the two beyond the reduction's. Rows must be whole packs (vocab % N == 0) on a 16-byte
+// aligned base; the packs are visited in for_each_row_values's order, so the loss, log-sum-exp and
+// gradient are the same bits as the kernel above.
+template <class T, int N>
+__global__ void __launch_bounds__(cross_entropy_threads)
+    cross_entropy_forward_shared_kernel(CrossEntropyForwardArgs<T> a) {
+  using A = accum_t<T>;
+  using Pack = MapPack<T, N>;
+  extern __shared__ __align__(16) unsigned char cross_entropy_row_shared[];
+  Pack* saved = reinterpret_cast<Pack*>(cross_entropy_row_shared);
+  constexpr int Ahead = cross_entropy_loads_ahead;
+  const std::int64_t row = blockIdx.x;
+  const T* x = a.logits + row * a.vocab;  // (V)
+  const int packs = static_cast<int>(a.vocab / N);
+  const int worker = static_cast<int>(threadIdx.x), workers = static_cast<int>(blockDim.x);
+  const std::int32_t target = a.targets[row];
+  const bool ignored = target == a.ignore_index;
+  const bool in_range = target >= 0 && target < a.vocab;
+  A target_logit = 0;
+  if (threadIdx.x == 0 && !ignored && in_range) target_logit = scalar_cast<A>(x[target]);
+  RowMaxSum<A> stats = RowMaxSum<A>::empty();
+  auto add = [&](const Pack& pack) {
+    A v[N];
+#pragma unroll
+    for (int e = 0; e < N; ++e) v[e] = scalar_cast<A>(pack.v[e]);
+    stats.add(v);
+  };
+  int k = worker;
+  for (; k + (Ahead - 1) * workers < packs; k += Ahead * workers) {
+    Pack p[Ahead];
+#pragma unroll
+    for (int j = 0; j < Ahead; ++j)
+      p[j] = map_load<N>(x + static_cast<std::int64_t>(k + j * workers) * N);
+#pragma unroll
+    for (int j = 0; j < Ahead; ++j) {
+      saved[k + j * workers] = p[j];
+      add(p[j]);
+    }
+  }
+  for (; k < packs; k += workers) {
+    const Pack p = map_load<N>(x + static_cast<std::int64_t>(k) * N);
+    saved[k] = p;
+    add(p);
+  }
+  stats = block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{});
+  const A lse = stats.log_sum_exp();
+  if (threadIdx.x == 0) {
+    A loss = 0;
+    if (!ignored)
+      loss = in_range ? lse - target_logit : ::cuda::std::numeric_limits<A>::quiet_NaN();
+    a.row_loss[row] = loss;
+    if (a.lse) a.lse[row] = lse;
+  }
+  const std::int32_t valid = *a.valid_rows;
+  const A scale = ignored || valid == 0 ? A(0) : a.grad_scale / static_cast<A>(valid);
+  T* d = a.dlogits + row * a.vocab;
+  for (k = worker; k < packs; k += workers) {
+    const Pack p = saved[k];
+    const std::int64_t c = static_cast<std::int64_t>(k) * N;
+    A g[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      g[j] = row_exp(scalar_cast<A>(p.v[j]) - lse) * scale;
+      if (c + j == target) g[j] -= scale;
+    }
+    if (a.accumulate) {
+      A old[N];
+      row_load<N>(d + c, old);
+#pragma unroll
+      for (int j = 0; j < N; ++j) g[j] += old[j];
+    }
+    row_store<N>(d + c, g);
+  }
+}
+
+// Rows of at most this many bytes are kept in shared memory by the fused forward (two blocks an SM
+// still fit: 50304 bf16 logits are 98 KiB).
+constexpr std::int64_t cross_entropy_shared_row_max_bytes = 110 * 1024;
+
+inline bool& cross_entropy_shared_row_setting() {
+  static bool on = [] {
+    const char* v = std::getenv("FATHOM_CE_SHARED_ROW");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+// Fused forwards that ran the shared-row kernel (the tests check which kernel ran).
+inline std::uint64_t& cross_entropy_shared_row_runs() {
+  static std::uint64_t runs = 0;
+  return runs;
+}
+
 template <class T>
 struct CrossEntropyBackwardArgs {
   const T* logits;                 // (N, V)
@@ -302,6 +402,15 @@ void softmax_backward(Cuda, const SoftmaxBackwardParams<T>& p) {
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 
+// Whether the forward with the gradient fused in keeps each row in shared memory between its two
+// passes (rows of whole 16-byte packs up to cross_entropy_shared_row_max_bytes): on by default;
+// FATHOM_CE_SHARED_ROW=0 in the environment, or set_cross_entropy_shared_row(false), rereads the
+// row from global memory instead (for comparisons).
+inline void set_cross_entropy_shared_row(bool on) {
+  detail::cross_entropy_shared_row_setting() = on;
+}
+inline bool cross_entropy_shared_row() { return detail::cross_entropy_shared_row_setting(); }
+
 // Three launches: count the rows not ignored (so a fused gradient can divide by it), one block per
 // row for logsumexp, the row's loss and (optionally) the gradient, then the mean.
 template <class T>
@@ -324,8 +433,29 @@ void cross_entropy(Cuda, const CrossEntropyParams<T>& p) {
         p.lse,       valid,          p.dlogits,
         p.vocab,     p.ignore_index, static_cast<A>(p.grad_scale),
         p.accumulate};
-    if (detail::rows_share_alignment<T>({p.logits, p.dlogits})) {
-      detail::cross_entropy_forward_kernel<T, detail::map_width<T>()>
+    constexpr int N = detail::map_width<T>();
+    const bool aligned = detail::rows_share_alignment<T>({p.logits, p.dlogits});
+    const auto row_bytes = p.vocab * static_cast<std::int64_t>(sizeof(T));
+    auto kernel = detail::cross_entropy_forward_shared_kernel<T, N>;
+    // The most shared memory a block of it may take on this device (opted in once).
+    static const std::int64_t shared_limit = [&] {
+      int device = 0, optin = 0;
+      FATHOM_CUDA_CHECK(cudaGetDevice(&device));
+      FATHOM_CUDA_CHECK(
+          cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+      const std::int64_t limit = std::min<std::int64_t>(detail::cross_entropy_shared_row_max_bytes,
+                                                        optin - 2 * 1024);  // the reduction's own
+      FATHOM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(limit)));
+      return limit;
+    }();
+    if (p.dlogits && aligned && N > 1 && p.vocab % N == 0 && cross_entropy_shared_row() &&
+        row_bytes <= shared_limit) {
+      ++detail::cross_entropy_shared_row_runs();
+      kernel<<<grid, detail::cross_entropy_threads, static_cast<std::size_t>(row_bytes),
+               cuda::stream()>>>(a);
+    } else if (aligned) {
+      detail::cross_entropy_forward_kernel<T, N>
           <<<grid, detail::cross_entropy_threads, 0, cuda::stream()>>>(a);
     } else {
       detail::cross_entropy_forward_kernel<T, 1>
