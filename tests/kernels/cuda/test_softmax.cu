@@ -101,7 +101,11 @@ CrossEntropyResult run_cross_entropy(const SoftmaxCase& c, const std::vector<dou
     p.dlogits = fused.data();
     p.grad_scale = dloss;
     fathom::kernels::cross_entropy(Cpu{}, p);
-    r = {loss, valid, lse, grad, fused};
+    r.loss = loss;
+    r.valid = valid;
+    r.lse = lse;
+    r.grad = grad;
+    r.fused = fused;
     std::vector<double> in_place = logits;
     p.logits = p.dlogits = in_place.data();
     p.loss = &r.in_place_loss;
@@ -131,8 +135,11 @@ CrossEntropyResult run_cross_entropy(const SoftmaxCase& c, const std::vector<dou
     fathom::kernels::cross_entropy(Cuda{}, p);
     FATHOM_CUDA_CHECK(cudaStreamSynchronize(fathom::cuda::stream()));
     CHECK(static_cast<double>(loss.item()) == first_loss);  // the fused pass computes the same loss
-    r = {first_loss, valid.item(), to_double(lse.to_vector()), to_double(grad.values()),
-         to_double(fused.values())};
+    r.loss = first_loss;
+    r.valid = valid.item();
+    r.lse = to_double(lse.to_vector());
+    r.grad = to_double(grad.values());
+    r.fused = to_double(fused.values());
     const auto shared_before = fathom::kernels::detail::cross_entropy_shared_row_runs();
     DeviceArray<T> in_place(logits, c.offset);
     p.logits = p.dlogits = in_place.data();
