@@ -144,6 +144,21 @@ __global__ void __launch_bounds__(cross_entropy_sum_threads)
   }
 }
 
+// Cross-entropy's statistics: the online max and sum, with row_fast_exp (its passes are bound by
+// the instructions they issue, not by memory, with expf).
+template <class A>
+using CrossEntropyStats = RowMaxSum<A, true>;
+
+// g = (exp(x - lse) - onehot(target)) * scale for the W columns from c, x in g on entry. Every
+// kernel computes the gradient here, so the fused forward and the backward give the same bits.
+template <int W, class A>
+__device__ inline void cross_entropy_grad(A (&g)[W], std::int64_t c, std::int32_t target, A lse,
+                                          A scale) {
+  const int at = target >= c && target < c + W ? static_cast<int>(target - c) : -1;
+#pragma unroll
+  for (int j = 0; j < W; ++j) g[j] = row_fast_exp(g[j] - lse) * scale - (j == at ? scale : A(0));
+}
+
 // dlogits (+)= (exp(x - lse) - onehot(target)) * scale over one row.
 template <int N, class T, class A>
 __device__ inline void cross_entropy_row_grad(const T* x, T* d, std::int64_t vocab,
@@ -153,11 +168,7 @@ __device__ inline void cross_entropy_row_grad(const T* x, T* d, std::int64_t voc
     constexpr int W = decltype(width)::value;
     A g[W];
     row_load<W>(x + c, g);
-#pragma unroll
-    for (int j = 0; j < W; ++j) {
-      g[j] = row_exp(g[j] - lse) * scale;
-      if (c + j == target) g[j] -= scale;
-    }
+    cross_entropy_grad(g, c, target, lse, scale);
     if (accumulate) {
       A old[W];
       row_load<W>(d + c, old);
@@ -195,7 +206,7 @@ __global__ void __launch_bounds__(cross_entropy_threads)
   // overwrites the row after it.
   A target_logit = 0;
   if (threadIdx.x == 0 && !ignored && in_range) target_logit = scalar_cast<A>(x[target]);
-  RowMaxSum<A> stats = RowMaxSum<A>::empty();
+  CrossEntropyStats<A> stats = CrossEntropyStats<A>::empty();
   for_each_row_values<N, cross_entropy_loads_ahead, A>(x, a.vocab,
                                                        [&](const auto& v) { stats.add(v); });
   stats = block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{});
@@ -240,7 +251,7 @@ __global__ void __launch_bounds__(cross_entropy_threads)
   const bool in_range = target >= 0 && target < a.vocab;
   A target_logit = 0;
   if (threadIdx.x == 0 && !ignored && in_range) target_logit = scalar_cast<A>(x[target]);
-  RowMaxSum<A> stats = RowMaxSum<A>::empty();
+  CrossEntropyStats<A> stats = CrossEntropyStats<A>::empty();
   auto add = [&](const Pack& pack) {
     A v[N];
 #pragma unroll
@@ -281,10 +292,8 @@ __global__ void __launch_bounds__(cross_entropy_threads)
     const std::int64_t c = static_cast<std::int64_t>(k) * N;
     A g[N];
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      g[j] = row_exp(scalar_cast<A>(p.v[j]) - lse) * scale;
-      if (c + j == target) g[j] -= scale;
-    }
+    for (int j = 0; j < N; ++j) g[j] = scalar_cast<A>(p.v[j]);
+    cross_entropy_grad(g, c, target, lse, scale);
     if (a.accumulate) {
       A old[N];
       row_load<N>(d + c, old);
