@@ -19,12 +19,6 @@ namespace fathom::kernels::detail {
 // Math in accum precision (float or double) without relying on overloads of the C names.
 __device__ inline float row_exp(float x) { return expf(x); }
 __device__ inline double row_exp(double x) { return exp(x); }
-// exp through the hardware's base-2 exponential (__expf: x log2(e), then ex2.approx): two
-// instructions instead of expf's ten, relative error about 1e-6 for |x| < 20 and below expf's
-// denormals (x < -87) zero. For passes that issue-bound expf would slow (cross-entropy's); exact
-// in double.
-__device__ inline float row_fast_exp(float x) { return __expf(x); }
-__device__ inline double row_fast_exp(double x) { return exp(x); }
 __device__ inline float row_log(float x) { return logf(x); }
 __device__ inline double row_log(double x) { return log(x); }
 __device__ inline float row_sqrt(float x) { return sqrtf(x); }
@@ -189,9 +183,8 @@ __device__ inline V block_all_reduce(V v, Op op) {
   return r;
 }
 
-// Running maximum m and sum of exp(x - m) of a set of values: the online softmax state. Fast:
-// the sum's exponentials are row_fast_exp's (the rescales stay exact).
-template <class A, bool Fast = false>
+// Running maximum m and sum of exp(x - m) of a set of values: the online softmax state.
+template <class A>
 struct RowMaxSum {
   A m, s;
 
@@ -211,18 +204,17 @@ struct RowMaxSum {
     }
     if (m == -::cuda::std::numeric_limits<A>::infinity()) return;  // every value so far is -inf
 #pragma unroll
-    for (int j = 0; j < W; ++j) s += Fast ? row_fast_exp(v[j] - m) : row_exp(v[j] - m);
+    for (int j = 0; j < W; ++j) s += row_exp(v[j] - m);
   }
   // log(sum exp(x)) of every value added.
   __device__ A log_sum_exp() const { return m + row_log(s); }
 };
 
 struct RowMaxSumMerge {
-  template <class A, bool Fast>
-  __device__ RowMaxSum<A, Fast> operator()(const RowMaxSum<A, Fast>& x,
-                                           const RowMaxSum<A, Fast>& y) const {
-    const RowMaxSum<A, Fast>& hi = x.m >= y.m ? x : y;
-    const RowMaxSum<A, Fast>& lo = x.m >= y.m ? y : x;
+  template <class A>
+  __device__ RowMaxSum<A> operator()(const RowMaxSum<A>& x, const RowMaxSum<A>& y) const {
+    const RowMaxSum<A>& hi = x.m >= y.m ? x : y;
+    const RowMaxSum<A>& lo = x.m >= y.m ? y : x;
     if (lo.m == -::cuda::std::numeric_limits<A>::infinity()) return hi;
     return {hi.m, hi.s + lo.s * row_exp(lo.m - hi.m)};
   }

@@ -144,11 +144,6 @@ __global__ void __launch_bounds__(cross_entropy_sum_threads)
   }
 }
 
-// Cross-entropy's statistics: the online max and sum, with row_fast_exp (its passes are bound by
-// the instructions they issue, not by memory, with expf).
-template <class A>
-using CrossEntropyStats = RowMaxSum<A, true>;
-
 // g = (exp(x - lse) - onehot(target)) * scale for the W columns from c, x in g on entry. Every
 // kernel computes the gradient here, so the fused forward and the backward give the same bits.
 template <int W, class A>
@@ -156,7 +151,10 @@ __device__ inline void cross_entropy_grad(A (&g)[W], std::int64_t c, std::int32_
                                           A scale) {
   const int at = target >= c && target < c + W ? static_cast<int>(target - c) : -1;
 #pragma unroll
-  for (int j = 0; j < W; ++j) g[j] = row_fast_exp(g[j] - lse) * scale - (j == at ? scale : A(0));
+  for (int j = 0; j < W; ++j) {
+    g[j] = row_exp(g[j] - lse) * scale;
+    if (j == at) g[j] -= scale;
+  }
 }
 
 // dlogits (+)= (exp(x - lse) - onehot(target)) * scale over one row.
@@ -206,7 +204,7 @@ __global__ void __launch_bounds__(cross_entropy_threads)
   // overwrites the row after it.
   A target_logit = 0;
   if (threadIdx.x == 0 && !ignored && in_range) target_logit = scalar_cast<A>(x[target]);
-  CrossEntropyStats<A> stats = CrossEntropyStats<A>::empty();
+  RowMaxSum<A> stats = RowMaxSum<A>::empty();
   for_each_row_values<N, cross_entropy_loads_ahead, A>(x, a.vocab,
                                                        [&](const auto& v) { stats.add(v); });
   stats = block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{});
@@ -251,7 +249,7 @@ __global__ void __launch_bounds__(cross_entropy_threads)
   const bool in_range = target >= 0 && target < a.vocab;
   A target_logit = 0;
   if (threadIdx.x == 0 && !ignored && in_range) target_logit = scalar_cast<A>(x[target]);
-  CrossEntropyStats<A> stats = CrossEntropyStats<A>::empty();
+  RowMaxSum<A> stats = RowMaxSum<A>::empty();
   auto add = [&](const Pack& pack) {
     A v[N];
 #pragma unroll
