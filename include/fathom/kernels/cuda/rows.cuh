@@ -213,8 +213,10 @@ struct RowMaxSum {
 struct RowMaxSumMerge {
   template <class A>
   __device__ RowMaxSum<A> operator()(const RowMaxSum<A>& x, const RowMaxSum<A>& y) const {
-    const RowMaxSum<A>& hi = x.m >= y.m ? x : y;
-    const RowMaxSum<A>& lo = x.m >= y.m ? y : x;
+    // Values, not references to x or y: selecting between two addresses puts both in local memory.
+    const bool x_high = x.m >= y.m;
+    const RowMaxSum<A> hi{x_high ? x.m : y.m, x_high ? x.s : y.s};
+    const RowMaxSum<A> lo{x_high ? y.m : x.m, x_high ? y.s : x.s};
     if (lo.m == -::cuda::std::numeric_limits<A>::infinity()) return hi;
     return {hi.m, hi.s + lo.s * row_exp(lo.m - hi.m)};
   }
