@@ -191,36 +191,90 @@ struct CrossEntropyForwardArgs {
   bool accumulate;
 };
 
+// One row of a forward: its target, and its target logit, read by thread 0 before the block's
+// reduction (a gradient written over the logits, dlogits == logits, overwrites the row after it).
+template <class A>
+struct CrossEntropyRow {
+  std::int64_t row;
+  std::int32_t target;
+  bool ignored, in_range;
+  A target_logit;
+
+  template <class T>
+  __device__ static CrossEntropyRow begin(const CrossEntropyForwardArgs<T>& a, std::int64_t row) {
+    CrossEntropyRow r{row, a.targets[row], false, false, A(0)};
+    r.ignored = r.target == a.ignore_index;
+    r.in_range = r.target >= 0 && r.target < a.vocab;
+    if (threadIdx.x == 0 && !r.ignored && r.in_range)
+      r.target_logit = scalar_cast<A>(a.logits[row * a.vocab + r.target]);
+    return r;
+  }
+  // After the reduction: thread 0 stores the row's loss (NaN for a target out of range) and
+  // logsumexp; returns the logsumexp.
+  template <class T>
+  __device__ A finish(const CrossEntropyForwardArgs<T>& a, const RowMaxSum<A>& stats) const {
+    const A lse = stats.log_sum_exp();
+    if (threadIdx.x == 0) {
+      A loss = 0;
+      if (!ignored)
+        loss = in_range ? lse - target_logit : ::cuda::std::numeric_limits<A>::quiet_NaN();
+      a.row_loss[row] = loss;
+      if (a.lse) a.lse[row] = lse;
+    }
+    return lse;
+  }
+  // The gradient's scale: d loss / valid rows, 0 for an ignored row.
+  __device__ A scale(A grad_scale, std::int32_t valid) const {
+    return ignored || valid == 0 ? A(0) : grad_scale / static_cast<A>(valid);
+  }
+};
+
+template <class A, class T, int N>
+__device__ inline void cross_entropy_add_pack(RowMaxSum<A>& stats, const MapPack<T, N>& pack) {
+  A v[N];
+#pragma unroll
+  for (int e = 0; e < N; ++e) v[e] = scalar_cast<A>(pack.v[e]);
+  stats.add(v);
+}
+
+// The gradient of one row from this thread's packs of it in shared memory (packs worker, worker +
+// workers, ...): the forms that keep the row there.
+template <class T, int N, class A>
+__device__ inline void cross_entropy_grad_from_shared(const MapPack<T, N>* saved, int packs, T* d,
+                                                      std::int32_t target, A lse, A scale,
+                                                      bool accumulate) {
+  for (int k = static_cast<int>(threadIdx.x); k < packs; k += static_cast<int>(blockDim.x)) {
+    const std::int64_t c = static_cast<std::int64_t>(k) * N;
+    A g[N];
+#pragma unroll
+    for (int e = 0; e < N; ++e) g[e] = scalar_cast<A>(saved[k].v[e]);
+    cross_entropy_grad(g, c, target, lse, scale);
+    if (accumulate) {
+      A old[N];
+      row_load<N>(d + c, old);
+#pragma unroll
+      for (int e = 0; e < N; ++e) g[e] += old[e];
+    }
+    row_store<N>(d + c, g);
+  }
+}
+
 template <class T, int N>
 __global__ void __launch_bounds__(cross_entropy_threads)
     cross_entropy_forward_kernel(CrossEntropyForwardArgs<T> a) {
   using A = accum_t<T>;
   const std::int64_t row = blockIdx.x;
   const T* x = a.logits + row * a.vocab;  // (V)
-  const std::int32_t target = a.targets[row];
-  const bool ignored = target == a.ignore_index;
-  const bool in_range = target >= 0 && target < a.vocab;
-  // Read before the block's reduction: a gradient written over the logits (dlogits == logits)
-  // overwrites the row after it.
-  A target_logit = 0;
-  if (threadIdx.x == 0 && !ignored && in_range) target_logit = scalar_cast<A>(x[target]);
+  const auto r = CrossEntropyRow<A>::begin(a, row);
   RowMaxSum<A> stats = RowMaxSum<A>::empty();
   for_each_row_values<N, cross_entropy_loads_ahead, A>(x, a.vocab,
                                                        [&](const auto& v) { stats.add(v); });
   stats = block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{});
-  const A lse = stats.log_sum_exp();
-  if (threadIdx.x == 0) {
-    A loss = 0;
-    if (!ignored) {
-      loss = in_range ? lse - target_logit : ::cuda::std::numeric_limits<A>::quiet_NaN();
-    }
-    a.row_loss[row] = loss;
-    if (a.lse) a.lse[row] = lse;
-  }
+  const A lse = r.finish(a, stats);
   if (a.dlogits) {
     const std::int32_t valid = *a.valid_rows;
-    const A scale = ignored || valid == 0 ? A(0) : a.grad_scale / static_cast<A>(valid);
-    cross_entropy_row_grad<N>(x, a.dlogits + row * a.vocab, a.vocab, target, lse, scale,
+    const A scale = r.scale(a.grad_scale, valid);
+    cross_entropy_row_grad<N>(x, a.dlogits + row * a.vocab, a.vocab, r.target, lse, scale,
                               a.accumulate);
   }
 }
@@ -240,22 +294,11 @@ __global__ void __launch_bounds__(cross_entropy_threads)
   extern __shared__ __align__(16) unsigned char cross_entropy_row_shared[];
   Pack* saved = reinterpret_cast<Pack*>(cross_entropy_row_shared);
   constexpr int Ahead = cross_entropy_loads_ahead;
-  const std::int64_t row = blockIdx.x;
-  const T* x = a.logits + row * a.vocab;  // (V)
+  const auto r = CrossEntropyRow<A>::begin(a, blockIdx.x);
+  const T* x = a.logits + r.row * a.vocab;  // (V)
   const int packs = static_cast<int>(a.vocab / N);
   const int worker = static_cast<int>(threadIdx.x), workers = static_cast<int>(blockDim.x);
-  const std::int32_t target = a.targets[row];
-  const bool ignored = target == a.ignore_index;
-  const bool in_range = target >= 0 && target < a.vocab;
-  A target_logit = 0;
-  if (threadIdx.x == 0 && !ignored && in_range) target_logit = scalar_cast<A>(x[target]);
   RowMaxSum<A> stats = RowMaxSum<A>::empty();
-  auto add = [&](const Pack& pack) {
-    A v[N];
-#pragma unroll
-    for (int e = 0; e < N; ++e) v[e] = scalar_cast<A>(pack.v[e]);
-    stats.add(v);
-  };
   int k = worker;
   for (; k + (Ahead - 1) * workers < packs; k += Ahead * workers) {
     Pack p[Ahead];
@@ -265,41 +308,17 @@ __global__ void __launch_bounds__(cross_entropy_threads)
 #pragma unroll
     for (int j = 0; j < Ahead; ++j) {
       saved[k + j * workers] = p[j];
-      add(p[j]);
+      cross_entropy_add_pack(stats, p[j]);
     }
   }
   for (; k < packs; k += workers) {
     const Pack p = map_load<N>(x + static_cast<std::int64_t>(k) * N);
     saved[k] = p;
-    add(p);
+    cross_entropy_add_pack(stats, p);
   }
-  stats = block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{});
-  const A lse = stats.log_sum_exp();
-  if (threadIdx.x == 0) {
-    A loss = 0;
-    if (!ignored)
-      loss = in_range ? lse - target_logit : ::cuda::std::numeric_limits<A>::quiet_NaN();
-    a.row_loss[row] = loss;
-    if (a.lse) a.lse[row] = lse;
-  }
-  const std::int32_t valid = *a.valid_rows;
-  const A scale = ignored || valid == 0 ? A(0) : a.grad_scale / static_cast<A>(valid);
-  T* d = a.dlogits + row * a.vocab;
-  for (k = worker; k < packs; k += workers) {
-    const Pack p = saved[k];
-    const std::int64_t c = static_cast<std::int64_t>(k) * N;
-    A g[N];
-#pragma unroll
-    for (int j = 0; j < N; ++j) g[j] = scalar_cast<A>(p.v[j]);
-    cross_entropy_grad(g, c, target, lse, scale);
-    if (a.accumulate) {
-      A old[N];
-      row_load<N>(d + c, old);
-#pragma unroll
-      for (int j = 0; j < N; ++j) g[j] += old[j];
-    }
-    row_store<N>(d + c, g);
-  }
+  const A lse = r.finish(a, block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{}));
+  cross_entropy_grad_from_shared(saved, packs, a.dlogits + r.row * a.vocab, r.target, lse,
+                                 r.scale(a.grad_scale, *a.valid_rows), a.accumulate);
 }
 
 // 16 bytes from global to shared memory without passing through registers (sm_80's cp.async, in
@@ -346,44 +365,12 @@ __global__ void __launch_bounds__(cross_entropy_threads)
     if (row + gridDim.x < rows) fetch(row + gridDim.x, buffers + ((i + 1) & 1) * packs);
     copy_async_commit();  // an empty group after the last row keeps the count uniform
     copy_async_wait<1>();
-    const T* x = a.logits + row * a.vocab;  // (V)
-    const std::int32_t target = a.targets[row];
-    const bool ignored = target == a.ignore_index;
-    const bool in_range = target >= 0 && target < a.vocab;
-    A target_logit = 0;  // from global memory: thread 0 did not copy that pack
-    if (threadIdx.x == 0 && !ignored && in_range) target_logit = scalar_cast<A>(x[target]);
+    const auto r = CrossEntropyRow<A>::begin(a, row);  // the target logit from global memory
     RowMaxSum<A> stats = RowMaxSum<A>::empty();
-    for (int k = worker; k < packs; k += workers) {
-      A v[N];
-#pragma unroll
-      for (int e = 0; e < N; ++e) v[e] = scalar_cast<A>(current[k].v[e]);
-      stats.add(v);
-    }
-    stats = block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{});
-    const A lse = stats.log_sum_exp();
-    if (threadIdx.x == 0) {
-      A loss = 0;
-      if (!ignored)
-        loss = in_range ? lse - target_logit : ::cuda::std::numeric_limits<A>::quiet_NaN();
-      a.row_loss[row] = loss;
-      if (a.lse) a.lse[row] = lse;
-    }
-    const A scale = ignored || valid == 0 ? A(0) : a.grad_scale / static_cast<A>(valid);
-    T* d = a.dlogits + row * a.vocab;
-    for (int k = worker; k < packs; k += workers) {
-      const std::int64_t c = static_cast<std::int64_t>(k) * N;
-      A g[N];
-#pragma unroll
-      for (int e = 0; e < N; ++e) g[e] = scalar_cast<A>(current[k].v[e]);
-      cross_entropy_grad(g, c, target, lse, scale);
-      if (a.accumulate) {
-        A old[N];
-        row_load<N>(d + c, old);
-#pragma unroll
-        for (int e = 0; e < N; ++e) g[e] += old[e];
-      }
-      row_store<N>(d + c, g);
-    }
+    for (int k = worker; k < packs; k += workers) cross_entropy_add_pack(stats, current[k]);
+    const A lse = r.finish(a, block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{}));
+    cross_entropy_grad_from_shared(current, packs, a.dlogits + row * a.vocab, r.target, lse,
+                                   r.scale(a.grad_scale, valid), a.accumulate);
   }
   copy_async_wait<0>();
 }
