@@ -1,5 +1,6 @@
 // Differentiable softmax over the last dimension, and the fused softmax cross-entropy loss with
-// integer targets and an ignore index (no probability matrix is ever stored).
+// integer targets and an ignore index (no probability matrix is ever stored): cross_entropy, and
+// cross_entropy_fused for training, which computes the logits' gradient with the loss.
 #pragma once
 
 #include <cmath>
@@ -37,12 +38,6 @@ Var<T, D> softmax(const Var<T, D>& x) {
       });
 }
 
-// Mean cross-entropy of logits (..., V) against integer targets whose shape is the logits' shape
-// without the last dimension ((N, V) and (N) in the common case). Rows whose target equals
-// ignore_index contribute nothing and are left out of the mean; when every row is ignored the loss
-// is 0 and the gradient is 0 (never NaN). On the CPU a target outside [0, V) throws
-// fathom::Error naming the row, the target and V; on CUDA it makes the loss NaN.
-// Returns a one-element Var of shape () in accum_t<T> (fp32 for bf16 logits).
 namespace detail {
 
 // The rows (N) of cross-entropy's logits (..., V), after checking them against the targets.
@@ -83,6 +78,12 @@ inline std::uint64_t& fused_cross_entropy_runs() {
 inline void set_fused_cross_entropy(bool on) { detail::fused_cross_entropy_setting() = on; }
 inline bool fused_cross_entropy() { return detail::fused_cross_entropy_setting(); }
 
+// Mean cross-entropy of logits (..., V) against integer targets whose shape is the logits' shape
+// without the last dimension ((N, V) and (N) in the common case). Rows whose target equals
+// ignore_index contribute nothing and are left out of the mean; when every row is ignored the loss
+// is 0 and the gradient is 0 (never NaN). On the CPU a target outside [0, V) throws
+// fathom::Error naming the row, the target and V; on CUDA it makes the loss NaN.
+// Returns a one-element Var of shape () in accum_t<T> (fp32 for bf16 logits).
 template <class T, DeviceTag D>
 Var<accum_t<T>, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int32_t, D>& targets,
                                  int ignore_index = -100) {
