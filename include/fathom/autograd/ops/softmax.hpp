@@ -5,11 +5,10 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <utility>
 
 #include "fathom/autograd/var.hpp"
+#include "fathom/core/env.hpp"
 #include "fathom/kernels/softmax.hpp"
 #if defined(__CUDACC__)
 // Declared before the ops below so that kernels::softmax(Cuda{}, ...) resolves (a qualified call
@@ -57,10 +56,7 @@ std::int64_t cross_entropy_rows(const char* op, const Var<T, D>& logits,
 }
 
 inline bool& fused_cross_entropy_setting() {
-  static bool on = [] {
-    const char* v = std::getenv("FATHOM_FUSED_CROSS_ENTROPY");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
+  static bool on = env_switch("FATHOM_FUSED_CROSS_ENTROPY", true);
   return on;
 }
 

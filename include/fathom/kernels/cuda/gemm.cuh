@@ -16,8 +16,6 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <optional>
 #include <type_traits>
@@ -25,6 +23,7 @@
 #include <vector>
 
 #include "fathom/core/cuda_runtime.hpp"
+#include "fathom/core/env.hpp"
 #include "fathom/core/scalar.hpp"
 #include "fathom/kernels/cuda/blas_handle.cuh"
 // CUDA primitives of Tensor<T, Cuda> (scratch tensors)
@@ -103,10 +102,7 @@ inline std::uint64_t& unfused_bias_grad_runs() {
   return runs;
 }
 inline bool& dgelu_epilogue_setting() {
-  static bool on = [] {
-    const char* v = std::getenv("FATHOM_DGELU_EPILOGUE");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
+  static bool on = env_switch("FATHOM_DGELU_EPILOGUE", true);
   return on;
 }
 // gemm_dgelu calls that cuBLASLt's DGELU epilogue ran (the tests check which path ran).

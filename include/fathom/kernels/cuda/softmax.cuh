@@ -17,11 +17,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <initializer_list>
 
 #include "fathom/core/cuda_runtime.hpp"
+#include "fathom/core/env.hpp"
 #include "fathom/core/memory.hpp"
 #include "fathom/kernels/cuda/rows.cuh"
 #include "fathom/kernels/softmax.hpp"
@@ -157,6 +156,18 @@ __device__ inline void cross_entropy_grad(A (&g)[W], std::int64_t c, std::int32_
   }
 }
 
+// d (+)= g over W columns: added to what d holds when accumulating, written over it otherwise.
+template <int W, class T, class A>
+__device__ inline void cross_entropy_store(T* d, A (&g)[W], bool accumulate) {
+  if (accumulate) {
+    A old[W];
+    row_load<W>(d, old);
+#pragma unroll
+    for (int j = 0; j < W; ++j) g[j] += old[j];
+  }
+  row_store<W>(d, g);
+}
+
 // dlogits (+)= (exp(x - lse) - onehot(target)) * scale over one row.
 template <int N, class T, class A>
 __device__ inline void cross_entropy_row_grad(const T* x, T* d, std::int64_t vocab,
@@ -167,13 +178,7 @@ __device__ inline void cross_entropy_row_grad(const T* x, T* d, std::int64_t voc
     A g[W];
     row_load<W>(x + c, g);
     cross_entropy_grad(g, c, target, lse, scale);
-    if (accumulate) {
-      A old[W];
-      row_load<W>(d + c, old);
-#pragma unroll
-      for (int j = 0; j < W; ++j) g[j] += old[j];
-    }
-    row_store<W>(d + c, g);
+    cross_entropy_store(d + c, g, accumulate);
   });
 }
 
@@ -249,13 +254,7 @@ __device__ inline void cross_entropy_grad_from_shared(const MapPack<T, N>* saved
 #pragma unroll
     for (int e = 0; e < N; ++e) g[e] = scalar_cast<A>(saved[k].v[e]);
     cross_entropy_grad(g, c, target, lse, scale);
-    if (accumulate) {
-      A old[N];
-      row_load<N>(d + c, old);
-#pragma unroll
-      for (int e = 0; e < N; ++e) g[e] += old[e];
-    }
-    row_store<N>(d + c, g);
+    cross_entropy_store(d + c, g, accumulate);
   }
 }
 
@@ -407,10 +406,7 @@ int cross_entropy_forward_form(std::int64_t vocab, bool packed, bool pipelined, 
 }
 
 inline bool& cross_entropy_pipelined_setting() {
-  static bool on = [] {
-    const char* v = std::getenv("FATHOM_CE_PIPELINED");
-    return v && std::strcmp(v, "1") == 0;
-  }();
+  static bool on = env_switch("FATHOM_CE_PIPELINED", false);
   return on;
 }
 // Fused forwards that ran the pipelined kernel (the tests check which kernel ran).
@@ -420,10 +416,7 @@ inline std::uint64_t& cross_entropy_pipelined_runs() {
 }
 
 inline bool& cross_entropy_shared_row_setting() {
-  static bool on = [] {
-    const char* v = std::getenv("FATHOM_CE_SHARED_ROW");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
+  static bool on = env_switch("FATHOM_CE_SHARED_ROW", true);
   return on;
 }
 // Fused forwards that ran the shared-row kernel (the tests check which kernel ran).
@@ -476,13 +469,7 @@ __global__ void __launch_bounds__(cross_entropy_rescale_threads)
     row_load<W>(p.g + i, v);
 #pragma unroll
     for (int j = 0; j < W; ++j) v[j] *= ratio;
-    if (p.accumulate) {
-      A old[W];
-      row_load<W>(p.dst + i, old);
-#pragma unroll
-      for (int j = 0; j < W; ++j) v[j] += old[j];
-    }
-    row_store<W>(p.dst + i, v);
+    cross_entropy_store(p.dst + i, v, p.accumulate);
   };
   const std::int64_t packs = p.n / N;
   for (std::int64_t k = tid; k < packs; k += stride) apply(k * N, RowWidth<N>{});

@@ -22,9 +22,8 @@
 #pragma once
 
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 
+#include "fathom/core/env.hpp"
 #include "fathom/kernels/cuda/attention/mma.cuh"
 
 namespace fathom::kernels::detail::attn {
@@ -820,10 +819,7 @@ __global__ void __launch_bounds__(kShortThreads, 1)
 // Hopper block may have (causal: T <= 256; without the mask, which keeps all T^2 / 4096 dS tiles:
 // T <= 192). FATHOM_ATTENTION_SHORT=0 turns it off (the two passes run), for comparisons.
 inline bool short_backward_applies(const AttentionBackwardParams<bf16>& p) {
-  static const bool disabled = [] {
-    const char* v = std::getenv("FATHOM_ATTENTION_SHORT");
-    return v && std::strcmp(v, "0") == 0;
-  }();
+  static const bool disabled = !env_switch("FATHOM_ATTENTION_SHORT", true);
   constexpr std::size_t kHopperBlockSmem = 227 * 1024;
   if (disabled || !p.dq || !p.dk || !p.dv || p.seq > 64 * kShortMaxTiles) return false;
   return short_backward_smem(static_cast<int>((p.seq + 63) / 64), p.causal) <= kHopperBlockSmem;
@@ -857,10 +853,7 @@ __global__ void wgmma_compiled_kernel(int* out) {
 inline bool wgmma_available() {
   constexpr int kDevices = 64;
   static std::atomic<int> known[kDevices];  // 0 unknown, 1 yes, -1 no
-  static const bool disabled = [] {
-    const char* v = std::getenv("FATHOM_ATTENTION_WGMMA");
-    return v && std::strcmp(v, "0") == 0;
-  }();
+  static const bool disabled = !env_switch("FATHOM_ATTENTION_WGMMA", true);
   if (disabled) return false;
   int device = 0;
   FATHOM_CUDA_CHECK(cudaGetDevice(&device));
