@@ -1,11 +1,12 @@
 // CUDA RoPE (Hugging Face Llama convention, see kernels/rope.hpp), forward and backward, on a
 // (B, T, C) tensor or in place on the q and k thirds of a fused (B, T, 3C) projection.
 //
-// A grid-stride loop over (token, head, pack of pair indices). Each block first fills a
-// shared-memory table of inv_freq (computed in double as on the CPU, rounded once), then every
-// thread turns its pairs by angles computed on the fly in accum precision with sincos (bf16: the
-// reduced sincos of rows.cuh): no position table to build or keep. Loads and stores are 16-byte
-// packs when hd/2 allows.
+// A grid-stride loop over (token, group of rope_group_heads heads, pack of pair indices). Each
+// block first fills a shared-memory table of inv_freq (computed in double as on the CPU, rounded
+// once); every thread then computes the angles of its pack once, in accum precision with sincos
+// (bf16: the reduced sincos of rows.cuh), and turns that pack in each head of its group, the
+// group's loads all issued before the first is used: no position table to build or keep. Loads
+// and stores are 16-byte packs when hd/2 allows.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -25,7 +26,10 @@ namespace fathom::kernels {
 namespace detail {
 
 constexpr int rope_threads = 256;
-constexpr std::int64_t rope_max_blocks = 4096;  // a grid-stride loop covers the rest
+constexpr std::int64_t rope_max_blocks = 65536;  // a grid-stride loop covers the rest
+// Heads a thread turns with one pack's angles: the sines and cosines are computed once for all of
+// them, and their 2 x rope_group_heads loads are in flight together.
+constexpr int rope_group_heads = 4;
 
 // n_heads heads of head_dim at the start of each row; rows in_stride (out_stride) elements apart.
 // in may equal out: each thread reads its pairs before it writes them, and no other thread
@@ -45,6 +49,7 @@ struct RopeArgs {
 template <class T, int N>
 __global__ void __launch_bounds__(rope_threads) rope_kernel(RopeArgs<T> a) {
   using A = accum_t<T>;
+  constexpr int G = rope_group_heads;
   extern __shared__ unsigned char rope_shared[];
   A* inv_freq = reinterpret_cast<A*>(rope_shared);  // (hd / 2)
   const std::int64_t half = a.head_dim / 2;
@@ -53,44 +58,62 @@ __global__ void __launch_bounds__(rope_threads) rope_kernel(RopeArgs<T> a) {
   __syncthreads();
 
   const std::int64_t packs_per_half = half / N;
-  const std::int64_t total = a.tokens * a.n_heads * packs_per_half;
+  const std::int64_t groups = (a.n_heads + G - 1) / G;
+  const std::int64_t total = a.tokens * groups * packs_per_half;
   const std::int64_t step = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        idx < total; idx += step) {
     const std::int64_t i0 = (idx % packs_per_half) * N;
     const std::int64_t rest = idx / packs_per_half;
-    const std::int64_t head = rest % a.n_heads, token = rest / a.n_heads;
+    const std::int64_t head0 = (rest % groups) * G, token = rest / groups;
+    const int heads = static_cast<int>(min(std::int64_t{G}, a.n_heads - head0));
     const A pos = static_cast<A>(a.pos0 + token % a.seq);
-    const std::int64_t in1 = token * a.in_stride + head * a.head_dim + i0, in2 = in1 + half;
-    const std::int64_t k1 = token * a.out_stride + head * a.head_dim + i0, k2 = k1 + half;
-    A x1[N], x2[N], y1[N], y2[N];
-    row_load<N>(a.in + in1, x1);
-    row_load<N>(a.in + in2, x2);
+    const T* in1 = a.in + token * a.in_stride + head0 * a.head_dim + i0;
+    T* out0 = a.out + token * a.out_stride + head0 * a.head_dim + i0;
+    const int hd = static_cast<int>(a.head_dim), hh = static_cast<int>(half);
+    MapPack<T, N> x1[G], x2[G];  // kept as loaded (bf16: half the registers of accum values)
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      if (h < heads) {
+        x1[h] = map_load<N>(in1 + h * hd);
+        x2[h] = map_load<N>(in1 + h * hd + hh);
+      }
+    }
+    A sin[N], cos[N];
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      A sin, cos;
       // bf16 keeps 8 bits: the reduced sine's 2^-21 is far below its rounding, and sincosf's
       // instructions kept the pass from the memory's rate. fp32 and double keep the exact one.
       if constexpr (std::is_same_v<T, bf16>)
-        sincos_reduced(pos * inv_freq[i0 + j], &sin, &cos);
+        sincos_reduced(pos * inv_freq[i0 + j], &sin[j], &cos[j]);
       else
-        row_sincos(pos * inv_freq[i0 + j], &sin, &cos);
-      sin *= a.sign;
-      y1[j] = x1[j] * cos - x2[j] * sin;
-      y2[j] = x2[j] * cos + x1[j] * sin;
+        row_sincos(pos * inv_freq[i0 + j], &sin[j], &cos[j]);
+      sin[j] *= a.sign;
     }
-    if (a.accumulate) {
-      A o1[N], o2[N];
-      row_load<N>(a.out + k1, o1);
-      row_load<N>(a.out + k2, o2);
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      if (h >= heads) continue;
+      T* out1 = out0 + h * hd;
+      A y1[N], y2[N];
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        y1[j] += o1[j];
-        y2[j] += o2[j];
+        const A v1 = scalar_cast<A>(x1[h].v[j]), v2 = scalar_cast<A>(x2[h].v[j]);
+        y1[j] = v1 * cos[j] - v2 * sin[j];
+        y2[j] = v2 * cos[j] + v1 * sin[j];
       }
+      if (a.accumulate) {
+        A o1[N], o2[N];
+        row_load<N>(out1, o1);
+        row_load<N>(out1 + hh, o2);
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+          y1[j] += o1[j];
+          y2[j] += o2[j];
+        }
+      }
+      row_store<N>(out1, y1);
+      row_store<N>(out1 + hh, y2);
     }
-    row_store<N>(a.out + k1, y1);
-    row_store<N>(a.out + k2, y2);
   }
 }
 
@@ -102,7 +125,8 @@ void launch_rope(const RopeArgs<T>& a) {
   constexpr int N = map_width<T>();
   const bool packed = half % N == 0 && a.in_stride % N == 0 && a.out_stride % N == 0 &&
                       map_aligned(a.in) && map_aligned(a.out);
-  const std::int64_t work = a.tokens * a.n_heads * (packed ? half / N : half);
+  const std::int64_t work = a.tokens * ((a.n_heads + rope_group_heads - 1) / rope_group_heads) *
+                           (packed ? half / N : half);
   const int blocks =
       static_cast<int>(std::min(rope_max_blocks, (work + rope_threads - 1) / rope_threads));
   const std::size_t shared = static_cast<std::size_t>(half) * sizeof(A);
