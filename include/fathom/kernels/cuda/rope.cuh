@@ -126,7 +126,7 @@ void launch_rope(const RopeArgs<T>& a) {
   const bool packed = half % N == 0 && a.in_stride % N == 0 && a.out_stride % N == 0 &&
                       map_aligned(a.in) && map_aligned(a.out);
   const std::int64_t work = a.tokens * ((a.n_heads + rope_group_heads - 1) / rope_group_heads) *
-                           (packed ? half / N : half);
+                            (packed ? half / N : half);
   const int blocks =
       static_cast<int>(std::min(rope_max_blocks, (work + rope_threads - 1) / rope_threads));
   const std::size_t shared = static_cast<std::size_t>(half) * sizeof(A);
