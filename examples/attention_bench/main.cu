@@ -97,7 +97,7 @@ struct Wgmma {
   }
   static void dkdv(const fathom::kernels::AttentionBackwardParams<bf16>& p, const float* delta,
                    const attn::RopeFreqs<32>& freqs) {
-    attn::launch_mma<Dkdv, attn::backward_dkdv_wgmma<Dkdv>>(p, delta, freqs);
+    attn::launch_persistent<Dkdv, attn::backward_dkdv_wgmma<Dkdv>>(p, delta, freqs);
   }
 };
 

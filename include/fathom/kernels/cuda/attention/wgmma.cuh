@@ -332,13 +332,18 @@ struct WgmmaDkdv {
   static constexpr int kGroupPairs = GroupPairs_;
   static constexpr int kThreads = kGroups * kGroupThreads, kBlockRows = 64 * kGroups;
   static_assert(kThreads >= kQueries, "one thread stages each query's lse and delta");
+  // Two K/V pairs (the next work item's fetched ahead), two Q/dO pairs, two lse/D rows.
   static constexpr std::size_t smem_bytes =
-      1024 + kTileRowBytes * (2 * kBlockRows + 4 * kQueries) + sizeof(float) * 4 * kQueries;
+      1024 + kTileRowBytes * (4 * kBlockRows + 4 * kQueries) + sizeof(float) * 4 * kQueries;
 };
 
 // One block per (b, h, key tile), as backward_dkdv_mma: each warpgroup owns 64 keys, whose K and V
 // tiles stay in shared memory; per query tile S^T = K Q^T and dP^T = V dO^T, then dV += P^T dO
-// and dK += dS^T Q.
+// and dK += dS^T Q. A block may walk several key tiles (work items item, item + gridDim.x, ...:
+// launch_persistent): while it works on an item's last query tile, the next item's K and V (into
+// the other pair of K/V buffers), its first Q and dO tiles and their lse and D are already on
+// their way, and they keep coming while the block stores dK and dV. With one item a block (a grid
+// of every item) nothing is fetched ahead across items.
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     backward_dkdv_wgmma(AttentionBackwardParams<bf16> p, const float* delta,
@@ -346,107 +351,128 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kQ = Cfg::kQueries, kBlockRows = Cfg::kBlockRows;
   constexpr std::uint32_t kQueryTileBytes = kQ * kTileRowBytes;
+  constexpr std::uint32_t kKeyTileBytes = kBlockRows * kTileRowBytes;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const std::uint32_t Ks = swizzle_base(smem_raw);           // (block rows, 64)
-  const std::uint32_t Vs = Ks + kBlockRows * kTileRowBytes;  // (block rows, 64)
-  const std::uint32_t Qs = Vs + kBlockRows * kTileRowBytes;  // [2] (query tile, 64)
-  const std::uint32_t dOs = Qs + 2 * kQueryTileBytes;        // [2] (query tile, 64)
+  const std::uint32_t Ks = swizzle_base(smem_raw);     // [2] (block rows, 64)
+  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;     // [2] (block rows, 64)
+  const std::uint32_t Qs = Vs + 2 * kKeyTileBytes;     // [2] (query tile, 64)
+  const std::uint32_t dOs = Qs + 2 * kQueryTileBytes;  // [2] (query tile, 64)
   float* lse_s = reinterpret_cast<float*>(
       smem_raw + (dOs + 2 * kQueryTileBytes - smem_address(smem_raw)));  // [2] (tile)
   float* delta_s = lse_s + 2 * kQ;                                       // [2] (tile)
 
   const std::int64_t Tn = p.seq, nqt = (Tn + kQ - 1) / kQ;
-  const auto [bh, b, h, k0] = key_tile<kBlockRows>(p, Cfg::kGroupPairs);
+  const std::int64_t items = work_items<kBlockRows>(p);
   const int group = threadIdx.x / kGroupThreads, warp = (threadIdx.x / kWarp) % 4;
   const int lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
-  const bf16* qg = p.q + b * Tn * p.q_stride + h * 64;
-  const bf16* dog = p.d_o + b * Tn * p.do_stride + h * 64;
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
-  const std::int64_t group_k0 = k0 + group * 64, warp_k0 = group_k0 + warp * 16;
-  const std::uint64_t k_desc = sw128_desc(Ks + group * 64 * kTileRowBytes);
-  const std::uint64_t v_desc = sw128_desc(Vs + group * 64 * kTileRowBytes);
 
   const SwizzledCopy<kQ, Cfg::kThreads> copy_q;
   const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_kv;
-  auto stage = [&](int buf, std::int64_t qt) {  // Q and dO of query tile qt
-    copy_q(Qs + buf * kQueryTileBytes, qg, p.q_stride, qt * kQ, Tn);
-    copy_q(dOs + buf * kQueryTileBytes, dog, p.do_stride, qt * kQ, Tn);
+  auto first_query_tile = [&](const TileWork& w) { return p.causal ? w.row0 / kQ : 0; };
+  auto stage = [&](int buf, const TileWork& w, std::int64_t qt) {  // Q and dO of query tile qt
+    copy_q(Qs + buf * kQueryTileBytes, p.q + w.b * Tn * p.q_stride + w.h * 64, p.q_stride, qt * kQ,
+           Tn);
+    copy_q(dOs + buf * kQueryTileBytes, p.d_o + w.b * Tn * p.do_stride + w.h * 64, p.do_stride,
+           qt * kQ, Tn);
+  };
+  auto stage_kv = [&](int kv, const TileWork& w) {
+    copy_kv(Ks + kv * kKeyTileBytes, p.k + w.b * Tn * p.k_stride + w.h * 64, p.k_stride, w.row0,
+            Tn);
+    copy_kv(Vs + kv * kKeyTileBytes, p.v + w.b * Tn * p.v_stride + w.h * 64, p.v_stride, w.row0,
+            Tn);
   };
 
-  const std::int64_t qt_begin = p.causal ? k0 / kQ : 0;
-  copy_kv(Ks, p.k + b * Tn * p.k_stride + h * 64, p.k_stride, k0, Tn);
-  copy_kv(Vs, p.v + b * Tn * p.v_stride + h * 64, p.v_stride, k0, Tn);
-  stage(0, qt_begin);
+  std::int64_t item = blockIdx.x;
+  TileWork w = key_tile<kBlockRows>(p, Cfg::kGroupPairs, item);
+  stage_kv(0, w);
+  stage(0, w, first_query_tile(w));
   cp_async_commit();
   RowStats<kQ> stats;  // lse and delta of the next query tile, loaded during this one's work
-  stats.load(p.lse, delta, Tn, bh, qt_begin);
+  stats.load(p.lse, delta, Tn, w.bh, first_query_tile(w));
   stats.store(lse_s, delta_s);
 
-  float dk[32], dv[32];
-#pragma unroll
-  for (int i = 0; i < 32; ++i) dk[i] = dv[i] = 0.0f;
+  int buf = 0;  // the Q/dO buffer of the current query tile, alternating over all the block's
+  for (int kv = 0; item < items; item += gridDim.x, kv ^= 1) {
+    const std::int64_t next_item = item + gridDim.x;
+    const std::int64_t group_k0 = w.row0 + group * 64, warp_k0 = group_k0 + warp * 16;
+    const std::uint64_t k_desc = sw128_desc(Ks + kv * kKeyTileBytes + group * 64 * kTileRowBytes);
+    const std::uint64_t v_desc = sw128_desc(Vs + kv * kKeyTileBytes + group * 64 * kTileRowBytes);
 
-  for (std::int64_t qt = qt_begin; qt < nqt; ++qt) {
-    const int buf = static_cast<int>((qt - qt_begin) & 1);
-    if (qt + 1 < nqt) {
-      stage(buf ^ 1, qt + 1);
-      stats.load(p.lse, delta, Tn, bh, qt + 1);
-    }
-    cp_async_commit();
-    cp_async_wait_all_but_one();
-    fence_proxy_async();
-    __syncthreads();
-    const std::int64_t cq0 = qt * kQ;
-    // With causal, queries that precede all of this warpgroup's keys contribute nothing.
-    if (!(p.causal && cq0 + kQ - 1 < group_k0)) {
-      const std::uint32_t Qb = Qs + buf * kQueryTileBytes, dOb = dOs + buf * kQueryTileBytes;
-      const float* lse_b = lse_s + buf * kQ;
-      const float* delta_b = delta_s + buf * kQ;
-      float st[kQ / 2], dpt[kQ / 2];  // (64 keys, kQ queries)
-      wgmma_fence();
+    float dk[32], dv[32];
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks)
-        wgmma_ss<kQ>(st, k_desc + 2 * ks, sw128_desc(Qb) + 2 * ks, ks > 0);
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks)
-        wgmma_ss<kQ>(dpt, v_desc + 2 * ks, sw128_desc(dOb) + 2 * ks, ks > 0);
-      wgmma_commit();
-      wgmma_wait_all();
-      fence_registers(st);
-      fence_registers(dpt);
-      const bool edge = (p.causal && warp_k0 + 15 > cq0) || cq0 + kQ > Tn || warp_k0 + 16 > Tn;
-      dkdv_scores<kQ>(reinterpret_cast<float(&)[kQ / 8][4]>(st),
-                      reinterpret_cast<float(&)[kQ / 8][4]>(dpt), lse_b, delta_b, scale_log2, edge,
-                      warp_k0 + g, cq0, Tn, p.causal, c);
-      std::uint32_t pa[kQ / 16][4], da[kQ / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < kQ / 16; ++kk) {
-        a_operand(pa[kk], st, kk);
-        a_operand(da[kk], dpt, kk);
+    for (int i = 0; i < 32; ++i) dk[i] = dv[i] = 0.0f;
+
+    for (std::int64_t qt = first_query_tile(w); qt < nqt; ++qt, buf ^= 1) {
+      bool staged = true;  // whether buffer buf ^ 1 gets a tile (and its lse and D) this time
+      if (qt + 1 < nqt) {
+        stage(buf ^ 1, w, qt + 1);
+        stats.load(p.lse, delta, Tn, w.bh, qt + 1);
+      } else if (next_item < items) {
+        const TileWork next = key_tile<kBlockRows>(p, Cfg::kGroupPairs, next_item);
+        stage_kv(kv ^ 1, next);
+        stage(buf ^ 1, next, first_query_tile(next));
+        stats.load(p.lse, delta, Tn, next.bh, first_query_tile(next));
+      } else {
+        staged = false;
       }
-      wgmma_fence();
+      cp_async_commit();
+      cp_async_wait_all_but_one();
+      fence_proxy_async();
+      __syncthreads();
+      const std::int64_t cq0 = qt * kQ;
+      // With causal, queries that precede all of this warpgroup's keys contribute nothing.
+      if (!(p.causal && cq0 + kQ - 1 < group_k0)) {
+        const std::uint32_t Qb = Qs + buf * kQueryTileBytes, dOb = dOs + buf * kQueryTileBytes;
+        const float* lse_b = lse_s + buf * kQ;
+        const float* delta_b = delta_s + buf * kQ;
+        float st[kQ / 2], dpt[kQ / 2];  // (64 keys, kQ queries)
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kQ / 16; ++kk)
-        wgmma_rs<64>(dv, pa[kk], sw128_desc(dOb + kk * 16 * kTileRowBytes));
+        for (int ks = 0; ks < 4; ++ks)
+          wgmma_ss<kQ>(st, k_desc + 2 * ks, sw128_desc(Qb) + 2 * ks, ks > 0);
 #pragma unroll
-      for (int kk = 0; kk < kQ / 16; ++kk)
-        wgmma_rs<64>(dk, da[kk], sw128_desc(Qb + kk * 16 * kTileRowBytes));
-      wgmma_commit();
-      wgmma_wait_all();
-      fence_registers(dv);
-      fence_registers(dk);
+        for (int ks = 0; ks < 4; ++ks)
+          wgmma_ss<kQ>(dpt, v_desc + 2 * ks, sw128_desc(dOb) + 2 * ks, ks > 0);
+        wgmma_commit();
+        wgmma_wait_all();
+        fence_registers(st);
+        fence_registers(dpt);
+        const bool edge = (p.causal && warp_k0 + 15 > cq0) || cq0 + kQ > Tn || warp_k0 + 16 > Tn;
+        dkdv_scores<kQ>(reinterpret_cast<float(&)[kQ / 8][4]>(st),
+                        reinterpret_cast<float(&)[kQ / 8][4]>(dpt), lse_b, delta_b, scale_log2,
+                        edge, warp_k0 + g, cq0, Tn, p.causal, c);
+        std::uint32_t pa[kQ / 16][4], da[kQ / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < kQ / 16; ++kk) {
+          a_operand(pa[kk], st, kk);
+          a_operand(da[kk], dpt, kk);
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kQ / 16; ++kk)
+          wgmma_rs<64>(dv, pa[kk], sw128_desc(dOb + kk * 16 * kTileRowBytes));
+#pragma unroll
+        for (int kk = 0; kk < kQ / 16; ++kk)
+          wgmma_rs<64>(dk, da[kk], sw128_desc(Qb + kk * 16 * kTileRowBytes));
+        wgmma_commit();
+        wgmma_wait_all();
+        fence_registers(dv);
+        fence_registers(dk);
+      }
+      if (staged) stats.store(lse_s + (buf ^ 1) * kQ, delta_s + (buf ^ 1) * kQ);
+      __syncthreads();
     }
-    if (qt + 1 < nqt) stats.store(lse_s + (buf ^ 1) * kQ, delta_s + (buf ^ 1) * kQ);
-    __syncthreads();
-  }
 
-  // dV first, then dK: with RoPE's turn, dV's registers are free before the turn needs its own.
-  const float scale = static_cast<float>(p.scale);
-  if (p.dv) store_accumulator_rows(p, p.dv, p.dv_stride, b, h, warp_k0, dv, 1.0f, g, c);
-  if (p.dk) {
-    if (p.rope_theta > 0)
-      unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dk), p, rope, warp_k0 + g, c);
-    store_accumulator_rows(p, p.dk, p.dk_stride, b, h, warp_k0, dk, scale, g, c);
+    // dV first, then dK: with RoPE's turn, dV's registers are free before the turn needs its own.
+    const float scale = static_cast<float>(p.scale);
+    if (p.dv) store_accumulator_rows(p, p.dv, p.dv_stride, w.b, w.h, warp_k0, dv, 1.0f, g, c);
+    if (p.dk) {
+      if (p.rope_theta > 0)
+        unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dk), p, rope, warp_k0 + g, c);
+      store_accumulator_rows(p, p.dk, p.dk_stride, w.b, w.h, warp_k0, dk, scale, g, c);
+    }
+    if (next_item < items) w = key_tile<kBlockRows>(p, Cfg::kGroupPairs, next_item);
   }
 #else
   (void)p, (void)delta, (void)rope;
@@ -930,6 +956,50 @@ struct WgmmaLongKeys {
   static constexpr int kShortTiles = 0;
 };
 
+// Whether the wgmma passes that walk several work items a block (backward_dkdv_wgmma) run
+// persistent: as many blocks as the GPU holds at once, each fetching its next item's tiles while
+// it finishes the current one (FATHOM_ATTENTION_PERSISTENT=1). Off: one block an item, as the
+// other passes. The same bits either way (each item's arithmetic is the same).
+inline bool& attention_persistent_setting() {
+  static bool on = env_switch("FATHOM_ATTENTION_PERSISTENT", false);
+  return on;
+}
+// At most this many blocks when persistent (0: as many as the GPU holds), so that the tests walk
+// many items a block at small sizes.
+inline int& attention_persistent_block_cap() {
+  static int cap = 0;
+  return cap;
+}
+
+// Launches Kernel (a pass that walks work items item, item + gridDim.x, ...) on every work item of
+// p: one block an item, or with attention_persistent_setting() as many blocks as run at once.
+template <class Cfg, auto Kernel, class Params, class... Rest>
+void launch_persistent(const Params& p, Rest... rest) {
+  constexpr std::size_t smem = Cfg::smem_bytes;
+  allow_shared_memory<Kernel>(smem);
+  const std::int64_t items = work_items<Cfg::kBlockRows>(p);
+  if (items == 0) return;
+  std::int64_t blocks = grid_of(items, 1);
+  if (attention_persistent_setting()) {
+    // Blocks a GPU holds at once, one count per kernel (Kernel is a template argument), from the
+    // first device asked.
+    static std::atomic<int> resident{0};
+    if (resident.load(std::memory_order_relaxed) == 0) {
+      int device = 0, sms = 0, per_sm = 0;
+      FATHOM_CUDA_CHECK(cudaGetDevice(&device));
+      FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      FATHOM_CUDA_CHECK(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, Cfg::kThreads, smem));
+      resident.store(std::max(1, sms * per_sm), std::memory_order_relaxed);
+    }
+    blocks = std::min<std::int64_t>(blocks, resident.load(std::memory_order_relaxed));
+    if (const int cap = attention_persistent_block_cap(); cap > 0)
+      blocks = std::min<std::int64_t>(blocks, cap);
+  }
+  Kernel<<<static_cast<unsigned>(blocks), Cfg::kThreads, smem, cuda::stream()>>>(p, rest...);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
 template <class Shapes = WgmmaChoice>
 void launch_forward_wgmma(const AttentionParams<bf16>& p) {
   using Cfg = typename Shapes::Forward;
@@ -952,7 +1022,7 @@ void launch_backward_wgmma(const AttentionBackwardParams<bf16>& p, float* delta)
     launch_rowsum(p, delta, /*vectorized=*/true);
   }
   if (p.dk || p.dv)
-    launch_mma<Dkdv, backward_dkdv_wgmma<Dkdv>>(p, static_cast<const float*>(delta), freqs);
+    launch_persistent<Dkdv, backward_dkdv_wgmma<Dkdv>>(p, static_cast<const float*>(delta), freqs);
 }
 
 }  // namespace fathom::kernels::detail::attn
