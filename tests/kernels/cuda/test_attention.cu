@@ -707,10 +707,10 @@ TEST_CASE("CUDA attention backward turns dq and dk back by RoPE's inverse as the
         run_cuda<bf16>(c, in, 0, 0, accumulate).dv);
 }
 
-// backward_dkdv_wgmma walking several key tiles a block (persistent, the next item's tiles fetched
-// during the current one's last): the same bits as one block an item, with every block walking
-// many items (a cap of 5 or 13 blocks) and with as many blocks as the GPU holds.
-TEST_CASE("CUDA attention's persistent dK/dV pass gives the same bits as one block a tile",
+// forward_wgmma and backward_dkdv_wgmma walking several tiles a block (persistent, the next item's
+// tiles fetched during the current one's last): the same bits as one block an item, with every
+// block walking many items (a cap of 5 or 13 blocks) and with as many blocks as the GPU holds.
+TEST_CASE("CUDA attention's persistent passes give the same bits as one block a tile",
           "[cuda][attention]") {
   namespace attn = fathom::kernels::detail::attn;
   if (!attn::wgmma_available()) {
@@ -738,6 +738,8 @@ TEST_CASE("CUDA attention's persistent dK/dV pass gives the same bits as one blo
   attn::attention_persistent_setting() = true;
   attn::attention_persistent_block_cap() = cap;
   const Outputs walked = run_cuda<bf16>(c, in, 0, 0, accumulate);
+  CHECK(walked.o == one.o);
+  CHECK(walked.lse == one.lse);
   CHECK(walked.dk == one.dk);
   CHECK(walked.dv == one.dv);
   CHECK(walked.dq == one.dq);

@@ -221,86 +221,115 @@ struct WgmmaForward {
   static constexpr int HD = 64, kKeys = Keys_, kGroups = Groups_, kMinBlocks = MinBlocks_;
   static constexpr int kGroupPairs = GroupPairs_;
   static constexpr int kThreads = kGroups * kGroupThreads, kBlockRows = 64 * kGroups;
-  static constexpr std::size_t smem_bytes = 1024 + kTileRowBytes * (kBlockRows + 4 * kKeys);
+  // Two Q tiles (the next work item's fetched ahead), two K/V pairs.
+  static constexpr std::size_t smem_bytes = 1024 + kTileRowBytes * (2 * kBlockRows + 4 * kKeys);
 };
 
 // One block per (b, h, query tile), as forward_mma: each warpgroup owns 64 query rows; per key
 // tile S = Q K^T (both from shared memory), the online softmax in registers, O += P V (P from
 // the accumulators, V from shared memory). Needs scale > 0 (the running max is over unscaled
-// scores).
+// scores). A block may walk several query tiles (work items item, item + gridDim.x, ...:
+// launch_persistent): during an item's last key tile the next item's Q (into the other Q buffer)
+// and first K/V tile are on their way, and they keep coming while the block stores O.
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     forward_wgmma(AttentionParams<bf16> p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kKeys = Cfg::kKeys, kBlockRows = Cfg::kBlockRows;
   constexpr std::uint32_t kKeyTileBytes = kKeys * kTileRowBytes;
+  constexpr std::uint32_t kQueryTileBytes = kBlockRows * kTileRowBytes;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const std::uint32_t Qs = swizzle_base(smem_raw);           // (block rows, 64)
-  const std::uint32_t Ks = Qs + kBlockRows * kTileRowBytes;  // [2] (key tile, 64)
-  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;           // [2] (key tile, 64)
+  const std::uint32_t Qs = swizzle_base(smem_raw);    // [2] (block rows, 64)
+  const std::uint32_t Ks = Qs + 2 * kQueryTileBytes;  // [2] (key tile, 64)
+  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;    // [2] (key tile, 64)
   const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_q;
   const SwizzledCopy<kKeys, Cfg::kThreads> copy_kv;
 
   const std::int64_t Tn = p.seq;
-  const auto [bh, b, h, q0] = query_tile<kBlockRows>(p, Cfg::kGroupPairs);
+  const std::int64_t items = work_items<kBlockRows>(p);
   const int group = threadIdx.x / kGroupThreads, warp = (threadIdx.x / kWarp) % 4;
   const int lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
-  const KeyValueTiles<64, kKeys, kKeyTileBytes, SwizzledCopy<kKeys, Cfg::kThreads>> kv(
-      copy_kv, Ks, Vs, p, b, h, key_tiles_seen<kKeys>(p, q0 + kBlockRows));
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
-  const std::int64_t group_q0 = q0 + group * 64, warp_q0 = group_q0 + warp * 16;
-  const std::uint64_t q_desc = sw128_desc(Qs + group * 64 * kTileRowBytes);
+  auto stage_q = [&](int qb, const TileWork& w) {
+    copy_q(Qs + qb * kQueryTileBytes, p.q + w.b * Tn * p.q_stride + w.h * 64, p.q_stride, w.row0,
+           Tn);
+  };
+  auto stage_kv = [&](int buf, const TileWork& w, std::int64_t kt) {  // key tile kt
+    copy_kv(Ks + buf * kKeyTileBytes, p.k + w.b * Tn * p.k_stride + w.h * 64, p.k_stride,
+            kt * kKeys, Tn);
+    copy_kv(Vs + buf * kKeyTileBytes, p.v + w.b * Tn * p.v_stride + w.h * 64, p.v_stride,
+            kt * kKeys, Tn);
+  };
 
-  copy_q(Qs, p.q + b * Tn * p.q_stride + h * 64, p.q_stride, q0, Tn);
-  kv.load(0, 0);
+  std::int64_t item = blockIdx.x;
+  TileWork w = query_tile<kBlockRows>(p, Cfg::kGroupPairs, item);
+  stage_q(0, w);
+  stage_kv(0, w, 0);
   cp_async_commit();
 
-  float o[32];
-#pragma unroll
-  for (int i = 0; i < 32; ++i) o[i] = 0.0f;
-  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g, g + 8; max in log2 units
+  int buf = 0;  // the K/V buffer of the current key tile, alternating over all the block's
+  for (int qb = 0; item < items; item += gridDim.x, qb ^= 1) {
+    const std::int64_t next_item = item + gridDim.x;
+    const std::int64_t tiles = key_tiles_seen<kKeys>(p, w.row0 + kBlockRows);
+    const std::int64_t group_q0 = w.row0 + group * 64, warp_q0 = group_q0 + warp * 16;
+    const std::uint64_t q_desc = sw128_desc(Qs + qb * kQueryTileBytes + group * 64 * kTileRowBytes);
 
-  for (std::int64_t kt = 0; kt < kv.tiles; ++kt) {
-    const int buf = kv.next(kt);
-    fence_proxy_async();
-    __syncthreads();
-    const std::int64_t k0 = kt * kKeys;
-    // With causal, a warpgroup whose rows all precede this key tile has nothing to do here (the
-    // test is uniform over the warpgroup, as wgmma needs).
-    if (!p.causal || k0 <= group_q0 + 63) {
-      const std::uint32_t Kb = Ks + buf * kKeyTileBytes, Vb = Vs + buf * kKeyTileBytes;
-      float s[kKeys / 2];
-      wgmma_fence();
+    float o[32];
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks)
-        wgmma_ss<kKeys>(s, q_desc + 2 * ks, sw128_desc(Kb) + 2 * ks, ks > 0);
-      wgmma_commit();
-      wgmma_wait_all();
-      fence_registers(s);
-      // The accumulators in the mma family's (16-row m-tile) layout.
-      auto& st = reinterpret_cast<float(&)[kKeys / 8][4]>(s);
-      auto& ot = reinterpret_cast<float(&)[8][4]>(o);
-      const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
-      if (edge)
-        mask_scores<kKeys>(st, static_cast<int>(min(Tn - k0, std::int64_t{kKeys})),
-                           static_cast<int>(warp_q0 - k0) + g, p.causal, c);
-      online_softmax<kKeys, 64>(st, mx, l, ot, scale_log2);
-      std::uint32_t pa[kKeys / 16][4];
+    for (int i = 0; i < 32; ++i) o[i] = 0.0f;
+    float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g, g + 8; max in log2 units
+
+    for (std::int64_t kt = 0; kt < tiles; ++kt, buf ^= 1) {
+      if (kt + 1 < tiles) {
+        stage_kv(buf ^ 1, w, kt + 1);
+      } else if (next_item < items) {
+        const TileWork next = query_tile<kBlockRows>(p, Cfg::kGroupPairs, next_item);
+        stage_q(qb ^ 1, next);
+        stage_kv(buf ^ 1, next, 0);
+      }
+      cp_async_commit();
+      cp_async_wait_all_but_one();
+      fence_proxy_async();
+      __syncthreads();
+      const std::int64_t k0 = kt * kKeys;
+      // With causal, a warpgroup whose rows all precede this key tile has nothing to do here (the
+      // test is uniform over the warpgroup, as wgmma needs).
+      if (!p.causal || k0 <= group_q0 + 63) {
+        const std::uint32_t Kb = Ks + buf * kKeyTileBytes, Vb = Vs + buf * kKeyTileBytes;
+        float s[kKeys / 2];
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kKeys / 16; ++kk) a_operand(pa[kk], s, kk);
-      wgmma_fence();
+        for (int ks = 0; ks < 4; ++ks)
+          wgmma_ss<kKeys>(s, q_desc + 2 * ks, sw128_desc(Kb) + 2 * ks, ks > 0);
+        wgmma_commit();
+        wgmma_wait_all();
+        fence_registers(s);
+        // The accumulators in the mma family's (16-row m-tile) layout.
+        auto& st = reinterpret_cast<float(&)[kKeys / 8][4]>(s);
+        auto& ot = reinterpret_cast<float(&)[8][4]>(o);
+        const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
+        if (edge)
+          mask_scores<kKeys>(st, static_cast<int>(min(Tn - k0, std::int64_t{kKeys})),
+                             static_cast<int>(warp_q0 - k0) + g, p.causal, c);
+        online_softmax<kKeys, 64>(st, mx, l, ot, scale_log2);
+        std::uint32_t pa[kKeys / 16][4];
 #pragma unroll
-      for (int kk = 0; kk < kKeys / 16; ++kk)
-        wgmma_rs<64>(o, pa[kk], sw128_desc(Vb + kk * 16 * kTileRowBytes));
-      wgmma_commit();
-      wgmma_wait_all();
-      fence_registers(o);
+        for (int kk = 0; kk < kKeys / 16; ++kk) a_operand(pa[kk], s, kk);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kKeys / 16; ++kk)
+          wgmma_rs<64>(o, pa[kk], sw128_desc(Vb + kk * 16 * kTileRowBytes));
+        wgmma_commit();
+        wgmma_wait_all();
+        fence_registers(o);
+      }
+      __syncthreads();  // the next iteration's copies overwrite this buffer
     }
-    __syncthreads();  // the next iteration's copies overwrite this buffer
-  }
 
-  store_forward_rows<64>(p, reinterpret_cast<const float(&)[8][4]>(o), mx, l, b, h, bh, warp_q0 + g,
-                         c);
+    store_forward_rows<64>(p, reinterpret_cast<const float(&)[8][4]>(o), mx, l, w.b, w.h, w.bh,
+                           warp_q0 + g, c);
+    if (next_item < items) w = query_tile<kBlockRows>(p, Cfg::kGroupPairs, next_item);
+  }
 #else
   (void)p;
 #endif
@@ -956,7 +985,8 @@ struct WgmmaLongKeys {
   static constexpr int kShortTiles = 0;
 };
 
-// Whether the wgmma passes that walk several work items a block (backward_dkdv_wgmma) run
+// Whether the wgmma passes that walk several work items a block (forward_wgmma,
+// backward_dkdv_wgmma) run
 // persistent: as many blocks as the GPU holds at once, each fetching its next item's tiles while
 // it finishes the current one (FATHOM_ATTENTION_PERSISTENT=1). Off: one block an item, as the
 // other passes. The same bits either way (each item's arithmetic is the same).
@@ -1003,7 +1033,7 @@ void launch_persistent(const Params& p, Rest... rest) {
 template <class Shapes = WgmmaChoice>
 void launch_forward_wgmma(const AttentionParams<bf16>& p) {
   using Cfg = typename Shapes::Forward;
-  launch_mma<Cfg, forward_wgmma<Cfg>>(p);
+  launch_persistent<Cfg, forward_wgmma<Cfg>>(p);
 }
 
 // The whole backward: one block a head where backward_short_wgmma applies and T takes at most
