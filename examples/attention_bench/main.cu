@@ -93,7 +93,7 @@ struct Wgmma {
   }
   static void dq(const fathom::kernels::AttentionBackwardParams<bf16>& p, float* delta,
                  const attn::RopeFreqs<32>& freqs) {
-    attn::launch_mma<Dq, attn::backward_dq_wgmma<Dq>>(p, delta, freqs);
+    attn::launch_persistent<Dq, attn::backward_dq_wgmma<Dq>>(p, delta, freqs);
   }
   static void dkdv(const fathom::kernels::AttentionBackwardParams<bf16>& p, const float* delta,
                    const attn::RopeFreqs<32>& freqs) {

@@ -707,9 +707,10 @@ TEST_CASE("CUDA attention backward turns dq and dk back by RoPE's inverse as the
         run_cuda<bf16>(c, in, 0, 0, accumulate).dv);
 }
 
-// forward_wgmma and backward_dkdv_wgmma walking several tiles a block (persistent, the next item's
-// tiles fetched during the current one's last): the same bits as one block an item, with every
-// block walking many items (a cap of 5 or 13 blocks) and with as many blocks as the GPU holds.
+// forward_wgmma, backward_dq_wgmma and backward_dkdv_wgmma walking several tiles a block
+// (persistent, the next item's tiles fetched during the current one's last): the same bits as one
+// block an item, with every block walking many items (a cap of 5 or 13 blocks) and with as many
+// blocks as the GPU holds.
 TEST_CASE("CUDA attention's persistent passes give the same bits as one block a tile",
           "[cuda][attention]") {
   namespace attn = fathom::kernels::detail::attn;

@@ -515,95 +515,127 @@ struct WgmmaDq {
   static constexpr int HD = 64, kKeys = Keys_, kGroups = Groups_, kMinBlocks = MinBlocks_;
   static constexpr int kGroupPairs = GroupPairs_;
   static constexpr int kThreads = kGroups * kGroupThreads, kBlockRows = 64 * kGroups;
-  static constexpr std::size_t smem_bytes = 1024 + kTileRowBytes * (2 * kBlockRows + 4 * kKeys);
+  // Two Q/dO pairs (the next work item's fetched ahead), two K/V pairs.
+  static constexpr std::size_t smem_bytes = 1024 + kTileRowBytes * (4 * kBlockRows + 4 * kKeys);
 };
 
 // One block per (b, h, query tile), as backward_dq_mma with Rowsum: each warpgroup owns 64
 // queries, whose Q and dO tiles stay in shared memory; per key tile S = Q K^T and dP = dO V^T,
-// then dQ += dS K.
+// then dQ += dS K. A block may walk several query tiles (work items item, item + gridDim.x, ...:
+// launch_persistent): during an item's last key tile the next item's Q and dO (into the other
+// pair of buffers) and first K/V tile are on their way, and they keep coming while the block
+// stores dQ.
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     backward_dq_wgmma(AttentionBackwardParams<bf16> p, float* delta, RopeFreqs<32> rope = {}) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kKeys = Cfg::kKeys, kBlockRows = Cfg::kBlockRows;
   constexpr std::uint32_t kKeyTileBytes = kKeys * kTileRowBytes;
+  constexpr std::uint32_t kQueryTileBytes = kBlockRows * kTileRowBytes;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const std::uint32_t Qs = swizzle_base(smem_raw);            // (block rows, 64)
-  const std::uint32_t dOs = Qs + kBlockRows * kTileRowBytes;  // (block rows, 64)
-  const std::uint32_t Ks = dOs + kBlockRows * kTileRowBytes;  // [2] (key tile, 64)
-  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;            // [2] (key tile, 64)
+  const std::uint32_t Qs = swizzle_base(smem_raw);     // [2] (block rows, 64)
+  const std::uint32_t dOs = Qs + 2 * kQueryTileBytes;  // [2] (block rows, 64)
+  const std::uint32_t Ks = dOs + 2 * kQueryTileBytes;  // [2] (key tile, 64)
+  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;     // [2] (key tile, 64)
   const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_q;
   const SwizzledCopy<kKeys, Cfg::kThreads> copy_kv;
 
   const std::int64_t Tn = p.seq;
-  const auto [bh, b, h, q0] = query_tile<kBlockRows>(p, Cfg::kGroupPairs);
+  const std::int64_t items = work_items<kBlockRows>(p);
   const int group = threadIdx.x / kGroupThreads, warp = (threadIdx.x / kWarp) % 4;
   const int lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
-  const KeyValueTiles<64, kKeys, kKeyTileBytes, SwizzledCopy<kKeys, Cfg::kThreads>> kv(
-      copy_kv, Ks, Vs, p, b, h, key_tiles_seen<kKeys>(p, q0 + kBlockRows));
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
-  const std::int64_t group_q0 = q0 + group * 64, warp_q0 = group_q0 + warp * 16;
-  const std::uint64_t q_desc = sw128_desc(Qs + group * 64 * kTileRowBytes);
-  const std::uint64_t do_desc = sw128_desc(dOs + group * 64 * kTileRowBytes);
+  auto stage_q = [&](int qb, const TileWork& w) {  // Q and dO of the item's query tile
+    copy_q(Qs + qb * kQueryTileBytes, p.q + w.b * Tn * p.q_stride + w.h * 64, p.q_stride, w.row0,
+           Tn);
+    copy_q(dOs + qb * kQueryTileBytes, p.d_o + w.b * Tn * p.do_stride + w.h * 64, p.do_stride,
+           w.row0, Tn);
+  };
+  auto stage_kv = [&](int buf, const TileWork& w, std::int64_t kt) {  // key tile kt
+    copy_kv(Ks + buf * kKeyTileBytes, p.k + w.b * Tn * p.k_stride + w.h * 64, p.k_stride,
+            kt * kKeys, Tn);
+    copy_kv(Vs + buf * kKeyTileBytes, p.v + w.b * Tn * p.v_stride + w.h * 64, p.v_stride,
+            kt * kKeys, Tn);
+  };
 
-  copy_q(Qs, p.q + b * Tn * p.q_stride + h * 64, p.q_stride, q0, Tn);
-  copy_q(dOs, p.d_o + b * Tn * p.do_stride + h * 64, p.do_stride, q0, Tn);
-  kv.load(0, 0);
+  std::int64_t item = blockIdx.x;
+  TileWork w = query_tile<kBlockRows>(p, Cfg::kGroupPairs, item);
+  stage_q(0, w);
+  stage_kv(0, w, 0);
   cp_async_commit();
 
-  // D = rowsum(dO * O) of the warp's 16 rows, written for the dK/dV pass.
-  float lse_r[2], delta_r[2];  // rows g and g + 8
-  warp_rowsum<64>(p, delta, b, h, bh, warp_q0, delta_r);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const std::int64_t row = warp_q0 + g + r * 8;
-    lse_r[r] = row < Tn ? p.lse[bh * Tn + row] * kLog2e : INFINITY;
-  }
-  float dq[32];
-#pragma unroll
-  for (int i = 0; i < 32; ++i) dq[i] = 0.0f;
+  int buf = 0;  // the K/V buffer of the current key tile, alternating over all the block's
+  for (int qb = 0; item < items; item += gridDim.x, qb ^= 1) {
+    const std::int64_t next_item = item + gridDim.x;
+    const std::int64_t tiles = key_tiles_seen<kKeys>(p, w.row0 + kBlockRows);
+    const std::int64_t group_q0 = w.row0 + group * 64, warp_q0 = group_q0 + warp * 16;
+    const std::uint64_t q_desc = sw128_desc(Qs + qb * kQueryTileBytes + group * 64 * kTileRowBytes);
+    const std::uint64_t do_desc =
+        sw128_desc(dOs + qb * kQueryTileBytes + group * 64 * kTileRowBytes);
 
-  for (std::int64_t kt = 0; kt < kv.tiles; ++kt) {
-    const int buf = kv.next(kt);
-    fence_proxy_async();
-    __syncthreads();
-    const std::int64_t k0 = kt * kKeys;
-    if (!p.causal || k0 <= group_q0 + 63) {
-      const std::uint32_t Kb = Ks + buf * kKeyTileBytes, Vb = Vs + buf * kKeyTileBytes;
-      float s[kKeys / 2], dp[kKeys / 2];  // (64 queries, kKeys keys)
-      wgmma_fence();
+    // D = rowsum(dO * O) of the warp's 16 rows, written for the dK/dV pass.
+    float lse_r[2], delta_r[2];  // rows g and g + 8
+    warp_rowsum<64>(p, delta, w.b, w.h, w.bh, warp_q0, delta_r);
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks)
-        wgmma_ss<kKeys>(s, q_desc + 2 * ks, sw128_desc(Kb) + 2 * ks, ks > 0);
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks)
-        wgmma_ss<kKeys>(dp, do_desc + 2 * ks, sw128_desc(Vb) + 2 * ks, ks > 0);
-      wgmma_commit();
-      wgmma_wait_all();
-      fence_registers(s);
-      fence_registers(dp);
-      const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
-      dq_scores<kKeys>(reinterpret_cast<const float(&)[kKeys / 8][4]>(s),
-                       reinterpret_cast<float(&)[kKeys / 8][4]>(dp), lse_r, delta_r, scale_log2,
-                       edge, k0, warp_q0 + g, Tn, p.causal, c);
-      std::uint32_t da[kKeys / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < kKeys / 16; ++kk) a_operand(da[kk], dp, kk);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kKeys / 16; ++kk)
-        wgmma_rs<64>(dq, da[kk], sw128_desc(Kb + kk * 16 * kTileRowBytes));
-      wgmma_commit();
-      wgmma_wait_all();
-      fence_registers(dq);
+    for (int r = 0; r < 2; ++r) {
+      const std::int64_t row = warp_q0 + g + r * 8;
+      lse_r[r] = row < Tn ? p.lse[w.bh * Tn + row] * kLog2e : INFINITY;
     }
-    __syncthreads();
-  }
+    float dq[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dq[i] = 0.0f;
 
-  if (p.rope_theta > 0)
-    unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dq), p, rope, warp_q0 + g, c);
-  store_accumulator_rows(p, p.dq, p.dq_stride, b, h, warp_q0, dq, static_cast<float>(p.scale), g,
-                         c);
+    for (std::int64_t kt = 0; kt < tiles; ++kt, buf ^= 1) {
+      if (kt + 1 < tiles) {
+        stage_kv(buf ^ 1, w, kt + 1);
+      } else if (next_item < items) {
+        const TileWork next = query_tile<kBlockRows>(p, Cfg::kGroupPairs, next_item);
+        stage_q(qb ^ 1, next);
+        stage_kv(buf ^ 1, next, 0);
+      }
+      cp_async_commit();
+      cp_async_wait_all_but_one();
+      fence_proxy_async();
+      __syncthreads();
+      const std::int64_t k0 = kt * kKeys;
+      if (!p.causal || k0 <= group_q0 + 63) {
+        const std::uint32_t Kb = Ks + buf * kKeyTileBytes, Vb = Vs + buf * kKeyTileBytes;
+        float s[kKeys / 2], dp[kKeys / 2];  // (64 queries, kKeys keys)
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks)
+          wgmma_ss<kKeys>(s, q_desc + 2 * ks, sw128_desc(Kb) + 2 * ks, ks > 0);
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks)
+          wgmma_ss<kKeys>(dp, do_desc + 2 * ks, sw128_desc(Vb) + 2 * ks, ks > 0);
+        wgmma_commit();
+        wgmma_wait_all();
+        fence_registers(s);
+        fence_registers(dp);
+        const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
+        dq_scores<kKeys>(reinterpret_cast<const float(&)[kKeys / 8][4]>(s),
+                         reinterpret_cast<float(&)[kKeys / 8][4]>(dp), lse_r, delta_r, scale_log2,
+                         edge, k0, warp_q0 + g, Tn, p.causal, c);
+        std::uint32_t da[kKeys / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < kKeys / 16; ++kk) a_operand(da[kk], dp, kk);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kKeys / 16; ++kk)
+          wgmma_rs<64>(dq, da[kk], sw128_desc(Kb + kk * 16 * kTileRowBytes));
+        wgmma_commit();
+        wgmma_wait_all();
+        fence_registers(dq);
+      }
+      __syncthreads();
+    }
+
+    if (p.rope_theta > 0)
+      unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dq), p, rope, warp_q0 + g, c);
+    store_accumulator_rows(p, p.dq, p.dq_stride, w.b, w.h, warp_q0, dq, static_cast<float>(p.scale),
+                           g, c);
+    if (next_item < items) w = query_tile<kBlockRows>(p, Cfg::kGroupPairs, next_item);
+  }
 #else
   (void)p, (void)delta, (void)rope;
 #endif
@@ -985,11 +1017,10 @@ struct WgmmaLongKeys {
   static constexpr int kShortTiles = 0;
 };
 
-// Whether the wgmma passes that walk several work items a block (forward_wgmma,
-// backward_dkdv_wgmma) run
-// persistent: as many blocks as the GPU holds at once, each fetching its next item's tiles while
-// it finishes the current one (FATHOM_ATTENTION_PERSISTENT=1). Off: one block an item, as the
-// other passes. The same bits either way (each item's arithmetic is the same).
+// Whether the wgmma passes (forward_wgmma, backward_dq_wgmma, backward_dkdv_wgmma) run
+// persistent: as many blocks as the GPU holds at once, each walking work items and fetching its
+// next item's tiles while it finishes the current one (FATHOM_ATTENTION_PERSISTENT=1). Off: one
+// block an item. The same bits either way (each item's arithmetic is the same).
 inline bool& attention_persistent_setting() {
   static bool on = env_switch("FATHOM_ATTENTION_PERSISTENT", false);
   return on;
@@ -1047,7 +1078,7 @@ void launch_backward_wgmma(const AttentionBackwardParams<bf16>& p, float* delta)
   using Dq = typename Shapes::Dq;
   const auto freqs = rope_freqs<64>(p);
   if (p.dq) {
-    launch_mma<Dq, backward_dq_wgmma<Dq>>(p, delta, freqs);
+    launch_persistent<Dq, backward_dq_wgmma<Dq>>(p, delta, freqs);
   } else {
     launch_rowsum(p, delta, /*vectorized=*/true);
   }
