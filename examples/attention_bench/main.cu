@@ -93,21 +93,20 @@ struct Wgmma {
   }
   static void dq(const fathom::kernels::AttentionBackwardParams<bf16>& p, float* delta,
                  const attn::RopeFreqs<32>& freqs) {
-    attn::launch_persistent<Dq, attn::backward_dq_wgmma<Dq>>(p, delta, freqs);
+    attn::launch_mma<Dq, attn::backward_dq_wgmma<Dq>>(p, delta, freqs);
   }
   static void dkdv(const fathom::kernels::AttentionBackwardParams<bf16>& p, const float* delta,
                    const attn::RopeFreqs<32>& freqs) {
-    attn::launch_persistent<Dkdv, attn::backward_dkdv_wgmma<Dkdv>>(p, delta, freqs);
+    attn::launch_mma<Dkdv, attn::backward_dkdv_wgmma<Dkdv>>(p, delta, freqs);
   }
 };
 
 // "rope" and "wgmma-rope": the current shapes with RoPE's inverse turn of dQ and dK in the
 // backward's stores (Llama's attention); their d(q, k) differ from the others' by that turn.
-const std::vector<std::string> kVariants{"wgmma",       "wgmma-two-pass",    "wgmma-one-block",
-                                         "wgmma-wide",  "wgmma-narrow",      "wgmma-long-keys",
-                                         "wgmma-rope",  "wgmma-persistent",  "current",
-                                         "previous",    "forward-128-rows",  "pair-order",
-                                         "dq-128-rows", "backward-128-rows", "rope"};
+const std::vector<std::string> kVariants{
+    "wgmma",           "wgmma-two-pass", "wgmma-one-block",   "wgmma-wide", "wgmma-narrow",
+    "wgmma-long-keys", "wgmma-rope",     "current",           "previous",   "forward-128-rows",
+    "pair-order",      "dq-128-rows",    "backward-128-rows", "rope"};
 
 struct Problem {
   std::int64_t batch, heads, seq, head_dim;
@@ -312,12 +311,6 @@ void run_problem(const Problem& pr, const std::vector<std::string>& variants, in
       run_variant<HD, Wgmma<HD, attn::WgmmaLongKeys>>(name, pr, buf, warmup, iters);
     if (name == "wgmma-rope")
       run_variant<HD, Wgmma<HD, attn::WgmmaChoice>>(name, pr, buf, warmup, iters, true);
-    if (name == "wgmma-persistent") {  // the passes that can, walking items with resident blocks
-      const bool was = attn::attention_persistent_setting();
-      attn::attention_persistent_setting() = true;
-      run_variant<HD, Wgmma<HD, attn::WgmmaChoice>>(name, pr, buf, warmup, iters);
-      attn::attention_persistent_setting() = was;
-    }
     if (name == "current")
       run_variant<HD, Mma<HD, attn::MmaChoice<HD>>>(name, pr, buf, warmup, iters);
     if (name == "previous")

@@ -707,47 +707,6 @@ TEST_CASE("CUDA attention backward turns dq and dk back by RoPE's inverse as the
         run_cuda<bf16>(c, in, 0, 0, accumulate).dv);
 }
 
-// forward_wgmma, backward_dq_wgmma and backward_dkdv_wgmma walking several tiles a block
-// (persistent, the next item's tiles fetched during the current one's last): the same bits as one
-// block an item, with every block walking many items (a cap of 5 or 13 blocks) and with as many
-// blocks as the GPU holds.
-TEST_CASE("CUDA attention's persistent passes give the same bits as one block a tile",
-          "[cuda][attention]") {
-  namespace attn = fathom::kernels::detail::attn;
-  if (!attn::wgmma_available()) {
-    WARN("this GPU or build runs no sm_90a code: the wgmma kernels are not tested here");
-    return;
-  }
-  const AttentionCase c = GENERATE(
-      AttentionCase{2, 256, 12, 64, true, 0.0, 10000.0, 0}, AttentionCase{3, 320, 2, 64, true},
-      AttentionCase{2, 129, 3, 64, false, 0.0, 10000.0, 3}, AttentionCase{1, 1000, 2, 64, false},
-      AttentionCase{16, 256, 12, 64, true});
-  const int cap = GENERATE(5, 13, 0);
-  const bool accumulate = GENERATE(true, false);
-  INFO(c << " cap " << cap << (accumulate ? " accumulate" : " overwrite"));
-  struct Restore {
-    bool on = attn::attention_persistent_setting();
-    int cap = attn::attention_persistent_block_cap();
-    ~Restore() {
-      attn::attention_persistent_setting() = on;
-      attn::attention_persistent_block_cap() = cap;
-    }
-  } restore;
-  const Inputs in = make_inputs(c, 900);
-  attn::attention_persistent_setting() = false;
-  const Outputs one = run_cuda<bf16>(c, in, 0, 0, accumulate);
-  attn::attention_persistent_setting() = true;
-  attn::attention_persistent_block_cap() = cap;
-  const Outputs walked = run_cuda<bf16>(c, in, 0, 0, accumulate);
-  CHECK(walked.o == one.o);
-  CHECK(walked.lse == one.lse);
-  CHECK(walked.dk == one.dk);
-  CHECK(walked.dv == one.dv);
-  CHECK(walked.dq == one.dq);
-  // And they are the gradients: against the CPU once (the other tests cover the rest).
-  if (cap == 5 && accumulate) check_against<bf16>(c, walked, reference(c, in));
-}
-
 TEST_CASE("CUDA attention backward refuses RoPE's inverse turn where it cannot fuse it",
           "[cuda][attention][rope]") {
   for (const AttentionCase& c : {AttentionCase{1, 10, 2, 96, true, 0.0, 10000.0, 0},

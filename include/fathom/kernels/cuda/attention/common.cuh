@@ -95,27 +95,21 @@ __device__ inline BlockWork block_work(int tiles, int pairs, int group = kOrderP
 struct TileWork {
   std::int64_t bh, b, h, row0;
 };
-// Work item `item` (by default the block's index: one item a block) of the tiles * pairs items.
 template <int BlockRows, bool LastFirst, class P>
-__device__ inline TileWork tile_work(const P& p, int group_pairs, std::int64_t item) {
+__device__ inline TileWork tile_work(const P& p, int group_pairs) {
   const std::int64_t tiles = (p.seq + BlockRows - 1) / BlockRows;
-  const BlockWork work = block_work(static_cast<unsigned>(item), static_cast<int>(tiles),
-                                    static_cast<int>(p.batch * p.heads), group_pairs);
+  const BlockWork work =
+      block_work(static_cast<int>(tiles), static_cast<int>(p.batch * p.heads), group_pairs);
   const std::int64_t bh = work.bh, tile = LastFirst ? tiles - 1 - work.rank : work.rank;
   return {bh, bh / p.heads, bh % p.heads, tile * BlockRows};
 }
 template <int BlockRows, class P>
-__device__ inline TileWork query_tile(const P& p, int group_pairs, std::int64_t item = blockIdx.x) {
-  return tile_work<BlockRows, true>(p, group_pairs, item);
+__device__ inline TileWork query_tile(const P& p, int group_pairs) {
+  return tile_work<BlockRows, true>(p, group_pairs);
 }
 template <int BlockRows, class P>
-__device__ inline TileWork key_tile(const P& p, int group_pairs, std::int64_t item = blockIdx.x) {
-  return tile_work<BlockRows, false>(p, group_pairs, item);
-}
-// How many work items (tiles of BlockRows rows of every (b, h) pair) a pass has.
-template <int BlockRows, class P>
-__host__ __device__ inline std::int64_t work_items(const P& p) {
-  return (p.seq + BlockRows - 1) / BlockRows * p.batch * p.heads;
+__device__ inline TileWork key_tile(const P& p, int group_pairs) {
+  return tile_work<BlockRows, false>(p, group_pairs);
 }
 // How many key tiles of Keys the query rows before `end` see: all, or under the causal mask those
 // that start before `end`.

@@ -221,115 +221,86 @@ struct WgmmaForward {
   static constexpr int HD = 64, kKeys = Keys_, kGroups = Groups_, kMinBlocks = MinBlocks_;
   static constexpr int kGroupPairs = GroupPairs_;
   static constexpr int kThreads = kGroups * kGroupThreads, kBlockRows = 64 * kGroups;
-  // Two Q tiles (the next work item's fetched ahead), two K/V pairs.
-  static constexpr std::size_t smem_bytes = 1024 + kTileRowBytes * (2 * kBlockRows + 4 * kKeys);
+  static constexpr std::size_t smem_bytes = 1024 + kTileRowBytes * (kBlockRows + 4 * kKeys);
 };
 
 // One block per (b, h, query tile), as forward_mma: each warpgroup owns 64 query rows; per key
 // tile S = Q K^T (both from shared memory), the online softmax in registers, O += P V (P from
 // the accumulators, V from shared memory). Needs scale > 0 (the running max is over unscaled
-// scores). A block may walk several query tiles (work items item, item + gridDim.x, ...:
-// launch_persistent): during an item's last key tile the next item's Q (into the other Q buffer)
-// and first K/V tile are on their way, and they keep coming while the block stores O.
+// scores).
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     forward_wgmma(AttentionParams<bf16> p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kKeys = Cfg::kKeys, kBlockRows = Cfg::kBlockRows;
   constexpr std::uint32_t kKeyTileBytes = kKeys * kTileRowBytes;
-  constexpr std::uint32_t kQueryTileBytes = kBlockRows * kTileRowBytes;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const std::uint32_t Qs = swizzle_base(smem_raw);    // [2] (block rows, 64)
-  const std::uint32_t Ks = Qs + 2 * kQueryTileBytes;  // [2] (key tile, 64)
-  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;    // [2] (key tile, 64)
+  const std::uint32_t Qs = swizzle_base(smem_raw);           // (block rows, 64)
+  const std::uint32_t Ks = Qs + kBlockRows * kTileRowBytes;  // [2] (key tile, 64)
+  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;           // [2] (key tile, 64)
   const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_q;
   const SwizzledCopy<kKeys, Cfg::kThreads> copy_kv;
 
   const std::int64_t Tn = p.seq;
-  const std::int64_t items = work_items<kBlockRows>(p);
+  const auto [bh, b, h, q0] = query_tile<kBlockRows>(p, Cfg::kGroupPairs);
   const int group = threadIdx.x / kGroupThreads, warp = (threadIdx.x / kWarp) % 4;
   const int lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
+  const KeyValueTiles<64, kKeys, kKeyTileBytes, SwizzledCopy<kKeys, Cfg::kThreads>> kv(
+      copy_kv, Ks, Vs, p, b, h, key_tiles_seen<kKeys>(p, q0 + kBlockRows));
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
-  auto stage_q = [&](int qb, const TileWork& w) {
-    copy_q(Qs + qb * kQueryTileBytes, p.q + w.b * Tn * p.q_stride + w.h * 64, p.q_stride, w.row0,
-           Tn);
-  };
-  auto stage_kv = [&](int buf, const TileWork& w, std::int64_t kt) {  // key tile kt
-    copy_kv(Ks + buf * kKeyTileBytes, p.k + w.b * Tn * p.k_stride + w.h * 64, p.k_stride,
-            kt * kKeys, Tn);
-    copy_kv(Vs + buf * kKeyTileBytes, p.v + w.b * Tn * p.v_stride + w.h * 64, p.v_stride,
-            kt * kKeys, Tn);
-  };
+  const std::int64_t group_q0 = q0 + group * 64, warp_q0 = group_q0 + warp * 16;
+  const std::uint64_t q_desc = sw128_desc(Qs + group * 64 * kTileRowBytes);
 
-  std::int64_t item = blockIdx.x;
-  TileWork w = query_tile<kBlockRows>(p, Cfg::kGroupPairs, item);
-  stage_q(0, w);
-  stage_kv(0, w, 0);
+  copy_q(Qs, p.q + b * Tn * p.q_stride + h * 64, p.q_stride, q0, Tn);
+  kv.load(0, 0);
   cp_async_commit();
 
-  int buf = 0;  // the K/V buffer of the current key tile, alternating over all the block's
-  for (int qb = 0; item < items; item += gridDim.x, qb ^= 1) {
-    const std::int64_t next_item = item + gridDim.x;
-    const std::int64_t tiles = key_tiles_seen<kKeys>(p, w.row0 + kBlockRows);
-    const std::int64_t group_q0 = w.row0 + group * 64, warp_q0 = group_q0 + warp * 16;
-    const std::uint64_t q_desc = sw128_desc(Qs + qb * kQueryTileBytes + group * 64 * kTileRowBytes);
+  float o[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) o[i] = 0.0f;
+  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g, g + 8; max in log2 units
 
-    float o[32];
+  for (std::int64_t kt = 0; kt < kv.tiles; ++kt) {
+    const int buf = kv.next(kt);
+    fence_proxy_async();
+    __syncthreads();
+    const std::int64_t k0 = kt * kKeys;
+    // With causal, a warpgroup whose rows all precede this key tile has nothing to do here (the
+    // test is uniform over the warpgroup, as wgmma needs).
+    if (!p.causal || k0 <= group_q0 + 63) {
+      const std::uint32_t Kb = Ks + buf * kKeyTileBytes, Vb = Vs + buf * kKeyTileBytes;
+      float s[kKeys / 2];
+      wgmma_fence();
 #pragma unroll
-    for (int i = 0; i < 32; ++i) o[i] = 0.0f;
-    float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g, g + 8; max in log2 units
-
-    for (std::int64_t kt = 0; kt < tiles; ++kt, buf ^= 1) {
-      if (kt + 1 < tiles) {
-        stage_kv(buf ^ 1, w, kt + 1);
-      } else if (next_item < items) {
-        const TileWork next = query_tile<kBlockRows>(p, Cfg::kGroupPairs, next_item);
-        stage_q(qb ^ 1, next);
-        stage_kv(buf ^ 1, next, 0);
-      }
-      cp_async_commit();
-      cp_async_wait_all_but_one();
-      fence_proxy_async();
-      __syncthreads();
-      const std::int64_t k0 = kt * kKeys;
-      // With causal, a warpgroup whose rows all precede this key tile has nothing to do here (the
-      // test is uniform over the warpgroup, as wgmma needs).
-      if (!p.causal || k0 <= group_q0 + 63) {
-        const std::uint32_t Kb = Ks + buf * kKeyTileBytes, Vb = Vs + buf * kKeyTileBytes;
-        float s[kKeys / 2];
-        wgmma_fence();
+      for (int ks = 0; ks < 4; ++ks)
+        wgmma_ss<kKeys>(s, q_desc + 2 * ks, sw128_desc(Kb) + 2 * ks, ks > 0);
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_registers(s);
+      // The accumulators in the mma family's (16-row m-tile) layout.
+      auto& st = reinterpret_cast<float(&)[kKeys / 8][4]>(s);
+      auto& ot = reinterpret_cast<float(&)[8][4]>(o);
+      const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
+      if (edge)
+        mask_scores<kKeys>(st, static_cast<int>(min(Tn - k0, std::int64_t{kKeys})),
+                           static_cast<int>(warp_q0 - k0) + g, p.causal, c);
+      online_softmax<kKeys, 64>(st, mx, l, ot, scale_log2);
+      std::uint32_t pa[kKeys / 16][4];
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-          wgmma_ss<kKeys>(s, q_desc + 2 * ks, sw128_desc(Kb) + 2 * ks, ks > 0);
-        wgmma_commit();
-        wgmma_wait_all();
-        fence_registers(s);
-        // The accumulators in the mma family's (16-row m-tile) layout.
-        auto& st = reinterpret_cast<float(&)[kKeys / 8][4]>(s);
-        auto& ot = reinterpret_cast<float(&)[8][4]>(o);
-        const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
-        if (edge)
-          mask_scores<kKeys>(st, static_cast<int>(min(Tn - k0, std::int64_t{kKeys})),
-                             static_cast<int>(warp_q0 - k0) + g, p.causal, c);
-        online_softmax<kKeys, 64>(st, mx, l, ot, scale_log2);
-        std::uint32_t pa[kKeys / 16][4];
+      for (int kk = 0; kk < kKeys / 16; ++kk) a_operand(pa[kk], s, kk);
+      wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < kKeys / 16; ++kk) a_operand(pa[kk], s, kk);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < kKeys / 16; ++kk)
-          wgmma_rs<64>(o, pa[kk], sw128_desc(Vb + kk * 16 * kTileRowBytes));
-        wgmma_commit();
-        wgmma_wait_all();
-        fence_registers(o);
-      }
-      __syncthreads();  // the next iteration's copies overwrite this buffer
+      for (int kk = 0; kk < kKeys / 16; ++kk)
+        wgmma_rs<64>(o, pa[kk], sw128_desc(Vb + kk * 16 * kTileRowBytes));
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_registers(o);
     }
-
-    store_forward_rows<64>(p, reinterpret_cast<const float(&)[8][4]>(o), mx, l, w.b, w.h, w.bh,
-                           warp_q0 + g, c);
-    if (next_item < items) w = query_tile<kBlockRows>(p, Cfg::kGroupPairs, next_item);
+    __syncthreads();  // the next iteration's copies overwrite this buffer
   }
+
+  store_forward_rows<64>(p, reinterpret_cast<const float(&)[8][4]>(o), mx, l, b, h, bh, warp_q0 + g,
+                         c);
 #else
   (void)p;
 #endif
@@ -361,18 +332,13 @@ struct WgmmaDkdv {
   static constexpr int kGroupPairs = GroupPairs_;
   static constexpr int kThreads = kGroups * kGroupThreads, kBlockRows = 64 * kGroups;
   static_assert(kThreads >= kQueries, "one thread stages each query's lse and delta");
-  // Two K/V pairs (the next work item's fetched ahead), two Q/dO pairs, two lse/D rows.
   static constexpr std::size_t smem_bytes =
-      1024 + kTileRowBytes * (4 * kBlockRows + 4 * kQueries) + sizeof(float) * 4 * kQueries;
+      1024 + kTileRowBytes * (2 * kBlockRows + 4 * kQueries) + sizeof(float) * 4 * kQueries;
 };
 
 // One block per (b, h, key tile), as backward_dkdv_mma: each warpgroup owns 64 keys, whose K and V
 // tiles stay in shared memory; per query tile S^T = K Q^T and dP^T = V dO^T, then dV += P^T dO
-// and dK += dS^T Q. A block may walk several key tiles (work items item, item + gridDim.x, ...:
-// launch_persistent): while it works on an item's last query tile, the next item's K and V (into
-// the other pair of K/V buffers), its first Q and dO tiles and their lse and D are already on
-// their way, and they keep coming while the block stores dK and dV. With one item a block (a grid
-// of every item) nothing is fetched ahead across items.
+// and dK += dS^T Q.
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     backward_dkdv_wgmma(AttentionBackwardParams<bf16> p, const float* delta,
@@ -380,128 +346,107 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kQ = Cfg::kQueries, kBlockRows = Cfg::kBlockRows;
   constexpr std::uint32_t kQueryTileBytes = kQ * kTileRowBytes;
-  constexpr std::uint32_t kKeyTileBytes = kBlockRows * kTileRowBytes;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const std::uint32_t Ks = swizzle_base(smem_raw);     // [2] (block rows, 64)
-  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;     // [2] (block rows, 64)
-  const std::uint32_t Qs = Vs + 2 * kKeyTileBytes;     // [2] (query tile, 64)
-  const std::uint32_t dOs = Qs + 2 * kQueryTileBytes;  // [2] (query tile, 64)
+  const std::uint32_t Ks = swizzle_base(smem_raw);           // (block rows, 64)
+  const std::uint32_t Vs = Ks + kBlockRows * kTileRowBytes;  // (block rows, 64)
+  const std::uint32_t Qs = Vs + kBlockRows * kTileRowBytes;  // [2] (query tile, 64)
+  const std::uint32_t dOs = Qs + 2 * kQueryTileBytes;        // [2] (query tile, 64)
   float* lse_s = reinterpret_cast<float*>(
       smem_raw + (dOs + 2 * kQueryTileBytes - smem_address(smem_raw)));  // [2] (tile)
   float* delta_s = lse_s + 2 * kQ;                                       // [2] (tile)
 
   const std::int64_t Tn = p.seq, nqt = (Tn + kQ - 1) / kQ;
-  const std::int64_t items = work_items<kBlockRows>(p);
+  const auto [bh, b, h, k0] = key_tile<kBlockRows>(p, Cfg::kGroupPairs);
   const int group = threadIdx.x / kGroupThreads, warp = (threadIdx.x / kWarp) % 4;
   const int lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
+  const bf16* qg = p.q + b * Tn * p.q_stride + h * 64;
+  const bf16* dog = p.d_o + b * Tn * p.do_stride + h * 64;
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  const std::int64_t group_k0 = k0 + group * 64, warp_k0 = group_k0 + warp * 16;
+  const std::uint64_t k_desc = sw128_desc(Ks + group * 64 * kTileRowBytes);
+  const std::uint64_t v_desc = sw128_desc(Vs + group * 64 * kTileRowBytes);
 
   const SwizzledCopy<kQ, Cfg::kThreads> copy_q;
   const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_kv;
-  auto first_query_tile = [&](const TileWork& w) { return p.causal ? w.row0 / kQ : 0; };
-  auto stage = [&](int buf, const TileWork& w, std::int64_t qt) {  // Q and dO of query tile qt
-    copy_q(Qs + buf * kQueryTileBytes, p.q + w.b * Tn * p.q_stride + w.h * 64, p.q_stride, qt * kQ,
-           Tn);
-    copy_q(dOs + buf * kQueryTileBytes, p.d_o + w.b * Tn * p.do_stride + w.h * 64, p.do_stride,
-           qt * kQ, Tn);
-  };
-  auto stage_kv = [&](int kv, const TileWork& w) {
-    copy_kv(Ks + kv * kKeyTileBytes, p.k + w.b * Tn * p.k_stride + w.h * 64, p.k_stride, w.row0,
-            Tn);
-    copy_kv(Vs + kv * kKeyTileBytes, p.v + w.b * Tn * p.v_stride + w.h * 64, p.v_stride, w.row0,
-            Tn);
+  auto stage = [&](int buf, std::int64_t qt) {  // Q and dO of query tile qt
+    copy_q(Qs + buf * kQueryTileBytes, qg, p.q_stride, qt * kQ, Tn);
+    copy_q(dOs + buf * kQueryTileBytes, dog, p.do_stride, qt * kQ, Tn);
   };
 
-  std::int64_t item = blockIdx.x;
-  TileWork w = key_tile<kBlockRows>(p, Cfg::kGroupPairs, item);
-  stage_kv(0, w);
-  stage(0, w, first_query_tile(w));
+  const std::int64_t qt_begin = p.causal ? k0 / kQ : 0;
+  copy_kv(Ks, p.k + b * Tn * p.k_stride + h * 64, p.k_stride, k0, Tn);
+  copy_kv(Vs, p.v + b * Tn * p.v_stride + h * 64, p.v_stride, k0, Tn);
+  stage(0, qt_begin);
   cp_async_commit();
   RowStats<kQ> stats;  // lse and delta of the next query tile, loaded during this one's work
-  stats.load(p.lse, delta, Tn, w.bh, first_query_tile(w));
+  stats.load(p.lse, delta, Tn, bh, qt_begin);
   stats.store(lse_s, delta_s);
 
-  int buf = 0;  // the Q/dO buffer of the current query tile, alternating over all the block's
-  for (int kv = 0; item < items; item += gridDim.x, kv ^= 1) {
-    const std::int64_t next_item = item + gridDim.x;
-    const std::int64_t group_k0 = w.row0 + group * 64, warp_k0 = group_k0 + warp * 16;
-    const std::uint64_t k_desc = sw128_desc(Ks + kv * kKeyTileBytes + group * 64 * kTileRowBytes);
-    const std::uint64_t v_desc = sw128_desc(Vs + kv * kKeyTileBytes + group * 64 * kTileRowBytes);
+  float dk[32], dv[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) dk[i] = dv[i] = 0.0f;
 
-    float dk[32], dv[32];
-#pragma unroll
-    for (int i = 0; i < 32; ++i) dk[i] = dv[i] = 0.0f;
-
-    for (std::int64_t qt = first_query_tile(w); qt < nqt; ++qt, buf ^= 1) {
-      bool staged = true;  // whether buffer buf ^ 1 gets a tile (and its lse and D) this time
-      if (qt + 1 < nqt) {
-        stage(buf ^ 1, w, qt + 1);
-        stats.load(p.lse, delta, Tn, w.bh, qt + 1);
-      } else if (next_item < items) {
-        const TileWork next = key_tile<kBlockRows>(p, Cfg::kGroupPairs, next_item);
-        stage_kv(kv ^ 1, next);
-        stage(buf ^ 1, next, first_query_tile(next));
-        stats.load(p.lse, delta, Tn, next.bh, first_query_tile(next));
-      } else {
-        staged = false;
-      }
-      cp_async_commit();
-      cp_async_wait_all_but_one();
-      fence_proxy_async();
-      __syncthreads();
-      const std::int64_t cq0 = qt * kQ;
-      // With causal, queries that precede all of this warpgroup's keys contribute nothing.
-      if (!(p.causal && cq0 + kQ - 1 < group_k0)) {
-        const std::uint32_t Qb = Qs + buf * kQueryTileBytes, dOb = dOs + buf * kQueryTileBytes;
-        const float* lse_b = lse_s + buf * kQ;
-        const float* delta_b = delta_s + buf * kQ;
-        float st[kQ / 2], dpt[kQ / 2];  // (64 keys, kQ queries)
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-          wgmma_ss<kQ>(st, k_desc + 2 * ks, sw128_desc(Qb) + 2 * ks, ks > 0);
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-          wgmma_ss<kQ>(dpt, v_desc + 2 * ks, sw128_desc(dOb) + 2 * ks, ks > 0);
-        wgmma_commit();
-        wgmma_wait_all();
-        fence_registers(st);
-        fence_registers(dpt);
-        const bool edge = (p.causal && warp_k0 + 15 > cq0) || cq0 + kQ > Tn || warp_k0 + 16 > Tn;
-        dkdv_scores<kQ>(reinterpret_cast<float(&)[kQ / 8][4]>(st),
-                        reinterpret_cast<float(&)[kQ / 8][4]>(dpt), lse_b, delta_b, scale_log2,
-                        edge, warp_k0 + g, cq0, Tn, p.causal, c);
-        std::uint32_t pa[kQ / 16][4], da[kQ / 16][4];
-#pragma unroll
-        for (int kk = 0; kk < kQ / 16; ++kk) {
-          a_operand(pa[kk], st, kk);
-          a_operand(da[kk], dpt, kk);
-        }
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < kQ / 16; ++kk)
-          wgmma_rs<64>(dv, pa[kk], sw128_desc(dOb + kk * 16 * kTileRowBytes));
-#pragma unroll
-        for (int kk = 0; kk < kQ / 16; ++kk)
-          wgmma_rs<64>(dk, da[kk], sw128_desc(Qb + kk * 16 * kTileRowBytes));
-        wgmma_commit();
-        wgmma_wait_all();
-        fence_registers(dv);
-        fence_registers(dk);
-      }
-      if (staged) stats.store(lse_s + (buf ^ 1) * kQ, delta_s + (buf ^ 1) * kQ);
-      __syncthreads();
+  for (std::int64_t qt = qt_begin; qt < nqt; ++qt) {
+    const int buf = static_cast<int>((qt - qt_begin) & 1);
+    if (qt + 1 < nqt) {
+      stage(buf ^ 1, qt + 1);
+      stats.load(p.lse, delta, Tn, bh, qt + 1);
     }
-
-    // dV first, then dK: with RoPE's turn, dV's registers are free before the turn needs its own.
-    const float scale = static_cast<float>(p.scale);
-    if (p.dv) store_accumulator_rows(p, p.dv, p.dv_stride, w.b, w.h, warp_k0, dv, 1.0f, g, c);
-    if (p.dk) {
-      if (p.rope_theta > 0)
-        unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dk), p, rope, warp_k0 + g, c);
-      store_accumulator_rows(p, p.dk, p.dk_stride, w.b, w.h, warp_k0, dk, scale, g, c);
+    cp_async_commit();
+    cp_async_wait_all_but_one();
+    fence_proxy_async();
+    __syncthreads();
+    const std::int64_t cq0 = qt * kQ;
+    // With causal, queries that precede all of this warpgroup's keys contribute nothing.
+    if (!(p.causal && cq0 + kQ - 1 < group_k0)) {
+      const std::uint32_t Qb = Qs + buf * kQueryTileBytes, dOb = dOs + buf * kQueryTileBytes;
+      const float* lse_b = lse_s + buf * kQ;
+      const float* delta_b = delta_s + buf * kQ;
+      float st[kQ / 2], dpt[kQ / 2];  // (64 keys, kQ queries)
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        wgmma_ss<kQ>(st, k_desc + 2 * ks, sw128_desc(Qb) + 2 * ks, ks > 0);
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        wgmma_ss<kQ>(dpt, v_desc + 2 * ks, sw128_desc(dOb) + 2 * ks, ks > 0);
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_registers(st);
+      fence_registers(dpt);
+      const bool edge = (p.causal && warp_k0 + 15 > cq0) || cq0 + kQ > Tn || warp_k0 + 16 > Tn;
+      dkdv_scores<kQ>(reinterpret_cast<float(&)[kQ / 8][4]>(st),
+                      reinterpret_cast<float(&)[kQ / 8][4]>(dpt), lse_b, delta_b, scale_log2, edge,
+                      warp_k0 + g, cq0, Tn, p.causal, c);
+      std::uint32_t pa[kQ / 16][4], da[kQ / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kQ / 16; ++kk) {
+        a_operand(pa[kk], st, kk);
+        a_operand(da[kk], dpt, kk);
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kQ / 16; ++kk)
+        wgmma_rs<64>(dv, pa[kk], sw128_desc(dOb + kk * 16 * kTileRowBytes));
+#pragma unroll
+      for (int kk = 0; kk < kQ / 16; ++kk)
+        wgmma_rs<64>(dk, da[kk], sw128_desc(Qb + kk * 16 * kTileRowBytes));
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_registers(dv);
+      fence_registers(dk);
     }
-    if (next_item < items) w = key_tile<kBlockRows>(p, Cfg::kGroupPairs, next_item);
+    if (qt + 1 < nqt) stats.store(lse_s + (buf ^ 1) * kQ, delta_s + (buf ^ 1) * kQ);
+    __syncthreads();
+  }
+
+  // dV first, then dK: with RoPE's turn, dV's registers are free before the turn needs its own.
+  const float scale = static_cast<float>(p.scale);
+  if (p.dv) store_accumulator_rows(p, p.dv, p.dv_stride, b, h, warp_k0, dv, 1.0f, g, c);
+  if (p.dk) {
+    if (p.rope_theta > 0)
+      unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dk), p, rope, warp_k0 + g, c);
+    store_accumulator_rows(p, p.dk, p.dk_stride, b, h, warp_k0, dk, scale, g, c);
   }
 #else
   (void)p, (void)delta, (void)rope;
@@ -515,127 +460,95 @@ struct WgmmaDq {
   static constexpr int HD = 64, kKeys = Keys_, kGroups = Groups_, kMinBlocks = MinBlocks_;
   static constexpr int kGroupPairs = GroupPairs_;
   static constexpr int kThreads = kGroups * kGroupThreads, kBlockRows = 64 * kGroups;
-  // Two Q/dO pairs (the next work item's fetched ahead), two K/V pairs.
-  static constexpr std::size_t smem_bytes = 1024 + kTileRowBytes * (4 * kBlockRows + 4 * kKeys);
+  static constexpr std::size_t smem_bytes = 1024 + kTileRowBytes * (2 * kBlockRows + 4 * kKeys);
 };
 
 // One block per (b, h, query tile), as backward_dq_mma with Rowsum: each warpgroup owns 64
 // queries, whose Q and dO tiles stay in shared memory; per key tile S = Q K^T and dP = dO V^T,
-// then dQ += dS K. A block may walk several query tiles (work items item, item + gridDim.x, ...:
-// launch_persistent): during an item's last key tile the next item's Q and dO (into the other
-// pair of buffers) and first K/V tile are on their way, and they keep coming while the block
-// stores dQ.
+// then dQ += dS K.
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     backward_dq_wgmma(AttentionBackwardParams<bf16> p, float* delta, RopeFreqs<32> rope = {}) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kKeys = Cfg::kKeys, kBlockRows = Cfg::kBlockRows;
   constexpr std::uint32_t kKeyTileBytes = kKeys * kTileRowBytes;
-  constexpr std::uint32_t kQueryTileBytes = kBlockRows * kTileRowBytes;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const std::uint32_t Qs = swizzle_base(smem_raw);     // [2] (block rows, 64)
-  const std::uint32_t dOs = Qs + 2 * kQueryTileBytes;  // [2] (block rows, 64)
-  const std::uint32_t Ks = dOs + 2 * kQueryTileBytes;  // [2] (key tile, 64)
-  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;     // [2] (key tile, 64)
+  const std::uint32_t Qs = swizzle_base(smem_raw);            // (block rows, 64)
+  const std::uint32_t dOs = Qs + kBlockRows * kTileRowBytes;  // (block rows, 64)
+  const std::uint32_t Ks = dOs + kBlockRows * kTileRowBytes;  // [2] (key tile, 64)
+  const std::uint32_t Vs = Ks + 2 * kKeyTileBytes;            // [2] (key tile, 64)
   const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_q;
   const SwizzledCopy<kKeys, Cfg::kThreads> copy_kv;
 
   const std::int64_t Tn = p.seq;
-  const std::int64_t items = work_items<kBlockRows>(p);
+  const auto [bh, b, h, q0] = query_tile<kBlockRows>(p, Cfg::kGroupPairs);
   const int group = threadIdx.x / kGroupThreads, warp = (threadIdx.x / kWarp) % 4;
   const int lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
+  const KeyValueTiles<64, kKeys, kKeyTileBytes, SwizzledCopy<kKeys, Cfg::kThreads>> kv(
+      copy_kv, Ks, Vs, p, b, h, key_tiles_seen<kKeys>(p, q0 + kBlockRows));
   const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
-  auto stage_q = [&](int qb, const TileWork& w) {  // Q and dO of the item's query tile
-    copy_q(Qs + qb * kQueryTileBytes, p.q + w.b * Tn * p.q_stride + w.h * 64, p.q_stride, w.row0,
-           Tn);
-    copy_q(dOs + qb * kQueryTileBytes, p.d_o + w.b * Tn * p.do_stride + w.h * 64, p.do_stride,
-           w.row0, Tn);
-  };
-  auto stage_kv = [&](int buf, const TileWork& w, std::int64_t kt) {  // key tile kt
-    copy_kv(Ks + buf * kKeyTileBytes, p.k + w.b * Tn * p.k_stride + w.h * 64, p.k_stride,
-            kt * kKeys, Tn);
-    copy_kv(Vs + buf * kKeyTileBytes, p.v + w.b * Tn * p.v_stride + w.h * 64, p.v_stride,
-            kt * kKeys, Tn);
-  };
+  const std::int64_t group_q0 = q0 + group * 64, warp_q0 = group_q0 + warp * 16;
+  const std::uint64_t q_desc = sw128_desc(Qs + group * 64 * kTileRowBytes);
+  const std::uint64_t do_desc = sw128_desc(dOs + group * 64 * kTileRowBytes);
 
-  std::int64_t item = blockIdx.x;
-  TileWork w = query_tile<kBlockRows>(p, Cfg::kGroupPairs, item);
-  stage_q(0, w);
-  stage_kv(0, w, 0);
+  copy_q(Qs, p.q + b * Tn * p.q_stride + h * 64, p.q_stride, q0, Tn);
+  copy_q(dOs, p.d_o + b * Tn * p.do_stride + h * 64, p.do_stride, q0, Tn);
+  kv.load(0, 0);
   cp_async_commit();
 
-  int buf = 0;  // the K/V buffer of the current key tile, alternating over all the block's
-  for (int qb = 0; item < items; item += gridDim.x, qb ^= 1) {
-    const std::int64_t next_item = item + gridDim.x;
-    const std::int64_t tiles = key_tiles_seen<kKeys>(p, w.row0 + kBlockRows);
-    const std::int64_t group_q0 = w.row0 + group * 64, warp_q0 = group_q0 + warp * 16;
-    const std::uint64_t q_desc = sw128_desc(Qs + qb * kQueryTileBytes + group * 64 * kTileRowBytes);
-    const std::uint64_t do_desc =
-        sw128_desc(dOs + qb * kQueryTileBytes + group * 64 * kTileRowBytes);
-
-    // D = rowsum(dO * O) of the warp's 16 rows, written for the dK/dV pass.
-    float lse_r[2], delta_r[2];  // rows g and g + 8
-    warp_rowsum<64>(p, delta, w.b, w.h, w.bh, warp_q0, delta_r);
+  // D = rowsum(dO * O) of the warp's 16 rows, written for the dK/dV pass.
+  float lse_r[2], delta_r[2];  // rows g and g + 8
+  warp_rowsum<64>(p, delta, b, h, bh, warp_q0, delta_r);
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const std::int64_t row = warp_q0 + g + r * 8;
-      lse_r[r] = row < Tn ? p.lse[w.bh * Tn + row] * kLog2e : INFINITY;
-    }
-    float dq[32];
-#pragma unroll
-    for (int i = 0; i < 32; ++i) dq[i] = 0.0f;
-
-    for (std::int64_t kt = 0; kt < tiles; ++kt, buf ^= 1) {
-      if (kt + 1 < tiles) {
-        stage_kv(buf ^ 1, w, kt + 1);
-      } else if (next_item < items) {
-        const TileWork next = query_tile<kBlockRows>(p, Cfg::kGroupPairs, next_item);
-        stage_q(qb ^ 1, next);
-        stage_kv(buf ^ 1, next, 0);
-      }
-      cp_async_commit();
-      cp_async_wait_all_but_one();
-      fence_proxy_async();
-      __syncthreads();
-      const std::int64_t k0 = kt * kKeys;
-      if (!p.causal || k0 <= group_q0 + 63) {
-        const std::uint32_t Kb = Ks + buf * kKeyTileBytes, Vb = Vs + buf * kKeyTileBytes;
-        float s[kKeys / 2], dp[kKeys / 2];  // (64 queries, kKeys keys)
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-          wgmma_ss<kKeys>(s, q_desc + 2 * ks, sw128_desc(Kb) + 2 * ks, ks > 0);
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-          wgmma_ss<kKeys>(dp, do_desc + 2 * ks, sw128_desc(Vb) + 2 * ks, ks > 0);
-        wgmma_commit();
-        wgmma_wait_all();
-        fence_registers(s);
-        fence_registers(dp);
-        const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
-        dq_scores<kKeys>(reinterpret_cast<const float(&)[kKeys / 8][4]>(s),
-                         reinterpret_cast<float(&)[kKeys / 8][4]>(dp), lse_r, delta_r, scale_log2,
-                         edge, k0, warp_q0 + g, Tn, p.causal, c);
-        std::uint32_t da[kKeys / 16][4];
-#pragma unroll
-        for (int kk = 0; kk < kKeys / 16; ++kk) a_operand(da[kk], dp, kk);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < kKeys / 16; ++kk)
-          wgmma_rs<64>(dq, da[kk], sw128_desc(Kb + kk * 16 * kTileRowBytes));
-        wgmma_commit();
-        wgmma_wait_all();
-        fence_registers(dq);
-      }
-      __syncthreads();
-    }
-
-    if (p.rope_theta > 0)
-      unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dq), p, rope, warp_q0 + g, c);
-    store_accumulator_rows(p, p.dq, p.dq_stride, w.b, w.h, warp_q0, dq, static_cast<float>(p.scale),
-                           g, c);
-    if (next_item < items) w = query_tile<kBlockRows>(p, Cfg::kGroupPairs, next_item);
+  for (int r = 0; r < 2; ++r) {
+    const std::int64_t row = warp_q0 + g + r * 8;
+    lse_r[r] = row < Tn ? p.lse[bh * Tn + row] * kLog2e : INFINITY;
   }
+  float dq[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) dq[i] = 0.0f;
+
+  for (std::int64_t kt = 0; kt < kv.tiles; ++kt) {
+    const int buf = kv.next(kt);
+    fence_proxy_async();
+    __syncthreads();
+    const std::int64_t k0 = kt * kKeys;
+    if (!p.causal || k0 <= group_q0 + 63) {
+      const std::uint32_t Kb = Ks + buf * kKeyTileBytes, Vb = Vs + buf * kKeyTileBytes;
+      float s[kKeys / 2], dp[kKeys / 2];  // (64 queries, kKeys keys)
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        wgmma_ss<kKeys>(s, q_desc + 2 * ks, sw128_desc(Kb) + 2 * ks, ks > 0);
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        wgmma_ss<kKeys>(dp, do_desc + 2 * ks, sw128_desc(Vb) + 2 * ks, ks > 0);
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_registers(s);
+      fence_registers(dp);
+      const bool edge = (p.causal && k0 + kKeys - 1 > warp_q0) || k0 + kKeys > Tn;
+      dq_scores<kKeys>(reinterpret_cast<const float(&)[kKeys / 8][4]>(s),
+                       reinterpret_cast<float(&)[kKeys / 8][4]>(dp), lse_r, delta_r, scale_log2,
+                       edge, k0, warp_q0 + g, Tn, p.causal, c);
+      std::uint32_t da[kKeys / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) a_operand(da[kk], dp, kk);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk)
+        wgmma_rs<64>(dq, da[kk], sw128_desc(Kb + kk * 16 * kTileRowBytes));
+      wgmma_commit();
+      wgmma_wait_all();
+      fence_registers(dq);
+    }
+    __syncthreads();
+  }
+
+  if (p.rope_theta > 0)
+    unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dq), p, rope, warp_q0 + g, c);
+  store_accumulator_rows(p, p.dq, p.dq_stride, b, h, warp_q0, dq, static_cast<float>(p.scale), g,
+                         c);
 #else
   (void)p, (void)delta, (void)rope;
 #endif
@@ -1017,54 +930,10 @@ struct WgmmaLongKeys {
   static constexpr int kShortTiles = 0;
 };
 
-// Whether the wgmma passes (forward_wgmma, backward_dq_wgmma, backward_dkdv_wgmma) run
-// persistent: as many blocks as the GPU holds at once, each walking work items and fetching its
-// next item's tiles while it finishes the current one (FATHOM_ATTENTION_PERSISTENT=1). Off: one
-// block an item. The same bits either way (each item's arithmetic is the same).
-inline bool& attention_persistent_setting() {
-  static bool on = env_switch("FATHOM_ATTENTION_PERSISTENT", false);
-  return on;
-}
-// At most this many blocks when persistent (0: as many as the GPU holds), so that the tests walk
-// many items a block at small sizes.
-inline int& attention_persistent_block_cap() {
-  static int cap = 0;
-  return cap;
-}
-
-// Launches Kernel (a pass that walks work items item, item + gridDim.x, ...) on every work item of
-// p: one block an item, or with attention_persistent_setting() as many blocks as run at once.
-template <class Cfg, auto Kernel, class Params, class... Rest>
-void launch_persistent(const Params& p, Rest... rest) {
-  constexpr std::size_t smem = Cfg::smem_bytes;
-  allow_shared_memory<Kernel>(smem);
-  const std::int64_t items = work_items<Cfg::kBlockRows>(p);
-  if (items == 0) return;
-  std::int64_t blocks = grid_of(items, 1);
-  if (attention_persistent_setting()) {
-    // Blocks a GPU holds at once, one count per kernel (Kernel is a template argument), from the
-    // first device asked.
-    static std::atomic<int> resident{0};
-    if (resident.load(std::memory_order_relaxed) == 0) {
-      int device = 0, sms = 0, per_sm = 0;
-      FATHOM_CUDA_CHECK(cudaGetDevice(&device));
-      FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-      FATHOM_CUDA_CHECK(
-          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, Cfg::kThreads, smem));
-      resident.store(std::max(1, sms * per_sm), std::memory_order_relaxed);
-    }
-    blocks = std::min<std::int64_t>(blocks, resident.load(std::memory_order_relaxed));
-    if (const int cap = attention_persistent_block_cap(); cap > 0)
-      blocks = std::min<std::int64_t>(blocks, cap);
-  }
-  Kernel<<<static_cast<unsigned>(blocks), Cfg::kThreads, smem, cuda::stream()>>>(p, rest...);
-  FATHOM_CUDA_CHECK(cudaGetLastError());
-}
-
 template <class Shapes = WgmmaChoice>
 void launch_forward_wgmma(const AttentionParams<bf16>& p) {
   using Cfg = typename Shapes::Forward;
-  launch_persistent<Cfg, forward_wgmma<Cfg>>(p);
+  launch_mma<Cfg, forward_wgmma<Cfg>>(p);
 }
 
 // The whole backward: one block a head where backward_short_wgmma applies and T takes at most
@@ -1078,12 +947,12 @@ void launch_backward_wgmma(const AttentionBackwardParams<bf16>& p, float* delta)
   using Dq = typename Shapes::Dq;
   const auto freqs = rope_freqs<64>(p);
   if (p.dq) {
-    launch_persistent<Dq, backward_dq_wgmma<Dq>>(p, delta, freqs);
+    launch_mma<Dq, backward_dq_wgmma<Dq>>(p, delta, freqs);
   } else {
     launch_rowsum(p, delta, /*vectorized=*/true);
   }
   if (p.dk || p.dv)
-    launch_persistent<Dkdv, backward_dkdv_wgmma<Dkdv>>(p, static_cast<const float*>(delta), freqs);
+    launch_mma<Dkdv, backward_dkdv_wgmma<Dkdv>>(p, static_cast<const float*>(delta), freqs);
 }
 
 }  // namespace fathom::kernels::detail::attn
