@@ -234,8 +234,7 @@ NormPathResult<T> run_norm_path(const NormCase& c, const NormData& in, NormGrads
 }  // namespace
 
 // Both kinds of kernel do the same float operations in the same order (the backward's on the same
-// grid, which NormPath::generic keeps), so they must agree to the bit, with the register backward
-// loading rows ahead or not.
+// grid, which NormPath::generic keeps), so they must agree to the bit.
 TEMPLATE_TEST_CASE("CUDA norm kernels give the same bits holding rows in registers as walking them",
                    "[cuda][kernels][norm]", float, bf16) {
   using T = TestType;
@@ -250,15 +249,8 @@ TEMPLATE_TEST_CASE("CUDA norm kernels give the same bits holding rows in registe
   const bool accumulate = GENERATE(false, true);
   const NormGrads grads = GENERATE(NormGrads{true, true, true}, NormGrads{true, false, false},
                                    NormGrads{false, true, false}, NormGrads{false, false, true});
-  // The register backward with each warp's next row loaded ahead, and without.
-  const bool prefetch = GENERATE(false, true);
-  CAPTURE(c, layer, accumulate, grads, prefetch, Precision<T>::name);
+  CAPTURE(c, layer, accumulate, grads, Precision<T>::name);
   namespace kd = fathom::kernels::detail;
-  struct RestorePrefetch {
-    bool saved = kd::norm_backward_prefetch();
-    ~RestorePrefetch() { kd::norm_backward_prefetch() = saved; }
-  } restore;
-  kd::norm_backward_prefetch() = prefetch;
   // At least the forward holds these rows in registers (the backward too up to 1024 bf16 columns).
   REQUIRE(kd::norm_lane_packs<T>(c.cols, kd::NormForwardLanePacks{}) > 0);
   const auto in = make_data(c, 500 + static_cast<std::uint64_t>(c.cols));

@@ -25,7 +25,6 @@
 #include <type_traits>
 
 #include "fathom/core/cuda_runtime.hpp"
-#include "fathom/core/env.hpp"
 #include "fathom/kernels/cuda/rows.cuh"
 #include "fathom/kernels/norm.hpp"
 
@@ -372,27 +371,10 @@ __global__ void __launch_bounds__(32 * norm_backward_max_warps)
   if (a.partial) norm_block_partial(reinterpret_cast<const A*>(norm_shared), a, slice);
 }
 
-// What the backward reads of one row: this lane's columns of x, dy and the dx it adds to, and the
-// row's statistics.
-template <class T, int N, int K, bool Layer>
-struct NormBackwardRow {
-  NormLaneRow<T, N, K> x, dy, old_dx;  // (C), this lane's columns
-  accum_t<T> mean, rstd;
-  __device__ void load(const NormBackwardArgs<T>& a, std::int64_t row, int lane, int packs) {
-    x.load(a.x + row * a.cols, lane, packs);
-    dy.load(a.dy + row * a.cols, lane, packs);
-    if (a.dx && a.accumulate_dx) old_dx.load(a.dx + row * a.cols, lane, packs);
-    mean = Layer ? a.mean[row] : accum_t<T>(0);
-    rstd = a.rstd[row];
-  }
-};
-
 // The backward with the rows in registers: the same float operations in the same order as
 // norm_backward_kernel, each row read from memory once. A lane keeps its dw (and db) sums over the
 // warp's rows in registers and writes them to the warp's shared-memory slice once, at the end.
-// Prefetch: the warp's next row is loaded before the current one is reduced and written, so its
-// loads are in flight meanwhile (more registers, fewer warps an SM).
-template <class T, int N, int K, bool Layer, bool Prefetch>
+template <class T, int N, int K, bool Layer>
 __global__ void __launch_bounds__(32 * norm_backward_max_warps)
     norm_backward_resident_kernel(NormBackwardArgs<T> a) {
   using A = accum_t<T>;
@@ -404,19 +386,13 @@ __global__ void __launch_bounds__(32 * norm_backward_max_warps)
   const A inv_cols = A(1) / static_cast<A>(C);
   A dw[K][N] = {}, db[K][N] = {};  // sums over the warp's rows, this lane's columns
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * warps;
-  std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * warps + warp;
-  NormBackwardRow<T, N, K, Layer> next;
-  if (Prefetch && row < a.rows) next.load(a, row, lane, packs);
-  for (; row < a.rows; row += stride) {
-    NormBackwardRow<T, N, K, Layer> cur;
-    if constexpr (Prefetch) {
-      cur = next;
-      if (row + stride < a.rows) next.load(a, row + stride, lane, packs);
-    } else {
-      cur.load(a, row, lane, packs);
-    }
-    const NormLaneRow<T, N, K>&x = cur.x, &dy = cur.dy, &old_dx = cur.old_dx;
-    const A mean = cur.mean, rstd = cur.rstd;
+  for (std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * warps + warp; row < a.rows;
+       row += stride) {
+    NormLaneRow<T, N, K> x, dy, old_dx;  // (C), this lane's columns
+    x.load(a.x + row * C, lane, packs);
+    dy.load(a.dy + row * C, lane, packs);
+    if (a.dx && a.accumulate_dx) old_dx.load(a.dx + row * C, lane, packs);
+    const A mean = Layer ? a.mean[row] : A(0), rstd = a.rstd[row];
     RowPair<A> part{0, 0};  // sum g, sum g * xhat, g = dy * w * scale
     for_each_lane_pack<N, K>(lane, packs, [&](int k, std::int64_t c) {
       A g[N];
@@ -496,14 +472,6 @@ __global__ void norm_param_grad_kernel(const accum_t<T>* partial, int blocks, in
   }
 }
 
-// Whether the register backward loads each warp's next row while it works on the current one
-// (FATHOM_NORM_PREFETCH=1). dx is the same bits either way; dw's sums follow the grid, which is
-// as many blocks as fit, fewer with the prefetch's registers.
-inline bool& norm_backward_prefetch() {
-  static bool on = env_switch("FATHOM_NORM_PREFETCH", false);
-  return on;
-}
-
 // 16-byte packs when every row of C elements starts 16-byte aligned given aligned base pointers.
 template <class T>
 bool norm_rows_packable(std::int64_t cols, std::initializer_list<const void*> pointers) {
@@ -579,9 +547,7 @@ void launch_norm_backward(NormBackwardArgs<T> a, T* dw, T* db, NormPath path = N
   auto hold = walk;
   if (lane_packs > 0) {
     hold = with_lane_packs(lane_packs, NormBackwardLanePacks{}, [](auto k) {
-      return norm_backward_prefetch()
-                 ? norm_backward_resident_kernel<T, N, decltype(k)::value, Layer, true>
-                 : norm_backward_resident_kernel<T, N, decltype(k)::value, Layer, false>;
+      return norm_backward_resident_kernel<T, N, decltype(k)::value, Layer>;
     });
   }
   // The grid is hold's for NormPath::generic too: the blocks and warps that walk the rows fix the
