@@ -597,14 +597,13 @@ inline int main(int argc, char** argv) {
     cudaGetDeviceProperties(&prop, device);
     const double peak = o.peak_tflops > 0 ? o.peak_tflops : root ? measure_gemm_tflops() : 1.0;
     if (root) {
-      // Where the loss's gradient is computed (FATHOM_FUSED_CROSS_ENTROPY, FATHOM_CE_SHARED_ROW,
-      // FATHOM_CE_PIPELINED), so that an A/B log says which form each side ran.
-      const char* cross_entropy =
-          !fathom::autograd::fused_cross_entropy()     ? "gradient in the backward"
-          : fathom::kernels::cross_entropy_pipelined() ? "gradient in the forward, pipelined"
-          : fathom::kernels::cross_entropy_shared_row()
-              ? "gradient in the forward, row kept in shared memory"
-              : "gradient in the forward, row reread";
+      // Where the loss's gradient is computed (FATHOM_FUSED_CROSS_ENTROPY, FATHOM_CE_SHARED_ROW),
+      // so that an A/B log says which form each side ran.
+      const char* cross_entropy = !fathom::autograd::fused_cross_entropy()
+                                      ? "gradient in the backward"
+                                  : fathom::kernels::cross_entropy_shared_row()
+                                      ? "gradient in the forward, row kept in shared memory"
+                                      : "gradient in the forward, row reread";
       std::printf(
           "fathom-bench on %s: bf16 GEMM peak %.0f TFLOP/s (%s); attention kernels: %s; "
           "cross-entropy: %s\n",

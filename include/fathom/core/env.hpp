@@ -1,5 +1,5 @@
 // Switches read from the environment, for comparing a code path against its alternative
-// (FATHOM_DGELU_EPILOGUE=0, FATHOM_CE_PIPELINED=1, ...).
+// (FATHOM_DGELU_EPILOGUE=0, FATHOM_CE_SHARED_ROW=0, ...).
 #pragma once
 
 #include <cstdlib>

@@ -2,8 +2,8 @@
 // (include/fathom/kernels/cuda/softmax.cuh) in float and bf16 against the CPU reference in double:
 // softmax forward and backward, cross-entropy loss, logsumexp and gradient (backward kernel and
 // fused forward) at vocabularies 32000, 50257 (rows off the 16-byte grid) and 50304, ignored rows,
-// the fused gradient written over the logits (its row kept in shared memory, reread, or pipelined
-// by a persistent kernel), its rescaling, an all-ignored batch, a target out of range (NaN loss),
+// the fused gradient written over the logits (its row kept in shared memory or reread), its
+// rescaling, an all-ignored batch, a target out of range (NaN loss),
 // determinism, and the cross_entropy and cross_entropy_fused ops on CUDA.
 #include <fathom/autograd/ops/gemm.hpp>
 #include <fathom/autograd/ops/softmax.hpp>
@@ -63,9 +63,6 @@ struct CrossEntropyResult {
   std::vector<double> in_place;   // the fused gradient written over the logits themselves
   std::vector<double> reread;     // CUDA: the fused gradient with the row reread, not kept shared
   std::uint64_t shared_runs = 0;  // CUDA: fused forwards that kept the row in shared memory
-  double pipelined_loss = 0;      // CUDA: the fused forward as the pipelined kernel
-  std::vector<double> pipelined;
-  std::uint64_t pipelined_runs = 0;
 };
 
 // Forward (plain, then with the fused gradient) and backward, on the CPU in double or on CUDA in T.
@@ -157,21 +154,10 @@ CrossEntropyResult run_cross_entropy(const SoftmaxCase& c, const std::vector<dou
     fathom::kernels::cross_entropy(Cuda{}, p);
     fathom::kernels::set_cross_entropy_shared_row(true);
     r.reread = to_double(reread.values());
-    const auto pipelined_before = fathom::kernels::detail::cross_entropy_pipelined_runs();
-    DeviceArray<T> pipelined(logits, c.offset);
-    p.logits = p.dlogits = pipelined.data();
-    fathom::kernels::set_cross_entropy_pipelined(true);
-    fathom::kernels::cross_entropy(Cuda{}, p);
-    fathom::kernels::set_cross_entropy_pipelined(false);
-    r.pipelined_loss = static_cast<double>(loss.item());
-    r.pipelined = to_double(pipelined.values());
-    r.pipelined_runs = fathom::kernels::detail::cross_entropy_pipelined_runs() - pipelined_before;
   }
   return r;
 }
 
-// 600 x 32000 and 1000 x 512: more rows than the pipelined kernel has blocks, so its blocks walk
-// several rows each.
 const SoftmaxCase ce_cases[] = {{1, 2, 0},       {5, 7, 0},      {17, 32000, 0},
                                 {600, 32000, 0}, {64, 50257, 0}, {130, 50304, 0},
                                 {33, 50304, 1},  {9, 4099, 3},   {1000, 512, 0}};
@@ -255,15 +241,9 @@ TEMPLATE_TEST_CASE(
   // two passes; the gradient is the same bits as the kernel that rereads the row.
   const bool aligned = c.offset == 0;
   const bool shared =
-      fathom::kernels::detail::cross_entropy_forward_form<T>(c.cols, aligned, false, true) == 1;
+      fathom::kernels::detail::cross_entropy_forward_form<T>(c.cols, aligned, true) == 1;
   CHECK(got.shared_runs == (shared ? 1u : 0u));
   CHECK(got.reread == got.fused);
-  // The pipelined kernel (each block walking rows with the next one's copy in flight), in place.
-  const bool pipelined =
-      fathom::kernels::detail::cross_entropy_forward_form<T>(c.cols, aligned, true, true) == 2;
-  CHECK(got.pipelined_runs == (pipelined ? 1u : 0u));
-  CHECK(got.pipelined_loss == got.loss);
-  CHECK(got.pipelined == got.fused);
 }
 
 TEMPLATE_TEST_CASE("CUDA cross_entropy_rescale matches the CPU reference",
@@ -424,12 +404,6 @@ TEMPLATE_TEST_CASE(
   CHECK(fused_loss == plain_loss);
   CHECK(fused_h == plain_h);
   CHECK(fused_w == plain_w);
-  fathom::kernels::set_cross_entropy_pipelined(true);
-  const auto [piped_loss, piped_h, piped_w] = run(true, 0.5);
-  fathom::kernels::set_cross_entropy_pipelined(false);
-  CHECK(piped_loss == plain_loss);
-  CHECK(piped_h == plain_h);
-  CHECK(piped_w == plain_w);
   // A backward seeded with another d loss than the forward assumed: rescaled, not wrong.
   const auto [loss2, h2, w2] = run(true, 0.125);
   const auto [plain2_loss, plain2_h, plain2_w] = run(false, 0.125);

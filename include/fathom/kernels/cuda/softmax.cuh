@@ -320,60 +320,6 @@ __global__ void __launch_bounds__(cross_entropy_threads)
                                  r.scale(a.grad_scale, *a.valid_rows), a.accumulate);
 }
 
-// 16 bytes from global to shared memory without passing through registers (sm_80's cp.async, in
-// the L2 only: .cg), in the thread's current group; commit closes the group, and wait<G> returns
-// once all but the G most recent of the thread's groups have landed. The copies are visible to
-// the thread that issued them after its wait (to others only after a barrier as well).
-__device__ inline void copy_async_16(void* shared, const void* global) {
-  const auto to = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(global) : "memory");
-}
-__device__ inline void copy_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int G>
-__device__ inline void copy_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(G) : "memory");
-}
-
-// The fused forward as a persistent kernel: each block walks the rows blockIdx.x, + gridDim.x, ...
-// with two row buffers in shared memory, the next row's copy (copy_async_16) in flight while it
-// reduces the current one and writes its gradient, so loads never wait behind the math. Same
-// threads, same packs per thread and same order as the kernels above (the same bits). Each thread
-// copies, reads and overwrites only its own packs, so the buffers need no barrier: a thread waits
-// for its own copies, and a buffer it refills was last read by itself, its values used already.
-template <class T, int N>
-__global__ void __launch_bounds__(cross_entropy_threads)
-    cross_entropy_forward_pipelined_kernel(CrossEntropyForwardArgs<T> a, std::int64_t rows) {
-  using A = accum_t<T>;
-  using Pack = MapPack<T, N>;
-  extern __shared__ __align__(16) unsigned char cross_entropy_rows_shared[];
-  Pack* const buffers = reinterpret_cast<Pack*>(cross_entropy_rows_shared);  // 2 x (V / N)
-  const int packs = static_cast<int>(a.vocab / N);
-  const int worker = static_cast<int>(threadIdx.x), workers = static_cast<int>(blockDim.x);
-  auto fetch = [&](std::int64_t row, Pack* to) {
-    const Pack* from = reinterpret_cast<const Pack*>(a.logits + row * a.vocab);
-    for (int k = worker; k < packs; k += workers) copy_async_16(to + k, from + k);
-  };
-  std::int64_t row = blockIdx.x;
-  if (row < rows) fetch(row, buffers);
-  copy_async_commit();
-  const std::int32_t valid = *a.valid_rows;
-  for (int i = 0; row < rows; row += gridDim.x, ++i) {
-    const Pack* current = buffers + (i & 1) * packs;
-    if (row + gridDim.x < rows) fetch(row + gridDim.x, buffers + ((i + 1) & 1) * packs);
-    copy_async_commit();  // an empty group after the last row keeps the count uniform
-    copy_async_wait<1>();
-    const auto r = CrossEntropyRow<A>::begin(a, row);  // the target logit from global memory
-    RowMaxSum<A> stats = RowMaxSum<A>::empty();
-    for (int k = worker; k < packs; k += workers) cross_entropy_add_pack(stats, current[k]);
-    const A lse = r.finish(a, block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{}));
-    cross_entropy_grad_from_shared(current, packs, a.dlogits + row * a.vocab, r.target, lse,
-                                   r.scale(a.grad_scale, valid), a.accumulate);
-  }
-  copy_async_wait<0>();
-}
-
 // Rows of at most this many bytes are kept in shared memory by the fused forward (two blocks an SM
 // still fit: 50304 bf16 logits are 98 KiB).
 constexpr std::int64_t cross_entropy_shared_row_max_bytes = 110 * 1024;
@@ -391,28 +337,16 @@ inline std::int64_t cross_entropy_shared_bytes() {
   return bytes;
 }
 
-// Which fused-forward kernel rows of `vocab` elements of T get: 2 pipelined (two rows in shared
-// memory, when cross_entropy_pipelined() is on), 1 one row kept in shared memory, 0 the row reread.
-// Rows must be whole 16-byte packs on an aligned base for either shared form.
+// Which fused-forward kernel rows of `vocab` elements of T get: 1 the row kept in shared memory, 0
+// the row reread. Rows must be whole 16-byte packs on an aligned base for the shared form.
 template <class T>
-int cross_entropy_forward_form(std::int64_t vocab, bool packed, bool pipelined, bool shared) {
+int cross_entropy_forward_form(std::int64_t vocab, bool packed, bool shared) {
   constexpr int N = map_width<T>();
   if (!packed || N == 1 || vocab % N != 0) return 0;
   const std::int64_t row = vocab * static_cast<std::int64_t>(sizeof(T));
-  if (pipelined && 2 * row <= cross_entropy_shared_bytes()) return 2;
   if (shared && row <= std::min(cross_entropy_shared_row_max_bytes, cross_entropy_shared_bytes()))
     return 1;
   return 0;
-}
-
-inline bool& cross_entropy_pipelined_setting() {
-  static bool on = env_switch("FATHOM_CE_PIPELINED", false);
-  return on;
-}
-// Fused forwards that ran the pipelined kernel (the tests check which kernel ran).
-inline std::uint64_t& cross_entropy_pipelined_runs() {
-  static std::uint64_t runs = 0;
-  return runs;
 }
 
 inline bool& cross_entropy_shared_row_setting() {
@@ -518,13 +452,6 @@ inline void set_cross_entropy_shared_row(bool on) {
 }
 inline bool cross_entropy_shared_row() { return detail::cross_entropy_shared_row_setting(); }
 
-// Whether the forward with the gradient fused in runs as a persistent kernel with the next row's
-// copy in flight while it works on the current one (rows whose two fit in shared memory). Off by
-// default until it is measured; FATHOM_CE_PIPELINED=1 in the environment, or
-// set_cross_entropy_pipelined(true), turns it on. Same bits as the other forms.
-inline void set_cross_entropy_pipelined(bool on) { detail::cross_entropy_pipelined_setting() = on; }
-inline bool cross_entropy_pipelined() { return detail::cross_entropy_pipelined_setting(); }
-
 // Three launches: count the rows not ignored (so a fused gradient can divide by it), one block per
 // row for logsumexp, the row's loss and (optionally) the gradient, then the mean.
 template <class T>
@@ -550,30 +477,10 @@ void cross_entropy(Cuda, const CrossEntropyParams<T>& p) {
     constexpr int N = detail::map_width<T>();
     const bool aligned = detail::rows_share_alignment<T>({p.logits, p.dlogits});
     const auto row_bytes = static_cast<std::size_t>(p.vocab) * sizeof(T);
-    const int form =
-        p.dlogits ? detail::cross_entropy_forward_form<T>(
-                        p.vocab, aligned, cross_entropy_pipelined(), cross_entropy_shared_row())
-                  : 0;
-    if (form == 2) {
-      auto kernel = detail::cross_entropy_forward_pipelined_kernel<T, N>;
-      // Opted in once to the device's limit; as many blocks as fit on every SM at once.
-      static const bool opted_in = [&] {
-        FATHOM_CUDA_CHECK(
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(detail::cross_entropy_shared_bytes())));
-        return true;
-      }();
-      (void)opted_in;
-      int device = 0, sms = 0, per_sm = 0;
-      FATHOM_CUDA_CHECK(cudaGetDevice(&device));
-      FATHOM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-      FATHOM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &per_sm, kernel, detail::cross_entropy_threads, 2 * row_bytes));
-      const auto blocks = static_cast<unsigned>(
-          std::min<std::int64_t>(p.rows, static_cast<std::int64_t>(sms) * std::max(per_sm, 1)));
-      ++detail::cross_entropy_pipelined_runs();
-      kernel<<<blocks, detail::cross_entropy_threads, 2 * row_bytes, cuda::stream()>>>(a, p.rows);
-    } else if (form == 1) {
+    const int form = p.dlogits ? detail::cross_entropy_forward_form<T>(p.vocab, aligned,
+                                                                       cross_entropy_shared_row())
+                               : 0;
+    if (form == 1) {
       auto kernel = detail::cross_entropy_forward_shared_kernel<T, N>;
       static const bool opted_in = [&] {
         FATHOM_CUDA_CHECK(cudaFuncSetAttribute(
