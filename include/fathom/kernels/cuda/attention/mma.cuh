@@ -448,30 +448,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     store_forward_rows<HD>(p, o[m], mx[m], l[m], b, h, bh, warp_q0 + 16 * m + g, c);
 }
 
-// The log-sum-exp (lse, (B, H, T), into log2 units) and D (delta) of one row of query tile qt of
-// (b, h) = bh, for shared memory, one thread a row (threads from Queries on hold nothing). Rows
-// past T get lse = +inf, so their probabilities are exactly 0, and D = 0. load() only issues the
-// two loads: the wgmma dK/dV pass stores the values after its work on the current tile (store(),
-// into the other buffer, before its closing barrier) and so does not wait for them meanwhile; the
-// mma pass, whose registers are all in use, stores them at once.
+// The log-sum-exp (lse, (B, H, T), into log2 units) and D (delta) of query tile qt's Queries rows
+// of (b, h) = bh into shared memory, one thread a row (threads from Queries on do nothing). Rows
+// past T get lse = +inf, so their probabilities are exactly 0, and D = 0.
 template <int Queries>
-struct RowStats {
-  float lse = 0.0f, delta = 0.0f;
-  __device__ void load(const float* lse_g, const float* delta_g, std::int64_t T, std::int64_t bh,
-                       std::int64_t qt) {
-    if (threadIdx.x < Queries) {
-      const std::int64_t row = qt * Queries + threadIdx.x;
-      lse = row < T ? lse_g[bh * T + row] * kLog2e : INFINITY;
-      delta = row < T ? delta_g[bh * T + row] : 0.0f;
-    }
+__device__ inline void stage_row_stats(const float* lse, const float* delta, std::int64_t T,
+                                       std::int64_t bh, std::int64_t qt, float* lse_s,
+                                       float* delta_s) {
+  if (threadIdx.x < Queries) {
+    const std::int64_t row = qt * Queries + threadIdx.x;
+    lse_s[threadIdx.x] = row < T ? lse[bh * T + row] * kLog2e : INFINITY;
+    delta_s[threadIdx.x] = row < T ? delta[bh * T + row] : 0.0f;
   }
-  __device__ void store(float* lse_s, float* delta_s) const {
-    if (threadIdx.x < Queries) {
-      lse_s[threadIdx.x] = lse;
-      delta_s[threadIdx.x] = delta;
-    }
-  }
-};
+}
 
 // The backward's per-tile steps on one 16-row m-tile's accumulators (the layout of the forward's
 // helpers above), shared by the mma and wgmma kernels.
@@ -574,9 +563,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   auto stage = [&](int buf, std::int64_t qt) {  // Q, dO, lse and delta of query tile qt
     copy_q(Qs + buf * kQueryTileBytes, qg, p.q_stride, qt * kQ, Tn);
     copy_q(dOs + buf * kQueryTileBytes, dog, p.do_stride, qt * kQ, Tn);
-    RowStats<kQ> stats;
-    stats.load(p.lse, delta, Tn, bh, qt);
-    stats.store(lse_s + buf * kQ, delta_s + buf * kQ);
+    stage_row_stats<kQ>(p.lse, delta, Tn, bh, qt, lse_s + buf * kQ, delta_s + buf * kQ);
   };
 
   const std::int64_t qt_begin = p.causal ? k0 / kQ : 0;

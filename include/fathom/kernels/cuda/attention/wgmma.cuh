@@ -368,9 +368,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
   const SwizzledCopy<kQ, Cfg::kThreads> copy_q;
   const SwizzledCopy<kBlockRows, Cfg::kThreads> copy_kv;
-  auto stage = [&](int buf, std::int64_t qt) {  // Q and dO of query tile qt
+  auto stage = [&](int buf, std::int64_t qt) {  // Q, dO, lse and delta of query tile qt
     copy_q(Qs + buf * kQueryTileBytes, qg, p.q_stride, qt * kQ, Tn);
     copy_q(dOs + buf * kQueryTileBytes, dog, p.do_stride, qt * kQ, Tn);
+    stage_row_stats<kQ>(p.lse, delta, Tn, bh, qt, lse_s + buf * kQ, delta_s + buf * kQ);
   };
 
   const std::int64_t qt_begin = p.causal ? k0 / kQ : 0;
@@ -378,9 +379,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   copy_kv(Vs, p.v + b * Tn * p.v_stride + h * 64, p.v_stride, k0, Tn);
   stage(0, qt_begin);
   cp_async_commit();
-  RowStats<kQ> stats;  // lse and delta of the next query tile, loaded during this one's work
-  stats.load(p.lse, delta, Tn, bh, qt_begin);
-  stats.store(lse_s, delta_s);
 
   float dk[32], dv[32];
 #pragma unroll
@@ -388,10 +386,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
   for (std::int64_t qt = qt_begin; qt < nqt; ++qt) {
     const int buf = static_cast<int>((qt - qt_begin) & 1);
-    if (qt + 1 < nqt) {
-      stage(buf ^ 1, qt + 1);
-      stats.load(p.lse, delta, Tn, bh, qt + 1);
-    }
+    if (qt + 1 < nqt) stage(buf ^ 1, qt + 1);
     cp_async_commit();
     cp_async_wait_all_but_one();
     fence_proxy_async();
@@ -436,7 +431,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       fence_registers(dv);
       fence_registers(dk);
     }
-    if (qt + 1 < nqt) stats.store(lse_s + (buf ^ 1) * kQ, delta_s + (buf ^ 1) * kQ);
     __syncthreads();
   }
 
