@@ -242,22 +242,6 @@ __device__ inline void cross_entropy_add_pack(RowMaxSum<A>& stats, const MapPack
   stats.add(v);
 }
 
-// The gradient of one row from this thread's packs of it in shared memory (packs worker, worker +
-// workers, ...): the forms that keep the row there.
-template <class T, int N, class A>
-__device__ inline void cross_entropy_grad_from_shared(const MapPack<T, N>* saved, int packs, T* d,
-                                                      std::int32_t target, A lse, A scale,
-                                                      bool accumulate) {
-  for (int k = static_cast<int>(threadIdx.x); k < packs; k += static_cast<int>(blockDim.x)) {
-    const std::int64_t c = static_cast<std::int64_t>(k) * N;
-    A g[N];
-#pragma unroll
-    for (int e = 0; e < N; ++e) g[e] = scalar_cast<A>(saved[k].v[e]);
-    cross_entropy_grad(g, c, target, lse, scale);
-    cross_entropy_store(d + c, g, accumulate);
-  }
-}
-
 template <class T, int N>
 __global__ void __launch_bounds__(cross_entropy_threads)
     cross_entropy_forward_kernel(CrossEntropyForwardArgs<T> a) {
@@ -316,37 +300,43 @@ __global__ void __launch_bounds__(cross_entropy_threads)
     cross_entropy_add_pack(stats, p);
   }
   const A lse = r.finish(a, block_all_reduce<cross_entropy_threads>(stats, RowMaxSumMerge{}));
-  cross_entropy_grad_from_shared(saved, packs, a.dlogits + r.row * a.vocab, r.target, lse,
-                                 r.scale(a.grad_scale, *a.valid_rows), a.accumulate);
+  const A scale = r.scale(a.grad_scale, *a.valid_rows);
+  T* d = a.dlogits + r.row * a.vocab;
+  for (k = worker; k < packs; k += workers) {
+    const std::int64_t c = static_cast<std::int64_t>(k) * N;
+    A g[N];
+#pragma unroll
+    for (int e = 0; e < N; ++e) g[e] = scalar_cast<A>(saved[k].v[e]);
+    cross_entropy_grad(g, c, r.target, lse, scale);
+    cross_entropy_store(d + c, g, a.accumulate);
+  }
 }
 
 // Rows of at most this many bytes are kept in shared memory by the fused forward (two blocks an SM
 // still fit: 50304 bf16 logits are 98 KiB).
 constexpr std::int64_t cross_entropy_shared_row_max_bytes = 110 * 1024;
 
-// The dynamic shared memory a block may take on this device: its opt-in limit less room for the
-// block reduction's own.
-inline std::int64_t cross_entropy_shared_bytes() {
+// The longest row, in bytes, that the fused forward keeps in shared memory on this device:
+// cross_entropy_shared_row_max_bytes, or less where the device's opt-in limit per block, less room
+// for the block reduction's own, is lower.
+inline std::int64_t cross_entropy_shared_row_limit() {
   static const std::int64_t bytes = [] {
     int device = 0, optin = 0;
     FATHOM_CUDA_CHECK(cudaGetDevice(&device));
     FATHOM_CUDA_CHECK(
         cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return static_cast<std::int64_t>(optin) - 2 * 1024;
+    return std::min(cross_entropy_shared_row_max_bytes, std::int64_t{optin} - 2 * 1024);
   }();
   return bytes;
 }
 
-// Which fused-forward kernel rows of `vocab` elements of T get: 1 the row kept in shared memory, 0
-// the row reread. Rows must be whole 16-byte packs on an aligned base for the shared form.
+// Whether the fused forward keeps rows of `vocab` elements of T in shared memory (else it rereads
+// them): rows of whole 16-byte packs on an aligned base that fit, with the form switched on.
 template <class T>
-int cross_entropy_forward_form(std::int64_t vocab, bool packed, bool shared) {
+bool cross_entropy_keeps_row(std::int64_t vocab, bool packed, bool shared) {
   constexpr int N = map_width<T>();
-  if (!packed || N == 1 || vocab % N != 0) return 0;
-  const std::int64_t row = vocab * static_cast<std::int64_t>(sizeof(T));
-  if (shared && row <= std::min(cross_entropy_shared_row_max_bytes, cross_entropy_shared_bytes()))
-    return 1;
-  return 0;
+  return shared && packed && N > 1 && vocab % N == 0 &&
+         vocab * static_cast<std::int64_t>(sizeof(T)) <= cross_entropy_shared_row_limit();
 }
 
 inline bool& cross_entropy_shared_row_setting() {
@@ -477,16 +467,13 @@ void cross_entropy(Cuda, const CrossEntropyParams<T>& p) {
     constexpr int N = detail::map_width<T>();
     const bool aligned = detail::rows_share_alignment<T>({p.logits, p.dlogits});
     const auto row_bytes = static_cast<std::size_t>(p.vocab) * sizeof(T);
-    const int form = p.dlogits ? detail::cross_entropy_forward_form<T>(p.vocab, aligned,
-                                                                       cross_entropy_shared_row())
-                               : 0;
-    if (form == 1) {
+    if (p.dlogits &&
+        detail::cross_entropy_keeps_row<T>(p.vocab, aligned, cross_entropy_shared_row())) {
       auto kernel = detail::cross_entropy_forward_shared_kernel<T, N>;
       static const bool opted_in = [&] {
-        FATHOM_CUDA_CHECK(cudaFuncSetAttribute(
-            kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-            static_cast<int>(std::min(detail::cross_entropy_shared_row_max_bytes,
-                                      detail::cross_entropy_shared_bytes()))));
+        FATHOM_CUDA_CHECK(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(detail::cross_entropy_shared_row_limit())));
         return true;
       }();
       (void)opted_in;
