@@ -82,16 +82,12 @@ struct AdamUpdate {
         decoupled(h.decoupled),
         grad_scale{static_cast<A>(h.grad_scale), h.grad_scale_device} {}
 
-  // The new value of weight w of element i of t, given its scaled gradient g; updates the moments.
-  template <class T>
-  FATHOM_HOST_DEVICE A operator()(const OptimizerSlot<T>& t, std::int64_t i, A w, A g) const {
-    const A wd = static_cast<A>(t.weight_decay);
-    A m = t.state0[i], v = t.state1[i];
+  // The new value of a weight w with scaled gradient g and decay wd; m and v are its moments, read
+  // and updated (has_state is always true: Adam keeps both moments).
+  FATHOM_HOST_DEVICE A operator()(A w, A g, A wd, A& m, A& v, bool /*has_state*/) const {
     if (!decoupled) g += wd * w;
     m = beta1 * m + (A(1) - beta1) * g;
     v = beta2 * v + (A(1) - beta2) * g * g;
-    t.state0[i] = m;
-    t.state1[i] = v;
     const A mhat = m / bias1, vhat = v / bias2;
     if (decoupled) w -= lr * wd * w;
     return w - lr * mhat / (sqrt(vhat) + eps);
@@ -114,14 +110,13 @@ struct SgdUpdate {
         first_step(h.first_step),
         grad_scale{static_cast<A>(h.grad_scale), h.grad_scale_device} {}
 
-  // The new value of weight w of element i of t, given its scaled gradient g; updates the momentum
-  // buffer when t has one.
-  template <class T>
-  FATHOM_HOST_DEVICE A operator()(const OptimizerSlot<T>& t, std::int64_t i, A w, A g) const {
-    g += static_cast<A>(t.weight_decay) * w;
-    if (t.state0) {
-      const A b = first_step ? g : momentum * t.state0[i] + (A(1) - dampening) * g;
-      t.state0[i] = b;
+  // The new value of a weight w with scaled gradient g and decay wd; b is its momentum buffer's
+  // value, read and updated when has_state (the tensor has a buffer); unused is SGD's empty second
+  // slot.
+  FATHOM_HOST_DEVICE A operator()(A w, A g, A wd, A& b, A& /*unused*/, bool has_state) const {
+    g += wd * w;
+    if (has_state) {
+      b = first_step ? g : momentum * b + (A(1) - dampening) * g;
       g = nesterov ? g + momentum * b : b;
     }
     return w - lr * g;
@@ -129,13 +124,18 @@ struct SgdUpdate {
 };
 
 // Element i of t through `update` (an AdamUpdate or SgdUpdate) with its gradient times `scale`:
-// the weight comes from the master copy when there is one, and goes back to both copies.
+// the weight comes from the master copy when there is one, and goes back to both copies; the
+// optimizer state (the tensor's state0 and state1 where not null) is read and written back.
 template <class T, class Update>
 FATHOM_HOST_DEVICE inline void update_element(const OptimizerSlot<T>& t, std::int64_t i,
                                               const Update& update, accum_t<T> scale) {
   using A = accum_t<T>;
   const A w = t.master ? t.master[i] : scalar_cast<A>(t.param[i]);
-  const A updated = update(t, i, w, scalar_cast<A>(t.grad[i]) * scale);
+  A s0 = t.state0 ? t.state0[i] : A(0), s1 = t.state1 ? t.state1[i] : A(0);
+  const A updated = update(w, scalar_cast<A>(t.grad[i]) * scale, static_cast<A>(t.weight_decay), s0,
+                           s1, t.state0 != nullptr);
+  if (t.state0) t.state0[i] = s0;
+  if (t.state1) t.state1[i] = s1;
   if (t.master) t.master[i] = updated;
   t.param[i] = scalar_cast<T>(updated);
 }
