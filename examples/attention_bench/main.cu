@@ -18,6 +18,8 @@
 #include <vector>
 
 #include <fathom/cuda.hpp>
+
+#include "../common/event_timer.cuh"
 #include <fathom/kernels/cuda/attention.cuh>
 #include <fathom/kernels/cuda/rope.cuh>
 
@@ -27,6 +29,7 @@ using fathom::bf16;
 using fathom::Cuda;
 using fathom::Shape;
 using fathom::Tensor;
+using fathom::programs::EventTimer;
 namespace attn = fathom::kernels::detail::attn;
 
 // The variants --variants can name (besides "current", MmaChoice): the tile shapes before the dQ
@@ -115,35 +118,6 @@ struct Problem {
     return 4.0 * static_cast<double>(batch * heads) * static_cast<double>(seq) *
            static_cast<double>(seq) * static_cast<double>(head_dim) * (causal ? 0.5 : 1.0);
   }
-};
-
-class Timer {
- public:
-  Timer() {
-    FATHOM_CUDA_CHECK(cudaEventCreate(&start_));
-    FATHOM_CUDA_CHECK(cudaEventCreate(&end_));
-  }
-  ~Timer() {
-    cudaEventDestroy(start_);
-    cudaEventDestroy(end_);
-  }
-  Timer(const Timer&) = delete;
-  Timer& operator=(const Timer&) = delete;
-  // Milliseconds per call of f, over `iters` calls after `warmup` untimed ones.
-  template <class F>
-  double ms(F&& f, int warmup, int iters) {
-    for (int i = 0; i < warmup; ++i) f();
-    FATHOM_CUDA_CHECK(cudaEventRecord(start_, fathom::cuda::stream()));
-    for (int i = 0; i < iters; ++i) f();
-    FATHOM_CUDA_CHECK(cudaEventRecord(end_, fathom::cuda::stream()));
-    FATHOM_CUDA_CHECK(cudaEventSynchronize(end_));
-    float total = 0.0f;
-    FATHOM_CUDA_CHECK(cudaEventElapsedTime(&total, start_, end_));
-    return static_cast<double>(total) / iters;
-  }
-
- private:
-  cudaEvent_t start_{}, end_{};
 };
 
 Tensor<bf16, Cuda> random_bf16(std::int64_t n, std::mt19937& rng) {
@@ -239,7 +213,7 @@ template <int HD, class Family>
 void run_variant(const std::string& variant, const Problem& pr, Buffers& buf, int warmup, int iters,
                  bool rope = false) {
   const char* name = variant.c_str();
-  Timer timer;
+  EventTimer timer;
   const double f = pr.forward_flop();
   const auto& fp = buf.forward;
   auto bp = buf.backward;

@@ -26,6 +26,7 @@
 #include "fathom/dist/launch.hpp"
 #include "fathom/train/data_parallel.hpp"
 #include "fathom/train/step.hpp"
+#include "event_timer.cuh"
 #include "fathom/kernels/cuda/fp8.cuh"
 #include "launcher.hpp"
 #include "programs.hpp"
@@ -240,18 +241,8 @@ inline double measure_gemm_tflops() {
   p.b = b.data();
   p.c = c.data();
   p.m = p.n = p.k = n;
-  for (int i = 0; i < 3; ++i) kernels::gemm(Cuda{}, p);
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  const int reps = 10;
-  cudaEventRecord(e0, cuda::stream());
-  for (int i = 0; i < reps; ++i) kernels::gemm(Cuda{}, p);
-  cudaEventRecord(e1, cuda::stream());
-  cudaEventSynchronize(e1);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, e0, e1);
-  return 2.0 * n * n * n * reps / (ms * 1e-3) / 1e12;
+  const double ms = EventTimer().ms([&] { kernels::gemm(Cuda{}, p); }, 3, 10);
+  return 2.0 * n * n * n / (ms * 1e-3) / 1e12;
 }
 
 struct BenchResult {

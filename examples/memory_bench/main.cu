@@ -16,41 +16,15 @@
 
 #include <fathom/cuda.hpp>
 
+#include "../common/event_timer.cuh"
+
 namespace {
 
 using fathom::bf16;
 using fathom::Cuda;
 using fathom::Shape;
 using fathom::Tensor;
-
-class Timer {
- public:
-  Timer() {
-    FATHOM_CUDA_CHECK(cudaEventCreate(&start_));
-    FATHOM_CUDA_CHECK(cudaEventCreate(&end_));
-  }
-  ~Timer() {
-    cudaEventDestroy(start_);
-    cudaEventDestroy(end_);
-  }
-  Timer(const Timer&) = delete;
-  Timer& operator=(const Timer&) = delete;
-  // Milliseconds per call of f, over `iters` calls after `warmup` untimed ones.
-  template <class F>
-  double ms(F&& f, int warmup, int iters) {
-    for (int i = 0; i < warmup; ++i) f();
-    FATHOM_CUDA_CHECK(cudaEventRecord(start_, fathom::cuda::stream()));
-    for (int i = 0; i < iters; ++i) f();
-    FATHOM_CUDA_CHECK(cudaEventRecord(end_, fathom::cuda::stream()));
-    FATHOM_CUDA_CHECK(cudaEventSynchronize(end_));
-    float total = 0.0f;
-    FATHOM_CUDA_CHECK(cudaEventElapsedTime(&total, start_, end_));
-    return static_cast<double>(total) / iters;
-  }
-
- private:
-  cudaEvent_t start_{}, end_{};
-};
+using fathom::programs::EventTimer;
 
 constexpr int kThreads = 256;
 
@@ -104,7 +78,7 @@ void print_row(const Row& r) {
 }
 
 // The simple kernels over `mib` MiB: a read, a write, copies, cudaMemcpyAsync.
-void stream_rows(double mib, int blocks_per_sm, int warmup, int iters, Timer& timer) {
+void stream_rows(double mib, int blocks_per_sm, int warmup, int iters, EventTimer& timer) {
   const auto bytes = static_cast<std::int64_t>(mib * 1024 * 1024) / 16 * 16;
   const std::int64_t packs = bytes / 16;
   Tensor<std::uint8_t, Cuda> a(Shape{bytes}), b(Shape{bytes});
@@ -152,7 +126,7 @@ void stream_rows(double mib, int blocks_per_sm, int warmup, int iters, Timer& ti
 // every array `offset` elements into its buffer (0: on the 16-byte grid; 1: off it), in packs of
 // four elements where aligned unless `packs` is false.
 void adam_row(std::int64_t params, int tensors, std::int64_t offset, bool packs, int warmup,
-              int iters, Timer& timer) {
+              int iters, EventTimer& timer) {
   const std::int64_t n = params / tensors, total = n + offset;
   std::vector<Tensor<bf16, Cuda>> w, g;
   std::vector<Tensor<float, Cuda>> master, m, v;
@@ -211,7 +185,7 @@ Tensor<bf16, Cuda> filled(std::int64_t n) {
 // gradient), SwiGLU forward and backward on the gate/up GEMM's (tokens, 2 ffn) output, RoPE in
 // place on the q/k/v GEMM's (tokens, 3 dim) output.
 void kernel_rows(std::int64_t tokens, std::int64_t dim, std::int64_t ffn, int heads, int warmup,
-                 int iters, Timer& timer) {
+                 int iters, EventTimer& timer) {
   namespace k = fathom::kernels;
   const std::int64_t nc = tokens * dim, nf = tokens * ffn;
   auto x = filled(nc), dy = filled(nc), dx = filled(nc), y = filled(nc), w = filled(dim),
@@ -295,7 +269,7 @@ int main(int argc, char** argv) {
     std::printf("%s, %d SMs, L2 %d MiB; %d timed calls after %d, %d blocks of %d an SM\n",
                 prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, iters, warmup,
                 blocks_per_sm, kThreads);
-    Timer timer;
+    EventTimer timer;
     for (const double mib : sizes) stream_rows(mib, blocks_per_sm, warmup, iters, timer);
     if (!no_kernels) kernel_rows(tokens, dim, ffn, heads, warmup, iters, timer);
     if (adam_params > 0) {
