@@ -73,13 +73,18 @@ def read(path):
         pass
     return rows
 a, b = read(sys.argv[1]), read(sys.argv[2])
-print(f"{'workload':12} {'policy':10} {'prec':5} {'base tok/s':>11} {'head tok/s':>11} {'head/base':>9} {'GiB base':>8} {'GiB head':>8}   (base {sys.argv[3]})")
+# loss: the last timed step's loss on both sides, "same" when equal to the bit (a change meant to
+# keep every result's bits should show it; "-" where a side predates fathom-bench's loss_last).
+print(f"{'workload':12} {'policy':10} {'prec':5} {'base tok/s':>11} {'head tok/s':>11} {'head/base':>9} {'GiB base':>8} {'GiB head':>8}  loss   (base {sys.argv[3]})")
 for key in sorted(set(a) | set(b)):
     ra, rb = a.get(key), b.get(key)
     ta = ra["tokens_per_s"] if ra else float("nan")
     tb = rb["tokens_per_s"] if rb else float("nan")
     ga = ra["peak_gib"] if ra else float("nan")
     gb = rb["peak_gib"] if rb else float("nan")
-    print(f"{key[0]:12} {key[1]:10} {key[2]:5} {ta:11.0f} {tb:11.0f} {tb / ta:9.3f} {ga:8.2f} {gb:8.2f}")
+    la = ra.get("loss_last") if ra else None
+    lb = rb.get("loss_last") if rb else None
+    loss = "-" if la is None or lb is None else "same" if la == lb else f"{la:.6g} / {lb:.6g}"
+    print(f"{key[0]:12} {key[1]:10} {key[2]:5} {ta:11.0f} {tb:11.0f} {tb / ta:9.3f} {ga:8.2f} {gb:8.2f}  {loss}")
 PY
 exit $rc

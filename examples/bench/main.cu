@@ -250,6 +250,9 @@ struct BenchResult {
   double tokens_per_s, ms_per_step, mfu, peak_gib, params_m, flops_per_token;
   double host_ms;      // host time to enqueue one step onto an idle GPU
   double comm_ms = 0;  // data parallel: the step's gradient collectives alone, back to back
+  // The last timed step's loss (the same seed, data and steps every run: two builds that should
+  // compute the same bits print the same value; bench/ab.sh compares them).
+  double loss_last = 0;
   // With GEMM autotuning on: what it did for the plans this run made (plans are kept for the
   // process, so a later run with the same GEMM shapes makes none).
   bool gemm_autotune = false;
@@ -435,6 +438,7 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   r.flops_per_token = flops_per_token;
   r.host_ms = host_ms;
   r.comm_ms = comm_ms;
+  if (const auto losses = train_step.take_losses(); !losses.empty()) r.loss_last = losses.back();
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   if (graph_exec) FATHOM_CUDA_CHECK(cudaGraphExecDestroy(graph_exec));
@@ -738,6 +742,7 @@ inline int main(int argc, char** argv) {
                                  {"ms_per_step", r.ms_per_step},
                                  {"mfu", r.mfu},
                                  {"peak_gib", r.peak_gib},
+                                 {"loss_last", r.loss_last},
                                  {"gemm_peak_tflops", peak},
                                  {"gemm_autotune", r.gemm_autotune},
                                  {"device", prop.name}}
