@@ -1,7 +1,8 @@
 // [cuda] tests for the CUDA tensor primitives (include/fathom/kernels/cuda/primitives.cuh):
 // device_fill, device_strided_copy and device_cast through Tensor<T, Cuda> (fill_, contiguous(),
 // copy_, cast), each compared exactly with the same operation on the CPU, at awkward sizes and on
-// pointers off the 16-byte grid.
+// pointers off the 16-byte grid; and WordPack, a pack kept as 32-bit words, read back element by
+// element.
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/primitives.cuh>
 
@@ -138,4 +139,35 @@ TEST_CASE("device_cast rounds halfway bf16 cases to even", "[cuda][primitives]")
   auto h = f.cast<bf16>().to_vector();
   CHECK(static_cast<float>(h[0]) == 1.0f);
   CHECK(static_cast<float>(h[1]) == 1.0f + 1.0f / 64.0f);
+}
+
+namespace primitives_test {
+
+// out[i] = element i % N of the WordPack loaded from pack i / N of in: a pack read back as words.
+template <class T, int N>
+__global__ void word_pack_elements(const T* in, T* out, std::int64_t packs) {
+  const std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= packs) return;
+  const auto pack = fathom::kernels::detail::word_load<N>(in + k * N);
+#pragma unroll
+  for (int j = 0; j < N; ++j) out[k * N + j] = pack[j];
+}
+
+}  // namespace primitives_test
+
+TEMPLATE_TEST_CASE("WordPack gives back each element of a 16-byte pack as stored",
+                   "[cuda][primitives]", float, double, bf16) {
+  using T = TestType;
+  constexpr int N = fathom::kernels::detail::map_width<T>();
+  const std::int64_t packs = 333;
+  // Distinct values in every element, so a half or word read from the wrong place shows.
+  const auto x = Tensor<double>::randn(Shape{packs * N}, 17).template cast<T>();
+  const auto in = to_gpu(x);
+  Tensor<T, Cuda> out(Shape{packs * N});
+  out.fill_(T(7));
+  primitives_test::word_pack_elements<T, N>
+      <<<static_cast<unsigned>((packs + 127) / 128), 128, 0, fathom::cuda::stream()>>>(
+          in.data(), out.data(), packs);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+  CHECK(first_difference(out.to_vector(), x.to_vector()) == "");
 }

@@ -166,18 +166,18 @@ template <class T>
 struct ReadSource {  // a tensor x (rows, cols), read
   static constexpr int kPlanes = 1, kTileRows = 128;
   static constexpr bool kFetchAhead = true;
-  using Raw = MapPack<T, 8>;
+  using Raw = WordPack<T, 8>;  // fetched under a condition: left unset where not
   const T* x;
   std::int64_t cols;
   __device__ float at(std::int64_t r, std::int64_t c) const {
     return scalar_cast<float>(x[r * cols + c]);
   }
   __device__ Raw fetch8(std::int64_t r, std::int64_t c) const {
-    return map_load<8>(x + r * cols + c);
+    return word_load<8>(x + r * cols + c);
   }
   __device__ static void values(const Raw& raw, float (&v)[1][8]) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[0][j] = scalar_cast<float>(raw.v[j]);
+    for (int j = 0; j < 8; ++j) v[0][j] = scalar_cast<float>(raw[j]);
   }
   __device__ void load8(std::int64_t r, std::int64_t c, float (&v)[1][8]) const {
     values(fetch8(r, c), v);

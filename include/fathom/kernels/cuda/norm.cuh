@@ -200,18 +200,18 @@ __device__ inline void for_each_lane_pack(int lane, int packs, F&& f) {
   }
 }
 
-// A lane's packs of one row.
+// A lane's packs of one row (as loaded: a lane past the row's end leaves its last ones unset).
 template <class T, int N, int K>
 struct NormLaneRow {
-  MapPack<T, N> pack[K];
+  WordPack<T, N> pack[K];
 
   // Every load is issued before any value is used: the row's loads are in flight together.
   __device__ void load(const T* row, int lane, int packs) {
     for_each_lane_pack<N, K>(lane, packs,
-                             [&](int k, std::int64_t c) { pack[k] = map_load<N>(row + c); });
+                             [&](int k, std::int64_t c) { pack[k] = word_load<N>(row + c); });
   }
   __device__ accum_t<T> operator()(int k, int j) const {
-    return scalar_cast<accum_t<T>>(pack[k].v[j]);
+    return scalar_cast<accum_t<T>>(pack[k][j]);
   }
 };
 

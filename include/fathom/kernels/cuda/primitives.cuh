@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "fathom/core/cuda_runtime.hpp"
 #include "fathom/core/device.hpp"
@@ -31,6 +33,31 @@ __device__ inline MapPack<T, N> map_load(const T* p) {
 template <int N, class T>
 __device__ inline void map_store(T* p, const MapPack<T, N>& pack) {
   *reinterpret_cast<MapPack<T, N>*>(p) = pack;
+}
+
+// A pack as loaded, kept as 32-bit words: for a kernel that holds several packs and loads some of
+// them only under a condition. A MapPack of bf16 is zero-filled when declared (bf16's bits start at
+// 0), so each conditionally loaded one costs a zeroing and an insert per element, each element in a
+// register of its own; these words are left alone until loaded, and an element is read out of its
+// word by one shift or mask.
+template <class T, int N>
+struct alignas(sizeof(T) * N) WordPack {
+  static constexpr std::size_t kBytes = sizeof(T) * N;
+  // 32-bit words, or narrower ones where a pack is smaller (a single bf16).
+  using Word = std::conditional_t<kBytes % 4 == 0, std::uint32_t,
+                                  std::conditional_t<kBytes % 2 == 0, std::uint16_t, std::uint8_t>>;
+  Word w[kBytes / sizeof(Word)];
+
+  __host__ __device__ T operator[](int j) const {
+    T out;
+    std::memcpy(&out, reinterpret_cast<const unsigned char*>(w) + j * sizeof(T), sizeof(T));
+    return out;
+  }
+};
+
+template <int N, class T>
+__device__ inline WordPack<T, N> word_load(const T* p) {
+  return *reinterpret_cast<const WordPack<T, N>*>(p);
 }
 
 // Elements per 16-byte pack for the widest of the element types involved.

@@ -71,12 +71,12 @@ __global__ void __launch_bounds__(rope_threads) rope_kernel(RopeArgs<T> a) {
     const T* in1 = a.in + token * a.in_stride + head0 * a.head_dim + i0;
     T* out0 = a.out + token * a.out_stride + head0 * a.head_dim + i0;
     const int hd = static_cast<int>(a.head_dim), hh = static_cast<int>(half);
-    MapPack<T, N> x1[G], x2[G];  // kept as loaded (bf16: half the registers of accum values)
+    WordPack<T, N> x1[G], x2[G];  // kept as loaded (bf16: half the registers of accum values)
 #pragma unroll
     for (int h = 0; h < G; ++h) {
       if (h < heads) {
-        x1[h] = map_load<N>(in1 + h * hd);
-        x2[h] = map_load<N>(in1 + h * hd + hh);
+        x1[h] = word_load<N>(in1 + h * hd);
+        x2[h] = word_load<N>(in1 + h * hd + hh);
       }
     }
     A sin[N], cos[N];
@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(rope_threads) rope_kernel(RopeArgs<T> a) {
       A y1[N], y2[N];
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        const A v1 = scalar_cast<A>(x1[h].v[j]), v2 = scalar_cast<A>(x2[h].v[j]);
+        const A v1 = scalar_cast<A>(x1[h][j]), v2 = scalar_cast<A>(x2[h][j]);
         y1[j] = v1 * cos[j] - v2 * sin[j];
         y2[j] = v2 * cos[j] + v1 * sin[j];
       }
