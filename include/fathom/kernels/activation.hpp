@@ -59,17 +59,26 @@ FATHOM_HOST_DEVICE inline A sigmoid(A x) {
                             -x));  // exp overflows to inf for x << 0: sigmoid -> 0, as it should
 }
 
-// silu(x) = x sigmoid(x)
+// silu(x) = x s and d silu / dx = s (1 + x (1 - s)), given s = sigmoid(x): a kernel that wants
+// both computes the sigmoid (an exponential and a division) once; silu and silu_grad below are
+// these with a sigmoid each, so both ways give the same values.
 template <class A>
-FATHOM_HOST_DEVICE inline A silu(A x) {
-  return x * sigmoid(x);
+FATHOM_HOST_DEVICE inline A silu_given(A x, A s) {
+  return x * s;
+}
+template <class A>
+FATHOM_HOST_DEVICE inline A silu_grad_given(A x, A s) {
+  return s * (A(1) + x * (A(1) - s));
 }
 
-// d silu / dx = s (1 + x (1 - s)), s = sigmoid(x)
+template <class A>
+FATHOM_HOST_DEVICE inline A silu(A x) {
+  return silu_given(x, sigmoid(x));
+}
+
 template <class A>
 FATHOM_HOST_DEVICE inline A silu_grad(A x) {
-  const A s = sigmoid(x);
-  return s * (A(1) + x * (A(1) - s));
+  return silu_grad_given(x, sigmoid(x));
 }
 
 }  // namespace detail

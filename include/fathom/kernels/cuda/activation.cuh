@@ -124,6 +124,15 @@ struct SwigluBackwardMap {
     const std::int64_t out = at.row * p.grad_stride + at.col;
     const auto g = map_load<N>(p.gate + in);
     const auto dy = map_load<N>(p.dy + i);
+    // One sigmoid an element for both gradients: computed inside each branch (the stores between
+    // them keep the compiler from sharing it) it was two exponentials and two divisions an element,
+    // most of the pass's instructions.
+    A gv[N], s[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      gv[j] = scalar_cast<A>(g.v[j]);
+      s[j] = sigmoid(gv[j]);
+    }
     if (p.dgate) {
       const auto u = map_load<N>(p.up + in);
       MapPack<T, N> dg;
@@ -132,7 +141,7 @@ struct SwigluBackwardMap {
       for (int j = 0; j < N; ++j)
         dg.v[j] = scalar_cast<T>((p.accumulate_dgate ? scalar_cast<A>(dg.v[j]) : A(0)) +
                                  scalar_cast<A>(dy.v[j]) * scalar_cast<A>(u.v[j]) *
-                                     silu_grad(scalar_cast<A>(g.v[j])));
+                                     silu_grad_given(gv[j], s[j]));
       map_store<N>(p.dgate + out, dg);
     }
     if (p.dup) {
@@ -141,7 +150,7 @@ struct SwigluBackwardMap {
 #pragma unroll
       for (int j = 0; j < N; ++j)
         du.v[j] = scalar_cast<T>((p.accumulate_dup ? scalar_cast<A>(du.v[j]) : A(0)) +
-                                 scalar_cast<A>(dy.v[j]) * silu(scalar_cast<A>(g.v[j])));
+                                 scalar_cast<A>(dy.v[j]) * silu_given(gv[j], s[j]));
       map_store<N>(p.dup + out, du);
     }
   }
