@@ -18,8 +18,6 @@
 #include <vector>
 
 #include <fathom/cuda.hpp>
-
-#include "../common/event_timer.cuh"
 #include <fathom/kernels/cuda/attention.cuh>
 #include <fathom/kernels/cuda/rope.cuh>
 
@@ -29,7 +27,7 @@ using fathom::bf16;
 using fathom::Cuda;
 using fathom::Shape;
 using fathom::Tensor;
-using fathom::programs::EventTimer;
+using fathom::cuda::EventTimer;
 namespace attn = fathom::kernels::detail::attn;
 
 // The variants --variants can name (besides "current", MmaChoice): the tile shapes before the dQ

@@ -26,7 +26,6 @@
 #include "fathom/dist/launch.hpp"
 #include "fathom/train/data_parallel.hpp"
 #include "fathom/train/step.hpp"
-#include "event_timer.cuh"
 #include "fathom/kernels/cuda/fp8.cuh"
 #include "launcher.hpp"
 #include "programs.hpp"
@@ -241,7 +240,7 @@ inline double measure_gemm_tflops() {
   p.b = b.data();
   p.c = c.data();
   p.m = p.n = p.k = n;
-  const double ms = EventTimer().ms([&] { kernels::gemm(Cuda{}, p); }, 3, 10);
+  const double ms = cuda::EventTimer().ms([&] { kernels::gemm(Cuda{}, p); }, 3, 10);
   return 2.0 * n * n * n / (ms * 1e-3) / 1e12;
 }
 
@@ -369,28 +368,13 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
              tiled_before = kernels::detail::tiled_gemm_fp8_runs();
   const auto fused_before = kernels::detail::fused_bias_grad_runs(),
              unfused_before = kernels::detail::unfused_bias_grad_runs();
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  cudaEventRecord(e0, cuda::stream());
-  for (int i = 0; i < o.steps; ++i) step();
-  cudaEventRecord(e1, cuda::stream());
-  cudaEventSynchronize(e1);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, e0, e1);
+  cuda::EventTimer timer;
+  const double ms_per_step = timer.ms(step, 0, o.steps);
   // The gradient collectives of one step with nothing else running (the silent communicator's
   // are free): what the backward pass would have to hide.
-  float comm_ms = 0;
-  if (parallel && comm->backend() != "silent") {
-    const int reps = 10;
-    parallel->reducer().launch_all();
-    cudaEventRecord(e0, cuda::stream());
-    for (int i = 0; i < reps; ++i) parallel->reducer().launch_all();
-    cudaEventRecord(e1, cuda::stream());
-    cudaEventSynchronize(e1);
-    cudaEventElapsedTime(&comm_ms, e0, e1);
-    comm_ms /= reps;
-  }
+  double comm_ms = 0;
+  if (parallel && comm->backend() != "silent")
+    comm_ms = timer.ms([&] { parallel->reducer().launch_all(); }, 1, 10);
   const auto mallocs_after = cuda::CachingAllocator::instance().stats().cuda_mallocs;
   const auto tiled = kernels::detail::tiled_gemm_fp8_runs() - tiled_before,
              lt = kernels::detail::lt_gemm_fp8_runs() - lt_before;
@@ -430,7 +414,7 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
              (kernels::gemm_autotune() ? "+autotune" : "");
   r.gemm_autotune = kernels::gemm_autotune();
   r.autotuned = kernels::gemm_autotune_stats() - autotune_before;
-  r.ms_per_step = ms / o.steps;
+  r.ms_per_step = ms_per_step;
   r.tokens_per_s = static_cast<double>(B * Tn) / (r.ms_per_step * 1e-3);
   r.mfu = r.tokens_per_s * flops_per_token / (peak_tflops * 1e12);
   r.peak_gib = peak_bytes / (1024.0 * 1024.0 * 1024.0);
@@ -439,8 +423,6 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
   r.host_ms = host_ms;
   r.comm_ms = comm_ms;
   if (const auto losses = train_step.take_losses(); !losses.empty()) r.loss_last = losses.back();
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
   if (graph_exec) FATHOM_CUDA_CHECK(cudaGraphExecDestroy(graph_exec));
   return r;
 }

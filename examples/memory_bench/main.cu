@@ -16,15 +16,13 @@
 
 #include <fathom/cuda.hpp>
 
-#include "../common/event_timer.cuh"
-
 namespace {
 
 using fathom::bf16;
 using fathom::Cuda;
 using fathom::Shape;
 using fathom::Tensor;
-using fathom::programs::EventTimer;
+using fathom::cuda::EventTimer;
 
 constexpr int kThreads = 256;
 

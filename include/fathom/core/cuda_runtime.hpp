@@ -1,6 +1,7 @@
-// CUDA runtime glue: FATHOM_CUDA_CHECK, the stream all fathom work is queued on, a caching device
-// allocator (no cudaMalloc in steady state), pinned host memory, and DeviceMemory<Cuda>.
-// Plain C++ over the CUDA runtime API: usable from .cpp files that link CUDA::cudart.
+// CUDA runtime glue: FATHOM_CUDA_CHECK, the stream all fathom work is queued on, an event timer for
+// it, a caching device allocator (no cudaMalloc in steady state), pinned host memory, and
+// DeviceMemory<Cuda>. Plain C++ over the CUDA runtime API: usable from .cpp files that link
+// CUDA::cudart.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -37,6 +38,38 @@ inline cudaStream_t& stream_slot() {
 }
 inline cudaStream_t stream() { return stream_slot(); }
 inline void synchronize() { FATHOM_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+// Times work queued on fathom's stream with a pair of CUDA events (GEMM autotuning, the benchmark
+// programs).
+class EventTimer {
+ public:
+  EventTimer() {
+    FATHOM_CUDA_CHECK(cudaEventCreate(&start_));
+    FATHOM_CUDA_CHECK(cudaEventCreate(&end_));
+  }
+  ~EventTimer() {
+    cudaEventDestroy(start_);
+    cudaEventDestroy(end_);
+  }
+  EventTimer(const EventTimer&) = delete;
+  EventTimer& operator=(const EventTimer&) = delete;
+
+  // Milliseconds per call of f, over `iters` calls after `warmup` untimed ones (waits for them).
+  template <class F>
+  double ms(F&& f, int warmup, int iters) {
+    for (int i = 0; i < warmup; ++i) f();
+    FATHOM_CUDA_CHECK(cudaEventRecord(start_, stream()));
+    for (int i = 0; i < iters; ++i) f();
+    FATHOM_CUDA_CHECK(cudaEventRecord(end_, stream()));
+    FATHOM_CUDA_CHECK(cudaEventSynchronize(end_));
+    float total = 0.0f;
+    FATHOM_CUDA_CHECK(cudaEventElapsedTime(&total, start_, end_));
+    return static_cast<double>(total) / iters;
+  }
+
+ private:
+  cudaEvent_t start_{}, end_{};
+};
 
 // CachingAllocator: blocks are rounded up (to 512 bytes below 1 MiB, to 2 MiB above) and kept in
 // size-keyed free lists when freed, so that steady-state training never calls cudaMalloc.

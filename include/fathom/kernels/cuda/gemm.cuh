@@ -386,40 +386,21 @@ inline bool stream_capturing() {
   return status != cudaStreamCaptureStatusNone;
 }
 
-// Two timing events, destroyed with the object.
-struct TimingEvents {
-  cudaEvent_t start = nullptr, stop = nullptr;
-  TimingEvents() {
-    FATHOM_CUDA_CHECK(cudaEventCreate(&start));
-    FATHOM_CUDA_CHECK(cudaEventCreate(&stop));
-  }
-  ~TimingEvents() {
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-  }
-  TimingEvents(const TimingEvents&) = delete;
-  TimingEvents& operator=(const TimingEvents&) = delete;
-};
-
 // The index of the fastest of `candidates` as `run` (algorithm -> status of one launch) runs them
 // on fathom's stream; candidates that cuBLASLt declines at launch (NOT_SUPPORTED, INVALID_VALUE)
 // are skipped, and std::nullopt means none ran. On a tie the earlier (the heuristic's order) wins.
 template <class Run>
 std::optional<std::size_t> fastest_algorithm(const std::vector<cublasLtMatmulAlgo_t>& candidates,
                                              const Run& run) {
-  TimingEvents events;
+  cuda::EventTimer timer;
   std::optional<std::size_t> best;
-  float best_ms = 0;
+  double best_ms = 0;
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const cublasStatus_t warm_up = run(candidates[i]);
     if (warm_up == CUBLAS_STATUS_NOT_SUPPORTED || warm_up == CUBLAS_STATUS_INVALID_VALUE) continue;
     FATHOM_CUBLAS_CHECK(warm_up);
-    FATHOM_CUDA_CHECK(cudaEventRecord(events.start, cuda::stream()));
-    for (int r = 0; r < gemm_autotune_timed_runs; ++r) FATHOM_CUBLAS_CHECK(run(candidates[i]));
-    FATHOM_CUDA_CHECK(cudaEventRecord(events.stop, cuda::stream()));
-    FATHOM_CUDA_CHECK(cudaEventSynchronize(events.stop));
-    float ms = 0;
-    FATHOM_CUDA_CHECK(cudaEventElapsedTime(&ms, events.start, events.stop));
+    const double ms =
+        timer.ms([&] { FATHOM_CUBLAS_CHECK(run(candidates[i])); }, 0, gemm_autotune_timed_runs);
     if (!best || ms < best_ms) best = i, best_ms = ms;
   }
   return best;
