@@ -41,20 +41,33 @@ struct bf16 {
     return f;
   }
 
-  // Round to nearest, ties to even; NaN stays a (quiet) NaN, infinities stay infinite.
+  // Round to nearest, ties to even; NaN stays a (quiet) NaN with its sign and upper payload bits,
+  // infinities stay infinite.
   FATHOM_HOST_DEVICE static std::uint16_t round_from_float(float f) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    // The hardware conversion (one instruction, where the integer rounding below is eight) rounds
+    // every number the same way; a NaN takes the integer path, whose bits the hardware's canonical
+    // NaN would not keep.
+    if (f != f) return quiet_nan_bits(__float_as_uint(f));
+    std::uint16_t out;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(out) : "f"(f));
+    return out;
+#else
     std::uint32_t u;
 #if defined(__CUDA_ARCH__)
     u = __float_as_uint(f);
 #else
     std::memcpy(&u, &f, sizeof u);
 #endif
-    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu) != 0) {
-      return static_cast<std::uint16_t>((u >> 16) | 0x0040u);
-    }
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu) != 0) return quiet_nan_bits(u);
     std::uint32_t lsb = (u >> 16) & 1u;
     u += 0x7fffu + lsb;
     return static_cast<std::uint16_t>(u >> 16);
+#endif
+  }
+  // The bf16 of a float NaN's bits u: its upper half, made quiet.
+  FATHOM_HOST_DEVICE static constexpr std::uint16_t quiet_nan_bits(std::uint32_t u) {
+    return static_cast<std::uint16_t>((u >> 16) | 0x0040u);
   }
 
   friend std::ostream& operator<<(std::ostream& os, bf16 v) { return os << static_cast<float>(v); }

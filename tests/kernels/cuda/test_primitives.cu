@@ -1,8 +1,10 @@
 // [cuda] tests for the CUDA tensor primitives (include/fathom/kernels/cuda/primitives.cuh):
 // device_fill, device_strided_copy and device_cast through Tensor<T, Cuda> (fill_, contiguous(),
 // copy_, cast), each compared exactly with the same operation on the CPU, at awkward sizes and on
-// pointers off the 16-byte grid; and WordPack, a pack kept as 32-bit words, read back element by
-// element.
+// pointers off the 16-byte grid; WordPack, a pack kept as 32-bit words, read back element by
+// element; and the bf16 conversions of the device code (the hardware rounding of bf16 itself,
+// round_pack's two-at-a-time rounding, unpack and WordPack::get), bit for bit against the CPU's
+// bf16 over every class of float.
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/primitives.cuh>
 
@@ -153,6 +155,30 @@ __global__ void word_pack_elements(const T* in, T* out, std::int64_t packs) {
   for (int j = 0; j < N; ++j) out[k * N + j] = pack[j];
 }
 
+// Each thread rounds pack k of `in` (8 floats) three ways: element by element through bf16's own
+// conversion (scalar_cast), as a pack (round_pack), and reads the CPU-rounded pack `rounded` back
+// to floats through unpack and WordPack::get.
+__global__ void bf16_conversions(const float* in, const bf16* rounded, bf16* by_scalar,
+                                 bf16* by_pack, float* by_unpack, float* by_word,
+                                 std::int64_t packs) {
+  namespace d = fathom::kernels::detail;
+  const std::int64_t k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= packs) return;
+  float v[8];
+  for (int j = 0; j < 8; ++j) {
+    v[j] = in[k * 8 + j];
+    by_scalar[k * 8 + j] = fathom::scalar_cast<bf16>(v[j]);
+  }
+  d::map_store<8>(by_pack + k * 8, d::round_pack<bf16>(v));
+  float back[8];
+  d::unpack(d::map_load<8>(rounded + k * 8), back);
+  const auto words = d::word_load<8>(rounded + k * 8);
+  for (int j = 0; j < 8; ++j) {
+    by_unpack[k * 8 + j] = back[j];
+    by_word[k * 8 + j] = words.template get<float>(j);
+  }
+}
+
 }  // namespace primitives_test
 
 TEMPLATE_TEST_CASE("WordPack gives back each element of a 16-byte pack as stored",
@@ -170,4 +196,49 @@ TEMPLATE_TEST_CASE("WordPack gives back each element of a 16-byte pack as stored
           in.data(), out.data(), packs);
   FATHOM_CUDA_CHECK(cudaGetLastError());
   CHECK(first_difference(out.to_vector(), x.to_vector()) == "");
+}
+
+TEST_CASE("bf16 rounding and widening in device code give the CPU's bits for every kind of float",
+          "[cuda][primitives]") {
+  // Every bf16 upper half with low halves that round down, tie (to even both ways), round up and
+  // carry into the exponent: zeros, subnormals, normals, the largest finite values (which round
+  // to infinity), infinities, and NaNs of both signs with payloads in either half, in packs of 8
+  // with and without a NaN (round_pack converts a NaN-free pack two values an instruction).
+  const std::uint32_t lows[] = {0x0000u, 0x0001u, 0x7fffu, 0x8000u,
+                                0x8001u, 0xffffu, 0x4321u, 0xbeefu};
+  std::vector<float> x;
+  for (std::uint32_t hi = 0; hi <= 0xffffu; ++hi) {
+    for (std::uint32_t lo : lows) {
+      const std::uint32_t u = (hi << 16) | lo;
+      float f;
+      std::memcpy(&f, &u, sizeof f);
+      x.push_back(f);
+    }
+  }
+  const auto n = static_cast<std::int64_t>(x.size());
+  REQUIRE(n % 8 == 0);
+  std::vector<bf16> want(x.size());
+  std::vector<float> widened(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    want[i] = bf16(x[i]);
+    widened[i] = static_cast<float>(want[i]);
+  }
+  const auto in = Tensor<float, Cuda>::from_vector(Shape{n}, x);
+  const auto rounded = Tensor<bf16, Cuda>::from_vector(Shape{n}, want);
+  Tensor<bf16, Cuda> by_scalar(Shape{n}), by_pack(Shape{n});
+  Tensor<float, Cuda> by_unpack(Shape{n}), by_word(Shape{n});
+  by_scalar.fill_(bf16(7.0f));
+  by_pack.fill_(bf16(7.0f));
+  by_unpack.fill_(7.0f);
+  by_word.fill_(7.0f);
+  const std::int64_t packs = n / 8;
+  primitives_test::bf16_conversions<<<static_cast<unsigned>((packs + 255) / 256), 256, 0,
+                                      fathom::cuda::stream()>>>(
+      in.data(), rounded.data(), by_scalar.data(), by_pack.data(), by_unpack.data(), by_word.data(),
+      packs);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+  CHECK(first_difference(by_scalar.to_vector(), want) == "");
+  CHECK(first_difference(by_pack.to_vector(), want) == "");
+  CHECK(first_difference(by_unpack.to_vector(), widened) == "");
+  CHECK(first_difference(by_word.to_vector(), widened) == "");
 }

@@ -101,13 +101,12 @@ struct SwigluMap {
     using A = accum_t<T>;
     const SwigluPos at = pos.at(i);
     const std::int64_t in = at.row * p.in_stride + at.col;
-    const auto g = map_load<N>(p.gate + in);
-    const auto u = map_load<N>(p.up + in);
-    MapPack<T, N> y;
+    A g[N], u[N], y[N];
+    unpack(map_load<N>(p.gate + in), g);
+    unpack(map_load<N>(p.up + in), u);
 #pragma unroll
-    for (int j = 0; j < N; ++j)
-      y.v[j] = scalar_cast<T>(silu(scalar_cast<A>(g.v[j])) * scalar_cast<A>(u.v[j]));
-    map_store<N>(p.y + i, y);
+    for (int j = 0; j < N; ++j) y[j] = silu(g[j]) * u[j];
+    map_store<N>(p.y + i, round_pack<T>(y));
   }
 };
 
@@ -122,36 +121,28 @@ struct SwigluBackwardMap {
     const SwigluPos at = pos.at(i);
     const std::int64_t in = at.row * p.in_stride + at.col;
     const std::int64_t out = at.row * p.grad_stride + at.col;
-    const auto g = map_load<N>(p.gate + in);
-    const auto dy = map_load<N>(p.dy + i);
+    A gv[N], dy[N], s[N];
+    unpack(map_load<N>(p.gate + in), gv);
+    unpack(map_load<N>(p.dy + i), dy);
     // One sigmoid an element for both gradients: computed inside each branch (the stores between
     // them keep the compiler from sharing it) it was two exponentials and two divisions an element,
     // most of the pass's instructions.
-    A gv[N], s[N];
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      gv[j] = scalar_cast<A>(g.v[j]);
-      s[j] = sigmoid(gv[j]);
-    }
+    for (int j = 0; j < N; ++j) s[j] = sigmoid(gv[j]);
     if (p.dgate) {
-      const auto u = map_load<N>(p.up + in);
-      MapPack<T, N> dg;
-      if (p.accumulate_dgate) dg = map_load<N>(p.dgate + out);
+      A u[N], dg[N] = {};  // dg: what the gradient holds when accumulating, else 0
+      unpack(map_load<N>(p.up + in), u);
+      if (p.accumulate_dgate) unpack(map_load<N>(p.dgate + out), dg);
 #pragma unroll
-      for (int j = 0; j < N; ++j)
-        dg.v[j] = scalar_cast<T>((p.accumulate_dgate ? scalar_cast<A>(dg.v[j]) : A(0)) +
-                                 scalar_cast<A>(dy.v[j]) * scalar_cast<A>(u.v[j]) *
-                                     silu_grad_given(gv[j], s[j]));
-      map_store<N>(p.dgate + out, dg);
+      for (int j = 0; j < N; ++j) dg[j] = dg[j] + dy[j] * u[j] * silu_grad_given(gv[j], s[j]);
+      map_store<N>(p.dgate + out, round_pack<T>(dg));
     }
     if (p.dup) {
-      MapPack<T, N> du;
-      if (p.accumulate_dup) du = map_load<N>(p.dup + out);
+      A du[N] = {};
+      if (p.accumulate_dup) unpack(map_load<N>(p.dup + out), du);
 #pragma unroll
-      for (int j = 0; j < N; ++j)
-        du.v[j] = scalar_cast<T>((p.accumulate_dup ? scalar_cast<A>(du.v[j]) : A(0)) +
-                                 scalar_cast<A>(dy.v[j]) * silu_given(gv[j], s[j]));
-      map_store<N>(p.dup + out, du);
+      for (int j = 0; j < N; ++j) du[j] = du[j] + dy[j] * silu_given(gv[j], s[j]);
+      map_store<N>(p.dup + out, round_pack<T>(du));
     }
   }
 };

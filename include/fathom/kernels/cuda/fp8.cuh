@@ -177,7 +177,7 @@ struct ReadSource {  // a tensor x (rows, cols), read
   }
   __device__ static void values(const Raw& raw, float (&v)[1][8]) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[0][j] = scalar_cast<float>(raw[j]);
+    for (int j = 0; j < 8; ++j) v[0][j] = raw.template get<float>(j);
   }
   __device__ void load8(std::int64_t r, std::int64_t c, float (&v)[1][8]) const {
     values(fetch8(r, c), v);
@@ -205,16 +205,20 @@ struct SwigluSource {
   }
   __device__ static void values(const Raw& raw, float (&v)[kPlanes][8]) {
     using A = accum_t<T>;
+    A g[8], u[8];
+    unpack(raw.g, g);
+    unpack(raw.u, u);
+    if constexpr (Backward) {
+      A d[8];
+      unpack(raw.d, d);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const A gj = scalar_cast<A>(raw.g.v[j]), uj = scalar_cast<A>(raw.u.v[j]);
-      if constexpr (Backward) {
-        const A dj = scalar_cast<A>(raw.d.v[j]);
-        v[0][j] = scalar_cast<float>(dj * uj * silu_grad(gj));
-        v[1][j] = scalar_cast<float>(dj * silu(gj));
-      } else {
-        v[0][j] = scalar_cast<float>(silu(gj) * uj);
+      for (int j = 0; j < 8; ++j) {
+        v[0][j] = scalar_cast<float>(d[j] * u[j] * silu_grad(g[j]));
+        v[1][j] = scalar_cast<float>(d[j] * silu(g[j]));
       }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[0][j] = scalar_cast<float>(silu(g[j]) * u[j]);
     }
   }
   __device__ void load8(std::int64_t r, std::int64_t c, float (&v)[kPlanes][8]) const {

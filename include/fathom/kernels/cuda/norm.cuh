@@ -211,7 +211,7 @@ struct NormLaneRow {
                              [&](int k, std::int64_t c) { pack[k] = word_load<N>(row + c); });
   }
   __device__ accum_t<T> operator()(int k, int j) const {
-    return scalar_cast<accum_t<T>>(pack[k][j]);
+    return pack[k].template get<accum_t<T>>(j);
   }
 };
 

@@ -53,29 +53,24 @@ template <int N, class T, class Update>
 __device__ inline void update_pack(const OptimizerSlot<T>& t, std::int64_t i, const Update& update,
                                    accum_t<T> scale) {
   using A = accum_t<T>;
-  const MapPack<T, N> g = map_load<N>(t.grad + i);
+  A g[N];
+  unpack(map_load<N>(t.grad + i), g);
   MapPack<A, N> w, s0{}, s1{};
   if (t.master) {
     w = map_load<N>(t.master + i);
   } else {
-    const MapPack<T, N> p = map_load<N>(t.param + i);
-#pragma unroll
-    for (int j = 0; j < N; ++j) w.v[j] = scalar_cast<A>(p.v[j]);
+    unpack(map_load<N>(t.param + i), w.v);
   }
   if (t.state0) s0 = map_load<N>(t.state0 + i);
   if (t.state1) s1 = map_load<N>(t.state1 + i);
   const A wd = static_cast<A>(t.weight_decay);
-  MapPack<T, N> out;
 #pragma unroll
-  for (int j = 0; j < N; ++j) {
-    w.v[j] =
-        update(w.v[j], scalar_cast<A>(g.v[j]) * scale, wd, s0.v[j], s1.v[j], t.state0 != nullptr);
-    out.v[j] = scalar_cast<T>(w.v[j]);
-  }
+  for (int j = 0; j < N; ++j)
+    w.v[j] = update(w.v[j], g[j] * scale, wd, s0.v[j], s1.v[j], t.state0 != nullptr);
   if (t.state0) map_store<N>(t.state0 + i, s0);
   if (t.state1) map_store<N>(t.state1 + i, s1);
   if (t.master) map_store<N>(t.master + i, w);
-  map_store<N>(t.param + i, out);
+  map_store<N>(t.param + i, round_pack<T>(w.v));
 }
 
 // Every work item of the table through `update` (AdamUpdate or SgdUpdate), a grid-stride loop over

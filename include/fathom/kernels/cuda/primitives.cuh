@@ -35,6 +35,66 @@ __device__ inline void map_store(T* p, const MapPack<T, N>& pack) {
   *reinterpret_cast<MapPack<T, N>*>(p) = pack;
 }
 
+// The N values of a pack in A, as scalar_cast<A> gives each. bf16 to float from the pack's 32-bit
+// words: the low value by a shift, the high one by a mask (extracting it as 16 bits first, which
+// the compiler does for v[j], costs a second instruction).
+template <class A, class T, int N>
+__device__ inline void unpack(const MapPack<T, N>& pack, A (&out)[N]) {
+  if constexpr (std::is_same_v<T, bf16> && std::is_same_v<A, float> && N % 2 == 0) {
+    std::uint32_t words[N / 2];
+    static_assert(sizeof(words) == sizeof(pack));
+    std::memcpy(words, &pack, sizeof(words));
+#pragma unroll
+    for (int j = 0; j < N / 2; ++j) {
+      out[2 * j] = __uint_as_float(words[j] << 16);
+      out[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) out[j] = scalar_cast<A>(pack.v[j]);
+  }
+}
+
+// Two floats rounded to bf16, lo in the low half, by bf16's own rounding (round to nearest, ties to
+// even; a NaN made quiet, keeping its sign and upper payload bits).
+__device__ inline std::uint32_t bf16x2_bits(float lo, float hi) {
+  return bf16::round_from_float(lo) | (std::uint32_t{bf16::round_from_float(hi)} << 16);
+}
+
+// A pack of N values of A rounded to T, as scalar_cast<T> rounds each. bf16 from float, on sm_80
+// and later: two values an instruction (cvt.rn.bf16x2.f32) when the pack holds no NaN, which rounds
+// every number as bf16::round_from_float does; a pack with a NaN takes that function for each
+// value (the hardware's canonical NaN would lose the NaN's sign and payload). One branch a pack.
+template <class T, int N, class A>
+__device__ inline MapPack<T, N> round_pack(const A (&v)[N]) {
+  MapPack<T, N> out;
+  if constexpr (std::is_same_v<T, bf16> && std::is_same_v<A, float> && N % 2 == 0) {
+    std::uint32_t words[N / 2];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    bool nan = false;
+#pragma unroll
+    for (int j = 0; j < N / 2; ++j) nan |= !(v[2 * j] == v[2 * j] && v[2 * j + 1] == v[2 * j + 1]);
+    if (!nan) {
+#pragma unroll
+      for (int j = 0; j < N / 2; ++j)
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(words[j]) : "f"(v[2 * j + 1]), "f"(v[2 * j]));
+    } else {
+#pragma unroll
+      for (int j = 0; j < N / 2; ++j) words[j] = bf16x2_bits(v[2 * j], v[2 * j + 1]);
+    }
+#else
+#pragma unroll
+    for (int j = 0; j < N / 2; ++j) words[j] = bf16x2_bits(v[2 * j], v[2 * j + 1]);
+#endif
+    static_assert(sizeof(words) == sizeof(out));
+    std::memcpy(&out, words, sizeof(out));
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) out.v[j] = scalar_cast<T>(v[j]);
+  }
+  return out;
+}
+
 // A pack as loaded, kept as 32-bit words: for a kernel that holds several packs and loads some of
 // them only under a condition. A MapPack of bf16 is zero-filled when declared (bf16's bits start at
 // 0), so each conditionally loaded one costs a zeroing and an insert per element, each element in a
@@ -52,6 +112,17 @@ struct alignas(sizeof(T) * N) WordPack {
     T out;
     std::memcpy(&out, reinterpret_cast<const unsigned char*>(w) + j * sizeof(T), sizeof(T));
     return out;
+  }
+  // Element j in A, as scalar_cast<A>((*this)[j]): bf16 to float by one shift or mask of its word.
+  template <class A>
+  __device__ A get(int j) const {
+    if constexpr (std::is_same_v<T, bf16> && std::is_same_v<A, float> &&
+                  std::is_same_v<Word, std::uint32_t>) {
+      const std::uint32_t word = w[j / 2];
+      return __uint_as_float(j % 2 ? word & 0xffff0000u : word << 16);
+    } else {
+      return scalar_cast<A>((*this)[j]);
+    }
   }
 };
 

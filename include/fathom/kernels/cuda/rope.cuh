@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(rope_threads) rope_kernel(RopeArgs<T> a) {
       A y1[N], y2[N];
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        const A v1 = scalar_cast<A>(x1[h][j]), v2 = scalar_cast<A>(x2[h][j]);
+        const A v1 = x1[h].template get<A>(j), v2 = x2[h].template get<A>(j);
         y1[j] = v1 * cos[j] - v2 * sin[j];
         y2[j] = v2 * cos[j] + v1 * sin[j];
       }

@@ -46,17 +46,12 @@ __device__ inline void sincos_reduced(float x, float* sin, float* cos) {
 // W consecutive elements of T (one 16-byte load when W == map_width<T>()) into accum precision A.
 template <int W, class T, class A>
 __device__ inline void row_load(const T* p, A (&out)[W]) {
-  const MapPack<T, W> pack = map_load<W>(p);
-#pragma unroll
-  for (int j = 0; j < W; ++j) out[j] = scalar_cast<A>(pack.v[j]);
+  unpack(map_load<W>(p), out);
 }
 
 template <int W, class T, class A>
 __device__ inline void row_store(T* p, const A (&in)[W]) {
-  MapPack<T, W> pack;
-#pragma unroll
-  for (int j = 0; j < W; ++j) pack.v[j] = scalar_cast<T>(in[j]);
-  map_store<W>(p, pack);
+  map_store<W>(p, round_pack<T>(in));
 }
 
 template <int W>

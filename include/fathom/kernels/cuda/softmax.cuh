@@ -237,8 +237,7 @@ struct CrossEntropyRow {
 template <class A, class T, int N>
 __device__ inline void cross_entropy_add_pack(RowMaxSum<A>& stats, const MapPack<T, N>& pack) {
   A v[N];
-#pragma unroll
-  for (int e = 0; e < N; ++e) v[e] = scalar_cast<A>(pack.v[e]);
+  unpack(pack, v);
   stats.add(v);
 }
 
@@ -305,8 +304,7 @@ __global__ void __launch_bounds__(cross_entropy_threads)
   for (k = worker; k < packs; k += workers) {
     const std::int64_t c = static_cast<std::int64_t>(k) * N;
     A g[N];
-#pragma unroll
-    for (int e = 0; e < N; ++e) g[e] = scalar_cast<A>(saved[k].v[e]);
+    unpack(saved[k], g);
     cross_entropy_grad(g, c, r.target, lse, scale);
     cross_entropy_store(d + c, g, a.accumulate);
   }
