@@ -3,7 +3,7 @@
 // copy_, cast), each compared exactly with the same operation on the CPU, at awkward sizes and on
 // pointers off the 16-byte grid; WordPack, a pack kept as 32-bit words, read back element by
 // element; and the bf16 conversions of the device code (the hardware rounding of bf16 itself,
-// round_pack's two-at-a-time rounding, unpack and WordPack::get), bit for bit against the CPU's
+// round_store's two-at-a-time rounding, unpack and WordPack::get), bit for bit against the CPU's
 // bf16 over every class of float.
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/primitives.cuh>
@@ -156,7 +156,7 @@ __global__ void word_pack_elements(const T* in, T* out, std::int64_t packs) {
 }
 
 // Each thread rounds pack k of `in` (8 floats) three ways: element by element through bf16's own
-// conversion (scalar_cast), as a pack (round_pack), and reads the CPU-rounded pack `rounded` back
+// conversion (scalar_cast), as a pack (round_store), and reads the CPU-rounded pack `rounded` back
 // to floats through unpack and WordPack::get.
 __global__ void bf16_conversions(const float* in, const bf16* rounded, bf16* by_scalar,
                                  bf16* by_pack, float* by_unpack, float* by_word,
@@ -169,7 +169,7 @@ __global__ void bf16_conversions(const float* in, const bf16* rounded, bf16* by_
     v[j] = in[k * 8 + j];
     by_scalar[k * 8 + j] = fathom::scalar_cast<bf16>(v[j]);
   }
-  d::map_store<8>(by_pack + k * 8, d::round_pack<bf16>(v));
+  d::round_store<8>(by_pack + k * 8, v);
   float back[8];
   d::unpack(d::map_load<8>(rounded + k * 8), back);
   const auto words = d::word_load<8>(rounded + k * 8);
@@ -203,7 +203,7 @@ TEST_CASE("bf16 rounding and widening in device code give the CPU's bits for eve
   // Every bf16 upper half with low halves that round down, tie (to even both ways), round up and
   // carry into the exponent: zeros, subnormals, normals, the largest finite values (which round
   // to infinity), infinities, and NaNs of both signs with payloads in either half, in packs of 8
-  // with and without a NaN (round_pack converts a NaN-free pack two values an instruction).
+  // with and without a NaN (round_store converts a NaN-free pack two values an instruction).
   const std::uint32_t lows[] = {0x0000u, 0x0001u, 0x7fffu, 0x8000u,
                                 0x8001u, 0xffffu, 0x4321u, 0xbeefu};
   std::vector<float> x;

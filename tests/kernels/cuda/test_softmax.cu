@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -327,6 +328,66 @@ TEST_CASE("CUDA cross_entropy: a target out of range makes the loss NaN",
   p.vocab = c.cols;
   fathom::kernels::cross_entropy(Cuda{}, p);  // valid_rows and lse not requested: scratch is used
   CHECK(std::isnan(loss.item()));
+}
+
+TEMPLATE_TEST_CASE("CUDA cross_entropy and softmax: a NaN logit makes its row NaN, as on the CPU",
+                   "[cuda][kernels][softmax]", float, bf16) {
+  using T = TestType;
+  // One NaN where a thread's first value lies (column 0, column 8), a whole pack of NaNs, a NaN
+  // among -inf, the last column; row 3 has none. The row statistics take a pack's maximum before
+  // its sum: a NaN there must still reach the sum (and the log-sum-exp), not be passed over.
+  const SoftmaxCase c{6, 32000, 0};
+  auto logits = bf16_values(static_cast<std::size_t>(c.rows * c.cols), 61, 2.0);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const auto at = [&](std::int64_t row, std::int64_t col) -> double& {
+    return logits[static_cast<std::size_t>(row * c.cols + col)];
+  };
+  at(0, 0) = nan;
+  at(1, 8) = nan;
+  for (int j = 0; j < 8; ++j) at(2, j) = nan;
+  for (std::int64_t col = 0; col < c.cols; ++col)
+    at(4, col) = -std::numeric_limits<double>::infinity();
+  at(4, 16) = nan;
+  at(5, c.cols - 1) = nan;
+  const std::vector<std::int32_t> targets{3, 3, 3, 3, 3, 3};
+  const auto cpu = run_cross_entropy<double, Cpu>(c, logits, targets, -100, 1.0);
+  const auto gpu = run_cross_entropy<T, Cuda>(c, logits, targets, -100, 1.0);
+  for (std::int64_t row = 0; row < c.rows; ++row) {
+    INFO("row " << row);
+    const bool poisoned = row != 3;
+    const auto r = static_cast<std::size_t>(row);
+    CHECK(std::isnan(cpu.lse[r]) == poisoned);
+    CHECK(std::isnan(gpu.lse[r]) == poisoned);
+    std::size_t nan_fused = 0, nan_in_place = 0, nan_reread = 0;
+    for (std::int64_t col = 0; col < c.cols; ++col) {
+      const auto i = static_cast<std::size_t>(row * c.cols + col);
+      nan_fused += std::isnan(gpu.fused[i]);
+      nan_in_place += std::isnan(gpu.in_place[i]);
+      nan_reread += std::isnan(gpu.reread[i]);
+    }
+    const std::size_t want = poisoned ? static_cast<std::size_t>(c.cols) : 0;
+    CHECK(nan_fused == want);
+    CHECK(nan_in_place == want);
+    CHECK(nan_reread == want);
+  }
+  CHECK(std::isnan(cpu.loss));
+  CHECK(std::isnan(gpu.loss));
+
+  DeviceArray<T> x(logits, 0), y(std::vector<double>(logits.size(), 0.0), 0);
+  fathom::kernels::SoftmaxParams<T> sp;
+  sp.x = x.data();
+  sp.y = y.data();
+  sp.rows = c.rows;
+  sp.cols = c.cols;
+  fathom::kernels::softmax(Cuda{}, sp);
+  const auto probs = to_double(y.values());
+  for (std::int64_t row = 0; row < c.rows; ++row) {
+    INFO("softmax row " << row);
+    std::size_t nans = 0;
+    for (std::int64_t col = 0; col < c.cols; ++col)
+      nans += std::isnan(probs[static_cast<std::size_t>(row * c.cols + col)]);
+    CHECK(nans == (row != 3 ? static_cast<std::size_t>(c.cols) : 0));
+  }
 }
 
 TEST_CASE("CUDA cross_entropy loss and gradient are the same run to run",

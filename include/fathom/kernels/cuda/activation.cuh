@@ -106,7 +106,7 @@ struct SwigluMap {
     unpack(map_load<N>(p.up + in), u);
 #pragma unroll
     for (int j = 0; j < N; ++j) y[j] = silu(g[j]) * u[j];
-    map_store<N>(p.y + i, round_pack<T>(y));
+    round_store<N>(p.y + i, y);
   }
 };
 
@@ -135,14 +135,14 @@ struct SwigluBackwardMap {
       if (p.accumulate_dgate) unpack(map_load<N>(p.dgate + out), dg);
 #pragma unroll
       for (int j = 0; j < N; ++j) dg[j] = dg[j] + dy[j] * u[j] * silu_grad_given(gv[j], s[j]);
-      map_store<N>(p.dgate + out, round_pack<T>(dg));
+      round_store<N>(p.dgate + out, dg);
     }
     if (p.dup) {
       A du[N] = {};
       if (p.accumulate_dup) unpack(map_load<N>(p.dup + out), du);
 #pragma unroll
       for (int j = 0; j < N; ++j) du[j] = du[j] + dy[j] * silu_given(gv[j], s[j]);
-      map_store<N>(p.dup + out, round_pack<T>(du));
+      round_store<N>(p.dup + out, du);
     }
   }
 };

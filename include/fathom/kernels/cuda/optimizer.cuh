@@ -70,7 +70,7 @@ __device__ inline void update_pack(const OptimizerSlot<T>& t, std::int64_t i, co
   if (t.state0) map_store<N>(t.state0 + i, s0);
   if (t.state1) map_store<N>(t.state1 + i, s1);
   if (t.master) map_store<N>(t.master + i, w);
-  map_store<N>(t.param + i, round_pack<T>(w.v));
+  round_store<N>(t.param + i, w.v);
 }
 
 // Every work item of the table through `update` (AdamUpdate or SgdUpdate), a grid-stride loop over

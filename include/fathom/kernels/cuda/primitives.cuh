@@ -61,40 +61,6 @@ __device__ inline std::uint32_t bf16x2_bits(float lo, float hi) {
   return bf16::round_from_float(lo) | (std::uint32_t{bf16::round_from_float(hi)} << 16);
 }
 
-// A pack of N values of A rounded to T, as scalar_cast<T> rounds each. bf16 from float, on sm_80
-// and later: two values an instruction (cvt.rn.bf16x2.f32) when the pack holds no NaN, which rounds
-// every number as bf16::round_from_float does; a pack with a NaN takes that function for each
-// value (the hardware's canonical NaN would lose the NaN's sign and payload). One branch a pack.
-template <class T, int N, class A>
-__device__ inline MapPack<T, N> round_pack(const A (&v)[N]) {
-  MapPack<T, N> out;
-  if constexpr (std::is_same_v<T, bf16> && std::is_same_v<A, float> && N % 2 == 0) {
-    std::uint32_t words[N / 2];
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    bool nan = false;
-#pragma unroll
-    for (int j = 0; j < N / 2; ++j) nan |= !(v[2 * j] == v[2 * j] && v[2 * j + 1] == v[2 * j + 1]);
-    if (!nan) {
-#pragma unroll
-      for (int j = 0; j < N / 2; ++j)
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(words[j]) : "f"(v[2 * j + 1]), "f"(v[2 * j]));
-    } else {
-#pragma unroll
-      for (int j = 0; j < N / 2; ++j) words[j] = bf16x2_bits(v[2 * j], v[2 * j + 1]);
-    }
-#else
-#pragma unroll
-    for (int j = 0; j < N / 2; ++j) words[j] = bf16x2_bits(v[2 * j], v[2 * j + 1]);
-#endif
-    static_assert(sizeof(words) == sizeof(out));
-    std::memcpy(&out, words, sizeof(out));
-  } else {
-#pragma unroll
-    for (int j = 0; j < N; ++j) out.v[j] = scalar_cast<T>(v[j]);
-  }
-  return out;
-}
-
 // A pack as loaded, kept as 32-bit words: for a kernel that holds several packs and loads some of
 // them only under a condition. A MapPack of bf16 is zero-filled when declared (bf16's bits start at
 // 0), so each conditionally loaded one costs a zeroing and an insert per element, each element in a
@@ -129,6 +95,42 @@ struct alignas(sizeof(T) * N) WordPack {
 template <int N, class T>
 __device__ inline WordPack<T, N> word_load(const T* p) {
   return *reinterpret_cast<const WordPack<T, N>*>(p);
+}
+
+// Stores N values of A at p (16-byte aligned for a whole pack) rounded to T, as scalar_cast<T>
+// rounds each. bf16 from float, on sm_80 and later: two values an instruction
+// (cvt.rn.bf16x2.f32) when the pack holds no NaN, which rounds every number as
+// bf16::round_from_float does; a pack with a NaN takes that function for each value (the hardware's
+// canonical NaN would lose the NaN's sign and payload). One branch a pack; the words are stored as
+// they come (as a MapPack of bf16 they would be split into halves and joined again).
+template <int N, class T, class A>
+__device__ inline void round_store(T* p, const A (&v)[N]) {
+  if constexpr (std::is_same_v<T, bf16> && std::is_same_v<A, float> && N % 2 == 0) {
+    WordPack<bf16, N> out;
+    static_assert(sizeof(out.w) == N / 2 * sizeof(std::uint32_t));
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    bool nan = false;
+#pragma unroll
+    for (int j = 0; j < N / 2; ++j) nan |= !(v[2 * j] == v[2 * j] && v[2 * j + 1] == v[2 * j + 1]);
+    if (!nan) {
+#pragma unroll
+      for (int j = 0; j < N / 2; ++j)
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(out.w[j]) : "f"(v[2 * j + 1]), "f"(v[2 * j]));
+    } else {
+#pragma unroll
+      for (int j = 0; j < N / 2; ++j) out.w[j] = bf16x2_bits(v[2 * j], v[2 * j + 1]);
+    }
+#else
+#pragma unroll
+    for (int j = 0; j < N / 2; ++j) out.w[j] = bf16x2_bits(v[2 * j], v[2 * j + 1]);
+#endif
+    *reinterpret_cast<WordPack<bf16, N>*>(p) = out;
+  } else {
+    MapPack<T, N> out;
+#pragma unroll
+    for (int j = 0; j < N; ++j) out.v[j] = scalar_cast<T>(v[j]);
+    map_store<N>(p, out);
+  }
 }
 
 // Elements per 16-byte pack for the widest of the element types involved.

@@ -51,7 +51,7 @@ __device__ inline void row_load(const T* p, A (&out)[W]) {
 
 template <int W, class T, class A>
 __device__ inline void row_store(T* p, const A (&in)[W]) {
-  map_store<W>(p, round_pack<T>(in));
+  round_store<W>(p, in);
 }
 
 template <int W>
@@ -187,19 +187,22 @@ struct RowMaxSum {
     return {-::cuda::std::numeric_limits<A>::infinity(), A(0)};
   }
   // W values at once: one rescale per pack (when its maximum is a new maximum) instead of one
-  // branch per element.
+  // branch per element. A NaN reaches s: fmax passes over it (one instruction a value, where a
+  // compare and select took two and, with a NaN first, made the pack's maximum a NaN that no test
+  // takes), and while every value so far is -inf the terms are taken against 0 instead of m
+  // (exp(-inf - -inf) is a NaN): the -inf values add 0 and a NaN adds a NaN.
   template <int W>
   __device__ void add(const A (&v)[W]) {
     A top = v[0];
 #pragma unroll
-    for (int j = 1; j < W; ++j) top = v[j] > top ? v[j] : top;
+    for (int j = 1; j < W; ++j) top = fmax(top, v[j]);
     if (top > m) {
-      s *= row_exp(m - top);  // 0 while m is -inf
+      s *= row_exp(m - top);  // 0 while m is -inf (a NaN s stays a NaN)
       m = top;
     }
-    if (m == -::cuda::std::numeric_limits<A>::infinity()) return;  // every value so far is -inf
+    const A base = m == -::cuda::std::numeric_limits<A>::infinity() ? A(0) : m;
 #pragma unroll
-    for (int j = 0; j < W; ++j) s += row_exp(v[j] - m);
+    for (int j = 0; j < W; ++j) s += row_exp(v[j] - base);
   }
   // log(sum exp(x)) of every value added.
   __device__ A log_sum_exp() const { return m + row_log(s); }
@@ -212,7 +215,9 @@ struct RowMaxSumMerge {
     const bool x_high = x.m >= y.m;
     const RowMaxSum<A> hi{x_high ? x.m : y.m, x_high ? x.s : y.s};
     const RowMaxSum<A> lo{x_high ? y.m : x.m, x_high ? y.s : x.s};
-    if (lo.m == -::cuda::std::numeric_limits<A>::infinity()) return hi;
+    // lo all -inf: its s is 0, or a NaN that must carry over (exp(-inf - hi.m) would be a NaN
+    // when hi.m is -inf too).
+    if (lo.m == -::cuda::std::numeric_limits<A>::infinity()) return {hi.m, hi.s + lo.s * A(0)};
     return {hi.m, hi.s + lo.s * row_exp(lo.m - hi.m)};
   }
 };

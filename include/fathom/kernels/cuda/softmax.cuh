@@ -148,11 +148,14 @@ __global__ void __launch_bounds__(cross_entropy_sum_threads)
 template <int W, class A>
 __device__ inline void cross_entropy_grad(A (&g)[W], std::int64_t c, std::int32_t target, A lse,
                                           A scale) {
-  const int at = target >= c && target < c + W ? static_cast<int>(target - c) : -1;
 #pragma unroll
-  for (int j = 0; j < W; ++j) {
-    g[j] = row_exp(g[j] - lse) * scale;
-    if (j == at) g[j] -= scale;
+  for (int j = 0; j < W; ++j) g[j] = row_exp(g[j] - lse) * scale;
+  // The target lies in one pack of the row: one test a pack, the per-column one only there.
+  if (target >= c && target < c + W) {
+    const int at = static_cast<int>(target - c);
+#pragma unroll
+    for (int j = 0; j < W; ++j)
+      if (j == at) g[j] -= scale;
   }
 }
 
