@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(32 * norm_warps) norm_forward_kernel(NormForwa
 #pragma unroll
           for (int j = 0; j < W; ++j) out[j] = norm_y(g[j], norm_xhat(v[j], mean, rstd), a.scale);
         }
-        row_store<W>(y + c, out);
+        round_store<W>(y + c, out);
       },
       lane, 32);
 }
@@ -261,7 +261,7 @@ __global__ void __launch_bounds__(32 * norm_warps)
 #pragma unroll
       for (int j = 0; j < N; ++j) out[j] = norm_y(g[j], norm_xhat(x(k, j), mean, rstd), a.scale);
     }
-    row_store<N>(y + c, out);
+    round_store<N>(y + c, out);
   });
 }
 
@@ -355,7 +355,7 @@ __global__ void __launch_bounds__(32 * norm_backward_max_warps)
 #pragma unroll
               for (int j = 0; j < W; ++j) out[j] += old[j];
             }
-            row_store<W>(a.dx + row * C + c, out);
+            round_store<W>(a.dx + row * C + c, out);
           }
           if (a.partial) {
 #pragma unroll
@@ -418,7 +418,7 @@ __global__ void __launch_bounds__(32 * norm_backward_max_warps)
 #pragma unroll
           for (int j = 0; j < N; ++j) out[j] += old_dx(k, j);
         }
-        row_store<N>(a.dx + row * C + c, out);
+        round_store<N>(a.dx + row * C + c, out);
       }
       if (a.partial) {
 #pragma unroll

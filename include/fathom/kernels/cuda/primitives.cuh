@@ -35,9 +35,15 @@ __device__ inline void map_store(T* p, const MapPack<T, N>& pack) {
   *reinterpret_cast<MapPack<T, N>*>(p) = pack;
 }
 
-// The N values of a pack in A, as scalar_cast<A> gives each. bf16 to float from the pack's 32-bit
-// words: the low value by a shift, the high one by a mask (extracting it as 16 bits first, which
-// the compiler does for v[j], costs a second instruction).
+// The bf16 in the high (high = 1) or low half of a 32-bit word, as a float: one mask or shift
+// (extracting the half as 16 bits first, which the compiler does for a MapPack's v[j], costs a
+// second instruction).
+__device__ inline float bf16_half_float(std::uint32_t word, int high) {
+  return __uint_as_float(high ? word & 0xffff0000u : word << 16);
+}
+
+// The N values of a pack in A, as scalar_cast<A> gives each; bf16 to float from the pack's 32-bit
+// words (bf16_half_float).
 template <class A, class T, int N>
 __device__ inline void unpack(const MapPack<T, N>& pack, A (&out)[N]) {
   if constexpr (std::is_same_v<T, bf16> && std::is_same_v<A, float> && N % 2 == 0) {
@@ -45,10 +51,7 @@ __device__ inline void unpack(const MapPack<T, N>& pack, A (&out)[N]) {
     static_assert(sizeof(words) == sizeof(pack));
     std::memcpy(words, &pack, sizeof(words));
 #pragma unroll
-    for (int j = 0; j < N / 2; ++j) {
-      out[2 * j] = __uint_as_float(words[j] << 16);
-      out[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
-    }
+    for (int j = 0; j < N; ++j) out[j] = bf16_half_float(words[j / 2], j % 2);
   } else {
 #pragma unroll
     for (int j = 0; j < N; ++j) out[j] = scalar_cast<A>(pack.v[j]);
@@ -79,13 +82,12 @@ struct alignas(sizeof(T) * N) WordPack {
     std::memcpy(&out, reinterpret_cast<const unsigned char*>(w) + j * sizeof(T), sizeof(T));
     return out;
   }
-  // Element j in A, as scalar_cast<A>((*this)[j]): bf16 to float by one shift or mask of its word.
+  // Element j in A, as scalar_cast<A>((*this)[j]); bf16 to float from its word (bf16_half_float).
   template <class A>
   __device__ A get(int j) const {
     if constexpr (std::is_same_v<T, bf16> && std::is_same_v<A, float> &&
                   std::is_same_v<Word, std::uint32_t>) {
-      const std::uint32_t word = w[j / 2];
-      return __uint_as_float(j % 2 ? word & 0xffff0000u : word << 16);
+      return bf16_half_float(w[j / 2], j % 2);
     } else {
       return scalar_cast<A>((*this)[j]);
     }
@@ -108,6 +110,7 @@ __device__ inline void round_store(T* p, const A (&v)[N]) {
   if constexpr (std::is_same_v<T, bf16> && std::is_same_v<A, float> && N % 2 == 0) {
     WordPack<bf16, N> out;
     static_assert(sizeof(out.w) == N / 2 * sizeof(std::uint32_t));
+    auto* dst = reinterpret_cast<WordPack<bf16, N>*>(p);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     bool nan = false;
 #pragma unroll
@@ -116,15 +119,13 @@ __device__ inline void round_store(T* p, const A (&v)[N]) {
 #pragma unroll
       for (int j = 0; j < N / 2; ++j)
         asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(out.w[j]) : "f"(v[2 * j + 1]), "f"(v[2 * j]));
-    } else {
-#pragma unroll
-      for (int j = 0; j < N / 2; ++j) out.w[j] = bf16x2_bits(v[2 * j], v[2 * j + 1]);
+      *dst = out;
+      return;
     }
-#else
+#endif
 #pragma unroll
     for (int j = 0; j < N / 2; ++j) out.w[j] = bf16x2_bits(v[2 * j], v[2 * j + 1]);
-#endif
-    *reinterpret_cast<WordPack<bf16, N>*>(p) = out;
+    *dst = out;
   } else {
     MapPack<T, N> out;
 #pragma unroll

@@ -111,8 +111,8 @@ __global__ void __launch_bounds__(rope_threads) rope_kernel(RopeArgs<T> a) {
           y2[j] += o2[j];
         }
       }
-      row_store<N>(out1, y1);
-      row_store<N>(out1 + hh, y2);
+      round_store<N>(out1, y1);
+      round_store<N>(out1 + hh, y2);
     }
   }
 }

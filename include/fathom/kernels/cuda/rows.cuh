@@ -49,11 +49,6 @@ __device__ inline void row_load(const T* p, A (&out)[W]) {
   unpack(map_load<W>(p), out);
 }
 
-template <int W, class T, class A>
-__device__ inline void row_store(T* p, const A (&in)[W]) {
-  round_store<W>(p, in);
-}
-
 template <int W>
 struct RowWidth {
   static constexpr int value = W;

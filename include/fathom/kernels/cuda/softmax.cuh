@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(softmax_threads)
     row_load<W>(xr + c, v);
 #pragma unroll
     for (int j = 0; j < W; ++j) v[j] = row_exp(v[j] - stats.m) * inv;
-    row_store<W>(yr + c, v);
+    round_store<W>(yr + c, v);
   });
 }
 
@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(softmax_threads)
 #pragma unroll
       for (int j = 0; j < W; ++j) out[j] += old[j];
     }
-    row_store<W>(dxr + c, out);
+    round_store<W>(dxr + c, out);
   });
 }
 
@@ -168,7 +168,7 @@ __device__ inline void cross_entropy_store(T* d, A (&g)[W], bool accumulate) {
 #pragma unroll
     for (int j = 0; j < W; ++j) g[j] += old[j];
   }
-  row_store<W>(d, g);
+  round_store<W>(d, g);
 }
 
 // dlogits (+)= (exp(x - lse) - onehot(target)) * scale over one row.
