@@ -580,9 +580,10 @@ bool lt_gemm(const GemmParams<T>& p, const LtExtra<T>& extra = {}) {
 }
 
 // Column sums in two deterministic passes: blocks of 32 columns x 8 row lanes sum a chunk of rows
-// each into an accum_t partial (lanes combined through shared memory in a fixed order), then one
-// thread per column adds the chunks in order. Chunks give the GPU enough blocks when there are
-// few columns and many rows (a bias gradient: 768 columns, 32768 rows).
+// each into an accum_t partial (lanes combined through shared memory in a fixed order), then blocks
+// of 32 columns add each column's chunks in a fixed order (sum_partial_rows). Chunks give the GPU
+// enough blocks when there are few columns and many rows (a bias gradient: 768 columns, 32768
+// rows).
 constexpr int column_sum_lanes = 8;
 
 template <class T>
@@ -606,16 +607,28 @@ __global__ void column_sum_partial_kernel(const T* x, accum_t<T>* partial, std::
   }
 }
 
+// out[col] (+)= the sum of partial[0 .. chunks, col] in a fixed order (sum_partial_rows): blocks
+// of 32 columns by kPartialSlices threads a column.
 template <class T>
-__global__ void column_sum_finish_kernel(const accum_t<T>* partial, T* out, std::int64_t chunks,
-                                         std::int64_t cols, bool accumulate) {
+__global__ void __launch_bounds__(32 * kPartialSlices)
+    column_sum_finish_kernel(const accum_t<T>* partial, T* out, std::int64_t chunks,
+                             std::int64_t cols, bool accumulate) {
   using Acc = accum_t<T>;
-  const std::int64_t col = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (col >= cols) return;
-  Acc s = 0;
-  for (std::int64_t c = 0; c < chunks; ++c) s += partial[c * cols + col];
+  const std::int64_t col = static_cast<std::int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  Acc s = sum_partial_rows(partial, chunks, cols, col, col < cols);
+  if (threadIdx.y != 0 || col >= cols) return;
   if (accumulate) s += static_cast<Acc>(out[col]);
   out[col] = scalar_cast<T>(s);
+}
+
+// Launches column_sum_finish_kernel over `cols` columns.
+template <class T>
+void launch_column_sum_finish(const accum_t<T>* partial, T* out, std::int64_t chunks,
+                              std::int64_t cols, bool accumulate) {
+  column_sum_finish_kernel<T>
+      <<<static_cast<unsigned>((cols + 31) / 32), dim3(32, kPartialSlices), 0, cuda::stream()>>>(
+          partial, out, chunks, cols, accumulate);
+  FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 
 // The number of row chunks of a column sum over `rows` rows (each chunk one block row).
@@ -692,11 +705,7 @@ void launch_gelu_backward_column_sum(const T* x, T* g, T* sums, std::int64_t row
     gelu_backward_column_sum_kernel<T, 1><<<grid_of(1), block, 0, cuda::stream()>>>(
         x, g, partial.data(), rows, cols, rows_per_chunk);
   FATHOM_CUDA_CHECK(cudaGetLastError());
-  const int threads = 256;
-  column_sum_finish_kernel<T>
-      <<<static_cast<unsigned>((cols + threads - 1) / threads), threads, 0, cuda::stream()>>>(
-          partial.data(), sums, chunks, cols, /*accumulate=*/false);
-  FATHOM_CUDA_CHECK(cudaGetLastError());
+  launch_column_sum_finish<T>(partial.data(), sums, chunks, cols, /*accumulate=*/false);
 }
 
 // out = sums (+ out when accumulating), in accum_t<T>: a bias gradient the GEMM epilogue wrote to
@@ -855,11 +864,7 @@ void column_sum(Cuda, const ColumnSumParams<T>& p) {
   detail::column_sum_partial_kernel<T>
       <<<grid, block, 0, cuda::stream()>>>(p.x, partial.data(), p.rows, p.cols, rows_per_chunk);
   FATHOM_CUDA_CHECK(cudaGetLastError());
-  const int threads = 256;
-  detail::column_sum_finish_kernel<T>
-      <<<static_cast<unsigned>((p.cols + threads - 1) / threads), threads, 0, cuda::stream()>>>(
-          partial.data(), p.out, chunks, p.cols, p.accumulate);
-  FATHOM_CUDA_CHECK(cudaGetLastError());
+  detail::launch_column_sum_finish<T>(partial.data(), p.out, chunks, p.cols, p.accumulate);
 }
 
 }  // namespace fathom::kernels

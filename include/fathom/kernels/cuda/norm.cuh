@@ -443,32 +443,19 @@ __global__ void __launch_bounds__(32 * norm_backward_max_warps)
   }
 }
 
-constexpr int norm_param_cols = 32;   // columns per block of the partial-sum reduction
-constexpr int norm_param_slices = 8;  // threads per column, each summing every 8th partial
-
-// dw[c] += scale * sum over blocks of partial[block, 0, c] (and db from plane 1), in a fixed order.
+// dw[c] += scale * sum over blocks of partial[block, 0, c] (and db from plane 1), in a fixed order
+// (sum_partial_rows): 32 columns a block.
 template <class T>
-__global__ void norm_param_grad_kernel(const accum_t<T>* partial, int blocks, int planes,
-                                       std::int64_t cols, T* dw, T* db, accum_t<T> scale) {
+__global__ void __launch_bounds__(32 * kPartialSlices)
+    norm_param_grad_kernel(const accum_t<T>* partial, int blocks, int planes, std::int64_t cols,
+                           T* dw, T* db, accum_t<T> scale) {
   using A = accum_t<T>;
-  __shared__ A slice_sums[norm_param_slices][norm_param_cols];
-  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * norm_param_cols + threadIdx.x;
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * 32 + threadIdx.x;
   for (int plane = 0; plane < planes; ++plane) {
-    A sum = 0;
-    if (c < cols) {
-      for (int g = threadIdx.y; g < blocks; g += norm_param_slices) {
-        sum += partial[(static_cast<std::int64_t>(g) * planes + plane) * cols + c];
-      }
-    }
-    slice_sums[threadIdx.y][threadIdx.x] = sum;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < cols) {
-      A total = 0;
-      for (int s = 0; s < norm_param_slices; ++s) total += slice_sums[s][threadIdx.x];
-      T* out = plane == 0 ? dw : db;
-      if (out) out[c] = scalar_cast<T>(scalar_cast<A>(out[c]) + scale * total);
-    }
-    __syncthreads();
+    const A total = sum_partial_rows(partial + plane * cols, blocks, planes * cols, c, c < cols);
+    T* out = plane == 0 ? dw : db;
+    if (threadIdx.y == 0 && c < cols && out)
+      out[c] = scalar_cast<T>(scalar_cast<A>(out[c]) + scale * total);
   }
 }
 
@@ -589,8 +576,8 @@ void launch_norm_backward(NormBackwardArgs<T> a, T* dw, T* db, NormPath path = N
   kernel<<<blocks, dim3(32, warps), shared, cuda::stream()>>>(a);
   FATHOM_CUDA_CHECK(cudaGetLastError());
   if (params) {
-    const dim3 threads(norm_param_cols, norm_param_slices);
-    const auto grid = static_cast<unsigned>((a.cols + norm_param_cols - 1) / norm_param_cols);
+    const dim3 threads(32, kPartialSlices);
+    const auto grid = static_cast<unsigned>((a.cols + 31) / 32);
     norm_param_grad_kernel<T><<<grid, threads, 0, cuda::stream()>>>(a.partial, blocks, a.planes,
                                                                     a.cols, dw, db, a.scale);
     FATHOM_CUDA_CHECK(cudaGetLastError());
