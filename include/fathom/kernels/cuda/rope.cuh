@@ -2,11 +2,12 @@
 // (B, T, C) tensor or in place on the q and k thirds of a fused (B, T, 3C) projection.
 //
 // A grid-stride loop over (token, group of rope_group_heads heads, pack of pair indices). Each
-// block first fills a shared-memory table of inv_freq (computed in double as on the CPU, rounded
-// once); every thread then computes the angles of its pack once, in accum precision with sincos
-// (bf16: the reduced sincos of rows.cuh), and turns that pack in each head of its group, the
-// group's loads all issued before the first is used: no position table to build or keep. Loads
-// and stores are 16-byte packs when hd/2 allows.
+// block first fills a shared-memory table of inv_freq from the kernel's argument (computed on the
+// host in double by the CPU kernel's own function, rounded once; in the kernel only for head sizes
+// beyond rope_table_half pairs); every thread then computes the angles of its pack once, in accum
+// precision with sincos (bf16: the reduced sincos of rows.cuh), and turns that pack in each head of
+// its group, the group's loads all issued before the first is used: no position table to build or
+// keep. Loads and stores are 16-byte packs when hd/2 allows.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -30,6 +31,16 @@ constexpr std::int64_t rope_max_blocks = 65536;  // a grid-stride loop covers th
 // Heads a thread turns with one pack's angles: the sines and cosines are computed once for all of
 // them, and their 2 x rope_group_heads loads are in flight together.
 constexpr int rope_group_heads = 4;
+// Pairs of a head whose frequencies travel in the kernel's argument (head_dim up to 256).
+constexpr int rope_table_half = 128;
+
+// inv_freq_i of the first rope_table_half pairs, filled on the host (rope_inv_freq, as the CPU
+// kernel computes it). Computed in each block instead, a double pow a pair held every block's loads
+// back behind a barrier.
+template <class A>
+struct RopeTable {
+  A inv_freq[rope_table_half];
+};
 
 // n_heads heads of head_dim at the start of each row; rows in_stride (out_stride) elements apart.
 // in may equal out: each thread reads its pairs before it writes them, and no other thread
@@ -47,14 +58,16 @@ struct RopeArgs {
 };
 
 template <class T, int N>
-__global__ void __launch_bounds__(rope_threads) rope_kernel(RopeArgs<T> a) {
+__global__ void __launch_bounds__(rope_threads)
+    rope_kernel(RopeArgs<T> a, const RopeTable<accum_t<T>> table) {
   using A = accum_t<T>;
   constexpr int G = rope_group_heads;
   extern __shared__ unsigned char rope_shared[];
   A* inv_freq = reinterpret_cast<A*>(rope_shared);  // (hd / 2)
   const std::int64_t half = a.head_dim / 2;
   for (std::int64_t i = threadIdx.x; i < half; i += blockDim.x)
-    inv_freq[i] = rope_inv_freq<A>(a.theta, i, a.head_dim);
+    inv_freq[i] =
+        half <= rope_table_half ? table.inv_freq[i] : rope_inv_freq<A>(a.theta, i, a.head_dim);
   __syncthreads();
 
   const std::int64_t packs_per_half = half / N;
@@ -122,6 +135,10 @@ void launch_rope(const RopeArgs<T>& a) {
   using A = accum_t<T>;
   const std::int64_t half = a.head_dim / 2;
   if (a.tokens == 0 || half == 0) return;
+  RopeTable<A> table{};
+  if (half <= rope_table_half)
+    for (std::int64_t i = 0; i < half; ++i)
+      table.inv_freq[i] = rope_inv_freq<A>(a.theta, i, a.head_dim);
   constexpr int N = map_width<T>();
   const bool packed = half % N == 0 && a.in_stride % N == 0 && a.out_stride % N == 0 &&
                       map_aligned(a.in) && map_aligned(a.out);
@@ -134,9 +151,9 @@ void launch_rope(const RopeArgs<T>& a) {
                "rope: head size " << a.head_dim << " needs " << shared
                                   << " bytes for its frequency table, expected at most 48 KiB");
   if (packed) {
-    rope_kernel<T, N><<<blocks, rope_threads, shared, cuda::stream()>>>(a);
+    rope_kernel<T, N><<<blocks, rope_threads, shared, cuda::stream()>>>(a, table);
   } else {
-    rope_kernel<T, 1><<<blocks, rope_threads, shared, cuda::stream()>>>(a);
+    rope_kernel<T, 1><<<blocks, rope_threads, shared, cuda::stream()>>>(a, table);
   }
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
