@@ -74,6 +74,21 @@ FATHOM_HOST_DEVICE inline A rope_inv_freq(double theta, std::int64_t i, std::int
 #endif
 }
 
+// inv_freq_i of the first Half pairs of a head (rope_inv_freq, computed on the host), passed to a
+// kernel by value: the GPU's rope pass and the attention backward's inverse turn then use the CPU's
+// frequencies bit for bit, and no kernel computes a double pow. Pairs past head_dim / 2 stay 0.
+template <class A, int Half>
+struct RopeFreqTable {
+  A inv_freq[Half];
+};
+template <class A, int Half>
+RopeFreqTable<A, Half> rope_freq_table(double theta, std::int64_t head_dim) {
+  RopeFreqTable<A, Half> table{};
+  for (std::int64_t i = 0; i < Half && i < head_dim / 2; ++i)
+    table.inv_freq[i] = rope_inv_freq<A>(theta, i, head_dim);
+  return table;
+}
+
 namespace detail {
 
 // Rotates every pair of the n_heads heads of size head_dim at the start of each row of `in` (rows

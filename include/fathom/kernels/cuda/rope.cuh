@@ -34,13 +34,11 @@ constexpr int rope_group_heads = 4;
 // Pairs of a head whose frequencies travel in the kernel's argument (head_dim up to 256).
 constexpr int rope_table_half = 128;
 
-// inv_freq_i of the first rope_table_half pairs, filled on the host (rope_inv_freq, as the CPU
-// kernel computes it). Computed in each block instead, a double pow a pair held every block's loads
-// back behind a barrier.
+// The frequencies of a head's first rope_table_half pairs, from the host (kernels/rope.hpp).
+// Computed in each block instead, a double pow a pair held every block's loads back behind a
+// barrier.
 template <class A>
-struct RopeTable {
-  A inv_freq[rope_table_half];
-};
+using RopeTable = RopeFreqTable<A, rope_table_half>;
 
 // n_heads heads of head_dim at the start of each row; rows in_stride (out_stride) elements apart.
 // in may equal out: each thread reads its pairs before it writes them, and no other thread
@@ -135,10 +133,7 @@ void launch_rope(const RopeArgs<T>& a) {
   using A = accum_t<T>;
   const std::int64_t half = a.head_dim / 2;
   if (a.tokens == 0 || half == 0) return;
-  RopeTable<A> table{};
-  if (half <= rope_table_half)
-    for (std::int64_t i = 0; i < half; ++i)
-      table.inv_freq[i] = rope_inv_freq<A>(a.theta, i, a.head_dim);
+  const auto table = rope_freq_table<A, rope_table_half>(a.theta, a.head_dim);
   constexpr int N = map_width<T>();
   const bool packed = half % N == 0 && a.in_stride % N == 0 && a.out_stride % N == 0 &&
                       map_aligned(a.in) && map_aligned(a.out);

@@ -83,19 +83,13 @@ __device__ inline void store_bf16_pair(bf16* dst, float lo, float hi, bool accum
   *x = __floats2bfloat162_rn(lo, hi);
 }
 
-// RoPE's frequencies inv_freq_i (kernels/rope.hpp) for the backward's inverse turn, computed on
-// the host in double and rounded once to fp32 exactly as the rope kernels do, and passed by value
-// as a kernel argument (computing them in each thread took a double pow per element).
+// RoPE's frequencies (kernels/rope.hpp's RopeFreqTable, from the host) for the backward's inverse
+// turn, a kernel argument; zeros when the call turns nothing back.
 template <int Half>
-struct RopeFreqs {
-  float inv_freq[Half];
-};
+using RopeFreqs = RopeFreqTable<float, Half>;
 template <int HD>
 RopeFreqs<HD / 2> rope_freqs(const AttentionBackwardParams<bf16>& p) {
-  RopeFreqs<HD / 2> f{};
-  if (p.rope_theta > 0)
-    for (int i = 0; i < HD / 2; ++i) f.inv_freq[i] = rope_inv_freq<float>(p.rope_theta, i, HD);
-  return f;
+  return p.rope_theta > 0 ? rope_freq_table<float, HD / 2>(p.rope_theta, HD) : RopeFreqs<HD / 2>{};
 }
 
 // RoPE's inverse turn (p.rope_theta > 0) of one thread's gradient accumulators, in registers,
