@@ -432,10 +432,11 @@ inline void print_autotuned(const BenchResult& r) {
   if (!r.gemm_autotune) return;
   std::printf(
       "  gemm autotune: %llu new plans timed, %llu of them kept another algorithm than the "
-      "heuristic's first; %llu new plans not timed\n",
+      "heuristic's first; %llu new plans not timed; %llu candidates set aside (other bits)\n",
       static_cast<unsigned long long>(r.autotuned.plans_timed),
       static_cast<unsigned long long>(r.autotuned.algorithms_changed),
-      static_cast<unsigned long long>(r.autotuned.plans_untimed));
+      static_cast<unsigned long long>(r.autotuned.plans_untimed),
+      static_cast<unsigned long long>(r.autotuned.algorithms_rejected));
 }
 
 // One row of a data-parallel run, printed by rank 0: rank 0 alone on one GPU, then all ranks.
@@ -504,8 +505,9 @@ inline int main(int argc, char** argv) {
                  "every route");
   app.add_option("--gemm-autotune", o.gemm_autotune,
                  "comma-separated, each run in turn: off (each GEMM's cuBLASLt algorithm is the "
-                 "heuristic's first) or on (the fastest of the heuristic's first 8, timed when a "
-                 "GEMM shape is first used; rows labelled +autotune). GEMM plans last for the "
+                 "heuristic's first) or on (the fastest of the heuristic's first 8 that give the "
+                 "first's bits, timed when a GEMM shape is first used; rows labelled +autotune). "
+                 "GEMM plans last for the "
                  "process: a later row with the same shapes reuses them");
   try {
     app.parse(argc, argv);

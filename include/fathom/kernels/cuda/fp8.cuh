@@ -616,9 +616,13 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
     // the real operands, scales and bias, which they only read.
     auto make_run = [&] {
       Tensor<T, Cuda> c(Shape{(p.m - 1) * p.ldc + p.n});
-      return [&made, &p, c = std::move(c)](const cublasLtMatmulAlgo_t& algo) {
-        return lt_matmul(made, algo, 1.0f, p.b, p.a, 0.0f, c.data(), c.data());
-      };
+      std::vector<ScratchOutput> outputs{
+          {c.data(), static_cast<std::size_t>(c.numel()) * sizeof(T)}};
+      return autotune_run(
+          [&made, &p, c = std::move(c)](const cublasLtMatmulAlgo_t& algo, float beta) {
+            return lt_matmul(made, algo, 1.0f, p.b, p.a, beta, c.data(), c.data());
+          },
+          std::move(outputs));
     };
     choose_algorithm(made, align, /*invalid_is_unsupported=*/true, autotune, make_run);
     plan = &cache.insert(key, made);

@@ -11,6 +11,8 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
+#include <cub/block/block_reduce.cuh>
+
 #include <algorithm>
 #include <array>
 #include <climits>
@@ -54,10 +56,12 @@ inline bool gemm_allow_tf32() { return detail::gemm_tf32_flag(); }
 
 // Whether the cuBLASLt plans made from now on (bf16, fp32 and fp8 GEMMs; one plan per problem,
 // made at its first use) time the heuristic's first few algorithms on the problem's own operands
-// and keep the fastest, instead of taking the heuristic's first. Off by default: the choice rests
-// on timings, so two processes may choose differently and their results differ in the last bits.
-// Plans made with and without it are cached apart, so switching back restores the earlier
-// choices. docs/performance.md says more.
+// and keep the fastest, instead of taking the heuristic's first. Only candidates whose results
+// are the heuristic's first's to the bit are timed (a fingerprint of each one's outputs decides),
+// so results are the same with and without it, run to run and process to process. Off by
+// default: the first use of each problem then runs every candidate, with scratch outputs as large
+// as the problem's own. Plans made with and without it are cached apart, so switching back
+// restores the earlier choices. docs/performance.md says more.
 inline void set_gemm_autotune(bool on) { detail::gemm_autotune_flag() = on; }
 inline bool gemm_autotune() { return detail::gemm_autotune_flag(); }
 
@@ -69,10 +73,13 @@ struct GemmAutotuneStats {
   // none ran, or fathom's stream was being captured into a CUDA graph (the heuristic's first is
   // kept).
   std::uint64_t plans_untimed = 0;
+  // Candidates set aside untimed because their results were not the heuristic's first's to the
+  // bit (another order of summation: split-K, for one): autotuning never changes a result.
+  std::uint64_t algorithms_rejected = 0;
   // What happened between two snapshots (later - earlier).
   friend GemmAutotuneStats operator-(const GemmAutotuneStats& a, const GemmAutotuneStats& b) {
     return {a.plans_timed - b.plans_timed, a.algorithms_changed - b.algorithms_changed,
-            a.plans_untimed - b.plans_untimed};
+            a.plans_untimed - b.plans_untimed, a.algorithms_rejected - b.algorithms_rejected};
   }
 };
 
@@ -386,19 +393,110 @@ inline bool stream_capturing() {
   return status != cudaStreamCaptureStatusNone;
 }
 
-// The index of the fastest of `candidates` as `run` (algorithm -> status of one launch) runs them
-// on fathom's stream; candidates that cuBLASLt declines at launch (NOT_SUPPORTED, INVALID_VALUE)
-// are skipped, and std::nullopt means none ran. On a tie the earlier (the heuristic's order) wins.
+// A 64-bit fingerprint of device memory, for telling whether two GEMM algorithms gave the same
+// bits: the sum, modulo 2^64, of a mixing of each 16-bit word with its index (splitmix64's
+// finalizer). Equal memory gives equal fingerprints, in any launch order (integer sums); two
+// different contents give the same one with odds of about 2^-64, whichever words differ.
+__device__ __host__ inline std::uint64_t fingerprint_mix(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+__global__ void __launch_bounds__(256)
+    fingerprint_kernel(const std::uint16_t* words, std::uint64_t count, std::uint64_t salt,
+                       unsigned long long* sum) {
+  std::uint64_t h = 0;
+  const std::uint64_t stride = std::uint64_t{gridDim.x} * blockDim.x;
+  for (std::uint64_t i = std::uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < count;
+       i += stride)
+    h += fingerprint_mix((((i ^ salt) << 16) | words[i]));
+  h = cub::BlockReduce<std::uint64_t, 256>().Sum(h);
+  if (threadIdx.x == 0) atomicAdd(sum, static_cast<unsigned long long>(h));
+}
+
+// Device memory an autotuning launcher writes: where, and how many bytes (even).
+struct ScratchOutput {
+  const void* data = nullptr;
+  std::size_t bytes = 0;
+};
+
+// The fingerprint of `outputs` together (each salted by its place in the list); waits for it.
+inline std::uint64_t device_fingerprint(const std::vector<ScratchOutput>& outputs) {
+  auto& allocator = cuda::CachingAllocator::instance();
+  auto* sum = static_cast<unsigned long long*>(allocator.allocate(sizeof(unsigned long long)));
+  FATHOM_CUDA_CHECK(cudaMemsetAsync(sum, 0, sizeof *sum, cuda::stream()));
+  std::uint64_t salt = 0;
+  for (const ScratchOutput& out : outputs) {
+    FATHOM_CHECK(out.bytes % 2 == 0, "device_fingerprint: " << out.bytes << " bytes, not even");
+    const std::uint64_t count = out.bytes / 2;
+    salt += std::uint64_t{1} << 47;
+    if (count == 0) continue;
+    const auto blocks = static_cast<unsigned>(std::min<std::uint64_t>((count + 255) / 256, 4096));
+    fingerprint_kernel<<<blocks, 256, 0, cuda::stream()>>>(
+        static_cast<const std::uint16_t*>(out.data), count, salt, sum);
+    FATHOM_CUDA_CHECK(cudaGetLastError());
+  }
+  unsigned long long host = 0;
+  FATHOM_CUDA_CHECK(
+      cudaMemcpyAsync(&host, sum, sizeof host, cudaMemcpyDeviceToHost, cuda::stream()));
+  FATHOM_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+  allocator.deallocate(sum);
+  return host;
+}
+
+// What autotuning runs a plan's candidates through: launch(algo, beta) runs the plan on the real
+// operands into scratch outputs (outputs[0] is C, which beta = 1 also reads); the launcher owns
+// them, so they are freed with it.
+template <class Launch>
+struct AutotuneRun {
+  Launch launch;
+  std::vector<ScratchOutput> outputs;
+
+  // A run for timing: D = alpha op(A) op(B) (+ the epilogue), C not read.
+  cublasStatus_t operator()(const cublasLtMatmulAlgo_t& algo) const { return launch(algo, 0.0f); }
+  // A run whose outputs are compared: C filled with one nonzero value (0x3e in every byte) and
+  // added (beta = 1), so that an algorithm adding C in another order shows too.
+  cublasStatus_t compared(const cublasLtMatmulAlgo_t& algo) const {
+    FATHOM_CUDA_CHECK(cudaMemsetAsync(const_cast<void*>(outputs.front().data), 0x3e,
+                                      outputs.front().bytes, cuda::stream()));
+    return launch(algo, 1.0f);
+  }
+  std::uint64_t fingerprint() const { return device_fingerprint(outputs); }
+};
+template <class Launch>
+AutotuneRun<Launch> autotune_run(Launch launch, std::vector<ScratchOutput> outputs) {
+  return {std::move(launch), std::move(outputs)};
+}
+
+// The index of the fastest of `candidates` as `run` (an AutotuneRun) runs them on fathom's stream,
+// among those whose results are the first's to the bit: each candidate runs once with its outputs
+// compared (also its warm-up), and only those matching the first's fingerprint are timed
+// (`rejected` counts the others). Candidates that cuBLASLt declines at launch (NOT_SUPPORTED,
+// INVALID_VALUE) are skipped; std::nullopt when the first is declined (nothing to compare with:
+// the heuristic's first stays, as without autotuning). On a tie the earlier (the heuristic's
+// order) wins.
 template <class Run>
 std::optional<std::size_t> fastest_algorithm(const std::vector<cublasLtMatmulAlgo_t>& candidates,
-                                             const Run& run) {
+                                             const Run& run, std::uint64_t& rejected) {
   cuda::EventTimer timer;
   std::optional<std::size_t> best;
+  std::uint64_t reference = 0;
   double best_ms = 0;
   for (std::size_t i = 0; i < candidates.size(); ++i) {
-    const cublasStatus_t warm_up = run(candidates[i]);
-    if (warm_up == CUBLAS_STATUS_NOT_SUPPORTED || warm_up == CUBLAS_STATUS_INVALID_VALUE) continue;
-    FATHOM_CUBLAS_CHECK(warm_up);
+    const cublasStatus_t status = run.compared(candidates[i]);
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) {
+      if (i == 0) return std::nullopt;
+      continue;
+    }
+    FATHOM_CUBLAS_CHECK(status);
+    const std::uint64_t print = run.fingerprint();
+    if (i == 0) {
+      reference = print;
+    } else if (print != reference) {
+      ++rejected;
+      continue;
+    }
     const double ms =
         timer.ms([&] { FATHOM_CUBLAS_CHECK(run(candidates[i])); }, 0, gemm_autotune_timed_runs);
     if (!best || ms < best_ms) best = i, best_ms = ms;
@@ -446,7 +544,8 @@ void choose_algorithm(GemmPlan& plan, const std::array<std::uint32_t, 3>& align,
   if (!autotune) return;
   GemmAutotuneStats& stats = GemmPlanCache::instance().autotune_stats();
   std::optional<std::size_t> best;
-  if (timed && candidates.size() > 1) best = fastest_algorithm(candidates, make_run());
+  if (timed && candidates.size() > 1)
+    best = fastest_algorithm(candidates, make_run(), stats.algorithms_rejected);
   if (!best) {
     ++stats.plans_untimed;
     return;
@@ -507,10 +606,19 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32, bool 
     set_epilogue_pointers(plan.desc, p,
                           LtExtra<T>{extra.kind, aux.defined() ? aux.data() : extra.aux,
                                      sums.defined() ? sums.data() : nullptr});
-    return [&plan, &p, c = std::move(c), aux = std::move(aux),
-            sums = std::move(sums)](const cublasLtMatmulAlgo_t& algo) {
-      return lt_matmul(plan, algo, static_cast<float>(p.alpha), p.b, p.a, 0.0f, c.data(), c.data());
+    const auto bytes = [](const Tensor<T, Cuda>& t) {
+      return static_cast<std::size_t>(t.numel()) * sizeof(T);
     };
+    std::vector<ScratchOutput> outputs{{c.data(), bytes(c)}};
+    if (aux.defined()) outputs.push_back({aux.data(), bytes(aux)});
+    if (sums.defined()) outputs.push_back({sums.data(), bytes(sums)});
+    return autotune_run(
+        [&plan, &p, c = std::move(c), aux = std::move(aux), sums = std::move(sums)](
+            const cublasLtMatmulAlgo_t& algo, float beta) {
+          return lt_matmul(plan, algo, static_cast<float>(p.alpha), p.b, p.a, beta, c.data(),
+                           c.data());
+        },
+        std::move(outputs));
   };
   choose_algorithm(plan, align, /*invalid_is_unsupported=*/false, autotune, make_run);
   return plan;
