@@ -18,6 +18,8 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <type_traits>
@@ -403,7 +405,8 @@ __device__ __host__ inline std::uint64_t fingerprint_mix(std::uint64_t x) {
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
   return x ^ (x >> 31);
 }
-__global__ void __launch_bounds__(256)
+template <int Threads>
+__global__ void __launch_bounds__(Threads)
     fingerprint_kernel(const std::uint16_t* words, std::uint64_t count, std::uint64_t salt,
                        unsigned long long* sum) {
   std::uint64_t h = 0;
@@ -411,7 +414,7 @@ __global__ void __launch_bounds__(256)
   for (std::uint64_t i = std::uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < count;
        i += stride)
     h += fingerprint_mix((((i ^ salt) << 16) | words[i]));
-  h = cub::BlockReduce<std::uint64_t, 256>().Sum(h);
+  h = cub::BlockReduce<std::uint64_t, Threads>().Sum(h);
   if (threadIdx.x == 0) atomicAdd(sum, static_cast<unsigned long long>(h));
 }
 
@@ -433,7 +436,7 @@ inline std::uint64_t device_fingerprint(const std::vector<ScratchOutput>& output
     salt += std::uint64_t{1} << 47;
     if (count == 0) continue;
     const auto blocks = static_cast<unsigned>(std::min<std::uint64_t>((count + 255) / 256, 4096));
-    fingerprint_kernel<<<blocks, 256, 0, cuda::stream()>>>(
+    fingerprint_kernel<256><<<blocks, 256, 0, cuda::stream()>>>(
         static_cast<const std::uint16_t*>(out.data), count, salt, sum);
     FATHOM_CUDA_CHECK(cudaGetLastError());
   }
@@ -506,10 +509,11 @@ std::optional<std::size_t> fastest_algorithm(const std::vector<cublasLtMatmulAlg
 
 // Chooses plan.algo (descriptor and layouts set) among the algorithms cuBLASLt's heuristic offers
 // within the workspace and the operands' alignments (`align`: our A, B, C; cuBLASLt's A is our
-// B): its first, or, with `autotune` and the stream not being captured, the fastest of its first
-// gemm_autotune_candidates as timed through the launcher that make_run() returns (algorithm ->
-// status: the plan run on the real operands into scratch outputs that the launcher owns, so that
-// they are freed with it; only called when there is something to time). plan.usable says whether
+// B): its first (asked for alone), or, with `autotune` and the stream not being captured, the
+// fastest of that one and its first gemm_autotune_candidates that give that one's bits, as
+// fastest_algorithm runs them through the AutotuneRun that make_run() returns (the plan run on the
+// real operands into scratch outputs that it owns, so that they are freed with it; only called
+// when there is something to time). plan.usable says whether
 // there was an algorithm; NOT_SUPPORTED (and INVALID_VALUE where `invalid_is_unsupported`) leave
 // the plan unusable, any other failure throws. Call with the plan cache's mutex held.
 template <class MakeRun>
@@ -518,27 +522,38 @@ void choose_algorithm(GemmPlan& plan, const std::array<std::uint32_t, 3>& align,
   const bool timed = autotune && !stream_capturing();
   cublasLtMatmulPreference_t pref = nullptr;
   FATHOM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const std::unique_ptr<std::remove_pointer_t<cublasLtMatmulPreference_t>,
+                        decltype(&cublasLtMatmulPreferenceDestroy)>
+      pref_owner(pref, &cublasLtMatmulPreferenceDestroy);
   set_preference(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                  static_cast<std::uint64_t>(BlasHandles::workspace_bytes));
   set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align[1]);
   set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align[0]);
   set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align[2]);
   set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[2]);
-  std::array<cublasLtMatmulHeuristicResult_t, gemm_autotune_candidates> results{};
-  int found = 0;
-  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
-      BlasHandles::instance().lt(), plan.desc, plan.first, plan.second, plan.out, plan.out, pref,
-      timed ? gemm_autotune_candidates : 1, results.data(), &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (status != CUBLAS_STATUS_NOT_SUPPORTED &&
-      !(invalid_is_unsupported && status == CUBLAS_STATUS_INVALID_VALUE))
-    FATHOM_CUBLAS_CHECK(status);
-  // Results come best first by the heuristic's estimate; only those whose state is success count.
-  std::vector<cublasLtMatmulAlgo_t> candidates;
-  if (status == CUBLAS_STATUS_SUCCESS)
-    for (int i = 0; i < std::min(found, gemm_autotune_candidates); ++i)
-      if (results[static_cast<std::size_t>(i)].state == CUBLAS_STATUS_SUCCESS)
-        candidates.push_back(results[static_cast<std::size_t>(i)].algo);
+  // The heuristic's first `count` algorithms (best first by its estimate) whose state is success.
+  auto heuristic = [&](int count) {
+    std::array<cublasLtMatmulHeuristicResult_t, gemm_autotune_candidates> results{};
+    int found = 0;
+    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+        BlasHandles::instance().lt(), plan.desc, plan.first, plan.second, plan.out, plan.out, pref,
+        count, results.data(), &found);
+    if (status != CUBLAS_STATUS_NOT_SUPPORTED &&
+        !(invalid_is_unsupported && status == CUBLAS_STATUS_INVALID_VALUE))
+      FATHOM_CUBLAS_CHECK(status);
+    std::vector<cublasLtMatmulAlgo_t> algos;
+    if (status == CUBLAS_STATUS_SUCCESS)
+      for (int i = 0; i < std::min({found, count, gemm_autotune_candidates}); ++i)
+        if (results[static_cast<std::size_t>(i)].state == CUBLAS_STATUS_SUCCESS)
+          algos.push_back(results[static_cast<std::size_t>(i)].algo);
+    return algos;
+  };
+  // The plan's algorithm without autotuning, asked for alone; with it, the reference whose bits
+  // the other candidates must give (a longer query need not rank the same algorithm first).
+  std::vector<cublasLtMatmulAlgo_t> candidates = heuristic(1);
+  if (timed && !candidates.empty())
+    for (const cublasLtMatmulAlgo_t& algo : heuristic(gemm_autotune_candidates))
+      if (std::memcmp(&algo, &candidates.front(), sizeof algo) != 0) candidates.push_back(algo);
   plan.usable = !candidates.empty();
   if (plan.usable) plan.algo = candidates.front();
   if (!autotune) return;
