@@ -77,7 +77,7 @@ struct GemmAutotuneStats {
   // kept).
   std::uint64_t plans_untimed = 0;
   // Candidates set aside untimed because their results were not the heuristic's first's to the
-  // bit (another order of summation: split-K, for one): autotuning never changes a result.
+  // bit (another order of summation: split-K, for one), so that autotuning changes no result.
   std::uint64_t algorithms_rejected = 0;
   // What happened between two snapshots (later - earlier).
   friend GemmAutotuneStats operator-(const GemmAutotuneStats& a, const GemmAutotuneStats& b) {
