@@ -499,6 +499,34 @@ TEST_CASE("CUDA device_fingerprint: the same bits give the same print, a changed
   CHECK(ac == device_fingerprint({{b.data(), n * sizeof(bf16)}, {c.data(), n * 2}}));
 }
 
+TEST_CASE("CUDA flip_signs negates every element in place, NaNs and zeros included",
+          "[cuda][gemm]") {
+  using fathom::kernels::detail::flip_signs;
+  auto bf = uniform_values<bf16>(1001, 531);
+  bf[3] = std::numeric_limits<bf16>::quiet_NaN();
+  bf[4] = bf16(0.0f);
+  auto bf_dev = to_device(bf);
+  flip_signs({bf_dev.data(), bf.size() * sizeof(bf16)}, sizeof(bf16));
+  const auto bf_out = bf_dev.to_vector();
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < bf.size(); ++i)
+    bad += bf_out[i].bits != static_cast<std::uint16_t>(bf[i].bits ^ 0x8000u);
+  CHECK(bad == 0);
+  auto f = uniform_values<float>(777, 532);
+  f[5] = std::numeric_limits<float>::quiet_NaN();
+  auto f_dev = to_device(f);
+  flip_signs({f_dev.data(), f.size() * sizeof(float)}, sizeof(float));
+  const auto f_out = f_dev.to_vector();
+  bad = 0;
+  for (std::size_t i = 0; i < f.size(); ++i) {
+    std::uint32_t want = 0, got = 0;
+    std::memcpy(&want, &f[i], sizeof want);
+    std::memcpy(&got, &f_out[i], sizeof got);
+    bad += got != (want ^ 0x80000000u);
+  }
+  CHECK(bad == 0);
+}
+
 namespace {
 
 // C (and the bias gradient) of one problem, with GEMM autotuning on or off: a fresh plan each

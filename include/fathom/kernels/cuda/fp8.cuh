@@ -622,7 +622,7 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
           [&made, &p, c = std::move(c)](const cublasLtMatmulAlgo_t& algo, float beta) {
             return lt_matmul(made, algo, 1.0f, p.b, p.a, beta, c.data(), c.data());
           },
-          std::move(outputs));
+          std::move(outputs), sizeof(T));
     };
     choose_algorithm(made, align, /*invalid_is_unsupported=*/true, autotune, make_run);
     plan = &cache.insert(key, made);

@@ -449,33 +449,66 @@ inline std::uint64_t device_fingerprint(const std::vector<ScratchOutput>& output
   return host;
 }
 
+// Negates, in place, every element of `out` (elements of `element_bytes`: 2, 4 or 8): the top bit
+// of each element's last 16-bit word (little-endian), NaNs included.
+template <int Threads>
+__global__ void __launch_bounds__(Threads)
+    flip_signs_kernel(std::uint16_t* words, std::uint64_t count, unsigned words_per_element) {
+  const std::uint64_t stride = std::uint64_t{gridDim.x} * blockDim.x;
+  for (std::uint64_t i = std::uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < count;
+       i += stride)
+    if (i % words_per_element == words_per_element - 1)
+      words[i] = static_cast<std::uint16_t>(words[i] ^ 0x8000u);
+}
+inline void flip_signs(const ScratchOutput& out, std::size_t element_bytes) {
+  FATHOM_CHECK(element_bytes == 2 || element_bytes == 4 || element_bytes == 8,
+               "flip_signs: elements of " << element_bytes << " bytes");
+  FATHOM_CHECK(out.bytes % element_bytes == 0,
+               "flip_signs: " << out.bytes << " bytes, not whole elements of " << element_bytes);
+  const std::uint64_t count = out.bytes / 2;
+  if (count == 0) return;
+  const auto blocks = static_cast<unsigned>(std::min<std::uint64_t>((count + 255) / 256, 4096));
+  flip_signs_kernel<256>
+      <<<blocks, 256, 0, cuda::stream()>>>(static_cast<std::uint16_t*>(const_cast<void*>(out.data)),
+                                           count, static_cast<unsigned>(element_bytes / 2));
+  FATHOM_CUDA_CHECK(cudaGetLastError());
+}
+
 // What autotuning runs a plan's candidates through: launch(algo, beta) runs the plan on the real
-// operands into scratch outputs (outputs[0] is C, which beta = 1 also reads); the launcher owns
-// them, so they are freed with it.
+// operands into scratch outputs (outputs[0] is C, of elements of element_bytes, which beta = 1
+// also reads); the launcher owns them, so they are freed with it.
 template <class Launch>
 struct AutotuneRun {
   Launch launch;
   std::vector<ScratchOutput> outputs;
+  std::size_t element_bytes = 0;
 
   // A run for timing: D = alpha op(A) op(B) (+ the epilogue), C not read.
   cublasStatus_t operator()(const cublasLtMatmulAlgo_t& algo) const { return launch(algo, 0.0f); }
-  // A run whose outputs are compared: C filled with one nonzero value (0x3e in every byte) and
-  // added (beta = 1), so that an algorithm adding C in another order shows too.
-  cublasStatus_t compared(const cublasLtMatmulAlgo_t& algo) const {
-    FATHOM_CUDA_CHECK(cudaMemsetAsync(const_cast<void*>(outputs.front().data), 0x3e,
-                                      outputs.front().bytes, cuda::stream()));
-    return launch(algo, 1.0f);
+  // A run of `candidate` whose outputs are compared: C made the product `reference` gives,
+  // negated, and added (beta = 1). What is left is the reference's rounding residue, whose
+  // rounding to T shows a candidate whose sums differ from the reference's even in their last
+  // bits far more often than the product itself would (an fp32 C shows every difference); an
+  // algorithm that adds C in another order shows too.
+  cublasStatus_t compared(const cublasLtMatmulAlgo_t& reference,
+                          const cublasLtMatmulAlgo_t& candidate) const {
+    const cublasStatus_t made = launch(reference, 0.0f);
+    if (made != CUBLAS_STATUS_SUCCESS) return made;
+    flip_signs(outputs.front(), element_bytes);
+    return launch(candidate, 1.0f);
   }
   std::uint64_t fingerprint() const { return device_fingerprint(outputs); }
 };
 template <class Launch>
-AutotuneRun<Launch> autotune_run(Launch launch, std::vector<ScratchOutput> outputs) {
-  return {std::move(launch), std::move(outputs)};
+AutotuneRun<Launch> autotune_run(Launch launch, std::vector<ScratchOutput> outputs,
+                                 std::size_t element_bytes) {
+  return {std::move(launch), std::move(outputs), element_bytes};
 }
 
 // The index of the fastest of `candidates` as `run` (an AutotuneRun) runs them on fathom's stream,
 // among those whose results are the first's to the bit: each candidate runs once with its outputs
-// compared (also its warm-up), and only those matching the first's fingerprint are timed
+// compared (AutotuneRun::compared; also its warm-up), and only those matching the first's
+// fingerprint are timed
 // (`rejected` counts the others). Candidates that cuBLASLt declines at launch (NOT_SUPPORTED,
 // INVALID_VALUE) are skipped; std::nullopt when the first is declined (nothing to compare with:
 // the heuristic's first stays, as without autotuning). On a tie the earlier (the heuristic's
@@ -488,7 +521,7 @@ std::optional<std::size_t> fastest_algorithm(const std::vector<cublasLtMatmulAlg
   std::uint64_t reference = 0;
   double best_ms = 0;
   for (std::size_t i = 0; i < candidates.size(); ++i) {
-    const cublasStatus_t status = run.compared(candidates[i]);
+    const cublasStatus_t status = run.compared(candidates[0], candidates[i]);
     if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) {
       if (i == 0) return std::nullopt;
       continue;
@@ -634,7 +667,7 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32, bool 
           return lt_matmul(plan, algo, static_cast<float>(p.alpha), p.b, p.a, beta, c.data(),
                            c.data());
         },
-        std::move(outputs));
+        std::move(outputs), sizeof(T));
   };
   choose_algorithm(plan, align, /*invalid_is_unsupported=*/false, autotune, make_run);
   return plan;
