@@ -508,11 +508,10 @@ AutotuneRun<Launch> autotune_run(Launch launch, std::vector<ScratchOutput> outpu
 // The index of the fastest of `candidates` as `run` (an AutotuneRun) runs them on fathom's stream,
 // among those whose results are the first's to the bit: each candidate runs once with its outputs
 // compared (AutotuneRun::compared; also its warm-up), and only those matching the first's
-// fingerprint are timed
-// (`rejected` counts the others). Candidates that cuBLASLt declines at launch (NOT_SUPPORTED,
-// INVALID_VALUE) are skipped; std::nullopt when the first is declined (nothing to compare with:
-// the heuristic's first stays, as without autotuning). On a tie the earlier (the heuristic's
-// order) wins.
+// fingerprint are timed (`rejected` counts the others). Candidates that cuBLASLt declines at
+// launch (NOT_SUPPORTED, INVALID_VALUE) are skipped; std::nullopt when the first is declined
+// (nothing to compare with: the heuristic's first stays, as without autotuning). On a tie the
+// earlier (the heuristic's order) wins.
 template <class Run>
 std::optional<std::size_t> fastest_algorithm(const std::vector<cublasLtMatmulAlgo_t>& candidates,
                                              const Run& run, std::uint64_t& rejected) {
@@ -547,9 +546,9 @@ std::optional<std::size_t> fastest_algorithm(const std::vector<cublasLtMatmulAlg
 // fastest of that one and its first gemm_autotune_candidates that give that one's bits, as
 // fastest_algorithm runs them through the AutotuneRun that make_run() returns (the plan run on the
 // real operands into scratch outputs that it owns, so that they are freed with it; only called
-// when there is something to time). plan.usable says whether
-// there was an algorithm; NOT_SUPPORTED (and INVALID_VALUE where `invalid_is_unsupported`) leave
-// the plan unusable, any other failure throws. Call with the plan cache's mutex held.
+// when there is something to time). plan.usable says whether there was an algorithm;
+// NOT_SUPPORTED (and INVALID_VALUE where `invalid_is_unsupported`) leave the plan unusable, any
+// other failure throws. Call with the plan cache's mutex held.
 template <class MakeRun>
 void choose_algorithm(GemmPlan& plan, const std::array<std::uint32_t, 3>& align,
                       bool invalid_is_unsupported, bool autotune, MakeRun&& make_run) {
