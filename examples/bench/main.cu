@@ -507,8 +507,7 @@ inline int main(int argc, char** argv) {
                  "comma-separated, each run in turn: off (each GEMM's cuBLASLt algorithm is the "
                  "heuristic's first) or on (the fastest of the heuristic's first 8 that give the "
                  "first's bits, timed when a GEMM shape is first used; rows labelled +autotune). "
-                 "GEMM plans last for the "
-                 "process: a later row with the same shapes reuses them");
+                 "GEMM plans last for the process: a later row with the same shapes reuses them");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

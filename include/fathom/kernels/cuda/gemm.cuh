@@ -436,8 +436,9 @@ inline std::uint64_t device_fingerprint(const std::vector<ScratchOutput>& output
     const std::uint64_t count = out.bytes / 2;
     salt += std::uint64_t{1} << 47;
     if (count == 0) continue;
-    const auto blocks = static_cast<unsigned>(std::min<std::uint64_t>((count + 255) / 256, 4096));
-    fingerprint_kernel<256><<<blocks, 256, 0, cuda::stream()>>>(
+    const auto blocks = static_cast<unsigned>(
+        std::min<std::uint64_t>((count + map_threads - 1) / map_threads, map_max_blocks));
+    fingerprint_kernel<map_threads><<<blocks, map_threads, 0, cuda::stream()>>>(
         static_cast<const std::uint16_t*>(out.data), count, salt, sum);
     FATHOM_CUDA_CHECK(cudaGetLastError());
   }
@@ -449,29 +450,34 @@ inline std::uint64_t device_fingerprint(const std::vector<ScratchOutput>& output
   return host;
 }
 
-// Negates, in place, every element of `out` (elements of `element_bytes`: 2, 4 or 8): the top bit
-// of each element's last 16-bit word (little-endian), NaNs included.
-template <int Threads>
-__global__ void __launch_bounds__(Threads)
-    flip_signs_kernel(std::uint16_t* words, std::uint64_t count, unsigned words_per_element) {
-  const std::uint64_t stride = std::uint64_t{gridDim.x} * blockDim.x;
-  for (std::uint64_t i = std::uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < count;
-       i += stride)
-    if (i % words_per_element == words_per_element - 1)
-      words[i] = static_cast<std::uint16_t>(words[i] ^ 0x8000u);
-}
+// Negates element i of `elements` (the raw bits of 2-, 4- or 8-byte numbers) in place: its sign
+// bit, NaNs included.
+template <class U>
+struct FlipSignMap {
+  U* elements;
+  template <int N>
+  __device__ void apply(std::int64_t i) const {
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      elements[i + j] = static_cast<U>(elements[i + j] ^ (U{1} << (8 * sizeof(U) - 1)));
+  }
+};
 inline void flip_signs(const ScratchOutput& out, std::size_t element_bytes) {
   FATHOM_CHECK(element_bytes == 2 || element_bytes == 4 || element_bytes == 8,
                "flip_signs: elements of " << element_bytes << " bytes");
   FATHOM_CHECK(out.bytes % element_bytes == 0,
                "flip_signs: " << out.bytes << " bytes, not whole elements of " << element_bytes);
-  const std::uint64_t count = out.bytes / 2;
-  if (count == 0) return;
-  const auto blocks = static_cast<unsigned>(std::min<std::uint64_t>((count + 255) / 256, 4096));
-  flip_signs_kernel<256>
-      <<<blocks, 256, 0, cuda::stream()>>>(static_cast<std::uint16_t*>(const_cast<void*>(out.data)),
-                                           count, static_cast<unsigned>(element_bytes / 2));
-  FATHOM_CUDA_CHECK(cudaGetLastError());
+  auto flip = [&](auto bits) {
+    using U = decltype(bits);
+    launch_map<1>(FlipSignMap<U>{static_cast<U*>(const_cast<void*>(out.data))},
+                  static_cast<std::int64_t>(out.bytes / sizeof(U)));
+  };
+  if (element_bytes == 2)
+    flip(std::uint16_t{});
+  else if (element_bytes == 4)
+    flip(std::uint32_t{});
+  else
+    flip(std::uint64_t{});
 }
 
 // What autotuning runs a plan's candidates through: launch(algo, beta) runs the plan on the real
@@ -781,9 +787,9 @@ __global__ void __launch_bounds__(32 * kPartialSlices)
 template <class T>
 void launch_column_sum_finish(const accum_t<T>* partial, T* out, std::int64_t chunks,
                               std::int64_t cols, bool accumulate) {
+  const PartialRowsLaunch launch = partial_rows_launch(cols);
   column_sum_finish_kernel<T>
-      <<<static_cast<unsigned>((cols + 31) / 32), dim3(32, kPartialSlices), 0, cuda::stream()>>>(
-          partial, out, chunks, cols, accumulate);
+      <<<launch.grid, launch.block, 0, cuda::stream()>>>(partial, out, chunks, cols, accumulate);
   FATHOM_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -576,10 +576,9 @@ void launch_norm_backward(NormBackwardArgs<T> a, T* dw, T* db, NormPath path = N
   kernel<<<blocks, dim3(32, warps), shared, cuda::stream()>>>(a);
   FATHOM_CUDA_CHECK(cudaGetLastError());
   if (params) {
-    const dim3 threads(32, kPartialSlices);
-    const auto grid = static_cast<unsigned>((a.cols + 31) / 32);
-    norm_param_grad_kernel<T><<<grid, threads, 0, cuda::stream()>>>(a.partial, blocks, a.planes,
-                                                                    a.cols, dw, db, a.scale);
+    const PartialRowsLaunch launch = partial_rows_launch(a.cols);
+    norm_param_grad_kernel<T><<<launch.grid, launch.block, 0, cuda::stream()>>>(
+        a.partial, blocks, a.planes, a.cols, dw, db, a.scale);
     FATHOM_CUDA_CHECK(cudaGetLastError());
   }
 }

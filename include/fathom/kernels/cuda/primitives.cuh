@@ -181,6 +181,15 @@ __device__ inline A sum_partial_rows(const A* partial, std::int64_t rows, std::i
   return total;
 }
 
+// The grid and block of a kernel that sums `cols` columns with sum_partial_rows: 32 columns a
+// block, kPartialSlices threads a column.
+struct PartialRowsLaunch {
+  dim3 grid, block;
+};
+inline PartialRowsLaunch partial_rows_launch(std::int64_t cols) {
+  return {dim3(static_cast<unsigned>((cols + 31) / 32)), dim3(32, kPartialSlices)};
+}
+
 // Elements per 16-byte pack for the widest of the element types involved.
 template <class... Ts>
 constexpr int map_width() {
