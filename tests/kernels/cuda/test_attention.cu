@@ -584,10 +584,10 @@ TEST_CASE("CUDA attention's one-block backward for short sequences matches the C
   check_against<bf16>(c, run_cuda<bf16>(c, in, 0, 0, false, launchers), reference(c, zero));
 }
 
-// Which backward WgmmaChoice runs, seen in its bits (all are deterministic, and their dQ sums
-// differ in order): the one block up to three tiles (T = 192), the one pass for dQ, dK and dV
-// above (T = 256).
-TEST_CASE("CUDA attention's default backward is the one block up to T = 192, one pass above",
+// Which backward WgmmaChoice runs, seen in its bits (both are deterministic, and their dQ sums
+// differ in order): the one block up to three tiles (T = 192), the two passes at four (T = 256,
+// where they were faster).
+TEST_CASE("CUDA attention's default backward is the one block up to T = 192, two passes above",
           "[cuda][attention]") {
   namespace attn = fathom::kernels::detail::attn;
   if (!attn::wgmma_available()) {
@@ -599,14 +599,14 @@ TEST_CASE("CUDA attention's default backward is the one block up to T = 192, one
   };
   const Wanted choice{.backward = wgmma_backward<attn::WgmmaChoice>};
   const Wanted one_block{.backward = wgmma_backward<attn::WgmmaOneBlock>};
-  const Wanted fused{.backward = wgmma_backward<attn::WgmmaFusedEverywhere>};
+  const Wanted two_pass{.backward = wgmma_backward<attn::WgmmaTwoPass>};
   for (const AttentionCase c :
        {AttentionCase{2, 192, 3, 64, true}, AttentionCase{2, 256, 3, 64, true}}) {
     INFO(c);
     const Inputs in = make_inputs(c, 900);
     const Outputs got = run(c, in, choice);
-    const Outputs want = run(c, in, c.T <= 192 ? one_block : fused);
-    const Outputs other = run(c, in, c.T <= 192 ? fused : one_block);
+    const Outputs want = run(c, in, c.T <= 192 ? one_block : two_pass);
+    const Outputs other = run(c, in, c.T <= 192 ? two_pass : one_block);
     CHECK(got.dq == want.dq);
     CHECK(got.dk == want.dk);
     CHECK(got.dv == want.dv);
@@ -618,8 +618,9 @@ TEST_CASE("CUDA attention's default backward is the one block up to T = 192, one
 // The one-pass backward (backward_fused_wgmma) at shapes where blocks wait on one another: more
 // (b, h, key tile) blocks than an H200 holds at once (576 against 132 SMs x 3), full masks (every
 // key tile adds to every query tile), ragged last tiles, RoPE's inverse turn. Against the CPU; dK
-// and dV to the bit as the two passes give them (the same products in the same order); dQ the same
-// bits from run to run (its key tiles add in a fixed order).
+// and dV to the bit as the dK/dV pass gives them after the same rowsum pass (the two passes with
+// dQ take D from the dQ pass instead, which sums each row in another order); dQ the same bits from
+// run to run (its key tiles add in a fixed order).
 TEST_CASE("CUDA attention's one-pass backward matches the CPU and is deterministic",
           "[cuda][attention]") {
   namespace attn = fathom::kernels::detail::attn;
@@ -635,16 +636,16 @@ TEST_CASE("CUDA attention's one-pass backward matches the CPU and is determinist
   INFO(c);
   const Inputs in = make_inputs(c, 1000);
   const Wanted fused{.backward = wgmma_backward<attn::WgmmaFusedEverywhere>};
-  const Wanted two_pass{.backward = wgmma_backward<attn::WgmmaTwoPass>};
+  const Wanted dkdv_pass{.dq = false, .backward = wgmma_backward<attn::WgmmaTwoPass>};
   const Outputs got = run_cuda<bf16>(c, in, 0, 0, true, fused);
   check_against<bf16>(c, got, reference(c, in));
   const Outputs again = run_cuda<bf16>(c, in, 0, 0, true, fused);
   CHECK(again.dq == got.dq);
   CHECK(again.dk == got.dk);
   CHECK(again.dv == got.dv);
-  const Outputs passes = run_cuda<bf16>(c, in, 0, 0, true, two_pass);
-  CHECK(passes.dk == got.dk);
-  CHECK(passes.dv == got.dv);
+  const Outputs pass = run_cuda<bf16>(c, in, 0, 0, true, dkdv_pass);
+  CHECK(pass.dk == got.dk);
+  CHECK(pass.dv == got.dv);
 }
 
 TEST_CASE("CUDA attention's one-block and one-pass backwards give way where they do not apply",

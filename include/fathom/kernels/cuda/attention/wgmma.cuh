@@ -568,6 +568,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 // order block_work gives, the lightest tile of each pair first, so every block a block waits for
 // has started before it: no block waits on one that cannot run.
 //
+// Measured on an H200 (fathom-attention-bench, causal, backward with its rowsum pass): slower than
+// the two passes, 0.709 against 0.643 ms at B 32 H 12 T 1024, 1.736 against 1.478 at B 16 H 16
+// T 2048, 0.382 against 0.374 at B 128 H 16 T 256; at 2 blocks an SM (no register cap) 0.872 at
+// T = 1024. The products saved do not pay for each pair's dS^T store, barrier, 32 KB of L2
+// traffic and the wait on the tile before, in a kernel that is latency-bound already. So
+// WgmmaChoice keeps the two passes; WgmmaFusedEverywhere runs this one (fathom-attention-bench's
+// wgmma-fused, the [attention] tests).
+//
 // Scratch (FusedScratch): the running dQ tiles, (B H, query tiles, 8, 128, 4) floats in the order
 // of the accumulators (float4 k of thread t: d[4k .. 4k + 3]), and 1 + B H (query tiles) counters,
 // zeroed before each launch (the first takes blocks their work, the others count the key tiles
@@ -1131,9 +1139,11 @@ struct WgmmaChoice {
   // backward_short_wgmma where it applies with up to this many 64-row tiles (T <= 192): at four
   // (T = 256) the two passes were faster.
   static constexpr int kShortTiles = 3;
-  // Above that, backward_fused_wgmma (one pass for dQ, dK and dV) when every gradient is wanted.
+  // Above that the two passes. backward_fused_wgmma (one pass for dQ, dK and dV; Shapes with
+  // kFused) was timed against them and lost: 0.709 against 0.643 ms at B 32 H 12 T 1024, 0.382
+  // against 0.374 at B 128 H 16 T 256 (bench/NOTES.md, twenty-fifth session).
   using Fused = WgmmaFused<3>;
-  static constexpr bool kFused = true;
+  static constexpr bool kFused = false;
 };
 
 // Alternatives that fathom-attention-bench times against WgmmaChoice (the [attention] tests check
@@ -1147,6 +1157,7 @@ struct WgmmaTwoPass : WgmmaChoice {
 };
 struct WgmmaFusedEverywhere : WgmmaChoice {
   static constexpr int kShortTiles = 0;
+  static constexpr bool kFused = true;
 };
 struct WgmmaOneBlock : WgmmaChoice {
   static constexpr int kShortTiles = kShortMaxTiles;
