@@ -15,6 +15,7 @@
 #include "fathom/train/trainer.hpp"
 #if defined(__CUDACC__)
 #include "fathom/kernels/cuda/fp8.cuh"
+#include "fathom/kernels/cuda/gemm.cuh"
 #endif
 #include "programs.hpp"
 #include "register_policy.hpp"
@@ -67,6 +68,9 @@ template <class T, DeviceTag D>
 int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies,
                          dist::Communicator* comm) {
   const bool root = !comm || comm->rank() == 0;
+#if defined(__CUDACC__)
+  if constexpr (std::is_same_v<D, Cuda>) kernels::set_gemm_autotune(c.gemm_autotune == "on");
+#endif
   auto model = policies.make_model<T, D>(c.train.model, c.train.policy, c.train.policy_options);
   if (c.precision == "fp8")
     model->set_linear_precision(nn::LinearPrecision::fp8,

@@ -132,6 +132,7 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
                "--fp8-margin " << c.fp8_margin << " needs --fp8-scaling delayed (current scaling "
                                << "scales each tensor by its own amax)");
   if (c.fp8_margin < 0) c.fp8_margin = nn::Fp8Recipe{}.margin;  // the library's default
+  check_choice("--gemm-autotune", c.gemm_autotune, {"off", "on"});
   const auto env = dist::LaunchEnv::from_environment();
   resolve_train_options(c);
   c.train.model = resolve_model(c);
@@ -140,6 +141,10 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
   if (c.post_ln_no_final_norm) c.train.policy_options["final_norm"] = false;
   const std::string device = resolve_device(c.device);
   if (c.precision == "fp8") check_fp8_device(device);
+  FATHOM_CHECK(c.gemm_autotune == "off" || device == "cuda",
+               "--gemm-autotune on: it chooses among cuBLASLt's GEMM algorithms, so it needs "
+               "--device cuda (this run is on "
+                   << device << ")");
   FATHOM_CHECK(c.zero == 0 || c.zero == 1, "--zero: expected 0 or 1, got " << c.zero);
   FATHOM_CHECK(c.nproc >= 1, "--nproc: expected at least 1, got " << c.nproc);
   FATHOM_CHECK(c.nproc == 1 || !env.distributed(),
@@ -353,6 +358,11 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
                      std::to_string(nn::Fp8Recipe{}.margin) + ")")
       ->check(count_in(0, autograd::Fp8History<Cpu>::max_margin))
       ->default_str("");
+  app.add_option("--gemm-autotune", c.gemm_autotune,
+                 "off (each GEMM shape's cuBLASLt algorithm is the heuristic's first) or on (the "
+                 "fastest of the heuristic's first 8 that give that one's bits, timed when the "
+                 "shape is first used; CUDA only; docs/performance.md)")
+      ->capture_default_str();
   app.add_option("--seed", t.seed, "seed of initialization and data order")
       ->check(count_in(0, LLONG_MAX));
   app.add_option("--eval-every", t.eval_every, "evaluate every N steps (0: at the end only)")
