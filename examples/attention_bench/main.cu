@@ -58,10 +58,6 @@ struct Dq128RowShapes {
   using Dkdv = typename attn::MmaChoice<HD>::Dkdv;
   using Dq = typename attn::MmaBackward128Rows<HD>::Dq;
 };
-// The one-pass backward at 2 blocks an SM (up to 255 registers a thread) instead of 3.
-struct FusedTwoBlocks : attn::WgmmaFusedEverywhere {
-  using Fused = attn::WgmmaFused<2>;
-};
 // How a family launches its passes: the mma kernels (any GPU with tensor cores) with tile shapes
 // Shapes, or the wgmma kernels (sm_90a).
 template <int HD, class Shapes>
@@ -109,9 +105,8 @@ struct Wgmma {
 // "rope" and "wgmma-rope": the current shapes with RoPE's inverse turn of dQ and dK in the
 // backward's stores (Llama's attention); their d(q, k) differ from the others' by that turn.
 const std::vector<std::string> kVariants{
-    "wgmma",           "wgmma-two-pass", "wgmma-fused",       "wgmma-fused-2-blocks",
-    "wgmma-one-block", "wgmma-wide",     "wgmma-narrow",      "wgmma-long-keys",
-    "wgmma-rope",      "current",        "previous",          "forward-128-rows",
+    "wgmma",           "wgmma-two-pass", "wgmma-one-block",   "wgmma-wide", "wgmma-narrow",
+    "wgmma-long-keys", "wgmma-rope",     "current",           "previous",   "forward-128-rows",
     "pair-order",      "dq-128-rows",    "backward-128-rows", "rope"};
 
 struct Problem {
@@ -276,10 +271,6 @@ void run_problem(const Problem& pr, const std::vector<std::string>& variants, in
     }
     if (name == "wgmma")
       run_variant<HD, Wgmma<HD, attn::WgmmaChoice>>(name, pr, buf, warmup, iters);
-    if (name == "wgmma-fused")
-      run_variant<HD, Wgmma<HD, attn::WgmmaFusedEverywhere>>(name, pr, buf, warmup, iters);
-    if (name == "wgmma-fused-2-blocks")
-      run_variant<HD, Wgmma<HD, FusedTwoBlocks>>(name, pr, buf, warmup, iters);
     if (name == "wgmma-one-block")
       run_variant<HD, Wgmma<HD, attn::WgmmaOneBlock>>(name, pr, buf, warmup, iters);
     if (name == "wgmma-two-pass")
@@ -333,10 +324,8 @@ int main(int argc, char** argv) {
   app.add_option("--variants", variants,
                  "kernel variants, comma-separated, compared with the first that runs: wgmma (the "
                  "warpgroup-MMA kernels fathom runs on Hopper built for sm_90a; up to T = 192 the "
-                 "backward is one block a head, above one pass for dQ, dK and dV), wgmma-two-pass "
-                 "(the backward's two passes at every T), wgmma-fused (the one pass at every T), "
-                 "wgmma-fused-2-blocks (the one pass at 2 blocks an SM), wgmma-one-block (one "
-                 "block a head up to T = 256), wgmma-wide "
+                 "backward is one block a head), wgmma-two-pass (the backward's two passes at "
+                 "every T), wgmma-one-block (one block a head up to T = 256), wgmma-wide "
                  "(128-row forward blocks), wgmma-narrow (32-row backward tiles), "
                  "wgmma-long-keys (128-key tiles), wgmma-rope (wgmma with RoPE's inverse turn), "
                  "current (the mma kernels fathom runs elsewhere), previous (64-row forward "

@@ -522,12 +522,6 @@ TEST_CASE("CUDA attention's wgmma kernels and their alternative shapes match the
                   .forward = wgmma_forward<attn::WgmmaTwoPass>},
                  700);
   }
-  SECTION("WgmmaFusedEverywhere (the one-pass backward at every T)") {
-    check_family(c,
-                 {.backward = wgmma_backward<attn::WgmmaFusedEverywhere>,
-                  .forward = wgmma_forward<attn::WgmmaFusedEverywhere>},
-                 700);
-  }
   SECTION("WgmmaWide") {
     check_family(
         c, {.backward = wgmma_backward<attn::WgmmaWide>, .forward = wgmma_forward<attn::WgmmaWide>},
@@ -615,40 +609,7 @@ TEST_CASE("CUDA attention's default backward is the one block up to T = 192, two
   }
 }
 
-// The one-pass backward (backward_fused_wgmma) at shapes where blocks wait on one another: more
-// (b, h, key tile) blocks than an H200 holds at once (576 against 132 SMs x 3), full masks (every
-// key tile adds to every query tile), ragged last tiles, RoPE's inverse turn. Against the CPU; dK
-// and dV to the bit as the dK/dV pass gives them after the same rowsum pass (the two passes with
-// dQ take D from the dQ pass instead, which sums each row in another order); dQ the same bits from
-// run to run (its key tiles add in a fixed order).
-TEST_CASE("CUDA attention's one-pass backward matches the CPU and is deterministic",
-          "[cuda][attention]") {
-  namespace attn = fathom::kernels::detail::attn;
-  if (!attn::wgmma_available()) {
-    WARN("this GPU or build runs no sm_90a code: the wgmma kernels are not tested here");
-    return;
-  }
-  const AttentionCase c =
-      GENERATE(AttentionCase{6, 512, 12, 64, true}, AttentionCase{1, 1024, 3, 64, true},
-               AttentionCase{2, 640, 3, 64, false}, AttentionCase{3, 321, 5, 64, true},
-               AttentionCase{2, 257, 2, 64, false, 0.0, 500.0, 5},
-               AttentionCase{1, 700, 2, 64, true, 0.0, 10000.0, 11});
-  INFO(c);
-  const Inputs in = make_inputs(c, 1000);
-  const Wanted fused{.backward = wgmma_backward<attn::WgmmaFusedEverywhere>};
-  const Wanted dkdv_pass{.dq = false, .backward = wgmma_backward<attn::WgmmaTwoPass>};
-  const Outputs got = run_cuda<bf16>(c, in, 0, 0, true, fused);
-  check_against<bf16>(c, got, reference(c, in));
-  const Outputs again = run_cuda<bf16>(c, in, 0, 0, true, fused);
-  CHECK(again.dq == got.dq);
-  CHECK(again.dk == got.dk);
-  CHECK(again.dv == got.dv);
-  const Outputs pass = run_cuda<bf16>(c, in, 0, 0, true, dkdv_pass);
-  CHECK(pass.dk == got.dk);
-  CHECK(pass.dv == got.dv);
-}
-
-TEST_CASE("CUDA attention's one-block and one-pass backwards give way where they do not apply",
+TEST_CASE("CUDA attention's one-block backward gives way where it does not apply",
           "[cuda][attention]") {
   namespace attn = fathom::kernels::detail::attn;
   fathom::kernels::AttentionBackwardParams<bf16> p{};
@@ -667,10 +628,8 @@ TEST_CASE("CUDA attention's one-block and one-pass backwards give way where they
   p.seq = 193;  // 16 dS tiles of a full mask do not fit beside Q, K, V and dO
   CHECK_FALSE(attn::short_backward_applies(p));
   p.seq = 64;
-  CHECK(attn::fused_backward_applies(p));
   p.dq = nullptr;  // dK and dV alone: the dK/dV pass
   CHECK_FALSE(attn::short_backward_applies(p));
-  CHECK_FALSE(attn::fused_backward_applies(p));
 }
 
 TEST_CASE("CUDA attention reads fused and misaligned rows in place", "[cuda][attention]") {

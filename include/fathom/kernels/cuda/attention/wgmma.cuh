@@ -23,7 +23,6 @@
 
 #include <atomic>
 
-#include "fathom/core/cuda_runtime.hpp"
 #include "fathom/core/env.hpp"
 #include "fathom/kernels/cuda/attention/mma.cuh"
 
@@ -200,10 +199,6 @@ struct SwizzledCopy {
 // allocate 1024 bytes more than the tiles need).
 __device__ inline std::uint32_t swizzle_base(const unsigned char* smem) {
   return (smem_address(smem) + 1023u) & ~1023u;
-}
-
-__device__ inline void st_shared_u32(std::uint32_t addr, std::uint32_t v) {
-  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
 }
 
 // Accumulator columns 16 kk .. 16 kk + 15 of one warp's rows as the bf16 A operand of step kk.
@@ -553,251 +548,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 #endif
 }
 
-// ---- dQ, dK and dV in one pass, dQ summed across blocks in a fixed order ------------------------
-
-// The two passes compute S and dP twice for every tile pair (7 products a pair). Here the blocks of
-// the dK/dV pass also add dQ: each stores its dS^T tile in shared memory and multiplies it into a
-// running fp32 dQ tile of the query tile (5 products a pair), kept in global memory (L2) between
-// blocks. The key tiles of a query tile add in a fixed order (the last key tile first, key tile 0
-// last), each waiting for the one before through a counter per query tile: dQ is the same from
-// run to run. Key tile 0's block adds last and writes dQ (scaled, turned back by RoPE).
-//
-// Why this order: a block walks its query tiles upward, so block j reaches query tile j + s at its
-// step s, when block j + 1 (the tile before it in the order) reached it a step earlier: blocks
-// that run side by side do not wait. Blocks take their (b, h, key tile) from a counter in the
-// order block_work gives, the lightest tile of each pair first, so every block a block waits for
-// has started before it: no block waits on one that cannot run.
-//
-// Measured on an H200 (fathom-attention-bench, causal, backward with its rowsum pass): slower than
-// the two passes, 0.709 against 0.643 ms at B 32 H 12 T 1024, 1.736 against 1.478 at B 16 H 16
-// T 2048, 0.382 against 0.374 at B 128 H 16 T 256; at 2 blocks an SM (no register cap) 0.872 at
-// T = 1024. The products saved do not pay for each pair's dS^T store, barrier, 32 KB of L2
-// traffic and the wait on the tile before, in a kernel that is latency-bound already. So
-// WgmmaChoice keeps the two passes; WgmmaFusedEverywhere runs this one (fathom-attention-bench's
-// wgmma-fused, the [attention] tests).
-//
-// Scratch (FusedScratch): the running dQ tiles, (B H, query tiles, 8, 128, 4) floats in the order
-// of the accumulators (float4 k of thread t: d[4k .. 4k + 3]), and 1 + B H (query tiles) counters,
-// zeroed before each launch (the first takes blocks their work, the others count the key tiles
-// that have added to a query tile).
-template <int MinBlocks_, int GroupPairs_ = kOrderPairs>
-struct WgmmaFused {
-  static constexpr int HD = 64, kQueries = 64, kGroups = 1, kMinBlocks = MinBlocks_;
-  static constexpr int kGroupPairs = GroupPairs_;
-  static constexpr int kThreads = kGroupThreads, kBlockRows = 64;
-  static constexpr std::size_t smem_bytes =
-      1024 + kTileRowBytes * (2 * kBlockRows + 4 * kQueries + kBlockRows) +
-      sizeof(float) * 4 * kQueries;
-};
-
-struct FusedScratch {
-  float* dq;           // the running dQ tiles
-  unsigned* counters;  // [0]: the work counter; then one per (b, h, query tile)
-};
-inline std::size_t fused_tiles(const AttentionBackwardParams<bf16>& p) {
-  return static_cast<std::size_t>(p.batch * p.heads * ((p.seq + 63) / 64));
-}
-
-__device__ inline unsigned load_acquire(const unsigned* addr) {
-  unsigned v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(addr) : "memory");
-  return v;
-}
-__device__ inline void store_release(unsigned* addr, unsigned v) {
-  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(addr), "r"(v) : "memory");
-}
-
-template <class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
-    backward_fused_wgmma(AttentionBackwardParams<bf16> p, const float* delta, FusedScratch scratch,
-                         RopeFreqs<32> rope) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int kQ = Cfg::kQueries;
-  constexpr std::uint32_t kQueryTileBytes = kQ * kTileRowBytes;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ unsigned work_s;
-  const std::uint32_t Ks = swizzle_base(smem_raw);     // (64 keys, 64)
-  const std::uint32_t Vs = Ks + 64 * kTileRowBytes;    // (64 keys, 64)
-  const std::uint32_t dSs = Vs + 64 * kTileRowBytes;   // (64 keys, 64 queries): dS^T
-  const std::uint32_t Qs = dSs + 64 * kTileRowBytes;   // [2] (query tile, 64)
-  const std::uint32_t dOs = Qs + 2 * kQueryTileBytes;  // [2] (query tile, 64)
-  float* lse_s = reinterpret_cast<float*>(
-      smem_raw + (dOs + 2 * kQueryTileBytes - smem_address(smem_raw)));  // [2] (tile)
-  float* delta_s = lse_s + 2 * kQ;                                       // [2] (tile)
-
-  if (threadIdx.x == 0) work_s = atomicAdd(scratch.counters, 1u);
-  __syncthreads();
-  const std::int64_t Tn = p.seq, nqt = (Tn + kQ - 1) / kQ, nkt = (Tn + 63) / 64;
-  const BlockWork work = block_work(work_s, static_cast<int>(nkt),
-                                    static_cast<int>(p.batch * p.heads), Cfg::kGroupPairs);
-  const std::int64_t bh = work.bh, b = bh / p.heads, h = bh % p.heads;
-  const std::int64_t kt = nkt - 1 - work.rank, k0 = kt * 64;  // the lightest key tile first
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, c = lane % 4;
-  const bf16* qg = p.q + b * Tn * p.q_stride + h * 64;
-  const bf16* dog = p.d_o + b * Tn * p.do_stride + h * 64;
-  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
-  const std::int64_t warp_k0 = k0 + warp * 16;
-  const std::uint64_t k_desc = sw128_desc(Ks), v_desc = sw128_desc(Vs);
-
-  const SwizzledCopy<kQ, Cfg::kThreads> copy_q;
-  const SwizzledCopy<64, Cfg::kThreads> copy_kv;
-  auto stage = [&](int buf, std::int64_t qt) {  // Q, dO, lse and delta of query tile qt
-    copy_q(Qs + buf * kQueryTileBytes, qg, p.q_stride, qt * kQ, Tn);
-    copy_q(dOs + buf * kQueryTileBytes, dog, p.do_stride, qt * kQ, Tn);
-    stage_row_stats<kQ>(p.lse, delta, Tn, bh, qt, lse_s + buf * kQ, delta_s + buf * kQ);
-  };
-
-  const std::int64_t qt_begin = p.causal ? k0 / kQ : 0;
-  copy_kv(Ks, p.k + b * Tn * p.k_stride + h * 64, p.k_stride, k0, Tn);
-  copy_kv(Vs, p.v + b * Tn * p.v_stride + h * 64, p.v_stride, k0, Tn);
-  stage(0, qt_begin);
-  cp_async_commit();
-
-  float dk[32], dv[32];
-#pragma unroll
-  for (int i = 0; i < 32; ++i) dk[i] = dv[i] = 0.0f;
-
-  for (std::int64_t qt = qt_begin; qt < nqt; ++qt) {
-    const int buf = static_cast<int>((qt - qt_begin) & 1);
-    if (qt + 1 < nqt) stage(buf ^ 1, qt + 1);
-    cp_async_commit();
-    cp_async_wait_all_but_one();
-    fence_proxy_async();
-    __syncthreads();
-    const std::int64_t cq0 = qt * kQ;
-    const std::uint32_t Qb = Qs + buf * kQueryTileBytes, dOb = dOs + buf * kQueryTileBytes;
-    float st[kQ / 2], dpt[kQ / 2];  // (64 keys, kQ queries)
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks)
-      wgmma_ss<kQ>(st, k_desc + 2 * ks, sw128_desc(Qb) + 2 * ks, ks > 0);
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks)
-      wgmma_ss<kQ>(dpt, v_desc + 2 * ks, sw128_desc(dOb) + 2 * ks, ks > 0);
-    wgmma_commit();
-    wgmma_wait_all();
-    fence_registers(st);
-    fence_registers(dpt);
-    const bool edge = (p.causal && warp_k0 + 15 > cq0) || cq0 + kQ > Tn || warp_k0 + 16 > Tn;
-    dkdv_scores<kQ>(reinterpret_cast<float(&)[kQ / 8][4]>(st),
-                    reinterpret_cast<float(&)[kQ / 8][4]>(dpt), lse_s + buf * kQ,
-                    delta_s + buf * kQ, scale_log2, edge, warp_k0 + g, cq0, Tn, p.causal, c);
-    std::uint32_t pa[kQ / 16][4], da[kQ / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kQ / 16; ++kk) {
-      a_operand(pa[kk], st, kk);
-      a_operand(da[kk], dpt, kk);
-    }
-    // dS^T into its tile as backward_short_wgmma stores it (rows: keys), for dQ += dS K below.
-    const std::uint32_t row0 = dSs + (warp * 16 + g) * kTileRowBytes + 4 * c;
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const std::uint32_t lo = ((2 * kk) ^ g) * 16, hi = ((2 * kk + 1) ^ g) * 16;
-      st_shared_u32(row0 + lo, da[kk][0]);
-      st_shared_u32(row0 + 8 * kTileRowBytes + lo, da[kk][1]);
-      st_shared_u32(row0 + hi, da[kk][2]);
-      st_shared_u32(row0 + 8 * kTileRowBytes + hi, da[kk][3]);
-    }
-    fence_proxy_async();
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kQ / 16; ++kk)
-      wgmma_rs<64>(dv, pa[kk], sw128_desc(dOb + kk * 16 * kTileRowBytes));
-#pragma unroll
-    for (int kk = 0; kk < kQ / 16; ++kk)
-      wgmma_rs<64>(dk, da[kk], sw128_desc(Qb + kk * 16 * kTileRowBytes));
-    wgmma_commit();
-
-    // This key tile's place among those that add to the query tile: the last key tile that the
-    // query tile sees adds first (and stores), key tile 0 last (and writes dQ).
-    const std::int64_t place = (p.causal ? qt : nkt - 1) - kt, tile = bh * nqt + qt;
-    if (place > 0 && threadIdx.x == 0) {
-      while (load_acquire(scratch.counters + 1 + tile) != static_cast<unsigned>(place))
-        __nanosleep(32);
-    }
-    __syncthreads();  // the counter seen, and every thread's dS^T stores
-    // The P^T and dS^T operands' registers are free once their products are done: dQ's
-    // accumulators then fit beside dK's and dV's without serializing the wgmma.
-    wgmma_wait_all();
-    fence_registers(dv);
-    fence_registers(dk);
-    float(&dq)[32] = st;  // P^T's registers, free now
-    if (place == 0) {
-#pragma unroll
-      for (int i = 0; i < 32; ++i) dq[i] = 0.0f;
-    } else {
-      const float4* from =
-          reinterpret_cast<const float4*>(scratch.dq) + tile * (8 * kGroupThreads) + threadIdx.x;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const float4 v = __ldcg(from + k * kGroupThreads);
-        dq[4 * k] = v.x, dq[4 * k + 1] = v.y, dq[4 * k + 2] = v.z, dq[4 * k + 3] = v.w;
-      }
-    }
-    fence_registers(dq);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_ss64<1, 1>(dq, sw128_desc(dSs) + kk * 128, k_desc + kk * 128, true);
-    wgmma_commit();
-    wgmma_wait_all();
-    fence_registers(dq);
-    if (kt == 0) {
-      const std::int64_t warp_q0 = cq0 + warp * 16;
-      if (p.rope_theta > 0)
-        unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dq), p, rope, warp_q0 + g, c);
-      store_accumulator_rows(p, p.dq, p.dq_stride, b, h, warp_q0, dq, static_cast<float>(p.scale),
-                             g, c);
-    } else {
-      float4* to = reinterpret_cast<float4*>(scratch.dq) + tile * (8 * kGroupThreads) + threadIdx.x;
-#pragma unroll
-      for (int k = 0; k < 8; ++k)
-        __stcg(to + k * kGroupThreads,
-               make_float4(dq[4 * k], dq[4 * k + 1], dq[4 * k + 2], dq[4 * k + 3]));
-      __syncthreads();  // every thread's part of the tile, before the counter moves
-      if (threadIdx.x == 0) {
-        __threadfence();
-        store_release(scratch.counters + 1 + tile, static_cast<unsigned>(place + 1));
-      }
-    }
-    __syncthreads();  // the next iteration's copies and dS^T stores overwrite these tiles
-  }
-
-  store_accumulator_rows(p, p.dv, p.dv_stride, b, h, warp_k0, dv, 1.0f, g, c);
-  if (p.rope_theta > 0)
-    unturn_rope<64, 1>(reinterpret_cast<float(&)[1][8][4]>(dk), p, rope, warp_k0 + g, c);
-  store_accumulator_rows(p, p.dk, p.dk_stride, b, h, warp_k0, dk, static_cast<float>(p.scale), g,
-                         c);
-#else
-  (void)p, (void)delta, (void)scratch, (void)rope;
-#endif
-}
-
-// Whether backward_fused_wgmma takes p: every gradient wanted (it writes dQ, dK and dV together).
-// FATHOM_ATTENTION_FUSED=0 turns it off (the two passes run), for comparisons.
-inline bool fused_backward_applies(const AttentionBackwardParams<bf16>& p) {
-  static const bool disabled = !env_switch("FATHOM_ATTENTION_FUSED", true);
-  return !disabled && p.dq && p.dk && p.dv;
-}
-
-template <class Cfg>
-void launch_backward_fused(const AttentionBackwardParams<bf16>& p, float* delta) {
-  launch_rowsum(p, delta, /*vectorized=*/true);
-  auto& allocator = cuda::CachingAllocator::instance();
-  const std::size_t tiles = fused_tiles(p);
-  const std::size_t dq_bytes = tiles * 64 * 64 * sizeof(float);
-  const std::size_t counter_bytes = (1 + tiles) * sizeof(unsigned);
-  // Stream-ordered: the scratch goes back to the cache at once, and whatever takes it next runs
-  // after this kernel on fathom's one stream.
-  void* block = allocator.allocate(dq_bytes + counter_bytes);
-  const FusedScratch scratch{static_cast<float*>(block),
-                             reinterpret_cast<unsigned*>(static_cast<char*>(block) + dq_bytes)};
-  FATHOM_CUDA_CHECK(cudaMemsetAsync(scratch.counters, 0, counter_bytes, cuda::stream()));
-  launch_mma<Cfg, backward_fused_wgmma<Cfg>>(p, static_cast<const float*>(delta), scratch,
-                                             rope_freqs<64>(p));
-  allocator.deallocate(block);
-}
-
 // ---- short sequences: a head's whole backward in one block -----------------------------------
 
 // Up to T = 256 (four 64-row tiles), a head's Q, K, V and dO fit in shared memory together with
@@ -867,6 +617,9 @@ __device__ inline void short_wait_groups(int g) {
   } else {
     asm volatile("cp.async.wait_group 2;\n" ::: "memory");
   }
+}
+__device__ inline void st_shared_u32(std::uint32_t addr, std::uint32_t v) {
+  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
 }
 
 // dq += sum over key tiles j < Tiles of dS_ij K_j: the pairs of query tile i are consecutive
@@ -1137,27 +890,20 @@ struct WgmmaChoice {
   using Dkdv = WgmmaDkdv<64, 1, 3>;
   using Dq = WgmmaDq<64, 1, 3>;
   // backward_short_wgmma where it applies with up to this many 64-row tiles (T <= 192): at four
-  // (T = 256) the two passes were faster.
+  // (T = 256) the two passes were faster. Above, the two passes: a one-pass backward that adds dQ
+  // from the dK/dV blocks through running fp32 tiles in L2, key tiles in a fixed order behind a
+  // counter per query tile, lost to them (0.709 against 0.643 ms at B 32 H 12 T 1024; commit
+  // 5675bf8 and bench/NOTES.md, twenty-fifth session).
   static constexpr int kShortTiles = 3;
-  // Above that the two passes. backward_fused_wgmma (one pass for dQ, dK and dV; Shapes with
-  // kFused) was timed against them and lost: 0.709 against 0.643 ms at B 32 H 12 T 1024, 0.382
-  // against 0.374 at B 128 H 16 T 256 (bench/NOTES.md, twenty-fifth session).
-  using Fused = WgmmaFused<3>;
-  static constexpr bool kFused = false;
 };
 
 // Alternatives that fathom-attention-bench times against WgmmaChoice (the [attention] tests check
 // them): 128-row forward blocks (two warpgroups sharing each K/V tile); 32-row backward tiles with
 // 4 blocks an SM; 128-key tiles in the forward and the dQ pass.
-// WgmmaChoice's tiles with the two passes at every T, with the one-pass backward at every T, or
-// with one block a head wherever that applies (T = 256 too).
+// WgmmaChoice's tiles with the two passes at every T, or with one block a head wherever that
+// applies (T = 256 too).
 struct WgmmaTwoPass : WgmmaChoice {
   static constexpr int kShortTiles = 0;
-  static constexpr bool kFused = false;
-};
-struct WgmmaFusedEverywhere : WgmmaChoice {
-  static constexpr int kShortTiles = 0;
-  static constexpr bool kFused = true;
 };
 struct WgmmaOneBlock : WgmmaChoice {
   static constexpr int kShortTiles = kShortMaxTiles;
@@ -1167,21 +913,18 @@ struct WgmmaWide {
   using Dkdv = WgmmaDkdv<64, 1, 3>;
   using Dq = WgmmaDq<64, 1, 3>;
   static constexpr int kShortTiles = 0;
-  static constexpr bool kFused = false;
 };
 struct WgmmaNarrow {
   using Forward = WgmmaForward<64, 1, 4>;
   using Dkdv = WgmmaDkdv<32, 1, 4>;
   using Dq = WgmmaDq<32, 1, 4>;
   static constexpr int kShortTiles = 0;
-  static constexpr bool kFused = false;
 };
 struct WgmmaLongKeys {
   using Forward = WgmmaForward<128, 1, 2>;
   using Dkdv = WgmmaDkdv<64, 1, 3>;
   using Dq = WgmmaDq<128, 1, 2>;
   static constexpr int kShortTiles = 0;
-  static constexpr bool kFused = false;
 };
 
 template <class Shapes = WgmmaChoice>
@@ -1191,16 +934,12 @@ void launch_forward_wgmma(const AttentionParams<bf16>& p) {
 }
 
 // The whole backward: one block a head where backward_short_wgmma applies and T takes at most
-// Shapes::kShortTiles tiles; else, with Shapes::kFused and every gradient wanted, D by its own
-// pass and then backward_fused_wgmma; else the dQ pass (which writes D) when dq is wanted, else D
-// by its own pass; then dK and dV.
+// Shapes::kShortTiles tiles; else the dQ pass (which writes D) when dq is wanted, else D by its
+// own pass; then dK and dV.
 template <class Shapes = WgmmaChoice>
 void launch_backward_wgmma(const AttentionBackwardParams<bf16>& p, float* delta) {
   if (p.seq <= 64 * Shapes::kShortTiles && short_backward_applies(p))
     return launch_backward_short(p);
-  if constexpr (Shapes::kFused) {
-    if (fused_backward_applies(p)) return launch_backward_fused<typename Shapes::Fused>(p, delta);
-  }
   using Dkdv = typename Shapes::Dkdv;
   using Dq = typename Shapes::Dq;
   const auto freqs = rope_freqs<64>(p);
