@@ -5,7 +5,8 @@
 #        FATHOM_BENCH_STEPS (timed steps, default 25), FATHOM_BENCH_WARMUP (default 8),
 #        FATHOM_BENCH_FP8_POLICIES (policies also run with --precision fp8; default pre-ln, empty:
 #        no fp8 rows), FATHOM_BENCH_FP8_SCALINGS (their --fp8-scaling values; default
-#        current,delayed)
+#        current,delayed), FATHOM_BENCH_GEMM_AUTOTUNE (fathom-bench's --gemm-autotune: off, on or
+#        off,on; default off; autotuned rows are labelled +autotune)
 set -uo pipefail
 build="${1:-${FATHOM_BUILD_DIR:?usage: bench/run.sh BUILD_DIR [OUT_DIR] (or FATHOM_BUILD_DIR set)}}"
 out="${2:-${OUT:-$build/logs}}"
@@ -18,6 +19,7 @@ steps="${FATHOM_BENCH_STEPS:-25}"
 warmup="${FATHOM_BENCH_WARMUP:-8}"
 fp8_policies="${FATHOM_BENCH_FP8_POLICIES-pre-ln}"
 IFS=, read -r -a fp8_scalings <<<"${FATHOM_BENCH_FP8_SCALINGS:-current,delayed}"
+autotune="${FATHOM_BENCH_GEMM_AUTOTUNE:-off}"
 rm -f "$out/bench_fathom.jsonl" "$out/bench_torch.jsonl"
 rc=0
 # One fathom-bench call per workload, at the batch and sequence length the PyTorch baseline uses.
@@ -29,13 +31,13 @@ for w in "${workload_list[@]}"; do
   fi
   read -r batch seq <<<"$shape"
   "$build/bin/fathom-bench" --workloads "$w" --batch "$batch" --seq-len "$seq" \
-    --policies "$policies" --steps "$steps" --warmup "$warmup" \
+    --policies "$policies" --steps "$steps" --warmup "$warmup" --gemm-autotune "$autotune" \
     --json-out "$out/bench_fathom.jsonl" || rc=1
   if [[ -n "$fp8_policies" ]]; then
     for scaling in "${fp8_scalings[@]}"; do
       "$build/bin/fathom-bench" --workloads "$w" --batch "$batch" --seq-len "$seq" \
         --policies "$fp8_policies" --precision fp8 --fp8-scaling "$scaling" --steps "$steps" \
-        --warmup "$warmup" --json-out "$out/bench_fathom.jsonl" || rc=1
+        --warmup "$warmup" --gemm-autotune "$autotune" --json-out "$out/bench_fathom.jsonl" || rc=1
     done
   fi
 done
