@@ -60,11 +60,11 @@ inline bool gemm_allow_tf32() { return detail::gemm_tf32_flag(); }
 // made at its first use) time the heuristic's first few algorithms on the problem's own operands
 // and keep the fastest, instead of taking the heuristic's first. Only candidates whose results
 // are the heuristic's first's to the bit are timed (a fingerprint of each one's outputs decides),
-// so that results are the same with and without it (the [gemm] tests check single GEMMs; whole
-// training runs are not yet shown to keep their bits: docs/performance.md). Off by default: the
-// first use of each problem then runs every candidate, with scratch outputs as large as the
-// problem's own. Plans made with and without it are cached apart, so switching back
-// restores the earlier choices. docs/performance.md says more.
+// so that results are the same with and without it (the [gemm] tests check single GEMMs;
+// bench/autotune_bits.sh whole training runs, which kept their losses to the bit on an H200).
+// Off by default: the first use of each problem then runs every candidate, with scratch outputs
+// as large as the problem's own. Plans made with and without it are cached apart, so switching
+// back restores the earlier choices. docs/performance.md says more.
 inline void set_gemm_autotune(bool on) { detail::gemm_autotune_flag() = on; }
 inline bool gemm_autotune() { return detail::gemm_autotune_flag(); }
 
