@@ -6,7 +6,7 @@
 #        FATHOM_BENCH_FP8_POLICIES (policies also run with --precision fp8; default pre-ln, empty:
 #        no fp8 rows), FATHOM_BENCH_FP8_SCALINGS (their --fp8-scaling values; default
 #        current,delayed), FATHOM_BENCH_GEMM_AUTOTUNE (fathom-bench's --gemm-autotune: off, on or
-#        off,on; default off; autotuned rows are labelled +autotune)
+#        off,on; default on, the library's default; rows without it are labelled -autotune)
 set -uo pipefail
 build="${1:-${FATHOM_BUILD_DIR:?usage: bench/run.sh BUILD_DIR [OUT_DIR] (or FATHOM_BUILD_DIR set)}}"
 out="${2:-${OUT:-$build/logs}}"
@@ -19,7 +19,7 @@ steps="${FATHOM_BENCH_STEPS:-25}"
 warmup="${FATHOM_BENCH_WARMUP:-8}"
 fp8_policies="${FATHOM_BENCH_FP8_POLICIES-pre-ln}"
 IFS=, read -r -a fp8_scalings <<<"${FATHOM_BENCH_FP8_SCALINGS:-current,delayed}"
-autotune="${FATHOM_BENCH_GEMM_AUTOTUNE:-off}"
+autotune="${FATHOM_BENCH_GEMM_AUTOTUNE:-on}"
 rm -f "$out/bench_fathom.jsonl" "$out/bench_torch.jsonl"
 rc=0
 # One fathom-bench call per workload, at the batch and sequence length the PyTorch baseline uses.

@@ -61,8 +61,9 @@ struct BenchOptions {
   // dgelu (rows labelled +dgelu-bgrad) or separate (+colsum).
   std::string bias_grad = "fused";
   // Whether the GEMMs' cuBLASLt plans time the heuristic's first few algorithms and keep the
-  // fastest (kernels::set_gemm_autotune), each in turn: off, on (rows labelled +autotune).
-  std::string gemm_autotune = "off";
+  // fastest (kernels::set_gemm_autotune, the library's default), each in turn: on, off (rows
+  // labelled -autotune).
+  std::string gemm_autotune = "on";
 };
 
 // A communicator that has the ranks of another and sends nothing: the data-parallel step timed
@@ -411,7 +412,7 @@ BenchResult bench_one(const Workload& w, const std::string& policy, const BenchO
              (route == kernels::BiasGradRoute::dgelu      ? "+dgelu-bgrad"
               : route == kernels::BiasGradRoute::separate ? "+colsum"
                                                           : "") +
-             (kernels::gemm_autotune() ? "+autotune" : "");
+             (kernels::gemm_autotune() ? "" : "-autotune");
   r.gemm_autotune = kernels::gemm_autotune();
   r.autotuned = kernels::gemm_autotune_stats() - autotune_before;
   r.ms_per_step = ms_per_step;
@@ -504,9 +505,10 @@ inline int main(int argc, char** argv) {
                  "FATHOM_DGELU_EPILOGUE=0 turns it off) c_fc's is a column sum over its result on "
                  "every route");
   app.add_option("--gemm-autotune", o.gemm_autotune,
-                 "comma-separated, each run in turn: off (each GEMM's cuBLASLt algorithm is the "
-                 "heuristic's first) or on (the fastest of the heuristic's first 8 that give the "
-                 "first's bits, timed when a GEMM shape is first used; rows labelled +autotune). "
+                 "comma-separated, each run in turn: on (the default: each GEMM's cuBLASLt "
+                 "algorithm the fastest of the heuristic's first 8 that give the first's bits, "
+                 "timed when a GEMM shape is first used) or off (the heuristic's first; rows "
+                 "labelled -autotune). "
                  "GEMM plans last for the process: a later row with the same shapes reuses them");
   try {
     app.parse(argc, argv);

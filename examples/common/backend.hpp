@@ -69,7 +69,7 @@ int Backend<T, D>::train(const TrainCli& c, const PolicyRegistry& policies,
                          dist::Communicator* comm) {
   const bool root = !comm || comm->rank() == 0;
 #if defined(__CUDACC__)
-  if constexpr (std::is_same_v<D, Cuda>) kernels::set_gemm_autotune(c.gemm_autotune == "on");
+  if constexpr (std::is_same_v<D, Cuda>) kernels::set_gemm_autotune(c.gemm_autotune != "off");
 #endif
   auto model = policies.make_model<T, D>(c.train.model, c.train.policy, c.train.policy_options);
   if (c.precision == "fp8")

@@ -132,7 +132,7 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
                "--fp8-margin " << c.fp8_margin << " needs --fp8-scaling delayed (current scaling "
                                << "scales each tensor by its own amax)");
   if (c.fp8_margin < 0) c.fp8_margin = nn::Fp8Recipe{}.margin;  // the library's default
-  check_choice("--gemm-autotune", c.gemm_autotune, {"off", "on"});
+  check_choice("--gemm-autotune", c.gemm_autotune, {"auto", "on", "off"});
   const auto env = dist::LaunchEnv::from_environment();
   resolve_train_options(c);
   c.train.model = resolve_model(c);
@@ -141,7 +141,7 @@ int run_train(TrainCli c, const PolicyRegistry& policies, const std::string& nam
   if (c.post_ln_no_final_norm) c.train.policy_options["final_norm"] = false;
   const std::string device = resolve_device(c.device);
   if (c.precision == "fp8") check_fp8_device(device);
-  FATHOM_CHECK(c.gemm_autotune == "off" || device == "cuda",
+  FATHOM_CHECK(c.gemm_autotune != "on" || device == "cuda",
                "--gemm-autotune on: it chooses among cuBLASLt's GEMM algorithms, so it needs "
                "--device cuda (this run is on "
                    << device << ")");
@@ -359,9 +359,10 @@ int train_command(int argc, char** argv, const PolicyRegistry& policies, const s
       ->check(count_in(0, autograd::Fp8History<Cpu>::max_margin))
       ->default_str("");
   app.add_option("--gemm-autotune", c.gemm_autotune,
-                 "off (each GEMM shape's cuBLASLt algorithm is the heuristic's first) or on (the "
-                 "fastest of the heuristic's first 8 that give that one's bits, timed when the "
-                 "shape is first used; CUDA only; docs/performance.md)")
+                 "auto (on with --device cuda), on (each GEMM shape's cuBLASLt algorithm the "
+                 "fastest of the heuristic's first 8 that give its first's bits, timed when the "
+                 "shape is first used; CUDA only; docs/performance.md) or off (the heuristic's "
+                 "first)")
       ->capture_default_str();
   app.add_option("--seed", t.seed, "seed of initialization and data order")
       ->check(count_in(0, LLONG_MAX));

@@ -90,9 +90,9 @@ struct TrainCli {
   std::string precision = "fp32";
   std::string fp8_scaling = "current";  // current | delayed (--precision fp8)
   int fp8_margin = -1;  // --fp8-scaling delayed: 2^margin of headroom (-1: nn::Fp8Recipe's)
-  std::string gemm_autotune = "off";  // on: kernels::set_gemm_autotune(true) (CUDA)
-  std::string optimizer = "adamw";    // adamw | adam | sgd
-  std::string schedule = "cosine";    // cosine | constant | wsd
+  std::string gemm_autotune = "auto";  // auto (on with CUDA) | on | off: kernels::set_gemm_autotune
+  std::string optimizer = "adamw";     // adamw | adam | sgd
+  std::string schedule = "cosine";     // cosine | constant | wsd
   double weight_decay = 0.0;
   double min_lr_ratio = 0.1;
   std::int64_t warmup = -1;  // -1: 10% of the steps

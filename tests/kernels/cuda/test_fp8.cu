@@ -478,10 +478,13 @@ void fp8_test_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, bool
   CHECK(loose.empty());
 }
 
-// Turns GEMM autotuning on or off for one scope (a failed check leaves it off for the next).
+// Turns GEMM autotuning on or off for one scope, and back as it was after (a failed check too).
 struct Fp8TestAutotune {
-  explicit Fp8TestAutotune(bool on) { kernels::set_gemm_autotune(on); }
-  ~Fp8TestAutotune() { kernels::set_gemm_autotune(false); }
+  explicit Fp8TestAutotune(bool on) : previous(kernels::gemm_autotune()) {
+    kernels::set_gemm_autotune(on);
+  }
+  ~Fp8TestAutotune() { kernels::set_gemm_autotune(previous); }
+  bool previous;
   Fp8TestAutotune(const Fp8TestAutotune&) = delete;
   Fp8TestAutotune& operator=(const Fp8TestAutotune&) = delete;
 };

@@ -63,10 +63,13 @@ struct Layout {
   bool shared_b = false;  // B's batch stride 0: one B for the whole batch (the cuBLAS path)
 };
 
-// Turns GEMM autotuning on or off for one scope (a failed check leaves it off for the next).
+// Turns GEMM autotuning on or off for one scope, and back as it was after (a failed check too).
 struct AutotuneScope {
-  explicit AutotuneScope(bool on) { fathom::kernels::set_gemm_autotune(on); }
-  ~AutotuneScope() { fathom::kernels::set_gemm_autotune(false); }
+  explicit AutotuneScope(bool on) : previous(fathom::kernels::gemm_autotune()) {
+    fathom::kernels::set_gemm_autotune(on);
+  }
+  ~AutotuneScope() { fathom::kernels::set_gemm_autotune(previous); }
+  bool previous;
   AutotuneScope(const AutotuneScope&) = delete;
   AutotuneScope& operator=(const AutotuneScope&) = delete;
 };
@@ -403,7 +406,9 @@ TEMPLATE_TEST_CASE("CUDA gemm with autotuning on matches the double reference", 
                    float, bf16) {
   // Odd and even sizes, every transpose, batches, padding, unaligned pointers, a bias, and
   // beta = 1 over a random C: the result must be alpha op(A) op(B) + C_before (+ bias). Had the
-  // timed candidates written into the real C, it would hold several products instead.
+  // timed candidates written into the real C, it would hold several products instead. Where the
+  // GEMM overwrites C (beta = 0, or c_in), they write into C only when it has no padding: the
+  // check of the padding's bits fails if a candidate's sign flip reached it.
   const AutotuneScope scope(true);
   const Dims d = GENERATE(values<Dims>({{37, 29, 41}, {64, 96, 128}, {65, 130, 5461}}));
   const bool ta = GENERATE(false, true);
@@ -414,7 +419,9 @@ TEMPLATE_TEST_CASE("CUDA gemm with autotuning on matches the double reference", 
                                             {3, true, true, 0, 0.75, 1.0},
                                             {2, true, false, 1, -1.25, 1.0},
                                             {2, true, false, 0, 1.0, 1.0, true, 0},
-                                            {1, false, false, 0, 1.0, -2.0, true, 1}}));
+                                            {1, false, false, 0, 1.0, -2.0, true, 1},
+                                            {2, false, true, 0, 1.0, 0.0},
+                                            {2, true, true, 0, 1.0, 1.0, true, 0}}));
   check_cuda_gemm<TestType>(d, ta, tb, l, /*full=*/true,
                             500 + static_cast<std::uint64_t>(d.m + d.k));
 }
@@ -432,35 +439,73 @@ TEST_CASE("CUDA gemm with autotuning on at the model's shapes: beta = 1 adds int
                          /*full=*/false, 512);
 }
 
-TEST_CASE("CUDA gemm autotuning: plans of their own, each counted once, off by default",
+TEST_CASE("CUDA gemm autotuning: plans of their own, each counted once, on by default",
           "[cuda][gemm]") {
-  REQUIRE_FALSE(fathom::kernels::gemm_autotune());  // off by default
+  REQUIRE(fathom::kernels::gemm_autotune());  // on by default
   // A problem no other test makes.
   const Dims d{120, 72, 304};
   const Layout l{1, true, false, 0, 1.0, 1.0};
-  const auto stats0 = fathom::kernels::gemm_autotune_stats();
-  const std::size_t plans0 = fathom::kernels::gemm_plan_count();
-  check_cuda_gemm<bf16>(d, false, true, l, /*full=*/true, 520);
-  CHECK(fathom::kernels::gemm_plan_count() == plans0 + 1);
   const auto counted = [](const fathom::kernels::GemmAutotuneStats& s) {
     return s.plans_timed + s.plans_untimed;
   };
-  CHECK(counted(fathom::kernels::gemm_autotune_stats()) == counted(stats0));  // off: not counted
+  const auto stats0 = fathom::kernels::gemm_autotune_stats();
+  const std::size_t plans0 = fathom::kernels::gemm_plan_count();
   {
-    const AutotuneScope scope(true);
-    check_cuda_gemm<bf16>(d, false, true, l, /*full=*/true, 521);
-    CHECK(fathom::kernels::gemm_plan_count() == plans0 + 2);  // a plan of its own
-    const auto stats1 = fathom::kernels::gemm_autotune_stats();
-    CHECK(counted(stats1) == counted(stats0) + 1);
-    CHECK(stats1.algorithms_changed - stats0.algorithms_changed <=
-          stats1.plans_timed - stats0.plans_timed);
-    check_cuda_gemm<bf16>(d, false, true, l, /*full=*/true, 522);  // cached: not tuned again
-    CHECK(fathom::kernels::gemm_plan_count() == plans0 + 2);
-    CHECK(counted(fathom::kernels::gemm_autotune_stats()) == counted(stats1));
+    const AutotuneScope scope(false);
+    check_cuda_gemm<bf16>(d, false, true, l, /*full=*/true, 520);
+    CHECK(fathom::kernels::gemm_plan_count() == plans0 + 1);
+    CHECK(counted(fathom::kernels::gemm_autotune_stats()) == counted(stats0));  // off: not counted
   }
-  CHECK_FALSE(fathom::kernels::gemm_autotune());                 // the scope turned it off
-  check_cuda_gemm<bf16>(d, false, true, l, /*full=*/true, 523);  // the first plan again
+  CHECK(fathom::kernels::gemm_autotune());  // the scope turned it back on
+  check_cuda_gemm<bf16>(d, false, true, l, /*full=*/true, 521);
+  CHECK(fathom::kernels::gemm_plan_count() == plans0 + 2);  // a plan of its own
+  const auto stats1 = fathom::kernels::gemm_autotune_stats();
+  CHECK(counted(stats1) == counted(stats0) + 1);
+  CHECK(stats1.algorithms_changed - stats0.algorithms_changed <=
+        stats1.plans_timed - stats0.plans_timed);
+  check_cuda_gemm<bf16>(d, false, true, l, /*full=*/true, 522);  // cached: not tuned again
   CHECK(fathom::kernels::gemm_plan_count() == plans0 + 2);
+  CHECK(counted(fathom::kernels::gemm_autotune_stats()) == counted(stats1));
+  {
+    const AutotuneScope scope(false);
+    check_cuda_gemm<bf16>(d, false, true, l, /*full=*/true, 523);  // the first plan again
+    CHECK(fathom::kernels::gemm_plan_count() == plans0 + 2);
+  }
+}
+
+TEST_CASE("CUDA gemm autotuning writes its candidates into a C it overwrites, not into scratch",
+          "[cuda][gemm]") {
+  // A GEMM that overwrites its C (beta = 0, or the beta term from a separate c_in) with no
+  // padding lets autotuning's candidates write there: a plan's first use then allocates nothing
+  // near C's size. With beta = 1 (C is added into) they need a scratch C as large as C. Problems
+  // no other test makes; C is 8 MiB.
+  const AutotuneScope scope(true);
+  const std::int64_t m = 2048, n = 2056, k = 136;
+  auto a = to_device(uniform_values<bf16>(m * k, 530)),
+       b = to_device(uniform_values<bf16>(n * k, 531));
+  auto c_in = to_device(uniform_values<bf16>(m * n, 532));
+  Tensor<bf16, Cuda> c(Shape{m * n});
+  const std::size_t c_bytes = static_cast<std::size_t>(m * n) * sizeof(bf16);
+  auto& allocator = fathom::cuda::CachingAllocator::instance();
+  // Bytes in use at the highest point of the problem's first use, beyond those before it.
+  const auto first_use_peak = [&](const GemmParams<bf16>& p) {
+    fathom::cuda::synchronize();
+    const std::size_t before = allocator.stats().bytes_in_use;
+    allocator.reset_peak();
+    const auto stats0 = fathom::kernels::gemm_autotune_stats();
+    fathom::kernels::gemm(Cuda{}, p);
+    fathom::cuda::synchronize();
+    const auto stats = fathom::kernels::gemm_autotune_stats() - stats0;
+    CHECK(stats.plans_timed + stats.plans_untimed == 1);
+    return allocator.stats().peak_bytes_in_use - before;
+  };
+  GemmParams<bf16> p{
+      .a = a.data(), .b = b.data(), .c = c.data(), .m = m, .n = n, .k = k, .trans_b = true};
+  CHECK(first_use_peak(p) < c_bytes / 4);  // beta = 0
+  p.k = k + 8, p.beta = 1.0, p.c_in = c_in.data();
+  CHECK(first_use_peak(p) < c_bytes / 4);  // the beta term from c_in
+  p.k = k + 16, p.c_in = nullptr;
+  CHECK(first_use_peak(p) >= c_bytes);  // beta = 1 adds into C: a scratch C
 }
 
 TEST_CASE("CUDA device_fingerprint: the same bits give the same print, a changed word another",

@@ -612,15 +612,17 @@ bool lt_gemm_fp8(const Fp8GemmParams<FA, FB, T>& p) {
     made.first = make_layout(type_b, p.k, p.n, p.ldb, 1, 0);   // our B (N, K) row-major
     made.second = make_layout(type_a, p.k, p.m, p.lda, 1, 0);  // our A (M, K) row-major
     made.out = make_layout(type_c, p.n, p.m, p.ldc, 1, 0);
-    // Autotuning's candidates write to a scratch C (the real one may be accumulated into), with
-    // the real operands, scales and bias, which they only read.
+    // Autotuning's candidates write where the real run will (candidate_output: when it overwrites
+    // C whole and C has no padding), else to a scratch C (the real one may be accumulated into),
+    // with the real operands, scales and bias, which they only read.
     auto make_run = [&] {
-      Tensor<T, Cuda> c(Shape{(p.m - 1) * p.ldc + p.n});
-      std::vector<ScratchOutput> outputs{
-          {c.data(), static_cast<std::size_t>(c.numel()) * sizeof(T)}};
+      CandidateOutput<T> c =
+          candidate_output(p.c, (p.m - 1) * p.ldc + p.n, p.m * p.n,
+                           /*overwritten=*/p.beta == 0.0 || (p.c_in && p.c_in != p.c));
+      std::vector<ScratchOutput> outputs{c.written()};
       return autotune_run(
           [&made, &p, c = std::move(c)](const cublasLtMatmulAlgo_t& algo, float beta) {
-            return lt_matmul(made, algo, 1.0f, p.b, p.a, beta, c.data(), c.data());
+            return lt_matmul(made, algo, 1.0f, p.b, p.a, beta, c.data, c.data);
           },
           std::move(outputs), sizeof(T));
     };

@@ -44,7 +44,7 @@ inline bool& gemm_tf32_flag() {
   return allow;
 }
 inline bool& gemm_autotune_flag() {
-  static bool on = false;
+  static bool on = true;
   return on;
 }
 }  // namespace detail
@@ -62,9 +62,11 @@ inline bool gemm_allow_tf32() { return detail::gemm_tf32_flag(); }
 // are the heuristic's first's to the bit are timed (a fingerprint of each one's outputs decides),
 // so that results are the same with and without it (the [gemm] tests check single GEMMs;
 // bench/autotune_bits.sh whole training runs, which kept their losses to the bit on an H200).
-// Off by default: the first use of each problem then runs every candidate, with scratch outputs
-// as large as the problem's own. Plans made with and without it are cached apart, so switching
-// back restores the earlier choices. docs/performance.md says more.
+// On by default: +0.7-1.0% tokens/s on the Llama workloads on an H200. A problem's first use
+// then runs its candidates, which write where the problem's output will go when the GEMM
+// overwrites it whole (else into scratch outputs as large as its own: a GEMM that adds into C, or
+// a padded C). Plans made with and without it are cached apart, so switching back restores the
+// earlier choices. docs/performance.md says more.
 inline void set_gemm_autotune(bool on) { detail::gemm_autotune_flag() = on; }
 inline bool gemm_autotune() { return detail::gemm_autotune_flag(); }
 
@@ -425,6 +427,34 @@ struct ScratchOutput {
   std::size_t bytes = 0;
 };
 
+// Where autotuning's candidates write one output that the plan's real run writes too: that output
+// itself when the run overwrites all of it anyway (`overwritten`) and its `span` elements (first
+// to last) are all its own, with no padding between rows or batch entries (span == `elements`: a
+// candidate's sign flip covers the whole span, which must hold nothing else); else a scratch
+// tensor of the span, owned here and freed with the candidates' launcher. In place, the first use
+// of a problem needs no memory beyond its own (a language-model head's logits are the largest
+// output of a step).
+template <class T>
+struct CandidateOutput {
+  Tensor<T, Cuda> scratch;  // empty when in place
+  T* data = nullptr;
+  std::int64_t span = 0;
+  ScratchOutput written() const { return {data, static_cast<std::size_t>(span) * sizeof(T)}; }
+};
+template <class T>
+CandidateOutput<T> candidate_output(T* own, std::int64_t span, std::int64_t elements,
+                                    bool overwritten) {
+  CandidateOutput<T> out;
+  out.span = span;
+  if (own && overwritten && span == elements) {
+    out.data = own;
+  } else {
+    out.scratch = Tensor<T, Cuda>(Shape{span});
+    out.data = out.scratch.data();
+  }
+  return out;
+}
+
 // The fingerprint of `outputs` together (each salted by its place in the list); waits for it.
 inline std::uint64_t device_fingerprint(const std::vector<ScratchOutput>& outputs) {
   auto& allocator = cuda::CachingAllocator::instance();
@@ -644,33 +674,36 @@ GemmPlan make_gemm_plan(const GemmParams<T>& p, bool fuse_bias, bool tf32, bool 
       make_layout(type, p.trans_a ? p.m : p.k, p.trans_a ? p.k : p.m, p.lda, p.batch, p.stride_a);
   plan.out = make_layout(type, p.n, p.m, p.ldc, p.batch, p.stride_c);
 
-  // Autotuning's candidates write to scratch outputs of the same layouts, never to the caller's:
-  // C may be accumulated into (beta = 1 there; 0 here, so the scratch C is never read), and the
-  // epilogues' outputs (GELU's pre-activation, the bias gradient) are the caller's too. The
-  // operands, a fused bias and DGELU's aux are the real ones, only read. lt_gemm sets the real
-  // epilogue pointers again before each run.
+  // Autotuning's candidates write C and GELU's pre-activation where the real run will write them
+  // (candidate_output: when that run overwrites them whole, C's beta term being 0 or read from a
+  // separate c_in, and they have no padding), else to scratch outputs of the same layouts: C may be
+  // accumulated into (beta = 1 there; 0 here, so a scratch C is never read), and padding may hold
+  // someone else's data. The bias gradient always goes to scratch (M elements). The operands, a
+  // fused bias and DGELU's aux are the real ones, only read. lt_gemm sets the real epilogue
+  // pointers again before each run.
   auto make_run = [&] {
-    const std::int64_t c_elements =
+    const std::int64_t span =
         (p.batch > 1 ? (p.batch - 1) * p.stride_c : 0) + (p.m - 1) * p.ldc + p.n;
-    Tensor<T, Cuda> c(Shape{c_elements});
-    Tensor<T, Cuda> aux =
-        extra.kind == LtEpilogue::gelu_aux ? Tensor<T, Cuda>(Shape{c_elements}) : Tensor<T, Cuda>();
+    const std::int64_t elements = p.batch * p.m * p.n;
+    const bool c_overwritten = p.beta == 0.0 || (p.c_in && p.c_in != p.c);
+    CandidateOutput<T> c = candidate_output(p.c, span, elements, c_overwritten);
+    CandidateOutput<T> aux =
+        extra.kind == LtEpilogue::gelu_aux
+            ? candidate_output(const_cast<T*>(extra.aux), span, elements, /*overwritten=*/true)
+            : CandidateOutput<T>();
     Tensor<T, Cuda> sums = extra.kind == LtEpilogue::bias_grad_b ? Tensor<T, Cuda>(Shape{p.m})
                                                                  : Tensor<T, Cuda>();  // (M)
     set_epilogue_pointers(plan.desc, p,
-                          LtExtra<T>{extra.kind, aux.defined() ? aux.data() : extra.aux,
+                          LtExtra<T>{extra.kind, aux.data ? aux.data : extra.aux,
                                      sums.defined() ? sums.data() : nullptr});
-    const auto bytes = [](const Tensor<T, Cuda>& t) {
-      return static_cast<std::size_t>(t.numel()) * sizeof(T);
-    };
-    std::vector<ScratchOutput> outputs{{c.data(), bytes(c)}};
-    if (aux.defined()) outputs.push_back({aux.data(), bytes(aux)});
-    if (sums.defined()) outputs.push_back({sums.data(), bytes(sums)});
+    std::vector<ScratchOutput> outputs{c.written()};
+    if (aux.data) outputs.push_back(aux.written());
+    if (sums.defined())
+      outputs.push_back({sums.data(), static_cast<std::size_t>(sums.numel()) * sizeof(T)});
     return autotune_run(
         [&plan, &p, c = std::move(c), aux = std::move(aux), sums = std::move(sums)](
             const cublasLtMatmulAlgo_t& algo, float beta) {
-          return lt_matmul(plan, algo, static_cast<float>(p.alpha), p.b, p.a, beta, c.data(),
-                           c.data());
+          return lt_matmul(plan, algo, static_cast<float>(p.alpha), p.b, p.a, beta, c.data, c.data);
         },
         std::move(outputs), sizeof(T));
   };
