@@ -385,19 +385,10 @@ inline cublasStatus_t lt_matmul(const GemmPlan& plan, const cublasLtMatmulAlgo_t
                         BlasHandles::workspace_bytes, cuda::stream());
 }
 
-// Autotuning asks the heuristic for up to this many algorithms that sum each output in one
-// sequence (CUBLASLT_REDUCTION_SCHEME_NONE: split-K algorithms sum in another order, so their bits
-// differ from the reference's and they would be set aside anyway) and runs each once to warm up,
-// then this many times between two events; the total decides. FATHOM_GEMM_AUTOTUNE_WIDE=0 asks
-// instead for the first gemm_autotune_narrow_candidates of all algorithms (split-K included),
-// for comparisons.
-constexpr int gemm_autotune_candidates = 16;
-constexpr int gemm_autotune_narrow_candidates = 8;
+// Autotuning asks the heuristic for this many algorithms and runs each once to warm up, then
+// this many times between two events; the total decides.
+constexpr int gemm_autotune_candidates = 8;
 constexpr int gemm_autotune_timed_runs = 5;
-inline bool gemm_autotune_wide() {
-  static const bool wide = env_switch("FATHOM_GEMM_AUTOTUNE_WIDE", true);
-  return wide;
-}
 
 // Whether fathom's stream is being captured into a CUDA graph: then nothing may be timed,
 // synchronized or allocated.
@@ -609,14 +600,10 @@ void choose_algorithm(GemmPlan& plan, const std::array<std::uint32_t, 3>& align,
   set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align[0]);
   set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align[2]);
   set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align[2]);
-  // The heuristic's first `count` algorithms (best first by its estimate) whose state is success;
-  // with `one_sequence`, only those that sum each output in one sequence (no split-K).
-  auto heuristic = [&](int count, bool one_sequence) {
+  // The heuristic's first `count` algorithms (best first by its estimate) whose state is success.
+  auto heuristic = [&](int count) {
     std::array<cublasLtMatmulHeuristicResult_t, gemm_autotune_candidates> results{};
     int found = 0;
-    set_preference(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
-                   static_cast<std::uint32_t>(one_sequence ? CUBLASLT_REDUCTION_SCHEME_NONE
-                                                           : CUBLASLT_REDUCTION_SCHEME_MASK));
     const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
         BlasHandles::instance().lt(), plan.desc, plan.first, plan.second, plan.out, plan.out, pref,
         count, results.data(), &found);
@@ -632,15 +619,10 @@ void choose_algorithm(GemmPlan& plan, const std::array<std::uint32_t, 3>& align,
   };
   // The plan's algorithm without autotuning, asked for alone; with it, the reference whose bits
   // the other candidates must give (a longer query need not rank the same algorithm first).
-  std::vector<cublasLtMatmulAlgo_t> candidates = heuristic(1, false);
-  if (timed && !candidates.empty()) {
-    const bool wide = gemm_autotune_wide();
-    std::vector<cublasLtMatmulAlgo_t> more =
-        wide ? heuristic(gemm_autotune_candidates, true) : std::vector<cublasLtMatmulAlgo_t>();
-    if (more.empty()) more = heuristic(gemm_autotune_narrow_candidates, false);
-    for (const cublasLtMatmulAlgo_t& algo : more)
+  std::vector<cublasLtMatmulAlgo_t> candidates = heuristic(1);
+  if (timed && !candidates.empty())
+    for (const cublasLtMatmulAlgo_t& algo : heuristic(gemm_autotune_candidates))
       if (std::memcmp(&algo, &candidates.front(), sizeof algo) != 0) candidates.push_back(algo);
-  }
   plan.usable = !candidates.empty();
   if (plan.usable) plan.algo = candidates.front();
   if (!autotune) return;
