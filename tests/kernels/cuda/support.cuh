@@ -1,8 +1,9 @@
 // What the [cuda] kernel tests add to kernels/support.hpp: device copies placed on or off the
-// 16-byte grid.
+// 16-byte grid, and GEMM autotuning set for one scope.
 #pragma once
 
 #include <fathom/cuda.hpp>
+#include <fathom/kernels/cuda/gemm.cuh>
 
 #include <cstdint>
 #include <vector>
@@ -34,6 +35,17 @@ struct DeviceArray {
     auto all = buffer.to_vector();
     return {all.begin() + offset, all.end()};
   }
+};
+
+// Turns GEMM autotuning on or off for one scope, and back as it was after (a failed check too).
+struct AutotuneScope {
+  explicit AutotuneScope(bool on) : previous(kernels::gemm_autotune()) {
+    kernels::set_gemm_autotune(on);
+  }
+  ~AutotuneScope() { kernels::set_gemm_autotune(previous); }
+  AutotuneScope(const AutotuneScope&) = delete;
+  AutotuneScope& operator=(const AutotuneScope&) = delete;
+  bool previous;
 };
 
 }  // namespace fathom::test

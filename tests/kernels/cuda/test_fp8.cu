@@ -478,23 +478,13 @@ void fp8_test_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, bool
   CHECK(loose.empty());
 }
 
-// Turns GEMM autotuning on or off for one scope, and back as it was after (a failed check too).
-struct Fp8TestAutotune {
-  explicit Fp8TestAutotune(bool on) : previous(kernels::gemm_autotune()) {
-    kernels::set_gemm_autotune(on);
-  }
-  ~Fp8TestAutotune() { kernels::set_gemm_autotune(previous); }
-  bool previous;
-  Fp8TestAutotune(const Fp8TestAutotune&) = delete;
-  Fp8TestAutotune& operator=(const Fp8TestAutotune&) = delete;
-};
-
 }  // namespace
 
 TEST_CASE("CUDA gemm_fp8 forward: X (E4M3) W^T (E4M3), cuBLASLt's layout", "[cuda][fp8]") {
-  // Autotuned, the candidates are timed into a scratch C: beta = 1 below still adds into C once.
+  // Autotuned, the candidates of a GEMM that adds into C (beta = 1 below) are timed into a scratch
+  // C: the result still adds into C once.
   const bool autotune = GENERATE(false, true);
-  const Fp8TestAutotune tuning(autotune);
+  const AutotuneScope tuning(autotune);
   INFO("autotune " << autotune);
   // Linear forward: Y (rows, out) = X (rows, in) W^T, W stored (out, in): trans_b. Rows not a
   // multiple of 16 and float outputs may or may not suit cuBLASLt; the sizes of a model do.
@@ -510,7 +500,7 @@ TEST_CASE("CUDA gemm_fp8 forward: X (E4M3) W^T (E4M3), cuBLASLt's layout", "[cud
 
 TEST_CASE("CUDA gemm_fp8 dgrad and wgrad: dY (E5M2) against E4M3 operands", "[cuda][fp8]") {
   const bool autotune = GENERATE(false, true);
-  const Fp8TestAutotune tuning(autotune);
+  const AutotuneScope tuning(autotune);
   INFO("autotune " << autotune);
   // dgrad: dX (rows, in) = dY (rows, out) W, with W's transposed copy (in, out) as B.
   fp8_test_gemm<fp8_e5m2, fp8_e4m3, bf16>(77, 64, 48, false, true, false, 0.0, 200,
@@ -540,7 +530,7 @@ TEST_CASE("CUDA gemm_fp8's beta term reads c_in: cuBLASLt, the tiled kernel and 
   const double beta = GENERATE(1.0, 0.5, -2.0);
   const bool bias = GENERATE(false, true);
   const bool autotune = GENERATE(false, true);
-  const Fp8TestAutotune tuning(autotune);
+  const AutotuneScope tuning(autotune);
   INFO("autotune " << autotune);
   // cuBLASLt's TN layout (K a multiple of 16, aligned): c_in is its C, our C its D.
   fp8_test_gemm<fp8_e4m3, fp8_e4m3, bf16>(64, 32, 48, false, true, bias, beta, 700,
