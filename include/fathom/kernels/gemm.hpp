@@ -344,6 +344,38 @@ void gemm_gelu(Cpu, const GemmParams<T>& params, T* aux) {
   gelu(Cpu{}, ActivationParams<T>{aux, p.c, p.m * p.n});
 }
 
+namespace detail {
+
+// gemm_swiglu's case: C = gate | up (M, 2F), packed; batch 1, beta 0, no bias; h (M, F) packed.
+template <class T>
+GemmParams<T> check_gemm_swiglu(const GemmParams<T>& params, const T* h, const char* op) {
+  const GemmParams<T> p = resolve_gemm(params);
+  FATHOM_CHECK(p.batch == 1 && p.ldc == p.n && p.beta == 0.0 && !p.bias && p.n % 2 == 0,
+               op << ": expected batch 1, packed C (ldc == N) with N = 2F even, beta 0 and no "
+                     "bias, got batch "
+                  << p.batch << ", ldc " << p.ldc << " for N " << p.n << ", beta " << p.beta
+                  << ", bias " << (p.bias ? "set" : "null"));
+  FATHOM_CHECK(p.m == 0 || p.n == 0 || h != nullptr,
+               op << ": h is null for a (" << p.m << ", " << p.n / 2 << ") result");
+  return p;
+}
+
+}  // namespace detail
+
+// The gate/up projection of a SwiGLU MLP and SwiGLU itself: C = op(A) op(B) (M, 2F), gate in
+// columns [0, F) and up in [F, 2F), and h (M, F, packed) = silu(gate) * up from C's rounded
+// values, as kernels::swiglu on C's halves gives them. Batch 1, beta 0, no bias. On CUDA with bf16
+// on Hopper, one GEMM whose epilogue writes both (gemm_sm90.cuh); its sigmoid is the
+// special-function unit's, a few float ulp from swiglu's.
+template <class T>
+void gemm_swiglu(Cpu, const GemmParams<T>& params, T* h) {
+  const GemmParams<T> p = detail::check_gemm_swiglu(params, h, "gemm_swiglu");
+  if (p.m == 0 || p.n == 0) return;
+  gemm(Cpu{}, p);
+  const std::int64_t f = p.n / 2;
+  swiglu(Cpu{}, SwigluParams<T>{p.c, p.c + f, h, p.m * f, f, p.n});
+}
+
 // C = (op(A) op(B)) * gelu'(aux) element-wise, the gradient of a GELU's input given A B, the
 // gradient of its output; and, when bias_grad is not null, bias_grad[j] = sum over rows of C
 // (written, not added). Batch 1, beta 0.

@@ -52,7 +52,15 @@ class MLP {
             x, autograd::concat_rows<T, D>({gate_.weight(), up_.weight()}), down_.weight(),
             &gate_.fp8_scaling(), &down_.fp8_scaling(), add);
     }
-    if (kind_ == MlpKind::swiglu) return down_.forward(autograd::swiglu_stacked(gate_up(x)), add);
+    if (kind_ == MlpKind::swiglu) {
+      // Without biases and outside fp8: SwiGLU in the gate/up GEMM's epilogue where the device
+      // has one (autograd::linear_swiglu), the same values and gradients as the composition.
+      if (gate_.precision() != LinearPrecision::fp8 && !up_.has_bias())
+        return down_.forward(
+            autograd::linear_swiglu(x, autograd::concat_rows<T, D>({gate_.weight(), up_.weight()})),
+            add);
+      return down_.forward(autograd::swiglu_stacked(gate_up(x)), add);
+    }
     // fp8: the two GEMMs of linear_fp8 around a separate GELU.
     if (up_.precision() == LinearPrecision::fp8)
       return down_.forward(autograd::gelu(up_.forward(x)), add);

@@ -262,6 +262,46 @@ TEST_CASE("gelu_mlp names mismatched shapes", "[autograd][ops][gemm]") {
   CHECK(contains(msg, "(C', 5)"));
 }
 
+TEST_CASE("linear_swiglu equals swiglu_stacked of linear: values and gradients, bit for bit",
+          "[autograd][ops][gemm]") {
+  auto xv = Tensor<double>::randn({2, 3, 4}, 70), wv = Tensor<double>::randn({10, 4}, 71);
+  auto seed = Tensor<double>::randn({2, 3, 5}, 72);
+  auto run = [&](bool fused) {
+    Var<double> x(xv.clone(), true), w(wv.clone(), true);
+    Var<double> y = fused ? fathom::autograd::linear_swiglu(x, w)
+                          : fathom::autograd::swiglu_stacked(linear(x, w));
+    fathom::autograd::backward(y, seed);
+    return std::vector<std::vector<double>>{y.value().to_vector(), x.grad().to_vector(),
+                                            w.grad().to_vector()};
+  };
+  const auto fused = run(true), plain = run(false);
+  for (std::size_t t = 0; t < fused.size(); ++t) {
+    INFO("tensor " << t << " (value, dx, dw)");
+    REQUIRE(fused[t].size() == plain[t].size());
+    for (std::size_t i = 0; i < fused[t].size(); ++i) CHECK(fused[t][i] == plain[t][i]);
+  }
+}
+
+TEST_CASE("linear_swiglu gradients pass gradcheck", "[autograd][ops][gemm]") {
+  auto x = random_var({3, 4}, 73), w = random_var({6, 4}, 74);
+  auto r = gradcheck(
+      [](const std::vector<Var<double>>& v) { return fathom::autograd::linear_swiglu(v[0], v[1]); },
+      {x, w});
+  INFO(r.first_failure);
+  CHECK(r.ok);
+  CHECK(r.checked == x.numel() + w.numel());
+}
+
+TEST_CASE("linear_swiglu names its shape errors", "[autograd][ops][gemm]") {
+  auto x = random_var({3, 4}, 75), odd = random_var({5, 4}, 76), wide = random_var({6, 3}, 77);
+  const auto rows = error_of([&] { fathom::autograd::linear_swiglu(x, odd); });
+  CHECK(contains(rows, "gate_up (5, 4)"));
+  CHECK(contains(rows, "even count"));
+  const auto in = error_of([&] { fathom::autograd::linear_swiglu(x, wide); });
+  CHECK(contains(in, "linear_swiglu"));
+  CHECK(contains(in, "in_features"));
+}
+
 TEST_CASE("linear and gelu_mlp with a residual equal the op plus scale * r: values and gradients",
           "[autograd][ops][gemm]") {
   using fathom::autograd::Residual;

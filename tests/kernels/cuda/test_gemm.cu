@@ -8,8 +8,9 @@
 // on cuBLASLt, on the cuBLAS fallback (fp64, a batch reusing B) and with K = 0; plan caching with
 // no allocation in steady state; the TF32 switch; run-to-run determinism; the weight-gradient GEMM
 // with the bias gradient (gemm_bias_grad) and the GELU GEMMs with fused bias gradients on and off;
-// and all of these cuBLASLt paths again with algorithm autotuning on (whose timed candidates must
-// leave C, added into with beta = 1, untouched), with its plans cached apart and counted.
+// all of these cuBLASLt paths again with algorithm autotuning on (whose timed candidates must
+// leave C, added into with beta = 1, untouched), with its plans cached apart and counted; and
+// fathom's own Hopper GEMM (gemm_sm90.cuh): gemm_swiglu's epilogue and its plain store.
 #include <fathom/autograd/ops/gemm.hpp>
 #include <fathom/cuda.hpp>
 #include <fathom/kernels/cuda/gemm.cuh>
@@ -1103,4 +1104,114 @@ TEST_CASE("CUDA gemm_gelu is the tanh form of GELU", "[cuda][gemm]") {
   CHECK(far == 0);
   CHECK(distinct > 0);
   CHECK(nearer_erf == 0);
+}
+
+namespace {
+
+// gemm_swiglu on CUDA over NaN-filled outputs against a double reference: gu = x w^T (w scaled by
+// 1 / sqrt(K), so that the gates sit around SiLU's bend) and h = silu(gate) * up, h also against
+// SwiGLU of the device's own rounded gu (the epilogue's formula, isolated from the GEMM's sums).
+// `hopper` says whether fathom's sm_90 GEMM must have run it (bf16 with F a multiple of 8 on an
+// sm_90a build and GPU) or the fallback (cuBLASLt and kernels::swiglu).
+template <class T>
+void check_swiglu_gemm(std::int64_t M, std::int64_t F, std::int64_t K, std::uint64_t seed) {
+  namespace sm90 = fathom::kernels::detail::sm90;
+  const bool hopper = std::is_same_v<T, bf16> && F % 8 == 0 && sm90::gemm_sm90_enabled();
+  INFO(Precision<T>::name << " M " << M << " F " << F << " K " << K << " sm90 GEMM " << hopper);
+  const std::int64_t N = 2 * F;
+  const auto x = uniform_values<T>(static_cast<std::size_t>(M * K), seed);
+  auto w = uniform_values<T>(static_cast<std::size_t>(N * K), seed + 1);
+  for (auto& e : w) e = scalar_cast<T>(as_double(e) * 3.0 / std::sqrt(double(K)));
+  auto gu = Tensor<T, Cuda>::full(Shape{M * N}, std::numeric_limits<T>::quiet_NaN());
+  auto h = Tensor<T, Cuda>::full(Shape{M * F}, std::numeric_limits<T>::quiet_NaN());
+  auto xg = to_device(x), wg = to_device(w);
+  const auto runs0 = sm90::gemm_sm90_runs();
+  fathom::kernels::gemm_swiglu(
+      Cuda{},
+      GemmParams<T>{
+          .a = xg.data(), .b = wg.data(), .c = gu.data(), .m = M, .n = N, .k = K, .trans_b = true},
+      h.data());
+  CHECK(sm90::gemm_sm90_runs() == runs0 + (hopper ? 1 : 0));
+  const auto guv = gu.to_vector(), hv = h.to_vector();
+  auto silu = [](double v) { return v / (1.0 + std::exp(-v)); };
+  // bf16: the products' rounding (2^-8 relative) and, for h, the inputs' as well; float: its sums.
+  const double tol = std::is_same_v<T, bf16> ? 1.6e-2 : 1e-4;
+  const double own = std::is_same_v<T, bf16> ? 8e-3 : 1e-5;  // h from the device's own gu
+  double worst_gu = 0, worst_h = 0, worst_own = 0;
+  for (std::int64_t i = 0; i < M; ++i) {
+    std::vector<double> row(static_cast<std::size_t>(N));
+    for (std::int64_t j = 0; j < N; ++j) {
+      double s = 0;
+      for (std::int64_t k = 0; k < K; ++k) s += as_double(x[i * K + k]) * as_double(w[j * K + k]);
+      row[j] = s;
+      const double got = as_double(guv[i * N + j]);
+      worst_gu = std::max(worst_gu, std::abs(got - s) / (1 + std::abs(s)));
+    }
+    for (std::int64_t j = 0; j < F; ++j) {
+      const double got = as_double(hv[i * F + j]);
+      const double want = silu(row[j]) * row[F + j];
+      const double from_own = silu(as_double(guv[i * N + j])) * as_double(guv[i * N + F + j]);
+      worst_h = std::max(worst_h, std::abs(got - want) / (1 + std::abs(want)));
+      worst_own = std::max(worst_own, std::abs(got - from_own) / (1e-3 + std::abs(from_own)));
+    }
+  }
+  CHECK(worst_gu <= tol);
+  CHECK(worst_h <= tol);
+  CHECK(worst_own <= own);
+  for (const auto& v : {guv, hv})
+    for (auto e : v) REQUIRE(std::isfinite(as_double(e)));
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("CUDA gemm_swiglu matches the double reference (Hopper epilogue and fallback)",
+                   "[cuda][gemm]", float, bf16) {
+  // One row; partial tiles in every direction; K past the three-stage ring (16 K slices); more
+  // tiles than SMs, so that each block walks several and its staging areas are reused; F not a
+  // multiple of 8 (the fallback); Llama-350m's F with a short K.
+  check_swiglu_gemm<TestType>(1, 8, 8, 400);
+  check_swiglu_gemm<TestType>(129, 136, 72, 410);
+  check_swiglu_gemm<TestType>(300, 200, 1000, 420);
+  check_swiglu_gemm<TestType>(128 * 140, 136, 40, 430);
+  check_swiglu_gemm<TestType>(64, 12, 40, 440);
+  check_swiglu_gemm<TestType>(33, 2736, 24, 450);
+}
+
+TEST_CASE("CUDA sm90 GEMM with a plain store matches cuBLASLt, every element", "[cuda][gemm]") {
+  namespace sm90 = fathom::kernels::detail::sm90;
+  if (!sm90::gemm_sm90_enabled()) {
+    WARN("this GPU or build runs no sm_90a code: fathom's sm_90 GEMM is not tested here");
+    return;
+  }
+  // Partial tiles, a K that is not a multiple of 64, more tiles than SMs, a padded C.
+  for (const auto& [M, N, K, ldc] :
+       std::vector<std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>>{
+           {1, 8, 8, 8}, {129, 264, 72, 264}, {300, 520, 1000, 528}, {128 * 140, 264, 40, 264}}) {
+    INFO("M " << M << " N " << N << " K " << K << " ldc " << ldc);
+    const auto x = uniform_values<bf16>(static_cast<std::size_t>(M * K), 460);
+    const auto w = uniform_values<bf16>(static_cast<std::size_t>(N * K), 461);
+    auto xg = to_device(x), wg = to_device(w);
+    auto c = Tensor<bf16, Cuda>::full(Shape{M * ldc}, std::numeric_limits<bf16>::quiet_NaN());
+    auto ref = Tensor<bf16, Cuda>(Shape{M * N});
+    sm90::gemm_sm90_bf16(xg.data(), K, wg.data(), K, c.data(), ldc, M, N, K);
+    fathom::kernels::gemm(Cuda{}, GemmParams<bf16>{.a = xg.data(),
+                                                   .b = wg.data(),
+                                                   .c = ref.data(),
+                                                   .m = M,
+                                                   .n = N,
+                                                   .k = K,
+                                                   .trans_b = true});
+    const auto got = c.to_vector(), want = ref.to_vector();
+    std::int64_t bad = 0, padding_kept = 0;
+    for (std::int64_t i = 0; i < M; ++i) {
+      for (std::int64_t j = 0; j < N; ++j) {
+        const double a = as_double(got[i * ldc + j]), b = as_double(want[i * N + j]);
+        bad += !(std::abs(a - b) <= 1e-2 * (1 + std::abs(b)));
+      }
+      for (std::int64_t j = N; j < ldc; ++j)
+        padding_kept += std::isnan(as_double(got[i * ldc + j]));
+    }
+    CHECK(bad == 0);
+    CHECK(padding_kept == M * (ldc - N));  // the copies out leave C's padding alone
+  }
 }

@@ -75,6 +75,26 @@ Var<T, D> swiglu(const Var<T, D>& gate, const Var<T, D>& up) {
 // backward writes d gate and d up into the two halves of one (..., 2F) gradient, so the GEMMs
 // behind it see one gradient: the input's gradient is one GEMM with K = 2F, the weight's one GEMM.
 // Values and gradients equal swiglu(gate, up) on the split halves, bit for bit.
+namespace detail {
+
+// The node of swiglu_stacked(gu) around its output y, computed by the caller from gc, gu's
+// contiguous value (..., 2F).
+template <class T, DeviceTag D>
+Var<T, D> swiglu_stacked_node(Tensor<T, D> y, const Var<T, D>& gu, const Tensor<T, D>& gc,
+                              std::int64_t F) {
+  const std::int64_t n = y.numel();
+  return Var<T, D>::make_result(
+      std::move(y), gu.requires_grad(), [g = grad_target(gu), gc, F, n](const Tensor<T, D>& gy) {
+        if (!g) return;
+        const auto d = g->write_target();  // (..., 2F): d gate | d up
+        kernels::swiglu_backward(D{}, kernels::SwigluBackwardParams<T>{
+                                          gc.data(), gc.data() + F, gy.data(), d.data, d.data + F,
+                                          n, d.accumulate, d.accumulate, F, 2 * F, 2 * F});
+      });
+}
+
+}  // namespace detail
+
 template <class T, DeviceTag D>
 Var<T, D> swiglu_stacked(const Var<T, D>& gu) {
   FATHOM_CHECK(gu.dim() >= 1 && gu.size(-1) % 2 == 0,
@@ -88,14 +108,7 @@ Var<T, D> swiglu_stacked(const Var<T, D>& gu) {
   Tensor<T, D> y(shape);  // (..., F)
   const std::int64_t n = y.numel();
   kernels::swiglu(D{}, kernels::SwigluParams<T>{gc.data(), gc.data() + F, y.data(), n, F, 2 * F});
-  return Var<T, D>::make_result(
-      std::move(y), gu.requires_grad(), [g = grad_target(gu), gc, F, n](const Tensor<T, D>& gy) {
-        if (!g) return;
-        const auto d = g->write_target();  // (..., 2F): d gate | d up
-        kernels::swiglu_backward(D{}, kernels::SwigluBackwardParams<T>{
-                                          gc.data(), gc.data() + F, gy.data(), d.data, d.data + F,
-                                          n, d.accumulate, d.accumulate, F, 2 * F, 2 * F});
-      });
+  return detail::swiglu_stacked_node(std::move(y), gu, gc, F);
 }
 
 }  // namespace fathom::autograd

@@ -1,10 +1,12 @@
-// Differentiable matrix products: matmul (one matrix, or a batch of them) and linear (x W^T + b).
+// Differentiable matrix products: matmul (one matrix, or a batch of them), linear (x W^T + b), and
+// the MLPs built on linear with their activation in a GEMM's epilogue (linear_swiglu, gelu_mlp).
 // Each is one node whose backward runs GEMMs (and a column sum for the bias) on the same device.
 #pragma once
 
 #include <cstdint>
 #include <type_traits>
 
+#include "fathom/autograd/ops/activation.hpp"  // swiglu_stacked's node, for linear_swiglu
 #include "fathom/autograd/var.hpp"
 #include "fathom/kernels/elementwise.hpp"  // axpy
 #include "fathom/kernels/gemm.hpp"
@@ -153,38 +155,15 @@ Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
       });
 }
 
-// linear(x, weight, bias): y = x W^T + b, the layout of torch.nn.Linear.
-//   x (..., in), weight (out, in), bias (out) or nullptr  -> (..., out)
-// Backward: dX += dY W, dW += dY^T X, db += sum of dY over rows (with dW, in the same call:
-// kernels::gemm_bias_grad, which on CUDA sums dY inside the GEMM that reads it). (The bias pointer
-// takes no part in deducing T and D, so linear(x, w, nullptr) compiles.)
-// With `add` (Residual): y = x W^T + b + add.scale * add.x, the add in the GEMM's epilogue, and
-// d add.x += add.scale * dY (passed on without a copy when the scale is 1, as an add does).
+namespace detail {
+
+// The node of linear(x, weight, bias, add) around its output y, which the caller computed from xv
+// and wv (x's and the weight's contiguous values; x is (rows, in), the weight (out, in)).
 template <class T, DeviceTag D>
-Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
-                 const std::type_identity_t<Var<T, D>>* bias = nullptr,
-                 const std::type_identity_t<Residual<T, D>>& add = {}) {
-  detail::check_linear_shapes("linear", x, weight, bias);
-  const std::int64_t in = weight.size(1), out = weight.size(0);
-  const std::int64_t rows = detail::gemm_leading_numel(x.shape(), x.dim() - 1);
-
-  Tensor<T, D> xv = x.value().contiguous(), wv = weight.value().contiguous();
-  Tensor<T, D> bv = bias ? bias->value().contiguous() : Tensor<T, D>();
-  Shape out_shape = x.shape();
-  out_shape[x.dim() - 1] = out;
-  const Tensor<T, D> rv = detail::residual_value("linear", add, out_shape);
-  Tensor<T, D> y(out_shape);  // (rows, out)
-  kernels::gemm(D{}, kernels::GemmParams<T>{.a = xv.data(),
-                                            .b = wv.data(),
-                                            .c = y.data(),
-                                            .c_in = add.x ? rv.data() : nullptr,
-                                            .bias = bias ? bv.data() : nullptr,
-                                            .m = rows,
-                                            .n = out,
-                                            .k = in,
-                                            .trans_b = true,
-                                            .beta = add.x ? add.scale : 0.0});
-
+Var<T, D> linear_node(Tensor<T, D> y, const Var<T, D>& x, const Var<T, D>& weight,
+                      const Var<T, D>* bias, const Residual<T, D>& add, const Tensor<T, D>& xv,
+                      const Tensor<T, D>& wv, std::int64_t rows, std::int64_t in,
+                      std::int64_t out) {
   auto gx = grad_target(x), gw = grad_target(weight);
   auto gbias = bias ? grad_target(*bias) : nullptr;
   auto gr = add.x ? grad_target(*add.x) : nullptr;
@@ -226,9 +205,79 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
       });
 }
 
+}  // namespace detail
+
+// linear(x, weight, bias): y = x W^T + b, the layout of torch.nn.Linear.
+//   x (..., in), weight (out, in), bias (out) or nullptr  -> (..., out)
+// Backward: dX += dY W, dW += dY^T X, db += sum of dY over rows (with dW, in the same call:
+// kernels::gemm_bias_grad, which on CUDA sums dY inside the GEMM that reads it). (The bias pointer
+// takes no part in deducing T and D, so linear(x, w, nullptr) compiles.)
+// With `add` (Residual): y = x W^T + b + add.scale * add.x, the add in the GEMM's epilogue, and
+// d add.x += add.scale * dY (passed on without a copy when the scale is 1, as an add does).
+template <class T, DeviceTag D>
+Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight,
+                 const std::type_identity_t<Var<T, D>>* bias = nullptr,
+                 const std::type_identity_t<Residual<T, D>>& add = {}) {
+  detail::check_linear_shapes("linear", x, weight, bias);
+  const std::int64_t in = weight.size(1), out = weight.size(0);
+  const std::int64_t rows = detail::gemm_leading_numel(x.shape(), x.dim() - 1);
+
+  Tensor<T, D> xv = x.value().contiguous(), wv = weight.value().contiguous();
+  Tensor<T, D> bv = bias ? bias->value().contiguous() : Tensor<T, D>();
+  Shape out_shape = x.shape();
+  out_shape[x.dim() - 1] = out;
+  const Tensor<T, D> rv = detail::residual_value("linear", add, out_shape);
+  Tensor<T, D> y(out_shape);  // (rows, out)
+  kernels::gemm(D{}, kernels::GemmParams<T>{.a = xv.data(),
+                                            .b = wv.data(),
+                                            .c = y.data(),
+                                            .c_in = add.x ? rv.data() : nullptr,
+                                            .bias = bias ? bv.data() : nullptr,
+                                            .m = rows,
+                                            .n = out,
+                                            .k = in,
+                                            .trans_b = true,
+                                            .beta = add.x ? add.scale : 0.0});
+  return detail::linear_node(std::move(y), x, weight, bias, add, xv, wv, rows, in, out);
+}
+
 template <class T, DeviceTag D>
 Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight, const Var<T, D>& bias) {
   return linear(x, weight, &bias);
+}
+
+// linear_swiglu(x, gate_up) = swiglu_stacked(linear(x, gate_up)): the gate/up projection of a
+// Llama MLP (gate_up (2F, C): gate's rows, then up's; no bias) and SwiGLU, with the same two nodes
+// and so the same gradients, their forward one call of kernels::gemm_swiglu: on Hopper in bf16
+// one GEMM whose epilogue also writes silu(gate) * up (no pass that reads the (..., 2F) product
+// back). Elsewhere the values are those of the composition, bit for bit.
+//   x (..., C), gate_up (2F, C) -> (..., F)
+template <class T, DeviceTag D>
+Var<T, D> linear_swiglu(const Var<T, D>& x, const Var<T, D>& gate_up) {
+  const Var<T, D>* no_bias = nullptr;
+  detail::check_linear_shapes("linear_swiglu", x, gate_up, no_bias);
+  const std::int64_t in = gate_up.size(1), out = gate_up.size(0);
+  FATHOM_CHECK(out % 2 == 0, "linear_swiglu: gate_up " << gate_up.shape()
+                                                       << " must stack gate and up: an even count "
+                                                          "of rows (2F, C)");
+  const std::int64_t rows = detail::gemm_leading_numel(x.shape(), x.dim() - 1), f = out / 2;
+  Tensor<T, D> xv = x.value().contiguous(), wv = gate_up.value().contiguous();
+  Shape gu_shape = x.shape(), h_shape = x.shape();
+  gu_shape[x.dim() - 1] = out;
+  h_shape[x.dim() - 1] = f;
+  Tensor<T, D> gu(gu_shape), h(h_shape);
+  kernels::gemm_swiglu(D{},
+                       kernels::GemmParams<T>{.a = xv.data(),
+                                              .b = wv.data(),
+                                              .c = gu.data(),
+                                              .m = rows,
+                                              .n = out,
+                                              .k = in,
+                                              .trans_b = true},
+                       h.data());
+  const Var<T, D> gu_var =
+      detail::linear_node(gu, x, gate_up, no_bias, Residual<T, D>{}, xv, wv, rows, in, out);
+  return detail::swiglu_stacked_node(std::move(h), gu_var, gu, f);
 }
 
 // gelu_mlp(x, w1, b1, w2, b2) = linear(gelu(linear(x, w1, b1)), w2, b2), the MLP of GPT-2, as one

@@ -33,6 +33,7 @@
 // CUDA primitives of Tensor<T, Cuda> (scratch tensors)
 #include "fathom/kernels/cuda/primitives.cuh"
 #include "fathom/kernels/cuda/activation.cuh"  // gelu, gelu_backward: the non-epilogue GELU path
+#include "fathom/kernels/cuda/gemm_sm90.cuh"
 #include "fathom/kernels/gemm.hpp"
 #include "fathom/tensor/tensor.hpp"
 
@@ -970,6 +971,22 @@ void gemm_gelu(Cuda, const GemmParams<T>& params, T* aux) {
   pre.c = aux;
   gemm(Cuda{}, pre);
   gelu(Cuda{}, ActivationParams<T>{aux, p.c, p.m * p.n});
+}
+
+template <class T>
+void gemm_swiglu(Cuda, const GemmParams<T>& params, T* h) {
+  const GemmParams<T> p = detail::check_gemm_swiglu(params, h, "gemm_swiglu");
+  if (p.m == 0 || p.n == 0) return;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (detail::sm90::swiglu_fits(p, h)) {
+      detail::sm90::gemm_sm90_swiglu(p.a, p.lda, p.b, p.ldb, p.c, p.ldc, h, p.n / 2, p.m, p.n / 2,
+                                     p.k);
+      return;
+    }
+  }
+  gemm(Cuda{}, p);
+  const std::int64_t f = p.n / 2;
+  swiglu(Cuda{}, SwigluParams<T>{p.c, p.c + f, h, p.m * f, f, p.n});
 }
 
 // With dgelu_epilogue() (bf16 where the GELU epilogues fit): cuBLASLt's DGELU epilogue, which

@@ -850,11 +850,12 @@ __global__ void wgmma_compiled_kernel(int* out) {
 #endif
 }
 
-inline bool wgmma_available() {
+// Whether this process runs sm_90a code on the current device: built with it (90a among the CUDA
+// architectures) and a GPU of compute capability 9.0. The wgmma attention and fathom's own Hopper
+// GEMM (gemm_sm90.cuh) need it.
+inline bool sm90a_available() {
   constexpr int kDevices = 64;
   static std::atomic<int> known[kDevices];  // 0 unknown, 1 yes, -1 no
-  static const bool disabled = !env_switch("FATHOM_ATTENTION_WGMMA", true);
-  if (disabled) return false;
   int device = 0;
   FATHOM_CUDA_CHECK(cudaGetDevice(&device));
   if (device < 0 || device >= kDevices) return false;
@@ -879,6 +880,11 @@ inline bool wgmma_available() {
   }
   known[device].store(answer == 1 ? 1 : -1, std::memory_order_relaxed);
   return answer == 1;
+}
+
+inline bool wgmma_available() {
+  static const bool disabled = !env_switch("FATHOM_ATTENTION_WGMMA", true);
+  return !disabled && sm90a_available();
 }
 
 // The tile shapes in use (head_dim 64), timed on an H200 (fathom-attention-bench, bf16, causal,
