@@ -365,8 +365,8 @@ GemmParams<T> check_gemm_swiglu(const GemmParams<T>& params, const T* h, const c
 // The gate/up projection of a SwiGLU MLP and SwiGLU itself: C = op(A) op(B) (M, 2F), gate in
 // columns [0, F) and up in [F, 2F), and h (M, F, packed) = silu(gate) * up from C's rounded
 // values, as kernels::swiglu on C's halves gives them. Batch 1, beta 0, no bias. On CUDA with bf16
-// on Hopper, one GEMM whose epilogue writes both (gemm_sm90.cuh); its sigmoid is the
-// special-function unit's, a few float ulp from swiglu's.
+// on Hopper and swiglu_epilogue() on, one GEMM whose epilogue writes both (gemm_sm90.cuh); its
+// sigmoid is the special-function unit's, a few float ulp from swiglu's.
 template <class T>
 void gemm_swiglu(Cpu, const GemmParams<T>& params, T* h) {
   const GemmParams<T> p = detail::check_gemm_swiglu(params, h, "gemm_swiglu");

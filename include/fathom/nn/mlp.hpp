@@ -53,8 +53,8 @@ class MLP {
             &gate_.fp8_scaling(), &down_.fp8_scaling(), add);
     }
     if (kind_ == MlpKind::swiglu) {
-      // Without biases and outside fp8: SwiGLU in the gate/up GEMM's epilogue where the device
-      // has one (autograd::linear_swiglu), the same values and gradients as the composition.
+      // Without biases and outside fp8: autograd::linear_swiglu, the composition's nodes with
+      // SwiGLU in the gate/up GEMM's epilogue where kernels::swiglu_epilogue() is on (CUDA).
       if (gate_.precision() != LinearPrecision::fp8 && !up_.has_bias())
         return down_.forward(
             autograd::linear_swiglu(x, autograd::concat_rows<T, D>({gate_.weight(), up_.weight()})),

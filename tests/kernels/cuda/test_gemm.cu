@@ -75,6 +75,17 @@ struct DgeluEpilogueScope {
   bool previous;
 };
 
+// gemm_swiglu's Hopper epilogue on or off while alive, as it was before after.
+struct SwigluEpilogueScope {
+  explicit SwigluEpilogueScope(bool on) : previous(fathom::kernels::swiglu_epilogue()) {
+    fathom::kernels::set_swiglu_epilogue(on);
+  }
+  ~SwigluEpilogueScope() { fathom::kernels::set_swiglu_epilogue(previous); }
+  SwigluEpilogueScope(const SwigluEpilogueScope&) = delete;
+  SwigluEpilogueScope& operator=(const SwigluEpilogueScope&) = delete;
+  bool previous;
+};
+
 // One GEMM on the device, checked against a double reference at every element (full) or at
 // sampled elements plus the whole last row and last column of the last batch entry.
 template <class T>
@@ -1111,12 +1122,13 @@ namespace {
 // gemm_swiglu on CUDA over NaN-filled outputs against a double reference: gu = x w^T (w scaled by
 // 1 / sqrt(K), so that the gates sit around SiLU's bend) and h = silu(gate) * up, h also against
 // SwiGLU of the device's own rounded gu (the epilogue's formula, isolated from the GEMM's sums).
-// `hopper` says whether fathom's sm_90 GEMM must have run it (bf16 with F a multiple of 8 on an
-// sm_90a build and GPU) or the fallback (cuBLASLt and kernels::swiglu).
+// `hopper` says whether fathom's sm_90 GEMM must have run it (the epilogue switched on, bf16 with F
+// a multiple of 8 on an sm_90a build and GPU) or the fallback (cuBLASLt and kernels::swiglu).
 template <class T>
 void check_swiglu_gemm(std::int64_t M, std::int64_t F, std::int64_t K, std::uint64_t seed) {
   namespace sm90 = fathom::kernels::detail::sm90;
-  const bool hopper = std::is_same_v<T, bf16> && F % 8 == 0 && sm90::gemm_sm90_enabled();
+  const bool hopper = fathom::kernels::swiglu_epilogue() && std::is_same_v<T, bf16> && F % 8 == 0 &&
+                      sm90::gemm_sm90_available();
   INFO(Precision<T>::name << " M " << M << " F " << F << " K " << K << " sm90 GEMM " << hopper);
   const std::int64_t N = 2 * F;
   const auto x = uniform_values<T>(static_cast<std::size_t>(M * K), seed);
@@ -1166,6 +1178,9 @@ void check_swiglu_gemm(std::int64_t M, std::int64_t F, std::int64_t K, std::uint
 
 TEMPLATE_TEST_CASE("CUDA gemm_swiglu matches the double reference (Hopper epilogue and fallback)",
                    "[cuda][gemm]", float, bf16) {
+  const bool epilogue = GENERATE(true, false);
+  INFO("swiglu epilogue " << epilogue);
+  const SwigluEpilogueScope scope(epilogue);
   // One row; partial tiles in every direction; K past the three-stage ring (16 K slices); more
   // tiles than SMs, so that each block walks several and its staging areas are reused; F not a
   // multiple of 8 (the fallback); Llama-350m's F with a short K.
@@ -1179,7 +1194,7 @@ TEMPLATE_TEST_CASE("CUDA gemm_swiglu matches the double reference (Hopper epilog
 
 TEST_CASE("CUDA sm90 GEMM with a plain store matches cuBLASLt, every element", "[cuda][gemm]") {
   namespace sm90 = fathom::kernels::detail::sm90;
-  if (!sm90::gemm_sm90_enabled()) {
+  if (!sm90::gemm_sm90_available()) {
     WARN("this GPU or build runs no sm_90a code: fathom's sm_90 GEMM is not tested here");
     return;
   }

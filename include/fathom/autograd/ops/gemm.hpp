@@ -248,9 +248,9 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& weight, const Var<T, D>& b
 
 // linear_swiglu(x, gate_up) = swiglu_stacked(linear(x, gate_up)): the gate/up projection of a
 // Llama MLP (gate_up (2F, C): gate's rows, then up's; no bias) and SwiGLU, with the same two nodes
-// and so the same gradients, their forward one call of kernels::gemm_swiglu: on Hopper in bf16
-// one GEMM whose epilogue also writes silu(gate) * up (no pass that reads the (..., 2F) product
-// back). Elsewhere the values are those of the composition, bit for bit.
+// and so the same gradients, their forward one call of kernels::gemm_swiglu: on Hopper in bf16,
+// with kernels::swiglu_epilogue() on, one GEMM whose epilogue also writes silu(gate) * up (no pass
+// that reads the (..., 2F) product back). Otherwise the values are the composition's, bit for bit.
 //   x (..., C), gate_up (2F, C) -> (..., F)
 template <class T, DeviceTag D>
 Var<T, D> linear_swiglu(const Var<T, D>& x, const Var<T, D>& gate_up) {

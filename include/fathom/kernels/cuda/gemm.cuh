@@ -138,6 +138,21 @@ inline void set_dgelu_epilogue(bool on) { detail::dgelu_epilogue_setting() = on;
 inline bool dgelu_epilogue() { return detail::dgelu_epilogue_setting(); }
 
 namespace detail {
+inline bool& swiglu_epilogue_setting() {
+  static bool on = env_switch("FATHOM_SWIGLU_EPILOGUE", false);
+  return on;
+}
+}  // namespace detail
+
+// Whether gemm_swiglu runs as fathom's own Hopper GEMM with SwiGLU in its epilogue (bf16, an
+// sm_90a build on an H100/H200; gemm_sm90.cuh) rather than cuBLASLt's GEMM and the SwiGLU pass.
+// Off by default: on an H200 it trained llama-130m and llama-350m no faster (0.998x and 1.002x,
+// bench/NOTES.md, twenty-seventh session), and its sigmoid is not kernels::swiglu's to the bit.
+// FATHOM_SWIGLU_EPILOGUE=1 in the environment, or set_swiglu_epilogue(true), turns it on.
+inline void set_swiglu_epilogue(bool on) { detail::swiglu_epilogue_setting() = on; }
+inline bool swiglu_epilogue() { return detail::swiglu_epilogue_setting(); }
+
+namespace detail {
 
 template <class T>
 constexpr cudaDataType_t cuda_data_type() {
@@ -978,7 +993,7 @@ void gemm_swiglu(Cuda, const GemmParams<T>& params, T* h) {
   const GemmParams<T> p = detail::check_gemm_swiglu(params, h, "gemm_swiglu");
   if (p.m == 0 || p.n == 0) return;
   if constexpr (std::is_same_v<T, bf16>) {
-    if (detail::sm90::swiglu_fits(p, h)) {
+    if (swiglu_epilogue() && detail::sm90::swiglu_fits(p, h)) {
       detail::sm90::gemm_sm90_swiglu(p.a, p.lda, p.b, p.ldb, p.c, p.ldc, h, p.n / 2, p.m, p.n / 2,
                                      p.k);
       return;

@@ -1,7 +1,7 @@
-// A bf16 GEMM for Hopper (sm_90a) written for fathom's own epilogues: C (M, N) = A (M, K) B (N, K)^T
-// with fp32 accumulation, both operands K-major (row-major with K contiguous: the forward linear
-// layers' X W^T), and the epilogue a class of the caller's (a plain bf16 store, SwiGLU on the
-// gate and up halves of a stacked projection, ...), which cuBLASLt cannot run.
+// A bf16 GEMM for Hopper (sm_90a) written for fathom's own epilogues: C (M, N) = A (M, K) B (N,
+// K)^T with fp32 accumulation, both operands K-major (row-major with K contiguous: the forward
+// linear layers' X W^T), and the epilogue a class of the caller's (a plain bf16 store, SwiGLU on
+// the gate and up halves of a stacked projection, ...), which cuBLASLt cannot run.
 //
 // Layout of the work (PTX ISA "Asynchronous Warpgroup Level Matrix Multiply-Accumulate" and
 // "Tensor Copy"): a persistent grid, one block an SM, walks 128 x 256 output tiles. Warpgroup 0 is
@@ -24,7 +24,6 @@
 #include <mutex>
 
 #include "fathom/core/cuda_runtime.hpp"
-#include "fathom/core/env.hpp"
 #include "fathom/core/error.hpp"
 #include "fathom/core/scalar.hpp"
 #include "fathom/kernels/activation.hpp"
@@ -153,38 +152,25 @@ __device__ inline void wgmma_m64n256k16(float (&d)[128], std::uint64_t a, std::u
       "%120, %121, %122, %123, %124, %125, %126, %127"
       "}, "
       "%128, %129, p, 1, 1, 0, %131;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
-        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
-        "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),
-        "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
-        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]),
-        "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]),
-        "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]),
-        "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]),
-        "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]),
-        "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]),
-        "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),
-        "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]),
-        "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+        "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]),
+        "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]),
+        "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]),
+        "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]),
+        "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]),
+        "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]),
+        "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),
+        "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]),
+        "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
       : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(TransB));
 }
 
@@ -382,7 +368,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       const std::uint64_t db = sw128_desc(stage_a(s) + kABytes);
       wgmma_fence();
 #pragma unroll
-      for (int k = 0; k < kBK / 16; ++k) wgmma_m64n256k16<0>(d, da + 2 * k, db + 2 * k, kb > 0 || k > 0);
+      for (int k = 0; k < kBK / 16; ++k)
+        wgmma_m64n256k16<0>(d, da + 2 * k, db + 2 * k, kb > 0 || k > 0);
       wgmma_commit();
       wgmma_wait<1>();  // the previous stage's products are done: hand it back
       if (prev >= 0 && lane == 0) mbar_arrive(empty(prev));
@@ -445,11 +432,10 @@ inline CUtensorMap tensor_map(const bf16* base, std::int64_t rows, std::int64_t 
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * 2)};
   const cuuint32_t box[2] = {kBK, static_cast<cuuint32_t>(box_rows)};
   const cuuint32_t elem[2] = {1, 1};
-  const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
-                                    const_cast<bf16*>(base), dims, strides, box, elem,
-                                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r =
+      encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(base), dims,
+                     strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                     CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   FATHOM_CHECK(r == CUDA_SUCCESS, "gemm_sm90: cuTensorMapEncodeTiled failed (" << int(r) << ")");
   return map;
 }
@@ -470,12 +456,8 @@ inline std::uint64_t& gemm_sm90_runs() {
   return n;
 }
 
-// Whether fathom's own GEMM runs where it applies: sm_90a code on a compute-capability 9.0 GPU,
-// and FATHOM_GEMM_SM90 not 0 (for comparisons: 0 runs cuBLASLt and the separate passes instead).
-inline bool gemm_sm90_enabled() {
-  static const bool on = env_switch("FATHOM_GEMM_SM90", true);
-  return on && attn::sm90a_available();
-}
+// Whether fathom's own GEMM can run here: sm_90a code on a compute-capability 9.0 GPU.
+inline bool gemm_sm90_available() { return attn::sm90a_available(); }
 
 inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
@@ -488,7 +470,7 @@ bool swiglu_fits(const P& p, const bf16* h) {
   return !p.trans_a && p.trans_b && p.alpha == 1.0 && p.k > 0 && f % 8 == 0 && p.lda % 8 == 0 &&
          p.ldb % 8 == 0 && p.ldc % 8 == 0 && aligned16(p.a) && aligned16(p.b) && aligned16(p.c) &&
          aligned16(h) && p.m < (std::int64_t{1} << 31) && p.n < (std::int64_t{1} << 31) &&
-         p.k < (std::int64_t{1} << 31) && gemm_sm90_enabled();
+         p.k < (std::int64_t{1} << 31) && gemm_sm90_available();
 }
 
 // Runs the kernel: A (m, k) with row stride lda, B (b_rows, k) with row stride ldb, the epilogue
@@ -526,13 +508,18 @@ inline void gemm_sm90_bf16(const bf16* a, std::int64_t lda, const bf16* b, std::
 // gu (m, 2f) = A (m, k) Wgu (2f, k)^T and h (m, f) = silu(gate) * up: row strides lda, ldw, ldgu,
 // ldh; f a multiple of 8.
 inline void gemm_sm90_swiglu(const bf16* a, std::int64_t lda, const bf16* w, std::int64_t ldw,
-                             bf16* gu, std::int64_t ldgu, bf16* h, std::int64_t ldh,
-                             std::int64_t m, std::int64_t f, std::int64_t k) {
-  FATHOM_CHECK(f % 8 == 0 && ldh % 8 == 0 && reinterpret_cast<std::uintptr_t>(h) % 16 == 0,
-               "gemm_sm90_swiglu: h needs 16-byte aligned rows and F a multiple of 8 (F " << f
-                                                                                        << ")");
-  const SwigluStore epi{tensor_map(gu, m, f, ldgu, 64), tensor_map(gu + f, m, f, ldgu, 64), h, ldh,
-                        m, f, static_cast<int>((f + kBN / 2 - 1) / (kBN / 2))};
+                             bf16* gu, std::int64_t ldgu, bf16* h, std::int64_t ldh, std::int64_t m,
+                             std::int64_t f, std::int64_t k) {
+  FATHOM_CHECK(
+      f % 8 == 0 && ldh % 8 == 0 && reinterpret_cast<std::uintptr_t>(h) % 16 == 0,
+      "gemm_sm90_swiglu: h needs 16-byte aligned rows and F a multiple of 8 (F " << f << ")");
+  const SwigluStore epi{tensor_map(gu, m, f, ldgu, 64),
+                        tensor_map(gu + f, m, f, ldgu, 64),
+                        h,
+                        ldh,
+                        m,
+                        f,
+                        static_cast<int>((f + kBN / 2 - 1) / (kBN / 2))};
   gemm_sm90(a, lda, w, ldw, m, k, 2 * f, epi);
 }
 
