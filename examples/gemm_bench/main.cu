@@ -85,9 +85,9 @@ void run(const Problem& p, int warmup, int iters) {
   auto run_theirs = [&] {
     fathom::kernels::gemm(Cuda{}, gp);
     if (p.swiglu)
-      fathom::kernels::swiglu(Cuda{}, fathom::kernels::SwigluParams<bf16>{
-                                          theirs.data(), theirs.data() + f, h_theirs.data(),
-                                          p.m * f, f, p.n});
+      fathom::kernels::swiglu(
+          Cuda{}, fathom::kernels::SwigluParams<bf16>{theirs.data(), theirs.data() + f,
+                                                      h_theirs.data(), p.m * f, f, p.n});
   };
   run_ours();
   run_theirs();
@@ -108,10 +108,11 @@ void run(const Problem& p, int warmup, int iters) {
   const double t_theirs = timer.ms(run_theirs, warmup, iters);
   const double t_ours = timer.ms(run_ours, warmup, iters);
   const double tflop = 2.0 * p.m * p.n * p.k / 1e12;
-  std::printf("%-11s %-17s %6lld %6lld %5lld  %8.3f %6.0f  %8.3f %6.0f  %6.3f  %9lld", p.workload.c_str(),
-              p.what.c_str(), static_cast<long long>(p.m), static_cast<long long>(p.n),
-              static_cast<long long>(p.k), t_ours, tflop / t_ours * 1e3, t_theirs,
-              tflop / t_theirs * 1e3, t_theirs / t_ours, static_cast<long long>(differ));
+  std::printf("%-11s %-17s %6lld %6lld %5lld  %8.3f %6.0f  %8.3f %6.0f  %6.3f  %9lld",
+              p.workload.c_str(), p.what.c_str(), static_cast<long long>(p.m),
+              static_cast<long long>(p.n), static_cast<long long>(p.k), t_ours,
+              tflop / t_ours * 1e3, t_theirs, tflop / t_theirs * 1e3, t_theirs / t_ours,
+              static_cast<long long>(differ));
   if (p.swiglu) std::printf("  h within %.2f steps", h_gap);
   std::printf("\n");
 }
@@ -138,14 +139,17 @@ int main(int argc, char** argv) {
   }
   for (const auto& w : workloads)
     if (problems(w, rows).empty()) {
-      std::fprintf(stderr, "fathom-gemm-bench: unknown workload '%s' (llama-350m, llama-130m, "
-                           "gpt2-124m)\n", w.c_str());
+      std::fprintf(stderr,
+                   "fathom-gemm-bench: unknown workload '%s' (llama-350m, llama-130m, "
+                   "gpt2-124m)\n",
+                   w.c_str());
       return 2;
     }
   try {
     if (!sm90::gemm_sm90_available()) {
-      std::fprintf(stderr, "fathom-gemm-bench: fathom's sm_90 GEMM needs an sm_90a build "
-                           "(CMAKE_CUDA_ARCHITECTURES with 90a) on an H100 or H200\n");
+      std::fprintf(stderr,
+                   "fathom-gemm-bench: fathom's sm_90 GEMM needs an sm_90a build "
+                   "(CMAKE_CUDA_ARCHITECTURES with 90a) on an H100 or H200\n");
       return 1;
     }
     std::printf("%-11s %-17s %6s %6s %5s  %8s %6s  %8s %6s  %6s  %9s\n", "workload", "gemm", "M",
